@@ -19,6 +19,9 @@ export const ERROR_CODES = {
   ERR_POLICY: 1,
   ERR_IPTABLES: 1,
   ERR_STARTUP: 1,
+  ERR_NOT_STARTED: 1,
+  ERR_ALREADY_STARTED: 1,
+  ERR_CLOSED: 1,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

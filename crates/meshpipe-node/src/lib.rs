@@ -1,7 +1,214 @@
-//! placeholder
+//! meshpipe-node: the Node.js binding of meshpipe-core, built with napi-rs.
+//!
+//! Only conversions and lifecycle live here: JSON config in, typed engine
+//! config out; engine results and errors back to JavaScript; and ownership of
+//! the tokio runtime the engine runs on. Each `NativeProxy` owns its own
+//! multi-thread runtime (worker count from the config), so the data path never
+//! shares threads with the JavaScript event loop and never calls into it.
+//!
+//! Promises are settled with napi deferreds from the runtime's threads. Nothing
+//! here holds a reference on the event loop while the proxy merely runs: the
+//! TypeScript layer decides what keeps the process alive. The runtime is shut
+//! down on the JavaScript thread once `close()` has drained, or when the Node
+//! environment is torn down (an env cleanup hook), so a process never hangs on
+//! engine threads at exit.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshpipe_core::{Engine, EngineConfig, EngineHooks, EngineSpec, PolicySpec};
+use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+/// Learned-target events waiting for JavaScript to collect them (bounded).
+const MAX_EVENTS: usize = 1024;
+
+fn js_error(code: &str, msg: impl std::fmt::Display) -> Error {
+    Error::from_reason(format!("{code}: {msg}"))
+}
+
+struct Inner {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    config: Mutex<Option<EngineConfig>>,
+    engine: Mutex<Option<Arc<Engine>>>,
+    events: Arc<Mutex<VecDeque<serde_json::Value>>>,
+}
+
+impl Inner {
+    fn shutdown_runtime(&self) {
+        let rt = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rt) = rt {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| js_error("ERR_NOT_STARTED", "the proxy is not running: call start() first"))
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) -> Result<()> {
+        match self.runtime.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(rt) => {
+                rt.spawn(f);
+                Ok(())
+            }
+            None => Err(js_error("ERR_CLOSED", "the proxy is closed")),
+        }
+    }
+}
+
+/// A proxy engine with its own runtime. See ARCHITECTURE.md for the shapes
+/// of the config, the snapshot and the errors.
 #[napi]
-pub fn version() -> String {
-    env!("CARGO_PKG_VERSION").to_string()
+pub struct NativeProxy {
+    inner: Arc<Inner>,
+}
+
+#[napi]
+impl NativeProxy {
+    /// Validates `config` (an EngineConfig object) and builds the runtime.
+    #[napi(constructor)]
+    pub fn new(env: Env, config: serde_json::Value) -> Result<Self> {
+        let spec: EngineSpec =
+            serde_json::from_value(config).map_err(|e| js_error("ERR_INVALID_CONFIG", format!("engine config: {e}")))?;
+        let workers = if spec.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            spec.workers
+        };
+        let config = spec.validate().map_err(|e| js_error("ERR_INVALID_CONFIG", e))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("meshpipe-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| js_error("ERR_NATIVE", format!("cannot start the engine runtime: {e}")))?;
+        let inner = Arc::new(Inner {
+            runtime: Mutex::new(Some(runtime)),
+            config: Mutex::new(Some(config)),
+            engine: Mutex::new(None),
+            events: Arc::new(Mutex::new(VecDeque::new())),
+        });
+        // Environment teardown (process exit, worker thread end): stop the
+        // engine threads so nothing outlives the environment.
+        let weak = Arc::downgrade(&inner);
+        env.add_env_cleanup_hook(weak, |weak| {
+            if let Some(inner) = weak.upgrade() {
+                inner.shutdown_runtime();
+            }
+        })?;
+        Ok(NativeProxy { inner })
+    }
+
+    /// Binds every listener and starts accepting. Resolves with the bound
+    /// listeners: `[{ name, bind, direction }]`.
+    #[napi(ts_return_type = "Promise<Array<{ name: string; bind: string; direction: string }>>")]
+    pub fn start<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<serde_json::Value, _>()?;
+        let config = self
+            .inner
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| js_error("ERR_ALREADY_STARTED", "start() was already called on this proxy"))?;
+        let inner = self.inner.clone();
+        let events = self.inner.events.clone();
+        let hooks = EngineHooks {
+            on_learned: Some(Box::new(move |target: &str| {
+                let mut q = events.lock().unwrap_or_else(|e| e.into_inner());
+                if q.len() < MAX_EVENTS {
+                    q.push_back(serde_json::json!({ "kind": "serverFirstLearned", "target": target }));
+                }
+            })),
+        };
+        self.inner.spawn(async move {
+            match Engine::start(config, hooks).await {
+                Ok(engine) => {
+                    let bound = serde_json::to_value(engine.bound()).unwrap_or_default();
+                    *inner.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(engine));
+                    deferred.resolve(move |_| Ok(bound));
+                }
+                Err(e) => deferred.reject(js_error(e.code(), e)),
+            }
+        })?;
+        Ok(promise.into())
+    }
+
+    /// Stops the named listeners from accepting; open connections go on.
+    /// Returns the names that matched no listener.
+    #[napi]
+    pub fn stop_accepting(&self, names: Vec<String>) -> Result<Vec<String>> {
+        Ok(self.inner.engine()?.stop_accepting(&names))
+    }
+
+    /// Stops accepting, drains open connections for up to `drainMs`, cuts the
+    /// rest, then stops the runtime. Resolves with `{ drained, cut }`.
+    #[napi(ts_return_type = "Promise<{ drained: number; cut: number }>")]
+    pub fn close<'env>(&self, env: &'env Env, drain_ms: u32) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<serde_json::Value, _>()?;
+        let engine = self.inner.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let inner = self.inner.clone();
+        // The resolver runs on the JavaScript thread, outside the runtime:
+        // the one place the runtime may be shut down and joined.
+        let finish = |inner: Arc<Inner>, value: serde_json::Value| {
+            move |_env: Env| {
+                inner.shutdown_runtime();
+                Ok(value)
+            }
+        };
+        let Some(engine) = engine else {
+            // Never started (or already closed): just release the runtime.
+            deferred.resolve(finish(inner, serde_json::json!({ "drained": 0, "cut": 0 })));
+            return Ok(promise.into());
+        };
+        self.inner.spawn(async move {
+            let summary = engine.close(Duration::from_millis(drain_ms as u64)).await;
+            drop(engine);
+            let value = serde_json::to_value(summary).unwrap_or_default();
+            deferred.resolve(finish(inner, value));
+        })?;
+        Ok(promise.into())
+    }
+
+    /// Swaps in a new policy table (new connections only). Returns its generation.
+    #[napi]
+    pub fn set_policy(&self, policy: serde_json::Value) -> Result<i64> {
+        let spec: PolicySpec =
+            serde_json::from_value(policy).map_err(|e| js_error("ERR_POLICY", format!("policy table: {e}")))?;
+        let engine = self.inner.engine()?;
+        engine.set_policy(&spec).map(|g| g as i64).map_err(|e| js_error(e.code(), e))
+    }
+
+    /// Every counter of the engine, read once (see ARCHITECTURE.md).
+    #[napi]
+    pub fn snapshot(&self) -> Result<serde_json::Value> {
+        let engine = self.inner.engine()?;
+        serde_json::to_value(engine.snapshot()).map_err(|e| js_error("ERR_NATIVE", e))
+    }
+
+    /// Up to `limit` live connections, oldest first.
+    #[napi]
+    pub fn connections(&self, limit: u32) -> Result<serde_json::Value> {
+        let engine = self.inner.engine()?;
+        serde_json::to_value(engine.connections(limit as usize)).map_err(|e| js_error("ERR_NATIVE", e))
+    }
+
+    /// Takes the queued engine events (e.g. newly learned server-first targets).
+    #[napi]
+    pub fn take_events(&self) -> Vec<serde_json::Value> {
+        self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+    }
+}
+
+impl Drop for NativeProxy {
+    fn drop(&mut self) {
+        // Garbage collection of an unclosed proxy: stop its threads.
+        self.inner.shutdown_runtime();
+    }
 }

@@ -1,0 +1,236 @@
+//! Engine configuration: the one typed object the TypeScript layer hands over.
+//!
+//! The TypeScript layer has already validated user input against its schema
+//! and turned it into this shape (see ARCHITECTURE.md). The engine validates
+//! again anyway, because it is also a plain library and because a wrong value
+//! here (a listener without a target, a zero buffer) would otherwise surface
+//! as a confusing failure deep in the data path.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::addr::{AddrError, BindAddr, TargetAddr};
+use crate::policy::{Direction, PolicyError, PolicySpec, PolicyTable, PortMode};
+
+/// Errors in an engine configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("listener {name:?}: {field}: {error}")]
+    Address { name: String, field: &'static str, error: AddrError },
+    #[error("listener {name:?} is defined twice: listener names must be unique")]
+    DuplicateListener { name: String },
+    #[error("no listeners configured: expected at least one listener")]
+    NoListeners,
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{field} = {value}: {expected}")]
+    Value { field: &'static str, value: String, expected: &'static str },
+}
+
+/// Where a listener's connections go, as configured.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum TargetSpec {
+    /// An explicit forward: every connection goes to `addr`.
+    #[serde(rename_all = "camelCase")]
+    Fixed { addr: String },
+    /// Transparent interception: the original destination of the redirected
+    /// socket. `inbound_host` rewrites the host (e.g. to 127.0.0.1) so the
+    /// inbound side reaches the app on the original port.
+    #[serde(rename_all = "camelCase")]
+    OriginalDst {
+        #[serde(default)]
+        inbound_host: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub bind: String,
+    pub target: TargetSpec,
+    #[serde(default)]
+    pub mode: Option<PortMode>,
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DetectSpec {
+    pub inbound_timeout_ms: u64,
+    pub outbound_timeout_ms: u64,
+    pub server_first_grace_ms: u64,
+    pub server_first_capacity: usize,
+    pub server_first_ttl_ms: u64,
+}
+
+impl Default for DetectSpec {
+    fn default() -> Self {
+        DetectSpec {
+            inbound_timeout_ms: 10_000,
+            outbound_timeout_ms: 10_000,
+            server_first_grace_ms: 100,
+            server_first_capacity: 4096,
+            server_first_ttl_ms: 3_600_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsSpec {
+    pub max_targets: usize,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec { max_targets: 1000 }
+    }
+}
+
+/// The whole engine configuration as it arrives (camelCase JSON).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineSpec {
+    #[serde(default)]
+    pub workers: usize,
+    #[serde(default)]
+    pub max_connections: usize,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    pub listeners: Vec<ListenerSpec>,
+    #[serde(default)]
+    pub detect: DetectSpec,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    #[serde(default)]
+    pub policy: PolicySpec,
+}
+
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+
+/// A validated listener.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: BindAddr,
+    pub target: Target,
+    pub mode: Option<PortMode>,
+    pub direction: Direction,
+}
+
+/// A validated target rule.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    Fixed(TargetAddr),
+    OriginalDst { inbound_host: Option<std::net::IpAddr> },
+}
+
+/// Detection settings, validated.
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// Per direction (index with `Direction::index`).
+    pub timeout: [Duration; 2],
+    /// `None` turns the server-first fast path off.
+    pub server_first_grace: Option<Duration>,
+    pub server_first_capacity: usize,
+    pub server_first_ttl: Duration,
+}
+
+/// The validated engine configuration.
+#[derive(Debug)]
+pub struct EngineConfig {
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub listeners: Vec<ListenerConfig>,
+    pub detect: DetectConfig,
+    pub max_metric_targets: usize,
+    pub policy: PolicyTable,
+}
+
+impl EngineSpec {
+    /// Validates the spec into an `EngineConfig`.
+    pub fn validate(&self) -> Result<EngineConfig, ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::NoListeners);
+        }
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for l in &self.listeners {
+            if listeners.iter().any(|x: &ListenerConfig| x.name == l.name) {
+                return Err(ConfigError::DuplicateListener { name: l.name.clone() });
+            }
+            let addr_err = |field, error| ConfigError::Address { name: l.name.clone(), field, error };
+            let bind = l.bind.parse::<BindAddr>().map_err(|e| addr_err("bind", e))?;
+            let target = match &l.target {
+                TargetSpec::Fixed { addr } => {
+                    Target::Fixed(addr.parse::<TargetAddr>().map_err(|e| addr_err("target", e))?)
+                }
+                TargetSpec::OriginalDst { inbound_host } => Target::OriginalDst {
+                    inbound_host: match inbound_host {
+                        Some(h) => Some(h.parse().map_err(|_| addr_err("target.inboundHost", AddrError::Socket(h.clone())))?),
+                        None => None,
+                    },
+                },
+            };
+            listeners.push(ListenerConfig { name: l.name.clone(), bind, target, mode: l.mode, direction: l.direction });
+        }
+        let d = &self.detect;
+        for (field, v) in [("detect.inboundTimeoutMs", d.inbound_timeout_ms), ("detect.outboundTimeoutMs", d.outbound_timeout_ms)] {
+            if v == 0 {
+                return Err(ConfigError::Value { field, value: v.to_string(), expected: "a timeout of at least 1 ms" });
+            }
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                field: "connectTimeoutMs",
+                value: "0".into(),
+                expected: "a timeout of at least 1 ms",
+            });
+        }
+        Ok(EngineConfig {
+            max_connections: self.max_connections,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            listeners,
+            detect: DetectConfig {
+                timeout: [Duration::from_millis(d.inbound_timeout_ms), Duration::from_millis(d.outbound_timeout_ms)],
+                server_first_grace: (d.server_first_grace_ms > 0).then(|| Duration::from_millis(d.server_first_grace_ms)),
+                server_first_capacity: d.server_first_capacity,
+                server_first_ttl: Duration::from_millis(d.server_first_ttl_ms),
+            },
+            max_metric_targets: self.metrics.max_targets.max(1),
+            policy: PolicyTable::compile(&self.policy)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<EngineConfig, String> {
+        let spec: EngineSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        spec.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_forward_config() {
+        let c = parse(r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}]}"#).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.detect.timeout[1], Duration::from_secs(10));
+        assert_eq!(c.detect.server_first_grace, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn errors_name_the_listener_and_field() {
+        let err = parse(r#"{"listeners":[{"name":"db","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"nowhere"},"direction":"outbound"}]}"#).unwrap_err();
+        assert!(err.contains("\"db\"") && err.contains("target") && err.contains("nowhere"), "{err}");
+        let err = parse(r#"{"listeners":[]}"#).unwrap_err();
+        assert!(err.contains("no listeners"), "{err}");
+        let err = parse(r#"{"listeners":[],"bogus":1}"#).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,216 @@
+//! The per-connection pipeline: target → policy → detect → connect → forward.
+//!
+//! `serve` owns one accepted connection from start to end. Each stage is a
+//! plain function so later stages slot in without touching the accept loop:
+//! mesh mTLS will wrap the upstream connect, and HTTP-aware proxying will
+//! branch on the detection result (`Protocol::Http1`/`Http2`) where today
+//! every outcome is forwarded as TCP.
+//!
+//! Accounting is done with drop guards, so a connection cut at the drain
+//! deadline (its task is simply dropped) still closes its gauges and records
+//! its duration.
+
+mod sniff;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+
+use crate::config::DetectConfig;
+use crate::conn::{ConnProtocol, ConnRegistry, ConnState};
+use crate::copy::{self, CopyConfig, Counters};
+use crate::drain::Drain;
+use crate::listener::ListenerCtx;
+use crate::metrics::{errno_index, DetectResult, Metrics, Peer, SeriesKey, TcpSeries};
+use crate::policy::{PolicyTable, PortMode};
+use crate::server_first::ServerFirstCache;
+use crate::socket;
+use crate::target;
+
+pub use sniff::Sniffed;
+
+/// Engine-wide state every connection task shares.
+pub struct Context {
+    pub policy: ArcSwap<PolicyTable>,
+    pub metrics: Metrics,
+    pub conns: ConnRegistry,
+    pub server_first: ServerFirstCache,
+    pub detect: DetectConfig,
+    pub connect_timeout: Duration,
+    pub copy: CopyConfig,
+    pub drain: Drain,
+    /// Called once per newly learned server-first target (for the log hint).
+    pub on_learned: Option<LearnedHook>,
+}
+
+/// A callback for newly learned server-first targets.
+pub type LearnedHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Closes one side's gauge and records its close reason when dropped.
+struct SideGuard {
+    series: Arc<TcpSeries>,
+    peer: Peer,
+    errno: usize,
+}
+
+impl Drop for SideGuard {
+    fn drop(&mut self) {
+        self.series.closed(self.peer, self.errno);
+    }
+}
+
+/// Counts the listener's open connections and observes the duration.
+struct OpenGuard<'a> {
+    l: &'a ListenerCtx,
+    started: Instant,
+    series: Option<Arc<TcpSeries>>,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.l.open.fetch_sub(1, Relaxed);
+        if let Some(s) = &self.series {
+            s.duration.observe(self.started.elapsed());
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends or the drain deadline cuts it.
+pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, peer: SocketAddr) {
+    let cut = ctx.drain.cut.clone();
+    tokio::select! {
+        _ = pipeline(&ctx, &l, client, peer) => {}
+        _ = cut.cancelled() => {}
+    }
+}
+
+async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    l.open.fetch_add(1, Relaxed);
+    let mut open = OpenGuard { l, started, series: None };
+    let reg = ctx.conns.register(l.name.clone(), l.direction, peer);
+    let info = &reg.info;
+    let _ = client.set_nodelay(true);
+
+    // 1. Target.
+    let target = match target::resolve(&l.target, &client) {
+        Ok(t) => t,
+        Err(target::TargetError::Loop(_)) => {
+            ctx.metrics.errors.loop_refused.fetch_add(1, Relaxed);
+            socket::set_reset_on_close(&client);
+            return;
+        }
+        Err(target::TargetError::OriginalDst(_)) => {
+            ctx.metrics.errors.original_dst_failed.fetch_add(1, Relaxed);
+            socket::set_reset_on_close(&client);
+            return;
+        }
+    };
+    let _ = info.target.set(target);
+
+    // 2. Policy: the listener's explicit mode wins over the table.
+    let (mode, detect_timeout) = match l.mode {
+        Some(mode) => (mode, None),
+        None => {
+            let p = ctx.policy.load().lookup(l.direction, target);
+            (p.mode, p.detect_timeout)
+        }
+    };
+    let timeout = detect_timeout.unwrap_or(ctx.detect.timeout[l.direction.index()]);
+
+    // 3. Detect.
+    let sniffed = sniff::sniff(ctx, &client, target, mode, timeout).await;
+    ctx.metrics.detected(l.direction, target.port(), sniffed.result, started.elapsed());
+    info.set_protocol(match sniffed.result {
+        DetectResult::Http1 => ConnProtocol::Http1,
+        DetectResult::Http2 => ConnProtocol::Http2,
+        DetectResult::Tls => ConnProtocol::Tls,
+        _ => ConnProtocol::Opaque,
+    });
+    if let Some(sni) = &sniffed.sni {
+        let _ = info.sni.set(sni.clone());
+    }
+    if matches!(sniffed.result, DetectResult::ClientClosed | DetectResult::Error) {
+        // Nothing was read, nothing to forward; an upstream opened for the
+        // server-first race is dropped (closed) here.
+        return;
+    }
+
+    // From here the connection is counted as an open TCP connection.
+    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, sni: sniffed.sni.clone() });
+    series.opened(Peer::Src);
+    open.series = Some(series.clone());
+    let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
+
+    // 4. Connect (unless the server-first race already did).
+    info.set_state(ConnState::Connecting);
+    let server = match sniffed.upstream {
+        Some(s) => Ok(s),
+        None => match sniffed.connect_error {
+            Some(e) => Err(e),
+            None => connect(target.0, ctx.connect_timeout).await,
+        },
+    };
+    let server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.metrics.errors.connect_failed.fetch_add(1, Relaxed);
+            series.open_total[Peer::Dst as usize].fetch_add(1, Relaxed);
+            series.closes[Peer::Dst as usize][errno_index(Some(&e))].fetch_add(1, Relaxed);
+            // The client learns at once that its target is unreachable.
+            socket::set_reset_on_close(&client);
+            src.errno = errno_index(Some(&e));
+            return;
+        }
+    };
+    series.opened(Peer::Dst);
+    let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
+
+    // 5. Forward: replay what detection read, in order, then splice.
+    info.set_state(ConnState::Forwarding);
+    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server };
+    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client };
+    if !sniffed.buffered.is_empty() {
+        if let Err(e) = copy::write_all(&server, &sniffed.buffered).await {
+            dst.errno = errno_index(Some(&e));
+            socket::set_reset_on_close(&client);
+            return;
+        }
+        up.conn.fetch_add(sniffed.buffered.len() as u64, Relaxed);
+        up.series.fetch_add(sniffed.buffered.len() as u64, Relaxed);
+    }
+    drop(sniffed.buffered);
+    if sniffed.client_eof {
+        let _ = socket::shutdown_write(&server);
+    }
+    match copy::forward(&client, &server, up, down, ctx.copy).await {
+        Ok(_) => {}
+        Err(e) => {
+            let errno = errno_index(Some(e.io()));
+            match e {
+                copy::CopyError::Client(_) => src.errno = errno,
+                copy::CopyError::Server(_) => dst.errno = errno,
+            }
+        }
+    }
+    info.set_state(ConnState::Closing);
+}
+
+/// Dials the target with a bounded connect timeout and TCP_NODELAY.
+async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out"))),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Whether a mode runs detection at all.
+pub fn detects(mode: PortMode) -> bool {
+    mode != PortMode::Opaque
+}

@@ -1,0 +1,181 @@
+//! Protocol detection on a live connection, including the server-first race.
+//!
+//! Bytes are read from the client into a bounded buffer (at most
+//! `DETECT_BUFFER_CAP`, grown on demand from 1 KiB so most connections never
+//! hold more) and handed to the pure classifier after every read, until it
+//! decides, the detect timeout fires, or the client closes. Nothing read here
+//! is lost: the buffer is returned to the pipeline, which writes it upstream
+//! before splicing the rest.
+//!
+//! Server speaks first (beyond Linkerd): on a `detect` port, if the client
+//! has sent nothing for the grace period, the upstream is dialled anyway and
+//! both sides race. If the server sends first, the connection is opaque at
+//! once (its bytes are left in the socket for splice to carry) and the target
+//! is remembered so the next connection skips detection entirely. If the
+//! client speaks first after all, detection goes on over the already-open
+//! upstream connection.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+use crate::addr::TargetAddr;
+use crate::detect::{classify, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
+use crate::metrics::DetectResult;
+use crate::policy::PortMode;
+use crate::proxy::Context;
+
+/// What detection found, and everything it holds that the pipeline needs.
+pub struct Sniffed {
+    pub result: DetectResult,
+    /// Every byte read from the client so far, in order.
+    pub buffered: Vec<u8>,
+    /// The upstream connection, if the server-first race opened it.
+    pub upstream: Option<TcpStream>,
+    /// Set when the race's connect failed: the pipeline reports it as a
+    /// connect failure instead of dialling again.
+    pub connect_error: Option<io::Error>,
+    /// The SNI of a detected TLS ClientHello.
+    pub sni: Option<Arc<str>>,
+    /// The client half-closed after sending `buffered`.
+    pub client_eof: bool,
+}
+
+impl Sniffed {
+    fn new(result: DetectResult) -> Self {
+        Sniffed { result, buffered: Vec::new(), upstream: None, connect_error: None, sni: None, client_eof: false }
+    }
+}
+
+fn expect_for(mode: PortMode) -> Expect {
+    match mode {
+        PortMode::Http1 => Expect::Http1,
+        PortMode::Http2 | PortMode::Grpc => Expect::Http2,
+        PortMode::Tls => Expect::Tls,
+        PortMode::Detect | PortMode::Opaque => Expect::Any,
+    }
+}
+
+fn decided(d: Detected) -> (DetectResult, Option<Arc<str>>) {
+    match d {
+        Detected::Http1 => (DetectResult::Http1, None),
+        Detected::Http2 => (DetectResult::Http2, None),
+        Detected::Tls(info) => (DetectResult::Tls, info.sni.map(Arc::from)),
+        Detected::NotHttp => (DetectResult::NotHttp, None),
+    }
+}
+
+/// Runs detection for one connection according to its port mode.
+pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: PortMode, timeout: Duration) -> Sniffed {
+    if mode == PortMode::Opaque {
+        return Sniffed::new(DetectResult::OpaquePort);
+    }
+    if mode == PortMode::Detect && ctx.server_first.is_server_first(target) {
+        return Sniffed::new(DetectResult::ServerFirst);
+    }
+    let expect = expect_for(mode);
+    let start = Instant::now();
+    let deadline = start + timeout;
+    // Only undeclared ports race: a declared HTTP/TLS port is client-first.
+    let grace = if mode == PortMode::Detect { ctx.detect.server_first_grace } else { None };
+    let grace_at = grace.map(|g| start + g);
+
+    let mut out = Sniffed::new(DetectResult::ReadTimeout);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let race_now = grace_at.is_some() && out.upstream.is_none() && out.connect_error.is_none() && buf.is_empty();
+        tokio::select! {
+            biased;
+            r = client.readable() => {
+                if let Err(_e) = r {
+                    out.result = DetectResult::Error;
+                    break;
+                }
+                if buf.capacity() == buf.len() {
+                    let grow = if buf.capacity() == 0 { 1024 } else { buf.capacity() };
+                    buf.reserve_exact(grow.min(DETECT_BUFFER_CAP - buf.len()));
+                }
+                match client.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        if buf.is_empty() {
+                            out.result = DetectResult::ClientClosed;
+                        } else {
+                            // A short message then a half-close: not HTTP,
+                            // but every byte still goes upstream.
+                            out.result = DetectResult::NotHttp;
+                            out.client_eof = true;
+                        }
+                        break;
+                    }
+                    Ok(_) => match classify(&buf, expect) {
+                        Verdict::Decided(d) => {
+                            let (result, sni) = decided(d);
+                            out.result = result;
+                            out.sni = sni;
+                            break;
+                        }
+                        Verdict::NeedMore if buf.len() >= DETECT_BUFFER_CAP => {
+                            out.result = DetectResult::NotHttp;
+                            break;
+                        }
+                        Verdict::NeedMore => {}
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        out.result = if buf.is_empty() { DetectResult::Error } else { DetectResult::NotHttp };
+                        break;
+                    }
+                }
+            }
+            r = server_readable(out.upstream.as_ref()), if out.upstream.is_some() => {
+                // The server spoke (or closed) before the client finished.
+                let _ = r;
+                if buf.is_empty() {
+                    out.result = DetectResult::ServerFirst;
+                    if ctx.server_first.learn(target) {
+                        if let Some(hook) = &ctx.on_learned {
+                            hook(&target.to_string());
+                        }
+                    }
+                } else {
+                    out.result = DetectResult::NotHttp;
+                }
+                break;
+            }
+            _ = sleep_until(grace_at.unwrap_or(deadline)), if race_now => {
+                match tokio::time::timeout_at(deadline, TcpStream::connect(target.0)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        out.upstream = Some(s);
+                    }
+                    Ok(Err(e)) => {
+                        out.connect_error = Some(e);
+                        out.result = DetectResult::NotHttp;
+                        break;
+                    }
+                    Err(_) => {
+                        out.connect_error = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out during detection"));
+                        out.result = DetectResult::ReadTimeout;
+                        break;
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                out.result = DetectResult::ReadTimeout;
+                break;
+            }
+        }
+    }
+    out.buffered = buf;
+    out
+}
+
+async fn server_readable(s: Option<&TcpStream>) -> io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
