@@ -1,0 +1,256 @@
+//! Protocol detection: a pure, incremental classifier for the first bytes a client sends.
+//!
+//! The proxy reads what the client sends into a buffer and calls [`classify`] with the *whole*
+//! accumulated prefix after every read. The classifier answers [`Verdict::NeedMore`] only while
+//! more bytes could still change the answer, and [`Verdict::Decided`] as soon as they cannot:
+//! an HTTP/2 client connection preface (RFC 9113 §3.4, which is also how gRPC starts), a strict
+//! HTTP/1.0 or HTTP/1.1 request line (RFC 9112 §3), a TLS handshake record carrying a complete
+//! ClientHello (RFC 8446 §4.1.2, with its SNI and ALPN), or [`Detected::NotHttp`] for anything
+//! else. The verdict is a function of the bytes alone, so a request line split across any number
+//! of reads is detected exactly as if it had arrived whole, and once a prefix is decided every
+//! longer input starting with it gets the same verdict.
+//!
+//! The buffer is bounded by [`DETECT_BUFFER_CAP`] (16 KiB): the classifier never looks past it,
+//! and once that many bytes are buffered it always decides. A request line or a ClientHello that
+//! does not complete within the cap is `NotHttp`, which means the connection is proxied as opaque
+//! TCP with every buffered byte forwarded first: an oversized greeting costs metrics, never the
+//! connection. 16 KiB is one maximum-size TLS record and fits the large ClientHellos that
+//! post-quantum key shares produce.
+//!
+//! A port's declared mode ([`Expect`]) narrows what may be concluded but is validated, not
+//! trusted: on an `HTTP/2` port, bytes that are not the preface are `NotHttp`.
+//!
+//! Layout: `detect/http.rs` matches the HTTP/2 preface and the HTTP/1 request line,
+//! `detect/tls.rs` walks and reassembles TLS handshake records, and `detect/client_hello.rs`
+//! parses the ClientHello body for SNI and ALPN. Each matcher is monotone on its own; this file
+//! only combines them and applies the cap.
+
+mod client_hello;
+mod http;
+mod tls;
+
+/// The most bytes the classifier inspects; at or past this length it always decides.
+pub const DETECT_BUFFER_CAP: usize = 16 * 1024;
+
+/// What the port's mode lets the classifier conclude.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// `detect` ports: try HTTP/2, HTTP/1 and TLS.
+    Any,
+    /// `HTTP/1` ports: only a valid HTTP/1 request line is accepted.
+    Http1,
+    /// `HTTP/2` and `gRPC` ports: only the HTTP/2 client preface is accepted.
+    Http2,
+    /// `TLS` ports: only a TLS ClientHello is accepted.
+    Tls,
+}
+
+/// What a TLS ClientHello revealed, for metrics. Strings are converted lossily from the wire
+/// bytes and capped at [`TLS_STRING_CAP`] bytes; at most [`ALPN_CAP`] ALPN names are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The first `host_name` entry of the server_name extension (RFC 6066 §3), as sent.
+    pub sni: Option<String>,
+    /// The application_layer_protocol_negotiation names (RFC 7301), in the client's order.
+    pub alpn: Vec<String>,
+}
+
+/// The protocol the classifier concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    Tls(TlsInfo),
+    /// Not a protocol this proxy understands (or not the declared one): proxied as opaque TCP.
+    NotHttp,
+}
+
+/// The classifier's answer for one buffered prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    NeedMore,
+    Decided(Detected),
+}
+
+/// Longest SNI host name or ALPN protocol name kept, in bytes (longer ones are truncated).
+pub const TLS_STRING_CAP: usize = 255;
+/// Most ALPN names kept from one ClientHello (further names are validated but dropped).
+pub const ALPN_CAP: usize = 16;
+
+/// One protocol matcher's view of a prefix. Every matcher is monotone: once it returns `Match`
+/// or `NoMatch` for a prefix, it returns the same for every extension of that prefix, which is
+/// what makes [`classify`] safe to call again with more bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    Match(Detected),
+    NoMatch,
+    Partial,
+}
+
+/// Classifies the bytes a client sent so far.
+///
+/// Pure and incremental: called again with the whole accumulated prefix each time more bytes
+/// arrive. Returns `NeedMore` for an empty buffer and never for one of `DETECT_BUFFER_CAP` bytes
+/// or more. Bytes past the cap are ignored.
+pub fn classify(buf: &[u8], expect: Expect) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let capped = &buf[..buf.len().min(DETECT_BUFFER_CAP)];
+    let mut partial = false;
+    let probes: &[fn(&[u8]) -> Probe] = match expect {
+        Expect::Any => &[http::probe_h2, http::probe_h1, tls::probe],
+        Expect::Http1 => &[http::probe_h1],
+        Expect::Http2 => &[http::probe_h2],
+        Expect::Tls => &[tls::probe],
+    };
+    for probe in probes {
+        match probe(capped) {
+            // Matchers are mutually exclusive on any one prefix, so the first match is the match.
+            Probe::Match(detected) => return Verdict::Decided(detected),
+            Probe::Partial => partial = true,
+            Probe::NoMatch => {}
+        }
+    }
+    if partial && buf.len() < DETECT_BUFFER_CAP {
+        Verdict::NeedMore
+    } else {
+        Verdict::Decided(Detected::NotHttp)
+    }
+}
+
+/// Converts wire bytes to a `String` for metrics: invalid UTF-8 becomes U+FFFD and the result
+/// is cut to at most [`TLS_STRING_CAP`] bytes on a character boundary.
+fn lossy_capped(bytes: &[u8]) -> String {
+    // Every input byte yields at least one output byte, so the first CAP bytes are enough,
+    // plus 3 so that a character straddling the cap is decoded whole rather than as U+FFFD.
+    let head = &bytes[..bytes.len().min(TLS_STRING_CAP + 3)];
+    let mut s = String::from_utf8_lossy(head).into_owned();
+    if s.len() > TLS_STRING_CAP {
+        let mut end = TLS_STRING_CAP;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn decided(d: Detected) -> Verdict {
+        Verdict::Decided(d)
+    }
+
+    #[test]
+    fn empty_buffer_needs_more_in_every_mode() {
+        for expect in [Expect::Any, Expect::Http1, Expect::Http2, Expect::Tls] {
+            assert_eq!(classify(b"", expect), Verdict::NeedMore);
+        }
+    }
+
+    #[test]
+    fn first_byte_that_starts_nothing_decides_at_once() {
+        for b in [
+            0x00u8, 0x01, b' ', b'\t', b'\n', b'(', b'@', 0x7f, 0x80, 0xff, 0x17,
+        ] {
+            assert_eq!(
+                classify(&[b], Expect::Any),
+                decided(Detected::NotHttp),
+                "byte {b:#04x}"
+            );
+        }
+        // Candidates of each kind keep the door open.
+        for b in [b'G', b'P', b'\r', 0x16, b'~'] {
+            assert_eq!(
+                classify(&[b], Expect::Any),
+                Verdict::NeedMore,
+                "byte {b:#04x}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_mode_recognises_each_protocol() {
+        assert_eq!(classify(PREFACE, Expect::Any), decided(Detected::Http2));
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\n", Expect::Any),
+            decided(Detected::Http1)
+        );
+        assert_eq!(
+            classify(b"PRI * HTTP/1.1\r\n", Expect::Any),
+            decided(Detected::Http1)
+        );
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH_9.2\r\n", Expect::Any),
+            decided(Detected::NotHttp)
+        );
+    }
+
+    #[test]
+    fn declared_mode_is_validated_not_trusted() {
+        let h1 = b"GET / HTTP/1.1\r\n";
+        assert_eq!(classify(h1, Expect::Http1), decided(Detected::Http1));
+        assert_eq!(classify(h1, Expect::Http2), decided(Detected::NotHttp));
+        assert_eq!(classify(h1, Expect::Tls), decided(Detected::NotHttp));
+        assert_eq!(classify(PREFACE, Expect::Http2), decided(Detected::Http2));
+        assert_eq!(classify(PREFACE, Expect::Http1), decided(Detected::NotHttp));
+        assert_eq!(classify(PREFACE, Expect::Tls), decided(Detected::NotHttp));
+        // The first byte already rules the declared protocol out.
+        assert_eq!(classify(b"G", Expect::Http2), decided(Detected::NotHttp));
+        assert_eq!(classify(b"G", Expect::Tls), decided(Detected::NotHttp));
+        assert_eq!(classify(&[0x16], Expect::Http1), decided(Detected::NotHttp));
+    }
+
+    #[test]
+    fn cap_forces_a_decision_and_bytes_past_it_are_ignored() {
+        let mut line = b"GET /".to_vec();
+        line.resize(DETECT_BUFFER_CAP - 1, b'a');
+        assert_eq!(classify(&line, Expect::Any), Verdict::NeedMore);
+        line.push(b'a');
+        assert_eq!(classify(&line, Expect::Any), decided(Detected::NotHttp));
+        // A request line that would complete just past the cap is still opaque.
+        line.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(classify(&line, Expect::Any), decided(Detected::NotHttp));
+        assert_eq!(classify(&line, Expect::Http1), decided(Detected::NotHttp));
+    }
+
+    #[test]
+    fn request_line_ending_exactly_at_the_cap_is_http1() {
+        let tail = b" HTTP/1.1\r\n";
+        let mut line = b"GET /".to_vec();
+        line.resize(DETECT_BUFFER_CAP - tail.len(), b'a');
+        line.extend_from_slice(tail);
+        assert_eq!(line.len(), DETECT_BUFFER_CAP);
+        assert_eq!(classify(&line, Expect::Any), decided(Detected::Http1));
+        assert_eq!(
+            classify(&line[..line.len() - 1], Expect::Any),
+            Verdict::NeedMore
+        );
+    }
+
+    #[test]
+    fn lossy_capped_converts_and_truncates_on_char_boundaries() {
+        assert_eq!(lossy_capped(b"h2"), "h2");
+        assert_eq!(lossy_capped(b"a\xffb"), "a\u{fffd}b");
+        let long = vec![b'x'; 300];
+        assert_eq!(lossy_capped(&long).len(), TLS_STRING_CAP);
+        // 255 invalid bytes become 255 three-byte replacement characters: cut to 85 of them.
+        let bad = vec![0xffu8; 255];
+        let s = lossy_capped(&bad);
+        assert_eq!(s.len(), 255);
+        assert_eq!(s.chars().count(), 85);
+        // A two-byte character straddling the cap is dropped whole.
+        let mut mixed = vec![b'a'; 254];
+        mixed.extend_from_slice("é".as_bytes());
+        assert_eq!(lossy_capped(&mixed), "a".repeat(254));
+        // A four-byte character straddling the cap is dropped whole, not replaced by U+FFFD.
+        let mut emoji = vec![b'a'; 252];
+        emoji.extend_from_slice("😀".as_bytes());
+        assert_eq!(lossy_capped(&emoji), "a".repeat(252));
+    }
+}

@@ -1,0 +1,255 @@
+//! HTTP matchers: the HTTP/2 client connection preface and a strict HTTP/1 request line.
+//!
+//! HTTP/2 with prior knowledge (and so every gRPC connection) starts with the fixed 24-byte
+//! client connection preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113 §3.4): a strict prefix
+//! of it may still become HTTP/2, any deviating byte rules HTTP/2 out.
+//!
+//! HTTP/1 is recognised by its request line alone (RFC 9112 §3):
+//! `request-line = method SP request-target SP HTTP-version CRLF`, where the method is a token
+//! (`1*tchar`, RFC 9110 §5.6.2, limited here to 32 bytes), the request-target is taken as
+//! `1*` visible ASCII (0x21-0x7E: origin-form, absolute-form, authority-form as sent by CONNECT,
+//! and asterisk-form as sent by `OPTIONS *` are all in that set), and the version must be exactly
+//! `HTTP/1.0` or `HTTP/1.1` (the name is case-sensitive, RFC 9112 §2.3). The verdict is reached
+//! when the CRLF ending the line arrives; a bare LF does not count. RFC 9112 §2.2 asks servers to
+//! ignore at least one empty line (CRLF) before the request line, so exactly one is tolerated;
+//! more CRLFs, leading whitespace, or a stream of CR/LF noise are not HTTP. `PRI * HTTP/2.0` is
+//! not an HTTP/1 request line because of its version, so the two matchers never both match.
+
+use super::{Detected, Probe};
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Longest method token accepted; real methods are short, and a long token is far likelier to
+/// be another protocol's bytes than an HTTP extension method.
+pub(super) const MAX_METHOD_LEN: usize = 32;
+
+/// Matches the HTTP/2 client connection preface.
+pub(super) fn probe_h2(buf: &[u8]) -> Probe {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] != H2_PREFACE[..n] {
+        Probe::NoMatch
+    } else if n == H2_PREFACE.len() {
+        Probe::Match(Detected::Http2)
+    } else {
+        Probe::Partial
+    }
+}
+
+/// `tchar` from RFC 9110 §5.6.2: the characters a method token may contain.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Matches a strict HTTP/1.0 or HTTP/1.1 request line, after at most one leading CRLF.
+pub(super) fn probe_h1(buf: &[u8]) -> Probe {
+    // One tolerated empty line: RFC 9112 §2.2.
+    let line = match buf {
+        [b'\r'] => return Probe::Partial,
+        [b'\r', b'\n', rest @ ..] => rest,
+        [b'\r', ..] => return Probe::NoMatch,
+        _ => buf,
+    };
+    let mut i = 0;
+
+    // method = token
+    while i < line.len() && is_tchar(line[i]) {
+        i += 1;
+        if i > MAX_METHOD_LEN {
+            return Probe::NoMatch;
+        }
+    }
+    if i == line.len() {
+        return Probe::Partial;
+    }
+    if i == 0 || line[i] != b' ' {
+        return Probe::NoMatch;
+    }
+    i += 1;
+
+    // request-target: one or more visible ASCII characters, up to the next SP.
+    let target_start = i;
+    while i < line.len() && matches!(line[i], 0x21..=0x7e) {
+        i += 1;
+    }
+    if i == line.len() {
+        return Probe::Partial;
+    }
+    if i == target_start || line[i] != b' ' {
+        return Probe::NoMatch;
+    }
+    i += 1;
+
+    // HTTP-version CRLF, compared byte by byte so a split anywhere inside is still a prefix.
+    let rest = &line[i..];
+    let matches_version = |version: &[u8]| {
+        let n = rest.len().min(version.len());
+        rest[..n] == version[..n]
+    };
+    let complete = b"HTTP/1.x\r\n".len();
+    if !(matches_version(b"HTTP/1.0\r\n") || matches_version(b"HTTP/1.1\r\n")) {
+        Probe::NoMatch
+    } else if rest.len() >= complete {
+        Probe::Match(Detected::Http1)
+    } else {
+        Probe::Partial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h1(buf: &[u8]) -> Probe {
+        probe_h1(buf)
+    }
+
+    /// Asserts that every strict prefix of `line` is `Partial` and the whole line is `want`.
+    fn assert_prefixes_partial_then(line: &[u8], want: Probe) {
+        for end in 1..line.len() {
+            assert_eq!(
+                h1(&line[..end]),
+                Probe::Partial,
+                "prefix {:?}",
+                String::from_utf8_lossy(&line[..end])
+            );
+        }
+        assert_eq!(h1(line), want, "line {:?}", String::from_utf8_lossy(line));
+    }
+
+    #[test]
+    fn real_request_lines_are_http1_once_the_crlf_arrives() {
+        for line in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"GET /index.html?q=1&r=%20x HTTP/1.0\r\n",
+            b"POST /api/v1/items HTTP/1.1\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n",
+            b"OPTIONS * HTTP/1.1\r\n",
+            b"GET http://example.com/path HTTP/1.1\r\n",
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"PRI * HTTP/1.1\r\n",
+        ] {
+            assert_prefixes_partial_then(line, Probe::Match(Detected::Http1));
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_request_line_do_not_matter() {
+        assert_eq!(
+            h1(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff"),
+            Probe::Match(Detected::Http1)
+        );
+    }
+
+    #[test]
+    fn one_leading_crlf_is_tolerated_two_are_not() {
+        assert_prefixes_partial_then(b"\r\nGET / HTTP/1.1\r\n", Probe::Match(Detected::Http1));
+        assert_eq!(h1(b"\r\n\r"), Probe::NoMatch);
+        assert_eq!(h1(b"\r\n\r\nGET / HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"\n"), Probe::NoMatch);
+        assert_eq!(h1(b"\nGET / HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"\r\r\n"), Probe::NoMatch);
+    }
+
+    #[test]
+    fn whitespace_and_line_noise_are_not_http() {
+        for noise in [
+            &b" GET / HTTP/1.1\r\n"[..],
+            b"\tGET / HTTP/1.1\r\n",
+            b"\r\n \r\n",
+            b"\r\n\n",
+            b"\r\r\r\r",
+            b"\n\n\n\n",
+            b"GET  / HTTP/1.1\r\n",
+            b"GET /  HTTP/1.1\r\n",
+            b"GET\t/ HTTP/1.1\r\n",
+            b"GET / HTTP/1.1 \r\n",
+            b"GET / HTTP/1.1\n",
+            b"GET / HTTP/1.1\r\r",
+            b"GET / HTTP/1.1\rX",
+            b"GET HTTP/1.1\r\n",
+            b"GET /\r\n",
+            b" ",
+        ] {
+            assert_eq!(
+                h1(noise),
+                Probe::NoMatch,
+                "{:?}",
+                String::from_utf8_lossy(noise)
+            );
+        }
+    }
+
+    #[test]
+    fn only_http_1_0_and_1_1_in_exact_case_are_accepted() {
+        for bad in [
+            &b"GET / http/1.1\r\n"[..],
+            b"GET / HTTP/1.2\r\n",
+            b"GET / HTTP/2.0\r\n",
+            b"GET / HTTP/1.10\r\n",
+            b"GET / HTTP/1\r\n",
+            b"GET / HTTPS/1.1\r\n",
+            b"GET / HTTP/0.9\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(
+                h1(bad),
+                Probe::NoMatch,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // The bad byte alone decides: no need to wait for the CRLF.
+        assert_eq!(h1(b"GET / h"), Probe::NoMatch);
+        assert_eq!(h1(b"GET / HTTP/1.2"), Probe::NoMatch);
+    }
+
+    #[test]
+    fn method_is_limited_to_32_token_bytes() {
+        let ok = format!("{} / HTTP/1.1\r\n", "A".repeat(MAX_METHOD_LEN));
+        assert_eq!(h1(ok.as_bytes()), Probe::Match(Detected::Http1));
+        let long = "A".repeat(MAX_METHOD_LEN + 1);
+        assert_eq!(h1(long.as_bytes()), Probe::NoMatch);
+        assert_eq!(h1(&long.as_bytes()[..MAX_METHOD_LEN]), Probe::Partial);
+        assert_eq!(h1(b"GE(T / HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"G\x00T / HTTP/1.1\r\n"), Probe::NoMatch);
+    }
+
+    #[test]
+    fn request_target_must_be_visible_ascii() {
+        assert_eq!(h1(b"GET /a\x7fb HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"GET /\xc3\xa9 HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"GET /a\x00 HTTP/1.1\r\n"), Probe::NoMatch);
+    }
+
+    #[test]
+    fn preface_split_at_every_byte() {
+        for end in 1..H2_PREFACE.len() {
+            assert_eq!(
+                probe_h2(&H2_PREFACE[..end]),
+                Probe::Partial,
+                "prefix length {end}"
+            );
+        }
+        assert_eq!(probe_h2(H2_PREFACE), Probe::Match(Detected::Http2));
+        let mut with_frames = H2_PREFACE.to_vec();
+        with_frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(probe_h2(&with_frames), Probe::Match(Detected::Http2));
+    }
+
+    #[test]
+    fn any_deviation_from_the_preface_rules_http2_out() {
+        for i in 0..H2_PREFACE.len() {
+            let mut bad = H2_PREFACE.to_vec();
+            bad[i] ^= 0x20;
+            assert_eq!(probe_h2(&bad), Probe::NoMatch, "flipped byte {i}");
+            assert_eq!(
+                probe_h2(&bad[..=i]),
+                Probe::NoMatch,
+                "flipped byte {i}, cut after it"
+            );
+        }
+        assert_eq!(probe_h2(b"PRI * HTTP/2.0\r\n\r\n\r\n"), Probe::NoMatch);
+        assert_eq!(probe_h2(b"POST"), Probe::NoMatch);
+    }
+}

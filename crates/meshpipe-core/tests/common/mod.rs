@@ -1,0 +1,113 @@
+//! Shared helpers for the engine integration tests: start an engine from a
+//! JSON config, real TCP peers on 127.0.0.1 port 0, and SHA-256 of streams.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshpipe_core::{Engine, EngineHooks, EngineSpec};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Starts an engine with one listener on 127.0.0.1:0 forwarding to `target`.
+pub async fn forward(target: SocketAddr, mode: Option<&str>, extra: serde_json::Value) -> (Engine, SocketAddr) {
+    let mut cfg = serde_json::json!({
+        "listeners": [{
+            "name": "test",
+            "bind": "127.0.0.1:0",
+            "target": { "kind": "fixed", "addr": target.to_string() },
+            "mode": mode,
+            "direction": "outbound"
+        }]
+    });
+    merge(&mut cfg, extra);
+    start(cfg).await
+}
+
+pub async fn start(cfg: serde_json::Value) -> (Engine, SocketAddr) {
+    let spec: EngineSpec = serde_json::from_value(cfg).expect("config parses");
+    let engine = Engine::start(spec.validate().expect("config valid"), EngineHooks::default()).await.expect("engine starts");
+    let addr = engine.bound()[0].bind.parse().unwrap();
+    (engine, addr)
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            b.insert(k, v);
+        }
+    }
+}
+
+/// An echo server: every connection echoes until EOF, then half-closes.
+pub async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server that sends `banner` first, then echoes.
+pub async fn banner_server(banner: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = s.write_all(banner).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn random(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub fn sha(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Sends `data` (then half-closes) while reading everything back; returns
+/// the SHA-256 of what came back.
+pub async fn roundtrip(addr: SocketAddr, data: Vec<u8>) -> [u8; 32] {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    writer.await.unwrap();
+    hasher.finalize().into()
+}
+
+pub async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(d, f).await.expect("timed out")
+}

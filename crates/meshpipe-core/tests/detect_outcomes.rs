@@ -1,0 +1,201 @@
+//! Every detection outcome on a live connection, each proven lossless with
+//! SHA-256 both ways: HTTP/1, HTTP/2, TLS, opaque port, not HTTP, read
+//! timeout, server first (learned and cached), client closed, oversized input
+//! and a trickling client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meshpipe_core::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn detect_cfg(timeout_ms: u64, grace_ms: u64) -> serde_json::Value {
+    serde_json::json!({ "detect": { "outboundTimeoutMs": timeout_ms, "inboundTimeoutMs": timeout_ms, "serverFirstGraceMs": grace_ms } })
+}
+
+fn results(engine: &Engine) -> Vec<(String, u64)> {
+    engine.snapshot().detect.iter().map(|d| (d.result.to_string(), d.count)).collect()
+}
+
+fn has(engine: &Engine, result: &str) -> bool {
+    results(engine).iter().any(|(r, n)| r == result && *n > 0)
+}
+
+/// A minimal, well-formed TLS 1.2/1.3 ClientHello with an SNI extension.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut sni_ext = Vec::new();
+    let list_len = (name.len() + 3) as u16;
+    sni_ext.extend_from_slice(&0u16.to_be_bytes()); // server_name
+    sni_ext.extend_from_slice(&(list_len + 2).to_be_bytes());
+    sni_ext.extend_from_slice(&list_len.to_be_bytes());
+    sni_ext.push(0); // host_name
+    sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni_ext.extend_from_slice(name);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x11; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one cipher suite
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    body.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&sni_ext);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+async fn lossless(addr: SocketAddr, head: &[u8], body_len: usize, seed: u64) {
+    let mut data = head.to_vec();
+    data.extend_from_slice(&random(body_len, seed));
+    let expect = sha(&data);
+    assert_eq!(within(Duration::from_secs(20), roundtrip(addr, data)).await, expect);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_http2_tls_and_random_are_classified_and_lossless() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(5000, 100)).await;
+    lossless(addr, b"GET /index.html HTTP/1.1\r\nHost: example\r\n\r\n", 1 << 20, 1).await;
+    assert!(has(&engine, "http/1"), "{:?}", results(&engine));
+    lossless(addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 1 << 20, 2).await;
+    assert!(has(&engine, "http/2"), "{:?}", results(&engine));
+    lossless(addr, &client_hello("db.example.internal"), 1 << 20, 3).await;
+    assert!(has(&engine, "tls"), "{:?}", results(&engine));
+    let snap = engine.snapshot();
+    assert!(snap.tcp.iter().any(|s| s.sni.as_deref() == Some("db.example.internal") && s.tls == "opaque"));
+    lossless(addr, &[0x00, 0xff, 0x13, 0x37], 1 << 20, 4).await;
+    assert!(has(&engine, "not_http"), "{:?}", results(&engine));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_mode_skips_detection() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, Some("opaque"), detect_cfg(5000, 100)).await;
+    lossless(addr, b"GET / HTTP/1.1\r\n\r\n", 1 << 20, 5).await;
+    assert_eq!(results(&engine), vec![("opaque_port".to_string(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_http2_with_other_bytes_is_forwarded_as_tcp() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, Some("http2"), detect_cfg(5000, 100)).await;
+    lossless(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 64 << 10, 6).await;
+    assert_eq!(results(&engine), vec![("not_http".to_string(), 1)], "validated, not trusted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_request_then_silence_times_out_without_loss() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(300, 50)).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GE").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.write_all(b"T / HTTP/1.1\r\n\r\n").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(Duration::from_secs(5), c.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(results(&engine), vec![("read_timeout".to_string(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_first_is_answered_within_grace_and_learned() {
+    let server = banner_server(b"220 smtp.example ESMTP ready\r\n").await;
+    let (engine, addr) = forward(server, None, detect_cfg(10_000, 100)).await;
+    for round in 0..3 {
+        let started = Instant::now();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut banner = [0u8; 30];
+        within(Duration::from_secs(5), c.read_exact(&mut banner)).await.unwrap();
+        let waited = started.elapsed();
+        assert_eq!(&banner, b"220 smtp.example ESMTP ready\r\n");
+        if round == 0 {
+            assert!(waited >= Duration::from_millis(90), "first connection waits the grace period: {waited:?}");
+        }
+        assert!(waited < Duration::from_secs(2), "never the 10 s detect timeout: {waited:?}");
+        // The rest of the session is still proxied both ways.
+        c.write_all(b"EHLO me\r\n").await.unwrap();
+        let mut echo = [0u8; 9];
+        c.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"EHLO me\r\n");
+    }
+    let r = results(&engine);
+    assert!(r.contains(&("server_first".to_string(), 3)), "{r:?}");
+    assert_eq!(engine.snapshot().server_first.targets.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_server_first_target_costs_no_delay() {
+    let server = banner_server(b"* OK\r\n").await;
+    let (_engine, addr) = forward(server, None, detect_cfg(10_000, 200)).await;
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 6];
+    first.read_exact(&mut b).await.unwrap();
+    let started = Instant::now();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.read_exact(&mut b).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(150), "cached: no grace wait ({:?})", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_and_silent_server_proceed_after_the_timeout() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(400, 50)).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.write_all(b"late hello").await.unwrap();
+    let mut back = [0u8; 10];
+    within(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"late hello");
+    assert_eq!(results(&engine), vec![("read_timeout".to_string(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_closing_during_detection_is_counted() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(5000, 0)).await;
+    drop(TcpStream::connect(addr).await.unwrap());
+    for _ in 0..50 {
+        if has(&engine, "client_closed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(results(&engine), vec![("client_closed".to_string(), 1)]);
+    assert_eq!(engine.snapshot().listeners[0].open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_line_goes_opaque_not_dropped() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(5000, 100)).await;
+    let mut head = b"GET /".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 20 * 1024));
+    lossless(addr, &head, 4096, 7).await;
+    assert_eq!(results(&engine), vec![("not_http".to_string(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_line_is_still_detected() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(5000, 100)).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let line = b"GET /slow HTTP/1.1\r\n";
+    for byte in line {
+        c.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(Duration::from_secs(5), c.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, line);
+    assert_eq!(results(&engine), vec![("http/1".to_string(), 1)]);
+}

@@ -1,0 +1,141 @@
+//! Engine integration tests for forwarding: integrity, half-close, resets,
+//! connect failures, the connection limit and drain, on real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfer_is_bit_exact_both_ways() {
+    let echo = echo_server().await;
+    for mode in [Some("opaque"), None] {
+        let (engine, addr) = forward(echo, mode, serde_json::json!({})).await;
+        let data = random(16 << 20, 1);
+        let expect = sha(&data);
+        assert_eq!(within(Duration::from_secs(30), roundtrip(addr, data)).await, expect, "mode {mode:?}");
+        let snap = engine.snapshot();
+        let series = &snap.tcp[0];
+        assert_eq!(series.bytes_client_to_server, 16 << 20);
+        assert_eq!(series.bytes_server_to_client, 16 << 20);
+        engine.close(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_keeps_the_other_direction_flowing() {
+    // The server reads until EOF, then answers: only works if our FIN is
+    // propagated while the server->client direction stays open.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes()).await.unwrap();
+    });
+    let (_engine, addr) = forward(target, Some("opaque"), serde_json::json!({})).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(&[7u8; 100_000]).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut reply = String::new();
+    within(Duration::from_secs(10), c.read_to_string(&mut reply)).await.unwrap();
+    assert_eq!(reply, "got 100000 bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reset_closes_the_target_side() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let end = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break "eof",
+                Ok(_) => continue,
+                Err(_) => break "error",
+            }
+        };
+        let _ = tx.send(end);
+    });
+    let (engine, addr) = forward(target, Some("opaque"), serde_json::json!({})).await;
+    let c = TcpStream::connect(addr).await.unwrap();
+    let mut c = c;
+    c.write_all(&[1u8; 10_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c); // RST
+    let end = within(Duration::from_secs(5), rx).await.unwrap();
+    assert_eq!(end, "error", "the reset is propagated as a reset, not a clean EOF");
+    // The proxy keeps serving.
+    let echo = echo_server().await;
+    drop(engine);
+    let (_engine, addr) = forward(echo, None, serde_json::json!({})).await;
+    assert_eq!(roundtrip(addr, b"still alive".to_vec()).await, sha(b"still alive"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_closes_client_promptly_and_is_counted() {
+    // A port with nothing listening: bind then drop to get a free one.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (engine, addr) = forward(dead, Some("opaque"), serde_json::json!({})).await;
+    for _ in 0..3 {
+        // The reset can arrive before connect() even returns: either way the
+        // client learns promptly that the target is unreachable.
+        if let Ok(mut c) = TcpStream::connect(addr).await {
+            let mut buf = [0u8; 16];
+            let r = within(Duration::from_secs(2), c.read(&mut buf)).await;
+            assert!(matches!(r, Ok(0) | Err(_)), "client is closed, got {r:?}");
+        }
+    }
+    let snap = engine.snapshot();
+    assert_eq!(snap.errors.connect_failed, 3);
+    let closes = &snap.tcp[0].closes;
+    assert!(closes.iter().any(|c| c.peer == "dst" && c.errno == "ECONNREFUSED" && c.count == 3), "{closes:?}");
+    assert_eq!(snap.listeners[0].accepted, 3, "the listener keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_new_ones_in_the_backlog() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "maxConnections": 2 })).await;
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    for s in [&mut a, &mut b] {
+        s.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+    }
+    // The third connects (kernel backlog) but is not served until a slot frees.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"y").await.unwrap();
+    let mut one = [0u8; 1];
+    assert!(tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut one)).await.is_err(), "third waits");
+    assert!(engine.snapshot().listeners[0].limit_waits >= 1);
+    drop(a);
+    within(Duration::from_secs(5), c.read_exact(&mut one)).await.unwrap();
+    assert_eq!(&one, b"y");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_drains_then_cuts_at_the_deadline() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({})).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"hi").await.unwrap();
+    let mut two = [0u8; 2];
+    idle.read_exact(&mut two).await.unwrap();
+    let started = std::time::Instant::now();
+    let summary = engine.close(Duration::from_millis(300)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(summary.cut, 1);
+    let mut buf = [0u8; 1];
+    assert!(matches!(within(Duration::from_secs(2), idle.read(&mut buf)).await, Ok(0) | Err(_)));
+    assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
