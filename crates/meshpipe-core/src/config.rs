@@ -90,6 +90,23 @@ impl Default for MetricsSpec {
     }
 }
 
+/// Forwarding tunables (bounded per-connection kernel and user memory).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CopySpec {
+    /// Requested splice pipe capacity per direction, bytes (kernel pages,
+    /// allocated only while data is in flight).
+    pub pipe_size: usize,
+    /// Buffered-copy buffer per direction, bytes (allocated on first data).
+    pub buffer_size: usize,
+}
+
+impl Default for CopySpec {
+    fn default() -> Self {
+        CopySpec { pipe_size: 256 * 1024, buffer_size: 16 * 1024 }
+    }
+}
+
 /// The whole engine configuration as it arrives (camelCase JSON).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -105,6 +122,8 @@ pub struct EngineSpec {
     pub detect: DetectSpec,
     #[serde(default)]
     pub metrics: MetricsSpec,
+    #[serde(default)]
+    pub copy: CopySpec,
     #[serde(default)]
     pub policy: PolicySpec,
 }
@@ -149,6 +168,7 @@ pub struct EngineConfig {
     pub listeners: Vec<ListenerConfig>,
     pub detect: DetectConfig,
     pub max_metric_targets: usize,
+    pub copy: crate::copy::CopyConfig,
     pub policy: PolicyTable,
 }
 
@@ -202,6 +222,11 @@ impl EngineSpec {
                 server_first_ttl: Duration::from_millis(d.server_first_ttl_ms),
             },
             max_metric_targets: self.metrics.max_targets.max(1),
+            copy: crate::copy::CopyConfig {
+                mode: crate::copy::CopyMode::Splice,
+                pipe_size: self.copy.pipe_size.clamp(4096, 1 << 20),
+                buffer_size: self.copy.buffer_size.clamp(1024, 1 << 20),
+            },
             policy: PolicyTable::compile(&self.policy)?,
         })
     }

@@ -59,7 +59,7 @@ pub struct CopyConfig {
 
 impl Default for CopyConfig {
     fn default() -> Self {
-        CopyConfig { mode: CopyMode::Splice, pipe_size: 1 << 20, buffer_size: 16 * 1024 }
+        CopyConfig { mode: CopyMode::Splice, pipe_size: 256 * 1024, buffer_size: 16 * 1024 }
     }
 }
 

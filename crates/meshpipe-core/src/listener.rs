@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -57,8 +57,13 @@ pub struct ListenerCtx {
 }
 
 /// Binds a listener socket with SO_REUSEADDR (restarts do not wait out
-/// TIME_WAIT) and a deep backlog.
-pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<(TcpListener, Arc<ListenerCtx>), ListenError> {
+/// TIME_WAIT), IPV6_V6ONLY on IPv6 (so `0.0.0.0:4143` and `[::]:4143` can
+/// both be bound) and a deep backlog. The socket is returned as a std
+/// listener: each worker runtime registers its own duplicate of it (see
+/// `accept_loop`), so every worker accepts from the one kernel queue without a
+/// shared lock and without SO_REUSEPORT, which would let a second process
+/// silently share the port instead of failing with "address in use".
+pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<(std::net::TcpListener, Arc<ListenerCtx>), ListenError> {
     let addr = config.bind;
     let name = config.name.clone();
     let map = |error: io::Error| match error.kind() {
@@ -67,10 +72,17 @@ pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<
         io::ErrorKind::PermissionDenied => ListenError::Permission { name: name.clone(), addr },
         _ => ListenError::Other { name: name.clone(), addr, error },
     };
-    let socket = if addr.0.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(map)?;
-    socket.set_reuseaddr(true).map_err(map)?;
-    socket.bind(addr.0).map_err(map)?;
-    let listener = socket.listen(4096).map_err(map)?;
+    let domain = if addr.0.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(map)?;
+    socket.set_reuse_address(true).map_err(map)?;
+    if addr.0.is_ipv6() {
+        socket.set_only_v6(true).map_err(map)?;
+    }
+    socket.set_nonblocking(true).map_err(map)?;
+    socket.set_cloexec(true).map_err(map)?;
+    socket.bind(&addr.0.into()).map_err(map)?;
+    socket.listen(4096).map_err(map)?;
+    let listener: std::net::TcpListener = socket.into();
     let local = listener.local_addr().map_err(map)?;
     let ctx = Arc::new(ListenerCtx {
         name: Arc::from(config.name.as_str()),
@@ -92,9 +104,23 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// Accepts until the listener is stopped. Dropping the `TcpListener` at the
-/// end closes the listening socket, so new connections are refused.
-pub async fn accept_loop(ctx: Arc<Context>, l: Arc<ListenerCtx>, listener: TcpListener, limit: Option<Arc<Semaphore>>) {
+/// Accepts until the listener is stopped, on the runtime it is spawned on
+/// (`listener` is this worker's duplicate of the listening socket). When every
+/// worker's loop has ended, the last duplicate is dropped, the listening
+/// socket closes and new connections are refused.
+pub async fn accept_loop(
+    ctx: Arc<Context>,
+    l: Arc<ListenerCtx>,
+    listener: std::net::TcpListener,
+    limit: Option<Arc<Semaphore>>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(_) => {
+            l.accept_errors.fetch_add(1, Relaxed);
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = match &limit {

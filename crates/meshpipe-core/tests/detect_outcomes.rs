@@ -199,3 +199,39 @@ async fn trickled_request_line_is_still_detected() {
     assert_eq!(back, line);
     assert_eq!(results(&engine), vec![("http/1".to_string(), 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_inputs_in_random_chunks_are_lossless() {
+    use rand::{Rng, SeedableRng};
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(200, 30)).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let heads: [&[u8]; 5] = [b"GET / HTTP/1.1\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x16\x03\x01\x00", b"\r\n\r\nGET", b""];
+    for case in 0..40u64 {
+        let mut data = heads[rng.gen_range(0..heads.len())].to_vec();
+        let body = rng.gen_range(0..40_000);
+        data.extend(random(body, case));
+        let expect = data.clone();
+        let c = TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = c.into_split();
+        let mut chunk_rng = rand::rngs::StdRng::seed_from_u64(case);
+        let writer = tokio::spawn(async move {
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let n = chunk_rng.gen_range(1..=rest.len().min(3000));
+                w.write_all(&rest[..n]).await.unwrap();
+                rest = &rest[n..];
+                if chunk_rng.gen_bool(0.2) {
+                    tokio::time::sleep(Duration::from_millis(chunk_rng.gen_range(0..40))).await;
+                }
+            }
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        within(Duration::from_secs(10), r.read_to_end(&mut back)).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(sha(&back), sha(&expect), "case {case}: {} bytes in, {} out", expect.len(), back.len());
+    }
+    let total: u64 = engine.snapshot().detect.iter().map(|d| d.count).sum();
+    assert_eq!(total, 40, "every connection got exactly one detection result");
+}

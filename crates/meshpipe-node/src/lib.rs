@@ -2,9 +2,11 @@
 //!
 //! Only conversions and lifecycle live here: JSON config in, typed engine
 //! config out; engine results and errors back to JavaScript; and ownership of
-//! the tokio runtime the engine runs on. Each `NativeProxy` owns its own
-//! multi-thread runtime (worker count from the config), so the data path never
-//! shares threads with the JavaScript event loop and never calls into it.
+//! the threads the engine runs on. Each `NativeProxy` owns its workers: one
+//! single-threaded tokio runtime per thread (worker count from the config,
+//! default one per core), each accepting from the same listening sockets, so
+//! a connection stays on one thread for its whole life and the data path never
+//! shares threads with the JavaScript event loop or calls into it.
 //!
 //! Promises are settled with napi deferreds from the runtime's threads. Nothing
 //! here holds a reference on the event loop while the proxy merely runs: the
@@ -28,8 +30,45 @@ fn js_error(code: &str, msg: impl std::fmt::Display) -> Error {
     Error::from_reason(format!("{code}: {msg}"))
 }
 
+/// The engine's worker threads, each driving one current-thread runtime
+/// until its shutdown signal fires.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn new(count: usize) -> std::io::Result<Workers> {
+        let mut w = Workers { handles: Vec::new(), stop: Vec::new(), threads: Vec::new() };
+        for i in 0..count {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            w.handles.push(rt.handle().clone());
+            w.stop.push(tx);
+            w.threads.push(std::thread::Builder::new().name(format!("meshpipe-worker-{i}")).spawn(move || {
+                rt.block_on(async {
+                    let _ = rx.await;
+                });
+                // Connections still running were cut by close(); anything
+                // left (an unclosed proxy) is dropped here.
+                rt.shutdown_timeout(Duration::from_millis(200));
+            })?);
+        }
+        Ok(w)
+    }
+
+    /// Signals every worker and joins its thread. Must not run on a worker.
+    fn shutdown(self) {
+        drop(self.stop);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
 struct Inner {
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    runtime: Mutex<Option<Workers>>,
     config: Mutex<Option<EngineConfig>>,
     engine: Mutex<Option<Arc<Engine>>>,
     events: Arc<Mutex<VecDeque<serde_json::Value>>>,
@@ -37,9 +76,9 @@ struct Inner {
 
 impl Inner {
     fn shutdown_runtime(&self) {
-        let rt = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(rt) = rt {
-            rt.shutdown_timeout(Duration::from_secs(1));
+        let workers = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(workers) = workers {
+            workers.shutdown();
         }
     }
 
@@ -53,8 +92,8 @@ impl Inner {
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) -> Result<()> {
         match self.runtime.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(rt) => {
-                rt.spawn(f);
+            Some(workers) => {
+                workers.handles[0].spawn(f);
                 Ok(())
             }
             None => Err(js_error("ERR_CLOSED", "the proxy is closed")),
@@ -82,12 +121,8 @@ impl NativeProxy {
             spec.workers
         };
         let config = spec.validate().map_err(|e| js_error("ERR_INVALID_CONFIG", e))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("meshpipe-worker")
-            .enable_all()
-            .build()
-            .map_err(|e| js_error("ERR_NATIVE", format!("cannot start the engine runtime: {e}")))?;
+        let runtime = Workers::new(workers.max(1))
+            .map_err(|e| js_error("ERR_NATIVE", format!("cannot start the engine threads: {e}")))?;
         let inner = Arc::new(Inner {
             runtime: Mutex::new(Some(runtime)),
             config: Mutex::new(Some(config)),
@@ -127,16 +162,20 @@ impl NativeProxy {
                 }
             })),
         };
-        self.inner.spawn(async move {
-            match Engine::start(config, hooks).await {
-                Ok(engine) => {
-                    let bound = serde_json::to_value(engine.bound()).unwrap_or_default();
-                    *inner.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(engine));
-                    deferred.resolve(move |_| Ok(bound));
-                }
-                Err(e) => deferred.reject(js_error(e.code(), e)),
+        // Binding is synchronous and fast; the promise settles on the next
+        // turn of the event loop either way.
+        let handles = match self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(w) => w.handles.clone(),
+            None => return Err(js_error("ERR_CLOSED", "the proxy is closed")),
+        };
+        match Engine::start_on(config, hooks, &handles) {
+            Ok(engine) => {
+                let bound = serde_json::to_value(engine.bound()).unwrap_or_default();
+                *inner.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(engine));
+                deferred.resolve(move |_| Ok(bound));
             }
-        })?;
+            Err(e) => deferred.reject(js_error(e.code(), e)),
+        }
         Ok(promise.into())
     }
 
