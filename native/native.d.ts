@@ -23,7 +23,12 @@ export declare class NativeProxy {
    * rest, then stops the runtime. Resolves with `{ drained, cut }`.
    */
   close(drainMs: number): Promise<{ drained: number; cut: number }>
-  /** Swaps in a new policy table (new connections only). Returns its generation. */
+  /**
+   * Swaps in a new policy table (new connections only). Before `start()`
+   * it replaces the policy the listeners will start with, so a policy
+   * loaded from its sources is in force from the very first connection.
+   * Returns its generation.
+   */
   setPolicy(policy: any): number
   /** Every counter of the engine, read once (see ARCHITECTURE.md). */
   snapshot(): any

@@ -163,7 +163,7 @@ let binding: RawBinding | undefined;
 function loadBinding(): RawBinding {
   if (binding) return binding;
   const here = dirname(fileURLToPath(import.meta.url));
-  const abi = process.report?.getReport && isMusl() ? 'musl' : 'gnu';
+  const abi = isMusl() ? 'musl' : 'gnu';
   const file = `meshpipe.${process.platform}-${process.arch}${process.platform === 'linux' ? `-${abi}` : ''}.node`;
   const candidates = [join(here, '..', '..', 'native', file), join(here, '..', 'native', file)];
   const found = candidates.find((p) => existsSync(p));

@@ -95,14 +95,16 @@ async fn declared_http2_with_other_bytes_is_forwarded_as_tcp() {
 async fn partial_request_then_silence_times_out_without_loss() {
     let echo = echo_server().await;
     let (engine, addr) = forward(echo, None, detect_cfg(300, 50)).await;
+    // 15 bytes: too long to be a stalled short greeting, so it may be a
+    // long request line arriving slowly; only the timeout ends detection.
     let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GE").await.unwrap();
+    c.write_all(b"GET /very-long-").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    c.write_all(b"T / HTTP/1.1\r\n\r\n").await.unwrap();
+    c.write_all(b"path HTTP/1.1\r\n\r\n").await.unwrap();
     c.shutdown().await.unwrap();
     let mut back = Vec::new();
     within(Duration::from_secs(5), c.read_to_end(&mut back)).await.unwrap();
-    assert_eq!(back, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(back, b"GET /very-long-path HTTP/1.1\r\n\r\n");
     assert_eq!(results(&engine), vec![("read_timeout".to_string(), 1)]);
 }
 
@@ -234,4 +236,21 @@ async fn random_inputs_in_random_chunks_are_lossless() {
     }
     let total: u64 = engine.snapshot().detect.iter().map(|d| d.count).sum();
     assert_eq!(total, 40, "every connection got exactly one detection result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_stalled_greeting_is_not_http_after_the_grace_period() {
+    // A client-first protocol whose greeting is short and looks like the
+    // start of a method token: it waits for the answer, so waiting for a
+    // request line would stall it for the whole detect timeout.
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(10_000, 100)).await;
+    let started = Instant::now();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    within(Duration::from_secs(5), c.read_exact(&mut pong)).await.unwrap();
+    assert_eq!(&pong, b"ping");
+    assert!(started.elapsed() < Duration::from_secs(2), "no detect-timeout stall: {:?}", started.elapsed());
+    assert_eq!(results(&engine), vec![("not_http".to_string(), 1)]);
 }

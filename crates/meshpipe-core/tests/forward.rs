@@ -68,7 +68,7 @@ async fn client_reset_closes_the_target_side() {
     let mut c = c;
     c.write_all(&[1u8; 10_000]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    c.set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
     drop(c); // RST
     let end = within(Duration::from_secs(5), rx).await.unwrap();
     assert_eq!(end, "error", "the reset is propagated as a reset, not a clean EOF");

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshpipe_core::{Engine, EngineConfig, EngineHooks, EngineSpec, PolicySpec};
+use meshpipe_core::{Engine, EngineConfig, EngineHooks, EngineSpec, PolicySpec, PolicyTable};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -215,11 +215,20 @@ impl NativeProxy {
         Ok(promise.into())
     }
 
-    /// Swaps in a new policy table (new connections only). Returns its generation.
+    /// Swaps in a new policy table (new connections only). Before `start()`
+    /// it replaces the policy the listeners will start with, so a policy
+    /// loaded from its sources is in force from the very first connection.
+    /// Returns its generation.
     #[napi]
     pub fn set_policy(&self, policy: serde_json::Value) -> Result<i64> {
         let spec: PolicySpec =
             serde_json::from_value(policy).map_err(|e| js_error("ERR_POLICY", format!("policy table: {e}")))?;
+        if let Some(config) = self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let table = PolicyTable::compile(&spec).map_err(|e| js_error("ERR_POLICY", format!("invalid policy: {e}")))?;
+            let generation = table.generation() as i64;
+            config.policy = table;
+            return Ok(generation);
+        }
         let engine = self.inner.engine()?;
         engine.set_policy(&spec).map(|g| g as i64).map_err(|e| js_error(e.code(), e))
     }

@@ -14,6 +14,15 @@
 //! is remembered so the next connection skips detection entirely. If the
 //! client speaks first after all, detection goes on over the already-open
 //! upstream connection.
+//!
+//! Short stalled greetings: with the grace period on, a client that has sent
+//! fewer than `SHORT_GREETING` bytes the classifier cannot decide on (`ping`,
+//! `HELO`) and then goes quiet for the grace period is waiting for an answer,
+//! not typing a request line: every HTTP/1 request line is at least 16 bytes
+//! and real HTTP clients write it in one go. It is `not_http` at once instead
+//! of stalling for the whole detect timeout (Linkerd treats any read shorter
+//! than 14 bytes as not HTTP). Longer undecided prefixes keep waiting: they
+//! may be a long request line arriving slowly.
 
 use std::io;
 use std::sync::Arc;
@@ -27,6 +36,10 @@ use crate::detect::{classify, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
 use crate::metrics::DetectResult;
 use crate::policy::PortMode;
 use crate::proxy::Context;
+
+/// Below this many buffered bytes, a stall of one grace period means the
+/// client is not sending HTTP (Linkerd's minimum HTTP detection read).
+const SHORT_GREETING: usize = 14;
 
 /// What detection found, and everything it holds that the pipeline needs.
 pub struct Sniffed {
@@ -85,8 +98,13 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
 
     let mut out = Sniffed::new(DetectResult::ReadTimeout);
     let mut buf: Vec<u8> = Vec::new();
+    let mut last_bytes = start;
     loop {
         let race_now = grace_at.is_some() && out.upstream.is_none() && out.connect_error.is_none() && buf.is_empty();
+        let short_stall = match grace {
+            Some(g) if !buf.is_empty() && buf.len() < SHORT_GREETING => Some(last_bytes + g),
+            _ => None,
+        };
         tokio::select! {
             biased;
             r = client.readable() => {
@@ -110,19 +128,22 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                         }
                         break;
                     }
-                    Ok(_) => match classify(&buf, expect) {
-                        Verdict::Decided(d) => {
-                            let (result, sni) = decided(d);
-                            out.result = result;
-                            out.sni = sni;
-                            break;
+                    Ok(_) => {
+                        last_bytes = Instant::now();
+                        match classify(&buf, expect) {
+                            Verdict::Decided(d) => {
+                                let (result, sni) = decided(d);
+                                out.result = result;
+                                out.sni = sni;
+                                break;
+                            }
+                            Verdict::NeedMore if buf.len() >= DETECT_BUFFER_CAP => {
+                                out.result = DetectResult::NotHttp;
+                                break;
+                            }
+                            Verdict::NeedMore => {}
                         }
-                        Verdict::NeedMore if buf.len() >= DETECT_BUFFER_CAP => {
-                            out.result = DetectResult::NotHttp;
-                            break;
-                        }
-                        Verdict::NeedMore => {}
-                    },
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => {
                         out.result = if buf.is_empty() { DetectResult::Error } else { DetectResult::NotHttp };
@@ -162,6 +183,10 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                         break;
                     }
                 }
+            }
+            _ = sleep_until(short_stall.unwrap_or(deadline)), if short_stall.is_some() => {
+                out.result = DetectResult::NotHttp;
+                break;
             }
             _ = sleep_until(deadline) => {
                 out.result = DetectResult::ReadTimeout;

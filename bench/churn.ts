@@ -1,0 +1,156 @@
+/**
+ * Section `churn`: short-connection throughput, i.e. how many
+ * connect -> send -> receive -> close cycles per second pass through a proxy.
+ *
+ * Method (chosen so the proxy, not the load generator, is the bottleneck):
+ * `redis-benchmark -k 0 -t ping_inline` opens a new TCP connection for every
+ * request, sends `PING\r\n` (6 bytes), reads `+PONG\r\n` (7 bytes) and closes,
+ * with `CONCURRENCY` such loops in flight. Client and server are both
+ * single-threaded C programs doing almost nothing per request, so per-cycle
+ * cost is dominated by the kernel's TCP setup/teardown and, when proxied, by
+ * the proxy's accept + upstream connect + forward + close path. A Node.js
+ * client would saturate its own event loop first on this 2-core class of
+ * machine. Direct is measured too (the ceiling). Rounds are interleaved;
+ * the median is reported, plus the proxy's CPU time per cycle for tuning.
+ * Through meshpipe both an opaque listener and a detect listener are measured
+ * (`PING\r\n` is not an HTTP request line: detection ends `not_http` after 5
+ * bytes), which shows the per-connection cost of detection.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { meshpipeCommand, startMeshpipe, type MeshpipeForward } from './meshpipe.js';
+import { ensurePeers, startHaproxy, startNginxStream, startRedis, type Peer } from './peers.js';
+import { cpuSeconds, freePort, runAsync } from './processes.js';
+import { load1, median, type BenchContext, type BenchSection, type Row, type Section, type Subject } from './report.js';
+
+const CONCURRENCY = 50;
+const REQUESTS = 25_000;
+
+interface Config {
+  readonly name: string;
+  readonly subject: Subject;
+  readonly port: number;
+  readonly proxy: Peer | null;
+  readonly runs: number[];
+  readonly loads: number[];
+  /** Proxy CPU microseconds per connection cycle. */
+  readonly cpuPerCycle: number[];
+  readonly errors: string[];
+}
+
+/** One redis-benchmark run; returns cycles (= requests = connections) per second. */
+export async function churnOnce(port: number, requests = REQUESTS, concurrency = CONCURRENCY): Promise<number> {
+  const out = await runAsync('redis-benchmark', [
+    '-h', '127.0.0.1', '-p', String(port), '-k', '0', '-c', String(concurrency), '-n', String(requests),
+    '-t', 'ping_inline', '--csv',
+  ], 90_000);
+  // --csv: a header line, then "PING_INLINE","<rps>",...
+  const line = out.split('\n').find((l) => l.startsWith('"PING_INLINE"'));
+  const rps = line === undefined ? Number.NaN : Number(line.split(',')[1]?.replaceAll('"', ''));
+  if (!Number.isFinite(rps) || rps <= 0) throw new Error(`redis-benchmark via port ${port} printed no PING_INLINE rate: ${out.trim().slice(0, 300)}`);
+  return rps;
+}
+
+function config(name: string, subject: Subject, port: number, proxy: Peer | null): Config {
+  return { name, subject, port, proxy, runs: [], loads: [], cpuPerCycle: [], errors: [] };
+}
+
+async function measure(c: Config): Promise<void> {
+  const loadAtStart = load1();
+  const before = c.proxy ? cpuSeconds(c.proxy.pid) : 0;
+  try {
+    const rps = await churnOnce(c.port);
+    c.loads.push(loadAtStart);
+    c.runs.push(rps);
+    if (c.proxy) c.cpuPerCycle.push((1e6 * (cpuSeconds(c.proxy.pid) - before)) / REQUESTS);
+  } catch (err) {
+    c.errors.push((err as Error).message.split('\n')[0] ?? String(err));
+  }
+}
+
+async function run(ctx: BenchContext): Promise<Section> {
+  ensurePeers({ redis: true, haproxy: true, nginx: true });
+  const notes: string[] = [];
+  const errors: string[] = [];
+  const peers: Peer[] = [];
+  const configs: Config[] = [];
+  try {
+    const redisPort = await freePort();
+    peers.push(await startRedis(redisPort, ctx.dir));
+    const target = `127.0.0.1:${redisPort}`;
+    configs.push(config('direct', 'direct', redisPort, null));
+
+    if (ctx.meshpipe.available) {
+      const forwards: MeshpipeForward[] = [
+        { port: await freePort(), target, mode: 'opaque' },
+        { port: await freePort(), target, mode: 'detect' },
+      ];
+      // A meshpipe that will not start is an error of this run, but the peers are still measured.
+      const mp = await startMeshpipe(forwards, ctx.dir).catch((err: unknown) => {
+        errors.push(`meshpipe did not start: ${(err as Error).message.split('\n').slice(0, 3).join(' / ')}`);
+        return null;
+      });
+      if (mp !== null) {
+        peers.push(mp);
+        notes.push(`meshpipe: ${meshpipeCommand(forwards)}`);
+        configs.push(config('meshpipe (opaque)', 'meshpipe', forwards[0]!.port, mp));
+        configs.push(config('meshpipe (detect)', 'meshpipe', forwards[1]!.port, mp));
+      }
+    } else {
+      notes.push(`meshpipe rows omitted: ${ctx.meshpipe.reason}`);
+    }
+
+    const haPort = await freePort();
+    const ha = await startHaproxy([{ port: haPort, target }], ctx.dir, { maxconn: 4096 });
+    peers.push(ha);
+    configs.push(config('haproxy (tcp, splice)', 'haproxy', haPort, ha));
+
+    const ngPort = await freePort();
+    const ng = await startNginxStream([{ port: ngPort, target }], ctx.dir, { workerConnections: 4096, fdLimit: Math.min(ctx.fdLimit, 65536) });
+    peers.push(ng);
+    configs.push(config('nginx stream', 'nginx', ngPort, ng));
+
+    // A short warm-up per path (page cache, lazily built pools) that is not counted.
+    for (const c of configs) await churnOnce(c.port, 2_000).catch(() => undefined);
+    for (let round = 1; round <= ctx.runs; round++) {
+      for (const c of configs) {
+        ctx.log(`churn round ${round}/${ctx.runs}: ${c.name}`);
+        await measure(c);
+        await sleep(300);
+      }
+    }
+  } finally {
+    for (const p of peers.reverse()) await p.stop();
+  }
+
+  const rows: Row[] = [];
+  for (const c of configs) {
+    if (c.errors.length > 0) errors.push(`${c.name}: ${c.errors.length} failed run(s): ${c.errors[0]}`);
+    if (c.runs.length === 0) continue;
+    rows.push({
+      metric: 'connection churn',
+      subject: c.subject,
+      name: c.name,
+      value: median(c.runs),
+      unit: 'conn/s',
+      runs: c.runs,
+      runLoad1: c.loads,
+      extra: { best: Math.max(...c.runs), ...(c.cpuPerCycle.length > 0 ? { proxyCpuUsPerConn: median(c.cpuPerCycle) } : {}) },
+      ...(c.subject === 'meshpipe' ? { targets: [{ ratioTo: 'haproxy', atLeast: 1.0 }] } : {}),
+    });
+  }
+  notes.push('loopback TIME_WAIT sockets pile up (net.ipv4.tcp_tw_reuse=2 lets loopback reuse them); all paths see the same conditions');
+  return {
+    name: 'churn',
+    title: 'churn',
+    method: `redis-benchmark -k 0 -c ${CONCURRENCY} -n ${REQUESTS} -t ping_inline: one new TCP connection per PING (6 B out, 7 B back, then close), median of ${ctx.runs} interleaved rounds`,
+    rows,
+    notes,
+    errors,
+  };
+}
+
+export const churn: BenchSection = {
+  name: 'churn',
+  description: 'connect-send-receive-close cycles per second: direct, meshpipe (opaque, detect), HAProxy, nginx stream',
+  run,
+};

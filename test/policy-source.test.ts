@@ -1,0 +1,132 @@
+/**
+ * PolicySource with files: the downward-API annotations file updated the way
+ * the kubelet does it (a new timestamped directory and an atomic `..data`
+ * symlink swap), a malformed line keeping that key's last good value, a
+ * missing file keeping the last good annotations, a manifest file that stops
+ * parsing keeping its last good content, and every such error staying in
+ * `problems` until it is fixed. Also: the stat poll alone (no fs.watch event)
+ * picks up a change.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createPolicySource, type PolicySourceOptions, type PolicyUpdate } from '../ts/policy-source.js';
+import { lookupPolicy } from '../ts/policy-compile.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { waitFor } from './helpers.js';
+
+const BASE: PolicySourceOptions = {
+  clusterNetworks: DEFAULT_CLUSTER_NETWORKS.split(','),
+  defaultOpaquePorts: parsePortListStrict(DEFAULT_OPAQUE_PORTS),
+  inboundDetectTimeoutMs: 10_000,
+  outboundDetectTimeoutMs: 10_000,
+  debounceMs: 20,
+  pollIntervalMs: 100,
+};
+
+/** A downward-API volume laid out as the kubelet writes it. */
+class PodInfoVolume {
+  private n = 0;
+  constructor(readonly dir: string) {}
+  get file(): string {
+    return join(this.dir, 'annotations');
+  }
+  write(text: string): void {
+    const ts = `..2026_11_26_00_00_00.${++this.n}`;
+    mkdirSync(join(this.dir, ts));
+    writeFileSync(join(this.dir, ts, 'annotations'), text);
+    symlinkSync(ts, join(this.dir, '..data_tmp'));
+    renameSync(join(this.dir, '..data_tmp'), join(this.dir, '..data')); // the atomic swap
+    try {
+      symlinkSync('..data/annotations', this.file);
+    } catch {
+      // already points through ..data
+    }
+  }
+}
+
+function inboundMode(u: PolicyUpdate | undefined, port: number): string {
+  return u ? lookupPolicy(u.table, 'inbound', '10.0.0.1', port).mode : 'none';
+}
+
+test('annotations file: kubelet-style updates, bad lines keep the last good value, missing file keeps the last good annotations', async (t) => {
+  const vol = new PodInfoVolume(mkdtempSync(join(tmpdir(), 'meshpipe-podinfo-')));
+  vol.write('config.linkerd.io/opaque-ports="9000"\napp="x"\n');
+  const source = createPolicySource({ ...BASE, annotationsFile: vol.file, namespace: 'ns', pod: 'p-1' });
+  t.after(() => source.close());
+  const first = await source.start();
+  assert.equal(inboundMode(first, 9000), 'opaque');
+  assert.equal(lookupPolicy(first.table, 'inbound', '10.0.0.1', 9000).source,
+    `opaque: pod annotation config.linkerd.io/opaque-ports on Pod ns/p-1 (annotations file ${vol.file})`);
+  assert.equal(first.generation, 1);
+
+  vol.write('config.linkerd.io/opaque-ports="9001-9002"\n');
+  await waitFor(() => inboundMode(source.current(), 9001) === 'opaque', 'the swapped file to be re-read');
+  const second = source.current()!;
+  assert.equal(inboundMode(second, 9000), 'detect');
+  assert.equal(second.generation, 2);
+  assert.deepEqual(second.problems, []);
+
+  // A malformed line for the same key: its last good value stays, the error is visible.
+  vol.write('config.linkerd.io/opaque-ports="9003\nconfig.linkerd.io/skip-outbound-ports="25"\n');
+  await waitFor(() => source.current()!.problems.length > 0, 'the bad line to be reported');
+  const third = source.current()!;
+  assert.match(third.problems[0]?.message ?? '', /annotations: line 1: value of config\.linkerd\.io\/opaque-ports has no closing quote; keeping the last good value/);
+  assert.equal(inboundMode(third, 9001), 'opaque', 'not narrowed');
+  assert.equal(inboundMode(third, 9003), 'detect', 'not widened');
+  assert.equal(lookupPolicy(third.table, 'outbound', '10.1.1.1', 25).source.startsWith('skip:'), true, 'the valid line applies');
+
+  // The file disappears: keep the last good annotations.
+  rmSync(vol.file);
+  await waitFor(() => source.current()!.problems.some((p) => /cannot read: ENOENT.*keeping the last good annotations/.test(p.message)), 'the missing file to be reported');
+  assert.equal(inboundMode(source.current(), 9001), 'opaque');
+
+  // Fixed: the problems clear.
+  vol.write('config.linkerd.io/opaque-ports="9004"\n');
+  await waitFor(() => inboundMode(source.current(), 9004) === 'opaque' && source.current()!.problems.length === 0, 'the fixed file to clear the problems');
+});
+
+test('manifests: a file that stops parsing keeps its last good content until fixed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-manifests-'));
+  const file = join(dir, 'app.yaml');
+  const deploy = (ports: string): string => [
+    'apiVersion: apps/v1', 'kind: Deployment', 'metadata: { name: app, namespace: ns }', 'spec:', '  template:', '    metadata:',
+    `      annotations: { config.linkerd.io/opaque-ports: "${ports}" }`, '    spec:', '      containers: [{ name: a, ports: [{ containerPort: 7000 }] }]', '',
+  ].join('\n');
+  writeFileSync(file, deploy('7000'));
+  const source = createPolicySource({ ...BASE, manifests: [dir], namespace: 'ns', pod: 'app-1' });
+  t.after(() => source.close());
+  const first = await source.start();
+  assert.equal(inboundMode(first, 7000), 'opaque');
+
+  writeFileSync(file, `${deploy('7001')}  broken: [unclosed\n`);
+  await waitFor(() => source.current()!.problems.length >= 2, 'the broken file to be reported');
+  const broken = source.current()!;
+  assert.ok(broken.problems.some((p) => /app\.yaml document 0: YAML does not parse/.test(p.message)), broken.problems.map((p) => p.message).join('\n'));
+  assert.ok(broken.problems.some((p) => /keeping its last good content/.test(p.message)));
+  assert.equal(inboundMode(broken, 7000), 'opaque', 'the last good content stays in force');
+  assert.equal(broken.generation, first.generation, 'the engine table did not change');
+
+  writeFileSync(file, deploy('7001'));
+  await waitFor(() => inboundMode(source.current(), 7001) === 'opaque' && source.current()!.problems.length === 0, 'the fixed file');
+  assert.equal(inboundMode(source.current(), 7000), 'detect');
+});
+
+test('the stat poll alone picks up a change (no fs.watch event for a file outside the watched paths)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-poll-'));
+  const real = join(dir, 'real');
+  mkdirSync(real);
+  writeFileSync(join(real, 'annotations'), 'config.linkerd.io/opaque-ports="8000"\n');
+  const linkDir = join(dir, 'link');
+  mkdirSync(linkDir);
+  // The watched directory holds only a symlink; writes to the target directory raise no event there.
+  symlinkSync(join(real, 'annotations'), join(linkDir, 'annotations'));
+  const source = createPolicySource({ ...BASE, annotationsFile: join(linkDir, 'annotations') });
+  t.after(() => source.close());
+  await source.start();
+  writeFileSync(join(real, 'annotations'), 'config.linkerd.io/opaque-ports="8001"\n');
+  await waitFor(() => inboundMode(source.current(), 8001) === 'opaque', 'the poll to notice the change', 3000);
+});

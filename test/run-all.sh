@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What `npm test` runs, in order, stopping at the first failure:
+#   1. the Rust engine's tests (`cargo test --workspace`, debug profile: its
+#      dependencies compile incrementally and much faster than the thin-LTO
+#      release profile; the release addon used by the Node tests is built by
+#      `npm install` / `npm run build:native`),
+#   2. the TypeScript compile (`tsc -p tsconfig.json`, strict; a type error
+#      fails the run),
+#   3. the node:test suites in dist/test/ against the real CLI and addon.
+#
+# Node test files run one at a time (--test-concurrency=1): several suites
+# start proxies, move 64 MiB or open 1,000 connections, and measure delays;
+# on a 2-core machine running them side by side makes timings flaky.
+# Extra arguments are passed to `node --test` (e.g. --test-name-pattern=drain).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+SECONDS=0
+step() {
+  printf '\n=== %s (t+%ss) ===\n' "$1" "$SECONDS"
+}
+
+if [[ ! -f native/meshpipe.linux-x64-gnu.node ]]; then
+  step "native addon missing: building it (npm run build:native)"
+  npm run build:native
+fi
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "tsc -p tsconfig.json"
+rm -rf dist/test
+npx tsc -p tsconfig.json
+
+step "node --test dist/test/"
+# The test files, sorted for a stable order; fail loudly if there are none.
+mapfile -t files < <(find dist/test -name '*.test.js' | sort)
+if [[ ${#files[@]} -eq 0 ]]; then
+  echo "no test files in dist/test/ (did tsc emit them?)" >&2
+  exit 1
+fi
+node --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec "$@" "${files[@]}"
+
+step "all tests passed"

@@ -1,0 +1,42 @@
+/**
+ * meshpipe's library API: embed the proxy in a Node.js program.
+ *
+ *   import { loadConfig, Proxy } from 'meshpipe';
+ *   const config = loadConfig({ flags: objectLayer({ forward: ['127.0.0.1:0=127.0.0.1:5432'] }, 'app') });
+ *   const proxy = Proxy.fromConfig(config);
+ *   const bound = await proxy.start();
+ *   ...
+ *   await proxy.close({ drainMs: 5_000 });
+ *
+ * Everything exported here is stable API; other modules are internal.
+ */
+export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
+export {
+  loadConfig,
+  resolveConfig,
+  readConfigFile,
+  envLayer,
+  objectLayer,
+  envVarName,
+  CONFIG_KEYS,
+  type ProxyConfig,
+  type ConfigKey,
+  type RawLayer,
+  type ForwardSpec,
+  type SocketAddr,
+  type PortMode,
+  type Direction,
+} from './config.js';
+export { buildEngineConfig, buildFlagPolicy } from './engine-config.js';
+export { parseProxyArgv, PROXY_OPTIONS } from './cli-args.js';
+export { MeshpipeError, fromNative, ERROR_CODES, type ErrorCode } from './errors.js';
+export { parseDuration, formatDuration } from './durations.js';
+export { parsePortList, parsePortListStrict, DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
+export type {
+  EngineConfig,
+  PolicyTable,
+  EngineSnapshot,
+  BoundListener,
+  ConnectionInfo,
+  CloseSummary,
+} from './native.js';
