@@ -2,12 +2,18 @@
 //!
 //! The kernel moves page references from the source socket's receive queue
 //! into a pipe and from the pipe into the destination socket's send queue; the
-//! bytes never cross into user space. Each direction owns one pipe, created
-//! lazily on the first readable event so an idle connection holds no pipe
-//! (two fds and a kernel pipe buffer saved per direction). The pipe is
-//! enlarged with `F_SETPIPE_SZ` so one pair of syscalls moves up to the whole
-//! pipe; when the kernel refuses (a non-root user over `pipe-user-pages-soft`)
-//! the default size is used.
+//! bytes never cross into user space.
+//!
+//! Pipes come from a small per-thread pool (each engine worker is one
+//! thread, so the pool needs no lock). A direction takes a pipe when its
+//! source has data and gives it back, empty, as soon as the source runs dry.
+//! So an idle connection holds no pipe at all (its cost is its two sockets),
+//! and short connections reuse pipes instead of paying `pipe2`, `fcntl` and
+//! two `close`s each. A pipe is only ever pooled empty; one that may still
+//! hold bytes (after an error) is closed instead. Pipes are enlarged with
+//! `F_SETPIPE_SZ` so one pair of syscalls moves up to the whole pipe; when
+//! the kernel refuses (a non-root user over `pipe-user-pages-soft`) the
+//! default size is used.
 //!
 //! The pipe is only filled when it is empty, so an `EAGAIN` from the
 //! socket → pipe splice always means "the socket has nothing to read", and one
@@ -35,6 +41,37 @@ pub(super) enum SpliceFailure {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    capacity: usize,
+}
+
+/// Empty pipes kept per thread for reuse; beyond this many they are closed.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A pooled pipe of at least the requested size, or a new one.
+fn take_pipe(size: usize) -> io::Result<Pipe> {
+    let pooled = POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let i = pool.iter().rposition(|pipe| pipe.capacity >= size.min(65536))?;
+        Some(pool.swap_remove(i))
+    });
+    match pooled {
+        Some(p) => Ok(p),
+        None => Pipe::new(size),
+    }
+}
+
+/// Returns an *empty* pipe to this thread's pool.
+fn give_back(pipe: Pipe) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(pipe);
+        }
+    });
 }
 
 impl Pipe {
@@ -45,17 +82,12 @@ impl Pipe {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let pipe = unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } };
-        if size > 0 {
-            // Best effort: a smaller pipe only costs more syscalls.
-            unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
-        }
-        Ok(pipe)
-    }
-
-    fn capacity(&self) -> usize {
-        let n = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        if n > 0 { n as usize } else { 65536 }
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Best effort: a smaller pipe only costs more syscalls. F_SETPIPE_SZ
+        // returns the size granted.
+        let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+        let capacity = if granted > 0 { granted as usize } else { 65536 };
+        Ok(Pipe { read, write, capacity })
     }
 }
 
@@ -75,23 +107,31 @@ pub(super) async fn copy(
     counters: &Counters<'_>,
     pipe_size: usize,
 ) -> Result<u64, SpliceFailure> {
-    let mut pipe: Option<(Pipe, usize)> = None;
+    // Held only while bytes are in flight; empty pipes go back to the pool.
+    let mut pipe: Option<Pipe> = None;
     let mut total = 0u64;
     loop {
         src.readable().await.map_err(|e| SpliceFailure::Dir(DirError::Read(e)))?;
-        if pipe.is_none() {
-            let p = Pipe::new(pipe_size).map_err(|e| SpliceFailure::Dir(DirError::Read(e)))?;
-            let cap = p.capacity();
-            pipe = Some((p, cap));
-        }
-        let (p, cap) = pipe.as_ref().expect("pipe created above");
-        let filled = match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.write.as_raw_fd(), *cap)) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && total == 0 => {
-                return Err(SpliceFailure::Unsupported(total))
+        let p = match pipe.take() {
+            Some(p) => p,
+            None => take_pipe(pipe_size).map_err(|e| SpliceFailure::Dir(DirError::Read(e)))?,
+        };
+        let filled = match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity)) {
+            Ok(0) => {
+                give_back(p);
+                return Ok(total);
             }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The source ran dry: the pipe is empty, let others use it.
+                give_back(p);
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && total == 0 => {
+                give_back(p);
+                return Err(SpliceFailure::Unsupported(total));
+            }
+            // The pipe may hold part of a failed transfer: close it, never pool it.
             Err(e) => return Err(SpliceFailure::Dir(DirError::Read(e))),
         };
         let mut left = filled;
@@ -107,5 +147,8 @@ pub(super) async fn copy(
                 Err(e) => return Err(SpliceFailure::Dir(DirError::Write(e))),
             }
         }
+        // Keep the (empty) pipe for the next read: a busy stream reads again
+        // at once, and gives the pipe back when its source runs dry.
+        pipe = Some(p);
     }
 }
