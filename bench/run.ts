@@ -20,8 +20,12 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { churn } from './churn.js';
+import { detectCost } from './detect-cost.js';
+import { http } from './http.js';
 import { idleRss } from './idle-rss.js';
 import { scrape } from './scrape.js';
+import { serverFirst } from './server-first.js';
+import { sidecars } from './sidecars.js';
 import { throughput } from './iperf.js';
 import { meshpipeBuild, REPO_ROOT } from './meshpipe.js';
 import { stopAll } from './processes.js';
@@ -38,7 +42,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;

@@ -67,7 +67,7 @@ test('usage errors exit 2 with a clear message', async () => {
     [['proxy', '--forward'], /option --forward needs a value/],
     [['proxy', 'extra'], /unexpected argument "extra"/],
     [['proxy', '--forward', '127.0.0.1:0=127.0.0.1:1', '--', 'sleep', '1'], /unexpected arguments after --: sleep 1/],
-    [['proxy'], /no listeners configured: expected at least one --forward BIND=TARGET/],
+    [['proxy', '--inbound', 'off', '--outbound', 'off'], /no listeners configured: expected --forward BIND=TARGET, or the sidecar layout/],
   ];
   for (const [args, pattern] of cases) {
     const r = await runCli(args);

@@ -197,7 +197,11 @@ function fileOnlyHelp(): string {
 export function proxyHelp(): string {
   return [
     'Usage: meshpipe proxy --forward BIND=TARGET [--forward ...] [options]',
+    '       meshpipe proxy [--inbound ADDR] [--outbound ADDR] [options]     (sidecar layout)',
     '',
+    'With --forward, each listener proxies to its fixed target. Without it, meshpipe runs the',
+    'sidecar layout: transparent inbound (0.0.0.0:4143) and outbound (127.0.0.1:4140) listeners',
+    'for the traffic `meshpipe init` redirects, each connection sent to its original destination.',
     'Runs the proxy until SIGTERM or SIGINT, then drains open connections for up to',
     '--drain-timeout and exits 0. A second signal exits at once (130 for SIGINT, 143 for SIGTERM).',
     'Options come from defaults < --config FILE < MESHPIPE_* env vars < flags (flags win).',

@@ -21,7 +21,7 @@ import { MeshpipeError } from './errors.js';
 
 /** Subcommands: module path and one-line description. */
 const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = {
-  proxy: { module: './cli-proxy.js', summary: 'run the proxy (explicit --forward listeners) until SIGTERM/SIGINT, then drain' },
+  proxy: { module: './cli-proxy.js', summary: 'run the proxy (--forward listeners, or the sidecar layout on 4143/4140) until SIGTERM/SIGINT, then drain' },
   run: { module: './cli-run.js', summary: 'run the proxy as a sidecar around a command: meshpipe run [options] -- COMMAND [ARGS...]' },
   init: { module: './cli-init.js', summary: 'install the iptables rules that redirect a pod\'s traffic through the proxy' },
   explain: { module: './cli-explain.js', summary: 'explain the port policy: which ports are opaque or detected, and why' },

@@ -241,8 +241,12 @@ export class Sidecar {
     }
     clearInterval(this.#events);
     const started = Date.now();
-    this.logger.info({ drainTimeoutMs: this.config.drainTimeoutMs, open: this.#openConnections() }, LOG_MESSAGES.drainStarted);
-    const summary = this.proxy.state === 'new' || this.proxy.state === 'failed' ? { drained: 0, cut: 0 } : await this.proxy.close({ drainMs: this.config.drainTimeoutMs });
+    const open = this.#openConnections();
+    // close() refuses new connections before it returns; log afterwards, so
+    // "drain started" is only ever seen once the ports are closed.
+    const closing = this.proxy.state === 'new' || this.proxy.state === 'failed' ? Promise.resolve({ drained: 0, cut: 0 }) : this.proxy.close({ drainMs: this.config.drainTimeoutMs });
+    this.logger.info({ drainTimeoutMs: this.config.drainTimeoutMs, open }, LOG_MESSAGES.drainStarted);
+    const summary = await closing;
     this.logEvents();
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';

@@ -153,16 +153,24 @@ impl Engine {
         let mut unknown = Vec::new();
         for name in names {
             match self.listeners.iter().find(|l| &*l.name == name.as_str()) {
-                Some(l) => l.stop.cancel(),
+                Some(l) => l.stop_now(),
                 None => unknown.push(name.clone()),
             }
         }
         unknown
     }
 
+    /// Stops every listener at once (new connections are refused from here on).
+    pub fn stop_all(&self) {
+        for l in &self.listeners {
+            l.stop_now();
+        }
+    }
+
     /// Stops accepting everywhere, lets open connections finish for up to
     /// `deadline`, then cuts the rest.
     pub async fn close(&self, deadline: Duration) -> CloseSummary {
+        self.stop_all();
         let ctx = self.ctx.clone();
         self.ctx.drain.close(deadline, move || ctx.conns.len()).await
     }

@@ -54,6 +54,19 @@ pub struct ListenerCtx {
     pub accepting: AtomicBool,
     /// Stops this listener alone (and is a child of the engine-wide signal).
     pub stop: CancellationToken,
+    /// A duplicate of the listening socket kept for `stop_now`.
+    control: std::net::TcpListener,
+}
+
+impl ListenerCtx {
+    /// Stops accepting *now*: cancels the accept loops and shuts the listening
+    /// socket down, which on Linux takes it out of LISTEN for every duplicate
+    /// at once. New connections are refused from this call on, instead of
+    /// whenever each worker's loop next runs.
+    pub fn stop_now(&self) {
+        self.stop.cancel();
+        let _ = socket2::SockRef::from(&self.control).shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Binds a listener socket with SO_REUSEADDR (restarts do not wait out
@@ -84,6 +97,7 @@ pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<
     socket.listen(4096).map_err(map)?;
     let listener: std::net::TcpListener = socket.into();
     let local = listener.local_addr().map_err(map)?;
+    let control = listener.try_clone().map_err(map)?;
     let ctx = Arc::new(ListenerCtx {
         name: Arc::from(config.name.as_str()),
         direction: config.direction,
@@ -96,6 +110,7 @@ pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<
         limit_waits: AtomicU64::new(0),
         accepting: AtomicBool::new(true),
         stop: engine_stop.child_token(),
+        control,
     });
     Ok((listener, ctx))
 }
@@ -163,6 +178,7 @@ pub async fn accept_loop(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+            Err(_) if l.stop.is_cancelled() => break,
             Err(_) => {
                 // ECONNABORTED and friends: the peer gave up before we
                 // accepted. Nothing to back off from.

@@ -139,3 +139,20 @@ async fn close_drains_then_cuts_at_the_deadline() {
     assert!(matches!(within(Duration::from_secs(2), idle.read(&mut buf)).await, Ok(0) | Err(_)));
     assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_accepting_refuses_at_once_and_open_connections_go_on() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({})).await;
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    open.write_all(b"before").await.unwrap();
+    let mut six = [0u8; 6];
+    open.read_exact(&mut six).await.unwrap();
+    assert!(engine.stop_accepting(&["test".to_string()]).is_empty());
+    // No await between the call and the connect: the port is closed by the call itself.
+    assert!(TcpStream::connect(addr).await.is_err(), "refused as soon as stop_accepting returns");
+    open.write_all(b"after!").await.unwrap();
+    open.read_exact(&mut six).await.unwrap();
+    assert_eq!(&six, b"after!");
+    assert_eq!(engine.stop_accepting(&["nope".to_string()]), vec!["nope".to_string()]);
+}

@@ -206,6 +206,9 @@ impl NativeProxy {
             deferred.resolve(finish(inner, serde_json::json!({ "drained": 0, "cut": 0 })));
             return Ok(promise.into());
         };
+        // Refuse new connections before returning: the drain below is async,
+        // but a caller that has called close() must not see its port accept.
+        engine.stop_all();
         self.inner.spawn(async move {
             let summary = engine.close(Duration::from_millis(drain_ms as u64)).await;
             drop(engine);
