@@ -25,7 +25,7 @@ import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './c
 import { parsePortList, parsePortListStrict, type PortRange } from './port-list.js';
 import { parseCidrList, type Cidr } from './policy-cidr.js';
 import { parseDownwardApi } from './downward-api.js';
-import { DEFAULTS, INBOUND_CHAIN, OUTPUT_CHAIN, cidrFamily, planInstall, renderInstall, type IpFamily, type RulePlan } from './iptables-rules.js';
+import { DEFAULTS, INBOUND_CHAIN, OUTPUT_CHAIN, cidrFamily, planInstall, renderInstall, type IpFamily, type RulePlan, type RulePlanOptions } from './iptables-rules.js';
 import {
   applyInstall,
   commandForFamily,
@@ -80,15 +80,8 @@ export function initHelp(): string {
   ].join('\n');
 }
 
-export interface InitArgs {
-  readonly proxyUid: number;
-  readonly proxyGid: number | null;
-  readonly inboundPort: number;
-  readonly outboundPort: number;
-  readonly adminPort: number;
-  readonly skipInboundPorts: readonly PortRange[];
-  readonly skipOutboundPorts: readonly PortRange[];
-  readonly skipSubnets: readonly Cidr[];
+/** The rule options (both families) plus how to apply them. */
+export interface InitArgs extends Omit<RulePlanOptions, 'family'> {
   readonly ipv6: 'auto' | 'on' | 'off';
   readonly iptablesCmd: string;
   readonly dryRun: boolean;

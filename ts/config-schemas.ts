@@ -123,19 +123,6 @@ export const forwardList = z
     }, ctx),
   );
 
-export const admin = z.union([z.string(), z.literal(false), z.null()]).transform((v, ctx) =>
-  guard(() => {
-    if (v === false || v === null) return null;
-    const text = v.trim().toLowerCase();
-    if (text === 'off' || text === 'false' || text === 'none') return null;
-    try {
-      return parseBindAddr(v);
-    } catch (err) {
-      throw new Error(`expected host:port (IPv4 or [IPv6]) or "off"; ${(err as Error).message}`);
-    }
-  }, ctx),
-);
-
 /** A boolean from a file (true/false) or a string from env/flags (true/false/1/0/yes/no/on/off). */
 export const bool = z.union([z.boolean(), z.string()]).transform((v, ctx) =>
   guard(() => {
@@ -182,6 +169,9 @@ export const bindOrOff = z.union([z.string(), z.literal(false), z.null()]).trans
     }
   }, ctx),
 );
+
+/** The admin server's address, or `off`. */
+export const admin = bindOrOff;
 
 /** An optional non-empty string (a path or a name); empty means unset. */
 export const optionalText = z.string().transform((v) => (v.trim() === '' ? undefined : v.trim()));

@@ -42,19 +42,7 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
 
 /// An echo server: every connection echoes until EOF, then half-closes.
 pub async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
+    banner_server(b"").await
 }
 
 /// A server that sends `banner` first, then echoes.
