@@ -299,6 +299,23 @@ test('help lists every option with its default', () => {
   }
 });
 
+test('--port-detect-timeout: entries, directions, and errors naming the entry', () => {
+  const c = parseProxyArgv(['--forward', '127.0.0.1:0=127.0.0.1:1', '--port-detect-timeout', '8080=2s', '--port-detect-timeout', 'inbound:9000-9001,9005=500ms'], { env: {} }).config;
+  assert.deepEqual(c.portDetectTimeouts, [
+    { direction: null, from: 8080, to: 8080, timeoutMs: 2000 },
+    { direction: 'inbound', from: 9000, to: 9001, timeoutMs: 500 },
+    { direction: 'inbound', from: 9005, to: 9005, timeoutMs: 500 },
+  ]);
+  for (const [bad, pattern] of [['8080', /expected PORTS=DURATION/], ['7000-6000=1s', /7000-6000/], ['80=soon', /invalid duration "soon"/], ['80=0', /at least 1ms/]] as const) {
+    assert.throws(() => parseProxyArgv(['--forward', '127.0.0.1:0=127.0.0.1:1', '--port-detect-timeout', bad], { env: {} }), (err: Error) => {
+      assert.match(err.message, /invalid portDetectTimeouts/);
+      assert.match(err.message, pattern);
+      assert.match(err.message, /--port-detect-timeout/);
+      return true;
+    });
+  }
+});
+
 test('engine config: listeners, detect settings and the flag policy order', () => {
   const c = fromArgs([
     '--forward', '127.0.0.1:0=127.0.0.1:5432,mode=opaque,direction=inbound',
@@ -316,7 +333,7 @@ test('engine config: listeners, detect settings and the flag policy order', () =
   });
   assert.equal(e.listeners[1]?.mode, null);
   assert.equal(e.listeners[1]?.bind, '[::1]:0');
-  assert.deepEqual(e.detect, { inboundTimeoutMs: 2000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 4096, serverFirstTtlMs: 3_600_000 });
+  assert.deepEqual(e.detect, { inboundTimeoutMs: 2000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 4096, serverFirstTtlMs: 3_600_000, portTimeouts: [] });
   assert.deepEqual(e.metrics, { maxTargets: 1000 });
   const rules = buildFlagPolicy(c).rules;
   assert.deepEqual(

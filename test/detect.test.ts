@@ -187,6 +187,29 @@ test('--server-first-grace 0 turns the race off: a silent client waits for the d
   await expectDetected(proxy, 'read_timeout', server);
 });
 
+test('--port-detect-timeout: one port gets its own detect timeout, others keep --detect-timeout', async (t) => {
+  const banner = '* OK IMAP4 ready\r\n';
+  const fast = await startServerWithBanner(t, banner);
+  const slow = await startServerWithBanner(t, banner);
+  const { proxy, ports } = await startProxyInProcess(t, [
+    '--forward', `${HOST}:0=${HOST}:${fast}`, '--forward', `${HOST}:0=${HOST}:${slow}`,
+    '--detect-timeout', '1500ms', '--server-first-grace', '0', '--port-detect-timeout', `outbound:${fast}=200ms`,
+  ]);
+  const firstByte = async (port: number): Promise<number> => {
+    const started = Date.now();
+    const client = await connect(port);
+    const [first] = (await withTimeout(once(client, 'data'), 5000, 'the banner')) as [Buffer];
+    assert.equal(first.toString(), banner);
+    client.destroy();
+    return Date.now() - started;
+  };
+  const [fastDelay, slowDelay] = await Promise.all([firstByte(ports[0]!), firstByte(ports[1]!)]);
+  assert.ok(fastDelay >= 180 && fastDelay < 1200, `the port's own 200 ms timeout applies (${fastDelay} ms)`);
+  assert.ok(slowDelay >= 1400, `the other port keeps --detect-timeout 1500ms (${slowDelay} ms)`);
+  await expectDetected(proxy, 'read_timeout', fast);
+  await expectDetected(proxy, 'read_timeout', slow);
+});
+
 test('server speaks first: the first connection races after the grace period, later ones skip detection', async (t) => {
   const banner = '220 mail.example ESMTP\r\n';
   const server = await startServerWithBanner(t, banner);

@@ -44,6 +44,8 @@ export const PROXY_OPTIONS: readonly OptionSpec[] = [
   { flag: 'detect-timeout', type: 'string', key: 'detectTimeout', valueName: 'DURATION', help: 'protocol detection timeout (both directions); on expiry the connection proceeds as TCP' },
   { flag: 'inbound-detect-timeout', type: 'string', key: 'inboundDetectTimeout', valueName: 'DURATION', help: 'detection timeout for inbound connections' },
   { flag: 'outbound-detect-timeout', type: 'string', key: 'outboundDetectTimeout', valueName: 'DURATION', help: 'detection timeout for outbound connections' },
+  { flag: 'port-detect-timeout', type: 'string', multiple: true, key: 'portDetectTimeouts', valueName: 'PORTS=DURATION',
+    help: 'detect timeout for some ports (repeatable), e.g. 8080=2s or outbound:9000-9100=500ms; beats --detect-timeout for those ports' },
   { flag: 'server-first-grace', type: 'string', key: 'serverFirstGrace', valueName: 'DURATION', help: 'after this long with no client bytes, connect and let the server speak first; 0 = off' },
   { flag: 'opaque-ports', type: 'string', key: 'opaquePorts', valueName: 'LIST', help: 'ports and ranges to proxy as opaque TCP without detection, e.g. 7000,8000-8100' },
   { flag: 'default-opaque-ports', type: 'string', key: 'defaultOpaquePorts', valueName: 'LIST', help: 'replaces the default opaque port list (Linkerd proxy.opaquePorts)' },

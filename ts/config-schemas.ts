@@ -192,3 +192,35 @@ export const cidrList = z.union([z.string(), z.array(z.string())]).transform((v,
     }
   }, ctx),
 );
+
+/** One per-port detect timeout: `PORTS=DURATION`, optionally `inbound:`/`outbound:` first. */
+export interface PortDetectTimeout {
+  readonly direction: 'inbound' | 'outbound' | null;
+  readonly from: number;
+  readonly to: number;
+  readonly timeoutMs: number;
+}
+
+/** `8080=2s`, `outbound:9000-9100=500ms`; one string with `;` between entries, or a list. */
+export const portDetectTimeouts = z.union([z.string(), z.array(z.string())]).transform((v, ctx) =>
+  guard(() => {
+    const items = (Array.isArray(v) ? v : v.split(';')).map((x) => x.trim()).filter((x) => x !== '');
+    const out: PortDetectTimeout[] = [];
+    for (const item of items) {
+      const m = /^(?:(inbound|outbound):)?([^=]+)=(.+)$/.exec(item);
+      if (!m) throw new Error(`"${item}": expected PORTS=DURATION, e.g. 8080=2s or outbound:9000-9100=500ms`);
+      let ranges;
+      let ms;
+      try {
+        ranges = parsePortListStrict(m[2]!);
+        ms = parseDuration(m[3]!);
+      } catch (err) {
+        throw new Error(`"${item}": ${(err as Error).message}; expected PORTS=DURATION, e.g. 8080=2s`);
+      }
+      if (ms < 1) throw new Error(`"${item}": expected a timeout of at least 1ms`);
+      const direction = (m[1] as 'inbound' | 'outbound' | undefined) ?? null;
+      for (const r of ranges) out.push({ direction, from: r.from, to: r.to, timeoutMs: ms });
+    }
+    return out;
+  }, ctx),
+);

@@ -21,7 +21,7 @@ import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import { MeshpipeError } from './errors.js';
 import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
-import { admin, bool, count, duration, DURATION, forwardList, logLevel, LOG_LEVELS, portList, PORTS, type LogLevel } from './config-schemas.js';
+import { admin, bool, count, duration, DURATION, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './config-schemas.js';
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './config-sidecar.js';
 import {
   parseBindAddr,
@@ -53,6 +53,8 @@ export interface ProxyConfig extends SidecarConfig {
   readonly defaultOpaquePorts: readonly PortRange[];
   readonly serverFirstCacheSize: number;
   readonly serverFirstTtlMs: number;
+  /** Per-port detect timeouts (first match wins over the direction's; a policy rule's own timeout wins over these). */
+  readonly portDetectTimeouts: readonly PortDetectTimeout[];
   /** The admin server's address, or null when it is turned off (`off`). */
   readonly admin: SocketAddr | null;
   readonly maxMetricTargets: number;
@@ -90,6 +92,7 @@ const FIELDS = {
   defaultOpaquePorts: { schema: portList, default: DEFAULT_OPAQUE_PORTS, expected: PORTS },
   serverFirstCacheSize: { schema: count('a whole number of targets 0-1000000', 0, 1_000_000), default: 4096, expected: 'a whole number of targets 0-1000000' },
   serverFirstTtl: { schema: duration('a duration like 1h or 10m', { min: 1 }), default: '1h', expected: 'a duration like 1h or 10m' },
+  portDetectTimeouts: { schema: portDetectTimeouts, default: [] as string[], expected: 'PORTS=DURATION entries, e.g. 8080=2s;outbound:9000-9100=500ms' },
   admin: { schema: admin, default: '127.0.0.1:4191', expected: 'host:port (IPv4 or [IPv6]) or "off"' },
   maxMetricTargets: { schema: count('a whole number of targets 1-1000000', 1, 1_000_000), default: 1000, expected: 'a whole number of targets 1-1000000' },
   adminShutdown: { schema: bool, default: true, expected: 'true or false' },
@@ -246,6 +249,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     defaultOpaquePorts: v.defaultOpaquePorts,
     serverFirstCacheSize: v.serverFirstCacheSize,
     serverFirstTtlMs: v.serverFirstTtl,
+    portDetectTimeouts: v.portDetectTimeouts,
     admin: v.admin,
     maxMetricTargets: v.maxMetricTargets,
     adminShutdown: v.adminShutdown,

@@ -66,6 +66,7 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = bui
       serverFirstGraceMs: config.serverFirstGraceMs,
       serverFirstCapacity: config.serverFirstCacheSize,
       serverFirstTtlMs: config.serverFirstTtlMs,
+      portTimeouts: config.portDetectTimeouts.map((t) => ({ direction: t.direction, ports: [t.from, t.to] as const, timeoutMs: t.timeoutMs })),
     },
     metrics: { maxTargets: config.maxMetricTargets },
     policy,

@@ -59,6 +59,8 @@ export interface EngineConfig {
     readonly serverFirstGraceMs: number;
     readonly serverFirstCapacity: number;
     readonly serverFirstTtlMs: number;
+    /** Per-port timeouts: first match wins over the direction's; a policy rule's own timeout wins over these. */
+    readonly portTimeouts?: readonly { readonly direction: Direction | null; readonly ports: readonly [number, number]; readonly timeoutMs: number }[];
   };
   readonly metrics: { readonly maxTargets: number };
   readonly policy: PolicyTable;

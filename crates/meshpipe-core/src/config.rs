@@ -56,6 +56,16 @@ pub struct ListenerSpec {
     pub direction: Direction,
 }
 
+/// A detect timeout for a port range (and optionally one direction).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTimeoutSpec {
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    pub ports: (u32, u32),
+    pub timeout_ms: u64,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DetectSpec {
@@ -64,6 +74,8 @@ pub struct DetectSpec {
     pub server_first_grace_ms: u64,
     pub server_first_capacity: usize,
     pub server_first_ttl_ms: u64,
+    /// Per-port timeouts; the first matching entry wins over the direction's.
+    pub port_timeouts: Vec<PortTimeoutSpec>,
 }
 
 impl Default for DetectSpec {
@@ -74,6 +86,7 @@ impl Default for DetectSpec {
             server_first_grace_ms: 100,
             server_first_capacity: 4096,
             server_first_ttl_ms: 3_600_000,
+            port_timeouts: Vec::new(),
         }
     }
 }
@@ -154,10 +167,26 @@ pub enum Target {
 pub struct DetectConfig {
     /// Per direction (index with `Direction::index`).
     pub timeout: [Duration; 2],
+    /// Per port range (and optional direction); first match wins.
+    pub port_timeouts: Vec<(Option<Direction>, crate::addr::PortRange, Duration)>,
     /// `None` turns the server-first fast path off.
     pub server_first_grace: Option<Duration>,
     pub server_first_capacity: usize,
     pub server_first_ttl: Duration,
+}
+
+impl DetectConfig {
+    /// The detect timeout for a connection: a policy rule's own timeout wins,
+    /// then the first matching per-port timeout, then the direction's.
+    pub fn timeout_for(&self, direction: Direction, port: u16, rule: Option<Duration>) -> Duration {
+        rule.or_else(|| {
+            self.port_timeouts
+                .iter()
+                .find(|(d, range, _)| d.is_none_or(|d| d == direction) && range.contains(port))
+                .map(|(_, _, t)| *t)
+        })
+        .unwrap_or(self.timeout[direction.index()])
+    }
 }
 
 /// The validated engine configuration.
@@ -204,6 +233,22 @@ impl EngineSpec {
                 return Err(ConfigError::Value { field, value: v.to_string(), expected: "a timeout of at least 1 ms" });
             }
         }
+        let mut port_timeouts = Vec::with_capacity(d.port_timeouts.len());
+        for (i, t) in d.port_timeouts.iter().enumerate() {
+            let range = crate::addr::PortRange::new(t.ports.0, t.ports.1).map_err(|_| ConfigError::Value {
+                field: "detect.portTimeouts",
+                value: format!("entry {i}: [{}, {}]", t.ports.0, t.ports.1),
+                expected: "a port range 1 <= low <= high <= 65535",
+            })?;
+            if t.timeout_ms == 0 {
+                return Err(ConfigError::Value {
+                    field: "detect.portTimeouts",
+                    value: format!("entry {i}: 0 ms"),
+                    expected: "a timeout of at least 1 ms",
+                });
+            }
+            port_timeouts.push((t.direction, range, Duration::from_millis(t.timeout_ms)));
+        }
         if self.connect_timeout_ms == 0 {
             return Err(ConfigError::Value {
                 field: "connectTimeoutMs",
@@ -217,6 +262,7 @@ impl EngineSpec {
             listeners,
             detect: DetectConfig {
                 timeout: [Duration::from_millis(d.inbound_timeout_ms), Duration::from_millis(d.outbound_timeout_ms)],
+                port_timeouts,
                 server_first_grace: (d.server_first_grace_ms > 0).then(|| Duration::from_millis(d.server_first_grace_ms)),
                 server_first_capacity: d.server_first_capacity,
                 server_first_ttl: Duration::from_millis(d.server_first_ttl_ms),
@@ -247,6 +293,19 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.detect.timeout[1], Duration::from_secs(10));
         assert_eq!(c.detect.server_first_grace, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn port_timeouts_beat_the_direction_and_lose_to_rules() {
+        let c = parse(r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}],
+            "detect":{"outboundTimeoutMs":10000,"portTimeouts":[{"ports":[8000,8100],"timeoutMs":500},{"direction":"inbound","ports":[9000,9000],"timeoutMs":50}]}}"#).unwrap();
+        let d = &c.detect;
+        assert_eq!(d.timeout_for(Direction::Outbound, 8050, None), Duration::from_millis(500));
+        assert_eq!(d.timeout_for(Direction::Outbound, 9000, None), Duration::from_secs(10), "inbound-only entry");
+        assert_eq!(d.timeout_for(Direction::Inbound, 9000, None), Duration::from_millis(50));
+        assert_eq!(d.timeout_for(Direction::Outbound, 8050, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        let err = parse(r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}],"detect":{"portTimeouts":[{"ports":[9,1],"timeoutMs":5}]}}"#).unwrap_err();
+        assert!(err.contains("portTimeouts") && err.contains("[9, 1]"), "{err}");
     }
 
     #[test]

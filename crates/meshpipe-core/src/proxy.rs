@@ -120,7 +120,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
             (p.mode, p.detect_timeout)
         }
     };
-    let timeout = detect_timeout.unwrap_or(ctx.detect.timeout[l.direction.index()]);
+    let timeout = ctx.detect.timeout_for(l.direction, target.port(), detect_timeout);
 
     // 3. Detect.
     let sniffed = sniff::sniff(ctx, &client, target, mode, timeout).await;
