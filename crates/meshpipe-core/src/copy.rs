@@ -144,6 +144,13 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, conf
     Ok(moved)
 }
 
+/// Closes this thread's pooled (empty) splice pipes, giving their
+/// descriptors back; the listener and the connect path call it on
+/// `EMFILE`/`ENFILE`.
+pub fn release_pooled_pipes() {
+    splice::release_pool();
+}
+
 /// Writes all of `data` to `dst` (used to replay bytes read during detection).
 pub async fn write_all(dst: &TcpStream, data: &[u8]) -> io::Result<()> {
     buffered::write_all(dst, data).await.map_err(|e| match e {

@@ -115,7 +115,7 @@ pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<
     Ok((listener, ctx))
 }
 
-fn is_resource_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
@@ -172,6 +172,7 @@ pub async fn accept_loop(
             Err(e) if is_resource_exhaustion(&e) => {
                 l.accept_errors.fetch_add(1, Relaxed);
                 drop(permit);
+                crate::copy::release_pooled_pipes();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = l.stop.cancelled() => break,

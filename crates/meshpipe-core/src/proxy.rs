@@ -201,13 +201,36 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
 }
 
 /// Dials the target with a bounded connect timeout and TCP_NODELAY.
+///
+/// Running out of descriptors (`EMFILE`/`ENFILE`) is a local, usually brief
+/// condition (other connections are closing), not a failure of the target: the
+/// pooled pipes are released and the dial retried with a growing pause until
+/// the connect timeout, instead of resetting a client that is already
+/// accepted.
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out"))),
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await;
+        match attempt {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(e)) if crate::listener::is_resource_exhaustion(&e) => {
+                copy::release_pooled_pipes();
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")));
+            }
+        }
+    }
 }
 
 /// Whether a mode runs detection at all.

@@ -55,29 +55,16 @@ pub fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (and, for a privileged
-/// process, the hard limit to the kernel's `fs.nr_open`): a proxy holds two
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: a proxy holds two
 /// sockets per connection (plus pipes while bytes are in flight), and the
-/// default soft limit of 1024 would cap it at a few hundred connections.
+/// default soft limit of 1024 would cap it at a few hundred connections. The
+/// hard limit is the operator's decision and is never raised, even as root.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         let mut lim: libc::rlimit = mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Err(io::Error::last_os_error());
-        }
-        if let Some(max) = nr_open {
-            if max > lim.rlim_max {
-                // Needs CAP_SYS_RESOURCE; without it this fails and the
-                // existing hard limit stays.
-                let wanted = libc::rlimit { rlim_cur: max, rlim_max: max };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                    return Ok(max);
-                }
-            }
         }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;

@@ -10,7 +10,8 @@
 //! So an idle connection holds no pipe at all (its cost is its two sockets),
 //! and short connections reuse pipes instead of paying `pipe2`, `fcntl` and
 //! two `close`s each. A pipe is only ever pooled empty; one that may still
-//! hold bytes (after an error) is closed instead. Pipes are enlarged with
+//! hold bytes (after an error) is closed instead. The pool is small (16 pipes
+//! per thread) and emptied whenever the process runs out of descriptors. Pipes are enlarged with
 //! `F_SETPIPE_SZ` so one pair of syscalls moves up to the whole pipe; when
 //! the kernel refuses (a non-root user over `pipe-user-pages-soft`) the
 //! default size is used.
@@ -30,9 +31,9 @@ use super::{Counters, DirError};
 
 /// Why splicing stopped without reaching end of stream.
 pub(super) enum SpliceFailure {
-    /// This pair of sockets cannot be spliced (before any byte moved through
-    /// the pipe): the caller falls back to a buffered copy. Carries the bytes
-    /// already moved (always 0 today).
+    /// Splicing cannot go on (the sockets do not support it, or no pipe can be
+    /// had for lack of descriptors) with the pipe empty: the caller carries on
+    /// with a buffered copy. Carries the bytes already moved.
     Unsupported(u64),
     Dir(DirError),
 }
@@ -45,7 +46,8 @@ struct Pipe {
 }
 
 /// Empty pipes kept per thread for reuse; beyond this many they are closed.
-const POOL_MAX: usize = 64;
+/// Small on purpose: pooled pipes hold two descriptors each.
+const POOL_MAX: usize = 16;
 
 thread_local! {
     static POOL: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -62,6 +64,12 @@ fn take_pipe(size: usize) -> io::Result<Pipe> {
         Some(p) => Ok(p),
         None => Pipe::new(size),
     }
+}
+
+/// Closes every pipe pooled on this thread: called when the process runs
+/// out of descriptors, so idle pipes never starve new connections.
+pub(crate) fn release_pool() {
+    POOL.with(|p| p.borrow_mut().clear());
 }
 
 /// Returns an *empty* pipe to this thread's pool.
@@ -114,7 +122,17 @@ pub(super) async fn copy(
         src.readable().await.map_err(|e| SpliceFailure::Dir(DirError::Read(e)))?;
         let p = match pipe.take() {
             Some(p) => p,
-            None => take_pipe(pipe_size).map_err(|e| SpliceFailure::Dir(DirError::Read(e)))?,
+            None => match take_pipe(pipe_size) {
+                Ok(p) => p,
+                // Out of descriptors: give the pool's back and carry this
+                // direction on with the buffered copy (no descriptors needed)
+                // rather than failing a connection that is already open.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    release_pool();
+                    return Err(SpliceFailure::Unsupported(total));
+                }
+                Err(e) => return Err(SpliceFailure::Dir(DirError::Read(e))),
+            },
         };
         let filled = match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity)) {
             Ok(0) => {
