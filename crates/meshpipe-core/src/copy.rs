@@ -102,8 +102,12 @@ pub async fn forward(
     down: Counters<'_>,
     config: CopyConfig,
 ) -> Result<Moved, CopyError> {
-    let c2s = one_way(client, server, &up, config);
-    let s2c = one_way(server, client, &down, config);
+    // The direction that ends second skips its half-close: both sockets are
+    // closed right after, and close sends the FIN (one syscall per
+    // connection saved on short connections).
+    let ended = std::sync::atomic::AtomicBool::new(false);
+    let c2s = one_way(client, server, &up, config, &ended);
+    let s2c = one_way(server, client, &down, config, &ended);
     let result = tokio::try_join!(
         async { c2s.await.map_err(|e| tag(e, true)) },
         async { s2c.await.map_err(|e| tag(e, false)) }
@@ -126,8 +130,15 @@ fn tag(e: DirError, client_to_server: bool) -> CopyError {
     }
 }
 
-/// One direction: copy until EOF, then half-close the destination.
-async fn one_way(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
+/// One direction: copy until EOF, then half-close the destination (unless
+/// the other direction has already ended: then the close that follows does it).
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counters: &Counters<'_>,
+    config: CopyConfig,
+    other_ended: &std::sync::atomic::AtomicBool,
+) -> Result<u64, DirError> {
     let moved = match config.mode {
         CopyMode::Splice => match splice::copy(src, dst, counters, config.pipe_size).await {
             Err(splice::SpliceFailure::Unsupported(done)) => {
@@ -138,9 +149,11 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, conf
         },
         CopyMode::Buffered => buffered::copy(src, dst, counters, config.buffer_size).await?,
     };
-    // The peer may already be gone (it reset, or closed both ways): a failed
-    // shutdown then is not an error of this direction.
-    let _ = socket::shutdown_write(dst);
+    if !other_ended.swap(true, Relaxed) {
+        // The peer may already be gone (it reset, or closed both ways): a
+        // failed shutdown then is not an error of this direction.
+        let _ = socket::shutdown_write(dst);
+    }
     Ok(moved)
 }
 
