@@ -97,7 +97,7 @@ async function run(ctx: BenchContext): Promise<Section> {
     // The first connections to a fresh mariadbd are slower (thread cache, first session): warm it directly.
     for (let i = 0; i < 5; i++) await timeToFirstByte(port).catch(() => undefined);
     if (!ctx.meshpipe.available) {
-      errors.push(`meshpipe is not available: ${ctx.meshpipe.reason}`);
+      notes.push(`meshpipe rows omitted: ${ctx.meshpipe.reason}`);
     }
     for (let round = 1; round <= rounds && ctx.meshpipe.available; round++) {
       ctx.log(`server-first round ${round}/${rounds}: fresh meshpipe, ${CONNECTIONS} connections through it and ${CONNECTIONS} direct`);
