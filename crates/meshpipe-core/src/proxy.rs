@@ -26,7 +26,7 @@ use crate::copy::{self, CopyConfig, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
 use crate::metrics::{errno_index, DetectResult, Metrics, Peer, SeriesKey, TcpSeries};
-use crate::policy::{PolicyTable, PortMode};
+use crate::policy::PolicyTable;
 use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
@@ -231,9 +231,4 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStre
             }
         }
     }
-}
-
-/// Whether a mode runs detection at all.
-pub fn detects(mode: PortMode) -> bool {
-    mode != PortMode::Opaque
 }
