@@ -134,9 +134,10 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     if let Some(sni) = &sniffed.sni {
         let _ = info.sni.set(sni.clone());
     }
-    if matches!(sniffed.result, DetectResult::ClientClosed | DetectResult::Error) {
-        // Nothing was read, nothing to forward; an upstream opened for the
-        // server-first race is dropped (closed) here.
+    if sniffed.result == DetectResult::Error {
+        // The client socket failed before a byte was read: nothing to
+        // forward; an upstream opened for the server-first race is dropped
+        // (closed) here.
         return;
     }
 
@@ -207,7 +208,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
 /// pooled pipes are released and the dial retried with a growing pause until
 /// the connect timeout, instead of resetting a client that is already
 /// accepted.
-async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut pause = Duration::from_millis(5);
     loop {

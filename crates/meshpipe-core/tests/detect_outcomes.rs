@@ -172,7 +172,58 @@ async fn client_closing_during_detection_is_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(results(&engine), vec![("client_closed".to_string(), 1)]);
-    assert_eq!(engine.snapshot().listeners[0].open, 0);
+    for _ in 0..100 {
+        if engine.snapshot().listeners[0].open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(engine.snapshot().listeners[0].open, 0, "the connection ends once both sides have closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_before_sending_still_gets_the_answer() {
+    // `nc -N host port </dev/null` style: the client shuts down its write
+    // side at once and reads; the server greets, reads to EOF, says goodbye.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"BANNER\n").await.unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).await.unwrap();
+                s.write_all(b"BYE\n").await.unwrap();
+            });
+        }
+    });
+    for grace in [100, 0] {
+        let (engine, addr) = forward(target, None, detect_cfg(2000, grace)).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        within(Duration::from_secs(5), c.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(got, b"BANNER\nBYE\n", "grace {grace}: the FIN went upstream and the answer came back");
+        assert_eq!(results(&engine), vec![("client_closed".to_string(), 1)], "still counted as closed during detection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_during_the_race_is_not_learned() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            drop(s); // closes without a byte
+        }
+    });
+    let (engine, addr) = forward(target, None, detect_cfg(2000, 50)).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    let _ = within(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+    assert!(got.is_empty());
+    assert_eq!(results(&engine), vec![("not_http".to_string(), 1)]);
+    assert!(engine.snapshot().server_first.targets.is_empty(), "a close is not a greeting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

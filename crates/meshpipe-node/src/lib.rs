@@ -71,6 +71,9 @@ struct Inner {
     runtime: Mutex<Option<Workers>>,
     config: Mutex<Option<EngineConfig>>,
     engine: Mutex<Option<Arc<Engine>>>,
+    /// Set by the first `close()` that takes the engine: a second call
+    /// while that drain runs must not shut the runtime down under it.
+    closing: std::sync::atomic::AtomicBool,
     events: Arc<Mutex<VecDeque<serde_json::Value>>>,
 }
 
@@ -127,6 +130,7 @@ impl NativeProxy {
             runtime: Mutex::new(Some(runtime)),
             config: Mutex::new(Some(config)),
             engine: Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
             events: Arc::new(Mutex::new(VecDeque::new())),
         });
         // Environment teardown (process exit, worker thread end): stop the
@@ -176,7 +180,7 @@ impl NativeProxy {
             }
             Err(e) => deferred.reject(js_error(e.code(), e)),
         }
-        Ok(promise.into())
+        Ok(promise)
     }
 
     /// Stops the named listeners from accepting; open connections go on.
@@ -202,10 +206,15 @@ impl NativeProxy {
             }
         };
         let Some(engine) = engine else {
-            // Never started (or already closed): just release the runtime.
+            if inner.closing.load(std::sync::atomic::Ordering::Acquire) {
+                deferred.reject(js_error("ERR_CLOSED", "close() is already in progress or done: await the first call's promise"));
+                return Ok(promise);
+            }
+            // Never started: just release the runtime.
             deferred.resolve(finish(inner, serde_json::json!({ "drained": 0, "cut": 0 })));
-            return Ok(promise.into());
+            return Ok(promise);
         };
+        inner.closing.store(true, std::sync::atomic::Ordering::Release);
         // Refuse new connections before returning: the drain below is async,
         // but a caller that has called close() must not see its port accept.
         engine.stop_all();
@@ -215,7 +224,7 @@ impl NativeProxy {
             let value = serde_json::to_value(summary).unwrap_or_default();
             deferred.resolve(finish(inner, value));
         })?;
-        Ok(promise.into())
+        Ok(promise)
     }
 
     /// Swaps in a new policy table (new connections only). Before `start()`

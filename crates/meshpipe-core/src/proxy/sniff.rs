@@ -119,7 +119,13 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                 match client.try_read_buf(&mut buf) {
                     Ok(0) => {
                         if buf.is_empty() {
+                            // Closed, or only half-closed (a client that reads a
+                            // banner after `shutdown(SHUT_WR)`): the two look the
+                            // same here, so the FIN is carried upstream and the
+                            // server's answer relayed; a fully closed client just
+                            // makes that short.
                             out.result = DetectResult::ClientClosed;
+                            out.client_eof = true;
                         } else {
                             // A short message then a half-close: not HTTP,
                             // but every byte still goes upstream.
@@ -154,7 +160,16 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
             r = server_readable(out.upstream.as_ref()), if out.upstream.is_some() => {
                 // The server spoke (or closed) before the client finished.
                 let _ = r;
-                if buf.is_empty() {
+                let mut probe = [0u8; 1];
+                let spoke = match out.upstream.as_ref() {
+                    Some(s) => matches!(s.peek(&mut probe).await, Ok(n) if n > 0),
+                    None => false,
+                };
+                if !spoke {
+                    // Closed or reset without a byte: not a server-first
+                    // protocol, nothing to learn; the close is relayed.
+                    out.result = DetectResult::NotHttp;
+                } else if buf.is_empty() {
                     out.result = DetectResult::ServerFirst;
                     if ctx.server_first.learn(target) {
                         if let Some(hook) = &ctx.on_learned {
@@ -167,19 +182,15 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                 break;
             }
             _ = sleep_until(grace_at.unwrap_or(deadline)), if race_now => {
-                match tokio::time::timeout_at(deadline, TcpStream::connect(target.0)).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        out.upstream = Some(s);
-                    }
-                    Ok(Err(e)) => {
+                // The same dial as after detection: the connect timeout (not
+                // the detect deadline) bounds it, and running out of
+                // descriptors backs off instead of failing.
+                match crate::proxy::connect(target.0, ctx.connect_timeout).await {
+                    Ok(s) => out.upstream = Some(s),
+                    Err(e) => {
+                        // Reported by the pipeline as a connect failure.
                         out.connect_error = Some(e);
                         out.result = DetectResult::NotHttp;
-                        break;
-                    }
-                    Err(_) => {
-                        out.connect_error = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out during detection"));
-                        out.result = DetectResult::ReadTimeout;
                         break;
                     }
                 }
