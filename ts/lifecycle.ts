@@ -107,7 +107,8 @@ export class Sidecar {
     this.shutdownRequested = new Promise((resolve) => (this.#requested = resolve));
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
     this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table });
-    this.metrics = new Metrics(this.proxy);
+    // With the admin server off nothing is scraped: no process-metric timers either.
+    this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
     this.#view = options.policyView ?? defaultPolicyView;
     this.admin =
       config.admin === null

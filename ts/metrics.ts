@@ -38,6 +38,9 @@
 import { collectDefaultMetrics, Registry, type Metric } from 'prom-client';
 import type { EngineSnapshot, HistogramSnapshot, TcpSeriesSnapshot } from './native.js';
 
+/** Event-loop lag sampling period (ms) for prom-client's default metrics. */
+export const EVENT_LOOP_SAMPLE_MS = 200;
+
 /** Anything that can give an engine snapshot (`Proxy` or `NativeProxy`). */
 export interface SnapshotSource {
   snapshot(): EngineSnapshot;
@@ -362,7 +365,9 @@ export class Metrics {
       this.#engine.set(metric.name, metric);
       this.registry.registerMetric(metric as unknown as Metric);
     }
-    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    // Event-loop lag is sampled every EVENT_LOOP_SAMPLE_MS, not prom-client's
+    // default 10 ms: an idle sidecar should not wake 100 times a second.
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   }
 
   /** The content type of `render()`'s text. */
