@@ -110,13 +110,17 @@ pub struct CopySpec {
     /// Requested splice pipe capacity per direction, bytes (kernel pages,
     /// allocated only while data is in flight).
     pub pipe_size: usize,
-    /// Buffered-copy buffer per direction, bytes (allocated on first data).
+    /// Read buffer per worker thread, bytes; in adaptive mode a read that
+    /// fills it switches the direction to splice.
     pub buffer_size: usize,
+    /// `adaptive` (buffered while messages are small, then splice),
+    /// `splice` (always) or `buffered` (never splice).
+    pub mode: crate::copy::CopyMode,
 }
 
 impl Default for CopySpec {
     fn default() -> Self {
-        CopySpec { pipe_size: 256 * 1024, buffer_size: 16 * 1024 }
+        CopySpec { pipe_size: 256 * 1024, buffer_size: 16 * 1024, mode: crate::copy::CopyMode::Adaptive }
     }
 }
 
@@ -269,7 +273,7 @@ impl EngineSpec {
             },
             max_metric_targets: self.metrics.max_targets.max(1),
             copy: crate::copy::CopyConfig {
-                mode: crate::copy::CopyMode::Splice,
+                mode: self.copy.mode,
                 pipe_size: self.copy.pipe_size.clamp(4096, 1 << 20),
                 buffer_size: self.copy.buffer_size.clamp(1024, 1 << 20),
             },

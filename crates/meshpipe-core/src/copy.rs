@@ -8,10 +8,13 @@
 //! the surviving socket is closed with an RST so its peer learns the
 //! connection failed rather than seeing a clean end.
 //!
-//! On Linux the bytes move with `splice(2)` through a pipe per direction and
-//! never enter user space (`copy/splice.rs`); `copy/buffered.rs` is the
-//! portable fallback and the path for streams that must be transformed
-//! (TLS, later).
+//! By default (`CopyMode::Adaptive`) each direction starts with a plain
+//! read/write through its worker's buffer (`copy/buffered.rs`), which is the
+//! cheapest way to move the small messages most connections carry, and
+//! switches to `splice(2)` through a pipe (`copy/splice.rs`) the first time a
+//! read fills the buffer: from then on a bulk stream's bytes never enter user
+//! space. The buffered copy is also the fallback when splice is unavailable
+//! and, later, the path for streams that must be transformed (TLS).
 
 mod buffered;
 mod splice;
@@ -39,11 +42,15 @@ impl Counters<'_> {
 }
 
 /// How bytes are moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CopyMode {
-    /// Zero-copy through a pipe (Linux).
+    /// Buffered while messages are small, zero-copy splice once a read fills
+    /// the buffer (the default).
+    Adaptive,
+    /// Zero-copy through a pipe from the first byte (Linux).
     Splice,
-    /// Through a bounded user-space buffer.
+    /// Through the worker's user-space buffer only.
     Buffered,
 }
 
@@ -53,13 +60,14 @@ pub struct CopyConfig {
     pub mode: CopyMode,
     /// Requested pipe capacity for splice (the kernel may grant less).
     pub pipe_size: usize,
-    /// Buffer size for the buffered copy.
+    /// Buffer size for the buffered copy (one buffer per worker thread), and
+    /// in adaptive mode the read size that switches a direction to splice.
     pub buffer_size: usize,
 }
 
 impl Default for CopyConfig {
     fn default() -> Self {
-        CopyConfig { mode: CopyMode::Splice, pipe_size: 256 * 1024, buffer_size: 16 * 1024 }
+        CopyConfig { mode: CopyMode::Adaptive, pipe_size: 256 * 1024, buffer_size: 16 * 1024 }
     }
 }
 
@@ -106,11 +114,11 @@ pub async fn forward(
     // closed right after, and close sends the FIN (one syscall per
     // connection saved on short connections).
     let ended = std::sync::atomic::AtomicBool::new(false);
-    let c2s = one_way(client, server, &up, config, &ended);
-    let s2c = one_way(server, client, &down, config, &ended);
+    // Built inline (no named locals): a future held in a local *and* moved
+    // into the join would be laid out twice in this function's state.
     let result = tokio::try_join!(
-        async { c2s.await.map_err(|e| tag(e, true)) },
-        async { s2c.await.map_err(|e| tag(e, false)) }
+        one_way(client, server, &up, config, &ended, true),
+        one_way(server, client, &down, config, &ended, false)
     );
     match result {
         Ok((a, b)) => Ok(Moved { client_to_server: a, server_to_client: b }),
@@ -138,23 +146,48 @@ async fn one_way(
     counters: &Counters<'_>,
     config: CopyConfig,
     other_ended: &std::sync::atomic::AtomicBool,
-) -> Result<u64, DirError> {
-    let moved = match config.mode {
-        CopyMode::Splice => match splice::copy(src, dst, counters, config.pipe_size).await {
-            Err(splice::SpliceFailure::Unsupported(done)) => {
-                done + buffered::copy(src, dst, counters, config.buffer_size).await?
-            }
-            Err(splice::SpliceFailure::Dir(e)) => return Err(e),
-            Ok(n) => n,
-        },
-        CopyMode::Buffered => buffered::copy(src, dst, counters, config.buffer_size).await?,
-    };
+    client_to_server: bool,
+) -> Result<u64, CopyError> {
+    let moved = copy_to_eof(src, dst, counters, config).await.map_err(|e| tag(e, client_to_server))?;
     if !other_ended.swap(true, Relaxed) {
         // The peer may already be gone (it reset, or closed both ways): a
         // failed shutdown then is not an error of this direction.
         let _ = socket::shutdown_write(dst);
     }
     Ok(moved)
+}
+
+/// Moves bytes from `src` to `dst` until `src` reports end of stream.
+async fn copy_to_eof(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
+    // The splice state machine is boxed: it is only reached by bulk
+    // streams, and keeping it out of line keeps every connection's task
+    // small (a task's whole future is copied when it is spawned and when it
+    // completes, so its size is paid by every short connection).
+    let moved = match config.mode {
+        CopyMode::Adaptive => match buffered::copy(src, dst, counters, config.buffer_size, true).await? {
+            buffered::Phase::Eof(n) => n,
+            buffered::Phase::Bulk(n) => n + Box::pin(spliced(src, dst, counters, config)).await?,
+        },
+        CopyMode::Splice => Box::pin(spliced(src, dst, counters, config)).await?,
+        CopyMode::Buffered => buffered_to_eof(src, dst, counters, config).await?,
+    };
+    Ok(moved)
+}
+
+/// Splices until end of stream, finishing with the buffered copy if splice
+/// turns out to be unavailable.
+async fn spliced(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
+    match splice::copy(src, dst, counters, config.pipe_size).await {
+        Ok(n) => Ok(n),
+        Err(splice::SpliceFailure::Unsupported(done)) => Ok(done + buffered_to_eof(src, dst, counters, config).await?),
+        Err(splice::SpliceFailure::Dir(e)) => Err(e),
+    }
+}
+
+async fn buffered_to_eof(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
+    match buffered::copy(src, dst, counters, config.buffer_size, false).await? {
+        buffered::Phase::Eof(n) | buffered::Phase::Bulk(n) => Ok(n),
+    }
 }
 
 /// Closes this thread's pooled (empty) splice pipes, giving their

@@ -82,6 +82,14 @@ pub struct Engine {
     listeners: Vec<Arc<ListenerCtx>>,
 }
 
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The accept loops run on runtimes the engine does not own: without
+        // this they would keep accepting after the handle is gone.
+        self.stop_all();
+    }
+}
+
 /// Options that are not part of the user-facing config.
 #[derive(Default)]
 pub struct EngineHooks {
@@ -107,7 +115,7 @@ impl Engine {
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             // An early return drops the listeners bound so far: all or nothing.
-            bound.push(listener::bind(l, &drain.stop_accepting)?);
+            bound.push(listener::bind(l, &drain.stop_accepting, workers.len())?);
         }
         let ctx = Arc::new(Context {
             policy: ArcSwap::from_pointee(config.policy),
@@ -125,15 +133,11 @@ impl Engine {
         });
         let limit = (config.max_connections > 0).then(|| Arc::new(Semaphore::new(config.max_connections)));
         let mut listeners = Vec::with_capacity(bound.len());
-        for (socket, l) in bound {
+        for (sockets, l) in bound {
             listeners.push(l.clone());
-            for worker in workers {
-                let copy = socket.try_clone().map_err(|error| listener::ListenError::Other {
-                    name: l.name.to_string(),
-                    addr: addr::BindAddr(l.local),
-                    error,
-                })?;
-                worker.spawn(listener::accept_loop(ctx.clone(), l.clone(), copy, limit.clone()));
+            // One socket per worker, in order: see `listener::bind`.
+            for (shard, (socket, worker)) in sockets.into_iter().zip(workers).enumerate() {
+                worker.spawn(listener::accept_loop(ctx.clone(), l.clone(), socket, shard, limit.clone()));
             }
         }
         Ok(Engine { ctx, listeners })

@@ -1,31 +1,24 @@
-//! Listeners and their accept loops.
+//! Listeners: binding them (one socket per worker, see [`bind`]) and their
+//! accept loops (`listener/accept.rs`).
 //!
 //! A listener is bound before anything is accepted (so `start()` can report
 //! every bound address, or fail as a whole without leaving half the listeners
-//! open). The accept loop then:
-//! - takes a slot from the engine-wide connection limit *before* accepting, so
-//!   at the limit new connections wait in the kernel's backlog instead of
-//!   being accepted and dropped;
-//! - backs off when the process or system is out of file descriptors
-//!   (`EMFILE`, `ENFILE`) or buffers (`ENOBUFS`, `ENOMEM`): accept would fail
-//!   again at once, so retrying immediately is a busy loop. The back-off
-//!   doubles from 5 ms up to 1 s and resets on the next success;
-//! - spawns one tracked task per connection and stops when told to.
+//! open), and stopped for every worker at once with [`ListenerCtx::stop_now`].
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::BindAddr;
 use crate::config::{ListenerConfig, Target};
 use crate::policy::{Direction, PortMode};
-use crate::proxy::{self, Context};
+
+mod accept;
+
+pub use accept::accept_loop;
 
 /// Errors from binding a listener.
 #[derive(Debug, thiserror::Error)]
@@ -54,50 +47,95 @@ pub struct ListenerCtx {
     pub accepting: AtomicBool,
     /// Stops this listener alone (and is a child of the engine-wide signal).
     pub stop: CancellationToken,
-    /// A duplicate of the listening socket kept for `stop_now`.
-    control: std::net::TcpListener,
+    /// A duplicate of every worker's listening socket (one per shard), kept so
+    /// `stop_now` can take them all out of LISTEN at once.
+    control: Vec<std::net::TcpListener>,
 }
 
 impl ListenerCtx {
-    /// Stops accepting *now*: cancels the accept loops and shuts the listening
-    /// socket down, which on Linux takes it out of LISTEN for every duplicate
-    /// at once. New connections are refused from this call on, instead of
-    /// whenever each worker's loop next runs.
+    /// Stops accepting *now*: cancels the accept loops and shuts every
+    /// listening socket down, which on Linux takes it out of LISTEN (and out
+    /// of its SO_REUSEPORT group) at once. New connections are refused from
+    /// this call on, instead of whenever each worker's loop next runs.
     pub fn stop_now(&self) {
         self.stop.cancel();
-        let _ = socket2::SockRef::from(&self.control).shutdown(std::net::Shutdown::Both);
+        for socket in &self.control {
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Takes one worker's socket out of its group when that worker stops
+    /// accepting on its own, so the kernel stops hashing connections to a
+    /// queue nobody reads.
+    fn retire_shard(&self, shard: usize) {
+        if let Some(socket) = self.control.get(shard) {
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
-/// Binds a listener socket with SO_REUSEADDR (restarts do not wait out
-/// TIME_WAIT), IPV6_V6ONLY on IPv6 (so `0.0.0.0:4143` and `[::]:4143` can
-/// both be bound) and a deep backlog. The socket is returned as a std
-/// listener: each worker runtime registers its own duplicate of it (see
-/// `accept_loop`), so every worker accepts from the one kernel queue without a
-/// shared lock and without SO_REUSEPORT, which would let a second process
-/// silently share the port instead of failing with "address in use".
-pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<(std::net::TcpListener, Arc<ListenerCtx>), ListenError> {
-    let addr = config.bind;
+/// Binds a listener as `shards` listening sockets, one per worker runtime,
+/// so each worker waits on its own accept queue.
+///
+/// Why one socket per worker: with a single listening socket registered in
+/// every worker's epoll, each new connection wakes *every* worker (tokio
+/// cannot ask for `EPOLLEXCLUSIVE`); all but one find nothing to accept. On
+/// a 2-core machine under connection churn that doubled the proxy's context
+/// switches. With `SO_REUSEPORT` the kernel hashes each new connection to one
+/// socket of the group and wakes only its worker.
+///
+/// `SO_REUSEPORT` alone would let a second process bind the same address and
+/// silently take a share of the connections. So the address is first bound by
+/// a probe socket *without* `SO_REUSEPORT`: it fails with "address in use" if
+/// anything listens there (a reuseport group included), and for port 0 it
+/// picks the port the group then binds. The probe is closed before the group
+/// binds; a process racing into that window of microseconds is the one case
+/// not caught. One shard needs no group and is bound plainly.
+///
+/// Every socket gets SO_REUSEADDR (restarts do not wait out TIME_WAIT),
+/// IPV6_V6ONLY on IPv6 (so `0.0.0.0:4143` and `[::]:4143` can both be bound)
+/// and a deep backlog.
+pub fn bind(
+    config: &ListenerConfig,
+    engine_stop: &CancellationToken,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, Arc<ListenerCtx>), ListenError> {
     let name = config.name.clone();
-    let map = |error: io::Error| match error.kind() {
-        io::ErrorKind::AddrInUse => ListenError::AddrInUse { name: name.clone(), addr },
-        io::ErrorKind::AddrNotAvailable => ListenError::AddrNotAvailable { name: name.clone(), addr },
-        io::ErrorKind::PermissionDenied => ListenError::Permission { name: name.clone(), addr },
-        _ => ListenError::Other { name: name.clone(), addr, error },
+    let map = |addr: BindAddr| {
+        let name = name.clone();
+        move |error: io::Error| match error.kind() {
+            io::ErrorKind::AddrInUse => ListenError::AddrInUse { name: name.clone(), addr },
+            io::ErrorKind::AddrNotAvailable => ListenError::AddrNotAvailable { name: name.clone(), addr },
+            io::ErrorKind::PermissionDenied => ListenError::Permission { name: name.clone(), addr },
+            _ => ListenError::Other { name: name.clone(), addr, error },
+        }
     };
-    let domain = if addr.0.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(map)?;
-    socket.set_reuse_address(true).map_err(map)?;
-    if addr.0.is_ipv6() {
-        socket.set_only_v6(true).map_err(map)?;
+    let shards = shards.max(1);
+    let mut addr = config.bind;
+    if shards > 1 {
+        let probe = new_socket(addr.0, false).map_err(map(addr))?;
+        probe.bind(&addr.0.into()).map_err(map(addr))?;
+        let bound = probe.local_addr().map_err(map(addr))?.as_socket();
+        // Port 0: the group binds the port the kernel just picked.
+        addr = BindAddr(bound.unwrap_or(addr.0));
     }
-    socket.set_nonblocking(true).map_err(map)?;
-    socket.set_cloexec(true).map_err(map)?;
-    socket.bind(&addr.0.into()).map_err(map)?;
-    socket.listen(4096).map_err(map)?;
-    let listener: std::net::TcpListener = socket.into();
-    let local = listener.local_addr().map_err(map)?;
-    let control = listener.try_clone().map_err(map)?;
+    let mut sockets = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = new_socket(addr.0, shards > 1).map_err(map(config.bind))?;
+        socket.bind(&addr.0.into()).map_err(map(config.bind))?;
+        socket.listen(4096).map_err(map(config.bind))?;
+        let listener: std::net::TcpListener = socket.into();
+        if addr.0.port() == 0 {
+            addr = BindAddr(listener.local_addr().map_err(map(config.bind))?);
+        }
+        sockets.push(listener);
+    }
+    let local = sockets[0].local_addr().map_err(map(config.bind))?;
+    let control = sockets
+        .iter()
+        .map(|s| s.try_clone())
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(map(config.bind))?;
     let ctx = Arc::new(ListenerCtx {
         name: Arc::from(config.name.as_str()),
         direction: config.direction,
@@ -112,80 +150,116 @@ pub fn bind(config: &ListenerConfig, engine_stop: &CancellationToken) -> Result<
         stop: engine_stop.child_token(),
         control,
     });
-    Ok((listener, ctx))
+    Ok((sockets, ctx))
+}
+
+/// A non-blocking, close-on-exec TCP socket for `addr`'s family with
+/// SO_REUSEADDR, IPV6_V6ONLY for IPv6 and, in a group, SO_REUSEPORT.
+/// TCP_NODELAY is set here because Linux copies it to every accepted
+/// socket: one `setsockopt` per listener instead of one per connection.
+fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    Ok(socket)
 }
 
 pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// Accepts until the listener is stopped, on the runtime it is spawned on
-/// (`listener` is this worker's duplicate of the listening socket). When every
-/// worker's loop has ended, the last duplicate is dropped, the listening
-/// socket closes and new connections are refused.
-pub async fn accept_loop(
-    ctx: Arc<Context>,
-    l: Arc<ListenerCtx>,
-    listener: std::net::TcpListener,
-    limit: Option<Arc<Semaphore>>,
-) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(_) => {
-            l.accept_errors.fetch_add(1, Relaxed);
-            return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::TargetAddr;
+    use std::io::ErrorKind;
+
+    fn config(bind: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: "test".into(),
+            bind: BindAddr(bind.parse().unwrap()),
+            target: Target::Fixed(TargetAddr("127.0.0.1:9".parse().unwrap())),
+            mode: None,
+            direction: Direction::Outbound,
         }
-    };
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let permit = match &limit {
-            Some(sem) => {
-                let permit = match sem.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        l.limit_waits.fetch_add(1, Relaxed);
-                        tokio::select! {
-                            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                            _ = l.stop.cancelled() => break,
-                        }
-                    }
-                };
-                Some(permit)
-            }
-            None => None,
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = l.stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(5);
-                l.accepted.fetch_add(1, Relaxed);
-                let (ctx2, l2) = (ctx.clone(), l.clone());
-                ctx.drain.tasks.spawn(async move {
-                    let _permit = permit;
-                    proxy::serve(ctx2, l2, stream, peer).await;
-                });
-            }
-            Err(e) if is_resource_exhaustion(&e) => {
-                l.accept_errors.fetch_add(1, Relaxed);
-                drop(permit);
-                crate::copy::release_pooled_pipes();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = l.stop.cancelled() => break,
+    }
+
+    /// Accepts from whichever socket of the group has a connection queued.
+    fn accept_any(sockets: &[std::net::TcpListener]) -> (usize, std::net::TcpStream) {
+        for _ in 0..1000 {
+            for (i, s) in sockets.iter().enumerate() {
+                if let Ok((c, _)) = s.accept() {
+                    return (i, c);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            Err(_) if l.stop.is_cancelled() => break,
-            Err(_) => {
-                // ECONNABORTED and friends: the peer gave up before we
-                // accepted. Nothing to back off from.
-                l.accept_errors.fetch_add(1, Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("no socket of the group accepted");
+    }
+
+    #[test]
+    fn a_group_shares_one_port_and_spreads_connections() {
+        let stop = CancellationToken::new();
+        let (sockets, ctx) = bind(&config("127.0.0.1:0"), &stop, 2).unwrap();
+        assert_eq!(sockets.len(), 2);
+        assert_ne!(ctx.local.port(), 0, "port 0 resolves to one concrete port");
+        for s in &sockets {
+            assert_eq!(s.local_addr().unwrap(), ctx.local);
+        }
+        let mut seen = [0usize; 2];
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            clients.push(std::net::TcpStream::connect(ctx.local).unwrap());
+            let (i, accepted) = accept_any(&sockets);
+            seen[i] += 1;
+            // Inherited from the listening socket, not set per connection.
+            assert!(socket2::SockRef::from(&accepted).nodelay().unwrap());
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "the kernel hashes connections over both sockets: {seen:?}");
+    }
+
+    #[test]
+    fn a_second_group_on_the_same_address_is_refused() {
+        let stop = CancellationToken::new();
+        let (_first, ctx) = bind(&config("127.0.0.1:0"), &stop, 2).unwrap();
+        let again = config(&ctx.local.to_string());
+        for shards in [1, 2] {
+            match bind(&again, &stop, shards) {
+                Err(ListenError::AddrInUse { .. }) => {}
+                other => panic!("{shards} shard(s): expected address in use, got {:?}", other.map(|(_, c)| c.local)),
             }
         }
     }
-    l.accepting.store(false, Relaxed);
+
+    #[test]
+    fn stop_now_refuses_new_connections_on_every_socket() {
+        let stop = CancellationToken::new();
+        let (_sockets, ctx) = bind(&config("127.0.0.1:0"), &stop, 2).unwrap();
+        ctx.stop_now();
+        assert!(stop.is_cancelled() || ctx.stop.is_cancelled());
+        for _ in 0..16 {
+            let e = std::net::TcpStream::connect(ctx.local).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        }
+    }
+
+    #[test]
+    fn one_shard_binds_without_a_group() {
+        let stop = CancellationToken::new();
+        let (sockets, ctx) = bind(&config("127.0.0.1:0"), &stop, 1).unwrap();
+        assert_eq!(sockets.len(), 1);
+        assert!(!socket2::SockRef::from(&sockets[0]).reuse_port().unwrap());
+        let _c = std::net::TcpStream::connect(ctx.local).unwrap();
+        let (_, accepted) = accept_any(&sockets);
+        assert!(socket2::SockRef::from(&accepted).nodelay().unwrap());
+    }
 }

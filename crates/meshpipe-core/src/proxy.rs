@@ -10,6 +10,7 @@
 //! deadline (its task is simply dropped) still closes its gauges and records
 //! its duration.
 
+mod connect;
 mod sniff;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::DetectConfig;
 use crate::conn::{ConnProtocol, ConnRegistry, ConnState};
@@ -31,6 +33,7 @@ use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
 
+pub(crate) use connect::connect;
 pub use sniff::Sniffed;
 
 /// Engine-wide state every connection task shares.
@@ -79,9 +82,9 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-/// Serves one accepted connection until it ends or the drain deadline cuts it.
-pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, peer: SocketAddr) {
-    let cut = ctx.drain.cut.clone();
+/// Serves one accepted connection until it ends or the drain deadline cuts
+/// it (`cut` is the accepting worker's child of the drain's cut signal).
+pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, peer: SocketAddr, cut: CancellationToken) {
     tokio::select! {
         _ = pipeline(&ctx, &l, client, peer) => {}
         _ = cut.cancelled() => {}
@@ -94,7 +97,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     let mut open = OpenGuard { l, started, series: None };
     let reg = ctx.conns.register(l.name.clone(), l.direction, peer);
     let info = &reg.info;
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listening socket (see `listener`).
 
     // 1. Target.
     let target = match target::resolve(&l.target, &client) {
@@ -199,37 +202,4 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
         }
     }
     info.set_state(ConnState::Closing);
-}
-
-/// Dials the target with a bounded connect timeout and TCP_NODELAY.
-///
-/// Running out of descriptors (`EMFILE`/`ENFILE`) is a local, usually brief
-/// condition (other connections are closing), not a failure of the target: the
-/// pooled pipes are released and the dial retried with a growing pause until
-/// the connect timeout, instead of resetting a client that is already
-/// accepted.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let attempt = tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await;
-        match attempt {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Ok(Err(e)) if crate::listener::is_resource_exhaustion(&e) => {
-                copy::release_pooled_pipes();
-                if tokio::time::Instant::now() + pause >= deadline {
-                    return Err(e);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")));
-            }
-        }
-    }
 }

@@ -122,6 +122,49 @@ async fn max_connections_holds_new_ones_in_the_backlog() {
     assert_eq!(&one, b"y");
 }
 
+/// With one socket per worker, a worker that is idle must not sit on a slot
+/// of the limit: the kernel may queue every connection on the *other*
+/// worker's socket. Each round opens exactly `limit` connections, which must
+/// all be served however the kernel spreads them.
+#[test]
+fn max_connections_are_all_usable_with_several_workers() {
+    let workers = WorkerThreads::start(2);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let echo = echo_server().await;
+        let spec: meshpipe_core::EngineSpec = serde_json::from_value(serde_json::json!({
+            "maxConnections": 2,
+            "listeners": [{
+                "name": "test", "bind": "127.0.0.1:0", "mode": "opaque", "direction": "outbound",
+                "target": { "kind": "fixed", "addr": echo.to_string() }
+            }]
+        }))
+        .unwrap();
+        let engine = meshpipe_core::Engine::start_on(spec.validate().unwrap(), Default::default(), &workers.handles).unwrap();
+        let addr: std::net::SocketAddr = engine.bound()[0].bind.parse().unwrap();
+        for round in 0..12 {
+            let mut open = Vec::new();
+            for i in 0..2 {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"x").await.unwrap();
+                let mut one = [0u8; 1];
+                let served = tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut one)).await;
+                assert!(served.is_ok(), "round {round}: connection {i} of 2 was not served under a limit of 2");
+                open.push(s);
+            }
+            drop(open);
+            // Wait until both slots are free again before the next round.
+            within(Duration::from_secs(5), async {
+                while engine.snapshot().listeners[0].open > 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+        }
+        engine.close(Duration::from_secs(1)).await;
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_drains_then_cuts_at_the_deadline() {
     let echo = echo_server().await;

@@ -1,45 +1,155 @@
-//! The buffered copy: read into a bounded buffer, write it all out, repeat.
+//! The buffered copy: read into a buffer, write it straight out, repeat.
 //!
-//! The buffer is allocated on the first readable event, not up front, so an
-//! idle connection costs no buffer memory.
+//! Small messages (requests, responses, protocol chatter) are cheaper to copy
+//! than to splice: one `read` and one `write` of a few hundred bytes cost less
+//! kernel work than moving page references through a pipe, and a read that
+//! returns less than asked for proves the socket drained, so no extra call is
+//! spent to learn `EAGAIN` (the same rule tokio's own `poll_read` applies on
+//! epoll). The adaptive mode therefore starts every direction here and hands
+//! it to splice once a read fills the whole buffer, i.e. once the direction
+//! carries a bulk stream.
+//!
+//! The buffer is one per worker thread, not one per connection: a read and
+//! its write happen without an `await` in between, so no other connection can
+//! observe it. Only when the destination cannot take everything at once is
+//! the rest copied into a per-connection vector, which lives until it is
+//! written. An idle connection owns no buffer at all.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsRawFd;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{Counters, DirError};
 
-/// Copies until `src` reports end of stream. Returns the bytes moved.
-pub(super) async fn copy(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, size: usize) -> Result<u64, DirError> {
-    let mut buf: Vec<u8> = Vec::new();
+thread_local! {
+    /// This worker's read buffer (grown to the configured size on first use).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How a buffered phase ended.
+pub(super) enum Phase {
+    /// The source reported end of stream; carries the bytes moved.
+    Eof(u64),
+    /// A read filled the whole buffer: a bulk stream, better spliced.
+    /// Carries the bytes moved so far (all written out).
+    Bulk(u64),
+}
+
+/// One read-and-forward step.
+enum Step {
+    /// Nothing to read after all (readiness was stale).
+    Idle,
+    Eof,
+    /// `n` bytes were read; `rest` holds those the destination did not take yet.
+    Moved { n: usize, rest: Option<Vec<u8>> },
+}
+
+/// Copies until `src` reports end of stream, or (with `until_bulk`) until a
+/// read fills the whole `size`-byte buffer. Every byte read has been written
+/// to `dst` when this returns.
+pub(super) async fn copy(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counters: &Counters<'_>,
+    size: usize,
+    until_bulk: bool,
+) -> Result<Phase, DirError> {
+    let size = size.max(1024);
     let mut total = 0u64;
     loop {
         src.readable().await.map_err(DirError::Read)?;
-        if buf.is_empty() {
-            buf = vec![0u8; size.max(1024)];
+        match step(src, dst, size)? {
+            Step::Idle => continue,
+            Step::Eof => return Ok(Phase::Eof(total)),
+            Step::Moved { n, rest } => {
+                if let Some(rest) = rest {
+                    // Rare (the destination is slow): kept out of line so
+                    // every connection's task stays small.
+                    Box::pin(write_all(dst, &rest)).await?;
+                }
+                counters.add(n);
+                total += n as u64;
+                if until_bulk && n == size {
+                    return Ok(Phase::Bulk(total));
+                }
+            }
         }
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => return Ok(total),
+    }
+}
+
+/// Reads once into the thread's buffer and writes what it got at once.
+/// Synchronous on purpose: the shared buffer is never held across an `await`.
+fn step(src: &TcpStream, dst: &TcpStream, size: usize) -> Result<Step, DirError> {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        let buf = &mut buf[..size];
+        let n = match read_draining(src, buf) {
+            Ok(0) => return Ok(Step::Eof),
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
             Err(e) => return Err(DirError::Read(e)),
         };
-        write_all(dst, &buf[..n]).await?;
-        counters.add(n);
-        total += n as u64;
+        // One direct attempt: the destination almost always has room. Its
+        // readiness in tokio is not consulted (it may not have been reported
+        // yet for a fresh socket); an EAGAIN here just sends the rest through
+        // `write_all`, which waits for the socket properly.
+        let sent = match send(dst, &buf[..n]) {
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(DirError::Write(e)),
+        };
+        let rest = (sent < n).then(|| buf[sent..n].to_vec());
+        Ok(Step::Moved { n, rest })
+    })
+}
+
+/// One `recv` through tokio's readiness. A short read (fewer bytes than the
+/// buffer holds) clears the read readiness like `EAGAIN` would: on Linux a
+/// stream socket's `recv` only stops short when its receive queue is empty,
+/// and epoll reports any later arrival (or FIN) as a new edge. Tokio's
+/// readiness ticks make the clear a no-op if an event came in meanwhile.
+fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    let mut short = None;
+    let result = src.try_io(Interest::READABLE, || {
+        // SAFETY: `buf` is valid for `len` writable bytes.
+        let n = unsafe { libc::recv(src.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n > 0 && n < len {
+            short = Some(n);
+            // Reported as WouldBlock only so tokio clears the readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (result, short) {
+        (_, Some(n)) => Ok(n),
+        (result, None) => result,
     }
+}
+
+/// One non-blocking `send`. MSG_NOSIGNAL: a peer that went away is an EPIPE
+/// error here, not a process-wide SIGPIPE.
+fn send(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(dst).send_with_flags(data, libc::MSG_NOSIGNAL)
 }
 
 /// Writes all of `data` to a non-blocking socket.
 pub(crate) async fn write_all(dst: &TcpStream, mut data: &[u8]) -> Result<(), DirError> {
     while !data.is_empty() {
         dst.writable().await.map_err(DirError::Write)?;
-        match dst.try_io(Interest::WRITABLE, || {
-            // MSG_NOSIGNAL: a peer that went away is an EPIPE error here, not a
-            // process-wide SIGPIPE.
-            socket2::SockRef::from(dst).send_with_flags(data, libc::MSG_NOSIGNAL)
-        }) {
+        match dst.try_io(Interest::WRITABLE, || send(dst, data)) {
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(DirError::Write(e)),
         }
     }

@@ -99,3 +99,40 @@ pub async fn roundtrip(addr: SocketAddr, data: Vec<u8>) -> [u8; 32] {
 pub async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(d, f).await.expect("timed out")
 }
+
+/// Engine worker threads as the Node binding runs them: one current-thread
+/// runtime per thread. Dropping this stops and joins them.
+pub struct WorkerThreads {
+    pub handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerThreads {
+    pub fn start(n: usize) -> WorkerThreads {
+        let mut w = WorkerThreads { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for _ in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            w.handles.push(rt.handle().clone());
+            w.stops.push(tx);
+            w.threads.push(std::thread::spawn(move || {
+                rt.block_on(async {
+                    let _ = rx.await;
+                });
+            }));
+        }
+        w
+    }
+}
+
+impl Drop for WorkerThreads {
+    fn drop(&mut self) {
+        for tx in self.stops.drain(..) {
+            let _ = tx.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
