@@ -4,11 +4,13 @@
 //! Each connection owns an `Arc<ConnInfo>` whose fields are atomics or
 //! set-once cells, so the data path updates them without locks. The registry
 //! itself is touched twice per connection (insert on accept, remove on close)
-//! under one of 16 shard locks, never per byte.
+//! under one of 16 shard locks, never per byte. Each thread keeps to its own
+//! home shard, so with one worker thread per core those locks are never
+//! contended by another worker (only a `/connections` scrape takes them all).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -123,19 +125,24 @@ impl Default for ConnRegistry {
 /// deadline).
 pub struct Registered<'a> {
     registry: &'a ConnRegistry,
+    shard: usize,
     pub info: Arc<ConnInfo>,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.registry.shard(self.info.id).lock().unwrap_or_else(|e| e.into_inner()).remove(&self.info.id);
+        self.registry.shards[self.shard].lock().unwrap_or_else(|e| e.into_inner()).remove(&self.info.id);
     }
 }
 
+/// Hands each thread a home shard, round-robin.
+static NEXT_HOME_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static HOME_SHARD: usize = NEXT_HOME_SHARD.fetch_add(1, Relaxed) % SHARDS;
+}
+
 impl ConnRegistry {
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<ConnInfo>>> {
-        &self.shards[id as usize % SHARDS]
-    }
 
     pub fn register(&self, listener: Arc<str>, direction: Direction, peer: SocketAddr) -> Registered<'_> {
         let id = self.next_id.fetch_add(1, Relaxed);
@@ -152,8 +159,9 @@ impl ConnRegistry {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         });
-        self.shard(id).lock().unwrap_or_else(|e| e.into_inner()).insert(id, info.clone());
-        Registered { registry: self, info }
+        let shard = HOME_SHARD.with(|s| *s);
+        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner()).insert(id, info.clone());
+        Registered { registry: self, shard, info }
     }
 
     pub fn len(&self) -> usize {
