@@ -177,7 +177,7 @@ async fn copy_to_eof(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, 
 /// Splices until end of stream, finishing with the buffered copy if splice
 /// turns out to be unavailable.
 async fn spliced(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
-    match splice::copy(src, dst, counters, config.pipe_size).await {
+    match splice::copy(src, dst, counters, config.pipe_size, config.buffer_size).await {
         Ok(n) => Ok(n),
         Err(splice::SpliceFailure::Unsupported(done)) => Ok(done + buffered_to_eof(src, dst, counters, config).await?),
         Err(splice::SpliceFailure::Dir(e)) => Err(e),

@@ -205,7 +205,7 @@ impl Engine {
                     open: l.open.load(Relaxed),
                     accept_errors: l.accept_errors.load(Relaxed),
                     limit_waits: l.limit_waits.load(Relaxed),
-                    accepting: l.accepting.load(Relaxed) && !l.stop.is_cancelled(),
+                    accepting: l.accepting(),
                 })
                 .collect(),
             tcp: m.snapshot_tcp(),

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,9 @@ pub struct ListenerCtx {
     pub open: AtomicU64,
     pub accept_errors: AtomicU64,
     pub limit_waits: AtomicU64,
-    pub accepting: AtomicBool,
+    /// Accept loops (one per worker) not yet ended: counted from bind, so a
+    /// listener reads as accepting before its loops first run.
+    pub live_shards: AtomicUsize,
     /// Stops this listener alone (and is a child of the engine-wide signal).
     pub stop: CancellationToken,
     /// A duplicate of every worker's listening socket (one per shard), kept so
@@ -62,6 +64,11 @@ impl ListenerCtx {
         for socket in &self.control {
             let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Whether any worker still accepts on this listener.
+    pub fn accepting(&self) -> bool {
+        self.live_shards.load(std::sync::atomic::Ordering::Relaxed) > 0 && !self.stop.is_cancelled()
     }
 
     /// Takes one worker's socket out of its group when that worker stops
@@ -87,10 +94,14 @@ impl ListenerCtx {
 /// `SO_REUSEPORT` alone would let a second process bind the same address and
 /// silently take a share of the connections. So the address is first bound by
 /// a probe socket *without* `SO_REUSEPORT`: it fails with "address in use" if
-/// anything listens there (a reuseport group included), and for port 0 it
-/// picks the port the group then binds. The probe is closed before the group
-/// binds; a process racing into that window of microseconds is the one case
-/// not caught. One shard needs no group and is bound plainly.
+/// anything listens there (a reuseport group included, so a second meshpipe
+/// fails as it did with a single socket), and for port 0 it picks the port
+/// the group then binds (picked again if that port is taken in between).
+/// What the probe cannot stop is a process that *later* binds the address
+/// with `SO_REUSEPORT` under the same effective UID: Linux lets it join the
+/// group. A sidecar runs under its own UID (2102 in the injected layout), so
+/// only another process of that UID could; with one shard no group is formed
+/// at all.
 ///
 /// Every socket gets SO_REUSEADDR (restarts do not wait out TIME_WAIT),
 /// IPV6_V6ONLY on IPv6 (so `0.0.0.0:4143` and `[::]:4143` can both be bound)
@@ -111,25 +122,17 @@ pub fn bind(
         }
     };
     let shards = shards.max(1);
-    let mut addr = config.bind;
-    if shards > 1 {
-        let probe = new_socket(addr.0, false).map_err(map(addr))?;
-        probe.bind(&addr.0.into()).map_err(map(addr))?;
-        let bound = probe.local_addr().map_err(map(addr))?.as_socket();
-        // Port 0: the group binds the port the kernel just picked.
-        addr = BindAddr(bound.unwrap_or(addr.0));
-    }
-    let mut sockets = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let socket = new_socket(addr.0, shards > 1).map_err(map(config.bind))?;
-        socket.bind(&addr.0.into()).map_err(map(config.bind))?;
-        socket.listen(4096).map_err(map(config.bind))?;
-        let listener: std::net::TcpListener = socket.into();
-        if addr.0.port() == 0 {
-            addr = BindAddr(listener.local_addr().map_err(map(config.bind))?);
+    // Port 0: the probe's port could be taken (by an outgoing connection
+    // from the ephemeral range) before the group binds it; pick again then.
+    let attempts = if config.bind.0.port() == 0 && shards > 1 { 4 } else { 1 };
+    let mut attempt = 0;
+    let sockets = loop {
+        attempt += 1;
+        match bind_group(config.bind, shards) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempt < attempts => continue,
+            other => break other.map_err(map(config.bind))?,
         }
-        sockets.push(listener);
-    }
+    };
     let local = sockets[0].local_addr().map_err(map(config.bind))?;
     let control = sockets
         .iter()
@@ -146,11 +149,36 @@ pub fn bind(
         open: AtomicU64::new(0),
         accept_errors: AtomicU64::new(0),
         limit_waits: AtomicU64::new(0),
-        accepting: AtomicBool::new(true),
+        live_shards: AtomicUsize::new(sockets.len()),
         stop: engine_stop.child_token(),
         control,
     });
     Ok((sockets, ctx))
+}
+
+/// The probe (for a group) and then `shards` listening sockets on one address.
+fn bind_group(requested: BindAddr, shards: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = requested.0;
+    if shards > 1 {
+        let probe = new_socket(addr, false)?;
+        probe.bind(&addr.into())?;
+        // Port 0: the group binds the port the kernel just picked.
+        if let Some(bound) = probe.local_addr()?.as_socket() {
+            addr = bound;
+        }
+    }
+    let mut sockets = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = new_socket(addr, shards > 1)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        if addr.port() == 0 {
+            addr = listener.local_addr()?;
+        }
+        sockets.push(listener);
+    }
+    Ok(sockets)
 }
 
 /// A non-blocking, close-on-exec TCP socket for `addr`'s family with

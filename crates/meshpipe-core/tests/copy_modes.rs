@@ -107,3 +107,54 @@ fn an_unknown_copy_mode_is_rejected_with_the_choices() {
     let err = serde_json::from_value::<meshpipe_core::EngineSpec>(spec).unwrap_err().to_string();
     assert!(err.contains("zero-copy") && err.contains("adaptive") && err.contains("splice") && err.contains("buffered"), "{err}");
 }
+
+/// TCP urgent data (RFC 9293 §3.8.5): Linux stops reads at the urgent mark
+/// and splice cannot cross it at all. The urgent byte is carried in band, in
+/// its place, and nothing after it is held back or lost, whether the
+/// direction is still buffered or already splicing, and with the FIN
+/// right behind the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_data_is_carried_in_band_in_every_mode() {
+    for mode in MODES {
+        for bulk_first in [0usize, 256 * 1024] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let target = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            let (_engine, addr) = forward(target, Some("opaque"), copy_mode(mode)).await;
+            let lead = random(bulk_first, 9);
+            let sent = {
+                let lead = lead.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    let mut c = std::net::TcpStream::connect(addr).unwrap();
+                    c.write_all(&lead).unwrap();
+                    // Let the proxy read the bulk (and switch to splice) first.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&c);
+                    let cork = |on: libc::c_int| unsafe {
+                        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, (&on as *const libc::c_int).cast(), 4)
+                    };
+                    // One segment: data, the urgent byte, more data.
+                    cork(1);
+                    c.write_all(b"abc").unwrap();
+                    socket2::SockRef::from(&c).send_out_of_band(b"X").unwrap();
+                    c.write_all(b"def").unwrap();
+                    cork(0);
+                    c.shutdown(std::net::Shutdown::Write).unwrap();
+                    // Keep the socket open until the server has everything.
+                    std::thread::sleep(Duration::from_millis(300));
+                })
+            };
+            let got = within(Duration::from_secs(10), server).await.unwrap();
+            sent.await.unwrap();
+            let mut expect = lead.clone();
+            expect.extend_from_slice(b"abcXdef");
+            assert!(got == expect, "copy mode {mode}, {bulk_first} bytes first: got {} bytes ending {:?}", got.len(), String::from_utf8_lossy(&got[got.len().saturating_sub(8)..]));
+        }
+    }
+}

@@ -161,6 +161,10 @@ fn max_connections_are_all_usable_with_several_workers() {
             })
             .await;
         }
+        // Never more than the limit at once: no connection ever had to wait
+        // for a slot, and an idle worker with stale readiness did not count
+        // (or take) one.
+        assert_eq!(engine.snapshot().listeners[0].limit_waits, 0);
         engine.close(Duration::from_secs(1)).await;
     });
 }

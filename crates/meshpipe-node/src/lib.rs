@@ -268,7 +268,12 @@ impl NativeProxy {
 
 impl Drop for NativeProxy {
     fn drop(&mut self) {
-        // Garbage collection of an unclosed proxy: stop its threads.
+        // Garbage collection of an unclosed proxy: refuse new connections on
+        // every listening socket first (the accept tasks are about to vanish
+        // with the runtime), then stop its threads.
+        if let Some(engine) = self.inner.engine.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            engine.stop_all();
+        }
         self.inner.shutdown_runtime();
     }
 }

@@ -9,6 +9,14 @@
 //! it to splice once a read fills the whole buffer, i.e. once the direction
 //! carries a bulk stream.
 //!
+//! TCP urgent data (RFC 9293 §3.8.5; telnet, FTP `ABOR` and some database
+//! cancels use it) is the one case where a short read does *not* mean the
+//! socket drained: Linux stops a read at the urgent mark. So a short read is
+//! checked against the mark (`SIOCATMARK`, a lock-free ioctl); at the mark the
+//! urgent byte is fetched with `MSG_OOB` and forwarded in band, in its place,
+//! and reading goes on past it. Splice cannot cross a mark at all, so the
+//! splice path hands that step to [`cross_urgent_mark`].
+//!
 //! The buffer is one per worker thread, not one per connection: a read and
 //! its write happen without an `await` in between, so no other connection can
 //! observe it. Only when the destination cannot take everything at once is
@@ -17,7 +25,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -111,20 +119,26 @@ fn step(src: &TcpStream, dst: &TcpStream, size: usize) -> Result<Step, DirError>
 
 /// One `recv` through tokio's readiness. A short read (fewer bytes than the
 /// buffer holds) clears the read readiness like `EAGAIN` would: on Linux a
-/// stream socket's `recv` only stops short when its receive queue is empty,
-/// and epoll reports any later arrival (or FIN) as a new edge. Tokio's
-/// readiness ticks make the clear a no-op if an event came in meanwhile.
+/// stream socket's `recv` only stops short when its receive queue is empty
+/// or at an urgent mark, and epoll reports any later arrival (or FIN) as a
+/// new edge. Tokio's readiness ticks make the clear a no-op if an event came
+/// in meanwhile. At an urgent mark the readiness is kept and the urgent byte
+/// is appended to what was read.
 fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let len = buf.len();
+    let fd = src.as_raw_fd();
     let mut short = None;
     let result = src.try_io(Interest::READABLE, || {
         // SAFETY: `buf` is valid for `len` writable bytes.
-        let n = unsafe { libc::recv(src.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
         if n > 0 && n < len {
+            if at_urgent_mark(fd) {
+                return Ok(n + take_urgent(fd).map(|b| buf[n] = b).map_or(0, |_| 1));
+            }
             short = Some(n);
             // Reported as WouldBlock only so tokio clears the readiness.
             return Err(io::ErrorKind::WouldBlock.into());
@@ -137,14 +151,63 @@ fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// `SIOCATMARK` from asm-generic/sockios.h (x86, arm, riscv; not mips/sparc).
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Whether the next byte to read from `fd` is TCP urgent data.
+pub(super) fn at_urgent_mark(fd: RawFd) -> bool {
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int.
+    let rc = unsafe { libc::ioctl(fd, SIOCATMARK as _, &mut at) };
+    rc == 0 && at != 0
+}
+
+/// Reads the urgent byte at the mark, if it has arrived and not been read.
+fn take_urgent(fd: RawFd) -> Option<u8> {
+    let mut b = 0u8;
+    // SAFETY: one writable byte.
+    let n = unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_OOB) };
+    (n == 1).then_some(b)
+}
+
+/// Moves a direction past an urgent mark that splice stopped at: the urgent
+/// byte, then one plain read (the kernel steps over the mark and re-enables
+/// splice once a read has passed it), both written to `dst` in order.
+pub(super) async fn cross_urgent_mark(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, size: usize) -> Result<u64, DirError> {
+    let mut moved = 0u64;
+    if let Some(b) = take_urgent(src.as_raw_fd()) {
+        Box::pin(write_all(dst, &[b])).await?;
+        counters.add(1);
+        moved += 1;
+    }
+    match step(src, dst, size.max(1024))? {
+        Step::Idle | Step::Eof => {}
+        Step::Moved { n, rest } => {
+            if let Some(rest) = rest {
+                Box::pin(write_all(dst, &rest)).await?;
+            }
+            counters.add(n);
+            moved += n as u64;
+        }
+    }
+    Ok(moved)
+}
+
 /// One non-blocking `send`. MSG_NOSIGNAL: a peer that went away is an EPIPE
 /// error here, not a process-wide SIGPIPE.
 fn send(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(dst).send_with_flags(data, libc::MSG_NOSIGNAL)
 }
 
-/// Writes all of `data` to a non-blocking socket.
+/// Writes all of `data` to a non-blocking socket. The first attempt goes
+/// straight to the socket (a freshly dialled one has room, but tokio has not
+/// seen it writable yet); only what does not fit waits for writability.
 pub(crate) async fn write_all(dst: &TcpStream, mut data: &[u8]) -> Result<(), DirError> {
+    match send(dst, data) {
+        Ok(n) => data = &data[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(DirError::Write(e)),
+    }
     while !data.is_empty() {
         dst.writable().await.map_err(DirError::Write)?;
         match dst.try_io(Interest::WRITABLE, || send(dst, data)) {

@@ -27,6 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::buffered::{at_urgent_mark, cross_urgent_mark};
 use super::{Counters, DirError};
 
 /// Why splicing stopped without reaching end of stream.
@@ -114,6 +115,7 @@ pub(super) async fn copy(
     dst: &TcpStream,
     counters: &Counters<'_>,
     pipe_size: usize,
+    buffer_size: usize,
 ) -> Result<u64, SpliceFailure> {
     // Held only while bytes are in flight; empty pipes go back to the pool.
     let mut pipe: Option<Pipe> = None;
@@ -134,7 +136,30 @@ pub(super) async fn copy(
                 Err(e) => return Err(SpliceFailure::Dir(DirError::Read(e))),
             },
         };
-        let filled = match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity)) {
+        // Splice stops at a TCP urgent mark and never crosses it (it reports
+        // EAGAIN, or 0 once a FIN is queued behind): checked only on those
+        // two results, and crossed with one buffered step.
+        let fd = src.as_raw_fd();
+        let mut at_mark = false;
+        let read = src.try_io(Interest::READABLE, || match splice(fd, p.write.as_raw_fd(), p.capacity) {
+            Ok(0) if at_urgent_mark(fd) => {
+                at_mark = true;
+                Ok(0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(fd) => {
+                at_mark = true;
+                Ok(0)
+            }
+            other => other,
+        });
+        if at_mark {
+            // The pipe is still empty; the readiness was left set, so the
+            // loop reads on at once after the mark.
+            pipe = Some(p);
+            total += cross_urgent_mark(src, dst, counters, buffer_size).await.map_err(SpliceFailure::Dir)?;
+            continue;
+        }
+        let filled = match read {
             Ok(0) => {
                 give_back(p);
                 return Ok(total);

@@ -3,11 +3,13 @@
 //! Each turn of the loop:
 //! 1. waits until the socket has a connection queued (epoll readiness);
 //! 2. takes a slot from the engine-wide connection limit, if one is set.
-//!    Only now, with a connection actually waiting on *this* socket: a loop
-//!    that held a slot while idle would starve the other workers, whose
-//!    sockets receive their own share of connections (`SO_REUSEPORT` hashes
-//!    each connection to one socket). Until a slot frees, the connection
-//!    stays in the kernel's backlog, neither accepted nor dropped;
+//!    Only now, with a connection actually waiting on *this* socket (checked
+//!    with `poll` before queueing for a slot, as tokio's readiness can be
+//!    stale): a loop that held a slot while idle would starve the other
+//!    workers, whose sockets receive their own share of connections
+//!    (`SO_REUSEPORT` hashes each connection to one socket). Until a slot
+//!    frees, the connection stays in the kernel's backlog, neither accepted
+//!    nor dropped;
 //! 3. accepts it with `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` (one call; the
 //!    socket inherits `TCP_NODELAY` from the listener) and spawns one tracked
 //!    task for it.
@@ -18,9 +20,9 @@
 //! to 1 s, and resets on the next success. Other errors (`ECONNABORTED`: the
 //! peer gave up before we accepted) are counted and skipped.
 //!
-//! Both stop signals a connection task waits on (the listener's stop and the
-//! drain's cut) are per-worker child tokens, so registering a waiter never
-//! touches a lock another worker is using.
+//! The stop signals waited on here (the listener's stop, once per loop) and by
+//! every connection task (the drain's cut) are per-worker child tokens, so
+//! registering a waiter never touches a lock another worker is using.
 
 use std::io;
 use std::net::SocketAddr;
@@ -47,6 +49,9 @@ pub async fn accept_loop(
     shard: usize,
     limit: Option<Arc<Semaphore>>,
 ) {
+    // However this task ends (stopped, failed, or dropped with its runtime),
+    // its socket leaves the group and it stops counting as accepting.
+    let _retire = Retire { l: &l, shard };
     // SAFETY: a std TcpListener owns its descriptor and returns the same one
     // from `as_raw_fd` until it is dropped, which the AsyncFd does last.
     let registered = unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) };
@@ -54,7 +59,6 @@ pub async fn accept_loop(
         Ok(listener) => listener,
         Err(_) => {
             l.accept_errors.fetch_add(1, Relaxed);
-            l.retire_shard(shard);
             return;
         }
     };
@@ -76,9 +80,20 @@ pub async fn accept_loop(
             },
         };
         let permit = match &limit {
-            Some(sem) => match take_slot(&l, sem, stopped.as_mut()).await {
-                Some(permit) => Some(permit),
-                None => break,
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                // Tokio's readiness is only cleared by EAGAIN, so it may be
+                // stale after the last accept: make sure a connection really
+                // waits here before queueing for a slot, or an idle worker
+                // would take slots its neighbour's connections need.
+                Err(_) if !connection_queued(listener.as_raw_fd()) => {
+                    ready.clear_ready();
+                    continue;
+                }
+                Err(_) => match wait_for_slot(&l, sem, stopped.as_mut()).await {
+                    Some(permit) => Some(permit),
+                    None => break,
+                },
             },
             None => None,
         };
@@ -121,25 +136,42 @@ pub async fn accept_loop(
             }
         }
     }
-    l.retire_shard(shard);
-    l.accepting.store(false, Relaxed);
 }
 
-/// A slot from the connection limit, waiting for one if all are taken.
-/// `None` when the listener is stopped meanwhile.
-async fn take_slot(
+/// Retires a worker's socket when its accept loop ends, on every path.
+struct Retire<'a> {
+    l: &'a ListenerCtx,
+    shard: usize,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        self.l.retire_shard(self.shard);
+        self.l.live_shards.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Waits for a slot of the connection limit (all are taken). `None` when the
+/// listener is stopped meanwhile.
+async fn wait_for_slot(
     l: &ListenerCtx,
     sem: &Arc<Semaphore>,
     stopped: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Option<OwnedSemaphorePermit> {
-    if let Ok(permit) = sem.clone().try_acquire_owned() {
-        return Some(permit);
-    }
     l.limit_waits.fetch_add(1, Relaxed);
     tokio::select! {
         p = sem.clone().acquire_owned() => p.ok(),
         _ = stopped => None,
     }
+}
+
+/// Whether the listening socket's accept queue holds a connection (for a
+/// listening socket, `POLLIN` means exactly that).
+fn connection_queued(listener: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
 /// One `accept4` that yields a non-blocking, close-on-exec socket and its

@@ -8,10 +8,11 @@
 //!   next to a sidecar, a loopback forward) the kernel completes the
 //!   three-way handshake inside the `connect` call itself: it returns
 //!   `EINPROGRESS`, yet the socket is already established. A `getpeername`,
-//!   which only succeeds on a connected socket, tells so without a lock; the
-//!   connection then goes on at once, with no timer armed and no trip through
-//!   the event loop. Only a handshake still in flight waits for writability
-//!   under the timeout, and then reads `SO_ERROR` for the outcome.
+//!   which only succeeds on a connected socket, tells so; the connection then
+//!   goes on at once, with no timer armed and no wait for a writable event
+//!   (the first write goes straight to the socket). Only a handshake still in
+//!   flight waits for writability under the timeout, and then reads
+//!   `SO_ERROR` for the outcome.
 //! - **Running out of descriptors is not the target's fault.** `EMFILE` and
 //!   `ENFILE` are local and usually brief (other connections are closing):
 //!   the pooled pipes are released and the dial retried with a growing pause
