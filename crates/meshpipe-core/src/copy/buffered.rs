@@ -15,7 +15,9 @@
 //! checked against the mark (`SIOCATMARK`, a lock-free ioctl); at the mark the
 //! urgent byte is fetched with `MSG_OOB` and forwarded in band, in its place,
 //! and reading goes on past it. Splice cannot cross a mark at all, so the
-//! splice path hands that step to [`cross_urgent_mark`].
+//! splice path hands that step to [`cross_urgent_mark`]. One case is still
+//! lossy: an urgent pointer announced before its byte arrives (the sender's
+//! window was closed) lets a later plain read step over that byte.
 //!
 //! The buffer is one per worker thread, not one per connection: a read and
 //! its write happen without an `await` in between, so no other connection can
