@@ -10,8 +10,10 @@
  * cost is dominated by the kernel's TCP setup/teardown and, when proxied, by
  * the proxy's accept + upstream connect + forward + close path. A Node.js
  * client would saturate its own event loop first on this 2-core class of
- * machine. Direct is measured too (the ceiling). Rounds are interleaved;
- * the median is reported, plus the proxy's CPU time per cycle for tuning.
+ * machine. Direct is measured too (the ceiling). Rounds are interleaved,
+ * with the order rotated each round, and there are about twice as many as
+ * in the other sections (runs are short and noisy); the median is reported,
+ * plus the proxy's CPU time per cycle for tuning.
  * Through meshpipe both an opaque listener and a detect listener are measured
  * (`PING\r\n` is not an HTTP request line: detection ends `not_http` after 5
  * bytes), which shows the per-connection cost of detection.
@@ -48,6 +50,11 @@ export async function churnOnce(port: number, requests = REQUESTS, concurrency =
   const rps = line === undefined ? Number.NaN : Number(line.split(',')[1]?.replaceAll('"', ''));
   if (!Number.isFinite(rps) || rps <= 0) throw new Error(`redis-benchmark via port ${port} printed no PING_INLINE rate: ${out.trim().slice(0, 300)}`);
   return rps;
+}
+
+/** Rounds for churn: about twice the other sections' (9 for the default 5). */
+function churnRounds(runs: number): number {
+  return 2 * runs - 1;
 }
 
 function config(name: string, subject: Subject, port: number, proxy: Peer | null): Config {
@@ -111,9 +118,15 @@ async function run(ctx: BenchContext): Promise<Section> {
 
     // A short warm-up per path (page cache, lazily built pools) that is not counted.
     for (const c of configs) await churnOnce(c.port, 2_000).catch(() => undefined);
-    for (let round = 1; round <= ctx.runs; round++) {
-      for (const c of configs) {
-        ctx.log(`churn round ${round}/${ctx.runs}: ${c.name}`);
+    // Runs are short (a few seconds) and this workload is noisy, so churn
+    // takes more rounds than the other sections; the order rotates every
+    // round so no path always follows the same neighbour (the TIME_WAIT
+    // sockets a run leaves behind slow the next one's connects).
+    const rounds = churnRounds(ctx.runs);
+    for (let round = 1; round <= rounds; round++) {
+      for (let i = 0; i < configs.length; i++) {
+        const c = configs[(i + round - 1) % configs.length]!;
+        ctx.log(`churn round ${round}/${rounds}: ${c.name}`);
         await measure(c);
         await sleep(300);
       }
@@ -142,7 +155,7 @@ async function run(ctx: BenchContext): Promise<Section> {
   return {
     name: 'churn',
     title: 'churn',
-    method: `redis-benchmark -k 0 -c ${CONCURRENCY} -n ${REQUESTS} -t ping_inline: one new TCP connection per PING (6 B out, 7 B back, then close), median of ${ctx.runs} interleaved rounds`,
+    method: `redis-benchmark -k 0 -c ${CONCURRENCY} -n ${REQUESTS} -t ping_inline: one new TCP connection per PING (6 B out, 7 B back, then close), median of ${churnRounds(ctx.runs)} interleaved rounds, order rotated each round`,
     rows,
     notes,
     errors,
