@@ -97,8 +97,16 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
     let grace_at = grace.map(|g| start + g);
 
     let mut out = Sniffed::new(DetectResult::ReadTimeout);
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut last_bytes = start;
+    // Most clients have sent their first bytes by the time their connection
+    // is served, but tokio has not seen the new socket readable yet. One
+    // direct read usually decides at once: no timer is armed and no event
+    // loop turn is waited for.
+    if absorb(recv_now(client, &mut buf), &mut buf, &mut out, &mut last_bytes, expect) {
+        out.buffered = buf;
+        return out;
+    }
     loop {
         let race_now = grace_at.is_some() && out.upstream.is_none() && out.connect_error.is_none() && buf.is_empty();
         let short_stall = match grace {
@@ -116,45 +124,9 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                     let grow = if buf.capacity() == 0 { 1024 } else { buf.capacity() };
                     buf.reserve_exact(grow.min(DETECT_BUFFER_CAP - buf.len()));
                 }
-                match client.try_read_buf(&mut buf) {
-                    Ok(0) => {
-                        if buf.is_empty() {
-                            // Closed, or only half-closed (a client that reads a
-                            // banner after `shutdown(SHUT_WR)`): the two look the
-                            // same here, so the FIN is carried upstream and the
-                            // server's answer relayed; a fully closed client just
-                            // makes that short.
-                            out.result = DetectResult::ClientClosed;
-                            out.client_eof = true;
-                        } else {
-                            // A short message then a half-close: not HTTP,
-                            // but every byte still goes upstream.
-                            out.result = DetectResult::NotHttp;
-                            out.client_eof = true;
-                        }
-                        break;
-                    }
-                    Ok(_) => {
-                        last_bytes = Instant::now();
-                        match classify(&buf, expect) {
-                            Verdict::Decided(d) => {
-                                let (result, sni) = decided(d);
-                                out.result = result;
-                                out.sni = sni;
-                                break;
-                            }
-                            Verdict::NeedMore if buf.len() >= DETECT_BUFFER_CAP => {
-                                out.result = DetectResult::NotHttp;
-                                break;
-                            }
-                            Verdict::NeedMore => {}
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        out.result = if buf.is_empty() { DetectResult::Error } else { DetectResult::NotHttp };
-                        break;
-                    }
+                let read = client.try_read_buf(&mut buf);
+                if absorb(read, &mut buf, &mut out, &mut last_bytes, expect) {
+                    break;
                 }
             }
             r = server_readable(out.upstream.as_ref()), if out.upstream.is_some() => {
@@ -207,6 +179,63 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
     }
     out.buffered = buf;
     out
+}
+
+/// Takes one read's outcome into the buffer and classifies. Returns true
+/// when detection is over (`out.result` says how).
+fn absorb(read: io::Result<usize>, buf: &mut Vec<u8>, out: &mut Sniffed, last_bytes: &mut Instant, expect: Expect) -> bool {
+    match read {
+        Ok(0) => {
+            if buf.is_empty() {
+                // Closed, or only half-closed (a client that reads a banner
+                // after `shutdown(SHUT_WR)`): the two look the same here, so
+                // the FIN is carried upstream and the server's answer
+                // relayed; a fully closed client just makes that short.
+                out.result = DetectResult::ClientClosed;
+            } else {
+                // A short message then a half-close: not HTTP, but every
+                // byte still goes upstream.
+                out.result = DetectResult::NotHttp;
+            }
+            out.client_eof = true;
+            true
+        }
+        Ok(_) => {
+            *last_bytes = Instant::now();
+            match classify(buf, expect) {
+                Verdict::Decided(d) => {
+                    let (result, sni) = decided(d);
+                    out.result = result;
+                    out.sni = sni;
+                    true
+                }
+                Verdict::NeedMore if buf.len() >= DETECT_BUFFER_CAP => {
+                    out.result = DetectResult::NotHttp;
+                    true
+                }
+                Verdict::NeedMore => false,
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => {
+            out.result = if buf.is_empty() { DetectResult::Error } else { DetectResult::NotHttp };
+            true
+        }
+    }
+}
+
+/// One `recv` into the buffer's spare capacity, without consulting tokio's
+/// readiness (see the first read in `sniff`).
+fn recv_now(client: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the spare capacity,
+    // and exactly the `n` it reports are then marked initialised.
+    let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(client), spare.as_mut_ptr().cast(), spare.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
 }
 
 async fn server_readable(s: Option<&TcpStream>) -> io::Result<()> {
