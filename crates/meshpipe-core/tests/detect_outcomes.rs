@@ -305,3 +305,32 @@ async fn short_stalled_greeting_is_not_http_after_the_grace_period() {
     assert!(started.elapsed() < Duration::from_secs(2), "no detect-timeout stall: {:?}", started.elapsed());
     assert_eq!(results(&engine), vec![("not_http".to_string(), 1)]);
 }
+
+/// A client that trickles a plausible request line one byte per segment is
+/// not classified forever: after a bounded number of reads it is `not_http`
+/// (long before the detect timeout), and every byte still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_by_byte_trickle_is_decided_after_a_bounded_number_of_reads() {
+    let echo = echo_server().await;
+    let (engine, addr) = forward(echo, None, detect_cfg(60_000, 0)).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut sent = b"GET /".to_vec();
+    c.write_all(&sent).await.unwrap();
+    let started = Instant::now();
+    // Each byte in its own segment, with a pause so the proxy reads it alone.
+    while !has(&engine, "not_http") {
+        assert!(sent.len() < 2_000, "still undecided after {} single-byte reads", sent.len());
+        c.write_all(b"a").await.unwrap();
+        sent.push(b'a');
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "decided by the read bound, not the 60 s timeout");
+    assert!(!has(&engine, "read_timeout"));
+    c.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+    sent.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(Duration::from_secs(10), c.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(sha(&back), sha(&sent), "every trickled byte is forwarded");
+}

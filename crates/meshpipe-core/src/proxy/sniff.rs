@@ -15,6 +15,10 @@
 //! client speaks first after all, detection goes on over the already-open
 //! upstream connection.
 //!
+//! Trickles: a client still undecided after `MAX_DETECT_READS` reads with
+//! data is `not_http` (forwarded as TCP, every byte kept), which bounds the
+//! CPU one connection can spend on classification.
+//!
 //! Short stalled greetings: with the grace period on, a client that has sent
 //! fewer than `SHORT_GREETING` bytes the classifier cannot decide on (`ping`,
 //! `HELO`) and then goes quiet for the grace period is waiting for an answer,
@@ -36,6 +40,14 @@ use crate::detect::{classify, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
 use crate::metrics::DetectResult;
 use crate::policy::PortMode;
 use crate::proxy::Context;
+
+/// Reads after which an undecided client is `not_http`. Real clients send a
+/// request line or a ClientHello in one or a few segments (a 16 KiB
+/// ClientHello is about a dozen); each read re-classifies the whole buffer,
+/// so a client trickling a byte at a time up to the 16 KiB cap would cost
+/// O(n²) CPU (about 0.1 s per connection). With this bound it is at most 256
+/// scans of at most 16 KiB.
+const MAX_DETECT_READS: usize = 256;
 
 /// Below this many buffered bytes, a stall of one grace period means the
 /// client is not sending HTTP (Linkerd's minimum HTTP detection read).
@@ -103,7 +115,9 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
     // is served, but tokio has not seen the new socket readable yet. One
     // direct read usually decides at once: no timer is armed and no event
     // loop turn is waited for.
-    if absorb(recv_now(client, &mut buf), &mut buf, &mut out, &mut last_bytes, expect) {
+    let first = recv_now(client, &mut buf);
+    let mut reads = usize::from(matches!(first, Ok(n) if n > 0));
+    if absorb(first, &mut buf, &mut out, &mut last_bytes, expect) {
         out.buffered = buf;
         return out;
     }
@@ -125,7 +139,16 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                     buf.reserve_exact(grow.min(DETECT_BUFFER_CAP - buf.len()));
                 }
                 let read = client.try_read_buf(&mut buf);
+                let got = matches!(read, Ok(n) if n > 0);
                 if absorb(read, &mut buf, &mut out, &mut last_bytes, expect) {
+                    break;
+                }
+                reads += usize::from(got);
+                if reads >= MAX_DETECT_READS {
+                    // Still undecided after this many pieces: a trickle. Every
+                    // byte is forwarded; re-classifying the growing buffer
+                    // after each piece would cost O(n²) CPU.
+                    out.result = DetectResult::NotHttp;
                     break;
                 }
             }
