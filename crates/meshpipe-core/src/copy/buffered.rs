@@ -75,12 +75,7 @@ pub(super) async fn copy(
             Step::Idle => continue,
             Step::Eof => return Ok(Phase::Eof(total)),
             Step::Moved { n, rest } => {
-                if let Some(rest) = rest {
-                    // Rare (the destination is slow): kept out of line so
-                    // every connection's task stays small.
-                    Box::pin(write_all(dst, &rest)).await?;
-                }
-                counters.add(n);
+                finish(dst, counters, n, rest).await?;
                 total += n as u64;
                 if until_bulk && n == size {
                     return Ok(Phase::Bulk(total));
@@ -182,17 +177,22 @@ pub(super) async fn cross_urgent_mark(src: &TcpStream, dst: &TcpStream, counters
         counters.add(1);
         moved += 1;
     }
-    match step(src, dst, size.max(1024))? {
-        Step::Idle | Step::Eof => {}
-        Step::Moved { n, rest } => {
-            if let Some(rest) = rest {
-                Box::pin(write_all(dst, &rest)).await?;
-            }
-            counters.add(n);
-            moved += n as u64;
-        }
+    if let Step::Moved { n, rest } = step(src, dst, size.max(1024))? {
+        finish(dst, counters, n, rest).await?;
+        moved += n as u64;
     }
     Ok(moved)
+}
+
+/// Completes a step: writes the rest the destination did not take at once
+/// (rare, the destination is slow: kept out of line so every connection's
+/// task stays small), then counts the step's bytes as moved.
+async fn finish(dst: &TcpStream, counters: &Counters<'_>, n: usize, rest: Option<Vec<u8>>) -> Result<(), DirError> {
+    if let Some(rest) = rest {
+        Box::pin(write_all(dst, &rest)).await?;
+    }
+    counters.add(n);
+    Ok(())
 }
 
 /// One non-blocking `send`. MSG_NOSIGNAL: a peer that went away is an EPIPE
