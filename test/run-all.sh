@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # What `npm test` runs, in order, stopping at the first failure:
+#   0. the Rust formatter and linter: `cargo fmt --check` (workspace and the
+#      fuzz crate) and `cargo clippy --all-targets -- -D warnings`,
 #   1. the Rust engine's tests (`cargo test --workspace`, debug profile: its
 #      dependencies compile incrementally and much faster than the thin-LTO
 #      release profile; the release addon used by the Node tests is built by
@@ -25,6 +27,13 @@ if [[ ! -f native/meshpipe.linux-x64-gnu.node ]]; then
   step "native addon missing: building it (npm run build:native)"
   npm run build:native
 fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace

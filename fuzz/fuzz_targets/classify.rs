@@ -21,15 +21,8 @@ const MODES: [Expect; 4] = [Expect::Any, Expect::Http1, Expect::Http2, Expect::T
 fn prefix_lengths(len: usize) -> impl Iterator<Item = usize> {
     let dense = len.min(512);
     let sparse = (dense..len).step_by(97);
-    let edges = [
-        len.saturating_sub(2),
-        len.saturating_sub(1),
-        DETECT_BUFFER_CAP - 1,
-        DETECT_BUFFER_CAP,
-    ];
-    (0..=dense)
-        .chain(sparse)
-        .chain(edges.into_iter().filter(move |&n| n <= len))
+    let edges = [len.saturating_sub(2), len.saturating_sub(1), DETECT_BUFFER_CAP - 1, DETECT_BUFFER_CAP];
+    (0..=dense).chain(sparse).chain(edges.into_iter().filter(move |&n| n <= len))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -39,11 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let expect = MODES[usize::from(selector) % MODES.len()];
     let whole = classify(input, expect);
     if input.len() >= DETECT_BUFFER_CAP {
-        assert!(
-            matches!(whole, Verdict::Decided(_)),
-            "undecided at {} bytes",
-            input.len()
-        );
+        assert!(matches!(whole, Verdict::Decided(_)), "undecided at {} bytes", input.len());
     }
     if input.is_empty() {
         assert_eq!(whole, Verdict::NeedMore);

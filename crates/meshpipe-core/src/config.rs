@@ -184,10 +184,7 @@ impl DetectConfig {
     /// then the first matching per-port timeout, then the direction's.
     pub fn timeout_for(&self, direction: Direction, port: u16, rule: Option<Duration>) -> Duration {
         rule.or_else(|| {
-            self.port_timeouts
-                .iter()
-                .find(|(d, range, _)| d.is_none_or(|d| d == direction) && range.contains(port))
-                .map(|(_, _, t)| *t)
+            self.port_timeouts.iter().find(|(d, range, _)| d.is_none_or(|d| d == direction) && range.contains(port)).map(|(_, _, t)| *t)
         })
         .unwrap_or(self.timeout[direction.index()])
     }
@@ -219,9 +216,7 @@ impl EngineSpec {
             let addr_err = |field, error| ConfigError::Address { name: l.name.clone(), field, error };
             let bind = l.bind.parse::<BindAddr>().map_err(|e| addr_err("bind", e))?;
             let target = match &l.target {
-                TargetSpec::Fixed { addr } => {
-                    Target::Fixed(addr.parse::<TargetAddr>().map_err(|e| addr_err("target", e))?)
-                }
+                TargetSpec::Fixed { addr } => Target::Fixed(addr.parse::<TargetAddr>().map_err(|e| addr_err("target", e))?),
                 TargetSpec::OriginalDst { inbound_host } => Target::OriginalDst {
                     inbound_host: match inbound_host {
                         Some(h) => Some(h.parse().map_err(|_| addr_err("target.inboundHost", AddrError::Socket(h.clone())))?),
@@ -254,11 +249,7 @@ impl EngineSpec {
             port_timeouts.push((t.direction, range, Duration::from_millis(t.timeout_ms)));
         }
         if self.connect_timeout_ms == 0 {
-            return Err(ConfigError::Value {
-                field: "connectTimeoutMs",
-                value: "0".into(),
-                expected: "a timeout of at least 1 ms",
-            });
+            return Err(ConfigError::Value { field: "connectTimeoutMs", value: "0".into(), expected: "a timeout of at least 1 ms" });
         }
         Ok(EngineConfig {
             max_connections: self.max_connections,
@@ -293,7 +284,10 @@ mod tests {
 
     #[test]
     fn minimal_forward_config() {
-        let c = parse(r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}]}"#).unwrap();
+        let c = parse(
+            r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}]}"#,
+        )
+        .unwrap();
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.detect.timeout[1], Duration::from_secs(10));
         assert_eq!(c.detect.server_first_grace, Some(Duration::from_millis(100)));
@@ -314,7 +308,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_listener_and_field() {
-        let err = parse(r#"{"listeners":[{"name":"db","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"nowhere"},"direction":"outbound"}]}"#).unwrap_err();
+        let err = parse(
+            r#"{"listeners":[{"name":"db","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"nowhere"},"direction":"outbound"}]}"#,
+        )
+        .unwrap_err();
         assert!(err.contains("\"db\"") && err.contains("target") && err.contains("nowhere"), "{err}");
         let err = parse(r#"{"listeners":[]}"#).unwrap_err();
         assert!(err.contains("no listeners"), "{err}");

@@ -143,7 +143,6 @@ thread_local! {
 }
 
 impl ConnRegistry {
-
     pub fn register(&self, listener: Arc<str>, direction: Direction, peer: SocketAddr) -> Registered<'_> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let info = Arc::new(ConnInfo {

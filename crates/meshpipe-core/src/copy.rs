@@ -116,10 +116,8 @@ pub async fn forward(
     let ended = std::sync::atomic::AtomicBool::new(false);
     // Built inline (no named locals): a future held in a local *and* moved
     // into the join would be laid out twice in this function's state.
-    let result = tokio::try_join!(
-        one_way(client, server, &up, config, &ended, true),
-        one_way(server, client, &down, config, &ended, false)
-    );
+    let result =
+        tokio::try_join!(one_way(client, server, &up, config, &ended, true), one_way(server, client, &down, config, &ended, false));
     match result {
         Ok((a, b)) => Ok(Moved { client_to_server: a, server_to_client: b }),
         Err(e) => {

@@ -155,40 +155,21 @@ mod tests {
 
     #[test]
     fn first_byte_that_starts_nothing_decides_at_once() {
-        for b in [
-            0x00u8, 0x01, b' ', b'\t', b'\n', b'(', b'@', 0x7f, 0x80, 0xff, 0x17,
-        ] {
-            assert_eq!(
-                classify(&[b], Expect::Any),
-                decided(Detected::NotHttp),
-                "byte {b:#04x}"
-            );
+        for b in [0x00u8, 0x01, b' ', b'\t', b'\n', b'(', b'@', 0x7f, 0x80, 0xff, 0x17] {
+            assert_eq!(classify(&[b], Expect::Any), decided(Detected::NotHttp), "byte {b:#04x}");
         }
         // Candidates of each kind keep the door open.
         for b in [b'G', b'P', b'\r', 0x16, b'~'] {
-            assert_eq!(
-                classify(&[b], Expect::Any),
-                Verdict::NeedMore,
-                "byte {b:#04x}"
-            );
+            assert_eq!(classify(&[b], Expect::Any), Verdict::NeedMore, "byte {b:#04x}");
         }
     }
 
     #[test]
     fn any_mode_recognises_each_protocol() {
         assert_eq!(classify(PREFACE, Expect::Any), decided(Detected::Http2));
-        assert_eq!(
-            classify(b"GET / HTTP/1.1\r\n", Expect::Any),
-            decided(Detected::Http1)
-        );
-        assert_eq!(
-            classify(b"PRI * HTTP/1.1\r\n", Expect::Any),
-            decided(Detected::Http1)
-        );
-        assert_eq!(
-            classify(b"SSH-2.0-OpenSSH_9.2\r\n", Expect::Any),
-            decided(Detected::NotHttp)
-        );
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n", Expect::Any), decided(Detected::Http1));
+        assert_eq!(classify(b"PRI * HTTP/1.1\r\n", Expect::Any), decided(Detected::Http1));
+        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n", Expect::Any), decided(Detected::NotHttp));
     }
 
     #[test]
@@ -227,10 +208,7 @@ mod tests {
         line.extend_from_slice(tail);
         assert_eq!(line.len(), DETECT_BUFFER_CAP);
         assert_eq!(classify(&line, Expect::Any), decided(Detected::Http1));
-        assert_eq!(
-            classify(&line[..line.len() - 1], Expect::Any),
-            Verdict::NeedMore
-        );
+        assert_eq!(classify(&line[..line.len() - 1], Expect::Any), Verdict::NeedMore);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! and spawns the accept loops on the current tokio runtime. ARCHITECTURE.md at
 //! the repository root walks a connection through the modules.
 
+#![deny(unsafe_code)]
+
 pub mod addr;
 pub mod config;
 pub mod conn;
@@ -23,6 +25,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server_first;
 pub mod socket;
+mod sys;
 pub mod target;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -121,10 +124,7 @@ impl Engine {
             policy: ArcSwap::from_pointee(config.policy),
             metrics: metrics::Metrics::new(config.max_metric_targets),
             conns: conn::ConnRegistry::default(),
-            server_first: server_first::ServerFirstCache::new(
-                config.detect.server_first_capacity,
-                config.detect.server_first_ttl,
-            ),
+            server_first: server_first::ServerFirstCache::new(config.detect.server_first_capacity, config.detect.server_first_ttl),
             detect: config.detect,
             connect_timeout: config.connect_timeout,
             copy: config.copy,

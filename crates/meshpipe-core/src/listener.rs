@@ -134,11 +134,7 @@ pub fn bind(
         }
     };
     let local = sockets[0].local_addr().map_err(map(config.bind))?;
-    let control = sockets
-        .iter()
-        .map(|s| s.try_clone())
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(map(config.bind))?;
+    let control = sockets.iter().map(|s| s.try_clone()).collect::<io::Result<Vec<_>>>().map_err(map(config.bind))?;
     let ctx = Arc::new(ListenerCtx {
         name: Arc::from(config.name.as_str()),
         direction: config.direction,

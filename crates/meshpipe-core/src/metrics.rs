@@ -24,8 +24,8 @@ const SHARDS: usize = 16;
 
 /// Linkerd's latency buckets (ms), used for connection and detect durations.
 pub const DURATION_BUCKETS_MS: [f64; 25] = [
-    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0,
-    3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0,
+    10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
 ];
 
 /// A fixed-bucket histogram of milliseconds. `counts[i]` is the number of
@@ -159,11 +159,7 @@ struct Sharded<K, V> {
 
 impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
     fn new() -> Self {
-        Sharded {
-            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
-            len: AtomicUsize::new(0),
-            hasher: Default::default(),
-        }
+        Sharded { shards: std::array::from_fn(|_| RwLock::new(HashMap::new())), len: AtomicUsize::new(0), hasher: Default::default() }
     }
 
     /// Finds or creates the entry for `key`; `None` when the map is full.
@@ -230,16 +226,12 @@ impl Metrics {
 
     /// The series for a connection; the overflow series when the bound is hit.
     pub fn series(&self, key: &SeriesKey) -> Arc<TcpSeries> {
-        self.tcp
-            .get(key, self.max_targets)
-            .unwrap_or_else(|| self.tcp_overflow[key.direction.index()].clone())
+        self.tcp.get(key, self.max_targets).unwrap_or_else(|| self.tcp_overflow[key.direction.index()].clone())
     }
 
     pub fn detected(&self, direction: Direction, port: u16, result: DetectResult, took: Duration) {
-        let counters = self
-            .detect
-            .get(&(direction, port), self.max_targets)
-            .unwrap_or_else(|| self.detect_overflow[direction.index()].clone());
+        let counters =
+            self.detect.get(&(direction, port), self.max_targets).unwrap_or_else(|| self.detect_overflow[direction.index()].clone());
         counters[result as usize].fetch_add(1, Relaxed);
         self.detect_duration[direction.index()].observe(took);
     }
@@ -266,12 +258,7 @@ impl Metrics {
             for (i, c) in counters.iter().enumerate() {
                 let count = c.load(Relaxed);
                 if count > 0 {
-                    out.push(DetectSnapshot {
-                        direction: direction.as_str(),
-                        target_port: port,
-                        result: DETECT_RESULT_LABELS[i],
-                        count,
-                    });
+                    out.push(DetectSnapshot { direction: direction.as_str(), target_port: port, result: DETECT_RESULT_LABELS[i], count });
                 }
             }
         };
@@ -281,10 +268,7 @@ impl Metrics {
         }
         let durations = [Direction::Inbound, Direction::Outbound]
             .iter()
-            .map(|d| DetectDurationSnapshot {
-                direction: d.as_str(),
-                histogram: self.detect_duration[d.index()].snapshot(),
-            })
+            .map(|d| DetectDurationSnapshot { direction: d.as_str(), histogram: self.detect_duration[d.index()].snapshot() })
             .collect();
         (out, durations)
     }

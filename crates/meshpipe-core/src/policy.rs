@@ -158,15 +158,8 @@ impl PolicyTable {
         let port = target.port();
         let ip = target.ip();
         for rule in &self.rules {
-            if rule.direction == direction
-                && rule.ports.contains(port)
-                && rule.net.is_none_or(|net| net.contains(ip))
-            {
-                return PortPolicy {
-                    mode: rule.mode,
-                    detect_timeout: rule.detect_timeout,
-                    source: rule.source.clone(),
-                };
+            if rule.direction == direction && rule.ports.contains(port) && rule.net.is_none_or(|net| net.contains(ip)) {
+                return PortPolicy { mode: rule.mode, detect_timeout: rule.detect_timeout, source: rule.source.clone() };
             }
         }
         PortPolicy { mode: PortMode::Detect, detect_timeout: None, source: Arc::from("default") }
@@ -178,14 +171,7 @@ mod tests {
     use super::*;
 
     fn rule(direction: Direction, net: Option<&str>, ports: (u32, u32), mode: PortMode, source: &str) -> RuleSpec {
-        RuleSpec {
-            direction,
-            net: net.map(str::to_string),
-            ports,
-            mode,
-            detect_timeout_ms: None,
-            source: source.to_string(),
-        }
+        RuleSpec { direction, net: net.map(str::to_string), ports, mode, detect_timeout_ms: None, source: source.to_string() }
     }
 
     #[test]
@@ -210,10 +196,7 @@ mod tests {
 
     #[test]
     fn a_bad_rule_rejects_the_table() {
-        let spec = PolicySpec {
-            generation: 1,
-            rules: vec![rule(Direction::Inbound, None, (7000, 6000), PortMode::Opaque, "annotation")],
-        };
+        let spec = PolicySpec { generation: 1, rules: vec![rule(Direction::Inbound, None, (7000, 6000), PortMode::Opaque, "annotation")] };
         let err = PolicyTable::compile(&spec).unwrap_err().to_string();
         assert!(err.contains("annotation") && err.contains("7000"), "{err}");
     }

@@ -135,16 +135,13 @@ async fn urgent_data_is_carried_in_band_in_every_mode() {
                     c.write_all(&lead).unwrap();
                     // Let the proxy read the bulk (and switch to splice) first.
                     std::thread::sleep(Duration::from_millis(100));
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&c);
-                    let cork = |on: libc::c_int| unsafe {
-                        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, (&on as *const libc::c_int).cast(), 4)
-                    };
+                    let cork = |c: &std::net::TcpStream, on: bool| socket2::SockRef::from(c).set_cork(on).unwrap();
                     // One segment: data, the urgent byte, more data.
-                    cork(1);
+                    cork(&c, true);
                     c.write_all(b"abc").unwrap();
                     socket2::SockRef::from(&c).send_out_of_band(b"X").unwrap();
                     c.write_all(b"def").unwrap();
-                    cork(0);
+                    cork(&c, false);
                     c.shutdown(std::net::Shutdown::Write).unwrap();
                     // Keep the socket open until the server has everything.
                     std::thread::sleep(Duration::from_millis(300));
@@ -154,7 +151,12 @@ async fn urgent_data_is_carried_in_band_in_every_mode() {
             sent.await.unwrap();
             let mut expect = lead.clone();
             expect.extend_from_slice(b"abcXdef");
-            assert!(got == expect, "copy mode {mode}, {bulk_first} bytes first: got {} bytes ending {:?}", got.len(), String::from_utf8_lossy(&got[got.len().saturating_sub(8)..]));
+            assert!(
+                got == expect,
+                "copy mode {mode}, {bulk_first} bytes first: got {} bytes ending {:?}",
+                got.len(),
+                String::from_utf8_lossy(&got[got.len().saturating_sub(8)..])
+            );
         }
     }
 }

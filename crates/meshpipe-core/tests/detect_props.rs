@@ -140,25 +140,11 @@ fn chunks() -> impl Strategy<Value = Vec<usize>> {
 /// Inputs that reach deep into each matcher: random bytes, and valid inputs of each protocol
 /// cut short, with one byte changed, or with random bytes appended.
 fn interesting() -> impl Strategy<Value = Vec<u8>> {
-    let hello = (
-        option::of(vec(any::<u8>(), 1..40)),
-        vec(vec(any::<u8>(), 1..12), 0..4),
-    )
+    let hello = (option::of(vec(any::<u8>(), 1..40)), vec(vec(any::<u8>(), 1..12), 0..4))
         .prop_map(|(sni, alpn)| records(&client_hello(sni.as_deref(), &alpn, &[]), &[50], 1));
-    let valid = prop_oneof![
-        request_line(),
-        Just(PREFACE.to_vec()),
-        hello,
-        Just(REAL_HELLO.to_vec())
-    ];
-    let mutated = (
-        valid,
-        any::<prop::sample::Index>(),
-        any::<u8>(),
-        0usize..3,
-        vec(any::<u8>(), 0..32),
-    )
-        .prop_map(|(mut v, at, byte, how, extra)| {
+    let valid = prop_oneof![request_line(), Just(PREFACE.to_vec()), hello, Just(REAL_HELLO.to_vec())];
+    let mutated =
+        (valid, any::<prop::sample::Index>(), any::<u8>(), 0usize..3, vec(any::<u8>(), 0..32)).prop_map(|(mut v, at, byte, how, extra)| {
             match how {
                 0 => v.truncate(at.index(v.len() + 1)),
                 1 => {
@@ -174,21 +160,12 @@ fn interesting() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn real_openssl_client_hello_yields_sni_and_alpn() {
-    let want = Verdict::Decided(Detected::Tls(TlsInfo {
-        sni: Some("x.example".into()),
-        alpn: vec!["h2".into(), "http/1.1".into()],
-    }));
+    let want = Verdict::Decided(Detected::Tls(TlsInfo { sni: Some("x.example".into()), alpn: vec!["h2".into(), "http/1.1".into()] }));
     assert_eq!(classify(REAL_HELLO, Expect::Any), want);
     assert_eq!(classify(REAL_HELLO, Expect::Tls), want);
-    assert_eq!(
-        first_decision(REAL_HELLO, Expect::Any),
-        (REAL_HELLO.len(), want.clone())
-    );
+    assert_eq!(first_decision(REAL_HELLO, Expect::Any), (REAL_HELLO.len(), want.clone()));
     for expect in [Expect::Http1, Expect::Http2] {
-        assert_eq!(
-            classify(REAL_HELLO, expect),
-            Verdict::Decided(Detected::NotHttp)
-        );
+        assert_eq!(classify(REAL_HELLO, expect), Verdict::Decided(Detected::NotHttp));
     }
     // Refragmented into three records, as a middlebox might.
     let msg: Vec<u8> = REAL_HELLO[5..].to_vec();

@@ -116,16 +116,10 @@ impl NativeProxy {
     /// Validates `config` (an EngineConfig object) and builds the runtime.
     #[napi(constructor)]
     pub fn new(env: Env, config: serde_json::Value) -> Result<Self> {
-        let spec: EngineSpec =
-            serde_json::from_value(config).map_err(|e| js_error("ERR_INVALID_CONFIG", format!("engine config: {e}")))?;
-        let workers = if spec.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-        } else {
-            spec.workers
-        };
+        let spec: EngineSpec = serde_json::from_value(config).map_err(|e| js_error("ERR_INVALID_CONFIG", format!("engine config: {e}")))?;
+        let workers = if spec.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { spec.workers };
         let config = spec.validate().map_err(|e| js_error("ERR_INVALID_CONFIG", e))?;
-        let runtime = Workers::new(workers.max(1))
-            .map_err(|e| js_error("ERR_NATIVE", format!("cannot start the engine threads: {e}")))?;
+        let runtime = Workers::new(workers.max(1)).map_err(|e| js_error("ERR_NATIVE", format!("cannot start the engine threads: {e}")))?;
         let inner = Arc::new(Inner {
             runtime: Mutex::new(Some(runtime)),
             config: Mutex::new(Some(config)),
@@ -233,8 +227,7 @@ impl NativeProxy {
     /// Returns its generation.
     #[napi]
     pub fn set_policy(&self, policy: serde_json::Value) -> Result<i64> {
-        let spec: PolicySpec =
-            serde_json::from_value(policy).map_err(|e| js_error("ERR_POLICY", format!("policy table: {e}")))?;
+        let spec: PolicySpec = serde_json::from_value(policy).map_err(|e| js_error("ERR_POLICY", format!("policy table: {e}")))?;
         if let Some(config) = self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let table = PolicyTable::compile(&spec).map_err(|e| js_error("ERR_POLICY", format!("invalid policy: {e}")))?;
             let generation = table.generation() as i64;

@@ -27,12 +27,13 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsFd;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{Counters, DirError};
+use crate::sys;
 
 thread_local! {
     /// This worker's read buffer (grown to the configured size on first use).
@@ -54,7 +55,10 @@ enum Step {
     Idle,
     Eof,
     /// `n` bytes were read; `rest` holds those the destination did not take yet.
-    Moved { n: usize, rest: Option<Vec<u8>> },
+    Moved {
+        n: usize,
+        rest: Option<Vec<u8>>,
+    },
 }
 
 /// Copies until `src` reports end of stream, or (with `until_bulk`) until a
@@ -123,18 +127,13 @@ fn step(src: &TcpStream, dst: &TcpStream, size: usize) -> Result<Step, DirError>
 /// is appended to what was read.
 fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let len = buf.len();
-    let fd = src.as_raw_fd();
+    let fd = src.as_fd();
     let mut short = None;
     let result = src.try_io(Interest::READABLE, || {
-        // SAFETY: `buf` is valid for `len` writable bytes.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
+        let n = sys::recv(fd, buf, 0)?;
         if n > 0 && n < len {
-            if at_urgent_mark(fd) {
-                return Ok(n + take_urgent(fd).map(|b| buf[n] = b).map_or(0, |_| 1));
+            if sys::at_urgent_mark(fd) {
+                return Ok(n + sys::recv_urgent(fd).map(|b| buf[n] = b).map_or(0, |_| 1));
             }
             short = Some(n);
             // Reported as WouldBlock only so tokio clears the readiness.
@@ -148,31 +147,12 @@ fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// `SIOCATMARK` from asm-generic/sockios.h (x86, arm, riscv; not mips/sparc).
-const SIOCATMARK: libc::c_ulong = 0x8905;
-
-/// Whether the next byte to read from `fd` is TCP urgent data.
-pub(super) fn at_urgent_mark(fd: RawFd) -> bool {
-    let mut at: libc::c_int = 0;
-    // SAFETY: SIOCATMARK writes one int.
-    let rc = unsafe { libc::ioctl(fd, SIOCATMARK as _, &mut at) };
-    rc == 0 && at != 0
-}
-
-/// Reads the urgent byte at the mark, if it has arrived and not been read.
-fn take_urgent(fd: RawFd) -> Option<u8> {
-    let mut b = 0u8;
-    // SAFETY: one writable byte.
-    let n = unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_OOB) };
-    (n == 1).then_some(b)
-}
-
 /// Moves a direction past an urgent mark that splice stopped at: the urgent
 /// byte, then one plain read (the kernel steps over the mark and re-enables
 /// splice once a read has passed it), both written to `dst` in order.
 pub(super) async fn cross_urgent_mark(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, size: usize) -> Result<u64, DirError> {
     let mut moved = 0u64;
-    if let Some(b) = take_urgent(src.as_raw_fd()) {
+    if let Some(b) = sys::recv_urgent(src.as_fd()) {
         Box::pin(write_all(dst, &[b])).await?;
         counters.add(1);
         moved += 1;

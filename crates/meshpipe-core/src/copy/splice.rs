@@ -22,13 +22,14 @@
 //! maps cleanly onto tokio's readiness for that socket.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::buffered::{at_urgent_mark, cross_urgent_mark};
+use super::buffered::cross_urgent_mark;
 use super::{Counters, DirError};
+use crate::sys;
 
 /// Why splicing stopped without reaching end of stream.
 pub(super) enum SpliceFailure {
@@ -85,28 +86,11 @@ fn give_back(pipe: Pipe) {
 
 impl Pipe {
     fn new(size: usize) -> io::Result<Pipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 fills both fds on success; we take ownership at once.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // Best effort: a smaller pipe only costs more syscalls. F_SETPIPE_SZ
-        // returns the size granted.
-        let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
-        let capacity = if granted > 0 { granted as usize } else { 65536 };
+        let (read, write) = sys::pipe()?;
+        // Best effort: a smaller pipe only costs more syscalls.
+        let capacity = sys::set_pipe_size(write.as_fd(), size).unwrap_or(65536);
         Ok(Pipe { read, write, capacity })
     }
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: null offsets mean "use and advance the fd's own position", as
-    // required for sockets and pipes.
-    let n = unsafe {
-        libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
-    };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
 /// Splices `src` into `dst` until `src` reports end of stream.
@@ -139,14 +123,14 @@ pub(super) async fn copy(
         // Splice stops at a TCP urgent mark and never crosses it (it reports
         // EAGAIN, or 0 once a FIN is queued behind): checked only on those
         // two results, and crossed with one buffered step.
-        let fd = src.as_raw_fd();
+        let fd = src.as_fd();
         let mut at_mark = false;
-        let read = src.try_io(Interest::READABLE, || match splice(fd, p.write.as_raw_fd(), p.capacity) {
-            Ok(0) if at_urgent_mark(fd) => {
+        let read = src.try_io(Interest::READABLE, || match sys::splice(fd, p.write.as_fd(), p.capacity) {
+            Ok(0) if sys::at_urgent_mark(fd) => {
                 at_mark = true;
                 Ok(0)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(fd) => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && sys::at_urgent_mark(fd) => {
                 at_mark = true;
                 Ok(0)
             }
@@ -180,7 +164,7 @@ pub(super) async fn copy(
         let mut left = filled;
         while left > 0 {
             dst.writable().await.map_err(|e| SpliceFailure::Dir(DirError::Write(e)))?;
-            match dst.try_io(Interest::WRITABLE, || splice(p.read.as_raw_fd(), dst.as_raw_fd(), left)) {
+            match dst.try_io(Interest::WRITABLE, || sys::splice(p.read.as_fd(), dst.as_fd(), left)) {
                 Ok(n) => {
                     left -= n;
                     total += n as u64;

@@ -203,10 +203,7 @@ mod tests {
     use super::*;
 
     fn info(sni: Option<&str>, alpn: &[&str]) -> Option<TlsInfo> {
-        Some(TlsInfo {
-            sni: sni.map(str::to_owned),
-            alpn: alpn.iter().map(|s| s.to_string()).collect(),
-        })
+        Some(TlsInfo { sni: sni.map(str::to_owned), alpn: alpn.iter().map(|s| s.to_string()).collect() })
     }
 
     fn parse_exts(exts: &[(u16, Vec<u8>)]) -> Option<TlsInfo> {
@@ -215,15 +212,8 @@ mod tests {
 
     #[test]
     fn sni_alpn_and_unknown_extensions() {
-        let exts = [
-            sni(b"x.example"),
-            key_share(1184),
-            alpn(&[b"h2", b"http/1.1"]),
-        ];
-        assert_eq!(
-            parse_exts(&exts),
-            info(Some("x.example"), &["h2", "http/1.1"])
-        );
+        let exts = [sni(b"x.example"), key_share(1184), alpn(&[b"h2", b"http/1.1"])];
+        assert_eq!(parse_exts(&exts), info(Some("x.example"), &["h2", "http/1.1"]));
         assert_eq!(parse_exts(&[]), info(None, &[]));
         // A hello without an extensions block at all (SSL 3.0 / TLS 1.0 clients).
         let mut bare = hello_body(&[]);
@@ -281,37 +271,13 @@ mod tests {
 
     #[test]
     fn repeated_or_empty_names_are_malformed() {
-        assert_eq!(
-            parse_exts(&[sni(b"a"), sni(b"b")]),
-            None,
-            "duplicate server_name"
-        );
-        assert_eq!(
-            parse_exts(&[alpn(&[b"h2"]), alpn(&[b"h2"])]),
-            None,
-            "duplicate ALPN"
-        );
-        assert_eq!(
-            parse_exts(&[alpn(&[b"h2", b""])]),
-            None,
-            "empty protocol name"
-        );
-        assert_eq!(
-            parse_exts(&[(EXT_ALPN, vec![0, 0])]),
-            None,
-            "empty ALPN list"
-        );
-        assert_eq!(
-            parse_exts(&[(EXT_SERVER_NAME, vec![0, 0])]),
-            None,
-            "empty name list"
-        );
+        assert_eq!(parse_exts(&[sni(b"a"), sni(b"b")]), None, "duplicate server_name");
+        assert_eq!(parse_exts(&[alpn(&[b"h2"]), alpn(&[b"h2"])]), None, "duplicate ALPN");
+        assert_eq!(parse_exts(&[alpn(&[b"h2", b""])]), None, "empty protocol name");
+        assert_eq!(parse_exts(&[(EXT_ALPN, vec![0, 0])]), None, "empty ALPN list");
+        assert_eq!(parse_exts(&[(EXT_SERVER_NAME, vec![0, 0])]), None, "empty name list");
         let two_hosts = vec![0, 8, 0, 0, 1, b'a', 0, 0, 1, b'b'];
-        assert_eq!(
-            parse_exts(&[(EXT_SERVER_NAME, two_hosts)]),
-            None,
-            "two host_names"
-        );
+        assert_eq!(parse_exts(&[(EXT_SERVER_NAME, two_hosts)]), None, "two host_names");
         // A name of another type is skipped, leaving no host name.
         let other = vec![0, 4, 7, 0, 1, b'z'];
         assert_eq!(parse_exts(&[(EXT_SERVER_NAME, other)]), info(None, &[]));

@@ -107,12 +107,7 @@ mod tests {
     /// Asserts that every strict prefix of `line` is `Partial` and the whole line is `want`.
     fn assert_prefixes_partial_then(line: &[u8], want: Probe) {
         for end in 1..line.len() {
-            assert_eq!(
-                h1(&line[..end]),
-                Probe::Partial,
-                "prefix {:?}",
-                String::from_utf8_lossy(&line[..end])
-            );
+            assert_eq!(h1(&line[..end]), Probe::Partial, "prefix {:?}", String::from_utf8_lossy(&line[..end]));
         }
         assert_eq!(h1(line), want, "line {:?}", String::from_utf8_lossy(line));
     }
@@ -135,10 +130,7 @@ mod tests {
 
     #[test]
     fn bytes_after_the_request_line_do_not_matter() {
-        assert_eq!(
-            h1(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff"),
-            Probe::Match(Detected::Http1)
-        );
+        assert_eq!(h1(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff"), Probe::Match(Detected::Http1));
     }
 
     #[test]
@@ -171,12 +163,7 @@ mod tests {
             b"GET /\r\n",
             b" ",
         ] {
-            assert_eq!(
-                h1(noise),
-                Probe::NoMatch,
-                "{:?}",
-                String::from_utf8_lossy(noise)
-            );
+            assert_eq!(h1(noise), Probe::NoMatch, "{:?}", String::from_utf8_lossy(noise));
         }
     }
 
@@ -192,12 +179,7 @@ mod tests {
             b"GET / HTTP/0.9\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
-            assert_eq!(
-                h1(bad),
-                Probe::NoMatch,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(h1(bad), Probe::NoMatch, "{:?}", String::from_utf8_lossy(bad));
         }
         // The bad byte alone decides: no need to wait for the CRLF.
         assert_eq!(h1(b"GET / h"), Probe::NoMatch);
@@ -225,11 +207,7 @@ mod tests {
     #[test]
     fn preface_split_at_every_byte() {
         for end in 1..H2_PREFACE.len() {
-            assert_eq!(
-                probe_h2(&H2_PREFACE[..end]),
-                Probe::Partial,
-                "prefix length {end}"
-            );
+            assert_eq!(probe_h2(&H2_PREFACE[..end]), Probe::Partial, "prefix length {end}");
         }
         assert_eq!(probe_h2(H2_PREFACE), Probe::Match(Detected::Http2));
         let mut with_frames = H2_PREFACE.to_vec();
@@ -243,11 +221,7 @@ mod tests {
             let mut bad = H2_PREFACE.to_vec();
             bad[i] ^= 0x20;
             assert_eq!(probe_h2(&bad), Probe::NoMatch, "flipped byte {i}");
-            assert_eq!(
-                probe_h2(&bad[..=i]),
-                Probe::NoMatch,
-                "flipped byte {i}, cut after it"
-            );
+            assert_eq!(probe_h2(&bad[..=i]), Probe::NoMatch, "flipped byte {i}, cut after it");
         }
         assert_eq!(probe_h2(b"PRI * HTTP/2.0\r\n\r\n\r\n"), Probe::NoMatch);
         assert_eq!(probe_h2(b"POST"), Probe::NoMatch);

@@ -92,9 +92,7 @@ fn record_header_ok(h: &[u8]) -> bool {
         [_, _, minor, ..] if minor > 0x03 => false,
         // A length above 2^14 is known from its high byte alone.
         [_, _, _, hi] => usize::from(hi) << 8 <= MAX_FRAGMENT_LEN,
-        [_, _, _, hi, lo, ..] => {
-            (1..=MAX_FRAGMENT_LEN).contains(&usize::from(u16::from_be_bytes([hi, lo])))
-        }
+        [_, _, _, hi, lo, ..] => (1..=MAX_FRAGMENT_LEN).contains(&usize::from(u16::from_be_bytes([hi, lo]))),
         _ => true,
     }
 }
@@ -163,29 +161,19 @@ mod tests {
     }
 
     fn tls(sni: Option<&str>, alpn: &[&str]) -> Probe {
-        Probe::Match(Detected::Tls(TlsInfo {
-            sni: sni.map(str::to_owned),
-            alpn: alpn.iter().map(|s| s.to_string()).collect(),
-        }))
+        Probe::Match(Detected::Tls(TlsInfo { sni: sni.map(str::to_owned), alpn: alpn.iter().map(|s| s.to_string()).collect() }))
     }
 
     /// Every strict prefix must wait for more bytes, and the whole input must give `want`.
     fn assert_partial_until_complete(input: &[u8], want: &Probe) {
         for end in 1..input.len() {
-            assert_eq!(
-                probe(&input[..end]),
-                Probe::Partial,
-                "prefix of {end} bytes"
-            );
+            assert_eq!(probe(&input[..end]), Probe::Partial, "prefix of {end} bytes");
         }
         assert_eq!(&probe(input), want);
     }
 
     fn standard_hello() -> Vec<u8> {
-        handshake(&hello_body(&[
-            sni(b"x.example"),
-            alpn(&[b"h2", b"http/1.1"]),
-        ]))
+        handshake(&hello_body(&[sni(b"x.example"), alpn(&[b"h2", b"http/1.1"])]))
     }
 
     #[test]
@@ -208,32 +196,15 @@ mod tests {
 
     #[test]
     fn hello_fragmented_across_records_is_reassembled() {
-        let msg = handshake(&hello_body(&[
-            sni(b"frag.example"),
-            key_share(1200),
-            alpn(&[b"h2"]),
-        ]));
+        let msg = handshake(&hello_body(&[sni(b"frag.example"), key_share(1200), alpn(&[b"h2"])]));
         let want = tls(Some("frag.example"), &["h2"]);
         // Cuts inside the handshake header, inside the body, and three-way splits.
-        for cuts in [
-            &[1][..],
-            &[2],
-            &[3],
-            &[4],
-            &[100],
-            &[1000],
-            &[1, 1],
-            &[2, 500],
-            &[600, 600],
-        ] {
+        for cuts in [&[1][..], &[2], &[3], &[4], &[100], &[1000], &[1, 1], &[2, 500], &[600, 600]] {
             assert_partial_until_complete(&records(&msg, cuts), &want);
         }
         // A 12 KiB hello in three records of at most 2^14 bytes each.
         let big = handshake(&hello_body(&[sni(b"big.example"), key_share(12 * 1024)]));
-        assert_eq!(
-            probe(&records(&big, &[4000, 4000])),
-            tls(Some("big.example"), &[])
-        );
+        assert_eq!(probe(&records(&big, &[4000, 4000])), tls(Some("big.example"), &[]));
     }
 
     #[test]
@@ -243,11 +214,7 @@ mod tests {
         input.extend([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]); // an alert record
         input.extend(records(&msg[50..], &[]));
         assert_eq!(probe(&input), Probe::NoMatch);
-        assert_eq!(
-            probe(&input[..61]),
-            Probe::NoMatch,
-            "decided at the alert's type byte"
-        );
+        assert_eq!(probe(&input[..61]), Probe::NoMatch, "decided at the alert's type byte");
     }
 
     #[test]
@@ -263,31 +230,15 @@ mod tests {
         ] {
             let mut bad = good.clone();
             bad[at] = value;
-            assert_eq!(
-                probe(&bad[..=at]),
-                Probe::NoMatch,
-                "{what}, decided at byte {at}"
-            );
+            assert_eq!(probe(&bad[..=at]), Probe::NoMatch, "{what}, decided at byte {at}");
             assert_eq!(probe(&bad), Probe::NoMatch, "{what}");
         }
-        assert_eq!(
-            probe(&[0x16, 0x03, 0x01, 0x00, 0x00]),
-            Probe::NoMatch,
-            "empty fragment"
-        );
-        assert_eq!(
-            probe(&[0x16, 0x03, 0x01, 0x40, 0x01]),
-            Probe::NoMatch,
-            "2^14 + 1"
-        );
+        assert_eq!(probe(&[0x16, 0x03, 0x01, 0x00, 0x00]), Probe::NoMatch, "empty fragment");
+        assert_eq!(probe(&[0x16, 0x03, 0x01, 0x40, 0x01]), Probe::NoMatch, "2^14 + 1");
         for minor in 0..=3 {
             let mut v = good.clone();
             v[2] = minor;
-            assert_eq!(
-                probe(&v),
-                tls(Some("x.example"), &["h2", "http/1.1"]),
-                "0x03{minor:02x}"
-            );
+            assert_eq!(probe(&v), tls(Some("x.example"), &["h2", "http/1.1"]), "0x03{minor:02x}");
         }
     }
 

@@ -24,19 +24,17 @@
 //! every connection task (the drain's cut) are per-worker child tokens, so
 //! registering a waiter never touches a lock another worker is using.
 
-use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{is_resource_exhaustion, ListenerCtx};
 use crate::proxy::{self, Context};
+use crate::sys;
 
 /// Accepts until the listener is stopped, on the runtime it is spawned on
 /// (`listener` is this worker's socket of the group, number `shard`). When
@@ -52,9 +50,7 @@ pub async fn accept_loop(
     // However this task ends (stopped, failed, or dropped with its runtime),
     // its socket leaves the group and it stops counting as accepting.
     let _retire = Retire { l: &l, shard };
-    // SAFETY: a std TcpListener owns its descriptor and returns the same one
-    // from `as_raw_fd` until it is dropped, which the AsyncFd does last.
-    let registered = unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) };
+    let registered = sys::register_listener(listener);
     let listener = match registered {
         Ok(listener) => listener,
         Err(_) => {
@@ -86,7 +82,7 @@ pub async fn accept_loop(
                 // stale after the last accept: make sure a connection really
                 // waits here before queueing for a slot, or an idle worker
                 // would take slots its neighbour's connections need.
-                Err(_) if !connection_queued(listener.as_raw_fd()) => {
+                Err(_) if !sys::connection_queued(listener.get_ref().as_fd()) => {
                     ready.clear_ready();
                     continue;
                 }
@@ -97,7 +93,7 @@ pub async fn accept_loop(
             },
             None => None,
         };
-        let accepted = match ready.try_io(|fd| accept(fd.as_raw_fd())) {
+        let accepted = match ready.try_io(|fd| sys::accept(fd.get_ref().as_fd())) {
             Ok(result) => result,
             // Nothing queued after all (another event raced us): wait again.
             Err(_would_block) => continue,
@@ -163,32 +159,4 @@ async fn wait_for_slot(
         p = sem.clone().acquire_owned() => p.ok(),
         _ = stopped => None,
     }
-}
-
-/// Whether the listening socket's accept queue holds a connection (for a
-/// listening socket, `POLLIN` means exactly that).
-fn connection_queued(listener: RawFd) -> bool {
-    let mut pfd = libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
-}
-
-/// One `accept4` that yields a non-blocking, close-on-exec socket and its
-/// peer address.
-fn accept(listener: RawFd) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    // SAFETY: accept4 writes at most `len` bytes of address into `storage`
-    // and returns a new descriptor we take ownership of at once.
-    let (fd, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            let fd = libc::accept4(listener, storage.cast(), len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-            if fd < 0 { Err(io::Error::last_os_error()) } else { Ok(fd) }
-        })?
-    };
-    // SAFETY: `fd` is a fresh, connected TCP socket owned by nobody else.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    let peer = addr
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a connection without an IP peer address"))?;
-    Ok((stream, peer))
 }

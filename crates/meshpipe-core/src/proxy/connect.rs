@@ -52,11 +52,8 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
 /// One attempt: socket, `TCP_NODELAY`, connect, and (only when the
 /// handshake is still in flight) a bounded wait for its outcome.
 async fn dial(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM.nonblocking(),
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM.nonblocking(), Some(socket2::Protocol::TCP))?;
     // Set before the SYN, so the established socket needs no second call.
     socket.set_nodelay(true)?;
     let in_flight = match socket.connect(&addr.into()) {

@@ -117,7 +117,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
     // loop turn is waited for.
     let first = recv_now(client, &mut buf);
     let mut reads = usize::from(matches!(first, Ok(n) if n > 0));
-    if absorb(first, &mut buf, &mut out, &mut last_bytes, expect) {
+    if absorb(first, &buf, &mut out, &mut last_bytes, expect) {
         out.buffered = buf;
         return out;
     }
@@ -140,7 +140,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                 }
                 let read = client.try_read_buf(&mut buf);
                 let got = matches!(read, Ok(n) if n > 0);
-                if absorb(read, &mut buf, &mut out, &mut last_bytes, expect) {
+                if absorb(read, &buf, &mut out, &mut last_bytes, expect) {
                     break;
                 }
                 reads += usize::from(got);
@@ -206,7 +206,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
 
 /// Takes one read's outcome into the buffer and classifies. Returns true
 /// when detection is over (`out.result` says how).
-fn absorb(read: io::Result<usize>, buf: &mut Vec<u8>, out: &mut Sniffed, last_bytes: &mut Instant, expect: Expect) -> bool {
+fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed, last_bytes: &mut Instant, expect: Expect) -> bool {
     match read {
         Ok(0) => {
             if buf.is_empty() {
@@ -250,15 +250,7 @@ fn absorb(read: io::Result<usize>, buf: &mut Vec<u8>, out: &mut Sniffed, last_by
 /// One `recv` into the buffer's spare capacity, without consulting tokio's
 /// readiness (see the first read in `sniff`).
 fn recv_now(client: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: recv writes at most `spare.len()` bytes into the spare capacity,
-    // and exactly the `n` it reports are then marked initialised.
-    let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(client), spare.as_mut_ptr().cast(), spare.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    unsafe { buf.set_len(buf.len() + n as usize) };
-    Ok(n as usize)
+    crate::sys::recv_spare(std::os::fd::AsFd::as_fd(client), buf)
 }
 
 async fn server_readable(s: Option<&TcpStream>) -> io::Result<()> {

@@ -1,0 +1,308 @@
+//! Raw Linux system calls, each behind a safe function: the one module of
+//! the engine allowed to write `unsafe`.
+//!
+//! Everything else in the crate is `#![deny(unsafe_code)]` and calls these
+//! wrappers, so the code a reviewer must check by hand for memory safety is
+//! this file alone. Each wrapper takes borrowed descriptors or buffers whose
+//! validity the type system already proves (`BorrowedFd`, `&mut [u8]`,
+//! `&mut Vec<u8>`), does one call, and turns `-1` into `io::Error`. They do
+//! not retry, block or allocate, so callers keep full control of readiness
+//! (tokio) and of error handling.
+//!
+//! Calls std, tokio and socket2 cannot make: `recv` into a caller's buffer
+//! with flags and without tokio's readiness, `accept4` with `SOCK_NONBLOCK |
+//! SOCK_CLOEXEC` in one call, `splice(2)` and `pipe2`, `F_SETPIPE_SZ`,
+//! `SIOCATMARK`, `SO_ORIGINAL_DST`, a zero-timeout `poll`, `RLIMIT_NOFILE`,
+//! and registering a listener's descriptor with tokio.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
+/// (linux/netfilter_ipv6/ip6_tables.h) share the value 80.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// `SIOCATMARK`: the `libc` crate does not define it for Linux, and its value
+/// differs by architecture. asm-generic/sockios.h gives 0x8905 (x86, arm,
+/// aarch64, riscv, s390, loongarch); alpha, mips, powerpc and sparc define it
+/// as `_IOR('s', 7, int)` in their own sockios.h.
+#[cfg(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv32",
+    target_arch = "riscv64",
+    target_arch = "s390x",
+    target_arch = "loongarch64"
+))]
+const SIOCATMARK: Option<libc::c_ulong> = Some(0x8905);
+#[cfg(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+const SIOCATMARK: Option<libc::c_ulong> = Some(0x4004_7307);
+#[cfg(not(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv32",
+    target_arch = "riscv64",
+    target_arch = "s390x",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const SIOCATMARK: Option<libc::c_ulong> = None;
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn check_size(n: libc::ssize_t) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One `recv(2)` into `buf`.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` writable bytes, and recv writes
+    // at most that many.
+    check_size(unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) })
+}
+
+/// One `recv(2)` into the spare capacity of `buf`, which grows by the bytes
+/// received (none are zero-filled first).
+pub fn recv_spare(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the spare capacity is valid for `spare.len()` writable bytes
+    // and recv writes at most that many.
+    let n = check_size(unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) })?;
+    // SAFETY: recv initialised exactly `n <= spare.len()` bytes past the end.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Whether the next byte to read from a TCP socket is at the urgent mark
+/// (`SIOCATMARK`). Always false where the constant is unknown.
+pub fn at_urgent_mark(fd: BorrowedFd<'_>) -> bool {
+    let Some(request) = SIOCATMARK else { return false };
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int into `at`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut at) };
+    rc == 0 && at != 0
+}
+
+/// Reads the TCP urgent byte (`MSG_OOB`), if it has arrived and not been read.
+pub fn recv_urgent(fd: BorrowedFd<'_>) -> Option<u8> {
+    let mut b = [0u8; 1];
+    matches!(recv(fd, &mut b, libc::MSG_OOB), Ok(1)).then_some(b[0])
+}
+
+/// Whether a listening socket has a connection queued (a zero-timeout
+/// `poll`; for a listening socket `POLLIN` means exactly that).
+pub fn connection_queued(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// One `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: a non-blocking, close-on-exec
+/// socket and its peer address.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    // SAFETY: accept4 writes at most `len` bytes of address into the storage
+    // socket2 provides and returns a new descriptor (or -1).
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            check(libc::accept4(listener.as_raw_fd(), storage.cast(), len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
+        })?
+    };
+    // SAFETY: `fd` is a fresh, connected socket owned by nobody else.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let peer =
+        addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a connection without an IP peer address"))?;
+    Ok((stream, peer))
+}
+
+/// Registers a listening socket with the current tokio runtime, readable
+/// interest only (the accept loop does its own `accept4`).
+pub fn register_listener(listener: std::net::TcpListener) -> io::Result<tokio::io::unix::AsyncFd<std::net::TcpListener>> {
+    // SAFETY: a std TcpListener owns its descriptor and returns the same one
+    // from `as_raw_fd` until it is dropped, which the AsyncFd does last.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+/// A non-blocking, close-on-exec pipe: `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills both descriptors on success.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Asks for a pipe capacity of `size` bytes (`F_SETPIPE_SZ`); returns the
+/// capacity granted, or `None` if the kernel refused.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> Option<usize> {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory.
+    let granted = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    (granted > 0).then_some(granted as usize)
+}
+
+/// One non-blocking `splice(2)` of up to `len` bytes, at the descriptors'
+/// own positions (sockets and pipes have no offsets).
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets are required for sockets and pipes; no memory is
+    // passed.
+    check_size(unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}
+
+/// The destination a connection had before iptables REDIRECTed it
+/// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`). `ipv4` is the family of the
+/// socket's local address.
+pub fn original_dst(fd: BorrowedFd<'_>, ipv4: bool) -> io::Result<SocketAddr> {
+    if ipv4 {
+        // SAFETY: an all-zero sockaddr_in is a valid value.
+        let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `addr`.
+        check(unsafe {
+            libc::getsockopt(fd.as_raw_fd(), libc::SOL_IP, SO_ORIGINAL_DST, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len)
+        })?;
+        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
+    } else {
+        // SAFETY: an all-zero sockaddr_in6 is a valid value.
+        let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `addr`.
+        check(unsafe {
+            libc::getsockopt(fd.as_raw_fd(), libc::SOL_IPV6, SO_ORIGINAL_DST, (&mut addr as *mut libc::sockaddr_in6).cast(), &mut len)
+        })?;
+        let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+        Ok(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), 0, addr.sin6_scope_id)))
+    }
+}
+
+/// The process's `RLIMIT_NOFILE` as `(soft, hard)`.
+pub fn fd_limit() -> io::Result<(u64, u64)> {
+    // SAFETY: an all-zero rlimit is a valid value; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { mem::zeroed() };
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the soft `RLIMIT_NOFILE` (the hard limit is left as it is).
+pub fn set_fd_soft_limit(soft: u64) -> io::Result<()> {
+    let (_, hard) = fd_limit()?;
+    let lim = libc::rlimit { rlim_cur: soft.min(hard), rlim_max: hard };
+    // SAFETY: setrlimit reads one rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn recv_spare_appends_only_what_arrived() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(b">");
+        let n = recv_spare(s.as_fd(), &mut buf).unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(buf, b">hello");
+        assert!(!at_urgent_mark(s.as_fd()));
+    }
+
+    #[test]
+    fn pipes_splice_and_resize() {
+        let (r, w) = pipe().unwrap();
+        let granted = set_pipe_size(w.as_fd(), 1 << 17);
+        assert!(granted.is_none_or(|g| g >= 4096), "{granted:?}");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(b"spliced").unwrap();
+        // The bytes are on their way over loopback: wait until readable.
+        let mut pfd = [0u8; 1];
+        while s.peek(&mut pfd).unwrap() == 0 {}
+        assert_eq!(splice(s.as_fd(), w.as_fd(), 64).unwrap(), 7);
+        let mut out = [0u8; 16];
+        let n = nix_read(r.as_fd(), &mut out);
+        assert_eq!(&out[..n], b"spliced");
+    }
+
+    fn nix_read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> usize {
+        let mut f = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        std::io::Read::read(&mut f, buf).unwrap()
+    }
+
+    #[test]
+    fn accept_and_queue_check() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        assert!(!connection_queued(l.as_fd()));
+        assert_eq!(accept(l.as_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        while !connection_queued(l.as_fd()) {}
+        let (_s, peer) = accept(l.as_fd()).unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+    }
+
+    #[test]
+    fn a_socket_that_was_not_redirected_has_no_original_destination_or_its_own() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        // Without conntrack's NAT the kernel either reports the local address
+        // or fails (ENOENT when the nat table is not loaded).
+        if let Ok(dst) = original_dst(s.as_fd(), true) {
+            assert_eq!(dst, s.local_addr().unwrap());
+        }
+    }
+
+    #[test]
+    fn fd_limits_read_back() {
+        let (soft, hard) = fd_limit().unwrap();
+        assert!(soft <= hard);
+        set_fd_soft_limit(soft).unwrap();
+        assert_eq!(fd_limit().unwrap().0, soft);
+    }
+}
