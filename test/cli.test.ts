@@ -13,7 +13,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PROXY_OPTIONS } from '../ts/cli-args.js';
+import { PROXY_OPTIONS } from '../ts/cli/args.js';
 import {
   closed,
   collect,
@@ -80,14 +80,14 @@ test('usage errors exit 2 with a clear message', async () => {
 test('a subcommand whose module is missing is reported as not available (exit 2)', async () => {
   // A copy of the CLI with nothing beside it but its one dependency.
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-cli-'));
-  mkdirSync(join(dir, 'dist/ts'), { recursive: true });
-  for (const f of ['cli.js', 'errors.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
+  mkdirSync(join(dir, 'dist/ts/cli'), { recursive: true });
+  for (const f of ['cli/main.js', 'errors.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module', version: '9.9.9' }));
-  const script = join(dir, 'dist/ts/cli.js');
+  const script = join(dir, 'dist/ts/cli/main.js');
   const r = await runCli(['explain', '--port', '80'], { script });
   assert.equal(r.code, 2);
-  assert.match(r.stderr, /command "explain" is not available in this build \(.*cli-explain\.js is missing\)/);
-  assert.equal((await runCli(['--version'], { script })).stdout, '9.9.9\n', 'the version comes from the package.json two levels up');
+  assert.match(r.stderr, /command "explain" is not available in this build \(.*cli\/explain\.js is missing\)/);
+  assert.equal((await runCli(['--version'], { script })).stdout, '9.9.9\n', 'the version comes from the package.json three levels up');
 });
 
 test('an invalid config exits 2 naming the key, the value and the source, and nothing listens', async () => {

@@ -23,7 +23,7 @@ import type { TestContext } from 'node:test';
 /** The repository root (helpers.js lives in dist/test/). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** The compiled CLI entry point. */
-export const CLI = join(ROOT, 'dist/ts/cli.js');
+export const CLI = join(ROOT, 'dist/ts/cli/main.js');
 export const HOST = '127.0.0.1';
 export const MiB = 1024 * 1024;
 
@@ -105,7 +105,7 @@ export class CliProcess {
   #listeners: Array<() => void> = [];
 
   /**
-   * @param opts.script another CLI entry point (default dist/ts/cli.js)
+   * @param opts.script another CLI entry point (default dist/ts/cli/main.js)
    * @param opts.fdLimit run with this RLIMIT_NOFILE (soft and hard, set by bash's
    *   ulimit before exec, so Node cannot raise it again); the PID stays the same.
    */

@@ -1,5 +1,5 @@
 /**
- * ts/metrics.ts in process, against the real engine: one `snapshot()` per
+ * ts/observe/metrics.ts in process, against the real engine: one `snapshot()` per
  * scrape, the fast text path equal to prom-client's own rendering of the same
  * metric objects, the overflow series past `maxMetricTargets`, and label
  * escaping (the one place a stub source is used: the engine cannot be made to
@@ -9,10 +9,10 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { collect, connect, startEchoServer, waitFor } from './helpers.js';
 import { parsePrometheusText, samples, total } from './prom-parse.js';
-import { loadConfig, objectLayer } from '../ts/config.js';
-import { Metrics, type SnapshotSource } from '../ts/metrics.js';
-import { Proxy } from '../ts/proxy.js';
-import type { EngineSnapshot } from '../ts/native.js';
+import { loadConfig, objectLayer } from '../ts/config/config.js';
+import { Metrics, type SnapshotSource } from '../ts/observe/metrics.js';
+import { Proxy } from '../ts/engine/proxy.js';
+import type { EngineSnapshot } from '../ts/engine/native.js';
 
 /** A proxy with one opaque forward per target port, `maxMetricTargets` as given. */
 async function startProxy(targets: number[], maxMetricTargets: number) {

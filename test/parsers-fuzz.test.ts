@@ -12,11 +12,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 
-import { parsePortList, formatPortList, portInRanges, parsePortListStrict } from '../ts/port-list.js';
-import { parseDuration, formatDuration, MAX_DURATION_MS } from '../ts/durations.js';
-import { parseCidrList, parseCidr, isCidrError, cidrContains } from '../ts/policy-cidr.js';
-import { parseDownwardApi, formatDownwardApi } from '../ts/downward-api.js';
-import { parseForward } from '../ts/config-forward.js';
+import { parsePortList, formatPortList, portInRanges, parsePortListStrict } from '../ts/config/port-list.js';
+import { parseDuration, formatDuration, MAX_DURATION_MS } from '../ts/config/durations.js';
+import { parseCidrList, parseCidr, isCidrError, cidrContains } from '../ts/policy/cidr.js';
+import { parseDownwardApi, formatDownwardApi } from '../ts/policy/downward-api.js';
+import { parseForward } from '../ts/config/forward.js';
 
 const RUNS = { numRuns: 2000, seed: 0x6d657368 };
 

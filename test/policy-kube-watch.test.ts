@@ -13,10 +13,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPolicySource, type PolicyUpdate } from '../ts/policy-source.js';
-import { lookupPolicy } from '../ts/policy-compile.js';
-import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
-import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { createPolicySource, type PolicyUpdate } from '../ts/policy/source.js';
+import { lookupPolicy } from '../ts/policy/compile.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { FakeKubeApi } from './fake-kube-api.js';
 import { waitFor } from './helpers.js';
 

@@ -12,10 +12,10 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPolicySource, type PolicySourceOptions, type PolicyUpdate } from '../ts/policy-source.js';
-import { lookupPolicy } from '../ts/policy-compile.js';
-import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
-import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { createPolicySource, type PolicySourceOptions, type PolicyUpdate } from '../ts/policy/source.js';
+import { lookupPolicy } from '../ts/policy/compile.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { waitFor } from './helpers.js';
 
 const BASE: PolicySourceOptions = {

@@ -10,7 +10,7 @@
  *
  * Everything exported here is stable API; other modules are internal.
  */
-export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
+export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './engine/proxy.js';
 export {
   loadConfig,
   resolveConfig,
@@ -26,12 +26,12 @@ export {
   type SocketAddr,
   type PortMode,
   type Direction,
-} from './config.js';
-export { buildEngineConfig, buildFlagPolicy } from './engine-config.js';
-export { parseProxyArgv, PROXY_OPTIONS } from './cli-args.js';
+} from './config/config.js';
+export { buildEngineConfig, buildFlagPolicy } from './engine/build-config.js';
+export { parseProxyArgv, PROXY_OPTIONS } from './cli/args.js';
 export { MeshpipeError, fromNative, ERROR_CODES, type ErrorCode } from './errors.js';
-export { parseDuration, formatDuration } from './durations.js';
-export { parsePortList, parsePortListStrict, DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
+export { parseDuration, formatDuration } from './config/durations.js';
+export { parsePortList, parsePortListStrict, DEFAULT_OPAQUE_PORTS, type PortRange } from './config/port-list.js';
 export type {
   EngineConfig,
   PolicyTable,
@@ -39,4 +39,4 @@ export type {
   BoundListener,
   ConnectionInfo,
   CloseSummary,
-} from './native.js';
+} from './engine/native.js';
