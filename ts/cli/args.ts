@@ -11,7 +11,7 @@
  */
 import { parseArgs } from 'node:util';
 import { MeshpipeError } from '../errors.js';
-import { CONFIG_KEYS, defaultText, envVarName, loadConfig, type ConfigKey, type ProxyConfig, type RawLayer } from '../config/config.js';
+import { CONFIG_KEYS, defaultText, envVarName, loadConfig, type ConfigKey, type ProxyConfig, type RawLayer } from '../config/index.js';
 
 /** One command-line option. */
 export interface OptionSpec {

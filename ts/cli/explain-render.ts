@@ -3,15 +3,13 @@
  * each workload's inbound ports with mode and source, its own switches (skip
  * ports, skip subnets, enable-external-profiles, detect timeouts), every
  * destination's outbound decisions, the cluster defaults, and the problems.
- * The JSON shape is the one the admin server's /policy can serve too
- * (`effectiveToJson`).
+ * The per-workload JSON is `effectiveToJson` of ts/policy/model.ts, the same
+ * shape the admin server's /policy serves.
  */
 
-import { formatDuration } from '../config/durations.js';
-import { describeRef } from '../policy/k8s/objects.js';
-import type { CompileResult } from '../policy/compile.js';
-import type { EffectivePolicy, PolicyProblem, PortDecision } from '../policy/model.js';
-import { formatPortList } from '../config/port-list.js';
+import { formatDuration, formatPortList } from '../config/index.js';
+import { describeRef } from '../policy/k8s/index.js';
+import { effectiveToJson, type CompileResult, type EffectivePolicy, type PolicyProblem, type PortDecision } from '../policy/index.js';
 
 function portText(d: PortDecision): string {
   const p = d.ports.from === d.ports.to ? String(d.ports.from) : `${d.ports.from}-${d.ports.to}`;
@@ -33,37 +31,6 @@ function table(rows: readonly (readonly string[])[], indent: string): string[] {
   const widths: number[] = [];
   for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
   return rows.map((r) => indent + r.map((c, i) => (i < r.length - 1 ? c.padEnd(widths[i] ?? 0) : c)).join('  ').trimEnd());
-}
-
-/** The per-workload part of the JSON (also what /policy serves for the running proxy). */
-export function effectiveToJson(e: EffectivePolicy): Record<string, unknown> {
-  const port = (d: PortDecision): Record<string, unknown> => ({
-    port: d.ports.from === d.ports.to ? d.ports.from : `${d.ports.from}-${d.ports.to}`,
-    name: d.name ?? null, mode: d.mode, source: d.source,
-  });
-  return {
-    workload: e.workload ? { kind: e.workload.kind, namespace: e.workload.namespace, name: e.workload.name } : null,
-    inbound: {
-      ports: e.inbound.ports.map(port),
-      rules: e.inbound.decisions.map(port),
-      detectTimeoutMs: e.inbound.detectTimeout.ms,
-      detectTimeoutSource: e.inbound.detectTimeout.source,
-    },
-    outbound: {
-      destinations: e.outbound.destinations.map((d) => ({
-        kind: d.object.kind, namespace: d.object.namespace, name: d.object.name, addresses: d.addresses, ports: d.decisions.map(port),
-      })),
-      clusterDefaults: e.outbound.defaults.map((g) => ({ net: g.net, ports: formatPortList([g.ports]), source: g.source })),
-      detectTimeoutMs: e.outbound.detectTimeout.ms,
-      detectTimeoutSource: e.outbound.detectTimeout.source,
-    },
-    skipInboundPorts: formatPortList(e.skipInboundPorts),
-    skipOutboundPorts: formatPortList(e.skipOutboundPorts),
-    skipSubnets: e.skipSubnets,
-    enableExternalProfiles: e.enableExternalProfiles,
-    clusterNetworks: e.clusterNetworks,
-    defaultOpaquePorts: formatPortList(e.defaultOpaquePorts),
-  };
 }
 
 /** JSON for `explain --json` without --port: per workload and port, mode and source. */

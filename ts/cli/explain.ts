@@ -21,14 +21,23 @@
 import { isIP } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { parseDownwardApi } from '../policy/downward-api.js';
+import {
+  compileAllWorkloads,
+  compilePolicy,
+  DEFAULT_CLUSTER_NETWORKS,
+  inNetworks,
+  lineProblem,
+  lookupPolicy,
+  parseCidrListStrict,
+  parseDownwardApi,
+  toPolicyTable,
+  type CompileResult,
+  type PolicyInputs,
+  type PortDecision,
+} from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
-import { EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/manifests.js';
-import { describeRef } from '../policy/k8s/objects.js';
-import { DEFAULT_CLUSTER_NETWORKS, inNetworks, parseCidrListStrict } from '../policy/cidr.js';
-import { compileAllWorkloads, compilePolicy, lookupPolicy, toPolicyTable, type CompileResult } from '../policy/compile.js';
-import { lineProblem, type PolicyInputs, type PortDecision } from '../policy/model.js';
-import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges } from '../config/port-list.js';
+import { describeRef, EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
+import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges } from '../config/index.js';
 import { renderEffective, renderEffectiveJson } from './explain-render.js';
 
 // ---------------------------------------------------------------------------

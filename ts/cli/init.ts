@@ -22,20 +22,27 @@
 import { readFile } from 'node:fs/promises';
 import { MeshpipeError } from '../errors.js';
 import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './args.js';
-import { parsePortList, parsePortListStrict, type PortRange } from '../config/port-list.js';
-import { parseCidrList, type Cidr } from '../policy/cidr.js';
-import { parseDownwardApi } from '../policy/downward-api.js';
-import { DEFAULTS, INBOUND_CHAIN, OUTPUT_CHAIN, cidrFamily, planInstall, renderInstall, type IpFamily, type RulePlan, type RulePlanOptions } from '../init/rules.js';
+import { parsePortList, parsePortListStrict, type PortRange } from '../config/index.js';
+import { parseCidrList, parseDownwardApi, type Cidr } from '../policy/index.js';
 import {
   applyInstall,
+  cidrFamily,
   commandForFamily,
+  DEFAULTS,
+  INBOUND_CHAIN,
+  OUTPUT_CHAIN,
+  planInstall,
   prepareInstall,
   probeFamily,
+  renderInstall,
   restoreShellText,
   uninstallFamily,
   type FamilyResult,
+  type IpFamily,
   type PreparedInstall,
-} from '../init/apply.js';
+  type RulePlan,
+  type RulePlanOptions,
+} from '../init/index.js';
 
 const COMMAND = 'meshpipe init';
 

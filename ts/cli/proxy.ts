@@ -18,12 +18,12 @@
  *    convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM.
  */
 import { parseProxyArgv, proxyHelp, wantsHelp } from './args.js';
-import type { ProxyConfig } from '../config/config.js';
+import type { ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import { createLogger, type Logger } from '../observe/logger.js';
-import { runProxyLifecycle } from '../sidecar/lifecycle.js';
+import { createLogger, type Logger } from '../observe/index.js';
+import { runProxyLifecycle } from '../sidecar/index.js';
 
-export { forcedExitCode } from '../sidecar/lifecycle.js';
+export { forcedExitCode } from '../sidecar/index.js';
 
 /** Entry point of `meshpipe proxy`; resolves with the process exit code. */
 export async function main(argv: string[]): Promise<number> {

@@ -25,10 +25,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
-import { parseDuration } from '../config/durations.js';
+import { parseDuration } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar } from '../sidecar/lifecycle.js';
-import { createLogger, type Logger } from '../observe/logger.js';
+import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar } from '../sidecar/index.js';
+import { createLogger, type Logger } from '../observe/index.js';
 
 /** Default bound on the wait for the proxy to become ready. */
 export const DEFAULT_READY_TIMEOUT_MS = 30_000;

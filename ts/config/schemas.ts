@@ -10,6 +10,7 @@
 import { z } from 'zod';
 import { parseDuration } from './durations.js';
 import { parsePortListStrict } from './port-list.js';
+// The file itself, not ts/policy/index.ts: the policy layer reads the config (an import cycle).
 import { parseCidrListStrict } from '../policy/cidr.js';
 import { parseBindAddr, parseForward, type ForwardSpec } from './forward.js';
 

@@ -9,6 +9,7 @@
  * from the workload's annotations, manifests or a live Kubernetes watch
  * (ts/policy/source.ts); without any of them, from the flags alone.
  */
+// The file itself, not ts/policy/index.ts: the policy layer reads the config (an import cycle).
 import { DEFAULT_CLUSTER_NETWORKS } from '../policy/cidr.js';
 import { bindOrOff, bool, cidrList, guard, optionalText, pathList } from './schemas.js';
 import { z } from 'zod';

@@ -7,9 +7,8 @@
  * with its own compiler and passes the result to `buildEngineConfig`.
  */
 import { networkInterfaces } from 'node:os';
-import type { ProxyConfig } from '../config/config.js';
+import type { PortRange, ProxyConfig } from '../config/index.js';
 import type { EngineConfig, ListenerSpec, PolicyTable } from './native.js';
-import type { PortRange } from '../config/port-list.js';
 
 type PolicyRule = PolicyTable['rules'][number];
 

@@ -15,7 +15,7 @@
  * `keepAlive` so it does not exit while listeners run.
  */
 import { fromNative, MeshpipeError } from '../errors.js';
-import type { ProxyConfig } from '../config/config.js';
+import type { ProxyConfig } from '../config/index.js';
 import { buildEngineConfig } from './build-config.js';
 import {
   NativeProxy,

@@ -32,8 +32,8 @@
  */
 
 import { MeshpipeError } from '../errors.js';
-import { mergeRanges, type PortRange } from '../config/port-list.js';
-import { isCidrError, parseCidr, type Cidr } from '../policy/cidr.js';
+import { mergeRanges, type PortRange } from '../config/index.js';
+import { isCidrError, parseCidr, type Cidr } from '../policy/index.js';
 
 export type IpFamily = 'ipv4' | 'ipv6';
 

@@ -22,7 +22,7 @@ import type { AddressInfo } from 'node:net';
 import { MeshpipeError } from '../errors.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
-import type { ConnectionInfo } from '../engine/native.js';
+import type { ConnectionInfo } from '../engine/index.js';
 
 /** The largest `/connections?limit=` honoured (larger values are capped). */
 export const MAX_CONNECTIONS_LIMIT = 1000;

@@ -12,7 +12,7 @@
  * guarantee that the last lines (drain finished) reach the pipe before exit.
  */
 import { pino, destination as pinoDestination, stdTimeFunctions, type Logger, type DestinationStream } from 'pino';
-import type { LogLevel } from '../config/config.js';
+import type { LogLevel } from '../config/index.js';
 
 export type { Logger };
 

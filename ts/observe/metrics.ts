@@ -36,7 +36,7 @@
  * empty target_ip/target_port. A scrape therefore never grows without bound.
  */
 import { collectDefaultMetrics, Registry, type Metric } from 'prom-client';
-import type { EngineSnapshot, HistogramSnapshot, TcpSeriesSnapshot } from '../engine/native.js';
+import type { EngineSnapshot, HistogramSnapshot, TcpSeriesSnapshot } from '../engine/index.js';
 
 /** Event-loop lag sampling period (ms) for prom-client's default metrics. */
 export const EVENT_LOOP_SAMPLE_MS = 200;

@@ -12,8 +12,9 @@
 import type { ContainerPort, ObjectRef, ServerObject, ServicePort } from './k8s/objects.js';
 import { describeRef, selectorMatches } from './k8s/objects.js';
 import { isCidrError, parseCidr } from './cidr.js';
-import { objectProblem, PROXY_PROTOCOL_MODES, type PolicyProblem, type PortMode } from './model.js';
-import { parsePortList, type PortNameResolver, type PortRange } from '../config/port-list.js';
+import { PROXY_PROTOCOL_MODES, type PortMode } from './model.js';
+import { objectProblem, type PolicyProblem } from './problems.js';
+import { parsePortList, type PortNameResolver, type PortRange } from '../config/index.js';
 
 /** A port-list annotation as read from one object. */
 export interface PortAnnotation {

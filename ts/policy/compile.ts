@@ -41,11 +41,11 @@ import {
   type PolicyTable,
   type PortMode,
   type PolicyInputs,
-  type PolicyProblem,
   type PortDecision,
 } from './model.js';
 import { compileOutbound } from './outbound.js';
-import { formatPortList, type PortRange } from '../config/port-list.js';
+import type { PolicyProblem } from './problems.js';
+import { formatPortList, type PortRange } from '../config/index.js';
 
 /** This proxy's own workload, as far as the inputs identify it. */
 export interface SelfWorkload {

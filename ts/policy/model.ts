@@ -6,18 +6,18 @@
  * flag), this workload's own annotations (downward-API file), the Kubernetes
  * objects (manifests and/or the live API) and this workload's identity.
  * EffectivePolicy is the answer with a human-readable source for every
- * decision; it is what `meshpipe explain --json` and the admin server's
- * /policy print. PolicyTable is the engine's flat, ordered rule list
- * (ARCHITECTURE.md). PolicyProblem names what was wrong in the inputs.
+ * decision; `effectiveToJson` (below) is what `meshpipe explain --json` and
+ * the admin server's /policy print. PolicyTable is the engine's flat,
+ * ordered rule list (ARCHITECTURE.md). PolicyProblem (problems.ts) names what
+ * was wrong in the inputs.
  */
 
 import type { ManifestSet } from './k8s/manifests.js';
 import type { ObjectRef } from './k8s/objects.js';
-import { describeRef } from './k8s/objects.js';
-import type { PortRange } from '../config/port-list.js';
+import { formatPortList, type PortRange } from '../config/index.js';
 
 // The engine's types (ARCHITECTURE.md), defined once in ts/engine/native.ts; type-only, so the addon is not loaded.
-import type { Direction, PolicyRule, PolicyTable, PortMode } from '../engine/native.js';
+import type { Direction, PolicyRule, PolicyTable, PortMode } from '../engine/index.js';
 
 export type { Direction, PolicyRule, PolicyTable, PortMode };
 
@@ -120,46 +120,33 @@ export interface EffectivePolicy {
   readonly defaultOpaquePorts: readonly PortRange[];
 }
 
-/** Something wrong in the inputs; the rest of the policy still applies. */
-export interface PolicyProblem {
-  /** The object carrying the bad value (undefined for file-level problems). */
-  readonly object: ObjectRef | undefined;
-  readonly file: string | undefined;
-  /** 0-based YAML document index within `file`. */
-  readonly document: number | undefined;
-  /** 1-based line (downward-API file). */
-  readonly line: number | undefined;
-  /** The annotation (or field) that carried the bad value. */
-  readonly annotation: string | undefined;
-  /** The bad token as written. */
-  readonly token: string;
-  readonly reason: string;
-  /** One line naming all of the above. */
-  readonly message: string;
-}
-
-/** A problem in an object's annotation or field. */
-export function objectProblem(object: ObjectRef, annotation: string, token: string, reason: string, file?: string): PolicyProblem {
-  const where = file === undefined ? '' : ` (${file})`;
-  const tok = ` "${token}"`;
-  return Object.freeze({
-    object, file, document: undefined, line: undefined, annotation, token, reason,
-    message: `${describeRef(object)}${where}: ${annotation}:${tok}: ${reason}`,
+/** The per-workload part of the JSON (also what /policy serves for the running proxy). */
+export function effectiveToJson(e: EffectivePolicy): Record<string, unknown> {
+  const port = (d: PortDecision): Record<string, unknown> => ({
+    port: d.ports.from === d.ports.to ? d.ports.from : `${d.ports.from}-${d.ports.to}`,
+    name: d.name ?? null, mode: d.mode, source: d.source,
   });
-}
-
-/** A problem on a line of a downward-API file. */
-export function lineProblem(file: string, line: number, reason: string, annotation?: string): PolicyProblem {
-  return Object.freeze({
-    object: undefined, file, document: undefined, line, annotation, token: '', reason,
-    message: `${file}: ${reason}`,
-  });
-}
-
-/** A problem not tied to an object or a file (e.g. the Kubernetes API being unreachable). */
-export function generalProblem(reason: string, token = ''): PolicyProblem {
-  return Object.freeze({
-    object: undefined, file: undefined, document: undefined, line: undefined, annotation: undefined, token, reason,
-    message: reason,
-  });
+  return {
+    workload: e.workload ? { kind: e.workload.kind, namespace: e.workload.namespace, name: e.workload.name } : null,
+    inbound: {
+      ports: e.inbound.ports.map(port),
+      rules: e.inbound.decisions.map(port),
+      detectTimeoutMs: e.inbound.detectTimeout.ms,
+      detectTimeoutSource: e.inbound.detectTimeout.source,
+    },
+    outbound: {
+      destinations: e.outbound.destinations.map((d) => ({
+        kind: d.object.kind, namespace: d.object.namespace, name: d.object.name, addresses: d.addresses, ports: d.decisions.map(port),
+      })),
+      clusterDefaults: e.outbound.defaults.map((g) => ({ net: g.net, ports: formatPortList([g.ports]), source: g.source })),
+      detectTimeoutMs: e.outbound.detectTimeout.ms,
+      detectTimeoutSource: e.outbound.detectTimeout.source,
+    },
+    skipInboundPorts: formatPortList(e.skipInboundPorts),
+    skipOutboundPorts: formatPortList(e.skipOutboundPorts),
+    skipSubnets: e.skipSubnets,
+    enableExternalProfiles: e.enableExternalProfiles,
+    clusterNetworks: e.clusterNetworks,
+    defaultOpaquePorts: formatPortList(e.defaultOpaquePorts),
+  };
 }

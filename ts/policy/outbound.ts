@@ -31,15 +31,14 @@ import { inNetworks, isCidrError, parseCidr, type Cidr } from './cidr.js';
 import {
   ANNOTATIONS,
   APP_PROTOCOL_MODES,
-  objectProblem,
   type DestinationPolicy,
   type EffectivePolicy,
   type PolicyInputs,
-  type PolicyProblem,
   type PortDecision,
   type PortMode,
 } from './model.js';
-import { formatPortList, portInRanges, type PortRange } from '../config/port-list.js';
+import { objectProblem, type PolicyProblem } from './problems.js';
+import { formatPortList, portInRanges, type PortRange } from '../config/index.js';
 
 interface OutboundContext {
   readonly externalProfiles: { readonly enabled: boolean; readonly source: string };

@@ -11,11 +11,10 @@
  * policy; its problems are logged when they change and stay visible on
  * /policy until fixed.
  */
-import type { ProxyConfig } from '../config/config.js';
-import { hasPolicySources } from '../config/sidecar.js';
-import { effectiveToJson } from '../cli/explain-render.js';
-import type { Logger } from '../observe/logger.js';
-import type { EngineSnapshot, PolicyTable } from '../engine/native.js';
+import { hasPolicySources, type ProxyConfig } from '../config/index.js';
+import type { Logger } from '../observe/index.js';
+import type { EngineSnapshot, PolicyTable } from '../engine/index.js';
+import { effectiveToJson } from './model.js';
 import { createPolicySource, type PolicySource, type PolicyUpdate } from './source.js';
 
 /** A started policy source and what the sidecar needs from it. */

@@ -29,8 +29,9 @@ import {
 } from './k8s/manifests.js';
 import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
 import { compilePolicy, toPolicyTable } from './compile.js';
-import { generalProblem, lineProblem, type EffectivePolicy, type PolicyInputs, type PolicyProblem, type PolicyTable } from './model.js';
-import type { PortRange } from '../config/port-list.js';
+import type { EffectivePolicy, PolicyInputs, PolicyTable } from './model.js';
+import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
+import type { PortRange } from '../config/index.js';
 
 export interface PolicySourceOptions {
   /** Downward-API annotations file (`--annotations`). */

@@ -30,14 +30,10 @@
  */
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AdminServer, type NotReadyReason } from '../observe/admin-server.js';
-import type { ProxyConfig } from '../config/config.js';
-import { buildFlagPolicy } from '../engine/build-config.js';
-import { LOG_MESSAGES, type Logger } from '../observe/logger.js';
-import { Metrics } from '../observe/metrics.js';
-import type { BoundListener, CloseSummary, EngineSnapshot, PolicyTable } from '../engine/native.js';
-import { Proxy } from '../engine/proxy.js';
-import { startSidecarPolicy, type SidecarPolicy } from '../policy/sidecar.js';
+import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
+import type { ProxyConfig } from '../config/index.js';
+import { buildFlagPolicy, Proxy, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
+import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {

@@ -25,7 +25,7 @@ import {
   type ServiceObject,
   type WorkloadObject,
 } from './objects.js';
-import { objectProblem, type PolicyProblem } from '../model.js';
+import { objectProblem, type PolicyProblem } from '../problems.js';
 
 /** Every object the policy layer reads, grouped by kind. */
 export interface ManifestSet {

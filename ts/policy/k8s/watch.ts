@@ -29,7 +29,7 @@ import {
 import { MeshpipeError } from '../../errors.js';
 import { EMPTY_MANIFESTS, mergeManifests, type ManifestSet } from './manifests.js';
 import { normalizeObject, type ObjectProblem, type PolicyObject } from './objects.js';
-import { objectProblem } from '../model.js';
+import { objectProblem } from '../problems.js';
 
 export interface KubeWatchOptions {
   /** Path of a kubeconfig file (`--kubeconfig`). */
