@@ -141,7 +141,7 @@ test('logs are JSON lines: one "listener bound" per listener with the bound port
 
 test('SIGTERM during a transfer: the transfer finishes within the drain deadline, new connections are refused, exit 0', async (t) => {
   const sink = await startServer(({ socket, received }) => {
-    // Reply with the digest of what arrived once the client is done.
+    // Reply with the digest of what arrived once the client is done (`received` never rejects).
     void received.then((r) => socket.end(`${r.bytes} ${r.sha256}`));
   }, t);
   const { proc, ports } = await startProxy(['--forward', `${HOST}:0=${HOST}:${sink.port}`, '--drain-timeout', '20s'], { t });

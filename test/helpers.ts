@@ -428,6 +428,7 @@ export async function startSourceServer(bytes: number, t?: TestContext): Promise
     socket.on('error', () => undefined);
     const done = writeRandom(socket, bytes);
     sent.push(done);
+    // Both outcomes handled; socket.end() and destroy() do not throw.
     void Promise.all([done, received]).then(() => socket.end(), () => socket.destroy());
   }, t);
   return Object.assign(server, { sent });

@@ -119,5 +119,6 @@ function isMain(): boolean {
 if (isMain()) {
   // process.exit: the engine's threads must not keep a finished command alive,
   // and every write before this point is synchronous (pipes, files, ttys).
+  // `void`: run() never rejects (it turns every error into an exit code).
   void run(process.argv.slice(2)).then((code) => process.exit(code));
 }

@@ -143,11 +143,13 @@ export async function runApp(sidecar: Sidecar, logger: Logger, command: string, 
     if (app.pid !== undefined) logger.info({ appPid: app.pid, command, argc: args.length }, RUN_MESSAGES.appStarted);
 
     // POST /shutdown asks the app to stop too (signals were already forwarded by onSignal).
-    void sidecar.shutdownRequested.then((reason) => {
-      if (app!.exitCode !== null || app!.signalCode !== null) return;
-      if (reason === 'admin /shutdown') app!.kill('SIGTERM');
-      logger.info({ reason, appPid: app!.pid }, LIFECYCLE_MESSAGES.waitingForApp);
-    });
+    sidecar.shutdownRequested
+      .then((reason) => {
+        if (app!.exitCode !== null || app!.signalCode !== null) return;
+        if (reason === 'admin /shutdown') app!.kill('SIGTERM');
+        logger.info({ reason, appPid: app!.pid }, LIFECYCLE_MESSAGES.waitingForApp);
+      })
+      .catch((err: unknown) => logger.error({ err, appPid: app!.pid }, 'stopping the app on POST /shutdown failed'));
     const exitCode = await exited;
     sidecar.requestShutdown('app exited');
     await sidecar.drain(exited);
@@ -171,7 +173,10 @@ async function startWithin(sidecar: Sidecar, timeoutMs: number): Promise<void> {
     await Promise.race([starting, timeout]);
   } catch (err) {
     // On a timeout the start may still complete later: close whatever it bound.
-    void starting.then(() => sidecar.drain(), () => undefined);
+    // (A start that fails after the timeout is already reported by the timeout.)
+    starting
+      .then(() => sidecar.drain(), () => undefined)
+      .catch((e: unknown) => sidecar.logger.warn({ err: e }, 'closing what a late start-up bound failed'));
     throw err;
   } finally {
     clearTimeout(timer);

@@ -96,7 +96,14 @@ export class AdminServer {
       ['/connections', { methods: ['GET', 'HEAD'], handle: (_req, res, url) => this.#connections(res, url) }],
       ['/snapshot', { methods: ['GET', 'HEAD'], handle: (_req, res) => sendJson(res, 200, this.#options.snapshot?.() ?? {}) }],
     ]);
-    this.#server = http.createServer((req, res) => void this.#dispatch(req, res));
+    this.#server = http.createServer((req, res) => {
+      // #dispatch answers a failing handler with a 500 itself; this only
+      // catches a failure while doing that: drop the request, keep the proxy.
+      this.#dispatch(req, res).catch((err: unknown) => {
+        res.destroy();
+        this.#options.logger?.error({ err, url: req.url }, 'admin request failed');
+      });
+    });
     // Scrapers and probes use short requests; an idle keep-alive socket must not delay close().
     this.#server.keepAliveTimeout = 5_000;
     this.#server.headersTimeout = 10_000;

@@ -52,6 +52,9 @@ export async function startSidecarPolicy(config: ProxyConfig, logger: Logger): P
     namespace: config.namespace ?? process.env['POD_NAMESPACE'],
     pod: config.pod ?? process.env['POD_NAME'],
   });
+  source.on('reloadFailed', (err) => {
+    logger.error({ err }, 'policy reload failed; the last good policy stays in force');
+  });
   const first = await source.start();
   logProblems(logger, first);
   let lastProblems = JSON.stringify(first.problems.map((p) => p.message));

@@ -67,6 +67,12 @@ export interface PolicyUpdate {
 
 export interface PolicySourceEvents {
   policy: [PolicyUpdate];
+  /**
+   * A reload or change check started by a file or Kubernetes change failed
+   * (an unexpected error: bad input is a problem in the update, not this);
+   * the last good policy stays in force and the next change retries.
+   */
+  reloadFailed: [err: unknown];
 }
 
 /** Annotation-derived port policy, kept current. */
@@ -111,7 +117,9 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.signature = await this.computeSignature();
     this.installWatchers();
     const every = this.opts.pollIntervalMs ?? 1000;
-    this.poll = setInterval(() => void this.checkSignature(), every);
+    this.poll = setInterval(() => {
+      this.checkSignature().catch((err: unknown) => this.emit('reloadFailed', err));
+    }, every);
     this.poll.unref();
     return first;
   }
@@ -153,7 +161,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     if (this.debounce) clearTimeout(this.debounce);
     this.debounce = setTimeout(() => {
       this.debounce = undefined;
-      void this.reload();
+      this.reload().catch((err: unknown) => this.emit('reloadFailed', err));
     }, this.opts.debounceMs ?? 100);
     this.debounce.unref();
   }

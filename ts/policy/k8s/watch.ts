@@ -208,7 +208,7 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
     kind.timer = setTimeout(() => {
       kind.timer = undefined;
       kind.restarts++;
-      void this.startKind(kind);
+      this.startKind(kind).catch((err: unknown) => this.failed(kind, err));
     }, delay);
     kind.timer.unref();
   }
