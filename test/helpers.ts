@@ -52,7 +52,7 @@ export async function waitFor<T>(predicate: () => T | Promise<T>, what: string, 
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await predicate();
-    if (value) return value as NonNullable<T>;
+    if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
     await sleep(intervalMs);
   }

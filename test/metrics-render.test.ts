@@ -67,7 +67,7 @@ describe('metrics rendering (in process, real engine)', () => {
 
   test('targets past maxMetricTargets fold into target_addr="overflow"', async (t) => {
     const [a, b, c] = await Promise.all([startEchoServer(t), startEchoServer(t), startEchoServer(t)]);
-    const { proxy, ports } = await startProxy([a!.port, b!.port, c!.port], 1);
+    const { proxy, ports } = await startProxy([a.port, b.port, c.port], 1);
     t.after(() => proxy.close({ drainMs: 0 }));
     await roundTrip(ports[0]!, 'first');
     await roundTrip(ports[1]!, 'second!');
@@ -78,7 +78,7 @@ describe('metrics rendering (in process, real engine)', () => {
       return total(page, 'tcp_close_total') === 6 ? page : undefined;
     }, 'all closes counted');
     const targets = samples(f, 'tcp_open_total', { peer: 'src' }).map((s) => s.labels['target_addr']);
-    assert.deepEqual(targets.sort(), [`127.0.0.1:${a!.port}`, 'overflow']);
+    assert.deepEqual(targets.sort(), [`127.0.0.1:${a.port}`, 'overflow']);
     const overflow = { target_addr: 'overflow', peer: 'src' };
     assert.equal(total(f, 'tcp_open_total', overflow), 2);
     assert.equal(total(f, 'tcp_read_bytes_total', overflow), 'second!'.length + 'third!!!'.length);

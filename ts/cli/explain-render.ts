@@ -9,7 +9,7 @@
 
 import { formatDuration, formatPortList } from '../config/index.js';
 import { describeRef } from '../policy/k8s/index.js';
-import { effectiveToJson, type CompileResult, type EffectivePolicy, type PolicyProblem, type PortDecision } from '../policy/index.js';
+import { effectiveToJson, type CompileResult, type PolicyProblem, type PortDecision } from '../policy/index.js';
 
 function portText(d: PortDecision): string {
   const p = d.ports.from === d.ports.to ? String(d.ports.from) : `${d.ports.from}-${d.ports.to}`;

@@ -101,7 +101,7 @@ function bad(message: string, key: string): MeshpipeError {
   return new MeshpipeError('ERR_INVALID_ARGUMENT', message, { key });
 }
 
-function intFlag(values: Record<string, unknown>, flag: string, fallback: number, max: number): number {
+function intFlag(values: Readonly<Record<string, string | boolean | string[] | undefined>>, flag: string, fallback: number, max: number): number {
   const raw = values[flag];
   if (raw === undefined) return fallback;
   const text = String(raw).trim();
@@ -151,9 +151,10 @@ export async function parseInitArgs(argv: readonly string[]): Promise<InitArgs> 
   const outboundPort = attempt(() => intFlag(values, 'outbound-port', DEFAULTS.outboundPort, 65535), 0);
   const adminPort = attempt(() => intFlag(values, 'admin-port', DEFAULTS.adminPort, 65535), 0);
   attempt(() => commandForFamily(iptablesCmd, 'ipv6'), '');
-  if (problems.length === 1) throw problems[0];
-  if (problems.length > 1) {
-    throw new MeshpipeError('ERR_INVALID_ARGUMENT', problems.map((p) => p.message).join('\n  '), { key: problems[0]?.key ?? '' });
+  const [first] = problems;
+  if (first !== undefined && problems.length === 1) throw first;
+  if (first !== undefined) {
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', problems.map((p) => p.message).join('\n  '), { key: first.key ?? '' });
   }
   const warnings: string[] = [];
 

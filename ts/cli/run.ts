@@ -66,7 +66,7 @@ export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): 
   return 1;
 }
 
-function parseReadyTimeout(value: unknown): number {
+function parseReadyTimeout(value: string | boolean | string[] | undefined): number {
   if (value === undefined) return DEFAULT_READY_TIMEOUT_MS;
   try {
     const ms = parseDuration(String(value));

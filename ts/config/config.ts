@@ -219,7 +219,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     const key = String(issue.path[0] ?? '') as ConfigKey;
     const raw = merged[key];
     // A bad entry of a list is shown alone (an item of the forward list).
-    const item = issue.code === 'custom' && issue.params?.['item'] !== undefined ? issue.params['item'] : raw?.value;
+    const item: unknown = issue.code === 'custom' && issue.params?.['item'] !== undefined ? issue.params['item'] : raw?.value;
     const why = issue.code === 'custom' ? issue.message : `expected ${FIELDS[key]?.expected ?? 'a valid value'}`;
     throw new MeshpipeError('ERR_INVALID_CONFIG', `invalid ${key} ${showValue(item)} (from ${raw?.source ?? 'unknown source'}): ${why}`, {
       key,

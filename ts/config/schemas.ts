@@ -61,7 +61,7 @@ export function duration(expected: string, opts: { min: number }) {
         ms = parseDuration(v);
       } catch (err) {
         // parseDuration's own wording is generic; say what this key expects.
-        throw new Error(/maximum/.test((err as Error).message) ? 'expected at most 365d' : `expected ${expected}`);
+        throw new Error(/maximum/.test((err as Error).message) ? 'expected at most 365d' : `expected ${expected}`, { cause: err });
       }
       if (ms < opts.min) throw new Error(`expected at least ${opts.min}ms`);
       return ms;
@@ -86,7 +86,7 @@ export const portList = z.union([scalar, z.array(scalar)]).transform((v, ctx) =>
     try {
       return parsePortListStrict(Array.isArray(v) ? v.join(',') : String(v));
     } catch (err) {
-      throw new Error(`expected ports 1-65535 and ranges low-high, e.g. 25,4000-4100; ${(err as Error).message}`);
+      throw new Error(`expected ports 1-65535 and ranges low-high, e.g. 25,4000-4100; ${(err as Error).message}`, { cause: err });
     }
   }, ctx),
 );
@@ -166,7 +166,7 @@ export const bindOrOff = z.union([z.string(), z.literal(false), z.null()]).trans
     try {
       return parseBindAddr(v);
     } catch (err) {
-      throw new Error(`expected host:port (IPv4 or [IPv6]) or "off"; ${(err as Error).message}`);
+      throw new Error(`expected host:port (IPv4 or [IPv6]) or "off"; ${(err as Error).message}`, { cause: err });
     }
   }, ctx),
 );
@@ -189,7 +189,7 @@ export const cidrList = z.union([z.string(), z.array(z.string())]).transform((v,
     try {
       return parseCidrListStrict(text).map((c) => c.text);
     } catch (err) {
-      throw new Error(`expected CIDRs like 10.0.0.0/8,fd00::/8; ${(err as Error).message}`);
+      throw new Error(`expected CIDRs like 10.0.0.0/8,fd00::/8; ${(err as Error).message}`, { cause: err });
     }
   }, ctx),
 );
@@ -216,7 +216,7 @@ export const portDetectTimeouts = z.union([z.string(), z.array(z.string())]).tra
         ranges = parsePortListStrict(m[2]!);
         ms = parseDuration(m[3]!);
       } catch (err) {
-        throw new Error(`"${item}": ${(err as Error).message}; expected PORTS=DURATION, e.g. 8080=2s`);
+        throw new Error(`"${item}": ${(err as Error).message}; expected PORTS=DURATION, e.g. 8080=2s`, { cause: err });
       }
       if (ms < 1) throw new Error(`"${item}": expected a timeout of at least 1ms`);
       const direction = (m[1] as 'inbound' | 'outbound' | undefined) ?? null;

@@ -129,7 +129,7 @@ export class AdminServer {
     const shown = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     this.#server.listen({ host, port, exclusive: true });
     try {
-      await Promise.race([once(this.#server, 'listening'), once(this.#server, 'error').then(([err]) => Promise.reject(err))]);
+      await Promise.race([once(this.#server, 'listening'), once(this.#server, 'error').then(([err]) => Promise.reject(err as Error))]);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const mapped = code === 'EADDRINUSE' ? 'ERR_ADDR_IN_USE' : code === 'EADDRNOTAVAIL' ? 'ERR_ADDR_NOT_AVAILABLE' : code === 'EACCES' ? 'ERR_PERMISSION' : 'ERR_BIND';

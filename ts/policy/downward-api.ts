@@ -155,9 +155,14 @@ export function parseDownwardApi(text: string): DownwardApiFile {
   return { values, errors };
 }
 
+// A type guard: `instanceof Map` alone narrows to Map<any, any>.
+function isMap(values: ReadonlyMap<string, string> | Readonly<Record<string, string>>): values is ReadonlyMap<string, string> {
+  return values instanceof Map;
+}
+
 /** Serialises values back into the file format, keys sorted as the kubelet writes them. */
 export function formatDownwardApi(values: ReadonlyMap<string, string> | Readonly<Record<string, string>>): string {
-  const entries = values instanceof Map ? [...values.entries()] : Object.entries(values);
+  const entries = isMap(values) ? [...values.entries()] : Object.entries(values);
   return entries
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([k, v]) => `${k}=${quoteGo(v)}`)

@@ -335,7 +335,10 @@ export interface SignalHandlers {
 /** Installs the handlers; returns a function that removes them. */
 export function handleSignals(logger: Logger, handlers: SignalHandlers): () => void {
   let first: StopSignal | undefined;
-  const onForced = handlers.onForced ?? ((signal: StopSignal) => process.exit(forcedExitCode(signal)));
+  const onForced = (signal: StopSignal): void => {
+    if (handlers.onForced) handlers.onForced(signal);
+    else process.exit(forcedExitCode(signal));
+  };
   const stop = (signal: StopSignal) => {
     handlers.onSignal?.(signal);
     if (first === undefined) {

@@ -117,7 +117,7 @@ export function parseManifestText(file: string, text: string): ManifestFile {
 function isList(value: unknown): boolean {
   if (typeof value !== 'object' || value === null) return false;
   const v = value as Record<string, unknown>;
-  return typeof v['kind'] === 'string' && (v['kind'] as string).endsWith('List') && Array.isArray(v['items']);
+  return typeof v['kind'] === 'string' && v['kind'].endsWith('List') && Array.isArray(v['items']);
 }
 
 /** Reads and parses one file; an unreadable file is a problem, not an exception. */

@@ -116,12 +116,12 @@ function str(v: unknown): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
-/** A string map (annotations, labels, selectors); non-string values are stringified as Kubernetes would refuse them anyway. */
+/** A string map (annotations, labels, selectors); other values are stringified (objects as JSON) as Kubernetes would refuse them anyway. */
 function stringMap(v: unknown): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(rec(v))) {
     if (val === null || val === undefined) continue;
-    out[k] = typeof val === 'string' ? val : String(val);
+    out[k] = typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val);
   }
   return Object.freeze(out);
 }

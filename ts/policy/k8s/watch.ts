@@ -93,7 +93,7 @@ export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {
 function describeError(err: unknown): string {
   if (err instanceof Error) {
     const code = (err as { code?: unknown; statusCode?: unknown }).statusCode ?? (err as { code?: unknown }).code;
-    return code === undefined ? err.message : `${err.message} (${String(code)})`;
+    return typeof code === 'number' || typeof code === 'string' ? `${err.message} (${code})` : err.message;
   }
   if (typeof err === 'object' && err !== null) return JSON.stringify(err);
   return String(err);
