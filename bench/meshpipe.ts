@@ -1,6 +1,6 @@
 /**
  * Starting meshpipe for the benchmark exactly as a user would: the built CLI
- * (`node dist/ts/cli.js proxy --forward BIND=TARGET,mode=M ...`) in its own
+ * (`node dist/ts/cli/main.js proxy --forward BIND=TARGET,mode=M ...`) in its own
  * process with the fd limit raised, ready once every listener is in LISTEN
  * state. Also describes which build was measured (git commit, addon mtime) so
  * numbers in bench/results/latest.json can be tied to the code that made them.
@@ -14,7 +14,7 @@ import { spawnTracked, stopTracked, waitListening } from './processes.js';
 
 /** The repository root (this file runs from dist/bench/). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI_PATH = join(REPO_ROOT, 'dist', 'ts', 'cli.js');
+export const CLI_PATH = join(REPO_ROOT, 'dist', 'ts', 'cli', 'main.js');
 const NATIVE_DIR = join(REPO_ROOT, 'native');
 
 const BASE_FLAGS = ['--log-level', 'warn', '--admin', 'off', '--drain-timeout', '2s'];
@@ -88,5 +88,5 @@ export async function startMeshpipe(forwards: readonly MeshpipeForward[], dir: s
 
 /** The command line used, for the JSON record. */
 export function meshpipeCommand(forwards: readonly MeshpipeForward[]): string {
-  return [`node dist/ts/cli.js proxy ${BASE_FLAGS.join(' ')}`, ...forwards.map((f) => `--forward 127.0.0.1:${f.port}=${f.target},mode=${f.mode}`)].join(' ');
+  return [`node dist/ts/cli/main.js proxy ${BASE_FLAGS.join(' ')}`, ...forwards.map((f) => `--forward 127.0.0.1:${f.port}=${f.target},mode=${f.mode}`)].join(' ');
 }

@@ -56,6 +56,7 @@ export function spawnTracked(name: string, command: string, args: readonly strin
   });
   const tracked: Tracked = { name, pid: child.pid, child, logPath, exited, hasExited: () => done };
   live.add(tracked);
+  // `exited` never rejects (resolved on 'exit').
   void exited.then(() => {
     live.delete(tracked);
     setTimeout(() => log.end(), 50);

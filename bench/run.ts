@@ -171,7 +171,9 @@ async function main(): Promise<number> {
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     console.error(`bench: ${signal}: stopping the processes it started`);
-    void stopAll().then(() => process.exit(130));
+    stopAll()
+      .catch((err: unknown) => console.error(`bench: stopping the processes failed: ${String(err)}`))
+      .finally(() => process.exit(130));
   });
 }
 
@@ -181,7 +183,8 @@ main().then(
   },
   async (err: unknown) => {
     console.error(`bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
-    await stopAll();
     process.exitCode = 1;
+    // This handler's own promise is not awaited by anyone: it must not reject.
+    await stopAll().catch((e: unknown) => console.error(`bench: stopping the processes failed: ${String(e)}`));
   },
 );

@@ -98,8 +98,8 @@ async function runClient(from: number, to: number): Promise<number> {
 
 /** The worker: runs inside the namespace as root; prints one JSON line with every stage. */
 async function worker(): Promise<void> {
-  const { NativeProxy } = await import('../ts/native.js');
-  const { Metrics } = await import('../ts/metrics.js');
+  const { NativeProxy } = await import('../ts/engine/native.js');
+  const { Metrics } = await import('../ts/observe/metrics.js');
   sh('ip', ['link', 'set', 'lo', 'up']);
   sh('iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', '127.16.0.0/12', '--dport', String(ECHO_PORT),
     '-m', 'owner', '--uid-owner', String(CLIENT_UID), '-j', 'REDIRECT', '--to-ports', String(LISTEN_PORT)]);

@@ -14,9 +14,9 @@ import { collect, connect, HOST, isListening, runCli, startEchoServer, startProx
 import { adminAddress, adminRequest, scrape } from './admin-client.js';
 import { total } from './prom-parse.js';
 import { createPodPair, requireNetns } from './netns.js';
-import { loadConfig, objectLayer } from '../ts/config.js';
-import { Sidecar } from '../ts/lifecycle.js';
-import { createLogger } from '../ts/logger.js';
+import { loadConfig, objectLayer } from '../ts/config/config.js';
+import { Sidecar } from '../ts/sidecar/lifecycle.js';
+import { createLogger } from '../ts/observe/logger.js';
 
 describe('readiness and the shutdown sequence (in process)', () => {
   test('/ready: 503 starting -> 200 ready -> 503 draining at once; the drain lets a live connection finish', async (t) => {
@@ -182,7 +182,7 @@ describe('shutdown options', () => {
   });
 
   test('--no-admin-shutdown and --inbound-stop-delay on the command line', async () => {
-    const { parseProxyArgv } = await import('../ts/cli-args.js');
+    const { parseProxyArgv } = await import('../ts/cli/args.js');
     const { config } = parseProxyArgv(['--forward', '127.0.0.1:0=127.0.0.1:1', '--no-admin-shutdown', '--inbound-stop-delay', '1500ms'], { env: {} });
     assert.equal(config.adminShutdown, false);
     assert.equal(config.inboundStopDelayMs, 1500);

@@ -10,10 +10,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import net from 'node:net';
+import type net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PROXY_OPTIONS } from '../ts/cli-args.js';
+import { PROXY_OPTIONS } from '../ts/cli/args.js';
 import {
   closed,
   collect,
@@ -80,14 +80,14 @@ test('usage errors exit 2 with a clear message', async () => {
 test('a subcommand whose module is missing is reported as not available (exit 2)', async () => {
   // A copy of the CLI with nothing beside it but its one dependency.
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-cli-'));
-  mkdirSync(join(dir, 'dist/ts'), { recursive: true });
-  for (const f of ['cli.js', 'errors.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
+  mkdirSync(join(dir, 'dist/ts/cli'), { recursive: true });
+  for (const f of ['cli/main.js', 'errors.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module', version: '9.9.9' }));
-  const script = join(dir, 'dist/ts/cli.js');
+  const script = join(dir, 'dist/ts/cli/main.js');
   const r = await runCli(['explain', '--port', '80'], { script });
   assert.equal(r.code, 2);
-  assert.match(r.stderr, /command "explain" is not available in this build \(.*cli-explain\.js is missing\)/);
-  assert.equal((await runCli(['--version'], { script })).stdout, '9.9.9\n', 'the version comes from the package.json two levels up');
+  assert.match(r.stderr, /command "explain" is not available in this build \(.*cli\/explain\.js is missing\)/);
+  assert.equal((await runCli(['--version'], { script })).stdout, '9.9.9\n', 'the version comes from the package.json three levels up');
 });
 
 test('an invalid config exits 2 naming the key, the value and the source, and nothing listens', async () => {
@@ -141,7 +141,7 @@ test('logs are JSON lines: one "listener bound" per listener with the bound port
 
 test('SIGTERM during a transfer: the transfer finishes within the drain deadline, new connections are refused, exit 0', async (t) => {
   const sink = await startServer(({ socket, received }) => {
-    // Reply with the digest of what arrived once the client is done.
+    // Reply with the digest of what arrived once the client is done (`received` never rejects).
     void received.then((r) => socket.end(`${r.bytes} ${r.sha256}`));
   }, t);
   const { proc, ports } = await startProxy(['--forward', `${HOST}:0=${HOST}:${sink.port}`, '--drain-timeout', '20s'], { t });

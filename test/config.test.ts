@@ -1,7 +1,7 @@
 /**
- * Unit tests of the config model (ts/config.ts, ts/config-forward.ts), the
- * flag parser (ts/cli-args.ts) and the engine config builder
- * (ts/engine-config.ts): defaults, merging and precedence of file < env <
+ * Unit tests of the config model (ts/config/config.ts, ts/config/forward.ts), the
+ * flag parser (ts/cli/args.ts) and the engine config builder
+ * (ts/engine/build-config.ts): defaults, merging and precedence of file < env <
  * flags, and every error path, whose messages must name the key, the bad
  * value, what is expected and where the value came from.
  */
@@ -10,9 +10,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CONFIG_KEYS, envLayer, envVarName, loadConfig, resolveConfig, type RawLayer } from '../ts/config.js';
-import { parseProxyArgv, proxyHelp, PROXY_OPTIONS } from '../ts/cli-args.js';
-import { buildEngineConfig, buildFlagPolicy } from '../ts/engine-config.js';
+import { CONFIG_KEYS, envLayer, envVarName, loadConfig, resolveConfig, type RawLayer } from '../ts/config/config.js';
+import { parseProxyArgv, proxyHelp, PROXY_OPTIONS } from '../ts/cli/args.js';
+import { buildEngineConfig, buildFlagPolicy } from '../ts/engine/build-config.js';
 import { MeshpipeError } from '../ts/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'meshpipe-config-'));

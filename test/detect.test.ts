@@ -25,9 +25,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
-import { parseProxyArgv } from '../ts/cli-args.js';
-import { Proxy } from '../ts/proxy.js';
-import type { EngineSnapshot } from '../ts/native.js';
+import { parseProxyArgv } from '../ts/cli/args.js';
+import { Proxy } from '../ts/engine/proxy.js';
+import type { EngineSnapshot } from '../ts/engine/native.js';
 import { collect, connect, freePort, HOST, isListening, MiB, sha256, sleep, startEchoServer, startServer, waitFor, withTimeout } from './helpers.js';
 
 const run = promisify(execFile);

@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { createPodPair, netnsSupport, requireNetns, startResponder, tcpRequest, type PodPair } from './netns.js';
 import { connectionsTo, detectResults, startSidecar, type Sidecar } from './netns-sidecar.js';
 
-const CLI_INIT = fileURLToPath(new URL('../ts/cli-init.js', import.meta.url));
+const CLI_INIT = fileURLToPath(new URL('../ts/cli/init.js', import.meta.url));
 const RUN_INIT = `import { main } from ${JSON.stringify(CLI_INIT)}; process.exitCode = await main(process.argv.slice(1));`;
 const APP = { uid: 1000 };
 const DETECT_TIMEOUT_S = 4;

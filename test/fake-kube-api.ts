@@ -1,7 +1,7 @@
 /**
  * A small, real HTTP server (node:http on 127.0.0.1, port 0) that speaks the
  * Kubernetes list/watch protocol for the collections the policy layer
- * watches, so kube-watch.ts can be tested through the real
+ * watches, so ts/policy/k8s/watch.ts can be tested through the real
  * @kubernetes/client-node against something that behaves like an API server:
  *
  * - GET <collection> lists the items with the collection's resourceVersion;

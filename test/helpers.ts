@@ -23,7 +23,7 @@ import type { TestContext } from 'node:test';
 /** The repository root (helpers.js lives in dist/test/). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** The compiled CLI entry point. */
-export const CLI = join(ROOT, 'dist/ts/cli.js');
+export const CLI = join(ROOT, 'dist/ts/cli/main.js');
 export const HOST = '127.0.0.1';
 export const MiB = 1024 * 1024;
 
@@ -52,7 +52,7 @@ export async function waitFor<T>(predicate: () => T | Promise<T>, what: string, 
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await predicate();
-    if (value) return value as NonNullable<T>;
+    if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
     await sleep(intervalMs);
   }
@@ -105,7 +105,7 @@ export class CliProcess {
   #listeners: Array<() => void> = [];
 
   /**
-   * @param opts.script another CLI entry point (default dist/ts/cli.js)
+   * @param opts.script another CLI entry point (default dist/ts/cli/main.js)
    * @param opts.fdLimit run with this RLIMIT_NOFILE (soft and hard, set by bash's
    *   ulimit before exec, so Node cannot raise it again); the PID stays the same.
    */
@@ -428,6 +428,7 @@ export async function startSourceServer(bytes: number, t?: TestContext): Promise
     socket.on('error', () => undefined);
     const done = writeRandom(socket, bytes);
     sent.push(done);
+    // Both outcomes handled; socket.end() and destroy() do not throw.
     void Promise.all([done, received]).then(() => socket.end(), () => socket.destroy());
   }, t);
   return Object.assign(server, { sent });

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPod, createPodPair, requireNetns, startResponder, tcpRequest, type Pod } from './netns.js';
 
-const CLI_INIT = fileURLToPath(new URL('../ts/cli-init.js', import.meta.url));
+const CLI_INIT = fileURLToPath(new URL('../ts/cli/init.js', import.meta.url));
 const RUN_INIT = `import { main } from ${JSON.stringify(CLI_INIT)}; process.exitCode = await main(process.argv.slice(1));`;
 const APP_UID = 1000;
 const tempDirs: string[] = [];

@@ -1,10 +1,10 @@
 /**
  * Tests of `meshpipe init` that need no privileges: the pure rule planner
- * (ts/iptables-rules.ts: exact layout, multiport batching with ranges counting
+ * (ts/init/rules.ts: exact layout, multiport batching with ranges counting
  * two, comments, uid/gid, custom ports, IPv6 subnet filtering, comparison with
  * `iptables -S` output, install/uninstall restore files that leave foreign
  * rules alone), backend and command-name helpers, and the command line of
- * ts/cli-init.ts (bad tokens exit 2 naming them, annotations from a
+ * ts/cli/init.ts (bad tokens exit 2 naming them, annotations from a
  * downward-API file, --help). The real runs inside network namespaces are in
  * test/iptables-netns.test.ts.
  */
@@ -26,14 +26,14 @@ import {
   uninstallCommands,
   MULTIPORT_MAX,
   type RulePlanOptions,
-} from '../ts/iptables-rules.js';
-import { commandForFamily, parseBackend } from '../ts/iptables.js';
-import { parseInitArgs } from '../ts/cli-init.js';
-import { parseCidrList } from '../ts/policy-cidr.js';
+} from '../ts/init/rules.js';
+import { commandForFamily, parseBackend } from '../ts/init/apply.js';
+import { parseInitArgs } from '../ts/cli/init.js';
+import { parseCidrList } from '../ts/policy/cidr.js';
 import { MeshpipeError } from '../ts/errors.js';
 import { run } from './netns.js';
 
-const CLI_INIT = fileURLToPath(new URL('../ts/cli-init.js', import.meta.url));
+const CLI_INIT = fileURLToPath(new URL('../ts/cli/init.js', import.meta.url));
 const RUN_INIT = `import { main } from ${JSON.stringify(CLI_INIT)}; process.exitCode = await main(process.argv.slice(1));`;
 
 const base: RulePlanOptions = {

@@ -1,5 +1,5 @@
 /**
- * ts/metrics.ts in process, against the real engine: one `snapshot()` per
+ * ts/observe/metrics.ts in process, against the real engine: one `snapshot()` per
  * scrape, the fast text path equal to prom-client's own rendering of the same
  * metric objects, the overflow series past `maxMetricTargets`, and label
  * escaping (the one place a stub source is used: the engine cannot be made to
@@ -9,10 +9,10 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { collect, connect, startEchoServer, waitFor } from './helpers.js';
 import { parsePrometheusText, samples, total } from './prom-parse.js';
-import { loadConfig, objectLayer } from '../ts/config.js';
-import { Metrics, type SnapshotSource } from '../ts/metrics.js';
-import { Proxy } from '../ts/proxy.js';
-import type { EngineSnapshot } from '../ts/native.js';
+import { loadConfig, objectLayer } from '../ts/config/config.js';
+import { Metrics, type SnapshotSource } from '../ts/observe/metrics.js';
+import { Proxy } from '../ts/engine/proxy.js';
+import type { EngineSnapshot } from '../ts/engine/native.js';
 
 /** A proxy with one opaque forward per target port, `maxMetricTargets` as given. */
 async function startProxy(targets: number[], maxMetricTargets: number) {
@@ -67,7 +67,7 @@ describe('metrics rendering (in process, real engine)', () => {
 
   test('targets past maxMetricTargets fold into target_addr="overflow"', async (t) => {
     const [a, b, c] = await Promise.all([startEchoServer(t), startEchoServer(t), startEchoServer(t)]);
-    const { proxy, ports } = await startProxy([a!.port, b!.port, c!.port], 1);
+    const { proxy, ports } = await startProxy([a.port, b.port, c.port], 1);
     t.after(() => proxy.close({ drainMs: 0 }));
     await roundTrip(ports[0]!, 'first');
     await roundTrip(ports[1]!, 'second!');
@@ -78,7 +78,7 @@ describe('metrics rendering (in process, real engine)', () => {
       return total(page, 'tcp_close_total') === 6 ? page : undefined;
     }, 'all closes counted');
     const targets = samples(f, 'tcp_open_total', { peer: 'src' }).map((s) => s.labels['target_addr']);
-    assert.deepEqual(targets.sort(), [`127.0.0.1:${a!.port}`, 'overflow']);
+    assert.deepEqual(targets.sort(), [`127.0.0.1:${a.port}`, 'overflow']);
     const overflow = { target_addr: 'overflow', peer: 'src' };
     assert.equal(total(f, 'tcp_open_total', overflow), 2);
     assert.equal(total(f, 'tcp_read_bytes_total', overflow), 'second!'.length + 'third!!!'.length);

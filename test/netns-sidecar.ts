@@ -9,7 +9,7 @@
 
  */
 import { fileURLToPath } from 'node:url';
-import type { EngineSnapshot } from '../ts/native.js';
+import type { EngineSnapshot } from '../ts/engine/native.js';
 import type { Pod, PodProcess } from './netns.js';
 
 export const OUTBOUND_BIND = '127.0.0.1:4140';
@@ -31,7 +31,7 @@ export const ADMIN_ADDR = '127.0.0.1:4191';
  * SIDECAR_UID with extra flags, and waits until it logs "proxy ready".
  */
 export async function startSidecar(pod: Pod, flags: readonly string[] = []): Promise<Sidecar> {
-  const cli = fileURLToPath(new URL('../ts/cli.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../ts/cli/main.js', import.meta.url));
   const args = [cli, 'proxy', '--inbound', INBOUND_BIND, '--outbound', OUTBOUND_BIND, '--admin', ADMIN_ADDR, '--drain-timeout', '1s', ...flags];
   const proc = pod.spawn(process.execPath, args, { uid: SIDECAR_UID, env: { ...process.env, MESHPIPE_LOG_LEVEL: 'info' } });
   await proc.waitFor(/"msg":"proxy ready"/, 15_000);

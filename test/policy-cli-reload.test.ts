@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 
 import { HOST, collect, connect, sha256, startEchoServer, startProxy, waitFor } from './helpers.js';
 import { adminAddress, adminRequest } from './admin-client.js';
-import type { EngineSnapshot } from '../ts/native.js';
+import type { EngineSnapshot } from '../ts/engine/native.js';
 
 /** Writes the file the way the kubelet does: a new file renamed over the old one. */
 function writeAnnotations(path: string, lines: string[]): void {

@@ -1,5 +1,5 @@
 /**
- * `meshpipe explain`, run as the real CLI (`node dist/ts/cli.js explain`):
+ * `meshpipe explain`, run as the real CLI (`node dist/ts/cli/main.js explain`):
  * every branch of the seed page's decision tree (TLS; default opaque port
  * inside / outside clusterNetworks; other port inside / outside), the
  * server-first note, the JSON form, the effective policy of manifests with

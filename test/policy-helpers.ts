@@ -6,11 +6,11 @@
  * engine would actually do, not only what the effective policy claims.
  */
 import { join } from 'node:path';
-import { loadManifests } from '../ts/k8s-manifests.js';
-import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
-import { compilePolicy, lookupPolicy, toPolicyTable, type CompileResult } from '../ts/policy-compile.js';
-import type { PolicyInputs, PolicyTable } from '../ts/policy-model.js';
-import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { loadManifests } from '../ts/policy/k8s/manifests.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
+import { compilePolicy, lookupPolicy, toPolicyTable, type CompileResult } from '../ts/policy/compile.js';
+import type { PolicyInputs, PolicyTable } from '../ts/policy/model.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { ROOT } from './helpers.js';
 
 export const FIXTURES = join(ROOT, 'test/fixtures/policy');

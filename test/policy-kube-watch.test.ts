@@ -11,12 +11,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPolicySource, type PolicyUpdate } from '../ts/policy-source.js';
-import { lookupPolicy } from '../ts/policy-compile.js';
-import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
-import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { createPolicySource, type PolicyUpdate } from '../ts/policy/source.js';
+import { lookupPolicy } from '../ts/policy/compile.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { FakeKubeApi } from './fake-kube-api.js';
 import { waitFor } from './helpers.js';
 
@@ -140,7 +141,7 @@ test('kube watch: a kubeconfig that cannot be loaded is a config error naming it
 test('kube watch: an API server that never answers does not hold up start; the problem is visible', async (t) => {
   // A listener that accepts and never responds (a black-holed API server).
   const { createServer } = await import('node:net');
-  const sockets: import('node:net').Socket[] = [];
+  const sockets: Socket[] = [];
   const silent = createServer((s) => sockets.push(s));
   silent.listen(0, '127.0.0.1');
   await new Promise((r) => silent.once('listening', r));
@@ -148,7 +149,7 @@ test('kube watch: an API server that never answers does not hold up start; the p
     for (const s of sockets) s.destroy();
     silent.close();
   });
-  const port = (silent.address() as import('node:net').AddressInfo).port;
+  const port = (silent.address() as AddressInfo).port;
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-kube-'));
   const kubeconfig = join(dir, 'kubeconfig');
   writeFileSync(kubeconfig, [

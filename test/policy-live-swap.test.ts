@@ -12,10 +12,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Proxy } from '../ts/proxy.js';
-import { createPolicySource } from '../ts/policy-source.js';
-import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
-import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { Proxy } from '../ts/engine/proxy.js';
+import { createPolicySource } from '../ts/policy/source.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { startEchoServer, waitFor, withTimeout } from './helpers.js';
 
 async function roundTrip(socket: net.Socket, text: string): Promise<string> {

@@ -8,9 +8,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { formatDownwardApi, parseDownwardApi, quoteGo, unquoteGo } from '../ts/downward-api.js';
-import { loadManifests, parseManifestText } from '../ts/k8s-manifests.js';
-import { cidrContains, hostCidr, isCidrError, parseCidr } from '../ts/policy-cidr.js';
+import { formatDownwardApi, parseDownwardApi, quoteGo, unquoteGo } from '../ts/policy/downward-api.js';
+import { loadManifests, parseManifestText } from '../ts/policy/k8s/manifests.js';
+import { cidrContains, hostCidr, isCidrError, parseCidr } from '../ts/policy/cidr.js';
 import { compileFixtures, fixture } from './policy-helpers.js';
 
 test('downward API: plain values, sorted keys, and Go escapes', () => {

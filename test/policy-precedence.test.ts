@@ -12,8 +12,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { compileFixtures } from './policy-helpers.js';
-import { parsePortListStrict } from '../ts/port-list.js';
-import type { PolicyInputs } from '../ts/policy-model.js';
+import { parsePortListStrict } from '../ts/config/port-list.js';
+import type { PolicyInputs } from '../ts/policy/model.js';
 
 type Row = readonly [
   files: readonly string[], pod: string | undefined, direction: 'inbound' | 'outbound', address: string, port: number,

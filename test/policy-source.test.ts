@@ -12,10 +12,10 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPolicySource, type PolicySourceOptions, type PolicyUpdate } from '../ts/policy-source.js';
-import { lookupPolicy } from '../ts/policy-compile.js';
-import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy-cidr.js';
-import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/port-list.js';
+import { createPolicySource, type PolicySourceOptions, type PolicyUpdate } from '../ts/policy/source.js';
+import { lookupPolicy } from '../ts/policy/compile.js';
+import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
+import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { waitFor } from './helpers.js';
 
 const BASE: PolicySourceOptions = {
@@ -129,4 +129,27 @@ test('the stat poll alone picks up a change (no fs.watch event for a file outsid
   await source.start();
   writeFileSync(join(real, 'annotations'), 'config.linkerd.io/opaque-ports="8001"\n');
   await waitFor(() => inboundMode(source.current(), 8001) === 'opaque', 'the poll to notice the change', 3000);
+});
+
+test('a background reload that throws is reported as reloadFailed (no unhandled rejection), and the next change applies', async (t) => {
+  const vol = new PodInfoVolume(mkdtempSync(join(tmpdir(), 'meshpipe-podinfo-')));
+  vol.write('config.linkerd.io/opaque-ports="9000"\n');
+  const source = createPolicySource({ ...BASE, annotationsFile: vol.file });
+  t.after(() => source.close());
+  await source.start();
+  const failures: unknown[] = [];
+  source.on('reloadFailed', (err) => failures.push(err));
+  // A consumer whose `policy` listener throws makes the reload started by the file change reject.
+  let broken = true;
+  source.on('policy', () => {
+    if (broken) throw new Error('listener bug');
+  });
+  vol.write('config.linkerd.io/opaque-ports="9001"\n');
+  await waitFor(() => failures.length > 0, 'the failed reload to be reported');
+  assert.match(String(failures[0]), /listener bug/);
+
+  broken = false;
+  vol.write('config.linkerd.io/opaque-ports="9002"\n');
+  await waitFor(() => inboundMode(source.current(), 9002) === 'opaque', 'the next change to apply');
+  assert.equal(failures.length, 1);
 });

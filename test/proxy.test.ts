@@ -1,5 +1,5 @@
 /**
- * The `Proxy` library API (ts/proxy.ts) over the real addon: the lifecycle
+ * The `Proxy` library API (ts/engine/proxy.ts) over the real addon: the lifecycle
  * state machine (start once, close idempotent), bound addresses, errors with
  * stable codes (address in use names the address), stopAccepting, the
  * keep-alive handle, and process exit: a program that embeds the proxy and
@@ -11,9 +11,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { objectLayer, resolveConfig } from '../ts/config.js';
+import { objectLayer, resolveConfig } from '../ts/config/config.js';
 import { MeshpipeError } from '../ts/errors.js';
-import { Proxy } from '../ts/proxy.js';
+import { Proxy } from '../ts/engine/proxy.js';
 import { collect, connect, HOST, isListening, ROOT, sha256, startEchoServer, startServer, waitFor, withTimeout } from './helpers.js';
 
 function configFor(forward: string[]) {
@@ -86,8 +86,8 @@ test('an address in use rejects with ERR_ADDR_IN_USE naming it, and binds nothin
 /** Runs a small ES module program that embeds the proxy; resolves with its exit. */
 async function runEmbedded(body: string, timeoutMs: number): Promise<{ code: number | null; output: string; ms: number }> {
   const program = `
-    import { Proxy } from ${JSON.stringify(join(ROOT, 'dist/ts/proxy.js'))};
-    import { resolveConfig, objectLayer } from ${JSON.stringify(join(ROOT, 'dist/ts/config.js'))};
+    import { Proxy } from ${JSON.stringify(join(ROOT, 'dist/ts/engine/proxy.js'))};
+    import { resolveConfig, objectLayer } from ${JSON.stringify(join(ROOT, 'dist/ts/config/config.js'))};
     const config = resolveConfig([objectLayer({ forward: ['127.0.0.1:0=127.0.0.1:9'], admin: 'off', workers: 1 }, 'embedded')]);
     ${body}
   `;

@@ -8,7 +8,9 @@
 #      `npm install` / `npm run build:native`),
 #   2. the TypeScript compile (`tsc -p tsconfig.json`, strict; a type error
 #      fails the run),
-#   3. the node:test suites in dist/test/ against the real CLI and addon.
+#   3. the lint (`npm run lint`: typescript-eslint with type information over
+#      ts/, test/ and bench/, eslint.config.js; an error or warning fails the run),
+#   4. the node:test suites in dist/test/ against the real CLI and addon.
 #
 # Node test files run one at a time (--test-concurrency=1): several suites
 # start proxies, move 64 MiB or open 1,000 connections, and measure delays;
@@ -41,6 +43,9 @@ cargo test --workspace
 step "tsc -p tsconfig.json"
 rm -rf dist/test
 npx tsc -p tsconfig.json
+
+step "npm run lint"
+npm run lint
 
 step "node --test dist/test/"
 # The test files, sorted for a stable order; fail loudly if there are none.

@@ -8,9 +8,11 @@
  *   ...
  *   await proxy.close({ drainMs: 5_000 });
  *
- * Everything exported here is stable API; other modules are internal.
+ * Everything exported here is stable API; other modules are internal (the
+ * folders' index.ts files are the entries the folders use among themselves,
+ * not API).
  */
-export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
+export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './engine/index.js';
 export {
   loadConfig,
   resolveConfig,
@@ -26,12 +28,12 @@ export {
   type SocketAddr,
   type PortMode,
   type Direction,
-} from './config.js';
-export { buildEngineConfig, buildFlagPolicy } from './engine-config.js';
-export { parseProxyArgv, PROXY_OPTIONS } from './cli-args.js';
+} from './config/index.js';
+export { buildEngineConfig, buildFlagPolicy } from './engine/index.js';
+export { parseProxyArgv, PROXY_OPTIONS } from './cli/index.js';
 export { MeshpipeError, fromNative, ERROR_CODES, type ErrorCode } from './errors.js';
-export { parseDuration, formatDuration } from './durations.js';
-export { parsePortList, parsePortListStrict, DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
+export { parseDuration, formatDuration } from './config/index.js';
+export { parsePortList, parsePortListStrict, DEFAULT_OPAQUE_PORTS, type PortRange } from './config/index.js';
 export type {
   EngineConfig,
   PolicyTable,
@@ -39,4 +41,4 @@ export type {
   BoundListener,
   ConnectionInfo,
   CloseSummary,
-} from './native.js';
+} from './engine/index.js';

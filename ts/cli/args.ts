@@ -1,0 +1,219 @@
+/**
+ * Command-line flags of `meshpipe proxy` (and of `meshpipe run`, which takes
+ * the same proxy options plus its own), defined once in `PROXY_OPTIONS`.
+ *
+ * The same table drives parsing (node:util parseArgs), the flag layer of the
+ * config (each flag maps to a config key and is reported as its source, e.g.
+ * `(from --drain-timeout)`) and the help text, which shows every option with
+ * its default and its environment variable. Unknown options, missing values
+ * and stray arguments are `ERR_INVALID_ARGUMENT` errors (exit 2) naming the
+ * offending token.
+ */
+import { parseArgs } from 'node:util';
+import { MeshpipeError } from '../errors.js';
+import { CONFIG_KEYS, defaultText, envVarName, loadConfig, type ConfigKey, type ProxyConfig, type RawLayer } from '../config/index.js';
+
+/** One command-line option. */
+export interface OptionSpec {
+  /** The long flag name without dashes, e.g. `drain-timeout`. */
+  readonly flag: string;
+  readonly short?: string;
+  readonly type: 'string' | 'boolean';
+  /** Repeatable: every occurrence is kept, in order. */
+  readonly multiple?: boolean;
+  /** The config key this flag sets, if any. */
+  readonly key?: ConfigKey;
+  /** Placeholder for the value in help, e.g. `DURATION`. */
+  readonly valueName?: string;
+  readonly help: string;
+  /** A boolean flag that sets its key to false (`--no-admin-shutdown`). */
+  readonly negate?: boolean;
+  /** Default shown in help; by default taken from the config key. */
+  readonly defaultText?: string;
+}
+
+export const PROXY_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'forward', type: 'string', multiple: true, key: 'forward', valueName: 'BIND=TARGET[,mode=M][,direction=D]',
+    help: 'listen on BIND and proxy to TARGET (repeatable); M: detect|opaque|http1|http2|grpc|tls, D: inbound|outbound (default outbound)' },
+  { flag: 'config', type: 'string', valueName: 'FILE', help: 'read options from a YAML or JSON file (keys in camelCase, e.g. drainTimeout)', defaultText: 'none; env MESHPIPE_CONFIG' },
+  { flag: 'drain-timeout', type: 'string', key: 'drainTimeout', valueName: 'DURATION', help: 'on SIGTERM/SIGINT, let open connections finish for this long, then close them' },
+  { flag: 'max-connections', type: 'string', key: 'maxConnections', valueName: 'N', help: 'limit on open proxied connections, 0 = unlimited (excess waits in the kernel backlog)' },
+  { flag: 'workers', type: 'string', key: 'workers', valueName: 'N', help: 'engine worker threads, 0 = one per CPU core' },
+  { flag: 'log-level', type: 'string', key: 'logLevel', valueName: 'LEVEL', help: 'fatal|error|warn|info|debug|trace|silent; logs are JSON lines on stdout' },
+  { flag: 'connect-timeout', type: 'string', key: 'connectTimeout', valueName: 'DURATION', help: 'give up connecting to a target after this long' },
+  { flag: 'detect-timeout', type: 'string', key: 'detectTimeout', valueName: 'DURATION', help: 'protocol detection timeout (both directions); on expiry the connection proceeds as TCP' },
+  { flag: 'inbound-detect-timeout', type: 'string', key: 'inboundDetectTimeout', valueName: 'DURATION', help: 'detection timeout for inbound connections' },
+  { flag: 'outbound-detect-timeout', type: 'string', key: 'outboundDetectTimeout', valueName: 'DURATION', help: 'detection timeout for outbound connections' },
+  { flag: 'port-detect-timeout', type: 'string', multiple: true, key: 'portDetectTimeouts', valueName: 'PORTS=DURATION',
+    help: 'detect timeout for some ports (repeatable), e.g. 8080=2s or outbound:9000-9100=500ms; beats --detect-timeout for those ports' },
+  { flag: 'server-first-grace', type: 'string', key: 'serverFirstGrace', valueName: 'DURATION', help: 'after this long with no client bytes, connect and let the server speak first; 0 = off' },
+  { flag: 'opaque-ports', type: 'string', key: 'opaquePorts', valueName: 'LIST', help: 'ports and ranges to proxy as opaque TCP without detection, e.g. 7000,8000-8100' },
+  { flag: 'default-opaque-ports', type: 'string', key: 'defaultOpaquePorts', valueName: 'LIST', help: 'replaces the default opaque port list (Linkerd proxy.opaquePorts)' },
+  { flag: 'admin', type: 'string', key: 'admin', valueName: 'ADDR|off', help: 'admin server address (metrics, readiness), or off' },
+  { flag: 'no-admin-shutdown', type: 'boolean', key: 'adminShutdown', negate: true, help: 'refuse POST /shutdown on the admin server (it is otherwise accepted from loopback peers)', defaultText: 'shutdown enabled' },
+  { flag: 'inbound-stop-delay', type: 'string', key: 'inboundStopDelay', valueName: 'DURATION', help: 'on shutdown, keep accepting inbound connections this long after /ready turned 503' },
+  { flag: 'inbound', type: 'string', key: 'inbound', valueName: 'ADDR|off', help: 'sidecar layout (no --forward): transparent inbound listener, connections redirected by `meshpipe init` go to the app on their original port' },
+  { flag: 'outbound', type: 'string', key: 'outbound', valueName: 'ADDR|off', help: 'sidecar layout (no --forward): transparent outbound listener, connections go to their original destination (SO_ORIGINAL_DST)' },
+  { flag: 'inbound-host', type: 'string', key: 'inboundHost', valueName: 'IP|original', help: 'where inbound connections reach the app (on the original port); "original" keeps the original destination address' },
+  { flag: 'ipv6', type: 'string', key: 'ipv6', valueName: 'auto|true|false', help: 'sidecar layout: also listen on [::1] (outbound) and [::] (inbound); auto = when the machine has IPv6 loopback' },
+  { flag: 'annotations', type: 'string', key: 'annotations', valueName: 'FILE', help: "this workload's annotations in the downward-API format (e.g. /etc/podinfo/annotations); re-read when it changes" },
+  { flag: 'manifests', type: 'string', multiple: true, key: 'manifests', valueName: 'PATH', help: 'Kubernetes manifests (YAML/JSON file or folder, repeatable): Namespaces, Services, workloads, policy.linkerd.io Servers' },
+  { flag: 'kube', type: 'boolean', key: 'kube', help: 'watch the Kubernetes API for the same objects (in-cluster service account, or --kubeconfig)' },
+  { flag: 'kubeconfig', type: 'string', key: 'kubeconfig', valueName: 'FILE', help: 'kubeconfig for --kube outside a cluster' },
+  { flag: 'cluster-networks', type: 'string', key: 'clusterNetworks', valueName: 'CIDRS', help: 'networks inside the cluster (default opaque ports apply to them; outside only with enable-external-profiles)' },
+  { flag: 'namespace', type: 'string', key: 'namespace', valueName: 'NS', help: "this workload's namespace (else env POD_NAMESPACE)" },
+  { flag: 'pod', type: 'string', key: 'pod', valueName: 'NAME', help: "this workload's pod name (else env POD_NAME)" },
+  { flag: 'help', short: 'h', type: 'boolean', help: 'show this help and exit', defaultText: '' },
+];
+
+/** The result of parsing proxy arguments. */
+export interface ParsedProxyArgs {
+  readonly config: ProxyConfig;
+  /** Arguments after `--` (the command of `meshpipe run`). */
+  readonly rest: string[];
+  /** Values of `extraOptions`, by flag name. */
+  readonly extra: Readonly<Record<string, string | boolean | string[] | undefined>>;
+}
+
+/** True if `--help`/`-h` appears before any `--`. */
+export function wantsHelp(argv: readonly string[]): boolean {
+  for (const arg of argv) {
+    if (arg === '--') return false;
+    if (arg === '--help' || arg === '-h') return true;
+  }
+  return false;
+}
+
+/**
+ * Parses raw option tokens against a table. Returns the values by flag name
+ * and the positionals after `--`; anything unexpected is an error.
+ */
+export function parseOptions(
+  argv: readonly string[],
+  options: readonly OptionSpec[],
+  command: string,
+): { values: Record<string, string | boolean | string[] | undefined>; rest: string[] } {
+  const byName = new Map(options.map((o) => [o.flag, o]));
+  const config: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {};
+  for (const o of options) {
+    config[o.flag] = { type: o.type, ...(o.multiple ? { multiple: true } : {}), ...(o.short ? { short: o.short } : {}) };
+  }
+  // strict: false so that every problem is reported by us, naming the token.
+  const { tokens } = parseArgs({ args: [...argv], options: config, strict: false, allowPositionals: true, tokens: true });
+  const values: Record<string, string | boolean | string[] | undefined> = {};
+  const rest: string[] = [];
+  let afterTerminator = false;
+  for (const token of tokens) {
+    if (token.kind === 'option-terminator') {
+      afterTerminator = true;
+      continue;
+    }
+    if (token.kind === 'positional') {
+      if (afterTerminator) rest.push(token.value);
+      else throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unexpected argument "${token.value}" for ${command}; run ${command} --help`);
+      continue;
+    }
+    const spec = byName.get(token.name);
+    if (spec === undefined) {
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown option ${token.rawName} for ${command}; run ${command} --help for the options`);
+    }
+    if (spec.type === 'string') {
+      if (token.value === undefined) {
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `option --${spec.flag} needs a value: --${spec.flag} ${spec.valueName ?? 'VALUE'}`);
+      }
+      if (spec.multiple) values[spec.flag] = [...((values[spec.flag] as string[] | undefined) ?? []), token.value];
+      else if (values[spec.flag] !== undefined) {
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `option --${spec.flag} is given more than once (it is not repeatable)`);
+      } else values[spec.flag] = token.value;
+    } else {
+      if (token.value !== undefined) {
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `option --${spec.flag} takes no value (got "${token.value}")`);
+      }
+      values[spec.flag] = true;
+    }
+  }
+  return { values, rest };
+}
+
+/** Builds the flag layer of the config from parsed values. */
+export function flagLayer(values: Record<string, unknown>, options: readonly OptionSpec[] = PROXY_OPTIONS): RawLayer {
+  const layer: RawLayer = {};
+  for (const o of options) {
+    const value = values[o.flag];
+    if (o.key !== undefined && value !== undefined) layer[o.key] = { value: o.negate ? !value : value, source: `--${o.flag}` };
+  }
+  return layer;
+}
+
+/**
+ * Parses `meshpipe proxy` arguments into a validated config. `extraOptions`
+ * lets other subcommands (`meshpipe run`) add their own flags.
+ * @throws MeshpipeError ERR_INVALID_ARGUMENT or ERR_INVALID_CONFIG (exit 2).
+ */
+export function parseProxyArgv(
+  argv: readonly string[],
+  opts: { env?: NodeJS.ProcessEnv; extraOptions?: readonly OptionSpec[]; command?: string } = {},
+): ParsedProxyArgs {
+  const options = [...PROXY_OPTIONS, ...(opts.extraOptions ?? [])];
+  const { values, rest } = parseOptions(argv, options, opts.command ?? 'meshpipe proxy');
+  const env = opts.env ?? process.env;
+  const configFile = (values['config'] as string | undefined) ?? (env['MESHPIPE_CONFIG'] || undefined);
+  const config = loadConfig({
+    ...(configFile !== undefined ? { configFile } : {}),
+    env,
+    flags: flagLayer(values, options),
+  });
+  const extra: Record<string, string | boolean | string[] | undefined> = {};
+  for (const o of opts.extraOptions ?? []) extra[o.flag] = values[o.flag];
+  return { config, rest, extra };
+}
+
+/** Help text for a table of options: one entry per option with its default and env var. */
+export function formatOptionsHelp(options: readonly OptionSpec[]): string {
+  const lines: string[] = [];
+  for (const o of options) {
+    const name = `${o.short ? `-${o.short}, ` : '    '}--${o.flag}${o.valueName ? ` ${o.valueName}` : ''}`;
+    const def = o.defaultText ?? (o.key ? defaultText(o.key) : '');
+    const notes = [def !== '' ? `default: ${def}` : '', o.key ? `env ${envVarName(o.key)}` : ''].filter((s) => s !== '');
+    lines.push(`  ${name}`);
+    lines.push(`        ${o.help}${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`);
+  }
+  return lines.join('\n');
+}
+
+/** Keys that have no flag (set them in the config file or the environment). */
+const FILE_ONLY_HELP: Partial<Record<ConfigKey, string>> = {
+  serverFirstCacheSize: 'how many learned server-first targets are remembered',
+  serverFirstTtl: 'how long a learned server-first target is remembered',
+  maxMetricTargets: 'distinct targets with their own metric series; more fold into an overflow series',
+};
+
+function fileOnlyHelp(): string {
+  const flagged = new Set(PROXY_OPTIONS.map((o) => o.key));
+  return CONFIG_KEYS.filter((k) => !flagged.has(k))
+    .map((k) => `  ${k}\n        ${FILE_ONLY_HELP[k] ?? ''} (default: ${defaultText(k)}; env ${envVarName(k)})`)
+    .join('\n');
+}
+
+/** The full `meshpipe proxy --help` text. */
+export function proxyHelp(): string {
+  return [
+    'Usage: meshpipe proxy --forward BIND=TARGET [--forward ...] [options]',
+    '       meshpipe proxy [--inbound ADDR] [--outbound ADDR] [options]     (sidecar layout)',
+    '',
+    'With --forward, each listener proxies to its fixed target. Without it, meshpipe runs the',
+    'sidecar layout: transparent inbound (0.0.0.0:4143) and outbound (127.0.0.1:4140) listeners',
+    'for the traffic `meshpipe init` redirects, each connection sent to its original destination.',
+    'Runs the proxy until SIGTERM or SIGINT, then drains open connections for up to',
+    '--drain-timeout and exits 0. A second signal exits at once (130 for SIGINT, 143 for SIGTERM).',
+    'Options come from defaults < --config FILE < MESHPIPE_* env vars < flags (flags win).',
+    'Durations take ms, s, m, h or d suffixes; port lists take ports and ranges (4000-4100).',
+    '',
+    'Options:',
+    formatOptionsHelp(PROXY_OPTIONS),
+    '',
+    'Config file and environment only:',
+    fileOnlyHelp(),
+    '',
+  ].join('\n');
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env node
+/**
+ * The `meshpipe` command: global flags (`--version`, `--help`) and dispatch
+ * to subcommands.
+ *
+ * Each subcommand lives in its own module exporting
+ * `main(argv: string[]): Promise<number>` and is loaded with a dynamic import,
+ * so a command's dependencies (e.g. the Kubernetes client of `explain`) are
+ * only loaded when it runs, and a build without a module says so clearly
+ * instead of crashing.
+ *
+ * Exit codes: 0 success; 2 bad usage or invalid config (nothing was started);
+ * 1 runtime failure (e.g. address in use); 130/143 forced exit on a second
+ * SIGINT/SIGTERM; `meshpipe run` passes its app's exit code through. Fatal
+ * errors are printed on stderr as `meshpipe: <message> (<CODE>)`; structured
+ * logs go to stdout (see ts/observe/logger.ts).
+ */
+import { readFileSync, realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { MeshpipeError } from '../errors.js';
+
+/** Subcommands: module path and one-line description. */
+const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = {
+  proxy: { module: './proxy.js', summary: 'run the proxy (--forward listeners, or the sidecar layout on 4143/4140) until SIGTERM/SIGINT, then drain' },
+  run: { module: './run.js', summary: 'run the proxy as a sidecar around a command: meshpipe run [options] -- COMMAND [ARGS...]' },
+  init: { module: './init.js', summary: 'install the iptables rules that redirect a pod\'s traffic through the proxy' },
+  explain: { module: './explain.js', summary: 'explain the port policy: which ports are opaque or detected, and why' },
+};
+
+interface CommandModule {
+  main(argv: string[]): Promise<number>;
+}
+
+/** The version from package.json (three levels up from dist/ts/cli/main.js). */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export function mainHelp(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  return [
+    'Usage: meshpipe <command> [options]',
+    '',
+    'meshpipe is a sidecar data plane for TCP proxying and protocol detection',
+    '(Linkerd-proxy compatible): a Rust engine in a Node.js addon, controlled from TypeScript.',
+    '',
+    'Commands:',
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Options:',
+    '  -h, --help     show this help (meshpipe <command> --help for a command\'s options)',
+    '  -V, --version  print the version',
+    '',
+  ].join('\n');
+}
+
+async function loadCommand(name: string, modulePath: string): Promise<CommandModule> {
+  const url = new URL(modulePath, import.meta.url);
+  try {
+    return (await import(url.href)) as CommandModule;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // Only "this very module is missing" means "not available"; a missing
+    // dependency of the module is a real bug and is reported as such.
+    if (e.code === 'ERR_MODULE_NOT_FOUND' && e.message.includes(url.pathname)) {
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `command "${name}" is not available in this build (${url.pathname} is missing)`);
+    }
+    throw err;
+  }
+}
+
+/** Runs the CLI; resolves with the exit code. Never throws. */
+export async function run(argv: string[]): Promise<number> {
+  try {
+    const [first, ...rest] = argv;
+    if (first === undefined) {
+      process.stderr.write(mainHelp());
+      return 2;
+    }
+    if (first === '--version' || first === '-V') {
+      process.stdout.write(`${packageVersion()}\n`);
+      return 0;
+    }
+    if (first === '--help' || first === '-h' || first === 'help') {
+      process.stdout.write(mainHelp());
+      return 0;
+    }
+    if (first.startsWith('-')) {
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown option ${first}: expected a command first (${Object.keys(COMMANDS).join(', ')}); run meshpipe --help`);
+    }
+    const command = COMMANDS[first];
+    if (command === undefined) {
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown command "${first}": expected one of ${Object.keys(COMMANDS).join(', ')}; run meshpipe --help`);
+    }
+    const mod = await loadCommand(first, command.module);
+    return await mod.main(rest);
+  } catch (err) {
+    if (err instanceof MeshpipeError) {
+      process.stderr.write(`meshpipe: ${err.message} (${err.code})\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`meshpipe: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return 1;
+  }
+}
+
+/** True when this file is the program being run (also through an npm bin symlink). */
+function isMain(): boolean {
+  const script = process.argv[1];
+  if (script === undefined) return false;
+  try {
+    return pathToFileURL(realpathSync(script)).href === import.meta.url;
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) {
+  // process.exit: the engine's threads must not keep a finished command alive,
+  // and every write before this point is synchronous (pipes, files, ttys).
+  // `void`: run() never rejects (it turns every error into an exit code).
+  void run(process.argv.slice(2)).then((code) => process.exit(code));
+}

@@ -1,0 +1,184 @@
+/**
+ * `meshpipe run [proxy options] [--ready-timeout 30s] -- COMMAND [ARGS...]`:
+ * the proxy as a sidecar *around* an application in the same container or
+ * process tree, for apps and Jobs that must not start before the proxy and
+ * must end it when they finish.
+ *
+ * 1. Start the proxy (admin server, every listener, the policy) and wait until
+ *    it is ready, at most --ready-timeout. If it cannot start (bad config,
+ *    address in use, timeout), the app is NOT started and meshpipe exits
+ *    non-zero with the reason on stderr.
+ * 2. Spawn the app with stdio inherited (same terminal, same pipes).
+ * 3. SIGTERM, SIGINT and SIGHUP received by meshpipe are forwarded to the app
+ *    (SIGINT only when stdin is not a terminal: at a terminal, Ctrl-C already
+ *    reaches the app, which shares meshpipe's foreground process group).
+ *    The first SIGTERM/SIGINT (or POST /shutdown, which sends the app SIGTERM)
+ *    also starts the shutdown sequence of ts/sidecar/lifecycle.ts: /ready turns 503,
+ *    inbound listeners stop after --inbound-stop-delay, outbound listeners keep
+ *    accepting while the app still runs. A second SIGTERM/SIGINT is forwarded
+ *    too and meshpipe exits at once (128 + N).
+ * 4. When the app exits, for whatever reason (a Job finishing, a crash, a
+ *    signal), the proxy drains for up to --drain-timeout and meshpipe exits
+ *    with the app's exit code; an app killed by signal N gives 128 + N, like a
+ *    shell. A command that cannot be spawned gives 127 (not found) or 126.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
+import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
+import { parseDuration } from '../config/index.js';
+import { MeshpipeError } from '../errors.js';
+import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar } from '../sidecar/index.js';
+import { createLogger, type Logger } from '../observe/index.js';
+
+/** Default bound on the wait for the proxy to become ready. */
+export const DEFAULT_READY_TIMEOUT_MS = 30_000;
+
+export const RUN_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'ready-timeout', type: 'string', valueName: 'DURATION', help: 'give up (and never start the command) if the proxy is not ready within this long', defaultText: '30s' },
+];
+
+export const RUN_MESSAGES = {
+  appStarted: 'app started',
+  appExited: 'app exited',
+  appSpawnFailed: 'app could not be started',
+  signalForwarded: 'signal forwarded to the app',
+} as const;
+
+export function runHelp(): string {
+  return [
+    'Usage: meshpipe run [proxy options] [--ready-timeout DURATION] -- COMMAND [ARGS...]',
+    '',
+    'Starts the proxy, waits until it is ready, then runs COMMAND with stdio inherited.',
+    'SIGTERM, SIGINT and SIGHUP are forwarded to COMMAND. When COMMAND exits, the proxy',
+    'drains for up to --drain-timeout and meshpipe exits with COMMAND\'s exit code',
+    '(128 + N if it was killed by signal N). If the proxy cannot start, COMMAND is not run.',
+    '',
+    'Options:',
+    formatOptionsHelp([...PROXY_OPTIONS, ...RUN_OPTIONS]),
+    '',
+  ].join('\n');
+}
+
+/** The exit code a shell would report for a child's exit. */
+export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  if (signal !== null) return 128 + (osConstants.signals[signal] ?? 0);
+  return 1;
+}
+
+function parseReadyTimeout(value: string | boolean | string[] | undefined): number {
+  if (value === undefined) return DEFAULT_READY_TIMEOUT_MS;
+  try {
+    const ms = parseDuration(String(value));
+    if (ms < 1) throw new Error('must be positive');
+    return ms;
+  } catch {
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `invalid --ready-timeout "${String(value)}": expected a positive duration like 30s, 500ms or 2m`, { key: 'readyTimeout' });
+  }
+}
+
+/** Entry point of `meshpipe run`; resolves with the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) {
+    process.stdout.write(runHelp());
+    return 0;
+  }
+  const { config, rest, extra } = parseProxyArgv(argv, { extraOptions: RUN_OPTIONS, command: 'meshpipe run' });
+  const readyTimeoutMs = parseReadyTimeout(extra['ready-timeout']);
+  const [command, ...args] = rest;
+  if (command === undefined) {
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'meshpipe run needs a command: meshpipe run [options] -- COMMAND [ARGS...]');
+  }
+  if (config.forward.length === 0) {
+    throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
+  }
+  const logger = createLogger(config.logLevel);
+  return runApp(new Sidecar(config, logger), logger, command, args, readyTimeoutMs);
+}
+
+/** Starts the sidecar, then the app; returns the app's exit code after the drain. */
+export async function runApp(sidecar: Sidecar, logger: Logger, command: string, args: readonly string[], readyTimeoutMs: number): Promise<number> {
+  let app: ChildProcess | undefined;
+  let stoppedBy: NodeJS.Signals | undefined;
+  const interactive = process.stdin.isTTY === true;
+  const remove = handleSignals(logger, {
+    extra: ['SIGHUP'],
+    onSignal: (signal) => {
+      if (app === undefined || app.exitCode !== null || app.signalCode !== null) return;
+      // Ctrl-C at a terminal already sent SIGINT to the whole foreground process group, app
+      // included; forwarding it again would look like a second Ctrl-C (force quit) to many apps.
+      if (signal === 'SIGINT' && interactive) return;
+      logger.info({ signal, appPid: app.pid }, RUN_MESSAGES.signalForwarded);
+      app.kill(signal);
+    },
+    onStop: (signal) => {
+      stoppedBy = signal;
+      sidecar.requestShutdown(signal);
+    },
+    // A second signal: the app got it too (onSignal); leave at once.
+    onForced: (signal) => process.exit(forcedExitCode(signal)),
+  });
+  try {
+    await startWithin(sidecar, readyTimeoutMs);
+    if (stoppedBy !== undefined) {
+      // Stopped while starting: the app never runs.
+      await sidecar.drain();
+      return forcedExitCode(stoppedBy);
+    }
+
+    app = spawn(command, args, { stdio: 'inherit' });
+    const exited = new Promise<number>((resolve) => {
+      app!.once('error', (err: NodeJS.ErrnoException) => {
+        const code = err.code === 'ENOENT' ? 127 : 126;
+        logger.error({ command, err: err.message, exitCode: code }, RUN_MESSAGES.appSpawnFailed);
+        process.stderr.write(`meshpipe: cannot run ${command}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
+        resolve(code);
+      });
+      app!.once('exit', (code, signal) => {
+        const exitCode = exitCodeOf(code, signal);
+        logger.info({ appPid: app!.pid, code, signal, exitCode }, RUN_MESSAGES.appExited);
+        resolve(exitCode);
+      });
+    });
+    if (app.pid !== undefined) logger.info({ appPid: app.pid, command, argc: args.length }, RUN_MESSAGES.appStarted);
+
+    // POST /shutdown asks the app to stop too (signals were already forwarded by onSignal).
+    sidecar.shutdownRequested
+      .then((reason) => {
+        if (app!.exitCode !== null || app!.signalCode !== null) return;
+        if (reason === 'admin /shutdown') app!.kill('SIGTERM');
+        logger.info({ reason, appPid: app!.pid }, LIFECYCLE_MESSAGES.waitingForApp);
+      })
+      .catch((err: unknown) => logger.error({ err, appPid: app!.pid }, 'stopping the app on POST /shutdown failed'));
+    const exitCode = await exited;
+    sidecar.requestShutdown('app exited');
+    await sidecar.drain(exited);
+    return exitCode;
+  } finally {
+    remove();
+  }
+}
+
+/** Starts the sidecar; if it is not ready in time, closes what was bound and throws. */
+async function startWithin(sidecar: Sidecar, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new MeshpipeError('ERR_STARTUP', `the proxy was not ready within ${timeoutMs}ms (--ready-timeout); the command was not started`)),
+      timeoutMs,
+    );
+  });
+  const starting = sidecar.start();
+  try {
+    await Promise.race([starting, timeout]);
+  } catch (err) {
+    // On a timeout the start may still complete later: close whatever it bound.
+    // (A start that fails after the timeout is already reported by the timeout.)
+    starting
+      .then(() => sidecar.drain(), () => undefined)
+      .catch((e: unknown) => sidecar.logger.warn({ err: e }, 'closing what a late start-up bound failed'));
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,321 @@
+/**
+ * The proxy's configuration model: one zod schema, four sources, one frozen
+ * result.
+ *
+ * Sources are merged key by key in this order, later ones winning:
+ * built-in defaults < config file (YAML or JSON, `--config FILE`) <
+ * `MESHPIPE_*` environment variables < command-line flags. Every raw value
+ * remembers where it came from, so a bad value is reported with its key, the
+ * value as written, what is expected and its source, e.g.
+ * `invalid drainTimeout "abc" (from --drain-timeout): expected a duration like 30s, 500ms or 5m`.
+ * Unknown keys in a config file are errors (a typo must not be silently
+ * ignored); unknown `MESHPIPE_*` variables are ignored because other tools may
+ * share the prefix. The result is parsed once and deeply frozen.
+ *
+ * Adding a key: add a field to `FIELDS` (schema, default, what is expected)
+ * and, for a flag, an entry in ts/cli/args.ts. The env var name is derived
+ * (`drainTimeout` -> `MESHPIPE_DRAIN_TIMEOUT`).
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { parse as parseYaml } from 'yaml';
+import { MeshpipeError } from '../errors.js';
+import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
+import { admin, bool, count, duration, DURATION, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './schemas.js';
+import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
+import {
+  parseBindAddr,
+  parseForward,
+  parseTargetAddr,
+  type ForwardSpec,
+  type SocketAddr,
+} from './forward.js';
+
+export type { ForwardSpec, SocketAddr, PortMode, Direction } from './forward.js';
+
+export { LOG_LEVELS, type LogLevel } from './schemas.js';
+
+/** The validated, normalised, deeply frozen proxy configuration. */
+export interface ProxyConfig extends SidecarConfig {
+  readonly forward: readonly ForwardSpec[];
+  readonly drainTimeoutMs: number;
+  /** Engine-wide limit on open proxied connections; 0 = unlimited. */
+  readonly maxConnections: number;
+  /** Engine worker threads; 0 = available cores. */
+  readonly workers: number;
+  readonly logLevel: LogLevel;
+  readonly connectTimeoutMs: number;
+  readonly inboundDetectTimeoutMs: number;
+  readonly outboundDetectTimeoutMs: number;
+  /** How long a silent client may wait before the server-first race starts; 0 = off. */
+  readonly serverFirstGraceMs: number;
+  readonly opaquePorts: readonly PortRange[];
+  readonly defaultOpaquePorts: readonly PortRange[];
+  readonly serverFirstCacheSize: number;
+  readonly serverFirstTtlMs: number;
+  /** Per-port detect timeouts (first match wins over the direction's; a policy rule's own timeout wins over these). */
+  readonly portDetectTimeouts: readonly PortDetectTimeout[];
+  /** The admin server's address, or null when it is turned off (`off`). */
+  readonly admin: SocketAddr | null;
+  readonly maxMetricTargets: number;
+  /** Whether POST /shutdown on the admin server is enabled (loopback peers only). */
+  readonly adminShutdown: boolean;
+  /** On shutdown, how long inbound listeners keep accepting after /ready turned 503. */
+  readonly inboundStopDelayMs: number;
+  /** For every key: where its value came from (`default`, a file path, an env var, a flag). */
+  readonly sources: Readonly<Record<ConfigKey, string>>;
+}
+
+/** A raw value and a human label for where it came from. */
+export interface RawValue {
+  readonly value: unknown;
+  readonly source: string;
+}
+
+/** One source of raw values, keyed by config key (camelCase). */
+export type RawLayer = Partial<Record<ConfigKey, RawValue>>;
+
+
+/** Every key: its schema, its default (as a user would write it) and what is expected. */
+const FIELDS = {
+  forward: { schema: forwardList, default: [] as string[], expected: 'BIND=TARGET[,mode=M][,direction=D], e.g. 127.0.0.1:15432=127.0.0.1:5432,mode=opaque' },
+  drainTimeout: { schema: duration('a duration like 30s, 500ms or 5m', { min: 0 }), default: '30s', expected: 'a duration like 30s, 500ms or 5m' },
+  maxConnections: { schema: count('a whole number 0-10000000 (0 = unlimited)', 0, 10_000_000), default: 0, expected: 'a whole number 0-10000000 (0 = unlimited)' },
+  workers: { schema: count('a whole number of threads 0-1024 (0 = one per core)', 0, 1024), default: 0, expected: 'a whole number of threads 0-1024 (0 = one per core)' },
+  logLevel: { schema: logLevel, default: 'info', expected: `one of ${LOG_LEVELS.join(', ')}` },
+  connectTimeout: { schema: duration(DURATION, { min: 1 }), default: '10s', expected: DURATION },
+  detectTimeout: { schema: duration(DURATION, { min: 1 }), default: '10s', expected: DURATION },
+  inboundDetectTimeout: { schema: duration(DURATION, { min: 1 }).optional(), default: undefined, expected: DURATION },
+  outboundDetectTimeout: { schema: duration(DURATION, { min: 1 }).optional(), default: undefined, expected: DURATION },
+  serverFirstGrace: { schema: duration('a duration like 100ms (0 turns the server-first race off)', { min: 0 }), default: '100ms', expected: 'a duration like 100ms (0 turns the server-first race off)' },
+  opaquePorts: { schema: portList, default: '', expected: PORTS },
+  defaultOpaquePorts: { schema: portList, default: DEFAULT_OPAQUE_PORTS, expected: PORTS },
+  serverFirstCacheSize: { schema: count('a whole number of targets 0-1000000', 0, 1_000_000), default: 4096, expected: 'a whole number of targets 0-1000000' },
+  serverFirstTtl: { schema: duration('a duration like 1h or 10m', { min: 1 }), default: '1h', expected: 'a duration like 1h or 10m' },
+  portDetectTimeouts: { schema: portDetectTimeouts, default: [] as string[], expected: 'PORTS=DURATION entries, e.g. 8080=2s;outbound:9000-9100=500ms' },
+  admin: { schema: admin, default: '127.0.0.1:4191', expected: 'host:port (IPv4 or [IPv6]) or "off"' },
+  maxMetricTargets: { schema: count('a whole number of targets 1-1000000', 1, 1_000_000), default: 1000, expected: 'a whole number of targets 1-1000000' },
+  adminShutdown: { schema: bool, default: true, expected: 'true or false' },
+  inboundStopDelay: { schema: duration('a duration like 5s or 0 (stop at once)', { min: 0 }), default: '0s', expected: 'a duration like 5s or 0 (stop at once)' },
+  ...SIDECAR_FIELDS,
+} as const;
+
+export type ConfigKey = keyof typeof FIELDS;
+export const CONFIG_KEYS = Object.keys(FIELDS) as ConfigKey[];
+
+/** The schema over the merged raw values. */
+export const ProxyConfigSchema = z.strictObject(
+  Object.fromEntries(CONFIG_KEYS.map((k) => [k, FIELDS[k].schema])) as { [K in ConfigKey]: (typeof FIELDS)[K]['schema'] },
+);
+
+/** The default of each key as a user would write it (for `--help`). */
+export function defaultText(key: ConfigKey): string {
+  const d = FIELDS[key].default;
+  if (d === undefined) return key.endsWith('DetectTimeout') ? 'the value of detectTimeout' : 'none';
+  if (Array.isArray(d)) return d.length === 0 ? 'none' : d.join(' ');
+  return d === '' ? 'none' : String(d);
+}
+
+/** What a key expects, in words (for error messages and help). */
+export function expectedText(key: ConfigKey): string {
+  return FIELDS[key].expected;
+}
+
+/** `drainTimeout` -> `MESHPIPE_DRAIN_TIMEOUT`. */
+export function envVarName(key: ConfigKey): string {
+  return `MESHPIPE_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+// ---------------------------------------------------------------------------
+// Sources.
+
+/** Reads a YAML or JSON config file (JSON is YAML) into a layer; unknown keys are errors. */
+export function readConfigFile(path: string): RawLayer {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `cannot read config file ${path}: ${why}`, { key: 'config', cause: err });
+  }
+  let data: unknown;
+  try {
+    data = parseYaml(text, { prettyErrors: true });
+  } catch (err) {
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `config file ${path} does not parse as YAML or JSON: ${(err as Error).message}`, {
+      key: 'config',
+      cause: err,
+    });
+  }
+  if (data === null || data === undefined) return {};
+  if (typeof data !== 'object' || Array.isArray(data)) {
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `config file ${path}: expected a mapping of keys to values at the top level`, {
+      key: 'config',
+    });
+  }
+  return objectLayer(data as Record<string, unknown>, `config file ${path}`);
+}
+
+/** Turns a plain object (a parsed file, or an object given by a library caller) into a layer. */
+export function objectLayer(data: Record<string, unknown>, source: string): RawLayer {
+  const layer: RawLayer = {};
+  for (const [key, value] of Object.entries(data)) {
+    if (!(CONFIG_KEYS as string[]).includes(key)) {
+      const hint = closestKey(key);
+      throw new MeshpipeError(
+        'ERR_INVALID_CONFIG',
+        `unknown key "${key}" in ${source}${hint ? ` (did you mean "${hint}"?)` : ''}: expected one of ${CONFIG_KEYS.join(', ')}`,
+        { key },
+      );
+    }
+    layer[key as ConfigKey] = { value, source: `${source}, key ${key}` };
+  }
+  return layer;
+}
+
+/** Reads the `MESHPIPE_*` variables that name a config key; empty values are ignored. */
+export function envLayer(env: NodeJS.ProcessEnv): RawLayer {
+  const layer: RawLayer = {};
+  for (const key of CONFIG_KEYS) {
+    const name = envVarName(key);
+    const value = env[name];
+    if (value !== undefined && value.trim() !== '') layer[key] = { value, source: name };
+  }
+  return layer;
+}
+
+function defaultsLayer(): RawLayer {
+  const layer: RawLayer = {};
+  for (const key of CONFIG_KEYS) {
+    const d = FIELDS[key].default;
+    if (d !== undefined) layer[key] = { value: d, source: 'default' };
+  }
+  return layer;
+}
+
+// ---------------------------------------------------------------------------
+// Merge and validate.
+
+const SOURCE_RANK_DEFAULT = 0;
+
+/**
+ * Merges layers (lowest precedence first; defaults are added below them),
+ * validates the result and returns a deeply frozen config.
+ * @throws MeshpipeError ERR_INVALID_CONFIG naming key, value, expectation, source.
+ */
+export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
+  const all = [defaultsLayer(), ...layers];
+  const merged: Partial<Record<ConfigKey, RawValue & { rank: number }>> = {};
+  all.forEach((layer, rank) => {
+    for (const key of CONFIG_KEYS) {
+      const raw = layer[key];
+      if (raw !== undefined) merged[key] = { ...raw, rank };
+    }
+  });
+  const input = Object.fromEntries(Object.entries(merged).map(([k, v]) => [k, v.value]));
+  const result = ProxyConfigSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const key = String(issue.path[0] ?? '') as ConfigKey;
+    const raw = merged[key];
+    // A bad entry of a list is shown alone (an item of the forward list).
+    const item: unknown = issue.code === 'custom' && issue.params?.['item'] !== undefined ? issue.params['item'] : raw?.value;
+    const why = issue.code === 'custom' ? issue.message : `expected ${FIELDS[key]?.expected ?? 'a valid value'}`;
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `invalid ${key} ${showValue(item)} (from ${raw?.source ?? 'unknown source'}): ${why}`, {
+      key,
+    });
+  }
+  const v = result.data;
+  // A per-direction detect timeout wins over detectTimeout only when it was
+  // given by a source at least as strong: `--detect-timeout` beats a file's
+  // inboundDetectTimeout, a flag's `--inbound-detect-timeout` beats both.
+  const detectRank = merged.detectTimeout?.rank ?? SOURCE_RANK_DEFAULT;
+  const perDirection = (key: 'inboundDetectTimeout' | 'outboundDetectTimeout'): number => {
+    const own = v[key];
+    return own !== undefined && (merged[key]?.rank ?? -1) >= detectRank ? own : v.detectTimeout;
+  };
+  const sources = Object.fromEntries(CONFIG_KEYS.map((k) => [k, merged[k]?.source ?? 'default'])) as Record<ConfigKey, string>;
+  const config: ProxyConfig = {
+    forward: v.forward,
+    drainTimeoutMs: v.drainTimeout,
+    maxConnections: v.maxConnections,
+    workers: v.workers,
+    logLevel: v.logLevel,
+    connectTimeoutMs: v.connectTimeout,
+    inboundDetectTimeoutMs: perDirection('inboundDetectTimeout'),
+    outboundDetectTimeoutMs: perDirection('outboundDetectTimeout'),
+    serverFirstGraceMs: v.serverFirstGrace,
+    opaquePorts: v.opaquePorts,
+    defaultOpaquePorts: v.defaultOpaquePorts,
+    serverFirstCacheSize: v.serverFirstCacheSize,
+    serverFirstTtlMs: v.serverFirstTtl,
+    portDetectTimeouts: v.portDetectTimeouts,
+    admin: v.admin,
+    maxMetricTargets: v.maxMetricTargets,
+    adminShutdown: v.adminShutdown,
+    inboundStopDelayMs: v.inboundStopDelay,
+    ...sidecarConfig(v),
+    sources,
+  };
+  return deepFreeze(config);
+}
+
+/**
+ * Loads the config from every source: the file (if given), the environment,
+ * then the flag layer built by ts/cli/args.ts.
+ */
+export function loadConfig(options: { configFile?: string; env?: NodeJS.ProcessEnv; flags?: RawLayer }): ProxyConfig {
+  const layers: RawLayer[] = [];
+  if (options.configFile !== undefined) layers.push(readConfigFile(options.configFile));
+  layers.push(envLayer(options.env ?? process.env));
+  if (options.flags) layers.push(options.flags);
+  return resolveConfig(layers);
+}
+
+/** Re-exported so callers can validate single addresses the same way the config does. */
+export { parseBindAddr, parseTargetAddr, parseForward };
+
+
+
+function showValue(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/** The known key closest to a typo (edit distance <= 3), for "did you mean". */
+function closestKey(key: string): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 4;
+  for (const candidate of CONFIG_KEYS) {
+    const d = editDistance(key.toLowerCase(), candidate.toLowerCase());
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value as object)) deepFreeze(child);
+  }
+  return value;
+}

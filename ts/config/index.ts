@@ -1,0 +1,43 @@
+/**
+ * ts/config/: the proxy's configuration, parsed and validated once.
+ *
+ * config.ts is the model (defaults < config file < `MESHPIPE_*` env < flags,
+ * one frozen `ProxyConfig`); schemas.ts, forward.ts and sidecar.ts define its
+ * fields; durations.ts and port-list.ts are the value parsers the config
+ * shares with the policy layer and `meshpipe init`.
+ *
+ * Other folders import from here. The files of this folder import each other
+ * directly, and schemas.ts and sidecar.ts take the CIDR parser from
+ * ts/policy/cidr.ts itself rather than the policy entry (the policy layer reads
+ * the config, so going through its entry would be an import cycle).
+ */
+export {
+  loadConfig,
+  resolveConfig,
+  readConfigFile,
+  envLayer,
+  objectLayer,
+  envVarName,
+  defaultText,
+  CONFIG_KEYS,
+  type ProxyConfig,
+  type ConfigKey,
+  type RawLayer,
+  type ForwardSpec,
+  type SocketAddr,
+  type PortMode,
+  type Direction,
+  type LogLevel,
+} from './config.js';
+export { hasPolicySources } from './sidecar.js';
+export { parseDuration, formatDuration } from './durations.js';
+export {
+  parsePortList,
+  parsePortListStrict,
+  formatPortList,
+  mergeRanges,
+  portInRanges,
+  DEFAULT_OPAQUE_PORTS,
+  type PortRange,
+  type PortNameResolver,
+} from './port-list.js';

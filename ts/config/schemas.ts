@@ -1,0 +1,227 @@
+/**
+ * The zod field schemas shared by the config keys: durations, counts, port
+ * lists, booleans, addresses, paths and the forward list.
+ *
+ * Each schema accepts what a file, an env var or a flag can hold (strings
+ * from env and flags; numbers, lists and objects from files) and transforms
+ * it into the normalised value, or adds an issue whose message completes
+ * "invalid KEY VALUE (from SOURCE): " with what was expected.
+ */
+import { z } from 'zod';
+import { parseDuration } from './durations.js';
+import { parsePortListStrict } from './port-list.js';
+// The file itself, not ts/policy/index.ts: the policy layer reads the config (an import cycle).
+import { parseCidrListStrict } from '../policy/cidr.js';
+import { parseBindAddr, parseForward, type ForwardSpec } from './forward.js';
+
+/** pino's level names; `silent` turns logging off. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+// Field schemas. Each accepts what a file, an env var or a flag can hold
+// (strings from env and flags; numbers, lists and objects from files) and
+// transforms it into the normalised value, or adds an issue whose message says
+// what is wrong in detail.
+
+type Ctx = z.core.$RefinementCtx<unknown>;
+
+/** A bad entry of the forward list: the error shows that entry, not the whole list. */
+class ForwardItemError extends Error {
+  constructor(
+    readonly index: number,
+    readonly item: unknown,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Runs a parser that throws, turning its message into a zod issue. Messages
+ * complete "invalid KEY VALUE (from SOURCE): ", so each says what is expected.
+ */
+export function guard<T>(parse: () => T, ctx: Ctx): T {
+  try {
+    return parse();
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (err instanceof ForwardItemError) ctx.addIssue({ code: 'custom', message, path: [err.index], params: { item: err.item } });
+    else ctx.addIssue({ code: 'custom', message });
+    return z.NEVER;
+  }
+}
+
+export const scalar = z.union([z.string(), z.number()]);
+
+/** A duration; `expected` is the whole explanation used when the value does not parse. */
+export function duration(expected: string, opts: { min: number }) {
+  return scalar.transform((v, ctx) =>
+    guard(() => {
+      let ms: number;
+      try {
+        ms = parseDuration(v);
+      } catch (err) {
+        // parseDuration's own wording is generic; say what this key expects.
+        throw new Error(/maximum/.test((err as Error).message) ? 'expected at most 365d' : `expected ${expected}`, { cause: err });
+      }
+      if (ms < opts.min) throw new Error(`expected at least ${opts.min}ms`);
+      return ms;
+    }, ctx),
+  );
+}
+
+export function count(expected: string, min: number, max: number) {
+  return scalar.transform((v, ctx) =>
+    guard(() => {
+      const text = String(v).trim();
+      const n = Number(text);
+      if (!/^\d+$/.test(text) || n < min || n > max) throw new Error(`expected ${expected}`);
+      return n;
+    }, ctx),
+  );
+}
+
+/** A port list as a string (`25,4000-4100`) or a list of ports/ranges. */
+export const portList = z.union([scalar, z.array(scalar)]).transform((v, ctx) =>
+  guard(() => {
+    try {
+      return parsePortListStrict(Array.isArray(v) ? v.join(',') : String(v));
+    } catch (err) {
+      throw new Error(`expected ports 1-65535 and ranges low-high, e.g. 25,4000-4100; ${(err as Error).message}`, { cause: err });
+    }
+  }, ctx),
+);
+
+export const logLevel = z.string().transform((v, ctx) =>
+  guard(() => {
+    const level = v.trim().toLowerCase();
+    if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new Error(`expected one of ${LOG_LEVELS.join(', ')}`);
+    return level as LogLevel;
+  }, ctx),
+);
+
+const forwardObject = z.strictObject({
+  bind: z.string(),
+  target: z.string(),
+  mode: z.string().optional(),
+  direction: z.string().optional(),
+});
+
+/** One string, a list of strings/objects; env vars separate several with `;` or newlines. */
+export const forwardList = z
+  .union([z.string(), z.array(z.union([z.string(), forwardObject]))])
+  .transform((v, ctx) =>
+    guard(() => {
+      const items = typeof v === 'string' ? v.split(/[;\n]/).filter((s) => s.trim() !== '') : v;
+      const specs = items.map((item, index) => {
+        try {
+          return parseForward(item);
+        } catch (err) {
+          throw new ForwardItemError(index, item, (err as Error).message);
+        }
+      });
+      checkUniqueBinds(specs);
+      return nameForwards(specs);
+    }, ctx),
+  );
+
+/** A boolean from a file (true/false) or a string from env/flags (true/false/1/0/yes/no/on/off). */
+export const bool = z.union([z.boolean(), z.string()]).transform((v, ctx) =>
+  guard(() => {
+    if (typeof v === 'boolean') return v;
+    const text = v.trim().toLowerCase();
+    if (['true', '1', 'yes', 'on'].includes(text)) return true;
+    if (['false', '0', 'no', 'off'].includes(text)) return false;
+    throw new Error('expected true or false');
+  }, ctx),
+);
+
+export const DURATION = 'a duration like 10s, 500ms or 5m';
+export const PORTS = 'a list of ports 1-65535 and ranges low-high, e.g. 25,587,4000-4100';
+
+function checkUniqueBinds(specs: readonly Omit<ForwardSpec, 'name'>[]): void {
+  const seen = new Set<string>();
+  for (const s of specs) {
+    if (s.bind.port === 0) continue; // ephemeral ports never collide
+    if (seen.has(s.bind.addr)) throw new Error(`bind address ${s.bind.addr} is used by more than one forward`);
+    seen.add(s.bind.addr);
+  }
+}
+
+/** Names listeners `forward:BIND`, adding `#2`, `#3`... when several bind the same (port 0) address. */
+function nameForwards(specs: readonly Omit<ForwardSpec, 'name'>[]): ForwardSpec[] {
+  const counts = new Map<string, number>();
+  return specs.map((s) => {
+    const n = (counts.get(s.bind.addr) ?? 0) + 1;
+    counts.set(s.bind.addr, n);
+    return { ...s, name: n === 1 ? `forward:${s.bind.addr}` : `forward:${s.bind.addr}#${n}` };
+  });
+}
+
+/** A bind address, or `off` (null) to disable that listener. */
+export const bindOrOff = z.union([z.string(), z.literal(false), z.null()]).transform((v, ctx) =>
+  guard(() => {
+    if (v === false || v === null) return null;
+    const text = v.trim().toLowerCase();
+    if (text === 'off' || text === 'false' || text === 'none') return null;
+    try {
+      return parseBindAddr(v);
+    } catch (err) {
+      throw new Error(`expected host:port (IPv4 or [IPv6]) or "off"; ${(err as Error).message}`, { cause: err });
+    }
+  }, ctx),
+);
+
+/** The admin server's address, or `off`. */
+export const admin = bindOrOff;
+
+/** An optional non-empty string (a path or a name); empty means unset. */
+export const optionalText = z.string().transform((v) => (v.trim() === '' ? undefined : v.trim()));
+
+/** A list of paths: one comma-separated string (env, flags) or a list (files). */
+export const pathList = z.union([z.string(), z.array(z.string())]).transform((v) =>
+  (Array.isArray(v) ? v : v.split(',')).map((p) => p.trim()).filter((p) => p !== ''),
+);
+
+/** A comma-separated list of CIDRs, each validated. */
+export const cidrList = z.union([z.string(), z.array(z.string())]).transform((v, ctx) =>
+  guard(() => {
+    const text = Array.isArray(v) ? v.join(',') : v;
+    try {
+      return parseCidrListStrict(text).map((c) => c.text);
+    } catch (err) {
+      throw new Error(`expected CIDRs like 10.0.0.0/8,fd00::/8; ${(err as Error).message}`, { cause: err });
+    }
+  }, ctx),
+);
+
+/** One per-port detect timeout: `PORTS=DURATION`, optionally `inbound:`/`outbound:` first. */
+export interface PortDetectTimeout {
+  readonly direction: 'inbound' | 'outbound' | null;
+  readonly from: number;
+  readonly to: number;
+  readonly timeoutMs: number;
+}
+
+/** `8080=2s`, `outbound:9000-9100=500ms`; one string with `;` between entries, or a list. */
+export const portDetectTimeouts = z.union([z.string(), z.array(z.string())]).transform((v, ctx) =>
+  guard(() => {
+    const items = (Array.isArray(v) ? v : v.split(';')).map((x) => x.trim()).filter((x) => x !== '');
+    const out: PortDetectTimeout[] = [];
+    for (const item of items) {
+      const m = /^(?:(inbound|outbound):)?([^=]+)=(.+)$/.exec(item);
+      if (!m) throw new Error(`"${item}": expected PORTS=DURATION, e.g. 8080=2s or outbound:9000-9100=500ms`);
+      let ranges;
+      let ms;
+      try {
+        ranges = parsePortListStrict(m[2]!);
+        ms = parseDuration(m[3]!);
+      } catch (err) {
+        throw new Error(`"${item}": ${(err as Error).message}; expected PORTS=DURATION, e.g. 8080=2s`, { cause: err });
+      }
+      if (ms < 1) throw new Error(`"${item}": expected a timeout of at least 1ms`);
+      const direction = (m[1] as 'inbound' | 'outbound' | undefined) ?? null;
+      for (const r of ranges) out.push({ direction, from: r.from, to: r.to, timeoutMs: ms });
+    }
+    return out;
+  }, ctx),
+);

@@ -1,0 +1,118 @@
+/**
+ * Turns a validated `ProxyConfig` into the engine's `EngineConfig` JSON (the
+ * contract in ARCHITECTURE.md) and compiles the port policy given by flags.
+ *
+ * Both functions are small and pure: same input, same output, no I/O. The
+ * policy layer (annotations, Kubernetes objects) replaces `buildFlagPolicy`
+ * with its own compiler and passes the result to `buildEngineConfig`.
+ */
+import { networkInterfaces } from 'node:os';
+import type { PortRange, ProxyConfig } from '../config/index.js';
+import type { EngineConfig, ListenerSpec, PolicyTable } from './native.js';
+
+type PolicyRule = PolicyTable['rules'][number];
+
+/** The label of the default opaque port rules (shown by explain and /policy). */
+export const DEFAULT_OPAQUE_SOURCE = 'default opaque ports';
+
+/** Where `opaquePorts` came from, as a rule source: `--opaque-ports`, an env var, or a file key. */
+function opaquePortsSource(config: ProxyConfig): string {
+  const source = config.sources.opaquePorts;
+  return source === 'default' ? '--opaque-ports' : source;
+}
+
+function opaqueRules(ranges: readonly PortRange[], source: string): PolicyRule[] {
+  const rules: PolicyRule[] = [];
+  for (const range of ranges) {
+    for (const direction of ['inbound', 'outbound'] as const) {
+      rules.push({ direction, net: null, ports: [range.from, range.to], mode: 'opaque', detectTimeoutMs: null, source });
+    }
+  }
+  return rules;
+}
+
+/**
+ * The port policy from flags and config: `--opaque-ports` first (both
+ * directions), then the default opaque ports (both directions). The first
+ * matching rule wins in the engine; ports matching no rule are detected.
+ */
+export function buildFlagPolicy(config: ProxyConfig, generation = 1): PolicyTable {
+  return {
+    generation,
+    rules: [...opaqueRules(config.opaquePorts, opaquePortsSource(config)), ...opaqueRules(config.defaultOpaquePorts, DEFAULT_OPAQUE_SOURCE)],
+  };
+}
+
+/** Builds the engine config; `policy` defaults to the flag policy. */
+export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = buildFlagPolicy(config)): EngineConfig {
+  return {
+    workers: config.workers,
+    maxConnections: config.maxConnections,
+    connectTimeoutMs: config.connectTimeoutMs,
+    listeners:
+      config.forward.length > 0
+        ? config.forward.map((f) => ({
+            name: f.name,
+            bind: f.bind.addr,
+            target: { kind: 'fixed', addr: f.target.addr },
+            mode: f.mode,
+            direction: f.direction,
+          }))
+        : sidecarListeners(config),
+    detect: {
+      inboundTimeoutMs: config.inboundDetectTimeoutMs,
+      outboundTimeoutMs: config.outboundDetectTimeoutMs,
+      serverFirstGraceMs: config.serverFirstGraceMs,
+      serverFirstCapacity: config.serverFirstCacheSize,
+      serverFirstTtlMs: config.serverFirstTtlMs,
+      portTimeouts: config.portDetectTimeouts.map((t) => ({ direction: t.direction, ports: [t.from, t.to] as const, timeoutMs: t.timeoutMs })),
+    },
+    metrics: { maxTargets: config.maxMetricTargets },
+    policy,
+  };
+}
+
+/** True when this machine has an IPv6 loopback address. */
+function hasIpv6Loopback(): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv6' && i.address === '::1'));
+}
+
+/**
+ * The transparent listeners of the sidecar layout (no --forward): inbound and
+ * outbound, each recovering the original destination, and their IPv6 twins
+ * when IPv6 is on (`meshpipe init` redirects IPv6 too, so IPv6 traffic must
+ * find a listener). Inbound connections reach the app on their original port
+ * at `inboundHost` (loopback by default, `::1` on the IPv6 twin).
+ */
+export function sidecarListeners(config: ProxyConfig): ListenerSpec[] {
+  const ipv6 = config.ipv6 === 'auto' ? hasIpv6Loopback() : config.ipv6;
+  const host = config.inboundHost;
+  const v6Host = host === null ? null : host.includes(':') ? host : host === '127.0.0.1' ? '::1' : null;
+  const v4Host = host !== null && !host.includes(':') ? host : null;
+  const out: ListenerSpec[] = [];
+  if (config.inbound) {
+    out.push({ name: 'inbound', bind: config.inbound.addr, target: { kind: 'originalDst', inboundHost: v4Host }, mode: null, direction: 'inbound' });
+    if (ipv6 && !config.inbound.addr.startsWith('[')) {
+      out.push({
+        name: 'inbound-ipv6',
+        bind: `[::]:${config.inbound.port}`,
+        target: { kind: 'originalDst', inboundHost: v6Host },
+        mode: null,
+        direction: 'inbound',
+      });
+    }
+  }
+  if (config.outbound) {
+    out.push({ name: 'outbound', bind: config.outbound.addr, target: { kind: 'originalDst', inboundHost: null }, mode: null, direction: 'outbound' });
+    if (ipv6 && !config.outbound.addr.startsWith('[')) {
+      out.push({
+        name: 'outbound-ipv6',
+        bind: `[::1]:${config.outbound.port}`,
+        target: { kind: 'originalDst', inboundHost: null },
+        mode: null,
+        direction: 'outbound',
+      });
+    }
+  }
+  return out;
+}

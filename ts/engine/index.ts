@@ -1,0 +1,27 @@
+/**
+ * ts/engine/: the TypeScript side of the native engine.
+ *
+ * native.ts loads the napi-rs addon (lazily, on the first `NativeProxy`) and
+ * types everything that crosses the boundary (ARCHITECTURE.md);
+ * build-config.ts turns a `ProxyConfig` into the engine's `EngineConfig` and
+ * the flag policy; proxy.ts is the library `Proxy` (start once, close once,
+ * errors as `MeshpipeError`s).
+ *
+ * Other folders import from here; the engine folder itself depends only on
+ * ts/config/ and ts/errors.ts.
+ */
+export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
+export { buildEngineConfig, buildFlagPolicy } from './build-config.js';
+export type {
+  EngineConfig,
+  PolicyTable,
+  PolicyRule,
+  PortMode,
+  Direction,
+  BoundListener,
+  CloseSummary,
+  EngineSnapshot,
+  HistogramSnapshot,
+  TcpSeriesSnapshot,
+  ConnectionInfo,
+} from './native.js';

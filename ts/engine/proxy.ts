@@ -1,0 +1,161 @@
+/**
+ * `Proxy`: the library API over the native engine's lifecycle, used by the
+ * CLI (`meshpipe proxy`, `meshpipe run`) and by tests that embed the proxy.
+ *
+ *   const proxy = Proxy.fromConfig(config);      // or new Proxy(engineConfig)
+ *   const bound = await proxy.start();           // every listener is bound
+ *   ...
+ *   const summary = await proxy.close({ drainMs: 30_000 });
+ *
+ * It adds what the raw binding does not: a state machine (start once, close
+ * once; a second `close()` returns the first one's promise), errors mapped to
+ * `MeshpipeError` (ts/engine/native.ts maps them), and an optional keep-alive handle. The
+ * engine runs on its own threads and deliberately does not keep Node's event
+ * loop alive; a process whose only job is proxying (the CLI) asks for
+ * `keepAlive` so it does not exit while listeners run.
+ */
+import { fromNative, MeshpipeError } from '../errors.js';
+import type { ProxyConfig } from '../config/index.js';
+import { buildEngineConfig } from './build-config.js';
+import {
+  NativeProxy,
+  type BoundListener,
+  type CloseSummary,
+  type ConnectionInfo,
+  type EngineConfig,
+  type EngineEvent,
+  type EngineSnapshot,
+  type PolicyTable,
+} from './native.js';
+
+export type ProxyState = 'new' | 'starting' | 'running' | 'closing' | 'closed' | 'failed';
+
+export interface ProxyOptions {
+  /** Hold a ref'd timer while running so the process stays alive (the CLI does). */
+  keepAlive?: boolean;
+}
+
+export class Proxy {
+  readonly config: EngineConfig;
+  readonly #native: NativeProxy;
+  #state: ProxyState = 'new';
+  #listeners: readonly BoundListener[] = [];
+  #closing: Promise<CloseSummary> | undefined;
+  #keepAlive: NodeJS.Timeout | undefined;
+  readonly #wantKeepAlive: boolean;
+
+  /**
+   * Validates the config in the engine (nothing is bound yet).
+   * @throws MeshpipeError ERR_INVALID_CONFIG if the engine refuses the config.
+   */
+  constructor(config: EngineConfig, options: ProxyOptions = {}) {
+    this.config = config;
+    this.#wantKeepAlive = options.keepAlive ?? false;
+    this.#native = new NativeProxy(config);
+  }
+
+  /** A proxy for a validated `ProxyConfig` (listeners and flag policy). */
+  static fromConfig(config: ProxyConfig, options: ProxyOptions & { policy?: PolicyTable } = {}): Proxy {
+    return new Proxy(buildEngineConfig(config, options.policy), options);
+  }
+
+  get state(): ProxyState {
+    return this.#state;
+  }
+
+  /** The listeners as bound by `start()` (empty before). */
+  get listeners(): readonly BoundListener[] {
+    return this.#listeners;
+  }
+
+  /**
+   * Binds every listener, then starts accepting. Resolves with the bound
+   * addresses (ephemeral ports resolved). If any bind fails nothing accepts.
+   * @throws MeshpipeError e.g. ERR_ADDR_IN_USE naming the address.
+   */
+  async start(): Promise<readonly BoundListener[]> {
+    if (this.#state !== 'new') {
+      throw new MeshpipeError('ERR_STARTUP', `proxy cannot start: it is ${this.#state} (start() may be called once)`);
+    }
+    this.#state = 'starting';
+    if (this.#wantKeepAlive) this.#keepAlive = setInterval(() => undefined, 1 << 30);
+    try {
+      this.#listeners = Object.freeze(await this.#native.start());
+    } catch (err) {
+      this.#state = 'failed';
+      this.#releaseKeepAlive();
+      throw fromNative(err);
+    }
+    this.#state = 'running';
+    return this.#listeners;
+  }
+
+  /**
+   * Stops the named listeners from accepting; their open connections keep
+   * flowing (a sidecar stops inbound before outbound).
+   * @throws MeshpipeError ERR_INVALID_ARGUMENT naming unknown listeners; nothing is stopped then.
+   */
+  stopAccepting(names: readonly string[]): void {
+    const known = this.config.listeners.map((l) => l.name);
+    const unknown = names.filter((n) => !known.includes(n));
+    if (unknown.length > 0) {
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown listener ${unknown.map((n) => JSON.stringify(n)).join(', ')}: expected one of ${known.join(', ')}`);
+    }
+    this.#native.stopAccepting([...names]);
+  }
+
+  /**
+   * Stops accepting everywhere, lets open connections finish for up to
+   * `drainMs` (default 30 s), then closes the rest. Idempotent: later calls
+   * return the first call's result.
+   */
+  close(options: { drainMs?: number } = {}): Promise<CloseSummary> {
+    if (this.#closing === undefined) {
+      const drainMs = options.drainMs ?? 30_000;
+      this.#state = 'closing';
+      const closing: Promise<CloseSummary> = this.#native.close(drainMs).then(
+        (summary: CloseSummary) => {
+          this.#state = 'closed';
+          this.#releaseKeepAlive();
+          return summary;
+        },
+        (err: unknown) => {
+          this.#state = 'failed';
+          this.#releaseKeepAlive();
+          throw fromNative(err);
+        },
+      );
+      this.#closing = closing;
+      return closing;
+    }
+    return this.#closing;
+  }
+
+  /** Swaps in a new policy atomically; only new connections see it. Returns the engine's generation. */
+  setPolicy(policy: PolicyTable): number {
+    return this.#native.setPolicy(policy);
+  }
+
+  /** Every engine counter, read in one call. */
+  snapshot(): EngineSnapshot {
+    return this.#native.snapshot();
+  }
+
+  /** Up to `limit` live connections (for debugging endpoints). */
+  connections(limit = 1000): ConnectionInfo[] {
+    return this.#native.connections(limit);
+  }
+
+  /** Notable engine events since the last call (e.g. a server-first target learned). */
+  takeEvents(): EngineEvent[] {
+    return this.#native.takeEvents();
+  }
+
+  #releaseKeepAlive(): void {
+    if (this.#keepAlive !== undefined) clearInterval(this.#keepAlive);
+    this.#keepAlive = undefined;
+  }
+}
+
+/** Alias for code where `Proxy` would shadow the JavaScript global of that name. */
+export { Proxy as MeshpipeProxy };

@@ -1,0 +1,33 @@
+/**
+ * ts/init/: the iptables rules of `meshpipe init` (the proxy-init step that
+ * redirects a pod's TCP through the sidecar).
+ *
+ * rules.ts plans them: the exact ordered rules, the `iptables-restore` input,
+ * and the comparison with what is installed; it is pure and runs nothing.
+ * apply.ts executes the plans (backend detection, privilege checks, one
+ * atomic `iptables-restore --noflush` per address family, read-back).
+ * The command itself (flags, annotations, both families) is ts/cli/init.ts.
+ *
+ * Other folders import from here.
+ */
+export {
+  DEFAULTS,
+  INBOUND_CHAIN,
+  OUTPUT_CHAIN,
+  cidrFamily,
+  planInstall,
+  renderInstall,
+  type IpFamily,
+  type RulePlan,
+  type RulePlanOptions,
+} from './rules.js';
+export {
+  applyInstall,
+  commandForFamily,
+  prepareInstall,
+  probeFamily,
+  restoreShellText,
+  uninstallFamily,
+  type FamilyResult,
+  type PreparedInstall,
+} from './apply.js';

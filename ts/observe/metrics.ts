@@ -1,0 +1,398 @@
+/**
+ * Prometheus metrics: the engine's counters in Linkerd's names and labels, so
+ * dashboards and queries written for linkerd2-proxy keep working, plus
+ * meshpipe's own (`meshpipe_*`) and prom-client's default process metrics.
+ *
+ * No JavaScript runs per connection: the engine counts in Rust (sharded
+ * atomics) and every scrape reads all of it with ONE `snapshot()` call. The
+ * engine metrics are custom prom-client metric objects (they implement the
+ * `get()` contract prom-client's Registry renders); their values come from a
+ * shared `EngineCollector` that takes the snapshot once per scrape and builds
+ * every metric's values from it. prom-client's own Counter/Histogram cannot be
+ * set from outside (a counter only increments; a histogram only observes), so
+ * the histograms here render their `_bucket{le}` (cumulative), `_sum` and
+ * `_count` lines themselves from the engine's per-bucket counts.
+ *
+ * Linkerd-compatible names (labels: direction, peer, target_addr, target_ip,
+ * target_port, tls, no_tls_reason, sni; a null label value is rendered as ""
+ * consistently, which Prometheus treats as an absent label):
+ *   tcp_open_total, tcp_open_connections, tcp_read_bytes_total,
+ *   tcp_write_bytes_total, tcp_close_total (+ errno), tcp_connection_duration_ms
+ *   (peer="src": the connection's whole life),
+ *   inbound_tcp_detect_http_results_total / outbound_tcp_detect_http_results_total
+ *   (result, target_port).
+ * Bytes follow Linkerd's point of view: for peer="src" (the client side) the
+ * proxy *reads* what the client sends (client-to-server) and *writes* what the
+ * server answers; for peer="dst" (the server side) it reads server-to-client
+ * and writes client-to-server.
+ *
+ * Reserved, NOT registered yet (they come with the HTTP work and must keep
+ * Linkerd's names): `request_total`, `response_total` (+ status_code,
+ * classification, grpc_status, error) and `response_latency_ms`.
+ *
+ * Cardinality is bounded by the engine: past `metrics.maxTargets` distinct
+ * targets (config `maxMetricTargets`), new targets are folded into one
+ * overflow series per direction, rendered with target_addr="overflow" and
+ * empty target_ip/target_port. A scrape therefore never grows without bound.
+ */
+import { collectDefaultMetrics, Registry, type Metric } from 'prom-client';
+import type { EngineSnapshot, HistogramSnapshot, TcpSeriesSnapshot } from '../engine/index.js';
+
+/** Event-loop lag sampling period (ms) for prom-client's default metrics. */
+export const EVENT_LOOP_SAMPLE_MS = 200;
+
+/** Anything that can give an engine snapshot (`Proxy` or `NativeProxy`). */
+export interface SnapshotSource {
+  snapshot(): EngineSnapshot;
+}
+
+/** Names reserved for the HTTP metrics; registering them here would break Linkerd dashboards later. */
+export const RESERVED_HTTP_METRICS = ['request_total', 'response_total', 'response_latency_ms'] as const;
+
+/** The `target_addr` label of the series that collects targets past the cardinality bound. */
+export const OVERFLOW_TARGET = 'overflow';
+
+type Labels = Record<string, string>;
+type MetricKind = 'counter' | 'gauge' | 'histogram';
+
+/** One sample in the shape prom-client's Registry renders (`sharedLabels` are cached by identity there). */
+interface Sample {
+  value: number;
+  labels: Labels;
+  metricName: string;
+  sharedLabels: Labels;
+}
+
+/** A label set shared by many samples, as an object (for prom-client) and as escaped text (for the fast path). */
+interface Shared {
+  readonly labels: Labels;
+  /** `a="x",b="y"`, escaped; '' for no labels. */
+  readonly text: string;
+}
+
+/** Escapes a label value for the text format (backslash, newline, double quote). */
+function escapeLabel(value: string): string {
+  return /[\\\n"]/.test(value) ? value.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : value;
+}
+
+function shared(labels: Labels): Shared {
+  const frozen = Object.freeze({ ...labels });
+  return { labels: frozen, text: Object.entries(frozen).map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(',') };
+}
+
+const NONE: Shared = shared({});
+
+/** Formats a sample value exactly like prom-client (`+Inf`, `-Inf`, `Nan`). */
+function formatValue(value: number): string {
+  if (Number.isNaN(value)) return 'Nan';
+  if (!Number.isFinite(value)) return value < 0 ? '-Inf' : '+Inf';
+  return `${value}`;
+}
+
+/**
+ * Where a family's samples go. Every family is written once, against this
+ * interface; the text sink is the scrape's fast path, the sample sink feeds
+ * prom-client's own `get()`/`getMetricsAsJSON()`. `key`/`val` is the one
+ * per-sample label (`errno`, `le`, `result`...), in front of the shared ones.
+ */
+interface Sink {
+  add(metricName: string, value: number, labels: Shared, key?: string, val?: string): void;
+}
+
+class TextSink implements Sink {
+  readonly lines: string[] = [];
+  add(metricName: string, value: number, labels: Shared, key?: string, val?: string): void {
+    const own = key === undefined ? '' : `${key}="${escapeLabel(val!)}"`;
+    const inner = own === '' ? labels.text : labels.text === '' ? own : `${own},${labels.text}`;
+    this.lines.push(inner === '' ? `${metricName} ${formatValue(value)}` : `${metricName}{${inner}} ${formatValue(value)}`);
+  }
+}
+
+class SampleSink implements Sink {
+  readonly samples: Sample[] = [];
+  add(metricName: string, value: number, labels: Shared, key?: string, val?: string): void {
+    this.samples.push({ metricName, value, labels: key === undefined ? {} : { [key]: val! }, sharedLabels: labels.labels });
+  }
+}
+
+/** Bucket bounds as `le` values (`5`, `0.5`, `+Inf`), cached: the same bounds repeat in every series. */
+const LE_TEXT = new Map<number, string>();
+function le(bound: number): string {
+  let text = LE_TEXT.get(bound);
+  if (text === undefined) {
+    text = Number.isFinite(bound) ? formatValue(bound) : '+Inf';
+    LE_TEXT.set(bound, text);
+  }
+  return text;
+}
+
+/** `_bucket` (cumulative), `_sum` and `_count` samples for one engine histogram. */
+function emitHistogram(out: Sink, name: string, h: HistogramSnapshot, labels: Shared): void {
+  let cumulative = 0;
+  const bucket = `${name}_bucket`;
+  for (let i = 0; i < h.buckets.length; i++) {
+    cumulative += h.counts[i] ?? 0;
+    out.add(bucket, cumulative, labels, 'le', le(h.buckets[i]!));
+  }
+  // The engine's last count is the +Inf bucket; +Inf always equals _count.
+  out.add(bucket, h.count, labels, 'le', '+Inf');
+  out.add(`${name}_sum`, h.sum, labels);
+  out.add(`${name}_count`, h.count, labels);
+}
+
+/** The label sets of one TCP series, per peer. */
+interface SeriesLabels {
+  readonly src: Shared;
+  readonly dst: Shared;
+}
+
+function seriesKey(s: TcpSeriesSnapshot): string {
+  return `${s.direction}|${s.overflow ? '\u0000overflow' : (s.targetAddr ?? '')}|${s.tls}|${s.noTlsReason ?? ''}|${s.sni ?? ''}`;
+}
+
+function seriesLabels(s: TcpSeriesSnapshot): SeriesLabels {
+  const base = {
+    direction: s.direction,
+    target_addr: s.overflow ? OVERFLOW_TARGET : (s.targetAddr ?? ''),
+    target_ip: s.overflow ? '' : (s.targetIp ?? ''),
+    target_port: s.overflow || s.targetPort === null ? '' : String(s.targetPort),
+    tls: s.tls,
+    no_tls_reason: s.noTlsReason ?? '',
+    sni: s.sni ?? '',
+  };
+  return { src: shared({ ...base, peer: 'src' }), dst: shared({ ...base, peer: 'dst' }) };
+}
+
+/** One scrape's input: the snapshot and the label sets of its TCP series (aligned with `snapshot.tcp`). */
+interface Scrape {
+  readonly snapshot: EngineSnapshot | undefined;
+  readonly series: readonly SeriesLabels[];
+  readonly snapshotErrors: number;
+}
+
+interface FamilySpec {
+  readonly name: string;
+  readonly help: string;
+  readonly type: MetricKind;
+  emit(s: EngineSnapshot, series: readonly SeriesLabels[], out: Sink): void;
+}
+
+/** Emits one sample per TCP series and peer. */
+function perPeer(name: string, src: (t: TcpSeriesSnapshot) => number, dst: (t: TcpSeriesSnapshot) => number) {
+  return (s: EngineSnapshot, series: readonly SeriesLabels[], out: Sink) => {
+    s.tcp.forEach((t, i) => {
+      out.add(name, src(t), series[i]!.src);
+      out.add(name, dst(t), series[i]!.dst);
+    });
+  };
+}
+
+function perListener(name: string, value: (l: EngineSnapshot['listeners'][number]) => number) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const l of s.listeners) out.add(name, value(l), shared({ listener: l.name, bind: l.bind, direction: l.direction }));
+  };
+}
+
+function single(name: string, value: (s: EngineSnapshot) => number) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => out.add(name, value(s), NONE);
+}
+
+function detectResults(direction: 'inbound' | 'outbound', name: string) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const d of s.detect) {
+      if (d.direction === direction) out.add(name, d.count, shared({ target_port: d.targetPort === null ? '' : String(d.targetPort) }), 'result', d.result);
+    }
+  };
+}
+
+/** Every engine family, in /metrics order. Non-Linkerd metrics carry the `meshpipe_` prefix. */
+const FAMILIES: readonly FamilySpec[] = [
+  { name: 'tcp_open_total', type: 'counter', help: 'Total count of opened TCP connections (peer=src: accepted from the client; peer=dst: connected to the target)',
+    emit: perPeer('tcp_open_total', (t) => t.srcOpenTotal, (t) => t.dstOpenTotal) },
+  { name: 'tcp_open_connections', type: 'gauge', help: 'Number of currently open TCP connections',
+    emit: perPeer('tcp_open_connections', (t) => t.srcOpen, (t) => t.dstOpen) },
+  // Linkerd's point of view: from the client (src) the proxy reads what goes to the server.
+  { name: 'tcp_read_bytes_total', type: 'counter', help: 'Total count of bytes read from peers',
+    emit: perPeer('tcp_read_bytes_total', (t) => t.bytesClientToServer, (t) => t.bytesServerToClient) },
+  { name: 'tcp_write_bytes_total', type: 'counter', help: 'Total count of bytes written to peers',
+    emit: perPeer('tcp_write_bytes_total', (t) => t.bytesServerToClient, (t) => t.bytesClientToServer) },
+  { name: 'tcp_close_total', type: 'counter', help: 'Total count of closed TCP connections, by errno ("" for a clean close)',
+    emit: (s, series, out) => s.tcp.forEach((t, i) => {
+      for (const c of t.closes) out.add('tcp_close_total', c.count, c.peer === 'src' ? series[i]!.src : series[i]!.dst, 'errno', c.errno);
+    }) },
+  { name: 'tcp_connection_duration_ms', type: 'histogram', help: 'Duration of closed TCP connections (peer=src: the whole connection), in milliseconds',
+    emit: (s, series, out) => s.tcp.forEach((t, i) => emitHistogram(out, 'tcp_connection_duration_ms', t.durationMs, series[i]!.src)) },
+  { name: 'inbound_tcp_detect_http_results_total', type: 'counter', help: 'Inbound protocol detection results',
+    emit: detectResults('inbound', 'inbound_tcp_detect_http_results_total') },
+  { name: 'outbound_tcp_detect_http_results_total', type: 'counter', help: 'Outbound protocol detection results',
+    emit: detectResults('outbound', 'outbound_tcp_detect_http_results_total') },
+  { name: 'meshpipe_detect_duration_ms', type: 'histogram', help: 'Time from accept to the protocol detection decision, in milliseconds',
+    emit: (s, _series, out) => {
+      for (const h of s.detectDurationMs) emitHistogram(out, 'meshpipe_detect_duration_ms', h, shared({ direction: h.direction }));
+    } },
+  { name: 'meshpipe_server_first_targets', type: 'gauge', help: 'Targets currently learned to speak first (detection is skipped for them until they expire)',
+    emit: single('meshpipe_server_first_targets', (s) => s.serverFirst.targets.length) },
+  { name: 'meshpipe_listener_accepted_total', type: 'counter', help: 'Connections accepted by a listener',
+    emit: perListener('meshpipe_listener_accepted_total', (l) => l.accepted) },
+  { name: 'meshpipe_listener_open_connections', type: 'gauge', help: 'Connections of a listener that are still open',
+    emit: perListener('meshpipe_listener_open_connections', (l) => l.open) },
+  { name: 'meshpipe_listener_accept_errors_total', type: 'counter', help: 'accept() errors of a listener (e.g. EMFILE, followed by a back-off)',
+    emit: perListener('meshpipe_listener_accept_errors_total', (l) => l.acceptErrors) },
+  { name: 'meshpipe_listener_limit_waits_total', type: 'counter', help: 'Times a listener waited for a slot of the max-connections limit',
+    emit: perListener('meshpipe_listener_limit_waits_total', (l) => l.limitWaits) },
+  { name: 'meshpipe_listener_accepting', type: 'gauge', help: '1 while a listener accepts new connections, 0 once it stopped (drain)',
+    emit: perListener('meshpipe_listener_accepting', (l) => (l.accepting ? 1 : 0)) },
+  { name: 'meshpipe_connect_failures_total', type: 'counter', help: 'Failed connects to targets (the client connection was closed)',
+    emit: single('meshpipe_connect_failures_total', (s) => s.errors.connectFailed) },
+  { name: 'meshpipe_loop_refused_total', type: 'counter', help: 'Connections refused because their original destination was the proxy itself',
+    emit: single('meshpipe_loop_refused_total', (s) => s.errors.loopRefused) },
+  { name: 'meshpipe_original_dst_failures_total', type: 'counter', help: 'Connections whose original destination could not be read',
+    emit: single('meshpipe_original_dst_failures_total', (s) => s.errors.originalDstFailed) },
+  { name: 'meshpipe_policy_generation', type: 'gauge', help: 'Generation of the port policy the engine uses for new connections',
+    emit: single('meshpipe_policy_generation', (s) => s.policyGeneration) },
+  { name: 'meshpipe_tcp_series', type: 'gauge', help: 'TCP label series the engine keeps (bounded by maxMetricTargets, plus overflow)',
+    emit: single('meshpipe_tcp_series', (s) => s.tcp.length) },
+];
+
+/** Scrapes whose engine snapshot failed; rendered even when the snapshot is missing. */
+const SNAPSHOT_ERRORS = { name: 'meshpipe_snapshot_errors_total', help: 'Scrapes whose engine snapshot failed (their engine metrics were empty)', type: 'counter' as const };
+
+/**
+ * A family as a prom-client metric object: the part of the `Metric` contract
+ * the Registry uses (`name`, `help`, `type`, `aggregator`, `get()`, `reset()`).
+ */
+class EngineMetric {
+  readonly aggregator = 'sum';
+  readonly name: string;
+  readonly help: string;
+  readonly type: MetricKind;
+
+  constructor(
+    readonly spec: FamilySpec | null,
+    private readonly collector: EngineCollector,
+  ) {
+    this.name = spec?.name ?? SNAPSHOT_ERRORS.name;
+    this.help = spec?.help ?? SNAPSHOT_ERRORS.help;
+    this.type = spec?.type ?? SNAPSHOT_ERRORS.type;
+  }
+
+  get(): Promise<{ name: string; help: string; type: MetricKind; aggregator: string; values: Sample[] }> {
+    const sink = new SampleSink();
+    this.emit(this.collector.current(), sink);
+    return Promise.resolve({ name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: sink.samples });
+  }
+
+  /** The family in text format (HELP, TYPE, samples), as prom-client would render it. */
+  text(scrape: Scrape): string {
+    const sink = new TextSink();
+    this.emit(scrape, sink);
+    const head = `# HELP ${this.name} ${this.help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}\n# TYPE ${this.name} ${this.type}`;
+    return sink.lines.length === 0 ? head : `${head}\n${sink.lines.join('\n')}`;
+  }
+
+  emit(scrape: Scrape, sink: Sink): void {
+    if (this.spec === null) sink.add(this.name, scrape.snapshotErrors, NONE);
+    else if (scrape.snapshot !== undefined) this.spec.emit(scrape.snapshot, scrape.series, sink);
+  }
+
+  reset(): void {
+    // Engine counters live in Rust; there is nothing to reset here.
+  }
+}
+
+/**
+ * Takes one engine snapshot per scrape. A scrape is explicit
+ * (`Metrics.render()` takes the snapshot and hands it to every family) or
+ * implicit: prom-client's Registry calls every metric's `get()` synchronously
+ * in one pass, so a snapshot cached until the next microtask is shared by all
+ * of them and never reused by a later scrape.
+ */
+class EngineCollector {
+  #cached: Scrape | undefined;
+  #labels = new Map<string, SeriesLabels>();
+  snapshotErrors = 0;
+  lastError: unknown;
+
+  constructor(private readonly source: SnapshotSource) {}
+
+  /** A fresh scrape (one `snapshot()` call). */
+  take(): Scrape {
+    let snapshot: EngineSnapshot | undefined;
+    try {
+      snapshot = this.source.snapshot();
+    } catch (err) {
+      this.snapshotErrors++;
+      this.lastError = err;
+    }
+    const labels = new Map<string, SeriesLabels>();
+    const series: SeriesLabels[] = [];
+    for (const t of snapshot?.tcp ?? []) {
+      const key = seriesKey(t);
+      const l = labels.get(key) ?? this.#labels.get(key) ?? seriesLabels(t);
+      labels.set(key, l);
+      series.push(l);
+    }
+    // Only series that still exist keep their cached labels (bounded by the engine's bound).
+    this.#labels = labels;
+    return { snapshot, series, snapshotErrors: this.snapshotErrors };
+  }
+
+  /** The scrape of the current synchronous pass (prom-client's `get()` path). */
+  current(): Scrape {
+    if (this.#cached === undefined) {
+      this.#cached = this.take();
+      queueMicrotask(() => (this.#cached = undefined));
+    }
+    return this.#cached;
+  }
+}
+
+export interface MetricsOptions {
+  /** Register prom-client's default process metrics (CPU, RSS, fds, event-loop lag). Default true. */
+  readonly defaultMetrics?: boolean;
+}
+
+/** A registry with every meshpipe metric, fed by one snapshot per scrape. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #collector: EngineCollector;
+  readonly #engine = new Map<string, EngineMetric>();
+
+  constructor(source: SnapshotSource, options: MetricsOptions = {}) {
+    this.#collector = new EngineCollector(source);
+    for (const spec of [...FAMILIES, null]) {
+      const metric = new EngineMetric(spec, this.#collector);
+      this.#engine.set(metric.name, metric);
+      this.registry.registerMetric(metric as unknown as Metric);
+    }
+    // Event-loop lag is sampled every EVENT_LOOP_SAMPLE_MS, not prom-client's
+    // default 10 ms: an idle sidecar should not wake 100 times a second.
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+  }
+
+  /** The content type of `render()`'s text. */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /**
+   * Renders the Prometheus text format from exactly one engine snapshot: the
+   * engine families through the fast text path (per-series label text is
+   * cached between scrapes), everything else (process metrics) through
+   * prom-client. The result equals `registry.metrics()`.
+   */
+  async render(): Promise<string> {
+    const scrape = this.#collector.take();
+    const parts: string[] = [];
+    for (const metric of this.registry.getMetricsAsArray()) {
+      const engine = this.#engine.get(metric.name);
+      parts.push(engine !== undefined && (engine as unknown) === metric ? engine.text(scrape) : await this.registry.getSingleMetricAsString(metric.name));
+    }
+    return `${parts.join('\n\n')}\n`;
+  }
+
+  /** How many scrapes failed to read the engine (their engine metrics were empty), and the last error. */
+  get snapshotErrors(): { count: number; last: unknown } {
+    return { count: this.#collector.snapshotErrors, last: this.#collector.lastError };
+  }
+}

@@ -1,0 +1,191 @@
+/**
+ * Loads Kubernetes manifests from files and folders (`--manifests PATH`,
+ * repeatable) into the typed objects of objects.ts.
+ *
+ * A path may be a file or a folder; folders are walked recursively for
+ * `*.yaml`, `*.yml` and `*.json` in a stable (sorted) order. Each file may hold
+ * several YAML documents and `kind: List` wrappers (what `kubectl get -o yaml`
+ * prints). A document that does not parse gives a problem naming the file and
+ * the document index (0-based, as `yaml` counts them) and the parser's
+ * message; the other documents of the file still load. Unknown kinds are
+ * ignored and counted, because real manifest folders hold ConfigMaps, RBAC,
+ * CRDs and so on. Results are kept per file so a caller that reloads can keep
+ * a file's last good content while the file is broken.
+ */
+
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import {
+  normalizeObject,
+  type NamespaceObject,
+  type ObjectProblem,
+  type PolicyObject,
+  type ServerObject,
+  type ServiceObject,
+  type WorkloadObject,
+} from './objects.js';
+import { objectProblem, type PolicyProblem } from '../problems.js';
+
+/** Every object the policy layer reads, grouped by kind. */
+export interface ManifestSet {
+  readonly namespaces: readonly NamespaceObject[];
+  readonly services: readonly ServiceObject[];
+  readonly workloads: readonly WorkloadObject[];
+  readonly servers: readonly ServerObject[];
+  /** Objects of kinds the policy layer does not read. */
+  readonly ignored: number;
+  readonly problems: readonly PolicyProblem[];
+}
+
+/** What one file gave. `parsed` is false when at least one document failed to parse. */
+export interface ManifestFile {
+  readonly file: string;
+  readonly objects: readonly PolicyObject[];
+  readonly ignored: number;
+  readonly problems: readonly PolicyProblem[];
+  readonly parsed: boolean;
+}
+
+export const EMPTY_MANIFESTS: ManifestSet = Object.freeze({
+  namespaces: [], services: [], workloads: [], servers: [], ignored: 0, problems: [],
+});
+
+const EXTENSIONS = /\.(ya?ml|json)$/i;
+
+/** Lists the manifest files under a path (the path itself if it is a file), sorted. */
+export async function listManifestFiles(path: string): Promise<string[]> {
+  const info = await stat(path);
+  if (!info.isDirectory()) return [path];
+  const out: string[] = [];
+  const entries = await readdir(path, { withFileTypes: true });
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const entry of entries) {
+    // Skip hidden entries: Kubernetes ConfigMap volumes keep their real data in ..data/..timestamp dirs.
+    if (entry.name.startsWith('.')) continue;
+    const full = join(path, entry.name);
+    if (entry.isDirectory()) out.push(...(await listManifestFiles(full)));
+    else if (EXTENSIONS.test(entry.name)) out.push(full);
+  }
+  return out;
+}
+
+function fileProblem(file: string, document: number | undefined, reason: string, token = ''): PolicyProblem {
+  const where = document === undefined ? file : `${file} document ${document}`;
+  return Object.freeze({
+    object: undefined, file, document, line: undefined, annotation: undefined, token, reason,
+    message: `${where}: ${reason}`,
+  });
+}
+
+/** Parses the text of one manifest file. Never throws. */
+export function parseManifestText(file: string, text: string): ManifestFile {
+  const objects: PolicyObject[] = [];
+  const problems: PolicyProblem[] = [];
+  let ignored = 0;
+  let parsed = true;
+  let docs;
+  try {
+    docs = parseAllDocuments(text, { prettyErrors: true });
+  } catch (err) {
+    return { file, objects, ignored, parsed: false, problems: [fileProblem(file, undefined, `YAML does not parse: ${(err as Error).message}`)] };
+  }
+  const list = Array.isArray(docs) ? docs : [docs];
+  list.forEach((doc, index) => {
+    if ('errors' in doc && doc.errors.length > 0) {
+      parsed = false;
+      const first = doc.errors[0];
+      const pos = first?.linePos?.[0];
+      const at = pos ? ` (line ${pos.line}, column ${pos.col})` : '';
+      problems.push(fileProblem(file, index, `YAML does not parse${at}: ${first?.message.split('\n')[0] ?? 'unknown error'}`));
+      return;
+    }
+    const value: unknown = doc.toJS({ maxAliasCount: 100 });
+    const items = isList(value) ? (value as { items: unknown[] }).items : [value];
+    for (const item of items) {
+      if (item === null || item === undefined) continue;
+      const objProblems: ObjectProblem[] = [];
+      const obj = normalizeObject(item, objProblems);
+      for (const p of objProblems) problems.push(objectProblem(p.object, p.field, p.token, p.reason, file));
+      if (obj) objects.push(obj);
+      else if (objProblems.length === 0) ignored++;
+    }
+  });
+  return { file, objects, ignored, problems, parsed };
+}
+
+function isList(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const v = value as Record<string, unknown>;
+  return typeof v['kind'] === 'string' && v['kind'].endsWith('List') && Array.isArray(v['items']);
+}
+
+/** Reads and parses one file; an unreadable file is a problem, not an exception. */
+export async function loadManifestFile(file: string): Promise<ManifestFile> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    return { file, objects: [], ignored: 0, parsed: false, problems: [fileProblem(file, undefined, `cannot read: ${(err as Error).message}`)] };
+  }
+  return parseManifestText(file, text);
+}
+
+/** Groups objects from several files (and other sources) into one set. */
+export function mergeManifests(files: readonly ManifestFile[], extra: readonly PolicyProblem[] = []): ManifestSet {
+  const namespaces: NamespaceObject[] = [];
+  const services: ServiceObject[] = [];
+  const workloads: WorkloadObject[] = [];
+  const servers: ServerObject[] = [];
+  let ignored = 0;
+  const problems: PolicyProblem[] = [...extra];
+  for (const f of files) {
+    ignored += f.ignored;
+    problems.push(...f.problems);
+    for (const o of f.objects) {
+      if (o.kind === 'Namespace') namespaces.push(o);
+      else if (o.kind === 'Service') services.push(o);
+      else if (o.kind === 'Server') servers.push(o);
+      else workloads.push(o);
+    }
+  }
+  return Object.freeze({ namespaces, services, workloads, servers, ignored, problems });
+}
+
+/** Concatenates manifest sets (e.g. files + live API). */
+export function combineManifests(...sets: readonly ManifestSet[]): ManifestSet {
+  return Object.freeze({
+    namespaces: sets.flatMap((s) => s.namespaces),
+    services: sets.flatMap((s) => s.services),
+    workloads: sets.flatMap((s) => s.workloads),
+    servers: sets.flatMap((s) => s.servers),
+    ignored: sets.reduce((n, s) => n + s.ignored, 0),
+    problems: sets.flatMap((s) => s.problems),
+  });
+}
+
+/**
+ * Loads every path (file or folder). A missing path is a problem naming it.
+ * Returns the per-file results so callers can keep last good content.
+ */
+export async function loadManifestFiles(paths: readonly string[]): Promise<{ files: ManifestFile[]; problems: PolicyProblem[] }> {
+  const files: ManifestFile[] = [];
+  const problems: PolicyProblem[] = [];
+  for (const path of paths) {
+    let list: string[];
+    try {
+      list = await listManifestFiles(path);
+    } catch (err) {
+      problems.push(fileProblem(path, undefined, `cannot read manifests: ${(err as Error).message}`));
+      continue;
+    }
+    for (const file of list) files.push(await loadManifestFile(file));
+  }
+  return { files, problems };
+}
+
+/** Loads paths into one set (the CLI's one-shot use). */
+export async function loadManifests(paths: readonly string[]): Promise<ManifestSet> {
+  const { files, problems } = await loadManifestFiles(paths);
+  return mergeManifests(files, problems);
+}

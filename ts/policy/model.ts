@@ -1,0 +1,152 @@
+/**
+ * The typed inputs and outputs of the port policy layer.
+ *
+ * PolicyInputs is everything the compiler looks at: install-time defaults
+ * (default opaque ports, clusterNetworks, detect timeouts, the `--opaque-ports`
+ * flag), this workload's own annotations (downward-API file), the Kubernetes
+ * objects (manifests and/or the live API) and this workload's identity.
+ * EffectivePolicy is the answer with a human-readable source for every
+ * decision; `effectiveToJson` (below) is what `meshpipe explain --json` and
+ * the admin server's /policy print. PolicyTable is the engine's flat,
+ * ordered rule list (ARCHITECTURE.md). PolicyProblem (problems.ts) names what
+ * was wrong in the inputs.
+ */
+
+import type { ManifestSet } from './k8s/manifests.js';
+import type { ObjectRef } from './k8s/objects.js';
+import { formatPortList, type PortRange } from '../config/index.js';
+
+// The engine's types (ARCHITECTURE.md), defined once in ts/engine/native.ts; type-only, so the addon is not loaded.
+import type { Direction, PolicyRule, PolicyTable, PortMode } from '../engine/index.js';
+
+export type { Direction, PolicyRule, PolicyTable, PortMode };
+
+/** The annotations the policy layer honours. */
+export const ANNOTATIONS = {
+  opaquePorts: 'config.linkerd.io/opaque-ports',
+  skipInboundPorts: 'config.linkerd.io/skip-inbound-ports',
+  skipOutboundPorts: 'config.linkerd.io/skip-outbound-ports',
+  skipSubnets: 'config.linkerd.io/skip-subnets',
+  enableExternalProfiles: 'config.linkerd.io/enable-external-profiles',
+  disableInboundDetectTimeout: 'config.linkerd.io/proxy-disable-inbound-protocol-detect-timeout',
+  disableOutboundDetectTimeout: 'config.linkerd.io/proxy-disable-outbound-protocol-detect-timeout',
+} as const;
+
+/** Linkerd's "disabled" detect timeout: 365 days. */
+export const DISABLED_DETECT_TIMEOUT_MS = 365 * 86_400_000;
+
+/** Server `proxyProtocol` values -> engine modes. */
+export const PROXY_PROTOCOL_MODES: Readonly<Record<string, PortMode>> = {
+  unknown: 'detect', 'HTTP/1': 'http1', 'HTTP/2': 'http2', gRPC: 'grpc', opaque: 'opaque', TLS: 'tls',
+};
+
+/** Service `appProtocol` values honoured (others fall through to annotations). */
+export const APP_PROTOCOL_MODES: Readonly<Record<string, PortMode>> = {
+  'linkerd.io/opaque': 'opaque', http: 'http1', 'kubernetes.io/h2c': 'http2',
+};
+
+/** Which pod this proxy serves, when known. */
+export interface WorkloadIdentity {
+  readonly namespace: string | undefined;
+  /** Pod name; resolved against Pods first, then workloads whose pods carry this name's prefix. */
+  readonly pod: string | undefined;
+}
+
+export interface PolicyInputs {
+  /** Replaceable as a whole (Linkerd's proxy.opaquePorts). */
+  readonly defaultOpaquePorts: readonly PortRange[];
+  /** `--opaque-ports`: this proxy's own opaque ports, both directions, any address. */
+  readonly opaquePorts: readonly PortRange[];
+  /** CIDR strings, already validated. */
+  readonly clusterNetworks: readonly string[];
+  readonly inboundDetectTimeoutMs: number;
+  readonly outboundDetectTimeoutMs: number;
+  /** This pod's own annotations (downward-API file); they replace the manifest's for this workload. */
+  readonly workloadAnnotations: Readonly<Record<string, string>> | undefined;
+  /** Where workloadAnnotations came from, for sources (e.g. the file path). */
+  readonly workloadAnnotationsOrigin: string | undefined;
+  readonly manifests: ManifestSet;
+  readonly identity: WorkloadIdentity;
+}
+
+/** One decision for a port range of this workload (inbound) or of a destination (outbound). */
+export interface PortDecision {
+  readonly ports: PortRange;
+  /** The port's name (container or Service port) when it has one. */
+  readonly name: string | undefined;
+  readonly mode: PortMode;
+  /** Why, e.g. `opaque: Server db/mysql proxyProtocol=opaque`. */
+  readonly source: string;
+}
+
+/** Outbound decisions for one destination (a Service's clusterIP, a pod IP, or an unaddressed Service). */
+export interface DestinationPolicy {
+  readonly object: ObjectRef;
+  /** Exact addresses the decisions apply to; empty when unknown (Service without clusterIP in manifests). */
+  readonly addresses: readonly string[];
+  /** In precedence order: the first decision covering a port wins. */
+  readonly decisions: readonly PortDecision[];
+}
+
+export interface DetectTimeout {
+  readonly ms: number;
+  readonly source: string;
+  /** True when an annotation changed it from the configured value (rules then carry it). */
+  readonly overridden: boolean;
+}
+
+export interface EffectivePolicy {
+  /** The workload this proxy serves, if identified. */
+  readonly workload: ObjectRef | undefined;
+  readonly inbound: {
+    /** In precedence order; the first decision covering a port wins. Ports not covered: detect. */
+    readonly decisions: readonly PortDecision[];
+    /** One line per declared container port (and each explicitly configured port), for display. */
+    readonly ports: readonly PortDecision[];
+    readonly detectTimeout: DetectTimeout;
+  };
+  readonly outbound: {
+    readonly destinations: readonly DestinationPolicy[];
+    /** Cluster-wide defaults: default opaque ports inside clusterNetworks (and everywhere with external profiles). */
+    readonly defaults: readonly { readonly net: string | null; readonly ports: PortRange; readonly source: string }[];
+    readonly detectTimeout: DetectTimeout;
+  };
+  readonly skipInboundPorts: readonly PortRange[];
+  readonly skipOutboundPorts: readonly PortRange[];
+  readonly skipSubnets: readonly string[];
+  readonly enableExternalProfiles: { readonly enabled: boolean; readonly source: string };
+  readonly opaquePortsFlag: readonly PortRange[];
+  readonly clusterNetworks: readonly string[];
+  readonly defaultOpaquePorts: readonly PortRange[];
+}
+
+/** The per-workload part of the JSON (also what /policy serves for the running proxy). */
+export function effectiveToJson(e: EffectivePolicy): Record<string, unknown> {
+  const port = (d: PortDecision): Record<string, unknown> => ({
+    port: d.ports.from === d.ports.to ? d.ports.from : `${d.ports.from}-${d.ports.to}`,
+    name: d.name ?? null, mode: d.mode, source: d.source,
+  });
+  return {
+    workload: e.workload ? { kind: e.workload.kind, namespace: e.workload.namespace, name: e.workload.name } : null,
+    inbound: {
+      ports: e.inbound.ports.map(port),
+      rules: e.inbound.decisions.map(port),
+      detectTimeoutMs: e.inbound.detectTimeout.ms,
+      detectTimeoutSource: e.inbound.detectTimeout.source,
+    },
+    outbound: {
+      destinations: e.outbound.destinations.map((d) => ({
+        kind: d.object.kind, namespace: d.object.namespace, name: d.object.name, addresses: d.addresses, ports: d.decisions.map(port),
+      })),
+      clusterDefaults: e.outbound.defaults.map((g) => ({ net: g.net, ports: formatPortList([g.ports]), source: g.source })),
+      detectTimeoutMs: e.outbound.detectTimeout.ms,
+      detectTimeoutSource: e.outbound.detectTimeout.source,
+    },
+    skipInboundPorts: formatPortList(e.skipInboundPorts),
+    skipOutboundPorts: formatPortList(e.skipOutboundPorts),
+    skipSubnets: e.skipSubnets,
+    enableExternalProfiles: e.enableExternalProfiles,
+    clusterNetworks: e.clusterNetworks,
+    defaultOpaquePorts: formatPortList(e.defaultOpaquePorts),
+  };
+}

@@ -1,0 +1,378 @@
+/**
+ * The sidecar lifecycle shared by `meshpipe proxy` and `meshpipe run`:
+ * admin server, start-up, readiness, engine event logging and the shutdown
+ * sequence.
+ *
+ * Start-up: the admin server binds first (so /ready can answer 503 while the
+ * listeners bind), then every listener binds with the policy already in the
+ * engine config; only then is the sidecar ready (/ready 200). If anything
+ * fails to bind, everything already bound is closed again and the error
+ * (naming the address) propagates: the caller exits non-zero and, for
+ * `meshpipe run`, never starts the app.
+ *
+ * Shutdown (SIGTERM, SIGINT or POST /shutdown), in this order:
+ * 1. /ready turns 503 at once, so the kubelet and load balancers stop sending
+ *    new work while the listeners still accept what is already on the way.
+ * 2. After `inboundStopDelay` (default 0) the inbound listeners stop
+ *    accepting; their open connections keep flowing.
+ * 3. Outbound listeners keep accepting while a wrapped app still runs (an app
+ *    finishing its work must still reach its dependencies); `drain()` waits
+ *    for the promise the caller passes (the app's exit).
+ * 4. `close(drainTimeout)` stops every listener, lets open connections finish
+ *    until the deadline and then cuts the rest (half-closed ones too), so the
+ *    process never outlives the deadline. The admin server closes last.
+ * A second SIGTERM/SIGINT exits at once (handled by the callers' signal code).
+ *
+ * Logs: one line per notable event (listener bound, policy loaded, proxy
+ * ready, server-first target learned with the annotation that would make it
+ * permanent, shutdown requested, inbound stopped, drain started/finished);
+ * nothing per connection at info level.
+ */
+import { constants as osConstants } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
+import type { ProxyConfig } from '../config/index.js';
+import { buildFlagPolicy, Proxy, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
+import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+
+/** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
+export const LIFECYCLE_MESSAGES = {
+  adminListening: 'admin server listening',
+  policyLoaded: 'policy loaded',
+  shutdownRequested: 'shutdown requested',
+  inboundStopped: 'inbound listeners stopped accepting',
+  waitingForApp: 'waiting for the app to exit before draining',
+} as const;
+
+/** How often engine events are turned into log lines. */
+export const EVENT_POLL_MS = 500;
+
+export type SidecarState = 'new' | 'starting' | 'ready' | 'draining' | 'closed';
+
+/** What /policy shows; the policy layer can supply a richer view. */
+export type PolicyView = (current: { table: PolicyTable; snapshot: EngineSnapshot | undefined; config: ProxyConfig }) => unknown;
+
+export interface SidecarOptions {
+  /** The initial policy table (default: the flag policy of `config`). */
+  readonly policy?: PolicyTable;
+  /** Replaces the default /policy document. */
+  readonly policyView?: PolicyView;
+}
+
+/** The default /policy document: the rules with their sources and the learned server-first targets. */
+export const defaultPolicyView: PolicyView = ({ table, snapshot, config }) => ({
+  generation: table.generation,
+  engineGeneration: snapshot?.policyGeneration ?? null,
+  rules: table.rules,
+  sources: { opaquePorts: config.sources.opaquePorts, defaultOpaquePorts: config.sources.defaultOpaquePorts },
+  detectTimeoutMs: { inbound: config.inboundDetectTimeoutMs, outbound: config.outboundDetectTimeoutMs },
+  serverFirst: {
+    note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
+    targets: snapshot?.serverFirst.targets ?? [],
+  },
+});
+
+export function portOf(addr: string): number {
+  return Number(addr.slice(addr.lastIndexOf(':') + 1));
+}
+
+export class Sidecar {
+  readonly config: ProxyConfig;
+  readonly logger: Logger;
+  readonly proxy: Proxy;
+  readonly metrics: Metrics;
+  readonly admin: AdminServer | null;
+  #state: SidecarState = 'new';
+  #table: PolicyTable;
+  #events: NodeJS.Timeout | undefined;
+  #shutdownReason: string | undefined;
+  #requested!: (reason: string) => void;
+  /** Resolves with the reason when shutdown is first requested. */
+  readonly shutdownRequested: Promise<string>;
+  #draining: Promise<CloseSummary> | undefined;
+  #adminStarted: Promise<void> | undefined;
+  #starting: Promise<unknown> | undefined;
+  #inboundStopped: Promise<void> = Promise.resolve();
+  #policySource: SidecarPolicy | undefined;
+  #view: PolicyView;
+
+  constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
+    this.config = config;
+    this.logger = logger;
+    this.#table = options.policy ?? buildFlagPolicy(config);
+    this.shutdownRequested = new Promise((resolve) => (this.#requested = resolve));
+    // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
+    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table });
+    // With the admin server off nothing is scraped: no process-metric timers either.
+    this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
+    this.#view = options.policyView ?? defaultPolicyView;
+    this.admin =
+      config.admin === null
+        ? null
+        : new AdminServer({
+            host: config.admin.host,
+            port: config.admin.port,
+            metrics: this.metrics,
+            notReady: () => this.notReady(),
+            connections: (limit) => this.proxy.connections(limit),
+            snapshot: () => this.#snapshotOrUndefined() ?? {},
+            policy: () =>
+              this.#policySource
+                ? this.#policySource.view(this.#snapshotOrUndefined())
+                : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
+            shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
+            logger,
+          });
+  }
+
+  get state(): SidecarState {
+    return this.#state;
+  }
+
+  /** Null when ready; otherwise why not (for /ready). */
+  notReady(): NotReadyReason {
+    if (this.#state === 'ready') return null;
+    return this.#state === 'new' || this.#state === 'starting' ? 'starting' : 'draining';
+  }
+
+  /**
+   * Binds the admin server (if configured) without the listeners: /ready
+   * answers 503 "starting" until `start()` finishes. Idempotent; `start()`
+   * calls it.
+   */
+  startAdmin(): Promise<void> {
+    this.#state = this.#state === 'new' ? 'starting' : this.#state;
+    this.#adminStarted ??= (async () => {
+      if (this.admin === null) return;
+      const address = await this.admin.start();
+      this.logger.info({ address, shutdownEndpoint: this.config.adminShutdown }, LIFECYCLE_MESSAGES.adminListening);
+    })();
+    return this.#adminStarted;
+  }
+
+  /** Binds the admin server, then every listener; logs each; ready afterwards. */
+  async start(): Promise<readonly BoundListener[]> {
+    this.#state = this.#state === 'new' ? 'starting' : this.#state;
+    try {
+      await this.startAdmin();
+      // Policy sources load before any listener binds: the first connection
+      // already sees the workload's policy, never the flags-only one.
+      this.#policySource = await startSidecarPolicy(this.config, this.logger);
+      if (this.#policySource) {
+        this.#table = this.#policySource.first.table;
+        this.proxy.setPolicy(this.#table);
+        this.#policySource.onTable((table) => this.setPolicy(table));
+      }
+      this.#starting = this.proxy.start();
+      const bound = (await this.#starting) as readonly BoundListener[];
+      this.#logBound(bound);
+      this.logger.info({ generation: this.#table.generation, rules: this.#table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
+      // A shutdown requested while binding wins: never report ready afterwards.
+      if (this.#shutdownReason === undefined) this.#state = 'ready';
+      this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
+      this.#events = setInterval(() => this.logEvents(), EVENT_POLL_MS).unref();
+      return bound;
+    } catch (err) {
+      this.#state = 'closed';
+      await this.#policySource?.close();
+      await this.admin?.close();
+      if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
+      throw err;
+    }
+  }
+
+  /** Swaps in a new policy (new connections only) and logs it. */
+  setPolicy(table: PolicyTable): void {
+    this.proxy.setPolicy(table);
+    this.#table = table;
+    this.logger.info({ generation: table.generation, rules: table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
+  }
+
+  /**
+   * Step 1 of the shutdown: /ready turns 503 at once, and step 2 is scheduled:
+   * the inbound listeners stop accepting after `inboundStopDelay`.
+   * Idempotent; the first reason wins.
+   */
+  requestShutdown(reason: string): void {
+    if (this.#shutdownReason !== undefined) return;
+    this.#shutdownReason = reason;
+    if (this.#state === 'ready' || this.#state === 'starting') this.#state = 'draining';
+    this.logger.info({ reason, inboundStopDelayMs: this.config.inboundStopDelayMs }, LIFECYCLE_MESSAGES.shutdownRequested);
+    this.#inboundStopped = this.#stopInbound();
+    this.#requested(reason);
+  }
+
+  async #stopInbound(): Promise<void> {
+    if (this.config.inboundStopDelayMs > 0) await sleep(this.config.inboundStopDelayMs);
+    // A start-up still in progress finishes first (its listeners must stop too).
+    await this.#starting?.catch(() => undefined);
+    if (this.proxy.state !== 'running') return;
+    const inbound = this.proxy.listeners.filter((l) => l.direction === 'inbound').map((l) => l.name);
+    if (inbound.length === 0) return;
+    try {
+      this.proxy.stopAccepting(inbound);
+      this.logger.info({ listeners: inbound }, LIFECYCLE_MESSAGES.inboundStopped);
+    } catch (err) {
+      this.logger.warn({ err, listeners: inbound }, 'stopping the inbound listeners failed');
+    }
+  }
+
+  /**
+   * Steps 3-4 of the shutdown. `appExited`, when given, is awaited before the
+   * final drain, so outbound listeners keep accepting while the app runs;
+   * without it the inbound stop delay is awaited instead. Idempotent: later
+   * calls return the first call's result.
+   */
+  drain(appExited?: Promise<unknown>): Promise<CloseSummary> {
+    this.#draining ??= this.#drain(appExited);
+    return this.#draining;
+  }
+
+  async #drain(appExited: Promise<unknown> | undefined): Promise<CloseSummary> {
+    this.requestShutdown('drain');
+    if (appExited !== undefined) {
+      // An app that exits before the inbound delay ends the wait: close() stops every listener.
+      await appExited;
+    } else {
+      await this.#inboundStopped;
+    }
+    clearInterval(this.#events);
+    const started = Date.now();
+    const open = this.#openConnections();
+    // close() refuses new connections before it returns; log afterwards, so
+    // "drain started" is only ever seen once the ports are closed.
+    const closing = this.proxy.state === 'new' || this.proxy.state === 'failed' ? Promise.resolve({ drained: 0, cut: 0 }) : this.proxy.close({ drainMs: this.config.drainTimeoutMs });
+    this.logger.info({ drainTimeoutMs: this.config.drainTimeoutMs, open }, LOG_MESSAGES.drainStarted);
+    const summary = await closing;
+    this.logEvents();
+    this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
+    this.#state = 'closed';
+    await this.#policySource?.close();
+    await this.admin?.close();
+    return summary;
+  }
+
+  /**
+   * Logs engine events. A learned server-first target gets one hint naming
+   * the annotation that makes the decision permanent (the engine reports
+   * each target once).
+   */
+  logEvents(): void {
+    let events;
+    try {
+      events = this.proxy.takeEvents();
+    } catch (err) {
+      this.logger.warn({ err }, 'reading engine events failed');
+      return;
+    }
+    for (const event of events) {
+      if (event.kind !== 'serverFirstLearned') continue;
+      const port = portOf(event.target);
+      this.logger.info(
+        {
+          target: event.target,
+          port,
+          hint: `the server at ${event.target} speaks first; to skip detection for it permanently, annotate the destination workload or Service with config.linkerd.io/opaque-ports: "${port}" (or run meshpipe with --opaque-ports ${port})`,
+        },
+        LOG_MESSAGES.serverFirstLearned,
+      );
+    }
+  }
+
+  #logBound(bound: readonly BoundListener[]): void {
+    for (const listener of bound) {
+      const spec = this.config.forward.find((f) => f.name === listener.name);
+      this.logger.info(
+        {
+          listener: listener.name,
+          address: listener.bind,
+          port: portOf(listener.bind),
+          requested: spec?.bind.addr,
+          target: spec?.target.addr,
+          mode: spec?.mode ?? 'policy',
+          direction: listener.direction,
+        },
+        LOG_MESSAGES.listenerBound,
+      );
+    }
+  }
+
+  #snapshotOrUndefined(): EngineSnapshot | undefined {
+    try {
+      return this.proxy.snapshot();
+    } catch {
+      return undefined;
+    }
+  }
+
+  #openConnections(): number | undefined {
+    return this.#snapshotOrUndefined()?.listeners.reduce((sum, l) => sum + l.open, 0);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Signals and the `meshpipe proxy` flow.
+
+export const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
+export type StopSignal = (typeof STOP_SIGNALS)[number];
+
+/** Exit code of a forced exit on a second signal: 128 + signal number (130 SIGINT, 143 SIGTERM). */
+export function forcedExitCode(signal: NodeJS.Signals): number {
+  return 128 + (osConstants.signals[signal] ?? 0);
+}
+
+export interface SignalHandlers {
+  /** The first SIGTERM/SIGINT. */
+  onStop(signal: StopSignal): void;
+  /** Every signal received (also the first), e.g. to forward it to a wrapped app. */
+  onSignal?(signal: NodeJS.Signals): void;
+  /** A second SIGTERM/SIGINT; the default exits the process at once with 128 + N. */
+  onForced?(signal: StopSignal): void;
+  /** Extra signals to catch and pass to `onSignal` only (e.g. SIGHUP for `meshpipe run`). */
+  readonly extra?: readonly NodeJS.Signals[];
+}
+
+/** Installs the handlers; returns a function that removes them. */
+export function handleSignals(logger: Logger, handlers: SignalHandlers): () => void {
+  let first: StopSignal | undefined;
+  const onForced = (signal: StopSignal): void => {
+    if (handlers.onForced) handlers.onForced(signal);
+    else process.exit(forcedExitCode(signal));
+  };
+  const stop = (signal: StopSignal) => {
+    handlers.onSignal?.(signal);
+    if (first === undefined) {
+      first = signal;
+      handlers.onStop(signal);
+      return;
+    }
+    logger.warn({ signal, firstSignal: first, exitCode: forcedExitCode(signal) }, LOG_MESSAGES.forcedExit);
+    onForced(signal);
+  };
+  const other = (signal: NodeJS.Signals) => handlers.onSignal?.(signal);
+  for (const s of STOP_SIGNALS) process.on(s, stop);
+  for (const s of handlers.extra ?? []) process.on(s, other);
+  return () => {
+    for (const s of STOP_SIGNALS) process.off(s, stop);
+    for (const s of handlers.extra ?? []) process.off(s, other);
+  };
+}
+
+/**
+ * `meshpipe proxy`: start the sidecar, run until SIGTERM/SIGINT or POST
+ * /shutdown, then run the shutdown sequence. Resolves with the exit code (0);
+ * rejects with the start-up error (nothing is left bound).
+ */
+export async function runProxyLifecycle(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}): Promise<number> {
+  const sidecar = new Sidecar(config, logger, options);
+  // Installed before binding: a signal during start-up still drains.
+  const remove = handleSignals(logger, { onStop: (signal) => sidecar.requestShutdown(signal) });
+  try {
+    await sidecar.start();
+    await sidecar.shutdownRequested;
+    await sidecar.drain();
+    return 0;
+  } finally {
+    remove();
+  }
+}
