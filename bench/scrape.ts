@@ -112,11 +112,11 @@ async function worker(): Promise<void> {
   const proxy = new NativeProxy({
     workers: 1, maxConnections: 0, connectTimeoutMs: 5000,
     listeners: [{ name: 'outbound', bind: `127.0.0.1:${LISTEN_PORT}`, target: { kind: 'originalDst', inboundHost: null }, mode: 'opaque', direction: 'outbound' }],
-    detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000 },
+    detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000, portTimeouts: [] },
     metrics: { maxTargets: 20_000 },
     policy: { generation: 1, rules: [] },
   });
-  await proxy.start();
+  proxy.start();
   const metrics = new Metrics(proxy);
   const stages: StageResult[] = [];
   let opened = 0;

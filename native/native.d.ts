@@ -2,17 +2,20 @@
 /* eslint-disable */
 
 /**
- * A proxy engine with its own runtime. See ARCHITECTURE.md for the shapes
- * of the config, the snapshot and the errors.
+ * A proxy engine with its own threads. Every value crosses as JSON text of
+ * a type in ts/engine/boundary.ts; errors carry an `ErrorCode` as `code`.
  */
 export declare class NativeProxy {
-  /** Validates `config` (an EngineConfig object) and builds the runtime. */
-  constructor(config: any)
   /**
-   * Binds every listener and starts accepting. Resolves with the bound
-   * listeners: `[{ name, bind, direction }]`.
+   * Validates `config` (JSON of an `EngineSpec`) and starts the engine's
+   * threads (nothing is bound yet).
    */
-  start(): Promise<Array<{ name: string; bind: string; direction: string }>>
+  constructor(config: string)
+  /**
+   * Binds every listener (all or nothing) and starts accepting. Returns
+   * JSON of `BoundListener[]`.
+   */
+  start(): string
   /**
    * Stops the named listeners from accepting; open connections go on.
    * Returns the names that matched no listener.
@@ -20,20 +23,27 @@ export declare class NativeProxy {
   stopAccepting(names: Array<string>): Array<string>
   /**
    * Stops accepting, drains open connections for up to `drainMs`, cuts the
-   * rest, then stops the runtime. Resolves with `{ drained, cut }`.
+   * rest, then stops the engine's threads. Resolves with JSON of a
+   * `CloseSummary`. A second call is refused (await the first one).
    */
-  close(drainMs: number): Promise<{ drained: number; cut: number }>
+  close(drainMs: number): Promise<string>
   /**
-   * Swaps in a new policy table (new connections only). Before `start()`
-   * it replaces the policy the listeners will start with, so a policy
-   * loaded from its sources is in force from the very first connection.
-   * Returns its generation.
+   * Swaps in a new policy table (JSON of a `PolicySpec`), before or after
+   * `start()`; new connections only. Returns its generation.
    */
-  setPolicy(policy: any): number
-  /** Every counter of the engine, read once (see ARCHITECTURE.md). */
-  snapshot(): any
-  /** Up to `limit` live connections, oldest first. */
-  connections(limit: number): any
-  /** Takes the queued engine events (e.g. newly learned server-first targets). */
-  takeEvents(): Array<any>
+  setPolicy(policy: string): number
+  /** Every counter of the engine, read once: JSON of a `Snapshot`. */
+  snapshot(): string
+  /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */
+  connections(limit: number): string
+  /** Takes the queued engine events: JSON of `EngineEvent[]`. */
+  takeEvents(): string
 }
+
+/**
+ * Installs the engine's log output (pino-shaped JSON lines on `stream`,
+ * `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
+ * replaces the filter of the output already installed. Process-wide: every
+ * engine in the process shares it.
+ */
+export declare function setEngineLog(filter: string, stream: string): void

@@ -91,7 +91,7 @@ describe('metrics rendering (in process, real engine)', () => {
 describe('metrics rendering (label escaping, failing snapshots)', () => {
   const snapshot = (sni: string): EngineSnapshot => ({
     uptimeMs: 1, policyGeneration: 7, listeners: [], detect: [], detectDurationMs: [], serverFirst: { targets: [] },
-    errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0 },
+    copy: { splicedDirections: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, eventsDropped: 0 },
     tcp: [{
       direction: 'inbound', targetAddr: '10.0.0.1:443', targetIp: '10.0.0.1', targetPort: 443, tls: 'opaque', noTlsReason: null, sni,
       overflow: false, srcOpenTotal: 1, srcOpen: 0, dstOpenTotal: 1, dstOpen: 0, bytesClientToServer: 5, bytesServerToClient: 6,

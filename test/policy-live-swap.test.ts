@@ -50,7 +50,7 @@ test('editing the annotations file switches a port from detect to opaque for new
   const proxy = new Proxy({
     workers: 1, maxConnections: 0, connectTimeoutMs: 2000,
     listeners: [{ name: 'in', bind: '127.0.0.1:0', target: { kind: 'fixed', addr: `127.0.0.1:${echo.port}` }, mode: null, direction: 'inbound' }],
-    detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000 },
+    detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000, portTimeouts: [] },
     metrics: { maxTargets: 100 },
     policy: initial.table,
   });

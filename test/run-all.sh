@@ -6,7 +6,9 @@
 #      dependencies compile incrementally and much faster than the thin-LTO
 #      release profile; the release addon used by the Node tests is built by
 #      `npm install` / `npm run build:native`),
-#   2. the TypeScript compile (`tsc -p tsconfig.json`, strict; a type error
+#   2. the generated boundary types are current (ts/engine/boundary.ts, from
+#      the Rust types),
+#   2b. the TypeScript compile (`tsc -p tsconfig.json`, strict; a type error
 #      fails the run),
 #   3. the lint (`npm run lint`: typescript-eslint with type information over
 #      ts/, test/ and bench/, eslint.config.js; an error or warning fails the run),
@@ -39,6 +41,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "boundary types are current (ts/engine/boundary.ts)"
+# Generated from the Rust types by the boundary_types example. (The addon's
+# own native/native.d.ts is written by every `napi build`; .ci/run checks
+# that the committed one matches the build.)
+generated="$(mktemp)"
+cargo run -q -p meshpipe-core --features ts --example boundary_types > "$generated"
+if ! diff -u ts/engine/boundary.ts "$generated"; then
+  echo "ts/engine/boundary.ts is stale: run 'npm run gen:types' and commit it" >&2
+  exit 1
+fi
+rm -f "$generated"
 
 step "tsc -p tsconfig.json"
 rm -rf dist/test

@@ -3,9 +3,11 @@
  *
  * Every error meshpipe reports to a user or a caller carries a `code` that
  * scripts can match on (it never changes between releases) and a message that
- * names what was wrong and what was expected. The native addon reports errors
- * as `CODE: message`; `fromNative` turns those into `MeshpipeError`s.
+ * names what was wrong and what was expected. The native addon throws errors
+ * whose `code` is the engine's `ErrorCode` (ts/engine/boundary.ts, generated
+ * from Rust); `fromNative` turns those into `MeshpipeError`s.
  */
+import type { ErrorCode as EngineErrorCode } from './engine/boundary.js';
 
 /** The stable error codes, and the process exit code each one maps to. */
 export const ERROR_CODES = {
@@ -26,6 +28,10 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
+// Every code the engine can throw has an exit code here (a compile error otherwise).
+const ENGINE_CODES_COVERED: Record<EngineErrorCode, number> = ERROR_CODES;
+void ENGINE_CODES_COVERED;
+
 export class MeshpipeError extends Error {
   /** A stable identifier, e.g. `ERR_ADDR_IN_USE`. */
   readonly code: ErrorCode;
@@ -45,13 +51,14 @@ export class MeshpipeError extends Error {
   }
 }
 
-/** Maps an error thrown by the addon (`CODE: message`) to a `MeshpipeError`. */
+function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}
+
+/** Maps an error thrown by the addon (its `code` is an engine `ErrorCode`) to a `MeshpipeError`. */
 export function fromNative(err: unknown): MeshpipeError {
   if (err instanceof MeshpipeError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  const match = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(message);
-  if (match && match[1] !== undefined && match[1] in ERROR_CODES) {
-    return new MeshpipeError(match[1] as ErrorCode, match[2] ?? '', { cause: err });
-  }
-  return new MeshpipeError('ERR_NATIVE', message, { cause: err });
+  const code = (err as { code?: unknown } | null)?.code;
+  return new MeshpipeError(isErrorCode(code) ? code : 'ERR_NATIVE', message, { cause: err });
 }

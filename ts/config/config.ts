@@ -21,7 +21,7 @@ import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import { MeshpipeError } from '../errors.js';
 import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
-import { admin, bool, count, duration, DURATION, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './schemas.js';
+import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './schemas.js';
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
 import {
   parseBindAddr,
@@ -44,6 +44,12 @@ export interface ProxyConfig extends SidecarConfig {
   /** Engine worker threads; 0 = available cores. */
   readonly workers: number;
   readonly logLevel: LogLevel;
+  /**
+   * The engine's trace filter (RUST_LOG-style directives, e.g.
+   * `info,meshpipe_core[conn{target=10.0.0.5:3306}]=trace`); undefined =
+   * derived from `logLevel` (debug/trace show every connection's stages).
+   */
+  readonly engineLog: string | undefined;
   readonly connectTimeoutMs: number;
   readonly inboundDetectTimeoutMs: number;
   readonly outboundDetectTimeoutMs: number;
@@ -83,6 +89,7 @@ const FIELDS = {
   maxConnections: { schema: count('a whole number 0-10000000 (0 = unlimited)', 0, 10_000_000), default: 0, expected: 'a whole number 0-10000000 (0 = unlimited)' },
   workers: { schema: count('a whole number of threads 0-1024 (0 = one per core)', 0, 1024), default: 0, expected: 'a whole number of threads 0-1024 (0 = one per core)' },
   logLevel: { schema: logLevel, default: 'info', expected: `one of ${LOG_LEVELS.join(', ')}` },
+  engineLog: { schema: engineLogFilter.optional(), default: undefined, expected: ENGINE_LOG },
   connectTimeout: { schema: duration(DURATION, { min: 1 }), default: '10s', expected: DURATION },
   detectTimeout: { schema: duration(DURATION, { min: 1 }), default: '10s', expected: DURATION },
   inboundDetectTimeout: { schema: duration(DURATION, { min: 1 }).optional(), default: undefined, expected: DURATION },
@@ -241,6 +248,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     maxConnections: v.maxConnections,
     workers: v.workers,
     logLevel: v.logLevel,
+    engineLog: v.engineLog,
     connectTimeoutMs: v.connectTimeout,
     inboundDetectTimeoutMs: perDirection('inboundDetectTimeout'),
     outboundDetectTimeoutMs: perDirection('outboundDetectTimeout'),

@@ -91,6 +91,19 @@ export const portList = z.union([scalar, z.array(scalar)]).transform((v, ctx) =>
   }, ctx),
 );
 
+/** What an engine log filter looks like (the engine checks the syntax when it starts). */
+export const ENGINE_LOG = 'RUST_LOG-style directives, e.g. debug or info,meshpipe_core[conn{target=10.0.0.5:3306}]=trace';
+
+/** An engine trace filter: non-empty, one line, at most 4 KiB. */
+export const engineLogFilter = z.string().transform((v, ctx) => {
+  const trimmed = v.trim();
+  if (trimmed === '' || trimmed.length > 4096 || /[\r\n]/.test(trimmed)) {
+    ctx.addIssue({ code: 'custom', message: ENGINE_LOG });
+    return z.NEVER;
+  }
+  return trimmed;
+});
+
 export const logLevel = z.string().transform((v, ctx) =>
   guard(() => {
     const level = v.trim().toLowerCase();

@@ -12,6 +12,7 @@
  */
 export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
 export { buildEngineConfig, buildFlagPolicy } from './build-config.js';
+export { setEngineLog, type EngineLogStream } from './native.js';
 export type {
   EngineConfig,
   PolicyTable,

@@ -1,11 +1,15 @@
 /**
- * The native addon: loading it, and the typed shapes that cross the boundary.
+ * The native addon: loading it, and the typed calls across the boundary.
  *
- * The addon (crates/meshpipe-node, built by `napi build` into native/) exports
- * one class, `NativeProxy`. Its methods take and return plain JSON-shaped
- * objects; the interfaces below give them types and mirror ARCHITECTURE.md.
- * Errors thrown or rejected by the addon read `CODE: message`; every method
- * here is wrapped so callers receive a `MeshpipeError` with that stable code.
+ * The addon (crates/meshpipe-node, built by `napi build` into native/)
+ * exports one class, `NativeProxy`, and `setEngineLog`. Values cross as JSON
+ * text: what goes in is `JSON.stringify` of a type from ./boundary.ts and
+ * what comes out is parsed into one. boundary.ts is generated from the Rust
+ * types (`npm run gen:types`; `npm test` fails when it is stale), and the
+ * raw class's signatures come from napi's generated native/native.d.ts, so
+ * nothing here restates a shape by hand. Errors thrown by the addon carry
+ * the engine's `ErrorCode` as `code`; every call here maps them to a
+ * `MeshpipeError` with that code.
  */
 
 import { createRequire } from 'node:module';
@@ -14,149 +18,40 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { MeshpipeError, fromNative } from '../errors.js';
+import type * as Addon from '../../native/native.js';
+import type {
+  BoundListener,
+  CloseSummary,
+  ConnSnapshot,
+  EngineEvent,
+  EngineSpec,
+  PolicySpec,
+  RuleSpec,
+  Snapshot,
+  TcpSnapshot,
+  DetectResult,
+} from './boundary.js';
 
-export type PortMode = 'detect' | 'opaque' | 'http1' | 'http2' | 'grpc' | 'tls';
-export type Direction = 'inbound' | 'outbound';
+export type * from './boundary.js';
 
-export interface PolicyRule {
-  readonly direction: Direction;
-  /** CIDR, or null for any address. */
-  readonly net: string | null;
-  /** Inclusive port range. */
-  readonly ports: readonly [number, number];
-  readonly mode: PortMode;
-  readonly detectTimeoutMs: number | null;
-  /** Why this rule exists, e.g. "default opaque ports". */
-  readonly source: string;
-}
+/** What goes in is built once and frozen: the input types, read-only all the way down. */
+export type DeepReadonly<T> = T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
 
-export interface PolicyTable {
-  readonly generation: number;
-  /** Ordered: the first matching rule wins; no match means detect. */
-  readonly rules: readonly PolicyRule[];
-}
+// Names the rest of the TypeScript layer uses for the generated types.
+export type EngineConfig = DeepReadonly<EngineSpec>;
+export type PolicyTable = DeepReadonly<PolicySpec>;
+export type PolicyRule = DeepReadonly<RuleSpec>;
+export type EngineSnapshot = Snapshot;
+export type TcpSeriesSnapshot = TcpSnapshot;
+export type ConnectionInfo = ConnSnapshot;
+export type DetectResultLabel = DetectResult;
 
-export type TargetSpec =
-  | { readonly kind: 'fixed'; readonly addr: string }
-  | { readonly kind: 'originalDst'; readonly inboundHost: string | null };
-
-export interface ListenerSpec {
-  readonly name: string;
-  readonly bind: string;
-  readonly target: TargetSpec;
-  readonly mode: PortMode | null;
-  readonly direction: Direction;
-}
-
-export interface EngineConfig {
-  readonly workers: number;
-  readonly maxConnections: number;
-  readonly connectTimeoutMs: number;
-  readonly listeners: readonly ListenerSpec[];
-  readonly detect: {
-    readonly inboundTimeoutMs: number;
-    readonly outboundTimeoutMs: number;
-    readonly serverFirstGraceMs: number;
-    readonly serverFirstCapacity: number;
-    readonly serverFirstTtlMs: number;
-    /** Per-port timeouts: first match wins over the direction's; a policy rule's own timeout wins over these. */
-    readonly portTimeouts?: readonly { readonly direction: Direction | null; readonly ports: readonly [number, number]; readonly timeoutMs: number }[];
-  };
-  readonly metrics: { readonly maxTargets: number };
-  readonly policy: PolicyTable;
-}
-
-export interface BoundListener {
-  readonly name: string;
-  /** The bound address, with the real port when 0 was asked for. */
-  readonly bind: string;
-  readonly direction: Direction;
-}
-
-export interface CloseSummary {
-  readonly drained: number;
-  readonly cut: number;
-}
-
-export interface HistogramSnapshot {
-  readonly buckets: number[];
-  /** Per-bucket counts (not cumulative); the last entry is +Inf. */
-  readonly counts: number[];
-  readonly sum: number;
-  readonly count: number;
-}
-
-export interface TcpSeriesSnapshot {
-  readonly direction: Direction;
-  readonly targetAddr: string | null;
-  readonly targetIp: string | null;
-  readonly targetPort: number | null;
-  readonly tls: string;
-  readonly noTlsReason: string | null;
-  readonly sni: string | null;
-  /** The series that collects targets past the cardinality bound. */
-  readonly overflow: boolean;
-  readonly srcOpenTotal: number;
-  readonly srcOpen: number;
-  readonly dstOpenTotal: number;
-  readonly dstOpen: number;
-  readonly bytesClientToServer: number;
-  readonly bytesServerToClient: number;
-  readonly closes: { readonly peer: 'src' | 'dst'; readonly errno: string; readonly count: number }[];
-  readonly durationMs: HistogramSnapshot;
-}
-
-export type DetectResultLabel =
-  | 'http/1' | 'http/2' | 'tls' | 'opaque_port' | 'not_http' | 'server_first' | 'read_timeout' | 'client_closed' | 'error';
-
-export interface EngineSnapshot {
-  readonly uptimeMs: number;
-  readonly policyGeneration: number;
-  readonly listeners: {
-    readonly name: string; readonly bind: string; readonly direction: Direction;
-    readonly accepted: number; readonly open: number; readonly acceptErrors: number;
-    readonly limitWaits: number; readonly accepting: boolean;
-  }[];
-  readonly tcp: TcpSeriesSnapshot[];
-  readonly detect: { readonly direction: Direction; readonly targetPort: number | null; readonly result: DetectResultLabel; readonly count: number }[];
-  readonly detectDurationMs: (HistogramSnapshot & { readonly direction: Direction })[];
-  readonly serverFirst: { readonly targets: { readonly addr: string; readonly ageMs: number; readonly hits: number }[] };
-  readonly errors: { readonly connectFailed: number; readonly loopRefused: number; readonly originalDstFailed: number };
-}
-
-export interface ConnectionInfo {
-  readonly id: number;
-  readonly listener: string;
-  readonly direction: Direction;
-  readonly peer: string;
-  readonly target: string | null;
-  readonly protocol: 'detecting' | 'http/1' | 'http/2' | 'tls' | 'opaque';
-  readonly tls: string;
-  readonly sni: string | null;
-  readonly state: 'detecting' | 'connecting' | 'forwarding' | 'closing';
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  readonly ageMs: number;
-}
-
-export interface EngineEvent {
-  readonly kind: 'serverFirstLearned';
-  readonly target: string;
-}
-
-/** The raw class exported by the addon. */
-interface RawNativeProxy {
-  start(): Promise<BoundListener[]>;
-  stopAccepting(names: string[]): string[];
-  close(drainMs: number): Promise<CloseSummary>;
-  setPolicy(policy: PolicyTable): number;
-  snapshot(): EngineSnapshot;
-  connections(limit: number): ConnectionInfo[];
-  takeEvents(): EngineEvent[];
-}
+/** The engine's log output: a filter (RUST_LOG-style directives) and a stream. */
+export type EngineLogStream = 'stdout' | 'stderr';
 
 interface RawBinding {
-  NativeProxy: new (config: EngineConfig) => RawNativeProxy;
+  NativeProxy: typeof Addon.NativeProxy;
+  setEngineLog: typeof Addon.setEngineLog;
 }
 
 let binding: RawBinding | undefined;
@@ -181,25 +76,19 @@ function isMusl(): boolean {
   return !report?.header?.glibcVersionRuntime;
 }
 
-/** The engine, with errors mapped to `MeshpipeError`s. */
+/** The engine, with its JSON boundary typed and errors mapped to `MeshpipeError`s. */
 export class NativeProxy {
-  readonly #raw: RawNativeProxy;
+  readonly #raw: Addon.NativeProxy;
 
+  /** Validates `config` in the engine and starts its threads (nothing is bound yet). */
   constructor(config: EngineConfig) {
     const { NativeProxy: Raw } = loadBinding();
-    try {
-      this.#raw = new Raw(config);
-    } catch (err) {
-      throw fromNative(err);
-    }
+    this.#raw = call(() => new Raw(JSON.stringify(config)));
   }
 
-  async start(): Promise<BoundListener[]> {
-    try {
-      return await this.#raw.start();
-    } catch (err) {
-      throw fromNative(err);
-    }
+  /** Binds every listener (all or nothing) and starts accepting. */
+  start(): BoundListener[] {
+    return JSON.parse(call(() => this.#raw.start())) as BoundListener[];
   }
 
   stopAccepting(names: string[]): string[] {
@@ -207,28 +96,38 @@ export class NativeProxy {
   }
 
   async close(drainMs: number): Promise<CloseSummary> {
+    const closing = call(() => this.#raw.close(Math.max(0, Math.min(Math.round(drainMs), 0xffffffff))));
     try {
-      return await this.#raw.close(Math.max(0, Math.min(Math.round(drainMs), 0xffffffff)));
+      return JSON.parse(await closing) as CloseSummary;
     } catch (err) {
       throw fromNative(err);
     }
   }
 
   setPolicy(policy: PolicyTable): number {
-    return call(() => this.#raw.setPolicy(policy));
+    return call(() => this.#raw.setPolicy(JSON.stringify(policy)));
   }
 
   snapshot(): EngineSnapshot {
-    return call(() => this.#raw.snapshot());
+    return JSON.parse(call(() => this.#raw.snapshot())) as EngineSnapshot;
   }
 
   connections(limit: number): ConnectionInfo[] {
-    return call(() => this.#raw.connections(limit));
+    return JSON.parse(call(() => this.#raw.connections(limit))) as ConnectionInfo[];
   }
 
   takeEvents(): EngineEvent[] {
-    return call(() => this.#raw.takeEvents());
+    return JSON.parse(call(() => this.#raw.takeEvents())) as EngineEvent[];
   }
+}
+
+/**
+ * Installs (or re-filters) the engine's log output: pino-shaped JSON lines on
+ * `stream`, filtered by RUST_LOG-style `filter` directives. Process-wide.
+ */
+export function setEngineLog(filter: string, stream: EngineLogStream): void {
+  const { setEngineLog: set } = loadBinding();
+  call(() => set(filter, stream));
 }
 
 function call<T>(f: () => T): T {

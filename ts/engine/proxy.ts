@@ -73,14 +73,20 @@ export class Proxy {
    * addresses (ephemeral ports resolved). If any bind fails nothing accepts.
    * @throws MeshpipeError e.g. ERR_ADDR_IN_USE naming the address.
    */
-  async start(): Promise<readonly BoundListener[]> {
+  start(): Promise<readonly BoundListener[]> {
+    // Binding is synchronous in the engine; callers get a promise either way
+    // (a failure rejects it rather than throwing).
+    return new Promise((resolve) => resolve(this.#startNow()));
+  }
+
+  #startNow(): readonly BoundListener[] {
     if (this.#state !== 'new') {
       throw new MeshpipeError('ERR_STARTUP', `proxy cannot start: it is ${this.#state} (start() may be called once)`);
     }
     this.#state = 'starting';
     if (this.#wantKeepAlive) this.#keepAlive = setInterval(() => undefined, 1 << 30);
     try {
-      this.#listeners = Object.freeze(await this.#native.start());
+      this.#listeners = Object.freeze(this.#native.start());
     } catch (err) {
       this.#state = 'failed';
       this.#releaseKeepAlive();

@@ -46,6 +46,8 @@ export interface AdminServerOptions {
   readonly snapshot?: () => unknown;
   /** Starts the shutdown sequence; null disables POST /shutdown. */
   readonly shutdown: (() => void) | null;
+  /** Replaces the engine's trace filter (PUT /log-filter); throws on a bad filter. Absent: 404. */
+  readonly logFilter?: (filter: string) => void;
   readonly logger?: Logger;
 }
 
@@ -95,6 +97,7 @@ export class AdminServer {
       ['/policy', { methods: ['GET', 'HEAD'], handle: (_req, res) => sendJson(res, 200, this.#options.policy()) }],
       ['/connections', { methods: ['GET', 'HEAD'], handle: (_req, res, url) => this.#connections(res, url) }],
       ['/snapshot', { methods: ['GET', 'HEAD'], handle: (_req, res) => sendJson(res, 200, this.#options.snapshot?.() ?? {}) }],
+      ['/log-filter', { methods: ['PUT'], handle: (req, res) => this.#logFilter(req, res) }],
     ]);
     this.#server = http.createServer((req, res) => {
       // #dispatch answers a failing handler with a 500 itself; this only
@@ -188,6 +191,39 @@ export class AdminServer {
     const reason = this.#options.notReady();
     if (reason === null) send(res, 200, 'ready\n');
     else send(res, 503, `not ready: ${reason}\n`);
+  }
+
+  /** PUT /log-filter: the body (text, at most 4 KiB) becomes the engine's trace filter. Loopback peers only. */
+  async #logFilter(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const apply = this.#options.logFilter;
+    if (apply === undefined) {
+      send(res, 404, 'the log filter cannot be changed on this server\n');
+      return;
+    }
+    const peer = req.socket.remoteAddress;
+    if (!isLoopback(peer)) {
+      send(res, 403, `the log filter can be changed only from loopback peers; ${peer ?? 'unknown peer'} is not\n`);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > 4096) {
+        send(res, 413, 'a log filter is at most 4096 bytes\n');
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    }
+    const filter = Buffer.concat(chunks).toString('utf8').trim();
+    try {
+      apply(filter);
+    } catch (err) {
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', err instanceof Error ? err.message : String(err));
+    }
+    this.#options.logger?.info({ peer, filter }, 'engine log filter changed');
+    send(res, 200, `engine log filter: ${filter}\n`);
   }
 
   #shutdown(req: http.IncomingMessage, res: http.ServerResponse): void {

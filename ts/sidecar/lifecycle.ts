@@ -32,7 +32,7 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
 import type { ProxyConfig } from '../config/index.js';
-import { buildFlagPolicy, Proxy, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
+import { buildFlagPolicy, Proxy, setEngineLog, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
 import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
@@ -72,6 +72,16 @@ export const defaultPolicyView: PolicyView = ({ table, snapshot, config }) => ({
   },
 });
 
+/**
+ * The engine's trace filter: `--engine-log` when given, else one that follows
+ * `--log-level` (debug and trace show every connection's stages; the engine
+ * has nothing to say at info and above).
+ */
+export function engineLogFilter(config: Pick<ProxyConfig, 'engineLog' | 'logLevel'>): string {
+  if (config.engineLog !== undefined) return config.engineLog;
+  return config.logLevel === 'debug' || config.logLevel === 'trace' ? `info,meshpipe_core=${config.logLevel}` : 'warn';
+}
+
 export function portOf(addr: string): number {
   return Number(addr.slice(addr.lastIndexOf(':') + 1));
 }
@@ -102,6 +112,9 @@ export class Sidecar {
     this.#table = options.policy ?? buildFlagPolicy(config);
     this.shutdownRequested = new Promise((resolve) => (this.#requested = resolve));
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
+    // The engine's traces go to the same stream as these logs, filtered by
+    // --engine-log (or --log-level); a bad filter throws ERR_INVALID_CONFIG.
+    setEngineLog(engineLogFilter(config), 'stdout');
     this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table });
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
@@ -121,6 +134,7 @@ export class Sidecar {
                 ? this.#policySource.view(this.#snapshotOrUndefined())
                 : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
+            logFilter: (filter) => setEngineLog(filter, 'stdout'),
             logger,
           });
   }

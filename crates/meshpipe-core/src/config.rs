@@ -30,6 +30,7 @@ pub enum ConfigError {
 
 /// Where a listener's connections go, as configured.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
 pub enum TargetSpec {
     /// An explicit forward: every connection goes to `addr`.
@@ -46,6 +47,7 @@ pub enum TargetSpec {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerSpec {
     pub name: String,
@@ -58,6 +60,7 @@ pub struct ListenerSpec {
 
 /// A detect timeout for a port range (and optionally one direction).
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortTimeoutSpec {
     #[serde(default)]
@@ -67,6 +70,7 @@ pub struct PortTimeoutSpec {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DetectSpec {
     pub inbound_timeout_ms: u64,
@@ -92,6 +96,7 @@ impl Default for DetectSpec {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MetricsSpec {
     pub max_targets: usize,
@@ -105,6 +110,7 @@ impl Default for MetricsSpec {
 
 /// Forwarding tunables (bounded per-connection kernel and user memory).
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct CopySpec {
     /// Requested splice pipe capacity per direction, bytes (kernel pages,
@@ -126,6 +132,7 @@ impl Default for CopySpec {
 
 /// The whole engine configuration as it arrives (camelCase JSON).
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineSpec {
     #[serde(default)]
@@ -139,8 +146,10 @@ pub struct EngineSpec {
     pub detect: DetectSpec,
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// Forwarding tunables; the defaults (`CopySpec::default`) when absent.
     #[serde(default)]
-    pub copy: CopySpec,
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub copy: Option<CopySpec>,
     #[serde(default)]
     pub policy: PolicySpec,
 }
@@ -193,6 +202,8 @@ impl DetectConfig {
 /// The validated engine configuration.
 #[derive(Debug)]
 pub struct EngineConfig {
+    /// Worker runtimes to run on (never 0: the spec's 0 means one per core).
+    pub workers: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -251,7 +262,12 @@ impl EngineSpec {
         if self.connect_timeout_ms == 0 {
             return Err(ConfigError::Value { field: "connectTimeoutMs", value: "0".into(), expected: "a timeout of at least 1 ms" });
         }
+        let workers = match self.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
         Ok(EngineConfig {
+            workers,
             max_connections: self.max_connections,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             listeners,
@@ -263,10 +279,13 @@ impl EngineSpec {
                 server_first_ttl: Duration::from_millis(d.server_first_ttl_ms),
             },
             max_metric_targets: self.metrics.max_targets.max(1),
-            copy: crate::copy::CopyConfig {
-                mode: self.copy.mode,
-                pipe_size: self.copy.pipe_size.clamp(4096, 1 << 20),
-                buffer_size: self.copy.buffer_size.clamp(1024, 1 << 20),
+            copy: {
+                let copy = self.copy.clone().unwrap_or_default();
+                crate::copy::CopyConfig {
+                    mode: copy.mode,
+                    pipe_size: copy.pipe_size.clamp(4096, 1 << 20),
+                    buffer_size: copy.buffer_size.clamp(1024, 1 << 20),
+                }
             },
             policy: PolicyTable::compile(&self.policy)?,
         })

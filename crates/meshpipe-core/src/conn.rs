@@ -17,12 +17,14 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::addr::TargetAddr;
-use crate::policy::Direction;
+use crate::vocab::{Direction, Protocol, TlsLabel, TlsStatus};
 
 const SHARDS: usize = 16;
 
 /// What the connection is doing now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum ConnState {
     Detecting = 0,
@@ -31,20 +33,19 @@ pub enum ConnState {
     Closing,
 }
 
-const STATE_LABELS: [&str; 4] = ["detecting", "connecting", "forwarding", "closing"];
-
-/// What the connection was found to carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConnProtocol {
-    Detecting = 0,
-    Http1,
-    Http2,
-    Tls,
-    Opaque,
+impl ConnState {
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            0 => ConnState::Detecting,
+            1 => ConnState::Connecting,
+            2 => ConnState::Forwarding,
+            _ => ConnState::Closing,
+        }
+    }
 }
 
-const PROTOCOL_LABELS: [&str; 5] = ["detecting", "http/1", "http/2", "tls", "opaque"];
+/// `protocol` before detection has decided.
+const UNDECIDED: u8 = u8::MAX;
 
 /// Live facts about one connection.
 pub struct ConnInfo {
@@ -67,23 +68,27 @@ impl ConnInfo {
     pub fn set_state(&self, s: ConnState) {
         self.state.store(s as u8, Relaxed);
     }
-    pub fn set_protocol(&self, p: ConnProtocol) {
+    pub fn set_protocol(&self, p: Protocol) {
         self.protocol.store(p as u8, Relaxed);
     }
-    pub fn protocol(&self) -> &'static str {
-        PROTOCOL_LABELS[self.protocol.load(Relaxed) as usize % PROTOCOL_LABELS.len()]
+    /// `None` while detection has not decided.
+    pub fn protocol(&self) -> Option<Protocol> {
+        match self.protocol.load(Relaxed) {
+            UNDECIDED => None,
+            p => Some(Protocol::from_u8(p)),
+        }
     }
     fn snapshot(&self) -> ConnSnapshot {
         ConnSnapshot {
             id: self.id,
             listener: self.listener.to_string(),
-            direction: self.direction.as_str(),
+            direction: self.direction,
             peer: self.peer.to_string(),
             target: self.target.get().map(|t| t.to_string()),
             protocol: self.protocol(),
-            tls: if self.sni.get().is_some() { "opaque" } else { "no_identity" },
+            tls: TlsStatus::detected(self.direction, self.sni.get()).label(),
             sni: self.sni.get().map(|s| s.to_string()),
-            state: STATE_LABELS[self.state.load(Relaxed) as usize % STATE_LABELS.len()],
+            state: ConnState::from_u8(self.state.load(Relaxed)),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             age_ms: self.started.elapsed().as_millis() as u64,
@@ -91,18 +96,21 @@ impl ConnInfo {
     }
 }
 
+/// One live connection, for `/connections`.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ConnSnapshot {
     pub id: u64,
     pub listener: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub peer: String,
     pub target: Option<String>,
-    pub protocol: &'static str,
-    pub tls: &'static str,
+    /// `None` while detection has not decided.
+    pub protocol: Option<Protocol>,
+    pub tls: TlsLabel,
     pub sni: Option<String>,
-    pub state: &'static str,
+    pub state: ConnState,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub age_ms: u64,
@@ -154,7 +162,7 @@ impl ConnRegistry {
             target: OnceLock::new(),
             sni: OnceLock::new(),
             state: AtomicU8::new(ConnState::Detecting as u8),
-            protocol: AtomicU8::new(ConnProtocol::Detecting as u8),
+            protocol: AtomicU8::new(UNDECIDED),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         });

@@ -26,16 +26,19 @@ use tokio::net::TcpStream;
 
 use crate::socket;
 
-/// Where one direction's byte counts go: the connection's own counter and
-/// its metrics series' counter.
+/// Where one direction's counts go: the connection's own byte counter, its
+/// metrics series' byte counter, and the engine's count of directions that
+/// switched to splice (once per direction, so tests and operators can see
+/// which path carried a stream).
 pub struct Counters<'a> {
     pub conn: &'a AtomicU64,
     pub series: &'a AtomicU64,
+    pub spliced: &'a AtomicU64,
 }
 
 impl Counters<'_> {
     #[inline]
-    fn add(&self, n: usize) {
+    pub fn add(&self, n: usize) {
         self.conn.fetch_add(n as u64, Relaxed);
         self.series.fetch_add(n as u64, Relaxed);
     }
@@ -43,6 +46,7 @@ impl Counters<'_> {
 
 /// How bytes are moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMode {
     /// Buffered while messages are small, zero-copy splice once a read fills
@@ -175,6 +179,8 @@ async fn copy_to_eof(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, 
 /// Splices until end of stream, finishing with the buffered copy if splice
 /// turns out to be unavailable.
 async fn spliced(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
+    counters.spliced.fetch_add(1, Relaxed);
+    tracing::trace!(fd = std::os::fd::AsRawFd::as_raw_fd(src), "switched to splice");
     match splice::copy(src, dst, counters, config.pipe_size, config.buffer_size).await {
         Ok(n) => Ok(n),
         Err(splice::SpliceFailure::Unsupported(done)) => Ok(done + buffered_to_eof(src, dst, counters, config).await?),

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 /// How a drain ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CloseSummary {
     /// Connections that finished on their own during the drain.

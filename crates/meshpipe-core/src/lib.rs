@@ -7,9 +7,16 @@
 //! knows nothing about Node.js: `meshpipe-node` wraps it for JavaScript, and
 //! the tests drive it directly.
 //!
-//! Start here: [`Engine::start`] binds every listener of an [`EngineConfig`]
-//! and spawns the accept loops on the current tokio runtime. ARCHITECTURE.md at
+//! Start here: [`Engine::new`] takes a validated [`EngineConfig`] (parse an
+//! [`EngineSpec`] and `validate` it), [`Engine::start_on`] binds every
+//! listener and spawns one accept loop per listener on each worker runtime
+//! ([`Engine::start`] does both on the current runtime). ARCHITECTURE.md at
 //! the repository root walks a connection through the modules.
+//!
+//! The types that cross into the Node addon (`EngineSpec`, `PolicySpec`,
+//! `Snapshot`, `ConnSnapshot`, `EngineEvent`, `ErrorCode`, ...) derive
+//! `ts_rs::TS` with the `ts` feature; `examples/boundary_types.rs` writes
+//! them as TypeScript, so they are defined once, here.
 
 #![deny(unsafe_code)]
 
@@ -19,7 +26,9 @@ pub mod conn;
 pub mod copy;
 pub mod detect;
 pub mod drain;
+pub mod events;
 pub mod listener;
+pub mod log;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -27,9 +36,10 @@ pub mod server_first;
 pub mod socket;
 mod sys;
 pub mod target;
+pub mod vocab;
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -38,13 +48,67 @@ use tokio::sync::Semaphore;
 
 pub use config::{EngineConfig, EngineSpec};
 pub use drain::CloseSummary;
+pub use events::EngineEvent;
 pub use policy::{PolicySpec, PolicyTable};
+pub use vocab::Direction;
 
 use listener::ListenerCtx;
 use proxy::Context;
 
-/// Errors from starting or reconfiguring an engine. Each has a stable code
-/// (see [`EngineError::code`]) that the Node binding passes to JavaScript.
+/// The stable error codes the engine (and its Node binding) report. They
+/// cross into JavaScript as the `code` of the thrown error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    #[serde(rename = "ERR_INVALID_CONFIG")]
+    InvalidConfig,
+    #[serde(rename = "ERR_POLICY")]
+    Policy,
+    #[serde(rename = "ERR_ADDR_IN_USE")]
+    AddrInUse,
+    #[serde(rename = "ERR_ADDR_NOT_AVAILABLE")]
+    AddrNotAvailable,
+    #[serde(rename = "ERR_PERMISSION")]
+    Permission,
+    #[serde(rename = "ERR_BIND")]
+    Bind,
+    #[serde(rename = "ERR_ALREADY_STARTED")]
+    AlreadyStarted,
+    #[serde(rename = "ERR_NOT_STARTED")]
+    NotStarted,
+    #[serde(rename = "ERR_CLOSED")]
+    Closed,
+    /// Anything the engine did not expect (a thread that cannot start, ...).
+    #[serde(rename = "ERR_NATIVE")]
+    Native,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidConfig => "ERR_INVALID_CONFIG",
+            ErrorCode::Policy => "ERR_POLICY",
+            ErrorCode::AddrInUse => "ERR_ADDR_IN_USE",
+            ErrorCode::AddrNotAvailable => "ERR_ADDR_NOT_AVAILABLE",
+            ErrorCode::Permission => "ERR_PERMISSION",
+            ErrorCode::Bind => "ERR_BIND",
+            ErrorCode::AlreadyStarted => "ERR_ALREADY_STARTED",
+            ErrorCode::NotStarted => "ERR_NOT_STARTED",
+            ErrorCode::Closed => "ERR_CLOSED",
+            ErrorCode::Native => "ERR_NATIVE",
+        }
+    }
+}
+
+impl AsRef<str> for ErrorCode {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Errors from starting or reconfiguring an engine. Each has a stable
+/// [`ErrorCode`] that the Node binding passes to JavaScript.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("invalid engine config: {0}")]
@@ -53,36 +117,46 @@ pub enum EngineError {
     Policy(#[from] policy::PolicyError),
     #[error("{0}")]
     Listen(#[from] listener::ListenError),
+    #[error("the engine was already started")]
+    AlreadyStarted,
 }
 
 impl EngineError {
     /// A stable identifier for scripts and the TypeScript layer.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            EngineError::Config(_) => "ERR_INVALID_CONFIG",
-            EngineError::Policy(_) => "ERR_POLICY",
-            EngineError::Listen(listener::ListenError::AddrInUse { .. }) => "ERR_ADDR_IN_USE",
-            EngineError::Listen(listener::ListenError::AddrNotAvailable { .. }) => "ERR_ADDR_NOT_AVAILABLE",
-            EngineError::Listen(listener::ListenError::Permission { .. }) => "ERR_PERMISSION",
-            EngineError::Listen(listener::ListenError::Other { .. }) => "ERR_BIND",
+            EngineError::Config(_) => ErrorCode::InvalidConfig,
+            EngineError::Policy(_) => ErrorCode::Policy,
+            EngineError::Listen(listener::ListenError::AddrInUse { .. }) => ErrorCode::AddrInUse,
+            EngineError::Listen(listener::ListenError::AddrNotAvailable { .. }) => ErrorCode::AddrNotAvailable,
+            EngineError::Listen(listener::ListenError::Permission { .. }) => ErrorCode::Permission,
+            EngineError::Listen(listener::ListenError::Other { .. }) => ErrorCode::Bind,
+            EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
         }
     }
 }
 
 /// One bound listener, as reported by `start`.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct BoundListener {
     pub name: String,
+    /// The bound address, with the real port when 0 was asked for.
     pub bind: String,
-    pub direction: &'static str,
+    pub direction: Direction,
 }
 
-/// A running engine. Dropping it without `close` stops the accept loops; the
-/// runtime that owns the tasks decides what happens to open connections.
+/// An engine: created with its config (nothing bound yet), started once,
+/// closed once. Dropping it stops the accept loops; the runtimes that own
+/// the connection tasks decide what happens to open connections.
 pub struct Engine {
     ctx: Arc<Context>,
-    listeners: Vec<Arc<ListenerCtx>>,
+    workers: usize,
+    /// The listeners to bind; taken by `start_on`.
+    pending: Mutex<Option<Vec<config::ListenerConfig>>>,
+    max_connections: usize,
+    listeners: OnceLock<Vec<Arc<ListenerCtx>>>,
 }
 
 impl Drop for Engine {
@@ -93,33 +167,10 @@ impl Drop for Engine {
     }
 }
 
-/// Options that are not part of the user-facing config.
-#[derive(Default)]
-pub struct EngineHooks {
-    /// Called once per newly learned server-first target, with its address.
-    pub on_learned: Option<proxy::LearnedHook>,
-}
-
 impl Engine {
-    /// Binds every listener (all or nothing) and starts accepting on the
-    /// current tokio runtime.
-    pub async fn start(config: EngineConfig, hooks: EngineHooks) -> Result<Engine, EngineError> {
-        Self::start_on(config, hooks, &[tokio::runtime::Handle::current()])
-    }
-
-    /// Binds every listener (all or nothing) and starts one accept loop per
-    /// listener on each of `workers`. With one single-threaded runtime per
-    /// core (what the Node binding does), a connection lives its whole life on
-    /// the thread that accepted it: no cross-thread wake-ups on the data path,
-    /// which on a busy 2-core machine is worth more than work stealing.
-    pub fn start_on(config: EngineConfig, hooks: EngineHooks, workers: &[tokio::runtime::Handle]) -> Result<Engine, EngineError> {
-        let _ = socket::raise_fd_limit();
-        let drain = drain::Drain::default();
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            // An early return drops the listeners bound so far: all or nothing.
-            bound.push(listener::bind(l, &drain.stop_accepting, workers.len())?);
-        }
+    /// An engine for `config`, not yet listening. Its policy can already be
+    /// replaced (`set_policy`), so the first connection sees the real one.
+    pub fn new(config: EngineConfig) -> Engine {
         let ctx = Arc::new(Context {
             policy: ArcSwap::from_pointee(config.policy),
             metrics: metrics::Metrics::new(config.max_metric_targets),
@@ -128,26 +179,71 @@ impl Engine {
             detect: config.detect,
             connect_timeout: config.connect_timeout,
             copy: config.copy,
-            drain,
-            on_learned: hooks.on_learned,
+            drain: drain::Drain::default(),
+            events: events::EventQueue::default(),
         });
-        let limit = (config.max_connections > 0).then(|| Arc::new(Semaphore::new(config.max_connections)));
+        Engine {
+            ctx,
+            workers: config.workers,
+            pending: Mutex::new(Some(config.listeners)),
+            max_connections: config.max_connections,
+            listeners: OnceLock::new(),
+        }
+    }
+
+    /// How many worker runtimes the engine should run on (the config's
+    /// `workers`, or one per core when it said 0).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Creates and starts an engine on the current tokio runtime.
+    pub async fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let engine = Engine::new(config);
+        engine.start_on(&[tokio::runtime::Handle::current()])?;
+        Ok(engine)
+    }
+
+    /// Binds every listener (all or nothing) and starts one accept loop per
+    /// listener on each of `workers`. With one single-threaded runtime per
+    /// core (what the Node binding does), a connection lives its whole life on
+    /// the thread that accepted it: no cross-thread wake-ups on the data path,
+    /// which on a busy 2-core machine is worth more than work stealing.
+    pub fn start_on(&self, workers: &[tokio::runtime::Handle]) -> Result<Vec<BoundListener>, EngineError> {
+        let configs = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(EngineError::AlreadyStarted)?;
+        let _ = socket::raise_fd_limit();
+        let mut bound = Vec::with_capacity(configs.len());
+        for l in &configs {
+            // An early return drops the listeners bound so far: all or nothing.
+            bound.push(listener::bind(l, &self.ctx.drain.stop_accepting, workers.len())?);
+        }
+        let limit = (self.max_connections > 0).then(|| Arc::new(Semaphore::new(self.max_connections)));
         let mut listeners = Vec::with_capacity(bound.len());
         for (sockets, l) in bound {
             listeners.push(l.clone());
             // One socket per worker, in order: see `listener::bind`.
             for (shard, (socket, worker)) in sockets.into_iter().zip(workers).enumerate() {
-                worker.spawn(listener::accept_loop(ctx.clone(), l.clone(), socket, shard, limit.clone()));
+                worker.spawn(listener::accept_loop(self.ctx.clone(), l.clone(), socket, shard, limit.clone()));
             }
         }
-        Ok(Engine { ctx, listeners })
+        let _ = self.listeners.set(listeners);
+        Ok(self.bound())
+    }
+
+    fn listeners(&self) -> &[Arc<ListenerCtx>] {
+        self.listeners.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `start_on` has bound the listeners.
+    pub fn started(&self) -> bool {
+        self.listeners.get().is_some()
     }
 
     /// The bound address of every listener, in config order.
     pub fn bound(&self) -> Vec<BoundListener> {
-        self.listeners
+        self.listeners()
             .iter()
-            .map(|l| BoundListener { name: l.name.to_string(), bind: l.local.to_string(), direction: l.direction.as_str() })
+            .map(|l| BoundListener { name: l.name.to_string(), bind: l.local.to_string(), direction: l.direction })
             .collect()
     }
 
@@ -156,7 +252,7 @@ impl Engine {
     pub fn stop_accepting(&self, names: &[String]) -> Vec<String> {
         let mut unknown = Vec::new();
         for name in names {
-            match self.listeners.iter().find(|l| &*l.name == name.as_str()) {
+            match self.listeners().iter().find(|l| &*l.name == name.as_str()) {
                 Some(l) => l.stop_now(),
                 None => unknown.push(name.clone()),
             }
@@ -166,7 +262,7 @@ impl Engine {
 
     /// Stops every listener at once (new connections are refused from here on).
     pub fn stop_all(&self) {
-        for l in &self.listeners {
+        for l in self.listeners() {
             l.stop_now();
         }
     }
@@ -179,12 +275,18 @@ impl Engine {
         self.ctx.drain.close(deadline, move || ctx.conns.len()).await
     }
 
-    /// Swaps in a new policy table; connections already open are untouched.
+    /// Swaps in a new policy table, before or after `start_on`; connections
+    /// already open are untouched. Returns the table's generation.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<u64, EngineError> {
         let table = PolicyTable::compile(spec)?;
         let generation = table.generation();
         self.ctx.policy.store(Arc::new(table));
         Ok(generation)
+    }
+
+    /// Takes the events queued since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<EngineEvent> {
+        self.ctx.events.take()
     }
 
     /// Every counter, read once.
@@ -195,12 +297,12 @@ impl Engine {
             uptime_ms: m.uptime().as_millis() as u64,
             policy_generation: self.ctx.policy.load().generation(),
             listeners: self
-                .listeners
+                .listeners()
                 .iter()
                 .map(|l| ListenerSnapshot {
                     name: l.name.to_string(),
                     bind: l.local.to_string(),
-                    direction: l.direction.as_str(),
+                    direction: l.direction,
                     accepted: l.accepted.load(Relaxed),
                     open: l.open.load(Relaxed),
                     accept_errors: l.accept_errors.load(Relaxed),
@@ -212,10 +314,12 @@ impl Engine {
             detect,
             detect_duration_ms,
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
+            copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
             errors: ErrorsSnapshot {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
                 original_dst_failed: m.errors.original_dst_failed.load(Relaxed),
+                events_dropped: self.ctx.events.dropped(),
             },
         }
     }
@@ -226,12 +330,14 @@ impl Engine {
     }
 }
 
+/// One listener's counters.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerSnapshot {
     pub name: String,
     pub bind: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub accepted: u64,
     pub open: u64,
     pub accept_errors: u64,
@@ -239,22 +345,39 @@ pub struct ListenerSnapshot {
     pub accepting: bool,
 }
 
+/// The learned server-first targets.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ServerFirstSnapshot {
     pub targets: Vec<server_first::LearnedTarget>,
 }
 
+/// Which copy path carried the bytes.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct CopySnapshot {
+    /// Directions (two per connection) that switched to `splice(2)`; the
+    /// rest were carried by the buffered copy only.
+    pub spliced_directions: u64,
+}
+
+/// Engine-wide error counters that have no target.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorsSnapshot {
     pub connect_failed: u64,
     pub loop_refused: u64,
     pub original_dst_failed: u64,
+    /// Engine events dropped because the control layer did not read them.
+    pub events_dropped: u64,
 }
 
 /// Everything the engine counts, for one scrape.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     pub uptime_ms: u64,
@@ -264,5 +387,6 @@ pub struct Snapshot {
     pub detect: Vec<metrics::DetectSnapshot>,
     pub detect_duration_ms: Vec<metrics::DetectDurationSnapshot>,
     pub server_first: ServerFirstSnapshot,
+    pub copy: CopySnapshot,
     pub errors: ErrorsSnapshot,
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::addr::TargetAddr;
-use crate::policy::Direction;
+use crate::vocab::{DetectResult, Direction, NoTlsReason, TlsLabel, TlsStatus};
 
 const SHARDS: usize = 16;
 
@@ -56,7 +56,10 @@ impl Histogram {
     }
 }
 
+/// A histogram as the engine counts it (per-bucket, not cumulative).
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
 pub struct HistogramSnapshot {
     pub buckets: Vec<f64>,
     /// Per-bucket (not cumulative) counts; one more entry than `buckets` (+Inf).
@@ -88,7 +91,9 @@ pub fn errno_index(err: Option<&std::io::Error>) -> usize {
 
 /// Which end of the proxy a TCP side is: `Src` is the accepted client
 /// connection, `Dst` is the connection the proxy opened to the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "lowercase")]
 pub enum Peer {
     Src = 0,
     Dst = 1,
@@ -99,8 +104,8 @@ pub enum Peer {
 pub struct SeriesKey {
     pub direction: Direction,
     pub target: TargetAddr,
-    /// The SNI of a client TLS stream passed through as opaque TLS.
-    pub sni: Option<Arc<str>>,
+    /// The TLS the proxy saw (the `tls`, `no_tls_reason` and `sni` labels).
+    pub tls: TlsStatus,
 }
 
 /// Counters of one (direction, target, sni) series.
@@ -123,32 +128,15 @@ impl TcpSeries {
         self.open[peer as usize].fetch_sub(1, Relaxed);
         self.closes[peer as usize][errno].fetch_add(1, Relaxed);
     }
-}
-
-/// Detection outcomes, Linkerd's plus meshpipe's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DetectResult {
-    Http1 = 0,
-    Http2,
-    Tls,
-    OpaquePort,
-    NotHttp,
-    ServerFirst,
-    ReadTimeout,
-    ClientClosed,
-    Error,
-}
-
-pub const DETECT_RESULT_LABELS: [&str; 9] =
-    ["http/1", "http/2", "tls", "opaque_port", "not_http", "server_first", "read_timeout", "client_closed", "error"];
-
-impl DetectResult {
-    pub fn as_str(self) -> &'static str {
-        DETECT_RESULT_LABELS[self as usize]
+    /// A dial to the target that failed: counted as a `dst` side opened and
+    /// closed at once with the dial's errno.
+    pub fn connect_failed(&self, errno: usize) {
+        self.open_total[Peer::Dst as usize].fetch_add(1, Relaxed);
+        self.closes[Peer::Dst as usize][errno].fetch_add(1, Relaxed);
     }
 }
 
-type DetectCounters = [AtomicU64; DETECT_RESULT_LABELS.len()];
+type DetectCounters = [AtomicU64; DetectResult::COUNT];
 
 /// A bounded, sharded map from a key to a shared counter block.
 struct Sharded<K, V> {
@@ -190,6 +178,13 @@ impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
     }
 }
 
+/// Engine-wide copy-path counters.
+#[derive(Default)]
+pub struct CopyCounters {
+    /// Directions (two per connection) that switched to splice.
+    pub spliced_directions: AtomicU64,
+}
+
 /// Engine-wide error counters that have no target.
 #[derive(Default)]
 pub struct ErrorCounters {
@@ -208,6 +203,7 @@ pub struct Metrics {
     detect_overflow: [Arc<DetectCounters>; 2],
     detect_duration: [Histogram; 2],
     pub errors: ErrorCounters,
+    pub copy: CopyCounters,
 }
 
 impl Metrics {
@@ -221,6 +217,7 @@ impl Metrics {
             detect_overflow: Default::default(),
             detect_duration: Default::default(),
             errors: Default::default(),
+            copy: Default::default(),
         }
     }
 
@@ -255,10 +252,10 @@ impl Metrics {
     pub fn snapshot_detect(&self) -> (Vec<DetectSnapshot>, Vec<DetectDurationSnapshot>) {
         let mut out = Vec::new();
         let mut push = |direction: Direction, port: Option<u16>, counters: &DetectCounters| {
-            for (i, c) in counters.iter().enumerate() {
+            for (result, c) in DetectResult::ALL.iter().zip(counters) {
                 let count = c.load(Relaxed);
                 if count > 0 {
-                    out.push(DetectSnapshot { direction: direction.as_str(), target_port: port, result: DETECT_RESULT_LABELS[i], count });
+                    out.push(DetectSnapshot { direction, target_port: port, result: *result, count });
                 }
             }
         };
@@ -266,9 +263,9 @@ impl Metrics {
         for dir in [Direction::Inbound, Direction::Outbound] {
             push(dir, None, &self.detect_overflow[dir.index()]);
         }
-        let durations = [Direction::Inbound, Direction::Outbound]
+        let durations = Direction::ALL
             .iter()
-            .map(|d| DetectDurationSnapshot { direction: d.as_str(), histogram: self.detect_duration[d.index()].snapshot() })
+            .map(|d| DetectDurationSnapshot { direction: *d, histogram: self.detect_duration[d.index()].snapshot() })
             .collect();
         (out, durations)
     }
@@ -276,29 +273,24 @@ impl Metrics {
 
 fn tcp_snapshot(key: Option<&SeriesKey>, direction: Direction, s: &TcpSeries) -> TcpSnapshot {
     let mut closes = Vec::new();
-    for (peer, name) in [(0, "src"), (1, "dst")] {
-        for (i, c) in s.closes[peer].iter().enumerate() {
+    for peer in [Peer::Src, Peer::Dst] {
+        for (i, c) in s.closes[peer as usize].iter().enumerate() {
             let count = c.load(Relaxed);
             if count > 0 {
-                closes.push(CloseSnapshot { peer: name, errno: ERRNO_LABELS[i], count });
+                closes.push(CloseSnapshot { peer, errno: ERRNO_LABELS[i], count });
             }
         }
     }
-    let sni = key.and_then(|k| k.sni.as_deref().map(str::to_string));
+    // The overflow series mixes targets: it is labelled as plaintext.
+    let tls = key.map_or_else(|| TlsStatus::plaintext(direction), |k| k.tls.clone());
     TcpSnapshot {
-        direction: direction.as_str(),
+        direction,
         target_addr: key.map(|k| k.target.to_string()),
         target_ip: key.map(|k| k.target.ip().to_string()),
         target_port: key.map(|k| k.target.port()),
-        tls: if sni.is_some() { "opaque" } else { "no_identity" },
-        no_tls_reason: if sni.is_some() {
-            None
-        } else if direction == Direction::Inbound {
-            Some("no_tls_from_remote")
-        } else {
-            Some("not_provided_by_remote")
-        },
-        sni,
+        tls: tls.label(),
+        no_tls_reason: tls.no_tls_reason(),
+        sni: tls.sni().map(str::to_string),
         overflow: key.is_none(),
         src_open_total: s.open_total[0].load(Relaxed),
         src_open: s.open[0].load(Relaxed),
@@ -311,24 +303,31 @@ fn tcp_snapshot(key: Option<&SeriesKey>, direction: Direction, s: &TcpSeries) ->
     }
 }
 
+/// Closes of one side of a series for one reason.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CloseSnapshot {
-    pub peer: &'static str,
+    pub peer: Peer,
+    /// `""` for a clean close, else an errno name (`ECONNRESET`, ...).
     pub errno: &'static str,
     pub count: u64,
 }
 
+/// One TCP series: a (direction, target, TLS) label set and its counters.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TcpSnapshot {
-    pub direction: &'static str,
+    pub direction: Direction,
+    /// `None` on the overflow series.
     pub target_addr: Option<String>,
     pub target_ip: Option<String>,
     pub target_port: Option<u16>,
-    pub tls: &'static str,
-    pub no_tls_reason: Option<&'static str>,
+    pub tls: TlsLabel,
+    pub no_tls_reason: Option<NoTlsReason>,
     pub sni: Option<String>,
+    /// The series that collects targets past the cardinality bound.
     pub overflow: bool,
     pub src_open_total: u64,
     pub src_open: i64,
@@ -340,21 +339,26 @@ pub struct TcpSnapshot {
     pub duration_ms: HistogramSnapshot,
 }
 
+/// Detection outcomes for one (direction, target port).
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DetectSnapshot {
-    pub direction: &'static str,
+    pub direction: Direction,
     /// `None` is the overflow series.
     pub target_port: Option<u16>,
-    pub result: &'static str,
+    pub result: DetectResult,
     pub count: u64,
 }
 
+/// The detection duration histogram of one direction.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DetectDurationSnapshot {
-    pub direction: &'static str,
+    pub direction: Direction,
     #[serde(flatten)]
+    #[cfg_attr(feature = "ts", ts(flatten))]
     pub histogram: HistogramSnapshot,
 }
 
@@ -363,7 +367,11 @@ mod tests {
     use super::*;
 
     fn key(port: u16) -> SeriesKey {
-        SeriesKey { direction: Direction::Outbound, target: format!("127.0.0.1:{port}").parse().unwrap(), sni: None }
+        SeriesKey {
+            direction: Direction::Outbound,
+            target: format!("127.0.0.1:{port}").parse().unwrap(),
+            tls: TlsStatus::plaintext(Direction::Outbound),
+        }
     }
 
     #[test]

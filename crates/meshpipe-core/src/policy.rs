@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::addr::{AddrError, Cidr, PortRange, TargetAddr};
+pub use crate::vocab::{Direction, PortMode};
 
 /// Errors in a policy table handed to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -23,60 +24,9 @@ pub enum PolicyError {
     Rule { index: usize, source_name: String, error: AddrError },
 }
 
-/// How a port's connections are handled. Mirrors Linkerd's Server
-/// `proxyProtocol` values (`unknown` is `Detect`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortMode {
-    /// Sniff the first bytes to find HTTP/1, HTTP/2 or TLS.
-    Detect,
-    /// No detection at all: connect at once and splice from the first byte.
-    Opaque,
-    /// Declared HTTP/1: validated, not trusted.
-    Http1,
-    /// Declared HTTP/2: validated against the client preface.
-    Http2,
-    /// gRPC is HTTP/2 on the wire.
-    Grpc,
-    /// Declared TLS: validated against a ClientHello.
-    Tls,
-}
-
-impl PortMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PortMode::Detect => "detect",
-            PortMode::Opaque => "opaque",
-            PortMode::Http1 => "http1",
-            PortMode::Http2 => "http2",
-            PortMode::Grpc => "grpc",
-            PortMode::Tls => "tls",
-        }
-    }
-}
-
-/// Which side of the pod a connection is on, as Linkerd labels metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// One rule as it arrives from TypeScript (see ARCHITECTURE.md).
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSpec {
     pub direction: Direction,
@@ -90,6 +40,7 @@ pub struct RuleSpec {
 
 /// A policy table as it arrives from TypeScript.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     #[serde(default)]

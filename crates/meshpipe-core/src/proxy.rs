@@ -21,20 +21,23 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::{debug, Instrument};
 
 use crate::config::DetectConfig;
-use crate::conn::{ConnProtocol, ConnRegistry, ConnState};
+use crate::conn::{ConnRegistry, ConnState};
 use crate::copy::{self, CopyConfig, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
-use crate::metrics::{errno_index, DetectResult, Metrics, Peer, SeriesKey, TcpSeries};
+use crate::metrics::{errno_index, Metrics, Peer, SeriesKey, TcpSeries};
 use crate::policy::PolicyTable;
 use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
+use crate::vocab::{DetectResult, TlsStatus};
 
 pub(crate) use connect::connect;
-pub use sniff::Sniffed;
+pub use sniff::{Sniffed, Upstream};
 
 /// Engine-wide state every connection task shares.
 pub struct Context {
@@ -46,12 +49,9 @@ pub struct Context {
     pub connect_timeout: Duration,
     pub copy: CopyConfig,
     pub drain: Drain,
-    /// Called once per newly learned server-first target (for the log hint).
-    pub on_learned: Option<LearnedHook>,
+    /// Events for the control layer (e.g. a newly learned server-first target).
+    pub events: crate::events::EventQueue,
 }
-
-/// A callback for newly learned server-first targets.
-pub type LearnedHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Closes one side's gauge and records its close reason when dropped.
 struct SideGuard {
@@ -84,11 +84,18 @@ impl Drop for OpenGuard<'_> {
 
 /// Serves one accepted connection until it ends or the drain deadline cuts
 /// it (`cut` is the accepting worker's child of the drain's cut signal).
+///
+/// The connection's stages are traced in a `conn` span (`id`, `listener`,
+/// `peer`, then `target`), silent at the default log filter (see `log.rs`).
 pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, peer: SocketAddr, cut: CancellationToken) {
-    tokio::select! {
-        _ = pipeline(&ctx, &l, client, peer) => {}
-        _ = cut.cancelled() => {}
-    }
+    let span = tracing::debug_span!("conn", id = Empty, listener = %l.name, peer = %peer, target = Empty);
+    let cut_short = async {
+        tokio::select! {
+            _ = pipeline(&ctx, &l, client, peer) => {}
+            _ = cut.cancelled() => debug!("cut at the drain deadline"),
+        }
+    };
+    cut_short.instrument(span).await
 }
 
 async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: SocketAddr) {
@@ -98,22 +105,28 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     let reg = ctx.conns.register(l.name.clone(), l.direction, peer);
     let info = &reg.info;
     // TCP_NODELAY is inherited from the listening socket (see `listener`).
+    let span = tracing::Span::current();
+    span.record("id", info.id);
+    debug!(direction = l.direction.as_str(), "accepted");
 
     // 1. Target.
     let target = match target::resolve(&l.target, &client) {
         Ok(t) => t,
-        Err(target::TargetError::Loop(_)) => {
+        Err(e @ target::TargetError::Loop(_)) => {
+            debug!(error = %e, "refused");
             ctx.metrics.errors.loop_refused.fetch_add(1, Relaxed);
             socket::set_reset_on_close(&client);
             return;
         }
-        Err(target::TargetError::OriginalDst(_)) => {
+        Err(e @ target::TargetError::OriginalDst(_)) => {
+            debug!(error = %e, "refused");
             ctx.metrics.errors.original_dst_failed.fetch_add(1, Relaxed);
             socket::set_reset_on_close(&client);
             return;
         }
     };
     let _ = info.target.set(target);
+    span.record("target", tracing::field::display(target));
 
     // 2. Policy: the listener's explicit mode wins over the table.
     let (mode, detect_timeout) = match l.mode {
@@ -124,16 +137,13 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
         }
     };
     let timeout = ctx.detect.timeout_for(l.direction, target.port(), detect_timeout);
+    debug!(mode = mode.as_str(), detect_timeout_ms = timeout.as_millis() as u64, "policy");
 
     // 3. Detect.
     let sniffed = sniff::sniff(ctx, &client, target, mode, timeout).await;
     ctx.metrics.detected(l.direction, target.port(), sniffed.result, started.elapsed());
-    info.set_protocol(match sniffed.result {
-        DetectResult::Http1 => ConnProtocol::Http1,
-        DetectResult::Http2 => ConnProtocol::Http2,
-        DetectResult::Tls => ConnProtocol::Tls,
-        _ => ConnProtocol::Opaque,
-    });
+    info.set_protocol(sniffed.result.protocol());
+    debug!(result = sniffed.result.as_str(), bytes = sniffed.buffered.len(), sni = sniffed.sni.as_deref(), "detected");
     if let Some(sni) = &sniffed.sni {
         let _ = info.sni.set(sni.clone());
     }
@@ -145,7 +155,8 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     }
 
     // From here the connection is counted as an open TCP connection.
-    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, sni: sniffed.sni.clone() });
+    let tls = TlsStatus::detected(l.direction, sniffed.sni.as_ref());
+    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, tls });
     series.opened(Peer::Src);
     open.series = Some(series.clone());
     let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
@@ -153,18 +164,16 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     // 4. Connect (unless the server-first race already did).
     info.set_state(ConnState::Connecting);
     let server = match sniffed.upstream {
-        Some(s) => Ok(s),
-        None => match sniffed.connect_error {
-            Some(e) => Err(e),
-            None => connect(target.0, ctx.connect_timeout).await,
-        },
+        Upstream::Open(s) => Ok(s),
+        Upstream::Failed(e) => Err(e),
+        Upstream::None => connect(target.0, ctx.connect_timeout).await,
     };
     let server = match server {
         Ok(s) => s,
         Err(e) => {
+            debug!(error = %e, "connect failed");
             ctx.metrics.errors.connect_failed.fetch_add(1, Relaxed);
-            series.open_total[Peer::Dst as usize].fetch_add(1, Relaxed);
-            series.closes[Peer::Dst as usize][errno_index(Some(&e))].fetch_add(1, Relaxed);
+            series.connect_failed(errno_index(Some(&e)));
             // The client learns at once that its target is unreachable.
             socket::set_reset_on_close(&client);
             src.errno = errno_index(Some(&e));
@@ -172,28 +181,35 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
         }
     };
     series.opened(Peer::Dst);
+    debug!("connected");
     let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
 
     // 5. Forward: replay what detection read, in order, then splice.
     info.set_state(ConnState::Forwarding);
-    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server };
-    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client };
+    let spliced = &ctx.metrics.copy.spliced_directions;
+    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, spliced };
+    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, spliced };
     if !sniffed.buffered.is_empty() {
         if let Err(e) = copy::write_all(&server, &sniffed.buffered).await {
             dst.errno = errno_index(Some(&e));
             socket::set_reset_on_close(&client);
             return;
         }
-        up.conn.fetch_add(sniffed.buffered.len() as u64, Relaxed);
-        up.series.fetch_add(sniffed.buffered.len() as u64, Relaxed);
+        up.add(sniffed.buffered.len());
     }
     drop(sniffed.buffered);
     if sniffed.client_eof {
         let _ = socket::shutdown_write(&server);
     }
     match copy::forward(&client, &server, up, down, ctx.copy).await {
-        Ok(_) => {}
+        Ok(_) => debug!(client_to_server = info.bytes_in.load(Relaxed), server_to_client = info.bytes_out.load(Relaxed), "closed"),
         Err(e) => {
+            debug!(
+                error = %e,
+                client_to_server = info.bytes_in.load(Relaxed),
+                server_to_client = info.bytes_out.load(Relaxed),
+                "closed with an error"
+            );
             let errno = errno_index(Some(e.io()));
             match e {
                 copy::CopyError::Client(_) => src.errno = errno,

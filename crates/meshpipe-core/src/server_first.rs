@@ -29,7 +29,9 @@ pub struct ServerFirstCache {
     entries: Mutex<HashMap<TargetAddr, Entry>>,
 }
 
+/// A learned server-first target, for `/policy`.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct LearnedTarget {
     pub addr: String,
@@ -83,11 +85,6 @@ impl ServerFirstCache {
         }
     }
 
-    /// Forgets a target (its client spoke first after all).
-    pub fn forget(&self, target: TargetAddr) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&target);
-    }
-
     pub fn snapshot(&self) -> Vec<LearnedTarget> {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<LearnedTarget> = map
@@ -118,8 +115,7 @@ mod tests {
         c.learn(t(3));
         assert_eq!(c.snapshot().len(), 2, "capacity bounds the cache");
         assert!(c.is_server_first(t(3)));
-        c.forget(t(3));
-        assert!(!c.is_server_first(t(3)));
+        assert!(!c.is_server_first(t(1)), "the oldest entry was evicted");
         let short = ServerFirstCache::new(2, Duration::from_millis(0));
         short.learn(t(9));
         assert!(!short.is_server_first(t(9)), "expired entries do not count");

@@ -29,6 +29,39 @@ async fn bulk_transfer_is_bit_exact_in_every_mode() {
         let snap = engine.snapshot();
         assert_eq!(snap.tcp[0].bytes_client_to_server, 8 << 20, "copy mode {mode}");
         assert_eq!(snap.tcp[0].bytes_server_to_client, 8 << 20, "copy mode {mode}");
+        // Which path carried the bytes: adaptive switches both 8 MiB
+        // directions to splice, splice starts there, buffered never does.
+        let expect_spliced = if mode == "buffered" { 0 } else { 2 };
+        assert_eq!(snap.copy.spliced_directions, expect_spliced, "copy mode {mode}");
+        engine.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Small messages only: adaptive keeps both directions on the buffered copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_messages_stay_on_the_buffered_path_in_adaptive_mode() {
+    let echo = echo_server().await;
+    for (mode, expect_spliced) in [("adaptive", 0), ("splice", 2), ("buffered", 0)] {
+        let (engine, addr) = forward(echo, Some("opaque"), copy_mode(mode)).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        for i in 0..50u8 {
+            let msg = vec![i; 200];
+            c.write_all(&msg).await.unwrap();
+            let mut back = vec![0u8; 200];
+            within(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap();
+            assert_eq!(back, msg);
+        }
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        within(Duration::from_secs(5), c.read_to_end(&mut rest)).await.unwrap();
+        drop(c);
+        within(Duration::from_secs(5), async {
+            while engine.snapshot().listeners[0].open > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        assert_eq!(engine.snapshot().copy.spliced_directions, expect_spliced, "copy mode {mode}");
         engine.close(Duration::from_secs(1)).await;
     }
 }

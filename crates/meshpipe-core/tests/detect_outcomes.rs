@@ -18,7 +18,7 @@ fn detect_cfg(timeout_ms: u64, grace_ms: u64) -> serde_json::Value {
 }
 
 fn results(engine: &Engine) -> Vec<(String, u64)> {
-    engine.snapshot().detect.iter().map(|d| (d.result.to_string(), d.count)).collect()
+    engine.snapshot().detect.iter().map(|d| (d.result.as_str().to_string(), d.count)).collect()
 }
 
 fn has(engine: &Engine, result: &str) -> bool {
@@ -70,7 +70,7 @@ async fn http1_http2_tls_and_random_are_classified_and_lossless() {
     lossless(addr, &client_hello("db.example.internal"), 1 << 20, 3).await;
     assert!(has(&engine, "tls"), "{:?}", results(&engine));
     let snap = engine.snapshot();
-    assert!(snap.tcp.iter().any(|s| s.sni.as_deref() == Some("db.example.internal") && s.tls == "opaque"));
+    assert!(snap.tcp.iter().any(|s| s.sni.as_deref() == Some("db.example.internal") && s.tls == meshpipe_core::vocab::TlsLabel::Opaque));
     lossless(addr, &[0x00, 0xff, 0x13, 0x37], 1 << 20, 4).await;
     assert!(has(&engine, "not_http"), "{:?}", results(&engine));
 }

@@ -50,33 +50,62 @@ async fn half_close_keeps_the_other_direction_flowing() {
 async fn client_reset_closes_the_target_side() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (got_all_tx, got_all) = tokio::sync::oneshot::channel();
+    let (end_tx, end) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
+        // First connection: read until it ends, reporting when all 10,000
+        // bytes are in and how the stream ended.
         let (mut s, _) = l.accept().await.unwrap();
         let mut buf = vec![0u8; 65536];
-        let end = loop {
+        let mut total = 0;
+        let mut got_all_tx = Some(got_all_tx);
+        let how = loop {
             match s.read(&mut buf).await {
                 Ok(0) => break "eof",
-                Ok(_) => continue,
+                Ok(n) => {
+                    total += n;
+                    if total >= 10_000 {
+                        if let Some(tx) = got_all_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
                 Err(_) => break "error",
             }
         };
-        let _ = tx.send(end);
+        let _ = end_tx.send(how);
+        // Later connections: echo.
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
     });
     let (engine, addr) = forward(target, Some("opaque"), serde_json::json!({})).await;
-    let c = TcpStream::connect(addr).await.unwrap();
-    let mut c = c;
+    let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(&[1u8; 10_000]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Reset only once the target has everything: the RST must arrive as a
+    // reset of an established stream, not race the data.
+    within(Duration::from_secs(5), got_all).await.unwrap();
     socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
     drop(c); // RST
-    let end = within(Duration::from_secs(5), rx).await.unwrap();
-    assert_eq!(end, "error", "the reset is propagated as a reset, not a clean EOF");
-    // The proxy keeps serving.
-    let echo = echo_server().await;
-    drop(engine);
-    let (_engine, addr) = forward(echo, None, serde_json::json!({})).await;
+    let how = within(Duration::from_secs(5), end).await.unwrap();
+    assert_eq!(how, "error", "the reset is propagated as a reset, not a clean EOF");
+    // The same engine keeps serving.
     assert_eq!(roundtrip(addr, b"still alive".to_vec()).await, sha(b"still alive"));
+    let snap = engine.snapshot();
+    assert_eq!(snap.listeners[0].accepted, 2);
+    let resets: u64 = snap
+        .tcp
+        .iter()
+        .flat_map(|t| &t.closes)
+        .filter(|c| c.peer == meshpipe_core::metrics::Peer::Src && c.errno == "ECONNRESET")
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(resets, 1, "the client's reset is counted on the src side");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +125,7 @@ async fn connect_failure_closes_client_promptly_and_is_counted() {
     let snap = engine.snapshot();
     assert_eq!(snap.errors.connect_failed, 3);
     let closes = &snap.tcp[0].closes;
-    assert!(closes.iter().any(|c| c.peer == "dst" && c.errno == "ECONNREFUSED" && c.count == 3), "{closes:?}");
+    assert!(closes.iter().any(|c| c.peer == meshpipe_core::metrics::Peer::Dst && c.errno == "ECONNREFUSED" && c.count == 3), "{closes:?}");
     assert_eq!(snap.listeners[0].accepted, 3, "the listener keeps serving");
 }
 
@@ -140,7 +169,8 @@ fn max_connections_are_all_usable_with_several_workers() {
             }]
         }))
         .unwrap();
-        let engine = meshpipe_core::Engine::start_on(spec.validate().unwrap(), Default::default(), &workers.handles).unwrap();
+        let engine = meshpipe_core::Engine::new(spec.validate().unwrap());
+        engine.start_on(&workers.handles).unwrap();
         let addr: std::net::SocketAddr = engine.bound()[0].bind.parse().unwrap();
         for round in 0..12 {
             let mut open = Vec::new();

@@ -1,33 +1,46 @@
 //! meshpipe-node: the Node.js binding of meshpipe-core, built with napi-rs.
 //!
-//! Only conversions and lifecycle live here: JSON config in, typed engine
-//! config out; engine results and errors back to JavaScript; and ownership of
-//! the threads the engine runs on. Each `NativeProxy` owns its workers: one
-//! single-threaded tokio runtime per thread (worker count from the config,
-//! default one per core), each accepting from the same listening sockets, so
-//! a connection stays on one thread for its whole life and the data path never
-//! shares threads with the JavaScript event loop or calls into it.
+//! Only conversions and thread ownership live here:
+//! - **Conversions.** Values cross as JSON text: the TypeScript layer passes
+//!   `JSON.stringify` of a generated type (ts/engine/boundary.ts, from the
+//!   Rust types) and parses what comes back. JSON text has no size or node
+//!   limit, `JSON.parse` is the fastest way V8 builds large object graphs,
+//!   and serde does the typed half here. Errors are thrown with the engine's
+//!   [`ErrorCode`] as the JavaScript error's `code` and a message naming what
+//!   was wrong.
+//! - **Threads.** Each `NativeProxy` owns its workers: one single-threaded
+//!   tokio runtime per thread (as many as the engine asks for), each
+//!   accepting from its own listening socket, so a connection stays on one
+//!   thread for its whole life and the data path never shares threads with
+//!   the JavaScript event loop or calls into it.
 //!
-//! Promises are settled with napi deferreds from the runtime's threads. Nothing
-//! here holds a reference on the event loop while the proxy merely runs: the
-//! TypeScript layer decides what keeps the process alive. The runtime is shut
-//! down on the JavaScript thread once `close()` has drained, or when the Node
-//! environment is torn down (an env cleanup hook), so a process never hangs on
-//! engine threads at exit.
+//! Nothing here holds a reference on the event loop while the proxy merely
+//! runs: the TypeScript layer decides what keeps the process alive. The
+//! runtime is shut down on the JavaScript thread once `close()` has drained,
+//! or when the Node environment is torn down (an env cleanup hook), so a
+//! process never hangs on engine threads at exit.
 
-use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshpipe_core::{Engine, EngineConfig, EngineHooks, EngineSpec, PolicySpec, PolicyTable};
+use meshpipe_core::{Engine, EngineSpec, ErrorCode, PolicySpec};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-/// Learned-target events waiting for JavaScript to collect them (bounded).
-const MAX_EVENTS: usize = 1024;
+/// napi's `Result` with the engine's error codes as the thrown `code`.
+type Fallible<T> = Result<T, ErrorCode>;
 
-fn js_error(code: &str, msg: impl std::fmt::Display) -> Error {
-    Error::from_reason(format!("{code}: {msg}"))
+fn fail(code: ErrorCode, msg: impl std::fmt::Display) -> Error<ErrorCode> {
+    Error::new(code, msg.to_string())
+}
+
+fn engine_error(e: meshpipe_core::EngineError) -> Error<ErrorCode> {
+    fail(e.code(), e)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Fallible<String> {
+    serde_json::to_string(value).map_err(|e| fail(ErrorCode::Native, e))
 }
 
 /// The engine's worker threads, each driving one current-thread runtime
@@ -68,13 +81,10 @@ impl Workers {
 }
 
 struct Inner {
+    engine: Arc<Engine>,
     runtime: Mutex<Option<Workers>>,
-    config: Mutex<Option<EngineConfig>>,
-    engine: Mutex<Option<Arc<Engine>>>,
-    /// Set by the first `close()` that takes the engine: a second call
-    /// while that drain runs must not shut the runtime down under it.
-    closing: std::sync::atomic::AtomicBool,
-    events: Arc<Mutex<VecDeque<serde_json::Value>>>,
+    /// Set by the first `close()`: later calls are refused.
+    closing: AtomicBool,
 }
 
 impl Inner {
@@ -85,27 +95,16 @@ impl Inner {
         }
     }
 
-    fn engine(&self) -> Result<Arc<Engine>> {
-        self.engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| js_error("ERR_NOT_STARTED", "the proxy is not running: call start() first"))
-    }
-
-    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) -> Result<()> {
-        match self.runtime.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(workers) => {
-                workers.handles[0].spawn(f);
-                Ok(())
-            }
-            None => Err(js_error("ERR_CLOSED", "the proxy is closed")),
+    fn started(&self) -> Fallible<&Engine> {
+        if !self.engine.started() {
+            return Err(fail(ErrorCode::NotStarted, "the proxy is not running: call start() first"));
         }
+        Ok(&self.engine)
     }
 }
 
-/// A proxy engine with its own runtime. See ARCHITECTURE.md for the shapes
-/// of the config, the snapshot and the errors.
+/// A proxy engine with its own threads. Every value crosses as JSON text of
+/// a type in ts/engine/boundary.ts; errors carry an `ErrorCode` as `code`.
 #[napi]
 pub struct NativeProxy {
     inner: Arc<Inner>,
@@ -113,20 +112,16 @@ pub struct NativeProxy {
 
 #[napi]
 impl NativeProxy {
-    /// Validates `config` (an EngineConfig object) and builds the runtime.
+    /// Validates `config` (JSON of an `EngineSpec`) and starts the engine's
+    /// threads (nothing is bound yet).
     #[napi(constructor)]
-    pub fn new(env: Env, config: serde_json::Value) -> Result<Self> {
-        let spec: EngineSpec = serde_json::from_value(config).map_err(|e| js_error("ERR_INVALID_CONFIG", format!("engine config: {e}")))?;
-        let workers = if spec.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { spec.workers };
-        let config = spec.validate().map_err(|e| js_error("ERR_INVALID_CONFIG", e))?;
-        let runtime = Workers::new(workers.max(1)).map_err(|e| js_error("ERR_NATIVE", format!("cannot start the engine threads: {e}")))?;
-        let inner = Arc::new(Inner {
-            runtime: Mutex::new(Some(runtime)),
-            config: Mutex::new(Some(config)),
-            engine: Mutex::new(None),
-            closing: std::sync::atomic::AtomicBool::new(false),
-            events: Arc::new(Mutex::new(VecDeque::new())),
-        });
+    pub fn new(env: Env, config: String) -> Result<Self, ErrorCode> {
+        let spec: EngineSpec = serde_json::from_str(&config).map_err(|e| fail(ErrorCode::InvalidConfig, format!("engine config: {e}")))?;
+        let config = spec.validate().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
+        let engine = Engine::new(config);
+        let runtime =
+            Workers::new(engine.workers()).map_err(|e| fail(ErrorCode::Native, format!("cannot start the engine threads: {e}")))?;
+        let inner = Arc::new(Inner { engine: Arc::new(engine), runtime: Mutex::new(Some(runtime)), closing: AtomicBool::new(false) });
         // Environment teardown (process exit, worker thread end): stop the
         // engine threads so nothing outlives the environment.
         let weak = Arc::downgrade(&inner);
@@ -134,128 +129,96 @@ impl NativeProxy {
             if let Some(inner) = weak.upgrade() {
                 inner.shutdown_runtime();
             }
-        })?;
+        })
+        .map_err(|e| fail(ErrorCode::Native, e))?;
         Ok(NativeProxy { inner })
     }
 
-    /// Binds every listener and starts accepting. Resolves with the bound
-    /// listeners: `[{ name, bind, direction }]`.
-    #[napi(ts_return_type = "Promise<Array<{ name: string; bind: string; direction: string }>>")]
-    pub fn start<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
-        let (deferred, promise) = env.create_deferred::<serde_json::Value, _>()?;
-        let config = self
-            .inner
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| js_error("ERR_ALREADY_STARTED", "start() was already called on this proxy"))?;
-        let inner = self.inner.clone();
-        let events = self.inner.events.clone();
-        let hooks = EngineHooks {
-            on_learned: Some(Box::new(move |target: &str| {
-                let mut q = events.lock().unwrap_or_else(|e| e.into_inner());
-                if q.len() < MAX_EVENTS {
-                    q.push_back(serde_json::json!({ "kind": "serverFirstLearned", "target": target }));
-                }
-            })),
-        };
-        // Binding is synchronous and fast; the promise settles on the next
-        // turn of the event loop either way.
+    /// Binds every listener (all or nothing) and starts accepting. Returns
+    /// JSON of `BoundListener[]`.
+    #[napi]
+    pub fn start(&self) -> Result<String, ErrorCode> {
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(fail(ErrorCode::Closed, "the proxy is closed"));
+        }
         let handles = match self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(w) => w.handles.clone(),
-            None => return Err(js_error("ERR_CLOSED", "the proxy is closed")),
+            None => return Err(fail(ErrorCode::Closed, "the proxy is closed")),
         };
-        match Engine::start_on(config, hooks, &handles) {
-            Ok(engine) => {
-                let bound = serde_json::to_value(engine.bound()).unwrap_or_default();
-                *inner.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(engine));
-                deferred.resolve(move |_| Ok(bound));
-            }
-            Err(e) => deferred.reject(js_error(e.code(), e)),
-        }
-        Ok(promise)
+        let bound = self.inner.engine.start_on(&handles).map_err(engine_error)?;
+        to_json(&bound)
     }
 
     /// Stops the named listeners from accepting; open connections go on.
     /// Returns the names that matched no listener.
     #[napi]
-    pub fn stop_accepting(&self, names: Vec<String>) -> Result<Vec<String>> {
-        Ok(self.inner.engine()?.stop_accepting(&names))
+    pub fn stop_accepting(&self, names: Vec<String>) -> Result<Vec<String>, ErrorCode> {
+        Ok(self.inner.started()?.stop_accepting(&names))
     }
 
     /// Stops accepting, drains open connections for up to `drainMs`, cuts the
-    /// rest, then stops the runtime. Resolves with `{ drained, cut }`.
-    #[napi(ts_return_type = "Promise<{ drained: number; cut: number }>")]
-    pub fn close<'env>(&self, env: &'env Env, drain_ms: u32) -> Result<Object<'env>> {
-        let (deferred, promise) = env.create_deferred::<serde_json::Value, _>()?;
-        let engine = self.inner.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// rest, then stops the engine's threads. Resolves with JSON of a
+    /// `CloseSummary`. A second call is refused (await the first one).
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn close<'env>(&self, env: &'env Env, drain_ms: u32) -> Result<Object<'env>, ErrorCode> {
+        if self.inner.closing.swap(true, Ordering::AcqRel) {
+            return Err(fail(ErrorCode::Closed, "close() is already in progress or done: await the first call's promise"));
+        }
+        let (deferred, promise) = env.create_deferred::<String, _>().map_err(|e| fail(ErrorCode::Native, e))?;
         let inner = self.inner.clone();
         // The resolver runs on the JavaScript thread, outside the runtime:
         // the one place the runtime may be shut down and joined.
-        let finish = |inner: Arc<Inner>, value: serde_json::Value| {
+        let finish = |inner: Arc<Inner>, value: String| {
             move |_env: Env| {
                 inner.shutdown_runtime();
                 Ok(value)
             }
         };
-        let Some(engine) = engine else {
-            if inner.closing.load(std::sync::atomic::Ordering::Acquire) {
-                deferred.reject(js_error("ERR_CLOSED", "close() is already in progress or done: await the first call's promise"));
-                return Ok(promise);
-            }
-            // Never started: just release the runtime.
-            deferred.resolve(finish(inner, serde_json::json!({ "drained": 0, "cut": 0 })));
+        if !self.inner.engine.started() {
+            // Never started: just release the threads.
+            deferred.resolve(finish(inner, to_json(&meshpipe_core::CloseSummary::default())?));
             return Ok(promise);
-        };
-        inner.closing.store(true, std::sync::atomic::Ordering::Release);
+        }
         // Refuse new connections before returning: the drain below is async,
         // but a caller that has called close() must not see its port accept.
-        engine.stop_all();
-        self.inner.spawn(async move {
+        self.inner.engine.stop_all();
+        let runtime = self.inner.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(workers) = runtime.as_ref() else {
+            return Err(fail(ErrorCode::Closed, "the proxy is closed"));
+        };
+        let engine = self.inner.engine.clone();
+        workers.handles[0].spawn(async move {
             let summary = engine.close(Duration::from_millis(drain_ms as u64)).await;
-            drop(engine);
-            let value = serde_json::to_value(summary).unwrap_or_default();
-            deferred.resolve(finish(inner, value));
-        })?;
+            let json = serde_json::to_string(&summary).unwrap_or_else(|_| "{\"drained\":0,\"cut\":0}".into());
+            deferred.resolve(finish(inner, json));
+        });
         Ok(promise)
     }
 
-    /// Swaps in a new policy table (new connections only). Before `start()`
-    /// it replaces the policy the listeners will start with, so a policy
-    /// loaded from its sources is in force from the very first connection.
-    /// Returns its generation.
+    /// Swaps in a new policy table (JSON of a `PolicySpec`), before or after
+    /// `start()`; new connections only. Returns its generation.
     #[napi]
-    pub fn set_policy(&self, policy: serde_json::Value) -> Result<i64> {
-        let spec: PolicySpec = serde_json::from_value(policy).map_err(|e| js_error("ERR_POLICY", format!("policy table: {e}")))?;
-        if let Some(config) = self.inner.config.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            let table = PolicyTable::compile(&spec).map_err(|e| js_error("ERR_POLICY", format!("invalid policy: {e}")))?;
-            let generation = table.generation() as i64;
-            config.policy = table;
-            return Ok(generation);
-        }
-        let engine = self.inner.engine()?;
-        engine.set_policy(&spec).map(|g| g as i64).map_err(|e| js_error(e.code(), e))
+    pub fn set_policy(&self, policy: String) -> Result<i64, ErrorCode> {
+        let spec: PolicySpec = serde_json::from_str(&policy).map_err(|e| fail(ErrorCode::Policy, format!("policy table: {e}")))?;
+        self.inner.engine.set_policy(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
-    /// Every counter of the engine, read once (see ARCHITECTURE.md).
+    /// Every counter of the engine, read once: JSON of a `Snapshot`.
     #[napi]
-    pub fn snapshot(&self) -> Result<serde_json::Value> {
-        let engine = self.inner.engine()?;
-        serde_json::to_value(engine.snapshot()).map_err(|e| js_error("ERR_NATIVE", e))
+    pub fn snapshot(&self) -> Result<String, ErrorCode> {
+        to_json(&self.inner.started()?.snapshot())
     }
 
-    /// Up to `limit` live connections, oldest first.
+    /// Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`.
     #[napi]
-    pub fn connections(&self, limit: u32) -> Result<serde_json::Value> {
-        let engine = self.inner.engine()?;
-        serde_json::to_value(engine.connections(limit as usize)).map_err(|e| js_error("ERR_NATIVE", e))
+    pub fn connections(&self, limit: u32) -> Result<String, ErrorCode> {
+        to_json(&self.inner.started()?.connections(limit as usize))
     }
 
-    /// Takes the queued engine events (e.g. newly learned server-first targets).
+    /// Takes the queued engine events: JSON of `EngineEvent[]`.
     #[napi]
-    pub fn take_events(&self) -> Vec<serde_json::Value> {
-        self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+    pub fn take_events(&self) -> Result<String, ErrorCode> {
+        to_json(&self.inner.engine.take_events())
     }
 }
 
@@ -264,9 +227,25 @@ impl Drop for NativeProxy {
         // Garbage collection of an unclosed proxy: refuse new connections on
         // every listening socket first (the accept tasks are about to vanish
         // with the runtime), then stop its threads.
-        if let Some(engine) = self.inner.engine.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            engine.stop_all();
-        }
+        self.inner.engine.stop_all();
         self.inner.shutdown_runtime();
     }
+}
+
+/// Installs the engine's log output (pino-shaped JSON lines on `stream`,
+/// `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
+/// replaces the filter of the output already installed. Process-wide: every
+/// engine in the process shares it.
+#[napi]
+pub fn set_engine_log(filter: String, stream: String) -> Result<(), ErrorCode> {
+    use meshpipe_core::log::{self, LogError, Stream};
+    let stream = match stream.as_str() {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        other => return Err(fail(ErrorCode::InvalidConfig, format!("engine log stream {other:?}: expected \"stdout\" or \"stderr\""))),
+    };
+    log::install(&filter, stream).map_err(|e| match e {
+        LogError::Filter { .. } => fail(ErrorCode::InvalidConfig, e),
+        other => fail(ErrorCode::Native, other),
+    })
 }

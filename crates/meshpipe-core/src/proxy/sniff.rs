@@ -37,9 +37,8 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::addr::TargetAddr;
 use crate::detect::{classify, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
-use crate::metrics::DetectResult;
-use crate::policy::PortMode;
 use crate::proxy::Context;
+use crate::vocab::{DetectResult, PortMode};
 
 /// Reads after which an undecided client is `not_http`. Real clients send a
 /// request line or a ClientHello in one or a few segments (a 16 KiB
@@ -53,16 +52,23 @@ const MAX_DETECT_READS: usize = 256;
 /// client is not sending HTTP (Linkerd's minimum HTTP detection read).
 const SHORT_GREETING: usize = 14;
 
+/// The upstream connection as detection leaves it.
+pub enum Upstream {
+    /// Not dialled yet: the pipeline's connect stage dials it.
+    None,
+    /// Opened by the server-first race.
+    Open(TcpStream),
+    /// The race's dial failed: the pipeline reports it as a connect failure
+    /// instead of dialling again.
+    Failed(io::Error),
+}
+
 /// What detection found, and everything it holds that the pipeline needs.
 pub struct Sniffed {
     pub result: DetectResult,
     /// Every byte read from the client so far, in order.
     pub buffered: Vec<u8>,
-    /// The upstream connection, if the server-first race opened it.
-    pub upstream: Option<TcpStream>,
-    /// Set when the race's connect failed: the pipeline reports it as a
-    /// connect failure instead of dialling again.
-    pub connect_error: Option<io::Error>,
+    pub upstream: Upstream,
     /// The SNI of a detected TLS ClientHello.
     pub sni: Option<Arc<str>>,
     /// The client half-closed after sending `buffered`.
@@ -71,25 +77,7 @@ pub struct Sniffed {
 
 impl Sniffed {
     fn new(result: DetectResult) -> Self {
-        Sniffed { result, buffered: Vec::new(), upstream: None, connect_error: None, sni: None, client_eof: false }
-    }
-}
-
-fn expect_for(mode: PortMode) -> Expect {
-    match mode {
-        PortMode::Http1 => Expect::Http1,
-        PortMode::Http2 | PortMode::Grpc => Expect::Http2,
-        PortMode::Tls => Expect::Tls,
-        PortMode::Detect | PortMode::Opaque => Expect::Any,
-    }
-}
-
-fn decided(d: Detected) -> (DetectResult, Option<Arc<str>>) {
-    match d {
-        Detected::Http1 => (DetectResult::Http1, None),
-        Detected::Http2 => (DetectResult::Http2, None),
-        Detected::Tls(info) => (DetectResult::Tls, info.sni.map(Arc::from)),
-        Detected::NotHttp => (DetectResult::NotHttp, None),
+        Sniffed { result, buffered: Vec::new(), upstream: Upstream::None, sni: None, client_eof: false }
     }
 }
 
@@ -101,7 +89,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
     if mode == PortMode::Detect && ctx.server_first.is_server_first(target) {
         return Sniffed::new(DetectResult::ServerFirst);
     }
-    let expect = expect_for(mode);
+    let expect = mode.expect();
     let start = Instant::now();
     let deadline = start + timeout;
     // Only undeclared ports race: a declared HTTP/TLS port is client-first.
@@ -122,7 +110,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
         return out;
     }
     loop {
-        let race_now = grace_at.is_some() && out.upstream.is_none() && out.connect_error.is_none() && buf.is_empty();
+        let race_now = grace_at.is_some() && matches!(out.upstream, Upstream::None) && buf.is_empty();
         let short_stall = match grace {
             Some(g) if !buf.is_empty() && buf.len() < SHORT_GREETING => Some(last_bytes + g),
             _ => None,
@@ -152,13 +140,13 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                     break;
                 }
             }
-            r = server_readable(out.upstream.as_ref()), if out.upstream.is_some() => {
+            r = server_readable(&out.upstream), if matches!(out.upstream, Upstream::Open(_)) => {
                 // The server spoke (or closed) before the client finished.
                 let _ = r;
                 let mut probe = [0u8; 1];
-                let spoke = match out.upstream.as_ref() {
-                    Some(s) => matches!(s.peek(&mut probe).await, Ok(n) if n > 0),
-                    None => false,
+                let spoke = match &out.upstream {
+                    Upstream::Open(s) => matches!(s.peek(&mut probe).await, Ok(n) if n > 0),
+                    _ => false,
                 };
                 if !spoke {
                     // Closed or reset without a byte: not a server-first
@@ -167,9 +155,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                 } else if buf.is_empty() {
                     out.result = DetectResult::ServerFirst;
                     if ctx.server_first.learn(target) {
-                        if let Some(hook) = &ctx.on_learned {
-                            hook(&target.to_string());
-                        }
+                        ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
                     }
                 } else {
                     out.result = DetectResult::NotHttp;
@@ -181,10 +167,10 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                 // the detect deadline) bounds it, and running out of
                 // descriptors backs off instead of failing.
                 match crate::proxy::connect(target.0, ctx.connect_timeout).await {
-                    Ok(s) => out.upstream = Some(s),
+                    Ok(s) => out.upstream = Upstream::Open(s),
                     Err(e) => {
                         // Reported by the pipeline as a connect failure.
-                        out.connect_error = Some(e);
+                        out.upstream = Upstream::Failed(e);
                         out.result = DetectResult::NotHttp;
                         break;
                     }
@@ -227,9 +213,10 @@ fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed, last_bytes: &m
             *last_bytes = Instant::now();
             match classify(buf, expect) {
                 Verdict::Decided(d) => {
-                    let (result, sni) = decided(d);
-                    out.result = result;
-                    out.sni = sni;
+                    out.result = DetectResult::of(&d);
+                    if let Detected::Tls(info) = d {
+                        out.sni = info.sni.map(Arc::from);
+                    }
                     true
                 }
                 Verdict::NeedMore if buf.len() >= DETECT_BUFFER_CAP => {
@@ -253,9 +240,9 @@ fn recv_now(client: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     crate::sys::recv_spare(std::os::fd::AsFd::as_fd(client), buf)
 }
 
-async fn server_readable(s: Option<&TcpStream>) -> io::Result<()> {
+async fn server_readable(s: &Upstream) -> io::Result<()> {
     match s {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
+        Upstream::Open(s) => s.readable().await,
+        _ => std::future::pending().await,
     }
 }

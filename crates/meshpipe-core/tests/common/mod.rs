@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshpipe_core::{Engine, EngineHooks, EngineSpec};
+use meshpipe_core::{Engine, EngineSpec};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +27,7 @@ pub async fn forward(target: SocketAddr, mode: Option<&str>, extra: serde_json::
 
 pub async fn start(cfg: serde_json::Value) -> (Engine, SocketAddr) {
     let spec: EngineSpec = serde_json::from_value(cfg).expect("config parses");
-    let engine = Engine::start(spec.validate().expect("config valid"), EngineHooks::default()).await.expect("engine starts");
+    let engine = Engine::start(spec.validate().expect("config valid")).await.expect("engine starts");
     let addr = engine.bound()[0].bind.parse().unwrap();
     (engine, addr)
 }
