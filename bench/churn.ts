@@ -19,8 +19,7 @@
  * bytes), which shows the per-connection cost of detection.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { meshpipeCommand, startMeshpipe, type MeshpipeForward } from './meshpipe.js';
-import { ensurePeers, startHaproxy, startNginxStream, startRedis, type Peer } from './peers.js';
+import { ensurePeers, startRedis, startTcpPaths, type Peer } from './peers.js';
 import { cpuSeconds, freePort, runAsync } from './processes.js';
 import { load1, median, type BenchContext, type BenchSection, type Row, type Section, type Subject } from './report.js';
 
@@ -84,37 +83,9 @@ async function run(ctx: BenchContext): Promise<Section> {
     const redisPort = await freePort();
     peers.push(await startRedis(redisPort, ctx.dir));
     const target = `127.0.0.1:${redisPort}`;
-    configs.push(config('direct', 'direct', redisPort, null));
-
-    if (ctx.meshpipe.available) {
-      const forwards: MeshpipeForward[] = [
-        { port: await freePort(), target, mode: 'opaque' },
-        { port: await freePort(), target, mode: 'detect' },
-      ];
-      // A meshpipe that will not start is an error of this run, but the peers are still measured.
-      const mp = await startMeshpipe(forwards, ctx.dir).catch((err: unknown) => {
-        errors.push(`meshpipe did not start: ${(err as Error).message.split('\n').slice(0, 3).join(' / ')}`);
-        return null;
-      });
-      if (mp !== null) {
-        peers.push(mp);
-        notes.push(`meshpipe: ${meshpipeCommand(forwards)}`);
-        configs.push(config('meshpipe (opaque)', 'meshpipe', forwards[0]!.port, mp));
-        configs.push(config('meshpipe (detect)', 'meshpipe', forwards[1]!.port, mp));
-      }
-    } else {
-      notes.push(`meshpipe rows omitted: ${ctx.meshpipe.reason}`);
+    for (const path of await startTcpPaths(ctx, target, redisPort, peers, notes, errors)) {
+      configs.push(config(path.name, path.subject, path.port, path.proxy));
     }
-
-    const haPort = await freePort();
-    const ha = await startHaproxy([{ port: haPort, target }], ctx.dir, { maxconn: 4096 });
-    peers.push(ha);
-    configs.push(config('haproxy (tcp, splice)', 'haproxy', haPort, ha));
-
-    const ngPort = await freePort();
-    const ng = await startNginxStream([{ port: ngPort, target }], ctx.dir, { workerConnections: 4096, fdLimit: Math.min(ctx.fdLimit, 65536) });
-    peers.push(ng);
-    configs.push(config('nginx stream', 'nginx', ngPort, ng));
 
     // A short warm-up per path (page cache, lazily built pools) that is not counted.
     for (const c of configs) await churnOnce(c.port, 2_000).catch(() => undefined);

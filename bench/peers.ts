@@ -8,7 +8,9 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureInstalled, spawnTracked, stopTracked, waitListening, which, type Tracked } from './processes.js';
+import { meshpipeCommand, startMeshpipe, type MeshpipeForward } from './meshpipe.js';
+import { ensureInstalled, freePort, spawnTracked, stopTracked, waitListening, which, type Tracked } from './processes.js';
+import type { BenchContext, Subject } from './report.js';
 
 /** A running server or proxy. */
 export interface Peer {
@@ -143,4 +145,59 @@ export async function startNginxStream(forwards: readonly Forward[], dir: string
   const t = spawnTracked('nginx', 'nginx', ['-p', dir, '-e', join(dir, 'nginx-error.log'), '-c', path], dir);
   await waitListening(t, forwards.map((f) => f.port));
   return peer('nginx', t, forwards.map((f) => f.port));
+}
+
+/** One path a TCP benchmark measures: a name, who it is, the port to drive, and the proxy process (null = direct). */
+export interface TcpPath {
+  readonly name: string;
+  readonly subject: Subject;
+  readonly port: number;
+  readonly proxy: Peer | null;
+}
+
+/**
+ * Starts the proxies every TCP section compares, each forwarding to
+ * `target`: meshpipe with an opaque and a detect listener (when it is
+ * built), HAProxy in TCP mode with splice, and nginx stream. Returns the
+ * paths to measure, `direct` (to `targetPort`) first. Every process started
+ * is pushed onto `peers` as soon as it runs, so the caller stops them all
+ * even when a later one fails to start; a meshpipe that will not start is
+ * recorded in `errors` and the peers are still measured.
+ */
+export async function startTcpPaths(
+  ctx: BenchContext,
+  target: string,
+  targetPort: number,
+  peers: Peer[],
+  notes: string[],
+  errors: string[],
+): Promise<TcpPath[]> {
+  const paths: TcpPath[] = [{ name: 'direct', subject: 'direct', port: targetPort, proxy: null }];
+  if (ctx.meshpipe.available) {
+    const forwards: MeshpipeForward[] = [
+      { port: await freePort(), target, mode: 'opaque' },
+      { port: await freePort(), target, mode: 'detect' },
+    ];
+    const mp = await startMeshpipe(forwards, ctx.dir).catch((err: unknown) => {
+      errors.push(`meshpipe did not start: ${(err as Error).message.split('\n').slice(0, 3).join(' / ')}`);
+      return null;
+    });
+    if (mp !== null) {
+      peers.push(mp);
+      notes.push(`meshpipe: ${meshpipeCommand(forwards)}`);
+      paths.push({ name: 'meshpipe (opaque)', subject: 'meshpipe', port: forwards[0]!.port, proxy: mp });
+      paths.push({ name: 'meshpipe (detect)', subject: 'meshpipe', port: forwards[1]!.port, proxy: mp });
+    }
+  } else {
+    notes.push(`meshpipe rows omitted: ${ctx.meshpipe.reason}`);
+  }
+  const haPort = await freePort();
+  const ha = await startHaproxy([{ port: haPort, target }], ctx.dir, { maxconn: 4096 });
+  peers.push(ha);
+  paths.push({ name: 'haproxy (tcp, splice)', subject: 'haproxy', port: haPort, proxy: ha });
+  const ngPort = await freePort();
+  const ng = await startNginxStream([{ port: ngPort, target }], ctx.dir, { workerConnections: 4096, fdLimit: Math.min(ctx.fdLimit, 65536) });
+  peers.push(ng);
+  paths.push({ name: 'nginx stream', subject: 'nginx', port: ngPort, proxy: ng });
+  return paths;
 }

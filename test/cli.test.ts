@@ -205,7 +205,8 @@ test('SIGINT drains too; a second signal during the drain exits at once with 128
   busy.proc.signal('SIGTERM');
   const exit = await withTimeout(busy.proc.exited, 5000, 'forced exit');
   assert.deepEqual(exit, { code: 143, signal: null });
-  assert.ok(Date.now() - second < 2000, 'the second signal does not wait for the 60 s drain');
+  const afterSecond = Date.now() - second;
+  assert.ok(afterSecond < 2000, `the second signal does not wait for the 60 s drain (exited ${afterSecond} ms after it)`);
   client.destroy();
 });
 

@@ -225,7 +225,13 @@ test('server speaks first: the first connection races after the grace period, la
     assert.equal((await withTimeout(collect(client), 5000, 'the echo')).sha256, sha256('QUIT\r\n'));
   }
   assert.ok(delays[0]! >= 90 && delays[0]! < 1500, `first banner after the 100 ms grace plus one round trip: ${delays[0]} ms`);
-  for (const d of delays.slice(1)) assert.ok(d < 90, `later connections skip detection (delays ${delays.join(', ')} ms)`);
+  // Later connections skip detection: the learned target answers them at once (counted below as
+  // server_first cache hits), so each waits less than the first one's grace period did.
+  const later = delays.slice(1).sort((a, b) => a - b);
+  const median = later[Math.floor(later.length / 2)]!;
+  assert.ok(median < delays[0]! / 2, `later connections skip the grace wait: first ${delays[0]} ms, later ${delays.slice(1).join(', ')} ms`);
+  const learned = proxy.snapshot().serverFirst.targets.find((x) => x.addr === `${HOST}:${server}`);
+  assert.equal(learned?.hits, 9, 'the nine later connections were answered from the learned target');
   await expectDetected(proxy, 'server_first', server);
   assert.ok(proxy.snapshot().serverFirst.targets.some((x) => x.addr === `${HOST}:${server}`), 'the target is remembered');
   assert.deepEqual(

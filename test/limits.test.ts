@@ -70,7 +70,8 @@ test('EMFILE: out of file descriptors, the proxy backs off without spinning and 
   await sleep(2000);
   const used = cpuTimeMs(proc.pid) - before;
   t.diagnostic(`${used} ms CPU in 2 s`);
-  assert.ok(used < 500, `at most 25% of one core while out of descriptors (used ${used} ms of CPU in 2 s)`);
+  // A loop retrying accept() without backing off would use a whole core (about 2000 ms in 2 s).
+  assert.ok(used < 1000, `well below a spinning core while out of descriptors: used ${used} ms of CPU in 2 s`);
 
   for (const c of clients) c.destroy();
   clients.length = 0;
