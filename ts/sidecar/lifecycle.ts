@@ -32,7 +32,9 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
 import type { ProxyConfig } from '../config/index.js';
-import { buildFlagPolicy, Proxy, setEngineLog, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
+import { MeshpipeError } from '../errors.js';
+import { initStateMismatches, readInitState } from '../init/index.js';
+import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
 import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
@@ -42,7 +44,26 @@ export const LIFECYCLE_MESSAGES = {
   shutdownRequested: 'shutdown requested',
   inboundStopped: 'inbound listeners stopped accepting',
   waitingForApp: 'waiting for the app to exit before draining',
+  inboundGuard: 'inbound connections accepted to the pod IPs only',
 } as const;
+
+/**
+ * Refuses to start when the proxy disagrees with what `meshpipe init`
+ * recorded (admin port not exempted, other listener ports, another uid).
+ * @throws MeshpipeError ERR_INVALID_CONFIG listing every mismatch.
+ */
+export function checkInitState(config: ProxyConfig, path: string): void {
+  const problems = initStateMismatches(readInitState(path), {
+    uid: process.getuid?.(),
+    gid: process.getgid?.(),
+    adminPort: config.admin?.port,
+    inboundPort: config.inbound?.port,
+    outboundPort: config.outbound?.port,
+  });
+  if (problems.length > 0) {
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `the proxy does not match the iptables rules recorded in ${path}: ${problems.join('; ')}`, { key: 'initState' });
+  }
+}
 
 /** How often engine events are turned into log lines. */
 export const EVENT_POLL_MS = 500;
@@ -105,6 +126,7 @@ export class Sidecar {
   #inboundStopped: Promise<void> = Promise.resolve();
   #policySource: SidecarPolicy | undefined;
   #view: PolicyView;
+  #podIps: PodIps | undefined;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
@@ -115,7 +137,10 @@ export class Sidecar {
     // The engine's traces go to the same stream as these logs, filtered by
     // --engine-log (or --log-level); a bad filter throws ERR_INVALID_CONFIG.
     setEngineLog(engineLogFilter(config), 'stdout');
-    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table });
+    const transparentInbound = config.forward.length === 0 && config.inbound !== null;
+    if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
+    this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
+    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
     this.#view = options.policyView ?? defaultPolicyView;
@@ -135,6 +160,7 @@ export class Sidecar {
                 : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
             logFilter: (filter) => setEngineLog(filter, 'stdout'),
+            exposeDebug: config.adminExposeDebug,
             logger,
           });
   }
@@ -180,6 +206,7 @@ export class Sidecar {
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
       this.#logBound(bound);
+      this.#logInboundGuard();
       this.logger.info({ generation: this.#table.generation, rules: this.#table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
       // A shutdown requested while binding wins: never report ready afterwards.
       if (this.#shutdownReason === undefined) this.#state = 'ready';
@@ -307,6 +334,21 @@ export class Sidecar {
           direction: listener.direction,
         },
         LOG_MESSAGES.listenerBound,
+      );
+    }
+  }
+
+  /** One line saying which inbound connections are accepted and where they go. */
+  #logInboundGuard(): void {
+    const guard = this.proxy.config.inbound;
+    if (this.#podIps === undefined || guard === undefined) return;
+    const fields = { podIps: guard.podIps, podIpsFrom: this.#podIps.source, proxyPorts: guard.proxyPorts, inboundHost: this.config.inboundHost ?? 'original' };
+    if (this.config.inboundHost === null) {
+      this.logger.info(fields, LIFECYCLE_MESSAGES.inboundGuard);
+    } else {
+      this.logger.warn(
+        { ...fields, risk: `inbound connections reach the app at ${this.config.inboundHost}: app ports bound to loopback only are reachable from the network, and the app sees every connection as coming from ${this.config.inboundHost}` },
+        LIFECYCLE_MESSAGES.inboundGuard,
       );
     }
   }
