@@ -22,6 +22,8 @@
  *    until the deadline and then cuts the rest (half-closed ones too), so the
  *    process never outlives the deadline. The admin server closes last.
  * A second SIGTERM/SIGINT exits at once (handled by the callers' signal code).
+ * An uncaught exception starts the same sequence and the process exits 1
+ * afterwards (ts/sidecar/guard.ts).
  *
  * Logs: one line per notable event (listener bound, policy loaded, proxy
  * ready, server-first target learned with the annotation that would make it
@@ -32,7 +34,9 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
 import type { ProxyConfig } from '../config/index.js';
+import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
+import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
 import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
 import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
@@ -127,6 +131,7 @@ export class Sidecar {
   #policySource: SidecarPolicy | undefined;
   #view: PolicyView;
   #podIps: PodIps | undefined;
+  #unguard: () => void;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
@@ -144,6 +149,22 @@ export class Sidecar {
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
     this.#view = options.policyView ?? defaultPolicyView;
+    new Counter({
+      name: 'meshpipe_uncaught_errors_total',
+      help: 'Errors nobody caught: kind=rejection (logged, the proxy kept serving), kind=exception (the proxy drained and exited 1)',
+      labelNames: ['kind'],
+      registers: [this.metrics.registry],
+      collect() {
+        this.reset();
+        this.inc({ kind: 'exception' }, uncaughtErrors.exception);
+        this.inc({ kind: 'rejection' }, uncaughtErrors.rejection);
+      },
+    });
+    this.#unguard = guardSidecar({
+      logger,
+      requestShutdown: (reason) => this.requestShutdown(reason),
+      drainBudgetMs: config.drainTimeoutMs + config.inboundStopDelayMs,
+    });
     this.admin =
       config.admin === null
         ? null
@@ -290,6 +311,7 @@ export class Sidecar {
     this.#state = 'closed';
     await this.#policySource?.close();
     await this.admin?.close();
+    this.#unguard();
     return summary;
   }
 
@@ -427,7 +449,8 @@ export async function runProxyLifecycle(config: ProxyConfig, logger: Logger, opt
     await sidecar.start();
     await sidecar.shutdownRequested;
     await sidecar.drain();
-    return 0;
+    // After an uncaught exception the proxy drained; 1 tells the orchestrator to restart it.
+    return uncaughtErrors.exception > 0 ? 1 : 0;
   } finally {
     remove();
   }

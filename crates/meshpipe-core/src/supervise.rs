@@ -182,6 +182,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
+        // stdio is inherited (the Node tests check it with Node's close-on-exec stdio).
+        let pid = spawned(&spec("sh", &["-c", "test -e /proc/self/fd/0 && test -e /proc/self/fd/1 && test -e /proc/self/fd/2"]));
+        assert_eq!(wait_reaped(pid).code, Some(0), "fds 0-2 open in the app");
+
         // The environment is exactly the one given.
         let mut s = spec("sh", &["-c", r#"test "$MESHPIPE_ONLY" = yes && test -z "$HOME" "#]);
         s.env = [("MESHPIPE_ONLY".to_string(), "yes".to_string()), ("PATH".into(), std::env::var("PATH").unwrap())].into();

@@ -254,8 +254,14 @@ pub fn spawn_with_parent_death_signal(cmd: &mut std::process::Command, signal: l
                     libc::signal(sig, libc::SIG_DFL);
                 }
             }
-            // Node may have made the shared stdio descriptions non-blocking.
+            // Node marks its stdio close-on-exec and may have made the shared
+            // descriptions non-blocking; the app inherits them as libuv's
+            // spawn would pass them: kept open across exec, and blocking.
             for fd in 0..3 {
+                let fd_flags = libc::fcntl(fd, libc::F_GETFD);
+                if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 {
+                    libc::fcntl(fd, libc::F_SETFD, fd_flags & !libc::FD_CLOEXEC);
+                }
                 let flags = libc::fcntl(fd, libc::F_GETFL);
                 if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
                     libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
