@@ -41,6 +41,12 @@ export declare class NativeProxy {
 }
 
 /**
+ * The addresses of this network namespace's interfaces, loopback left out,
+ * also of links not running yet (unlike `os.networkInterfaces()`).
+ */
+export declare function interfaceAddresses(): Array<string>
+
+/**
  * Reaps exited children: only `pid` when given, else every exited child
  * except the pids in `keep` (as PID 1, the orphans too). Returns JSON of
  * `ReapedChild[]`.

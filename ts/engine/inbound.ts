@@ -15,11 +15,10 @@
  * - A `--forward` whose target is the admin server is refused for the same
  *   reason: everything it forwards would reach the admin server from 127.0.0.1.
  */
-import { isIP } from 'node:net';
-import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os';
 import type { ProxyConfig } from '../config/index.js';
 import { parsePodIp } from '../config/sidecar.js';
 import { MeshpipeError } from '../errors.js';
+import { interfaceAddresses } from './native.js';
 
 /** The pod IPs the guard uses and where they came from (for the start-up log). */
 export interface PodIps {
@@ -27,10 +26,17 @@ export interface PodIps {
   readonly source: '--inbound-ips' | 'POD_IPS' | 'interfaces';
 }
 
-type Interfaces = NodeJS.Dict<NetworkInterfaceInfo[]>;
+/** Link-local addresses (fe80::/10, 169.254.0.0/16) reach only the same link: never pod IPs. */
+function isLinkLocal(ip: string): boolean {
+  return /^fe[89ab][0-9a-f]:/i.test(ip) || ip.startsWith('169.254.');
+}
 
-/** The pod's IPs: the config's, else POD_IPS, else the non-loopback addresses of the interfaces. */
-export function resolvePodIps(config: Pick<ProxyConfig, 'inboundIps'>, env: NodeJS.ProcessEnv = process.env, interfaces: Interfaces = networkInterfaces()): PodIps {
+/**
+ * The pod's IPs: the config's, else POD_IPS, else the addresses of the
+ * interfaces (loopback and link-local left out; read by the engine with
+ * getifaddrs, so a link whose carrier is not up yet still counts).
+ */
+export function resolvePodIps(config: Pick<ProxyConfig, 'inboundIps'>, env: NodeJS.ProcessEnv = process.env, interfaces: () => readonly string[] = interfaceAddresses): PodIps {
   if (config.inboundIps.length > 0) return { ips: config.inboundIps, source: '--inbound-ips' };
   const fromEnv = env['POD_IPS']?.trim();
   if (fromEnv) {
@@ -40,11 +46,7 @@ export function resolvePodIps(config: Pick<ProxyConfig, 'inboundIps'>, env: Node
       throw new MeshpipeError('ERR_INVALID_CONFIG', `invalid POD_IPS ${JSON.stringify(fromEnv)}: ${(err as Error).message}; expected the pod's IPs, e.g. 10.42.0.7,fd00::7`, { key: 'inboundIps' });
     }
   }
-  const ips = new Set<string>();
-  for (const list of Object.values(interfaces)) {
-    for (const i of list ?? []) if (!i.internal && isIP(i.address) !== 0) ips.add(i.address);
-  }
-  return { ips: [...ips], source: 'interfaces' };
+  return { ips: [...new Set(interfaces().filter((ip) => !isLinkLocal(ip)))], source: 'interfaces' };
 }
 
 /** The ports of the proxy itself in the sidecar layout: admin, inbound, outbound. */

@@ -2,8 +2,9 @@
  * The native addon: loading it, and the typed calls across the boundary.
  *
  * The addon (crates/meshpipe-node, built by `napi build` into native/)
- * exports one class, `NativeProxy`, `setEngineLog`, and for `meshpipe run`
- * `spawnApp` and `reapChildren`. Values cross as JSON
+ * exports one class, `NativeProxy`, `setEngineLog`, `interfaceAddresses`
+ * (the pod IPs when nobody gave them), and for `meshpipe run` `spawnApp` and
+ * `reapChildren`. Values cross as JSON
  * text: what goes in is `JSON.stringify` of a type from ./boundary.ts and
  * what comes out is parsed into one. boundary.ts is generated from the Rust
  * types (`npm run gen:types`; `npm test` fails when it is stale), and the
@@ -58,6 +59,7 @@ interface RawBinding {
   setEngineLog: typeof Addon.setEngineLog;
   spawnApp: typeof Addon.spawnApp;
   reapChildren: typeof Addon.reapChildren;
+  interfaceAddresses: typeof Addon.interfaceAddresses;
 }
 
 let binding: RawBinding | undefined;
@@ -154,6 +156,12 @@ export function spawnApp(spec: SpawnSpec): SpawnOutcome {
 export function reapChildren(pid: number | undefined, keep: readonly number[] = []): ReapedChild[] {
   const { reapChildren: reap } = loadBinding();
   return JSON.parse(call(() => reap(pid, [...keep]))) as ReapedChild[];
+}
+
+/** The addresses of this network namespace's interfaces, loopback left out (also of links not running yet). */
+export function interfaceAddresses(): string[] {
+  const { interfaceAddresses: list } = loadBinding();
+  return call(() => list());
 }
 
 function call<T>(f: () => T): T {

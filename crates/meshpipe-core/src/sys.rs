@@ -14,7 +14,7 @@
 //! SOCK_CLOEXEC` in one call, `splice(2)` and `pipe2`, `F_SETPIPE_SZ`,
 //! `SIOCATMARK`, `SO_ORIGINAL_DST`, a zero-timeout `poll`, `RLIMIT_NOFILE`,
 //! registering a listener's descriptor with tokio, and for `meshpipe run`:
-//! spawning with a parent-death signal (code between `fork` and `exec`),
+//! the interfaces' addresses (`getifaddrs`), spawning with a parent-death signal (code between `fork` and `exec`),
 //! looking at an exited child without reaping it (`waitid(WNOWAIT)`) and
 //! reaping one child (`waitpid`).
 #![allow(unsafe_code)]
@@ -280,6 +280,41 @@ pub fn spawn_with_parent_death_signal(cmd: &mut std::process::Command, signal: l
     cmd.spawn()
 }
 
+/// Every address of the network namespace's interfaces except loopback
+/// ones (`getifaddrs`), whether or not the link is running yet: libuv's
+/// `os.networkInterfaces()` leaves out an interface until its carrier is up,
+/// which a freshly created veth reaches only after the kernel's link-watch
+/// delay.
+pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list and stores its head in `list`.
+    check(unsafe { libc::getifaddrs(&mut list) })?;
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not freed yet.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
+        if family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            out.push(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+        } else if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            out.push(std::net::IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)));
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
 /// How a reaped child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildExit {
@@ -385,6 +420,12 @@ mod tests {
         if let Ok(dst) = original_dst(s.as_fd(), true) {
             assert_eq!(dst, s.local_addr().unwrap());
         }
+    }
+
+    #[test]
+    fn interface_addresses_leave_out_loopback() {
+        let all = interface_addresses().unwrap();
+        assert!(all.iter().all(|ip| !ip.is_loopback()), "{all:?}");
     }
 
     #[test]

@@ -116,6 +116,13 @@ impl InboundGuard {
     }
 }
 
+/// The addresses of this network namespace's interfaces, loopback left out,
+/// including interfaces whose link is not running yet: the pod IPs when no
+/// one said what they are.
+pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    crate::sys::interface_addresses()
+}
+
 /// Resolves the target of `stream` according to the listener's rule; a
 /// transparent inbound listener also applies `guard`.
 pub fn resolve(rule: &Target, direction: Direction, guard: &InboundGuard, stream: &TcpStream) -> Result<TargetAddr, TargetError> {

@@ -274,3 +274,11 @@ pub fn reap_children(pid: Option<u32>, keep: Vec<u32>) -> Result<String, ErrorCo
     };
     to_json(&reaped.map_err(|e| fail(ErrorCode::Native, e))?)
 }
+
+/// The addresses of this network namespace's interfaces, loopback left out,
+/// also of links not running yet (unlike `os.networkInterfaces()`).
+#[napi]
+pub fn interface_addresses() -> Result<Vec<String>, ErrorCode> {
+    let ips = meshpipe_core::target::interface_addresses().map_err(|e| fail(ErrorCode::Native, format!("getifaddrs: {e}")))?;
+    Ok(ips.into_iter().map(|ip| ip.to_string()).collect())
+}
