@@ -59,7 +59,7 @@ export const INIT_OPTIONS: readonly OptionSpec[] = [
   { flag: 'proxy-gid', type: 'string', valueName: 'GID', help: "also exempt connections made by this gid", defaultText: '(none)' },
   { flag: 'inbound-port', type: 'string', valueName: 'PORT', help: 'incoming TCP is redirected to this port', defaultText: String(DEFAULTS.inboundPort) },
   { flag: 'outbound-port', type: 'string', valueName: 'PORT', help: 'outgoing TCP is redirected to this port', defaultText: String(DEFAULTS.outboundPort) },
-  { flag: 'admin-port', type: 'string', valueName: 'PORT', help: 'never redirected inbound (nor is 4190)', defaultText: String(DEFAULTS.adminPort) },
+  { flag: 'admin-port', type: 'string', valueName: 'PORT', help: "never redirected inbound (nor is 4190); must be the proxy's --admin port, or probes and scrapes are redirected to its inbound listener and refused", defaultText: String(DEFAULTS.adminPort) },
   { flag: 'skip-inbound-ports', type: 'string', valueName: 'LIST', help: 'incoming TCP to these ports bypasses the proxy, e.g. 22,4567-4568', defaultText: '(none)' },
   { flag: 'skip-outbound-ports', type: 'string', valueName: 'LIST', help: 'outgoing TCP to these ports bypasses the proxy', defaultText: '(none)' },
   { flag: 'skip-subnets', type: 'string', valueName: 'CIDRS', help: 'traffic from (inbound) or to (outbound) these networks bypasses the proxy, e.g. 10.96.0.0/12,fd00::/8', defaultText: '(none)' },

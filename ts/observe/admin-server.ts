@@ -195,6 +195,9 @@ export class AdminServer {
       const why = code === 'EADDRINUSE' ? 'the address is already in use' : (err as Error).message;
       throw new MeshpipeError(mapped, `cannot bind the admin server to ${shown}: ${why} (choose another with --admin ADDR, or --admin off)`, { key: 'admin', cause: err });
     }
+    // After start-up an 'error' (e.g. EMFILE while accepting) must not become
+    // an uncaught exception, which would drain the whole proxy: log it, keep serving.
+    this.#server.on('error', (err) => this.#options.logger?.error({ err }, 'admin server error'));
     const a = this.#server.address() as AddressInfo;
     this.#address = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
     return this.#address;
