@@ -66,6 +66,8 @@ function onException(err: unknown, origin: string): void {
     process.stderr.write(`meshpipe: internal error (${origin}): ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exit(1);
   }
+  // Whatever ends the process from here on (even an event loop that runs dry) reports the failure.
+  process.exitCode = 1;
   target.logger.fatal({ ...errorFields(err), origin, action: 'drain', count: uncaughtErrors.exception }, GUARD_MESSAGES.uncaughtException);
   target.requestShutdown(INTERNAL_ERROR_REASON);
   deadline ??= setTimeout(() => {
