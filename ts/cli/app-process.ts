@@ -68,7 +68,13 @@ export class AppProcess {
     const holder: { app?: AppProcess } = {};
     const onChild = (): void => holder.app?.reap();
     process.on('SIGCHLD', onChild);
-    const outcome = spawnApp({ command, args: [...args], env: clean });
+    let outcome;
+    try {
+      outcome = spawnApp({ command, args: [...args], env: clean });
+    } catch (err) {
+      process.off('SIGCHLD', onChild);
+      throw err;
+    }
     if (outcome.kind === 'failed') {
       process.off('SIGCHLD', onChild);
       return { errno: outcome.errno, message: outcome.message };
