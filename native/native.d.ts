@@ -41,9 +41,31 @@ export declare class NativeProxy {
 }
 
 /**
+ * The addresses of this network namespace's interfaces, loopback left out,
+ * also of links not running yet (unlike `os.networkInterfaces()`).
+ */
+export declare function interfaceAddresses(): Array<string>
+
+/**
+ * Reaps exited children: only `pid` when given, else every exited child
+ * except the pids in `keep` (as PID 1, the orphans too). Returns JSON of
+ * `ReapedChild[]`.
+ */
+export declare function reapChildren(pid: number | undefined | null, keep: Array<number>): string
+
+/**
  * Installs the engine's log output (pino-shaped JSON lines on `stream`,
  * `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
  * replaces the filter of the output already installed. Process-wide: every
  * engine in the process shares it.
  */
 export declare function setEngineLog(filter: string, stream: string): void
+
+/**
+ * `meshpipe run`: starts the app (JSON of a `SpawnSpec`) so that it gets
+ * SIGKILL if meshpipe dies, even by SIGKILL (`PR_SET_PDEATHSIG`). Call it on
+ * the JavaScript main thread: the kernel ties the signal to the forking
+ * thread. Returns JSON of a `SpawnOutcome`; the app is reaped with
+ * `reapChildren`, never by libuv.
+ */
+export declare function spawnApp(spec: string): string

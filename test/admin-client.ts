@@ -19,9 +19,16 @@ export interface HttpResult {
   headers: Headers;
 }
 
-/** One request to the admin server (no keep-alive reuse surprises: fetch closes idle sockets itself). */
-export async function adminRequest(addr: string, path: string, method = 'GET'): Promise<HttpResult> {
-  const res = await fetch(`http://${addr}${path}`, { method, signal: AbortSignal.timeout(10_000) });
+/** The header mutating admin requests need (ts/observe/admin-server.ts). */
+export const ADMIN_HEADERS: Readonly<Record<string, string>> = { 'meshpipe-admin': '1' };
+
+/**
+ * One request to the admin server (no keep-alive reuse surprises: fetch
+ * closes idle sockets itself). POST and PUT carry the `meshpipe-admin`
+ * header unless `headers` says otherwise.
+ */
+export async function adminRequest(addr: string, path: string, method = 'GET', headers: Record<string, string> = method === 'POST' || method === 'PUT' ? { ...ADMIN_HEADERS } : {}, body?: string): Promise<HttpResult> {
+  const res = await fetch(`http://${addr}${path}`, { method, headers, ...(body !== undefined ? { body } : {}), signal: AbortSignal.timeout(10_000) });
   return { status: res.status, body: await res.text(), headers: res.headers };
 }
 

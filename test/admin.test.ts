@@ -4,6 +4,7 @@
  * /live, /connections, /policy with rule sources and learned server-first
  * targets, 404/405/400 handling, POST /shutdown from loopback (accepted),
  * disabled (404) and from a non-loopback peer in a network namespace (403),
+ * the debug endpoints loopback-only unless --admin-expose-debug,
  * and an admin address in use failing start-up with nothing left bound.
  */
 import { test, describe } from 'node:test';
@@ -222,17 +223,46 @@ describe('POST /shutdown from a non-loopback peer (network namespace)', () => {
     });
     await proxy.waitFor(/"msg":"proxy ready"/, 10_000);
     const url = `http://${pods.server.addr4}:4191`;
-    const remote = await pods.client.exec('curl', ['-sS', '-X', 'POST', '-w', ' %{http_code}', `${url}/shutdown`]);
-    assert.match(remote.stdout, /only from loopback peers; 10\.250\.\d+\.1 is not\n 403$/, remote.stdout + remote.stderr);
-    // GET endpoints stay open to other pods (Prometheus scrapes from elsewhere).
-    const ready = await pods.client.exec('curl', ['-sS', '-w', ' %{http_code}', `${url}/ready`]);
-    assert.match(ready.stdout, /ready\n 200$/);
+    const remote = await pods.client.exec('curl', ['-sS', '-X', 'POST', '-H', 'meshpipe-admin: 1', '-w', ' %{http_code}', `${url}/shutdown`]);
+    assert.match(remote.stdout, /only to loopback peers; 10\.250\.\d+\.1 is not\n 403$/, remote.stdout + remote.stderr);
+    // Probes and scrapes stay open to other pods (the kubelet and Prometheus come from elsewhere) ...
+    for (const path of ['/ready', '/live', '/metrics']) {
+      const r = await pods.client.exec('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', `${url}${path}`]);
+      assert.equal(r.stdout, '200', path);
+    }
+    // ... the endpoints that show peers, SNI and policy do not.
+    for (const path of ['/connections', '/snapshot', '/policy']) {
+      const r = await pods.client.exec('curl', ['-sS', '-w', ' %{http_code}', `${url}${path}`]);
+      assert.match(r.stdout, /only to loopback peers; 10\.250\.\d+\.1 is not \(start the proxy with --admin-expose-debug to serve it to any peer\)\n 403$/, `${path}: ${r.stdout}`);
+      const local = await pods.server.exec('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', `http://127.0.0.1:4191${path}`]);
+      assert.equal(local.stdout, '200', `${path} from loopback`);
+    }
     await sleep(100);
     assert.doesNotMatch(proxy.output(), /"msg":"shutdown requested"/);
-    const local = await pods.server.exec('curl', ['-sS', '-X', 'POST', '-w', ' %{http_code}', 'http://127.0.0.1:4191/shutdown']);
+    const local = await pods.server.exec('curl', ['-sS', '-X', 'POST', '-H', 'meshpipe-admin: 1', '-w', ' %{http_code}', 'http://127.0.0.1:4191/shutdown']);
     assert.match(local.stdout, / 202$/);
     await proxy.waitFor(/"msg":"drain finished"/, 10_000);
     await waitFor(() => proxy.child.exitCode !== null, 'the proxy to exit', 5000);
     assert.equal(proxy.child.exitCode, 0);
+  });
+});
+
+describe('--admin-expose-debug (network namespace)', () => {
+  test('/connections, /snapshot and /policy are served to other pods; /shutdown still is not', async (t) => {
+    if (!(await requireNetns(t))) return;
+    const pods = await createPodPair();
+    t.after(() => pods.cleanup());
+    const proxy = pods.server.spawn(process.execPath, [CLI, 'proxy', '--forward', '127.0.0.1:0=127.0.0.1:1', '--admin', '0.0.0.0:4191', '--admin-expose-debug'], {
+      env: { ...process.env, MESHPIPE_LOG_LEVEL: 'info' },
+    });
+    await proxy.waitFor(/"msg":"proxy ready"/, 10_000);
+    const url = `http://${pods.server.addr4}:4191`;
+    for (const path of ['/connections', '/snapshot', '/policy']) {
+      const r = await pods.client.exec('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', `${url}${path}`]);
+      assert.equal(r.stdout, '200', path);
+    }
+    const remote = await pods.client.exec('curl', ['-sS', '-X', 'POST', '-H', 'meshpipe-admin: 1', '-w', ' %{http_code}', `${url}/shutdown`]);
+    assert.match(remote.stdout, / 403$/);
+    assert.equal(await proxy.stop(5000), 0);
   });
 });

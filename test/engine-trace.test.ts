@@ -81,7 +81,7 @@ describe('engine traces', () => {
     for (const l of traced.filter((x) => x['target'] !== undefined)) assert.equal(l['target'], `127.0.0.1:${a.port}`);
     assert.ok(!traced.some((l) => l['target'] === `127.0.0.1:${b.port}`), 'B is not traced');
 
-    const res = await fetch(`http://${admin}/log-filter`, { method: 'PUT', body: only(b.port) });
+    const res = await fetch(`http://${admin}/log-filter`, { method: 'PUT', headers: { 'meshpipe-admin': '1' }, body: only(b.port) });
     assert.equal(res.status, 200, await res.text());
     const before = proc.logs.length;
     await roundTrip(ports[0]!);
@@ -90,7 +90,7 @@ describe('engine traces', () => {
     const after = engineLines(proc.logs.slice(before)).filter((l) => l['target'] !== undefined);
     assert.ok(after.length > 0 && after.every((l) => l['target'] === `127.0.0.1:${b.port}`), JSON.stringify(after));
 
-    const bad = await fetch(`http://${admin}/log-filter`, { method: 'PUT', body: 'meshpipe_core=loud' });
+    const bad = await fetch(`http://${admin}/log-filter`, { method: 'PUT', headers: { 'meshpipe-admin': '1' }, body: 'meshpipe_core=loud' });
     assert.equal(bad.status, 400);
     assert.match(await bad.text(), /invalid engine log filter "meshpipe_core=loud".*expected/);
   });

@@ -92,6 +92,10 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
   const snapshot = (sni: string): EngineSnapshot => ({
     uptimeMs: 1, policyGeneration: 7, listeners: [], detect: [], detectDurationMs: [], serverFirst: { targets: [] },
     copy: { splicedDirections: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, eventsDropped: 0 },
+    acceptErrors: [
+      { direction: 'inbound', error: 'not_pod_ip', count: 3 }, { direction: 'inbound', error: 'proxy_port', count: 2 },
+      { direction: 'outbound', error: 'loop', count: 1 }, { direction: 'outbound', error: 'not_pod_ip', count: 0 },
+    ],
     tcp: [{
       direction: 'inbound', targetAddr: '10.0.0.1:443', targetIp: '10.0.0.1', targetPort: 443, tls: 'opaque', noTlsReason: null, sni,
       overflow: false, srcOpenTotal: 1, srcOpen: 0, dstOpenTotal: 1, dstOpen: 0, bytesClientToServer: 5, bytesServerToClient: 6,
@@ -110,6 +114,10 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
     assert.equal(total(f, 'tcp_connection_duration_ms_bucket', { le: '10' }), 1);
     assert.equal(total(f, 'tcp_connection_duration_ms_bucket', { le: '+Inf' }), 1);
     assert.equal(total(f, 'meshpipe_policy_generation'), 7);
+    // Linkerd's accept errors, per reason; outbound never shows the inbound-only reasons.
+    assert.equal(total(f, 'inbound_tcp_accept_errors_total', { error: 'not_pod_ip' }), 3);
+    assert.equal(total(f, 'inbound_tcp_accept_errors_total', { error: 'proxy_port' }), 2);
+    assert.deepEqual(samples(f, 'outbound_tcp_accept_errors_total').map((x) => x.labels['error']), ['loop']);
   });
 
   test('a failing snapshot renders empty engine metrics and counts the failure', async () => {

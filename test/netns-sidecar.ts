@@ -3,7 +3,8 @@
  * end-to-end tests: the real `meshpipe proxy` CLI in its sidecar layout (no
  * --forward: outbound listener 127.0.0.1:4140 and inbound listener
  * 0.0.0.0:4143, both resolving the original destination with SO_ORIGINAL_DST;
- * inbound forwards to the app on 127.0.0.1), run under the proxy's own uid so
+ * inbound forwards to it when it is one of the pod's IPs, taken from the
+ * pod's interfaces), run under the proxy's own uid so
  * `meshpipe init`'s rules leave its connections alone. Its counters are read
  * from the admin server's /snapshot inside the pod.
 

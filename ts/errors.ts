@@ -24,6 +24,9 @@ export const ERROR_CODES = {
   ERR_NOT_STARTED: 1,
   ERR_ALREADY_STARTED: 1,
   ERR_CLOSED: 1,
+  ERR_INIT_STATE: 1,
+  /** An error nobody caught (see ts/cli/guard.ts): the proxy drained and exited. */
+  ERR_INTERNAL: 1,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -37,6 +37,8 @@ import {
   renderInstall,
   restoreShellText,
   uninstallFamily,
+  initStateOf,
+  writeInitState,
   type FamilyResult,
   type IpFamily,
   type PreparedInstall,
@@ -57,7 +59,7 @@ export const INIT_OPTIONS: readonly OptionSpec[] = [
   { flag: 'proxy-gid', type: 'string', valueName: 'GID', help: "also exempt connections made by this gid", defaultText: '(none)' },
   { flag: 'inbound-port', type: 'string', valueName: 'PORT', help: 'incoming TCP is redirected to this port', defaultText: String(DEFAULTS.inboundPort) },
   { flag: 'outbound-port', type: 'string', valueName: 'PORT', help: 'outgoing TCP is redirected to this port', defaultText: String(DEFAULTS.outboundPort) },
-  { flag: 'admin-port', type: 'string', valueName: 'PORT', help: 'never redirected inbound (nor is 4190)', defaultText: String(DEFAULTS.adminPort) },
+  { flag: 'admin-port', type: 'string', valueName: 'PORT', help: "never redirected inbound (nor is 4190); must be the proxy's --admin port, or probes and scrapes are redirected to its inbound listener and refused", defaultText: String(DEFAULTS.adminPort) },
   { flag: 'skip-inbound-ports', type: 'string', valueName: 'LIST', help: 'incoming TCP to these ports bypasses the proxy, e.g. 22,4567-4568', defaultText: '(none)' },
   { flag: 'skip-outbound-ports', type: 'string', valueName: 'LIST', help: 'outgoing TCP to these ports bypasses the proxy', defaultText: '(none)' },
   { flag: 'skip-subnets', type: 'string', valueName: 'CIDRS', help: 'traffic from (inbound) or to (outbound) these networks bypasses the proxy, e.g. 10.96.0.0/12,fd00::/8', defaultText: '(none)' },
@@ -65,6 +67,7 @@ export const INIT_OPTIONS: readonly OptionSpec[] = [
   { flag: 'ipv6', type: 'boolean', help: 'require IPv6 rules (ip6tables); an error if they cannot be installed', defaultText: 'auto' },
   { flag: 'no-ipv6', type: 'boolean', help: 'IPv4 rules only', defaultText: '' },
   { flag: 'iptables-cmd', type: 'string', valueName: 'CMD', help: 'iptables binary: iptables, iptables-nft or iptables-legacy (ip6tables is derived)', defaultText: 'iptables' },
+  { flag: 'write-state', type: 'string', valueName: 'FILE', help: 'after installing, record the exempted ports and the proxy uid in FILE (JSON) for meshpipe proxy --init-state FILE to check: a proxy whose admin port or uid differ then refuses to start', defaultText: '(none)' },
   { flag: 'dry-run', type: 'boolean', help: 'print the iptables-restore input that would be applied and change nothing', defaultText: '' },
   { flag: 'uninstall', type: 'boolean', help: "remove meshpipe's chains and the jumps to them (nothing else)", defaultText: '' },
   { flag: 'help', short: 'h', type: 'boolean', help: 'show this help and exit', defaultText: '' },
@@ -93,6 +96,8 @@ export interface InitArgs extends Omit<RulePlanOptions, 'family'> {
   readonly iptablesCmd: string;
   readonly dryRun: boolean;
   readonly uninstall: boolean;
+  /** Where to record what was installed (`--write-state`). */
+  readonly writeState: string | undefined;
   /** Problems found in annotations (entries skipped), to print as warnings. */
   readonly warnings: readonly string[];
 }
@@ -201,6 +206,7 @@ export async function parseInitArgs(argv: readonly string[]): Promise<InitArgs> 
     iptablesCmd,
     dryRun: values['dry-run'] === true,
     uninstall: values['uninstall'] === true,
+    writeState: typeof values['write-state'] === 'string' ? values['write-state'] : undefined,
     warnings: Object.freeze(warnings),
   } as const);
 }
@@ -319,6 +325,10 @@ async function runInstall(args: InitArgs, out: Print, err: Print): Promise<numbe
   for (const { result, prepared: p } of done) {
     if (args.dryRun && result.restore !== null) out(`# ${result.family}\n${restoreShellText(result.tool, result.restore)}`);
     (args.dryRun ? err : out)(describe(result, p.plan));
+  }
+  if (args.writeState !== undefined && !args.dryRun) {
+    writeInitState(args.writeState, initStateOf(args));
+    out(`state written to ${args.writeState} (check it with meshpipe proxy --init-state ${args.writeState})`);
   }
   return 0;
 }

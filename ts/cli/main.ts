@@ -10,7 +10,8 @@
  * instead of crashing.
  *
  * Exit codes: 0 success; 2 bad usage or invalid config (nothing was started);
- * 1 runtime failure (e.g. address in use); 130/143 forced exit on a second
+ * 1 runtime failure (e.g. address in use, or an uncaught exception after which
+ * the proxy drained: ts/sidecar/guard.ts); 130/143 forced exit on a second
  * SIGINT/SIGTERM; `meshpipe run` passes its app's exit code through. Fatal
  * errors are printed on stderr as `meshpipe: <message> (<CODE>)`; structured
  * logs go to stdout (see ts/observe/logger.ts).
@@ -18,6 +19,7 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { MeshpipeError } from '../errors.js';
+import { installProcessGuard } from '../sidecar/guard.js';
 
 /** Subcommands: module path and one-line description. */
 const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = {
@@ -117,6 +119,8 @@ function isMain(): boolean {
 }
 
 if (isMain()) {
+  // Errors nobody caught: keep serving or drain, never die mid-connection (ts/sidecar/guard.ts).
+  installProcessGuard();
   // process.exit: the engine's threads must not keep a finished command alive,
   // and every write before this point is synchronous (pipes, files, ttys).
   // `void`: run() never rejects (it turns every error into an exit code).

@@ -16,18 +16,23 @@
  *    also starts the shutdown sequence of ts/sidecar/lifecycle.ts: /ready turns 503,
  *    inbound listeners stop after --inbound-stop-delay, outbound listeners keep
  *    accepting while the app still runs. A second SIGTERM/SIGINT is forwarded
- *    too and meshpipe exits at once (128 + N).
+ *    too; then the app is killed (SIGKILL), and once it is gone meshpipe exits
+ *    with 128 + N: meshpipe never exits with its app still running.
+ * 5. The app cannot outlive meshpipe: it is started with a parent-death
+ *    signal (SIGKILL), so if meshpipe is killed, even by SIGKILL, so is the
+ *    app. As PID 1 of a container, meshpipe also reaps the orphaned processes
+ *    the kernel hands it, so no zombie piles up (ts/cli/app-process.ts).
  * 4. When the app exits, for whatever reason (a Job finishing, a crash, a
  *    signal), the proxy drains for up to --drain-timeout and meshpipe exits
  *    with the app's exit code; an app killed by signal N gives 128 + N, like a
  *    shell. A command that cannot be spawned gives 127 (not found) or 126.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
 import { parseDuration } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar } from '../sidecar/index.js';
+import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
+import { AppProcess } from './app-process.js';
 import { createLogger, type Logger } from '../observe/index.js';
 
 /** Default bound on the wait for the proxy to become ready. */
@@ -42,6 +47,7 @@ export const RUN_MESSAGES = {
   appExited: 'app exited',
   appSpawnFailed: 'app could not be started',
   signalForwarded: 'signal forwarded to the app',
+  appKilled: 'second stop signal: killing the app before exiting',
 } as const;
 
 export function runHelp(): string {
@@ -96,15 +102,18 @@ export async function main(argv: string[]): Promise<number> {
   return runApp(new Sidecar(config, logger), logger, command, args, readyTimeoutMs);
 }
 
+/** How long a forced exit waits for the SIGKILLed app to be reaped. */
+const FORCED_KILL_WAIT_MS = 5_000;
+
 /** Starts the sidecar, then the app; returns the app's exit code after the drain. */
 export async function runApp(sidecar: Sidecar, logger: Logger, command: string, args: readonly string[], readyTimeoutMs: number): Promise<number> {
-  let app: ChildProcess | undefined;
+  let app: AppProcess | undefined;
   let stoppedBy: NodeJS.Signals | undefined;
   const interactive = process.stdin.isTTY === true;
   const remove = handleSignals(logger, {
     extra: ['SIGHUP'],
     onSignal: (signal) => {
-      if (app === undefined || app.exitCode !== null || app.signalCode !== null) return;
+      if (app === undefined || !app.running) return;
       // Ctrl-C at a terminal already sent SIGINT to the whole foreground process group, app
       // included; forwarding it again would look like a second Ctrl-C (force quit) to many apps.
       if (signal === 'SIGINT' && interactive) return;
@@ -115,8 +124,17 @@ export async function runApp(sidecar: Sidecar, logger: Logger, command: string, 
       stoppedBy = signal;
       sidecar.requestShutdown(signal);
     },
-    // A second signal: the app got it too (onSignal); leave at once.
-    onForced: (signal) => process.exit(forcedExitCode(signal)),
+    // A second signal: the app got it too (onSignal), but it may ignore it.
+    // Kill it and wait until it is gone, so meshpipe never exits with the app
+    // still running, then leave with 128 + N.
+    onForced: (signal) => {
+      const code = forcedExitCode(signal);
+      if (app === undefined || !app.running) process.exit(code);
+      logger.warn({ appPid: app.pid, signal: 'SIGKILL' }, RUN_MESSAGES.appKilled);
+      app.kill('SIGKILL');
+      const bound = new Promise((resolve) => setTimeout(resolve, FORCED_KILL_WAIT_MS).unref());
+      void Promise.race([app.exited, bound]).then(() => process.exit(code));
+    },
   });
   try {
     await startWithin(sidecar, readyTimeoutMs);
@@ -126,36 +144,42 @@ export async function runApp(sidecar: Sidecar, logger: Logger, command: string, 
       return forcedExitCode(stoppedBy);
     }
 
-    app = spawn(command, args, { stdio: 'inherit' });
-    const exited = new Promise<number>((resolve) => {
-      app!.once('error', (err: NodeJS.ErrnoException) => {
-        const code = err.code === 'ENOENT' ? 127 : 126;
-        logger.error({ command, err: err.message, exitCode: code }, RUN_MESSAGES.appSpawnFailed);
-        process.stderr.write(`meshpipe: cannot run ${command}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
-        resolve(code);
-      });
-      app!.once('exit', (code, signal) => {
-        const exitCode = exitCodeOf(code, signal);
-        logger.info({ appPid: app!.pid, code, signal, exitCode }, RUN_MESSAGES.appExited);
-        resolve(exitCode);
-      });
+    const started = AppProcess.start(command, args, process.env, logger);
+    if (!(started instanceof AppProcess)) {
+      const code = started.errno === 'ENOENT' ? 127 : 126;
+      logger.error({ command, err: started.message, exitCode: code }, RUN_MESSAGES.appSpawnFailed);
+      process.stderr.write(`meshpipe: cannot run ${command}: ${started.errno === 'ENOENT' ? 'command not found' : started.message}\n`);
+      sidecar.requestShutdown('app could not be started');
+      await sidecar.drain();
+      return code;
+    }
+    app = started;
+    const running = started;
+    logger.info({ appPid: running.pid, command, argc: args.length, pid1: process.pid === 1 }, RUN_MESSAGES.appStarted);
+    const exited = running.exited.then(({ code, signal }) => {
+      const exitCode = exitCodeOf(code, signal);
+      logger.info({ appPid: running.pid, code, signal, exitCode }, RUN_MESSAGES.appExited);
+      return exitCode;
     });
-    if (app.pid !== undefined) logger.info({ appPid: app.pid, command, argc: args.length }, RUN_MESSAGES.appStarted);
 
-    // POST /shutdown asks the app to stop too (signals were already forwarded by onSignal).
+    // A shutdown not caused by a signal (POST /shutdown, an internal error)
+    // asks the app to stop too; signals were already forwarded by onSignal.
     sidecar.shutdownRequested
       .then((reason) => {
-        if (app!.exitCode !== null || app!.signalCode !== null) return;
-        if (reason === 'admin /shutdown') app!.kill('SIGTERM');
-        logger.info({ reason, appPid: app!.pid }, LIFECYCLE_MESSAGES.waitingForApp);
+        if (!running.running) return;
+        if (!(STOP_SIGNALS as readonly string[]).includes(reason)) running.kill('SIGTERM');
+        logger.info({ reason, appPid: running.pid }, LIFECYCLE_MESSAGES.waitingForApp);
       })
-      .catch((err: unknown) => logger.error({ err, appPid: app!.pid }, 'stopping the app on POST /shutdown failed'));
+      .catch((err: unknown) => logger.error({ err, appPid: running.pid }, 'stopping the app on shutdown failed'));
     const exitCode = await exited;
     sidecar.requestShutdown('app exited');
     await sidecar.drain(exited);
-    return exitCode;
+    // After an uncaught exception the proxy drained: 1, whatever the app said (ts/sidecar/guard.ts).
+    return uncaughtErrors.exception > 0 ? 1 : exitCode;
   } finally {
     remove();
+    // As PID 1, orphans may still exit while meshpipe drains: keep reaping until here.
+    app?.dispose();
   }
 }
 

@@ -66,6 +66,8 @@ export interface ProxyConfig extends SidecarConfig {
   readonly maxMetricTargets: number;
   /** Whether POST /shutdown on the admin server is enabled (loopback peers only). */
   readonly adminShutdown: boolean;
+  /** Serve /connections, /snapshot and /policy to any peer (default: loopback peers only). */
+  readonly adminExposeDebug: boolean;
   /** On shutdown, how long inbound listeners keep accepting after /ready turned 503. */
   readonly inboundStopDelayMs: number;
   /** For every key: where its value came from (`default`, a file path, an env var, a flag). */
@@ -103,6 +105,7 @@ const FIELDS = {
   admin: { schema: admin, default: '127.0.0.1:4191', expected: 'host:port (IPv4 or [IPv6]) or "off"' },
   maxMetricTargets: { schema: count('a whole number of targets 1-1000000', 1, 1_000_000), default: 1000, expected: 'a whole number of targets 1-1000000' },
   adminShutdown: { schema: bool, default: true, expected: 'true or false' },
+  adminExposeDebug: { schema: bool, default: false, expected: 'true or false' },
   inboundStopDelay: { schema: duration('a duration like 5s or 0 (stop at once)', { min: 0 }), default: '0s', expected: 'a duration like 5s or 0 (stop at once)' },
   ...SIDECAR_FIELDS,
 } as const;
@@ -261,6 +264,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     admin: v.admin,
     maxMetricTargets: v.maxMetricTargets,
     adminShutdown: v.adminShutdown,
+    adminExposeDebug: v.adminExposeDebug,
     inboundStopDelayMs: v.inboundStopDelay,
     ...sidecarConfig(v),
     sources,

@@ -6,7 +6,11 @@ export type EngineSpec = { workers: number, maxConnections: number, connectTimeo
 /**
  * Forwarding tunables; the defaults (`CopySpec::default`) when absent.
  */
-copy?: CopySpec, policy: PolicySpec, };
+copy?: CopySpec, policy: PolicySpec, 
+/**
+ * The inbound guard; required (with pod IPs) by transparent inbound listeners.
+ */
+inbound?: InboundSpec, };
 
 export type ListenerSpec = { name: string, bind: string, target: TargetSpec, mode: PortMode | null, direction: Direction, };
 
@@ -38,6 +42,18 @@ bufferSize: number,
  * `splice` (always) or `buffered` (never splice).
  */
 mode: CopyMode, };
+
+export type InboundSpec = { 
+/**
+ * The pod's own IPs (the downward API's `status.podIPs`); a transparent
+ * inbound listener needs at least one.
+ */
+podIps: Array<string>, 
+/**
+ * The proxy's own ports (admin, inbound, outbound): inbound connections
+ * to them are refused.
+ */
+proxyPorts: Array<number>, };
 
 export type CopyMode = "adaptive" | "splice" | "buffered";
 
@@ -75,7 +91,12 @@ drained: number,
  */
 cut: number, };
 
-export type Snapshot = { uptimeMs: number, policyGeneration: number, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, detect: Array<DetectSnapshot>, detectDurationMs: Array<DetectDurationSnapshot>, serverFirst: ServerFirstSnapshot, copy: CopySnapshot, errors: ErrorsSnapshot, };
+export type Snapshot = { uptimeMs: number, policyGeneration: number, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, detect: Array<DetectSnapshot>, detectDurationMs: Array<DetectDurationSnapshot>, serverFirst: ServerFirstSnapshot, copy: CopySnapshot, 
+/**
+ * Connections refused by transparent listeners, per direction and reason
+ * (`{direction}_tcp_accept_errors_total{error}`).
+ */
+acceptErrors: Array<AcceptErrorSnapshot>, errors: ErrorsSnapshot, };
 
 export type ListenerSnapshot = { name: string, bind: string, direction: Direction, accepted: number, open: number, acceptErrors: number, limitWaits: number, accepting: boolean, };
 
@@ -130,6 +151,10 @@ export type DetectDurationSnapshot = { direction: Direction, buckets: Array<numb
  */
 counts: Array<number>, sum: number, count: number, };
 
+export type AcceptErrorSnapshot = { direction: Direction, error: AcceptError, count: number, };
+
+export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port";
+
 export type ConnSnapshot = { id: number, listener: string, direction: Direction, peer: string, target: string | null, 
 /**
  * `None` while detection has not decided.
@@ -143,5 +168,19 @@ export type EngineEvent = { "kind": "serverFirstLearned",
  * `ip:port`.
  */
 target: string, };
+
+export type SpawnSpec = { 
+/**
+ * A path, or a name looked up in the `PATH` of `env`.
+ */
+command: string, args: Array<string>, 
+/**
+ * The whole environment of the app (none inherited besides).
+ */
+env: { [key in string]?: string }, };
+
+export type SpawnOutcome = { "kind": "spawned", pid: number, } | { "kind": "failed", errno: string, message: string, };
+
+export type ReapedChild = { pid: number, code: number | null, signal: number | null, };
 
 export type ErrorCode = "ERR_INVALID_CONFIG" | "ERR_POLICY" | "ERR_ADDR_IN_USE" | "ERR_ADDR_NOT_AVAILABLE" | "ERR_PERMISSION" | "ERR_BIND" | "ERR_ALREADY_STARTED" | "ERR_NOT_STARTED" | "ERR_CLOSED" | "ERR_NATIVE";

@@ -8,6 +8,8 @@
  */
 import { networkInterfaces } from 'node:os';
 import type { PortRange, ProxyConfig } from '../config/index.js';
+import { MeshpipeError } from '../errors.js';
+import { checkForwardsAvoidAdmin, proxyPorts, resolvePodIps, type PodIps } from './inbound.js';
 import type { EngineConfig, ListenerSpec, PolicyTable } from './native.js';
 
 type PolicyRule = PolicyTable['rules'][number];
@@ -43,9 +45,24 @@ export function buildFlagPolicy(config: ProxyConfig, generation = 1): PolicyTabl
   };
 }
 
-/** Builds the engine config; `policy` defaults to the flag policy. */
-export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = buildFlagPolicy(config)): EngineConfig {
+/**
+ * Builds the engine config; `policy` defaults to the flag policy. The
+ * sidecar layout gets the inbound guard (pod IPs and the proxy's own ports,
+ * ./inbound.ts); a `--forward` to the admin server is refused.
+ * @throws MeshpipeError ERR_INVALID_CONFIG
+ */
+export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = buildFlagPolicy(config), podIps: PodIps = resolvePodIps(config)): EngineConfig {
+  checkForwardsAvoidAdmin(config);
+  const sidecar = config.forward.length === 0;
+  if (sidecar && config.inbound !== null && podIps.ips.length === 0) {
+    throw new MeshpipeError(
+      'ERR_INVALID_CONFIG',
+      "the inbound listener needs the pod's IPs and none were found: give --inbound-ips (or POD_IPS from the downward API's status.podIPs); the interfaces have no address besides loopback",
+      { key: 'inboundIps' },
+    );
+  }
   return {
+    ...(sidecar && config.inbound !== null ? { inbound: { podIps: [...podIps.ips], proxyPorts: proxyPorts(config) } } : {}),
     workers: config.workers,
     maxConnections: config.maxConnections,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -81,8 +98,9 @@ function hasIpv6Loopback(): boolean {
  * The transparent listeners of the sidecar layout (no --forward): inbound and
  * outbound, each recovering the original destination, and their IPv6 twins
  * when IPv6 is on (`meshpipe init` redirects IPv6 too, so IPv6 traffic must
- * find a listener). Inbound connections reach the app on their original port
- * at `inboundHost` (loopback by default, `::1` on the IPv6 twin).
+ * find a listener). Inbound connections go to their original destination
+ * (the engine refuses any that is not one of the pod's IPs); only the opt-in
+ * `inboundHost` (e.g. 127.0.0.1, `::1` on the IPv6 twin) replaces the address.
  */
 export function sidecarListeners(config: ProxyConfig): ListenerSpec[] {
   const ipv6 = config.ipv6 === 'auto' ? hasIpv6Loopback() : config.ipv6;

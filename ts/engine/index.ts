@@ -12,7 +12,8 @@
  */
 export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
 export { buildEngineConfig, buildFlagPolicy } from './build-config.js';
-export { setEngineLog, type EngineLogStream } from './native.js';
+export { setEngineLog, spawnApp, reapChildren, type EngineLogStream } from './native.js';
+export { resolvePodIps, proxyPorts, type PodIps } from './inbound.js';
 export type {
   EngineConfig,
   PolicyTable,

@@ -2,7 +2,9 @@
  * The native addon: loading it, and the typed calls across the boundary.
  *
  * The addon (crates/meshpipe-node, built by `napi build` into native/)
- * exports one class, `NativeProxy`, and `setEngineLog`. Values cross as JSON
+ * exports one class, `NativeProxy`, `setEngineLog`, `interfaceAddresses`
+ * (the pod IPs when nobody gave them), and for `meshpipe run` `spawnApp` and
+ * `reapChildren`. Values cross as JSON
  * text: what goes in is `JSON.stringify` of a type from ./boundary.ts and
  * what comes out is parsed into one. boundary.ts is generated from the Rust
  * types (`npm run gen:types`; `npm test` fails when it is stale), and the
@@ -26,7 +28,10 @@ import type {
   EngineEvent,
   EngineSpec,
   PolicySpec,
+  ReapedChild,
   RuleSpec,
+  SpawnOutcome,
+  SpawnSpec,
   Snapshot,
   TcpSnapshot,
   DetectResult,
@@ -52,6 +57,9 @@ export type EngineLogStream = 'stdout' | 'stderr';
 interface RawBinding {
   NativeProxy: typeof Addon.NativeProxy;
   setEngineLog: typeof Addon.setEngineLog;
+  spawnApp: typeof Addon.spawnApp;
+  reapChildren: typeof Addon.reapChildren;
+  interfaceAddresses: typeof Addon.interfaceAddresses;
 }
 
 let binding: RawBinding | undefined;
@@ -128,6 +136,32 @@ export class NativeProxy {
 export function setEngineLog(filter: string, stream: EngineLogStream): void {
   const { setEngineLog: set } = loadBinding();
   call(() => set(filter, stream));
+}
+
+/**
+ * Starts an app that gets SIGKILL if this process dies, even by SIGKILL
+ * (`PR_SET_PDEATHSIG`, set between fork and exec, which Node's spawn cannot
+ * do). Call it on the main thread. libuv does not know the child: reap it
+ * with `reapChildren`.
+ */
+export function spawnApp(spec: SpawnSpec): SpawnOutcome {
+  const { spawnApp: spawn } = loadBinding();
+  return JSON.parse(call(() => spawn(JSON.stringify(spec)))) as SpawnOutcome;
+}
+
+/**
+ * Reaps exited children: only `pid` when given; otherwise every exited child
+ * except `keep` (children libuv spawned), which as PID 1 includes orphans.
+ */
+export function reapChildren(pid: number | undefined, keep: readonly number[] = []): ReapedChild[] {
+  const { reapChildren: reap } = loadBinding();
+  return JSON.parse(call(() => reap(pid, [...keep]))) as ReapedChild[];
+}
+
+/** The addresses of this network namespace's interfaces, loopback left out (also of links not running yet). */
+export function interfaceAddresses(): string[] {
+  const { interfaceAddresses: list } = loadBinding();
+  return call(() => list());
 }
 
 function call<T>(f: () => T): T {

@@ -17,6 +17,7 @@
 import { fromNative, MeshpipeError } from '../errors.js';
 import type { ProxyConfig } from '../config/index.js';
 import { buildEngineConfig } from './build-config.js';
+import type { PodIps } from './inbound.js';
 import {
   NativeProxy,
   type BoundListener,
@@ -55,8 +56,8 @@ export class Proxy {
   }
 
   /** A proxy for a validated `ProxyConfig` (listeners and flag policy). */
-  static fromConfig(config: ProxyConfig, options: ProxyOptions & { policy?: PolicyTable } = {}): Proxy {
-    return new Proxy(buildEngineConfig(config, options.policy), options);
+  static fromConfig(config: ProxyConfig, options: ProxyOptions & { policy?: PolicyTable; podIps?: PodIps } = {}): Proxy {
+    return new Proxy(buildEngineConfig(config, options.policy, options.podIps), options);
   }
 
   get state(): ProxyState {

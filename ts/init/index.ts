@@ -6,6 +6,7 @@
  * and the comparison with what is installed; it is pure and runs nothing.
  * apply.ts executes the plans (backend detection, privilege checks, one
  * atomic `iptables-restore --noflush` per address family, read-back).
+ * state.ts records what was exempted (`--write-state`) for the proxy to check.
  * The command itself (flags, annotations, both families) is ts/cli/init.ts.
  *
  * Other folders import from here.
@@ -31,3 +32,4 @@ export {
   type FamilyResult,
   type PreparedInstall,
 } from './apply.js';
+export { initStateMismatches, initStateOf, readInitState, writeInitState, type InitState, type ProxyIdentity } from './state.js';

@@ -27,8 +27,8 @@
  * inside the pod: there is no remote identity or policy to apply, sidecar
  * containers that talk over localhost (including server-speaks-first ones like
  * a local MySQL) keep working without a detect stall, and the inbound proxy's
- * own forward to the app over loopback could never loop back into the
- * outbound listener even if it ran under another uid.
+ * own forward to the app (to the pod IP, which is routed over lo) could never
+ * loop back into the outbound listener even if it ran under another uid.
  */
 
 import { MeshpipeError } from '../errors.js';

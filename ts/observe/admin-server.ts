@@ -6,11 +6,26 @@
  *   GET  /metrics      Prometheus text format (ts/observe/metrics.ts; one engine snapshot per scrape)
  *   GET  /ready        200 once every listener is bound and the policy is loaded; 503 while starting or draining
  *   GET  /live         200 while the process runs
- *   POST /shutdown     starts the shutdown sequence (as SIGTERM would); loopback peers only (403
- *                      otherwise), 404 when disabled (`adminShutdown: false` / `--no-admin-shutdown`)
+ *   POST /shutdown     starts the shutdown sequence (as SIGTERM would); 404 when disabled
+ *                      (`adminShutdown: false` / `--no-admin-shutdown`)
+ *   PUT  /log-filter   replaces the engine's trace filter
  *   GET  /policy       the effective port policy and where each rule came from, plus the learned
  *                      server-first targets, as JSON (the provider is injectable)
  *   GET  /connections  a bounded JSON list of live connections (`?limit=N`, at most 1000)
+ *   GET  /snapshot     the raw engine counters
+ *
+ * Who may call what (403 with the reason otherwise):
+ * - /metrics, /ready, /live: anyone who reaches the port (Prometheus, kubelet probes).
+ * - /connections, /snapshot, /policy expose peer addresses, SNI and policy:
+ *   loopback peers with a loopback `Host` only, unless `exposeDebug`
+ *   (`--admin-expose-debug`). The `Host` check defeats DNS rebinding: a web
+ *   page whose name was re-pointed at 127.0.0.1 sends its own name as Host.
+ * - Mutating endpoints (POST /shutdown, PUT /log-filter): loopback peers, a
+ *   loopback `Host`, no cross-origin `Origin` or `Sec-Fetch-Site`, and a
+ *   request a browser cannot send without a CORS preflight (which this server
+ *   never grants): a `Meshpipe-Admin` header (any value) or a JSON content
+ *   type. So a page in a browser on the same host can neither stop the proxy
+ *   nor change its logging (CSRF, DNS rebinding).
  *
  * Unknown paths are 404, a known path with the wrong method is 405 with an
  * `Allow` header. HEAD is accepted wherever GET is. Errors inside a handler
@@ -18,7 +33,7 @@
  */
 import http from 'node:http';
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import { MeshpipeError } from '../errors.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
@@ -48,11 +63,20 @@ export interface AdminServerOptions {
   readonly shutdown: (() => void) | null;
   /** Replaces the engine's trace filter (PUT /log-filter); throws on a bad filter. Absent: 404. */
   readonly logFilter?: (filter: string) => void;
+  /** Serve /connections, /snapshot and /policy to any peer (default: loopback peers only). */
+  readonly exposeDebug?: boolean;
   readonly logger?: Logger;
 }
 
+/** The header that makes a mutating request non-simple (any value will do). */
+export const ADMIN_HEADER = 'meshpipe-admin';
+
+/** Who may call a route: anyone, the debug rule, or the mutating rule (see the module doc). */
+type Access = 'public' | 'debug' | 'mutating';
+
 interface Route {
   readonly methods: readonly string[];
+  readonly access: Access;
   handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<void> | void;
 }
 
@@ -61,6 +85,38 @@ export function isLoopback(address: string | undefined): boolean {
   if (address === undefined) return false;
   const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
   return v4.startsWith('127.') || address === '::1';
+}
+
+/** A loopback name as a URL or Host header spells it: 127.x.y.z, [::1], localhost. */
+function isLoopbackName(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  // isIP first: "127.attacker.example" is a name an attacker controls.
+  return h === 'localhost' || (isIP(h) !== 0 && isLoopback(h));
+}
+
+/** A `Host` header (`name[:port]`) naming a loopback host. */
+export function isLoopbackHostHeader(host: string | undefined): boolean {
+  if (host === undefined || host === '') return false;
+  const m = /^(\[[^\]]*\]|[^:]*)(?::\d*)?$/.exec(host.trim());
+  return m !== null && isLoopbackName(m[1]!);
+}
+
+function isJson(contentType: string | undefined): boolean {
+  return contentType !== undefined && /^application\/([\w.+-]*\+)?json\s*(;|$)/i.test(contentType.trim());
+}
+
+/** The body of PUT /log-filter: plain text, or with a JSON content type a JSON string or `{"filter": "..."}`. */
+function logFilterBody(body: string, contentType: string | undefined): string {
+  if (!isJson(contentType)) return body.trim();
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch (err) {
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `the JSON body does not parse: ${(err as Error).message}; expected "FILTER" or {"filter": "FILTER"}`);
+  }
+  const filter = typeof value === 'string' ? value : (value as { filter?: unknown } | null)?.filter;
+  if (typeof filter !== 'string') throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'expected a JSON body "FILTER" or {"filter": "FILTER"}');
+  return filter.trim();
 }
 
 function send(res: http.ServerResponse, status: number, body: string, contentType = 'text/plain; charset=utf-8', extra: http.OutgoingHttpHeaders = {}): void {
@@ -90,14 +146,14 @@ export class AdminServer {
   constructor(options: AdminServerOptions) {
     this.#options = options;
     this.#routes = new Map<string, Route>([
-      ['/metrics', { methods: ['GET', 'HEAD'], handle: (_req, res) => this.#metrics(res) }],
-      ['/ready', { methods: ['GET', 'HEAD'], handle: (_req, res) => this.#ready(res) }],
-      ['/live', { methods: ['GET', 'HEAD'], handle: (_req, res) => send(res, 200, 'live\n') }],
-      ['/shutdown', { methods: ['POST'], handle: (req, res) => this.#shutdown(req, res) }],
-      ['/policy', { methods: ['GET', 'HEAD'], handle: (_req, res) => sendJson(res, 200, this.#options.policy()) }],
-      ['/connections', { methods: ['GET', 'HEAD'], handle: (_req, res, url) => this.#connections(res, url) }],
-      ['/snapshot', { methods: ['GET', 'HEAD'], handle: (_req, res) => sendJson(res, 200, this.#options.snapshot?.() ?? {}) }],
-      ['/log-filter', { methods: ['PUT'], handle: (req, res) => this.#logFilter(req, res) }],
+      ['/metrics', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => this.#metrics(res) }],
+      ['/ready', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => this.#ready(res) }],
+      ['/live', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => send(res, 200, 'live\n') }],
+      ['/shutdown', { methods: ['POST'], access: 'mutating', handle: (req, res) => this.#shutdown(req, res) }],
+      ['/policy', { methods: ['GET', 'HEAD'], access: 'debug', handle: (_req, res) => sendJson(res, 200, this.#options.policy()) }],
+      ['/connections', { methods: ['GET', 'HEAD'], access: 'debug', handle: (_req, res, url) => this.#connections(res, url) }],
+      ['/snapshot', { methods: ['GET', 'HEAD'], access: 'debug', handle: (_req, res) => sendJson(res, 200, this.#options.snapshot?.() ?? {}) }],
+      ['/log-filter', { methods: ['PUT'], access: 'mutating', handle: (req, res) => this.#logFilter(req, res) }],
     ]);
     this.#server = http.createServer((req, res) => {
       // #dispatch answers a failing handler with a 500 itself; this only
@@ -139,6 +195,9 @@ export class AdminServer {
       const why = code === 'EADDRINUSE' ? 'the address is already in use' : (err as Error).message;
       throw new MeshpipeError(mapped, `cannot bind the admin server to ${shown}: ${why} (choose another with --admin ADDR, or --admin off)`, { key: 'admin', cause: err });
     }
+    // After start-up an 'error' (e.g. EMFILE while accepting) must not become
+    // an uncaught exception, which would drain the whole proxy: log it, keep serving.
+    this.#server.on('error', (err) => this.#options.logger?.error({ err }, 'admin server error'));
     const a = this.#server.address() as AddressInfo;
     this.#address = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
     return this.#address;
@@ -169,6 +228,12 @@ export class AdminServer {
       send(res, 405, `method ${req.method} not allowed on ${url.pathname}: use ${route.methods.join(' or ')}\n`, undefined, { allow: route.methods.join(', ') });
       return;
     }
+    const refused = this.#refusal(route.access, req, url.pathname);
+    if (refused !== null) {
+      if (route.access === 'mutating') this.#options.logger?.warn({ peer: req.socket.remoteAddress, path: url.pathname, reason: refused }, 'admin request refused');
+      send(res, 403, `${refused}\n`);
+      return;
+    }
     try {
       await route.handle(req, res, url);
     } catch (err) {
@@ -193,7 +258,7 @@ export class AdminServer {
     else send(res, 503, `not ready: ${reason}\n`);
   }
 
-  /** PUT /log-filter: the body (text, at most 4 KiB) becomes the engine's trace filter. Loopback peers only. */
+  /** PUT /log-filter: the body (text or JSON, at most 4 KiB) becomes the engine's trace filter. */
   async #logFilter(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const apply = this.#options.logFilter;
     if (apply === undefined) {
@@ -201,10 +266,6 @@ export class AdminServer {
       return;
     }
     const peer = req.socket.remoteAddress;
-    if (!isLoopback(peer)) {
-      send(res, 403, `the log filter can be changed only from loopback peers; ${peer ?? 'unknown peer'} is not\n`);
-      return;
-    }
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of req as AsyncIterable<Buffer>) {
@@ -216,7 +277,7 @@ export class AdminServer {
       }
       chunks.push(chunk);
     }
-    const filter = Buffer.concat(chunks).toString('utf8').trim();
+    const filter = logFilterBody(Buffer.concat(chunks).toString('utf8'), req.headers['content-type']);
     try {
       apply(filter);
     } catch (err) {
@@ -233,15 +294,49 @@ export class AdminServer {
       return;
     }
     const peer = req.socket.remoteAddress;
-    if (!isLoopback(peer)) {
-      this.#options.logger?.warn({ peer }, 'admin shutdown refused: not a loopback peer');
-      send(res, 403, `shutdown is accepted only from loopback peers; ${peer ?? 'unknown peer'} is not\n`);
-      return;
-    }
     this.#options.logger?.info({ peer }, 'admin shutdown requested');
     send(res, 202, 'shutdown started\n');
     // After the response is written, so the caller learns it was accepted.
     setImmediate(shutdown);
+  }
+
+  /** Why `req` may not use a route of this access class, or null when it may. */
+  #refusal(access: Access, req: http.IncomingMessage, path: string): string | null {
+    if (access === 'public' || (access === 'debug' && this.#options.exposeDebug === true)) return null;
+    const peer = req.socket.remoteAddress;
+    if (!isLoopback(peer)) {
+      const hint = access === 'debug' ? ' (start the proxy with --admin-expose-debug to serve it to any peer)' : '';
+      return `${path} is served only to loopback peers; ${peer ?? 'unknown peer'} is not${hint}`;
+    }
+    const host = req.headers.host;
+    if (!isLoopbackHostHeader(host)) {
+      return `${path}: the Host header ${JSON.stringify(host ?? '')} is not a loopback address (use http://127.0.0.1:${this.port} or http://localhost:${this.port}); refused against DNS rebinding`;
+    }
+    if (access === 'debug') return null;
+    const origin = req.headers.origin;
+    if (origin !== undefined && !this.#sameOrigin(origin)) {
+      return `${path}: cross-origin requests are refused (Origin ${JSON.stringify(origin)})`;
+    }
+    const site = req.headers['sec-fetch-site'];
+    if (site !== undefined && site !== 'same-origin' && site !== 'none') {
+      return `${path}: cross-site requests are refused (Sec-Fetch-Site: ${String(site)})`;
+    }
+    if (req.headers[ADMIN_HEADER] === undefined && !isJson(req.headers['content-type'])) {
+      return `${path} needs a "${ADMIN_HEADER}: 1" header or a JSON content type, e.g. curl -X ${req.method} -H '${ADMIN_HEADER}: 1' http://127.0.0.1:${this.port}${path}`;
+    }
+    return null;
+  }
+
+  /** Whether `origin` is this server's own (a loopback host on its port). */
+  #sameOrigin(origin: string): boolean {
+    let url: URL;
+    try {
+      url = new URL(origin);
+    } catch {
+      return false;
+    }
+    const port = url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
+    return url.protocol === 'http:' && port === this.port && isLoopbackName(url.hostname);
   }
 
   #connections(res: http.ServerResponse, url: URL): void {

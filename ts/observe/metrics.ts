@@ -205,6 +205,17 @@ function detectResults(direction: 'inbound' | 'outbound', name: string) {
   };
 }
 
+/** Linkerd's `{direction}_tcp_accept_errors_total{error}`; the reasons that cannot happen in a direction are left out. */
+function acceptErrors(direction: 'inbound' | 'outbound', name: string) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const e of s.acceptErrors) {
+      if (e.direction !== direction) continue;
+      if (direction === 'outbound' && (e.error === 'not_pod_ip' || e.error === 'proxy_port')) continue;
+      out.add(name, e.count, NONE, 'error', e.error);
+    }
+  };
+}
+
 /** Every engine family, in /metrics order. Non-Linkerd metrics carry the `meshpipe_` prefix. */
 const FAMILIES: readonly FamilySpec[] = [
   { name: 'tcp_open_total', type: 'counter', help: 'Total count of opened TCP connections (peer=src: accepted from the client; peer=dst: connected to the target)',
@@ -242,6 +253,11 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: perListener('meshpipe_listener_limit_waits_total', (l) => l.limitWaits) },
   { name: 'meshpipe_listener_accepting', type: 'gauge', help: '1 while a listener accepts new connections, 0 once it stopped (drain)',
     emit: perListener('meshpipe_listener_accepting', (l) => (l.accepting ? 1 : 0)) },
+  { name: 'inbound_tcp_accept_errors_total', type: 'counter',
+    help: "Inbound connections refused before forwarding: not_pod_ip (original destination not one of the pod's IPs), proxy_port (one of the proxy's own ports), loop, no_original_dst",
+    emit: acceptErrors('inbound', 'inbound_tcp_accept_errors_total') },
+  { name: 'outbound_tcp_accept_errors_total', type: 'counter', help: 'Outbound connections refused before forwarding: loop, no_original_dst',
+    emit: acceptErrors('outbound', 'outbound_tcp_accept_errors_total') },
   { name: 'meshpipe_connect_failures_total', type: 'counter', help: 'Failed connects to targets (the client connection was closed)',
     emit: single('meshpipe_connect_failures_total', (s) => s.errors.connectFailed) },
   { name: 'meshpipe_loop_refused_total', type: 'counter', help: 'Connections refused because their original destination was the proxy itself',

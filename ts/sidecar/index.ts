@@ -13,8 +13,11 @@ export {
   runProxyLifecycle,
   handleSignals,
   forcedExitCode,
+  checkInitState,
   LIFECYCLE_MESSAGES,
+  STOP_SIGNALS,
   type SidecarOptions,
   type SignalHandlers,
   type StopSignal,
 } from './lifecycle.js';
+export { GUARD_MESSAGES, INTERNAL_ERROR_REASON, installProcessGuard, uncaughtErrors } from './guard.js';

@@ -22,6 +22,8 @@
  *    until the deadline and then cuts the rest (half-closed ones too), so the
  *    process never outlives the deadline. The admin server closes last.
  * A second SIGTERM/SIGINT exits at once (handled by the callers' signal code).
+ * An uncaught exception starts the same sequence and the process exits 1
+ * afterwards (ts/sidecar/guard.ts).
  *
  * Logs: one line per notable event (listener bound, policy loaded, proxy
  * ready, server-first target learned with the annotation that would make it
@@ -32,7 +34,11 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
 import type { ProxyConfig } from '../config/index.js';
-import { buildFlagPolicy, Proxy, setEngineLog, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
+import { Counter } from 'prom-client';
+import { MeshpipeError } from '../errors.js';
+import { guardSidecar, uncaughtErrors } from './guard.js';
+import { initStateMismatches, readInitState } from '../init/index.js';
+import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
 import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
@@ -42,7 +48,26 @@ export const LIFECYCLE_MESSAGES = {
   shutdownRequested: 'shutdown requested',
   inboundStopped: 'inbound listeners stopped accepting',
   waitingForApp: 'waiting for the app to exit before draining',
+  inboundGuard: 'inbound connections accepted to the pod IPs only',
 } as const;
+
+/**
+ * Refuses to start when the proxy disagrees with what `meshpipe init`
+ * recorded (admin port not exempted, other listener ports, another uid).
+ * @throws MeshpipeError ERR_INVALID_CONFIG listing every mismatch.
+ */
+export function checkInitState(config: ProxyConfig, path: string): void {
+  const problems = initStateMismatches(readInitState(path), {
+    uid: process.getuid?.(),
+    gid: process.getgid?.(),
+    adminPort: config.admin?.port,
+    inboundPort: config.inbound?.port,
+    outboundPort: config.outbound?.port,
+  });
+  if (problems.length > 0) {
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `the proxy does not match the iptables rules recorded in ${path}: ${problems.join('; ')}`, { key: 'initState' });
+  }
+}
 
 /** How often engine events are turned into log lines. */
 export const EVENT_POLL_MS = 500;
@@ -105,6 +130,8 @@ export class Sidecar {
   #inboundStopped: Promise<void> = Promise.resolve();
   #policySource: SidecarPolicy | undefined;
   #view: PolicyView;
+  #podIps: PodIps | undefined;
+  #unguard: () => void;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
@@ -115,10 +142,29 @@ export class Sidecar {
     // The engine's traces go to the same stream as these logs, filtered by
     // --engine-log (or --log-level); a bad filter throws ERR_INVALID_CONFIG.
     setEngineLog(engineLogFilter(config), 'stdout');
-    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table });
+    const transparentInbound = config.forward.length === 0 && config.inbound !== null;
+    if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
+    this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
+    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
     this.#view = options.policyView ?? defaultPolicyView;
+    new Counter({
+      name: 'meshpipe_uncaught_errors_total',
+      help: 'Errors nobody caught: kind=rejection (logged, the proxy kept serving), kind=exception (the proxy drained and exited 1)',
+      labelNames: ['kind'],
+      registers: [this.metrics.registry],
+      collect() {
+        this.reset();
+        this.inc({ kind: 'exception' }, uncaughtErrors.exception);
+        this.inc({ kind: 'rejection' }, uncaughtErrors.rejection);
+      },
+    });
+    this.#unguard = guardSidecar({
+      logger,
+      requestShutdown: (reason) => this.requestShutdown(reason),
+      drainBudgetMs: config.drainTimeoutMs + config.inboundStopDelayMs,
+    });
     this.admin =
       config.admin === null
         ? null
@@ -135,6 +181,7 @@ export class Sidecar {
                 : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
             logFilter: (filter) => setEngineLog(filter, 'stdout'),
+            exposeDebug: config.adminExposeDebug,
             logger,
           });
   }
@@ -180,6 +227,7 @@ export class Sidecar {
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
       this.#logBound(bound);
+      this.#logInboundGuard();
       this.logger.info({ generation: this.#table.generation, rules: this.#table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
       // A shutdown requested while binding wins: never report ready afterwards.
       if (this.#shutdownReason === undefined) this.#state = 'ready';
@@ -263,6 +311,7 @@ export class Sidecar {
     this.#state = 'closed';
     await this.#policySource?.close();
     await this.admin?.close();
+    this.#unguard();
     return summary;
   }
 
@@ -307,6 +356,21 @@ export class Sidecar {
           direction: listener.direction,
         },
         LOG_MESSAGES.listenerBound,
+      );
+    }
+  }
+
+  /** One line saying which inbound connections are accepted and where they go. */
+  #logInboundGuard(): void {
+    const guard = this.proxy.config.inbound;
+    if (this.#podIps === undefined || guard === undefined) return;
+    const fields = { podIps: guard.podIps, podIpsFrom: this.#podIps.source, proxyPorts: guard.proxyPorts, inboundHost: this.config.inboundHost ?? 'original' };
+    if (this.config.inboundHost === null) {
+      this.logger.info(fields, LIFECYCLE_MESSAGES.inboundGuard);
+    } else {
+      this.logger.warn(
+        { ...fields, risk: `inbound connections reach the app at ${this.config.inboundHost}: app ports bound to loopback only are reachable from the network, and the app sees every connection as coming from ${this.config.inboundHost}` },
+        LIFECYCLE_MESSAGES.inboundGuard,
       );
     }
   }
@@ -385,7 +449,8 @@ export async function runProxyLifecycle(config: ProxyConfig, logger: Logger, opt
     await sidecar.start();
     await sidecar.shutdownRequested;
     await sidecar.drain();
-    return 0;
+    // After an uncaught exception the proxy drained; 1 tells the orchestrator to restart it.
+    return uncaughtErrors.exception > 0 ? 1 : 0;
   } finally {
     remove();
   }

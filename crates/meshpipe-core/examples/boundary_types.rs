@@ -27,6 +27,7 @@ fn main() {
         core::config::PortTimeoutSpec,
         core::config::MetricsSpec,
         core::config::CopySpec,
+        core::config::InboundSpec,
         core::copy::CopyMode,
         core::policy::PolicySpec,
         core::policy::RuleSpec,
@@ -52,9 +53,15 @@ fn main() {
         core::metrics::HistogramSnapshot,
         core::metrics::DetectSnapshot,
         core::metrics::DetectDurationSnapshot,
+        core::metrics::AcceptErrorSnapshot,
+        core::target::AcceptError,
         core::conn::ConnSnapshot,
         core::conn::ConnState,
         core::EngineEvent,
+        // `meshpipe run`: the app and its reaped children.
+        core::supervise::SpawnSpec,
+        core::supervise::SpawnOutcome,
+        core::supervise::ReapedChild,
         core::ErrorCode,
     ];
     let mut out = String::from(

@@ -24,6 +24,11 @@ pub enum ConfigError {
     NoListeners,
     #[error("{0}")]
     Policy(#[from] PolicyError),
+    #[error(
+        "listener {name:?} forwards inbound connections to their original destination, so inbound.podIps must list the pod's IPs \
+         (status.podIPs): connections to any other address are refused"
+    )]
+    InboundWithoutPodIps { name: String },
     #[error("{field} = {value}: {expected}")]
     Value { field: &'static str, value: String, expected: &'static str },
 }
@@ -130,6 +135,20 @@ impl Default for CopySpec {
     }
 }
 
+/// What transparent inbound listeners accept (see `target.rs`): connections
+/// to one of the pod's IPs, on a port that is not one of the proxy's.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct InboundSpec {
+    /// The pod's own IPs (the downward API's `status.podIPs`); a transparent
+    /// inbound listener needs at least one.
+    pub pod_ips: Vec<String>,
+    /// The proxy's own ports (admin, inbound, outbound): inbound connections
+    /// to them are refused.
+    pub proxy_ports: Vec<u16>,
+}
+
 /// The whole engine configuration as it arrives (camelCase JSON).
 #[derive(Clone, Debug, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -152,6 +171,10 @@ pub struct EngineSpec {
     pub copy: Option<CopySpec>,
     #[serde(default)]
     pub policy: PolicySpec,
+    /// The inbound guard; required (with pod IPs) by transparent inbound listeners.
+    #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub inbound: Option<InboundSpec>,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -211,6 +234,7 @@ pub struct EngineConfig {
     pub max_metric_targets: usize,
     pub copy: crate::copy::CopyConfig,
     pub policy: PolicyTable,
+    pub inbound: crate::target::InboundGuard,
 }
 
 impl EngineSpec {
@@ -237,6 +261,7 @@ impl EngineSpec {
             };
             listeners.push(ListenerConfig { name: l.name.clone(), bind, target, mode: l.mode, direction: l.direction });
         }
+        let inbound = self.inbound_guard(&listeners)?;
         let d = &self.detect;
         for (field, v) in [("detect.inboundTimeoutMs", d.inbound_timeout_ms), ("detect.outboundTimeoutMs", d.outbound_timeout_ms)] {
             if v == 0 {
@@ -288,7 +313,41 @@ impl EngineSpec {
                 }
             },
             policy: PolicyTable::compile(&self.policy)?,
+            inbound,
         })
+    }
+
+    /// Validates `inbound`: pod IPs are unicast addresses other pods can
+    /// reach, and a transparent inbound listener has at least one, because
+    /// without them it would either refuse everything or guard nothing.
+    fn inbound_guard(&self, listeners: &[ListenerConfig]) -> Result<crate::target::InboundGuard, ConfigError> {
+        let spec = self.inbound.clone().unwrap_or_default();
+        let mut ips = Vec::with_capacity(spec.pod_ips.len());
+        for text in &spec.pod_ips {
+            let ip: std::net::IpAddr = text.trim().parse().map_err(|_| ConfigError::Value {
+                field: "inbound.podIps",
+                value: format!("{text:?}"),
+                expected: "IP addresses, e.g. 10.42.0.7 or fd00::7",
+            })?;
+            let ip = ip.to_canonical();
+            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::Value {
+                    field: "inbound.podIps",
+                    value: ip.to_string(),
+                    expected: "the pod's own unicast addresses (status.podIPs), not a loopback, unspecified or multicast address",
+                });
+            }
+            ips.push(ip);
+        }
+        if let Some(port) = spec.proxy_ports.iter().find(|p| **p == 0) {
+            return Err(ConfigError::Value { field: "inbound.proxyPorts", value: port.to_string(), expected: "ports 1-65535" });
+        }
+        let transparent_inbound =
+            listeners.iter().find(|l| l.direction == Direction::Inbound && matches!(l.target, Target::OriginalDst { .. }));
+        if let (Some(l), true) = (transparent_inbound, ips.is_empty()) {
+            return Err(ConfigError::InboundWithoutPodIps { name: l.name.clone() });
+        }
+        Ok(crate::target::InboundGuard::new(ips, spec.proxy_ports))
     }
 }
 
@@ -336,5 +395,24 @@ mod tests {
         assert!(err.contains("no listeners"), "{err}");
         let err = parse(r#"{"listeners":[],"bogus":1}"#).unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn transparent_inbound_needs_pod_ips_and_they_must_be_unicast() {
+        let listener = r#"{"name":"inbound","bind":"0.0.0.0:0","target":{"kind":"originalDst"},"direction":"inbound"}"#;
+        let err = parse(&format!(r#"{{"listeners":[{listener}]}}"#)).unwrap_err();
+        assert!(err.contains("\"inbound\"") && err.contains("inbound.podIps"), "{err}");
+        let c =
+            parse(&format!(r#"{{"listeners":[{listener}],"inbound":{{"podIps":["10.0.0.5","::ffff:10.0.0.6"],"proxyPorts":[4191]}}}}"#))
+                .unwrap();
+        assert!(c.inbound.check("10.0.0.6:80".parse().unwrap()).is_ok());
+        assert!(c.inbound.check("10.0.0.5:4191".parse().unwrap()).is_err());
+        for bad in ["127.0.0.1", "::1", "0.0.0.0", "224.0.0.1", "pod"] {
+            let err = parse(&format!(r#"{{"listeners":[{listener}],"inbound":{{"podIps":["{bad}"]}}}}"#)).unwrap_err();
+            assert!(err.contains("inbound.podIps"), "{bad}: {err}");
+        }
+        // Outbound-only and fixed-target configs need no pod IPs.
+        let out = r#"{"name":"outbound","bind":"127.0.0.1:0","target":{"kind":"originalDst"},"direction":"outbound"}"#;
+        assert!(parse(&format!(r#"{{"listeners":[{out}]}}"#)).is_ok());
     }
 }

@@ -34,6 +34,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server_first;
 pub mod socket;
+pub mod supervise;
 mod sys;
 pub mod target;
 pub mod vocab;
@@ -181,6 +182,7 @@ impl Engine {
             copy: config.copy,
             drain: drain::Drain::default(),
             events: events::EventQueue::default(),
+            inbound: config.inbound,
         });
         Engine {
             ctx,
@@ -315,6 +317,7 @@ impl Engine {
             detect_duration_ms,
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
             copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
+            accept_errors: m.snapshot_accept_errors(),
             errors: ErrorsSnapshot {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
@@ -388,5 +391,8 @@ pub struct Snapshot {
     pub detect_duration_ms: Vec<metrics::DetectDurationSnapshot>,
     pub server_first: ServerFirstSnapshot,
     pub copy: CopySnapshot,
+    /// Connections refused by transparent listeners, per direction and reason
+    /// (`{direction}_tcp_accept_errors_total{error}`).
+    pub accept_errors: Vec<metrics::AcceptErrorSnapshot>,
     pub errors: ErrorsSnapshot,
 }

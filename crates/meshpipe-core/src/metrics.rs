@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::addr::TargetAddr;
+use crate::target::AcceptError;
 use crate::vocab::{DetectResult, Direction, NoTlsReason, TlsLabel, TlsStatus};
 
 const SHARDS: usize = 16;
@@ -204,6 +205,8 @@ pub struct Metrics {
     detect_duration: [Histogram; 2],
     pub errors: ErrorCounters,
     pub copy: CopyCounters,
+    /// Refusals by the target stage, per direction and reason.
+    accept_errors: [[AtomicU64; AcceptError::COUNT]; 2],
 }
 
 impl Metrics {
@@ -218,7 +221,29 @@ impl Metrics {
             detect_duration: Default::default(),
             errors: Default::default(),
             copy: Default::default(),
+            accept_errors: Default::default(),
         }
+    }
+
+    /// Counts a connection the target stage refused.
+    pub fn accept_error(&self, direction: Direction, error: AcceptError) {
+        self.accept_errors[direction.index()][error as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Every (direction, reason) counter, zeros included, so a rate can be
+    /// taken before the first refusal.
+    pub fn snapshot_accept_errors(&self) -> Vec<AcceptErrorSnapshot> {
+        let mut out = Vec::with_capacity(2 * AcceptError::COUNT);
+        for direction in Direction::ALL {
+            for error in AcceptError::ALL {
+                out.push(AcceptErrorSnapshot {
+                    direction,
+                    error,
+                    count: self.accept_errors[direction.index()][error as usize].load(Relaxed),
+                });
+            }
+        }
+        out
     }
 
     /// The series for a connection; the overflow series when the bound is hit.
@@ -337,6 +362,16 @@ pub struct TcpSnapshot {
     pub bytes_server_to_client: u64,
     pub closes: Vec<CloseSnapshot>,
     pub duration_ms: HistogramSnapshot,
+}
+
+/// Connections refused by a transparent listener for one reason.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptErrorSnapshot {
+    pub direction: Direction,
+    pub error: AcceptError,
+    pub count: u64,
 }
 
 /// Detection outcomes for one (direction, target port).

@@ -51,6 +51,8 @@ pub struct Context {
     pub drain: Drain,
     /// Events for the control layer (e.g. a newly learned server-first target).
     pub events: crate::events::EventQueue,
+    /// What transparent inbound listeners accept (pod IPs, the proxy's ports).
+    pub inbound: target::InboundGuard,
 }
 
 /// Closes one side's gauge and records its close reason when dropped.
@@ -110,17 +112,16 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     debug!(direction = l.direction.as_str(), "accepted");
 
     // 1. Target.
-    let target = match target::resolve(&l.target, &client) {
+    let target = match target::resolve(&l.target, l.direction, &ctx.inbound, &client) {
         Ok(t) => t,
-        Err(e @ target::TargetError::Loop(_)) => {
+        Err(e) => {
             debug!(error = %e, "refused");
-            ctx.metrics.errors.loop_refused.fetch_add(1, Relaxed);
-            socket::set_reset_on_close(&client);
-            return;
-        }
-        Err(e @ target::TargetError::OriginalDst(_)) => {
-            debug!(error = %e, "refused");
-            ctx.metrics.errors.original_dst_failed.fetch_add(1, Relaxed);
+            ctx.metrics.accept_error(l.direction, e.accept_error());
+            match e {
+                target::TargetError::Loop(_) => ctx.metrics.errors.loop_refused.fetch_add(1, Relaxed),
+                target::TargetError::OriginalDst(_) => ctx.metrics.errors.original_dst_failed.fetch_add(1, Relaxed),
+                _ => 0,
+            };
             socket::set_reset_on_close(&client);
             return;
         }

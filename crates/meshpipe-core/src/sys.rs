@@ -13,7 +13,10 @@
 //! with flags and without tokio's readiness, `accept4` with `SOCK_NONBLOCK |
 //! SOCK_CLOEXEC` in one call, `splice(2)` and `pipe2`, `F_SETPIPE_SZ`,
 //! `SIOCATMARK`, `SO_ORIGINAL_DST`, a zero-timeout `poll`, `RLIMIT_NOFILE`,
-//! and registering a listener's descriptor with tokio.
+//! registering a listener's descriptor with tokio, and for `meshpipe run`:
+//! the interfaces' addresses (`getifaddrs`), spawning with a parent-death signal (code between `fork` and `exec`),
+//! looking at an exited child without reaping it (`waitid(WNOWAIT)`) and
+//! reaping one child (`waitpid`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -231,6 +234,127 @@ pub fn set_fd_soft_limit(soft: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Spawns `cmd` so that it receives `signal` when the thread that calls this
+/// dies (`PR_SET_PDEATHSIG`; the kernel ties it to the forking *thread*, so
+/// call it from a thread that lives as long as the process, e.g. the
+/// JavaScript main thread). Like libuv's spawn, the child starts with every
+/// signal at its default disposition and blocking stdio.
+pub fn spawn_with_parent_death_signal(cmd: &mut std::process::Command, signal: libc::c_int) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only async-signal-safe calls (signal, fcntl, prctl, getppid); it
+    // neither allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Ignored dispositions survive exec (a parent started with
+            // SIGINT ignored would pass that on); handlers are reset anyway.
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            // Node marks its stdio close-on-exec and may have made the shared
+            // descriptions non-blocking; the app inherits them as libuv's
+            // spawn would pass them: kept open across exec, and blocking.
+            for fd in 0..3 {
+                let fd_flags = libc::fcntl(fd, libc::F_GETFD);
+                if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 {
+                    libc::fcntl(fd, libc::F_SETFD, fd_flags & !libc::FD_CLOEXEC);
+                }
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
+                    libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before prctl: nobody would send the signal now.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Every address of the network namespace's interfaces except loopback
+/// ones (`getifaddrs`), whether or not the link is running yet: libuv's
+/// `os.networkInterfaces()` leaves out an interface until its carrier is up,
+/// which a freshly created veth reaches only after the kernel's link-watch
+/// delay.
+pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list and stores its head in `list`.
+    check(unsafe { libc::getifaddrs(&mut list) })?;
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not freed yet.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
+        if family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            out.push(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+        } else if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            out.push(std::net::IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)));
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+/// How a reaped child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// The pid of a child that has exited and is not reaped yet, left unreaped
+/// (`waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`), or `None`.
+pub fn peek_exited_child() -> io::Result<Option<libc::pid_t>> {
+    // SAFETY: an all-zero siginfo_t is a valid value; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t.
+    let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ECHILD) { Ok(None) } else { Err(err) };
+    }
+    // SAFETY: after a successful waitid the pid field is set (0 when no
+    // child has changed state).
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then_some(pid))
+}
+
+/// Reaps `pid` if it has exited (`waitpid(pid, WNOHANG)`); `None` while it
+/// runs.
+pub fn reap_child(pid: libc::pid_t) -> io::Result<Option<ChildExit>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int.
+    let rc = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    if rc == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFSIGNALED(status) {
+        ChildExit::Signaled(libc::WTERMSIG(status))
+    } else {
+        ChildExit::Exited(libc::WEXITSTATUS(status))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +420,12 @@ mod tests {
         if let Ok(dst) = original_dst(s.as_fd(), true) {
             assert_eq!(dst, s.local_addr().unwrap());
         }
+    }
+
+    #[test]
+    fn interface_addresses_leave_out_loopback() {
+        let all = interface_addresses().unwrap();
+        assert!(all.iter().all(|ip| !ip.is_loopback()), "{all:?}");
     }
 
     #[test]

@@ -249,3 +249,36 @@ pub fn set_engine_log(filter: String, stream: String) -> Result<(), ErrorCode> {
         other => fail(ErrorCode::Native, other),
     })
 }
+
+/// `meshpipe run`: starts the app (JSON of a `SpawnSpec`) so that it gets
+/// SIGKILL if meshpipe dies, even by SIGKILL (`PR_SET_PDEATHSIG`). Call it on
+/// the JavaScript main thread: the kernel ties the signal to the forking
+/// thread. Returns JSON of a `SpawnOutcome`; the app is reaped with
+/// `reapChildren`, never by libuv.
+#[napi]
+pub fn spawn_app(spec: String) -> Result<String, ErrorCode> {
+    let spec: meshpipe_core::supervise::SpawnSpec =
+        serde_json::from_str(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, format!("spawn spec: {e}")))?;
+    to_json(&meshpipe_core::supervise::spawn(&spec))
+}
+
+/// Reaps exited children: only `pid` when given, else every exited child
+/// except the pids in `keep` (as PID 1, the orphans too). Returns JSON of
+/// `ReapedChild[]`.
+#[napi]
+pub fn reap_children(pid: Option<u32>, keep: Vec<u32>) -> Result<String, ErrorCode> {
+    use meshpipe_core::supervise;
+    let reaped = match pid {
+        Some(pid) => supervise::reap_pid(pid).map(|r| r.into_iter().collect::<Vec<_>>()),
+        None => supervise::reap_all_except(&keep),
+    };
+    to_json(&reaped.map_err(|e| fail(ErrorCode::Native, e))?)
+}
+
+/// The addresses of this network namespace's interfaces, loopback left out,
+/// also of links not running yet (unlike `os.networkInterfaces()`).
+#[napi]
+pub fn interface_addresses() -> Result<Vec<String>, ErrorCode> {
+    let ips = meshpipe_core::target::interface_addresses().map_err(|e| fail(ErrorCode::Native, format!("getifaddrs: {e}")))?;
+    Ok(ips.into_iter().map(|ip| ip.to_string()).collect())
+}
