@@ -26,7 +26,6 @@ import {
   parseStream,
   renderStream,
   type InjectOptions,
-  type SidecarMode,
   type StreamResult,
 } from '../inject/index.js';
 import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './args.js';
@@ -95,7 +94,7 @@ export function sidecarOptions(values: Readonly<Record<string, string | boolean 
     image: image('image', `meshpipe-proxy:${version}`),
     initImage: image('init-image', `meshpipe-init:${version}`),
     imagePullPolicy: pull,
-    sidecar: sidecar as SidecarMode,
+    sidecar,
     version,
   };
 }

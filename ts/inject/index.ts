@@ -11,6 +11,10 @@
  * (the CLI); review.ts answers one AdmissionReview; webhook.ts serves them
  * over HTTPS (tls-files.ts reloads the certificate, namespaces.ts watches
  * Namespace annotations).
+ *
+ * Other folders import from here, except namespaces.ts, which is deliberately
+ * not re-exported: it loads the Kubernetes client, which only `meshpipe
+ * injector` needs (it imports it directly), not `meshpipe inject`.
  */
 export { CONFIG_KEYS, DEFAULT_PROXY_UID, INJECT_KEYS, MARKER_KEYS, formatProblem, type AnnotationProblem, type Annotations } from './annotations.js';
 export { INJECTABLE_KINDS, POD_TEMPLATE_PATHS, describeObject, findTemplates, getPath, isObject, type JsonObject, type JsonValue, type ObjectName } from './kinds.js';
@@ -20,3 +24,6 @@ export { parseQuantity } from './quantity.js';
 export { BINARY, NAMES, PODINFO_DIR, PORTS, initCommand, proxyCommand, type InjectOptions, type SidecarMode } from './sidecar.js';
 export { injectTemplate, isInjected, uninjectTemplate, type InjectOutcome, type TemplateInput } from './transform.js';
 export { parseStream, renderStream, type ParsedStream } from './yaml-docs.js';
+export { answerReview, readReview, BadReview, type FailureMode, type ReviewContext, type ReviewResult } from './review.js';
+export { loadTlsPair, TlsFiles } from './tls-files.js';
+export { MAX_REVIEW_BYTES, startWebhook, type Webhook, type WebhookOptions } from './webhook.js';
