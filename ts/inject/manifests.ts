@@ -5,10 +5,9 @@
  * (transform.ts), and turns each change into patch operations on its
  * document (patch.ts), with one report line per pod template.
  *
- * A document with any invalid template is left unchanged as a whole (a List
- * is one document: its other items are still injected, their operations do
- * not depend on the invalid one). Documents without pod templates are never
- * touched.
+ * An object with invalid annotations is left unchanged (in a List, the
+ * other items are still injected: their operations do not depend on it).
+ * Documents without pod templates are never touched.
  */
 import type { Annotations } from './annotations.js';
 import { formatProblem } from './annotations.js';
@@ -21,8 +20,10 @@ import type { ParsedStream } from './yaml-docs.js';
 export interface ReportLine {
   readonly object: ObjectName;
   readonly action: InjectOutcome['action'] | 'not injected';
-  /** The reason, or the problems (one per line) for `invalid`. */
+  /** The reason (for `invalid`: "left unchanged"). */
   readonly detail: string;
+  /** For `invalid`: each problem, naming the object, the annotation, the value and what is expected. */
+  readonly problems?: readonly string[];
   readonly warn: boolean;
 }
 
@@ -49,8 +50,10 @@ export function namespaceAnnotations(stream: ParsedStream): Map<string, Annotati
   return out;
 }
 
+/** One report line, and one indented line per problem. */
 export function formatReport(line: ReportLine): string {
-  return `${describeObject(line.object)}: ${line.action}${line.detail !== '' ? ` (${line.detail})` : ''}`;
+  const head = `${describeObject(line.object)}: ${line.action}${line.detail !== '' ? ` (${line.detail})` : ''}`;
+  return [head, ...(line.problems ?? []).map((p) => `  ${p}`)].join('\n');
 }
 
 /** Runs injection over every pod template of the stream. */
@@ -83,7 +86,7 @@ export function injectStream(stream: ParsedStream, opts: InjectOptions): StreamR
           break;
         case 'invalid':
           invalid = true;
-          report.push({ object: site.object, action: 'invalid', detail: `left unchanged:\n  ${outcome.problems.map(formatProblem).join('\n  ')}`, warn: true });
+          report.push({ object: site.object, action: 'invalid', detail: 'left unchanged', problems: outcome.problems.map(formatProblem), warn: true });
           break;
       }
     }
