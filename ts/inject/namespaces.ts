@@ -86,12 +86,21 @@ export class KubeNamespaces implements NamespaceSource {
       informer.on('delete', healthy);
       informer.on('error', (err: unknown) => this.failed(err));
     }
+    // start() can resolve after a failed list (the error arrives as an event), so watch for one.
+    let failed = false;
+    const onError = (): void => {
+      failed = true;
+    };
+    this.informer.on('error', onError);
     try {
       await this.informer.start();
-      this.healthy();
     } catch (err) {
+      failed = true;
       this.failed(err);
+    } finally {
+      this.informer.off('error', onError);
     }
+    if (!failed) this.healthy();
   }
 
   private healthy(): void {

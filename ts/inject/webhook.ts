@@ -56,17 +56,24 @@ function text(res: ServerResponse, status: number, body: string, headers: Record
   res.end(`${body}\n`);
 }
 
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | 'too large'> {
-  const declared = Number(req.headers['content-length'] ?? '0');
-  if (declared > limit) return 'too large';
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) return 'too large';
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
+/**
+ * Reads the body up to `limit` bytes. Past the limit the rest is read and
+ * discarded (bounded by the server's request timeout), so the client can
+ * finish sending and read the 413 instead of a reset.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | 'too large'> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = Number(req.headers['content-length'] ?? '0') > limit;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) tooLarge = true;
+      if (!tooLarge) chunks.push(chunk);
+    });
+    req.on('end', () => resolve(tooLarge ? 'too large' : Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
 }
 
 /** Starts the webhook server; resolves once it listens. */
@@ -103,7 +110,6 @@ export async function startWebhook(options: WebhookOptions): Promise<Webhook> {
     if (!/^application\/json\b/i.test(type)) return text(res, 415, `expected content-type application/json, got "${type}"`);
     const body = await readBody(req, MAX_REVIEW_BYTES);
     if (body === 'too large') {
-      res.setHeader('connection', 'close');
       return text(res, 413, `the AdmissionReview is larger than ${MAX_REVIEW_BYTES} bytes`);
     }
     let request;
