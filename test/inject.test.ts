@@ -138,12 +138,12 @@ describe('meshpipe inject', () => {
     assert.deepEqual(getPath(proxy, ['readinessProbe', 'httpGet']), { path: '/ready', port: 4191 });
     assert.deepEqual(getPath(proxy, ['livenessProbe', 'httpGet']), { path: '/live', port: 4191 });
     assert.deepEqual(getPath(proxy, ['startupProbe', 'httpGet']), { path: '/ready', port: 4191 });
-    const env = Object.fromEntries((proxy['env'] as JsonObject[]).map((e) => [e['name'], getPath(e, ['valueFrom', 'fieldRef', 'fieldPath'])]));
+    const env = Object.fromEntries((proxy['env'] as JsonObject[]).map((e): [string, JsonValue | undefined] => [e['name'] as string, getPath(e, ['valueFrom', 'fieldRef', 'fieldPath'])]));
     assert.deepEqual(env, { POD_NAMESPACE: 'metadata.namespace', POD_NAME: 'metadata.name', POD_IP: 'status.podIP', POD_IPS: 'status.podIPs' });
     assert.deepEqual(proxy['resources'], { requests: { cpu: '100m' }, limits: { memory: '128Mi' } });
     assert.deepEqual(init['resources'], proxy['resources']);
     assert.deepEqual(getPath(byName(spec['volumes'], 'meshpipe-podinfo'), ['downwardAPI', 'items', '0', 'fieldRef']), { fieldPath: 'metadata.annotations' });
-    assert.equal(getPath(web, ['metadata', 'annotations', 'meshpipe.io/injected']), JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version);
+    assert.equal(getPath(web, ['metadata', 'annotations', 'meshpipe.io/injected']), (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version);
     assert.equal(spec['terminationGracePeriodSeconds'], 20, 'a grace period is kept when no drain timeout asks for more');
 
     // StatefulSet: classic sidecar (its annotation), drain 60s -> grace raised to 65 s, original recorded.
@@ -308,7 +308,7 @@ describe('meshpipe inject', () => {
     for (const [i, before] of docs(input).entries()) {
       const after = out[i] as JsonObject;
       const ops = diff(before, after);
-      assert.deepEqual(applyPatch(before, ops), after, `${String(before['kind'])}: patch does not reproduce the output`);
+      assert.deepEqual(applyPatch(before, ops), after, `${JSON.stringify(before['kind'])}: patch does not reproduce the output`);
       // Additions to existing arrays are inserts, never a rewrite of the app's containers.
       assert.ok(!ops.some((o) => o.op === 'replace' && /containers$/.test(o.path)), JSON.stringify(ops.map((o) => `${o.op} ${o.path}`)));
     }

@@ -19,6 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
+import type { TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { CliProcess, CLI } from './helpers.js';
@@ -78,7 +79,7 @@ function send(port: number, ca: Buffer, opts: { method?: string; path?: string; 
       host: '127.0.0.1', port, ca, method: opts.method ?? 'POST', path: opts.path ?? '/inject', agent: false,
       headers: opts.body === undefined ? {} : { 'content-type': opts.type ?? 'application/json' },
     }, (res) => {
-      const serial = (res.socket as import('node:tls').TLSSocket).getPeerCertificate().serialNumber;
+      const serial = (res.socket as TLSSocket).getPeerCertificate().serialNumber;
       let body = '';
       res.setEncoding('utf8').on('data', (d: string) => (body += d)).on('end', () => resolve({ status: res.statusCode ?? 0, body, serial }));
     });
