@@ -78,10 +78,10 @@ test('usage errors exit 2 with a clear message', async () => {
 });
 
 test('a subcommand whose module is missing is reported as not available (exit 2)', async () => {
-  // A copy of the CLI with nothing beside it but its one dependency.
+  // A copy of the CLI with nothing beside it but its own dependencies.
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-cli-'));
   mkdirSync(join(dir, 'dist/ts/cli'), { recursive: true });
-  for (const f of ['cli/main.js', 'errors.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
+  for (const f of ['cli/main.js', 'cli/version.js', 'errors.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module', version: '9.9.9' }));
   const script = join(dir, 'dist/ts/cli/main.js');
   const r = await runCli(['explain', '--port', '80'], { script });

@@ -16,13 +16,13 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { CliProcess, CLI } from './helpers.js';
+import { CliProcess, CLI, ROOT } from './helpers.js';
 import { FakeKubeApi } from './fake-kube-api.js';
 import { run } from './netns.js';
 import { schemaProblems } from './k8s-schema.js';
@@ -309,5 +309,20 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
     const r = await run(process.execPath, [CLI, 'injector', '--namespaces', 'off', '--listen', '127.0.0.1:0', '--tls-cert', join(pki.dir, 'ca.crt'), '--tls-key', join(pki.dir, 'tls.key')]);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /--tls-cert .*ca\.crt \/ --tls-key .*tls\.key: not a usable certificate and key/);
+  });
+
+  test('deploy/kubernetes/injector.yaml: schema-valid, and its command uses only flags meshpipe injector has', async () => {
+    const objects = parseAllDocuments(readFileSync(join(ROOT, 'deploy/kubernetes/injector.yaml'), 'utf8')).map((d) => d.toJS() as JsonObject);
+    assert.deepEqual(objects.flatMap((o) => schemaProblems(o)), []);
+    assert.deepEqual(objects.map((o) => o['kind']), ['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Issuer', 'Certificate', 'Deployment', 'Service', 'PodDisruptionBudget', 'MutatingWebhookConfiguration']);
+    const mwc = objects.find((o) => o['kind'] === 'MutatingWebhookConfiguration') as { webhooks: JsonObject[] };
+    const hook = mwc.webhooks[0] as { admissionReviewVersions: string[]; sideEffects: string; clientConfig: { service: { path: string } }; namespaceSelector: { matchExpressions: { values: string[] }[] } };
+    assert.deepEqual([hook.admissionReviewVersions, hook.sideEffects, hook.clientConfig.service.path], [['v1'], 'None', '/inject']);
+    assert.ok(hook.namespaceSelector.matchExpressions[0]?.values.includes('meshpipe-system'), 'the injector never waits on itself');
+    const deployment = objects.find((o) => o['kind'] === 'Deployment') as unknown as { spec: { template: { spec: { containers: { command: string[] }[] } } } };
+    const command = deployment.spec.template.spec.containers[0]?.command ?? [];
+    assert.deepEqual(command.slice(0, 2), ['meshpipe', 'injector']);
+    const help = await run(process.execPath, [CLI, 'injector', '--help']);
+    for (const flag of command.filter((a) => a.startsWith('--'))) assert.ok(help.stdout.includes(`    ${flag} `), `meshpipe injector has no ${flag}`);
   });
 });
