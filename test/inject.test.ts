@@ -197,6 +197,11 @@ describe('meshpipe inject', () => {
     assertSchemaValid([out]);
     assert.deepEqual((out['items'] as JsonObject[])[0], (JSON.parse(input) as { items: JsonObject[] }).items[0], 'the Service item is unchanged');
     assert.equal((await ok(['uninject', '-'], stdout)).stdout, input);
+    // YAML in flow style that merely starts with `{` stays YAML.
+    const flow = '{apiVersion: v1, kind: Pod, metadata: {name: f}, spec: {containers: [{name: app, image: x}]}}\n';
+    const flowOut = (await ok(['inject', '-'], flow)).stdout;
+    assert.throws(() => JSON.parse(flowOut) as unknown, 'written back as YAML, not JSON');
+    assert.deepEqual(names(getPath(docs(flowOut)[0] as JsonObject, ['spec', 'initContainers'])), ['meshpipe-init', 'meshpipe-proxy']);
   });
 
   test('invalid annotations: each named with object, key and value; that object unchanged; the rest injected; exit 2', async () => {

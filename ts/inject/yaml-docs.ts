@@ -35,6 +35,18 @@ export interface ParsedStream {
   readonly documents: readonly StreamDocument[];
 }
 
+/** A document written as JSON (`kubectl get -o json`), not YAML flow style that merely starts with `{`. */
+function isJson(text: string): boolean {
+  const body = text.replace(/^---[^\n]*\n/, '').trim();
+  if (!body.startsWith('{')) return false;
+  try {
+    JSON.parse(body);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function lineOf(source: string, offset: number): number {
   let line = 1;
   for (let i = 0; i < offset && i < source.length; i++) if (source.charCodeAt(i) === 10) line++;
@@ -71,8 +83,7 @@ export function parseStream(source: string, name: string): ParsedStream {
       throw new MeshpipeError('ERR_INVALID_ARGUMENT', `${name}:${lineOf(source, error.pos[0])}: document ${documents.length + 1} is not valid YAML: ${error.message.split('\n')[0]}`);
     }
     const json = (doc.toJS({ maxAliasCount: 100 }) ?? null) as JsonValue;
-    const body = text.replace(/^---[^\n]*\n/, '').trimStart();
-    const d: StreamDocument = { kind: 'doc', index: documents.length, text, doc, json, format: body.startsWith('{') ? 'json' : 'yaml' };
+    const d: StreamDocument = { kind: 'doc', index: documents.length, text, doc, json, format: isJson(text) ? 'json' : 'yaml' };
     items.push(d);
     documents.push(d);
   }
