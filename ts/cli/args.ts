@@ -89,14 +89,17 @@ export function wantsHelp(argv: readonly string[]): boolean {
 }
 
 /**
- * Parses raw option tokens against a table. Returns the values by flag name
- * and the positionals after `--`; anything unexpected is an error.
+ * Parses raw option tokens against a table. Returns the values by flag name,
+ * up to `maxPositionals` arguments before `--` (default none; e.g. the FILE of
+ * `meshpipe inject`) and the arguments after `--`; anything unexpected is an
+ * error.
  */
 export function parseOptions(
   argv: readonly string[],
   options: readonly OptionSpec[],
   command: string,
-): { values: Record<string, string | boolean | string[] | undefined>; rest: string[] } {
+  maxPositionals = 0,
+): { values: Record<string, string | boolean | string[] | undefined>; rest: string[]; positionals: string[] } {
   const byName = new Map(options.map((o) => [o.flag, o]));
   const config: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {};
   for (const o of options) {
@@ -106,6 +109,7 @@ export function parseOptions(
   const { tokens } = parseArgs({ args: [...argv], options: config, strict: false, allowPositionals: true, tokens: true });
   const values: Record<string, string | boolean | string[] | undefined> = {};
   const rest: string[] = [];
+  const positionals: string[] = [];
   let afterTerminator = false;
   for (const token of tokens) {
     if (token.kind === 'option-terminator') {
@@ -114,6 +118,7 @@ export function parseOptions(
     }
     if (token.kind === 'positional') {
       if (afterTerminator) rest.push(token.value);
+      else if (positionals.length < maxPositionals) positionals.push(token.value);
       else throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unexpected argument "${token.value}" for ${command}; run ${command} --help`);
       continue;
     }
@@ -136,7 +141,7 @@ export function parseOptions(
       values[spec.flag] = true;
     }
   }
-  return { values, rest };
+  return { values, rest, positionals };
 }
 
 /** Builds the flag layer of the config from parsed values. */

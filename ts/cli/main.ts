@@ -16,10 +16,11 @@
  * errors are printed on stderr as `meshpipe: <message> (<CODE>)`; structured
  * logs go to stdout (see ts/observe/logger.ts).
  */
-import { readFileSync, realpathSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { MeshpipeError } from '../errors.js';
 import { installProcessGuard } from '../sidecar/guard.js';
+import { packageVersion } from './version.js';
 
 /** Subcommands: module path and one-line description. */
 const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = {
@@ -27,17 +28,16 @@ const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = 
   run: { module: './run.js', summary: 'run the proxy as a sidecar around a command: meshpipe run [options] -- COMMAND [ARGS...]' },
   init: { module: './init.js', summary: 'install the iptables rules that redirect a pod\'s traffic through the proxy' },
   explain: { module: './explain.js', summary: 'explain the port policy: which ports are opaque or detected, and why' },
+  inject: { module: './inject.js', summary: 'add the meshpipe sidecar to Kubernetes manifests: meshpipe inject [FILE|-] > injected.yaml' },
+  uninject: { module: './uninject.js', summary: 'remove what meshpipe inject added: meshpipe uninject [FILE|-]' },
+  injector: { module: './injector.js', summary: 'run the mutating admission webhook that injects pods as they are created (HTTPS, AdmissionReview v1)' },
 };
 
 interface CommandModule {
   main(argv: string[]): Promise<number>;
 }
 
-/** The version from package.json (three levels up from dist/ts/cli/main.js). */
-export function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
+export { packageVersion };
 
 export function mainHelp(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));

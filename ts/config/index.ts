@@ -30,6 +30,8 @@ export {
   type LogLevel,
 } from './config.js';
 export { hasPolicySources } from './sidecar.js';
+export { parseBindAddr } from './forward.js';
+export { LOG_LEVELS } from './config.js';
 export { parseDuration, formatDuration } from './durations.js';
 export {
   parsePortList,

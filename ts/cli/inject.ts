@@ -1,0 +1,140 @@
+/**
+ * `meshpipe inject [FILE|-]`: adds the meshpipe sidecar to the pods of
+ * Kubernetes manifests (multi-document YAML or JSON, from a file or stdin)
+ * and writes the result on stdout; `--dry-run` writes a unified diff instead.
+ *
+ * Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs
+ * and the items of a List are injected unless `meshpipe.io/inject` or
+ * `linkerd.io/inject` says `disabled` (on the pod template, or on a
+ * Namespace object in the same input); every other document is written back
+ * byte for byte. Running it again changes nothing. One report line per pod
+ * template goes to stderr.
+ *
+ * Exit codes: 0 done; 2 bad usage, unreadable input or invalid YAML (nothing
+ * written), or some object had invalid annotations: those objects are written
+ * back unchanged, the others injected, and each problem is named on stderr
+ * (object, annotation, value, what is expected).
+ *
+ * The input/output helpers here are shared with `meshpipe uninject`.
+ */
+import { readFile } from 'node:fs/promises';
+import { createTwoFilesPatch } from 'diff';
+import { MeshpipeError } from '../errors.js';
+import {
+  formatReport,
+  injectStream,
+  parseStream,
+  renderStream,
+  type InjectOptions,
+  type StreamResult,
+} from '../inject/index.js';
+import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './args.js';
+import { packageVersion } from './version.js';
+
+const COMMAND = 'meshpipe inject';
+
+/** Options shared by `meshpipe inject` and `meshpipe injector` (what the sidecar looks like). */
+export const SIDECAR_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'image', type: 'string', valueName: 'IMAGE', help: 'image of the proxy container (the Dockerfile\'s proxy target)', defaultText: 'meshpipe-proxy:VERSION' },
+  { flag: 'init-image', type: 'string', valueName: 'IMAGE', help: 'image of the meshpipe-init container (the Dockerfile\'s init target)', defaultText: 'meshpipe-init:VERSION' },
+  { flag: 'image-pull-policy', type: 'string', valueName: 'POLICY', help: 'Always, IfNotPresent or Never', defaultText: 'IfNotPresent' },
+  { flag: 'sidecar', type: 'string', valueName: 'native|classic', help: 'native: the proxy is an init container with restartPolicy Always (Kubernetes >= 1.29); classic: the first container. A pod\'s config.linkerd.io/proxy-enable-native-sidecar wins', defaultText: 'native' },
+];
+
+const OPTIONS: readonly OptionSpec[] = [
+  ...SIDECAR_OPTIONS,
+  { flag: 'dry-run', type: 'boolean', help: 'write a unified diff of what would change instead of the manifests', defaultText: '' },
+  { flag: 'help', short: 'h', type: 'boolean', help: 'show this help and exit', defaultText: '' },
+];
+
+export function injectHelp(): string {
+  return [
+    `Usage: ${COMMAND} [options] [FILE|-]`,
+    '',
+    'Reads Kubernetes manifests (multi-document YAML or JSON; stdin when FILE is - or absent) and',
+    'writes them with the meshpipe sidecar added to every pod template: the meshpipe-init container',
+    '(iptables, NET_ADMIN/NET_RAW only) and the meshpipe-proxy sidecar (uid 2102, probes on :4191).',
+    'Kinds: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, and List items; other',
+    'documents are written back byte for byte. meshpipe.io/inject or linkerd.io/inject: disabled (pod',
+    'template or Namespace) skips a workload; config.linkerd.io/skip-inbound-ports, skip-outbound-ports,',
+    'skip-subnets, proxy-uid, proxy-cpu-request (and -limit, memory, ephemeral-storage),',
+    'proxy-enable-native-sidecar and config.meshpipe.io/drain-timeout shape the sidecar.',
+    'Injecting again changes nothing; meshpipe uninject removes it.',
+    '',
+    'Exit status: 0 done; 2 bad usage or input, or an object with invalid annotations (left',
+    'unchanged in the output, each problem named on stderr).',
+    '',
+    'Options:',
+    formatOptionsHelp(OPTIONS),
+    '',
+  ].join('\n');
+}
+
+function bad(message: string, key: string): MeshpipeError {
+  return new MeshpipeError('ERR_INVALID_ARGUMENT', message, { key });
+}
+
+/** The sidecar options from parsed flag values. */
+export function sidecarOptions(values: Readonly<Record<string, string | boolean | string[] | undefined>>): InjectOptions {
+  const version = packageVersion();
+  const pull = String(values['image-pull-policy'] ?? 'IfNotPresent');
+  if (pull !== 'Always' && pull !== 'IfNotPresent' && pull !== 'Never') {
+    throw bad(`--image-pull-policy "${pull}" is invalid: expected Always, IfNotPresent or Never`, 'image-pull-policy');
+  }
+  const sidecar = String(values['sidecar'] ?? 'native');
+  if (sidecar !== 'native' && sidecar !== 'classic') throw bad(`--sidecar "${sidecar}" is invalid: expected native or classic`, 'sidecar');
+  const image = (flag: string, fallback: string): string => {
+    const v = values[flag];
+    if (v === undefined) return fallback;
+    const text = String(v).trim();
+    if (text === '' || /\s/.test(text)) throw bad(`--${flag} "${String(v)}" is invalid: expected an image reference such as registry.example/meshpipe-proxy:${version}`, flag);
+    return text;
+  };
+  return {
+    image: image('image', `meshpipe-proxy:${version}`),
+    initImage: image('init-image', `meshpipe-init:${version}`),
+    imagePullPolicy: pull,
+    sidecar,
+    version,
+  };
+}
+
+/** Reads FILE, or stdin for `-` / no argument. */
+export async function readInput(file: string | undefined): Promise<{ text: string; name: string }> {
+  if (file === undefined || file === '-') {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return { text: Buffer.concat(chunks).toString('utf8'), name: 'stdin' };
+  }
+  try {
+    return { text: await readFile(file, 'utf8'), name: file };
+  } catch (err) {
+    throw bad(`cannot read ${file}: ${(err as Error).message}`, 'FILE');
+  }
+}
+
+/** Writes the result (or its diff) and the report; returns the exit code. */
+export function writeResult(command: string, input: { text: string; name: string }, output: string, result: StreamResult, dryRun: boolean): number {
+  if (dryRun) {
+    if (output !== input.text) process.stdout.write(createTwoFilesPatch(input.name, `${input.name} (${command})`, input.text, output, '', '', { context: 3 }));
+  } else {
+    process.stdout.write(output);
+  }
+  for (const line of result.report) process.stderr.write(`${command}: ${line.warn ? 'warning: ' : ''}${formatReport(line)}\n`);
+  if (result.report.length === 0) process.stderr.write(`${command}: no pod templates found in ${input.name}; nothing changed\n`);
+  return result.invalid ? 2 : 0;
+}
+
+/** Runs `meshpipe inject`; resolves with the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) {
+    process.stdout.write(injectHelp());
+    return 0;
+  }
+  const { values, positionals } = parseOptions(argv, OPTIONS, COMMAND, 1);
+  const opts = sidecarOptions(values);
+  const input = await readInput(positionals[0]);
+  const stream = parseStream(input.text, input.name);
+  const result = injectStream(stream, opts);
+  return writeResult(COMMAND, input, renderStream(stream, result.ops), result, values['dry-run'] === true);
+}
