@@ -13,13 +13,15 @@
 //! with flags and without tokio's readiness, `accept4` with `SOCK_NONBLOCK |
 //! SOCK_CLOEXEC` in one call, `splice(2)` and `pipe2`, `F_SETPIPE_SZ`,
 //! `SIOCATMARK`, `SO_ORIGINAL_DST`, a zero-timeout `poll`, `RLIMIT_NOFILE`,
-//! and registering a listener's descriptor with tokio.
+//! `getifaddrs`, `shutdown(2)` by descriptor number (for the idle sweep) and
+//! registering a listener's descriptor with tokio.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem;
+use std::net::IpAddr;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
 /// (linux/netfilter_ipv6/ip6_tables.h) share the value 80.
@@ -214,6 +216,51 @@ pub fn original_dst(fd: BorrowedFd<'_>, ipv4: bool) -> io::Result<SocketAddr> {
     }
 }
 
+/// `shutdown(SHUT_RDWR)` on a socket known by its descriptor number: each
+/// peer gets a FIN and pending reads end, which wakes whatever task owns the
+/// socket. The caller must know the descriptor is still the socket it means
+/// (the idle sweep holds the lock under which its owner withdraws it before
+/// closing); a stale number would shut down an unrelated socket, which is an
+/// I/O error for that socket's owner but never memory unsafety.
+pub fn shutdown_both(fd: RawFd) {
+    // SAFETY: shutdown takes a descriptor number and touches no memory.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// The IP addresses of this machine's interfaces (`getifaddrs`), loopback included.
+pub fn local_ips() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list it allocated, freed below.
+    check(unsafe { libc::getifaddrs(&mut head) })?;
+    let mut ips = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: a non-null ifa_addr points to a sockaddr whose family
+            // says which sockaddr_* it is.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET address is a sockaddr_in.
+                    let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                    ips.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                    let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                    ips.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(ips)
+}
+
 /// The process's `RLIMIT_NOFILE` as `(soft, hard)`.
 pub fn fd_limit() -> io::Result<(u64, u64)> {
     // SAFETY: an all-zero rlimit is a valid value; getrlimit fills it.
@@ -296,6 +343,23 @@ mod tests {
         if let Ok(dst) = original_dst(s.as_fd(), true) {
             assert_eq!(dst, s.local_addr().unwrap());
         }
+    }
+
+    #[test]
+    fn local_ips_include_loopback() {
+        let ips = local_ips().unwrap();
+        assert!(ips.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{ips:?}");
+    }
+
+    #[test]
+    fn shutdown_both_ends_the_peer_and_wakes_reads() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        shutdown_both(s.as_raw_fd());
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut c, &mut buf).unwrap(), 0, "the peer got a FIN");
+        assert_eq!(std::io::Read::read(&mut &s, &mut buf).unwrap(), 0, "reads on the socket end");
     }
 
     #[test]

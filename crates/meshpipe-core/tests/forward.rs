@@ -132,7 +132,7 @@ async fn connect_failure_closes_client_promptly_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_new_ones_in_the_backlog() {
     let echo = echo_server().await;
-    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "maxConnections": 2 })).await;
+    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "limits": { "outboundConnections": 2 } })).await;
     let mut a = TcpStream::connect(addr).await.unwrap();
     let mut b = TcpStream::connect(addr).await.unwrap();
     for s in [&mut a, &mut b] {
@@ -162,7 +162,7 @@ fn max_connections_are_all_usable_with_several_workers() {
     rt.block_on(async {
         let echo = echo_server().await;
         let spec: meshpipe_core::EngineSpec = serde_json::from_value(serde_json::json!({
-            "maxConnections": 2,
+            "limits": { "outboundConnections": 2 },
             "listeners": [{
                 "name": "test", "bind": "127.0.0.1:0", "mode": "opaque", "direction": "outbound",
                 "target": { "kind": "fixed", "addr": echo.to_string() }

@@ -19,8 +19,10 @@
 //! Budget: detection of one connection is bounded in time (the detect
 //! timeout, counted from accept, so a slowloris client cannot stretch it), in
 //! bytes (`DETECT_BUFFER_CAP`) and in reads: a client still undecided after
-//! `MAX_DETECT_READS` reads with data is `not_http`. Every way out keeps
-//! every byte: the connection is forwarded as TCP, never dropped.
+//! `MAX_DETECT_READS` reads with data is `not_http`. How many connections of
+//! a direction may detect at once is bounded too (`limits.rs`): past that, a
+//! new connection skips detection (`over_limit`). Every way out keeps every
+//! byte: the connection is forwarded as TCP, never dropped.
 //!
 //! Short stalled greetings: with the grace period on, a client that has sent
 //! fewer than `SHORT_GREETING` bytes the classifier cannot decide on (`ping`,
@@ -41,7 +43,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::addr::TargetAddr;
 use crate::detect::{Classifier, Detected, Verdict, DETECT_BUFFER_CAP};
 use crate::proxy::Context;
-use crate::vocab::{DetectResult, PortMode};
+use crate::vocab::{DetectResult, Direction, PortMode};
 
 /// Reads after which an undecided client is `not_http`. Real clients send a
 /// request line or a ClientHello in one or a few segments (a 16 KiB
@@ -85,13 +87,25 @@ impl Sniffed {
 }
 
 /// Runs detection for one connection according to its port mode.
-pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: PortMode, timeout: Duration) -> Sniffed {
+pub async fn sniff(
+    ctx: &Context,
+    client: &TcpStream,
+    direction: Direction,
+    target: TargetAddr,
+    mode: PortMode,
+    timeout: Duration,
+) -> Sniffed {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
     }
     if mode == PortMode::Detect && ctx.server_first.is_server_first(target) {
         return Sniffed::new(DetectResult::ServerFirst);
     }
+    // Held until detection ends. Without one (too many connections of this
+    // direction are detecting), the connection is forwarded at once.
+    let Some(_slot) = ctx.limits.detect_slot(direction) else {
+        return Sniffed::new(DetectResult::OverLimit);
+    };
     let mut classifier = Classifier::new(mode.expect());
     let start = Instant::now();
     let deadline = start + timeout;
