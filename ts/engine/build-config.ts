@@ -47,8 +47,14 @@ export function buildFlagPolicy(config: ProxyConfig, generation = 1): PolicyTabl
 export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = buildFlagPolicy(config)): EngineConfig {
   return {
     workers: config.workers,
-    maxConnections: config.maxConnections,
+    limits: {
+      inboundConnections: config.maxInboundConnections,
+      outboundConnections: config.maxOutboundConnections,
+      detectingConnections: config.maxDetectingConnections,
+      fdReserve: config.fdReserve,
+    },
     connectTimeoutMs: config.connectTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
     listeners:
       config.forward.length > 0
         ? config.forward.map((f) => ({
@@ -67,7 +73,7 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = bui
       serverFirstTtlMs: config.serverFirstTtlMs,
       portTimeouts: config.portDetectTimeouts.map((t) => ({ direction: t.direction, ports: [t.from, t.to] as const, timeoutMs: t.timeoutMs })),
     },
-    metrics: { maxTargets: config.maxMetricTargets },
+    metrics: { maxTargets: config.maxMetricTargets, retainIdleMs: config.metricsRetainIdleMs },
     policy,
   };
 }
