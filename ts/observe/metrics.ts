@@ -237,7 +237,10 @@ const FAMILIES: readonly FamilySpec[] = [
   { name: 'tcp_connection_duration_ms', type: 'histogram', help: 'Duration of closed TCP connections (peer=src: the whole connection), in milliseconds',
     emit: (s, series, out) => s.tcp.forEach((t, i) => emitHistogram(out, 'tcp_connection_duration_ms', t.durationMs, series[i]!.src)) },
   { name: 'meshpipe_tcp_idle_timeouts_total', type: 'counter', help: 'Connections the proxy closed (both sides, with a FIN) after the idle timeout without a byte in either direction',
-    emit: (s, series, out) => s.tcp.forEach((t, i) => out.add('meshpipe_tcp_idle_timeouts_total', t.idleTimeouts, series[i]!.src)) },
+    // Like tcp_close_total's errno values, only series that have some: an idle close is rare, 1,000 zero lines are not.
+    emit: (s, series, out) => s.tcp.forEach((t, i) => {
+      if (t.idleTimeouts > 0) out.add('meshpipe_tcp_idle_timeouts_total', t.idleTimeouts, series[i]!.src);
+    }) },
   { name: 'inbound_tcp_detect_http_results_total', type: 'counter', help: 'Inbound protocol detection results',
     emit: detectResults('inbound', 'inbound_tcp_detect_http_results_total') },
   { name: 'outbound_tcp_detect_http_results_total', type: 'counter', help: 'Outbound protocol detection results',
