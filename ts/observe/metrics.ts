@@ -257,7 +257,7 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: perListener('meshpipe_listener_open_connections', (l) => l.open) },
   { name: 'meshpipe_listener_accept_errors_total', type: 'counter', help: 'accept() errors of a listener (e.g. EMFILE, followed by a back-off)',
     emit: perListener('meshpipe_listener_accept_errors_total', (l) => l.acceptErrors) },
-  { name: 'meshpipe_listener_limit_waits_total', type: 'counter', help: 'Times a listener waited for a slot of the max-connections limit',
+  { name: 'meshpipe_listener_limit_waits_total', type: 'counter', help: 'Times a listener waited before accepting: its direction\'s connection limit or the descriptor budget was full (the connection waited in the kernel backlog)',
     emit: perListener('meshpipe_listener_limit_waits_total', (l) => l.limitWaits) },
   { name: 'meshpipe_listener_accepting', type: 'gauge', help: '1 while a listener accepts new connections, 0 once it stopped (drain)',
     emit: perListener('meshpipe_listener_accepting', (l) => (l.accepting ? 1 : 0)) },
