@@ -334,7 +334,7 @@ test('engine config: listeners, detect settings and the flag policy order', () =
   assert.equal(e.listeners[1]?.mode, null);
   assert.equal(e.listeners[1]?.bind, '[::1]:0');
   assert.deepEqual(e.detect, { inboundTimeoutMs: 2000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 4096, serverFirstTtlMs: 3_600_000, portTimeouts: [] });
-  assert.deepEqual(e.metrics, { maxTargets: 1000 });
+  assert.deepEqual(e.metrics, { maxTargets: 1000, retainIdleMs: 600_000 });
   const rules = buildFlagPolicy(c).rules;
   assert.deepEqual(
     rules.map((r) => `${r.direction} ${r.ports[0]}-${r.ports[1]} ${r.mode} ${r.source}`),
