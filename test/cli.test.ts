@@ -50,7 +50,8 @@ test('--help lists the subcommands; proxy --help lists every option with its def
   const proxy = await runCli(['proxy', '--help']);
   assert.equal(proxy.code, 0, proxy.stderr);
   for (const o of PROXY_OPTIONS) assert.ok(proxy.stdout.includes(`--${o.flag}`), `proxy --help lacks --${o.flag}`);
-  for (const d of ['default: 30s', 'default: 0', 'default: info', 'default: 10s', 'default: 100ms', 'default: 25,587,3306,4444,5432,6379,9300,11211', 'default: 127.0.0.1:4191']) {
+  for (const d of ['default: 30s', 'default: 0', 'default: info', 'default: 10s', 'default: 100ms', 'default: 25,587,3306,4444,5432,6379,9300,11211', 'default: 127.0.0.1:4191',
+    'default: 1h', 'default: 128', 'default: 1024', 'default: the value of maxConnections', "Envoy's tcp_proxy", 'default: 10m']) {
     assert.ok(proxy.stdout.includes(d), `proxy --help lacks "${d}"`);
   }
   // --help wins over an otherwise invalid command line: it never binds.

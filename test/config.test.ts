@@ -334,7 +334,7 @@ test('engine config: listeners, detect settings and the flag policy order', () =
   assert.equal(e.listeners[1]?.mode, null);
   assert.equal(e.listeners[1]?.bind, '[::1]:0');
   assert.deepEqual(e.detect, { inboundTimeoutMs: 2000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 4096, serverFirstTtlMs: 3_600_000, portTimeouts: [] });
-  assert.deepEqual(e.metrics, { maxTargets: 1000 });
+  assert.deepEqual(e.metrics, { maxTargets: 1000, retainIdleMs: 600_000 });
   const rules = buildFlagPolicy(c).rules;
   assert.deepEqual(
     rules.map((r) => `${r.direction} ${r.ports[0]}-${r.ports[1]} ${r.mode} ${r.source}`),
@@ -355,3 +355,26 @@ test('engine config: listeners, detect settings and the flag policy order', () =
 
 // Silence "unused" in strict builds if RawLayer is only a type here.
 export type _Layer = RawLayer;
+
+test('connection limits: --max-connections sets each direction, per-direction keys override it from an equal or stronger source', () => {
+  const d = resolveConfig([]);
+  assert.deepEqual([d.maxInboundConnections, d.maxOutboundConnections, d.maxDetectingConnections, d.fdReserve], [0, 0, 1024, 128]);
+  assert.deepEqual([d.idleTimeoutMs, d.metricsRetainIdleMs], [3_600_000, 600_000]);
+  const both = fromArgs(['--max-connections', '150']);
+  assert.deepEqual([both.maxInboundConnections, both.maxOutboundConnections], [150, 150], 'each direction gets its own 150');
+  const inbound = fromArgs(['--max-connections', '150', '--max-inbound-connections', '20']);
+  assert.deepEqual([inbound.maxInboundConnections, inbound.maxOutboundConnections], [20, 150]);
+  const file = writeConfig('maxOutboundConnections: 7\n');
+  const flagWins = fromArgs(['--config', file, '--max-connections', '30']);
+  assert.equal(flagWins.maxOutboundConnections, 30, 'a flag beats a weaker per-direction value');
+  assert.equal(fromArgs(['--config', file]).maxOutboundConnections, 7);
+  const off = fromArgs(['--idle-timeout', '0', '--fd-reserve', '0', '--max-detecting-connections', '0'], { MESHPIPE_METRICS_RETAIN_IDLE: '0' });
+  assert.deepEqual([off.idleTimeoutMs, off.fdReserve, off.maxDetectingConnections, off.metricsRetainIdleMs], [0, 0, 0, 0]);
+  const engine = buildEngineConfig(fromArgs(['--forward', '127.0.0.1:0=127.0.0.1:9', '--max-inbound-connections', '5', '--idle-timeout', '90s']));
+  assert.deepEqual(engine.limits, { inboundConnections: 5, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128 });
+  assert.equal(engine.idleTimeoutMs, 90_000);
+  assert.equal(engine.metrics.retainIdleMs, 600_000);
+  assertConfigError(() => fromArgs(['--idle-timeout', 'soon']), ['invalid idleTimeout "soon" (from --idle-timeout)', 'a duration like 1h or 30m (0 = never)'], 'idleTimeout');
+  assertConfigError(() => fromArgs(['--fd-reserve', '-1']), ['invalid fdReserve "-1"', '0 = no descriptor budget'], 'fdReserve');
+  assertConfigError(() => fromArgs(['--max-outbound-connections', 'x']), ['invalid maxOutboundConnections "x" (from --max-outbound-connections)'], 'maxOutboundConnections');
+});

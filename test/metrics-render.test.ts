@@ -96,11 +96,17 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
       { direction: 'inbound', error: 'not_pod_ip', count: 3 }, { direction: 'inbound', error: 'proxy_port', count: 2 },
       { direction: 'outbound', error: 'loop', count: 1 }, { direction: 'outbound', error: 'not_pod_ip', count: 0 },
     ],
+    tcpSeries: [1, 0], evictedSeries: 0,
+    limits: {
+      connections: [{ direction: 'inbound', limit: null, used: 0, refused: 0 }, { direction: 'outbound', limit: null, used: 0, refused: 0 }],
+      detecting: [{ direction: 'inbound', limit: 1024, used: 0, refused: 0 }, { direction: 'outbound', limit: 1024, used: 0, refused: 0 }],
+      fds: { processLimit: 1024, reserve: 128, budget: 800, used: 0, waits: 0 },
+    },
     tcp: [{
       direction: 'inbound', targetAddr: '10.0.0.1:443', targetIp: '10.0.0.1', targetPort: 443, tls: 'opaque', noTlsReason: null, sni,
       overflow: false, srcOpenTotal: 1, srcOpen: 0, dstOpenTotal: 1, dstOpen: 0, bytesClientToServer: 5, bytesServerToClient: 6,
       closes: [{ peer: 'src', errno: 'ECONNRESET', count: 1 }],
-      durationMs: { buckets: [1, 10], counts: [0, 1, 0], sum: 2.5, count: 1 },
+      durationMs: { buckets: [1, 10], counts: [0, 1, 0], sum: 2.5, count: 1 }, idleTimeouts: 0,
     }],
   });
 

@@ -1,10 +1,11 @@
-//! Fuzz target for `meshpipe_core::detect::classify`: no panic on any bytes, in any mode, and
-//! the verdict never depends on how the bytes were split across reads.
+//! Fuzz target for `meshpipe_core::detect`: no panic on any bytes, in any mode, and the verdict
+//! never depends on how the bytes were split across reads.
 //!
-//! The proxy calls the classifier again with the whole accumulated prefix after every read, so
-//! beyond "no panic" the target checks the two facts the proxy relies on: every prefix of the
-//! input is either undecided or decided exactly as the whole input is (a decision is final),
-//! and an input of `DETECT_BUFFER_CAP` bytes or more is always decided. All prefixes are
+//! The proxy hands the whole accumulated prefix to its connection's `Classifier` after every
+//! read, so beyond "no panic" the target checks the facts the proxy relies on: every prefix of
+//! the input is either undecided or decided exactly as the whole input is (a decision is final),
+//! an input of `DETECT_BUFFER_CAP` bytes or more is always decided, and one `Classifier` fed the
+//! prefixes in order answers at every step what the one-shot `classify` answers. All prefixes are
 //! checked for short inputs; for long ones a spread of prefixes is, so each run stays linear
 //! enough for libFuzzer to explore. The first input byte picks the port mode, so the fuzzer can
 //! steer into each matcher.
@@ -12,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshpipe_core::detect::{classify, Expect, Verdict, DETECT_BUFFER_CAP};
+use meshpipe_core::detect::{classify, Classifier, Expect, Verdict, DETECT_BUFFER_CAP};
 
 const MODES: [Expect; 4] = [Expect::Any, Expect::Http1, Expect::Http2, Expect::Tls];
 
@@ -37,6 +38,8 @@ fuzz_target!(|data: &[u8]| {
     if input.is_empty() {
         assert_eq!(whole, Verdict::NeedMore);
     }
+    let mut incremental = Classifier::new(expect);
+    let mut decided = false;
     for end in prefix_lengths(input.len()) {
         let verdict = classify(&input[..end], expect);
         assert!(
@@ -44,5 +47,11 @@ fuzz_target!(|data: &[u8]| {
             "prefix of {end} bytes decided {verdict:?}, whole input of {} bytes {whole:?}",
             input.len()
         );
+        // The proxy stops feeding a classifier once it has decided.
+        if !decided {
+            let step = incremental.update(&input[..end]);
+            assert_eq!(step, verdict, "incremental and one-shot differ at {end} bytes");
+            decided = step != Verdict::NeedMore;
+        }
     }
 });

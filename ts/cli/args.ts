@@ -37,7 +37,12 @@ export const PROXY_OPTIONS: readonly OptionSpec[] = [
     help: 'listen on BIND and proxy to TARGET (repeatable); M: detect|opaque|http1|http2|grpc|tls, D: inbound|outbound (default outbound)' },
   { flag: 'config', type: 'string', valueName: 'FILE', help: 'read options from a YAML or JSON file (keys in camelCase, e.g. drainTimeout)', defaultText: 'none; env MESHPIPE_CONFIG' },
   { flag: 'drain-timeout', type: 'string', key: 'drainTimeout', valueName: 'DURATION', help: 'on SIGTERM/SIGINT, let open connections finish for this long, then close them' },
-  { flag: 'max-connections', type: 'string', key: 'maxConnections', valueName: 'N', help: 'limit on open proxied connections, 0 = unlimited (excess waits in the kernel backlog)' },
+  { flag: 'max-connections', type: 'string', key: 'maxConnections', valueName: 'N', help: 'limit on open proxied connections of each direction (inbound and outbound have their own), 0 = unlimited; excess waits in the kernel backlog' },
+  { flag: 'max-inbound-connections', type: 'string', key: 'maxInboundConnections', valueName: 'N', help: 'limit on open inbound connections, 0 = unlimited' },
+  { flag: 'max-outbound-connections', type: 'string', key: 'maxOutboundConnections', valueName: 'N', help: 'limit on open outbound connections, 0 = unlimited' },
+  { flag: 'max-detecting-connections', type: 'string', key: 'maxDetectingConnections', valueName: 'N', help: 'connections of each direction in protocol detection at once (each holds up to 16 KiB); past it new ones are forwarded as opaque TCP without detection (result over_limit); 0 = unlimited' },
+  { flag: 'fd-reserve', type: 'string', key: 'fdReserve', valueName: 'N', help: 'file descriptors the engine leaves free for the admin server and Node.js: at its budget (descriptor limit - open at start - N) new connections wait in the kernel backlog, so /live and /metrics keep answering; 0 = no budget' },
+  { flag: 'idle-timeout', type: 'string', key: 'idleTimeout', valueName: 'DURATION', help: 'close a forwarded connection (both sides, with a FIN) after this long without a byte in either direction, checked every quarter of it (at most every minute); the default is Envoy\'s tcp_proxy default, long enough for pooled database and keep-alive connections, short enough to reclaim connections whose peer vanished; 0 = never' },
   { flag: 'workers', type: 'string', key: 'workers', valueName: 'N', help: 'engine worker threads, 0 = one per CPU core' },
   { flag: 'log-level', type: 'string', key: 'logLevel', valueName: 'LEVEL', help: 'fatal|error|warn|info|debug|trace|silent; logs are JSON lines on stdout (debug and trace also show every connection\'s stages in the engine)' },
   { flag: 'engine-log', type: 'string', key: 'engineLog', valueName: 'FILTER', help: 'the engine\'s trace filter, RUST_LOG-style, e.g. info,meshpipe_core[conn{target=10.0.0.5:3306}]=trace traces only the connections to that target; also PUT /log-filter on the admin server', defaultText: 'from --log-level' },
@@ -194,7 +199,8 @@ export function formatOptionsHelp(options: readonly OptionSpec[]): string {
 const FILE_ONLY_HELP: Partial<Record<ConfigKey, string>> = {
   serverFirstCacheSize: 'how many learned server-first targets are remembered',
   serverFirstTtl: 'how long a learned server-first target is remembered',
-  maxMetricTargets: 'distinct targets with their own metric series; more fold into an overflow series',
+  maxMetricTargets: 'distinct targets with their own metric series, per direction; more fold into that direction\'s overflow series',
+  metricsRetainIdle: 'drop a metric series no connection has used for this long (Linkerd keeps idle series 10 minutes); 0 = keep forever',
 };
 
 function fileOnlyHelp(): string {

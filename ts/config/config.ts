@@ -39,8 +39,20 @@ export { LOG_LEVELS, type LogLevel } from './schemas.js';
 export interface ProxyConfig extends SidecarConfig {
   readonly forward: readonly ForwardSpec[];
   readonly drainTimeoutMs: number;
-  /** Engine-wide limit on open proxied connections; 0 = unlimited. */
+  /** Limit on open proxied connections of each direction; 0 = unlimited (the default of the two below). */
   readonly maxConnections: number;
+  /** Open inbound connections; 0 = unlimited. Past it, new ones wait in the kernel backlog. */
+  readonly maxInboundConnections: number;
+  /** Open outbound connections; 0 = unlimited. */
+  readonly maxOutboundConnections: number;
+  /** Connections in protocol detection, per direction; past it new ones skip detection (opaque). 0 = unlimited. */
+  readonly maxDetectingConnections: number;
+  /** File descriptors the engine leaves free for the admin server and Node.js; 0 = no descriptor budget. */
+  readonly fdReserve: number;
+  /** A forwarded connection with no byte either way for this long is closed; 0 = never. */
+  readonly idleTimeoutMs: number;
+  /** Metric series no connection used for this long are dropped; 0 = kept forever. */
+  readonly metricsRetainIdleMs: number;
   /** Engine worker threads; 0 = available cores. */
   readonly workers: number;
   readonly logLevel: LogLevel;
@@ -84,11 +96,30 @@ export interface RawValue {
 export type RawLayer = Partial<Record<ConfigKey, RawValue>>;
 
 
+const CONNECTIONS = 'a whole number 0-10000000 (0 = unlimited)';
+const FD_RESERVE = 'a whole number of descriptors 0-1000000 (0 = no descriptor budget)';
+const IDLE = 'a duration like 1h or 30m (0 = never)';
+const RETAIN = 'a duration like 10m (0 = keep series forever)';
+
+/** Keys without a default of their own, and what they fall back to (for `--help`). */
+const FALLBACKS: Partial<Record<string, string>> = {
+  inboundDetectTimeout: 'the value of detectTimeout',
+  outboundDetectTimeout: 'the value of detectTimeout',
+  maxInboundConnections: 'the value of maxConnections',
+  maxOutboundConnections: 'the value of maxConnections',
+};
+
 /** Every key: its schema, its default (as a user would write it) and what is expected. */
 const FIELDS = {
   forward: { schema: forwardList, default: [] as string[], expected: 'BIND=TARGET[,mode=M][,direction=D], e.g. 127.0.0.1:15432=127.0.0.1:5432,mode=opaque' },
   drainTimeout: { schema: duration('a duration like 30s, 500ms or 5m', { min: 0 }), default: '30s', expected: 'a duration like 30s, 500ms or 5m' },
-  maxConnections: { schema: count('a whole number 0-10000000 (0 = unlimited)', 0, 10_000_000), default: 0, expected: 'a whole number 0-10000000 (0 = unlimited)' },
+  maxConnections: { schema: count(CONNECTIONS, 0, 10_000_000), default: 0, expected: CONNECTIONS },
+  maxInboundConnections: { schema: count(CONNECTIONS, 0, 10_000_000).optional(), default: undefined, expected: CONNECTIONS },
+  maxOutboundConnections: { schema: count(CONNECTIONS, 0, 10_000_000).optional(), default: undefined, expected: CONNECTIONS },
+  maxDetectingConnections: { schema: count(CONNECTIONS, 0, 10_000_000), default: 1024, expected: CONNECTIONS },
+  fdReserve: { schema: count(FD_RESERVE, 0, 1_000_000), default: 128, expected: FD_RESERVE },
+  idleTimeout: { schema: duration(IDLE, { min: 0 }), default: '1h', expected: IDLE },
+  metricsRetainIdle: { schema: duration(RETAIN, { min: 0 }), default: '10m', expected: RETAIN },
   workers: { schema: count('a whole number of threads 0-1024 (0 = one per core)', 0, 1024), default: 0, expected: 'a whole number of threads 0-1024 (0 = one per core)' },
   logLevel: { schema: logLevel, default: 'info', expected: `one of ${LOG_LEVELS.join(', ')}` },
   engineLog: { schema: engineLogFilter.optional(), default: undefined, expected: ENGINE_LOG },
@@ -121,7 +152,7 @@ export const ProxyConfigSchema = z.strictObject(
 /** The default of each key as a user would write it (for `--help`). */
 export function defaultText(key: ConfigKey): string {
   const d = FIELDS[key].default;
-  if (d === undefined) return key.endsWith('DetectTimeout') ? 'the value of detectTimeout' : 'none';
+  if (d === undefined) return FALLBACKS[key] ?? 'none';
   if (Array.isArray(d)) return d.length === 0 ? 'none' : d.join(' ');
   return d === '' ? 'none' : String(d);
 }
@@ -244,11 +275,23 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     const own = v[key];
     return own !== undefined && (merged[key]?.rank ?? -1) >= detectRank ? own : v.detectTimeout;
   };
+  // The same for the per-direction connection limits and maxConnections.
+  const connectionsRank = merged.maxConnections?.rank ?? SOURCE_RANK_DEFAULT;
+  const perDirectionLimit = (key: 'maxInboundConnections' | 'maxOutboundConnections'): number => {
+    const own = v[key];
+    return own !== undefined && (merged[key]?.rank ?? -1) >= connectionsRank ? own : v.maxConnections;
+  };
   const sources = Object.fromEntries(CONFIG_KEYS.map((k) => [k, merged[k]?.source ?? 'default'])) as Record<ConfigKey, string>;
   const config: ProxyConfig = {
     forward: v.forward,
     drainTimeoutMs: v.drainTimeout,
     maxConnections: v.maxConnections,
+    maxInboundConnections: perDirectionLimit('maxInboundConnections'),
+    maxOutboundConnections: perDirectionLimit('maxOutboundConnections'),
+    maxDetectingConnections: v.maxDetectingConnections,
+    fdReserve: v.fdReserve,
+    idleTimeoutMs: v.idleTimeout,
+    metricsRetainIdleMs: v.metricsRetainIdle,
     workers: v.workers,
     logLevel: v.logLevel,
     engineLog: v.engineLog,

@@ -2,7 +2,12 @@
 // (crates/meshpipe-core/examples/boundary_types.rs). Do not edit: change the Rust
 // types and regenerate; `npm test` fails when this file is stale.
 
-export type EngineSpec = { workers: number, maxConnections: number, connectTimeoutMs: number, listeners: Array<ListenerSpec>, detect: DetectSpec, metrics: MetricsSpec, 
+export type EngineSpec = { workers: number, limits: LimitsSpec, connectTimeoutMs: number, 
+/**
+ * A forwarded connection with no byte in either direction for this long
+ * is closed (both sides); 0 = never.
+ */
+idleTimeoutMs: number, listeners: Array<ListenerSpec>, detect: DetectSpec, metrics: MetricsSpec, 
 /**
  * Forwarding tunables; the defaults (`CopySpec::default`) when absent.
  */
@@ -24,7 +29,39 @@ portTimeouts: Array<PortTimeoutSpec>, };
 
 export type PortTimeoutSpec = { direction: Direction | null, ports: [number, number], timeoutMs: number, };
 
-export type MetricsSpec = { maxTargets: number, };
+export type MetricsSpec = { 
+/**
+ * Distinct targets with their own TCP series, per direction; more fold
+ * into that direction's overflow series.
+ */
+maxTargets: number, 
+/**
+ * A series no connection has used for this long is dropped (its label
+ * set disappears from the scrape; it starts again at zero if the target
+ * comes back). 0 keeps series forever. Linkerd's default is 10 minutes.
+ */
+retainIdleMs: number, };
+
+export type LimitsSpec = { 
+/**
+ * Open inbound connections; 0 = unlimited. Past it, new connections
+ * wait in the kernel backlog.
+ */
+inboundConnections: number, 
+/**
+ * Open outbound connections; 0 = unlimited.
+ */
+outboundConnections: number, 
+/**
+ * Connections in protocol detection, per direction; 0 = unlimited. Past
+ * it, new connections are forwarded as opaque TCP without detection.
+ */
+detectingConnections: number, 
+/**
+ * File descriptors kept free for the rest of the process (the admin
+ * server, Node.js); 0 turns the descriptor budget off.
+ */
+fdReserve: number, };
 
 export type CopySpec = { 
 /**
@@ -67,7 +104,7 @@ export type PortMode = "detect" | "opaque" | "http1" | "http2" | "grpc" | "tls";
 
 export type Protocol = "http/1" | "http/2" | "tls" | "opaque";
 
-export type DetectResult = "http/1" | "http/2" | "tls" | "opaque_port" | "not_http" | "server_first" | "read_timeout" | "client_closed" | "error";
+export type DetectResult = "http/1" | "http/2" | "tls" | "opaque_port" | "not_http" | "server_first" | "read_timeout" | "client_closed" | "error" | "over_limit";
 
 export type TlsLabel = "no_identity" | "opaque";
 
@@ -91,7 +128,15 @@ drained: number,
  */
 cut: number, };
 
-export type Snapshot = { uptimeMs: number, policyGeneration: number, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, detect: Array<DetectSnapshot>, detectDurationMs: Array<DetectDurationSnapshot>, serverFirst: ServerFirstSnapshot, copy: CopySnapshot, 
+export type Snapshot = { uptimeMs: number, policyGeneration: number, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, 
+/**
+ * TCP series kept per direction (inbound, outbound), overflow not counted.
+ */
+tcpSeries: Array<number>, 
+/**
+ * Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
+ */
+evictedSeries: number, detect: Array<DetectSnapshot>, detectDurationMs: Array<DetectDurationSnapshot>, limits: LimitsSnapshot, serverFirst: ServerFirstSnapshot, copy: CopySnapshot, 
 /**
  * Connections refused by transparent listeners, per direction and reason
  * (`{direction}_tcp_accept_errors_total{error}`).
@@ -125,7 +170,12 @@ targetAddr: string | null, targetIp: string | null, targetPort: number | null, t
 /**
  * The series that collects targets past the cardinality bound.
  */
-overflow: boolean, srcOpenTotal: number, srcOpen: number, dstOpenTotal: number, dstOpen: number, bytesClientToServer: number, bytesServerToClient: number, closes: Array<CloseSnapshot>, durationMs: HistogramSnapshot, };
+overflow: boolean, srcOpenTotal: number, srcOpen: number, dstOpenTotal: number, dstOpen: number, bytesClientToServer: number, bytesServerToClient: number, closes: Array<CloseSnapshot>, durationMs: HistogramSnapshot, 
+/**
+ * Connections closed by the proxy after the idle timeout (both sides
+ * got a FIN; their closes count as clean in `closes`).
+ */
+idleTimeouts: number, };
 
 export type CloseSnapshot = { peer: Peer, 
 /**
@@ -154,6 +204,37 @@ counts: Array<number>, sum: number, count: number, };
 export type AcceptErrorSnapshot = { direction: Direction, error: AcceptError, count: number, };
 
 export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port";
+
+export type LimitsSnapshot = { connections: Array<DirectionLimitSnapshot>, detecting: Array<DirectionLimitSnapshot>, fds: FdSnapshot, };
+
+export type DirectionLimitSnapshot = { direction: Direction, limit: number | null, used: number, 
+/**
+ * Connections: waits for a slot (the connection stayed in the backlog).
+ * Detecting: connections that skipped detection because every slot was taken.
+ */
+refused: number, };
+
+export type FdSnapshot = { 
+/**
+ * `RLIMIT_NOFILE` when the engine started.
+ */
+processLimit: number, 
+/**
+ * Descriptors kept free for the rest of the process (0 = no budget).
+ */
+reserve: number, 
+/**
+ * Descriptors the engine may hold (`None` = no budget).
+ */
+budget: number | null, 
+/**
+ * Descriptors held now, counted as two per connection and per splice pipe.
+ */
+used: number, 
+/**
+ * Times a listener waited for descriptors (the connection stayed in the backlog).
+ */
+waits: number, };
 
 export type ConnSnapshot = { id: number, listener: string, direction: Direction, peer: string, target: string | null, 
 /**

@@ -64,8 +64,14 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = bui
   return {
     ...(sidecar && config.inbound !== null ? { inbound: { podIps: [...podIps.ips], proxyPorts: proxyPorts(config) } } : {}),
     workers: config.workers,
-    maxConnections: config.maxConnections,
+    limits: {
+      inboundConnections: config.maxInboundConnections,
+      outboundConnections: config.maxOutboundConnections,
+      detectingConnections: config.maxDetectingConnections,
+      fdReserve: config.fdReserve,
+    },
     connectTimeoutMs: config.connectTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
     listeners:
       config.forward.length > 0
         ? config.forward.map((f) => ({
@@ -84,7 +90,7 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = bui
       serverFirstTtlMs: config.serverFirstTtlMs,
       portTimeouts: config.portDetectTimeouts.map((t) => ({ direction: t.direction, ports: [t.from, t.to] as const, timeoutMs: t.timeoutMs })),
     },
-    metrics: { maxTargets: config.maxMetricTargets },
+    metrics: { maxTargets: config.maxMetricTargets, retainIdleMs: config.metricsRetainIdleMs },
     policy,
   };
 }

@@ -31,9 +31,11 @@
  * classification, grpc_status, error) and `response_latency_ms`.
  *
  * Cardinality is bounded by the engine: past `metrics.maxTargets` distinct
- * targets (config `maxMetricTargets`), new targets are folded into one
- * overflow series per direction, rendered with target_addr="overflow" and
- * empty target_ip/target_port. A scrape therefore never grows without bound.
+ * targets of one direction (config `maxMetricTargets`), that direction's new
+ * targets are folded into its overflow series, rendered with
+ * target_addr="overflow" and empty target_ip/target_port; series no
+ * connection used for `metricsRetainIdle` are evicted. A scrape therefore
+ * never grows without bound.
  */
 import { collectDefaultMetrics, Registry, type Metric } from 'prom-client';
 import type { EngineSnapshot, HistogramSnapshot, TcpSeriesSnapshot } from '../engine/index.js';
@@ -197,6 +199,18 @@ function single(name: string, value: (s: EngineSnapshot) => number) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => out.add(name, value(s), NONE);
 }
 
+type DirectionLimit = EngineSnapshot['limits']['connections'][number];
+
+/** One sample per direction of a bound (connections or detecting); a null value (no limit) renders no sample. */
+function perDirection(name: string, list: (s: EngineSnapshot) => readonly DirectionLimit[], value: (d: DirectionLimit) => number | null) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const d of list(s)) {
+      const v = value(d);
+      if (v !== null) out.add(name, v, shared({ direction: d.direction }));
+    }
+  };
+}
+
 function detectResults(direction: 'inbound' | 'outbound', name: string) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
     for (const d of s.detect) {
@@ -233,6 +247,11 @@ const FAMILIES: readonly FamilySpec[] = [
     }) },
   { name: 'tcp_connection_duration_ms', type: 'histogram', help: 'Duration of closed TCP connections (peer=src: the whole connection), in milliseconds',
     emit: (s, series, out) => s.tcp.forEach((t, i) => emitHistogram(out, 'tcp_connection_duration_ms', t.durationMs, series[i]!.src)) },
+  { name: 'meshpipe_tcp_idle_timeouts_total', type: 'counter', help: 'Connections the proxy closed (both sides, with a FIN) after the idle timeout without a byte in either direction',
+    // Like tcp_close_total's errno values, only series that have some: an idle close is rare, 1,000 zero lines are not.
+    emit: (s, series, out) => s.tcp.forEach((t, i) => {
+      if (t.idleTimeouts > 0) out.add('meshpipe_tcp_idle_timeouts_total', t.idleTimeouts, series[i]!.src);
+    }) },
   { name: 'inbound_tcp_detect_http_results_total', type: 'counter', help: 'Inbound protocol detection results',
     emit: detectResults('inbound', 'inbound_tcp_detect_http_results_total') },
   { name: 'outbound_tcp_detect_http_results_total', type: 'counter', help: 'Outbound protocol detection results',
@@ -249,7 +268,7 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: perListener('meshpipe_listener_open_connections', (l) => l.open) },
   { name: 'meshpipe_listener_accept_errors_total', type: 'counter', help: 'accept() errors of a listener (e.g. EMFILE, followed by a back-off)',
     emit: perListener('meshpipe_listener_accept_errors_total', (l) => l.acceptErrors) },
-  { name: 'meshpipe_listener_limit_waits_total', type: 'counter', help: 'Times a listener waited for a slot of the max-connections limit',
+  { name: 'meshpipe_listener_limit_waits_total', type: 'counter', help: 'Times a listener waited before accepting: its direction\'s connection limit or the descriptor budget was full (the connection waited in the kernel backlog)',
     emit: perListener('meshpipe_listener_limit_waits_total', (l) => l.limitWaits) },
   { name: 'meshpipe_listener_accepting', type: 'gauge', help: '1 while a listener accepts new connections, 0 once it stopped (drain)',
     emit: perListener('meshpipe_listener_accepting', (l) => (l.accepting ? 1 : 0)) },
@@ -260,14 +279,32 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: acceptErrors('outbound', 'outbound_tcp_accept_errors_total') },
   { name: 'meshpipe_connect_failures_total', type: 'counter', help: 'Failed connects to targets (the client connection was closed)',
     emit: single('meshpipe_connect_failures_total', (s) => s.errors.connectFailed) },
-  { name: 'meshpipe_loop_refused_total', type: 'counter', help: 'Connections refused because their original destination was the proxy itself',
+  { name: 'meshpipe_loop_refused_total', type: 'counter', help: 'Connections refused because their target was one of the proxy\'s own listeners (a forwarding loop)',
     emit: single('meshpipe_loop_refused_total', (s) => s.errors.loopRefused) },
   { name: 'meshpipe_original_dst_failures_total', type: 'counter', help: 'Connections whose original destination could not be read',
     emit: single('meshpipe_original_dst_failures_total', (s) => s.errors.originalDstFailed) },
   { name: 'meshpipe_policy_generation', type: 'gauge', help: 'Generation of the port policy the engine uses for new connections',
     emit: single('meshpipe_policy_generation', (s) => s.policyGeneration) },
-  { name: 'meshpipe_tcp_series', type: 'gauge', help: 'TCP label series the engine keeps (bounded by maxMetricTargets, plus overflow)',
+  { name: 'meshpipe_tcp_series', type: 'gauge', help: 'TCP label series the engine keeps (bounded by maxMetricTargets per direction, plus overflow)',
     emit: single('meshpipe_tcp_series', (s) => s.tcp.length) },
+  { name: 'meshpipe_tcp_series_evicted_total', type: 'counter', help: 'TCP series and detect counters dropped after metricsRetainIdle without use',
+    emit: single('meshpipe_tcp_series_evicted_total', (s) => s.evictedSeries) },
+  { name: 'meshpipe_connection_limit', type: 'gauge', help: 'Limit on open connections of a direction (only directions with a limit)',
+    emit: perDirection('meshpipe_connection_limit', (s) => s.limits.connections, (d) => d.limit) },
+  { name: 'meshpipe_connection_limit_waits_total', type: 'counter', help: 'Times a listener of the direction found its connection limit full (the connection waited in the kernel backlog)',
+    emit: perDirection('meshpipe_connection_limit_waits_total', (s) => s.limits.connections, (d) => d.refused) },
+  { name: 'meshpipe_detecting_connections', type: 'gauge', help: 'Connections of the direction in protocol detection now',
+    emit: perDirection('meshpipe_detecting_connections', (s) => s.limits.detecting, (d) => d.used) },
+  { name: 'meshpipe_detecting_connections_limit', type: 'gauge', help: 'Limit on connections of the direction in protocol detection; past it new ones skip detection (result over_limit)',
+    emit: perDirection('meshpipe_detecting_connections_limit', (s) => s.limits.detecting, (d) => d.limit) },
+  { name: 'meshpipe_fd_budget', type: 'gauge', help: 'File descriptors the engine may hold: the descriptor limit minus those open at start minus the reserve (absent without a budget)',
+    emit: (s, _series, out) => { if (s.limits.fds.budget !== null) out.add('meshpipe_fd_budget', s.limits.fds.budget, NONE); } },
+  { name: 'meshpipe_fd_budget_used', type: 'gauge', help: 'File descriptors the engine holds, two per connection and per splice pipe',
+    emit: single('meshpipe_fd_budget_used', (s) => s.limits.fds.used) },
+  { name: 'meshpipe_fd_reserve', type: 'gauge', help: 'File descriptors the engine leaves free for the admin server and Node.js',
+    emit: single('meshpipe_fd_reserve', (s) => s.limits.fds.reserve) },
+  { name: 'meshpipe_fd_budget_waits_total', type: 'counter', help: 'Times a listener waited for descriptors of the budget (the connection waited in the kernel backlog)',
+    emit: single('meshpipe_fd_budget_waits_total', (s) => s.limits.fds.waits) },
 ];
 
 /** Scrapes whose engine snapshot failed; rendered even when the snapshot is missing. */

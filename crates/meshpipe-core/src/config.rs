@@ -31,6 +31,8 @@ pub enum ConfigError {
     InboundWithoutPodIps { name: String },
     #[error("{field} = {value}: {expected}")]
     Value { field: &'static str, value: String, expected: &'static str },
+    #[error("{0}")]
+    Loop(#[from] crate::loops::LoopError),
 }
 
 /// Where a listener's connections go, as configured.
@@ -104,12 +106,42 @@ impl Default for DetectSpec {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MetricsSpec {
+    /// Distinct targets with their own TCP series, per direction; more fold
+    /// into that direction's overflow series.
     pub max_targets: usize,
+    /// A series no connection has used for this long is dropped (its label
+    /// set disappears from the scrape; it starts again at zero if the target
+    /// comes back). 0 keeps series forever. Linkerd's default is 10 minutes.
+    pub retain_idle_ms: u64,
 }
 
 impl Default for MetricsSpec {
     fn default() -> Self {
-        MetricsSpec { max_targets: 1000 }
+        MetricsSpec { max_targets: 1000, retain_idle_ms: 600_000 }
+    }
+}
+
+/// Bounds on what the engine holds (see `limits.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsSpec {
+    /// Open inbound connections; 0 = unlimited. Past it, new connections
+    /// wait in the kernel backlog.
+    pub inbound_connections: usize,
+    /// Open outbound connections; 0 = unlimited.
+    pub outbound_connections: usize,
+    /// Connections in protocol detection, per direction; 0 = unlimited. Past
+    /// it, new connections are forwarded as opaque TCP without detection.
+    pub detecting_connections: usize,
+    /// File descriptors kept free for the rest of the process (the admin
+    /// server, Node.js); 0 turns the descriptor budget off.
+    pub fd_reserve: usize,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec { inbound_connections: 0, outbound_connections: 0, detecting_connections: 1024, fd_reserve: 128 }
     }
 }
 
@@ -157,9 +189,13 @@ pub struct EngineSpec {
     #[serde(default)]
     pub workers: usize,
     #[serde(default)]
-    pub max_connections: usize,
+    pub limits: LimitsSpec,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// A forwarded connection with no byte in either direction for this long
+    /// is closed (both sides); 0 = never.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
     pub listeners: Vec<ListenerSpec>,
     #[serde(default)]
     pub detect: DetectSpec,
@@ -179,6 +215,13 @@ pub struct EngineSpec {
 
 fn default_connect_timeout() -> u64 {
     10_000
+}
+
+/// Envoy's tcp_proxy default: long enough for connection pools that keep
+/// idle connections (database pools, HTTP keep-alive), short enough that
+/// connections whose peer vanished without a FIN or RST are reclaimed.
+fn default_idle_timeout() -> u64 {
+    3_600_000
 }
 
 /// A validated listener.
@@ -227,11 +270,15 @@ impl DetectConfig {
 pub struct EngineConfig {
     /// Worker runtimes to run on (never 0: the spec's 0 means one per core).
     pub workers: usize,
-    pub max_connections: usize,
+    pub limits: LimitsSpec,
     pub connect_timeout: Duration,
+    /// `None`: forwarded connections never time out.
+    pub idle_timeout: Option<Duration>,
     pub listeners: Vec<ListenerConfig>,
     pub detect: DetectConfig,
     pub max_metric_targets: usize,
+    /// `None`: series are kept forever.
+    pub metrics_retain_idle: Option<Duration>,
     pub copy: crate::copy::CopyConfig,
     pub policy: PolicyTable,
     pub inbound: crate::target::InboundGuard,
@@ -262,6 +309,7 @@ impl EngineSpec {
             listeners.push(ListenerConfig { name: l.name.clone(), bind, target, mode: l.mode, direction: l.direction });
         }
         let inbound = self.inbound_guard(&listeners)?;
+        crate::loops::check_config(&listeners)?;
         let d = &self.detect;
         for (field, v) in [("detect.inboundTimeoutMs", d.inbound_timeout_ms), ("detect.outboundTimeoutMs", d.outbound_timeout_ms)] {
             if v == 0 {
@@ -293,8 +341,9 @@ impl EngineSpec {
         };
         Ok(EngineConfig {
             workers,
-            max_connections: self.max_connections,
+            limits: self.limits.clone(),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            idle_timeout: (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms)),
             listeners,
             detect: DetectConfig {
                 timeout: [Duration::from_millis(d.inbound_timeout_ms), Duration::from_millis(d.outbound_timeout_ms)],
@@ -304,6 +353,7 @@ impl EngineSpec {
                 server_first_ttl: Duration::from_millis(d.server_first_ttl_ms),
             },
             max_metric_targets: self.metrics.max_targets.max(1),
+            metrics_retain_idle: (self.metrics.retain_idle_ms > 0).then(|| Duration::from_millis(self.metrics.retain_idle_ms)),
             copy: {
                 let copy = self.copy.clone().unwrap_or_default();
                 crate::copy::CopyConfig {
@@ -414,5 +464,32 @@ mod tests {
         // Outbound-only and fixed-target configs need no pod IPs.
         let out = r#"{"name":"outbound","bind":"127.0.0.1:0","target":{"kind":"originalDst"},"direction":"outbound"}"#;
         assert!(parse(&format!(r#"{{"listeners":[{out}]}}"#)).is_ok());
+    }
+
+    #[test]
+    fn a_forward_to_its_own_listener_is_refused() {
+        let err = parse(
+            r#"{"listeners":[{"name":"a","bind":"0.0.0.0:5000","target":{"kind":"fixed","addr":"127.0.0.1:5000"},"direction":"outbound"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("\"a\" forwards to 127.0.0.1:5000") && err.contains("bind 0.0.0.0:5000"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_timeouts_have_defaults_and_zero_turns_them_off() {
+        let c = parse(
+            r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.metrics_retain_idle, Some(Duration::from_secs(600)));
+        assert_eq!((c.limits.inbound_connections, c.limits.detecting_connections, c.limits.fd_reserve), (0, 1024, 128));
+        let c = parse(
+            r#"{"listeners":[{"name":"a","bind":"127.0.0.1:0","target":{"kind":"fixed","addr":"127.0.0.1:9"},"direction":"outbound"}],
+            "idleTimeoutMs":0,"metrics":{"retainIdleMs":0},"limits":{"inboundConnections":5}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.idle_timeout, c.metrics_retain_idle), (None, None));
+        assert_eq!((c.limits.inbound_connections, c.limits.fd_reserve), (5, 128), "unset fields keep their defaults");
     }
 }

@@ -6,11 +6,23 @@
 //! itself is touched twice per connection (insert on accept, remove on close)
 //! under one of 16 shard locks, never per byte. Each thread keeps to its own
 //! home shard, so with one worker thread per core those locks are never
-//! contended by another worker (only a `/connections` scrape takes them all).
+//! contended by another worker (only a `/connections` scrape and the idle
+//! sweep take them all).
+//!
+//! Idle timeout: [`ConnRegistry::sweep_idle`] runs every quarter of the idle
+//! timeout (at most every minute) and compares each forwarding connection's
+//! byte counters with what it saw last time, so the data path pays nothing
+//! for it (no timer is reset per read). A connection whose counters did not
+//! move for a whole timeout is shut down both ways (`shutdown(2)`, which
+//! sends each peer a FIN and wakes the connection's task, which then ends as
+//! if both peers had closed). Its descriptors are published for this only
+//! while it forwards, under a per-connection lock that is cleared before the
+//! sockets close, so the sweep can never shut down a reused descriptor.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -62,6 +74,14 @@ pub struct ConnInfo {
     pub bytes_in: AtomicU64,
     /// Bytes read from the target (and written to the client).
     pub bytes_out: AtomicU64,
+    /// The client and target descriptors while forwarding (see `Forwarding`).
+    forwarding: Mutex<Option<[RawFd; 2]>>,
+    /// Idle sweep state: the byte total it saw last, and how many sweeps in
+    /// a row saw the same total. Only the sweep touches these.
+    idle_seen: AtomicU64,
+    idle_sweeps: AtomicU32,
+    /// Set by the sweep when it closed the connection for being idle.
+    idle_closed: AtomicBool,
 }
 
 impl ConnInfo {
@@ -71,6 +91,19 @@ impl ConnInfo {
     pub fn set_protocol(&self, p: Protocol) {
         self.protocol.store(p as u8, Relaxed);
     }
+    /// Whether the idle sweep closed this connection.
+    pub fn idle_closed(&self) -> bool {
+        self.idle_closed.load(Relaxed)
+    }
+
+    /// Publishes the connection's sockets to the idle sweep until the
+    /// returned guard is dropped. Declare the guard *after* both sockets, so
+    /// it is dropped (and the descriptors withdrawn) before they close.
+    pub fn forwarding<'a>(&'a self, client: &impl AsRawFd, server: &impl AsRawFd) -> Forwarding<'a> {
+        *self.forwarding.lock().unwrap_or_else(|e| e.into_inner()) = Some([client.as_raw_fd(), server.as_raw_fd()]);
+        Forwarding(self)
+    }
+
     /// `None` while detection has not decided.
     pub fn protocol(&self) -> Option<Protocol> {
         match self.protocol.load(Relaxed) {
@@ -143,6 +176,16 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// Withdraws a forwarding connection's descriptors from the idle sweep when
+/// dropped (see [`ConnInfo::forwarding`]).
+pub struct Forwarding<'a>(&'a ConnInfo);
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        *self.0.forwarding.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// Hands each thread a home shard, round-robin.
 static NEXT_HOME_SHARD: AtomicUsize = AtomicUsize::new(0);
 
@@ -165,6 +208,10 @@ impl ConnRegistry {
             protocol: AtomicU8::new(UNDECIDED),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            forwarding: Mutex::new(None),
+            idle_seen: AtomicU64::new(0),
+            idle_sweeps: AtomicU32::new(0),
+            idle_closed: AtomicBool::new(false),
         });
         let shard = HOME_SHARD.with(|s| *s);
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner()).insert(id, info.clone());
@@ -177,6 +224,39 @@ impl ConnRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// One idle sweep: closes every forwarding connection whose byte
+    /// counters have not moved for `quiet_sweeps` sweeps in a row. Returns
+    /// how many it closed.
+    pub fn sweep_idle(&self, quiet_sweeps: u32) -> usize {
+        let mut closed = 0;
+        for shard in &self.shards {
+            let conns: Vec<Arc<ConnInfo>> = shard.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            for c in conns {
+                let total = c.bytes_in.load(Relaxed) + c.bytes_out.load(Relaxed);
+                if ConnState::from_u8(c.state.load(Relaxed)) != ConnState::Forwarding || total != c.idle_seen.load(Relaxed) {
+                    c.idle_seen.store(total, Relaxed);
+                    c.idle_sweeps.store(0, Relaxed);
+                    continue;
+                }
+                let quiet = c.idle_sweeps.fetch_add(1, Relaxed) + 1;
+                if quiet < quiet_sweeps || c.idle_closed.load(Relaxed) {
+                    continue;
+                }
+                let fds = c.forwarding.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(fds) = *fds {
+                    c.idle_closed.store(true, Relaxed);
+                    for fd in fds {
+                        // The descriptors stay open while the lock is held:
+                        // the connection withdraws them under it before closing.
+                        crate::sys::shutdown_both(fd);
+                    }
+                    closed += 1;
+                }
+            }
+        }
+        closed
     }
 
     /// Up to `limit` live connections, oldest first.

@@ -29,11 +29,13 @@ use crate::socket;
 /// Where one direction's counts go: the connection's own byte counter, its
 /// metrics series' byte counter, and the engine's count of directions that
 /// switched to splice (once per direction, so tests and operators can see
-/// which path carried a stream).
+/// which path carried a stream); and the engine's descriptor budget, which
+/// every new splice pipe must fit in (`limits.rs`).
 pub struct Counters<'a> {
     pub conn: &'a AtomicU64,
     pub series: &'a AtomicU64,
     pub spliced: &'a AtomicU64,
+    pub fds: &'a std::sync::Arc<crate::limits::Budget>,
 }
 
 impl Counters<'_> {

@@ -27,14 +27,17 @@ pub mod copy;
 pub mod detect;
 pub mod drain;
 pub mod events;
+pub mod limits;
 pub mod listener;
 pub mod log;
+pub mod loops;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server_first;
 pub mod socket;
 pub mod supervise;
+mod sweep;
 mod sys;
 pub mod target;
 pub mod vocab;
@@ -45,7 +48,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 pub use config::{EngineConfig, EngineSpec};
 pub use drain::CloseSummary;
@@ -120,6 +122,10 @@ pub enum EngineError {
     Listen(#[from] listener::ListenError),
     #[error("the engine was already started")]
     AlreadyStarted,
+    #[error("invalid engine config: {0}")]
+    Loop(#[from] loops::LoopError),
+    #[error("invalid engine config: {0}")]
+    Limits(#[from] limits::LimitsError),
 }
 
 impl EngineError {
@@ -133,6 +139,7 @@ impl EngineError {
             EngineError::Listen(listener::ListenError::Permission { .. }) => ErrorCode::Permission,
             EngineError::Listen(listener::ListenError::Other { .. }) => ErrorCode::Bind,
             EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
+            EngineError::Loop(_) | EngineError::Limits(_) => ErrorCode::InvalidConfig,
         }
     }
 }
@@ -156,7 +163,6 @@ pub struct Engine {
     workers: usize,
     /// The listeners to bind; taken by `start_on`.
     pending: Mutex<Option<Vec<config::ListenerConfig>>>,
-    max_connections: usize,
     listeners: OnceLock<Vec<Arc<ListenerCtx>>>,
 }
 
@@ -183,14 +189,16 @@ impl Engine {
             drain: drain::Drain::default(),
             events: events::EventQueue::default(),
             inbound: config.inbound,
+            limits: limits::Limits::new(
+                [config.limits.inbound_connections, config.limits.outbound_connections],
+                config.limits.detecting_connections,
+                config.limits.fd_reserve,
+            ),
+            idle_timeout: config.idle_timeout,
+            metrics_retain_idle: config.metrics_retain_idle,
+            own: OnceLock::new(),
         });
-        Engine {
-            ctx,
-            workers: config.workers,
-            pending: Mutex::new(Some(config.listeners)),
-            max_connections: config.max_connections,
-            listeners: OnceLock::new(),
-        }
+        Engine { ctx, workers: config.workers, pending: Mutex::new(Some(config.listeners)), listeners: OnceLock::new() }
     }
 
     /// How many worker runtimes the engine should run on (the config's
@@ -211,6 +219,10 @@ impl Engine {
     /// core (what the Node binding does), a connection lives its whole life on
     /// the thread that accepted it: no cross-thread wake-ups on the data path,
     /// which on a busy 2-core machine is worth more than work stealing.
+    ///
+    /// Once bound (and before anything is accepted) a fixed target that
+    /// reaches one of the listeners is refused (a forwarding loop), and the
+    /// descriptor budget is sized from what is open now (`limits.rs`).
     pub fn start_on(&self, workers: &[tokio::runtime::Handle]) -> Result<Vec<BoundListener>, EngineError> {
         let configs = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(EngineError::AlreadyStarted)?;
         let _ = socket::raise_fd_limit();
@@ -219,14 +231,22 @@ impl Engine {
             // An early return drops the listeners bound so far: all or nothing.
             bound.push(listener::bind(l, &self.ctx.drain.stop_accepting, workers.len())?);
         }
-        let limit = (self.max_connections > 0).then(|| Arc::new(Semaphore::new(self.max_connections)));
+        let own = loops::OwnAddrs::new(bound.iter().map(|(_, l)| (l.name.clone(), l.local)).collect());
+        own.config_loop(&bound.iter().map(|(_, l)| (l.name.clone(), l.target)).collect::<Vec<_>>())?;
+        let _ = self.ctx.own.set(own);
+        if let Ok((fd_limit, open)) = socket::fd_usage() {
+            self.ctx.limits.size_fds(fd_limit, open)?;
+        }
         let mut listeners = Vec::with_capacity(bound.len());
         for (sockets, l) in bound {
             listeners.push(l.clone());
             // One socket per worker, in order: see `listener::bind`.
             for (shard, (socket, worker)) in sockets.into_iter().zip(workers).enumerate() {
-                worker.spawn(listener::accept_loop(self.ctx.clone(), l.clone(), socket, shard, limit.clone()));
+                worker.spawn(listener::accept_loop(self.ctx.clone(), l.clone(), socket, shard));
             }
+        }
+        if let Some(worker) = workers.first() {
+            sweep::spawn(&self.ctx, worker);
         }
         let _ = self.listeners.set(listeners);
         Ok(self.bound())
@@ -313,8 +333,11 @@ impl Engine {
                 })
                 .collect(),
             tcp: m.snapshot_tcp(),
+            tcp_series: Direction::ALL.iter().map(|d| m.tcp_series(*d) as u64).collect(),
+            evicted_series: m.evicted(),
             detect,
             detect_duration_ms,
+            limits: self.ctx.limits.snapshot(),
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
             copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
             accept_errors: m.snapshot_accept_errors(),
@@ -387,8 +410,13 @@ pub struct Snapshot {
     pub policy_generation: u64,
     pub listeners: Vec<ListenerSnapshot>,
     pub tcp: Vec<metrics::TcpSnapshot>,
+    /// TCP series kept per direction (inbound, outbound), overflow not counted.
+    pub tcp_series: Vec<u64>,
+    /// Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
+    pub evicted_series: u64,
     pub detect: Vec<metrics::DetectSnapshot>,
     pub detect_duration_ms: Vec<metrics::DetectDurationSnapshot>,
+    pub limits: limits::LimitsSnapshot,
     pub server_first: ServerFirstSnapshot,
     pub copy: CopySnapshot,
     /// Connections refused by transparent listeners, per direction and reason

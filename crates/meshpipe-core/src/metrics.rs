@@ -4,10 +4,19 @@
 //! A connection finds its per-target series once, when its target and
 //! protocol are known (one read lock on one of 16 shards, uncontended in
 //! practice; a write lock only the first time a target is seen), and from
-//! then on only does relaxed `fetch_add`s. Series are bounded: past
-//! `max_targets` distinct targets, new ones fold into a per-direction overflow
-//! series, so a scan of many destinations cannot grow memory or the scrape
-//! without limit. A scrape reads everything in one `snapshot()` call.
+//! then on only does relaxed `fetch_add`s. A scrape reads everything in one
+//! `snapshot()` call.
+//!
+//! Series are bounded per direction: past `max_targets` distinct targets of
+//! one direction, its new ones fold into that direction's overflow series, so
+//! a scan of many destinations (or junk SNIs sent to the inbound port) cannot
+//! grow memory or the scrape without limit, nor push the other direction's
+//! targets into overflow. Series nobody uses are evicted: [`Metrics::sweep`]
+//! (called periodically by the engine) drops a series that no open
+//! connection holds and that saw no new connection for the retention period
+//! (Linkerd keeps idle series for 10 minutes), freeing its slot; a target
+//! that comes back starts a fresh series at zero, which Prometheus reads as a
+//! counter reset.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -118,6 +127,8 @@ pub struct TcpSeries {
     pub bytes_server_to_client: AtomicU64,
     pub closes: [[AtomicU64; ERRNO_LABELS.len()]; 2],
     pub duration: Histogram,
+    /// Connections the proxy closed after the idle timeout.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl TcpSeries {
@@ -139,9 +150,18 @@ impl TcpSeries {
 
 type DetectCounters = [AtomicU64; DetectResult::COUNT];
 
+/// One entry of a [`Sharded`] map: the counters, and what the sweep saw.
+struct Entry<V> {
+    value: Arc<V>,
+    /// The activity measure at the last sweep.
+    seen: u64,
+    /// Consecutive sweeps that found the entry unused and its activity unchanged.
+    quiet: u32,
+}
+
 /// A bounded, sharded map from a key to a shared counter block.
 struct Sharded<K, V> {
-    shards: [RwLock<HashMap<K, Arc<V>>>; SHARDS],
+    shards: [RwLock<HashMap<K, Entry<V>>>; SHARDS],
     len: AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -151,31 +171,68 @@ impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
         Sharded { shards: std::array::from_fn(|_| RwLock::new(HashMap::new())), len: AtomicUsize::new(0), hasher: Default::default() }
     }
 
+    fn shard(&self, key: &K) -> &RwLock<HashMap<K, Entry<V>>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
     /// Finds or creates the entry for `key`; `None` when the map is full.
     fn get(&self, key: &K, max: usize) -> Option<Arc<V>> {
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
-        if let Some(v) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
-            return Some(v.clone());
+        self.with(key, max, Arc::clone)
+    }
+
+    /// Runs `f` on the entry for `key` (created if missing) while the shard
+    /// is locked, so a sweep cannot evict it in between; `None` when full.
+    fn with<R>(&self, key: &K, max: usize, f: impl FnOnce(&Arc<V>) -> R) -> Option<R> {
+        let shard = self.shard(key);
+        if let Some(e) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Some(f(&e.value));
         }
         let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = map.get(key) {
-            return Some(v.clone());
+        if let Some(e) = map.get(key) {
+            return Some(f(&e.value));
         }
         if self.len.load(Relaxed) >= max {
             return None;
         }
         self.len.fetch_add(1, Relaxed);
-        let v = Arc::new(V::default());
-        map.insert(key.clone(), v.clone());
-        Some(v)
+        let e = map.entry(key.clone()).or_insert(Entry { value: Arc::new(V::default()), seen: 0, quiet: 0 });
+        Some(f(&e.value))
     }
 
     fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         for shard in &self.shards {
-            for (k, v) in shard.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                f(k, v);
+            for (k, e) in shard.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                f(k, &e.value);
             }
         }
+    }
+
+    /// Evicts entries that nobody holds (only the map has a reference) and
+    /// whose `activity` did not change for `quiet_sweeps` sweeps in a row.
+    /// Returns how many were evicted.
+    fn sweep(&self, quiet_sweeps: u32, activity: impl Fn(&V) -> u64) -> usize {
+        let mut evicted = 0;
+        for shard in &self.shards {
+            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, e| {
+                let now = activity(&e.value);
+                // Under the write lock nobody can take a new reference.
+                if Arc::strong_count(&e.value) > 1 || now != e.seen {
+                    (e.seen, e.quiet) = (now, 0);
+                    return true;
+                }
+                e.quiet += 1;
+                let keep = e.quiet < quiet_sweeps;
+                evicted += usize::from(!keep);
+                keep
+            });
+        }
+        self.len.fetch_sub(evicted, Relaxed);
+        evicted
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Relaxed)
     }
 }
 
@@ -197,11 +254,15 @@ pub struct ErrorCounters {
 /// All metrics of one engine.
 pub struct Metrics {
     started: Instant,
+    /// Per direction.
     max_targets: usize,
-    tcp: Sharded<SeriesKey, TcpSeries>,
+    /// Per direction (index with `Direction::index`).
+    tcp: [Sharded<SeriesKey, TcpSeries>; 2],
     tcp_overflow: [Arc<TcpSeries>; 2],
-    detect: Sharded<(Direction, u16), DetectCounters>,
+    detect: [Sharded<u16, DetectCounters>; 2],
     detect_overflow: [Arc<DetectCounters>; 2],
+    /// Series and detect counters dropped by `sweep`.
+    evicted: AtomicU64,
     detect_duration: [Histogram; 2],
     pub errors: ErrorCounters,
     pub copy: CopyCounters,
@@ -214,10 +275,11 @@ impl Metrics {
         Metrics {
             started: Instant::now(),
             max_targets,
-            tcp: Sharded::new(),
+            tcp: [Sharded::new(), Sharded::new()],
             tcp_overflow: Default::default(),
-            detect: Sharded::new(),
+            detect: [Sharded::new(), Sharded::new()],
             detect_overflow: Default::default(),
+            evicted: AtomicU64::new(0),
             detect_duration: Default::default(),
             errors: Default::default(),
             copy: Default::default(),
@@ -246,16 +308,44 @@ impl Metrics {
         out
     }
 
-    /// The series for a connection; the overflow series when the bound is hit.
+    /// The series for a connection; its direction's overflow series when
+    /// that direction's bound is hit.
     pub fn series(&self, key: &SeriesKey) -> Arc<TcpSeries> {
-        self.tcp.get(key, self.max_targets).unwrap_or_else(|| self.tcp_overflow[key.direction.index()].clone())
+        let d = key.direction.index();
+        self.tcp[d].get(key, self.max_targets).unwrap_or_else(|| self.tcp_overflow[d].clone())
     }
 
     pub fn detected(&self, direction: Direction, port: u16, result: DetectResult, took: Duration) {
-        let counters =
-            self.detect.get(&(direction, port), self.max_targets).unwrap_or_else(|| self.detect_overflow[direction.index()].clone());
-        counters[result as usize].fetch_add(1, Relaxed);
-        self.detect_duration[direction.index()].observe(took);
+        let d = direction.index();
+        let count = |c: &Arc<DetectCounters>| c[result as usize].fetch_add(1, Relaxed);
+        if self.detect[d].with(&port, self.max_targets, count).is_none() {
+            count(&self.detect_overflow[d]);
+        }
+        self.detect_duration[d].observe(took);
+    }
+
+    /// One eviction pass: drops the TCP series no connection holds and that
+    /// no connection opened during the last `quiet_sweeps` sweeps, and the
+    /// detect counters that did not move for as long. The engine calls it
+    /// every retention period / `quiet_sweeps`.
+    pub fn sweep(&self, quiet_sweeps: u32) -> usize {
+        let mut evicted = 0;
+        for d in Direction::ALL {
+            evicted += self.tcp[d.index()].sweep(quiet_sweeps, |s| s.open_total[0].load(Relaxed) + s.open_total[1].load(Relaxed));
+            evicted += self.detect[d.index()].sweep(quiet_sweeps, |c| c.iter().map(|c| c.load(Relaxed)).sum());
+        }
+        self.evicted.fetch_add(evicted as u64, Relaxed);
+        evicted
+    }
+
+    /// Series and detect counters evicted so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Relaxed)
+    }
+
+    /// TCP series kept now, per direction (overflow series not counted).
+    pub fn tcp_series(&self, direction: Direction) -> usize {
+        self.tcp[direction.index()].len()
     }
 
     pub fn uptime(&self) -> Duration {
@@ -264,7 +354,9 @@ impl Metrics {
 
     pub fn snapshot_tcp(&self) -> Vec<TcpSnapshot> {
         let mut out = Vec::new();
-        self.tcp.for_each(|k, s| out.push(tcp_snapshot(Some(k), k.direction, s)));
+        for map in &self.tcp {
+            map.for_each(|k, s| out.push(tcp_snapshot(Some(k), k.direction, s)));
+        }
         for dir in [Direction::Inbound, Direction::Outbound] {
             let s = &self.tcp_overflow[dir.index()];
             if s.open_total[0].load(Relaxed) > 0 || s.open_total[1].load(Relaxed) > 0 {
@@ -284,7 +376,9 @@ impl Metrics {
                 }
             }
         };
-        self.detect.for_each(|(d, p), c| push(*d, Some(*p), c));
+        for d in Direction::ALL {
+            self.detect[d.index()].for_each(|p, c| push(d, Some(*p), c));
+        }
         for dir in [Direction::Inbound, Direction::Outbound] {
             push(dir, None, &self.detect_overflow[dir.index()]);
         }
@@ -325,6 +419,7 @@ fn tcp_snapshot(key: Option<&SeriesKey>, direction: Direction, s: &TcpSeries) ->
         bytes_server_to_client: s.bytes_server_to_client.load(Relaxed),
         closes,
         duration_ms: s.duration.snapshot(),
+        idle_timeouts: s.idle_timeouts.load(Relaxed),
     }
 }
 
@@ -362,6 +457,9 @@ pub struct TcpSnapshot {
     pub bytes_server_to_client: u64,
     pub closes: Vec<CloseSnapshot>,
     pub duration_ms: HistogramSnapshot,
+    /// Connections closed by the proxy after the idle timeout (both sides
+    /// got a FIN; their closes count as clean in `closes`).
+    pub idle_timeouts: u64,
 }
 
 /// Connections refused by a transparent listener for one reason.
@@ -423,6 +521,50 @@ mod tests {
         assert_eq!(overflow.src_open_total, 2);
         let one = snap.iter().find(|s| s.target_port == Some(1)).unwrap();
         assert_eq!(one.src_open_total, 2);
+    }
+
+    #[test]
+    fn each_direction_has_its_own_budget() {
+        let m = Metrics::new(2);
+        let inbound = |port: u16| SeriesKey { direction: Direction::Inbound, ..key(port) };
+        for port in 1..=50 {
+            m.series(&inbound(port)).opened(Peer::Src);
+        }
+        // Fifty inbound targets fill the inbound budget, not the outbound one.
+        m.series(&key(7)).opened(Peer::Src);
+        let snap = m.snapshot_tcp();
+        let out: Vec<_> = snap.iter().filter(|s| s.direction == Direction::Outbound).collect();
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].overflow && out[0].target_port == Some(7), "{out:?}");
+        let overflow = snap.iter().find(|s| s.overflow).unwrap();
+        assert_eq!((overflow.direction, overflow.src_open_total), (Direction::Inbound, 48));
+        assert_eq!(m.tcp_series(Direction::Inbound), 2);
+    }
+
+    #[test]
+    fn sweeps_evict_series_nobody_uses_and_free_their_slot() {
+        let m = Metrics::new(2);
+        let held = m.series(&key(1));
+        held.opened(Peer::Src);
+        m.series(&key(2)).opened(Peer::Src);
+        m.detected(Direction::Outbound, 2, DetectResult::NotHttp, Duration::ZERO);
+        // Two quiet sweeps in a row are needed; the first only records what it saw.
+        assert_eq!(m.sweep(2), 0);
+        assert_eq!(m.sweep(2), 0);
+        assert_eq!(m.sweep(2), 2, "port 2's series and its detect counters");
+        let ports: Vec<_> = m.snapshot_tcp().iter().map(|s| s.target_port).collect();
+        assert_eq!(ports, vec![Some(1)], "series 1 is held by a connection");
+        assert!(m.snapshot_detect().0.is_empty());
+        // The freed slot takes a new target instead of overflow.
+        m.series(&key(3)).opened(Peer::Src);
+        assert!(m.snapshot_tcp().iter().all(|s| !s.overflow));
+        // A series that sees a new connection between sweeps starts its quiet count over.
+        drop(held);
+        assert_eq!(m.sweep(2), 0, "series 1: first quiet sweep");
+        m.series(&key(1)).opened(Peer::Src);
+        assert_eq!(m.sweep(2), 0, "series 1 was used again");
+        assert!(m.snapshot_tcp().iter().any(|s| s.target_port == Some(1)));
+        assert_eq!(m.evicted(), 2);
     }
 
     #[test]

@@ -53,6 +53,24 @@ pub struct Context {
     pub events: crate::events::EventQueue,
     /// What transparent inbound listeners accept (pod IPs, the proxy's ports).
     pub inbound: target::InboundGuard,
+    /// Connection, detection and descriptor bounds.
+    pub limits: crate::limits::Limits,
+    /// Forwarded connections idle this long are closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Metric series unused this long are evicted (`None`: never).
+    pub metrics_retain_idle: Option<Duration>,
+    /// The proxy's own addresses, for loop protection (set once bound).
+    pub own: std::sync::OnceLock<crate::loops::OwnAddrs>,
+}
+
+/// Gives a connection's slots (its direction's and its descriptors) back to
+/// the limits when the connection ends, however it ends.
+struct Admitted<'a>(&'a Context, crate::vocab::Direction);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.limits.release(self.1);
+    }
 }
 
 /// Closes one side's gauge and records its close reason when dropped.
@@ -85,11 +103,14 @@ impl Drop for OpenGuard<'_> {
 }
 
 /// Serves one accepted connection until it ends or the drain deadline cuts
-/// it (`cut` is the accepting worker's child of the drain's cut signal).
+/// it (`cut` is the accepting worker's child of the drain's cut signal). The
+/// accept loop admitted it (`Limits::try_admit`/`admit` for the listener's
+/// direction): its slots are given back when it ends.
 ///
 /// The connection's stages are traced in a `conn` span (`id`, `listener`,
 /// `peer`, then `target`), silent at the default log filter (see `log.rs`).
 pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, peer: SocketAddr, cut: CancellationToken) {
+    let _admitted = Admitted(&ctx, l.direction);
     let span = tracing::debug_span!("conn", id = Empty, listener = %l.name, peer = %peer, target = Empty);
     let cut_short = async {
         tokio::select! {
@@ -126,6 +147,14 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
             return;
         }
     };
+    // Loop protection: a target that is one of the proxy's own listeners
+    // (through any local address, a wildcard bind or IPv4-mapped IPv6).
+    if ctx.own.get().is_some_and(|own| own.is_own(target)) {
+        debug!(target = %target, "refused: the target is the proxy's own listener (loop protection)");
+        ctx.metrics.errors.loop_refused.fetch_add(1, Relaxed);
+        socket::set_reset_on_close(&client);
+        return;
+    }
     let _ = info.target.set(target);
     span.record("target", tracing::field::display(target));
 
@@ -141,7 +170,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     debug!(mode = mode.as_str(), detect_timeout_ms = timeout.as_millis() as u64, "policy");
 
     // 3. Detect.
-    let sniffed = sniff::sniff(ctx, &client, target, mode, timeout).await;
+    let sniffed = sniff::sniff(ctx, &client, l.direction, target, mode, timeout).await;
     ctx.metrics.detected(l.direction, target.port(), sniffed.result, started.elapsed());
     info.set_protocol(sniffed.result.protocol());
     debug!(result = sniffed.result.as_str(), bytes = sniffed.buffered.len(), sni = sniffed.sni.as_deref(), "detected");
@@ -185,11 +214,15 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     debug!("connected");
     let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
 
-    // 5. Forward: replay what detection read, in order, then splice.
+    // 5. Forward: replay what detection read, in order, then splice. The
+    // idle sweep may shut both sockets down (declared after them: withdrawn
+    // before they close).
+    let _sweepable = ctx.idle_timeout.map(|_| info.forwarding(&client, &server));
     info.set_state(ConnState::Forwarding);
     let spliced = &ctx.metrics.copy.spliced_directions;
-    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, spliced };
-    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, spliced };
+    let fds = &ctx.limits.fds;
+    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, spliced, fds };
+    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, spliced, fds };
     if !sniffed.buffered.is_empty() {
         if let Err(e) = copy::write_all(&server, &sniffed.buffered).await {
             dst.errno = errno_index(Some(&e));
@@ -202,7 +235,12 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     if sniffed.client_eof {
         let _ = socket::shutdown_write(&server);
     }
-    match copy::forward(&client, &server, up, down, ctx.copy).await {
+    let forwarded = copy::forward(&client, &server, up, down, ctx.copy).await;
+    if info.idle_closed() {
+        debug!(idle_timeout_ms = ctx.idle_timeout.unwrap_or_default().as_millis() as u64, "closed by the idle timeout");
+        series.idle_timeouts.fetch_add(1, Relaxed);
+    }
+    match forwarded {
         Ok(_) => debug!(client_to_server = info.bytes_in.load(Relaxed), server_to_client = info.bytes_out.load(Relaxed), "closed"),
         Err(e) => {
             debug!(

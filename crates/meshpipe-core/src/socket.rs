@@ -1,6 +1,6 @@
 //! Socket-level operations the standard library does not offer: the original
 //! destination of a redirected connection, resetting a connection, half-close,
-//! and the process's file descriptor limit.
+//! and the process's file descriptor limit and usage.
 
 use std::io;
 use std::net::SocketAddr;
@@ -40,4 +40,13 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         sys::set_fd_soft_limit(hard)?;
     }
     Ok(hard.max(soft))
+}
+
+/// The process's soft `RLIMIT_NOFILE` and how many descriptors are open now
+/// (counted in `/proc/self/fd`, once at start: not for the data path).
+pub fn fd_usage() -> io::Result<(u64, usize)> {
+    let (soft, _) = sys::fd_limit()?;
+    // The directory's own descriptor is listed too.
+    let open = std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1);
+    Ok((soft, open))
 }

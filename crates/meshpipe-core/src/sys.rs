@@ -13,16 +13,18 @@
 //! with flags and without tokio's readiness, `accept4` with `SOCK_NONBLOCK |
 //! SOCK_CLOEXEC` in one call, `splice(2)` and `pipe2`, `F_SETPIPE_SZ`,
 //! `SIOCATMARK`, `SO_ORIGINAL_DST`, a zero-timeout `poll`, `RLIMIT_NOFILE`,
-//! registering a listener's descriptor with tokio, and for `meshpipe run`:
-//! the interfaces' addresses (`getifaddrs`), spawning with a parent-death signal (code between `fork` and `exec`),
-//! looking at an exited child without reaping it (`waitid(WNOWAIT)`) and
-//! reaping one child (`waitpid`).
+//! the interfaces' addresses (`getifaddrs`), `shutdown(2)` by descriptor
+//! number (for the idle sweep), registering a listener's descriptor with
+//! tokio, and for `meshpipe run`: spawning with a parent-death signal (code
+//! between `fork` and `exec`), looking at an exited child without reaping it
+//! (`waitid(WNOWAIT)`) and reaping one child (`waitpid`).
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem;
+use std::net::IpAddr;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
 /// (linux/netfilter_ipv6/ip6_tables.h) share the value 80.
@@ -217,6 +219,17 @@ pub fn original_dst(fd: BorrowedFd<'_>, ipv4: bool) -> io::Result<SocketAddr> {
     }
 }
 
+/// `shutdown(SHUT_RDWR)` on a socket known by its descriptor number: each
+/// peer gets a FIN and pending reads end, which wakes whatever task owns the
+/// socket. The caller must know the descriptor is still the socket it means
+/// (the idle sweep holds the lock under which its owner withdraws it before
+/// closing); a stale number would shut down an unrelated socket, which is an
+/// I/O error for that socket's owner but never memory unsafety.
+pub fn shutdown_both(fd: RawFd) {
+    // SAFETY: shutdown takes a descriptor number and touches no memory.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// The process's `RLIMIT_NOFILE` as `(soft, hard)`.
 pub fn fd_limit() -> io::Result<(u64, u64)> {
     // SAFETY: an all-zero rlimit is a valid value; getrlimit fills it.
@@ -280,12 +293,19 @@ pub fn spawn_with_parent_death_signal(cmd: &mut std::process::Command, signal: l
     cmd.spawn()
 }
 
-/// Every address of the network namespace's interfaces except loopback
-/// ones (`getifaddrs`), whether or not the link is running yet: libuv's
-/// `os.networkInterfaces()` leaves out an interface until its carrier is up,
-/// which a freshly created veth reaches only after the kernel's link-watch
-/// delay.
-pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+/// One address of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub ip: IpAddr,
+    /// The interface is a loopback one (`IFF_LOOPBACK`).
+    pub loopback: bool,
+}
+
+/// Every address of the network namespace's interfaces (`getifaddrs`),
+/// whether or not the link is running yet: libuv's `os.networkInterfaces()`
+/// leaves out an interface until its carrier is up, which a freshly created
+/// veth reaches only after the kernel's link-watch delay.
+pub fn interface_addresses() -> io::Result<Vec<InterfaceAddr>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list and stores its head in `list`.
     check(unsafe { libc::getifaddrs(&mut list) })?;
@@ -295,20 +315,24 @@ pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
         // SAFETY: `cur` is a node of the list getifaddrs returned, not freed yet.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0 {
+        if ifa.ifa_addr.is_null() {
             continue;
         }
+        let loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0;
         // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
         let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
-        if family == libc::AF_INET {
+        let ip = if family == libc::AF_INET {
             // SAFETY: an AF_INET address is a sockaddr_in.
             let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            out.push(std::net::IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)))
         } else if family == libc::AF_INET6 {
             // SAFETY: an AF_INET6 address is a sockaddr_in6.
             let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-            out.push(std::net::IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)));
-        }
+            IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr))
+        } else {
+            continue;
+        };
+        out.push(InterfaceAddr { ip, loopback });
     }
     // SAFETY: `list` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(list) };
@@ -423,9 +447,22 @@ mod tests {
     }
 
     #[test]
-    fn interface_addresses_leave_out_loopback() {
+    fn interface_addresses_mark_loopback() {
         let all = interface_addresses().unwrap();
-        assert!(all.iter().all(|ip| !ip.is_loopback()), "{all:?}");
+        let lo = all.iter().find(|a| a.ip == IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("127.0.0.1 is listed");
+        assert!(lo.loopback, "{all:?}");
+        assert!(all.iter().filter(|a| a.ip.is_loopback()).all(|a| a.loopback), "{all:?}");
+    }
+
+    #[test]
+    fn shutdown_both_ends_the_peer_and_wakes_reads() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        shutdown_both(s.as_raw_fd());
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut c, &mut buf).unwrap(), 0, "the peer got a FIN");
+        assert_eq!(std::io::Read::read(&mut &s, &mut buf).unwrap(), 0, "reads on the socket end");
     }
 
     #[test]

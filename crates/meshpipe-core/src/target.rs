@@ -120,7 +120,7 @@ impl InboundGuard {
 /// including interfaces whose link is not running yet: the pod IPs when no
 /// one said what they are.
 pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
-    crate::sys::interface_addresses()
+    Ok(crate::sys::interface_addresses()?.into_iter().filter(|a| !a.loopback).map(|a| a.ip).collect())
 }
 
 /// Resolves the target of `stream` according to the listener's rule; a

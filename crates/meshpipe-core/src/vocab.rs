@@ -107,7 +107,7 @@ impl Protocol {
 }
 
 /// How detection ended for one connection: Linkerd's results plus
-/// meshpipe's own (`server_first`, `client_closed`, `error`).
+/// meshpipe's own (`server_first`, `client_closed`, `error`, `over_limit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum DetectResult {
@@ -133,10 +133,14 @@ pub enum DetectResult {
     /// The client socket failed before a byte was read.
     #[serde(rename = "error")]
     Error,
+    /// Too many connections of this direction were in detection: this one
+    /// was forwarded as opaque TCP without it.
+    #[serde(rename = "over_limit")]
+    OverLimit,
 }
 
 impl DetectResult {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     pub const ALL: [DetectResult; Self::COUNT] = [
         DetectResult::Http1,
         DetectResult::Http2,
@@ -147,6 +151,7 @@ impl DetectResult {
         DetectResult::ReadTimeout,
         DetectResult::ClientClosed,
         DetectResult::Error,
+        DetectResult::OverLimit,
     ];
 
     /// The metric label (`result="..."`).
@@ -161,6 +166,7 @@ impl DetectResult {
             DetectResult::ReadTimeout => "read_timeout",
             DetectResult::ClientClosed => "client_closed",
             DetectResult::Error => "error",
+            DetectResult::OverLimit => "over_limit",
         }
     }
 

@@ -1,8 +1,10 @@
 //! Property-based tests of the protocol classifier (`meshpipe_core::detect`).
 //!
-//! The proxy calls `classify` again with the whole accumulated prefix after every read, so the
-//! answer must not depend on how the network split the bytes. These properties prove it from
-//! the outside: the classifier never panics on any bytes; feeding an input in arbitrary chunks
+//! The proxy hands the whole accumulated prefix to its connection's `Classifier` after every
+//! read, so the answer must not depend on how the network split the bytes. These properties
+//! prove it from the outside: the incremental classifier, fed any split, answers at every step
+//! exactly what the one-shot `classify` answers for that prefix; the classifier never panics on
+//! any bytes; feeding an input in arbitrary chunks
 //! and stopping at the first decision gives what a byte-by-byte feed gives; once a prefix is
 //! decided every longer input agrees; at the 16 KiB cap it always decides; and generated valid
 //! request lines, prefaces and (fragmented) ClientHellos are recognised whatever the split. A
@@ -10,7 +12,7 @@
 //! (tests/fixtures/openssl-client-hello.bin) pins the parser to what a real client sends.
 //! Each property runs at most 2000 cases so the whole file takes seconds.
 
-use meshpipe_core::detect::{classify, Detected, Expect, TlsInfo, Verdict, DETECT_BUFFER_CAP};
+use meshpipe_core::detect::{classify, Classifier, Detected, Expect, TlsInfo, Verdict, DETECT_BUFFER_CAP};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -29,13 +31,14 @@ fn first_decision(input: &[u8], expect: Expect) -> (usize, Verdict) {
     (input.len(), Verdict::NeedMore)
 }
 
-/// Feeds `input` in chunks of the given sizes (the rest in one final chunk) as the proxy does,
-/// stopping at the first decision.
+/// Feeds `input` in chunks of the given sizes (the rest in one final chunk) to one
+/// `Classifier`, as the proxy does, stopping at the first decision.
 fn feed_in_chunks(input: &[u8], chunks: &[usize], expect: Expect) -> Verdict {
+    let mut classifier = Classifier::new(expect);
     let mut end = 0usize;
     for &n in chunks.iter().chain(std::iter::once(&usize::MAX)) {
         end = end.saturating_add(n).min(input.len());
-        if let v @ Verdict::Decided(_) = classify(&input[..end], expect) {
+        if let v @ Verdict::Decided(_) = classifier.update(&input[..end]) {
             return v;
         }
         if end == input.len() {
@@ -181,6 +184,21 @@ proptest! {
             let verdict = classify(&input, expect);
             if input.is_empty() {
                 prop_assert_eq!(verdict, Verdict::NeedMore);
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_matches_one_shot_at_every_step(input in interesting(), sizes in chunks(), mode in 0usize..4) {
+        let expect = MODES[mode];
+        let mut classifier = Classifier::new(expect);
+        let mut end = 0usize;
+        for &n in sizes.iter().chain(std::iter::once(&usize::MAX)) {
+            end = end.saturating_add(n).min(input.len());
+            let step = classifier.update(&input[..end]);
+            prop_assert_eq!(&step, &classify(&input[..end], expect), "prefix of {} bytes", end);
+            if step != Verdict::NeedMore || end == input.len() {
+                break;
             }
         }
     }

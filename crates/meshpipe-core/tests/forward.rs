@@ -1,11 +1,13 @@
 //! Engine integration tests for forwarding: integrity, half-close, resets,
-//! connect failures, the connection limit and drain, on real sockets.
+//! connect failures, the connection limit, drain and loop protection at start,
+//! on real sockets.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
+use meshpipe_core::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -132,7 +134,7 @@ async fn connect_failure_closes_client_promptly_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_new_ones_in_the_backlog() {
     let echo = echo_server().await;
-    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "maxConnections": 2 })).await;
+    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "limits": { "outboundConnections": 2 } })).await;
     let mut a = TcpStream::connect(addr).await.unwrap();
     let mut b = TcpStream::connect(addr).await.unwrap();
     for s in [&mut a, &mut b] {
@@ -162,7 +164,7 @@ fn max_connections_are_all_usable_with_several_workers() {
     rt.block_on(async {
         let echo = echo_server().await;
         let spec: meshpipe_core::EngineSpec = serde_json::from_value(serde_json::json!({
-            "maxConnections": 2,
+            "limits": { "outboundConnections": 2 },
             "listeners": [{
                 "name": "test", "bind": "127.0.0.1:0", "mode": "opaque", "direction": "outbound",
                 "target": { "kind": "fixed", "addr": echo.to_string() }
@@ -232,4 +234,31 @@ async fn stop_accepting_refuses_at_once_and_open_connections_go_on() {
     open.read_exact(&mut six).await.unwrap();
     assert_eq!(&six, b"after!");
     assert_eq!(engine.stop_accepting(&["nope".to_string()]), vec!["nope".to_string()]);
+}
+
+/// A fixed target that reaches one of the engine's own listeners through an
+/// interface address (the listener binds 0.0.0.0) passes the config check,
+/// which knows no interfaces, and is refused at start, before anything is
+/// accepted: nothing stays bound.
+#[tokio::test]
+async fn a_forward_to_its_own_listener_through_an_interface_address_is_refused_at_start() {
+    // The address this machine would send from: one of its interfaces, not loopback.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.connect("192.0.2.1:9").unwrap();
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "this test needs a non-loopback interface address, got {ip}");
+    let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let spec: meshpipe_core::EngineSpec = serde_json::from_value(serde_json::json!({
+        "listeners": [{
+            "name": "self", "bind": format!("0.0.0.0:{port}"), "direction": "outbound",
+            "target": { "kind": "fixed", "addr": format!("{ip}:{port}") }
+        }]
+    }))
+    .unwrap();
+    let config = spec.validate().expect("no interface is known to the config check");
+    let err = Engine::start(config).await.err().expect("refused at start");
+    assert_eq!(err.code(), meshpipe_core::ErrorCode::InvalidConfig);
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("\"self\" forwards to {ip}:{port}")) && msg.contains(&format!("bind 0.0.0.0:{port}")), "{msg}");
+    std::net::TcpListener::bind(("0.0.0.0", port)).expect("the listener was closed again");
 }

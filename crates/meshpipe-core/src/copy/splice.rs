@@ -14,7 +14,9 @@
 //! per thread) and emptied whenever the process runs out of descriptors. Pipes are enlarged with
 //! `F_SETPIPE_SZ` so one pair of syscalls moves up to the whole pipe; when
 //! the kernel refuses (a non-root user over `pipe-user-pages-soft`) the
-//! default size is used.
+//! default size is used. A new pipe must fit in the engine's descriptor
+//! budget (pooled ones already do); when it does not, the direction carries
+//! on with the buffered copy, exactly as on `EMFILE`.
 //!
 //! The pipe is only filled when it is empty, so an `EAGAIN` from the
 //! socket → pipe splice always means "the socket has nothing to read", and one
@@ -23,12 +25,14 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::buffered::cross_urgent_mark;
 use super::{Counters, DirError};
+use crate::limits::{Budget, FDS_PER_PIPE};
 use crate::sys;
 
 /// Why splicing stopped without reaching end of stream.
@@ -40,11 +44,19 @@ pub(super) enum SpliceFailure {
     Dir(DirError),
 }
 
-/// A non-blocking pipe used as the splice intermediary.
+/// A non-blocking pipe used as the splice intermediary. Its two descriptors
+/// are counted in the engine's descriptor budget until it closes.
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.budget.give(FDS_PER_PIPE);
+    }
 }
 
 /// Empty pipes kept per thread for reuse; beyond this many they are closed.
@@ -55,8 +67,9 @@ thread_local! {
     static POOL: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A pooled pipe of at least the requested size, or a new one.
-fn take_pipe(size: usize) -> io::Result<Pipe> {
+/// A pooled pipe of at least the requested size, or a new one if the
+/// descriptor budget has room for it (`EMFILE` when it has not).
+fn take_pipe(size: usize, budget: &Arc<Budget>) -> io::Result<Pipe> {
     let pooled = POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let i = pool.iter().rposition(|pipe| pipe.capacity >= size.min(65536))?;
@@ -64,7 +77,8 @@ fn take_pipe(size: usize) -> io::Result<Pipe> {
     });
     match pooled {
         Some(p) => Ok(p),
-        None => Pipe::new(size),
+        None if budget.try_take(FDS_PER_PIPE) => Pipe::new(size, budget.clone()),
+        None => Err(io::Error::from_raw_os_error(libc::EMFILE)),
     }
 }
 
@@ -85,11 +99,19 @@ fn give_back(pipe: Pipe) {
 }
 
 impl Pipe {
-    fn new(size: usize) -> io::Result<Pipe> {
-        let (read, write) = sys::pipe()?;
+    /// A new pipe; `budget` already counts its descriptors (given back on
+    /// drop, or here if the pipe cannot be made).
+    fn new(size: usize, budget: Arc<Budget>) -> io::Result<Pipe> {
+        let (read, write) = match sys::pipe() {
+            Ok(ends) => ends,
+            Err(e) => {
+                budget.give(FDS_PER_PIPE);
+                return Err(e);
+            }
+        };
         // Best effort: a smaller pipe only costs more syscalls.
         let capacity = sys::set_pipe_size(write.as_fd(), size).unwrap_or(65536);
-        Ok(Pipe { read, write, capacity })
+        Ok(Pipe { read, write, capacity, budget })
     }
 }
 
@@ -108,7 +130,7 @@ pub(super) async fn copy(
         src.readable().await.map_err(|e| SpliceFailure::Dir(DirError::Read(e)))?;
         let p = match pipe.take() {
             Some(p) => p,
-            None => match take_pipe(pipe_size) {
+            None => match take_pipe(pipe_size, counters.fds) {
                 Ok(p) => p,
                 // Out of descriptors: give the pool's back and carry this
                 // direction on with the buffered copy (no descriptors needed)

@@ -14,6 +14,10 @@
 //! ignore at least one empty line (CRLF) before the request line, so exactly one is tolerated;
 //! more CRLFs, leading whitespace, or a stream of CR/LF noise are not HTTP. `PRI * HTTP/2.0` is
 //! not an HTTP/1 request line because of its version, so the two matchers never both match.
+//!
+//! Both matchers are small state machines that remember how far they have looked: each call
+//! examines only the bytes that arrived since the previous one, so a client trickling a long
+//! request line costs time linear in its length, not quadratic.
 
 use super::{Detected, Probe};
 
@@ -24,16 +28,65 @@ pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// be another protocol's bytes than an HTTP extension method.
 pub(super) const MAX_METHOD_LEN: usize = 32;
 
-/// Matches the HTTP/2 client connection preface.
-pub(super) fn probe_h2(buf: &[u8]) -> Probe {
-    let n = buf.len().min(H2_PREFACE.len());
-    if buf[..n] != H2_PREFACE[..n] {
-        Probe::NoMatch
-    } else if n == H2_PREFACE.len() {
-        Probe::Match(Detected::Http2)
-    } else {
-        Probe::Partial
+/// `HTTP-version CRLF`; the minor version digit (index 7) may be `0` or `1`.
+const VERSION_CRLF: &[u8; 10] = b"HTTP/1.x\r\n";
+const VERSION_MINOR_AT: usize = 7;
+
+/// The HTTP/2 preface matcher: how many preface bytes have matched so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct H2 {
+    matched: u8,
+    failed: bool,
+}
+
+impl H2 {
+    /// Looks at the bytes of `buf` past the ones already matched.
+    pub(super) fn advance(&mut self, buf: &[u8]) -> Probe {
+        if self.failed {
+            return Probe::NoMatch;
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        let from = usize::from(self.matched).min(n);
+        if buf[from..n] != H2_PREFACE[from..n] {
+            self.failed = true;
+            return Probe::NoMatch;
+        }
+        self.matched = n as u8;
+        if n == H2_PREFACE.len() {
+            Probe::Match(Detected::Http2)
+        } else {
+            Probe::Partial
+        }
     }
+}
+
+/// Matches the HTTP/2 client connection preface (one-shot).
+#[cfg(test)]
+pub(super) fn probe_h2(buf: &[u8]) -> Probe {
+    H2::default().advance(buf)
+}
+
+/// Where the HTTP/1 matcher is in the request line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    /// Before the first byte, or after a lone leading CR.
+    #[default]
+    Start,
+    Method,
+    Target,
+    Version,
+    Matched,
+    Failed,
+}
+
+/// The HTTP/1 request-line matcher: its phase, the next byte to examine and where the current
+/// element (method, target or version) started. Offsets fit in `u32`: the classifier never
+/// looks past `DETECT_BUFFER_CAP`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct H1 {
+    phase: Phase,
+    pos: u32,
+    mark: u32,
 }
 
 /// `tchar` from RFC 9110 §5.6.2: the characters a method token may contain.
@@ -41,59 +94,90 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Matches a strict HTTP/1.0 or HTTP/1.1 request line, after at most one leading CRLF.
+impl H1 {
+    /// Looks at the bytes of `buf` past the ones already examined.
+    pub(super) fn advance(&mut self, buf: &[u8]) -> Probe {
+        let mut i = (self.pos as usize).min(buf.len());
+        let mut mark = self.mark as usize;
+        let probe = loop {
+            match self.phase {
+                Phase::Matched => break Probe::Match(Detected::Http1),
+                Phase::Failed => break Probe::NoMatch,
+                // One tolerated empty line: RFC 9112 §2.2.
+                Phase::Start => match buf {
+                    [] | [b'\r'] => break Probe::Partial,
+                    [b'\r', b'\n', ..] => (self.phase, i, mark) = (Phase::Method, 2, 2),
+                    [b'\r', ..] => self.phase = Phase::Failed,
+                    _ => (self.phase, i, mark) = (Phase::Method, 0, 0),
+                },
+                // method = token
+                Phase::Method => {
+                    while i < buf.len() && is_tchar(buf[i]) {
+                        i += 1;
+                        if i - mark > MAX_METHOD_LEN {
+                            self.phase = Phase::Failed;
+                            break;
+                        }
+                    }
+                    if self.phase == Phase::Failed {
+                        continue;
+                    }
+                    if i == buf.len() {
+                        break Probe::Partial;
+                    }
+                    if i == mark || buf[i] != b' ' {
+                        self.phase = Phase::Failed;
+                        continue;
+                    }
+                    i += 1;
+                    (self.phase, mark) = (Phase::Target, i);
+                }
+                // request-target: one or more visible ASCII characters, up to the next SP.
+                Phase::Target => {
+                    while i < buf.len() && matches!(buf[i], 0x21..=0x7e) {
+                        i += 1;
+                    }
+                    if i == buf.len() {
+                        break Probe::Partial;
+                    }
+                    if i == mark || buf[i] != b' ' {
+                        self.phase = Phase::Failed;
+                        continue;
+                    }
+                    i += 1;
+                    (self.phase, mark) = (Phase::Version, i);
+                }
+                // HTTP-version CRLF, byte by byte so a split anywhere inside is still a prefix.
+                Phase::Version => {
+                    while i < buf.len() && i - mark < VERSION_CRLF.len() {
+                        let k = i - mark;
+                        let ok = if k == VERSION_MINOR_AT { matches!(buf[i], b'0' | b'1') } else { buf[i] == VERSION_CRLF[k] };
+                        if !ok {
+                            self.phase = Phase::Failed;
+                            break;
+                        }
+                        i += 1;
+                    }
+                    if self.phase == Phase::Failed {
+                        continue;
+                    }
+                    if i - mark < VERSION_CRLF.len() {
+                        break Probe::Partial;
+                    }
+                    self.phase = Phase::Matched;
+                }
+            }
+        };
+        // Offsets stay below DETECT_BUFFER_CAP (the classifier caps the buffer it passes).
+        (self.pos, self.mark) = (i as u32, mark as u32);
+        probe
+    }
+}
+
+/// Matches a strict HTTP/1.0 or HTTP/1.1 request line, after at most one leading CRLF (one-shot).
+#[cfg(test)]
 pub(super) fn probe_h1(buf: &[u8]) -> Probe {
-    // One tolerated empty line: RFC 9112 §2.2.
-    let line = match buf {
-        [b'\r'] => return Probe::Partial,
-        [b'\r', b'\n', rest @ ..] => rest,
-        [b'\r', ..] => return Probe::NoMatch,
-        _ => buf,
-    };
-    let mut i = 0;
-
-    // method = token
-    while i < line.len() && is_tchar(line[i]) {
-        i += 1;
-        if i > MAX_METHOD_LEN {
-            return Probe::NoMatch;
-        }
-    }
-    if i == line.len() {
-        return Probe::Partial;
-    }
-    if i == 0 || line[i] != b' ' {
-        return Probe::NoMatch;
-    }
-    i += 1;
-
-    // request-target: one or more visible ASCII characters, up to the next SP.
-    let target_start = i;
-    while i < line.len() && matches!(line[i], 0x21..=0x7e) {
-        i += 1;
-    }
-    if i == line.len() {
-        return Probe::Partial;
-    }
-    if i == target_start || line[i] != b' ' {
-        return Probe::NoMatch;
-    }
-    i += 1;
-
-    // HTTP-version CRLF, compared byte by byte so a split anywhere inside is still a prefix.
-    let rest = &line[i..];
-    let matches_version = |version: &[u8]| {
-        let n = rest.len().min(version.len());
-        rest[..n] == version[..n]
-    };
-    let complete = b"HTTP/1.x\r\n".len();
-    if !(matches_version(b"HTTP/1.0\r\n") || matches_version(b"HTTP/1.1\r\n")) {
-        Probe::NoMatch
-    } else if rest.len() >= complete {
-        Probe::Match(Detected::Http1)
-    } else {
-        Probe::Partial
-    }
+    H1::default().advance(buf)
 }
 
 #[cfg(test)]

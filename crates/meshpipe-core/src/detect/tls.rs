@@ -13,9 +13,10 @@
 //! within the detection cap; a malformed one, or one whose length says it cannot complete
 //! within the cap, is not TLS as far as detection goes, and the connection is proxied as opaque
 //! TCP. SSLv2-format hellos (first byte 0x80) are not recognised. The common single-record case
-//! is parsed in place; a fragmented message is first counted, then copied into a stack buffer
-//! once complete, so a client trickling a large hello costs no copy per read and nothing is
-//! allocated except the returned strings.
+//! is parsed in place; a fragmented message is copied into a stack buffer once complete. The
+//! matcher remembers the record it stopped in, so a client trickling a large hello (in one
+//! record or many) costs time linear in its length, no copy per read, and nothing is allocated
+//! except the returned strings.
 
 use super::{client_hello, Detected, Probe, DETECT_BUFFER_CAP};
 
@@ -26,40 +27,87 @@ const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const HANDSHAKE_HEADER_LEN: usize = 4;
 
-/// Matches a complete, well-formed ClientHello.
-pub(super) fn probe(buf: &[u8]) -> Probe {
-    let mut header = [0u8; HANDSHAKE_HEADER_LEN];
-    match gather(buf, &mut header) {
-        Gathered::Bad => return Probe::NoMatch,
-        Gathered::Short(0) => return Probe::Partial,
-        // The message type alone can already rule TLS out.
-        Gathered::Short(_) if header[0] != HANDSHAKE_CLIENT_HELLO => return Probe::NoMatch,
-        Gathered::Short(_) => return Probe::Partial,
-        Gathered::Full => {}
-    }
-    if header[0] != HANDSHAKE_CLIENT_HELLO {
-        return Probe::NoMatch;
-    }
-    let msg_len = HANDSHAKE_HEADER_LEN + u24(&header[1..]);
-    // Even in a single record the message cannot complete within the cap: decide now.
-    if RECORD_HEADER_LEN + msg_len > DETECT_BUFFER_CAP {
-        return Probe::NoMatch;
-    }
-    let first_fragment = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-    let parsed = if first_fragment >= msg_len && buf.len() >= RECORD_HEADER_LEN + msg_len {
-        // Whole message in the first record: parse in place.
-        let start = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN;
-        client_hello::parse(&buf[start..RECORD_HEADER_LEN + msg_len])
-    } else {
-        // Count before copying, so a client trickling a big hello costs no copies per read.
-        match walk(buf, msg_len, |_| {}) {
-            Gathered::Bad => return Probe::NoMatch,
-            Gathered::Short(_) => return Probe::Partial,
-            Gathered::Full => {}
+/// The TLS matcher: the record it is in and the handshake bytes seen before it, so each call
+/// walks only the records that arrived since the previous one.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Tls {
+    /// Offset of the record header being examined (earlier records are complete and valid).
+    record: u32,
+    /// Handshake bytes carried by the records before `record`.
+    got: u32,
+    /// The handshake message header (`msg_type(1) length(3)`), as far as it has arrived.
+    header: [u8; HANDSHAKE_HEADER_LEN],
+    header_len: u8,
+    failed: bool,
+}
+
+impl Tls {
+    /// Looks at the records of `buf` from the one it stopped in last time.
+    pub(super) fn advance(&mut self, buf: &[u8]) -> Probe {
+        if self.failed {
+            return Probe::NoMatch;
         }
+        let probe = self.walk_on(buf);
+        if probe == Probe::NoMatch {
+            self.failed = true;
+        }
+        probe
+    }
+
+    fn walk_on(&mut self, buf: &[u8]) -> Probe {
+        loop {
+            let record = self.record as usize;
+            let header = &buf[record.min(buf.len())..(record + RECORD_HEADER_LEN).min(buf.len())];
+            if !record_header_ok(header) {
+                return Probe::NoMatch;
+            }
+            if header.len() < RECORD_HEADER_LEN {
+                return Probe::Partial;
+            }
+            let fragment_len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            let start = record + RECORD_HEADER_LEN;
+            let present = buf.len().saturating_sub(start).min(fragment_len);
+            let got = self.got as usize;
+            // The message header may itself be split across records: take what this one adds.
+            while usize::from(self.header_len) < HANDSHAKE_HEADER_LEN && usize::from(self.header_len) - got < present {
+                self.header[usize::from(self.header_len)] = buf[start + usize::from(self.header_len) - got];
+                self.header_len += 1;
+            }
+            // The message type alone can already rule TLS out.
+            if self.header_len > 0 && self.header[0] != HANDSHAKE_CLIENT_HELLO {
+                return Probe::NoMatch;
+            }
+            if usize::from(self.header_len) == HANDSHAKE_HEADER_LEN {
+                let msg_len = HANDSHAKE_HEADER_LEN + u24(&self.header[1..]);
+                // Even in a single record the message cannot complete within the cap: decide now.
+                if RECORD_HEADER_LEN + msg_len > DETECT_BUFFER_CAP {
+                    return Probe::NoMatch;
+                }
+                if got + present >= msg_len {
+                    return parse_message(buf, msg_len, record == 0);
+                }
+            }
+            if present < fragment_len {
+                return Probe::Partial;
+            }
+            // Offsets stay below DETECT_BUFFER_CAP (the classifier caps the buffer it passes).
+            self.got += fragment_len as u32;
+            self.record = (start + fragment_len) as u32;
+        }
+    }
+}
+
+/// Parses the complete ClientHello of `msg_len` bytes (handshake header included) carried by
+/// the records at the start of `buf`; `single` when it is all in the first record.
+fn parse_message(buf: &[u8], msg_len: usize, single: bool) -> Probe {
+    let parsed = if single {
+        // Whole message in the first record: parse in place.
+        client_hello::parse(&buf[RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN..RECORD_HEADER_LEN + msg_len])
+    } else {
+        // Fragmented: copied once, now that all of it has arrived.
         let mut msg = [0u8; DETECT_BUFFER_CAP];
         if gather(buf, &mut msg[..msg_len]) != Gathered::Full {
-            return Probe::NoMatch; // unreachable: the walk above already saw it all
+            return Probe::NoMatch; // unreachable: the walk already saw it all
         }
         client_hello::parse(&msg[HANDSHAKE_HEADER_LEN..msg_len])
     };
@@ -67,6 +115,12 @@ pub(super) fn probe(buf: &[u8]) -> Probe {
         Some(info) => Probe::Match(Detected::Tls(info)),
         None => Probe::NoMatch,
     }
+}
+
+/// Matches a complete, well-formed ClientHello (one-shot).
+#[cfg(test)]
+pub(super) fn probe(buf: &[u8]) -> Probe {
+    Tls::default().advance(buf)
 }
 
 fn u24(b: &[u8]) -> usize {

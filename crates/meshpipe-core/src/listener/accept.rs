@@ -2,14 +2,16 @@
 //!
 //! Each turn of the loop:
 //! 1. waits until the socket has a connection queued (epoll readiness);
-//! 2. takes a slot from the engine-wide connection limit, if one is set.
-//!    Only now, with a connection actually waiting on *this* socket (checked
-//!    with `poll` before queueing for a slot, as tokio's readiness can be
-//!    stale): a loop that held a slot while idle would starve the other
-//!    workers, whose sockets receive their own share of connections
-//!    (`SO_REUSEPORT` hashes each connection to one socket). Until a slot
-//!    frees, the connection stays in the kernel's backlog, neither accepted
-//!    nor dropped;
+//! 2. takes what the connection needs from the limits (`limits.rs`): a slot
+//!    of its direction's connection limit and two descriptors of the
+//!    engine's descriptor budget. Only now, with a connection actually
+//!    waiting on *this* socket (checked with `poll` before waiting, as
+//!    tokio's readiness can be stale): a loop that held a slot while idle
+//!    would starve the other workers, whose sockets receive their own share
+//!    of connections (`SO_REUSEPORT` hashes each connection to one socket).
+//!    Until it fits, the connection stays in the kernel's backlog, neither
+//!    accepted nor dropped, and the descriptors the limit keeps in reserve
+//!    stay free for the admin server;
 //! 3. accepts it with `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` (one call; the
 //!    socket inherits `TCP_NODELAY` from the listener) and spawns one tracked
 //!    task for it.
@@ -30,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{is_resource_exhaustion, ListenerCtx};
 use crate::proxy::{self, Context};
@@ -40,13 +41,7 @@ use crate::sys;
 /// (`listener` is this worker's socket of the group, number `shard`). When
 /// the loop ends the socket is shut down, so a worker that stops on its own
 /// never leaves a queue behind that the kernel still fills.
-pub async fn accept_loop(
-    ctx: Arc<Context>,
-    l: Arc<ListenerCtx>,
-    listener: std::net::TcpListener,
-    shard: usize,
-    limit: Option<Arc<Semaphore>>,
-) {
+pub async fn accept_loop(ctx: Arc<Context>, l: Arc<ListenerCtx>, listener: std::net::TcpListener, shard: usize) {
     // However this task ends (stopped, failed, or dropped with its runtime),
     // its socket leaves the group and it stops counting as accepting.
     let _retire = Retire { l: &l, shard };
@@ -75,28 +70,31 @@ pub async fn accept_loop(
                 }
             },
         };
-        let permit = match &limit {
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                // Tokio's readiness is only cleared by EAGAIN, so it may be
-                // stale after the last accept: make sure a connection really
-                // waits here before queueing for a slot, or an idle worker
-                // would take slots its neighbour's connections need.
-                Err(_) if !sys::connection_queued(listener.get_ref().as_fd()) => {
-                    ready.clear_ready();
-                    continue;
-                }
-                Err(_) => match wait_for_slot(&l, sem, stopped.as_mut()).await {
-                    Some(permit) => Some(permit),
-                    None => break,
-                },
-            },
-            None => None,
-        };
+        if !ctx.limits.try_admit(l.direction) {
+            // Tokio's readiness is only cleared by EAGAIN, so it may be
+            // stale after the last accept: make sure a connection really
+            // waits here before waiting for a slot, or an idle worker would
+            // take slots its neighbour's connections need.
+            if !sys::connection_queued(listener.get_ref().as_fd()) {
+                ready.clear_ready();
+                continue;
+            }
+            l.limit_waits.fetch_add(1, Relaxed);
+            // This thread's pooled pipes hold descriptors of the budget.
+            crate::copy::release_pooled_pipes();
+            tokio::select! {
+                _ = ctx.limits.admit(l.direction) => {}
+                _ = &mut stopped => break,
+            }
+        }
+        // From here the connection's slots are held: `serve` gives them back.
         let accepted = match ready.try_io(|fd| sys::accept(fd.get_ref().as_fd())) {
             Ok(result) => result,
             // Nothing queued after all (another event raced us): wait again.
-            Err(_would_block) => continue,
+            Err(_would_block) => {
+                ctx.limits.release(l.direction);
+                continue;
+            }
         };
         drop(ready);
         match accepted {
@@ -106,19 +104,16 @@ pub async fn accept_loop(
                 let stream = match TcpStream::from_std(stream) {
                     Ok(stream) => stream,
                     Err(_) => {
+                        ctx.limits.release(l.direction);
                         l.accept_errors.fetch_add(1, Relaxed);
                         continue;
                     }
                 };
-                let (ctx2, l2, cut2) = (ctx.clone(), l.clone(), cut.clone());
-                ctx.drain.tasks.spawn(async move {
-                    let _permit = permit;
-                    proxy::serve(ctx2, l2, stream, peer, cut2).await;
-                });
+                ctx.drain.tasks.spawn(proxy::serve(ctx.clone(), l.clone(), stream, peer, cut.clone()));
             }
             Err(e) if is_resource_exhaustion(&e) => {
+                ctx.limits.release(l.direction);
                 l.accept_errors.fetch_add(1, Relaxed);
-                drop(permit);
                 crate::copy::release_pooled_pipes();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -126,8 +121,12 @@ pub async fn accept_loop(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            Err(_) if stop.is_cancelled() => break,
+            Err(_) if stop.is_cancelled() => {
+                ctx.limits.release(l.direction);
+                break;
+            }
             Err(_) => {
+                ctx.limits.release(l.direction);
                 l.accept_errors.fetch_add(1, Relaxed);
             }
         }
@@ -144,19 +143,5 @@ impl Drop for Retire<'_> {
     fn drop(&mut self) {
         self.l.retire_shard(self.shard);
         self.l.live_shards.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Waits for a slot of the connection limit (all are taken). `None` when the
-/// listener is stopped meanwhile.
-async fn wait_for_slot(
-    l: &ListenerCtx,
-    sem: &Arc<Semaphore>,
-    stopped: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-) -> Option<OwnedSemaphorePermit> {
-    l.limit_waits.fetch_add(1, Relaxed);
-    tokio::select! {
-        p = sem.clone().acquire_owned() => p.ok(),
-        _ = stopped => None,
     }
 }

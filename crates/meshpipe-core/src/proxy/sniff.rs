@@ -2,7 +2,8 @@
 //!
 //! Bytes are read from the client into a bounded buffer (at most
 //! `DETECT_BUFFER_CAP`, grown on demand from 1 KiB so most connections never
-//! hold more) and handed to the pure classifier after every read, until it
+//! hold more) and handed to the connection's classifier after every read
+//! (it keeps its state, so each read costs only the new bytes), until it
 //! decides, the detect timeout fires, or the client closes. Nothing read here
 //! is lost: the buffer is returned to the pipeline, which writes it upstream
 //! before splicing the rest.
@@ -15,9 +16,13 @@
 //! client speaks first after all, detection goes on over the already-open
 //! upstream connection.
 //!
-//! Trickles: a client still undecided after `MAX_DETECT_READS` reads with
-//! data is `not_http` (forwarded as TCP, every byte kept), which bounds the
-//! CPU one connection can spend on classification.
+//! Budget: detection of one connection is bounded in time (the detect
+//! timeout, counted from accept, so a slowloris client cannot stretch it), in
+//! bytes (`DETECT_BUFFER_CAP`) and in reads: a client still undecided after
+//! `MAX_DETECT_READS` reads with data is `not_http`. How many connections of
+//! a direction may detect at once is bounded too (`limits.rs`): past that, a
+//! new connection skips detection (`over_limit`). Every way out keeps every
+//! byte: the connection is forwarded as TCP, never dropped.
 //!
 //! Short stalled greetings: with the grace period on, a client that has sent
 //! fewer than `SHORT_GREETING` bytes the classifier cannot decide on (`ping`,
@@ -36,16 +41,16 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use crate::addr::TargetAddr;
-use crate::detect::{classify, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
+use crate::detect::{Classifier, Detected, Verdict, DETECT_BUFFER_CAP};
 use crate::proxy::Context;
-use crate::vocab::{DetectResult, PortMode};
+use crate::vocab::{DetectResult, Direction, PortMode};
 
 /// Reads after which an undecided client is `not_http`. Real clients send a
 /// request line or a ClientHello in one or a few segments (a 16 KiB
-/// ClientHello is about a dozen); each read re-classifies the whole buffer,
-/// so a client trickling a byte at a time up to the 16 KiB cap would cost
-/// O(n²) CPU (about 0.1 s per connection). With this bound it is at most 256
-/// scans of at most 16 KiB.
+/// ClientHello is about a dozen). Classification is incremental (linear in
+/// the bytes), so this bounds the wake-ups and `recv` calls a trickling
+/// client can cost before it is forwarded, where each segment costs what any
+/// forwarded segment costs.
 const MAX_DETECT_READS: usize = 256;
 
 /// Below this many buffered bytes, a stall of one grace period means the
@@ -82,14 +87,26 @@ impl Sniffed {
 }
 
 /// Runs detection for one connection according to its port mode.
-pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: PortMode, timeout: Duration) -> Sniffed {
+pub async fn sniff(
+    ctx: &Context,
+    client: &TcpStream,
+    direction: Direction,
+    target: TargetAddr,
+    mode: PortMode,
+    timeout: Duration,
+) -> Sniffed {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
     }
     if mode == PortMode::Detect && ctx.server_first.is_server_first(target) {
         return Sniffed::new(DetectResult::ServerFirst);
     }
-    let expect = mode.expect();
+    // Held until detection ends. Without one (too many connections of this
+    // direction are detecting), the connection is forwarded at once.
+    let Some(_slot) = ctx.limits.detect_slot(direction) else {
+        return Sniffed::new(DetectResult::OverLimit);
+    };
+    let mut classifier = Classifier::new(mode.expect());
     let start = Instant::now();
     let deadline = start + timeout;
     // Only undeclared ports race: a declared HTTP/TLS port is client-first.
@@ -105,7 +122,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
     // loop turn is waited for.
     let first = recv_now(client, &mut buf);
     let mut reads = usize::from(matches!(first, Ok(n) if n > 0));
-    if absorb(first, &buf, &mut out, &mut last_bytes, expect) {
+    if absorb(first, &buf, &mut out, &mut last_bytes, &mut classifier) {
         out.buffered = buf;
         return out;
     }
@@ -128,14 +145,13 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
                 }
                 let read = client.try_read_buf(&mut buf);
                 let got = matches!(read, Ok(n) if n > 0);
-                if absorb(read, &buf, &mut out, &mut last_bytes, expect) {
+                if absorb(read, &buf, &mut out, &mut last_bytes, &mut classifier) {
                     break;
                 }
                 reads += usize::from(got);
                 if reads >= MAX_DETECT_READS {
                     // Still undecided after this many pieces: a trickle. Every
-                    // byte is forwarded; re-classifying the growing buffer
-                    // after each piece would cost O(n²) CPU.
+                    // byte is forwarded.
                     out.result = DetectResult::NotHttp;
                     break;
                 }
@@ -192,7 +208,7 @@ pub async fn sniff(ctx: &Context, client: &TcpStream, target: TargetAddr, mode: 
 
 /// Takes one read's outcome into the buffer and classifies. Returns true
 /// when detection is over (`out.result` says how).
-fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed, last_bytes: &mut Instant, expect: Expect) -> bool {
+fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed, last_bytes: &mut Instant, classifier: &mut Classifier) -> bool {
     match read {
         Ok(0) => {
             if buf.is_empty() {
@@ -211,7 +227,7 @@ fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed, last_bytes: &m
         }
         Ok(_) => {
             *last_bytes = Instant::now();
-            match classify(buf, expect) {
+            match classifier.update(buf) {
                 Verdict::Decided(d) => {
                     out.result = DetectResult::of(&d);
                     if let Detected::Tls(info) = d {

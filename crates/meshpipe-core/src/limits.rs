@@ -1,0 +1,421 @@
+//! Bounded resources: how many connections each direction may hold, how many
+//! may be in protocol detection at once, and how many file descriptors the
+//! engine may use, so the rest of the process (the admin server, Node.js
+//! itself) always has some left.
+//!
+//! Each bound is a [`Budget`]: an atomic count against a limit, taken and
+//! given back without a lock (one compare-and-swap to take, one subtraction
+//! to give back; the waiters' list is only touched when someone waits).
+//!
+//! - **Connections, per direction.** A listener takes a slot of its
+//!   direction's budget *before* accepting, so a full direction leaves new
+//!   connections in the kernel backlog; the other direction is unaffected
+//!   (idle inbound clients cannot starve the app's outbound traffic).
+//! - **Descriptors.** At start the engine counts the descriptors already open
+//!   and gives itself the rest of `RLIMIT_NOFILE` minus a reserve. Every
+//!   accepted connection takes two descriptors' worth (the client and the
+//!   upstream socket) before it is accepted, and every splice pipe two more
+//!   (a direction that cannot get them copies through user space instead). At
+//!   the budget, connections wait in the backlog like at a connection limit,
+//!   and the reserve stays free for the admin server: `/live` and `/metrics`
+//!   keep answering when thousands of silent clients hold the proxy.
+//! - **Detection, per direction.** Each connection in protocol detection
+//!   holds a slot (and up to 16 KiB of buffer). When every slot is taken, a
+//!   new connection skips detection and is forwarded as opaque TCP at once
+//!   (result `over_limit`): a flood of slow clients costs neither memory nor
+//!   a stall for the connections behind it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::vocab::Direction;
+
+/// Descriptors one proxied connection holds: the client and the upstream socket.
+pub const FDS_PER_CONNECTION: usize = 2;
+/// Descriptors one splice pipe holds.
+pub const FDS_PER_PIPE: usize = 2;
+
+/// Errors from sizing the descriptor budget at start.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error(
+        "fdReserve = {reserve}: the descriptor limit (RLIMIT_NOFILE) is {limit} and {open} are already open, \
+         which leaves no room for a connection; expected a reserve below {max} (or raise the limit, e.g. ulimit -n)"
+    )]
+    FdReserveTooLarge { reserve: usize, limit: u64, open: usize, max: usize },
+}
+
+/// A count of something held against a limit, shared by every worker.
+pub struct Budget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+    /// Tasks waiting for units: `give` only touches `notify` when there are.
+    waiters: AtomicUsize,
+    notify: Notify,
+    /// Times a taker had to wait (or, for `try_take` only, was refused).
+    refused: AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` units; `usize::MAX` is unlimited.
+    pub fn new(limit: usize) -> Budget {
+        Budget {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            notify: Notify::new(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// A budget for a configured limit where 0 means unlimited.
+    pub fn configured(limit: usize) -> Budget {
+        Budget::new(if limit == 0 { usize::MAX } else { limit })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Relaxed)
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.limit() == usize::MAX
+    }
+
+    fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, SeqCst);
+        self.wake();
+    }
+
+    /// Takes `n` units if they are free.
+    pub fn try_take(&self, n: usize) -> bool {
+        let limit = self.limit.load(Relaxed);
+        if limit == usize::MAX {
+            self.used.fetch_add(n, Relaxed);
+            return true;
+        }
+        let mut used = self.used.load(SeqCst);
+        loop {
+            if used.saturating_add(n) > limit {
+                return false;
+            }
+            match self.used.compare_exchange_weak(used, used + n, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Like `try_take`, counting a refusal.
+    pub fn try_take_counted(&self, n: usize) -> bool {
+        let ok = self.try_take(n);
+        if !ok {
+            self.refused.fetch_add(1, Relaxed);
+        }
+        ok
+    }
+
+    /// Waits until `n` units are free and takes them.
+    pub async fn take(&self, n: usize) {
+        if self.try_take(n) {
+            return;
+        }
+        self.refused.fetch_add(1, Relaxed);
+        // Registered as a waiter *before* looking again, so a `give` in
+        // between either sees the waiter or frees the units this look finds.
+        self.waiters.fetch_add(1, SeqCst);
+        let _unregister = Unregister(&self.waiters);
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.try_take(n) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Gives back `n` units.
+    pub fn give(&self, n: usize) {
+        self.used.fetch_sub(n, SeqCst);
+        if self.waiters.load(SeqCst) > 0 {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+}
+
+/// Gives units back when dropped (a wait cancelled half-way).
+struct GiveBack<'a>(&'a Budget, usize);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        self.0.give(self.1);
+    }
+}
+
+struct Unregister<'a>(&'a AtomicUsize);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Every bound of one engine.
+pub struct Limits {
+    /// Open connections per direction (index with `Direction::index`).
+    pub connections: [Budget; 2],
+    /// Connections in protocol detection per direction.
+    pub detecting: [Budget; 2],
+    /// Descriptors the engine may hold; sized at start (`size_fds`). Shared
+    /// with the splice pipes, which give theirs back when they close.
+    pub fds: Arc<Budget>,
+    fd_reserve: usize,
+    /// The process's descriptor limit when the budget was sized.
+    fd_limit: AtomicU64,
+}
+
+impl Limits {
+    /// Limits as configured; 0 = unlimited for the counts, 0 = no descriptor
+    /// budget at all for the reserve.
+    pub fn new(connections: [usize; 2], detecting: usize, fd_reserve: usize) -> Limits {
+        Limits {
+            connections: connections.map(Budget::configured),
+            detecting: [Budget::configured(detecting), Budget::configured(detecting)],
+            fds: Arc::new(Budget::new(usize::MAX)),
+            fd_reserve,
+            fd_limit: AtomicU64::new(0),
+        }
+    }
+
+    /// Sizes the descriptor budget: the limit minus the descriptors open now
+    /// (listeners bound, runtime, Node.js) minus the reserve. A reserve of 0
+    /// leaves the engine unbounded (it still backs off on `EMFILE`).
+    pub fn size_fds(&self, fd_limit: u64, open_now: usize) -> Result<(), LimitsError> {
+        self.fd_limit.store(fd_limit, Relaxed);
+        if self.fd_reserve == 0 {
+            return Ok(());
+        }
+        let limit = usize::try_from(fd_limit).unwrap_or(usize::MAX);
+        // Descriptors this engine already holds (a restart of the budget) are not "open by others".
+        let others = open_now.saturating_sub(self.fds.used());
+        let budget = limit.saturating_sub(others).saturating_sub(self.fd_reserve);
+        if budget < FDS_PER_CONNECTION {
+            let max = limit.saturating_sub(others).saturating_sub(FDS_PER_CONNECTION);
+            return Err(LimitsError::FdReserveTooLarge { reserve: self.fd_reserve, limit: fd_limit, open: others, max });
+        }
+        self.fds.set_limit(budget);
+        Ok(())
+    }
+
+    /// Takes what one new connection of `direction` needs, if it is free now.
+    pub fn try_admit(&self, direction: Direction) -> bool {
+        let conns = &self.connections[direction.index()];
+        if !conns.try_take(1) {
+            return false;
+        }
+        if !self.fds.try_take(FDS_PER_CONNECTION) {
+            conns.give(1);
+            return false;
+        }
+        true
+    }
+
+    /// Waits until one new connection of `direction` fits, then takes what it
+    /// needs. Cancel-safe: dropped while waiting, it holds nothing.
+    pub async fn admit(&self, direction: Direction) {
+        let conns = &self.connections[direction.index()];
+        conns.take(1).await;
+        let held = GiveBack(conns, 1);
+        self.fds.take(FDS_PER_CONNECTION).await;
+        std::mem::forget(held);
+    }
+
+    /// Gives back what `try_admit`/`admit` took.
+    pub fn release(&self, direction: Direction) {
+        self.fds.give(FDS_PER_CONNECTION);
+        self.connections[direction.index()].give(1);
+    }
+
+    pub fn snapshot(&self) -> LimitsSnapshot {
+        let limit = |b: &Budget| (!b.is_unlimited()).then(|| b.limit() as u64);
+        LimitsSnapshot {
+            connections: Direction::ALL
+                .iter()
+                .map(|d| {
+                    let b = &self.connections[d.index()];
+                    DirectionLimitSnapshot { direction: *d, limit: limit(b), used: b.used() as u64, refused: b.refused() }
+                })
+                .collect(),
+            detecting: Direction::ALL
+                .iter()
+                .map(|d| {
+                    let b = &self.detecting[d.index()];
+                    DirectionLimitSnapshot { direction: *d, limit: limit(b), used: b.used() as u64, refused: b.refused() }
+                })
+                .collect(),
+            fds: FdSnapshot {
+                process_limit: self.fd_limit.load(Relaxed),
+                reserve: self.fd_reserve as u64,
+                budget: limit(&self.fds),
+                used: self.fds.used() as u64,
+                waits: self.fds.refused(),
+            },
+        }
+    }
+}
+
+/// Holds a detection slot until dropped.
+pub struct DetectSlot<'a>(&'a Budget);
+
+impl Drop for DetectSlot<'_> {
+    fn drop(&mut self) {
+        self.0.give(1);
+    }
+}
+
+impl Limits {
+    /// A detection slot for `direction`, or `None` when all are taken (counted).
+    pub fn detect_slot(&self, direction: Direction) -> Option<DetectSlot<'_>> {
+        let b = &self.detecting[direction.index()];
+        b.try_take_counted(1).then(|| DetectSlot(b))
+    }
+}
+
+/// One direction's bound: its limit (`None` = unlimited), what is held now,
+/// and how often a taker found it full.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct DirectionLimitSnapshot {
+    pub direction: Direction,
+    pub limit: Option<u64>,
+    pub used: u64,
+    /// Connections: waits for a slot (the connection stayed in the backlog).
+    /// Detecting: connections that skipped detection because every slot was taken.
+    pub refused: u64,
+}
+
+/// The descriptor budget.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct FdSnapshot {
+    /// `RLIMIT_NOFILE` when the engine started.
+    pub process_limit: u64,
+    /// Descriptors kept free for the rest of the process (0 = no budget).
+    pub reserve: u64,
+    /// Descriptors the engine may hold (`None` = no budget).
+    pub budget: Option<u64>,
+    /// Descriptors held now, counted as two per connection and per splice pipe.
+    pub used: u64,
+    /// Times a listener waited for descriptors (the connection stayed in the backlog).
+    pub waits: u64,
+}
+
+/// Every bound, for one scrape.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSnapshot {
+    pub connections: Vec<DirectionLimitSnapshot>,
+    pub detecting: Vec<DirectionLimitSnapshot>,
+    pub fds: FdSnapshot,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn try_take_respects_the_limit_and_give_frees() {
+        let b = Budget::new(3);
+        assert!(b.try_take(2));
+        assert!(!b.try_take(2));
+        assert!(b.try_take(1));
+        b.give(2);
+        assert!(b.try_take(2));
+        assert_eq!(b.used(), 3);
+        let unlimited = Budget::configured(0);
+        assert!(unlimited.is_unlimited());
+        for _ in 0..100 {
+            assert!(unlimited.try_take(2));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_woken_by_a_give_on_another_task() {
+        let b = Arc::new(Budget::new(1));
+        assert!(b.try_take(1));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.take(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "nothing was free");
+        b.give(1);
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken").unwrap();
+        assert_eq!(b.used(), 1);
+        assert_eq!(b.refused(), 1);
+    }
+
+    #[test]
+    fn the_descriptor_budget_leaves_the_reserve_free() {
+        let l = Limits::new([0, 0], 0, 100);
+        l.size_fds(1024, 40).unwrap();
+        assert_eq!(l.fds.limit(), 1024 - 40 - 100);
+        // Every admitted connection counts two descriptors.
+        let mut admitted = 0;
+        while l.try_admit(Direction::Inbound) {
+            admitted += 1;
+        }
+        assert_eq!(admitted, (1024 - 40 - 100) / 2);
+        l.release(Direction::Inbound);
+        assert!(l.try_admit(Direction::Outbound), "a slot freed by either direction serves both");
+        let err = Limits::new([0, 0], 0, 1000).size_fds(1024, 40).unwrap_err().to_string();
+        assert!(err.contains("fdReserve = 1000") && err.contains("1024") && err.contains("below 982"), "{err}");
+        let off = Limits::new([0, 0], 0, 0);
+        off.size_fds(64, 60).unwrap();
+        assert!(off.fds.is_unlimited(), "a reserve of 0 turns the budget off");
+    }
+
+    #[test]
+    fn directions_have_their_own_connection_slots() {
+        let l = Limits::new([2, 0], 0, 0);
+        assert!(l.try_admit(Direction::Inbound));
+        assert!(l.try_admit(Direction::Inbound));
+        assert!(!l.try_admit(Direction::Inbound), "inbound is full");
+        for _ in 0..10 {
+            assert!(l.try_admit(Direction::Outbound), "outbound is not affected");
+        }
+        l.release(Direction::Inbound);
+        assert!(l.try_admit(Direction::Inbound));
+    }
+
+    #[test]
+    fn detection_slots_are_counted_and_given_back() {
+        let l = Limits::new([0, 0], 1, 0);
+        let slot = l.detect_slot(Direction::Inbound).unwrap();
+        assert!(l.detect_slot(Direction::Inbound).is_none());
+        assert!(l.detect_slot(Direction::Outbound).is_some(), "per direction");
+        drop(slot);
+        assert!(l.detect_slot(Direction::Inbound).is_some());
+        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 1);
+    }
+}

@@ -1,0 +1,119 @@
+//! Per-direction bounds on a live engine: each direction has its own
+//! connection limit (a full inbound side leaves outbound traffic alone, and
+//! its excess waits in the kernel backlog), and the connections in protocol
+//! detection are capped per direction (past the cap a connection skips
+//! detection, is counted as `over_limit` and still carries every byte).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use meshpipe_core::{Direction, Engine};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An engine with an inbound and an outbound listener, both forwarding to `target`.
+async fn two_directions(target: SocketAddr, mode: &str, extra: serde_json::Value) -> (Engine, SocketAddr, SocketAddr) {
+    let mut cfg = serde_json::json!({
+        "listeners": [
+            { "name": "in", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": target.to_string() }, "mode": mode, "direction": "inbound" },
+            { "name": "out", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": target.to_string() }, "mode": mode, "direction": "outbound" }
+        ]
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    let (engine, inbound) = start(cfg).await;
+    let outbound = engine.bound()[1].bind.parse().unwrap();
+    (engine, inbound, outbound)
+}
+
+/// Sends `msg` and reads the echo, within a few seconds.
+async fn echoed(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    within(Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, msg);
+}
+
+/// Waits (polling the engine's counters) until `f` holds.
+async fn until(engine: &Engine, what: &str, f: impl Fn(&meshpipe_core::Snapshot) -> bool) {
+    let ok = tokio::time::timeout(Duration::from_secs(5), async {
+        while !f(&engine.snapshot()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "timed out waiting until {what}: {:?}", engine.snapshot().limits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbound_side_does_not_starve_outbound_traffic() {
+    let echo = echo_server().await;
+    let (engine, inbound, outbound) = two_directions(echo, "opaque", serde_json::json!({ "limits": { "inboundConnections": 2 } })).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(inbound).await.unwrap();
+        echoed(&mut s, b"in").await;
+        idle.push(s);
+    }
+    // The third inbound connection completes its handshake (backlog) but is not served.
+    let mut third = TcpStream::connect(inbound).await.unwrap();
+    third.write_all(b"third").await.unwrap();
+    let mut buf = [0u8; 5];
+    assert!(tokio::time::timeout(Duration::from_millis(300), third.read_exact(&mut buf)).await.is_err(), "the third inbound waits");
+    // Outbound has its own slots: served at once, however many.
+    for i in 0..5u8 {
+        let mut s = TcpStream::connect(outbound).await.unwrap();
+        echoed(&mut s, &[b'o', i]).await;
+    }
+    let limits = engine.snapshot().limits;
+    let inbound_limit = &limits.connections[Direction::Inbound.index()];
+    assert_eq!((inbound_limit.limit, inbound_limit.used), (Some(2), 2), "{limits:?}");
+    assert!(inbound_limit.refused >= 1);
+    assert_eq!(limits.connections[Direction::Outbound.index()].refused, 0);
+    // A slot frees: the waiting connection is served, its bytes intact.
+    drop(idle.pop());
+    within(Duration::from_secs(5), third.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"third");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte() {
+    let echo = echo_server().await;
+    let detect = serde_json::json!({ "inboundTimeoutMs": 10_000, "outboundTimeoutMs": 10_000, "serverFirstGraceMs": 0 });
+    let (engine, inbound, outbound) =
+        two_directions(echo, "detect", serde_json::json!({ "limits": { "detectingConnections": 2 }, "detect": detect })).await;
+    // Two silent clients hold both inbound detection slots (a slowloris flood, in small).
+    let silent = [TcpStream::connect(inbound).await.unwrap(), TcpStream::connect(inbound).await.unwrap()];
+    until(&engine, "two inbound connections are detecting", |s| s.limits.detecting[Direction::Inbound.index()].used == 2).await;
+
+    // The next inbound connection is forwarded at once, undetected, losslessly.
+    let request = b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut s = TcpStream::connect(inbound).await.unwrap();
+    echoed(&mut s, request).await;
+    let data = random(256 * 1024, 7);
+    let mut full = request.to_vec();
+    full.extend_from_slice(&data);
+    assert_eq!(within(Duration::from_secs(10), roundtrip(inbound, full.clone())).await, sha(&full));
+    // Outbound has its own detection slots.
+    let mut o = TcpStream::connect(outbound).await.unwrap();
+    echoed(&mut o, request).await;
+    let snap = engine.snapshot();
+    let count = |dir: Direction, result: &str| {
+        snap.detect.iter().filter(|d| d.direction == dir && d.result.as_str() == result).map(|d| d.count).sum::<u64>()
+    };
+    assert_eq!(count(Direction::Inbound, "over_limit"), 2, "{:?}", snap.detect);
+    assert_eq!(count(Direction::Outbound, "http/1"), 1, "{:?}", snap.detect);
+    assert_eq!(snap.limits.detecting[Direction::Inbound.index()].refused, 2);
+
+    // Once the silent clients leave, inbound connections are detected again.
+    drop(silent);
+    until(&engine, "the detection slots are free", |s| s.limits.detecting[Direction::Inbound.index()].used == 0).await;
+    let mut again = TcpStream::connect(inbound).await.unwrap();
+    echoed(&mut again, request).await;
+    let snap = engine.snapshot();
+    assert!(snap.detect.iter().any(|d| d.direction == Direction::Inbound && d.result.as_str() == "http/1"), "{:?}", snap.detect);
+}
