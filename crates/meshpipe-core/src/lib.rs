@@ -27,6 +27,7 @@ pub mod copy;
 pub mod detect;
 pub mod drain;
 pub mod events;
+pub mod identity;
 pub mod listener;
 pub mod log;
 pub mod metrics;
@@ -36,6 +37,8 @@ pub mod server_first;
 pub mod socket;
 mod sys;
 pub mod target;
+pub mod tls;
+pub mod transport_header;
 pub mod vocab;
 
 use std::sync::atomic::Ordering::Relaxed;
