@@ -231,7 +231,9 @@ pub(crate) fn webpki_reason(e: &webpki::Error) -> String {
         E::CaUsedAsEndEntity => "the leaf is a CA certificate, not a workload certificate".into(),
         E::EndEntityUsedAsCa => "an intermediate is not a CA certificate".into(),
         E::RequiredEkuNotFoundContext(_) => "the leaf's extended key usage does not allow this use".into(),
-        E::InvalidSignatureForPublicKey => "a signature in the chain is invalid".into(),
+        E::InvalidSignatureForPublicKey => {
+            "a signature in the chain is invalid (an issuer of the same name but another key: a different trust anchor?)".into()
+        }
         E::UnsupportedSignatureAlgorithmContext(_) | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
             "a signature algorithm in the chain is not supported".into()
         }
