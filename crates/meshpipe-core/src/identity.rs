@@ -17,11 +17,12 @@
 //!
 //! The submodules load a proxy's own identity from PEM (`material`), read the
 //! facts of a certificate (`cert`) and issue a local trust anchor, issuer and
-//! workload certificates (`issue`).
+//! workload certificates (`issue`); `ops` is what the addon calls.
 
 pub mod cert;
 pub mod issue;
 pub mod material;
+pub mod ops;
 
 use std::fmt;
 use std::str::FromStr;

@@ -21,9 +21,11 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod authz;
 pub mod config;
 pub mod conn;
 pub mod copy;
+pub mod destinations;
 pub mod detect;
 pub mod drain;
 pub mod events;
@@ -82,6 +84,9 @@ pub enum ErrorCode {
     NotStarted,
     #[serde(rename = "ERR_CLOSED")]
     Closed,
+    /// Identity material (certificate, key, trust anchors) that cannot be used.
+    #[serde(rename = "ERR_IDENTITY")]
+    Identity,
     /// Anything the engine did not expect (a thread that cannot start, ...).
     #[serde(rename = "ERR_NATIVE")]
     Native,
@@ -99,6 +104,7 @@ impl ErrorCode {
             ErrorCode::AlreadyStarted => "ERR_ALREADY_STARTED",
             ErrorCode::NotStarted => "ERR_NOT_STARTED",
             ErrorCode::Closed => "ERR_CLOSED",
+            ErrorCode::Identity => "ERR_IDENTITY",
             ErrorCode::Native => "ERR_NATIVE",
         }
     }
