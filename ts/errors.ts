@@ -24,6 +24,7 @@ export const ERROR_CODES = {
   ERR_NOT_STARTED: 1,
   ERR_ALREADY_STARTED: 1,
   ERR_CLOSED: 1,
+  ERR_IDENTITY: 2,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

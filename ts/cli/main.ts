@@ -25,6 +25,7 @@ const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = 
   run: { module: './run.js', summary: 'run the proxy as a sidecar around a command: meshpipe run [options] -- COMMAND [ARGS...]' },
   init: { module: './init.js', summary: 'install the iptables rules that redirect a pod\'s traffic through the proxy' },
   explain: { module: './explain.js', summary: 'explain the port policy: which ports are opaque or detected, and why' },
+  identity: { module: './identity.js', summary: 'mesh identity: a local CA (init), workload certificates (issue), and checking identity files (check)' },
 };
 
 interface CommandModule {

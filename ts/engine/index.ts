@@ -5,7 +5,8 @@
  * types everything that crosses the boundary (ARCHITECTURE.md);
  * build-config.ts turns a `ProxyConfig` into the engine's `EngineConfig` and
  * the flag policy; proxy.ts is the library `Proxy` (start once, close once,
- * errors as `MeshpipeError`s).
+ * errors as `MeshpipeError`s); mesh.ts is the addon's identity functions
+ * and its authorization and meshed-destination decisions.
  *
  * Other folders import from here; the engine folder itself depends only on
  * ts/config/ and ts/errors.ts.
@@ -13,6 +14,19 @@
 export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
 export { buildEngineConfig, buildFlagPolicy } from './build-config.js';
 export { setEngineLog, type EngineLogStream } from './native.js';
+export { identityInit, identityIssue, identityCheck, authzDecide, destinationsLookup } from './mesh.js';
+export type {
+  AuthzSpec,
+  PortAuthzSpec,
+  AuthzRuleSpec,
+  NetworkSpec,
+  DecisionInfo,
+  DestinationsSpec,
+  DestinationSpec,
+  IdentityInfo,
+  TrustBundle,
+  IssuedPem,
+} from './boundary.js';
 export type {
   EngineConfig,
   PolicyTable,

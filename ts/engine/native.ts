@@ -49,15 +49,20 @@ export type DetectResultLabel = DetectResult;
 /** The engine's log output: a filter (RUST_LOG-style directives) and a stream. */
 export type EngineLogStream = 'stdout' | 'stderr';
 
-interface RawBinding {
+export interface RawBinding {
   NativeProxy: typeof Addon.NativeProxy;
   setEngineLog: typeof Addon.setEngineLog;
+  identityInit: typeof Addon.identityInit;
+  identityIssue: typeof Addon.identityIssue;
+  identityCheck: typeof Addon.identityCheck;
+  authzDecide: typeof Addon.authzDecide;
+  destinationsLookup: typeof Addon.destinationsLookup;
 }
 
 let binding: RawBinding | undefined;
 
 /** Finds and loads the addon built for this platform. */
-function loadBinding(): RawBinding {
+export function loadBinding(): RawBinding {
   if (binding) return binding;
   const here = dirname(fileURLToPath(import.meta.url));
   const abi = isMusl() ? 'musl' : 'gnu';
@@ -130,7 +135,8 @@ export function setEngineLog(filter: string, stream: EngineLogStream): void {
   call(() => set(filter, stream));
 }
 
-function call<T>(f: () => T): T {
+/** Runs an addon call, mapping its errors to `MeshpipeError`s. */
+export function call<T>(f: () => T): T {
   try {
     return f();
   } catch (err) {
