@@ -90,7 +90,7 @@ export class IdentityReloader extends EventEmitter<IdentityReloaderEvents> {
   async start(): Promise<IdentityState> {
     this.current = await loadIdentity(this.opts.files, this.opts.name);
     this.signature = await this.computeSignature();
-    for (const dir of new Set(Object.values(this.opts.files).map((f) => dirname(f)))) this.watchDir(dir);
+    for (const dir of new Set(this.paths().map((f) => dirname(f)))) this.watchDir(dir);
     this.poll = setInterval(() => void this.tick(), this.opts.pollIntervalMs ?? 1000);
     this.poll.unref();
     const s = this.state();
@@ -201,7 +201,7 @@ export class IdentityReloader extends EventEmitter<IdentityReloaderEvents> {
   }
 
   private watchDir(dir: string): void {
-    const names = new Set(Object.values(this.opts.files).filter((f) => dirname(f) === dir).map((f) => basename(f)));
+    const names = new Set(this.paths().filter((f) => dirname(f) === dir).map((f) => basename(f)));
     try {
       const w = watch(dir, { persistent: false }, (_event, name) => {
         // `..data` and the timestamped folders are the kubelet's atomic swap.
@@ -220,10 +220,15 @@ export class IdentityReloader extends EventEmitter<IdentityReloaderEvents> {
     }
   }
 
+  private paths(): string[] {
+    const { cert, key, anchors } = this.opts.files;
+    return [cert, key, anchors];
+  }
+
   /** mtime/size/inode of each file through its symlinks: cheap, and catches symlink swaps. */
   private async computeSignature(): Promise<string> {
     const parts = await Promise.all(
-      Object.values(this.opts.files).map(async (f) => {
+      this.paths().map(async (f) => {
         try {
           const s = await stat(f);
           return `${f}:${s.mtimeMs}:${s.size}:${s.ino}`;
