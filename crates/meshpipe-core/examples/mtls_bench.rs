@@ -13,12 +13,12 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use meshpipe_core::copy::stream::{forward, Transport};
+use meshpipe_core::copy::Counters;
 use meshpipe_core::identity::issue;
 use meshpipe_core::identity::material::{IdentityMaterial, MaterialSources, PemSource};
 use meshpipe_core::identity::Identity;
 use meshpipe_core::tls::{self, AlpnRule, ClientAlpn, MeshTls};
-use meshpipe_core::copy::stream::{forward, Transport};
-use meshpipe_core::copy::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -34,7 +34,8 @@ fn live() -> isize {
 const T: Duration = Duration::from_secs(10);
 
 fn material(ca: &issue::TrustBundle, name: &Identity) -> IdentityMaterial {
-    let w = issue::issue(&ca.issuer.cert_pem, &ca.issuer.key_pem, "issuer.crt", name, Duration::from_secs(86_400), SystemTime::now()).unwrap();
+    let w =
+        issue::issue(&ca.issuer.cert_pem, &ca.issuer.key_pem, "issuer.crt", name, Duration::from_secs(86_400), SystemTime::now()).unwrap();
     let src = MaterialSources {
         cert: PemSource { file: "tls.crt", pem: w.cert_pem.as_bytes() },
         key: PemSource { file: "tls.key", pem: w.key_pem.as_bytes() },
@@ -73,10 +74,7 @@ async fn run(handshakes: usize, idle: usize) {
     let one = |c: TcpStream, s: TcpStream| {
         let (client, server, db) = (client.clone(), server.clone(), db.clone());
         async move {
-            let (c, s) = tokio::join!(
-                tls::connect(&client, c, &db, ClientAlpn::Tunnel, T),
-                tls::accept(&server, s, AlpnRule::Tunnel, T)
-            );
+            let (c, s) = tokio::join!(tls::connect(&client, c, &db, ClientAlpn::Tunnel, T), tls::accept(&server, s, AlpnRule::Tunnel, T));
             (c.unwrap().0, s.unwrap().0)
         }
     };

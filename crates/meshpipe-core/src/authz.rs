@@ -202,7 +202,8 @@ impl AuthzTable {
 
 impl Rule {
     fn allows(&self, client: Option<&Identity>, ip: IpAddr) -> bool {
-        let in_network = self.networks.is_empty() || self.networks.iter().any(|n| n.net.contains(ip) && !n.except.iter().any(|e| e.contains(ip)));
+        let in_network =
+            self.networks.is_empty() || self.networks.iter().any(|n| n.net.contains(ip) && !n.except.iter().any(|e| e.contains(ip)));
         in_network && self.clients.allow(client)
     }
 }
@@ -214,7 +215,9 @@ impl Clients {
         }
         let Some(id) = client else { return false };
         let name = id.as_str();
-        self.any_identity || self.exact.iter().any(|e| e == name) || self.suffixes.iter().any(|s| name.len() > s.len() && name.ends_with(s.as_str()))
+        self.any_identity
+            || self.exact.iter().any(|e| e == name)
+            || self.suffixes.iter().any(|s| name.len() > s.len() && name.ends_with(s.as_str()))
     }
 }
 
@@ -225,7 +228,12 @@ fn compile_port(p: &PortAuthzSpec) -> Result<PortAuthz, AuthzError> {
         let mut networks = Vec::with_capacity(r.networks.len());
         for n in &r.networks {
             let net = Cidr::from_str(&n.cidr).map_err(|e| bad(format!("{} {}: {e}", r.kind, r.name)))?;
-            let except = n.except.iter().map(|e| Cidr::from_str(e)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(format!("{} {}: {e}", r.kind, r.name)))?;
+            let except = n
+                .except
+                .iter()
+                .map(|e| Cidr::from_str(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("{} {}: {e}", r.kind, r.name)))?;
             networks.push(Network { net, except });
         }
         let mut clients = Clients { anyone: r.identities.is_empty(), ..Clients::default() };

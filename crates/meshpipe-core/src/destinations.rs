@@ -93,7 +93,7 @@ impl DestinationTable {
                 Some(i) => i,
                 None => {
                     levels.push(Level { prefix, entries: HashMap::new() });
-                    levels.sort_by(|a, b| b.prefix.cmp(&a.prefix));
+                    levels.sort_by_key(|l| std::cmp::Reverse(l.prefix));
                     levels.iter().position(|l| l.prefix == prefix).unwrap_or_default()
                 }
             };
@@ -173,7 +173,11 @@ mod tests {
 
     #[test]
     fn first_entry_of_a_network_wins_and_bad_entries_are_refused() {
-        let t = DestinationTable::from_spec(&DestinationsSpec { generation: 1, entries: vec![entry("10.0.0.1/32", DB, 4143), entry("10.0.0.1", LEGACY, 4143)] }).unwrap();
+        let t = DestinationTable::from_spec(&DestinationsSpec {
+            generation: 1,
+            entries: vec![entry("10.0.0.1/32", DB, 4143), entry("10.0.0.1", LEGACY, 4143)],
+        })
+        .unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t.lookup("10.0.0.1".parse().unwrap()).unwrap().identity.as_str(), DB);
         for (e, word) in [

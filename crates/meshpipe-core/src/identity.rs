@@ -253,7 +253,10 @@ mod tests {
         let id = Identity::parse("web.emojivoto.serviceaccount.identity.linkerd.cluster.local").unwrap();
         assert_eq!(id.kind(), IdentityKind::Dns);
         let p = id.service_account().unwrap();
-        assert_eq!((p.service_account, p.namespace, p.control_namespace, p.trust_domain), ("web", "emojivoto", Some("linkerd"), "cluster.local"));
+        assert_eq!(
+            (p.service_account, p.namespace, p.control_namespace, p.trust_domain),
+            ("web", "emojivoto", Some("linkerd"), "cluster.local")
+        );
         assert_eq!(id.server_name(), id.as_str());
         let plain = Identity::parse("db.example.org").unwrap();
         assert!(plain.service_account().is_none());

@@ -161,7 +161,11 @@ impl TlsState {
     /// A client config that accepts only a peer proving `peer`.
     pub fn client_config(&self, peer: &Identity, alpn: ClientAlpn) -> Arc<ClientConfig> {
         let mut config = self.client_base.clone();
-        config.dangerous().set_certificate_verifier(Arc::new(verify::PeerVerifier::new(self.roots.clone(), provider(), Some(peer.clone()))));
+        config.dangerous().set_certificate_verifier(Arc::new(verify::PeerVerifier::new(
+            self.roots.clone(),
+            provider(),
+            Some(peer.clone()),
+        )));
         if alpn == ClientAlpn::Tunnel {
             config.alpn_protocols = vec![ALPN.to_vec()];
         }

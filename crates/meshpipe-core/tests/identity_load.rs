@@ -73,9 +73,29 @@ fn spiffe_identity_from_an_openssl_certificate() {
     openssl(&dir, &["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=spiffe root", "-days", "2", "-out", "ca.crt"]);
     openssl(&dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "tls.key"]);
     openssl(&dir, &["req", "-new", "-key", "tls.key", "-subj", "/O=mesh", "-out", "tls.csr"]);
-    let ext = "subjectAltName=URI:spiffe://example.org/ns/shop/sa/cart\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature\n";
+    let ext =
+        "subjectAltName=URI:spiffe://example.org/ns/shop/sa/cart\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature\n";
     std::fs::write(dir.join("ext.cnf"), ext).unwrap();
-    openssl(&dir, &["x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "ext.cnf", "-out", "tls.crt"]);
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "tls.crt",
+        ],
+    );
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     // The key is SEC1 ("EC PRIVATE KEY"), not PKCS#8: both load.
     assert!(read("tls.key").contains("BEGIN EC PRIVATE KEY"));
@@ -94,7 +114,26 @@ fn certificates_without_a_single_identity_need_identity_name() {
     openssl(&dir, &["req", "-new", "-key", "tls.key", "-subj", "/CN=x", "-out", "tls.csr"]);
     let sign = |ext: &str, out: &str| {
         std::fs::write(dir.join("ext.cnf"), ext).unwrap();
-        openssl(&dir, &["x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "ext.cnf", "-out", out]);
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "tls.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                out,
+            ],
+        );
         std::fs::read_to_string(dir.join(out)).unwrap()
     };
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
@@ -105,7 +144,10 @@ fn certificates_without_a_single_identity_need_identity_name() {
     assert!(matches!(err, MaterialError::NoIdentity { .. }), "{err}");
     assert!(err.to_string().contains("tls.crt") && err.to_string().contains("SANs: none"), "{err}");
 
-    let two = sign("subjectAltName=DNS:a.ns.serviceaccount.identity.linkerd.cluster.local,DNS:b.ns.serviceaccount.identity.linkerd.cluster.local\n", "two.crt");
+    let two = sign(
+        "subjectAltName=DNS:a.ns.serviceaccount.identity.linkerd.cluster.local,DNS:b.ns.serviceaccount.identity.linkerd.cluster.local\n",
+        "two.crt",
+    );
     let err = load(&two, &key, &anchors, None, SystemTime::now()).unwrap_err();
     assert!(err.to_string().contains("several identities") && err.to_string().contains("--identity-name"), "{err}");
     let b = "b.ns.serviceaccount.identity.linkerd.cluster.local";
@@ -179,7 +221,8 @@ fn issuing_refuses_what_would_not_work() {
     let ca = ca();
     let name = linkerd("web", "ns");
     let now = SystemTime::now();
-    let err = meshpipe_core::identity::issue::issue(&ca.issuer.cert_pem, &ca.issuer.key_pem, "issuer.crt", &name, 400 * DAY, now).unwrap_err();
+    let err =
+        meshpipe_core::identity::issue::issue(&ca.issuer.cert_pem, &ca.issuer.key_pem, "issuer.crt", &name, 400 * DAY, now).unwrap_err();
     assert!(err.to_string().contains("outlive its issuer"), "{err}");
     let w = workload(&ca, &name, DAY, now);
     let err = meshpipe_core::identity::issue::issue(&w.cert_pem, &w.key_pem, "tls.crt", &name, DAY, now).unwrap_err();

@@ -149,7 +149,8 @@ async fn clients_outside_the_mesh_are_refused() {
     let mut h2 = (*web.client_config(&db, ClientAlpn::None)).clone();
     h2.alpn_protocols = vec![b"h2".to_vec()];
     let (c, s) = pair().await;
-    let (_, s) = tokio::join!(tokio_rustls::TlsConnector::from(Arc::new(h2)).connect(name, c), tls::accept(&server, s, AlpnRule::Tunnel, T));
+    let (_, s) =
+        tokio::join!(tokio_rustls::TlsConnector::from(Arc::new(h2)).connect(name, c), tls::accept(&server, s, AlpnRule::Tunnel, T));
     assert_eq!(s.unwrap_err().reason, HandshakeFailure::Alpn);
 
     // Plaintext sent to a TLS server.

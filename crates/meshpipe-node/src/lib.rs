@@ -295,8 +295,10 @@ pub fn authz_decide(table: String, port: u32, client_identity: Option<String>, c
     let spec: AuthzSpec = parse_json("authorization table", &table, ErrorCode::Policy)?;
     let table = AuthzTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
     let port = u16::try_from(port).map_err(|_| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 0-65535")))?;
-    let client = client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
-    let ip: std::net::IpAddr = client_ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
+    let client =
+        client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
+    let ip: std::net::IpAddr =
+        client_ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
     to_json(&DecisionInfo::from(table.authorize(port, client.as_ref(), ip)))
 }
 
@@ -308,7 +310,8 @@ pub fn destinations_lookup(table: String, ip: String) -> Result<String, ErrorCod
     use meshpipe_core::destinations::{DestinationSpec, DestinationTable, DestinationsSpec};
     let spec: DestinationsSpec = parse_json("meshed destinations", &table, ErrorCode::Policy)?;
     let table = DestinationTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
-    let addr: std::net::IpAddr = ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IP address")))?;
+    let addr: std::net::IpAddr =
+        ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IP address")))?;
     let found = table.lookup(addr).map(|d| DestinationSpec {
         net: ip.clone(),
         identity: d.identity.to_string(),

@@ -14,7 +14,10 @@ fn rule(kind: &str, name: &str, networks: &[(&str, &[&str])], identities: &[&str
     AuthzRuleSpec {
         kind: kind.into(),
         name: name.into(),
-        networks: networks.iter().map(|(c, e)| NetworkSpec { cidr: c.to_string(), except: e.iter().map(|s| s.to_string()).collect() }).collect(),
+        networks: networks
+            .iter()
+            .map(|(c, e)| NetworkSpec { cidr: c.to_string(), except: e.iter().map(|s| s.to_string()).collect() })
+            .collect(),
         identities: identities.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -47,7 +50,12 @@ fn table() -> AuthzTable {
             // Any authenticated client.
             port(8443, "server", "api", vec![rule("authorizationpolicy", "meshed", &[], &["*"])]),
         ],
-        default: port(0, "default", "cluster-unauthenticated", vec![rule("default", "cluster-unauthenticated", &[("10.0.0.0/8", &[]), ("fd00::/8", &[])], &[])]),
+        default: port(
+            0,
+            "default",
+            "cluster-unauthenticated",
+            vec![rule("default", "cluster-unauthenticated", &[("10.0.0.0/8", &[]), ("fd00::/8", &[])], &[])],
+        ),
     })
     .unwrap()
 }
@@ -57,7 +65,10 @@ fn exact_identity_and_network_with_except() {
     let t = table();
     assert_eq!(t.generation(), 4);
     let d = t.authorize(5432, Some(&id(WEB)), ip("10.1.2.3"));
-    assert_eq!(d, Decision { allow: true, srv_kind: "server", srv_name: "db", authz_kind: Some("authorizationpolicy"), authz_name: Some("db-web") });
+    assert_eq!(
+        d,
+        Decision { allow: true, srv_kind: "server", srv_name: "db", authz_kind: Some("authorizationpolicy"), authz_name: Some("db-web") }
+    );
     assert!(!t.authorize(5432, Some(&id(WEB)), ip("10.9.1.1")).allow, "except carves out a subnet");
     assert!(!t.authorize(5432, Some(&id(WEB)), ip("172.16.0.1")).allow, "outside the networks");
     assert!(!t.authorize(5432, None, ip("10.1.2.3")).allow, "no mesh TLS");
@@ -107,7 +118,9 @@ fn servers_without_policy_deny_and_other_ports_use_the_default() {
 
 #[test]
 fn bad_tables_are_refused() {
-    let bad = |ports: Vec<PortAuthzSpec>| AuthzTable::from_spec(&AuthzSpec { generation: 1, ports, default: PortAuthzSpec::default() }).unwrap_err();
+    let bad = |ports: Vec<PortAuthzSpec>| {
+        AuthzTable::from_spec(&AuthzSpec { generation: 1, ports, default: PortAuthzSpec::default() }).unwrap_err()
+    };
     assert_eq!(bad(vec![port(80, "server", "a", vec![]), port(80, "server", "b", vec![])]), AuthzError::Duplicate(80));
     let e = bad(vec![port(80, "server", "a", vec![rule("authorizationpolicy", "p", &[("10.0.0.0/40", &[])], &[])])]).to_string();
     assert!(e.contains("port 80") && e.contains("10.0.0.0/40"), "{e}");
@@ -125,5 +138,8 @@ fn the_spec_is_json_camel_case() {
     let spec: AuthzSpec = serde_json::from_str(json).unwrap();
     let t = AuthzTable::from_spec(&spec).unwrap();
     assert!(!t.authorize(81, None, ip("10.0.0.1")).allow, "deny default");
-    assert!(serde_json::from_str::<AuthzSpec>(r#"{"generation":1,"ports":[],"default":{"port":0,"srvKind":"x","srvName":"y","rules":[],"extra":1}}"#).is_err());
+    assert!(serde_json::from_str::<AuthzSpec>(
+        r#"{"generation":1,"ports":[],"default":{"port":0,"srvKind":"x","srvName":"y","rules":[],"extra":1}}"#
+    )
+    .is_err());
 }

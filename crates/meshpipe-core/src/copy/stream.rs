@@ -31,7 +31,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Counters, CopyError, DirError, Moved};
+use super::{CopyError, Counters, DirError, Moved};
 use crate::socket;
 
 /// A stream the forwarder can carry: plain TCP, or TLS over TCP.
@@ -182,7 +182,10 @@ enum Step {
     Eof,
     /// The destination took `sent` bytes of a read; `rest` holds the bytes
     /// it did not take yet.
-    Moved { sent: usize, rest: Option<Vec<u8>> },
+    Moved {
+        sent: usize,
+        rest: Option<Vec<u8>>,
+    },
 }
 
 /// One read into the thread's buffer and one write attempt of what it got,

@@ -51,10 +51,7 @@ impl CertFacts {
                 }
             }
         }
-        let identities = sans
-            .iter()
-            .filter_map(|(kind, text)| Identity::parse(text).ok().filter(|id| id.kind() == *kind))
-            .collect();
+        let identities = sans.iter().filter_map(|(kind, text)| Identity::parse(text).ok().filter(|id| id.kind() == *kind)).collect();
         let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
         Ok(CertFacts {
             sans,

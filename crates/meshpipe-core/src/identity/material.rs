@@ -124,7 +124,12 @@ impl IdentityMaterial {
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
                 return Err(MaterialError::KeyMismatch { cert_file: src.cert.file.to_string(), key_file: src.key.file.to_string() })
             }
-            Err(e) => return Err(MaterialError::Key { file: src.key.file.to_string(), reason: format!("cannot compare with the certificate: {e}") }),
+            Err(e) => {
+                return Err(MaterialError::Key {
+                    file: src.key.file.to_string(),
+                    reason: format!("cannot compare with the certificate: {e}"),
+                })
+            }
         }
         check_validity(&leaf, src.cert.file, now)?;
         verify_chain(&chain, &anchors, provider, now).map_err(|reason| MaterialError::Untrusted {
@@ -216,7 +221,8 @@ pub(crate) fn verify_chain(
     let time = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
     let algs = provider.signature_verification_algorithms.all;
     for (usage, name) in [(webpki::KeyUsage::server_auth(), "TLS server"), (webpki::KeyUsage::client_auth(), "TLS client")] {
-        leaf.verify_for_usage(algs, &roots, &chain[1..], time, usage, None, None).map_err(|e| format!("{} ({name} use)", webpki_reason(&e)))?;
+        leaf.verify_for_usage(algs, &roots, &chain[1..], time, usage, None, None)
+            .map_err(|e| format!("{} ({name} use)", webpki_reason(&e)))?;
     }
     Ok(())
 }

@@ -60,7 +60,12 @@ pub enum OpError {
 }
 
 pub fn init(spec: &InitSpec) -> Result<TrustBundle, OpError> {
-    Ok(issue::init(&spec.trust_domain, Duration::from_millis(spec.anchor_ttl_ms), Duration::from_millis(spec.issuer_ttl_ms), SystemTime::now())?)
+    Ok(issue::init(
+        &spec.trust_domain,
+        Duration::from_millis(spec.anchor_ttl_ms),
+        Duration::from_millis(spec.issuer_ttl_ms),
+        SystemTime::now(),
+    )?)
 }
 
 pub fn issue(spec: &IssueSpec) -> Result<IssuedPem, OpError> {
@@ -79,8 +84,10 @@ pub fn check(spec: &LoadSpec, cert: &[u8], key: &[u8], anchors: &[u8]) -> Result
     };
     let material = IdentityMaterial::load(&src, &crate::tls::provider(), SystemTime::now())?;
     // Building the TLS configs proves the anchors and key are usable by rustls too.
-    crate::tls::TlsState::new(&material, 0).map_err(|e| {
-        MaterialError::Untrusted { cert_file: spec.cert_file.clone(), anchors_file: spec.anchors_file.clone(), reason: e.to_string() }
+    crate::tls::TlsState::new(&material, 0).map_err(|e| MaterialError::Untrusted {
+        cert_file: spec.cert_file.clone(),
+        anchors_file: spec.anchors_file.clone(),
+        reason: e.to_string(),
     })?;
     Ok(material.info())
 }

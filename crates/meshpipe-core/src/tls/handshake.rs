@@ -170,7 +170,12 @@ where
 
 /// Accepts mesh TLS from a client that must present a certificate chaining
 /// to the anchors, within `timeout`.
-pub async fn accept<IO>(state: &TlsState, io: IO, alpn: AlpnRule, timeout: Duration) -> Result<(server::TlsStream<IO>, Accepted), HandshakeError>
+pub async fn accept<IO>(
+    state: &TlsState,
+    io: IO,
+    alpn: AlpnRule,
+    timeout: Duration,
+) -> Result<(server::TlsStream<IO>, Accepted), HandshakeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -188,7 +193,10 @@ where
             format!("the tunnel needs ALPN transport.l5d.io/v1, the client negotiated {}", got.as_deref().unwrap_or("none")),
         ));
     }
-    let leaf = conn.peer_certificates().and_then(|c| c.first()).ok_or_else(|| HandshakeError::new(HandshakeFailure::NoClientCert, "no client certificate"))?;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| HandshakeError::new(HandshakeFailure::NoClientCert, "no client certificate"))?;
     let facts = CertFacts::parse(leaf).map_err(|e| HandshakeError::new(HandshakeFailure::BadCertificate, e.to_string()))?;
     let client = facts.primary_identity().cloned().ok_or_else(|| {
         HandshakeError::new(

@@ -56,7 +56,13 @@ impl ServerCertVerifier for PeerVerifier {
             return Err(Error::General("mesh TLS client config used without an expected peer identity".into()));
         };
         let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, self.provider.signature_verification_algorithms.all)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
         let facts = CertFacts::parse(end_entity).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if facts.names(expected) {
             return Ok(ServerCertVerified::assertion());
@@ -70,12 +76,22 @@ impl ServerCertVerifier for PeerVerifier {
         Err(Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))))
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         // Unreachable with a TLS 1.3-only config; kept correct regardless.
         verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 

@@ -62,19 +62,19 @@ fn refusals_by_reason() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"GET / HTTP/1.1\r\n".to_vec(), "preface"),
         (b"transport.l5d.io/v2\r\n\r\n\0\0\0\x01\x08".to_vec(), "preface"),
-        (framed(&[]), "port"),                                                 // no port
-        (framed(&[0x08, 0x00]), "port"),                                       // port 0
-        (framed(&[0x08, 0x80, 0x80, 0x04]), "port"),                           // 65536
-        (framed(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), "port"), // -1
-        (framed(&[0x08]), "malformed"),                                        // truncated varint
+        (framed(&[]), "port"),                                                                      // no port
+        (framed(&[0x08, 0x00]), "port"),                                                            // port 0
+        (framed(&[0x08, 0x80, 0x80, 0x04]), "port"),                                                // 65536
+        (framed(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), "port"),      // -1
+        (framed(&[0x08]), "malformed"),                                                             // truncated varint
         (framed(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]), "malformed"), // > 64 bits
-        (framed(&[0x0a, 0x01, 0x50]), "malformed"),                            // port as bytes
-        (framed(&[0x08, 0x50, 0x12, 0x05, b'a']), "malformed"),                // name past the end
-        (framed(&[0x08, 0x50, 0x12, 0x02, 0xc3, 0x28]), "malformed"),          // name not UTF-8
-        (framed(&[0x08, 0x50, 0x12, 0x03, b'a', b' ', b'b']), "malformed"),    // name not DNS
-        (framed(&[0x08, 0x50, 0x1b]), "malformed"),                            // group
-        (framed(&[0x00, 0x00]), "malformed"),                                  // field 0
-        (framed(&[0x08, 0x50, 0x1a, 0x02, 0x08, 0x01]), "malformed"),          // http1 as varint
+        (framed(&[0x0a, 0x01, 0x50]), "malformed"),                                                 // port as bytes
+        (framed(&[0x08, 0x50, 0x12, 0x05, b'a']), "malformed"),                                     // name past the end
+        (framed(&[0x08, 0x50, 0x12, 0x02, 0xc3, 0x28]), "malformed"),                               // name not UTF-8
+        (framed(&[0x08, 0x50, 0x12, 0x03, b'a', b' ', b'b']), "malformed"),                         // name not DNS
+        (framed(&[0x08, 0x50, 0x1b]), "malformed"),                                                 // group
+        (framed(&[0x00, 0x00]), "malformed"),                                                       // field 0
+        (framed(&[0x08, 0x50, 0x1a, 0x02, 0x08, 0x01]), "malformed"),                               // http1 as varint
     ];
     for (bytes, reason) in cases {
         let err = decode(&bytes).expect_err(&format!("{bytes:02x?}"));

@@ -33,7 +33,13 @@ pub fn workload(ca: &TrustBundle, name: &Identity, ttl: Duration, now: SystemTim
     issue::issue(&ca.issuer.cert_pem, &ca.issuer.key_pem, "issuer.crt", name, ttl, now).unwrap()
 }
 
-pub fn load(cert: &str, key: &str, anchors: &str, name: Option<&str>, now: SystemTime) -> Result<IdentityMaterial, meshpipe_core::identity::material::MaterialError> {
+pub fn load(
+    cert: &str,
+    key: &str,
+    anchors: &str,
+    name: Option<&str>,
+    now: SystemTime,
+) -> Result<IdentityMaterial, meshpipe_core::identity::material::MaterialError> {
     let src = MaterialSources {
         cert: PemSource { file: "tls.crt", pem: cert.as_bytes() },
         key: PemSource { file: "tls.key", pem: key.as_bytes() },
