@@ -166,11 +166,9 @@ async function issue(argv: string[]): Promise<number> {
   const caDir = (values['ca-dir'] as string | undefined) ?? '.';
   const out = (values['out'] as string | undefined) ?? '.';
   const issuerFile = join(caDir, 'issuer.crt');
-  const [issuerCertPem, issuerKeyPem, anchor] = await Promise.all([
-    readInput(issuerFile, 'the issuer certificate'),
-    readInput(join(caDir, 'issuer.key'), 'the issuer key'),
-    readInput(join(caDir, 'ca.crt'), 'the trust anchor'),
-  ]);
+  const issuerCertPem = await readInput(issuerFile, 'the issuer certificate');
+  const issuerKeyPem = await readInput(join(caDir, 'issuer.key'), 'the issuer key');
+  const anchor = await readInput(join(caDir, 'ca.crt'), 'the trust anchor');
   const issued = identityIssue({ issuerCertPem, issuerKeyPem, issuerFile, name, ttlMs });
   await writeAll(out, [
     ['tls.crt', issued.certPem, 0o644],

@@ -52,11 +52,10 @@ async function readPem(file: string, what: string): Promise<Buffer> {
  * @throws MeshpipeError ERR_IDENTITY naming the file and the reason.
  */
 export async function loadIdentity(files: IdentityFiles, name: string | undefined): Promise<LoadedIdentity> {
-  const [cert, key, anchors] = await Promise.all([
-    readPem(files.cert, 'the certificate chain (PEM)'),
-    readPem(files.key, 'the private key (PEM)'),
-    readPem(files.anchors, 'the trust anchors (PEM)'),
-  ]);
+  // One after the other: with several files missing, the error always names the first.
+  const cert = await readPem(files.cert, 'the certificate chain (PEM)');
+  const key = await readPem(files.key, 'the private key (PEM)');
+  const anchors = await readPem(files.anchors, 'the trust anchors (PEM)');
   const info = identityCheck({ certFile: files.cert, keyFile: files.key, anchorsFile: files.anchors, name: name ?? null }, cert, key, anchors);
   return Object.freeze({ info: Object.freeze(info), files, loadedAtMs: Date.now() });
 }
