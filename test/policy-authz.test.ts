@@ -135,6 +135,10 @@ test('a Server without AuthorizationPolicy denies everything; unknown workload g
   for (const client of [null, ID('web', 'shop')]) {
     assert.deepEqual(authzDecide(onlyServers, 5432, client, '10.0.0.1'), { allow: false, srvKind: 'server', srvName: 'db-pg', authzKind: null, authzName: null });
   }
+  // A Server whose proxyProtocol is unknown is ignored by the port policy, but still guards its port here.
+  const typo = l.servers.map((s) => (s.name === 'db-pg' ? { ...s, proxyProtocol: 'HTTP/3' } : s));
+  const guarded = compileAuthz(inputs(l, { servers: typo, objects: [] })).spec;
+  assert.deepEqual(authzDecide(guarded, 5432, null, '10.0.0.1'), { allow: false, srvKind: 'server', srvName: 'db-pg', authzKind: null, authzName: null });
   const unknown = compileAuthz(inputs(l, { workload: undefined }));
   assert.deepEqual(unknown.spec.ports, []);
   // The engine refuses a table it cannot compile, with the port named.

@@ -30,6 +30,7 @@ import { serverDecisions } from './annotations.js';
 import type { AuthorizationPolicyObject, AuthzObject, MeshTlsAuthenticationObject, NetworkAuthenticationObject } from './k8s/authz-objects.js';
 import type { ObjectRef, ServerObject, WorkloadObject } from './k8s/objects.js';
 import { objectProblem, type PolicyProblem } from './problems.js';
+import { PROXY_PROTOCOL_MODES } from './model.js';
 
 export const DEFAULT_INBOUND_POLICY_ANNOTATION = 'config.linkerd.io/default-inbound-policy';
 
@@ -158,7 +159,11 @@ export function compileAuthz(inputs: AuthzInputs): AuthzResult {
   const def: PortAuthzSpec = { port: 0, srvKind: 'default', srvName: policy, rules: defaultPolicyRules(policy, inputs.clusterNetworks) };
   const ports: PortAuthzSpec[] = [];
   if (inputs.workload) {
-    const decisions = serverDecisions(inputs.servers, inputs.namespace, inputs.workload.labels, inputs.workload.containerPorts, inputs.ref, problems);
+    // A Server with an unknown proxyProtocol is ignored by the port policy (and
+    // reported there), but it still selects its port for authorization:
+    // ignoring it here would hand the port to the default policy, widening access.
+    const servers = inputs.servers.map((s) => (PROXY_PROTOCOL_MODES[s.proxyProtocol] === undefined ? { ...s, proxyProtocol: 'unknown' } : s));
+    const decisions = serverDecisions(servers, inputs.namespace, inputs.workload.labels, inputs.workload.containerPorts, inputs.ref, problems);
     const policies = inputs.objects
       .filter((o): o is AuthorizationPolicyObject => o.kind === 'AuthorizationPolicy' && o.namespace === inputs.namespace)
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
