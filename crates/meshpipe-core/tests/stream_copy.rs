@@ -160,6 +160,34 @@ async fn a_reset_on_the_tls_side_resets_the_plain_side() {
 }
 
 #[tokio::test]
+async fn a_reset_on_the_plain_side_reaches_the_tls_side_as_a_reset() {
+    let m = mesh();
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let (got_tx, got) = tokio::sync::oneshot::channel();
+    let (mut client, fwd, _) = originate(&m, |mut s| async move {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        let _ = got_tx.send(());
+        // The client resets next: this read must fail, not end cleanly with close_notify.
+        let mut rest = [0u8; 16];
+        let end = s.read(&mut rest).await;
+        let _ = seen_tx.send(end.map_err(|e| e.kind()));
+    })
+    .await;
+    client.write_all(b"hello").await.unwrap();
+    common::within(T, got).await.unwrap();
+    meshpipe_core::socket::set_reset_on_close(&client);
+    drop(client);
+    let err = common::within(T, fwd).await.unwrap().unwrap_err();
+    assert!(err.starts_with("client side"), "{err}");
+    let end = common::within(T, seen).await.unwrap();
+    assert!(
+        matches!(end, Err(std::io::ErrorKind::ConnectionReset) | Err(std::io::ErrorKind::UnexpectedEof)),
+        "the TLS peer sees a failure, not a clean end: {end:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_tls_stream_cut_without_close_notify_is_an_error_not_an_end() {
     let m = mesh();
     let (mut client, fwd, _) = originate(&m, |mut s| async move {
