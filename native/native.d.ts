@@ -41,6 +41,39 @@ export declare class NativeProxy {
 }
 
 /**
+ * The engine's authorization decision for one connection under a table
+ * (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For `meshpipe
+ * explain` and tests; the data path compiles the table once.
+ */
+export declare function authzDecide(table: string, port: number, clientIdentity: string | undefined | null, clientIp: string): string
+
+/**
+ * Looks `ip` up in a meshed-destinations table (JSON of a
+ * `DestinationsSpec`): JSON of the matching `DestinationSpec` (its `net` is
+ * the address looked up) or `null`. For `meshpipe explain` and tests.
+ */
+export declare function destinationsLookup(table: string, ip: string): string
+
+/**
+ * Loads and checks identity material (JSON of a `LoadSpec` and the three
+ * files' bytes); returns JSON of an `IdentityInfo`, or throws
+ * `ERR_IDENTITY` naming the file and the reason.
+ */
+export declare function identityCheck(spec: string, cert: Buffer, key: Buffer, anchors: Buffer): string
+
+/**
+ * `meshpipe identity init`: a new trust anchor and issuer (JSON of an
+ * `InitSpec` in, of a `TrustBundle` out).
+ */
+export declare function identityInit(spec: string): string
+
+/**
+ * `meshpipe identity issue`: a workload certificate and key (JSON of an
+ * `IssueSpec` in, of an `IssuedPem` out).
+ */
+export declare function identityIssue(spec: string): string
+
+/**
  * The addresses of this network namespace's interfaces, loopback left out,
  * also of links not running yet (unlike `os.networkInterfaces()`).
  */

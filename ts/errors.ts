@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   ERR_INIT_STATE: 1,
   /** An error nobody caught (see ts/cli/guard.ts): the proxy drained and exited. */
   ERR_INTERNAL: 1,
+  ERR_IDENTITY: 2,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

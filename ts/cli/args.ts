@@ -72,6 +72,15 @@ export const PROXY_OPTIONS: readonly OptionSpec[] = [
   { flag: 'cluster-networks', type: 'string', key: 'clusterNetworks', valueName: 'CIDRS', help: 'networks inside the cluster (default opaque ports apply to them; outside only with enable-external-profiles)' },
   { flag: 'namespace', type: 'string', key: 'namespace', valueName: 'NS', help: "this workload's namespace (else env POD_NAMESPACE)" },
   { flag: 'pod', type: 'string', key: 'pod', valueName: 'NAME', help: "this workload's pod name (else env POD_NAME)" },
+  { flag: 'identity-dir', type: 'string', key: 'identityDir', valueName: 'DIR', help: 'this proxy\'s mesh identity: a folder with tls.crt (chain), tls.key and ca.crt (trust anchors), as cert-manager or a CSI driver mounts it; checked at start (exit 2 on bad input) and re-read when it changes; not used for traffic yet' },
+  { flag: 'identity-cert', type: 'string', key: 'identityCert', valueName: 'FILE', help: 'the identity certificate chain (PEM, leaf first), instead of --identity-dir' },
+  { flag: 'identity-key', type: 'string', key: 'identityKey', valueName: 'FILE', help: 'the identity private key (PEM), instead of --identity-dir' },
+  { flag: 'trust-anchors', type: 'string', key: 'trustAnchors', valueName: 'FILE', help: 'the mesh trust anchors (PEM CA certificates), instead of --identity-dir' },
+  { flag: 'identity-name', type: 'string', key: 'identityName', valueName: 'NAME', help: 'which SAN of the certificate is this proxy\'s identity, when it has several or none of the usual forms' },
+  { flag: 'trust-domain', type: 'string', key: 'trustDomain', valueName: 'DOMAIN', help: 'the mesh trust domain, for identities derived from service accounts' },
+  { flag: 'identity-template', type: 'string', key: 'identityTemplate', valueName: 'TEMPLATE', help: 'how a pod\'s service account becomes its identity, e.g. spiffe://{trustDomain}/ns/{ns}/sa/{sa}' },
+  { flag: 'destinations', type: 'string', key: 'destinations', valueName: 'FILE', help: 'meshed hosts outside Kubernetes: lines of ADDRESS|CIDR IDENTITY [TUNNEL-PORT]' },
+  { flag: 'default-inbound-policy', type: 'string', key: 'defaultInboundPolicy', valueName: 'POLICY', help: 'who may reach ports no Server selects: all-unauthenticated, all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit (a workload\'s config.linkerd.io/default-inbound-policy annotation wins)' },
   { flag: 'help', short: 'h', type: 'boolean', help: 'show this help and exit', defaultText: '' },
 ];
 

@@ -31,6 +31,7 @@ const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = 
   inject: { module: './inject.js', summary: 'add the meshpipe sidecar to Kubernetes manifests: meshpipe inject [FILE|-] > injected.yaml' },
   uninject: { module: './uninject.js', summary: 'remove what meshpipe inject added: meshpipe uninject [FILE|-]' },
   injector: { module: './injector.js', summary: 'run the mutating admission webhook that injects pods as they are created (HTTPS, AdmissionReview v1)' },
+  identity: { module: './identity.js', summary: 'mesh identity: a local CA (init), workload certificates (issue), and checking identity files (check)' },
 };
 
 interface CommandModule {

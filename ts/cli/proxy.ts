@@ -5,6 +5,8 @@
  * 1. Parse and validate the whole config (defaults < file < env < flags).
  *    Invalid input throws ERR_INVALID_CONFIG / ERR_INVALID_ARGUMENT (exit 2)
  *    before anything is bound, so nothing ever listens on a bad config.
+ *    A configured mesh identity (--identity-dir, ...) is loaded and checked
+ *    here too: bad identity files exit 2 naming the file and the reason.
  * 2. Install SIGTERM/SIGINT handlers *before* binding, so a signal that
  *    arrives during startup still drains instead of killing the process.
  * 3. Start the engine; log one `listener bound` JSON line per listener (with
@@ -22,6 +24,7 @@ import type { ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 import { createLogger, type Logger } from '../observe/index.js';
 import { runProxyLifecycle } from '../sidecar/index.js';
+import { checkIdentityAtStart } from '../identity/index.js';
 
 export { forcedExitCode } from '../sidecar/index.js';
 
@@ -45,7 +48,9 @@ export async function main(argv: string[]): Promise<number> {
       { key: 'forward' },
     );
   }
-  return runProxy(config, createLogger(config.logLevel));
+  const logger = createLogger(config.logLevel);
+  await checkIdentityAtStart(config, logger);
+  return runProxy(config, logger);
 }
 
 /**

@@ -34,6 +34,7 @@ import { MeshpipeError } from '../errors.js';
 import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
 import { AppProcess } from './app-process.js';
 import { createLogger, type Logger } from '../observe/index.js';
+import { checkIdentityAtStart } from '../identity/index.js';
 
 /** Default bound on the wait for the proxy to become ready. */
 export const DEFAULT_READY_TIMEOUT_MS = 30_000;
@@ -99,6 +100,7 @@ export async function main(argv: string[]): Promise<number> {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
   }
   const logger = createLogger(config.logLevel);
+  await checkIdentityAtStart(config, logger);
   return runApp(new Sidecar(config, logger), logger, command, args, readyTimeoutMs);
 }
 

@@ -23,6 +23,7 @@ import { MeshpipeError } from '../errors.js';
 import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
 import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './schemas.js';
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
+import { IDENTITY_FIELDS, type IdentityConfig, identityConfig } from './identity.js';
 import {
   parseBindAddr,
   parseForward,
@@ -36,7 +37,7 @@ export type { ForwardSpec, SocketAddr, PortMode, Direction } from './forward.js'
 export { LOG_LEVELS, type LogLevel } from './schemas.js';
 
 /** The validated, normalised, deeply frozen proxy configuration. */
-export interface ProxyConfig extends SidecarConfig {
+export interface ProxyConfig extends SidecarConfig, IdentityConfig {
   readonly forward: readonly ForwardSpec[];
   readonly drainTimeoutMs: number;
   /** Limit on open proxied connections of each direction; 0 = unlimited (the default of the two below). */
@@ -139,6 +140,7 @@ const FIELDS = {
   adminExposeDebug: { schema: bool, default: false, expected: 'true or false' },
   inboundStopDelay: { schema: duration('a duration like 5s or 0 (stop at once)', { min: 0 }), default: '0s', expected: 'a duration like 5s or 0 (stop at once)' },
   ...SIDECAR_FIELDS,
+  ...IDENTITY_FIELDS,
 } as const;
 
 export type ConfigKey = keyof typeof FIELDS;
@@ -310,6 +312,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     adminExposeDebug: v.adminExposeDebug,
     inboundStopDelayMs: v.inboundStopDelay,
     ...sidecarConfig(v),
+    ...identityConfig(v, (k) => sources[k]),
     sources,
   };
   return deepFreeze(config);

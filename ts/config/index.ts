@@ -2,8 +2,8 @@
  * ts/config/: the proxy's configuration, parsed and validated once.
  *
  * config.ts is the model (defaults < config file < `MESHPIPE_*` env < flags,
- * one frozen `ProxyConfig`); schemas.ts, forward.ts and sidecar.ts define its
- * fields; durations.ts and port-list.ts are the value parsers the config
+ * one frozen `ProxyConfig`); schemas.ts, forward.ts, sidecar.ts and identity.ts
+ * define its fields; durations.ts and port-list.ts are the value parsers the config
  * shares with the policy layer and `meshpipe init`.
  *
  * Other folders import from here. The files of this folder import each other
@@ -32,6 +32,7 @@ export {
 export { hasPolicySources } from './sidecar.js';
 export { parseBindAddr } from './forward.js';
 export { LOG_LEVELS } from './config.js';
+export { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy, type IdentityConfig, type IdentityFiles } from './identity.js';
 export { parseDuration, formatDuration } from './durations.js';
 export {
   parsePortList,

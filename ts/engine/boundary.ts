@@ -264,4 +264,123 @@ export type SpawnOutcome = { "kind": "spawned", pid: number, } | { "kind": "fail
 
 export type ReapedChild = { pid: number, code: number | null, signal: number | null, };
 
-export type ErrorCode = "ERR_INVALID_CONFIG" | "ERR_POLICY" | "ERR_ADDR_IN_USE" | "ERR_ADDR_NOT_AVAILABLE" | "ERR_PERMISSION" | "ERR_BIND" | "ERR_ALREADY_STARTED" | "ERR_NOT_STARTED" | "ERR_CLOSED" | "ERR_NATIVE";
+export type ErrorCode = "ERR_INVALID_CONFIG" | "ERR_POLICY" | "ERR_ADDR_IN_USE" | "ERR_ADDR_NOT_AVAILABLE" | "ERR_PERMISSION" | "ERR_BIND" | "ERR_ALREADY_STARTED" | "ERR_NOT_STARTED" | "ERR_CLOSED" | "ERR_IDENTITY" | "ERR_NATIVE";
+
+export type InitSpec = { trustDomain: string, anchorTtlMs: number, issuerTtlMs: number, };
+
+export type IssueSpec = { issuerCertPem: string, issuerKeyPem: string, 
+/**
+ * Where the issuer came from, for messages.
+ */
+issuerFile: string, name: string, ttlMs: number, };
+
+export type LoadSpec = { certFile: string, keyFile: string, anchorsFile: string, name: string | null, };
+
+export type TrustBundle = { 
+/**
+ * The trust anchor (`ca.crt`, `ca.key`).
+ */
+anchor: IssuedPem, 
+/**
+ * The issuer (`issuer.crt`, `issuer.key`).
+ */
+issuer: IssuedPem, };
+
+export type IssuedPem = { 
+/**
+ * The certificate; for a workload, followed by the issuer's (a chain, leaf first).
+ */
+certPem: string, 
+/**
+ * PKCS#8.
+ */
+keyPem: string, 
+/**
+ * The certificate's serial number (hex) and expiry, for the CLI's report.
+ */
+serial: string, notAfter: string, };
+
+export type IdentityInfo = { 
+/**
+ * This proxy's identity.
+ */
+name: string, 
+/**
+ * Every identity-shaped SAN of the leaf.
+ */
+names: Array<string>, 
+/**
+ * The leaf's serial number, lowercase hex.
+ */
+serial: string, notBeforeMs: number, notAfterMs: number, subject: string, issuer: string, 
+/**
+ * Certificates in the chain, leaf included.
+ */
+chainLength: number, 
+/**
+ * Trust anchors loaded.
+ */
+anchors: number, };
+
+export type AuthzSpec = { generation: number, 
+/**
+ * Ports with their own policy (selected by a Server).
+ */
+ports: Array<PortAuthzSpec>, 
+/**
+ * Every other port: the workload's default policy (`port` is ignored).
+ */
+default: PortAuthzSpec, };
+
+export type PortAuthzSpec = { port: number, 
+/**
+ * `server` (a Server selects the port) or `default` (a default policy).
+ */
+srvKind: string, 
+/**
+ * The Server's name, or the default policy's name (e.g. `all-unauthenticated`).
+ */
+srvName: string, 
+/**
+ * Ordered; the first satisfied rule allows.
+ */
+rules: Array<AuthzRuleSpec>, };
+
+export type AuthzRuleSpec = { 
+/**
+ * `authorizationpolicy` or `default`.
+ */
+kind: string, name: string, 
+/**
+ * Client networks; empty = any address.
+ */
+networks: Array<NetworkSpec>, 
+/**
+ * Required client identities: empty = no mesh TLS needed;
+ * else exact names, `*` (any authenticated client) or `*.suffix`.
+ */
+identities: Array<string>, };
+
+export type NetworkSpec = { cidr: string, except: Array<string>, };
+
+export type DecisionInfo = { allow: boolean, srvKind: string, srvName: string, authzKind: string | null, authzName: string | null, };
+
+export type DestinationsSpec = { generation: number, entries: Array<DestinationSpec>, };
+
+export type DestinationSpec = { 
+/**
+ * An IP address or a CIDR.
+ */
+net: string, 
+/**
+ * The identity the peer must prove.
+ */
+identity: string, 
+/**
+ * The peer's inbound (tunnel) port, usually 4143.
+ */
+tunnelPort: number, 
+/**
+ * Where the entry came from (`Pod ns/name`, `FILE:line`), for explain and logs.
+ */
+source: string, };

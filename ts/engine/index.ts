@@ -5,7 +5,8 @@
  * types everything that crosses the boundary (ARCHITECTURE.md);
  * build-config.ts turns a `ProxyConfig` into the engine's `EngineConfig` and
  * the flag policy; proxy.ts is the library `Proxy` (start once, close once,
- * errors as `MeshpipeError`s).
+ * errors as `MeshpipeError`s); mesh.ts is the addon's identity functions
+ * and its authorization and meshed-destination decisions.
  *
  * Other folders import from here; the engine folder itself depends only on
  * ts/config/ and ts/errors.ts.
@@ -14,6 +15,19 @@ export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './prox
 export { buildEngineConfig, buildFlagPolicy } from './build-config.js';
 export { setEngineLog, spawnApp, reapChildren, type EngineLogStream } from './native.js';
 export { resolvePodIps, proxyPorts, type PodIps } from './inbound.js';
+export { identityInit, identityIssue, identityCheck, authzDecide, destinationsLookup } from './mesh.js';
+export type {
+  AuthzSpec,
+  PortAuthzSpec,
+  AuthzRuleSpec,
+  NetworkSpec,
+  DecisionInfo,
+  DestinationsSpec,
+  DestinationSpec,
+  IdentityInfo,
+  TrustBundle,
+  IssuedPem,
+} from './boundary.js';
 export type {
   EngineConfig,
   PolicyTable,

@@ -54,18 +54,23 @@ export type DetectResultLabel = DetectResult;
 /** The engine's log output: a filter (RUST_LOG-style directives) and a stream. */
 export type EngineLogStream = 'stdout' | 'stderr';
 
-interface RawBinding {
+export interface RawBinding {
   NativeProxy: typeof Addon.NativeProxy;
   setEngineLog: typeof Addon.setEngineLog;
   spawnApp: typeof Addon.spawnApp;
   reapChildren: typeof Addon.reapChildren;
   interfaceAddresses: typeof Addon.interfaceAddresses;
+  identityInit: typeof Addon.identityInit;
+  identityIssue: typeof Addon.identityIssue;
+  identityCheck: typeof Addon.identityCheck;
+  authzDecide: typeof Addon.authzDecide;
+  destinationsLookup: typeof Addon.destinationsLookup;
 }
 
 let binding: RawBinding | undefined;
 
 /** Finds and loads the addon built for this platform. */
-function loadBinding(): RawBinding {
+export function loadBinding(): RawBinding {
   if (binding) return binding;
   const here = dirname(fileURLToPath(import.meta.url));
   const abi = isMusl() ? 'musl' : 'gnu';
@@ -164,7 +169,8 @@ export function interfaceAddresses(): string[] {
   return call(() => list());
 }
 
-function call<T>(f: () => T): T {
+/** Runs an addon call, mapping its errors to `MeshpipeError`s. */
+export function call<T>(f: () => T): T {
   try {
     return f();
   } catch (err) {

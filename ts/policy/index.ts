@@ -9,7 +9,11 @@
  * turn them into an EffectivePolicy with a source for every decision and the
  * engine's PolicyTable (model.ts holds the types, problems.ts what was wrong
  * in the inputs); source.ts recompiles when an input changes, and sidecar.ts
- * hands the tables to a running sidecar.
+ * hands the tables to a running sidecar. authz.ts compiles Linkerd's
+ * authorization resources and default policies into the engine's inbound
+ * authorization table, destinations.ts the meshed-destinations table (pods
+ * with the sidecar and `--destinations FILE`); neither is wired into the
+ * running proxy yet.
  *
  * Other folders import from here (the Kubernetes object types and loaders from
  * ts/policy/k8s/). Files of the policy folder and of k8s/ import each other
@@ -30,3 +34,13 @@ export { parseDownwardApi } from './downward-api.js';
 export { compilePolicy, compileAllWorkloads, toPolicyTable, lookupPolicy, type CompileResult } from './compile.js';
 export type { PolicyUpdate } from './source.js';
 export { startSidecarPolicy, type SidecarPolicy } from './sidecar.js';
+export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, type AuthzInputs, type AuthzResult } from './authz.js';
+export {
+  compileDestinations,
+  parseDestinationsFile,
+  isMeshed,
+  MESH_ANNOTATIONS,
+  DEFAULT_TUNNEL_PORT,
+  type DestinationsInputs,
+  type DestinationsResult,
+} from './destinations.js';

@@ -102,6 +102,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network address (host bits as written) and the prefix length.
+    pub fn parts(&self) -> (IpAddr, u8) {
+        (self.net, self.prefix)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = normalise(ip);
         match (self.net, ip) {

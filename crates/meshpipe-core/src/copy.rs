@@ -18,6 +18,7 @@
 
 mod buffered;
 mod splice;
+pub mod stream;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -21,12 +21,15 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod authz;
 pub mod config;
 pub mod conn;
 pub mod copy;
+pub mod destinations;
 pub mod detect;
 pub mod drain;
 pub mod events;
+pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod log;
@@ -40,6 +43,8 @@ pub mod supervise;
 mod sweep;
 mod sys;
 pub mod target;
+pub mod tls;
+pub mod transport_header;
 pub mod vocab;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -82,6 +87,9 @@ pub enum ErrorCode {
     NotStarted,
     #[serde(rename = "ERR_CLOSED")]
     Closed,
+    /// Identity material (certificate, key, trust anchors) that cannot be used.
+    #[serde(rename = "ERR_IDENTITY")]
+    Identity,
     /// Anything the engine did not expect (a thread that cannot start, ...).
     #[serde(rename = "ERR_NATIVE")]
     Native,
@@ -99,6 +107,7 @@ impl ErrorCode {
             ErrorCode::AlreadyStarted => "ERR_ALREADY_STARTED",
             ErrorCode::NotStarted => "ERR_NOT_STARTED",
             ErrorCode::Closed => "ERR_CLOSED",
+            ErrorCode::Identity => "ERR_IDENTITY",
             ErrorCode::Native => "ERR_NATIVE",
         }
     }

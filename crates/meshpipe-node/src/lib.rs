@@ -282,3 +282,74 @@ pub fn interface_addresses() -> Result<Vec<String>, ErrorCode> {
     let ips = meshpipe_core::target::interface_addresses().map_err(|e| fail(ErrorCode::Native, format!("getifaddrs: {e}")))?;
     Ok(ips.into_iter().map(|ip| ip.to_string()).collect())
 }
+
+fn identity_error(e: impl std::fmt::Display) -> Error<ErrorCode> {
+    fail(ErrorCode::Identity, e)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &str, code: ErrorCode) -> Fallible<T> {
+    serde_json::from_str(json).map_err(|e| fail(code, format!("{what}: {e}")))
+}
+
+/// `meshpipe identity init`: a new trust anchor and issuer (JSON of an
+/// `InitSpec` in, of a `TrustBundle` out).
+#[napi]
+pub fn identity_init(spec: String) -> Result<String, ErrorCode> {
+    use meshpipe_core::identity::ops;
+    let spec: ops::InitSpec = parse_json("identity init", &spec, ErrorCode::InvalidConfig)?;
+    to_json(&ops::init(&spec).map_err(identity_error)?)
+}
+
+/// `meshpipe identity issue`: a workload certificate and key (JSON of an
+/// `IssueSpec` in, of an `IssuedPem` out).
+#[napi]
+pub fn identity_issue(spec: String) -> Result<String, ErrorCode> {
+    use meshpipe_core::identity::ops;
+    let spec: ops::IssueSpec = parse_json("identity issue", &spec, ErrorCode::InvalidConfig)?;
+    to_json(&ops::issue(&spec).map_err(identity_error)?)
+}
+
+/// Loads and checks identity material (JSON of a `LoadSpec` and the three
+/// files' bytes); returns JSON of an `IdentityInfo`, or throws
+/// `ERR_IDENTITY` naming the file and the reason.
+#[napi]
+pub fn identity_check(spec: String, cert: Buffer, key: Buffer, anchors: Buffer) -> Result<String, ErrorCode> {
+    use meshpipe_core::identity::ops;
+    let spec: ops::LoadSpec = parse_json("identity check", &spec, ErrorCode::InvalidConfig)?;
+    to_json(&ops::check(&spec, &cert, &key, &anchors).map_err(identity_error)?)
+}
+
+/// The engine's authorization decision for one connection under a table
+/// (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For `meshpipe
+/// explain` and tests; the data path compiles the table once.
+#[napi]
+pub fn authz_decide(table: String, port: u32, client_identity: Option<String>, client_ip: String) -> Result<String, ErrorCode> {
+    use meshpipe_core::authz::{AuthzSpec, AuthzTable, DecisionInfo};
+    let spec: AuthzSpec = parse_json("authorization table", &table, ErrorCode::Policy)?;
+    let table = AuthzTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
+    let port = u16::try_from(port).map_err(|_| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 0-65535")))?;
+    let client =
+        client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
+    let ip: std::net::IpAddr =
+        client_ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
+    to_json(&DecisionInfo::from(table.authorize(port, client.as_ref(), ip)))
+}
+
+/// Looks `ip` up in a meshed-destinations table (JSON of a
+/// `DestinationsSpec`): JSON of the matching `DestinationSpec` (its `net` is
+/// the address looked up) or `null`. For `meshpipe explain` and tests.
+#[napi]
+pub fn destinations_lookup(table: String, ip: String) -> Result<String, ErrorCode> {
+    use meshpipe_core::destinations::{DestinationSpec, DestinationTable, DestinationsSpec};
+    let spec: DestinationsSpec = parse_json("meshed destinations", &table, ErrorCode::Policy)?;
+    let table = DestinationTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
+    let addr: std::net::IpAddr =
+        ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IP address")))?;
+    let found = table.lookup(addr).map(|d| DestinationSpec {
+        net: ip.clone(),
+        identity: d.identity.to_string(),
+        tunnel_port: d.tunnel_port.get(),
+        source: d.source.to_string(),
+    });
+    to_json(&found)
+}

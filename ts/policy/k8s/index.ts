@@ -13,3 +13,12 @@
  */
 export { describeRef, type ObjectRef } from './objects.js';
 export { EMPTY_MANIFESTS, loadManifests, type ManifestSet } from './manifests.js';
+export {
+  normalizeAuthzObject,
+  normalizeAuthzObjects,
+  AUTHZ_KINDS,
+  type AuthzObject,
+  type AuthorizationPolicyObject,
+  type MeshTlsAuthenticationObject,
+  type NetworkAuthenticationObject,
+} from './authz-objects.js';

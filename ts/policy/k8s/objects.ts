@@ -66,6 +66,8 @@ export interface WorkloadObject {
   readonly containerPorts: readonly ContainerPort[];
   /** status.podIP(s); Pods only, when known. */
   readonly podIPs: readonly string[];
+  /** spec.serviceAccountName (`default` when unset, as Kubernetes assigns it). */
+  readonly serviceAccount: string;
 }
 
 export interface LabelSelectorRequirement {
@@ -239,6 +241,7 @@ export function normalizeObject(
       labels: stringMap(tpl.metadata['labels']),
       containerPorts: Object.freeze(containerPorts(tpl.spec, ref, problems)),
       podIPs: Object.freeze(wkind === 'Pod' ? podIPs(raw) : []),
+      serviceAccount: str(tpl.spec['serviceAccountName']) ?? str(tpl.spec['serviceAccount']) ?? 'default',
     });
   }
   if (kind === 'Server' && (kindOverride !== undefined || isLinkerdPolicy(str(raw['apiVersion'])))) {

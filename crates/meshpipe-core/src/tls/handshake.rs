@@ -1,0 +1,210 @@
+//! Mesh TLS handshakes with a deadline, and their failures sorted into the
+//! reasons operators count: the handshake itself (timeout, I/O, protocol),
+//! verification (untrusted chain, expired, not yet valid, bad certificate),
+//! an identity other than the expected one, a client without a
+//! certificate or without an identity in it, a missing or wrong ALPN, and a
+//! peer that refused us (an alert).
+//!
+//! A TLS 1.3 client finishes its handshake before the server has checked the
+//! client's certificate (RFC 8446 §4.4: the client's Certificate and Finished
+//! are its last flight), so a server refusing this proxy's certificate is
+//! seen by [`connect`]'s caller as an alert on the first read, not here.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+
+use super::verify::IdentityMismatch;
+use super::{ClientAlpn, TlsState};
+use crate::identity::cert::CertFacts;
+use crate::identity::Identity;
+use crate::transport_header::ALPN;
+
+/// What the server demands of ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlpnRule {
+    /// The tunnel: `transport.l5d.io/v1` must be negotiated.
+    Tunnel,
+    /// SNI-routed mesh TLS to an application port: ALPN is not required.
+    Any,
+}
+
+/// The countable reason of a failed handshake (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandshakeFailure {
+    Timeout,
+    Io,
+    Handshake,
+    Untrusted,
+    Expired,
+    NotYetValid,
+    BadCertificate,
+    IdentityMismatch,
+    NoClientCert,
+    NoClientIdentity,
+    Alpn,
+    PeerRejected,
+}
+
+impl HandshakeFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Io => "io",
+            HandshakeFailure::Handshake => "handshake",
+            HandshakeFailure::Untrusted => "untrusted",
+            HandshakeFailure::Expired => "expired",
+            HandshakeFailure::NotYetValid => "not_yet_valid",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::IdentityMismatch => "identity_mismatch",
+            HandshakeFailure::NoClientCert => "no_client_cert",
+            HandshakeFailure::NoClientIdentity => "no_client_identity",
+            HandshakeFailure::Alpn => "alpn",
+            HandshakeFailure::PeerRejected => "peer_rejected",
+        }
+    }
+
+    /// True for failures of certificate verification (as opposed to the
+    /// transport or the protocol).
+    pub fn is_verification(self) -> bool {
+        matches!(
+            self,
+            HandshakeFailure::Untrusted
+                | HandshakeFailure::Expired
+                | HandshakeFailure::NotYetValid
+                | HandshakeFailure::BadCertificate
+                | HandshakeFailure::IdentityMismatch
+        )
+    }
+}
+
+/// A failed handshake: the reason and what happened.
+#[derive(Debug, thiserror::Error)]
+#[error("mesh TLS handshake failed ({}): {detail}", reason.label())]
+pub struct HandshakeError {
+    pub reason: HandshakeFailure,
+    pub detail: String,
+}
+
+impl HandshakeError {
+    fn new(reason: HandshakeFailure, detail: impl Into<String>) -> HandshakeError {
+        HandshakeError { reason, detail: detail.into() }
+    }
+
+    /// Sorts an error from tokio-rustls (a rustls error inside an io::Error,
+    /// or a plain I/O error).
+    fn from_io(e: io::Error) -> HandshakeError {
+        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+            return HandshakeError::new(HandshakeFailure::Io, e.to_string());
+        };
+        use rustls::CertificateError as C;
+        let reason = match tls {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => HandshakeFailure::NotYetValid,
+                C::UnknownIssuer => HandshakeFailure::Untrusted,
+                C::Other(other) if other.0.downcast_ref::<IdentityMismatch>().is_some() => HandshakeFailure::IdentityMismatch,
+                _ => HandshakeFailure::BadCertificate,
+            },
+            rustls::Error::NoCertificatesPresented => HandshakeFailure::NoClientCert,
+            rustls::Error::NoApplicationProtocol => HandshakeFailure::Alpn,
+            rustls::Error::AlertReceived(_) => HandshakeFailure::PeerRejected,
+            _ => HandshakeFailure::Handshake,
+        };
+        let detail = match tls {
+            rustls::Error::InvalidCertificate(C::Other(other)) => other.0.to_string(),
+            other => other.to_string(),
+        };
+        HandshakeError::new(reason, detail)
+    }
+}
+
+/// What a client learned from a successful handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    /// The peer's identity, verified.
+    pub peer: Identity,
+    /// True when `transport.l5d.io/v1` was negotiated.
+    pub tunnel: bool,
+}
+
+/// What a server learned from a successful handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The client's identity, from its verified certificate.
+    pub client: Identity,
+    /// True when `transport.l5d.io/v1` was negotiated.
+    pub tunnel: bool,
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+}
+
+/// Opens mesh TLS to a peer that must prove `peer`, within `timeout`.
+pub async fn connect<IO>(
+    state: &TlsState,
+    io: IO,
+    peer: &Identity,
+    alpn: ClientAlpn,
+    timeout: Duration,
+) -> Result<(client::TlsStream<IO>, Connected), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = state.client_config(peer, alpn);
+    let sni = rustls::pki_types::ServerName::try_from(peer.server_name())
+        .map_err(|e| HandshakeError::new(HandshakeFailure::Handshake, format!("{peer} has no usable SNI: {e}")))?;
+    let handshake = TlsConnector::from(config).connect(sni, io);
+    let stream = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| HandshakeError::new(HandshakeFailure::Timeout, format!("no handshake with {peer} within {timeout:?}")))?
+        .map_err(HandshakeError::from_io)?;
+    let tunnel = stream.get_ref().1.alpn_protocol() == Some(ALPN);
+    if alpn == ClientAlpn::Tunnel && !tunnel {
+        return Err(HandshakeError::new(HandshakeFailure::Alpn, format!("{peer} did not negotiate ALPN transport.l5d.io/v1")));
+    }
+    tracing::debug!(%peer, tunnel, "mesh TLS established");
+    Ok((stream, Connected { peer: peer.clone(), tunnel }))
+}
+
+/// Accepts mesh TLS from a client that must present a certificate chaining
+/// to the anchors, within `timeout`.
+pub async fn accept<IO>(
+    state: &TlsState,
+    io: IO,
+    alpn: AlpnRule,
+    timeout: Duration,
+) -> Result<(server::TlsStream<IO>, Accepted), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = TlsAcceptor::from(state.server_config()).accept(io);
+    let stream = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| HandshakeError::new(HandshakeFailure::Timeout, format!("no handshake within {timeout:?}")))?
+        .map_err(HandshakeError::from_io)?;
+    let conn = stream.get_ref().1;
+    let tunnel = conn.alpn_protocol() == Some(ALPN);
+    if alpn == AlpnRule::Tunnel && !tunnel {
+        let got = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+        return Err(HandshakeError::new(
+            HandshakeFailure::Alpn,
+            format!("the tunnel needs ALPN transport.l5d.io/v1, the client negotiated {}", got.as_deref().unwrap_or("none")),
+        ));
+    }
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| HandshakeError::new(HandshakeFailure::NoClientCert, "no client certificate"))?;
+    let facts = CertFacts::parse(leaf).map_err(|e| HandshakeError::new(HandshakeFailure::BadCertificate, e.to_string()))?;
+    let client = facts.primary_identity().cloned().ok_or_else(|| {
+        HandshakeError::new(
+            HandshakeFailure::NoClientIdentity,
+            format!("the client certificate names no single workload identity (SANs: {:?})", facts.sans),
+        )
+    })?;
+    let sni = conn.server_name().map(str::to_string);
+    tracing::debug!(%client, tunnel, "mesh TLS accepted");
+    Ok((stream, Accepted { client, tunnel, sni }))
+}

@@ -1,0 +1,61 @@
+/**
+ * Loading this proxy's identity from its three PEM files: the certificate
+ * chain, its private key and the trust anchors. The files are read here
+ * (bounded: a PEM file larger than 1 MiB is refused before it is read) and
+ * checked by the engine (ts/engine/mesh.ts): PEM garbage, a key that does
+ * not match the certificate, an expired or not-yet-valid certificate, a
+ * chain not rooted in the anchors, no usable identity name. Every failure is
+ * a `MeshpipeError` `ERR_IDENTITY` (exit 2 at start) naming the file and the
+ * reason.
+ */
+import { open } from 'node:fs/promises';
+import { MeshpipeError } from '../errors.js';
+import { identityCheck, type IdentityInfo } from '../engine/index.js';
+import type { IdentityFiles } from '../config/index.js';
+
+/** No certificate, key or bundle of anchors is anywhere near this big. */
+export const MAX_PEM_BYTES = 1024 * 1024;
+
+/** A checked identity and where it came from. */
+export interface LoadedIdentity {
+  readonly info: IdentityInfo;
+  readonly files: IdentityFiles;
+  /** ms since the epoch. */
+  readonly loadedAtMs: number;
+}
+
+/** Reads one file, bounded; errors name the file and what it should hold. */
+async function readPem(file: string, what: string): Promise<Buffer> {
+  let handle;
+  try {
+    handle = await open(file, 'r');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+    throw new MeshpipeError('ERR_IDENTITY', `${file}: cannot read ${what}: ${why}`, { cause: err });
+  }
+  try {
+    const info = await handle.stat();
+    if (info.isDirectory()) throw new MeshpipeError('ERR_IDENTITY', `${file}: expected ${what}, found a folder`);
+    if (info.size > MAX_PEM_BYTES) throw new MeshpipeError('ERR_IDENTITY', `${file}: ${info.size} bytes is too large for ${what} (at most ${MAX_PEM_BYTES})`);
+    const buf = Buffer.alloc(MAX_PEM_BYTES + 1);
+    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
+    if (bytesRead > MAX_PEM_BYTES) throw new MeshpipeError('ERR_IDENTITY', `${file}: too large for ${what} (at most ${MAX_PEM_BYTES} bytes)`);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Reads and checks the identity files.
+ * @throws MeshpipeError ERR_IDENTITY naming the file and the reason.
+ */
+export async function loadIdentity(files: IdentityFiles, name: string | undefined): Promise<LoadedIdentity> {
+  // One after the other: with several files missing, the error always names the first.
+  const cert = await readPem(files.cert, 'the certificate chain (PEM)');
+  const key = await readPem(files.key, 'the private key (PEM)');
+  const anchors = await readPem(files.anchors, 'the trust anchors (PEM)');
+  const info = identityCheck({ certFile: files.cert, keyFile: files.key, anchorsFile: files.anchors, name: name ?? null }, cert, key, anchors);
+  return Object.freeze({ info: Object.freeze(info), files, loadedAtMs: Date.now() });
+}

@@ -1,0 +1,80 @@
+/**
+ * Workload identity names, checked the way the engine checks them
+ * (crates/meshpipe-core/src/identity.rs): a DNS name (RFC 1123 labels,
+ * lowercase, at least two labels, no wildcard, no trailing dot), Linkerd's
+ * form being `<sa>.<ns>.serviceaccount.identity.<control-ns>.<trust-domain>`,
+ * or a SPIFFE ID `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`. The policy layer
+ * checks names here so that a bad annotation, manifest field or
+ * destinations-file line is reported where it was written; the engine
+ * checks every name again.
+ *
+ * Also the identity template: how a pod's service account and namespace
+ * become its identity under a trust domain.
+ */
+
+/** Linkerd's default: `{sa}.{ns}.serviceaccount.identity.linkerd.{trustDomain}`. */
+export const DEFAULT_IDENTITY_TEMPLATE = '{sa}.{ns}.serviceaccount.identity.linkerd.{trustDomain}';
+
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+function dnsReason(name: string): string | undefined {
+  if (name === '') return 'it is empty';
+  if (name.length > 253) return 'a DNS name is at most 253 bytes';
+  if (name.endsWith('.')) return 'it ends with a dot';
+  if (name.includes('*')) return 'wildcards are not identities';
+  if (!name.includes('.')) return 'a single label is not a workload identity';
+  for (const label of name.split('.')) {
+    if (!LABEL.test(label)) return `the label "${label}" is not 1-63 lowercase letters, digits and inner hyphens`;
+  }
+  if (/^\d+$/.test(name.split('.').pop() ?? '')) return 'it looks like an IP address, not a name';
+  return undefined;
+}
+
+/** Why `text` is not an identity, or undefined when it is one. */
+export function identityProblem(text: string): string | undefined {
+  if (text.startsWith('spiffe://')) {
+    const m = /^spiffe:\/\/([a-z0-9._-]{1,255})\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(text);
+    if (!m) return 'a SPIFFE ID must be spiffe://TRUST-DOMAIN/ns/NS/sa/SA (lowercase trust domain, no port)';
+    const [, , ns = '', sa = ''] = m;
+    if (!LABEL.test(ns)) return `the namespace "${ns}" is not a Kubernetes namespace name`;
+    if (sa.length > 253 || !sa.split('.').every((l) => LABEL.test(l))) return `the service account "${sa}" is not a Kubernetes name`;
+    return undefined;
+  }
+  if (text.includes('://')) return 'only spiffe:// URIs are identities';
+  return dnsReason(text);
+}
+
+/** Why a MeshTLSAuthentication identity pattern (exact, `*` or `*.suffix`) is bad, or undefined. */
+export function identityPatternProblem(pattern: string): string | undefined {
+  if (pattern === '*') return undefined;
+  if (pattern.startsWith('*.')) {
+    const why = dnsReason(`x.${pattern.slice(2)}`);
+    return why === undefined ? undefined : `the suffix after "*." is not a DNS name: ${why}`;
+  }
+  return identityProblem(pattern);
+}
+
+/** Why an identity template is bad, or undefined. */
+export function templateProblem(template: string, trustDomain: string): string | undefined {
+  if (!template.includes('{sa}') || !template.includes('{ns}')) return 'the template needs {sa} and {ns}';
+  const unknown = /\{(?!sa\}|ns\}|trustDomain\})[^}]*\}/.exec(template);
+  if (unknown) return `unknown placeholder ${unknown[0]}: expected {sa}, {ns} and {trustDomain}`;
+  const sample = renderIdentity(template, 'sa', 'ns', trustDomain);
+  const why = identityProblem(sample);
+  return why === undefined ? undefined : `it gives "${sample}", which is not an identity: ${why}`;
+}
+
+/** A pod's identity from its service account and namespace. */
+export function renderIdentity(template: string, serviceAccount: string, namespace: string, trustDomain: string): string {
+  return template.replaceAll('{sa}', serviceAccount).replaceAll('{ns}', namespace).replaceAll('{trustDomain}', trustDomain);
+}
+
+/**
+ * The identity pattern that covers every service account of a namespace
+ * (`*.<ns>.serviceaccount...` for a template that starts with `{sa}.`), or
+ * undefined when the template cannot express it as a suffix (SPIFFE IDs).
+ */
+export function namespacePattern(template: string, namespace: string, trustDomain: string): string | undefined {
+  if (!template.startsWith('{sa}.') || template.slice(5).includes('{sa}')) return undefined;
+  return `*.${renderIdentity(template.slice(5), '', namespace, trustDomain)}`;
+}
