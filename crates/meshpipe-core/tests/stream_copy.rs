@@ -21,19 +21,33 @@ use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
 struct Counts {
     conn_up: AtomicU64,
     series_up: AtomicU64,
     conn_down: AtomicU64,
     series_down: AtomicU64,
     spliced: AtomicU64,
+    fds: Arc<meshpipe_core::limits::Budget>,
 }
 
 async fn run_forward<A: Transport, B: Transport>(mut a: A, mut b: B, counts: Arc<Counts>) -> Result<Moved, String> {
-    let up = Counters { conn: &counts.conn_up, series: &counts.series_up, spliced: &counts.spliced };
-    let down = Counters { conn: &counts.conn_down, series: &counts.series_down, spliced: &counts.spliced };
+    let up = Counters { conn: &counts.conn_up, series: &counts.series_up, spliced: &counts.spliced, fds: &counts.fds };
+    let down = Counters { conn: &counts.conn_down, series: &counts.series_down, spliced: &counts.spliced, fds: &counts.fds };
     forward(&mut a, &mut b, up, down, 16 * 1024).await.map_err(|e| e.to_string())
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            conn_up: AtomicU64::new(0),
+            series_up: AtomicU64::new(0),
+            conn_down: AtomicU64::new(0),
+            series_down: AtomicU64::new(0),
+            spliced: AtomicU64::new(0),
+            // No descriptor budget.
+            fds: Arc::new(meshpipe_core::limits::Budget::configured(0)),
+        }
+    }
 }
 
 struct Mesh {
