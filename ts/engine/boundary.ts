@@ -106,9 +106,9 @@ export type Protocol = "http/1" | "http/2" | "tls" | "opaque";
 
 export type DetectResult = "http/1" | "http/2" | "tls" | "opaque_port" | "not_http" | "server_first" | "read_timeout" | "client_closed" | "error" | "over_limit";
 
-export type TlsLabel = "no_identity" | "opaque";
+export type TlsLabel = "no_identity" | "opaque" | "true";
 
-export type NoTlsReason = "no_tls_from_remote" | "not_provided_by_remote";
+export type NoTlsReason = "no_tls_from_remote" | "not_provided_by_service_discovery" | "loopback" | "disabled";
 
 export type Peer = "src" | "dst";
 
@@ -141,7 +141,11 @@ evictedSeries: number, detect: Array<DetectSnapshot>, detectDurationMs: Array<De
  * Connections refused by transparent listeners, per direction and reason
  * (`{direction}_tcp_accept_errors_total{error}`).
  */
-acceptErrors: Array<AcceptErrorSnapshot>, errors: ErrorsSnapshot, };
+acceptErrors: Array<AcceptErrorSnapshot>, 
+/**
+ * Identity, meshed destinations, handshakes, tunnel refusals, authorization.
+ */
+mesh: MeshSnapshot, errors: ErrorsSnapshot, };
 
 export type ListenerSnapshot = { name: string, bind: string, direction: Direction, accepted: number, open: number, acceptErrors: number, limitWaits: number, accepting: boolean, };
 
@@ -167,6 +171,14 @@ export type TcpSnapshot = { direction: Direction,
  * `None` on the overflow series.
  */
 targetAddr: string | null, targetIp: string | null, targetPort: number | null, tls: TlsLabel, noTlsReason: NoTlsReason | null, sni: string | null, 
+/**
+ * Inbound mesh TLS: the client's verified identity.
+ */
+clientId: string | null, 
+/**
+ * Outbound mesh TLS: the server's verified identity.
+ */
+serverId: string | null, 
 /**
  * The series that collects targets past the cardinality bound.
  */
@@ -240,7 +252,23 @@ export type ConnSnapshot = { id: number, listener: string, direction: Direction,
 /**
  * `None` while detection has not decided.
  */
-protocol: Protocol | null, tls: TlsLabel, sni: string | null, state: ConnState, bytesIn: number, bytesOut: number, ageMs: number, };
+protocol: Protocol | null, tls: TlsLabel, sni: string | null, 
+/**
+ * Mesh TLS: the peer's verified identity (the client's inbound, the server's outbound).
+ */
+peerId: string | null, 
+/**
+ * Mesh TLS: this proxy's certificate serial for this connection.
+ */
+localSerial: string | null, 
+/**
+ * Mesh TLS: the peer's certificate serial.
+ */
+peerSerial: string | null, 
+/**
+ * Carried through the tunnel (`transport.l5d.io/v1`).
+ */
+tunnel: boolean, state: ConnState, bytesIn: number, bytesOut: number, ageMs: number, };
 
 export type ConnState = "detecting" | "connecting" | "forwarding" | "closing";
 
@@ -330,7 +358,13 @@ ports: Array<PortAuthzSpec>,
 /**
  * Every other port: the workload's default policy (`port` is ignored).
  */
-default: PortAuthzSpec, };
+default: PortAuthzSpec, 
+/**
+ * The ports the workload exposes (its containers' ports), when known:
+ * the tunnel (4143) reaches only these. `None`: unknown (no pod spec),
+ * any port policy allows.
+ */
+exposedPorts: Array<number> | null, };
 
 export type PortAuthzSpec = { port: number, 
 /**
@@ -384,3 +418,47 @@ tunnelPort: number,
  * Where the entry came from (`Pod ns/name`, `FILE:line`), for explain and logs.
  */
 source: string, };
+
+export type DestinationsUpdate = { generation: number, upsert: Array<DestinationSpec>, remove: Array<string>, };
+
+export type IdentityInstalled = { generation: number, info: IdentityInfo, };
+
+export type MeshSnapshot = { 
+/**
+ * The identity new connections use (None: no identity installed).
+ */
+identity: IdentityInfo | null, 
+/**
+ * How many identities were installed (0: none yet).
+ */
+identityGeneration: number, 
+/**
+ * Meshed destinations held, and the table's generation.
+ */
+destinations: number, destinationsGeneration: number, authzGeneration: number, 
+/**
+ * Successful handshakes' durations, [inbound, outbound].
+ */
+handshakeMs: Array<HistogramSnapshot>, handshakeErrors: Array<HandshakeErrorSnapshot>, 
+/**
+ * Every reason, zeros included.
+ */
+tunnelErrors: Array<TunnelErrorSnapshot>, authz: Array<AuthzSnapshot>, };
+
+export type HandshakeErrorSnapshot = { direction: Direction, 
+/**
+ * `timeout`, `io`, `handshake`, `untrusted`, `expired`, `not_yet_valid`,
+ * `bad_certificate`, `identity_mismatch`, `no_client_cert`,
+ * `no_client_identity`, `alpn`, `peer_rejected`, `not_tls`.
+ */
+reason: string, count: number, };
+
+export type TunnelError = "preface" | "oversized" | "truncated" | "malformed" | "port" | "timeout" | "io" | "proxy_port" | "not_exposed";
+
+export type TunnelErrorSnapshot = { reason: TunnelError, count: number, };
+
+export type AuthzSnapshot = { allow: boolean, 
+/**
+ * `None` on the overflow series.
+ */
+targetPort: number | null, srvKind: string, srvName: string, authzKind: string | null, authzName: string | null, tls: TlsLabel, clientId: string | null, count: number, };

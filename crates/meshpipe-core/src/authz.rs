@@ -14,9 +14,10 @@
 //! entry fall to the table's default (the workload's default policy).
 //! Lookups are a hash by port, then a short scan of that port's rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,11 @@ pub struct AuthzSpec {
     pub ports: Vec<PortAuthzSpec>,
     /// Every other port: the workload's default policy (`port` is ignored).
     pub default: PortAuthzSpec,
+    /// The ports the workload exposes (its containers' ports), when known:
+    /// the tunnel (4143) reaches only these. `None`: unknown (no pod spec),
+    /// any port policy allows.
+    #[serde(default)]
+    pub exposed_ports: Option<Vec<u16>>,
 }
 
 /// The policy of one port.
@@ -137,17 +143,28 @@ struct Clients {
 
 #[derive(Debug)]
 struct Rule {
-    kind: String,
-    name: String,
+    kind: Arc<str>,
+    name: Arc<str>,
     networks: Vec<Network>,
     clients: Clients,
 }
 
 #[derive(Debug)]
 struct PortAuthz {
-    srv_kind: String,
-    srv_name: String,
+    srv_kind: Arc<str>,
+    srv_name: Arc<str>,
     rules: Vec<Rule>,
+}
+
+/// The labels of a decision as shared strings (a metric key costs no
+/// allocation per connection).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DecisionLabels {
+    pub allow: bool,
+    pub srv_kind: Arc<str>,
+    pub srv_name: Arc<str>,
+    pub authz_kind: Option<Arc<str>>,
+    pub authz_name: Option<Arc<str>>,
 }
 
 /// The compiled, immutable table.
@@ -156,6 +173,7 @@ pub struct AuthzTable {
     generation: u64,
     ports: HashMap<u16, PortAuthz>,
     default: PortAuthz,
+    exposed: Option<HashSet<u16>>,
 }
 
 impl AuthzTable {
@@ -170,7 +188,12 @@ impl AuthzTable {
                 return Err(AuthzError::Duplicate(p.port));
             }
         }
-        Ok(AuthzTable { generation: spec.generation, ports, default: compile_port(&spec.default)? })
+        let exposed = match &spec.exposed_ports {
+            Some(list) if list.contains(&0) => return Err(AuthzError::Port { port: 0, reason: "exposed ports must be 1-65535".into() }),
+            Some(list) => Some(list.iter().copied().collect()),
+            None => None,
+        };
+        Ok(AuthzTable { generation: spec.generation, ports, default: compile_port(&spec.default)?, exposed })
     }
 
     /// A table that allows everyone everywhere (Linkerd's cluster default,
@@ -178,7 +201,7 @@ impl AuthzTable {
     pub fn allow_all() -> AuthzTable {
         let rule = AuthzRuleSpec { kind: "default".into(), name: "all-unauthenticated".into(), networks: vec![], identities: vec![] };
         let default = PortAuthzSpec { port: 0, srv_kind: "default".into(), srv_name: "all-unauthenticated".into(), rules: vec![rule] };
-        AuthzTable::from_spec(&AuthzSpec { generation: 0, ports: vec![], default }).expect("static table")
+        AuthzTable::from_spec(&AuthzSpec { generation: 0, ports: vec![], default, exposed_ports: None }).expect("static table")
     }
 
     pub fn generation(&self) -> u64 {
@@ -188,15 +211,38 @@ impl AuthzTable {
     /// Decides a connection to `port` from `client_ip`, authenticated as
     /// `client` (None: no mesh TLS).
     pub fn authorize(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> Decision<'_> {
-        let p = self.ports.get(&port).unwrap_or(&self.default);
-        let hit = p.rules.iter().find(|r| r.allows(client, client_ip));
+        let (p, hit) = self.find(port, client, client_ip);
         Decision {
             allow: hit.is_some(),
             srv_kind: &p.srv_kind,
             srv_name: &p.srv_name,
-            authz_kind: hit.map(|r| r.kind.as_str()),
-            authz_name: hit.map(|r| r.name.as_str()),
+            authz_kind: hit.map(|r| &*r.kind),
+            authz_name: hit.map(|r| &*r.name),
         }
+    }
+
+    /// [`authorize`](Self::authorize) with the labels as shared strings, for
+    /// the data path's metrics.
+    pub fn decide(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> DecisionLabels {
+        let (p, hit) = self.find(port, client, client_ip);
+        DecisionLabels {
+            allow: hit.is_some(),
+            srv_kind: p.srv_kind.clone(),
+            srv_name: p.srv_name.clone(),
+            authz_kind: hit.map(|r| r.kind.clone()),
+            authz_name: hit.map(|r| r.name.clone()),
+        }
+    }
+
+    /// Whether the tunnel may reach `port`: the workload exposes it (when
+    /// its ports are known).
+    pub fn exposes(&self, port: u16) -> bool {
+        self.exposed.as_ref().is_none_or(|e| e.contains(&port))
+    }
+
+    fn find(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> (&PortAuthz, Option<&Rule>) {
+        let p = self.ports.get(&port).unwrap_or(&self.default);
+        (p, p.rules.iter().find(|r| r.allows(client, client_ip)))
     }
 }
 
@@ -249,9 +295,9 @@ fn compile_port(p: &PortAuthzSpec) -> Result<PortAuthz, AuthzError> {
                 clients.exact.push(id.to_string());
             }
         }
-        rules.push(Rule { kind: r.kind.clone(), name: r.name.clone(), networks, clients });
+        rules.push(Rule { kind: Arc::from(r.kind.as_str()), name: Arc::from(r.name.as_str()), networks, clients });
     }
-    Ok(PortAuthz { srv_kind: p.srv_kind.clone(), srv_name: p.srv_name.clone(), rules })
+    Ok(PortAuthz { srv_kind: Arc::from(p.srv_kind.as_str()), srv_name: Arc::from(p.srv_name.as_str()), rules })
 }
 
 #[cfg(test)]

@@ -8,6 +8,11 @@
 //! It must scale like the cluster: a lookup is one hash probe per distinct
 //! prefix length present, longest first (pods are all /32 or /128, so
 //! usually one probe), never a scan of the entries.
+//!
+//! [`DestinationTable`] is an immutable table (what `meshpipe explain` and
+//! the addon's lookup compile); the engine keeps a [`DestinationIndex`]
+//! (`destinations/index.rs`) that takes incremental updates without
+//! copying the cluster on every pod change.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::{normalise, Cidr};
 use crate::identity::Identity;
+
+mod index;
+pub use index::{DestinationIndex, DestinationsUpdate};
 
 /// Why a destinations table was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,11 +90,7 @@ impl DestinationTable {
     pub fn from_spec(spec: &DestinationsSpec) -> Result<DestinationTable, DestinationsError> {
         let mut table = DestinationTable { generation: spec.generation, ..DestinationTable::default() };
         for e in &spec.entries {
-            let bad = |reason: String| DestinationsError::Entry { net: e.net.clone(), source_name: e.source.clone(), reason };
-            let cidr = Cidr::from_str(&e.net).map_err(|err| bad(err.to_string()))?;
-            let identity = Identity::parse(&e.identity).map_err(|err| bad(err.to_string()))?;
-            let tunnel_port = NonZeroU16::new(e.tunnel_port).ok_or_else(|| bad("the tunnel port must be 1-65535".into()))?;
-            let dest = Arc::new(Destination { identity, tunnel_port, source: Arc::from(e.source.as_str()) });
+            let (cidr, dest) = compile_entry(e)?;
             let (key, prefix, v4) = key_of(cidr);
             let levels = if v4 { &mut table.v4 } else { &mut table.v6 };
             let at = match levels.iter().position(|l| l.prefix == prefix) {
@@ -125,6 +129,15 @@ impl DestinationTable {
         };
         levels.iter().find_map(|l| l.entries.get(&mask(bits, l.prefix, width)).map(|d| &**d))
     }
+}
+
+/// Validates one entry.
+fn compile_entry(e: &DestinationSpec) -> Result<(Cidr, Arc<Destination>), DestinationsError> {
+    let bad = |reason: String| DestinationsError::Entry { net: e.net.clone(), source_name: e.source.clone(), reason };
+    let cidr = Cidr::from_str(&e.net).map_err(|err| bad(err.to_string()))?;
+    let identity = Identity::parse(&e.identity).map_err(|err| bad(err.to_string()))?;
+    let tunnel_port = NonZeroU16::new(e.tunnel_port).ok_or_else(|| bad("the tunnel port must be 1-65535".into()))?;
+    Ok((cidr, Arc::new(Destination { identity, tunnel_port, source: Arc::from(e.source.as_str()) })))
 }
 
 fn mask(bits: u128, prefix: u8, width: u8) -> u128 {

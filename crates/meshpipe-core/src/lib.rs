@@ -34,6 +34,7 @@ pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod loops;
+pub mod mesh;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -135,6 +136,10 @@ pub enum EngineError {
     Loop(#[from] loops::LoopError),
     #[error("invalid engine config: {0}")]
     Limits(#[from] limits::LimitsError),
+    #[error("mesh identity: {0}")]
+    Identity(String),
+    #[error("invalid mesh table: {0}")]
+    Mesh(String),
 }
 
 impl EngineError {
@@ -149,6 +154,8 @@ impl EngineError {
             EngineError::Listen(listener::ListenError::Other { .. }) => ErrorCode::Bind,
             EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
             EngineError::Loop(_) | EngineError::Limits(_) => ErrorCode::InvalidConfig,
+            EngineError::Identity(_) => ErrorCode::Identity,
+            EngineError::Mesh(_) => ErrorCode::Policy,
         }
     }
 }
@@ -206,6 +213,7 @@ impl Engine {
             idle_timeout: config.idle_timeout,
             metrics_retain_idle: config.metrics_retain_idle,
             own: OnceLock::new(),
+            mesh: mesh::Mesh::new(config.max_metric_targets),
         });
         Engine { ctx, workers: config.workers, pending: Mutex::new(Some(config.listeners)), listeners: OnceLock::new() }
     }
@@ -315,6 +323,40 @@ impl Engine {
         Ok(generation)
     }
 
+    /// Installs or replaces this proxy's mesh identity from checked
+    /// material: connections that start afterwards use it (open ones keep
+    /// theirs). Returns the identity's generation and what was installed.
+    pub fn set_identity(&self, material: &identity::material::IdentityMaterial) -> Result<(u64, identity::material::IdentityInfo), EngineError> {
+        self.ctx.mesh.set_identity(material).map_err(|e| EngineError::Identity(e.to_string()))
+    }
+
+    /// Replaces the inbound authorization table (new connections only).
+    pub fn set_authz(&self, spec: &authz::AuthzSpec) -> Result<u64, EngineError> {
+        self.ctx.mesh.set_authz(spec).map_err(|e| EngineError::Mesh(e.to_string()))
+    }
+
+    /// Replaces the whole meshed-destinations table.
+    pub fn set_destinations(&self, spec: &destinations::DestinationsSpec) -> Result<u64, EngineError> {
+        self.ctx.mesh.set_destinations(spec).map_err(|e| EngineError::Mesh(e.to_string()))
+    }
+
+    /// Applies a change to the meshed-destinations table (only the shards it
+    /// touches are copied; all or nothing).
+    pub fn update_destinations(&self, update: &destinations::DestinationsUpdate) -> Result<u64, EngineError> {
+        self.ctx.mesh.update_destinations(update).map_err(|e| EngineError::Mesh(e.to_string()))
+    }
+
+    /// The mesh identity new connections use, if one is installed.
+    pub fn mesh_tls(&self) -> Option<Arc<tls::TlsState>> {
+        self.ctx.mesh.tls()
+    }
+
+    /// The shared engine state (for stages built outside the pipeline, such
+    /// as an HTTP client using `proxy::connect_mesh`).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
     /// Takes the events queued since the last call, oldest first.
     pub fn take_events(&self) -> Vec<EngineEvent> {
         self.ctx.events.take()
@@ -350,6 +392,7 @@ impl Engine {
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
             copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
             accept_errors: m.snapshot_accept_errors(),
+            mesh: self.ctx.mesh.snapshot(),
             errors: ErrorsSnapshot {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
@@ -431,5 +474,7 @@ pub struct Snapshot {
     /// Connections refused by transparent listeners, per direction and reason
     /// (`{direction}_tcp_accept_errors_total{error}`).
     pub accept_errors: Vec<metrics::AcceptErrorSnapshot>,
+    /// Identity, meshed destinations, handshakes, tunnel refusals, authorization.
+    pub mesh: mesh::MeshSnapshot,
     pub errors: ErrorsSnapshot,
 }

@@ -105,15 +105,32 @@ impl InboundGuard {
 
     /// Checks an inbound original destination.
     pub fn check(&self, orig: SocketAddr) -> Result<(), TargetError> {
-        // The pod IPs are one per family in practice: a scan beats a hash.
-        if !self.pod_ips.contains(&orig.ip().to_canonical()) {
-            return Err(TargetError::NotPodIp(orig));
-        }
+        self.check_ip(orig)?;
         if self.proxy_ports.contains(&orig.port()) {
             return Err(TargetError::ProxyPort(orig));
         }
         Ok(())
     }
+
+    /// Checks only that the address is one of the pod's IPs.
+    pub fn check_ip(&self, orig: SocketAddr) -> Result<(), TargetError> {
+        // The pod IPs are one per family in practice: a scan beats a hash.
+        if !self.pod_ips.contains(&orig.ip().to_canonical()) {
+            return Err(TargetError::NotPodIp(orig));
+        }
+        Ok(())
+    }
+}
+
+/// Where an accepted connection goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To a target (a fixed forward, or the original destination).
+    Forward(TargetAddr),
+    /// Inbound, dialled to the inbound port itself ("direct"): Linkerd's
+    /// tunnel, whose real target is named by the transport header inside
+    /// mesh TLS. Carries the address the client dialled (a pod IP).
+    Tunnel(SocketAddr),
 }
 
 /// The addresses of this network namespace's interfaces, loopback left out,
@@ -124,14 +141,28 @@ pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
 }
 
 /// Resolves the target of `stream` according to the listener's rule; a
-/// transparent inbound listener also applies `guard`.
-pub fn resolve(rule: &Target, direction: Direction, guard: &InboundGuard, stream: &TcpStream) -> Result<TargetAddr, TargetError> {
+/// transparent inbound listener also applies `guard`. With `tunnel` (this
+/// proxy has a mesh identity), an inbound connection whose original
+/// destination port is the inbound listener's own port is the tunnel
+/// (`Route::Tunnel`, after the pod-IP check) instead of a loop; one that was
+/// not redirected at all (no NAT entry) was dialled to the listener
+/// directly, so its local address is its original destination.
+pub fn resolve(rule: &Target, direction: Direction, guard: &InboundGuard, stream: &TcpStream, tunnel: bool) -> Result<Route, TargetError> {
     match *rule {
-        Target::Fixed(addr) => Ok(addr),
+        Target::Fixed(addr) => Ok(Route::Forward(addr)),
         Target::OriginalDst { inbound_host } => {
-            let orig = socket::original_dst(stream).map_err(TargetError::OriginalDst)?;
+            let tunnel = tunnel && direction == Direction::Inbound;
             let local = stream.local_addr().map_err(TargetError::OriginalDst)?;
-            original_target(orig, local, direction, inbound_host, guard)
+            let orig = match socket::original_dst(stream) {
+                Ok(orig) => orig,
+                Err(_) if tunnel => local,
+                Err(e) => return Err(TargetError::OriginalDst(e)),
+            };
+            if tunnel && orig.port() == local.port() {
+                guard.check_ip(orig)?;
+                return Ok(Route::Tunnel(orig));
+            }
+            original_target(orig, local, direction, inbound_host, guard).map(Route::Forward)
         }
     }
 }

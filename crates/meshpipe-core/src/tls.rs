@@ -73,6 +73,10 @@ pub enum ClientAlpn {
 /// One identity's TLS configuration: immutable once built.
 pub struct TlsState {
     identity: Identity,
+    /// The SNI a peer sends to reach this proxy (`Identity::server_name`).
+    server_name: String,
+    /// The leaf's serial, shared by every connection's facts.
+    serial: Arc<str>,
     info: IdentityInfo,
     not_after: SystemTime,
     generation: u64,
@@ -123,9 +127,12 @@ impl TlsState {
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         client_base.resumption = Resumption::disabled();
 
+        let info = material.info();
         Ok(TlsState {
             identity: material.identity.clone(),
-            info: material.info(),
+            server_name: material.identity.server_name(),
+            serial: Arc::from(info.serial.as_str()),
+            info,
             not_after: material.leaf.not_after,
             generation,
             server: Arc::new(server),
@@ -137,6 +144,16 @@ impl TlsState {
     /// This proxy's identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The SNI that routes a connection to this proxy's own TLS.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// The serial of this proxy's certificate.
+    pub fn serial(&self) -> &Arc<str> {
+        &self.serial
     }
 
     /// Serial, validity and names of the certificate in use (for metrics).

@@ -203,6 +203,43 @@ impl NativeProxy {
         self.inner.engine.set_policy(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
+    /// Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
+    /// and the three files' bytes, checked as at start): new connections
+    /// use it, open ones keep theirs. Before or after `start()`. Returns
+    /// JSON of an `IdentityInstalled`; throws `ERR_IDENTITY` naming the file
+    /// and the reason (the identity in use stays).
+    #[napi]
+    pub fn set_identity(&self, spec: String, cert: Buffer, key: Buffer, anchors: Buffer) -> Result<String, ErrorCode> {
+        use meshpipe_core::identity::ops;
+        let spec: ops::LoadSpec = parse_json("identity", &spec, ErrorCode::InvalidConfig)?;
+        let material = ops::load(&spec, &cert, &key, &anchors).map_err(identity_error)?;
+        let (generation, info) = self.inner.engine.set_identity(&material).map_err(engine_error)?;
+        to_json(&meshpipe_core::mesh::IdentityInstalled { generation, info })
+    }
+
+    /// Replaces the inbound authorization table (JSON of an `AuthzSpec`);
+    /// new connections only. Returns its generation.
+    #[napi]
+    pub fn set_authz(&self, table: String) -> Result<i64, ErrorCode> {
+        let spec = parse_json("authorization table", &table, ErrorCode::Policy)?;
+        self.inner.engine.set_authz(&spec).map(|g| g as i64).map_err(engine_error)
+    }
+
+    /// Replaces the meshed-destinations table (JSON of a `DestinationsSpec`).
+    #[napi]
+    pub fn set_destinations(&self, table: String) -> Result<i64, ErrorCode> {
+        let spec = parse_json("meshed destinations", &table, ErrorCode::Policy)?;
+        self.inner.engine.set_destinations(&spec).map(|g| g as i64).map_err(engine_error)
+    }
+
+    /// Applies a change to the meshed-destinations table (JSON of a
+    /// `DestinationsUpdate`): all or nothing, copying only what it touches.
+    #[napi]
+    pub fn update_destinations(&self, update: String) -> Result<i64, ErrorCode> {
+        let update = parse_json("meshed destinations update", &update, ErrorCode::Policy)?;
+        self.inner.engine.update_destinations(&update).map(|g| g as i64).map_err(engine_error)
+    }
+
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
     #[napi]
     pub fn snapshot(&self) -> Result<String, ErrorCode> {

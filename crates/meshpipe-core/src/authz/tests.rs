@@ -56,6 +56,7 @@ fn table() -> AuthzTable {
             "cluster-unauthenticated",
             vec![rule("default", "cluster-unauthenticated", &[("10.0.0.0/8", &[]), ("fd00::/8", &[])], &[])],
         ),
+        exposed_ports: None,
     })
     .unwrap()
 }
@@ -119,7 +120,7 @@ fn servers_without_policy_deny_and_other_ports_use_the_default() {
 #[test]
 fn bad_tables_are_refused() {
     let bad = |ports: Vec<PortAuthzSpec>| {
-        AuthzTable::from_spec(&AuthzSpec { generation: 1, ports, default: PortAuthzSpec::default() }).unwrap_err()
+        AuthzTable::from_spec(&AuthzSpec { generation: 1, ports, default: PortAuthzSpec::default(), exposed_ports: None }).unwrap_err()
     };
     assert_eq!(bad(vec![port(80, "server", "a", vec![]), port(80, "server", "b", vec![])]), AuthzError::Duplicate(80));
     let e = bad(vec![port(80, "server", "a", vec![rule("authorizationpolicy", "p", &[("10.0.0.0/40", &[])], &[])])]).to_string();
@@ -142,4 +143,22 @@ fn the_spec_is_json_camel_case() {
         r#"{"generation":1,"ports":[],"default":{"port":0,"srvKind":"x","srvName":"y","rules":[],"extra":1}}"#
     )
     .is_err());
+}
+
+#[test]
+fn exposed_ports_bound_the_tunnel_and_labels_are_shared() {
+    let spec: AuthzSpec = serde_json::from_str(
+        r#"{"generation":1,"ports":[],"default":{"port":0,"srvKind":"default","srvName":"all-unauthenticated",
+        "rules":[{"kind":"default","name":"all-unauthenticated","networks":[],"identities":[]}]},"exposedPorts":[8080]}"#,
+    )
+    .unwrap();
+    let t = AuthzTable::from_spec(&spec).unwrap();
+    assert!(t.exposes(8080) && !t.exposes(8081));
+    assert!(AuthzTable::allow_all().exposes(8081), "unknown ports: not restricted");
+    let a = t.decide(8080, None, ip("10.0.0.1"));
+    let b = t.decide(8080, None, ip("10.0.0.2"));
+    assert!(a.allow && std::sync::Arc::ptr_eq(&a.srv_name, &b.srv_name), "labels are shared, not copied");
+    assert_eq!(a.authz_name.as_deref(), Some("all-unauthenticated"));
+    let zero = serde_json::from_str::<AuthzSpec>(&serde_json::to_string(&AuthzSpec { exposed_ports: Some(vec![0]), ..spec }).unwrap());
+    assert!(AuthzTable::from_spec(&zero.unwrap()).is_err());
 }

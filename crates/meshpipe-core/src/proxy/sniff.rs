@@ -86,7 +86,10 @@ impl Sniffed {
     }
 }
 
-/// Runs detection for one connection according to its port mode.
+/// Runs detection for one connection according to its port mode. Without
+/// `race` (a meshed destination: its upstream is mesh TLS, which the race
+/// must not dial in plaintext), a client still silent after the grace
+/// period ends detection as `server_first` without dialling or learning.
 pub async fn sniff(
     ctx: &Context,
     client: &TcpStream,
@@ -94,6 +97,7 @@ pub async fn sniff(
     target: TargetAddr,
     mode: PortMode,
     timeout: Duration,
+    race: bool,
 ) -> Sniffed {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
@@ -179,6 +183,10 @@ pub async fn sniff(
                 break;
             }
             _ = sleep_until(grace_at.unwrap_or(deadline)), if race_now => {
+                if !race {
+                    out.result = DetectResult::ServerFirst;
+                    break;
+                }
                 // The same dial as after detection: the connect timeout (not
                 // the detect deadline) bounds it, and running out of
                 // descriptors backs off instead of failing.

@@ -46,9 +46,28 @@ pub enum HandshakeFailure {
     NoClientIdentity,
     Alpn,
     PeerRejected,
+    /// The client did not speak TLS at all (plaintext sent to the tunnel).
+    NotTls,
 }
 
 impl HandshakeFailure {
+    pub const COUNT: usize = 13;
+    pub const ALL: [HandshakeFailure; HandshakeFailure::COUNT] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Io,
+        HandshakeFailure::Handshake,
+        HandshakeFailure::Untrusted,
+        HandshakeFailure::Expired,
+        HandshakeFailure::NotYetValid,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::IdentityMismatch,
+        HandshakeFailure::NoClientCert,
+        HandshakeFailure::NoClientIdentity,
+        HandshakeFailure::Alpn,
+        HandshakeFailure::PeerRejected,
+        HandshakeFailure::NotTls,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             HandshakeFailure::Timeout => "timeout",
@@ -63,6 +82,7 @@ impl HandshakeFailure {
             HandshakeFailure::NoClientIdentity => "no_client_identity",
             HandshakeFailure::Alpn => "alpn",
             HandshakeFailure::PeerRejected => "peer_rejected",
+            HandshakeFailure::NotTls => "not_tls",
         }
     }
 
@@ -89,13 +109,13 @@ pub struct HandshakeError {
 }
 
 impl HandshakeError {
-    fn new(reason: HandshakeFailure, detail: impl Into<String>) -> HandshakeError {
+    pub(crate) fn new(reason: HandshakeFailure, detail: impl Into<String>) -> HandshakeError {
         HandshakeError { reason, detail: detail.into() }
     }
 
     /// Sorts an error from tokio-rustls (a rustls error inside an io::Error,
     /// or a plain I/O error).
-    fn from_io(e: io::Error) -> HandshakeError {
+    pub(crate) fn from_io(e: io::Error) -> HandshakeError {
         let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
             return HandshakeError::new(HandshakeFailure::Io, e.to_string());
         };
@@ -128,6 +148,8 @@ pub struct Connected {
     pub peer: Identity,
     /// True when `transport.l5d.io/v1` was negotiated.
     pub tunnel: bool,
+    /// The serial of the peer's leaf certificate (lowercase hex).
+    pub serial: Option<String>,
 }
 
 /// What a server learned from a successful handshake.
@@ -139,6 +161,8 @@ pub struct Accepted {
     pub tunnel: bool,
     /// The SNI the client sent.
     pub sni: Option<String>,
+    /// The serial of the client's leaf certificate (lowercase hex).
+    pub serial: String,
 }
 
 /// Opens mesh TLS to a peer that must prove `peer`, within `timeout`.
@@ -164,8 +188,9 @@ where
     if alpn == ClientAlpn::Tunnel && !tunnel {
         return Err(HandshakeError::new(HandshakeFailure::Alpn, format!("{peer} did not negotiate ALPN transport.l5d.io/v1")));
     }
+    let serial = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|leaf| CertFacts::parse(leaf).ok()).map(|f| f.serial);
     tracing::debug!(%peer, tunnel, "mesh TLS established");
-    Ok((stream, Connected { peer: peer.clone(), tunnel }))
+    Ok((stream, Connected { peer: peer.clone(), tunnel, serial }))
 }
 
 /// Accepts mesh TLS from a client that must present a certificate chaining
@@ -206,5 +231,5 @@ where
     })?;
     let sni = conn.server_name().map(str::to_string);
     tracing::debug!(%client, tunnel, "mesh TLS accepted");
-    Ok((stream, Accepted { client, tunnel, sni }))
+    Ok((stream, Accepted { client, tunnel, sni, serial: facts.serial }))
 }
