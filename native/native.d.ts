@@ -32,6 +32,26 @@ export declare class NativeProxy {
    * `start()`; new connections only. Returns its generation.
    */
   setPolicy(policy: string): number
+  /**
+   * Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
+   * and the three files' bytes, checked as at start): new connections
+   * use it, open ones keep theirs. Before or after `start()`. Returns
+   * JSON of an `IdentityInstalled`; throws `ERR_IDENTITY` naming the file
+   * and the reason (the identity in use stays).
+   */
+  setIdentity(spec: string, cert: Buffer, key: Buffer, anchors: Buffer): string
+  /**
+   * Replaces the inbound authorization table (JSON of an `AuthzSpec`);
+   * new connections only. Returns its generation.
+   */
+  setAuthz(table: string): number
+  /** Replaces the meshed-destinations table (JSON of a `DestinationsSpec`). */
+  setDestinations(table: string): number
+  /**
+   * Applies a change to the meshed-destinations table (JSON of a
+   * `DestinationsUpdate`): all or nothing, copying only what it touches.
+   */
+  updateDestinations(update: string): number
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */

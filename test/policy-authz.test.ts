@@ -143,7 +143,7 @@ test('a Server without AuthorizationPolicy denies everything; unknown workload g
   assert.deepEqual(unknown.spec.ports, []);
   // The engine refuses a table it cannot compile, with the port named.
   assert.throws(
-    () => authzDecide({ generation: 1, ports: [{ port: 80, srvKind: 'server', srvName: 's', rules: [{ kind: 'authorizationpolicy', name: 'p', networks: [{ cidr: 'nope', except: [] }], identities: [] }] }], default: onlyServers.default }, 80, null, '10.0.0.1'),
+    () => authzDecide({ generation: 1, ports: [{ port: 80, srvKind: 'server', srvName: 's', rules: [{ kind: 'authorizationpolicy', name: 'p', networks: [{ cidr: 'nope', except: [] }], identities: [] }] }], default: onlyServers.default, exposedPorts: null }, 80, null, '10.0.0.1'),
     (err: Error & { code?: string }) => err.code === 'ERR_POLICY' && /port 80/.test(err.message),
   );
 });

@@ -27,6 +27,10 @@ export type {
   IdentityInfo,
   TrustBundle,
   IssuedPem,
+  LoadSpec,
+  DestinationsUpdate,
+  IdentityInstalled,
+  MeshSnapshot,
 } from './boundary.js';
 export type {
   EngineConfig,

@@ -22,6 +22,11 @@ import { fileURLToPath } from 'node:url';
 import { MeshpipeError, fromNative } from '../errors.js';
 import type * as Addon from '../../native/native.js';
 import type {
+  AuthzSpec,
+  DestinationsSpec,
+  DestinationsUpdate,
+  IdentityInstalled,
+  LoadSpec,
   BoundListener,
   CloseSummary,
   ConnSnapshot,
@@ -119,6 +124,26 @@ export class NativeProxy {
 
   setPolicy(policy: PolicyTable): number {
     return call(() => this.#raw.setPolicy(JSON.stringify(policy)));
+  }
+
+  /** Installs or replaces the mesh identity (new connections only); throws ERR_IDENTITY. */
+  setIdentity(spec: LoadSpec, pem: { readonly cert: Buffer; readonly key: Buffer; readonly anchors: Buffer }): IdentityInstalled {
+    return JSON.parse(call(() => this.#raw.setIdentity(JSON.stringify(spec), pem.cert, pem.key, pem.anchors))) as IdentityInstalled;
+  }
+
+  /** Replaces the inbound authorization table (new connections only). */
+  setAuthz(table: AuthzSpec): number {
+    return call(() => this.#raw.setAuthz(JSON.stringify(table)));
+  }
+
+  /** Replaces the meshed-destinations table. */
+  setDestinations(table: DestinationsSpec): number {
+    return call(() => this.#raw.setDestinations(JSON.stringify(table)));
+  }
+
+  /** Applies a change to the meshed-destinations table (all or nothing). */
+  updateDestinations(update: DestinationsUpdate): number {
+    return call(() => this.#raw.updateDestinations(JSON.stringify(update)));
   }
 
   snapshot(): EngineSnapshot {

@@ -18,6 +18,7 @@ import { fromNative, MeshpipeError } from '../errors.js';
 import type { ProxyConfig } from '../config/index.js';
 import { buildEngineConfig } from './build-config.js';
 import type { PodIps } from './inbound.js';
+import type { AuthzSpec, DestinationsSpec, DestinationsUpdate, IdentityInstalled, LoadSpec } from './boundary.js';
 import {
   NativeProxy,
   type BoundListener,
@@ -141,6 +142,26 @@ export class Proxy {
   /** Swaps in a new policy atomically; only new connections see it. Returns the engine's generation. */
   setPolicy(policy: PolicyTable): number {
     return this.#native.setPolicy(policy);
+  }
+
+  /** Installs or replaces the mesh identity: new connections use it, open ones keep theirs. */
+  setIdentity(spec: LoadSpec, pem: { readonly cert: Buffer; readonly key: Buffer; readonly anchors: Buffer }): IdentityInstalled {
+    return this.#native.setIdentity(spec, pem);
+  }
+
+  /** Replaces the inbound authorization table (new connections only). */
+  setAuthz(table: AuthzSpec): number {
+    return this.#native.setAuthz(table);
+  }
+
+  /** Replaces the meshed-destinations table. */
+  setDestinations(table: DestinationsSpec): number {
+    return this.#native.setDestinations(table);
+  }
+
+  /** Applies an incremental change to the meshed-destinations table. */
+  updateDestinations(update: DestinationsUpdate): number {
+    return this.#native.updateDestinations(update);
   }
 
   /** Every engine counter, read in one call. */

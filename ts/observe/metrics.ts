@@ -149,7 +149,7 @@ interface SeriesLabels {
 }
 
 function seriesKey(s: TcpSeriesSnapshot): string {
-  return `${s.direction}|${s.overflow ? '\u0000overflow' : (s.targetAddr ?? '')}|${s.tls}|${s.noTlsReason ?? ''}|${s.sni ?? ''}`;
+  return `${s.direction}|${s.overflow ? '\u0000overflow' : (s.targetAddr ?? '')}|${s.tls}|${s.noTlsReason ?? ''}|${s.sni ?? ''}|${s.clientId ?? ''}|${s.serverId ?? ''}`;
 }
 
 function seriesLabels(s: TcpSeriesSnapshot): SeriesLabels {
@@ -161,6 +161,9 @@ function seriesLabels(s: TcpSeriesSnapshot): SeriesLabels {
     tls: s.tls,
     no_tls_reason: s.noTlsReason ?? '',
     sni: s.sni ?? '',
+    // Mesh TLS: the verified peer (Linkerd's client_id inbound, server_id outbound).
+    ...(s.clientId !== null ? { client_id: s.clientId } : {}),
+    ...(s.serverId !== null ? { server_id: s.serverId } : {}),
   };
   return { src: shared({ ...base, peer: 'src' }), dst: shared({ ...base, peer: 'dst' }) };
 }
@@ -226,6 +229,28 @@ function acceptErrors(direction: 'inbound' | 'outbound', name: string) {
       if (e.direction !== direction) continue;
       if (direction === 'outbound' && (e.error === 'not_pod_ip' || e.error === 'proxy_port')) continue;
       out.add(name, e.count, NONE, 'error', e.error);
+    }
+  };
+}
+
+/** Linkerd's `inbound_tcp_authz_{allow,deny}_total` (authz_* labels on allow only). */
+function authzDecisions(allow: boolean, name: string) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const a of s.mesh.authz) {
+      if (a.allow !== allow) continue;
+      const labels: Labels = {
+        target_port: a.targetPort === null ? '' : String(a.targetPort),
+        srv_group: a.targetPort === null ? '' : a.srvKind === 'server' ? 'policy.linkerd.io' : '',
+        srv_kind: a.srvKind,
+        srv_name: a.targetPort === null ? OVERFLOW_TARGET : a.srvName,
+        tls: a.tls,
+        client_id: a.clientId ?? '',
+      };
+      if (allow) {
+        labels['authz_kind'] = a.authzKind ?? '';
+        labels['authz_name'] = a.authzName ?? '';
+      }
+      out.add(name, a.count, shared(labels));
     }
   };
 }
@@ -305,6 +330,22 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: single('meshpipe_fd_reserve', (s) => s.limits.fds.reserve) },
   { name: 'meshpipe_fd_budget_waits_total', type: 'counter', help: 'Times a listener waited for descriptors of the budget (the connection waited in the kernel backlog)',
     emit: single('meshpipe_fd_budget_waits_total', (s) => s.limits.fds.waits) },
+  { name: 'inbound_tcp_authz_allow_total', type: 'counter', help: 'Inbound connections allowed by the authorization policy (srv_*: the Server or default policy of the port; authz_*: the rule that allowed)',
+    emit: authzDecisions(true, 'inbound_tcp_authz_allow_total') },
+  { name: 'inbound_tcp_authz_deny_total', type: 'counter', help: 'Inbound connections refused by the authorization policy',
+    emit: authzDecisions(false, 'inbound_tcp_authz_deny_total') },
+  { name: 'meshpipe_tls_handshake_duration_ms', type: 'histogram', help: 'Successful mesh TLS handshakes (inbound: accepted, outbound: originated, dial excluded), in milliseconds',
+    emit: (s, _series, out) => s.mesh.handshakeMs.forEach((h, i) => emitHistogram(out, 'meshpipe_tls_handshake_duration_ms', h, shared({ direction: i === 0 ? 'inbound' : 'outbound' }))) },
+  { name: 'meshpipe_tls_handshake_errors_total', type: 'counter', help: 'Failed mesh TLS handshakes by direction and reason (handshake, verification, identity_mismatch, no_client_cert, alpn, not_tls, ...)',
+    emit: (s, _series, out) => {
+      for (const e of s.mesh.handshakeErrors) out.add('meshpipe_tls_handshake_errors_total', e.count, shared({ direction: e.direction }), 'reason', e.reason);
+    } },
+  { name: 'meshpipe_inbound_tunnel_errors_total', type: 'counter', help: 'Tunnel (direct inbound) connections refused after the handshake: a bad transport header (preface, oversized, truncated, malformed, port, timeout, io) or a port the tunnel may not reach (proxy_port, not_exposed)',
+    emit: (s, _series, out) => {
+      for (const e of s.mesh.tunnelErrors) out.add('meshpipe_inbound_tunnel_errors_total', e.count, NONE, 'reason', e.reason);
+    } },
+  { name: 'meshpipe_meshed_destinations', type: 'gauge', help: 'Meshed destinations (pod addresses and --destinations entries) the engine holds',
+    emit: single('meshpipe_meshed_destinations', (s) => s.mesh.destinations) },
 ];
 
 /** Scrapes whose engine snapshot failed; rendered even when the snapshot is missing. */

@@ -179,5 +179,5 @@ export function compileAuthz(inputs: AuthzInputs): AuthzResult {
       ports.push({ port: d.port, srvKind: 'server', srvName: d.server.name, rules });
     }
   }
-  return { spec: { generation: inputs.generation, ports, default: def }, problems };
+  return { spec: { generation: inputs.generation, ports, default: def, exposedPorts: null }, problems };
 }

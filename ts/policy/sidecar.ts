@@ -25,6 +25,8 @@ export interface SidecarPolicy {
   view(snapshot: EngineSnapshot | undefined): unknown;
   /** Calls `apply` with every later table whose rules changed. */
   onTable(apply: (table: PolicyTable) => void): void;
+  /** Calls `apply` with every later update (new generation): its mesh tables. */
+  onUpdate(apply: (update: PolicyUpdate) => void): void;
   close(): Promise<void>;
 }
 
@@ -38,7 +40,7 @@ function logProblems(logger: Logger, update: PolicyUpdate): void {
 
 /** Starts the configured policy sources; undefined when there are none. */
 export async function startSidecarPolicy(config: ProxyConfig, logger: Logger): Promise<SidecarPolicy | undefined> {
-  if (!hasPolicySources(config)) return undefined;
+  if (!hasPolicySources(config) && config.destinations === undefined) return undefined;
   const source: PolicySource = createPolicySource({
     annotationsFile: config.annotations,
     manifests: config.manifests,
@@ -51,6 +53,10 @@ export async function startSidecarPolicy(config: ProxyConfig, logger: Logger): P
     outboundDetectTimeoutMs: config.outboundDetectTimeoutMs,
     namespace: config.namespace ?? process.env['POD_NAMESPACE'],
     pod: config.pod ?? process.env['POD_NAME'],
+    trustDomain: config.trustDomain,
+    identityTemplate: config.identityTemplate,
+    defaultInboundPolicy: config.defaultInboundPolicy,
+    destinationsFile: config.destinations,
   });
   source.on('reloadFailed', (err) => {
     logger.error({ err }, 'policy reload failed; the last good policy stays in force');
@@ -89,6 +95,14 @@ export async function startSidecarPolicy(config: ProxyConfig, logger: Logger): P
         } catch (err) {
           logger.error({ err, generation }, 'policy rejected by the engine; the last good policy stays in force');
         }
+      });
+    },
+    onUpdate(apply) {
+      let generation = first.generation;
+      source.on('policy', (update) => {
+        if (update.generation === generation) return;
+        generation = update.generation;
+        apply(update);
       });
     },
     close: () => source.close(),

@@ -31,7 +31,11 @@ import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
 import { compilePolicy, toPolicyTable } from './compile.js';
 import type { EffectivePolicy, PolicyInputs, PolicyTable } from './model.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
-import type { PortRange } from '../config/index.js';
+import { DEFAULT_IDENTITY_TEMPLATE } from '../identity/name.js';
+import type { DefaultInboundPolicy, PortRange } from '../config/index.js';
+import { parseDestinationsFile } from './destinations.js';
+import { compileMeshTables, type MeshTables } from './mesh-tables.js';
+import type { DestinationSpec } from '../engine/index.js';
 
 export interface PolicySourceOptions {
   /** Downward-API annotations file (`--annotations`). */
@@ -55,6 +59,12 @@ export interface PolicySourceOptions {
   readonly pod?: string | undefined;
   readonly debounceMs?: number | undefined;
   readonly pollIntervalMs?: number | undefined;
+  /** The mesh tables' settings (`--trust-domain`, `--identity-template`, `--default-inbound-policy`). */
+  readonly trustDomain?: string | undefined;
+  readonly identityTemplate?: string | undefined;
+  readonly defaultInboundPolicy?: DefaultInboundPolicy | undefined;
+  /** `--destinations FILE`. */
+  readonly destinationsFile?: string | undefined;
 }
 
 /** What a `policy` event carries. */
@@ -63,6 +73,8 @@ export interface PolicyUpdate {
   readonly table: PolicyTable;
   readonly effective: EffectivePolicy;
   readonly problems: readonly PolicyProblem[];
+  /** The engine's mesh tables: authorization and meshed destinations. */
+  readonly mesh: MeshTables;
 }
 
 export interface PolicySourceEvents {
@@ -83,6 +95,8 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private readonly goodFiles = new Map<string, ManifestFile>();
   private manifestFiles: ManifestFile[] = [];
   private manifestProblems: PolicyProblem[] = [];
+  private destinationEntries: DestinationSpec[] = [];
+  private destinationProblems: PolicyProblem[] = [];
   private kube: KubeWatch | undefined;
   private watchers: FSWatcher[] = [];
   private poll: NodeJS.Timeout | undefined;
@@ -147,6 +161,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
         this.again = false;
         await this.readAnnotations();
         await this.readManifests();
+        await this.readDestinations();
         update = this.compile();
       } while (this.again && !this.closed);
       return update;
@@ -174,6 +189,11 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       this.watch(dirname(file), (changed) => changed === null || changed === name || changed.startsWith('..'));
     }
     for (const p of this.opts.manifests ?? []) this.watch(p, () => true);
+    const dest = this.opts.destinationsFile;
+    if (dest) {
+      const name = basename(dest);
+      this.watch(dirname(dest), (changed) => changed === null || changed === name || changed.startsWith('..'));
+    }
   }
 
   private watch(path: string, relevant: (name: string | null) => boolean): void {
@@ -209,6 +229,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       }
     };
     if (this.opts.annotationsFile) await add(this.opts.annotationsFile);
+    if (this.opts.destinationsFile) await add(this.opts.destinationsFile);
     for (const p of this.opts.manifests ?? []) {
       try {
         for (const f of await listManifestFiles(p)) await add(f);
@@ -244,6 +265,22 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     }
     this.annotations = values;
     this.annotationProblems = problems;
+  }
+
+  /** `--destinations FILE`: an unreadable file keeps its last good entries. */
+  private async readDestinations(): Promise<void> {
+    const file = this.opts.destinationsFile;
+    if (!file) return;
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      this.destinationProblems = [generalProblem(`destinations file ${file}: cannot read: ${(err as Error).message}; keeping the last good entries`, file)];
+      return;
+    }
+    const parsed = parseDestinationsFile(file, text);
+    this.destinationEntries = parsed.entries;
+    this.destinationProblems = parsed.problems;
   }
 
   private async readManifests(): Promise<void> {
@@ -296,14 +333,26 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       identity: { namespace: this.opts.namespace, pod: this.opts.pod },
     };
     const result = compilePolicy(inputs);
-    const problems = [...this.annotationProblems, ...kubeProblems, ...result.problems];
-    const rulesJson = JSON.stringify(toPolicyTable(result.effective, 0).rules);
+    const meshInputs = {
+      trustDomain: this.opts.trustDomain ?? 'cluster.local',
+      identityTemplate: this.opts.identityTemplate ?? DEFAULT_IDENTITY_TEMPLATE,
+      defaultInboundPolicy: this.opts.defaultInboundPolicy ?? 'all-unauthenticated',
+      fileEntries: this.destinationEntries,
+    };
+    const meshNow = compileMeshTables(inputs, meshInputs, 0);
+    const problems = [...this.annotationProblems, ...kubeProblems, ...result.problems, ...this.destinationProblems, ...meshNow.problems];
+    const rulesJson = JSON.stringify({ rules: toPolicyTable(result.effective, 0).rules, authz: meshNow.authz, destinations: meshNow.destinations });
     const generation = (this.last?.generation ?? 0) + (rulesJson === this.lastRulesJson ? 0 : 1);
     const update: PolicyUpdate = Object.freeze({
       generation,
       table: toPolicyTable(result.effective, generation),
       effective: result.effective,
       problems: Object.freeze(problems),
+      mesh: Object.freeze({
+        authz: { ...meshNow.authz, generation },
+        destinations: { ...meshNow.destinations, generation },
+        problems: meshNow.problems,
+      }),
     });
     const json = JSON.stringify({ e: update.effective, p: problems.map((p) => p.message), generation });
     this.lastRulesJson = rulesJson;

@@ -40,6 +40,7 @@ import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
 import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
 import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+import { SidecarMesh } from './mesh.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
@@ -132,6 +133,7 @@ export class Sidecar {
   #view: PolicyView;
   #podIps: PodIps | undefined;
   #unguard: () => void;
+  readonly #mesh: SidecarMesh;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
@@ -149,6 +151,7 @@ export class Sidecar {
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
     this.#view = options.policyView ?? defaultPolicyView;
+    this.#mesh = new SidecarMesh(this.proxy, config, logger, this.metrics.registry);
     new Counter({
       name: 'meshpipe_uncaught_errors_total',
       help: 'Errors nobody caught: kind=rejection (logged, the proxy kept serving), kind=exception (the proxy drained and exited 1)',
@@ -173,6 +176,7 @@ export class Sidecar {
             port: config.admin.port,
             metrics: this.metrics,
             notReady: () => this.notReady(),
+            readyDetails: () => this.#mesh.readyDetails(),
             connections: (limit) => this.proxy.connections(limit),
             snapshot: () => this.#snapshotOrUndefined() ?? {},
             policy: () =>
@@ -219,10 +223,15 @@ export class Sidecar {
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
       this.#policySource = await startSidecarPolicy(this.config, this.logger);
+      // The identity and the mesh tables are in the engine before anything
+      // listens, like the port policy.
+      await this.#mesh.start(this.#policySource !== undefined);
       if (this.#policySource) {
         this.#table = this.#policySource.first.table;
         this.proxy.setPolicy(this.#table);
+        this.#mesh.setTables(this.#policySource.first.mesh.authz, this.#policySource.first.mesh.destinations);
         this.#policySource.onTable((table) => this.setPolicy(table));
+        this.#policySource.onUpdate((update) => this.#mesh.setTables(update.mesh.authz, update.mesh.destinations));
       }
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
@@ -237,6 +246,7 @@ export class Sidecar {
     } catch (err) {
       this.#state = 'closed';
       await this.#policySource?.close();
+      await this.#mesh.close();
       await this.admin?.close();
       if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
       throw err;
@@ -310,6 +320,7 @@ export class Sidecar {
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';
     await this.#policySource?.close();
+    await this.#mesh.close();
     await this.admin?.close();
     this.#unguard();
     return summary;

@@ -10,7 +10,9 @@
  * message; the other documents of the file still load. Unknown kinds are
  * ignored and counted, because real manifest folders hold ConfigMaps, RBAC,
  * CRDs and so on. Results are kept per file so a caller that reloads can keep
- * a file's last good content while the file is broken.
+ * a file's last good content while the file is broken. Linkerd's authorization
+ * resources (AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication)
+ * are read too (ts/policy/k8s/authz-objects.ts).
  */
 
 import { readdir, readFile, stat } from 'node:fs/promises';
@@ -26,6 +28,7 @@ import {
   type WorkloadObject,
 } from './objects.js';
 import { objectProblem, type PolicyProblem } from '../problems.js';
+import { normalizeAuthzObject, type AuthzObject } from './authz-objects.js';
 
 /** Every object the policy layer reads, grouped by kind. */
 export interface ManifestSet {
@@ -33,6 +36,8 @@ export interface ManifestSet {
   readonly services: readonly ServiceObject[];
   readonly workloads: readonly WorkloadObject[];
   readonly servers: readonly ServerObject[];
+  /** AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication. */
+  readonly authz: readonly AuthzObject[];
   /** Objects of kinds the policy layer does not read. */
   readonly ignored: number;
   readonly problems: readonly PolicyProblem[];
@@ -41,14 +46,14 @@ export interface ManifestSet {
 /** What one file gave. `parsed` is false when at least one document failed to parse. */
 export interface ManifestFile {
   readonly file: string;
-  readonly objects: readonly PolicyObject[];
+  readonly objects: readonly (PolicyObject | AuthzObject)[];
   readonly ignored: number;
   readonly problems: readonly PolicyProblem[];
   readonly parsed: boolean;
 }
 
 export const EMPTY_MANIFESTS: ManifestSet = Object.freeze({
-  namespaces: [], services: [], workloads: [], servers: [], ignored: 0, problems: [],
+  namespaces: [], services: [], workloads: [], servers: [], authz: [], ignored: 0, problems: [],
 });
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
@@ -80,7 +85,7 @@ function fileProblem(file: string, document: number | undefined, reason: string,
 
 /** Parses the text of one manifest file. Never throws. */
 export function parseManifestText(file: string, text: string): ManifestFile {
-  const objects: PolicyObject[] = [];
+  const objects: (PolicyObject | AuthzObject)[] = [];
   const problems: PolicyProblem[] = [];
   let ignored = 0;
   let parsed = true;
@@ -105,7 +110,7 @@ export function parseManifestText(file: string, text: string): ManifestFile {
     for (const item of items) {
       if (item === null || item === undefined) continue;
       const objProblems: ObjectProblem[] = [];
-      const obj = normalizeObject(item, objProblems);
+      const obj = normalizeObject(item, objProblems) ?? (objProblems.length === 0 ? normalizeAuthzObject(item, objProblems) : undefined);
       for (const p of objProblems) problems.push(objectProblem(p.object, p.field, p.token, p.reason, file));
       if (obj) objects.push(obj);
       else if (objProblems.length === 0) ignored++;
@@ -137,6 +142,7 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
   const services: ServiceObject[] = [];
   const workloads: WorkloadObject[] = [];
   const servers: ServerObject[] = [];
+  const authz: AuthzObject[] = [];
   let ignored = 0;
   const problems: PolicyProblem[] = [...extra];
   for (const f of files) {
@@ -146,10 +152,11 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
       if (o.kind === 'Namespace') namespaces.push(o);
       else if (o.kind === 'Service') services.push(o);
       else if (o.kind === 'Server') servers.push(o);
+      else if (o.kind === 'AuthorizationPolicy' || o.kind === 'MeshTLSAuthentication' || o.kind === 'NetworkAuthentication') authz.push(o);
       else workloads.push(o);
     }
   }
-  return Object.freeze({ namespaces, services, workloads, servers, ignored, problems });
+  return Object.freeze({ namespaces, services, workloads, servers, authz, ignored, problems });
 }
 
 /** Concatenates manifest sets (e.g. files + live API). */
@@ -159,6 +166,7 @@ export function combineManifests(...sets: readonly ManifestSet[]): ManifestSet {
     services: sets.flatMap((s) => s.services),
     workloads: sets.flatMap((s) => s.workloads),
     servers: sets.flatMap((s) => s.servers),
+    authz: sets.flatMap((s) => s.authz),
     ignored: sets.reduce((n, s) => n + s.ignored, 0),
     problems: sets.flatMap((s) => s.problems),
   });

@@ -30,6 +30,7 @@ import { MeshpipeError } from '../../errors.js';
 import { EMPTY_MANIFESTS, mergeManifests, type ManifestSet } from './manifests.js';
 import { normalizeObject, type ObjectProblem, type PolicyObject } from './objects.js';
 import { objectProblem } from '../problems.js';
+import { AUTHZ_KINDS, normalizeAuthzObject, type AuthzObject } from './authz-objects.js';
 
 export interface KubeWatchOptions {
   /** Path of a kubeconfig file (`--kubeconfig`). */
@@ -137,6 +138,11 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
       k('CronJob', '/apis/batch/v1/cronjobs', () => batch.listCronJobForAllNamespaces()),
       k('Server', `/apis/policy.linkerd.io/${version}/servers`,
         () => custom.listClusterCustomObject({ group: 'policy.linkerd.io', version, plural: 'servers' })),
+      // Linkerd's authorization resources (policy.linkerd.io/v1alpha1).
+      ...([['AuthorizationPolicy', 'authorizationpolicies'], ['MeshTLSAuthentication', 'meshtlsauthentications'], ['NetworkAuthentication', 'networkauthentications']] as const).map(
+        ([kind, plural]) => k(kind, `/apis/policy.linkerd.io/v1alpha1/${plural}`,
+          () => custom.listClusterCustomObject({ group: 'policy.linkerd.io', version: 'v1alpha1', plural })),
+      ),
     ];
   }
 
@@ -225,11 +231,13 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
 
   /** Current objects of every kind, normalised. Objects stay while the API is unreachable. */
   snapshot(): ManifestSet {
-    const objects: PolicyObject[] = [];
+    const objects: (PolicyObject | AuthzObject)[] = [];
     const problems: ObjectProblem[] = [];
     for (const kind of this.kinds) {
+      const authz = (AUTHZ_KINDS as readonly string[]).includes(kind.kind);
       for (const raw of kind.informer?.list() ?? []) {
-        const obj = normalizeObject(raw, problems, 'default', kind.kind);
+        const withKind = authz ? { kind: kind.kind, ...(raw as object) } : raw;
+        const obj = authz ? normalizeAuthzObject(withKind, problems) : normalizeObject(raw, problems, 'default', kind.kind);
         if (obj) objects.push(obj);
       }
     }
