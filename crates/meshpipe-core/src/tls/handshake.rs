@@ -124,7 +124,10 @@ impl HandshakeError {
             rustls::Error::InvalidCertificate(c) => match c {
                 C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
                 C::NotValidYet | C::NotValidYetContext { .. } => HandshakeFailure::NotYetValid,
-                C::UnknownIssuer => HandshakeFailure::Untrusted,
+                // A chain whose issuer is not an anchor, or that names an
+                // anchor (same subject) whose key did not sign it: either
+                // way the certificate does not come from this mesh's CA.
+                C::UnknownIssuer | C::BadSignature => HandshakeFailure::Untrusted,
                 C::Other(other) if other.0.downcast_ref::<IdentityMismatch>().is_some() => HandshakeFailure::IdentityMismatch,
                 _ => HandshakeFailure::BadCertificate,
             },
