@@ -326,7 +326,10 @@ impl Engine {
     /// Installs or replaces this proxy's mesh identity from checked
     /// material: connections that start afterwards use it (open ones keep
     /// theirs). Returns the identity's generation and what was installed.
-    pub fn set_identity(&self, material: &identity::material::IdentityMaterial) -> Result<(u64, identity::material::IdentityInfo), EngineError> {
+    pub fn set_identity(
+        &self,
+        material: &identity::material::IdentityMaterial,
+    ) -> Result<(u64, identity::material::IdentityInfo), EngineError> {
         self.ctx.mesh.set_identity(material).map_err(|e| EngineError::Identity(e.to_string()))
     }
 

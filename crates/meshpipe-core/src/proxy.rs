@@ -36,6 +36,7 @@ use tracing::{debug, Instrument};
 use crate::addr::TargetAddr;
 use crate::config::DetectConfig;
 use crate::conn::{ConnRegistry, ConnState};
+use crate::copy::stream::Transport;
 use crate::copy::{self, CopyConfig, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
@@ -44,7 +45,6 @@ use crate::policy::PolicyTable;
 use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
-use crate::copy::stream::Transport;
 use crate::vocab::{DetectResult, Direction, NoTlsReason, TlsStatus};
 
 pub(crate) use connect::connect;
@@ -236,7 +236,9 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
 
     // 4. The TLS decision, and inbound authorization.
     let tls = match (l.direction, &dest, &mesh_tls) {
-        (Direction::Inbound, _, Some(state)) if sniffed.result == DetectResult::Tls && sniffed.sni.as_deref() == Some(state.server_name()) => {
+        (Direction::Inbound, _, Some(state))
+            if sniffed.result == DetectResult::Tls && sniffed.sni.as_deref() == Some(state.server_name()) =>
+        {
             span.record("tls", "terminated");
             let remaining = timeout.saturating_sub(started.elapsed());
             let buffered = sniffed.buffered;
@@ -257,7 +259,9 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
             return originate_mesh(ctx, info, &mut open, client, target, dest, state, sniffed).await;
         }
         (Direction::Outbound, Some(_), None) => TlsStatus::NoIdentity(NoTlsReason::Disabled),
-        (Direction::Outbound, None, _) if sniffed.sni.is_none() && target.ip().is_loopback() => TlsStatus::NoIdentity(NoTlsReason::Loopback),
+        (Direction::Outbound, None, _) if sniffed.sni.is_none() && target.ip().is_loopback() => {
+            TlsStatus::NoIdentity(NoTlsReason::Loopback)
+        }
         (Direction::Outbound, None, _) => TlsStatus::detected(Direction::Outbound, sniffed.sni.as_ref()),
     };
     span.record("tls", tls.label_str());
@@ -318,7 +322,14 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
 
 /// Records how forwarding ended: the idle timeout, and the side whose error
 /// ended it (its close reason).
-fn finish(ctx: &Context, info: &crate::conn::ConnInfo, series: &TcpSeries, forwarded: Result<copy::Moved, copy::CopyError>, src: &mut SideGuard, dst: &mut SideGuard) {
+fn finish(
+    ctx: &Context,
+    info: &crate::conn::ConnInfo,
+    series: &TcpSeries,
+    forwarded: Result<copy::Moved, copy::CopyError>,
+    src: &mut SideGuard,
+    dst: &mut SideGuard,
+) {
     if info.idle_closed() {
         debug!(idle_timeout_ms = ctx.idle_timeout.unwrap_or_default().as_millis() as u64, "closed by the idle timeout");
         series.idle_timeouts.fetch_add(1, Relaxed);
@@ -409,7 +420,8 @@ async fn originate_mesh(
         Err(e) => {
             outbound_mesh::log_failure(&e, dest);
             ctx.metrics.errors.connect_failed.fetch_add(1, Relaxed);
-            let errno = e.io().map_or(errno_index(Some(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused))), |io| errno_index(Some(io)));
+            let errno =
+                e.io().map_or(errno_index(Some(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused))), |io| errno_index(Some(io)));
             series.connect_failed(errno);
             socket::set_reset_on_close(&client);
             src.errno = errno;

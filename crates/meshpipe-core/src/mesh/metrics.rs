@@ -20,7 +20,8 @@ use crate::vocab::{Direction, TlsLabel};
 /// Handshake duration buckets (ms): a full mutual handshake takes well
 /// under a millisecond of CPU, so the buckets start finer than Linkerd's
 /// latency buckets.
-pub const HANDSHAKE_BUCKETS_MS: [f64; 16] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+pub const HANDSHAKE_BUCKETS_MS: [f64; 16] =
+    [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
 #[derive(Default)]
 struct HandshakeHistogram {

@@ -137,10 +137,20 @@ pub(crate) async fn tunnel(
             return None;
         }
         Ok(Ok(_)) => {
-            return refuse_handshake(ctx, &client, HandshakeError::new(HandshakeFailure::NotTls, "the tunnel needs mesh TLS; the client sent plaintext"));
+            return refuse_handshake(
+                ctx,
+                &client,
+                HandshakeError::new(HandshakeFailure::NotTls, "the tunnel needs mesh TLS; the client sent plaintext"),
+            );
         }
         Ok(Err(e)) => return refuse_handshake(ctx, &client, HandshakeError::new(HandshakeFailure::Io, e.to_string())),
-        Err(_) => return refuse_handshake(ctx, &client, HandshakeError::new(HandshakeFailure::Timeout, format!("no ClientHello within {timeout:?}"))),
+        Err(_) => {
+            return refuse_handshake(
+                ctx,
+                &client,
+                HandshakeError::new(HandshakeFailure::Timeout, format!("no ClientHello within {timeout:?}")),
+            )
+        }
     }
     let started = Instant::now();
     let (mut stream, accepted) = match tls::accept(state, client, AlpnRule::Tunnel, deadline - tokio::time::Instant::now()).await {
@@ -199,6 +209,7 @@ pub(crate) async fn tunnel(
 
 /// SNI termination of a connection redirected to `target` whose ClientHello
 /// (read by detection into `buffered`) named this proxy. None when refused.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn terminate(
     ctx: &Context,
     client: TcpStream,

@@ -191,7 +191,8 @@ where
     if alpn == ClientAlpn::Tunnel && !tunnel {
         return Err(HandshakeError::new(HandshakeFailure::Alpn, format!("{peer} did not negotiate ALPN transport.l5d.io/v1")));
     }
-    let serial = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|leaf| CertFacts::parse(leaf).ok()).map(|f| f.serial);
+    let serial =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|leaf| CertFacts::parse(leaf).ok()).map(|f| f.serial);
     tracing::debug!(%peer, tunnel, "mesh TLS established");
     Ok((stream, Connected { peer: peer.clone(), tunnel, serial }))
 }
