@@ -26,6 +26,7 @@ import { idleRss } from './idle-rss.js';
 import { scrape } from './scrape.js';
 import { serverFirst } from './server-first.js';
 import { sidecars } from './sidecars.js';
+import { mesh } from './mesh.js';
 import { throughput } from './iperf.js';
 import { meshpipeBuild, REPO_ROOT } from './meshpipe.js';
 import { stopAll } from './processes.js';
@@ -42,7 +43,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars, mesh];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;
