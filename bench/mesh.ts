@@ -19,7 +19,7 @@
  * first (median of sequential connections); and for meshpipe mTLS, RSS of
  * both sidecars with 5,000 idle connections through the pair. Root only.
  */
-import { chownSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createPodPair, netnsSupport, run as runCommand, type Pod } from '../test/netns.js';
@@ -121,6 +121,7 @@ async function run(ctx: BenchContext): Promise<Section> {
       const r = await runCommand(process.execPath, [CLI_PATH, ...args]);
       if (r.code !== 0) throw new Error(`meshpipe ${args.join(' ')}: ${r.stderr}`);
     };
+    chmodSync(ctx.dir, 0o755); // the sidecars (uid 2102) read their identities below it
     await cli(['identity', 'init', '--out', join(ctx.dir, 'ca'), '--force']);
     for (const [name, sub] of [[CLIENT_ID, 'client'], [SERVER_ID, 'server']] as const) {
       await cli(['identity', 'issue', '--name', name, '--ca-dir', join(ctx.dir, 'ca'), '--out', join(ctx.dir, sub), '--force']);
