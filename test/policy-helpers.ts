@@ -1,14 +1,15 @@
 /**
  * Helpers for the policy tests: fixture paths, default policy inputs, and a
  * one-call "compile these fixtures as this pod and give me the table" so the
- * table-driven tests read as data. Every lookup goes through toPolicyTable and
- * the engine-equivalent first-match lookupPolicy, so a test checks what the
- * engine would actually do, not only what the effective policy claims.
+ * table-driven tests read as data. Every lookup is the engine's own, through
+ * the addon (ts/policy/lookup.ts), on the compiled table: a test checks what
+ * the engine would actually do, not only what the effective policy claims.
  */
 import { join } from 'node:path';
 import { loadManifests } from '../ts/policy/k8s/manifests.js';
 import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
-import { compilePolicy, lookupPolicy, toPolicyTable, type CompileResult } from '../ts/policy/compile.js';
+import { compilePolicy, type CompileResult } from '../ts/policy/compile.js';
+import { lookupPolicy, type LookupResult } from '../ts/policy/lookup.js';
 import type { PolicyInputs, PolicyTable } from '../ts/policy/model.js';
 import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { ROOT } from './helpers.js';
@@ -37,7 +38,7 @@ export function baseInputs(overrides: Partial<PolicyInputs> = {}): PolicyInputs 
 export interface Compiled {
   readonly result: CompileResult;
   readonly table: PolicyTable;
-  lookup(direction: 'inbound' | 'outbound', address: string, port: number): { mode: string; source: string; detectTimeoutMs: number | null };
+  lookup(direction: 'inbound' | 'outbound', address: string, port: number): LookupResult;
 }
 
 /** Compiles fixtures (file names under test/fixtures/policy) as pod `ns/pod`. */
@@ -47,13 +48,13 @@ export async function compileFixtures(
   const manifests = await loadManifests(files.map(fixture));
   const [namespace, name] = pod === undefined ? [undefined, undefined] : pod.split('/');
   const result = compilePolicy(baseInputs({ manifests, identity: { namespace, pod: name }, ...overrides }));
-  const table = toPolicyTable(result.effective, 1);
+  const table = result.table;
   return {
     result,
     table,
     lookup(direction, address, port) {
       const hit = lookupPolicy(table, direction, address, port);
-      if (hit.index >= 0 || direction === 'outbound') return hit;
+      if (hit.matched !== 'default' || direction === 'outbound') return hit;
       // Inbound with no matching rule: the effective policy explains why it is detect.
       const line = result.effective.inbound.ports.find((p) => p.ports.from === port);
       return { ...hit, source: line?.source ?? hit.source };

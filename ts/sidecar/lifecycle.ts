@@ -32,13 +32,12 @@ import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
 import type { ProxyConfig } from '../config/index.js';
-import { buildFlagPolicy, Proxy, setEngineLog, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
-import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+import { Proxy, setEngineLog, type BoundListener, type CloseSummary, type EngineSnapshot } from '../engine/index.js';
+import { createSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
   adminListening: 'admin server listening',
-  policyLoaded: 'policy loaded',
   shutdownRequested: 'shutdown requested',
   inboundStopped: 'inbound listeners stopped accepting',
   waitingForApp: 'waiting for the app to exit before draining',
@@ -49,28 +48,10 @@ export const EVENT_POLL_MS = 500;
 
 export type SidecarState = 'new' | 'starting' | 'ready' | 'draining' | 'closed';
 
-/** What /policy shows; the policy layer can supply a richer view. */
-export type PolicyView = (current: { table: PolicyTable; snapshot: EngineSnapshot | undefined; config: ProxyConfig }) => unknown;
-
 export interface SidecarOptions {
-  /** The initial policy table (default: the flag policy of `config`). */
-  readonly policy?: PolicyTable;
-  /** Replaces the default /policy document. */
-  readonly policyView?: PolicyView;
+  /** The port policy (default: from `config`: its policy sources, or the flags alone). */
+  readonly policy?: SidecarPolicy;
 }
-
-/** The default /policy document: the rules with their sources and the learned server-first targets. */
-export const defaultPolicyView: PolicyView = ({ table, snapshot, config }) => ({
-  generation: table.generation,
-  engineGeneration: snapshot?.policyGeneration ?? null,
-  rules: table.rules,
-  sources: { opaquePorts: config.sources.opaquePorts, defaultOpaquePorts: config.sources.defaultOpaquePorts },
-  detectTimeoutMs: { inbound: config.inboundDetectTimeoutMs, outbound: config.outboundDetectTimeoutMs },
-  serverFirst: {
-    note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
-    targets: snapshot?.serverFirst.targets ?? [],
-  },
-});
 
 /**
  * The engine's trace filter: `--engine-log` when given, else one that follows
@@ -93,7 +74,6 @@ export class Sidecar {
   readonly metrics: Metrics;
   readonly admin: AdminServer | null;
   #state: SidecarState = 'new';
-  #table: PolicyTable;
   #events: NodeJS.Timeout | undefined;
   #shutdownReason: string | undefined;
   #requested!: (reason: string) => void;
@@ -103,22 +83,20 @@ export class Sidecar {
   #adminStarted: Promise<void> | undefined;
   #starting: Promise<unknown> | undefined;
   #inboundStopped: Promise<void> = Promise.resolve();
-  #policySource: SidecarPolicy | undefined;
-  #view: PolicyView;
+  readonly #policy: SidecarPolicy;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
     this.logger = logger;
-    this.#table = options.policy ?? buildFlagPolicy(config);
+    this.#policy = options.policy ?? createSidecarPolicy(config, logger);
     this.shutdownRequested = new Promise((resolve) => (this.#requested = resolve));
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
     // The engine's traces go to the same stream as these logs, filtered by
     // --engine-log (or --log-level); a bad filter throws ERR_INVALID_CONFIG.
     setEngineLog(engineLogFilter(config), 'stdout');
-    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table });
+    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#policy.initial });
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
-    this.#view = options.policyView ?? defaultPolicyView;
     this.admin =
       config.admin === null
         ? null
@@ -129,10 +107,7 @@ export class Sidecar {
             notReady: () => this.notReady(),
             connections: (limit) => this.proxy.connections(limit),
             snapshot: () => this.#snapshotOrUndefined() ?? {},
-            policy: () =>
-              this.#policySource
-                ? this.#policySource.view(this.#snapshotOrUndefined())
-                : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
+            policy: () => this.#policy.view(this.#snapshotOrUndefined()),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
             logFilter: (filter) => setEngineLog(filter, 'stdout'),
             logger,
@@ -145,7 +120,7 @@ export class Sidecar {
 
   /** Null when ready; otherwise why not (for /ready). */
   notReady(): NotReadyReason {
-    if (this.#state === 'ready') return null;
+    if (this.#state === 'ready') return this.#policy.notInForce() === null ? null : 'no valid policy';
     return this.#state === 'new' || this.#state === 'starting' ? 'starting' : 'draining';
   }
 
@@ -171,16 +146,10 @@ export class Sidecar {
       await this.startAdmin();
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
-      this.#policySource = await startSidecarPolicy(this.config, this.logger);
-      if (this.#policySource) {
-        this.#table = this.#policySource.first.table;
-        this.proxy.setPolicy(this.#table);
-        this.#policySource.onTable((table) => this.setPolicy(table));
-      }
+      await this.#policy.start(this.proxy);
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
       this.#logBound(bound);
-      this.logger.info({ generation: this.#table.generation, rules: this.#table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
       // A shutdown requested while binding wins: never report ready afterwards.
       if (this.#shutdownReason === undefined) this.#state = 'ready';
       this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
@@ -188,18 +157,11 @@ export class Sidecar {
       return bound;
     } catch (err) {
       this.#state = 'closed';
-      await this.#policySource?.close();
+      await this.#policy.close();
       await this.admin?.close();
       if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
       throw err;
     }
-  }
-
-  /** Swaps in a new policy (new connections only) and logs it. */
-  setPolicy(table: PolicyTable): void {
-    this.proxy.setPolicy(table);
-    this.#table = table;
-    this.logger.info({ generation: table.generation, rules: table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
   }
 
   /**
@@ -261,7 +223,7 @@ export class Sidecar {
     this.logEvents();
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';
-    await this.#policySource?.close();
+    await this.#policy.close();
     await this.admin?.close();
     return summary;
   }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::addr::{AddrError, BindAddr, TargetAddr};
-use crate::policy::{Direction, PolicyError, PolicySpec, PolicyTable, PortMode};
+use crate::policy::{Direction, PolicyError, PolicySpec, PolicyStore, PortMode};
 
 /// Errors in an engine configuration.
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +210,7 @@ pub struct EngineConfig {
     pub detect: DetectConfig,
     pub max_metric_targets: usize,
     pub copy: crate::copy::CopyConfig,
-    pub policy: PolicyTable,
+    pub policy: PolicyStore,
 }
 
 impl EngineSpec {
@@ -287,7 +287,7 @@ impl EngineSpec {
                     buffer_size: copy.buffer_size.clamp(1024, 1 << 20),
                 }
             },
-            policy: PolicyTable::compile(&self.policy)?,
+            policy: PolicyStore::compile(&self.policy)?,
         })
     }
 }

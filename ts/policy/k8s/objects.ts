@@ -10,6 +10,13 @@
  * `policy.linkerd.io` Server. Anything else is "ignored" (counted, not an
  * error). A known kind with a malformed field yields a problem naming the
  * object and the field; the rest of the object still counts.
+ *
+ * Only what policy reads is kept: of the annotations, the
+ * `config.linkerd.io/*` ones (a pod's `kubectl.kubernetes.io/last-applied-
+ * configuration` alone can be kilobytes, and a watch holds every pod of the
+ * cluster); labels in full (selectors may use any). A Pod in phase Succeeded
+ * or Failed keeps no IP: its address is free and will be reused by another
+ * pod, so it must not carry this pod's policy.
  */
 
 export interface ObjectRef {
@@ -126,6 +133,18 @@ function stringMap(v: unknown): Record<string, string> {
   return Object.freeze(out);
 }
 
+/** The annotations policy reads: `config.linkerd.io/*`. */
+const POLICY_ANNOTATION = 'config.linkerd.io/';
+
+function policyAnnotations(v: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(rec(v))) {
+    if (!k.startsWith(POLICY_ANNOTATION) || val === null || val === undefined) continue;
+    out[k] = typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val);
+  }
+  return Object.freeze(out);
+}
+
 function portNumber(v: unknown): number | undefined {
   const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
   return Number.isInteger(n) && n >= 1 && n <= 65535 ? n : undefined;
@@ -165,8 +184,12 @@ function containerPorts(podSpec: Raw, ref: ObjectRef, problems: ObjectProblem[])
   return out;
 }
 
+/** Phases whose pod no longer holds its IP (Kubernetes reuses it). */
+export const FINISHED_PHASES: readonly string[] = ['Succeeded', 'Failed'];
+
 function podIPs(raw: Raw): string[] {
   const status = rec(raw['status']);
+  if (FINISHED_PHASES.includes(str(status['phase']) ?? '')) return [];
   const ips = new Set<string>();
   const single = str(status['podIP']);
   if (single) ips.add(single);
@@ -198,7 +221,7 @@ export function normalizeObject(
   const name = str(metadata['name']) ?? '';
   const namespace = str(metadata['namespace']) ?? defaultNamespace;
   if (kind === 'Namespace') {
-    return Object.freeze({ kind, name, annotations: stringMap(metadata['annotations']) });
+    return Object.freeze({ kind, name, annotations: policyAnnotations(metadata['annotations']) });
   }
   if (kind === 'Service') {
     const ref = { kind, namespace, name };
@@ -223,7 +246,7 @@ export function normalizeObject(
     for (const ip of arr(spec['clusterIPs'])) if (typeof ip === 'string' && ip !== 'None') clusterIPs.add(ip);
     return Object.freeze({
       kind, namespace, name,
-      annotations: stringMap(metadata['annotations']),
+      annotations: policyAnnotations(metadata['annotations']),
       ports: Object.freeze(ports),
       selector: isRecord(spec['selector']) ? stringMap(spec['selector']) : undefined,
       clusterIPs: Object.freeze([...clusterIPs]),
@@ -235,7 +258,7 @@ export function normalizeObject(
     const tpl = podTemplate(wkind, raw);
     return Object.freeze({
       kind: wkind, namespace, name,
-      annotations: stringMap(tpl.metadata['annotations']),
+      annotations: policyAnnotations(tpl.metadata['annotations']),
       labels: stringMap(tpl.metadata['labels']),
       containerPorts: Object.freeze(containerPorts(tpl.spec, ref, problems)),
       podIPs: Object.freeze(wkind === 'Pod' ? podIPs(raw) : []),

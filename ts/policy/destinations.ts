@@ -1,0 +1,198 @@
+/**
+ * The engine's exact destinations, kept in step with the compiled objects:
+ * which address points at which port table, which tables exist, and what
+ * changed since the last update (the delta sent to the engine).
+ *
+ * Destinations (a Service's clusterIPs, a Pod's IPs) claim addresses. An
+ * address is almost always claimed by one destination; when several claim it
+ * (host-network pods share their node's IP), they are checked in key order,
+ * which is the old table's order: Services before Pods, each by namespace and
+ * name. Port tables are shared by content (every replica of a workload has
+ * the same ports and annotations), so a table crosses to the engine once, is
+ * referred to by id, and is dropped when no address uses it any more. One
+ * changed destination changes only its own addresses.
+ */
+
+import type { AddressSpec, PortDecision, PortMode } from './model.js';
+import { DESTINATION } from './outbound.js';
+
+/** A port table as the engine receives it. */
+export interface TableSpec {
+  readonly id: number;
+  readonly ports: [number, number, PortMode, number][];
+  readonly sources: string[];
+}
+
+/** One destination's claim on its addresses. */
+export interface Claim {
+  /** Orders claims on a shared address (and identifies the destination). */
+  readonly key: string;
+  /** e.g. `Pod shop/web-1`: replaces `{destination}` in sources. */
+  readonly name: string;
+  /** Identifies the decisions' content: equal keys, equal tables. */
+  readonly content: string;
+  /** The decisions in precedence order, sources possibly with `{destination}`. */
+  readonly decisions: () => readonly PortDecision[];
+}
+
+/** What changed since the last `takeChanges()`. */
+export interface DestinationChanges {
+  readonly tables: TableSpec[];
+  readonly dropTables: number[];
+  readonly addresses: AddressSpec[];
+  readonly removeAddresses: string[];
+}
+
+interface Table {
+  readonly id: number;
+  readonly spec: TableSpec;
+  refs: number;
+}
+
+function buildTable(id: number, decisions: readonly PortDecision[]): TableSpec {
+  const sources: string[] = [];
+  const index = new Map<string, number>();
+  const ports: [number, number, PortMode, number][] = [];
+  for (const d of decisions) {
+    let i = index.get(d.source);
+    if (i === undefined) {
+      i = sources.length;
+      sources.push(d.source);
+      index.set(d.source, i);
+    }
+    ports.push([d.ports.from, d.ports.to, d.mode, i]);
+  }
+  return { id, ports, sources };
+}
+
+function substitute(decisions: readonly PortDecision[], name: string): PortDecision[] {
+  return decisions.map((d) => (d.source.includes(DESTINATION) ? { ...d, source: d.source.replaceAll(DESTINATION, name) } : d));
+}
+
+interface Pending {
+  tables: TableSpec[];
+  dropTables: number[];
+  addresses: Map<string, AddressSpec>;
+  removeAddresses: Set<string>;
+}
+
+function nothingPending(): Pending {
+  return { tables: [], dropTables: [], addresses: new Map(), removeAddresses: new Set() };
+}
+
+/** Addresses, claims and shared tables, with the pending changes for the engine. */
+export class DestinationTable {
+  readonly #claims = new Map<string, Claim[]>();
+  readonly #entries = new Map<string, { table: Table; name: string; content: string }>();
+  readonly #tables = new Map<string, Table>();
+  #lastId = 0;
+  readonly #dirty = new Set<string>();
+  #pending: Pending = nothingPending();
+
+  /**
+   * Replaces the claims of destination `key`: it claimed `before` (canonical
+   * addresses) and now claims `after` with `claim` (none: it is gone).
+   */
+  update(key: string, before: readonly string[], after: readonly string[], claim: Claim | undefined): void {
+    for (const ip of before) {
+      const list = this.#claims.get(ip);
+      if (!list) continue;
+      const kept = list.filter((c) => c.key !== key);
+      if (kept.length === 0) this.#claims.delete(ip);
+      else this.#claims.set(ip, kept);
+      this.#dirty.add(ip);
+    }
+    if (claim === undefined) return;
+    for (const ip of after) {
+      const list = this.#claims.get(ip) ?? [];
+      const at = list.findIndex((c) => c.key >= key);
+      if (at < 0) list.push(claim);
+      else if (list[at]?.key === key) list[at] = claim;
+      else list.splice(at, 0, claim);
+      this.#claims.set(ip, list);
+      this.#dirty.add(ip);
+    }
+  }
+
+  #intern(content: string, decisions: () => readonly PortDecision[]): Table {
+    let table = this.#tables.get(content);
+    if (!table) {
+      const id = ++this.#lastId;
+      table = { id, spec: buildTable(id, decisions()), refs: 0 };
+      this.#tables.set(content, table);
+      this.#pending.tables.push(table.spec);
+    }
+    table.refs++;
+    return table;
+  }
+
+  #unref(content: string): void {
+    const table = this.#tables.get(content);
+    if (!table) return;
+    table.refs--;
+    if (table.refs <= 0) {
+      this.#tables.delete(content);
+      this.#pending.dropTables.push(table.id);
+    }
+  }
+
+  /** Resolves the addresses whose claims changed into engine entries (pending changes). */
+  settle(): void {
+    for (const ip of this.#dirty) {
+      const claims = this.#claims.get(ip);
+      const old = this.#entries.get(ip);
+      if (!claims || claims.length === 0) {
+        if (old) {
+          this.#entries.delete(ip);
+          this.#unref(old.content);
+          this.#pending.addresses.delete(ip);
+          this.#pending.removeAddresses.add(ip);
+        }
+        continue;
+      }
+      let content: string;
+      let name: string;
+      let decisions: () => readonly PortDecision[];
+      if (claims.length === 1) {
+        const only = claims[0] as Claim;
+        ({ content, name, decisions } = only);
+      } else {
+        // Shared address: each claim's decisions in order, its own name already in its sources.
+        content = `merged\u0000${claims.map((c) => `${c.name}\u0000${c.content}`).join('\u0000')}`;
+        name = claims.map((c) => c.name).join(', ');
+        decisions = () => claims.flatMap((c) => substitute(c.decisions(), c.name));
+      }
+      if (old && old.content === content && old.name === name) continue;
+      const table = this.#intern(content, decisions);
+      this.#entries.set(ip, { table, name, content });
+      if (old) this.#unref(old.content);
+      this.#pending.removeAddresses.delete(ip);
+      this.#pending.addresses.set(ip, [ip, table.id, name]);
+    }
+    this.#dirty.clear();
+  }
+
+  /** The changes since the last call, and forgets them. */
+  takeChanges(): DestinationChanges | undefined {
+    const c = this.#pending;
+    this.#pending = nothingPending();
+    if (c.tables.length === 0 && c.dropTables.length === 0 && c.addresses.size === 0 && c.removeAddresses.size === 0) return undefined;
+    return { tables: c.tables, dropTables: c.dropTables, addresses: [...c.addresses.values()], removeAddresses: [...c.removeAddresses] };
+  }
+
+  /** Every table and address, for a whole-table load. */
+  whole(): { tables: TableSpec[]; addresses: AddressSpec[] } {
+    return {
+      tables: [...this.#tables.values()].map((t) => t.spec),
+      addresses: [...this.#entries].map(([ip, e]) => [ip, e.table.id, e.name] as AddressSpec),
+    };
+  }
+
+  get addresses(): number {
+    return this.#entries.size;
+  }
+
+  get tables(): number {
+    return this.#tables.size;
+  }
+}
