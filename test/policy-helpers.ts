@@ -61,3 +61,27 @@ export async function compileFixtures(
     },
   };
 }
+
+/** A ConfigMap whose 300 keys all reference one anchor (what Helm charts and kustomize output look like). */
+export function benignAliases(count = 300): string {
+  const lines = ['apiVersion: v1', 'kind: ConfigMap', 'metadata: { name: shared-settings, namespace: shop }', 'data:', '  base: &base "same value"'];
+  for (let i = 0; i < count; i++) lines.push(`  key${i}: *base`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** "Billion laughs": each level aliases the previous one ten times (10^12 nodes expanded). */
+export function aliasBomb(): string {
+  const lines = ['a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]'];
+  for (let i = 1; i <= 12; i++) lines.push(`a${i}: &a${i} [${Array<string>(10).fill(`*a${i - 1}`).join(', ')}]`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** A Deployment whose labels are an anchor reused by its selector, with an opaque port. */
+export function deployment(port: number): string {
+  return [
+    'apiVersion: apps/v1', 'kind: Deployment', 'metadata: { name: app, namespace: shop }', 'spec:',
+    '  selector: { matchLabels: &labels { app: app } }', '  template:',
+    `    metadata: { labels: *labels, annotations: { config.linkerd.io/opaque-ports: "${port}" } }`,
+    `    spec: { containers: [{ name: app, image: x, ports: [{ containerPort: ${port} }] }] }`, '',
+  ].join('\n');
+}
