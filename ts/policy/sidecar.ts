@@ -15,7 +15,9 @@
  * (`meshpipe_policy_updates_total{result="rejected"}`), shown on /policy
  * (`engine.lastRejection`) until an update is accepted again, and answered
  * with a request for the whole table (a delta can be refused because the
- * engine and the worker are out of step). Until the engine has accepted one
+ * engine and the worker are out of step); a refused whole table is asked for
+ * again with backoff (1 s doubling to 10 s), so a passing fault heals by
+ * itself and a lasting one stays visible. Until the engine has accepted one
  * table from the sources, the proxy has no valid policy at all and /ready
  * says so. A problem in the inputs is not a refusal: its entries are left out
  * and the problem is logged when the problems change, and listed on /policy.
@@ -116,6 +118,8 @@ class WorkerPolicy implements SidecarPolicy {
   #inForce: string | null = 'starting';
   #awaitingWhole = true;
   #resyncRequested = false;
+  #retry: NodeJS.Timeout | undefined;
+  #retryMs = RETRY_FIRST_MS;
 
   constructor(config: ProxyConfig, logger: Logger) {
     this.#config = config;
@@ -161,11 +165,13 @@ class WorkerPolicy implements SidecarPolicy {
         } catch (err) {
           this.#rejected(m.generation, err);
           if (this.#generation === 0) this.#inForce = `the engine refused the first table (generation ${m.generation}): ${(err as Error).message}`;
+          this.#retryLater();
           return;
         }
         this.#generation = m.generation;
         this.#awaitingWhole = false;
         this.#inForce = null;
+        this.#retryMs = RETRY_FIRST_MS;
         this.#logger.info({ generation: m.generation, ...m.stats, applyMs: round(performance.now() - started) }, POLICY_MESSAGES.loaded);
         return;
       }
@@ -209,6 +215,18 @@ class WorkerPolicy implements SidecarPolicy {
     this.#worker.resync();
   }
 
+  /** Asks for the whole table again after a backoff (the engine refused the last one). */
+  #retryLater(): void {
+    if (this.#retry) return;
+    const delay = this.#retryMs;
+    this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined;
+      if (this.#awaitingWhole) this.#resync();
+    }, delay);
+    this.#retry.unref();
+  }
+
   #rejected(generation: number, err: unknown): void {
     this.#logger.error({ generation, engineGeneration: this.#generation, err }, POLICY_MESSAGES.rejected);
   }
@@ -219,9 +237,13 @@ class WorkerPolicy implements SidecarPolicy {
   }
 
   close(): Promise<void> {
+    if (this.#retry) clearTimeout(this.#retry);
     return this.#worker.close();
   }
 }
+
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 10_000;
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
