@@ -26,7 +26,7 @@ import { describeRef, serviceSelects } from './k8s/objects.js';
 import { readPortAnnotation } from './annotations.js';
 import { canonicalAddress } from './cidr.js';
 import { compileFrame, couldBeSelf, findWorkload, selfNamespace, type CompilerSettings, type Frame } from './frame.js';
-import { DestinationTable, type DestinationChanges } from './destinations.js';
+import { DestinationTable, type Claim, type DestinationChanges } from './destinations.js';
 import {
   ANNOTATIONS,
   type DestinationPolicy,
@@ -35,7 +35,7 @@ import {
   type PolicyTable,
   type PortDecision,
 } from './model.js';
-import { compilePod, compileService, podDestination, ref, type OutboundContext, type PodResult, type ServiceResult } from './outbound.js';
+import { compilePod, compileService, podDestination, ref, type OutboundContext, type SharedChain, type ServiceResult } from './outbound.js';
 import { objectProblem, type PolicyProblem } from './problems.js';
 
 export type { CompilerSettings } from './frame.js';
@@ -50,9 +50,23 @@ export interface CompilerChange extends DestinationChanges {
 
 type Key = string;
 
+/**
+ * A string built from parts is a tree of pieces in V8 until something flattens
+ * it; one kept per pod costs several objects. Kept strings are made flat.
+ */
+export function flat(s: string): string {
+  return JSON.parse(JSON.stringify(s)) as string;
+}
+
 function objectKey(o: PolicyObject, origin: string): Key {
   const ns = o.kind === 'Namespace' ? '' : o.namespace;
-  return `${o.kind}\u0000${ns}\u0000${o.name}\u0000${origin}`;
+  return flat(`${o.kind}\u0000${ns}\u0000${o.name}\u0000${origin}`);
+}
+
+/** `Kind ns/name` from an object key (names are computed when needed, not kept per pod). */
+function nameOf(key: Key): string {
+  const [kind, ns, name] = key.split('\u0000');
+  return `${kind} ${ns}/${name}`;
 }
 
 /** `kind\0ns\0name\0origin` -> `ns\0name\0origin`. */
@@ -83,6 +97,59 @@ function tuples(decisions: readonly PortDecision[]): string {
   return JSON.stringify(decisions.map((d) => [d.ports.from, d.ports.to, d.mode, d.source]));
 }
 
+/** Content keys as one instance each (equal pods, equal keys: kept once). */
+const contents = new Map<string, string>();
+
+function sharedContent(content: string): string {
+  const hit = contents.get(content);
+  if (hit !== undefined) return hit;
+  if (contents.size >= 65_536) contents.clear();
+  contents.set(content, content);
+  return content;
+}
+
+/** A pod's claim on its addresses: its own decisions, then its shared annotation chain. */
+class PodClaim implements Claim {
+  constructor(
+    readonly key: Key,
+    readonly content: string,
+    readonly own: readonly PortDecision[],
+    readonly chain: SharedChain | undefined,
+  ) {}
+
+  get name(): string {
+    return nameOf(this.key);
+  }
+
+  order(): string {
+    return `1\u0000${rest(this.key)}`;
+  }
+
+  decisions(): readonly PortDecision[] {
+    if (this.chain === undefined) return this.own;
+    return this.own.length === 0 ? this.chain.decisions : [...this.own, ...this.chain.decisions];
+  }
+}
+
+/** A Service's claim on its clusterIPs inside (part 0) or outside (part 1) clusterNetworks. */
+class ServiceClaim implements Claim {
+  constructor(
+    readonly key: Key,
+    readonly part: 0 | 1,
+    readonly name: string,
+    readonly content: string,
+    readonly list: readonly PortDecision[],
+  ) {}
+
+  order(): string {
+    return `0\u0000${rest(this.key)}\u0000${this.part}`;
+  }
+
+  decisions(): readonly PortDecision[] {
+    return this.list;
+  }
+}
+
 /** An incremental compiler for one proxy's workload. */
 export class PolicyCompiler {
   readonly settings: CompilerSettings;
@@ -105,8 +172,8 @@ export class PolicyCompiler {
   #frameChange: PolicyFrame | null = null;
   readonly #dirtyServices = new Set<Key>();
   readonly #dirtyPods = new Set<Key>();
-  readonly #compiledServices = new Map<Key, { result: ServiceResult; addresses: [string[], string[]]; carried: string }>();
-  readonly #compiledPods = new Map<Key, { result: PodResult; addresses: string[] }>();
+  readonly #compiledServices = new Map<Key, { result: ServiceResult; claims: [ServiceClaim | undefined, ServiceClaim | undefined]; addresses: [string[], string[]]; carried: string }>();
+  readonly #compiledPods = new Map<Key, { claim: PodClaim; addresses: readonly string[] }>();
   readonly #destinations = new DestinationTable();
   #changed: string[] = [];
 
@@ -314,20 +381,20 @@ export class PolicyCompiler {
     const problems: PolicyProblem[] = [];
     const result = svc ? compileService(svc, this.#namespace(svc.namespace), ctx, problems) : undefined;
     const addresses: [string[], string[]] = [[], []];
+    const claims: [ServiceClaim | undefined, ServiceClaim | undefined] = [undefined, undefined];
     for (const part of [0, 1] as const) {
-      const destKey = `0\u0000${rest(key)}\u0000${part}`;
       const found = result?.parts.find((p) => p.part === part)?.destination;
       const after = found ? this.#canonical(found.object, 'spec.clusterIPs', found.addresses, problems) : [];
       addresses[part] = after;
-      const decisions = found?.decisions ?? [];
       const claim = found && after.length > 0
-        ? { key: destKey, name: describeRef(found.object), content: `service\u0000${tuples(decisions)}`, decisions: () => decisions }
+        ? new ServiceClaim(key, part, describeRef(found.object), sharedContent(`service\u0000${tuples(found.decisions)}`), found.decisions)
         : undefined;
-      this.#destinations.update(destKey, prev?.addresses[part] ?? [], after, claim);
+      claims[part] = claim;
+      this.#destinations.update(prev?.claims[part], prev?.addresses[part] ?? [], claim, after);
     }
     this.#setProblems(`destination\u0000${key}`, problems);
     const carried = result ? tuples(result.carried.map((c) => c.decision)) + JSON.stringify(result.carried.map((c) => c.targetPort)) : '';
-    if (result) this.#compiledServices.set(key, { result, addresses, carried });
+    if (result) this.#compiledServices.set(key, { result, claims, addresses, carried });
     else this.#compiledServices.delete(key);
     // What its pods inherit changed: they recompile too.
     if (prev && prev.carried !== carried && svc) this.#markSelected(svc);
@@ -341,19 +408,15 @@ export class PolicyCompiler {
     const result = pod
       ? compilePod(pod, this.#namespace(pod.namespace), this.#all<ServerObject>(this.#servers, pod.namespace), this.#carriedFor(pod), ctx, problems)
       : undefined;
-    const destKey = `1\u0000${rest(key)}`;
-    const after = result ? this.#canonical(result.object, 'status.podIPs', result.addresses, problems) : [];
-    const claim = result && after.length > 0
-      ? {
-        key: destKey,
-        name: describeRef(result.object),
-        content: `pod\u0000${tuples(result.own)}\u0000${result.chain?.key ?? ''}`,
-        decisions: (): readonly PortDecision[] => [...result.own, ...(result.chain?.decisions ?? [])],
-      }
+    let addresses: readonly string[] = result ? this.#canonical(result.object, 'status.podIPs', result.addresses, problems) : [];
+    // Usually the canonical form is the pod's own list: keep that one.
+    if (result && addresses.length === result.addresses.length && addresses.every((a, i) => a === result.addresses[i])) addresses = result.addresses;
+    const claim = result && addresses.length > 0
+      ? new PodClaim(key, sharedContent(`pod\u0000${result.ownKey}\u0000${result.chain?.key ?? ''}`), result.own, result.chain)
       : undefined;
-    this.#destinations.update(destKey, prev?.addresses ?? [], after, claim);
+    this.#destinations.update(prev?.claim, prev?.addresses ?? [], claim, addresses);
     this.#setProblems(`destination\u0000${key}`, problems);
-    if (result) this.#compiledPods.set(key, { result, addresses: after });
+    if (claim) this.#compiledPods.set(key, { claim, addresses });
     else this.#compiledPods.delete(key);
     if (pod) this.#noteChanged(describeRef(ref(pod)));
   }
@@ -444,7 +507,11 @@ export class PolicyCompiler {
     const frame = this.#frame as Frame;
     const all: [string, () => DestinationPolicy][] = [];
     for (const [k, s] of this.#compiledServices) for (const p of s.result.parts) all.push([`0\u0000${rest(k)}\u0000${p.part}`, () => p.destination]);
-    for (const [k, p] of this.#compiledPods) all.push([`1\u0000${rest(k)}`, () => podDestination(p.result)]);
+    for (const [k, p] of this.#compiledPods) {
+      const pod = this.#objects.get(k);
+      if (!pod) continue;
+      all.push([`1\u0000${rest(k)}`, () => podDestination({ object: ref(pod), addresses: p.addresses, own: p.claim.own, ownKey: '', chain: p.claim.chain })]);
+    }
     all.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const destinations = all.slice(0, limit).map(([, d]) => d());
     const effective: EffectivePolicy = { ...frame.effective, outbound: { ...frame.effective.outbound, destinations } };

@@ -23,16 +23,16 @@ export interface TableSpec {
   readonly sources: string[];
 }
 
-/** One destination's claim on its addresses. */
+/** One destination's claim on its addresses (one object per destination, identified by itself). */
 export interface Claim {
-  /** Orders claims on a shared address (and identifies the destination). */
-  readonly key: string;
+  /** Orders claims on a shared address: Services before Pods, then by namespace, name (computed when needed). */
+  order(): string;
   /** e.g. `Pod shop/web-1`: replaces `{destination}` in sources. */
   readonly name: string;
   /** Identifies the decisions' content: equal keys, equal tables. */
   readonly content: string;
   /** The decisions in precedence order, sources possibly with `{destination}`. */
-  readonly decisions: () => readonly PortDecision[];
+  decisions(): readonly PortDecision[];
 }
 
 /** What changed since the last `takeChanges()`. */
@@ -82,35 +82,48 @@ function nothingPending(): Pending {
 
 /** Addresses, claims and shared tables, with the pending changes for the engine. */
 export class DestinationTable {
-  readonly #claims = new Map<string, Claim[]>();
-  readonly #entries = new Map<string, { table: Table; name: string; content: string }>();
+  /** Address -> its claim (almost always one), or several in order. */
+  readonly #claims = new Map<string, Claim | Claim[]>();
+  /** Address -> its table; the name is the claim's (one claim) or the claims' names joined (several). */
+  readonly #entries = new Map<string, { table: Table; claim: Claim | undefined; names: string | undefined; content: string }>();
   readonly #tables = new Map<string, Table>();
   #lastId = 0;
   readonly #dirty = new Set<string>();
   #pending: Pending = nothingPending();
 
   /**
-   * Replaces the claims of destination `key`: it claimed `before` (canonical
-   * addresses) and now claims `after` with `claim` (none: it is gone).
+   * Replaces a destination's claim: `previous` claimed `before` (canonical
+   * addresses), `next` claims `after` (undefined: the destination is gone
+   * or has no decisions).
    */
-  update(key: string, before: readonly string[], after: readonly string[], claim: Claim | undefined): void {
-    for (const ip of before) {
-      const list = this.#claims.get(ip);
-      if (!list) continue;
-      const kept = list.filter((c) => c.key !== key);
-      if (kept.length === 0) this.#claims.delete(ip);
-      else this.#claims.set(ip, kept);
-      this.#dirty.add(ip);
+  update(previous: Claim | undefined, before: readonly string[], next: Claim | undefined, after: readonly string[]): void {
+    if (previous) {
+      for (const ip of before) {
+        const held = this.#claims.get(ip);
+        if (held === undefined) continue;
+        if (!Array.isArray(held)) {
+          if (held === previous) this.#claims.delete(ip);
+        } else {
+          const kept = held.filter((c) => c !== previous);
+          this.#claims.set(ip, kept.length === 1 ? (kept[0] as Claim) : kept);
+        }
+        this.#dirty.add(ip);
+      }
     }
-    if (claim === undefined) return;
+    if (next === undefined) return;
     for (const ip of after) {
-      const list = this.#claims.get(ip) ?? [];
-      const at = list.findIndex((c) => c.key >= key);
-      if (at < 0) list.push(claim);
-      else if (list[at]?.key === key) list[at] = claim;
-      else list.splice(at, 0, claim);
-      this.#claims.set(ip, list);
+      const held = this.#claims.get(ip);
       this.#dirty.add(ip);
+      if (held === undefined) {
+        this.#claims.set(ip, next);
+        continue;
+      }
+      const list = Array.isArray(held) ? held : [held];
+      const order = next.order();
+      const at = list.findIndex((c) => c.order() >= order);
+      if (at < 0) list.push(next);
+      else list.splice(at, 0, next);
+      this.#claims.set(ip, list);
     }
   }
 
@@ -139,9 +152,10 @@ export class DestinationTable {
   /** Resolves the addresses whose claims changed into engine entries (pending changes). */
   settle(): void {
     for (const ip of this.#dirty) {
-      const claims = this.#claims.get(ip);
+      const held = this.#claims.get(ip);
+      const claims = held === undefined ? [] : Array.isArray(held) ? held : [held];
       const old = this.#entries.get(ip);
-      if (!claims || claims.length === 0) {
+      if (claims.length === 0) {
         if (old) {
           this.#entries.delete(ip);
           this.#unref(old.content);
@@ -151,20 +165,25 @@ export class DestinationTable {
         continue;
       }
       let content: string;
-      let name: string;
+      let names: string | undefined;
       let decisions: () => readonly PortDecision[];
-      if (claims.length === 1) {
-        const only = claims[0] as Claim;
-        ({ content, name, decisions } = only);
+      const only = claims.length === 1 ? (claims[0] as Claim) : undefined;
+      if (only) {
+        content = only.content;
+        decisions = () => only.decisions();
       } else {
         // Shared address: each claim's decisions in order, its own name already in its sources.
         content = `merged\u0000${claims.map((c) => `${c.name}\u0000${c.content}`).join('\u0000')}`;
-        name = claims.map((c) => c.name).join(', ');
+        names = claims.map((c) => c.name).join(', ');
         decisions = () => claims.flatMap((c) => substitute(c.decisions(), c.name));
       }
-      if (old && old.content === content && old.name === name) continue;
+      const name = names ?? (only as Claim).name;
+      if (old && old.content === content && (old.names ?? old.claim?.name) === name) {
+        if (only) old.claim = only; // the same, from a recompiled claim
+        continue;
+      }
       const table = this.#intern(content, decisions);
-      this.#entries.set(ip, { table, name, content });
+      this.#entries.set(ip, { table, claim: only, names, content });
       if (old) this.#unref(old.content);
       this.#pending.removeAddresses.delete(ip);
       this.#pending.addresses.set(ip, [ip, table.id, name]);
@@ -184,7 +203,7 @@ export class DestinationTable {
   whole(): { tables: TableSpec[]; addresses: AddressSpec[] } {
     return {
       tables: [...this.#tables.values()].map((t) => t.spec),
-      addresses: [...this.#entries].map(([ip, e]) => [ip, e.table.id, e.name] as AddressSpec),
+      addresses: [...this.#entries].map(([ip, e]) => [ip, e.table.id, e.names ?? e.claim?.name ?? ''] as AddressSpec),
     };
   }
 

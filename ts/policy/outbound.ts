@@ -165,9 +165,42 @@ export interface SharedChain {
 export interface PodResult {
   readonly object: ObjectRef;
   readonly addresses: readonly string[];
-  /** Servers and carried Service decisions (few, specific to the pod). */
+  /** Servers and carried Service decisions (specific to the pod's labels; shared by equal pods). */
   readonly own: readonly PortDecision[];
+  /** Identifies `own`'s content (equal lists, equal keys). */
+  readonly ownKey: string;
   readonly chain: SharedChain | undefined;
+}
+
+// Decisions and lists of them recur on every replica: one instance each (bounded tables).
+const SHARED_MAX = 65_536;
+const sharedDecisions = new Map<string, PortDecision>();
+const sharedLists = new Map<string, { key: string; list: readonly PortDecision[] }>();
+const decisionIds = new WeakMap<PortDecision, number>();
+let lastDecisionId = 0;
+
+function sharedDecision(d: PortDecision): PortDecision {
+  const key = `${d.ports.from}\u0000${d.ports.to}\u0000${d.mode}\u0000${d.name ?? ''}\u0000${d.source}`;
+  const hit = sharedDecisions.get(key);
+  if (hit) return hit;
+  if (sharedDecisions.size >= SHARED_MAX) sharedDecisions.clear();
+  sharedDecisions.set(key, d);
+  decisionIds.set(d, ++lastDecisionId);
+  return d;
+}
+
+const NONE: readonly PortDecision[] = Object.freeze([]);
+
+function sharedList(list: readonly PortDecision[]): { key: string; list: readonly PortDecision[] } {
+  if (list.length === 0) return { key: '', list: NONE };
+  const shared = list.map(sharedDecision);
+  const key = shared.map((d) => decisionIds.get(d) ?? 0).join(',');
+  const hit = sharedLists.get(key);
+  if (hit) return hit;
+  if (sharedLists.size >= SHARED_MAX) sharedLists.clear();
+  const entry = { key, list: Object.freeze(shared) };
+  sharedLists.set(key, entry);
+  return entry;
 }
 
 const chainCache = new Map<string, SharedChain>();
@@ -236,7 +269,8 @@ export function compilePod(
   }, problems);
   const chain = found ? sharedChain(found.label, found.value, ctx.defaults) : undefined;
   if (own.length === 0 && (chain === undefined || chain.decisions.length === 0)) return undefined;
-  return { object: podRef, addresses: pod.podIPs, own, chain };
+  const ownShared = sharedList(own);
+  return { object: podRef, addresses: pod.podIPs, own: ownShared.list, ownKey: ownShared.key, chain };
 }
 
 /** A pod result as the effective policy shows it: every decision, the pod's name in its sources. */

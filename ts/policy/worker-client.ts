@@ -68,7 +68,7 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
   #spawn(firstGeneration: number, onFailure?: (err: Error) => void): void {
     const worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: { options: { ...this.#options, firstGeneration } },
-      resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB },
+      resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB, maxYoungGenerationSizeMb: 4 },
     });
     this.#worker = worker;
     worker.unref();

@@ -3,7 +3,7 @@
  * the credentials of kubeconfig.ts.
  *
  * Why not @kubernetes/client-node's typed API and informers: importing the
- * library costs about a second and 75 MB, its typed lists turn every object
+ * library loads every generated API model, its typed lists turn every object
  * into class instances (slow at 10,000 pods), and its informers keep every
  * object whole (a pod is kilobytes; policy needs a few hundred bytes of it).
  * Here a list is paginated (`limit`/`continue`), each item is handed to the

@@ -4,8 +4,8 @@
  * `--kubeconfig FILE`, else the in-cluster service account when
  * KUBERNETES_SERVICE_HOST is set, else the default kubeconfig ($KUBECONFIG,
  * first entry, or ~/.kube/config). Read here, without
- * @kubernetes/client-node (whose import alone costs about a second and 75 MB,
- * too much for a sidecar's start and memory budget): the server, its CA (file
+ * @kubernetes/client-node (importing it loads every generated API model: a
+ * large share of a sidecar's start time and memory budget): the server, its CA (file
  * or data) or insecure-skip-tls-verify, tls-server-name, and a bearer token
  * (inline or a token file, re-read so rotated service-account tokens keep
  * working), client certificates, or basic auth. A kubeconfig that needs more

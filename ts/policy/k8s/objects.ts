@@ -17,6 +17,11 @@
  * cluster); labels in full (selectors may use any). A Pod in phase Succeeded
  * or Failed keeps no IP: its address is free and will be reused by another
  * pod, so it must not carry this pod's policy.
+ *
+ * Replicas repeat each other: the same namespace, label set, annotation set
+ * and container ports on every pod of a workload. Those parts are shared
+ * between objects (`shared`, below) instead of kept once per pod, which is
+ * most of what a watch of 50,000 pods would otherwise hold.
  */
 
 export interface ObjectRef {
@@ -123,14 +128,39 @@ function str(v: unknown): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
+// ---------------------------------------------------------------------------
+// Sharing equal parts between objects.
+
+/** Distinct shared values kept at most; past it the table starts over (sharing is an optimisation, never a semantic). */
+const SHARED_MAX = 65_536;
+const sharedValues = new Map<string, unknown>();
+
+/** One instance per distinct value (frozen), keyed by `key` (the value's JSON). */
+function shared<T>(key: string, value: T): T {
+  const hit = sharedValues.get(key);
+  if (hit !== undefined) return hit as T;
+  if (sharedValues.size >= SHARED_MAX) sharedValues.clear();
+  sharedValues.set(key, value);
+  return value;
+}
+
+/** A short string as one instance (namespaces, names of ports, label keys and values recur on every replica). */
+function text(s: string): string {
+  return s.length > 128 ? s : shared(`s\u0000${s}`, s);
+}
+
 /** A string map (annotations, labels, selectors); other values are stringified (objects as JSON) as Kubernetes would refuse them anyway. */
+function sharedMap(kind: string, map: Record<string, string>): Readonly<Record<string, string>> {
+  return shared(`${kind}\u0000${JSON.stringify(map)}`, map);
+}
+
 function stringMap(v: unknown): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(rec(v))) {
     if (val === null || val === undefined) continue;
-    out[k] = typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val);
+    out[text(k)] = text(typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val));
   }
-  return Object.freeze(out);
+  return sharedMap('m', Object.freeze(out)) as Record<string, string>;
 }
 
 /** The annotations policy reads: `config.linkerd.io/*`. */
@@ -142,7 +172,7 @@ function policyAnnotations(v: unknown): Record<string, string> {
     if (!k.startsWith(POLICY_ANNOTATION) || val === null || val === undefined) continue;
     out[k] = typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val);
   }
-  return Object.freeze(out);
+  return sharedMap('a', Object.freeze(out)) as Record<string, string>;
 }
 
 function portNumber(v: unknown): number | undefined {
@@ -178,10 +208,11 @@ function containerPorts(podSpec: Raw, ref: ObjectRef, problems: ObjectProblem[])
         problems.push({ object: ref, field: 'containerPort', token: String(pr['containerPort']), reason: 'expected a port number 1-65535' });
         continue;
       }
-      out.push(Object.freeze({ name: str(pr['name']), port, protocol: str(pr['protocol']) ?? 'TCP' }));
+      const name = str(pr['name']);
+      out.push(Object.freeze({ name: name === undefined ? undefined : text(name), port, protocol: text(str(pr['protocol']) ?? 'TCP') }));
     }
   }
-  return out;
+  return shared(`p\u0000${JSON.stringify(out)}`, Object.freeze(out)) as ContainerPort[];
 }
 
 /** Phases whose pod no longer holds its IP (Kubernetes reuses it). */
@@ -219,7 +250,7 @@ export function normalizeObject(
   const kind = kindOverride ?? str(raw['kind']);
   const metadata = rec(raw['metadata']);
   const name = str(metadata['name']) ?? '';
-  const namespace = str(metadata['namespace']) ?? defaultNamespace;
+  const namespace = text(str(metadata['namespace']) ?? defaultNamespace);
   if (kind === 'Namespace') {
     return Object.freeze({ kind, name, annotations: policyAnnotations(metadata['annotations']) });
   }
@@ -260,7 +291,7 @@ export function normalizeObject(
       kind: wkind, namespace, name,
       annotations: policyAnnotations(tpl.metadata['annotations']),
       labels: stringMap(tpl.metadata['labels']),
-      containerPorts: Object.freeze(containerPorts(tpl.spec, ref, problems)),
+      containerPorts: containerPorts(tpl.spec, ref, problems),
       podIPs: Object.freeze(wkind === 'Pod' ? podIPs(raw) : []),
     });
   }

@@ -168,7 +168,8 @@ class Reflector {
 
   #key(raw: Raw): string {
     const m = raw.metadata ?? {};
-    return `${typeof m.namespace === 'string' ? m.namespace : ''}/${typeof m.name === 'string' ? m.name : ''}`;
+    // Kept per object: flat (a string built from parts is several objects in V8 until flattened).
+    return JSON.parse(JSON.stringify(`${typeof m.namespace === 'string' ? m.namespace : ''}/${typeof m.name === 'string' ? m.name : ''}`)) as string;
   }
 
   /** Slims one object and passes it on, unless nothing policy reads changed. */
