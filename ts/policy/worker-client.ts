@@ -7,7 +7,10 @@
  *
  * The worker has a heap limit of its own (`maxOldGenerationSizeMb`): input
  * that would need more ends that worker (ERR_WORKER_OUT_OF_MEMORY), never the
- * proxy.
+ * proxy. Its young generation is kept small: while a large list is parsed
+ * V8 grows it to its maximum and keeps it committed afterwards, which would
+ * make the worker's resident memory reflect its busiest moment rather than
+ * what it holds.
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
@@ -17,6 +20,8 @@ import type { WorkerMessage, WorkerRequest } from './worker.js';
 
 /** The worker's heap limit. */
 export const WORKER_HEAP_MB = 1024;
+/** The worker's young generation (V8's default grows to tens of MB). */
+export const WORKER_YOUNG_MB = 4;
 
 export interface PolicyWorkerEvents {
   message: [WorkerMessage];
@@ -68,7 +73,7 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
   #spawn(firstGeneration: number, onFailure?: (err: Error) => void): void {
     const worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: { options: { ...this.#options, firstGeneration } },
-      resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB, maxYoungGenerationSizeMb: 4 },
+      resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB, maxYoungGenerationSizeMb: WORKER_YOUNG_MB },
     });
     this.#worker = worker;
     worker.unref();
