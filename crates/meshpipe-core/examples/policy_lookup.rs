@@ -22,7 +22,14 @@ const DEFAULTS: [u32; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 const NETWORKS: [&str; 5] = ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"];
 
 fn rule(direction: Direction, net: Option<&str>, port: u32, source: &str) -> RuleSpec {
-    RuleSpec { direction, net: net.map(str::to_string), ports: (port, port), mode: PortMode::Opaque, detect_timeout_ms: None, source: source.into() }
+    RuleSpec {
+        direction,
+        net: net.map(str::to_string),
+        ports: (port, port),
+        mode: PortMode::Opaque,
+        detect_timeout_ms: None,
+        source: source.into(),
+    }
 }
 
 /// The rules a sidecar has around its destinations: inbound defaults, cluster defaults, loopback.
@@ -51,7 +58,11 @@ fn cluster(pods: u32) -> PolicySpec {
     let workloads = pods.div_ceil(10);
     for w in 0..workloads {
         let source = (0..3).map(|k| format!("source {k} of workload {w} on {{destination}}")).collect();
-        let ports = vec![PortSpec(8080, 8080, PortMode::Http1, 0), PortSpec(9090, 9090, PortMode::Grpc, 1), PortSpec(5432, 5432, PortMode::Opaque, 2)];
+        let ports = vec![
+            PortSpec(8080, 8080, PortMode::Http1, 0),
+            PortSpec(9090, 9090, PortMode::Grpc, 1),
+            PortSpec(5432, 5432, PortMode::Opaque, 2),
+        ];
         spec.tables.push(PortTableSpec { id: w, ports, sources: source });
     }
     for i in 0..pods {
@@ -93,7 +104,7 @@ fn targets(pods: u32, count: usize) -> Vec<TargetAddr> {
                 0..=4 => pod_ip(rng.below(u64::from(pods))),
                 5..=6 => service_ip(rng.below(u64::from(pods / 5))),
                 7..=8 => Ipv4Addr::from(0x0a80_0000 + rng.below(1 << 20)), // unknown, inside clusterNetworks
-                _ => Ipv4Addr::new(203, 0, 113, rng.below(250) as u8),   // outside
+                _ => Ipv4Addr::new(203, 0, 113, rng.below(250) as u8),     // outside
             };
             TargetAddr(SocketAddr::new(ip.into(), ports[rng.below(ports.len() as u64) as usize]))
         })
@@ -146,7 +157,11 @@ fn main() {
                 frame: None,
                 tables: vec![],
                 drop_tables: vec![],
-                addresses: vec![AddressSpec(Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250) as u8).to_string(), i / 10, format!("Pod ns/pod-{i}"))],
+                addresses: vec![AddressSpec(
+                    Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250) as u8).to_string(),
+                    i / 10,
+                    format!("Pod ns/pod-{i}"),
+                )],
                 remove_addresses: vec![pod_ip(i).to_string()],
             };
             let started = Instant::now();

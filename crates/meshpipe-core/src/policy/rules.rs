@@ -143,9 +143,10 @@ mod tests {
 
     #[test]
     fn a_bad_rule_names_its_list_index_and_source() {
-        let err = RuleSet::compile("fallbackRules", &[rule(Direction::Inbound, Some("10.0.0.0/40"), (1, 2), PortMode::Opaque, "skip-subnets")])
-            .unwrap_err()
-            .to_string();
+        let err =
+            RuleSet::compile("fallbackRules", &[rule(Direction::Inbound, Some("10.0.0.0/40"), (1, 2), PortMode::Opaque, "skip-subnets")])
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("fallbackRules[0]") && err.contains("skip-subnets") && err.contains("10.0.0.0/40"), "{err}");
     }
 

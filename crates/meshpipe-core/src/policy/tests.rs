@@ -34,7 +34,11 @@ fn cluster() -> PolicySpec {
             table(1, &[(3306, 3306, PortMode::Detect), (9000, 9100, PortMode::Opaque)], "opaque-ports on {destination}"),
             table(2, &[(80, 80, PortMode::Http2)], "appProtocol"),
         ],
-        addresses: vec![addr("10.0.0.5", 1, "Pod shop/db-0"), addr("fd00::5", 1, "Pod shop/db-0"), addr("10.96.0.1", 2, "Service shop/web")],
+        addresses: vec![
+            addr("10.0.0.5", 1, "Pod shop/db-0"),
+            addr("fd00::5", 1, "Pod shop/db-0"),
+            addr("10.96.0.1", 2, "Service shop/web"),
+        ],
     }
 }
 
@@ -73,7 +77,10 @@ fn ipv4_mapped_addresses_are_their_ipv4_form() {
     assert_eq!(table.lookup(Direction::Outbound, t("[::ffff:10.9.9.9]:80")).mode, PortMode::Http2);
     assert_eq!(table.lookup(Direction::Outbound, t("[::ffff:10.0.0.5]:9000")).mode, PortMode::Opaque);
     assert_eq!(table.lookup(Direction::Outbound, t("198.51.100.7:1")).mode, PortMode::Opaque);
-    let host = PolicySpec { rules: vec![rule(Direction::Outbound, Some("::ffff:10.0.0.1/128"), (1, 9), PortMode::Tls, "h")], ..Default::default() };
+    let host = PolicySpec {
+        rules: vec![rule(Direction::Outbound, Some("::ffff:10.0.0.1/128"), (1, 9), PortMode::Tls, "h")],
+        ..Default::default()
+    };
     assert_eq!(PolicyTable::compile(&host).unwrap().lookup(Direction::Outbound, t("10.0.0.1:5")).mode, PortMode::Tls);
 }
 
@@ -167,7 +174,15 @@ fn a_one_address_change_in_a_large_table_keeps_the_rest() {
     }
     let policy = Policy::new(PolicyStore::compile(&spec).unwrap());
     let before = policy.load_full();
-    let mut d = PolicyDelta { generation: 1, base: 0, frame: None, tables: vec![], drop_tables: vec![], addresses: vec![], remove_addresses: vec![] };
+    let mut d = PolicyDelta {
+        generation: 1,
+        base: 0,
+        frame: None,
+        tables: vec![],
+        drop_tables: vec![],
+        addresses: vec![],
+        remove_addresses: vec![],
+    };
     d.remove_addresses.push("10.244.0.1".into());
     policy.update(&d).unwrap();
     assert_eq!(before.addresses(), 50_000);
