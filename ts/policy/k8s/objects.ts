@@ -160,7 +160,7 @@ function stringMap(v: unknown): Record<string, string> {
     if (val === null || val === undefined) continue;
     out[text(k)] = text(typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val));
   }
-  return sharedMap('m', Object.freeze(out)) as Record<string, string>;
+  return sharedMap('m', Object.freeze(out));
 }
 
 /** The annotations policy reads: `config.linkerd.io/*`. */
@@ -172,7 +172,7 @@ function policyAnnotations(v: unknown): Record<string, string> {
     if (!k.startsWith(POLICY_ANNOTATION) || val === null || val === undefined) continue;
     out[k] = typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val);
   }
-  return sharedMap('a', Object.freeze(out)) as Record<string, string>;
+  return sharedMap('a', Object.freeze(out));
 }
 
 function portNumber(v: unknown): number | undefined {
