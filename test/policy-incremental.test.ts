@@ -121,6 +121,31 @@ test('a Service, Server or Namespace change sends the destinations it affects, n
   assert.ok(ns.tables.length < 100, `pods share tables: ${ns.tables.length} new tables for 500 pods and 50 Services`);
 });
 
+test('a 40 KB namespace annotation inherited by 2,000 pods crosses once, as one port table', () => {
+  // Every other port from 1000: about 8,000 ranges, 40 KB of text.
+  const value = Array.from({ length: 8_000 }, (_, i) => String(1000 + 2 * i)).join(',');
+  assert.ok(value.length > 40_000);
+  const objects: PolicyObject[] = [namespace('tenant', value)];
+  for (let i = 0; i < 2_000; i++) objects.push(pod('tenant', `p-${i}`, ip(i), { app: `a${i % 20}` }));
+  const compiler = loaded(objects);
+  const first = compiler.flush();
+  assert.ok(first);
+  assert.equal(first.addresses.length, 2_000);
+  assert.equal(first.tables.length, 1, 'one table for every pod inheriting the value');
+  const size = bytes(first);
+  assert.ok(size < 600_000, `the table crosses once, not once per pod (${size} bytes for 2,000 pods)`);
+  // A new pod in that namespace: its address only.
+  compiler.upsert('k', pod('tenant', 'p-new', '10.99.9.9', { app: 'a1' }));
+  const one = compiler.flush();
+  assert.ok(one);
+  assert.equal(bytes(one) < 400 && one.tables.length === 0, true, `${bytes(one)} bytes`);
+  // And the engine answers from ranges: an odd port between two listed ones is not opaque.
+  const lookup = new PolicyLookup(compiler.table(2));
+  assert.equal(lookup.explain('outbound', '10.99.9.9', 1000).mode, 'opaque');
+  assert.equal(lookup.explain('outbound', '10.99.9.9', 1001).mode, 'detect');
+  assert.equal(lookup.explain('outbound', '10.99.9.9', 16998).mode, 'opaque');
+});
+
 /** A random change to a small cluster where addresses collide (shared IPs, reused IPs). */
 const IPS = ['10.244.0.1', '10.244.0.2', '10.244.0.3', '10.96.0.1', 'fd00::1', '::ffff:10.244.0.2'];
 const LABELS: Record<string, string>[] = [{ app: 'a' }, { app: 'b' }, { app: 'a', tier: 'x' }];
