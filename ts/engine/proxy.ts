@@ -26,6 +26,9 @@ import {
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
+  type Direction,
+  type PolicyChange,
+  type PolicyDecision,
   type PolicyTable,
 } from './native.js';
 
@@ -138,9 +141,19 @@ export class Proxy {
     return this.#closing;
   }
 
-  /** Swaps in a new policy atomically; only new connections see it. Returns the engine's generation. */
-  setPolicy(policy: PolicyTable): number {
+  /** Swaps in a whole new policy table atomically; only new connections see it. Returns the engine's generation. */
+  setPolicy(policy: PolicyTable | Uint8Array): number {
     return this.#native.setPolicy(policy);
+  }
+
+  /** Applies a delta to the current table (all or nothing; only to its base generation). Returns the new generation. */
+  updatePolicy(delta: PolicyChange | Uint8Array): number {
+    return this.#native.updatePolicy(delta);
+  }
+
+  /** What the current table decides for a connection to `ip`:`port`, with the source. */
+  explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
+    return this.#native.explainPolicy(direction, ip, port);
   }
 
   /** Every engine counter, read in one call. */
