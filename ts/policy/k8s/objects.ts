@@ -165,13 +165,22 @@ function stringMap(v: unknown): Record<string, string> {
   return sharedMap('m', Object.freeze(out));
 }
 
-/** The annotations policy reads: `config.linkerd.io/*`. */
-const POLICY_ANNOTATION = 'config.linkerd.io/';
+/**
+ * The annotations policy reads: `config.linkerd.io/*` (ports, protocols,
+ * default inbound policy), `meshpipe.io/*` (injection, identity, tunnel port)
+ * and Linkerd's injection switch `linkerd.io/inject` (which pods are meshed).
+ */
+const POLICY_ANNOTATION_PREFIXES = ['config.linkerd.io/', 'meshpipe.io/'];
+const POLICY_ANNOTATIONS = new Set(['linkerd.io/inject']);
+
+function isPolicyAnnotation(key: string): boolean {
+  return POLICY_ANNOTATIONS.has(key) || POLICY_ANNOTATION_PREFIXES.some((p) => key.startsWith(p));
+}
 
 function policyAnnotations(v: unknown): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(rec(v))) {
-    if (!k.startsWith(POLICY_ANNOTATION) || val === null || val === undefined) continue;
+    if (!isPolicyAnnotation(k) || val === null || val === undefined) continue;
     out[k] = typeof val === 'string' ? val : typeof val === 'number' || typeof val === 'boolean' ? String(val) : JSON.stringify(val);
   }
   return sharedMap('a', Object.freeze(out));
