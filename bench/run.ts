@@ -23,6 +23,7 @@ import { churn } from './churn.js';
 import { detectCost } from './detect-cost.js';
 import { http } from './http.js';
 import { idleRss } from './idle-rss.js';
+import { policyScale } from './policy-scale.js';
 import { scrape } from './scrape.js';
 import { serverFirst } from './server-first.js';
 import { sidecars } from './sidecars.js';
@@ -43,7 +44,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars, mesh];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars, policyScale, mesh];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;

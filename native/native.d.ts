@@ -28,10 +28,12 @@ export declare class NativeProxy {
    */
   close(drainMs: number): Promise<string>
   /**
-   * Swaps in a new policy table (JSON of a `PolicySpec`), before or after
-   * `start()`; new connections only. Returns its generation.
+   * Swaps in a whole new policy table (UTF-8 JSON of a `PolicySpec`),
+   * before or after `start()`; new connections only. Returns its
+   * generation. A table that does not parse or validate changes nothing
+   * and is counted as rejected (snapshot `policy`).
    */
-  setPolicy(policy: string): number
+  setPolicy(policy: Uint8Array): number
   /**
    * Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
    * and the three files' bytes, checked as at start): new connections
@@ -41,17 +43,16 @@ export declare class NativeProxy {
    */
   setIdentity(spec: string, cert: Buffer, key: Buffer, anchors: Buffer): string
   /**
-   * Replaces the inbound authorization table (JSON of an `AuthzSpec`);
-   * new connections only. Returns its generation.
+   * Applies a change to the current policy table (UTF-8 JSON of a
+   * `PolicyDelta`): all or nothing, and only to the generation it names
+   * as its base. Returns the new generation.
    */
-  setAuthz(table: string): number
-  /** Replaces the meshed-destinations table (JSON of a `DestinationsSpec`). */
-  setDestinations(table: string): number
+  updatePolicy(delta: Uint8Array): number
   /**
-   * Applies a change to the meshed-destinations table (JSON of a
-   * `DestinationsUpdate`): all or nothing, copying only what it touches.
+   * What the current policy decides for a connection in `direction` to
+   * `ip`:`port`, with its source: JSON of a `PolicyDecision`.
    */
-  updateDestinations(update: string): number
+  explainPolicy(direction: string, ip: string, port: number): string
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */
@@ -61,18 +62,36 @@ export declare class NativeProxy {
 }
 
 /**
- * The engine's authorization decision for one connection under a table
- * (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For `meshpipe
- * explain` and tests; the data path compiles the table once.
+ * A compiled policy table on its own, with the engine's own lookup: what
+ * `meshpipe explain` and tests use, so they answer exactly as the engine
+ * would, with no proxy running.
  */
-export declare function authzDecide(table: string, port: number, clientIdentity: string | undefined | null, clientIp: string): string
+export declare class PolicyLookup {
+  /**
+   * Compiles a table (UTF-8 JSON of a `PolicySpec`); throws `ERR_POLICY`
+   * naming the bad entry, exactly as the engine would refuse it.
+   */
+  constructor(spec: Uint8Array)
+  /**
+   * The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`
+   * (outbound with the meshed peer, inbound with who may connect).
+   */
+  explain(direction: string, ip: string, port: number): string
+  /**
+   * The table's authorization decision for a client of `port` (its mesh
+   * identity, or none for plaintext, and its address): JSON of a
+   * `DecisionInfo`.
+   */
+  authorize(port: number, clientIdentity: string | undefined | null, clientIp: string): string
+}
 
 /**
- * Looks `ip` up in a meshed-destinations table (JSON of a
- * `DestinationsSpec`): JSON of the matching `DestinationSpec` (its `net` is
- * the address looked up) or `null`. For `meshpipe explain` and tests.
+ * The engine's authorization decision for one connection under a table
+ * (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For tests of the
+ * authorization compiler; the data path compiles the table once, as part of
+ * the policy table.
  */
-export declare function destinationsLookup(table: string, ip: string): string
+export declare function authzDecide(table: string, port: number, clientIdentity: string | undefined | null, clientIp: string): string
 
 /**
  * Loads and checks identity material (JSON of a `LoadSpec` and the three

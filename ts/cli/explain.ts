@@ -6,13 +6,20 @@
  *   meshpipe explain --port 3306 [--protocol mysql] [--destination 203.0.113.9]
  *       [--tls] [--manifests PATH]... [--annotations FILE]
  *       [--namespace NS --pod NAME] [--cluster-networks LIST]
- *       [--default-opaque-ports LIST] [--json]
+ *       [--default-opaque-ports LIST] [--destinations FILE]
+ *       [--client ID|none --client-ip IP] [--trust-domain D]
+ *       [--identity-template T] [--default-inbound-policy P] [--json]
  *
  * With --port (or --protocol) it walks the tree (TLS? default opaque port?
  * destination inside clusterNetworks?) and says what to configure and why;
  * with manifests or annotations it also shows what the compiled policy does
- * for that port today. With manifests and no port it prints every workload's
- * inbound ports and every destination's outbound ports with their sources.
+ * for that port today: the mode, who may connect to it and why (the
+ * workload's authorization; with --client, the decision for that client),
+ * and whether the destination is a mesh peer (mutual TLS through its
+ * tunnel). Every answer is the engine's own decision on the compiled table
+ * (ts/policy/lookup.ts). With manifests and no port it prints every
+ * workload's inbound ports and who may connect, and every destination's
+ * outbound ports and mesh peer, with their sources.
  * `--json` prints the same answers as JSON for scripts. A small table of
  * well-known protocols (ports, who speaks first) backs `--protocol` and the
  * notes.
@@ -27,10 +34,12 @@ import {
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   lineProblem,
+  authorizeClient,
   lookupPolicy,
+  meshSettings,
   parseCidrListStrict,
+  parseDestinationsFile,
   parseDownwardApi,
-  toPolicyTable,
   type CompileResult,
   type PolicyInputs,
   type PortDecision,
@@ -38,7 +47,10 @@ import {
 import { MeshpipeError } from '../errors.js';
 import { describeRef, EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
 import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges } from '../config/index.js';
-import { renderEffective, renderEffectiveJson } from './explain-render.js';
+import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
+import type { DecisionInfo, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
+import { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy } from '../config/index.js';
+import { DEFAULT_IDENTITY_TEMPLATE, identityProblem, templateProblem } from '../identity/name.js';
 
 // ---------------------------------------------------------------------------
 // Known protocols.
@@ -127,6 +139,12 @@ prints the effective inbound and outbound policy of every workload port with its
   --namespace NS, --pod NAME  which workload is "this" proxy's
   --cluster-networks LIST     default ${DEFAULT_CLUSTER_NETWORKS}
   --default-opaque-ports LIST default ${DEFAULT_OPAQUE_PORTS}
+  --destinations FILE         static meshed destinations (ADDRESS|CIDR IDENTITY [TUNNEL-PORT] per line)
+  --client ID|none            who connects: a mesh identity, or none (plaintext); needs --client-ip
+  --client-ip IP              the client's address (with --client)
+  --trust-domain D            default cluster.local
+  --identity-template T       default ${DEFAULT_IDENTITY_TEMPLATE}
+  --default-inbound-policy P  default all-unauthenticated (${DEFAULT_INBOUND_POLICIES.join(', ')})
   --json                      machine-readable output
 `;
 
@@ -143,7 +161,20 @@ export interface PortExplanation {
   readonly advice: readonly { readonly when: string; readonly action: string; readonly why: string }[];
   readonly notes: readonly string[];
   /** What the compiled policy does today, when manifests or annotations were given. */
-  readonly current: readonly { readonly direction: 'inbound' | 'outbound'; readonly target: string; readonly mode: string; readonly source: string }[];
+  readonly current: readonly CurrentDecision[];
+}
+
+/** What the compiled policy does for a port today (the engine's own decision). */
+export interface CurrentDecision {
+  readonly direction: 'inbound' | 'outbound';
+  readonly target: string;
+  readonly mode: string;
+  readonly source: string;
+  /** Outbound to --destination: its mesh peer (null: not meshed). */
+  readonly mesh?: MeshPeerSpec | null;
+  /** Inbound: who may connect, and the decision for --client. */
+  readonly authz?: PortAuthzSpec;
+  readonly client?: DecisionInfo & { readonly identity: string | null; readonly ip: string };
 }
 
 function fail(message: string): never {
@@ -219,26 +250,49 @@ function renderPort(e: PortExplanation, networks: string, list: string): string 
   for (const n of e.notes) out.push(`  note: ${n}`);
   if (e.current.length > 0) {
     out.push('  current policy:');
-    for (const c of e.current) out.push(`    ${c.direction} ${c.target}: ${c.mode} (${c.source})`);
+    for (const c of e.current) {
+      out.push(`    ${c.direction} ${c.target}: ${c.mode} (${c.source})`);
+      if (c.authz) out.push(...authzLines(c.authz).map((l, i) => `      ${i === 0 ? 'who may connect: ' : ''}${l}`));
+      if (c.client) {
+        const who = `${c.client.identity ?? 'a plaintext client'} from ${c.client.ip}`;
+        out.push(c.client.allow
+          ? `      ${who}: allowed by ${c.client.authzKind} ${c.client.authzName}`
+          : `      ${who}: refused (reset before anything is dialled)`);
+      }
+      if (c.mesh !== undefined) {
+        out.push(`      mesh: ${meshLine(c.mesh)}`);
+        if (c.mesh !== null && c.mode === 'opaque') out.push('      (opaque: no detection; the bytes go through the peer\'s tunnel as they are)');
+      }
+    }
   }
   return `${out.join('\n')}\n`;
 }
 
-/** What the compiled policy does for this port today. */
-function currentFor(port: number, destination: string | undefined, result: CompileResult, hasWorkload: boolean): PortExplanation['current'] {
-  const table = toPolicyTable(result.effective, 0);
-  const out: { direction: 'inbound' | 'outbound'; target: string; mode: string; source: string }[] = [];
+/**
+ * What the compiled policy does for this port today: the engine's own
+ * lookup on the compiled table (ts/policy/lookup.ts), not a copy of it.
+ */
+function currentFor(
+  port: number, destination: string | undefined, result: CompileResult, hasWorkload: boolean,
+  client: { identity: string | null; ip: string } | undefined,
+): PortExplanation['current'] {
+  const table = result.table;
+  const out: CurrentDecision[] = [];
   if (hasWorkload) {
     const hit = lookupPolicy(table, 'inbound', '0.0.0.0', port);
     const w = result.effective.workload;
     const fallback = result.effective.inbound.ports.find((p) => p.ports.from === port);
-    out.push({ direction: 'inbound', target: `${w ? describeRef(w) : 'this pod'} port ${port}`, mode: hit.mode,
-      source: hit.index >= 0 ? hit.source : (fallback?.source ?? 'detect: nothing configured') });
+    out.push({
+      direction: 'inbound', target: `${w ? describeRef(w) : 'this pod'} port ${port}`, mode: hit.mode,
+      source: hit.matched !== 'default' ? hit.source : (fallback?.source ?? 'detect: nothing configured'),
+      ...(hit.authz ? { authz: hit.authz } : {}),
+      ...(client ? { client: { ...authorizeClient(table, port, client.identity, client.ip), ...client } } : {}),
+    });
   }
   if (destination !== undefined) {
     const hit = lookupPolicy(table, 'outbound', destination, port);
     out.push({ direction: 'outbound', target: `${destination.includes(':') ? `[${destination}]` : destination}:${port}`, mode: hit.mode,
-      source: hit.index >= 0 ? hit.source : 'detect: nothing configured for this destination' });
+      source: hit.matched !== 'default' ? hit.source : 'detect: nothing configured for this destination', mesh: hit.mesh });
   } else {
     for (const d of result.effective.outbound.destinations) {
       const dec = d.decisions.find((x: PortDecision) => port >= x.ports.from && port <= x.ports.to);
@@ -246,6 +300,30 @@ function currentFor(port: number, destination: string | undefined, result: Compi
     }
   }
   return out;
+}
+
+/** --trust-domain, --identity-template, --default-inbound-policy (checked as the proxy checks them). */
+function meshArgs(values: { 'trust-domain'?: string; 'identity-template'?: string; 'default-inbound-policy'?: string }): ReturnType<typeof meshSettings> {
+  const policy = (values['default-inbound-policy'] ?? 'all-unauthenticated').trim();
+  if (!(DEFAULT_INBOUND_POLICIES as readonly string[]).includes(policy)) {
+    fail(`--default-inbound-policy "${policy}": expected one of ${DEFAULT_INBOUND_POLICIES.join(', ')}`);
+  }
+  const trustDomain = values['trust-domain'] ?? 'cluster.local';
+  const identityTemplate = values['identity-template'] ?? DEFAULT_IDENTITY_TEMPLATE;
+  const why = templateProblem(identityTemplate, trustDomain);
+  if (why !== undefined) fail(`--identity-template "${identityTemplate}": ${why}`);
+  return meshSettings({ trustDomain, identityTemplate, defaultInboundPolicy: policy as DefaultInboundPolicy });
+}
+
+/** --client ID|none with --client-ip IP: the client whose authorization to show. */
+function clientArgs(id: string | undefined, ip: string | undefined): { identity: string | null; ip: string } | undefined {
+  if (id === undefined && ip === undefined) return undefined;
+  if (id === undefined || ip === undefined) fail('--client and --client-ip go together (--client none for a plaintext client)');
+  if (isIP(ip) === 0) fail(`--client-ip "${ip}": expected an IPv4 or IPv6 address`);
+  if (id === 'none') return { identity: null, ip };
+  const why = identityProblem(id);
+  if (why !== undefined) fail(`--client "${id}": ${why}`);
+  return { identity: id, ip };
 }
 
 /** `meshpipe explain`. Resolves with the exit code. */
@@ -259,6 +337,8 @@ export async function main(argv: string[]): Promise<number> {
         manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
         namespace: { type: 'string' }, pod: { type: 'string' },
         'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' },
+        destinations: { type: 'string' }, client: { type: 'string' }, 'client-ip': { type: 'string' },
+        'trust-domain': { type: 'string' }, 'identity-template': { type: 'string' }, 'default-inbound-policy': { type: 'string' },
         json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -280,7 +360,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     fail(`--default-opaque-ports: ${(err as Error).message}`);
   }
-  if (values.destination !== undefined && isIP(values.destination) === 0) {
+  // A zone index (fe80::1%eth0) is no destination the engine can match: refused like a bad address.
+  if (values.destination !== undefined && (isIP(values.destination) === 0 || values.destination.includes('%'))) {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
   }
   const protocol = values.protocol === undefined ? undefined : findProtocol(values.protocol);
@@ -288,6 +369,8 @@ export async function main(argv: string[]): Promise<number> {
     fail(`--protocol "${values.protocol}" is not in the table (run meshpipe explain --help); pass --port as well`);
   }
   const ports = values.port !== undefined ? [parsePort(values.port)] : protocol ? [...protocol.ports] : [];
+  const mesh = meshArgs(values);
+  const client = clientArgs(values.client, values['client-ip']);
 
   // Inputs for the compiled policy (only when the user gave something to compile).
   const manifests = values.manifests && values.manifests.length > 0 ? await loadManifests(values.manifests) : EMPTY_MANIFESTS;
@@ -304,21 +387,34 @@ export async function main(argv: string[]): Promise<number> {
     annotations = Object.fromEntries(parsed.values);
     for (const e of parsed.errors) fileProblems.push(lineProblem(values.annotations, e.line, e.message, e.key));
   }
+  let meshDestinations;
+  if (values.destinations !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(values.destinations, 'utf8');
+    } catch (err) {
+      fail(`--destinations ${values.destinations}: ${(err as Error).message}`);
+    }
+    const parsed = parseDestinationsFile(values.destinations, text);
+    meshDestinations = parsed.entries;
+    fileProblems.push(...parsed.problems);
+  }
   const inputs: PolicyInputs = {
     defaultOpaquePorts: defaults, opaquePorts: [], clusterNetworks: networks.map((n) => n.text),
     inboundDetectTimeoutMs: 10_000, outboundDetectTimeoutMs: 10_000,
     workloadAnnotations: annotations, workloadAnnotationsOrigin: values.annotations,
-    manifests, identity: { namespace: values.namespace, pod: values.pod },
+    manifests, identity: { namespace: values.namespace, pod: values.pod }, mesh, meshDestinations,
   };
-  const compiled = values.manifests !== undefined || annotations !== undefined;
+  const compiled = values.manifests !== undefined || annotations !== undefined || meshDestinations !== undefined;
   const hasWorkload = annotations !== undefined || values.pod !== undefined;
-  const result = compiled ? compilePolicy(inputs) : undefined;
-  const problems = [...fileProblems, ...(result?.problems ?? [])];
+  // Always compiled: with no inputs it is what a proxy without policy sources does (the flags-only policy).
+  const result = compilePolicy(inputs);
+  const problems = [...fileProblems, ...result.problems];
 
   if (ports.length > 0) {
     const answers: PortExplanation[] = ports.map((port) => ({
       ...explainPort({ port, protocol, tls: values.tls === true, destination: values.destination, clusterNetworks: networks, defaultOpaque: defaults }),
-      current: result ? currentFor(port, values.destination, result, hasWorkload) : [],
+      current: currentFor(port, values.destination, result, hasWorkload || client !== undefined, client),
     }));
     if (values.json) {
       process.stdout.write(`${JSON.stringify({ ports: answers, problems: problems.map((p) => p.message) }, null, 2)}\n`);
@@ -335,9 +431,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   // No port: the effective policy of every workload (or of "this pod" from the annotations file).
   const all = annotations !== undefined || values.pod !== undefined
-    ? [{ result: result as CompileResult }]
+    ? [{ result }]
     : compileAllWorkloads(inputs).map((w) => ({ result: w.result }));
-  const shared = result as CompileResult;
+  const shared = result;
   // Each workload's own annotations are read in its own compile: collect those problems too, once each.
   const seen = new Set<string>();
   const allProblems = [...problems, ...all.flatMap((a) => a.result.problems)].filter((p) => !seen.has(p.message) && seen.add(p.message));

@@ -94,9 +94,57 @@ proxyPorts: Array<number>, };
 
 export type CopyMode = "adaptive" | "splice" | "buffered";
 
-export type PolicySpec = { generation: number, rules: Array<RuleSpec>, };
+export type PolicySpec = { generation: number, 
+/**
+ * Checked first, in order.
+ */
+rules: Array<RuleSpec>, 
+/**
+ * Checked last, in order, when no exact destination covers the port.
+ */
+fallbackRules: Array<RuleSpec>, 
+/**
+ * The detect timeout of exact destinations' detecting entries (`null`
+ * keeps the direction's).
+ */
+destinationDetectTimeoutMs: number | null, tables: Array<PortTableSpec>, addresses: Array<AddressSpec>, 
+/**
+ * This workload's inbound authorization (`null`: everyone is allowed,
+ * Linkerd's `all-unauthenticated`).
+ */
+authz: AuthzSpec | null, 
+/**
+ * Static meshed addresses and networks (`--destinations FILE`).
+ */
+meshDestinations: Array<DestinationSpec>, };
 
-export type RuleSpec = { direction: Direction, net: string | null, ports: [number, number], mode: PortMode, detectTimeoutMs: number | null, source: string, };
+export type RuleSpec = { direction: Direction, 
+/**
+ * A CIDR; `null` matches any address.
+ */
+net: string | null, ports: [number, number], mode: PortMode, 
+/**
+ * Overrides the direction's detect timeout (`null` keeps it).
+ */
+detectTimeoutMs: number | null, source: string, };
+
+export type PortTableSpec = { id: number, ports: Array<PortSpec>, sources: Array<string>, 
+/**
+ * The meshed peer behind the addresses using this table (`null`: not meshed).
+ */
+mesh: MeshPeerSpec | null, };
+
+export type PortSpec = [number, number, PortMode, number];
+
+export type AddressSpec = [string, number, string];
+
+export type PolicyDelta = { generation: number, 
+/**
+ * The generation this delta applies to; any other is refused.
+ */
+base: number, frame: PolicyFrameSpec | null, tables: Array<PortTableSpec>, dropTables: Array<number>, addresses: Array<AddressSpec>, removeAddresses: Array<string>, };
+
+export type PolicyFrameSpec = { rules: Array<RuleSpec>, fallbackRules: Array<RuleSpec>, destinationDetectTimeoutMs: number | null, authz: AuthzSpec | null, meshDestinations: Array<DestinationSpec>, };
 
 export type Direction = "inbound" | "outbound";
 
@@ -128,7 +176,11 @@ drained: number,
  */
 cut: number, };
 
-export type Snapshot = { uptimeMs: number, policyGeneration: number, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, 
+export type Snapshot = { uptimeMs: number, policyGeneration: number, 
+/**
+ * The policy table's size and update counters (rejections included).
+ */
+policy: PolicySnapshot, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, 
 /**
  * TCP series kept per direction (inbound, outbound), overflow not counted.
  */
@@ -143,11 +195,53 @@ evictedSeries: number, detect: Array<DetectSnapshot>, detectDurationMs: Array<De
  */
 acceptErrors: Array<AcceptErrorSnapshot>, 
 /**
- * Identity, meshed destinations, handshakes, tunnel refusals, authorization.
+ * Identity, handshakes, tunnel refusals, authorization decisions.
  */
 mesh: MeshSnapshot, errors: ErrorsSnapshot, };
 
 export type ListenerSnapshot = { name: string, bind: string, direction: Direction, accepted: number, open: number, acceptErrors: number, limitWaits: number, accepting: boolean, };
+
+export type PolicySnapshot = { generation: number, rules: number, fallbackRules: number, addresses: number, 
+/**
+ * Meshed destinations (pod addresses with a peer, and static entries).
+ */
+meshed: number, tables: number, 
+/**
+ * Distinct source strings held.
+ */
+sources: number, updatesApplied: number, updatesRejected: number, 
+/**
+ * The last rejected update, until an update is accepted again.
+ */
+lastRejection: PolicyRejection | null, };
+
+export type PolicyRejection = { generation: number, message: string, };
+
+export type PolicyDecision = { mode: PortMode, detectTimeoutMs: number | null, 
+/**
+ * Why, e.g. `opaque: Server shop/db proxyProtocol=opaque`; `default` when nothing matched.
+ */
+source: string, matched: PolicyMatch, 
+/**
+ * The rule's index in `rules` or `fallbackRules`.
+ */
+index: number | null, 
+/**
+ * The exact destination's name (e.g. `Pod shop/web-1`).
+ */
+destination: string | null, 
+/**
+ * Outbound: the meshed peer behind the address (mutual TLS through
+ * its tunnel port, whatever the port's mode), if any.
+ */
+mesh: MeshPeerSpec | null, 
+/**
+ * Inbound: who may connect to the port, in the order the rules are
+ * tried (the port's Server, or the workload's default policy).
+ */
+authz: PortAuthzSpec | null, };
+
+export type PolicyMatch = "rule" | "destination" | "fallbackRule" | "default";
 
 export type ErrorsSnapshot = { connectFailed: number, loopRefused: number, originalDstFailed: number, 
 /**
@@ -350,7 +444,7 @@ chainLength: number,
  */
 anchors: number, };
 
-export type AuthzSpec = { generation: number, 
+export type AuthzSpec = { 
 /**
  * Ports with their own policy (selected by a Server).
  */
@@ -399,8 +493,6 @@ export type NetworkSpec = { cidr: string, except: Array<string>, };
 
 export type DecisionInfo = { allow: boolean, srvKind: string, srvName: string, authzKind: string | null, authzName: string | null, };
 
-export type DestinationsSpec = { generation: number, entries: Array<DestinationSpec>, };
-
 export type DestinationSpec = { 
 /**
  * An IP address or a CIDR.
@@ -419,7 +511,20 @@ tunnelPort: number,
  */
 source: string, };
 
-export type DestinationsUpdate = { generation: number, upsert: Array<DestinationSpec>, remove: Array<string>, };
+export type MeshPeerSpec = { 
+/**
+ * The identity the peer must prove.
+ */
+identity: string, 
+/**
+ * The peer's inbound (tunnel) port, usually 4143.
+ */
+tunnelPort: number, 
+/**
+ * Why it is meshed (e.g. `linkerd.io/inject=enabled on {destination}`;
+ * `{destination}` is replaced by the address's name when explained).
+ */
+source: string, };
 
 export type IdentityInstalled = { generation: number, info: IdentityInfo, };
 
@@ -432,10 +537,6 @@ identity: IdentityInfo | null,
  * How many identities were installed (0: none yet).
  */
 identityGeneration: number, 
-/**
- * Meshed destinations held, and the table's generation.
- */
-destinations: number, destinationsGeneration: number, authzGeneration: number, 
 /**
  * Successful handshakes' durations, [inbound, outbound].
  */

@@ -2,9 +2,10 @@
  * The native addon: loading it, and the typed calls across the boundary.
  *
  * The addon (crates/meshpipe-node, built by `napi build` into native/)
- * exports one class, `NativeProxy`, `setEngineLog`, `interfaceAddresses`
- * (the pod IPs when nobody gave them), and for `meshpipe run` `spawnApp` and
- * `reapChildren`. Values cross as JSON
+ * exports `NativeProxy`, `PolicyLookup` (a policy table with the engine's
+ * own lookup, no proxy needed), `setEngineLog`, `interfaceAddresses` (the
+ * pod IPs when nobody gave them), for `meshpipe run` `spawnApp` and
+ * `reapChildren`, and the mesh functions (ts/engine/mesh.ts). Values cross as JSON
  * text: what goes in is `JSON.stringify` of a type from ./boundary.ts and
  * what comes out is parsed into one. boundary.ts is generated from the Rust
  * types (`npm run gen:types`; `npm test` fails when it is stale), and the
@@ -22,16 +23,18 @@ import { fileURLToPath } from 'node:url';
 import { MeshpipeError, fromNative } from '../errors.js';
 import type * as Addon from '../../native/native.js';
 import type {
-  AuthzSpec,
-  DestinationsSpec,
-  DestinationsUpdate,
+  DecisionInfo,
   IdentityInstalled,
   LoadSpec,
   BoundListener,
   CloseSummary,
   ConnSnapshot,
+  Direction,
   EngineEvent,
   EngineSpec,
+  PolicyDecision,
+  PolicyDelta,
+  PolicyFrameSpec,
   PolicySpec,
   ReapedChild,
   RuleSpec,
@@ -51,6 +54,9 @@ export type DeepReadonly<T> = T extends object ? { readonly [K in keyof T]: Deep
 export type EngineConfig = DeepReadonly<EngineSpec>;
 export type PolicyTable = DeepReadonly<PolicySpec>;
 export type PolicyRule = DeepReadonly<RuleSpec>;
+/** A change to the engine's current table (applies to generation `base` only). */
+export type PolicyChange = DeepReadonly<PolicyDelta>;
+export type PolicyFrame = DeepReadonly<PolicyFrameSpec>;
 export type EngineSnapshot = Snapshot;
 export type TcpSeriesSnapshot = TcpSnapshot;
 export type ConnectionInfo = ConnSnapshot;
@@ -61,6 +67,7 @@ export type EngineLogStream = 'stdout' | 'stderr';
 
 export interface RawBinding {
   NativeProxy: typeof Addon.NativeProxy;
+  PolicyLookup: typeof Addon.PolicyLookup;
   setEngineLog: typeof Addon.setEngineLog;
   spawnApp: typeof Addon.spawnApp;
   reapChildren: typeof Addon.reapChildren;
@@ -69,7 +76,13 @@ export interface RawBinding {
   identityIssue: typeof Addon.identityIssue;
   identityCheck: typeof Addon.identityCheck;
   authzDecide: typeof Addon.authzDecide;
-  destinationsLookup: typeof Addon.destinationsLookup;
+}
+
+const encoder = new TextEncoder();
+
+/** A table or delta as the addon takes it: UTF-8 JSON bytes (already encoded ones pass through untouched). */
+function bytesOf(value: PolicyTable | PolicyChange | Uint8Array): Uint8Array {
+  return value instanceof Uint8Array ? value : encoder.encode(JSON.stringify(value));
 }
 
 let binding: RawBinding | undefined;
@@ -122,28 +135,24 @@ export class NativeProxy {
     }
   }
 
-  setPolicy(policy: PolicyTable): number {
-    return call(() => this.#raw.setPolicy(JSON.stringify(policy)));
+  /** Replaces the whole table (a PolicySpec, or its UTF-8 JSON bytes). */
+  setPolicy(policy: PolicyTable | Uint8Array): number {
+    return call(() => this.#raw.setPolicy(bytesOf(policy)));
+  }
+
+  /** Applies a delta (a PolicyDelta, or its UTF-8 JSON bytes): all or nothing, to its base generation only. */
+  updatePolicy(delta: PolicyChange | Uint8Array): number {
+    return call(() => this.#raw.updatePolicy(bytesOf(delta)));
+  }
+
+  /** What the current table decides for a connection, with the source. */
+  explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
+    return JSON.parse(call(() => this.#raw.explainPolicy(direction, ip, port))) as PolicyDecision;
   }
 
   /** Installs or replaces the mesh identity (new connections only); throws ERR_IDENTITY. */
   setIdentity(spec: LoadSpec, pem: { readonly cert: Buffer; readonly key: Buffer; readonly anchors: Buffer }): IdentityInstalled {
     return JSON.parse(call(() => this.#raw.setIdentity(JSON.stringify(spec), pem.cert, pem.key, pem.anchors))) as IdentityInstalled;
-  }
-
-  /** Replaces the inbound authorization table (new connections only). */
-  setAuthz(table: AuthzSpec): number {
-    return call(() => this.#raw.setAuthz(JSON.stringify(table)));
-  }
-
-  /** Replaces the meshed-destinations table. */
-  setDestinations(table: DestinationsSpec): number {
-    return call(() => this.#raw.setDestinations(JSON.stringify(table)));
-  }
-
-  /** Applies a change to the meshed-destinations table (all or nothing). */
-  updateDestinations(update: DestinationsUpdate): number {
-    return call(() => this.#raw.updateDestinations(JSON.stringify(update)));
   }
 
   snapshot(): EngineSnapshot {
@@ -156,6 +165,26 @@ export class NativeProxy {
 
   takeEvents(): EngineEvent[] {
     return JSON.parse(call(() => this.#raw.takeEvents())) as EngineEvent[];
+  }
+}
+
+/** A compiled policy table with the engine's own lookup: what the engine would decide, no proxy running. */
+export class PolicyLookup {
+  readonly #raw: Addon.PolicyLookup;
+
+  /** @throws MeshpipeError ERR_POLICY naming the bad entry, as the engine would refuse the table. */
+  constructor(table: PolicyTable | Uint8Array) {
+    const { PolicyLookup: Raw } = loadBinding();
+    this.#raw = call(() => new Raw(bytesOf(table)));
+  }
+
+  explain(direction: Direction, ip: string, port: number): PolicyDecision {
+    return JSON.parse(call(() => this.#raw.explain(direction, ip, port))) as PolicyDecision;
+  }
+
+  /** The table's authorization decision for a client of `port` (`clientIdentity` null: plaintext). */
+  authorize(port: number, clientIdentity: string | null, clientIp: string): DecisionInfo {
+    return JSON.parse(call(() => this.#raw.authorize(port, clientIdentity ?? undefined, clientIp))) as DecisionInfo;
   }
 }
 

@@ -18,7 +18,7 @@ import { fromNative, MeshpipeError } from '../errors.js';
 import type { ProxyConfig } from '../config/index.js';
 import { buildEngineConfig } from './build-config.js';
 import type { PodIps } from './inbound.js';
-import type { AuthzSpec, DestinationsSpec, DestinationsUpdate, IdentityInstalled, LoadSpec } from './boundary.js';
+import type { IdentityInstalled, LoadSpec } from './boundary.js';
 import {
   NativeProxy,
   type BoundListener,
@@ -27,6 +27,9 @@ import {
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
+  type Direction,
+  type PolicyChange,
+  type PolicyDecision,
   type PolicyTable,
 } from './native.js';
 
@@ -139,8 +142,8 @@ export class Proxy {
     return this.#closing;
   }
 
-  /** Swaps in a new policy atomically; only new connections see it. Returns the engine's generation. */
-  setPolicy(policy: PolicyTable): number {
+  /** Swaps in a whole new policy table atomically; only new connections see it. Returns the engine's generation. */
+  setPolicy(policy: PolicyTable | Uint8Array): number {
     return this.#native.setPolicy(policy);
   }
 
@@ -149,19 +152,14 @@ export class Proxy {
     return this.#native.setIdentity(spec, pem);
   }
 
-  /** Replaces the inbound authorization table (new connections only). */
-  setAuthz(table: AuthzSpec): number {
-    return this.#native.setAuthz(table);
+  /** Applies a delta to the current table (all or nothing; only to its base generation). Returns the new generation. */
+  updatePolicy(delta: PolicyChange | Uint8Array): number {
+    return this.#native.updatePolicy(delta);
   }
 
-  /** Replaces the meshed-destinations table. */
-  setDestinations(table: DestinationsSpec): number {
-    return this.#native.setDestinations(table);
-  }
-
-  /** Applies an incremental change to the meshed-destinations table. */
-  updateDestinations(update: DestinationsUpdate): number {
-    return this.#native.updateDestinations(update);
+  /** What the current table decides for a connection to `ip`:`port`, with the source. */
+  explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
+    return this.#native.explainPolicy(direction, ip, port);
   }
 
   /** Every engine counter, read in one call. */

@@ -310,6 +310,14 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: single('meshpipe_original_dst_failures_total', (s) => s.errors.originalDstFailed) },
   { name: 'meshpipe_policy_generation', type: 'gauge', help: 'Generation of the port policy the engine uses for new connections',
     emit: single('meshpipe_policy_generation', (s) => s.policyGeneration) },
+  { name: 'meshpipe_policy_updates_total', type: 'counter',
+    help: 'Policy tables and deltas the engine applied (result="applied") or refused (result="rejected": nothing changed, the last good policy stayed in force)',
+    emit: (s, _series, out) => {
+      out.add('meshpipe_policy_updates_total', s.policy.updatesApplied, NONE, 'result', 'applied');
+      out.add('meshpipe_policy_updates_total', s.policy.updatesRejected, NONE, 'result', 'rejected');
+    } },
+  { name: 'meshpipe_policy_destinations', type: 'gauge', help: 'Exact destination addresses (pod IPs, Service clusterIPs) in the policy table',
+    emit: single('meshpipe_policy_destinations', (s) => s.policy.addresses) },
   { name: 'meshpipe_tcp_series', type: 'gauge', help: 'TCP label series the engine keeps (bounded by maxMetricTargets per direction, plus overflow)',
     emit: single('meshpipe_tcp_series', (s) => s.tcp.length) },
   { name: 'meshpipe_tcp_series_evicted_total', type: 'counter', help: 'TCP series and detect counters dropped after metricsRetainIdle without use',
@@ -345,7 +353,7 @@ const FAMILIES: readonly FamilySpec[] = [
       for (const e of s.mesh.tunnelErrors) out.add('meshpipe_inbound_tunnel_errors_total', e.count, NONE, 'reason', e.reason);
     } },
   { name: 'meshpipe_meshed_destinations', type: 'gauge', help: 'Meshed destinations (pod addresses and --destinations entries) the engine holds',
-    emit: single('meshpipe_meshed_destinations', (s) => s.mesh.destinations) },
+    emit: single('meshpipe_meshed_destinations', (s) => s.policy.meshed) },
 ];
 
 /** Scrapes whose engine snapshot failed; rendered even when the snapshot is missing. */

@@ -8,12 +8,19 @@
  * (cidr.ts for clusterNetworks and skip subnets). compile.ts and outbound.ts
  * turn them into an EffectivePolicy with a source for every decision and the
  * engine's PolicyTable (model.ts holds the types, problems.ts what was wrong
- * in the inputs); source.ts recompiles when an input changes, and sidecar.ts
- * hands the tables to a running sidecar. authz.ts compiles Linkerd's
- * authorization resources and default policies into the engine's inbound
- * authorization table, destinations.ts the meshed-destinations table (pods
- * with the sidecar and `--destinations FILE`); neither is wired into the
- * running proxy yet.
+ * in the inputs). compiler.ts is the one compiler, incremental: frame.ts
+ * compiles this workload's own rules, outbound.ts one destination at a
+ * time, destinations.ts keeps the engine's exact destinations and shared
+ * port tables in step and yields the deltas. compile.ts runs it one-shot
+ * (explain), flags.ts with empty inputs (a proxy without policy sources);
+ * source.ts feeds it from files and the Kubernetes watch, worker.ts runs
+ * that in a worker thread, and sidecar.ts hands the tables and deltas to a
+ * running sidecar. lookup.ts answers "what does this table decide" with the
+ * engine's own lookup, through the addon.
+ * authz.ts compiles Linkerd's authorization resources and default policies
+ * into the table's inbound authorization, mesh-destinations.ts the meshed
+ * peers of pods with the sidecar and the `--destinations FILE` entries (the
+ * mesh parts ride in the same table).
  *
  * Other folders import from here (the Kubernetes object types and loaders from
  * ts/policy/k8s/). Files of the policy folder and of k8s/ import each other
@@ -31,16 +38,11 @@ export {
   type Cidr,
 } from './cidr.js';
 export { parseDownwardApi } from './downward-api.js';
-export { compilePolicy, compileAllWorkloads, toPolicyTable, lookupPolicy, type CompileResult } from './compile.js';
+export { compilePolicy, compileAllWorkloads, type CompileResult } from './compile.js';
+export { PolicyCompiler } from './compiler.js';
+export { flagsPolicy, meshSettings } from './flags.js';
+export { lookupPolicy, authorizeClient, type LookupResult } from './lookup.js';
 export type { PolicyUpdate } from './source.js';
-export { startSidecarPolicy, type SidecarPolicy } from './sidecar.js';
+export { createSidecarPolicy, POLICY_MESSAGES, type SidecarPolicy, type PolicyEngine } from './sidecar.js';
 export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, type AuthzInputs, type AuthzResult } from './authz.js';
-export {
-  compileDestinations,
-  parseDestinationsFile,
-  isMeshed,
-  MESH_ANNOTATIONS,
-  DEFAULT_TUNNEL_PORT,
-  type DestinationsInputs,
-  type DestinationsResult,
-} from './destinations.js';
+export { parseDestinationsFile, isMeshed, meshPeerOf, MESH_ANNOTATIONS, DEFAULT_TUNNEL_PORT } from './mesh-destinations.js';

@@ -38,14 +38,13 @@ import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
 import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
-import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
-import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+import { Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot } from '../engine/index.js';
+import { createSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 import { SidecarMesh } from './mesh.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
   adminListening: 'admin server listening',
-  policyLoaded: 'policy loaded',
   shutdownRequested: 'shutdown requested',
   inboundStopped: 'inbound listeners stopped accepting',
   waitingForApp: 'waiting for the app to exit before draining',
@@ -75,28 +74,10 @@ export const EVENT_POLL_MS = 500;
 
 export type SidecarState = 'new' | 'starting' | 'ready' | 'draining' | 'closed';
 
-/** What /policy shows; the policy layer can supply a richer view. */
-export type PolicyView = (current: { table: PolicyTable; snapshot: EngineSnapshot | undefined; config: ProxyConfig }) => unknown;
-
 export interface SidecarOptions {
-  /** The initial policy table (default: the flag policy of `config`). */
-  readonly policy?: PolicyTable;
-  /** Replaces the default /policy document. */
-  readonly policyView?: PolicyView;
+  /** The port policy (default: from `config`: its policy sources, or the flags alone). */
+  readonly policy?: SidecarPolicy;
 }
-
-/** The default /policy document: the rules with their sources and the learned server-first targets. */
-export const defaultPolicyView: PolicyView = ({ table, snapshot, config }) => ({
-  generation: table.generation,
-  engineGeneration: snapshot?.policyGeneration ?? null,
-  rules: table.rules,
-  sources: { opaquePorts: config.sources.opaquePorts, defaultOpaquePorts: config.sources.defaultOpaquePorts },
-  detectTimeoutMs: { inbound: config.inboundDetectTimeoutMs, outbound: config.outboundDetectTimeoutMs },
-  serverFirst: {
-    note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
-    targets: snapshot?.serverFirst.targets ?? [],
-  },
-});
 
 /**
  * The engine's trace filter: `--engine-log` when given, else one that follows
@@ -119,7 +100,6 @@ export class Sidecar {
   readonly metrics: Metrics;
   readonly admin: AdminServer | null;
   #state: SidecarState = 'new';
-  #table: PolicyTable;
   #events: NodeJS.Timeout | undefined;
   #shutdownReason: string | undefined;
   #requested!: (reason: string) => void;
@@ -129,8 +109,7 @@ export class Sidecar {
   #adminStarted: Promise<void> | undefined;
   #starting: Promise<unknown> | undefined;
   #inboundStopped: Promise<void> = Promise.resolve();
-  #policySource: SidecarPolicy | undefined;
-  #view: PolicyView;
+  readonly #policy: SidecarPolicy;
   #podIps: PodIps | undefined;
   #unguard: () => void;
   readonly #mesh: SidecarMesh;
@@ -138,7 +117,7 @@ export class Sidecar {
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
     this.logger = logger;
-    this.#table = options.policy ?? buildFlagPolicy(config);
+    this.#policy = options.policy ?? createSidecarPolicy(config, logger);
     this.shutdownRequested = new Promise((resolve) => (this.#requested = resolve));
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
     // The engine's traces go to the same stream as these logs, filtered by
@@ -147,10 +126,9 @@ export class Sidecar {
     const transparentInbound = config.forward.length === 0 && config.inbound !== null;
     if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
     this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
-    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
+    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#policy.initial, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
-    this.#view = options.policyView ?? defaultPolicyView;
     this.#mesh = new SidecarMesh(this.proxy, config, logger, this.metrics.registry);
     new Counter({
       name: 'meshpipe_uncaught_errors_total',
@@ -179,10 +157,7 @@ export class Sidecar {
             readyDetails: () => this.#mesh.readyDetails(),
             connections: (limit) => this.proxy.connections(limit),
             snapshot: () => this.#snapshotOrUndefined() ?? {},
-            policy: () =>
-              this.#policySource
-                ? this.#policySource.view(this.#snapshotOrUndefined())
-                : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
+            policy: () => this.#policy.view(this.#snapshotOrUndefined()),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
             logFilter: (filter) => setEngineLog(filter, 'stdout'),
             exposeDebug: config.adminExposeDebug,
@@ -196,7 +171,7 @@ export class Sidecar {
 
   /** Null when ready; otherwise why not (for /ready). */
   notReady(): NotReadyReason {
-    if (this.#state === 'ready') return null;
+    if (this.#state === 'ready') return this.#policy.notInForce() === null ? null : 'no valid policy';
     return this.#state === 'new' || this.#state === 'starting' ? 'starting' : 'draining';
   }
 
@@ -222,22 +197,14 @@ export class Sidecar {
       await this.startAdmin();
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
-      this.#policySource = await startSidecarPolicy(this.config, this.logger);
-      // The identity and the mesh tables are in the engine before anything
-      // listens, like the port policy.
-      await this.#mesh.start(this.#policySource !== undefined);
-      if (this.#policySource) {
-        this.#table = this.#policySource.first.table;
-        this.proxy.setPolicy(this.#table);
-        this.#mesh.setTables(this.#policySource.first.mesh.authz, this.#policySource.first.mesh.destinations);
-        this.#policySource.onTable((table) => this.setPolicy(table));
-        this.#policySource.onUpdate((update) => this.#mesh.setTables(update.mesh.authz, update.mesh.destinations));
-      }
+      // The identity is in the engine before anything listens, like the
+      // policy (whose table carries the authorization and meshed destinations).
+      await this.#mesh.start();
+      await this.#policy.start(this.proxy);
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
       this.#logBound(bound);
       this.#logInboundGuard();
-      this.logger.info({ generation: this.#table.generation, rules: this.#table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
       // A shutdown requested while binding wins: never report ready afterwards.
       if (this.#shutdownReason === undefined) this.#state = 'ready';
       this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
@@ -245,19 +212,12 @@ export class Sidecar {
       return bound;
     } catch (err) {
       this.#state = 'closed';
-      await this.#policySource?.close();
+      await this.#policy.close();
       await this.#mesh.close();
       await this.admin?.close();
       if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
       throw err;
     }
-  }
-
-  /** Swaps in a new policy (new connections only) and logs it. */
-  setPolicy(table: PolicyTable): void {
-    this.proxy.setPolicy(table);
-    this.#table = table;
-    this.logger.info({ generation: table.generation, rules: table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
   }
 
   /**
@@ -319,7 +279,7 @@ export class Sidecar {
     this.logEvents();
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';
-    await this.#policySource?.close();
+    await this.#policy.close();
     await this.#mesh.close();
     await this.admin?.close();
     this.#unguard();

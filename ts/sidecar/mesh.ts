@@ -1,7 +1,7 @@
 /**
- * The sidecar's mesh wiring: this proxy's identity into the engine and kept
- * current, and the engine's mesh tables (authorization, meshed
- * destinations) pushed as the policy layer recompiles them.
+ * The sidecar's mesh identity: loaded into the engine and kept current.
+ * (Which destinations are meshed and who may connect are part of the policy
+ * table, ts/policy/sidecar.ts: they follow the policy's updates.)
  *
  * Identity: loaded (and checked) at start by the IdentityReloader and
  * installed in the engine before any listener binds; a rotation installs
@@ -10,67 +10,29 @@
  * (`meshpipe_identity_reload_failures_total`) and shown on /ready. The
  * certificate's expiry is a metric (`identity_cert_expiration_timestamp_seconds`,
  * Linkerd's name) and, past 80% of its lifetime, a warning log.
- *
- * Tables: the authorization table is small (one workload's ports) and
- * replaced whole when it changes; the meshed-destinations table follows the
- * cluster, so only its changes cross into the engine (`updateDestinations`:
- * added, changed and removed entries), which copies only what they touch.
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/index.js';
-import type { AuthzSpec, DestinationSpec, DestinationsSpec, Proxy } from '../engine/index.js';
+import type { Proxy } from '../engine/index.js';
 import { IdentityReloader, type IdentityState } from '../identity/index.js';
 import type { Logger } from '../observe/index.js';
-import { compileAuthz } from '../policy/index.js';
 
 export const MESH_MESSAGES = {
   identityInstalled: 'mesh identity installed',
   identityReloadFailed: 'identity reload failed; the last good identity stays in force',
   identityExpiring: 'identity certificate past 80% of its lifetime: rotation looks stuck',
-  tablesRejected: 'mesh table rejected by the engine; the last good table stays in force',
 } as const;
-
-/** The destinations the engine holds, as JSON per net, to send only changes. */
-class DestinationsPusher {
-  #sent = new Map<string, string>();
-  #first = true;
-
-  constructor(private readonly proxy: Proxy) {}
-
-  push(spec: DestinationsSpec): void {
-    if (this.#first) {
-      this.proxy.setDestinations(spec);
-      this.#sent = new Map(spec.entries.map((e) => [e.net, JSON.stringify(e)]));
-      this.#first = false;
-      return;
-    }
-    const next = new Map<string, string>();
-    const upsert: DestinationSpec[] = [];
-    for (const e of spec.entries) {
-      const json = JSON.stringify(e);
-      next.set(e.net, json);
-      if (this.#sent.get(e.net) !== json) upsert.push(e);
-    }
-    const remove = [...this.#sent.keys()].filter((net) => !next.has(net));
-    if (upsert.length === 0 && remove.length === 0) return;
-    this.proxy.updateDestinations({ generation: spec.generation, upsert, remove });
-    this.#sent = next;
-  }
-}
 
 export class SidecarMesh {
   readonly #proxy: Proxy;
   readonly #config: ProxyConfig;
   readonly #logger: Logger;
   #reloader: IdentityReloader | undefined;
-  #authzJson = '';
-  readonly #destinations: DestinationsPusher;
 
   constructor(proxy: Proxy, config: ProxyConfig, logger: Logger, registry: Registry) {
     this.#proxy = proxy;
     this.#config = config;
     this.#logger = logger;
-    this.#destinations = new DestinationsPusher(proxy);
     const state = (): IdentityState | undefined => this.identityState();
     new Gauge({
       name: 'identity_cert_expiration_timestamp_seconds',
@@ -114,10 +76,9 @@ export class SidecarMesh {
 
   /**
    * Loads and installs the identity (when one is configured) and starts
-   * watching it; pushes the default authorization table when no policy
-   * source will send one. Throws ERR_IDENTITY on bad identity files.
+   * watching it. Throws ERR_IDENTITY on bad identity files.
    */
-  async start(withPolicySource: boolean): Promise<void> {
+  async start(): Promise<void> {
     const files = this.#config.identity;
     if (files !== undefined) {
       const reloader = new IdentityReloader({ files, name: this.#config.identityName });
@@ -136,16 +97,6 @@ export class SidecarMesh {
         this.#logger.warn({ identity: s.name, serial: s.serial, notAfter: new Date(s.notAfterMs).toISOString(), lifetimeUsed: s.lifetimeUsed }, MESH_MESSAGES.identityExpiring);
       }
     }
-    if (!withPolicySource) {
-      // No manifests or watch: the default inbound policy on every port.
-      const { spec } = compileAuthz({
-        generation: 1, workload: undefined, ref: { kind: 'Pod', namespace: '', name: '' }, namespace: '',
-        workloadAnnotations: {}, namespaceAnnotations: {}, servers: [], objects: [],
-        clusterNetworks: this.#config.clusterNetworks, defaultPolicy: this.#config.defaultInboundPolicy,
-        trustDomain: this.#config.trustDomain, identityTemplate: this.#config.identityTemplate,
-      });
-      this.setTables(spec, undefined);
-    }
   }
 
   #install(): void {
@@ -160,22 +111,6 @@ export class SidecarMesh {
       );
     } catch (err) {
       this.#logger.error({ err }, MESH_MESSAGES.identityReloadFailed);
-    }
-  }
-
-  /** Pushes the tables that changed (a rejected table keeps the engine's last good one). */
-  setTables(authz: AuthzSpec | undefined, destinations: DestinationsSpec | undefined): void {
-    try {
-      if (authz !== undefined) {
-        const json = JSON.stringify({ ...authz, generation: 0 });
-        if (json !== this.#authzJson) {
-          this.#proxy.setAuthz(authz);
-          this.#authzJson = json;
-        }
-      }
-      if (destinations !== undefined) this.#destinations.push(destinations);
-    } catch (err) {
-      this.#logger.error({ err }, MESH_MESSAGES.tablesRejected);
     }
   }
 

@@ -32,6 +32,11 @@ fn main() {
         core::copy::CopyMode,
         core::policy::PolicySpec,
         core::policy::RuleSpec,
+        core::policy::PortTableSpec,
+        core::policy::PortSpec,
+        core::policy::AddressSpec,
+        core::policy::PolicyDelta,
+        core::policy::PolicyFrameSpec,
         // The shared vocabulary.
         core::vocab::Direction,
         core::vocab::PortMode,
@@ -45,6 +50,10 @@ fn main() {
         core::CloseSummary,
         core::Snapshot,
         core::ListenerSnapshot,
+        core::policy::PolicySnapshot,
+        core::policy::PolicyRejection,
+        core::policy::PolicyDecision,
+        core::policy::PolicyMatch,
         core::ErrorsSnapshot,
         core::CopySnapshot,
         core::ServerFirstSnapshot,
@@ -67,8 +76,8 @@ fn main() {
         core::supervise::SpawnOutcome,
         core::supervise::ReapedChild,
         core::ErrorCode,
-        // Mesh identity (the addon's identity functions) and the tables
-        // phase 2 sends to the engine: inbound authorization, meshed destinations.
+        // Mesh identity (the addon's identity functions) and the mesh parts
+        // of the policy table: inbound authorization, meshed destinations.
         core::identity::ops::InitSpec,
         core::identity::ops::IssueSpec,
         core::identity::ops::LoadSpec,
@@ -80,9 +89,8 @@ fn main() {
         core::authz::AuthzRuleSpec,
         core::authz::NetworkSpec,
         core::authz::DecisionInfo,
-        core::destinations::DestinationsSpec,
         core::destinations::DestinationSpec,
-        core::destinations::DestinationsUpdate,
+        core::destinations::MeshPeerSpec,
         core::mesh::IdentityInstalled,
         core::mesh::MeshSnapshot,
         core::mesh::HandshakeErrorSnapshot,

@@ -38,7 +38,6 @@ pub enum AuthzError {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzSpec {
-    pub generation: u64,
     /// Ports with their own policy (selected by a Server).
     pub ports: Vec<PortAuthzSpec>,
     /// Every other port: the workload's default policy (`port` is ignored).
@@ -170,7 +169,6 @@ pub struct DecisionLabels {
 /// The compiled, immutable table.
 #[derive(Debug)]
 pub struct AuthzTable {
-    generation: u64,
     ports: HashMap<u16, PortAuthz>,
     default: PortAuthz,
     exposed: Option<HashSet<u16>>,
@@ -193,7 +191,7 @@ impl AuthzTable {
             Some(list) => Some(list.iter().copied().collect()),
             None => None,
         };
-        Ok(AuthzTable { generation: spec.generation, ports, default: compile_port(&spec.default)?, exposed })
+        Ok(AuthzTable { ports, default: compile_port(&spec.default)?, exposed })
     }
 
     /// A table that allows everyone everywhere (Linkerd's cluster default,
@@ -201,11 +199,32 @@ impl AuthzTable {
     pub fn allow_all() -> AuthzTable {
         let rule = AuthzRuleSpec { kind: "default".into(), name: "all-unauthenticated".into(), networks: vec![], identities: vec![] };
         let default = PortAuthzSpec { port: 0, srv_kind: "default".into(), srv_name: "all-unauthenticated".into(), rules: vec![rule] };
-        AuthzTable::from_spec(&AuthzSpec { generation: 0, ports: vec![], default, exposed_ports: None }).expect("static table")
+        AuthzTable::from_spec(&AuthzSpec { ports: vec![], default, exposed_ports: None }).expect("static table")
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// Who may connect to `port`, read back from the compiled table (for
+    /// explain): its Server or the default policy, and the rules in the
+    /// order they are tried.
+    pub fn describe(&self, port: u16) -> PortAuthzSpec {
+        let (p, port) = match self.ports.get(&port) {
+            Some(p) => (p, port),
+            None => (&self.default, 0),
+        };
+        let rules = p
+            .rules
+            .iter()
+            .map(|r| AuthzRuleSpec {
+                kind: r.kind.to_string(),
+                name: r.name.to_string(),
+                networks: r
+                    .networks
+                    .iter()
+                    .map(|n| NetworkSpec { cidr: n.net.to_string(), except: n.except.iter().map(ToString::to_string).collect() })
+                    .collect(),
+                identities: r.clients.patterns(),
+            })
+            .collect();
+        PortAuthzSpec { port, srv_kind: p.srv_kind.to_string(), srv_name: p.srv_name.to_string(), rules }
     }
 
     /// Decides a connection to `port` from `client_ip`, authenticated as
@@ -255,6 +274,20 @@ impl Rule {
 }
 
 impl Clients {
+    /// The identity patterns as they were given (empty: no mesh TLS needed).
+    fn patterns(&self) -> Vec<String> {
+        if self.anyone {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(self.exact.len() + self.suffixes.len() + 1);
+        if self.any_identity {
+            out.push("*".to_string());
+        }
+        out.extend(self.exact.iter().cloned());
+        out.extend(self.suffixes.iter().map(|s| format!("*{s}")));
+        out
+    }
+
     fn allow(&self, client: Option<&Identity>) -> bool {
         if self.anyone {
             return true;

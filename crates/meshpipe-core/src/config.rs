@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::addr::{AddrError, BindAddr, TargetAddr};
-use crate::policy::{Direction, PolicyError, PolicySpec, PolicyTable, PortMode};
+use crate::policy::{Direction, PolicyError, PolicySpec, PolicyStore, PortMode};
 
 /// Errors in an engine configuration.
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +280,7 @@ pub struct EngineConfig {
     /// `None`: series are kept forever.
     pub metrics_retain_idle: Option<Duration>,
     pub copy: crate::copy::CopyConfig,
-    pub policy: PolicyTable,
+    pub policy: PolicyStore,
     pub inbound: crate::target::InboundGuard,
 }
 
@@ -362,7 +362,7 @@ impl EngineSpec {
                     buffer_size: copy.buffer_size.clamp(1024, 1 << 20),
                 }
             },
-            policy: PolicyTable::compile(&self.policy)?,
+            policy: PolicyStore::compile(&self.policy)?,
             inbound,
         })
     }

@@ -52,13 +52,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use config::{EngineConfig, EngineSpec};
 pub use drain::CloseSummary;
 pub use events::EngineEvent;
-pub use policy::{PolicySpec, PolicyTable};
+pub use policy::{PolicyDecision, PolicyDelta, PolicySnapshot, PolicySpec, PolicyTable};
 pub use vocab::Direction;
 
 use listener::ListenerCtx;
@@ -138,8 +137,6 @@ pub enum EngineError {
     Limits(#[from] limits::LimitsError),
     #[error("mesh identity: {0}")]
     Identity(String),
-    #[error("invalid mesh table: {0}")]
-    Mesh(String),
 }
 
 impl EngineError {
@@ -155,7 +152,6 @@ impl EngineError {
             EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
             EngineError::Loop(_) | EngineError::Limits(_) => ErrorCode::InvalidConfig,
             EngineError::Identity(_) => ErrorCode::Identity,
-            EngineError::Mesh(_) => ErrorCode::Policy,
         }
     }
 }
@@ -195,7 +191,7 @@ impl Engine {
     /// replaced (`set_policy`), so the first connection sees the real one.
     pub fn new(config: EngineConfig) -> Engine {
         let ctx = Arc::new(Context {
-            policy: ArcSwap::from_pointee(config.policy),
+            policy: policy::Policy::new(config.policy),
             metrics: metrics::Metrics::new(config.max_metric_targets),
             conns: conn::ConnRegistry::default(),
             server_first: server_first::ServerFirstCache::new(config.detect.server_first_capacity, config.detect.server_first_ttl),
@@ -317,10 +313,24 @@ impl Engine {
     /// Swaps in a new policy table, before or after `start_on`; connections
     /// already open are untouched. Returns the table's generation.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<u64, EngineError> {
-        let table = PolicyTable::compile(spec)?;
-        let generation = table.generation();
-        self.ctx.policy.store(Arc::new(table));
-        Ok(generation)
+        Ok(self.ctx.policy.replace(spec)?)
+    }
+
+    /// Applies a change to the current policy table (all or nothing; refused
+    /// unless it applies to the current generation). Returns the new generation.
+    pub fn update_policy(&self, delta: &PolicyDelta) -> Result<u64, EngineError> {
+        Ok(self.ctx.policy.update(delta)?)
+    }
+
+    /// Counts an update that could not even be read (e.g. malformed JSON) as
+    /// rejected, so it shows in the snapshot like any other rejection.
+    pub fn reject_policy(&self, generation: u64, message: String) {
+        self.ctx.policy.reject(generation, message);
+    }
+
+    /// What the current table decides for a connection, with the source.
+    pub fn explain_policy(&self, direction: Direction, ip: std::net::IpAddr, port: u16) -> PolicyDecision {
+        self.ctx.policy.load().explain(direction, ip, port)
     }
 
     /// Installs or replaces this proxy's mesh identity from checked
@@ -331,22 +341,6 @@ impl Engine {
         material: &identity::material::IdentityMaterial,
     ) -> Result<(u64, identity::material::IdentityInfo), EngineError> {
         self.ctx.mesh.set_identity(material).map_err(|e| EngineError::Identity(e.to_string()))
-    }
-
-    /// Replaces the inbound authorization table (new connections only).
-    pub fn set_authz(&self, spec: &authz::AuthzSpec) -> Result<u64, EngineError> {
-        self.ctx.mesh.set_authz(spec).map_err(|e| EngineError::Mesh(e.to_string()))
-    }
-
-    /// Replaces the whole meshed-destinations table.
-    pub fn set_destinations(&self, spec: &destinations::DestinationsSpec) -> Result<u64, EngineError> {
-        self.ctx.mesh.set_destinations(spec).map_err(|e| EngineError::Mesh(e.to_string()))
-    }
-
-    /// Applies a change to the meshed-destinations table (only the shards it
-    /// touches are copied; all or nothing).
-    pub fn update_destinations(&self, update: &destinations::DestinationsUpdate) -> Result<u64, EngineError> {
-        self.ctx.mesh.update_destinations(update).map_err(|e| EngineError::Mesh(e.to_string()))
     }
 
     /// The mesh identity new connections use, if one is installed.
@@ -372,6 +366,7 @@ impl Engine {
         Snapshot {
             uptime_ms: m.uptime().as_millis() as u64,
             policy_generation: self.ctx.policy.load().generation(),
+            policy: self.ctx.policy.snapshot(),
             listeners: self
                 .listeners()
                 .iter()
@@ -463,6 +458,8 @@ pub struct ErrorsSnapshot {
 pub struct Snapshot {
     pub uptime_ms: u64,
     pub policy_generation: u64,
+    /// The policy table's size and update counters (rejections included).
+    pub policy: PolicySnapshot,
     pub listeners: Vec<ListenerSnapshot>,
     pub tcp: Vec<metrics::TcpSnapshot>,
     /// TCP series kept per direction (inbound, outbound), overflow not counted.
@@ -477,7 +474,7 @@ pub struct Snapshot {
     /// Connections refused by transparent listeners, per direction and reason
     /// (`{direction}_tcp_accept_errors_total{error}`).
     pub accept_errors: Vec<metrics::AcceptErrorSnapshot>,
-    /// Identity, meshed destinations, handshakes, tunnel refusals, authorization.
+    /// Identity, handshakes, tunnel refusals, authorization decisions.
     pub mesh: mesh::MeshSnapshot,
     pub errors: ErrorsSnapshot,
 }

@@ -1,15 +1,13 @@
 //! The engine's mesh state: this proxy's identity (the mesh TLS configs
-//! built from it), the meshed-destinations index, the inbound authorization
-//! table and the mesh counters. Every connection reads them lock-free
-//! (`ArcSwap`); the control layer replaces them at run time:
+//! built from it) and the mesh counters. Every connection reads the identity
+//! lock-free (`ArcSwap`); [`Mesh::set_identity`] installs or replaces it at
+//! run time: connections that start afterwards use the new certificate, open
+//! ones keep the one they began with (they hold their own `Arc<TlsState>`).
 //!
-//! - [`Mesh::set_identity`] installs or replaces the identity: connections
-//!   that start afterwards use the new certificate, open ones keep the one
-//!   they began with (they hold their own `Arc<TlsState>`).
-//! - [`Mesh::set_destinations`] / [`Mesh::update_destinations`]: the first
-//!   table, then incremental changes (`destinations/index.rs`).
-//! - [`Mesh::set_authz`]: the workload's authorization table (small: one
-//!   workload's ports), replaced whole.
+//! Which destinations are meshed and who may connect inbound are part of the
+//! policy table (policy.rs: a port table's meshed peer, the frame's
+//! authorization and static destinations), so they follow the policy's one
+//! update path (whole tables, then deltas).
 //!
 //! Without an identity the proxy originates and terminates no mesh TLS:
 //! meshed destinations get plaintext (`no_tls_reason="disabled"`) and a
@@ -22,10 +20,8 @@ pub use metrics::{AuthzSnapshot, HandshakeErrorSnapshot, MeshMetrics, MeshSnapsh
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 
-use crate::authz::{AuthzSpec, AuthzTable};
-use crate::destinations::{DestinationIndex, DestinationsSpec, DestinationsUpdate};
 use crate::identity::material::{IdentityInfo, IdentityMaterial};
 use crate::tls::{TlsError, TlsState};
 
@@ -42,22 +38,12 @@ pub struct IdentityInstalled {
 pub struct Mesh {
     tls: ArcSwapOption<TlsState>,
     generation: AtomicU64,
-    pub destinations: DestinationIndex,
-    authz: ArcSwap<AuthzTable>,
     pub metrics: MeshMetrics,
 }
 
 impl Mesh {
     pub fn new(max_series: usize) -> Mesh {
-        Mesh {
-            tls: ArcSwapOption::empty(),
-            generation: AtomicU64::new(0),
-            destinations: DestinationIndex::default(),
-            // Linkerd's cluster default until the control layer sends the
-            // workload's table: everything is allowed (`all-unauthenticated`).
-            authz: ArcSwap::from_pointee(AuthzTable::allow_all()),
-            metrics: MeshMetrics::new(max_series),
-        }
+        Mesh { tls: ArcSwapOption::empty(), generation: AtomicU64::new(0), metrics: MeshMetrics::new(max_series) }
     }
 
     /// The identity's TLS configs new connections use, if any.
@@ -76,37 +62,9 @@ impl Mesh {
         Ok((generation, info))
     }
 
-    /// The authorization table new connections are decided by.
-    pub fn authz(&self) -> arc_swap::Guard<Arc<AuthzTable>> {
-        self.authz.load()
-    }
-
-    pub fn set_authz(&self, spec: &AuthzSpec) -> Result<u64, crate::authz::AuthzError> {
-        let table = AuthzTable::from_spec(spec)?;
-        let generation = table.generation();
-        self.authz.store(Arc::new(table));
-        Ok(generation)
-    }
-
-    pub fn set_destinations(&self, spec: &DestinationsSpec) -> Result<u64, crate::destinations::DestinationsError> {
-        self.destinations.replace(spec)?;
-        Ok(spec.generation)
-    }
-
-    pub fn update_destinations(&self, update: &DestinationsUpdate) -> Result<u64, crate::destinations::DestinationsError> {
-        self.destinations.update(update)?;
-        Ok(update.generation)
-    }
-
     /// Everything the mesh counts, for one scrape.
     pub fn snapshot(&self) -> MeshSnapshot {
         let tls = self.tls();
-        self.metrics.snapshot(
-            tls.as_ref().map(|t| t.info().clone()),
-            tls.as_ref().map_or(0, |t| t.generation()),
-            self.destinations.len() as u64,
-            self.destinations.generation(),
-            self.authz.load().generation(),
-        )
+        self.metrics.snapshot(tls.as_ref().map(|t| t.info().clone()), tls.as_ref().map_or(0, |t| t.generation()))
     }
 }

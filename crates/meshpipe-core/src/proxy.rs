@@ -27,7 +27,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
@@ -41,7 +40,7 @@ use crate::copy::{self, CopyConfig, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
 use crate::metrics::{errno_index, Metrics, Peer, SeriesKey, TcpSeries};
-use crate::policy::PolicyTable;
+use crate::policy::Policy;
 use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
@@ -53,7 +52,7 @@ pub use sniff::{Sniffed, Upstream};
 
 /// Engine-wide state every connection task shares.
 pub struct Context {
-    pub policy: ArcSwap<PolicyTable>,
+    pub policy: Policy,
     pub metrics: Metrics,
     pub conns: ConnRegistry,
     pub server_first: ServerFirstCache,
@@ -73,7 +72,7 @@ pub struct Context {
     pub metrics_retain_idle: Option<Duration>,
     /// The proxy's own addresses, for loop protection (set once bound).
     pub own: std::sync::OnceLock<crate::loops::OwnAddrs>,
-    /// Identity, meshed destinations, authorization and their counters.
+    /// The mesh identity and the mesh counters.
     pub mesh: crate::mesh::Mesh,
 }
 
@@ -201,21 +200,20 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     let _ = info.target.set(target);
     span.record("target", tracing::field::display(target));
 
-    // 2. Policy: the listener's explicit mode wins over the table.
+    // 2. Policy: the port's mode and, outbound, the meshed peer behind the
+    // address (one probe of the table); the listener's explicit mode wins.
+    let (policy, dest) = ctx.policy.load().route(l.direction, target);
     let (mode, detect_timeout) = match l.mode {
         Some(mode) => (mode, None),
-        None => {
-            let p = ctx.policy.load().lookup(l.direction, target);
-            (p.mode, p.detect_timeout)
-        }
+        None => (policy.mode, policy.detect_timeout),
     };
     let timeout = ctx.detect.timeout_for(l.direction, target.port(), detect_timeout);
-    debug!(mode = mode.as_str(), detect_timeout_ms = timeout.as_millis() as u64, "policy");
-    // Outbound: a meshed destination (one hash probe) goes over mesh TLS.
-    let dest = match l.direction {
-        Direction::Outbound => ctx.mesh.destinations.lookup(target.ip()),
-        Direction::Inbound => None,
-    };
+    debug!(
+        mode = mode.as_str(),
+        detect_timeout_ms = timeout.as_millis() as u64,
+        server_id = dest.as_ref().map(|d| d.identity.as_str()),
+        "policy"
+    );
     let originate = dest.is_some() && mesh_tls.is_some();
 
     // 3. Detect. The server-first race dials in plaintext: never to a

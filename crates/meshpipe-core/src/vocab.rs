@@ -200,7 +200,7 @@ pub enum NoTlsReason {
     /// Inbound: the client did not start mesh TLS.
     NoTlsFromRemote,
     /// Outbound: the destination has no known mesh identity (not in the
-    /// meshed-destinations table).
+    /// policy table).
     NotProvidedByServiceDiscovery,
     /// Outbound: the destination is a loopback address (never meshed).
     Loopback,

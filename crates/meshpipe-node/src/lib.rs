@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshpipe_core::{Engine, EngineSpec, ErrorCode, PolicySpec};
+use meshpipe_core::policy::{Direction, PolicyTable};
+use meshpipe_core::{Engine, EngineSpec, ErrorCode, PolicyDelta, PolicySpec};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -195,11 +196,13 @@ impl NativeProxy {
         Ok(promise)
     }
 
-    /// Swaps in a new policy table (JSON of a `PolicySpec`), before or after
-    /// `start()`; new connections only. Returns its generation.
+    /// Swaps in a whole new policy table (UTF-8 JSON of a `PolicySpec`),
+    /// before or after `start()`; new connections only. Returns its
+    /// generation. A table that does not parse or validate changes nothing
+    /// and is counted as rejected (snapshot `policy`).
     #[napi]
-    pub fn set_policy(&self, policy: String) -> Result<i64, ErrorCode> {
-        let spec: PolicySpec = serde_json::from_str(&policy).map_err(|e| fail(ErrorCode::Policy, format!("policy table: {e}")))?;
+    pub fn set_policy(&self, policy: Uint8Array) -> Result<i64, ErrorCode> {
+        let spec: PolicySpec = serde_json::from_slice(&policy).map_err(|e| self.unreadable("policy table", e))?;
         self.inner.engine.set_policy(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
@@ -217,27 +220,21 @@ impl NativeProxy {
         to_json(&meshpipe_core::mesh::IdentityInstalled { generation, info })
     }
 
-    /// Replaces the inbound authorization table (JSON of an `AuthzSpec`);
-    /// new connections only. Returns its generation.
+    /// Applies a change to the current policy table (UTF-8 JSON of a
+    /// `PolicyDelta`): all or nothing, and only to the generation it names
+    /// as its base. Returns the new generation.
     #[napi]
-    pub fn set_authz(&self, table: String) -> Result<i64, ErrorCode> {
-        let spec = parse_json("authorization table", &table, ErrorCode::Policy)?;
-        self.inner.engine.set_authz(&spec).map(|g| g as i64).map_err(engine_error)
+    pub fn update_policy(&self, delta: Uint8Array) -> Result<i64, ErrorCode> {
+        let delta: PolicyDelta = serde_json::from_slice(&delta).map_err(|e| self.unreadable("policy delta", e))?;
+        self.inner.engine.update_policy(&delta).map(|g| g as i64).map_err(engine_error)
     }
 
-    /// Replaces the meshed-destinations table (JSON of a `DestinationsSpec`).
+    /// What the current policy decides for a connection in `direction` to
+    /// `ip`:`port`, with its source: JSON of a `PolicyDecision`.
     #[napi]
-    pub fn set_destinations(&self, table: String) -> Result<i64, ErrorCode> {
-        let spec = parse_json("meshed destinations", &table, ErrorCode::Policy)?;
-        self.inner.engine.set_destinations(&spec).map(|g| g as i64).map_err(engine_error)
-    }
-
-    /// Applies a change to the meshed-destinations table (JSON of a
-    /// `DestinationsUpdate`): all or nothing, copying only what it touches.
-    #[napi]
-    pub fn update_destinations(&self, update: String) -> Result<i64, ErrorCode> {
-        let update = parse_json("meshed destinations update", &update, ErrorCode::Policy)?;
-        self.inner.engine.update_destinations(&update).map(|g| g as i64).map_err(engine_error)
+    pub fn explain_policy(&self, direction: String, ip: String, port: u32) -> Result<String, ErrorCode> {
+        let (direction, ip, port) = lookup_args(&direction, &ip, port)?;
+        to_json(&self.inner.engine.explain_policy(direction, ip, port))
     }
 
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
@@ -257,6 +254,81 @@ impl NativeProxy {
     pub fn take_events(&self) -> Result<String, ErrorCode> {
         to_json(&self.inner.engine.take_events())
     }
+}
+
+impl NativeProxy {
+    /// An update that cannot even be read is a rejected update too.
+    fn unreadable(&self, what: &str, e: serde_json::Error) -> Error<ErrorCode> {
+        let message = format!("{what}: {e}");
+        self.inner.engine.reject_policy(0, message.clone());
+        fail(ErrorCode::Policy, message)
+    }
+}
+
+fn lookup_args(direction: &str, ip: &str, port: u32) -> Fallible<(Direction, std::net::IpAddr, u16)> {
+    let direction = match direction {
+        "inbound" => Direction::Inbound,
+        "outbound" => Direction::Outbound,
+        other => return Err(fail(ErrorCode::InvalidConfig, format!("direction {other:?}: expected \"inbound\" or \"outbound\""))),
+    };
+    let ip = ip.trim().parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IPv4 or IPv6 address")))?;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 1-65535")))?;
+    Ok((direction, ip, port))
+}
+
+/// A compiled policy table on its own, with the engine's own lookup: what
+/// `meshpipe explain` and tests use, so they answer exactly as the engine
+/// would, with no proxy running.
+#[napi]
+pub struct PolicyLookup {
+    table: PolicyTable,
+}
+
+#[napi]
+impl PolicyLookup {
+    /// Compiles a table (UTF-8 JSON of a `PolicySpec`); throws `ERR_POLICY`
+    /// naming the bad entry, exactly as the engine would refuse it.
+    #[napi(constructor)]
+    pub fn new(spec: Uint8Array) -> Result<Self, ErrorCode> {
+        let spec: PolicySpec = serde_json::from_slice(&spec).map_err(|e| fail(ErrorCode::Policy, format!("policy table: {e}")))?;
+        let table = PolicyTable::compile(&spec).map_err(|e| fail(ErrorCode::Policy, format!("invalid policy: {e}")))?;
+        Ok(PolicyLookup { table })
+    }
+
+    /// The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`
+    /// (outbound with the meshed peer, inbound with who may connect).
+    #[napi]
+    pub fn explain(&self, direction: String, ip: String, port: u32) -> Result<String, ErrorCode> {
+        let (direction, ip, port) = lookup_args(&direction, &ip, port)?;
+        to_json(&self.table.explain(direction, ip, port))
+    }
+
+    /// The table's authorization decision for a client of `port` (its mesh
+    /// identity, or none for plaintext, and its address): JSON of a
+    /// `DecisionInfo`.
+    #[napi]
+    pub fn authorize(&self, port: u32, client_identity: Option<String>, client_ip: String) -> Result<String, ErrorCode> {
+        let (client, ip, port) = authz_args(port, client_identity, &client_ip)?;
+        to_json(&self.table.authorize(port, client.as_ref(), ip))
+    }
+}
+
+fn authz_args(
+    port: u32,
+    client_identity: Option<String>,
+    client_ip: &str,
+) -> Fallible<(Option<meshpipe_core::identity::Identity>, std::net::IpAddr, u16)> {
+    let port = u16::try_from(port).map_err(|_| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 0-65535")))?;
+    let client =
+        client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
+    let ip = client_ip
+        .trim()
+        .parse()
+        .map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
+    Ok((client, ip, port))
 }
 
 impl Drop for NativeProxy {
@@ -357,36 +429,14 @@ pub fn identity_check(spec: String, cert: Buffer, key: Buffer, anchors: Buffer) 
 }
 
 /// The engine's authorization decision for one connection under a table
-/// (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For `meshpipe
-/// explain` and tests; the data path compiles the table once.
+/// (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For tests of the
+/// authorization compiler; the data path compiles the table once, as part of
+/// the policy table.
 #[napi]
 pub fn authz_decide(table: String, port: u32, client_identity: Option<String>, client_ip: String) -> Result<String, ErrorCode> {
     use meshpipe_core::authz::{AuthzSpec, AuthzTable, DecisionInfo};
     let spec: AuthzSpec = parse_json("authorization table", &table, ErrorCode::Policy)?;
     let table = AuthzTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
-    let port = u16::try_from(port).map_err(|_| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 0-65535")))?;
-    let client =
-        client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
-    let ip: std::net::IpAddr =
-        client_ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
+    let (client, ip, port) = authz_args(port, client_identity, &client_ip)?;
     to_json(&DecisionInfo::from(table.authorize(port, client.as_ref(), ip)))
-}
-
-/// Looks `ip` up in a meshed-destinations table (JSON of a
-/// `DestinationsSpec`): JSON of the matching `DestinationSpec` (its `net` is
-/// the address looked up) or `null`. For `meshpipe explain` and tests.
-#[napi]
-pub fn destinations_lookup(table: String, ip: String) -> Result<String, ErrorCode> {
-    use meshpipe_core::destinations::{DestinationSpec, DestinationTable, DestinationsSpec};
-    let spec: DestinationsSpec = parse_json("meshed destinations", &table, ErrorCode::Policy)?;
-    let table = DestinationTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
-    let addr: std::net::IpAddr =
-        ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IP address")))?;
-    let found = table.lookup(addr).map(|d| DestinationSpec {
-        net: ip.clone(),
-        identity: d.identity.to_string(),
-        tunnel_port: d.tunnel_port.get(),
-        source: d.source.to_string(),
-    });
-    to_json(&found)
 }

@@ -155,14 +155,7 @@ impl MeshMetrics {
         self.authz.sweep(quiet_sweeps, |c| c.load(Relaxed))
     }
 
-    pub(super) fn snapshot(
-        &self,
-        identity: Option<IdentityInfo>,
-        identity_generation: u64,
-        destinations: u64,
-        destinations_generation: u64,
-        authz_generation: u64,
-    ) -> MeshSnapshot {
+    pub(super) fn snapshot(&self, identity: Option<IdentityInfo>, identity_generation: u64) -> MeshSnapshot {
         let mut handshake_errors = Vec::new();
         for d in Direction::ALL {
             for reason in HandshakeFailure::ALL {
@@ -209,9 +202,6 @@ impl MeshMetrics {
         MeshSnapshot {
             identity,
             identity_generation,
-            destinations,
-            destinations_generation,
-            authz_generation,
             handshake_ms: Direction::ALL.iter().map(|d| self.handshakes[d.index()].snapshot()).collect(),
             handshake_errors,
             tunnel_errors,
@@ -268,10 +258,6 @@ pub struct MeshSnapshot {
     pub identity: Option<IdentityInfo>,
     /// How many identities were installed (0: none yet).
     pub identity_generation: u64,
-    /// Meshed destinations held, and the table's generation.
-    pub destinations: u64,
-    pub destinations_generation: u64,
-    pub authz_generation: u64,
     /// Successful handshakes' durations, [inbound, outbound].
     pub handshake_ms: Vec<HistogramSnapshot>,
     pub handshake_errors: Vec<HandshakeErrorSnapshot>,

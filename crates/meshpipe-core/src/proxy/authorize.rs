@@ -1,7 +1,7 @@
 //! The pipeline's inbound authorization stage: once the TLS decision is
 //! made (mesh TLS with a verified client identity, the client's own TLS
 //! passed through, or plaintext), the connection is decided by the
-//! workload's authorization table (`authz.rs`) for the port it is for (the
+//! workload's authorization table (`authz.rs`, part of the policy table) for the port it is for (the
 //! original destination's port, or inside the tunnel the header's port),
 //! with the client's identity (or none) and its address. A port selected by
 //! a Server denies anything not authorized; other ports follow the default
@@ -19,7 +19,7 @@ use crate::vocab::TlsStatus;
 
 /// Decides and counts one inbound connection; true when it may go on.
 pub(crate) fn inbound(ctx: &Context, port: u16, client: Option<&Identity>, client_ip: IpAddr, tls: &TlsStatus) -> bool {
-    let decision = ctx.mesh.authz().decide(port, client, client_ip);
+    let decision = ctx.policy.load().authz().decide(port, client, client_ip);
     let client_id = match tls {
         TlsStatus::Mesh { peer } => Some(peer),
         _ => None,

@@ -185,12 +185,10 @@ pub(crate) async fn tunnel(
         refuse(&stream, TunnelError::ProxyPort, &e);
         return None;
     }
-    let authz = ctx.mesh.authz();
-    if !authz.exposes(port) {
+    if !ctx.policy.load().authz().exposes(port) {
         refuse(&stream, TunnelError::NotExposed, &format_args!("port {port} is not one of the workload's ports"));
         return None;
     }
-    drop(authz);
     let tls = TlsStatus::Mesh { peer: Arc::from(accepted.client.as_str()) };
     if !authorize::inbound(ctx, port, Some(&accepted.client), peer.ip(), &tls) {
         socket::set_reset_on_close(stream.get_ref().0);
