@@ -8,9 +8,9 @@
 //! handshake with the peer's identity as SNI, this proxy's certificate as
 //! the client certificate and ALPN `transport.l5d.io/v1`, verifies the
 //! peer's chain and that its leaf names the expected identity (`tls/verify.rs`),
-//! then queues the transport header naming the original port (and the
-//! session protocol, for HTTP) so it leaves with the first application
-//! bytes. It returns the TLS stream, ready for the application's bytes.
+//! with the transport header naming the original port (and the session
+//! protocol, for HTTP) sent right after the client's Finished, in the same
+//! write. It returns the TLS stream, ready for the application's bytes.
 //! Every failure is counted by direction and reason (`handshake_errors`:
 //! handshake, verification such as `untrusted` or `expired`, or
 //! `identity_mismatch` when the peer proved another identity).
@@ -19,7 +19,7 @@
 //! first read (TLS 1.3: the client's Finished is its last flight), as an
 //! error that resets the client; it is counted by the server.
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,8 +41,6 @@ pub enum MeshConnectError {
     Connect { addr: std::net::SocketAddr, source: io::Error },
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
-    #[error("cannot send the transport header: {0}")]
-    Header(io::Error),
 }
 
 impl MeshConnectError {
@@ -50,7 +48,6 @@ impl MeshConnectError {
     pub fn io(&self) -> Option<&io::Error> {
         match self {
             MeshConnectError::Connect { source, .. } => Some(source),
-            MeshConnectError::Header(e) => Some(e),
             MeshConnectError::Handshake(_) => None,
         }
     }
@@ -70,17 +67,18 @@ pub async fn connect_mesh(
     let addr = std::net::SocketAddr::new(target.ip(), dest.tunnel_port.get());
     let tcp = super::connect(addr, ctx.connect_timeout).await.map_err(|source| MeshConnectError::Connect { addr, source })?;
     let started = Instant::now();
-    let (mut stream, connected) = match tls::connect(state, tcp, &dest.identity, ClientAlpn::Tunnel, ctx.connect_timeout).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            ctx.mesh.metrics.handshake_error(Direction::Outbound, e.reason);
-            return Err(e.into());
-        }
-    };
+    // The header rides in the client's last handshake flight (after its
+    // Finished, encrypted): the peer has it with the handshake.
+    let first = header.encode();
+    let (stream, connected) =
+        match tls::connect_with_first(state, tcp, &dest.identity, ClientAlpn::Tunnel, &first, ctx.connect_timeout).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                ctx.mesh.metrics.handshake_error(Direction::Outbound, e.reason);
+                return Err(e.into());
+            }
+        };
     ctx.mesh.metrics.handshake(Direction::Outbound, started.elapsed());
-    // Queued as a TLS record without a system call: it leaves with the
-    // first write or flush, usually together with the client's first bytes.
-    stream.get_mut().1.writer().write_all(&header.encode()).map_err(MeshConnectError::Header)?;
     Ok((stream, connected))
 }
 

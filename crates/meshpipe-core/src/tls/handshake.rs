@@ -9,6 +9,13 @@
 //! client's certificate (RFC 8446 §4.4: the client's Certificate and Finished
 //! are its last flight), so a server refusing this proxy's certificate is
 //! seen by [`connect`]'s caller as an alert on the first read, not here.
+//! That last flight can carry the client's first application bytes too
+//! ([`connect_with_first`]: the tunnel's transport header), so the server
+//! has them with the handshake, in one segment, without another round of
+//! writes and wake-ups.
+//!
+//! The peer's identity and serial come from the certificate facts the
+//! verifier kept (`tls/cache.rs`), so a certificate is parsed once.
 
 use std::io;
 use std::time::Duration;
@@ -16,6 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
+use super::cache::{self, Key, Usage};
 use super::verify::IdentityMismatch;
 use super::{ClientAlpn, TlsState};
 use crate::identity::cert::CertFacts;
@@ -168,6 +176,13 @@ pub struct Accepted {
     pub serial: String,
 }
 
+/// The facts of a peer's leaf: kept by the verifier of this handshake, or
+/// parsed (the cache may have dropped them since).
+fn peer_facts(state: &TlsState, usage: Usage, chain: &[rustls::pki_types::CertificateDer<'static>]) -> Option<std::sync::Arc<CertFacts>> {
+    let (leaf, rest) = chain.split_first()?;
+    cache::facts(&Key::new(state.id, usage, leaf, rest)).or_else(|| CertFacts::parse(leaf).ok().map(std::sync::Arc::new))
+}
+
 /// Opens mesh TLS to a peer that must prove `peer`, within `timeout`.
 pub async fn connect<IO>(
     state: &TlsState,
@@ -179,10 +194,33 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    connect_with_first(state, io, peer, alpn, &[], timeout).await
+}
+
+/// [`connect`], with `first` queued as the first application bytes: they
+/// leave encrypted right after the client's Finished, in the same write.
+pub async fn connect_with_first<IO>(
+    state: &TlsState,
+    io: IO,
+    peer: &Identity,
+    alpn: ClientAlpn,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(client::TlsStream<IO>, Connected), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let config = state.client_config(peer, alpn);
     let sni = rustls::pki_types::ServerName::try_from(peer.server_name())
         .map_err(|e| HandshakeError::new(HandshakeFailure::Handshake, format!("{peer} has no usable SNI: {e}")))?;
-    let handshake = TlsConnector::from(config).connect(sni, io);
+    let mut queued = Ok(());
+    let handshake = TlsConnector::from(config).connect_with(sni, io, |conn| {
+        if !first.is_empty() {
+            // Buffered by rustls until the handshake completes (never sent as 0-RTT data).
+            queued = std::io::Write::write_all(&mut conn.writer(), first);
+        }
+    });
+    queued.map_err(|e| HandshakeError::new(HandshakeFailure::Io, format!("cannot queue the first bytes: {e}")))?;
     let stream = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| HandshakeError::new(HandshakeFailure::Timeout, format!("no handshake with {peer} within {timeout:?}")))?
@@ -191,8 +229,7 @@ where
     if alpn == ClientAlpn::Tunnel && !tunnel {
         return Err(HandshakeError::new(HandshakeFailure::Alpn, format!("{peer} did not negotiate ALPN transport.l5d.io/v1")));
     }
-    let serial =
-        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|leaf| CertFacts::parse(leaf).ok()).map(|f| f.serial);
+    let serial = stream.get_ref().1.peer_certificates().and_then(|c| peer_facts(state, Usage::Server, c)).map(|f| f.serial.clone());
     tracing::debug!(%peer, tunnel, "mesh TLS established");
     Ok((stream, Connected { peer: peer.clone(), tunnel, serial }))
 }
@@ -222,11 +259,12 @@ where
             format!("the tunnel needs ALPN transport.l5d.io/v1, the client negotiated {}", got.as_deref().unwrap_or("none")),
         ));
     }
-    let leaf = conn
+    let chain = conn
         .peer_certificates()
-        .and_then(|c| c.first())
+        .filter(|c| !c.is_empty())
         .ok_or_else(|| HandshakeError::new(HandshakeFailure::NoClientCert, "no client certificate"))?;
-    let facts = CertFacts::parse(leaf).map_err(|e| HandshakeError::new(HandshakeFailure::BadCertificate, e.to_string()))?;
+    let facts = peer_facts(state, Usage::Client, chain)
+        .ok_or_else(|| HandshakeError::new(HandshakeFailure::BadCertificate, "the client certificate cannot be read"))?;
     let client = facts.primary_identity().cloned().ok_or_else(|| {
         HandshakeError::new(
             HandshakeFailure::NoClientIdentity,
@@ -235,5 +273,5 @@ where
     })?;
     let sni = conn.server_name().map(str::to_string);
     tracing::debug!(%client, tunnel, "mesh TLS accepted");
-    Ok((stream, Accepted { client, tunnel, sni, serial: facts.serial }))
+    Ok((stream, Accepted { client, tunnel, sni, serial: facts.serial.clone() }))
 }
