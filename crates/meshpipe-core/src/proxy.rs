@@ -458,5 +458,5 @@ async fn forward_streams<A: Transport, B: Transport>(
         up.add(buffered.len());
     }
     drop(buffered);
-    copy::stream::forward(client, server, up, down, ctx.copy.buffer_size).await
+    copy::stream::forward(client, server, up, down, ctx.copy.buffer_size.max(copy::stream::RECORDS_READ)).await
 }
