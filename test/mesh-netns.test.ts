@@ -253,6 +253,19 @@ spec:
     assert.match(m.stdout, /^inbound_tcp_authz_deny_total\{target_port="7071",[^}]*srv_name="sink",tls="true",client_id="[^"]+"\} 1$/m);
   });
 
+  test('an opaque port of a meshed destination is reached through the tunnel (detection skipped on both ends), never SNI to the port', async (t) => {
+    if (!(await requireNetns(t))) return;
+    // 7070 is opaque (its Server's proxyProtocol): the client's bytes are not read before the tunnel opens.
+    const held = pair.client.spawn(process.execPath, ['-e', SENDER, ip, '7070', '2048', 'hold'], APP);
+    await held.waitFor(/HALF/, 20_000);
+    const out = (await connections(pair.client)).filter((c) => c.direction === 'outbound' && c.target?.endsWith(':7070'));
+    assert.deepEqual(out.map((c) => [c.tls, c.tunnel, c.peerId, c.protocol]), [['true', true, SERVER_ID, 'opaque']], JSON.stringify(out));
+    const inb = (await connections(pair.server)).filter((c) => c.direction === 'inbound' && c.target?.endsWith(':7070'));
+    assert.deepEqual(inb.map((c) => [c.tls, c.tunnel, c.peerId]), [['true', true, CLIENT_ID]], JSON.stringify(inb));
+    held.child.stdin?.end('go\n');
+    await held.waitFor(/SENT (\w+) GOT \1 2048/);
+  });
+
   test('the tunnel refuses, by reason: plaintext, no client certificate, an untrusted CA, an expired client certificate, a wrong ALPN', async (t) => {
     if (!(await requireNetns(t))) return;
     const plain = await pair.client.exec('bash', ['-c', `exec 3<>/dev/tcp/${ip}/4143; printf 'GET / HTTP/1.1\\r\\n\\r\\n' >&3; cat <&3`], RAW);

@@ -132,3 +132,40 @@ test('usage errors exit 2 and name the bad value', async () => {
     assert.match(r.stderr, pattern);
   }
 });
+
+test('--port with manifests and a pod: who may connect and why, and one client\'s decision (the engine\'s, from the compiled table)', async () => {
+  const base = ['--manifests', fixture('authz.yaml'), '--namespace', 'shop', '--pod', 'db', '--port', '5432'];
+  const r = await explain(base);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /who may connect: Server db-pg: the first rule a client satisfies lets it in, anyone else is refused/);
+  assert.match(r.stdout, /authorizationpolicy pg-web: meshed clients web\.shop\.serviceaccount\.identity\.linkerd\.cluster\.local from any address/);
+  assert.match(r.stdout, /authorizationpolicy scrape: anyone \(no mesh TLS needed\) from 192\.168\.7\.0\/24 except 192\.168\.7\.128\/25/);
+  const web = await explain([...base, '--client', 'web.shop.serviceaccount.identity.linkerd.cluster.local', '--client-ip', '10.0.3.7']);
+  assert.match(web.stdout, /web\.shop\.serviceaccount\.identity\.linkerd\.cluster\.local from 10\.0\.3\.7: allowed by authorizationpolicy pg-web/);
+  const plain = await explain([...base, '--client', 'none', '--client-ip', '10.0.3.7', '--json']);
+  const client = (JSON.parse(plain.stdout) as { ports: { current: { direction: string; client?: { allow: boolean; srvName: string } }[] }[] }).ports[0]!.current
+    .find((c) => c.direction === 'inbound')!.client;
+  assert.deepEqual({ allow: client?.allow, srv: client?.srvName }, { allow: false, srv: 'db-pg' });
+  const other = await explain(['--manifests', fixture('authz.yaml'), '--namespace', 'shop', '--pod', 'db', '--port', '8080', '--default-inbound-policy', 'deny']);
+  assert.match(other.stdout, /who may connect: default policy cluster-authenticated/, 'the namespace annotation beats the flag');
+  const bad = await explain([...base, '--client', 'Not An Identity', '--client-ip', '10.0.3.7']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--client "Not An Identity"/);
+});
+
+test('--destination with manifests and --destinations: the meshed peer, opaque ports through the tunnel', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-explain-'));
+  const file = join(dir, 'destinations');
+  writeFileSync(file, '192.0.2.10 db.legacy.serviceaccount.identity.linkerd.cluster.local 14143\n');
+  const pod = await explain(['--manifests', fixture('meshed-pods.yaml'), '--port', '3306', '--destination', '10.0.1.5']);
+  assert.equal(pod.code, 0, pod.stderr);
+  assert.match(pod.stdout, /outbound 10\.0\.1\.5:3306: opaque/);
+  assert.match(pod.stdout, /mesh: mutual TLS to web\.shop\.serviceaccount\.identity\.linkerd\.cluster\.local through its tunnel port 4143 \(meshed: meshpipe\.io\/inject=enabled on Pod shop\/web-1 \(service account web\)\)/);
+  assert.match(pod.stdout, /opaque: no detection; the bytes go through the peer's tunnel as they are/);
+  const host = await explain(['--destinations', file, '--port', '5432', '--destination', '192.0.2.10', '--json']);
+  const out = (JSON.parse(host.stdout) as { ports: { current: { direction: string; mesh?: { identity: string; tunnelPort: number; source: string } | null }[] }[] }).ports[0]!.current
+    .find((c) => c.direction === 'outbound')!;
+  assert.deepEqual(out.mesh, { identity: 'db.legacy.serviceaccount.identity.linkerd.cluster.local', tunnelPort: 14143, source: `${file}:1` });
+  const none = await explain(['--port', '5432', '--destination', '192.0.2.11']);
+  assert.match(none.stdout, /mesh: not meshed: no mesh TLS/);
+});
