@@ -26,7 +26,7 @@
 # The stripping is the release profile's (`strip = "symbols"`, Cargo.toml).
 # Afterwards the script prints each file with its size and the newest glibc
 # symbol version it needs (readelf), and fails when a file still has a symbol
-# table or needs a glibc newer than 2.28.
+# table, needs a glibc newer than 2.28, or fails the load check below.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -76,6 +76,39 @@ npx napi artifacts "${config[@]}" --output-dir artifacts --npm-dir npm
 # generated loader, which meshpipe does not use): not part of any package.
 rm -f meshpipe.*.node
 
+# The load check: a C program for the target that defines the N-API functions
+# as stubs (Node provides them) and dlopen()s the addon with RTLD_NOW, so every
+# other symbol must resolve against the target's C library. Run for the
+# targets this machine can run: x86_64 glibc (gcc), x86_64 musl (musl-gcc, from
+# Debian's musl-tools), arm64 glibc (gcc-aarch64-linux-gnu and qemu-user). The
+# arm64 musl addon is only inspected (no arm64 musl loader in Debian).
+load_check() {
+  local file="$1" cc="$2" runner="$3" dir stubs
+  if ! command -v "$cc" >/dev/null 2>&1 || { [[ -n "$runner" ]] && ! command -v "${runner%% *}" >/dev/null 2>&1; }; then
+    echo "  load check skipped: $cc${runner:+ or ${runner%% *}} not installed"
+    return 0
+  fi
+  dir="$(mktemp -d)"
+  stubs="$(readelf --wide --dyn-syms "$file" | awk '$7 == "UND" { sub(/@.*/, "", $8); print $8 }' | grep '^napi_' | sort -u | sed 's/.*/int &(void) { return 1; }/')"
+  cat > "$dir/load.c" <<C
+#include <dlfcn.h>
+#include <stdio.h>
+$stubs
+int main(int argc, char **argv) {
+  void *h = dlopen(argv[1], RTLD_NOW);
+  if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+  return dlsym(h, "napi_register_module_v1") ? 0 : 2;
+}
+C
+  if "$cc" -rdynamic -o "$dir/load" "$dir/load.c" -ldl && $runner "$dir/load" "$(realpath "$file")"; then
+    echo "  load check: dlopen(RTLD_NOW) with $cc${runner:+ under ${runner%% *}}: ok"
+  else
+    echo "  $file does not load for its target (dlopen above)" >&2
+    status=1
+  fi
+  rm -rf "$dir"
+}
+
 echo "=== the platform packages"
 status=0
 for t in "${TARGETS[@]}"; do
@@ -100,5 +133,11 @@ for t in "${TARGETS[@]}"; do
     echo "  $file needs $glibc, newer than the 2.28 baseline" >&2
     status=1
   fi
+  case "$dir" in
+    linux-x64-gnu) load_check "$file" gcc "" ;;
+    linux-x64-musl) load_check "$file" musl-gcc "" ;;
+    linux-arm64-gnu) load_check "$file" aarch64-linux-gnu-gcc "qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
+    linux-arm64-musl) echo "  load check: none (inspected only)" ;;
+  esac
 done
 exit $status

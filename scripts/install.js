@@ -81,4 +81,4 @@ try {
 } catch (err) {
   fail(String(err instanceof Error ? err.message : err).split('\n'));
 }
-process.stdout.write(`meshpipe: native addon for ${target.id} from ${found.source} (${found.path})\n`);
+process.stdout.write(`meshpipe: native addon for ${target.id}: ${found.path} (${found.source})\n`);

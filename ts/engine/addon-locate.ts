@@ -48,7 +48,7 @@ export interface AddonTarget {
 /** Where an addon file was found. */
 export interface AddonLocation {
   readonly path: string;
-  /** `build from source` (the package's `native/`) or the platform package's name. */
+  /** Where it came from, for messages: `built from source` (`native/`) or `the prebuilt package meshpipe-…`. */
   readonly source: string;
 }
 
@@ -106,8 +106,8 @@ function candidates(target: AddonTarget): Array<{ path: string | undefined; sour
     // not installed: reported by the caller
   }
   return [
-    { path: local, source: 'build from source', shown: local },
-    { path: fromPackage, source: target.packageName, shown: fromPackage ?? `the package ${target.packageName} (not installed)` },
+    { path: local, source: 'built from source', shown: local },
+    { path: fromPackage, source: `the prebuilt package ${target.packageName}`, shown: fromPackage ?? `the package ${target.packageName} (not installed)` },
   ];
 }
 
@@ -154,7 +154,7 @@ export function loadAddon(target: AddonTarget = addonTarget()): unknown {
     const reason = err instanceof Error ? err.message : String(err);
     throw new MeshpipeError(
       'ERR_NATIVE',
-      `the native addon for ${target.id} (${found.source}: ${found.path}) did not load: ${reason}` +
+      `the native addon for ${target.id}, ${found.path} (${found.source}), did not load: ${reason}` +
         (/GLIBC_|version .* not found/.test(reason) ? '\nIt was built for a newer glibc than this system has: build from source (see the README, "Install").' : ''),
       { cause: err },
     );
