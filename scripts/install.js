@@ -10,7 +10,9 @@
  *   (dist/ts/engine/addon-locate.js: `native/`, then the prebuilt platform
  *   package `meshpipe-<platform>-<arch>-<libc>` that npm installed from
  *   optionalDependencies) and load it once, so a binary this system cannot
- *   run fails here. Cargo is never run on this path.
+ *   run fails here. Cargo is never run on this path. An install for another
+ *   platform (`npm install --os --cpu --libc`) checks that platform's file
+ *   and does not load it.
  * - No addon: fail with the message that names the platform, the prebuilt
  *   packages that exist and how to build from source.
  *
@@ -65,16 +67,33 @@ if (!existsSync(locator)) {
   npmRun('build:ts');
 }
 
-const { addonTarget, locateAddon, loadAddon, missingAddonMessage } = await import(pathToFileURL(locator).href);
-const target = addonTarget();
+const { addonTarget, detectLibc, locateAddon, loadAddon, missingAddonMessage } = await import(pathToFileURL(locator).href);
+
+// `npm install --os=linux --cpu=arm64 [--libc=musl]` installs another
+// platform's packages (a node_modules for a container image, say): check
+// that platform's addon is there, and do not load it here.
+const os = process.env.npm_config_os || process.platform;
+const cpu = process.env.npm_config_cpu || process.arch;
+const libcFlag = process.env.npm_config_libc;
+const hostLibc = process.platform === 'linux' ? detectLibc() : undefined;
+const libc = os !== 'linux' ? undefined : libcFlag === 'musl' ? 'musl' : libcFlag === 'glibc' ? 'gnu' : (hostLibc ?? 'gnu');
+const target = addonTarget(os, cpu, libc);
+const foreign = os !== process.platform || cpu !== process.arch || libc !== hostLibc;
+
 const found = locateAddon(target);
 if (!found) {
-  const why = checkout
-    ? ['This is a source checkout and cargo is not on PATH: install Rust (https://rustup.rs), then run `npm install` again.']
-    : onPath('cargo')
-      ? ['cargo is on PATH, but the published package carries no Rust sources to build: build from a checkout as below.']
-      : [];
+  const why = foreign
+    ? [`npm installed for ${target.id} (--os/--cpu/--libc), not for the machine running this install.`]
+    : checkout
+      ? ['This is a source checkout and cargo is not on PATH: install Rust (https://rustup.rs), then run `npm install` again.']
+      : onPath('cargo')
+        ? ['cargo is on PATH, but the published package carries no Rust sources to build: build from a checkout as below.']
+        : [];
   fail([...missingAddonMessage(target).split('\n'), ...why]);
+}
+if (foreign) {
+  process.stdout.write(`meshpipe: native addon for ${target.id}: ${found.path} (${found.source}; installed for another platform, not loaded here)\n`);
+  process.exit(0);
 }
 try {
   loadAddon(target);

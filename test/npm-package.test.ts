@@ -22,7 +22,9 @@
  *   CLI fails with the clear message (platform, packages, how to build from
  *   source), and so does an install that leaves the platform package out.
  * - The install script never runs cargo when a prebuilt addon matches: a
- *   `cargo` on PATH that records being run is not run.
+ *   `cargo` on PATH that records being run is not run. An install for
+ *   another platform (`npm install --cpu=arm64`, for an image) checks that
+ *   platform's package without loading it.
  *
  * Dependencies are installed with --prefer-offline: from npm's cache when it
  * has them (it does after `npm install` in this checkout on a machine whose
@@ -42,6 +44,8 @@ import { ROOT } from './helpers.js';
 const PLATFORM = 'linux-x64-gnu';
 const PLATFORM_PACKAGE = `meshpipe-${PLATFORM}`;
 const ADDON = `meshpipe.${PLATFORM}.node`;
+/** A platform this machine is not: `npm install --cpu=arm64` installs its package. */
+const FOREIGN = 'linux-arm64-gnu';
 const ALL_PACKAGES = ['meshpipe-linux-x64-gnu', 'meshpipe-linux-arm64-gnu', 'meshpipe-linux-x64-musl', 'meshpipe-linux-arm64-musl'];
 /** napi-rs's generated loader's last words; meshpipe's message must never be only that. */
 const NAPI_GENERIC = /npm has a bug related to optional dependencies/;
@@ -140,6 +144,7 @@ describe('npm packages: prebuilt platform package, install without Rust', () => 
   let env: NodeJS.ProcessEnv;
   let main: PackResult;
   let platform: PackResult;
+  let foreign: PackResult;
   let project: string;
 
   before(async () => {
@@ -172,6 +177,12 @@ describe('npm packages: prebuilt platform package, install without Rust', () => 
     };
     main = await pack(ROOT);
     platform = await pack(join(stage, 'npm', PLATFORM));
+    // Another platform's package, for an install with --cpu: its .node is not even an ELF file, so loading it would fail.
+    const foreignDir = join(work, 'foreign', FOREIGN);
+    mkdirSync(foreignDir, { recursive: true });
+    copyFileSync(join(ROOT, 'npm', FOREIGN, 'package.json'), join(foreignDir, 'package.json'));
+    writeFileSync(join(foreignDir, `meshpipe.${FOREIGN}.node`), 'not an addon: an install for another platform must not load it\n');
+    foreign = await pack(foreignDir);
 
     project = join(work, 'project');
     mkdirSync(project);
@@ -298,6 +309,45 @@ describe('npm packages: prebuilt platform package, install without Rust', () => 
     assert.equal(broken.code, 1, `exit 1 without the addon:\n${broken.stdout}${broken.stderr}`);
     assertClearMessage(broken.stderr);
     assert.match(broken.stderr, /\(ERR_NATIVE\)\n$/);
+  });
+
+  test('an install for another platform (npm --os/--cpu/--libc) checks that platform\'s package and does not load it', { timeout: INSTALL_TIMEOUT_MS + 60_000 }, async () => {
+    // The arm64 package as an optional dependency, the way meshpipe's own optionalDependencies bring it
+    // (npm applies --os/--cpu/--libc to optional packages only; a direct one for another CPU is EBADPLATFORM).
+    const cross = join(work, 'cross');
+    mkdirSync(cross);
+    writeFileSync(join(cross, 'package.json'), JSON.stringify({
+      name: 'image-build', version: '1.0.0', private: true,
+      dependencies: { meshpipe: `file:${join(work, main.filename)}` },
+      optionalDependencies: { [`meshpipe-${FOREIGN}`]: `file:${join(work, foreign.filename)}` },
+    }));
+    const install = await exec(
+      'npm',
+      ['install', '--os=linux', '--cpu=arm64', '--libc=glibc', '--prefer-offline', '--no-audit', '--no-fund', '--foreground-scripts'],
+      cross,
+      env,
+      INSTALL_TIMEOUT_MS,
+    );
+    const output = `${install.stdout}\n${install.stderr}`;
+    assert.equal(install.code, 0, `npm install --cpu=arm64 failed:\n${output}`);
+    const file = join(cross, 'node_modules', `meshpipe-${FOREIGN}`, `meshpipe.${FOREIGN}.node`);
+    assert.ok(output.includes(`meshpipe: native addon for ${FOREIGN}: ${file} (the prebuilt package meshpipe-${FOREIGN}; installed for another platform, not loaded here)\n`), output);
+
+    // The same install without the arm64 package: the message names the platform npm installed for.
+    const crossBare = join(work, 'cross-bare');
+    mkdirSync(crossBare);
+    writeFileSync(join(crossBare, 'package.json'), JSON.stringify({ name: 'image-build', version: '1.0.0', private: true }));
+    const bare = await exec(
+      'npm',
+      ['install', '--os=linux', '--cpu=arm64', '--libc=glibc', '--omit=optional', '--prefer-offline', '--no-audit', '--no-fund', '--foreground-scripts', join(work, main.filename)],
+      crossBare,
+      env,
+      INSTALL_TIMEOUT_MS,
+    );
+    const bareOutput = `${bare.stdout}\n${bare.stderr}`;
+    assert.notEqual(bare.code, 0, bareOutput);
+    assert.match(bareOutput, new RegExp(`no native addon for this platform: ${FOREIGN} `), bareOutput);
+    assert.match(bareOutput, new RegExp(`npm installed for ${FOREIGN} \\(--os/--cpu/--libc\\), not for the machine running this install`), bareOutput);
   });
 
   test('an install that leaves the platform package out fails with the clear message, not napi\'s generic one', { timeout: INSTALL_TIMEOUT_MS + 60_000 }, async () => {

@@ -72,11 +72,17 @@ function packageJson(): PackageJson {
  */
 export function detectLibc(): Libc {
   // Without network details the report skips reverse DNS lookups of open
-  // sockets (Node 20.13+; @types/node 20 does not declare the flag).
+  // sockets (Node 20.13+; @types/node 20 does not declare the flag). The
+  // setting is process-wide: put back as it was.
   const report: NodeJS.ProcessReport & { excludeNetwork?: boolean } = process.report;
+  const before = report.excludeNetwork;
   report.excludeNetwork = true;
-  const header = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header;
-  return header?.glibcVersionRuntime ? 'gnu' : 'musl';
+  try {
+    const header = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header;
+    return header?.glibcVersionRuntime ? 'gnu' : 'musl';
+  } finally {
+    if (before !== undefined) report.excludeNetwork = before;
+  }
 }
 
 /** This process's target (arguments for tests and messages about other platforms). */
