@@ -1,9 +1,10 @@
 /**
  * The native addon: loading it, and the typed calls across the boundary.
  *
- * The addon (crates/meshpipe-node, built by `napi build` into native/)
- * exports `NativeProxy`, `PolicyLookup` (a policy table with the engine's
- * own lookup, no proxy needed), `setEngineLog`, `interfaceAddresses` (the
+ * The addon (crates/meshpipe-node, built by `napi build` into native/, or
+ * the prebuilt platform package; ./addon-locate.ts finds it) exports
+ * `NativeProxy`, `PolicyLookup` (a policy table with the engine's own
+ * lookup, no proxy needed), `setEngineLog`, `interfaceAddresses` (the
  * pod IPs when nobody gave them), for `meshpipe run` `spawnApp` and
  * `reapChildren`, and the mesh functions (ts/engine/mesh.ts). Values cross as JSON
  * text: what goes in is `JSON.stringify` of a type from ./boundary.ts and
@@ -15,12 +16,8 @@
  * `MeshpipeError` with that code.
  */
 
-import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-import { MeshpipeError, fromNative } from '../errors.js';
+import { fromNative } from '../errors.js';
+import { loadAddon } from './addon-locate.js';
 import type * as Addon from '../../native/native.js';
 import type {
   DecisionInfo,
@@ -87,24 +84,10 @@ function bytesOf(value: PolicyTable | PolicyChange | Uint8Array): Uint8Array {
 
 let binding: RawBinding | undefined;
 
-/** Finds and loads the addon built for this platform. */
+/** Finds and loads the addon built for this platform (./addon-locate.ts: a build from source, else the platform package). */
 export function loadBinding(): RawBinding {
-  if (binding) return binding;
-  const here = dirname(fileURLToPath(import.meta.url));
-  const abi = isMusl() ? 'musl' : 'gnu';
-  const file = `meshpipe.${process.platform}-${process.arch}${process.platform === 'linux' ? `-${abi}` : ''}.node`;
-  const candidates = [join(here, '..', '..', '..', 'native', file), join(here, '..', '..', 'native', file)];
-  const found = candidates.find((p) => existsSync(p));
-  if (!found) {
-    throw new MeshpipeError('ERR_NATIVE', `the native addon ${file} was not found (looked in ${candidates.join(', ')}): run "npm run build:native"`);
-  }
-  binding = createRequire(import.meta.url)(found) as RawBinding;
+  binding ??= loadAddon() as RawBinding;
   return binding;
-}
-
-function isMusl(): boolean {
-  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
-  return !report?.header?.glibcVersionRuntime;
 }
 
 /** The engine, with its JSON boundary typed and errors mapped to `MeshpipeError`s. */
