@@ -116,11 +116,12 @@ export declare function reapChildren(pid: number | undefined | null, keep: Array
 
 /**
  * Installs the engine's log output (pino-shaped JSON lines on `stream`,
- * `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
- * replaces the filter of the output already installed. Process-wide: every
- * engine in the process shares it.
+ * `"stdout"` or `"stderr"`; `format` `"text"` renders them for a human, the
+ * default is `"json"`) with `filter` (RUST_LOG-style directives), or
+ * replaces the filter (and format) of the output already installed.
+ * Process-wide: every engine in the process shares it.
  */
-export declare function setEngineLog(filter: string, stream: string): void
+export declare function setEngineLog(filter: string, stream: string, format?: string | undefined | null): void
 
 /**
  * `meshpipe run`: starts the app (JSON of a `SpawnSpec`) so that it gets

@@ -9,9 +9,9 @@
  *       [--default-opaque-ports LIST] [--json]
  *
  * With --port (or --protocol) it walks the tree (TLS? default opaque port?
- * destination inside clusterNetworks?) and says what to configure and why;
- * with manifests or annotations it also shows what the compiled policy does
- * for that port today. With manifests and no port it prints every workload's
+ * destination inside clusterNetworks?) and, for each case the port meets,
+ * says what the compiled policy does and what to configure given that
+ * (explain-verdict.ts). With manifests and no port it prints every workload's
  * inbound ports and every destination's outbound ports with their sources.
  * `--json` prints the same answers as JSON for scripts. A small table of
  * well-known protocols (ports, who speaks first) backs `--protocol` and the
@@ -19,7 +19,7 @@
  */
 
 import { isIP } from 'node:net';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import {
   compileAllWorkloads,
@@ -27,17 +27,18 @@ import {
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   lineProblem,
-  lookupPolicy,
   parseCidrListStrict,
   parseDownwardApi,
+  type Cidr,
   type CompileResult,
   type PolicyInputs,
-  type PortDecision,
+  type PolicyProblem,
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
-import { describeRef, EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
-import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges } from '../config/index.js';
+import { EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
+import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
 import { renderEffective, renderEffectiveJson } from './explain-render.js';
+import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
 
 // ---------------------------------------------------------------------------
 // Known protocols.
@@ -109,16 +110,18 @@ export function formatProtocolTable(): string[] {
 
 // ---------------------------------------------------------------------------
 
-const USAGE = `Usage: meshpipe explain [--port PORT] [--protocol NAME] [--destination IP] [--tls]
+const USAGE = `Usage: meshpipe explain [--port PORT]... [--protocol NAME] [--destination IP] [--tls]
                         [--manifests PATH]... [--annotations FILE] [--namespace NS --pod NAME]
-                        [--cluster-networks LIST] [--default-opaque-ports LIST] [--json]
+                        [--cluster-networks LIST] [--default-opaque-ports LIST] [--opaque-ports LIST]
+                        [--json] [--strict]
 
 Walks the decision tree of Linkerd's TCP proxying and protocol detection page for a port and
-says what to configure and why. With --manifests (files or folders, repeatable) and no --port,
-prints the effective inbound and outbound policy of every workload port with its source.
+says what to configure and why, from what the compiled policy decides (the same compiler and
+the engine's own lookup as the proxy). With --manifests (files or folders, repeatable) and no
+--port, prints the effective inbound and outbound policy of every workload port with its source.
 
-  --port PORT                 the TCP port in question
-  --protocol NAME             a protocol name (mysql, smtp, redis, ...); implies its ports
+  --port PORT                 the TCP port in question (repeatable: each is explained)
+  --protocol NAME             a protocol name (mysql, smtp, redis, http, ...); implies its ports
   --destination IP            the address the client connects to (decides clusterNetworks)
   --tls                       the protocol is wrapped in TLS from the first byte
   --manifests PATH            Kubernetes manifests (file or folder; repeatable)
@@ -126,7 +129,14 @@ prints the effective inbound and outbound policy of every workload port with its
   --namespace NS, --pod NAME  which workload is "this" proxy's
   --cluster-networks LIST     default ${DEFAULT_CLUSTER_NETWORKS}
   --default-opaque-ports LIST default ${DEFAULT_OPAQUE_PORTS}
+  --opaque-ports LIST         the proxy's own --opaque-ports (opaque both ways, any address)
   --json                      machine-readable output
+  --strict                    exit 1 when the inputs have any problem (a bad annotation value
+                              too), for linting manifests in CI
+
+Exit codes: 0 answered; 1 an input could not be used (a file that does not parse), or any
+problem with --strict (the answer is printed either way); 2 bad usage or a path that does
+not exist.
 `;
 
 /** The answer for one port. */
@@ -138,15 +148,13 @@ export interface PortExplanation {
   readonly inDefaultOpaquePorts: boolean;
   readonly destination: string | null;
   readonly insideClusterNetworks: boolean | null;
-  /** What to configure, per branch of the tree that applies. */
-  readonly advice: readonly { readonly when: string; readonly action: string; readonly why: string }[];
+  /** One per case (inbound; each outbound destination), from the compiled policy's decision. */
+  readonly verdicts: readonly Verdict[];
   readonly notes: readonly string[];
-  /** What the compiled policy does today, when manifests or annotations were given. */
-  readonly current: readonly { readonly direction: 'inbound' | 'outbound'; readonly target: string; readonly mode: string; readonly source: string }[];
 }
 
 function fail(message: string): never {
-  throw new MeshpipeError('ERR_INVALID_ARGUMENT', `explain: ${message}`);
+  throw new MeshpipeError('ERR_INVALID_ARGUMENT', message);
 }
 
 function parsePort(text: string): number {
@@ -154,51 +162,43 @@ function parsePort(text: string): number {
   return Number(text);
 }
 
-/** Walks the seed page's tree for one port. Pure: no I/O. */
+/** The protocol facts for a port: from --protocol, else from the table when the port has one well-known use. */
+function protocolFacts(port: number, protocol: KnownProtocol | undefined, tls: boolean): ProtocolFacts {
+  const known = protocol ?? (() => {
+    const candidates = protocolsOnPort(port);
+    return candidates.length === 1 ? candidates[0] : undefined;
+  })();
+  return {
+    name: known?.name ?? null,
+    serverFirst: protocol ? protocol.serverFirst : null,
+    tls: tls || known?.tls === true,
+    http: known?.name === 'http',
+  };
+}
+
+/** Explains one port: the tree's questions, then one verdict per case, from the compiled policy. */
 export function explainPort(args: {
   port: number; protocol: KnownProtocol | undefined; tls: boolean; destination: string | undefined;
-  clusterNetworks: ReturnType<typeof parseCidrListStrict>; defaultOpaque: ReturnType<typeof parsePortListStrict>;
-}): Omit<PortExplanation, 'current'> {
+  clusterNetworks: readonly Cidr[]; defaultOpaque: readonly PortRange[]; result: CompileResult; hasWorkload: boolean;
+}): PortExplanation {
   const { port, protocol, destination } = args;
-  const tls = args.tls || protocol?.tls === true;
+  const facts = protocolFacts(port, protocol, args.tls);
   const inDefaults = portInRanges(port, args.defaultOpaque);
   const inside = destination === undefined ? null : inNetworks(args.clusterNetworks, destination);
-  const list = formatPortList(args.defaultOpaque);
-  const advice: { when: string; action: string; why: string }[] = [];
+  const list = verdicts({
+    port, protocol: facts, destination, networks: args.clusterNetworks, defaultOpaque: args.defaultOpaque, result: args.result, hasWorkload: args.hasWorkload,
+  });
   const notes: string[] = [];
-  const dest = destination ?? 'a destination';
-  if (tls) {
-    advice.push({ when: 'always', action: 'nothing to configure',
-      why: `the protocol is wrapped in TLS: meshpipe detects the ClientHello and proxies it as opaque TCP (SNI kept for metrics)` });
-  } else if (inDefaults) {
-    if (inside !== false) {
-      advice.push({ when: 'destination inside clusterNetworks', action: 'nothing to configure',
-        why: `${port} is in the default opaque list (${list}); ${destination ?? 'a destination'} inside clusterNetworks gets it on both sides` });
-    }
-    if (inside !== true) {
-      advice.push({ when: 'destination outside clusterNetworks', action: 'set config.linkerd.io/enable-external-profiles: "true" on the caller',
-        why: `${port} is in the default opaque list; ${destination === undefined ? dest : `destination ${dest}`} is outside clusterNetworks: set config.linkerd.io/enable-external-profiles on the caller` });
-    }
-  } else {
-    if (inside !== false) {
-      advice.push({ when: 'destination inside clusterNetworks', action: `set config.linkerd.io/opaque-ports: "${port}" on the destination (its Service, pod template or namespace)`,
-        why: `${port} is not in the default opaque list (${list}); ${destination ?? 'a destination'} inside clusterNetworks: mark it opaque on the destination so both the caller and the destination skip detection` });
-    }
-    if (inside !== true) {
-      advice.push({ when: 'destination outside clusterNetworks', action: `set config.linkerd.io/skip-outbound-ports: "${port}" on the caller`,
-        why: `${port} is not in the default opaque list; ${destination === undefined ? dest : `destination ${dest}`} is outside clusterNetworks: skip it on the caller so the connection bypasses the proxy` });
-    }
-  }
-  if (!tls && !inDefaults && protocol?.serverFirst !== false) {
-    notes.push(`${protocol?.serverFirst ? `${protocol.name} is server-first. ` : 'If the server speaks first: '}`
+  if (!facts.tls && !facts.http && facts.serverFirst !== false && list.some((v) => v.mode === 'detect')) {
+    notes.push(`${facts.serverFirst ? `${facts.name} is server-first. ` : 'If the server speaks first: '}`
       + 'meshpipe\'s server-first fast path means an unconfigured server-first port is not stalled 10 s: only the first connection '
       + 'to a target waits the grace period (100ms by default), later ones skip detection; marking the port opaque is still the precise fix.');
   }
   if (protocol) notes.push(`${protocol.name}: ${protocol.note}`);
   else for (const p of protocolsOnPort(port)) notes.push(`port ${port} is commonly ${p.name}: ${p.note}`);
   return {
-    port, protocol: protocol?.name ?? null, serverFirst: protocol ? protocol.serverFirst : null, tls,
-    inDefaultOpaquePorts: inDefaults, destination: destination ?? null, insideClusterNetworks: inside, advice, notes,
+    port, protocol: protocol?.name ?? null, serverFirst: protocol ? protocol.serverFirst : null, tls: facts.tls,
+    inDefaultOpaquePorts: inDefaults, destination: destination ?? null, insideClusterNetworks: inside, verdicts: list, notes,
   };
 }
 
@@ -211,43 +211,30 @@ function renderPort(e: PortExplanation, networks: string, list: string): string 
     const q = `  3. Is the destination inside clusterNetworks (${networks})?`;
     out.push(e.destination === null ? `${q} (no --destination: both answers)` : `${q} ${e.destination}: ${e.insideClusterNetworks ? 'yes' : 'no'}`);
   }
-  for (const a of e.advice) {
-    out.push(`  => ${e.advice.length > 1 ? `${a.when}: ` : ''}${a.action}`);
-    out.push(`     why: ${a.why}`);
+  for (const v of e.verdicts) {
+    out.push(`  => ${v.when}: ${v.action}`);
+    out.push(`     policy: ${v.direction} ${v.target}: ${v.mode} (${v.source})`);
+    out.push(`     why: ${v.why}`);
   }
   for (const n of e.notes) out.push(`  note: ${n}`);
-  if (e.current.length > 0) {
-    out.push('  current policy:');
-    for (const c of e.current) out.push(`    ${c.direction} ${c.target}: ${c.mode} (${c.source})`);
-  }
   return `${out.join('\n')}\n`;
 }
 
-/**
- * What the compiled policy does for this port today: the engine's own
- * lookup on the compiled table (ts/policy/lookup.ts), not a copy of it.
- */
-function currentFor(port: number, destination: string | undefined, result: CompileResult, hasWorkload: boolean): PortExplanation['current'] {
-  const table = result.table;
-  const out: { direction: 'inbound' | 'outbound'; target: string; mode: string; source: string }[] = [];
-  if (hasWorkload) {
-    const hit = lookupPolicy(table, 'inbound', '0.0.0.0', port);
-    const w = result.effective.workload;
-    const fallback = result.effective.inbound.ports.find((p) => p.ports.from === port);
-    out.push({ direction: 'inbound', target: `${w ? describeRef(w) : 'this pod'} port ${port}`, mode: hit.mode,
-      source: hit.matched !== 'default' ? hit.source : (fallback?.source ?? 'detect: nothing configured') });
-  }
-  if (destination !== undefined) {
-    const hit = lookupPolicy(table, 'outbound', destination, port);
-    out.push({ direction: 'outbound', target: `${destination.includes(':') ? `[${destination}]` : destination}:${port}`, mode: hit.mode,
-      source: hit.matched !== 'default' ? hit.source : 'detect: nothing configured for this destination' });
-  } else {
-    for (const d of result.effective.outbound.destinations) {
-      const dec = d.decisions.find((x: PortDecision) => port >= x.ports.from && port <= x.ports.to);
-      if (dec) out.push({ direction: 'outbound', target: `${describeRef(d.object)}${d.addresses.length > 0 ? ` (${d.addresses.join(', ')})` : ''} port ${port}`, mode: dec.mode, source: dec.source });
+/** A problem that means an input could not be used at all (a file that does not parse, is unreadable or too large). */
+function isInputProblem(p: PolicyProblem): boolean {
+  return p.object === undefined && p.file !== undefined && p.line === undefined;
+}
+
+/** Refuses paths that do not exist: a typo in --manifests must not read as "nothing configured". */
+async function checkPathsExist(flag: string, paths: readonly string[]): Promise<void> {
+  for (const path of paths) {
+    try {
+      await stat(path);
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or folder' : (err as Error).message;
+      fail(`${flag} ${path}: ${why}`);
     }
   }
-  return out;
 }
 
 /** `meshpipe explain`. Resolves with the exit code. */
@@ -257,11 +244,11 @@ export async function main(argv: string[]): Promise<number> {
     ({ values } = parseArgs({
       args: argv, strict: true, allowPositionals: false,
       options: {
-        port: { type: 'string' }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
+        port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
         manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
         namespace: { type: 'string' }, pod: { type: 'string' },
-        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' },
-        json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' },
+        json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       },
     }));
   } catch (err) {
@@ -271,7 +258,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
     return 0;
   }
-  let networks, defaults;
+  let networks, defaults, opaque;
   try {
     networks = parseCidrListStrict(values['cluster-networks'] ?? DEFAULT_CLUSTER_NETWORKS);
   } catch (err) {
@@ -282,6 +269,11 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     fail(`--default-opaque-ports: ${(err as Error).message}`);
   }
+  try {
+    opaque = parsePortListStrict(values['opaque-ports'] ?? '');
+  } catch (err) {
+    fail(`--opaque-ports: ${(err as Error).message}`);
+  }
   // A zone index (fe80::1%eth0) is no destination the engine can match: refused like a bad address.
   if (values.destination !== undefined && (isIP(values.destination) === 0 || values.destination.includes('%'))) {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
@@ -290,9 +282,12 @@ export async function main(argv: string[]): Promise<number> {
   if (values.protocol !== undefined && !protocol && values.port === undefined) {
     fail(`--protocol "${values.protocol}" is not in the table (run meshpipe explain --help); pass --port as well`);
   }
-  const ports = values.port !== undefined ? [parsePort(values.port)] : protocol ? [...protocol.ports] : [];
+  const given = (values.port ?? []).map(parsePort);
+  const ports = given.length > 0 ? [...new Set(given)] : protocol ? [...protocol.ports] : [];
 
   // Inputs for the compiled policy (only when the user gave something to compile).
+  await checkPathsExist('--manifests', values.manifests ?? []);
+  if (values.annotations !== undefined) await checkPathsExist('--annotations', [values.annotations]);
   const manifests = values.manifests && values.manifests.length > 0 ? await loadManifests(values.manifests) : EMPTY_MANIFESTS;
   let annotations: Record<string, string> | undefined;
   const fileProblems = [];
@@ -308,7 +303,7 @@ export async function main(argv: string[]): Promise<number> {
     for (const e of parsed.errors) fileProblems.push(lineProblem(values.annotations, e.line, e.message, e.key));
   }
   const inputs: PolicyInputs = {
-    defaultOpaquePorts: defaults, opaquePorts: [], clusterNetworks: networks.map((n) => n.text),
+    defaultOpaquePorts: defaults, opaquePorts: opaque, opaquePortsOrigin: '--opaque-ports flag', clusterNetworks: networks.map((n) => n.text),
     inboundDetectTimeoutMs: 10_000, outboundDetectTimeoutMs: 10_000,
     workloadAnnotations: annotations, workloadAnnotationsOrigin: values.annotations,
     manifests, identity: { namespace: values.namespace, pod: values.pod },
@@ -320,18 +315,17 @@ export async function main(argv: string[]): Promise<number> {
   const problems = [...fileProblems, ...result.problems];
 
   if (ports.length > 0) {
-    const answers: PortExplanation[] = ports.map((port) => ({
-      ...explainPort({ port, protocol, tls: values.tls === true, destination: values.destination, clusterNetworks: networks, defaultOpaque: defaults }),
-      current: currentFor(port, values.destination, result, hasWorkload),
+    const answers = ports.map((port) => explainPort({
+      port, protocol, tls: values.tls === true, destination: values.destination, clusterNetworks: networks, defaultOpaque: defaults, result, hasWorkload,
     }));
     if (values.json) {
       process.stdout.write(`${JSON.stringify({ ports: answers, problems: problems.map((p) => p.message) }, null, 2)}\n`);
     } else {
       const nets = networks.map((n) => n.text).join(',');
       process.stdout.write(answers.map((a) => renderPort(a, nets, formatPortList(defaults))).join('\n'));
-      if (problems.length > 0) process.stdout.write(`\nproblems:\n${problems.map((p) => `  ${p.message}`).join('\n')}\n`);
+      if (problems.length > 0) process.stdout.write(`\nProblems (valid entries still apply):\n${problems.map((p) => `  ${p.message}`).join('\n')}\n`);
     }
-    return 0;
+    return exitCode(problems, values.strict === true);
   }
   if (!compiled) {
     process.stderr.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
@@ -349,6 +343,19 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${JSON.stringify(renderEffectiveJson(all.map((a) => a.result), shared, allProblems), null, 2)}\n`);
   } else {
     process.stdout.write(renderEffective(all.map((a) => a.result), shared, allProblems));
+  }
+  return exitCode(allProblems, values.strict === true);
+}
+
+/** 1 when an input could not be used, or with --strict when there is any problem; else 0. */
+function exitCode(problems: readonly PolicyProblem[], strict: boolean): number {
+  if (problems.some(isInputProblem)) {
+    process.stderr.write(`meshpipe explain: error: some inputs could not be used (listed under Problems); the answer covers the rest\n`);
+    return 1;
+  }
+  if (strict && problems.length > 0) {
+    process.stderr.write(`meshpipe explain: error: ${problems.length} problem${problems.length === 1 ? '' : 's'} in the inputs (--strict)\n`);
+    return 1;
   }
   return 0;
 }

@@ -31,9 +31,9 @@ export {
 } from './config.js';
 export { hasPolicySources } from './sidecar.js';
 export { parseBindAddr } from './forward.js';
-export { LOG_LEVELS } from './config.js';
+export { LOG_FORMATS, LOG_LEVELS, type LogFormat } from './config.js';
 export { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy, type IdentityConfig, type IdentityFiles } from './identity.js';
-export { parseDuration, formatDuration } from './durations.js';
+export { DurationError, DURATION_UNITS, parseDuration, formatDuration } from './durations.js';
 export {
   parsePortList,
   parsePortListStrict,

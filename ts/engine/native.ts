@@ -178,11 +178,12 @@ export class PolicyLookup {
 
 /**
  * Installs (or re-filters) the engine's log output: pino-shaped JSON lines on
- * `stream`, filtered by RUST_LOG-style `filter` directives. Process-wide.
+ * `stream`, filtered by RUST_LOG-style `filter` directives; `format` `text`
+ * renders them for a human as ts/observe/log-format.ts does. Process-wide.
  */
-export function setEngineLog(filter: string, stream: EngineLogStream): void {
+export function setEngineLog(filter: string, stream: EngineLogStream, format?: 'json' | 'text'): void {
   const { setEngineLog: set } = loadBinding();
-  call(() => set(filter, stream));
+  call(() => set(filter, stream, format));
 }
 
 /**

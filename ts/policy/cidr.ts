@@ -185,3 +185,10 @@ export function canonicalAddress(address: string): string | undefined {
   const host = hostCidr(address);
   return host === undefined ? undefined : host.text.slice(0, host.text.lastIndexOf('/'));
 }
+
+/** An address inside a network (its first host), e.g. to ask what the policy does for "any destination in it". */
+export function addressIn(cidr: Cidr): string {
+  const width = cidr.family === 4 ? 32 : 128;
+  const bits = cidr.prefix < width ? cidr.bits + 1n : cidr.bits;
+  return cidr.family === 4 ? bigIntToV4(bits) : bigIntToV6(bits);
+}

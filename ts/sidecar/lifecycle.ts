@@ -32,8 +32,8 @@
  */
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
-import type { ProxyConfig } from '../config/index.js';
+import { AdminServer, effectiveLogFormat, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
+import { formatDuration, type ProxyConfig } from '../config/index.js';
 import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
 import { guardSidecar, uncaughtErrors } from './guard.js';
@@ -120,7 +120,7 @@ export class Sidecar {
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
     // The engine's traces go to the same stream as these logs, filtered by
     // --engine-log (or --log-level); a bad filter throws ERR_INVALID_CONFIG.
-    setEngineLog(engineLogFilter(config), 'stdout');
+    setEngineLog(engineLogFilter(config), 'stderr', effectiveLogFormat(config.logFormat));
     const transparentInbound = config.forward.length === 0 && config.inbound !== null;
     if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
     this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
@@ -155,7 +155,7 @@ export class Sidecar {
             snapshot: () => this.#snapshotOrUndefined() ?? {},
             policy: () => this.#policy.view(this.#snapshotOrUndefined()),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
-            logFilter: (filter) => setEngineLog(filter, 'stdout'),
+            logFilter: (filter) => setEngineLog(filter, 'stderr', effectiveLogFormat(config.logFormat)),
             exposeDebug: config.adminExposeDebug,
             logger,
           });
@@ -221,7 +221,18 @@ export class Sidecar {
     if (this.#shutdownReason !== undefined) return;
     this.#shutdownReason = reason;
     if (this.#state === 'ready' || this.#state === 'starting') this.#state = 'draining';
-    this.logger.info({ reason, inboundStopDelayMs: this.config.inboundStopDelayMs }, LIFECYCLE_MESSAGES.shutdownRequested);
+    const drain = formatDuration(this.config.drainTimeoutMs);
+    // A person who pressed Ctrl-C wants to know what happens now, and how to make it quicker.
+    const again = reason === 'SIGINT' ? 'a second Ctrl-C' : reason === 'SIGTERM' ? 'a second SIGTERM' : 'SIGINT or SIGTERM';
+    this.logger.info(
+      {
+        reason,
+        inboundStopDelayMs: this.config.inboundStopDelayMs,
+        drainTimeoutMs: this.config.drainTimeoutMs,
+        hint: `draining: open connections get up to ${drain} (--drain-timeout) to finish; ${again} exits at once`,
+      },
+      LIFECYCLE_MESSAGES.shutdownRequested,
+    );
     this.#inboundStopped = this.#stopInbound();
     this.#requested(reason);
   }
