@@ -45,6 +45,11 @@ export declare class NativeProxy {
    * `ip`:`port`, with its source: JSON of a `PolicyDecision`.
    */
   explainPolicy(direction: string, ip: string, port: number): string
+  /**
+   * Replaces the addresses of a listener's named target (JSON of a
+   * `TargetAddrsSpec`): new connections spread over them.
+   */
+  setTargetAddrs(spec: string): void
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */

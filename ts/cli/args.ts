@@ -34,7 +34,9 @@ export interface OptionSpec {
 
 export const PROXY_OPTIONS: readonly OptionSpec[] = [
   { flag: 'forward', type: 'string', multiple: true, key: 'forward', valueName: 'BIND=TARGET[,mode=M][,direction=D]',
-    help: 'listen on BIND and proxy to TARGET (repeatable); M: detect|opaque|http1|http2|grpc|tls, D: inbound|outbound (default outbound)' },
+    help: 'listen on BIND and proxy to TARGET (repeatable; MESHPIPE_FORWARD separates several with ";" or newlines, a config file takes a list); TARGET is ip:port, [ipv6]:port or a host name (db.internal:5432, resolved at start and on its TTL); BIND localhost:P listens on 127.0.0.1:P and [::1]:P; M: detect|opaque|http1|http2|grpc|tls, D: inbound|outbound (default outbound)' },
+  { flag: 'resolve-interval', type: 'string', key: 'resolveInterval', valueName: 'ttl|DURATION', help: 'how often a --forward target that is a host name is resolved again: ttl = when its records\' TTL runs out (names from /etc/hosts: every 30s), or a fixed interval; new connections spread over its addresses and fail over to the next one' },
+  { flag: 'dns-servers', type: 'string', key: 'dnsServers', valueName: 'IPS', help: 'DNS servers for --forward host names instead of /etc/resolv.conf\'s (then /etc/hosts is not read), e.g. 10.96.0.10 or 127.0.0.1:5353' },
   { flag: 'config', type: 'string', valueName: 'FILE', help: 'read options from a YAML or JSON file (keys in camelCase, e.g. drainTimeout)', defaultText: 'none; env MESHPIPE_CONFIG' },
   { flag: 'drain-timeout', type: 'string', key: 'drainTimeout', valueName: 'DURATION', help: 'on SIGTERM/SIGINT, let open connections finish for this long, then close them' },
   { flag: 'max-connections', type: 'string', key: 'maxConnections', valueName: 'N', help: 'limit on open proxied connections of each direction (inbound and outbound have their own), 0 = unlimited; excess waits in the kernel backlog' },

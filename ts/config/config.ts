@@ -27,6 +27,7 @@ import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, fo
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
 import { IDENTITY_FIELDS, type IdentityConfig, identityConfig } from './identity.js';
 import { checkCombinations, closest, unknownEnvWarnings } from './combinations.js';
+import { NAMES_FIELDS, type NamesConfig, namesConfig } from './names.js';
 import {
   parseBindAddr,
   parseForward,
@@ -35,12 +36,12 @@ import {
   type SocketAddr,
 } from './forward.js';
 
-export type { ForwardSpec, SocketAddr, PortMode, Direction } from './forward.js';
+export type { ForwardSpec, SocketAddr, PortMode, Direction, TargetAddress } from './forward.js';
 
 export { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './schemas.js';
 
 /** The validated, normalised, deeply frozen proxy configuration. */
-export interface ProxyConfig extends SidecarConfig, IdentityConfig {
+export interface ProxyConfig extends SidecarConfig, IdentityConfig, NamesConfig {
   readonly forward: readonly ForwardSpec[];
   readonly drainTimeoutMs: number;
   /** Limit on open proxied connections of each direction; 0 = unlimited (the default of the two below). */
@@ -149,6 +150,7 @@ const FIELDS = {
   inboundStopDelay: { schema: duration('a duration like 5s or 0 (stop at once)', { min: 0 }), default: '0s', expected: 'a duration like 5s or 0 (stop at once)' },
   ...SIDECAR_FIELDS,
   ...IDENTITY_FIELDS,
+  ...NAMES_FIELDS,
 } as const;
 
 export type ConfigKey = keyof typeof FIELDS;
@@ -322,6 +324,7 @@ export function resolveConfig(layers: readonly RawLayer[], extraWarnings: readon
     inboundStopDelayMs: v.inboundStopDelay,
     ...sidecarConfig(v),
     ...identityConfig(v, (k) => sources[k]),
+    ...namesConfig(v),
     sources,
     warnings: [],
   };

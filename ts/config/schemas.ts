@@ -7,6 +7,7 @@
  * it into the normalised value, or adds an issue whose message completes
  * "invalid KEY VALUE (from SOURCE): " with what was expected.
  */
+import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
 import { DurationError, parseDuration } from './durations.js';
 import { parsePortListStrict } from './port-list.js';
@@ -132,18 +133,32 @@ const forwardObject = z.strictObject({
   direction: z.string().optional(),
 });
 
-/** One string, a list of strings/objects; env vars separate several with `;` or newlines. */
+/** True when this machine has an IPv6 loopback address (`::1` on an interface). */
+export function hasIpv6Loopback(): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv6' && i.address === '::1'));
+}
+
+/**
+ * One string, a list of strings/objects; env vars separate several with `;`
+ * or newlines (a `,` separates a forward's options). A `localhost:P` bind
+ * becomes two listeners, 127.0.0.1:P and [::1]:P, when IPv6 loopback exists.
+ */
 export const forwardList = z
   .union([z.string(), z.array(z.union([z.string(), forwardObject]))])
   .transform((v, ctx) =>
     guard(() => {
       const items = typeof v === 'string' ? v.split(/[;\n]/).filter((s) => s.trim() !== '') : v;
-      const specs = items.map((item, index) => {
+      const specs = items.flatMap((item, index) => {
+        let spec;
         try {
-          return parseForward(item);
+          spec = parseForward(item);
         } catch (err) {
           throw new ForwardItemError(index, item, (err as Error).message);
         }
+        const { localhost, ...forward } = spec;
+        // `localhost:P` listens where clients of "localhost" connect: 127.0.0.1 and ::1.
+        if (!localhost || forward.bind.port === 0 || !hasIpv6Loopback()) return [forward];
+        return [forward, { ...forward, bind: { host: '::1', port: forward.bind.port, addr: `[::1]:${forward.bind.port}` } }];
       });
       checkUniqueBinds(specs);
       return nameForwards(specs);

@@ -38,6 +38,7 @@ import type {
   SpawnOutcome,
   SpawnSpec,
   Snapshot,
+  TargetAddrsSpec,
   TcpSnapshot,
   DetectResult,
 } from './boundary.js';
@@ -146,6 +147,11 @@ export class NativeProxy {
   /** What the current table decides for a connection, with the source. */
   explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
     return JSON.parse(call(() => this.#raw.explainPolicy(direction, ip, port))) as PolicyDecision;
+  }
+
+  /** Replaces the addresses of a listener's named target (a host name re-resolved; ./names.ts). */
+  setTargetAddrs(spec: TargetAddrsSpec): void {
+    call(() => this.#raw.setTargetAddrs(JSON.stringify(spec)));
   }
 
   snapshot(): EngineSnapshot {

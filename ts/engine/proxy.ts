@@ -156,6 +156,11 @@ export class Proxy {
     return this.#native.explainPolicy(direction, ip, port);
   }
 
+  /** Replaces the addresses of a listener's target host name (./names.ts); new connections use them. */
+  setTargetAddrs(listener: string, addrs: readonly string[]): void {
+    this.#native.setTargetAddrs({ listener, addrs: [...addrs] });
+  }
+
   /** Every engine counter, read in one call. */
   snapshot(): EngineSnapshot {
     return this.#native.snapshot();

@@ -40,6 +40,8 @@ import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
 import { Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot } from '../engine/index.js';
 import { createSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+import { ForwardNames } from './names.js';
+import { NotableFailures, NOTABLE_POLL_MS } from './notable.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
@@ -100,6 +102,8 @@ export class Sidecar {
   readonly admin: AdminServer | null;
   #state: SidecarState = 'new';
   #events: NodeJS.Timeout | undefined;
+  #notableTimer: NodeJS.Timeout | undefined;
+  readonly #notable: NotableFailures;
   #shutdownReason: string | undefined;
   #requested!: (reason: string) => void;
   /** Resolves with the reason when shutdown is first requested. */
@@ -109,6 +113,8 @@ export class Sidecar {
   #starting: Promise<unknown> | undefined;
   #inboundStopped: Promise<void> = Promise.resolve();
   readonly #policy: SidecarPolicy;
+  /** `--forward` targets that are host names (./names.ts). */
+  readonly #names: ForwardNames;
   #podIps: PodIps | undefined;
   #unguard: () => void;
 
@@ -125,6 +131,7 @@ export class Sidecar {
     if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
     this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
     this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#policy.initial, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
+    this.#names = new ForwardNames(config, logger);
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
     new Counter({
@@ -138,6 +145,20 @@ export class Sidecar {
         this.inc({ kind: 'rejection' }, uncaughtErrors.rejection);
       },
     });
+    if (!this.#names.empty) {
+      const failures = this.#names.failures;
+      new Counter({
+        name: 'meshpipe_forward_resolve_failures_total',
+        help: 'Failed re-resolutions of a --forward target host name, per listener (its last addresses stay in use; a name gone from DNS twice in a row loses them)',
+        labelNames: ['listener'],
+        registers: [this.metrics.registry],
+        collect() {
+          this.reset();
+          for (const [listener, n] of failures) this.inc({ listener }, n);
+        },
+      });
+    }
+    this.#notable = new NotableFailures(logger, config);
     this.#unguard = guardSidecar({
       logger,
       requestShutdown: (reason) => this.requestShutdown(reason),
@@ -190,6 +211,8 @@ export class Sidecar {
   async start(): Promise<readonly BoundListener[]> {
     this.#state = this.#state === 'new' ? 'starting' : this.#state;
     try {
+      // Host names first: one that does not resolve is a config error (exit 2) before anything binds.
+      await this.#names.start(this.proxy);
       await this.startAdmin();
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
@@ -202,9 +225,11 @@ export class Sidecar {
       if (this.#shutdownReason === undefined) this.#state = 'ready';
       this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
       this.#events = setInterval(() => this.logEvents(), EVENT_POLL_MS).unref();
+      this.#notableTimer = setInterval(() => this.checkFailures(), NOTABLE_POLL_MS).unref();
       return bound;
     } catch (err) {
       this.#state = 'closed';
+      this.#names.close();
       await this.#policy.close();
       await this.admin?.close();
       if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
@@ -272,6 +297,7 @@ export class Sidecar {
       await this.#inboundStopped;
     }
     clearInterval(this.#events);
+    clearInterval(this.#notableTimer);
     const started = Date.now();
     const open = this.#openConnections();
     // close() refuses new connections before it returns; log afterwards, so
@@ -282,10 +308,17 @@ export class Sidecar {
     this.logEvents();
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';
+    this.#names.close();
     await this.#policy.close();
     await this.admin?.close();
     this.#unguard();
     return summary;
+  }
+
+  /** Logs the notable failures the engine counted since the last look (./notable.ts). */
+  checkFailures(): void {
+    const snapshot = this.#snapshotOrUndefined();
+    if (snapshot !== undefined) this.#notable.check(snapshot);
   }
 
   /**

@@ -55,6 +55,8 @@ fn main() {
         core::policy::PolicyDecision,
         core::policy::PolicyMatch,
         core::ErrorsSnapshot,
+        core::names::NameSnapshot,
+        core::names::TargetAddrsSpec,
         core::CopySnapshot,
         core::ServerFirstSnapshot,
         core::server_first::LearnedTarget,

@@ -35,6 +35,7 @@ pub mod listener;
 pub mod log;
 pub mod loops;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub mod proxy;
 pub mod server_first;
@@ -169,6 +170,8 @@ pub struct BoundListener {
 pub struct Engine {
     ctx: Arc<Context>,
     workers: usize,
+    /// Listeners whose target is a host name, with its address set (`names.rs`).
+    names: Vec<(String, Arc<names::NamedTarget>)>,
     /// The listeners to bind; taken by `start_on`.
     pending: Mutex<Option<Vec<config::ListenerConfig>>>,
     listeners: OnceLock<Vec<Arc<ListenerCtx>>>,
@@ -206,7 +209,15 @@ impl Engine {
             metrics_retain_idle: config.metrics_retain_idle,
             own: OnceLock::new(),
         });
-        Engine { ctx, workers: config.workers, pending: Mutex::new(Some(config.listeners)), listeners: OnceLock::new() }
+        let names = config
+            .listeners
+            .iter()
+            .filter_map(|l| match &l.target {
+                config::Target::Named(n) => Some((l.name.clone(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        Engine { ctx, workers: config.workers, names, pending: Mutex::new(Some(config.listeners)), listeners: OnceLock::new() }
     }
 
     /// How many worker runtimes the engine should run on (the config's
@@ -240,7 +251,7 @@ impl Engine {
             bound.push(listener::bind(l, &self.ctx.drain.stop_accepting, workers.len())?);
         }
         let own = loops::OwnAddrs::new(bound.iter().map(|(_, l)| (l.name.clone(), l.local)).collect());
-        own.config_loop(&bound.iter().map(|(_, l)| (l.name.clone(), l.target)).collect::<Vec<_>>())?;
+        own.config_loop(&bound.iter().map(|(_, l)| (l.name.clone(), l.target.clone())).collect::<Vec<_>>())?;
         let _ = self.ctx.own.set(own);
         if let Ok((fd_limit, open)) = socket::fd_usage() {
             self.ctx.limits.size_fds(fd_limit, open)?;
@@ -328,6 +339,17 @@ impl Engine {
         self.ctx.policy.load().explain(direction, ip, port)
     }
 
+    /// Replaces the addresses of a listener's named target (the control
+    /// layer re-resolved the name); new connections use them, open ones are
+    /// untouched. An empty list: the name no longer resolves, and new
+    /// connections are refused and counted.
+    pub fn set_target_addrs(&self, spec: &names::TargetAddrsSpec) -> Result<(), names::NamesError> {
+        let named =
+            self.names.iter().find(|(l, _)| *l == spec.listener).ok_or_else(|| names::NamesError::NoSuchListener(spec.listener.clone()))?;
+        named.1.set_addrs(&names::parse_addrs(&spec.addrs)?);
+        Ok(())
+    }
+
     /// Takes the events queued since the last call, oldest first.
     pub fn take_events(&self) -> Vec<EngineEvent> {
         self.ctx.events.take()
@@ -364,6 +386,7 @@ impl Engine {
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
             copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
             accept_errors: m.snapshot_accept_errors(),
+            names: self.names.iter().map(|(l, n)| n.snapshot(l)).collect(),
             errors: ErrorsSnapshot {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
@@ -447,5 +470,7 @@ pub struct Snapshot {
     /// Connections refused by transparent listeners, per direction and reason
     /// (`{direction}_tcp_accept_errors_total{error}`).
     pub accept_errors: Vec<metrics::AcceptErrorSnapshot>,
+    /// Forwards to host names: their addresses and failures (`names.rs`).
+    pub names: Vec<names::NameSnapshot>,
     pub errors: ErrorsSnapshot,
 }

@@ -11,6 +11,7 @@
 //! its duration.
 
 mod connect;
+mod dial;
 mod sniff;
 
 use std::net::SocketAddr;
@@ -194,8 +195,9 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     info.set_state(ConnState::Connecting);
     let server = match sniffed.upstream {
         Upstream::Open(s) => Ok(s),
-        Upstream::Failed(e) => Err(e),
-        Upstream::None => connect(target.0, ctx.connect_timeout).await,
+        // A named target (`names.rs`) tries its other addresses (`proxy/dial.rs`).
+        Upstream::Failed(e) => dial::after_failed_dial(&l.target, target.0, e, ctx.connect_timeout).await,
+        Upstream::None => dial::connect_target(&l.target, target.0, ctx.connect_timeout).await,
     };
     let server = match server {
         Ok(s) => s,

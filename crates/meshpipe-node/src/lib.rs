@@ -223,6 +223,15 @@ impl NativeProxy {
         to_json(&self.inner.engine.explain_policy(direction, ip, port))
     }
 
+    /// Replaces the addresses of a listener's named target (JSON of a
+    /// `TargetAddrsSpec`): new connections spread over them.
+    #[napi]
+    pub fn set_target_addrs(&self, spec: String) -> Result<(), ErrorCode> {
+        let spec: meshpipe_core::names::TargetAddrsSpec =
+            serde_json::from_str(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, format!("target addresses: {e}")))?;
+        self.inner.engine.set_target_addrs(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, e))
+    }
+
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
     #[napi]
     pub fn snapshot(&self) -> Result<String, ErrorCode> {
