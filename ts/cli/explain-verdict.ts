@@ -70,7 +70,9 @@ function judge(
 ): Verdict {
   const { port, protocol } = inputs;
   const hit = lookupPolicy(inputs.result.table, c.direction, c.address, port);
-  const source = hit.matched === 'default' ? 'detect: nothing configured for it' : hit.source;
+  // Inbound, the effective policy says why nothing matched (e.g. an annotation that replaced the defaults).
+  const inboundWhy = c.direction === 'inbound' ? inputs.result.effective.inbound.ports.find((d) => port >= d.ports.from && port <= d.ports.to)?.source : undefined;
+  const source = hit.matched === 'default' ? (inboundWhy ?? 'detect: nothing configured for it') : hit.source;
   const base = { ...c, mode: hit.mode, source };
   if (hit.mode !== 'detect') {
     const httpNote = hit.mode === 'opaque' && protocol.http
@@ -88,8 +90,13 @@ function judge(
   let action: string;
   let where: string;
   if (c.direction === 'inbound') {
-    action = `set config.linkerd.io/opaque-ports: "${port}" on this workload (its pod template or namespace), or a Server for the port with proxyProtocol: opaque`;
-    where = 'this workload receives it';
+    // The annotation is one list that replaces the defaults: keep what it already holds.
+    const listed = inputs.result.effective.inbound.decisions
+      .filter((d) => d.mode === 'opaque' && d.source.includes('config.linkerd.io/opaque-ports'))
+      .map((d) => d.ports);
+    const value = formatPortList([...listed, { from: port, to: port }]);
+    action = `set config.linkerd.io/opaque-ports: "${value}" on this workload (its pod template or namespace), or a Server for the port with proxyProtocol: opaque`;
+    where = listed.length > 0 ? `this workload receives it, and its opaque-ports annotation (${formatPortList(listed)}) replaces the default list` : 'this workload receives it';
   } else if (c.inside) {
     action = `set config.linkerd.io/opaque-ports: "${port}" on the destination (its Service, pod template or namespace)`;
     where = `${port} is ${inDefaults ? '' : 'not '}in the default opaque list (${formatPortList(inputs.defaultOpaque)}); the destination is inside clusterNetworks: mark it opaque on the destination so both the caller and the destination skip detection`;
