@@ -73,10 +73,14 @@ function bareNumber(text: string): DurationError {
 /** Formats milliseconds back into the shortest exact human form (`1500ms`, `10s`, `5m`, `1m30s`). */
 export function formatDuration(ms: number): string {
   if (ms === 0) return '0s';
+  if (ms % 1000 !== 0) return `${ms}ms`;
+  let rest = ms;
+  let out = '';
   for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1_000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+    if (rest >= size) {
+      out += `${Math.floor(rest / size)}${unit}`;
+      rest %= size;
+    }
   }
-  // Minutes and seconds read better than a large number of milliseconds (90000 -> 1m30s).
-  if (ms > 60_000 && ms % 1000 === 0) return `${Math.floor(ms / 60_000)}m${(ms % 60_000) / 1000}s`;
-  return `${ms}ms`;
+  return out;
 }
