@@ -57,7 +57,7 @@ export function parseDuration(input: string | number): number {
     total += Number(m[1]) * UNITS[m[2]!]!;
     at = COMPONENT.lastIndex;
   }
-  if (text === '') throw new DurationError('empty duration', `expected a number with a unit (${DURATION_UNITS}), e.g. 10s`);
+  if (text === '') throw new DurationError('invalid duration "": empty', `expected a number with a unit (${DURATION_UNITS}), e.g. 10s`);
   const ms = Math.round(total);
   if (ms > MAX_DURATION_MS) throw new DurationError(`invalid duration "${input}"`, 'expected at most 365d');
   return ms;
