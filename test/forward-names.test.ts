@@ -177,6 +177,25 @@ describe('--forward to a host name', () => {
     assert.equal(await roundTrip(ports[0]!), 'ok');
   });
 
+  test('a name that comes to point at the proxy itself: each connection refused as a loop, one warning with a hint', async (t) => {
+    const probe = net.createServer().listen(0, '127.0.0.1');
+    await once(probe, 'listening');
+    const port = (probe.address() as net.AddressInfo).port;
+    probe.close();
+    const server = await echoOn(t, ['127.0.0.2'], port);
+    const dns = await startDns(t, '127.0.0.2 self.meshpipe.test\n');
+    const { proc } = await startProxy(['--forward', `127.0.0.1:${port}=self.meshpipe.test:${port}`, '--dns-servers', `127.0.0.1:${dns.port}`, '--admin', '127.0.0.1:0'], { t });
+    assert.equal(await roundTrip(port), 'ok');
+    assert.equal(server.hits.get('127.0.0.2'), 1);
+    // Now the name resolves to the proxy's own listening address.
+    await dns.setHosts('127.0.0.1 self.meshpipe.test\n');
+    await proc.waitForLog((l) => l.msg === 'forward target addresses changed' && JSON.stringify(l['addresses']) === '["127.0.0.1"]', 'the loop address', 10_000);
+    for (let i = 0; i < 3; i++) assert.notEqual(await roundTrip(port), 'ok', 'a loop is refused, not forwarded to itself');
+    const line = await proc.waitForLog((l) => l.msg === 'connections refused: their target was the proxy itself (a forwarding loop)', 'the loop warning', 10_000);
+    assert.match(String(line['hint']), /one of the proxy's own listeners/);
+    assert.equal((await snapshot(await adminAddress(proc))).errors.loopRefused, 3);
+  });
+
   test('localhost reaches 127.0.0.1 and ::1 (whichever the server listens on), and a localhost bind listens on both', async (t) => {
     const v4only = await echoOn(t, ['127.0.0.1']);
     const { proc, ports } = await startProxy(['--forward', `localhost:0=localhost:${v4only.port}`], { t });

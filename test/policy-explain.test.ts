@@ -155,7 +155,7 @@ test('HTTP is never advised opaque: --protocol http says nothing to configure ev
   for (const args of [['--port', '80', '--protocol', 'http'], ['--port', '8080'], ['--protocol', 'http', '--destination', '203.0.113.9']]) {
     const r = await explain(args);
     assert.equal(r.code, 0, r.stderr);
-    const verdicts = r.stdout.match(/^  => .*$/gm) ?? [];
+    const verdicts = r.stdout.match(/^ {2}=> .*$/gm) ?? [];
     assert.ok(verdicts.length >= 1, r.stdout);
     for (const v of verdicts) assert.match(v, /: nothing to configure$/, `${args.join(' ')}: ${v}`);
     assert.doesNotMatch(r.stdout, /opaque-ports: "80"|opaque-ports: "8080"|skip-outbound-ports/, args.join(' '));
@@ -182,7 +182,7 @@ test('the verdict follows the compiled policy: an annotation that replaces the d
   // Not "nothing to configure" next to a policy that says detect: the advice keeps the annotation's list.
   assert.match(port3306, /=> inbound to Deployment shop\/app: set config\.linkerd\.io\/opaque-ports: "4222,3306" on this workload/);
   assert.match(port3306, /policy: inbound Deployment shop\/app port 3306: detect \(detect: not listed in pod annotation/);
-  for (const block of r.stdout.split(/^  => /m).slice(1)) {
+  for (const block of r.stdout.split(/^ {2}=> /m).slice(1)) {
     const mode = /policy: \S+ .*?: (\w+) \(/.exec(block)?.[1];
     if (block.startsWith('destination') || block.startsWith('inbound') || block.startsWith('outbound')) {
       assert.equal(block.includes('nothing to configure'), mode !== 'detect', `advice and policy agree:\n${block}`);

@@ -76,7 +76,7 @@ test('the README quick start works as written in a fresh clone', { timeout: 900_
   for (const cmd of install) {
     const r = await sh(cmd);
     assert.equal(r.code, 0, `${cmd}:\n${r.stdout}\n${r.stderr}`);
-    if (cmd === 'meshpipe --version') assert.equal(r.stdout, `${JSON.parse(readFileSync(join(clone, 'package.json'), 'utf8')).version}\n`);
+    if (cmd === 'meshpipe --version') assert.equal(r.stdout, `${(JSON.parse(readFileSync(join(clone, 'package.json'), 'utf8')) as { version: string }).version}\n`);
   }
   assert.ok(existsSync(join(prefix, 'bin', 'meshpipe')), 'npm link put meshpipe in the prefix\'s bin');
 

@@ -25,6 +25,7 @@ import { MeshpipeError } from '../errors.js';
 import { createLogger, effectiveLogFormat, type Logger } from '../observe/index.js';
 import { runProxyLifecycle } from '../sidecar/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
+import { checkExemptUid } from '../sidecar/exempt-uid.js';
 
 export { forcedExitCode } from '../sidecar/index.js';
 
@@ -48,6 +49,8 @@ export async function main(argv: string[]): Promise<number> {
       { key: 'forward' },
     );
   }
+  // As root after `meshpipe init`, the proxy would forward its own connections to itself.
+  await checkExemptUid(config);
   const logger = startLogger(config);
   await checkIdentityAtStart(config, logger);
   return runProxy(config, logger);
