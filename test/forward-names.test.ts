@@ -15,6 +15,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
+import { promises as dns } from 'node:dns';
 import { once } from 'node:events';
 import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -58,6 +59,14 @@ async function startDns(t: TestContext, hosts: string): Promise<Dns> {
   child.stderr.setEncoding('utf8').on('data', (d: string) => (log += d));
   const reads = () => (log.match(/read .*hosts - \d+ names?/g) ?? []).length;
   await waitFor(() => reads() > 0, `dnsmasq to start:\n${log}`, 10_000);
+  // Answering: an authoritative answer (an address, or NXDOMAIN), not a refused or lost query.
+  const resolver = new dns.Resolver({ timeout: 500, tries: 1 });
+  resolver.setServers([`127.0.0.1:${port}`]);
+  await waitFor(
+    () => resolver.resolve4('probe.meshpipe.test').then(() => true, (e: NodeJS.ErrnoException) => e.code === 'ENOTFOUND'),
+    `dnsmasq to answer on port ${port}:\n${log}`,
+    10_000,
+  );
   return {
     port,
     async setHosts(text: string) {
