@@ -2,7 +2,9 @@
  * `--forward BIND=NAME:PORT`: forward targets that are host names, resolved
  * by a real DNS server (Debian's dnsmasq, authoritative for meshpipe.test,
  * TTL 1 s, answering from a hosts file the test rewrites and reloads with
- * SIGHUP) through `--dns-servers`, and `localhost` without any DNS.
+ * SIGHUP) through `--dns-servers`; by the system resolver from /etc/hosts
+ * (a network namespace with its own, mounted by `ip netns exec`); and
+ * `localhost` without any DNS.
  *
  * What is checked through the real CLI and real sockets: a name that does
  * not resolve stops the start (exit 2, naming it); new connections spread
@@ -17,12 +19,13 @@ import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { promises as dns } from 'node:dns';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import { runCli, startProxy, waitFor, withTimeout } from './helpers.js';
+import { CLI, runCli, startProxy, waitFor, withTimeout } from './helpers.js';
+import { createPod, requireNetns, tcpRequest } from './netns.js';
 import { adminAddress, adminRequest, scrape } from './admin-client.js';
 import type { EngineSnapshot } from '../ts/engine/index.js';
 
@@ -203,6 +206,33 @@ describe('--forward to a host name', () => {
     const line = await proc.waitForLog((l) => l.msg === 'connections refused: their target was the proxy itself (a forwarding loop)', 'the loop warning', 10_000);
     assert.match(String(line['hint']), /one of the proxy's own listeners/);
     assert.equal((await snapshot(await adminAddress(proc))).errors.loopRefused, 3);
+  });
+
+  test('a name DNS does not know but /etc/hosts does: found through the system resolver (getaddrinfo)', async (t) => {
+    if (!(await requireNetns(t))) return;
+    const pod = await createPod('hosts');
+    t.after(() => pod.cleanup());
+    // `ip netns exec` mounts these over /etc/hosts and /etc/resolv.conf for the pod's processes only.
+    const etc = join('/etc/netns', pod.ns);
+    mkdirSync(etc, { recursive: true });
+    t.after(() => {
+      rmSync(etc, { recursive: true, force: true });
+      // The folder itself only if nothing else uses it (rmdir refuses a non-empty folder).
+      try {
+        rmdirSync('/etc/netns');
+      } catch {
+        // in use, or already gone
+      }
+    });
+    writeFileSync(join(etc, 'hosts'), '127.0.0.1 localhost\n127.0.0.7 db.hosts-only\n');
+    writeFileSync(join(etc, 'resolv.conf'), 'nameserver 127.0.0.1\n'); // nothing answers DNS in the pod
+    const server = pod.spawn(process.execPath, ['-e', "require('net').createServer((s) => s.end('from hosts\\n')).listen(7000, '127.0.0.7', () => console.log('LISTENING'))"]);
+    await server.waitFor(/LISTENING/);
+    const proxy = pod.spawn(process.execPath, [CLI, 'proxy', '--forward', '127.0.0.1:15000=db.hosts-only:7000', '--admin', 'off']);
+    t.after(() => proxy.stop(5000));
+    await proxy.waitFor(/"msg":"proxy ready"/, 15_000);
+    assert.match(proxy.output(), /"addresses":\["127\.0\.0\.7"\],"ttlMs":null,"via":"system".*"msg":"forward target resolved"/);
+    assert.equal(await tcpRequest(pod, '127.0.0.1', 15000), 'from hosts');
   });
 
   test('localhost reaches 127.0.0.1 and ::1 (whichever the server listens on), and a localhost bind listens on both', async (t) => {
