@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runCli } from './helpers.js';
+import { ROOT, runCli } from './helpers.js';
 import { fixture } from './policy-helpers.js';
 
 async function explain(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -200,4 +200,21 @@ test('inputs with problems: a file that does not parse exits 1 (the answer is st
   const clean = mkdtempSync(join(tmpdir(), 'meshpipe-explain-'));
   writeFileSync(join(clean, 'ok.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n');
   assert.equal((await explain(['--manifests', clean, '--strict'])).code, 0, 'no problem: --strict passes');
+});
+
+test('explain reads the proxy\'s own configuration (--config FILE, MESHPIPE_* variables) for what its flags do not say', async () => {
+  const fromEnv = await runCli(['explain', '--port', '4222', '--destination', '10.1.1.1'], { env: { MESHPIPE_OPAQUE_PORTS: '4222' } });
+  assert.equal(fromEnv.code, 0, fromEnv.stderr);
+  assert.match(fromEnv.stdout, /=> outbound to 10\.1\.1\.1: nothing to configure\n\s+policy: outbound 10\.1\.1\.1:4222: opaque \(opaque: MESHPIPE_OPAQUE_PORTS\)/);
+  // A flag still wins over the environment.
+  const flagWins = await runCli(['explain', '--port', '4222', '--destination', '10.1.1.1', '--opaque-ports', '9999'], { env: { MESHPIPE_OPAQUE_PORTS: '4222' } });
+  assert.match(flagWins.stdout, /policy: outbound 10\.1\.1\.1:4222: detect/);
+
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-explain-'));
+  const config = join(dir, 'meshpipe.yaml');
+  writeFileSync(config, `manifests: [${JSON.stringify(join(ROOT, 'examples/k8s'))}]\nnamespace: shop\npod: web-5d8f-abc\nclusterNetworks: 10.96.0.0/12\n`);
+  const r = await runCli(['explain', '--config', config, '--port', '4222']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /3\. Is the destination inside clusterNetworks \(10\.96\.0\.0\/12\)\?/);
+  assert.match(r.stdout, /=> inbound to Deployment shop\/web: nothing to configure\n\s+policy: inbound Deployment shop\/web port 4222: opaque \(opaque: pod annotation config\.linkerd\.io\/opaque-ports on Deployment shop\/web\)/);
 });

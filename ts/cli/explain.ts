@@ -36,7 +36,8 @@ import {
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
 import { EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
-import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
+import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
+import { opaquePortsOrigin } from '../policy/flags.js';
 import { renderEffective, renderEffectiveJson } from './explain-render.js';
 import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
 
@@ -113,7 +114,7 @@ export function formatProtocolTable(): string[] {
 const USAGE = `Usage: meshpipe explain [--port PORT]... [--protocol NAME] [--destination IP] [--tls]
                         [--manifests PATH]... [--annotations FILE] [--namespace NS --pod NAME]
                         [--cluster-networks LIST] [--default-opaque-ports LIST] [--opaque-ports LIST]
-                        [--json] [--strict]
+                        [--config FILE] [--json] [--strict]
 
 Walks the decision tree of Linkerd's TCP proxying and protocol detection page for a port and
 says what to configure and why, from what the compiled policy decides (the same compiler and
@@ -130,6 +131,8 @@ the engine's own lookup as the proxy). With --manifests (files or folders, repea
   --cluster-networks LIST     default ${DEFAULT_CLUSTER_NETWORKS}
   --default-opaque-ports LIST default ${DEFAULT_OPAQUE_PORTS}
   --opaque-ports LIST         the proxy's own --opaque-ports (opaque both ways, any address)
+  --config FILE               the proxy's config file: what these flags do not say comes from it and
+                              from MESHPIPE_* variables, as for meshpipe proxy
   --json                      machine-readable output
   --strict                    exit 1 when the inputs have any problem (a bad annotation value
                               too), for linting manifests in CI
@@ -247,7 +250,7 @@ export async function main(argv: string[]): Promise<number> {
         port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
         manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
         namespace: { type: 'string' }, pod: { type: 'string' },
-        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' },
+        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' }, config: { type: 'string' },
         json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -258,22 +261,30 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
     return 0;
   }
+  // What the flags do not say comes from the proxy's own configuration (defaults < --config FILE <
+  // MESHPIPE_* env), so explain answers for the proxy that configuration runs.
+  const configFile = values.config ?? (process.env['MESHPIPE_CONFIG'] || undefined);
+  const base = loadConfig({ ...(configFile !== undefined ? { configFile } : {}), env: process.env });
   let networks, defaults, opaque;
   try {
-    networks = parseCidrListStrict(values['cluster-networks'] ?? DEFAULT_CLUSTER_NETWORKS);
+    networks = parseCidrListStrict(values['cluster-networks'] ?? base.clusterNetworks.join(','));
   } catch (err) {
     fail(`--cluster-networks: ${(err as Error).message}`);
   }
   try {
-    defaults = parsePortListStrict(values['default-opaque-ports'] ?? DEFAULT_OPAQUE_PORTS);
+    defaults = values['default-opaque-ports'] === undefined ? base.defaultOpaquePorts : parsePortListStrict(values['default-opaque-ports']);
   } catch (err) {
     fail(`--default-opaque-ports: ${(err as Error).message}`);
   }
   try {
-    opaque = parsePortListStrict(values['opaque-ports'] ?? '');
+    opaque = values['opaque-ports'] === undefined ? base.opaquePorts : parsePortListStrict(values['opaque-ports']);
   } catch (err) {
     fail(`--opaque-ports: ${(err as Error).message}`);
   }
+  values.manifests ??= base.manifests.length > 0 ? [...base.manifests] : undefined;
+  values.annotations ??= base.annotations;
+  values.namespace ??= base.namespace ?? (process.env['POD_NAMESPACE'] || undefined);
+  values.pod ??= base.pod ?? (process.env['POD_NAME'] || undefined);
   // A zone index (fe80::1%eth0) is no destination the engine can match: refused like a bad address.
   if (values.destination !== undefined && (isIP(values.destination) === 0 || values.destination.includes('%'))) {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
@@ -303,8 +314,9 @@ export async function main(argv: string[]): Promise<number> {
     for (const e of parsed.errors) fileProblems.push(lineProblem(values.annotations, e.line, e.message, e.key));
   }
   const inputs: PolicyInputs = {
-    defaultOpaquePorts: defaults, opaquePorts: opaque, opaquePortsOrigin: '--opaque-ports flag', clusterNetworks: networks.map((n) => n.text),
-    inboundDetectTimeoutMs: 10_000, outboundDetectTimeoutMs: 10_000,
+    defaultOpaquePorts: defaults, opaquePorts: opaque, opaquePortsOrigin: values['opaque-ports'] === undefined ? opaquePortsOrigin(base) : '--opaque-ports flag',
+    clusterNetworks: networks.map((n) => n.text),
+    inboundDetectTimeoutMs: base.inboundDetectTimeoutMs, outboundDetectTimeoutMs: base.outboundDetectTimeoutMs,
     workloadAnnotations: annotations, workloadAnnotationsOrigin: values.annotations,
     manifests, identity: { namespace: values.namespace, pod: values.pod },
   };
