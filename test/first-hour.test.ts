@@ -50,6 +50,17 @@ describe('durations', () => {
   });
 });
 
+describe('forward target names: config', () => {
+  test('--resolve-interval is ttl or a duration of at least 100ms; --dns-servers takes IPs with optional ports', () => {
+    assert.equal(loadConfig({ env: {} }).resolveIntervalMs, 'ttl');
+    assert.equal(loadConfig({ env: { MESHPIPE_RESOLVE_INTERVAL: '5s' } }).resolveIntervalMs, 5000);
+    assert.throws(() => loadConfig({ env: { MESHPIPE_RESOLVE_INTERVAL: '50ms' } }), /invalid resolveInterval "50ms" \(from MESHPIPE_RESOLVE_INTERVAL\): expected ttl/);
+    assert.throws(() => loadConfig({ env: { MESHPIPE_RESOLVE_INTERVAL: '5' } }), /write the unit: 5s/);
+    assert.deepEqual(loadConfig({ env: { MESHPIPE_DNS_SERVERS: '10.96.0.10, 127.0.0.1:5353,[fd00::a]:53' } }).dnsServers, ['10.96.0.10', '127.0.0.1:5353', '[fd00::a]:53']);
+    assert.throws(() => loadConfig({ env: { MESHPIPE_DNS_SERVERS: 'dns.example' } }), /invalid dnsServers .*"dns\.example": expected an IP address with an optional port/);
+  });
+});
+
 describe('environment and option combinations', () => {
   test('an unknown MESHPIPE_* variable is a warning naming the closest known one', async (t) => {
     const c = loadConfig({ env: { MESHPIPE_DRAIN_TIMOUT: '10s', MESHPIPE_TOTALLY_ELSE: '1', MESHPIPE_CONFIG: '' } });
