@@ -52,6 +52,8 @@ export declare class NativeProxy {
   setTargetAddrs(spec: string): void
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
+  /** The failure counters and named targets alone: JSON of `FailureCounts`. */
+  failureCounts(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */
   connections(limit: number): string
   /** Takes the queued engine events: JSON of `EngineEvent[]`. */

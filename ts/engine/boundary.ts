@@ -222,6 +222,8 @@ export type ErrorsSnapshot = { connectFailed: number, loopRefused: number, origi
  */
 eventsDropped: number, };
 
+export type FailureCounts = { errors: ErrorsSnapshot, names: Array<NameSnapshot>, };
+
 export type NameSnapshot = { listener: string, host: string, port: number, 
 /**
  * The current addresses (`ip:port`).

@@ -43,6 +43,7 @@ export type {
   BoundListener,
   CloseSummary,
   EngineSnapshot,
+  FailureCounts,
   HistogramSnapshot,
   TcpSeriesSnapshot,
   ConnectionInfo,

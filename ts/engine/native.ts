@@ -29,6 +29,7 @@ import type {
   Direction,
   EngineEvent,
   EngineSpec,
+  FailureCounts,
   PolicyDecision,
   PolicyDelta,
   PolicyFrameSpec,
@@ -152,6 +153,11 @@ export class NativeProxy {
   /** Replaces the addresses of a listener's named target (a host name re-resolved; ./names.ts). */
   setTargetAddrs(spec: TargetAddrsSpec): void {
     call(() => this.#raw.setTargetAddrs(JSON.stringify(spec)));
+  }
+
+  /** The failure counters and named targets alone (cheap: no per-target series). */
+  failureCounts(): FailureCounts {
+    return JSON.parse(call(() => this.#raw.failureCounts())) as FailureCounts;
   }
 
   snapshot(): EngineSnapshot {

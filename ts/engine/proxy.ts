@@ -26,6 +26,7 @@ import {
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
+  type FailureCounts,
   type Direction,
   type PolicyChange,
   type PolicyDecision,
@@ -159,6 +160,11 @@ export class Proxy {
   /** Replaces the addresses of a listener's target host name (./names.ts); new connections use them. */
   setTargetAddrs(listener: string, addrs: readonly string[]): void {
     this.#native.setTargetAddrs({ listener, addrs: [...addrs] });
+  }
+
+  /** The failure counters and named targets alone: cheap enough to poll often. */
+  failureCounts(): FailureCounts {
+    return this.#native.failureCounts();
   }
 
   /** Every engine counter, read in one call. */

@@ -317,8 +317,13 @@ export class Sidecar {
 
   /** Logs the notable failures the engine counted since the last look (./notable.ts). */
   checkFailures(): void {
-    const snapshot = this.#snapshotOrUndefined();
-    if (snapshot !== undefined) this.#notable.check(snapshot);
+    let counts;
+    try {
+      counts = this.proxy.failureCounts();
+    } catch {
+      return;
+    }
+    this.#notable.check(counts, () => this.#snapshotOrUndefined());
   }
 
   /**

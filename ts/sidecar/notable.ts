@@ -1,8 +1,9 @@
 /**
  * Notable failures, logged where operators look, with what to do about them:
  * the engine counts them per connection (and the metrics show them); this
- * watcher reads the counters every couple of seconds and logs a warning when
- * one grew, rate-limited per kind (the first at once, then at most once a
+ * watcher reads the counters every couple of seconds (the engine's
+ * `failureCounts`, a few words; the whole snapshot only after a connect
+ * failed) and logs a warning when one grew, rate-limited per kind (the first at once, then at most once a
  * minute with the count since), so a flood of failing connections cannot
  * fill a disk.
  *
@@ -15,7 +16,7 @@
  * - forwarding loops the engine refused (a target that is the proxy itself).
  */
 import type { ProxyConfig } from '../config/index.js';
-import type { EngineSnapshot } from '../engine/index.js';
+import type { EngineSnapshot, FailureCounts } from '../engine/index.js';
 import type { Logger } from '../observe/index.js';
 import { RateLimited } from '../observe/rate-limited.js';
 
@@ -54,8 +55,13 @@ export class NotableFailures {
     if (n !== undefined) this.#logger.warn({ ...fields, count: n }, msg);
   }
 
-  /** Compares the snapshot's counters with the last ones and logs what grew. */
-  check(s: EngineSnapshot): void {
+  /**
+   * Compares the counters with the last ones and logs what grew. `snapshot`
+   * (the whole engine snapshot, with every target's series) is only taken
+   * when a connect failed since the last look, to see which forward's target
+   * refused: the steady state reads a few counters.
+   */
+  check(s: FailureCounts, snapshot: () => EngineSnapshot | undefined): void {
     this.#warn('originalDst', this.#delta('originalDst', s.errors.originalDstFailed), {
       hint: 'a transparent listener (4140/4143) got a connection iptables did not redirect, so it has no original destination: is `meshpipe init` installed in this network namespace, and does the proxy run as the uid it exempts (--proxy-uid, default 2102)? Clients that connect to the proxy\'s ports directly get a reset.',
     }, NOTABLE_MESSAGES.originalDst);
@@ -73,9 +79,11 @@ export class NotableFailures {
     }
 
     // Forward targets that refuse: connect failures with ECONNREFUSED on the series of a forward's target addresses.
-    if (this.#config.forward.length === 0) return;
+    if (this.#config.forward.length === 0 || this.#delta('connectFailed', s.errors.connectFailed) === 0) return;
+    const full = snapshot();
+    if (full === undefined) return;
     const refusedAt = new Map<string, number>();
-    for (const series of s.tcp) {
+    for (const series of full.tcp) {
       if (series.targetAddr === null) continue;
       const refused = series.closes.filter((c) => c.peer === 'dst' && c.errno === 'ECONNREFUSED').reduce((sum, c) => sum + c.count, 0);
       if (refused > 0) refusedAt.set(series.targetAddr, (refusedAt.get(series.targetAddr) ?? 0) + refused);

@@ -55,6 +55,7 @@ fn main() {
         core::policy::PolicyDecision,
         core::policy::PolicyMatch,
         core::ErrorsSnapshot,
+        core::FailureCounts,
         core::names::NameSnapshot,
         core::names::TargetAddrsSpec,
         core::CopySnapshot,

@@ -396,6 +396,22 @@ impl Engine {
         }
     }
 
+    /// The failure counters alone (a few words, no per-target series): what
+    /// the control layer polls to log notable failures without building a
+    /// whole snapshot every time.
+    pub fn failure_counts(&self) -> FailureCounts {
+        let m = &self.ctx.metrics;
+        FailureCounts {
+            errors: ErrorsSnapshot {
+                connect_failed: m.errors.connect_failed.load(Relaxed),
+                loop_refused: m.errors.loop_refused.load(Relaxed),
+                original_dst_failed: m.errors.original_dst_failed.load(Relaxed),
+                events_dropped: self.ctx.events.dropped(),
+            },
+            names: self.names.iter().map(|(l, n)| n.snapshot(l)).collect(),
+        }
+    }
+
     /// Up to `limit` live connections, oldest first.
     pub fn connections(&self, limit: usize) -> Vec<conn::ConnSnapshot> {
         self.ctx.conns.snapshot(limit)
@@ -445,6 +461,16 @@ pub struct ErrorsSnapshot {
     pub original_dst_failed: u64,
     /// Engine events dropped because the control layer did not read them.
     pub events_dropped: u64,
+}
+
+/// The engine-wide failure counters and the named targets' state: a small
+/// subset of [`Snapshot`].
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct FailureCounts {
+    pub errors: ErrorsSnapshot,
+    pub names: Vec<names::NameSnapshot>,
 }
 
 /// Everything the engine counts, for one scrape.

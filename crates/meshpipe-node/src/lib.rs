@@ -238,6 +238,12 @@ impl NativeProxy {
         to_json(&self.inner.started()?.snapshot())
     }
 
+    /// The failure counters and named targets alone: JSON of `FailureCounts`.
+    #[napi]
+    pub fn failure_counts(&self) -> Result<String, ErrorCode> {
+        to_json(&self.inner.started()?.failure_counts())
+    }
+
     /// Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`.
     #[napi]
     pub fn connections(&self, limit: u32) -> Result<String, ErrorCode> {
