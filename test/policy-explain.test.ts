@@ -218,3 +218,15 @@ test('explain reads the proxy\'s own configuration (--config FILE, MESHPIPE_* va
   assert.match(r.stdout, /3\. Is the destination inside clusterNetworks \(10\.96\.0\.0\/12\)\?/);
   assert.match(r.stdout, /=> inbound to Deployment shop\/web: nothing to configure\n\s+policy: inbound Deployment shop\/web port 4222: opaque \(opaque: pod annotation config\.linkerd\.io\/opaque-ports on Deployment shop\/web\)/);
 });
+
+test('"any other destination inside clusterNetworks" is not a known destination, even one at the network\'s first address', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-explain-'));
+  writeFileSync(join(dir, 'svc.yaml'), [
+    'apiVersion: v1', 'kind: Service', 'metadata: { name: first, namespace: shop }',
+    'spec: { clusterIP: 10.0.0.1, ports: [{ name: p, port: 9000, appProtocol: linkerd.io/opaque }] }', '',
+  ].join('\n'));
+  const r = await explain(['--manifests', dir, '--port', '9000']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /=> outbound to Service shop\/first: nothing to configure\n\s+policy: outbound Service shop\/first \(10\.0\.0\.1\) port 9000: opaque/);
+  assert.match(r.stdout, /=> destination inside clusterNetworks: set config\.linkerd\.io\/opaque-ports: "9000" on the destination/);
+});

@@ -140,7 +140,10 @@ export function verdicts(inputs: VerdictInputs): Verdict[] {
   }
   const inside = networks[0];
   if (inside !== undefined) {
-    out.push(judge(inputs, { direction: 'outbound', when: 'destination inside clusterNetworks', target: `any other destination in ${networks.map((n) => n.text).join(',')} port ${port}`, address: addressIn(inside), inside: true }));
+    // An address of the network that is no known destination (whose own policy is shown above).
+    const candidates = Array.from({ length: 16 }, (_, i) => addressIn(inside, i + 1));
+    const address = candidates.find((a) => lookupPolicy(result.table, 'outbound', a, port).matched !== 'destination') ?? candidates[0]!;
+    out.push(judge(inputs, { direction: 'outbound', when: 'destination inside clusterNetworks', target: `any other destination in ${networks.map((n) => n.text).join(',')} port ${port}`, address, inside: true }));
   }
   const outside = OUTSIDE_CANDIDATES.find((a) => !inNetworks(networks, a));
   if (outside !== undefined) {
