@@ -53,8 +53,15 @@ export declare class NativeProxy {
    * `ip`:`port`, with its source: JSON of a `PolicyDecision`.
    */
   explainPolicy(direction: string, ip: string, port: number): string
+  /**
+   * Replaces the addresses of a listener's named target (JSON of a
+   * `TargetAddrsSpec`): new connections spread over them.
+   */
+  setTargetAddrs(spec: string): void
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
+  /** The failure counters and named targets alone: JSON of `FailureCounts`. */
+  failureCounts(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */
   connections(limit: number): string
   /** Takes the queued engine events: JSON of `EngineEvent[]`. */
@@ -127,11 +134,12 @@ export declare function reapChildren(pid: number | undefined | null, keep: Array
 
 /**
  * Installs the engine's log output (pino-shaped JSON lines on `stream`,
- * `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
- * replaces the filter of the output already installed. Process-wide: every
- * engine in the process shares it.
+ * `"stdout"` or `"stderr"`; `format` `"text"` renders them for a human, the
+ * default is `"json"`) with `filter` (RUST_LOG-style directives), or
+ * replaces the filter (and format) of the output already installed.
+ * Process-wide: every engine in the process shares it.
  */
-export declare function setEngineLog(filter: string, stream: string): void
+export declare function setEngineLog(filter: string, stream: string, format?: string | undefined | null): void
 
 /**
  * `meshpipe run`: starts the app (JSON of a `SpawnSpec`) so that it gets

@@ -19,7 +19,7 @@ inbound?: InboundSpec, };
 
 export type ListenerSpec = { name: string, bind: string, target: TargetSpec, mode: PortMode | null, direction: Direction, };
 
-export type TargetSpec = { "kind": "fixed", addr: string, } | { "kind": "originalDst", inboundHost: string | null, };
+export type TargetSpec = { "kind": "fixed", addr: string, } | { "kind": "named", host: string, port: number, addrs: Array<string>, } | { "kind": "originalDst", inboundHost: string | null, };
 
 export type DetectSpec = { inboundTimeoutMs: number, outboundTimeoutMs: number, serverFirstGraceMs: number, serverFirstCapacity: number, serverFirstTtlMs: number, 
 /**
@@ -197,7 +197,11 @@ acceptErrors: Array<AcceptErrorSnapshot>,
 /**
  * Identity, handshakes, tunnel refusals, authorization decisions.
  */
-mesh: MeshSnapshot, errors: ErrorsSnapshot, };
+mesh: MeshSnapshot, 
+/**
+ * Forwards to host names: their addresses and failures (`names.rs`).
+ */
+names: Array<NameSnapshot>, errors: ErrorsSnapshot, };
 
 export type ListenerSnapshot = { name: string, bind: string, direction: Direction, accepted: number, open: number, acceptErrors: number, limitWaits: number, accepting: boolean, };
 
@@ -248,6 +252,45 @@ export type ErrorsSnapshot = { connectFailed: number, loopRefused: number, origi
  * Engine events dropped because the control layer did not read them.
  */
 eventsDropped: number, };
+
+export type FailureCounts = { errors: ErrorsSnapshot, names: Array<NameSnapshot>, };
+
+export type NameSnapshot = { listener: string, host: string, port: number, 
+/**
+ * The current addresses (`ip:port`).
+ */
+addresses: Array<string>, 
+/**
+ * Addresses marked as failing (skipped by the round robin for now).
+ */
+down: Array<string>, 
+/**
+ * Connections refused because the name had no address.
+ */
+noAddress: number, 
+/**
+ * Connections that reached the target on another address than the one first tried.
+ */
+failovers: number, 
+/**
+ * Connection attempts to one address that failed.
+ */
+dialFailures: number, 
+/**
+ * Address sets received after the first.
+ */
+updates: number, };
+
+export type TargetAddrsSpec = { 
+/**
+ * The listener whose target is the name.
+ */
+listener: string, 
+/**
+ * The name's addresses (IPs, no port), in the order to try them; empty
+ * when the name no longer resolves.
+ */
+addrs: Array<string>, };
 
 export type CopySnapshot = { 
 /**
@@ -309,7 +352,7 @@ counts: Array<number>, sum: number, count: number, };
 
 export type AcceptErrorSnapshot = { direction: Direction, error: AcceptError, count: number, };
 
-export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port";
+export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port" | "unresolved";
 
 export type LimitsSnapshot = { connections: Array<DirectionLimitSnapshot>, detecting: Array<DirectionLimitSnapshot>, fds: FdSnapshot, };
 

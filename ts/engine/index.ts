@@ -46,6 +46,7 @@ export type {
   BoundListener,
   CloseSummary,
   EngineSnapshot,
+  FailureCounts,
   HistogramSnapshot,
   TcpSeriesSnapshot,
   ConnectionInfo,

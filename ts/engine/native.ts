@@ -29,6 +29,7 @@ import type {
   Direction,
   EngineEvent,
   EngineSpec,
+  FailureCounts,
   PolicyDecision,
   PolicyDelta,
   PolicyFrameSpec,
@@ -38,6 +39,7 @@ import type {
   SpawnOutcome,
   SpawnSpec,
   Snapshot,
+  TargetAddrsSpec,
   TcpSnapshot,
   DetectResult,
 } from './boundary.js';
@@ -138,6 +140,16 @@ export class NativeProxy {
     return JSON.parse(call(() => this.#raw.setIdentity(JSON.stringify(spec), pem.cert, pem.key, pem.anchors))) as IdentityInstalled;
   }
 
+  /** Replaces the addresses of a listener's named target (a host name re-resolved; ./names.ts). */
+  setTargetAddrs(spec: TargetAddrsSpec): void {
+    call(() => this.#raw.setTargetAddrs(JSON.stringify(spec)));
+  }
+
+  /** The failure counters and named targets alone (cheap: no per-target series). */
+  failureCounts(): FailureCounts {
+    return JSON.parse(call(() => this.#raw.failureCounts())) as FailureCounts;
+  }
+
   snapshot(): EngineSnapshot {
     return JSON.parse(call(() => this.#raw.snapshot())) as EngineSnapshot;
   }
@@ -173,11 +185,12 @@ export class PolicyLookup {
 
 /**
  * Installs (or re-filters) the engine's log output: pino-shaped JSON lines on
- * `stream`, filtered by RUST_LOG-style `filter` directives. Process-wide.
+ * `stream`, filtered by RUST_LOG-style `filter` directives; `format` `text`
+ * renders them for a human as ts/observe/log-format.ts does. Process-wide.
  */
-export function setEngineLog(filter: string, stream: EngineLogStream): void {
+export function setEngineLog(filter: string, stream: EngineLogStream, format?: 'json' | 'text'): void {
   const { setEngineLog: set } = loadBinding();
-  call(() => set(filter, stream));
+  call(() => set(filter, stream, format));
 }
 
 /**

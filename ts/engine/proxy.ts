@@ -27,6 +27,7 @@ import {
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
+  type FailureCounts,
   type Direction,
   type PolicyChange,
   type PolicyDecision,
@@ -160,6 +161,16 @@ export class Proxy {
   /** What the current table decides for a connection to `ip`:`port`, with the source. */
   explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
     return this.#native.explainPolicy(direction, ip, port);
+  }
+
+  /** Replaces the addresses of a listener's target host name (./names.ts); new connections use them. */
+  setTargetAddrs(listener: string, addrs: readonly string[]): void {
+    this.#native.setTargetAddrs({ listener, addrs: [...addrs] });
+  }
+
+  /** The failure counters and named targets alone: cheap enough to poll often. */
+  failureCounts(): FailureCounts {
+    return this.#native.failureCounts();
   }
 
   /** Every engine counter, read in one call. */

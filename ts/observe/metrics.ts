@@ -222,6 +222,13 @@ function detectResults(direction: 'inbound' | 'outbound', name: string) {
   };
 }
 
+/** One sample per forward whose target is a host name, labelled by listener. */
+function perName(name: string, value: (n: EngineSnapshot['names'][number]) => number) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const n of s.names) out.add(name, value(n), NONE, 'listener', n.listener);
+  };
+}
+
 /** Linkerd's `{direction}_tcp_accept_errors_total{error}`; the reasons that cannot happen in a direction are left out. */
 function acceptErrors(direction: 'inbound' | 'outbound', name: string) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
@@ -298,10 +305,18 @@ const FAMILIES: readonly FamilySpec[] = [
   { name: 'meshpipe_listener_accepting', type: 'gauge', help: '1 while a listener accepts new connections, 0 once it stopped (drain)',
     emit: perListener('meshpipe_listener_accepting', (l) => (l.accepting ? 1 : 0)) },
   { name: 'inbound_tcp_accept_errors_total', type: 'counter',
-    help: "Inbound connections refused before forwarding: not_pod_ip (original destination not one of the pod's IPs), proxy_port (one of the proxy's own ports), loop, no_original_dst",
+    help: "Inbound connections refused before forwarding: not_pod_ip (original destination not one of the pod's IPs), proxy_port (one of the proxy's own ports), loop, no_original_dst, unresolved (a --forward host name with no address)",
     emit: acceptErrors('inbound', 'inbound_tcp_accept_errors_total') },
-  { name: 'outbound_tcp_accept_errors_total', type: 'counter', help: 'Outbound connections refused before forwarding: loop, no_original_dst',
+  { name: 'outbound_tcp_accept_errors_total', type: 'counter', help: 'Outbound connections refused before forwarding: loop, no_original_dst, unresolved (a --forward host name with no address)',
     emit: acceptErrors('outbound', 'outbound_tcp_accept_errors_total') },
+  { name: 'meshpipe_forward_addresses', type: 'gauge', help: 'Addresses a --forward target host name resolves to now (0: it no longer resolves)',
+    emit: perName('meshpipe_forward_addresses', (n) => n.addresses.length) },
+  { name: 'meshpipe_forward_unresolved_total', type: 'counter', help: 'Connections to a --forward whose target host name had no address (reset)',
+    emit: perName('meshpipe_forward_unresolved_total', (n) => n.noAddress) },
+  { name: 'meshpipe_forward_failovers_total', type: 'counter', help: 'Connections to a --forward target host name that connected through another address than the one first tried',
+    emit: perName('meshpipe_forward_failovers_total', (n) => n.failovers) },
+  { name: 'meshpipe_forward_dial_failures_total', type: 'counter', help: 'Connection attempts to one address of a --forward target host name that failed (the address is skipped for 10 s)',
+    emit: perName('meshpipe_forward_dial_failures_total', (n) => n.dialFailures) },
   { name: 'meshpipe_connect_failures_total', type: 'counter', help: 'Failed connects to targets (the client connection was closed)',
     emit: single('meshpipe_connect_failures_total', (s) => s.errors.connectFailed) },
   { name: 'meshpipe_loop_refused_total', type: 'counter', help: 'Connections refused because their target was one of the proxy\'s own listeners (a forwarding loop)',

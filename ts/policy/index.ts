@@ -29,6 +29,7 @@
 export { effectiveToJson, type EffectivePolicy, type PolicyInputs, type PortDecision } from './model.js';
 export { lineProblem, type PolicyProblem } from './problems.js';
 export {
+  addressIn,
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   isCidrError,

@@ -18,6 +18,7 @@
 
 mod authorize;
 mod connect;
+mod dial;
 pub mod inbound_mesh;
 pub mod outbound_mesh;
 mod sniff;
@@ -178,7 +179,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
             span.record("tls", "tunnel");
             let inbound_host = match l.target {
                 crate::config::Target::OriginalDst { inbound_host } => inbound_host,
-                crate::config::Target::Fixed(_) => None,
+                crate::config::Target::Fixed(_) | crate::config::Target::Named(_) => None,
             };
             let Some(est) = inbound_mesh::tunnel(ctx, client, peer, orig, inbound_host, state, info).await else { return };
             ctx.metrics.detected(l.direction, orig.port(), DetectResult::OpaquePort, started.elapsed());
@@ -274,8 +275,9 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     info.set_state(ConnState::Connecting);
     let server = match sniffed.upstream {
         Upstream::Open(s) => Ok(s),
-        Upstream::Failed(e) => Err(e),
-        Upstream::None => connect(target.0, ctx.connect_timeout).await,
+        // A named target (`names.rs`) tries its other addresses (`proxy/dial.rs`).
+        Upstream::Failed(e) => dial::after_failed_dial(&l.target, target.0, e, ctx.connect_timeout).await,
+        Upstream::None => dial::connect_target(&l.target, target.0, ctx.connect_timeout).await,
     };
     let server = match server {
         Ok(s) => s,

@@ -237,10 +237,25 @@ impl NativeProxy {
         to_json(&self.inner.engine.explain_policy(direction, ip, port))
     }
 
+    /// Replaces the addresses of a listener's named target (JSON of a
+    /// `TargetAddrsSpec`): new connections spread over them.
+    #[napi]
+    pub fn set_target_addrs(&self, spec: String) -> Result<(), ErrorCode> {
+        let spec: meshpipe_core::names::TargetAddrsSpec =
+            serde_json::from_str(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, format!("target addresses: {e}")))?;
+        self.inner.engine.set_target_addrs(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, e))
+    }
+
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
     #[napi]
     pub fn snapshot(&self) -> Result<String, ErrorCode> {
         to_json(&self.inner.started()?.snapshot())
+    }
+
+    /// The failure counters and named targets alone: JSON of `FailureCounts`.
+    #[napi]
+    pub fn failure_counts(&self) -> Result<String, ErrorCode> {
+        to_json(&self.inner.started()?.failure_counts())
     }
 
     /// Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`.
@@ -342,17 +357,24 @@ impl Drop for NativeProxy {
 }
 
 /// Installs the engine's log output (pino-shaped JSON lines on `stream`,
-/// `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
-/// replaces the filter of the output already installed. Process-wide: every
-/// engine in the process shares it.
+/// `"stdout"` or `"stderr"`; `format` `"text"` renders them for a human, the
+/// default is `"json"`) with `filter` (RUST_LOG-style directives), or
+/// replaces the filter (and format) of the output already installed.
+/// Process-wide: every engine in the process shares it.
 #[napi]
-pub fn set_engine_log(filter: String, stream: String) -> Result<(), ErrorCode> {
-    use meshpipe_core::log::{self, LogError, Stream};
+pub fn set_engine_log(filter: String, stream: String, format: Option<String>) -> Result<(), ErrorCode> {
+    use meshpipe_core::log::{self, Format, LogError, Stream};
     let stream = match stream.as_str() {
         "stdout" => Stream::Stdout,
         "stderr" => Stream::Stderr,
         other => return Err(fail(ErrorCode::InvalidConfig, format!("engine log stream {other:?}: expected \"stdout\" or \"stderr\""))),
     };
+    let format = match format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("text") => Format::Text,
+        Some(other) => return Err(fail(ErrorCode::InvalidConfig, format!("engine log format {other:?}: expected \"json\" or \"text\""))),
+    };
+    log::set_format(format);
     log::install(&filter, stream).map_err(|e| match e {
         LogError::Filter { .. } => fail(ErrorCode::InvalidConfig, e),
         other => fail(ErrorCode::Native, other),
