@@ -29,6 +29,7 @@ pub mod destinations;
 pub mod detect;
 pub mod drain;
 pub mod events;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod listener;
@@ -135,6 +136,8 @@ pub enum EngineError {
     Loop(#[from] loops::LoopError),
     #[error("invalid engine config: {0}")]
     Limits(#[from] limits::LimitsError),
+    #[error("invalid endpoints: {0}")]
+    Endpoints(#[from] http::balance::EndpointsError),
 }
 
 impl EngineError {
@@ -149,6 +152,7 @@ impl EngineError {
             EngineError::Listen(listener::ListenError::Other { .. }) => ErrorCode::Bind,
             EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
             EngineError::Loop(_) | EngineError::Limits(_) => ErrorCode::InvalidConfig,
+            EngineError::Endpoints(_) => ErrorCode::Policy,
         }
     }
 }
@@ -187,7 +191,16 @@ impl Engine {
     /// An engine for `config`, not yet listening. Its policy can already be
     /// replaced (`set_policy`), so the first connection sees the real one.
     pub fn new(config: EngineConfig) -> Engine {
+        let connector = Arc::new(http::TcpConnector { timeout: config.connect_timeout });
+        Engine::with_connector(config, connector)
+    }
+
+    /// An engine whose HTTP proxy opens its upstream connections through
+    /// `connector` (e.g. mesh TLS origination) instead of plain TCP.
+    pub fn with_connector(config: EngineConfig, connector: Arc<dyn http::Connector>) -> Engine {
+        let drain = drain::Drain::default();
         let ctx = Arc::new(Context {
+            http: http::HttpState::new(config.http, connector, drain.clone()),
             policy: ArcSwap::from_pointee(config.policy),
             metrics: metrics::Metrics::new(config.max_metric_targets),
             conns: conn::ConnRegistry::default(),
@@ -195,7 +208,7 @@ impl Engine {
             detect: config.detect,
             connect_timeout: config.connect_timeout,
             copy: config.copy,
-            drain: drain::Drain::default(),
+            drain,
             events: events::EventQueue::default(),
             inbound: config.inbound,
             limits: limits::Limits::new(
@@ -315,6 +328,22 @@ impl Engine {
         Ok(generation)
     }
 
+    /// Applies an endpoints update (Service address → endpoints, for
+    /// per-request balancing) atomically; requests in flight keep their
+    /// endpoint. Returns the table's generation. A bad entry refuses the
+    /// whole update and keeps the table in force.
+    pub fn update_endpoints(&self, update: &http::balance::EndpointsUpdate) -> Result<u64, EngineError> {
+        let next = self.ctx.http.endpoints.load().apply(update)?;
+        let generation = next.generation();
+        self.ctx.http.endpoints.store(Arc::new(next));
+        Ok(generation)
+    }
+
+    /// The endpoints of `service` in the table in force (explain, tests).
+    pub fn endpoints_of(&self, service: std::net::SocketAddr) -> Option<Vec<std::net::SocketAddr>> {
+        self.ctx.http.endpoints.load().get(service).map(|e| e.endpoints.clone())
+    }
+
     /// Takes the events queued since the last call, oldest first.
     pub fn take_events(&self) -> Vec<EngineEvent> {
         self.ctx.events.take()
@@ -324,6 +353,7 @@ impl Engine {
     pub fn snapshot(&self) -> Snapshot {
         let m = &self.ctx.metrics;
         let (detect, detect_duration_ms) = m.snapshot_detect();
+        let (http, http_errors) = m.snapshot_http();
         Snapshot {
             uptime_ms: m.uptime().as_millis() as u64,
             policy_generation: self.ctx.policy.load().generation(),
@@ -343,6 +373,10 @@ impl Engine {
                 .collect(),
             tcp: m.snapshot_tcp(),
             tcp_series: Direction::ALL.iter().map(|d| m.tcp_series(*d) as u64).collect(),
+            http,
+            http_series: Direction::ALL.iter().map(|d| m.http_series_count(*d) as u64).collect(),
+            http_errors,
+            endpoints_generation: self.ctx.http.endpoints.load().generation(),
             evicted_series: m.evicted(),
             detect,
             detect_duration_ms,
@@ -421,6 +455,15 @@ pub struct Snapshot {
     pub tcp: Vec<metrics::TcpSnapshot>,
     /// TCP series kept per direction (inbound, outbound), overflow not counted.
     pub tcp_series: Vec<u64>,
+    /// HTTP series (`request_total`, `response_total`, `response_latency_ms`).
+    pub http: Vec<metrics::HttpSnapshot>,
+    /// HTTP series kept per direction (inbound, outbound), overflow not counted.
+    pub http_series: Vec<u64>,
+    /// HTTP errors per direction and reason, zeros included
+    /// (`{direction}_http_errors_total{error}`).
+    pub http_errors: Vec<metrics::HttpErrorSnapshot>,
+    /// The generation of the endpoints table in force.
+    pub endpoints_generation: u64,
     /// Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
     pub evicted_series: u64,
     pub detect: Vec<metrics::DetectSnapshot>,

@@ -2,15 +2,16 @@
 //!
 //! `serve` owns one accepted connection from start to end. Each stage is a
 //! plain function so later stages slot in without touching the accept loop:
-//! mesh mTLS will wrap the upstream connect, and HTTP-aware proxying will
-//! branch on the detection result (`Protocol::Http1`/`Http2`) where today
-//! every outcome is forwarded as TCP.
+//! mesh mTLS will wrap the upstream connect, and a connection detection found
+//! to be HTTP/1 or HTTP/2 branches to the HTTP stage (`proxy/http.rs`) after
+//! detection, where every other outcome is connected and forwarded as TCP.
 //!
 //! Accounting is done with drop guards, so a connection cut at the drain
 //! deadline (its task is simply dropped) still closes its gauges and records
 //! its duration.
 
 mod connect;
+mod http;
 mod sniff;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub struct Context {
     pub metrics_retain_idle: Option<Duration>,
     /// The proxy's own addresses, for loop protection (set once bound).
     pub own: std::sync::OnceLock<crate::loops::OwnAddrs>,
+    /// HTTP proxying: settings, upstream client, endpoints (`crate::http`).
+    pub http: crate::http::HttpState,
 }
 
 /// Gives a connection's slots (its direction's and its descriptors) back to
@@ -121,7 +124,7 @@ pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, pe
     cut_short.instrument(span).await
 }
 
-async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: SocketAddr) {
+async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     l.open.fetch_add(1, Relaxed);
     let mut open = OpenGuard { l, started, series: None };
@@ -177,6 +180,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     if let Some(sni) = &sniffed.sni {
         let _ = info.sni.set(sni.clone());
     }
+    http::count_not_http(ctx, l.direction, mode, sniffed.result);
     if sniffed.result == DetectResult::Error {
         // The client socket failed before a byte was read: nothing to
         // forward; an upstream opened for the server-first race is dropped
@@ -186,10 +190,17 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
 
     // From here the connection is counted as an open TCP connection.
     let tls = TlsStatus::detected(l.direction, sniffed.sni.as_ref());
-    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, tls });
+    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, tls: tls.clone() });
     series.opened(Peer::Src);
     open.series = Some(series.clone());
     let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
+
+    // HTTP is served request by request (its upstream connections pooled).
+    if let Some(protocol) = http::protocol_of(ctx, sniffed.result) {
+        let c = http::HttpConn { info: &reg.info, direction: l.direction, target, tls, series: series.clone() };
+        http::serve(ctx, c, client, sniffed, protocol).await;
+        return;
+    }
 
     // 4. Connect (unless the server-first race already did).
     info.set_state(ConnState::Connecting);

@@ -1,0 +1,385 @@
+//! Per-request load balancing over a Service's endpoints.
+//!
+//! Discovery (the Kubernetes EndpointSlice watch, manifests, or a static
+//! file; compiled by the TypeScript layer) hands the engine an
+//! [`EndpointsTable`]: Service address (cluster IP and port) → endpoint
+//! addresses. It is immutable and swapped whole through an `ArcSwap`, so a
+//! request's lookup is one lock-free load and one hash probe; an update
+//! (`EndpointsUpdate`) carries only the Services that changed, and builds the
+//! next table by sharing every other entry. A request already in flight keeps
+//! the endpoint and the connection it has: updates never cut it.
+//!
+//! A request whose original destination is in the table goes to one of its
+//! endpoints, picked per request (not per connection) by the power of two
+//! choices over peak-EWMA latency, as Linkerd does with tower's
+//! `PeakEwma`: two endpoints are drawn at random and the one with the lower
+//! cost (`ewma × (in-flight + 1)`) wins. The EWMA follows peaks at once and
+//! decays toward lower latencies with a 10 s time constant. Each worker keeps
+//! its own statistics (thread-local, no lock; a worker's own requests are a
+//! fair sample of the endpoints' latency).
+//!
+//! An endpoint whose connection fails is taken out for a back-off (1 s,
+//! doubling to 30 s while it keeps failing) and probed back when it expires:
+//! the next request that picks it tries it, and on success it is fully back.
+//! A request that could not be written to a failing endpoint goes to another
+//! one, so a killed backend costs only the requests that were in flight on it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Why an endpoints update was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointsError {
+    #[error("endpoints of {service:?} ({source_name}): {reason}")]
+    Entry { service: String, source_name: String, reason: String },
+}
+
+/// One Service's endpoints as the TypeScript layer sends them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEndpointsSpec {
+    /// The Service address: `ip:port` (cluster IP and Service port).
+    pub service: String,
+    /// Ready endpoint addresses (`ip:port`, the target port).
+    pub endpoints: Vec<String>,
+    /// Where it came from (`EndpointSlice ns/name`, `FILE:line`).
+    pub source: String,
+}
+
+/// A change to the endpoints table: with `replace`, the table becomes
+/// exactly `upsert`; otherwise `upsert` entries replace or add Services and
+/// `remove` drops Services, the rest is kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointsUpdate {
+    pub generation: u64,
+    #[serde(default)]
+    pub replace: bool,
+    #[serde(default)]
+    pub upsert: Vec<ServiceEndpointsSpec>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One Service's endpoints, compiled.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServiceEndpoints {
+    pub endpoints: Vec<SocketAddr>,
+    pub source: Arc<str>,
+}
+
+/// The compiled, immutable endpoints table.
+#[derive(Debug, Default)]
+pub struct EndpointsTable {
+    generation: u64,
+    services: HashMap<SocketAddr, Arc<ServiceEndpoints>>,
+}
+
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    SocketAddr::from_str(s.trim()).ok().map(|a| SocketAddr::new(crate::addr::normalise(a.ip()), a.port()))
+}
+
+impl EndpointsTable {
+    /// The next table: `self` with `update` applied. Any bad entry refuses
+    /// the whole update (the table in force stays).
+    pub fn apply(&self, update: &EndpointsUpdate) -> Result<EndpointsTable, EndpointsError> {
+        let mut services = if update.replace { HashMap::new() } else { self.services.clone() };
+        for s in &update.remove {
+            let bad = |reason: &str| EndpointsError::Entry { service: s.clone(), source_name: "remove".into(), reason: reason.into() };
+            services.remove(&parse_addr(s).ok_or_else(|| bad("expected ip:port"))?);
+        }
+        for e in &update.upsert {
+            let bad = |reason: String| EndpointsError::Entry { service: e.service.clone(), source_name: e.source.clone(), reason };
+            let service = parse_addr(&e.service).ok_or_else(|| bad("the service address must be ip:port".into()))?;
+            let mut endpoints = Vec::with_capacity(e.endpoints.len());
+            for a in &e.endpoints {
+                let addr = parse_addr(a).ok_or_else(|| bad(format!("endpoint {a:?}: expected ip:port")))?;
+                if addr.port() == 0 {
+                    return Err(bad(format!("endpoint {a:?}: port 0")));
+                }
+                if !endpoints.contains(&addr) {
+                    endpoints.push(addr);
+                }
+            }
+            services.insert(service, Arc::new(ServiceEndpoints { endpoints, source: Arc::from(e.source.as_str()) }));
+        }
+        Ok(EndpointsTable { generation: update.generation, services })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn get(&self, service: SocketAddr) -> Option<&Arc<ServiceEndpoints>> {
+        if self.services.is_empty() {
+            return None;
+        }
+        self.services.get(&SocketAddr::new(crate::addr::normalise(service.ip()), service.port()))
+    }
+}
+
+/// Tower's default decay for peak-EWMA.
+const DECAY: Duration = Duration::from_secs(10);
+/// What a new endpoint is assumed to cost (Linkerd's default RTT).
+const DEFAULT_RTT_NS: f64 = 30_000_000.0;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct EpState {
+    addr: SocketAddr,
+    ewma_ns: f64,
+    stamp: Instant,
+    pending: u32,
+    down_until: Option<Instant>,
+    backoff: Duration,
+}
+
+impl EpState {
+    fn new(addr: SocketAddr) -> EpState {
+        EpState { addr, ewma_ns: DEFAULT_RTT_NS, stamp: Instant::now(), pending: 0, down_until: None, backoff: BACKOFF_MIN }
+    }
+
+    fn cost(&self) -> f64 {
+        self.ewma_ns * f64::from(self.pending + 1)
+    }
+
+    fn observe(&mut self, rtt: Duration) {
+        let now = Instant::now();
+        let rtt = rtt.as_nanos() as f64;
+        if rtt > self.ewma_ns {
+            self.ewma_ns = rtt;
+        } else {
+            let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+            let w = (-elapsed / DECAY.as_secs_f64()).exp();
+            self.ewma_ns = self.ewma_ns * w + rtt * (1.0 - w);
+        }
+        self.stamp = now;
+    }
+}
+
+/// One worker's view of one Service.
+struct Balancer {
+    /// The table entry it was built from (compared by pointer).
+    from: Arc<ServiceEndpoints>,
+    eps: Vec<EpState>,
+}
+
+thread_local! {
+    static BALANCERS: RefCell<HashMap<(u64, SocketAddr), Balancer>> = RefCell::default();
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ (std::process::id() as u64) << 32 | 1
+}
+
+/// xorshift64*: cheap, thread-local, plenty for picking two endpoints.
+fn random(n: usize) -> usize {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    })
+}
+
+/// An endpoint picked for one request. Report how it went with
+/// [`Pick::success`] or [`Pick::failed`]; dropped otherwise, it only ends
+/// the request's in-flight count.
+pub struct Pick {
+    key: (u64, SocketAddr),
+    pub addr: SocketAddr,
+    started: Instant,
+    reported: bool,
+}
+
+impl Pick {
+    fn with_state(&self, f: impl FnOnce(&mut EpState)) {
+        let _ = BALANCERS.try_with(|b| {
+            if let Some(ep) = b.borrow_mut().get_mut(&self.key).and_then(|bal| bal.eps.iter_mut().find(|e| e.addr == self.addr)) {
+                f(ep);
+            }
+        });
+    }
+
+    /// The endpoint answered (response headers): its latency feeds the EWMA
+    /// and it is healthy again.
+    pub fn success(mut self) {
+        self.reported = true;
+        let rtt = self.started.elapsed();
+        self.with_state(|ep| {
+            ep.pending = ep.pending.saturating_sub(1);
+            ep.observe(rtt);
+            ep.down_until = None;
+            ep.backoff = BACKOFF_MIN;
+        });
+    }
+
+    /// The endpoint could not be reached: out for its back-off.
+    pub fn failed(mut self) {
+        self.reported = true;
+        self.with_state(|ep| {
+            ep.pending = ep.pending.saturating_sub(1);
+            ep.down_until = Some(Instant::now() + ep.backoff);
+            ep.backoff = (ep.backoff * 2).min(BACKOFF_MAX);
+        });
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.with_state(|ep| ep.pending = ep.pending.saturating_sub(1));
+        }
+    }
+}
+
+/// Picks an endpoint of `service` for one request, avoiding `exclude`
+/// (endpoints this request already failed on). `None`: every endpoint is
+/// excluded or backing off (or there are none).
+pub fn pick(engine: u64, service: SocketAddr, entry: &Arc<ServiceEndpoints>, exclude: &[SocketAddr]) -> Option<Pick> {
+    let key = (engine, service);
+    BALANCERS.with(|b| {
+        let mut b = b.borrow_mut();
+        let bal = b.entry(key).or_insert_with(|| Balancer { from: entry.clone(), eps: entry.endpoints.iter().copied().map(EpState::new).collect() });
+        if !Arc::ptr_eq(&bal.from, entry) {
+            // The endpoint set changed: keep what is known of the survivors.
+            let mut old: HashMap<SocketAddr, EpState> = bal.eps.drain(..).map(|e| (e.addr, e)).collect();
+            bal.eps = entry.endpoints.iter().map(|a| old.remove(a).unwrap_or_else(|| EpState::new(*a))).collect();
+            bal.from = entry.clone();
+        }
+        let now = Instant::now();
+        let ready: Vec<usize> = (0..bal.eps.len())
+            .filter(|&i| !exclude.contains(&bal.eps[i].addr) && bal.eps[i].down_until.is_none_or(|t| t <= now))
+            .collect();
+        let chosen = match ready.len() {
+            0 => return None,
+            1 => ready[0],
+            n => {
+                let a = ready[random(n)];
+                let mut bi = ready[random(n - 1)];
+                if bi == a {
+                    bi = ready[n - 1];
+                }
+                if bal.eps[bi].cost() < bal.eps[a].cost() {
+                    bi
+                } else {
+                    a
+                }
+            }
+        };
+        let ep = &mut bal.eps[chosen];
+        ep.pending += 1;
+        Some(Pick { key, addr: ep.addr, started: now, reported: false })
+    })
+}
+
+/// Forgets this worker's state of `engine`'s Services that left the table.
+pub fn retain(engine: u64, table: &EndpointsTable) {
+    let _ = BALANCERS.try_with(|b| b.borrow_mut().retain(|(e, s), _| *e != engine || table.get(*s).is_some()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(service: &str, eps: &[&str]) -> ServiceEndpointsSpec {
+        ServiceEndpointsSpec { service: service.into(), endpoints: eps.iter().map(|s| s.to_string()).collect(), source: "test".into() }
+    }
+
+    #[test]
+    fn updates_are_incremental_and_validated() {
+        let t = EndpointsTable::default();
+        let t = t
+            .apply(&EndpointsUpdate {
+                generation: 1,
+                replace: true,
+                upsert: vec![spec("10.96.0.1:80", &["10.0.0.1:8080", "10.0.0.2:8080"]), spec("10.96.0.2:80", &["10.0.0.3:80"])],
+                remove: vec![],
+            })
+            .unwrap();
+        let kept = t.get("10.96.0.2:80".parse().unwrap()).unwrap().clone();
+        let t2 = t
+            .apply(&EndpointsUpdate { generation: 2, replace: false, upsert: vec![spec("10.96.0.1:80", &["10.0.0.9:8080"])], remove: vec![] })
+            .unwrap();
+        assert!(Arc::ptr_eq(&kept, t2.get("10.96.0.2:80".parse().unwrap()).unwrap()), "untouched entries are shared");
+        assert_eq!(t2.get("10.96.0.1:80".parse().unwrap()).unwrap().endpoints, vec!["10.0.0.9:8080".parse().unwrap()]);
+        let t3 = t2.apply(&EndpointsUpdate { generation: 3, remove: vec!["10.96.0.1:80".into()], ..Default::default() }).unwrap();
+        assert_eq!((t3.len(), t3.generation()), (1, 3));
+        let err = t3.apply(&EndpointsUpdate { upsert: vec![spec("10.96.0.1:80", &["nope"])], ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("\"nope\""), "{err}");
+        // IPv4-mapped IPv6 finds the IPv4 entry.
+        assert!(t3.get("[::ffff:10.96.0.2]:80".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn p2c_spreads_and_prefers_the_faster_endpoint() {
+        let entry = Arc::new(ServiceEndpoints {
+            endpoints: vec!["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), "10.0.0.3:80".parse().unwrap()],
+            source: Arc::from("t"),
+        });
+        let svc: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+        for _ in 0..300 {
+            let p = pick(900, svc, &entry, &[]).unwrap();
+            *counts.entry(p.addr).or_default() += 1;
+            drop(p);
+        }
+        assert_eq!(counts.len(), 3, "every endpoint gets requests: {counts:?}");
+        // Make .3 slow: it should then lose nearly every comparison it is in.
+        for _ in 0..5 {
+            let p = loop {
+                let p = pick(900, svc, &entry, &[]).unwrap();
+                if p.addr == entry.endpoints[2] {
+                    break p;
+                }
+            };
+            let mut p = p;
+            p.started -= Duration::from_secs(2);
+            p.success();
+        }
+        let slow = (0..300).filter(|_| pick(900, svc, &entry, &[]).unwrap().addr == entry.endpoints[2]).count();
+        assert!(slow < 30, "the slow endpoint still got {slow} of 300");
+    }
+
+    #[test]
+    fn failed_endpoints_back_off_and_come_back() {
+        let entry = Arc::new(ServiceEndpoints { endpoints: vec!["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap()], source: Arc::from("t") });
+        let svc: SocketAddr = "10.96.0.9:80".parse().unwrap();
+        let bad = entry.endpoints[0];
+        let p = loop {
+            let p = pick(901, svc, &entry, &[]).unwrap();
+            if p.addr == bad {
+                break p;
+            }
+        };
+        p.failed();
+        for _ in 0..50 {
+            assert_ne!(pick(901, svc, &entry, &[]).unwrap().addr, bad, "a failed endpoint is out for its back-off");
+        }
+        assert!(pick(901, svc, &entry, &[entry.endpoints[1]]).is_none(), "nothing left once the other is excluded");
+        // The back-off expiring puts it back (probe).
+        BALANCERS.with(|b| b.borrow_mut().get_mut(&(901, svc)).unwrap().eps[0].down_until = Some(Instant::now()));
+        assert!((0..100).any(|_| pick(901, svc, &entry, &[]).unwrap().addr == bad));
+    }
+}

@@ -1,0 +1,396 @@
+//! Upstream HTTP connections: opened through a pluggable [`Connector`] and
+//! reused per worker thread.
+//!
+//! A connection lives its whole life on one worker's single-threaded
+//! runtime, and so do the upstream connections its requests use: each
+//! worker keeps its own pools in a thread-local, so checking a connection
+//! out or in touches no lock and no memory another worker writes (hyper-util's
+//! pooled client shares one pool behind a mutex; with one runtime per core
+//! that lock would be taken by every request of every worker).
+//!
+//! - HTTP/1: a keep-alive pool per endpoint, most recently used first (the
+//!   warmest socket), at most `pool_max_idle` idle connections. A connection
+//!   is checked back in when its response body ended cleanly; a stale one
+//!   (closed by the server while idle) is noticed before the request is
+//!   written and the request goes to the next (hyper hands an unsent
+//!   request back), so a server's idle close never costs a request.
+//! - HTTP/2: one multiplexed connection per endpoint, opened lazily by the
+//!   first request while the others wait for it (no dial storm); hyper and
+//!   h2 enforce the server's stream limit and flow control.
+//! - Upgrades and CONNECT get a connection of their own (`dial_upgrade`),
+//!   never pooled.
+//!
+//! Idle connections are closed after `pool_idle_timeout` by a sweeper task
+//! per worker, and all of them when the engine drains.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OnceCell;
+use tracing::debug;
+
+use crate::addr::TargetAddr;
+use crate::http::errors::ProxyError;
+use crate::http::io::CountedIo;
+use crate::metrics::{Metrics, SeriesKey};
+use crate::vocab::{Direction, TlsStatus};
+
+/// Which HTTP version a connection to an endpoint speaks (Linkerd's
+/// transport header calls it the session protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionProtocol {
+    Http1,
+    Http2,
+}
+
+/// Where one request's connection goes.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// The address dialled.
+    pub addr: SocketAddr,
+    pub protocol: SessionProtocol,
+    /// The connection's original destination (a Service address when
+    /// balanced): what a mesh connector looks identities up by.
+    pub logical: TargetAddr,
+    pub direction: Direction,
+}
+
+/// A byte stream to an endpoint.
+pub trait UpstreamStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> UpstreamStream for T {}
+
+/// What a connector returns.
+pub type UpstreamIo = Box<dyn UpstreamStream>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
+
+/// Opens connections to endpoints: plain TCP today; mesh TLS origination
+/// (the 4143 tunnel with Linkerd's transport header, whose session protocol
+/// is `Endpoint::protocol`) plugs in as another implementation.
+pub trait Connector: Send + Sync + 'static {
+    fn connect(&self, endpoint: &Endpoint) -> ConnectFuture;
+}
+
+/// Plain TCP with the engine's connect timeout (`proxy/connect.rs`).
+pub struct TcpConnector {
+    pub timeout: Duration,
+}
+
+impl Connector for TcpConnector {
+    fn connect(&self, endpoint: &Endpoint) -> ConnectFuture {
+        let (addr, timeout) = (endpoint.addr, self.timeout);
+        Box::pin(async move { Ok(Box::new(crate::proxy::connect(addr, timeout).await?) as UpstreamIo) })
+    }
+}
+
+/// A request that could not be sent, or failed.
+pub enum SendError {
+    /// Nothing was written: the request can go to another endpoint.
+    NotSent(Box<Request<Incoming>>, ProxyError),
+    /// The request was (at least partly) sent.
+    Failed(ProxyError),
+}
+
+type H1 = http1::SendRequest<Incoming>;
+type H2 = http2::SendRequest<Incoming>;
+
+struct IdleH1 {
+    tx: H1,
+    since: Instant,
+}
+
+struct H2Slot {
+    conn: Arc<OnceCell<H2>>,
+    used: Instant,
+}
+
+/// One worker's connections, for every engine on the thread (keyed by the
+/// engine's id, so two engines in one process never share a connection).
+#[derive(Default)]
+struct Pools {
+    h1: HashMap<(u64, SocketAddr), Vec<IdleH1>>,
+    h2: HashMap<(u64, SocketAddr), H2Slot>,
+    /// Engines whose sweeper runs on this thread.
+    swept: HashSet<u64>,
+}
+
+thread_local! {
+    static POOLS: RefCell<Pools> = RefCell::default();
+}
+
+/// An HTTP/1 connection lent to one exchange; checked back in by the
+/// response body when it ended cleanly (`body.rs`).
+pub struct Lease {
+    key: (u64, SocketAddr),
+    tx: H1,
+    max_idle: usize,
+}
+
+impl Lease {
+    pub fn release(self, clean: bool) {
+        if !clean || self.tx.is_closed() {
+            return;
+        }
+        let Lease { key, tx, max_idle } = self;
+        let _ = POOLS.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let idle = p.h1.entry(key).or_default();
+            if idle.len() < max_idle {
+                idle.push(IdleH1 { tx, since: Instant::now() });
+            }
+        });
+    }
+}
+
+/// The upstream side of the HTTP proxy.
+pub struct Client {
+    engine: u64,
+    connector: Arc<dyn Connector>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    drain: crate::drain::Drain,
+}
+
+fn next_engine_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Client {
+    pub fn new(config: &super::HttpConfig, connector: Arc<dyn Connector>, drain: crate::drain::Drain) -> Client {
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(config.max_response_header_bytes.max(8192)).max_headers(1000);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_header_list_size(config.max_response_header_bytes as u32).adaptive_window(true);
+        Client {
+            engine: next_engine_id(),
+            connector,
+            h1,
+            h2,
+            max_idle: config.pool_max_idle,
+            idle_timeout: config.pool_idle_timeout,
+            drain,
+        }
+    }
+
+    /// Opens a counted connection to `ep` through the connector.
+    async fn dial(&self, m: &Metrics, ep: &Endpoint) -> Result<CountedIo<UpstreamIo>, ProxyError> {
+        let io = self.connector.connect(ep).await.map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;
+        let series = m.series(&SeriesKey { direction: ep.direction, target: TargetAddr(ep.addr), tls: TlsStatus::plaintext(ep.direction) });
+        Ok(CountedIo::new(io, series))
+    }
+
+    async fn dial_h1(&self, m: &Metrics, ep: &Endpoint, upgrades: bool) -> Result<H1, ProxyError> {
+        let io = TokioIo::new(self.dial(m, ep).await?);
+        let (tx, conn) = self.h1.handshake(io).await.map_err(|source| ProxyError::Upstream { addr: ep.addr, source })?;
+        let addr = ep.addr;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(upstream = %addr, error = %e, "upstream HTTP/1 connection ended with an error");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(upstream = %addr, error = %e, "upstream HTTP/1 connection ended with an error");
+                }
+            });
+        }
+        Ok(tx)
+    }
+
+    async fn dial_h2(&self, m: &Metrics, ep: &Endpoint) -> Result<H2, ProxyError> {
+        let io = TokioIo::new(self.dial(m, ep).await?);
+        let (tx, conn) = self.h2.handshake(io).await.map_err(|source| ProxyError::Upstream { addr: ep.addr, source })?;
+        let addr = ep.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Sends `req` to `ep` over a pooled (HTTP/1) or shared (HTTP/2) connection.
+    pub async fn send(&self, m: &Metrics, ep: &Endpoint, req: Request<Incoming>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        self.ensure_sweeper();
+        match ep.protocol {
+            SessionProtocol::Http1 => self.send_h1(m, ep, req).await.map(|(r, l)| (r, Some(l))),
+            SessionProtocol::Http2 => self.send_h2(m, ep, req).await.map(|r| (r, None)),
+        }
+    }
+
+    async fn send_h1(&self, m: &Metrics, ep: &Endpoint, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Lease), SendError> {
+        let key = (self.engine, ep.addr);
+        let lease = |tx| Lease { key, tx, max_idle: self.max_idle };
+        // Idle connections first, newest first; each is tried at most once.
+        while let Some(mut tx) = self.checkout_h1(key) {
+            if !tx.is_ready() && tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, lease(tx))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() })),
+                },
+            }
+        }
+        let mut tx = match self.dial_h1(m, ep, false).await {
+            Ok(tx) => tx,
+            Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok((resp, lease(tx))),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let source = ProxyError::Upstream { addr: ep.addr, source: e.into_error() };
+                match unsent {
+                    Some(r) => Err(SendError::NotSent(Box::new(r), source)),
+                    None => Err(SendError::Failed(source)),
+                }
+            }
+        }
+    }
+
+    fn checkout_h1(&self, key: (u64, SocketAddr)) -> Option<H1> {
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            let idle = p.h1.get_mut(&key)?;
+            while let Some(c) = idle.pop() {
+                if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                    return Some(c.tx);
+                }
+            }
+            None
+        })
+    }
+
+    async fn send_h2(&self, m: &Metrics, ep: &Endpoint, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+        let key = (self.engine, ep.addr);
+        // A second try only when the shared connection turned out closed
+        // before the request was written.
+        for _ in 0..2 {
+            let cell = self.h2_slot(key);
+            let tx = match cell.get_or_try_init(|| self.dial_h2(m, ep)).await {
+                Ok(tx) => tx.clone(),
+                Err(e) => {
+                    self.forget_h2(key, &cell);
+                    return Err(SendError::NotSent(Box::new(req), e));
+                }
+            };
+            let mut tx = tx;
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        self.forget_h2(key, &cell);
+                        req = r;
+                    }
+                    None => return Err(SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() })),
+                },
+            }
+        }
+        Err(SendError::NotSent(
+            Box::new(req),
+            ProxyError::Connect { addr: ep.addr, source: io::Error::new(io::ErrorKind::ConnectionReset, "HTTP/2 connection closed") },
+        ))
+    }
+
+    /// This worker's shared HTTP/2 connection to `key` (a fresh, empty slot
+    /// when there is none or it closed).
+    fn h2_slot(&self, key: (u64, SocketAddr)) -> Arc<OnceCell<H2>> {
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            let slot = p.h2.entry(key).or_insert_with(|| H2Slot { conn: Arc::new(OnceCell::new()), used: Instant::now() });
+            if slot.conn.get().is_some_and(|c| c.is_closed()) {
+                slot.conn = Arc::new(OnceCell::new());
+            }
+            slot.used = Instant::now();
+            slot.conn.clone()
+        })
+    }
+
+    fn forget_h2(&self, key: (u64, SocketAddr), cell: &Arc<OnceCell<H2>>) {
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.h2.get(&key).is_some_and(|s| Arc::ptr_eq(&s.conn, cell)) {
+                p.h2.remove(&key);
+            }
+        });
+    }
+
+    /// A connection of its own for an upgrade or CONNECT: sends `req` and
+    /// returns the response; the connection is never pooled.
+    pub async fn send_upgrade(&self, m: &Metrics, ep: &Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+        if ep.protocol == SessionProtocol::Http2 {
+            // HTTP/2 CONNECT (RFC 8441 too) is one stream of the shared connection.
+            self.ensure_sweeper();
+            return self.send_h2(m, ep, req).await;
+        }
+        let mut tx = match self.dial_h1(m, ep, true).await {
+            Ok(tx) => tx,
+            Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
+        };
+        tx.try_send_request(req).await.map_err(|e| SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() }))
+    }
+
+    /// Starts this worker's sweeper for this engine, once.
+    fn ensure_sweeper(&self) {
+        let first = POOLS.with(|p| p.borrow_mut().swept.insert(self.engine));
+        if first {
+            tokio::spawn(sweep(self.engine, self.idle_timeout, self.drain.clone()));
+        }
+    }
+}
+
+/// Closes this worker's idle connections of `engine` past `idle_timeout`;
+/// once the engine drains, every idle connection at each pass; at the drain
+/// deadline everything, and ends.
+async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain) {
+    let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = drain.cut.cancelled() => break,
+        }
+        let max_age = if drain.stop_accepting.is_cancelled() { Duration::ZERO } else { idle_timeout };
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            for ((e, _), idle) in p.h1.iter_mut() {
+                if *e == engine {
+                    idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < max_age);
+                }
+            }
+            p.h1.retain(|_, idle| !idle.is_empty());
+            p.h2.retain(|(e, _), s| *e != engine || (s.used.elapsed() < max_age && !s.conn.get().is_some_and(|c| c.is_closed())));
+        });
+    }
+    let _ = POOLS.try_with(|p| {
+        let mut p = p.borrow_mut();
+        p.h1.retain(|(e, _), _| *e != engine);
+        p.h2.retain(|(e, _), _| *e != engine);
+        p.swept.remove(&engine);
+    });
+}
+
+/// Idle HTTP/1 connections and HTTP/2 connections this worker keeps (tests).
+pub fn pooled_on_this_thread() -> (usize, usize) {
+    POOLS.with(|p| {
+        let p = p.borrow();
+        (p.h1.values().map(Vec::len).sum(), p.h2.len())
+    })
+}
