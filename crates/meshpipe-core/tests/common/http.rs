@@ -98,6 +98,7 @@ pub struct Seen {
 /// - `GET /status/N`: status N;
 /// - `GET /slow/MS`: answers after MS milliseconds;
 /// - `POST /grpc/N` (HTTP/2): echo body, trailers `grpc-status: N`;
+/// - `CONNECT deny.*`: 407;
 /// - `Upgrade: websocket` / `CONNECT`: 101 / 200, then echo on the tunnel,
 ///   prefixed with `name` and the authority or path the request named;
 /// - anything else: `name method uri host` as text, with the request's
@@ -106,6 +107,11 @@ async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
     seen.requests.fetch_add(1, Relaxed);
     let path = req.uri().path().to_string();
     let upgrade = req.headers().get("upgrade").map(|v| v.to_str().unwrap_or("").to_string());
+    if req.method() == http::Method::CONNECT && req.uri().host().is_some_and(|h| h.starts_with("deny.")) {
+        let mut r = Response::new(full("proxy authentication required"));
+        *r.status_mut() = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+        return Ok(r);
+    }
     if req.method() == http::Method::CONNECT || upgrade.is_some() {
         let label = format!("{name} {}\n", req.uri());
         let on = hyper::upgrade::on(&mut req);
