@@ -149,28 +149,45 @@ struct EpState {
     pending: u32,
     down_until: Option<Instant>,
     backoff: Duration,
+    /// Whether a latency was observed yet.
+    observed: bool,
 }
 
 impl EpState {
-    fn new(addr: SocketAddr) -> EpState {
-        EpState { addr, ewma_ns: DEFAULT_RTT_NS, stamp: Instant::now(), pending: 0, down_until: None, backoff: BACKOFF_MIN }
+    fn new(addr: SocketAddr, now: Instant) -> EpState {
+        EpState { addr, ewma_ns: DEFAULT_RTT_NS, stamp: now, pending: 0, down_until: None, backoff: BACKOFF_MIN, observed: false }
     }
 
-    fn cost(&self) -> f64 {
-        self.ewma_ns * f64::from(self.pending + 1)
+    /// The estimate decayed to `now`: like tower's `PeakEwma`, an endpoint
+    /// that is not picked drifts back toward zero cost, so one bad sample
+    /// (a slow first request) cannot starve it for good.
+    fn estimate(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        self.ewma_ns * (-elapsed / DECAY.as_secs_f64()).exp()
+    }
+
+    /// `ewma × (in-flight + 1)`; an endpoint never observed is assumed to be
+    /// as fast as the observed ones on average (`typical`), so a new endpoint
+    /// gets its share at once instead of waiting for the others to slow down.
+    fn cost(&self, now: Instant, typical: Option<f64>) -> f64 {
+        let estimate = if self.observed { self.estimate(now) } else { typical.unwrap_or(DEFAULT_RTT_NS) };
+        estimate * f64::from(self.pending + 1)
     }
 
     fn observe(&mut self, rtt: Duration) {
         let now = Instant::now();
         let rtt = rtt.as_nanos() as f64;
-        if rtt > self.ewma_ns {
-            self.ewma_ns = rtt;
+        let decayed = self.estimate(now);
+        self.ewma_ns = if rtt > decayed {
+            // Peaks are taken at once.
+            rtt
         } else {
             let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
             let w = (-elapsed / DECAY.as_secs_f64()).exp();
-            self.ewma_ns = self.ewma_ns * w + rtt * (1.0 - w);
-        }
+            decayed * w + rtt * (1.0 - w)
+        };
         self.stamp = now;
+        self.observed = true;
     }
 }
 
@@ -261,14 +278,15 @@ pub fn pick(engine: u64, service: SocketAddr, entry: &Arc<ServiceEndpoints>, exc
     let key = (engine, service);
     BALANCERS.with(|b| {
         let mut b = b.borrow_mut();
-        let bal = b.entry(key).or_insert_with(|| Balancer { from: entry.clone(), eps: entry.endpoints.iter().copied().map(EpState::new).collect() });
+        let now = Instant::now();
+        let bal =
+            b.entry(key).or_insert_with(|| Balancer { from: entry.clone(), eps: entry.endpoints.iter().map(|a| EpState::new(*a, now)).collect() });
         if !Arc::ptr_eq(&bal.from, entry) {
             // The endpoint set changed: keep what is known of the survivors.
             let mut old: HashMap<SocketAddr, EpState> = bal.eps.drain(..).map(|e| (e.addr, e)).collect();
-            bal.eps = entry.endpoints.iter().map(|a| old.remove(a).unwrap_or_else(|| EpState::new(*a))).collect();
+            bal.eps = entry.endpoints.iter().map(|a| old.remove(a).unwrap_or_else(|| EpState::new(*a, now))).collect();
             bal.from = entry.clone();
         }
-        let now = Instant::now();
         let ready: Vec<usize> = (0..bal.eps.len())
             .filter(|&i| !exclude.contains(&bal.eps[i].addr) && bal.eps[i].down_until.is_none_or(|t| t <= now))
             .collect();
@@ -276,12 +294,14 @@ pub fn pick(engine: u64, service: SocketAddr, entry: &Arc<ServiceEndpoints>, exc
             0 => return None,
             1 => ready[0],
             n => {
+                let observed: Vec<f64> = ready.iter().filter(|&&i| bal.eps[i].observed).map(|&i| bal.eps[i].estimate(now)).collect();
+                let typical = (!observed.is_empty()).then(|| observed.iter().sum::<f64>() / observed.len() as f64);
                 let a = ready[random(n)];
                 let mut bi = ready[random(n - 1)];
                 if bi == a {
                     bi = ready[n - 1];
                 }
-                if bal.eps[bi].cost() < bal.eps[a].cost() {
+                if bal.eps[bi].cost(now, typical) < bal.eps[a].cost(now, typical) {
                     bi
                 } else {
                     a
@@ -346,18 +366,22 @@ mod tests {
             drop(p);
         }
         assert_eq!(counts.len(), 3, "every endpoint gets requests: {counts:?}");
-        // Make .3 slow: it should then lose nearly every comparison it is in.
-        for _ in 0..5 {
-            let p = loop {
-                let p = pick(900, svc, &entry, &[]).unwrap();
-                if p.addr == entry.endpoints[2] {
-                    break p;
-                }
-            };
-            let mut p = p;
-            p.started -= Duration::from_secs(2);
+        // Every endpoint answers fast once, then .3 turns slow: it should
+        // lose nearly every comparison it is in.
+        let mut fast = std::collections::HashSet::new();
+        while fast.len() < 3 {
+            let p = pick(900, svc, &entry, &[]).unwrap();
+            fast.insert(p.addr);
             p.success();
         }
+        // .3's requests now take 2 s (its state as five slow answers leave it).
+        BALANCERS.with(|b| {
+            let mut b = b.borrow_mut();
+            let ep = b.get_mut(&(900, svc)).unwrap().eps.iter_mut().find(|e| e.addr == entry.endpoints[2]).unwrap();
+            for _ in 0..5 {
+                ep.observe(Duration::from_secs(2));
+            }
+        });
         let slow = (0..300).filter(|_| pick(900, svc, &entry, &[]).unwrap().addr == entry.endpoints[2]).count();
         assert!(slow < 30, "the slow endpoint still got {slow} of 300");
     }
