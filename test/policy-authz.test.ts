@@ -37,7 +37,7 @@ function load(file: string): Loaded {
     const o = normalizeObject(item, problems);
     if (o?.kind === 'Server') out.servers.push(o);
     else if (o?.kind === 'Namespace') out.namespaces.push(o);
-    else if (o && o.kind !== 'Service') out.workloads.push(o);
+    else if (o && o.kind !== 'Service' && o.kind !== 'EndpointSlice') out.workloads.push(o);
   }
   const authz = normalizeAuthzObjects(items, file);
   out.objects = authz.objects;

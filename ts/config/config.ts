@@ -24,6 +24,7 @@ import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
 import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './schemas.js';
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
 import { IDENTITY_FIELDS, type IdentityConfig, identityConfig } from './identity.js';
+import { HTTP_FIELDS, type HttpConfig, httpConfig } from './http.js';
 import {
   parseBindAddr,
   parseForward,
@@ -37,7 +38,7 @@ export type { ForwardSpec, SocketAddr, PortMode, Direction } from './forward.js'
 export { LOG_LEVELS, type LogLevel } from './schemas.js';
 
 /** The validated, normalised, deeply frozen proxy configuration. */
-export interface ProxyConfig extends SidecarConfig, IdentityConfig {
+export interface ProxyConfig extends SidecarConfig, IdentityConfig, HttpConfig {
   readonly forward: readonly ForwardSpec[];
   readonly drainTimeoutMs: number;
   /** Limit on open proxied connections of each direction; 0 = unlimited (the default of the two below). */
@@ -141,6 +142,7 @@ const FIELDS = {
   inboundStopDelay: { schema: duration('a duration like 5s or 0 (stop at once)', { min: 0 }), default: '0s', expected: 'a duration like 5s or 0 (stop at once)' },
   ...SIDECAR_FIELDS,
   ...IDENTITY_FIELDS,
+  ...HTTP_FIELDS,
 } as const;
 
 export type ConfigKey = keyof typeof FIELDS;
@@ -313,6 +315,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     inboundStopDelayMs: v.inboundStopDelay,
     ...sidecarConfig(v),
     ...identityConfig(v, (k) => sources[k]),
+    ...httpConfig(v),
     sources,
   };
   return deepFreeze(config);

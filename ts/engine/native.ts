@@ -35,6 +35,7 @@ import type {
   Snapshot,
   TcpSnapshot,
   DetectResult,
+  EndpointsUpdate,
 } from './boundary.js';
 
 export type * from './boundary.js';
@@ -119,6 +120,11 @@ export class NativeProxy {
 
   setPolicy(policy: PolicyTable): number {
     return call(() => this.#raw.setPolicy(JSON.stringify(policy)));
+  }
+
+  /** Applies an endpoints update (Service address -> endpoints, for HTTP balancing). */
+  updateEndpoints(update: EndpointsUpdate): number {
+    return call(() => this.#raw.updateEndpoints(JSON.stringify(update)));
   }
 
   snapshot(): EngineSnapshot {

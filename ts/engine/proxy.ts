@@ -23,6 +23,7 @@ import {
   type BoundListener,
   type CloseSummary,
   type ConnectionInfo,
+  type EndpointsUpdate,
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
@@ -141,6 +142,16 @@ export class Proxy {
   /** Swaps in a new policy atomically; only new connections see it. Returns the engine's generation. */
   setPolicy(policy: PolicyTable): number {
     return this.#native.setPolicy(policy);
+  }
+
+  /**
+   * Applies an endpoints update: Services (cluster IP and port) and their
+   * endpoints for per-request HTTP balancing, before or after `start()`.
+   * Requests in flight keep their endpoint. Returns the table's generation.
+   * @throws MeshpipeError ERR_POLICY when an entry is invalid (the table in force stays)
+   */
+  updateEndpoints(update: EndpointsUpdate): number {
+    return this.#native.updateEndpoints(update);
   }
 
   /** Every engine counter, read in one call. */

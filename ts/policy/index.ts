@@ -13,7 +13,9 @@
  * authorization resources and default policies into the engine's inbound
  * authorization table, destinations.ts the meshed-destinations table (pods
  * with the sidecar and `--destinations FILE`); neither is wired into the
- * running proxy yet.
+ * running proxy yet. endpoints.ts compiles Services and their EndpointSlices
+ * (and `--endpoints FILE`) into the engine's endpoints table for per-request
+ * HTTP balancing.
  *
  * Other folders import from here (the Kubernetes object types and loaders from
  * ts/policy/k8s/). Files of the policy folder and of k8s/ import each other
@@ -44,3 +46,4 @@ export {
   type DestinationsInputs,
   type DestinationsResult,
 } from './destinations.js';
+export { compileEndpoints, endpointsDelta, parseEndpointsFile, socketAddr, type EndpointsProblem, type SentEndpoints } from './endpoints.js';

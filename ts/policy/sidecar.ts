@@ -13,7 +13,7 @@
  */
 import { hasPolicySources, type ProxyConfig } from '../config/index.js';
 import type { Logger } from '../observe/index.js';
-import type { EngineSnapshot, PolicyTable } from '../engine/index.js';
+import type { EngineSnapshot, PolicyTable, ServiceEndpointsSpec } from '../engine/index.js';
 import { effectiveToJson } from './model.js';
 import { createPolicySource, type PolicySource, type PolicyUpdate } from './source.js';
 
@@ -25,6 +25,8 @@ export interface SidecarPolicy {
   view(snapshot: EngineSnapshot | undefined): unknown;
   /** Calls `apply` with every later table whose rules changed. */
   onTable(apply: (table: PolicyTable) => void): void;
+  /** Calls `apply` with the Services' endpoints of every later update (HTTP balancing). */
+  onEndpoints(apply: (endpoints: readonly ServiceEndpointsSpec[]) => void): void;
   close(): Promise<void>;
 }
 
@@ -90,6 +92,9 @@ export async function startSidecarPolicy(config: ProxyConfig, logger: Logger): P
           logger.error({ err, generation }, 'policy rejected by the engine; the last good policy stays in force');
         }
       });
+    },
+    onEndpoints(apply) {
+      source.on('policy', (update) => apply(update.endpoints));
     },
     close: () => source.close(),
   };

@@ -15,6 +15,8 @@
  * those stays in `problems` until it is fixed.
  */
 
+import type { ServiceEndpointsSpec } from '../engine/index.js';
+import { compileEndpoints } from './endpoints.js';
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
@@ -63,6 +65,8 @@ export interface PolicyUpdate {
   readonly table: PolicyTable;
   readonly effective: EffectivePolicy;
   readonly problems: readonly PolicyProblem[];
+  /** Services and their ready endpoints (EndpointSlices), for HTTP balancing (endpoints.ts). */
+  readonly endpoints: readonly ServiceEndpointsSpec[];
 }
 
 export interface PolicySourceEvents {
@@ -299,13 +303,15 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     const problems = [...this.annotationProblems, ...kubeProblems, ...result.problems];
     const rulesJson = JSON.stringify(toPolicyTable(result.effective, 0).rules);
     const generation = (this.last?.generation ?? 0) + (rulesJson === this.lastRulesJson ? 0 : 1);
+    const endpoints = compileEndpoints(manifests.services, manifests.endpointSlices);
     const update: PolicyUpdate = Object.freeze({
       generation,
       table: toPolicyTable(result.effective, generation),
       effective: result.effective,
       problems: Object.freeze(problems),
+      endpoints: Object.freeze(endpoints),
     });
-    const json = JSON.stringify({ e: update.effective, p: problems.map((p) => p.message), generation });
+    const json = JSON.stringify({ e: update.effective, p: problems.map((p) => p.message), generation, endpoints });
     this.lastRulesJson = rulesJson;
     if (json !== this.lastJson) {
       this.lastJson = json;

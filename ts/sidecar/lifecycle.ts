@@ -40,6 +40,7 @@ import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
 import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
 import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+import { EndpointsFeed, readEndpointsFile } from './endpoints.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
@@ -219,10 +220,16 @@ export class Sidecar {
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
       this.#policySource = await startSidecarPolicy(this.config, this.logger);
+      // Endpoints for HTTP balancing, like the policy, before any listener binds.
+      const endpoints = new EndpointsFeed(this.proxy, this.config.endpoints === undefined ? [] : readEndpointsFile(this.config.endpoints), this.logger);
       if (this.#policySource) {
         this.#table = this.#policySource.first.table;
         this.proxy.setPolicy(this.#table);
         this.#policySource.onTable((table) => this.setPolicy(table));
+        endpoints.update(this.#policySource.first.endpoints);
+        this.#policySource.onEndpoints((list) => endpoints.update(list));
+      } else {
+        endpoints.update();
       }
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];

@@ -15,7 +15,10 @@ use meshpipe_core::vocab::Direction;
 const T: Duration = Duration::from_secs(20);
 
 fn series<'a>(snap: &'a meshpipe_core::Snapshot, authority: &str) -> &'a meshpipe_core::metrics::HttpSnapshot {
-    snap.http.iter().find(|s| s.authority.as_deref() == Some(authority)).unwrap_or_else(|| panic!("no series for {authority}: {:?}", snap.http))
+    snap.http
+        .iter()
+        .find(|s| s.authority.as_deref() == Some(authority))
+        .unwrap_or_else(|| panic!("no series for {authority}: {:?}", snap.http))
 }
 
 fn responses(s: &meshpipe_core::metrics::HttpSnapshot, status: u16) -> u64 {
@@ -85,7 +88,10 @@ async fn hop_by_hop_headers_do_not_reach_the_backend() {
             head.extend_from_slice(&buf[..n]);
         }
         let body = String::from_utf8_lossy(&head).to_string();
-        let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: keep-alive, x-resp-hop\r\nx-resp-hop: 1\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: keep-alive, x-resp-hop\r\nx-resp-hop: 1\r\n\r\n{body}",
+            body.len()
+        );
         s.write_all(resp.as_bytes()).await.unwrap();
         let _ = s.read(&mut buf).await;
     });
@@ -143,7 +149,8 @@ async fn grpc_status_is_read_from_trailers() {
     let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
     let mut c = h2_client(proxy).await;
     for code in [0u16, 13, 5] {
-        let req = Request::post(format!("http://svc.grpc/grpc/{code}")).header("content-type", "application/grpc").body(full("msg")).unwrap();
+        let req =
+            Request::post(format!("http://svc.grpc/grpc/{code}")).header("content-type", "application/grpc").body(full("msg")).unwrap();
         let resp = within(T, c.send_request(req)).await.unwrap();
         let (_, n, trailers) = body_sha(resp.into_body()).await;
         assert_eq!(n, 3);
@@ -195,7 +202,8 @@ async fn unreachable_upstreams_get_502_and_grpc_gets_unavailable() {
     let bad = s.responses.iter().find(|r| r.status_code == Some(502)).unwrap();
     assert_eq!((bad.count, bad.error), (1, Some(meshpipe_core::http::HttpErrorReason::BadGateway)));
     assert!(s.responses.iter().any(|r| r.grpc_status == Some(14) && r.classification == meshpipe_core::metrics::Classification::Failure));
-    let errors = snap.http_errors.iter().find(|e| e.direction == Direction::Outbound && e.error == meshpipe_core::http::HttpErrorReason::BadGateway);
+    let errors =
+        snap.http_errors.iter().find(|e| e.direction == Direction::Outbound && e.error == meshpipe_core::http::HttpErrorReason::BadGateway);
     assert_eq!(errors.unwrap().count, 2);
 }
 
@@ -226,7 +234,9 @@ async fn oversized_headers_get_431_and_large_ones_pass() {
     let req = Request::get("/no").header("host", "h.test").header("x-big", "a".repeat(40 * 1024)).body(full("")).unwrap();
     let resp = within(T, c.send_request(req)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    let snap = until(&engine, |s| s.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::HeadersTooLarge && e.count == 1)).await;
+    let snap =
+        until(&engine, |s| s.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::HeadersTooLarge && e.count == 1))
+            .await;
     assert_eq!(series(&snap, "h.test").requests, 1, "the refused request never reached the proxy logic");
 }
 

@@ -203,6 +203,16 @@ impl NativeProxy {
         self.inner.engine.set_policy(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
+    /// Applies an endpoints update (JSON of an `EndpointsUpdate`: Service
+    /// address -> endpoints, for per-request HTTP balancing), before or
+    /// after `start()`. Returns the table's generation.
+    #[napi]
+    pub fn update_endpoints(&self, update: String) -> Result<i64, ErrorCode> {
+        let spec: meshpipe_core::http::balance::EndpointsUpdate =
+            serde_json::from_str(&update).map_err(|e| fail(ErrorCode::Policy, format!("endpoints update: {e}")))?;
+        self.inner.engine.update_endpoints(&spec).map(|g| g as i64).map_err(engine_error)
+    }
+
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
     #[napi]
     pub fn snapshot(&self) -> Result<String, ErrorCode> {

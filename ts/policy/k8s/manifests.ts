@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import {
   normalizeObject,
+  type EndpointSliceObject,
   type NamespaceObject,
   type ObjectProblem,
   type PolicyObject,
@@ -33,6 +34,8 @@ export interface ManifestSet {
   readonly services: readonly ServiceObject[];
   readonly workloads: readonly WorkloadObject[];
   readonly servers: readonly ServerObject[];
+  /** EndpointSlices: the endpoints of Services, for HTTP balancing (ts/policy/endpoints.ts). */
+  readonly endpointSlices: readonly EndpointSliceObject[];
   /** Objects of kinds the policy layer does not read. */
   readonly ignored: number;
   readonly problems: readonly PolicyProblem[];
@@ -48,7 +51,7 @@ export interface ManifestFile {
 }
 
 export const EMPTY_MANIFESTS: ManifestSet = Object.freeze({
-  namespaces: [], services: [], workloads: [], servers: [], ignored: 0, problems: [],
+  namespaces: [], services: [], workloads: [], servers: [], endpointSlices: [], ignored: 0, problems: [],
 });
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
@@ -137,6 +140,7 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
   const services: ServiceObject[] = [];
   const workloads: WorkloadObject[] = [];
   const servers: ServerObject[] = [];
+  const endpointSlices: EndpointSliceObject[] = [];
   let ignored = 0;
   const problems: PolicyProblem[] = [...extra];
   for (const f of files) {
@@ -146,10 +150,11 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
       if (o.kind === 'Namespace') namespaces.push(o);
       else if (o.kind === 'Service') services.push(o);
       else if (o.kind === 'Server') servers.push(o);
+      else if (o.kind === 'EndpointSlice') endpointSlices.push(o);
       else workloads.push(o);
     }
   }
-  return Object.freeze({ namespaces, services, workloads, servers, ignored, problems });
+  return Object.freeze({ namespaces, services, workloads, servers, endpointSlices, ignored, problems });
 }
 
 /** Concatenates manifest sets (e.g. files + live API). */
@@ -159,6 +164,7 @@ export function combineManifests(...sets: readonly ManifestSet[]): ManifestSet {
     services: sets.flatMap((s) => s.services),
     workloads: sets.flatMap((s) => s.workloads),
     servers: sets.flatMap((s) => s.servers),
+    endpointSlices: sets.flatMap((s) => s.endpointSlices),
     ignored: sets.reduce((n, s) => n + s.ignored, 0),
     problems: sets.flatMap((s) => s.problems),
   });

@@ -6,11 +6,15 @@
  * events carry strings) into these typed, frozen shapes.
  *
  * Kinds: Namespace, Service, Pod, the pod templates of Deployment,
- * StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, and
- * `policy.linkerd.io` Server. Anything else is "ignored" (counted, not an
+ * StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, `policy.linkerd.io`
+ * Server, and discovery.k8s.io EndpointSlice (endpoint-slices.ts). Anything else is "ignored" (counted, not an
  * error). A known kind with a malformed field yields a problem naming the
  * object and the field; the rest of the object still counts.
  */
+
+import { normalizeEndpointSlice, type EndpointSliceObject } from './endpoint-slices.js';
+
+export type { EndpointSliceObject } from './endpoint-slices.js';
 
 export interface ObjectRef {
   readonly kind: string;
@@ -90,7 +94,7 @@ export interface ServerObject {
   readonly createdAt: number | undefined;
 }
 
-export type PolicyObject = NamespaceObject | ServiceObject | WorkloadObject | ServerObject;
+export type PolicyObject = NamespaceObject | ServiceObject | WorkloadObject | ServerObject | EndpointSliceObject;
 
 /** A problem found while reading an object or a file. */
 export interface ObjectProblem {
@@ -202,6 +206,7 @@ export function normalizeObject(
   if (kind === 'Namespace') {
     return Object.freeze({ kind, name, annotations: stringMap(metadata['annotations']) });
   }
+  if (kind === 'EndpointSlice') return normalizeEndpointSlice(raw, namespace, name, problems);
   if (kind === 'Service') {
     const ref = { kind, namespace, name };
     const spec = rec(raw['spec']);

@@ -1,7 +1,8 @@
 /**
  * Live watch of the Kubernetes objects the policy layer reads (Namespaces,
  * Services, Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs,
- * CronJobs and `servers.policy.linkerd.io`) through @kubernetes/client-node
+ * CronJobs, `servers.policy.linkerd.io`, and EndpointSlices for HTTP
+ * balancing) through @kubernetes/client-node
  * informers (list, then watch from the list's resourceVersion).
  *
  * Config: `--kubeconfig FILE`, else the in-cluster service account when
@@ -19,6 +20,7 @@ import {
   BatchV1Api,
   CoreV1Api,
   CustomObjectsApi,
+  DiscoveryV1Api,
   KubeConfig,
   makeInformer,
   type Informer,
@@ -121,6 +123,7 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
     const apps = this.kc.makeApiClient(AppsV1Api);
     const batch = this.kc.makeApiClient(BatchV1Api);
     const custom = this.kc.makeApiClient(CustomObjectsApi);
+    const discovery = this.kc.makeApiClient(DiscoveryV1Api);
     const version = options.serverApiVersion ?? 'v1beta3';
     const k = (kind: string, path: string, list: () => Promise<unknown>): Kind => ({
       kind, path, list: list as ListFn, synced: false, restarts: 0, error: undefined, backoffMs: this.backoffInitialMs,
@@ -137,6 +140,7 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
       k('CronJob', '/apis/batch/v1/cronjobs', () => batch.listCronJobForAllNamespaces()),
       k('Server', `/apis/policy.linkerd.io/${version}/servers`,
         () => custom.listClusterCustomObject({ group: 'policy.linkerd.io', version, plural: 'servers' })),
+      k('EndpointSlice', '/apis/discovery.k8s.io/v1/endpointslices', () => discovery.listEndpointSliceForAllNamespaces()),
     ];
   }
 

@@ -279,17 +279,17 @@ pub fn pick(engine: u64, service: SocketAddr, entry: &Arc<ServiceEndpoints>, exc
     BALANCERS.with(|b| {
         let mut b = b.borrow_mut();
         let now = Instant::now();
-        let bal =
-            b.entry(key).or_insert_with(|| Balancer { from: entry.clone(), eps: entry.endpoints.iter().map(|a| EpState::new(*a, now)).collect() });
+        let bal = b
+            .entry(key)
+            .or_insert_with(|| Balancer { from: entry.clone(), eps: entry.endpoints.iter().map(|a| EpState::new(*a, now)).collect() });
         if !Arc::ptr_eq(&bal.from, entry) {
             // The endpoint set changed: keep what is known of the survivors.
             let mut old: HashMap<SocketAddr, EpState> = bal.eps.drain(..).map(|e| (e.addr, e)).collect();
             bal.eps = entry.endpoints.iter().map(|a| old.remove(a).unwrap_or_else(|| EpState::new(*a, now))).collect();
             bal.from = entry.clone();
         }
-        let ready: Vec<usize> = (0..bal.eps.len())
-            .filter(|&i| !exclude.contains(&bal.eps[i].addr) && bal.eps[i].down_until.is_none_or(|t| t <= now))
-            .collect();
+        let ready: Vec<usize> =
+            (0..bal.eps.len()).filter(|&i| !exclude.contains(&bal.eps[i].addr) && bal.eps[i].down_until.is_none_or(|t| t <= now)).collect();
         let chosen = match ready.len() {
             0 => return None,
             1 => ready[0],
@@ -340,7 +340,12 @@ mod tests {
             .unwrap();
         let kept = t.get("10.96.0.2:80".parse().unwrap()).unwrap().clone();
         let t2 = t
-            .apply(&EndpointsUpdate { generation: 2, replace: false, upsert: vec![spec("10.96.0.1:80", &["10.0.0.9:8080"])], remove: vec![] })
+            .apply(&EndpointsUpdate {
+                generation: 2,
+                replace: false,
+                upsert: vec![spec("10.96.0.1:80", &["10.0.0.9:8080"])],
+                remove: vec![],
+            })
             .unwrap();
         assert!(Arc::ptr_eq(&kept, t2.get("10.96.0.2:80".parse().unwrap()).unwrap()), "untouched entries are shared");
         assert_eq!(t2.get("10.96.0.1:80".parse().unwrap()).unwrap().endpoints, vec!["10.0.0.9:8080".parse().unwrap()]);
@@ -388,7 +393,10 @@ mod tests {
 
     #[test]
     fn failed_endpoints_back_off_and_come_back() {
-        let entry = Arc::new(ServiceEndpoints { endpoints: vec!["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap()], source: Arc::from("t") });
+        let entry = Arc::new(ServiceEndpoints {
+            endpoints: vec!["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap()],
+            source: Arc::from("t"),
+        });
         let svc: SocketAddr = "10.96.0.9:80".parse().unwrap();
         let bad = entry.endpoints[0];
         let p = loop {

@@ -44,10 +44,8 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain) {
 }
 
 async fn run(client: OnUpgrade, upstream: OnUpgrade) -> Result<(u64, u64), TunnelError> {
-    let (client, upstream) = tokio::try_join!(
-        async { client.await.map_err(TunnelError::Client) },
-        async { upstream.await.map_err(TunnelError::Upstream) }
-    )?;
+    let (client, upstream) =
+        tokio::try_join!(async { client.await.map_err(TunnelError::Client) }, async { upstream.await.map_err(TunnelError::Upstream) })?;
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await.map_err(TunnelError::Copy)
