@@ -32,6 +32,12 @@ export declare class NativeProxy {
    * `start()`; new connections only. Returns its generation.
    */
   setPolicy(policy: string): number
+  /**
+   * Applies an endpoints update (JSON of an `EndpointsUpdate`: Service
+   * address -> endpoints, for per-request HTTP balancing), before or
+   * after `start()`. Returns the table's generation.
+   */
+  updateEndpoints(update: string): number
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */

@@ -8,6 +8,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { parseProxyArgv } from '../ts/cli/args.js';
+import { buildEngineConfig } from '../ts/engine/build-config.js';
 import { NativeProxy } from '../ts/engine/native.js';
 import { compileEndpoints, endpointsDelta, parseEndpointsFile, type SentEndpoints } from '../ts/policy/endpoints.js';
 import { loadManifests } from '../ts/policy/k8s/manifests.js';
@@ -48,7 +50,8 @@ test('updates carry only what changed, and the engine applies them', async () =>
   const second = endpointsDelta(sent, [{ ...a, endpoints: ['10.0.0.9:80'] }], 2)!;
   assert.deepEqual([second.upsert.map((e) => e.service), second.remove], [['10.96.0.1:80'], ['10.96.0.2:80']]);
 
-  const engine = new NativeProxy({ listeners: [{ name: 'x', bind: '127.0.0.1:0', target: { kind: 'fixed', addr: '127.0.0.1:9' }, direction: 'outbound' }] });
+  const config = parseProxyArgv(['--forward', '127.0.0.1:0=127.0.0.1:9'], { env: {} }).config;
+  const engine = new NativeProxy(buildEngineConfig(config));
   assert.equal(engine.updateEndpoints(first), 1);
   assert.equal(engine.updateEndpoints(second), 2);
   assert.throws(() => engine.updateEndpoints({ generation: 3, replace: false, upsert: [{ service: 'x', endpoints: [], source: 'f:1' }], remove: [] }),

@@ -43,7 +43,10 @@ async function h1Origin(t: TestContext): Promise<number> {
       const body = Buffer.concat(chunks);
       res.setHeader('x-origin-saw-version', req.httpVersion);
       res.setHeader('x-origin-saw-te', String(req.headers['transfer-encoding'] ?? ''));
-      res.end(`${req.method} ${req.url} ${body.length} ${sha256(body)}`);
+      const text = `${req.method} ${req.url} ${body.length} ${sha256(body)}`;
+      // HEAD answers with the Content-Length a GET would have.
+      res.setHeader('content-length', Buffer.byteLength(text));
+      res.end(req.method === 'HEAD' ? undefined : text);
     });
   });
   server.listen(0, HOST);
@@ -84,16 +87,17 @@ describe('HTTP proxying end to end', () => {
     const chunked = await curl('-H', 'Transfer-Encoding: chunked', '-H', 'Expect: 100-continue', '--data-binary', `@${join(dir, 'up.bin')}`, `${base}/up`);
     assert.equal(chunked, `POST /up ${data.length} ${sha256(data)}`);
 
-    // HEAD: headers only, Content-Length kept.
-    const head = await curl('-I', `${base}/h`);
+    // HEAD: headers only, the GET's Content-Length kept, and the connection reusable.
+    const head = await curl('-I', '-w', '%{size_download}', `${base}/h`, `${base}/h`);
     assert.match(head, /^HTTP\/1\.1 200/);
-    assert.match(head, /content-length: \d+/i);
+    assert.match(head, /content-length: 74\r?\n/i, head);
+    assert.match(head, /\r\n\r\n0HTTP\/1\.1 200[^]*\r\n\r\n0$/, head);
 
     const series = { direction: 'outbound', authority: `127.0.0.1:${ports[0]}`, target_addr: `127.0.0.1:${port}` };
-    const f = await scrapeUntil(admin, 'six responses', (m) => total(m, 'response_total', series) === 6);
-    assert.equal(total(f, 'request_total', series), 6);
-    assert.equal(total(f, 'response_total', { ...series, status_code: '200', classification: 'success' }), 6);
-    assert.equal(total(f, 'response_latency_ms_count', series), 6);
+    const f = await scrapeUntil(admin, 'seven responses', (m) => total(m, 'response_total', series) === 7);
+    assert.equal(total(f, 'request_total', series), 7);
+    assert.equal(total(f, 'response_total', { ...series, status_code: '200', classification: 'success' }), 7);
+    assert.equal(total(f, 'response_latency_ms_count', series), 7);
     assert.equal(total(f, 'outbound_tcp_detect_http_results_total', { result: 'http/1' }), 4, 'four client connections');
   });
 
