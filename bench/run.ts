@@ -22,6 +22,8 @@ import { parseArgs } from 'node:util';
 import { churn } from './churn.js';
 import { detectCost } from './detect-cost.js';
 import { http } from './http.js';
+import { http2 } from './http2.js';
+import { latency } from './latency.js';
 import { idleRss } from './idle-rss.js';
 import { scrape } from './scrape.js';
 import { serverFirst } from './server-first.js';
@@ -42,7 +44,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, http2, latency, sidecars];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;

@@ -102,5 +102,6 @@ test('1 GiB up and down: SHA-256 equal, proxy RSS flat', { timeout: 300_000 }, a
   assert.equal(got, GiB);
   assert.equal(down.digest('hex'), want);
   const grew = peak - baseline;
+  t.diagnostic(`proxy RSS: baseline ${(baseline / MiB).toFixed(1)} MiB, peak ${(peak / MiB).toFixed(1)} MiB while 2 GiB streamed`);
   assert.ok(grew < 64 * MiB, `proxy RSS grew by ${(grew / MiB).toFixed(1)} MiB while 2 GiB streamed through it (baseline ${(baseline / MiB).toFixed(1)} MiB)`);
 });

@@ -3,7 +3,8 @@
 //! socket itself (nothing read during detection is lost), and every byte is
 //! counted into the connection's and the target's counters as the TCP path
 //! counts them (`tcp_read_bytes_total` / `tcp_write_bytes_total`, the
-//! `/connections` view, and the idle sweep's activity measure).
+//! `/connections` view, and the idle sweep's activity measure). Upstream
+//! sockets (`CountedIo`) count as open `dst` connections.
 
 use std::io;
 use std::pin::Pin;
@@ -120,8 +121,11 @@ impl AsyncWrite for ClientIo {
     }
 }
 
-/// An upstream socket that counts its bytes into the endpoint's TCP series
-/// (`peer="dst"`), and closes that side's gauge when dropped.
+/// An upstream socket counted as a `peer="dst"` connection of the endpoint's
+/// TCP series while it is open. Its bytes are not added to the series: a
+/// series has one counter per direction, which for an HTTP connection holds
+/// the client side's bytes (for a TCP-forwarded connection both sides carry
+/// the same bytes, so that counter serves both peers).
 pub struct CountedIo<T> {
     inner: T,
     series: Arc<TcpSeries>,
@@ -142,33 +146,17 @@ impl<T> Drop for CountedIo<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            this.series.bytes_server_to_client.fetch_add((buf.filled().len() - before) as u64, Relaxed);
-        }
-        r
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = r {
-            this.series.bytes_client_to_server.fetch_add(n as u64, Relaxed);
-        }
-        r
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            this.series.bytes_client_to_server.fetch_add(n as u64, Relaxed);
-        }
-        r
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
