@@ -182,3 +182,21 @@ async fn a_service_without_endpoints_answers_503_and_bad_updates_are_refused() {
     let (status, _) = call(&mut c, "/").await;
     assert!(status == 502 || status == 503, "{status}");
 }
+
+#[tokio::test]
+async fn an_endpoint_that_is_the_proxy_itself_is_a_508_that_closes_the_connection() {
+    let service = service_addr();
+    let (engine, proxy) = common::forward(service, Some("http1"), serde_json::json!({})).await;
+    engine.update_endpoints(&service_update(1, service, &[proxy])).unwrap();
+    let mut c = h1_client(proxy).await;
+    let resp = within(T, c.send_request(get("/"))).await.unwrap();
+    assert_eq!(resp.status(), 508);
+    assert_eq!(resp.headers()["connection"], "close");
+    assert!(resp.headers().get("l5d-proxy-error").is_none(), "the client is not a meshed proxy");
+    text(resp).await;
+    let snap = engine.snapshot();
+    let looped = snap.http_errors.iter().find(|e| e.error == meshpipe_core::http::HttpErrorReason::Loop && e.direction == meshpipe_core::Direction::Outbound).unwrap();
+    assert_eq!(looped.count, 1);
+    let own = snap.tcp.iter().find(|t| t.target_addr.as_deref() == Some(proxy.to_string().as_str()));
+    assert!(own.is_none_or(|t| t.dst_open_total == 0), "refused before any dial: the proxy never connected to itself: {own:?}");
+}
