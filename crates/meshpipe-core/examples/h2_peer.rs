@@ -55,7 +55,8 @@ fn main() {
                         let _ = s.set_nodelay(true);
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(answer);
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+                            let _ =
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
                         });
                     }
                 })

@@ -195,7 +195,11 @@ async fn an_endpoint_that_is_the_proxy_itself_is_a_508_that_closes_the_connectio
     assert!(resp.headers().get("l5d-proxy-error").is_none(), "the client is not a meshed proxy");
     text(resp).await;
     let snap = engine.snapshot();
-    let looped = snap.http_errors.iter().find(|e| e.error == meshpipe_core::http::HttpErrorReason::Loop && e.direction == meshpipe_core::Direction::Outbound).unwrap();
+    let looped = snap
+        .http_errors
+        .iter()
+        .find(|e| e.error == meshpipe_core::http::HttpErrorReason::Loop && e.direction == meshpipe_core::Direction::Outbound)
+        .unwrap();
     assert_eq!(looped.count, 1);
     let own = snap.tcp.iter().find(|t| t.target_addr.as_deref() == Some(proxy.to_string().as_str()));
     assert!(own.is_none_or(|t| t.dst_open_total == 0), "refused before any dial: the proxy never connected to itself: {own:?}");
