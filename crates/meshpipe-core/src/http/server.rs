@@ -84,8 +84,11 @@ pub struct Conn {
     pub meshed: bool,
     pub response_timeout: Option<Duration>,
     /// The series of the last authority seen (one lookup per authority change).
-    series: Mutex<Option<(Option<Arc<str>>, Arc<HttpSeries>)>>,
+    series: Mutex<Option<CachedSeries>>,
 }
+
+/// An authority and its series.
+type CachedSeries = (Option<Arc<str>>, Arc<HttpSeries>);
 
 impl Conn {
     pub fn new(ctx: Arc<Context>, direction: Direction, target: TargetAddr, tls: TlsStatus, protocol: SessionProtocol) -> Conn {

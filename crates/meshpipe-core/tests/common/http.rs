@@ -134,9 +134,9 @@ async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
             }
         });
         let mut r = Response::new(full(""));
-        if upgrade.is_some() && req.method() != http::Method::CONNECT {
+        if let (Some(protocol), false) = (upgrade, req.method() == http::Method::CONNECT) {
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("upgrade", upgrade.unwrap().parse().unwrap());
+            r.headers_mut().insert("upgrade", protocol.parse().unwrap());
             r.headers_mut().insert("connection", "upgrade".parse().unwrap());
         }
         return Ok(r);
