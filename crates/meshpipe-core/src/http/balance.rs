@@ -414,4 +414,19 @@ mod tests {
         BALANCERS.with(|b| b.borrow_mut().get_mut(&(901, svc)).unwrap().eps[0].down_until = Some(Instant::now()));
         assert!((0..100).any(|_| pick(901, svc, &entry, &[]).unwrap().addr == bad));
     }
+
+    #[test]
+    fn state_of_services_that_left_the_table_is_forgotten() {
+        let t = EndpointsTable::default()
+            .apply(&EndpointsUpdate { generation: 1, replace: true, upsert: vec![spec("10.96.0.7:80", &["10.0.0.1:80"])], remove: vec![] })
+            .unwrap();
+        let svc: SocketAddr = "10.96.0.7:80".parse().unwrap();
+        let entry = t.get(svc).unwrap().clone();
+        drop(pick(902, svc, &entry, &[]));
+        let known = || BALANCERS.with(|b| b.borrow().contains_key(&(902, svc)));
+        retain(902, &t);
+        assert!(known(), "still in the table");
+        retain(902, &t.apply(&EndpointsUpdate { generation: 2, remove: vec!["10.96.0.7:80".into()], ..Default::default() }).unwrap());
+        assert!(!known(), "left the table");
+    }
 }

@@ -161,28 +161,25 @@ pub struct Client {
     max_idle: usize,
     idle_timeout: Duration,
     drain: crate::drain::Drain,
-}
-
-fn next_engine_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    /// The endpoints table, for the sweeper to forget balancer state of
+    /// Services that left it.
+    endpoints: Arc<arc_swap::ArcSwap<super::balance::EndpointsTable>>,
 }
 
 impl Client {
-    pub fn new(config: &super::HttpConfig, connector: Arc<dyn Connector>, drain: crate::drain::Drain) -> Client {
+    /// `engine` keys this engine's state in the per-worker thread-locals.
+    pub fn new(
+        config: &super::HttpConfig,
+        connector: Arc<dyn Connector>,
+        drain: crate::drain::Drain,
+        engine: u64,
+        endpoints: Arc<arc_swap::ArcSwap<super::balance::EndpointsTable>>,
+    ) -> Client {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(config.max_response_header_bytes.max(8192)).max_headers(1000);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.max_header_list_size(config.max_response_header_bytes as u32).adaptive_window(true);
-        Client {
-            engine: next_engine_id(),
-            connector,
-            h1,
-            h2,
-            max_idle: config.pool_max_idle,
-            idle_timeout: config.pool_idle_timeout,
-            drain,
-        }
+        Client { engine, connector, h1, h2, max_idle: config.pool_max_idle, idle_timeout: config.pool_idle_timeout, drain, endpoints }
     }
 
     /// Opens a counted connection to `ep` through the connector.
@@ -352,15 +349,21 @@ impl Client {
     fn ensure_sweeper(&self) {
         let first = POOLS.with(|p| p.borrow_mut().swept.insert(self.engine));
         if first {
-            tokio::spawn(sweep(self.engine, self.idle_timeout, self.drain.clone()));
+            tokio::spawn(sweep(self.engine, self.idle_timeout, self.drain.clone(), self.endpoints.clone()));
         }
     }
 }
 
 /// Closes this worker's idle connections of `engine` past `idle_timeout`;
 /// once the engine drains, every idle connection at each pass; at the drain
-/// deadline everything, and ends.
-async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain) {
+/// deadline everything, and ends. Also forgets the balancer state of
+/// Services that left the endpoints table, so it stays bounded by the table.
+async fn sweep(
+    engine: u64,
+    idle_timeout: Duration,
+    drain: crate::drain::Drain,
+    endpoints: Arc<arc_swap::ArcSwap<super::balance::EndpointsTable>>,
+) {
     let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
     loop {
         tokio::select! {
@@ -378,6 +381,7 @@ async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain) 
             p.h1.retain(|_, idle| !idle.is_empty());
             p.h2.retain(|(e, _), s| *e != engine || (s.used.elapsed() < max_age && !s.conn.get().is_some_and(|c| c.is_closed())));
         });
+        super::balance::retain(engine, &endpoints.load());
     }
     let _ = POOLS.try_with(|p| {
         let mut p = p.borrow_mut();
@@ -385,6 +389,7 @@ async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain) 
         p.h2.retain(|(e, _), _| *e != engine);
         p.swept.remove(&engine);
     });
+    super::balance::retain(engine, &super::balance::EndpointsTable::default());
 }
 
 /// Idle HTTP/1 connections and HTTP/2 connections this worker keeps (tests).

@@ -47,7 +47,7 @@ const MAX_ATTEMPTS: usize = 4;
 pub struct HttpState {
     pub config: HttpConfig,
     pub client: crate::http::client::Client,
-    pub endpoints: arc_swap::ArcSwap<balance::EndpointsTable>,
+    pub endpoints: Arc<arc_swap::ArcSwap<balance::EndpointsTable>>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     engine: u64,
@@ -66,9 +66,12 @@ impl HttpState {
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).enable_connect_protocol();
-        let client = crate::http::client::Client::new(&config, connector, drain);
+        // Keys this engine's per-worker pools and balancer state.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        HttpState { config, client, endpoints: Default::default(), h1, h2, engine: NEXT.fetch_add(1, Relaxed) }
+        let engine = NEXT.fetch_add(1, Relaxed);
+        let endpoints: Arc<arc_swap::ArcSwap<balance::EndpointsTable>> = Arc::default();
+        let client = crate::http::client::Client::new(&config, connector, drain, engine, endpoints.clone());
+        HttpState { config, client, endpoints, h1, h2, engine }
     }
 }
 
