@@ -178,7 +178,12 @@ impl Client {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(config.max_response_header_bytes.max(8192)).max_headers(1000);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.max_header_list_size(config.max_response_header_bytes as u32).adaptive_window(true);
+        // Fixed receive windows (no BDP pings per DATA frame): 256 KiB per
+        // stream and 1 MiB per connection bound what one upstream connection
+        // can make the proxy hold for clients that read slowly.
+        h2.max_header_list_size(config.max_response_header_bytes as u32)
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024);
         Client { engine, connector, h1, h2, max_idle: config.pool_max_idle, idle_timeout: config.pool_idle_timeout, drain, endpoints }
     }
 
