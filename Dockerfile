@@ -3,7 +3,8 @@
 # meshpipe images, built from the packed npm package (never from the source
 # tree: .dockerignore lets only the tarballs into the build context).
 #
-#   npm pack                                            # -> meshpipe-0.1.0.tgz
+#   npm run build:release -- x86_64-unknown-linux-gnu.2.28   # addon -> npm/linux-x64-gnu/
+#   npm pack && npm pack ./npm/linux-x64-gnu            # -> meshpipe-0.1.0.tgz, meshpipe-linux-x64-gnu-0.1.0.tgz
 #   docker build --target proxy -t meshpipe-proxy:0.1.0 .
 #   docker build --target init  -t meshpipe-init:0.1.0 .
 #

@@ -1,5 +1,6 @@
 // ESLint (flat config) for the TypeScript in ts/, test/ and bench/, with type
-// information from tsconfig.json: `npm run lint`, also run by `npm test`.
+// information from tsconfig.json, and the plain JavaScript of scripts/ (the
+// install script runs before tsc): `npm run lint`, also run by `npm test`.
 import js from '@eslint/js';
 import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
@@ -27,5 +28,10 @@ export default defineConfig(
       // `import { a, type B }`, the style the code already uses.
       '@typescript-eslint/consistent-type-imports': ['error', { fixStyle: 'inline-type-imports' }],
     },
+  },
+  {
+    files: ['scripts/**/*.js'],
+    extends: [js.configs.recommended],
+    languageOptions: { sourceType: 'module', globals: { console: 'readonly' } },
   },
 );

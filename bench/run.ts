@@ -25,6 +25,7 @@ import { http } from './http.js';
 import { http2 } from './http2.js';
 import { latency } from './latency.js';
 import { idleRss } from './idle-rss.js';
+import { policyScale } from './policy-scale.js';
 import { scrape } from './scrape.js';
 import { serverFirst } from './server-first.js';
 import { sidecars } from './sidecars.js';
@@ -44,7 +45,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, http2, latency, sidecars];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, http2, latency, sidecars, policyScale];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;

@@ -28,22 +28,52 @@ export declare class NativeProxy {
    */
   close(drainMs: number): Promise<string>
   /**
-   * Swaps in a new policy table (JSON of a `PolicySpec`), before or after
-   * `start()`; new connections only. Returns its generation.
+   * Swaps in a whole new policy table (UTF-8 JSON of a `PolicySpec`),
+   * before or after `start()`; new connections only. Returns its
+   * generation. A table that does not parse or validate changes nothing
+   * and is counted as rejected (snapshot `policy`).
    */
-  setPolicy(policy: string): number
+  setPolicy(policy: Uint8Array): number
   /**
-   * Applies an endpoints update (JSON of an `EndpointsUpdate`: Service
-   * address -> endpoints, for per-request HTTP balancing), before or
-   * after `start()`. Returns the table's generation.
+   * Applies an endpoints update (UTF-8 JSON of an `EndpointsUpdate`:
+   * Service address -> endpoints, for per-request HTTP balancing), before
+   * or after `start()`: a whole table (`replace`) or a change onto the
+   * generation it names as its `base`, all or nothing. Returns the
+   * table's generation.
    */
-  updateEndpoints(update: string): number
+  updateEndpoints(update: Uint8Array): number
+  /**
+   * Applies a change to the current policy table (UTF-8 JSON of a
+   * `PolicyDelta`): all or nothing, and only to the generation it names
+   * as its base. Returns the new generation.
+   */
+  updatePolicy(delta: Uint8Array): number
+  /**
+   * What the current policy decides for a connection in `direction` to
+   * `ip`:`port`, with its source: JSON of a `PolicyDecision`.
+   */
+  explainPolicy(direction: string, ip: string, port: number): string
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */
   connections(limit: number): string
   /** Takes the queued engine events: JSON of `EngineEvent[]`. */
   takeEvents(): string
+}
+
+/**
+ * A compiled policy table on its own, with the engine's own lookup: what
+ * `meshpipe explain` and tests use, so they answer exactly as the engine
+ * would, with no proxy running.
+ */
+export declare class PolicyLookup {
+  /**
+   * Compiles a table (UTF-8 JSON of a `PolicySpec`); throws `ERR_POLICY`
+   * naming the bad entry, exactly as the engine would refuse it.
+   */
+  constructor(spec: Uint8Array)
+  /** The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`. */
+  explain(direction: string, ip: string, port: number): string
 }
 
 /**

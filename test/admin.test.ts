@@ -95,8 +95,8 @@ describe('admin endpoints (real CLI)', () => {
     for (const s of sockets) s.destroy();
 
     const policy = JSON.parse((await adminRequest(admin, '/policy')).body) as { rules: { ports: number[]; source: string; mode: string }[]; serverFirst: { targets: unknown[] } };
-    assert.ok(policy.rules.some((r) => r.ports[0] === 7000 && r.ports[1] === 7010 && r.source === '--opaque-ports' && r.mode === 'opaque'));
-    assert.ok(policy.rules.some((r) => r.ports[0] === 3306 && r.source === 'default opaque ports'));
+    assert.ok(policy.rules.some((r) => r.ports[0] === 7000 && r.ports[1] === 7010 && r.source === 'opaque: --opaque-ports flag' && r.mode === 'opaque'));
+    assert.ok(policy.rules.some((r) => r.ports[0] === 3306 && r.source.startsWith('opaque: default opaque ports (')));
     assert.deepEqual(policy.serverFirst.targets, []);
   });
 

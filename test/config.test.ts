@@ -12,7 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CONFIG_KEYS, envLayer, envVarName, loadConfig, resolveConfig, type RawLayer } from '../ts/config/config.js';
 import { parseProxyArgv, proxyHelp, PROXY_OPTIONS } from '../ts/cli/args.js';
-import { buildEngineConfig, buildFlagPolicy } from '../ts/engine/build-config.js';
+import { buildEngineConfig } from '../ts/engine/build-config.js';
+import { flagsPolicy } from '../ts/policy/flags.js';
+import { lookupPolicy } from '../ts/policy/lookup.js';
 import { MeshpipeError } from '../ts/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'meshpipe-config-'));
@@ -335,22 +337,27 @@ test('engine config: listeners, detect settings and the flag policy order', () =
   assert.equal(e.listeners[1]?.bind, '[::1]:0');
   assert.deepEqual(e.detect, { inboundTimeoutMs: 2000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 4096, serverFirstTtlMs: 3_600_000, portTimeouts: [] });
   assert.deepEqual(e.metrics, { maxTargets: 1000, retainIdleMs: 600_000 });
-  const rules = buildFlagPolicy(c).rules;
+  // The flags-only policy is the one compiler with empty inputs, checked with the engine's own lookup.
+  const table = flagsPolicy(c).table;
   assert.deepEqual(
-    rules.map((r) => `${r.direction} ${r.ports[0]}-${r.ports[1]} ${r.mode} ${r.source}`),
+    table.rules.map((r) => `${r.direction} ${r.ports[0]}-${r.ports[1]} ${r.mode} ${r.source}`),
     [
-      'inbound 7000-7010 opaque --opaque-ports',
-      'outbound 7000-7010 opaque --opaque-ports',
-      'inbound 25-25 opaque default opaque ports',
-      'outbound 25-25 opaque default opaque ports',
-      'inbound 3306-3306 opaque default opaque ports',
-      'outbound 3306-3306 opaque default opaque ports',
+      'inbound 7000-7010 opaque opaque: --opaque-ports flag',
+      'inbound 25-25 opaque opaque: default opaque ports (25,3306; container ports unknown, not filtered)',
+      'inbound 3306-3306 opaque opaque: default opaque ports (25,3306; container ports unknown, not filtered)',
+      'outbound 7000-7010 opaque opaque: --opaque-ports flag',
     ],
   );
-  assert.ok(rules.every((r) => r.net === null && r.detectTimeoutMs === null));
-  assert.deepEqual(e.policy, buildFlagPolicy(c), 'pure: same input, same output');
+  const out = (address: string, port: number): string => lookupPolicy(table, 'outbound', address, port).mode;
+  assert.equal(out('10.1.2.3', 3306), 'opaque', 'default opaque ports inside clusterNetworks');
+  assert.equal(out('127.0.0.1', 25), 'opaque', 'and for loopback (local --forward targets)');
+  assert.equal(out('203.0.113.9', 3306), 'detect', 'not outside clusterNetworks');
+  assert.equal(out('203.0.113.9', 7005), 'opaque', '--opaque-ports applies to any address');
+  assert.equal(lookupPolicy(table, 'inbound', '203.0.113.9', 3306).mode, 'opaque');
+  assert.equal(table.addresses.length, 0);
+  assert.deepEqual(e.policy, flagsPolicy(c).table, 'pure: same input, same output');
   const fromEnv = fromArgs([], { MESHPIPE_OPAQUE_PORTS: '9000' });
-  assert.equal(buildFlagPolicy(fromEnv).rules[0]?.source, 'MESHPIPE_OPAQUE_PORTS');
+  assert.equal(flagsPolicy(fromEnv).table.rules[0]?.source, 'opaque: MESHPIPE_OPAQUE_PORTS');
 });
 
 // Silence "unused" in strict builds if RawLayer is only a type here.

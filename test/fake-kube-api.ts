@@ -4,15 +4,25 @@
  * watches, so ts/policy/k8s/watch.ts can be tested through the real
  * @kubernetes/client-node against something that behaves like an API server:
  *
- * - GET <collection> lists the items with the collection's resourceVersion;
+ * - GET <collection> lists the items with the collection's resourceVersion,
+ *   in pages when asked (`limit`, `continue`);
  * - GET <collection>?watch=true&resourceVersion=N streams, chunked, one JSON
  *   line per event (ADDED / MODIFIED / DELETED) newer than N, then live events;
+ * - namespaced collections (`/apis/apps/v1/namespaces/NS/deployments`) show
+ *   only that namespace's objects;
+ * - `fieldSelector=status.phase!=Succeeded,...` (and `=`) filters, on lists
+ *   and watches: an object that stops matching is a DELETED event for that
+ *   watch, one that starts matching an ADDED one, as the API server does;
+ * - `Accept: ...;as=PartialObjectMetadataList` (or `PartialObjectMetadata`
+ *   for a watch) answers metadata only;
  * - a resourceVersion older than the compaction point answers 410 Gone (the
- *   informer must relist);
+ *   client must relist);
  * - `dropWatches()` cuts every open watch connection; `setDown(true)` answers
  *   503 to everything (an unreachable or restarting API server).
  *
- * Every request is logged so tests can assert relists and re-watches.
+ * Every request is logged so tests can assert relists and re-watches, and
+ * `load()` adds many objects at once with no history (a cluster that existed
+ * before anyone watched: the benchmark's 50,000 pods).
  */
 import { once } from 'node:events';
 import http from 'node:http';
@@ -25,6 +35,35 @@ interface Event {
   readonly path: string;
   readonly type: 'ADDED' | 'MODIFIED' | 'DELETED';
   readonly object: Obj;
+  /** The object before this event (for field selectors). */
+  readonly previous: Obj | undefined;
+}
+
+type Filter = (o: Obj) => boolean;
+
+interface Query {
+  readonly path: string;
+  readonly namespace: string | undefined;
+  readonly filter: Filter;
+  readonly metadataOnly: boolean;
+}
+
+/** Reads `status.phase!=X` / `status.phase=X` terms (the only field the policy layer selects on). */
+function fieldFilter(selector: string | null): Filter {
+  if (!selector) return () => true;
+  const terms = selector.split(',').map((t) => {
+    const m = /^status\.phase(!=|==?)(.*)$/.exec(t.trim());
+    if (!m) throw new Error(`unsupported field selector ${t}`);
+    return { not: m[1] === '!=', value: m[2] };
+  });
+  return (o) => {
+    const phase = (o['status'] as { phase?: string } | undefined)?.phase ?? '';
+    return terms.every((t) => (t.not ? phase !== t.value : phase === t.value));
+  };
+}
+
+function metadataOnly(o: Obj): Obj {
+  return { apiVersion: 'meta.k8s.io/v1', kind: 'PartialObjectMetadata', metadata: o.metadata };
 }
 
 /** The collection paths the informers use, and the kind/apiVersion of their items. */
@@ -47,7 +86,7 @@ export class FakeKubeApi {
   private readonly server = http.createServer((req, res) => this.handle(req, res));
   private readonly objects = new Map<string, Map<string, Obj>>();
   private readonly history: Event[] = [];
-  private readonly watches = new Set<{ path: string; res: http.ServerResponse }>();
+  private readonly watches = new Set<{ query: Query; res: http.ServerResponse }>();
   private rv = 100;
   private compactedAt = 0;
   private down = false;
@@ -79,16 +118,32 @@ export class FakeKubeApi {
 
   /** Adds or replaces an object; emits ADDED or MODIFIED. */
   apply(path: string, object: Obj): void {
+    const { stored, previous } = this.store(path, object);
+    this.publish({ rv: this.rv, path, type: previous ? 'MODIFIED' : 'ADDED', object: stored, previous });
+  }
+
+  /** Adds many objects with no events or history, as if they existed before any watch. */
+  load(path: string, objects: readonly Obj[]): void {
+    for (const o of objects) this.store(path, o);
+    this.compact();
+  }
+
+  private store(path: string, object: Obj): { stored: Obj; previous: Obj | undefined } {
     const meta = COLLECTIONS[path];
     if (!meta) throw new Error(`unknown collection ${path}`);
     const items = this.objects.get(path) ?? new Map<string, Obj>();
     this.objects.set(path, items);
     const key = `${object.metadata.namespace ?? ''}/${object.metadata.name}`;
-    const type = items.has(key) ? 'MODIFIED' : 'ADDED';
+    const previous = items.get(key);
     const stored: Obj = { apiVersion: meta.apiVersion, kind: meta.kind, ...object,
       metadata: { ...object.metadata, resourceVersion: String(++this.rv) } };
     items.set(key, stored);
-    this.publish({ rv: this.rv, path, type, object: stored });
+    return { stored, previous };
+  }
+
+  /** Objects in a collection. */
+  count(path: string): number {
+    return this.objects.get(path)?.size ?? 0;
   }
 
   /** Deletes an object; emits DELETED. */
@@ -99,7 +154,7 @@ export class FakeKubeApi {
     if (!items || !old) throw new Error(`no ${key} in ${path}`);
     items.delete(key);
     const object = { ...old, metadata: { ...old.metadata, resourceVersion: String(++this.rv) } };
-    this.publish({ rv: this.rv, path, type: 'DELETED', object });
+    this.publish({ rv: this.rv, path, type: 'DELETED', object, previous: old });
   }
 
   /** Forgets history: watches from an older resourceVersion get 410 Gone. */
@@ -124,7 +179,26 @@ export class FakeKubeApi {
 
   private publish(e: Event): void {
     this.history.push(e);
-    for (const w of this.watches) if (w.path === e.path) w.res.write(`${JSON.stringify({ type: e.type, object: e.object })}\n`);
+    for (const w of this.watches) this.send(w.query, w.res, e);
+  }
+
+  /** Writes an event as one watch sees it (namespace, field selector, metadata only). */
+  private send(q: Query, res: http.ServerResponse, e: Event): void {
+    if (e.path !== q.path) return;
+    if (q.namespace !== undefined && e.object.metadata.namespace !== q.namespace) return;
+    const before = e.previous !== undefined && q.filter(e.previous);
+    const now = e.type !== 'DELETED' && q.filter(e.object);
+    const type = before && now ? 'MODIFIED' : before ? 'DELETED' : now ? 'ADDED' : undefined;
+    if (type === undefined) return;
+    res.write(`${JSON.stringify({ type, object: q.metadataOnly ? metadataOnly(e.object) : e.object })}\n`);
+  }
+
+  /** `/apis/apps/v1/namespaces/NS/deployments` -> the collection and the namespace. */
+  private route(pathname: string): { path: string; namespace: string | undefined } | undefined {
+    if (COLLECTIONS[pathname]) return { path: pathname, namespace: undefined };
+    const m = /^(.*)\/namespaces\/([^/]+)\/([^/]+)$/.exec(pathname);
+    if (m && COLLECTIONS[`${m[1]}/${m[3]}`]) return { path: `${m[1]}/${m[3]}`, namespace: decodeURIComponent(m[2] as string) };
+    return undefined;
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -138,15 +212,35 @@ export class FakeKubeApi {
       json(503, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 503, message: 'apiserver is restarting' });
       return;
     }
-    const meta = COLLECTIONS[url.pathname];
-    if (!meta || req.method !== 'GET') {
+    const route = this.route(url.pathname);
+    const meta = route ? COLLECTIONS[route.path] : undefined;
+    if (!route || !meta || req.method !== 'GET') {
       json(404, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 404, reason: 'NotFound' });
       return;
     }
-    const items = [...(this.objects.get(url.pathname)?.values() ?? [])];
+    let filter: Filter;
+    try {
+      filter = fieldFilter(url.searchParams.get('fieldSelector'));
+    } catch (err) {
+      json(400, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 400, message: (err as Error).message });
+      return;
+    }
+    const accept = String(req.headers['accept'] ?? '');
+    const query: Query = { path: route.path, namespace: route.namespace, filter, metadataOnly: accept.includes('as=PartialObjectMetadata') };
     const watch = url.searchParams.get('watch');
     if (watch !== 'true' && watch !== '1') {
-      json(200, { kind: `${meta.kind}List`, apiVersion: meta.apiVersion, metadata: { resourceVersion: String(this.rv) }, items });
+      let items = [...(this.objects.get(route.path)?.values() ?? [])]
+        .filter((o) => (route.namespace === undefined || o.metadata.namespace === route.namespace) && filter(o));
+      const limit = Number(url.searchParams.get('limit') ?? '0');
+      const offset = Number(url.searchParams.get('continue') ?? '0');
+      const more = limit > 0 && offset + limit < items.length;
+      if (limit > 0) items = items.slice(offset, offset + limit);
+      json(200, {
+        kind: query.metadataOnly ? 'PartialObjectMetadataList' : `${meta.kind}List`,
+        apiVersion: query.metadataOnly ? 'meta.k8s.io/v1' : meta.apiVersion,
+        metadata: { resourceVersion: String(this.rv), ...(more ? { continue: String(offset + limit) } : {}) },
+        items: query.metadataOnly ? items.map(metadataOnly) : items,
+      });
       return;
     }
     const since = Number(url.searchParams.get('resourceVersion') ?? '0');
@@ -156,10 +250,8 @@ export class FakeKubeApi {
     }
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
     res.flushHeaders();
-    for (const e of this.history) {
-      if (e.path === url.pathname && e.rv > since) res.write(`${JSON.stringify({ type: e.type, object: e.object })}\n`);
-    }
-    const entry = { path: url.pathname, res };
+    for (const e of this.history) if (e.rv > since) this.send(query, res, e);
+    const entry = { query, res };
     this.watches.add(entry);
     res.on('close', () => this.watches.delete(entry));
   }

@@ -91,12 +91,14 @@ describe('metrics rendering (in process, real engine)', () => {
 describe('metrics rendering (label escaping, failing snapshots)', () => {
   const snapshot = (sni: string): EngineSnapshot => ({
     uptimeMs: 1, policyGeneration: 7, listeners: [], detect: [], detectDurationMs: [], serverFirst: { targets: [] },
+    policy: { generation: 7, rules: 0, fallbackRules: 0, addresses: 0, tables: 0, sources: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
     copy: { splicedDirections: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, eventsDropped: 0 },
     acceptErrors: [
       { direction: 'inbound', error: 'not_pod_ip', count: 3 }, { direction: 'inbound', error: 'proxy_port', count: 2 },
       { direction: 'outbound', error: 'loop', count: 1 }, { direction: 'outbound', error: 'not_pod_ip', count: 0 },
     ],
-    tcpSeries: [1, 0], evictedSeries: 0, http: [], httpSeries: [0, 0], httpErrors: [], endpointsGeneration: 0,
+    tcpSeries: [1, 0], evictedSeries: 0, http: [], httpSeries: [0, 0], httpErrors: [],
+    endpoints: { generation: 0, services: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
     limits: {
       connections: [{ direction: 'inbound', limit: null, used: 0, refused: 0 }, { direction: 'outbound', limit: null, used: 0, refused: 0 }],
       detecting: [{ direction: 'inbound', limit: 1024, used: 0, refused: 0 }, { direction: 'outbound', limit: 1024, used: 0, refused: 0 }],

@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { destinationsLookup } from '../ts/engine/mesh.js';
-import { compileDestinations, parseDestinationsFile } from '../ts/policy/destinations.js';
+import { compileDestinations, parseDestinationsFile } from '../ts/policy/mesh-destinations.js';
 import { loadManifests } from '../ts/policy/k8s/manifests.js';
 import { DEFAULT_IDENTITY_TEMPLATE } from '../ts/identity/name.js';
 import { fixture } from './policy-helpers.js';

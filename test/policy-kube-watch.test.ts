@@ -15,13 +15,18 @@ import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createPolicySource, type PolicyUpdate } from '../ts/policy/source.js';
-import { lookupPolicy } from '../ts/policy/compile.js';
+import { lookupPolicy } from '../ts/policy/lookup.js';
 import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
 import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { FakeKubeApi } from './fake-kube-api.js';
 import { waitFor } from './helpers.js';
 
 const SERVERS = '/apis/policy.linkerd.io/v1beta3/servers';
+
+/** A list (not a watch) request of `path`, in pages. */
+function isList(request: string, path: string): boolean {
+  return request.startsWith(`GET ${path}?`) && request.includes('limit=') && !request.includes('watch=');
+}
 
 function deployment(annotations: Record<string, string> = {}): { metadata: { name: string; namespace: string }; spec: unknown } {
   return {
@@ -54,7 +59,7 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   writeFileSync(kubeconfig, api.kubeconfig());
 
   const source = createPolicySource({
-    kube: true, kubeconfig, kubeWatch: { backoffInitialMs: 50, backoffMaxMs: 200, debounceMs: 10 },
+    kube: true, kubeconfig, kubeWatch: { backoffInitialMs: 50, backoffMaxMs: 200 },
     clusterNetworks: DEFAULT_CLUSTER_NETWORKS.split(','), defaultOpaquePorts: parsePortListStrict(DEFAULT_OPAQUE_PORTS),
     inboundDetectTimeoutMs: 10_000, outboundDetectTimeoutMs: 10_000, namespace: 'web', pod: 'api-7c9d8-abcde',
     debounceMs: 10, pollIntervalMs: 200,
@@ -62,24 +67,25 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   t.after(() => source.close());
   const updates: PolicyUpdate[] = [];
   source.on('policy', (u) => updates.push(u));
-  const mode = (port: number, u = source.current()): string => (u ? lookupPolicy(u.table, 'inbound', '10.0.0.1', port).mode : 'none');
-  const outbound = (addr: string, port: number): string => {
-    const u = source.current();
-    return u ? lookupPolicy(u.table, 'outbound', addr, port).mode : 'none';
-  };
+  const mode = (port: number): string => lookupPolicy(source.table(), 'inbound', '10.0.0.1', port).mode;
+  const outbound = (addr: string, port: number): string => lookupPolicy(source.table(), 'outbound', addr, port).mode;
 
   const first = await source.start();
-  assert.equal(first.effective.workload?.name, 'api', 'the Deployment is found from the pod name');
-  assert.equal(mode(6379, first), 'opaque', 'default opaque port filtered to container ports');
-  assert.equal(mode(8080, first), 'detect');
+  assert.equal(source.effective().effective.workload?.name, 'api', 'the Deployment is found from the pod name');
+  assert.equal(mode(6379), 'opaque', 'default opaque port filtered to container ports');
+  assert.equal(mode(8080), 'detect');
   assert.deepEqual(first.problems.map((p) => p.message), []);
-  assert.ok(api.requests.some((r) => r === 'GET /apis/policy.linkerd.io/v1beta3/servers'), 'Servers were listed');
-  assert.ok(api.requests.some((r) => r.startsWith('GET /api/v1/pods?') && r.includes('watch=true')), 'Pods are watched');
+  assert.ok(api.requests.some((r) => isList(r, SERVERS)), 'Servers were listed');
+  const podWatch = api.requests.find((r) => r.startsWith('GET /api/v1/pods?') && r.includes('watch=1'));
+  assert.ok(podWatch, 'Pods are watched');
+  assert.match(decodeURIComponent(podWatch), /fieldSelector=status\.phase!=Succeeded,status\.phase!=Failed/, 'finished pods are not watched');
+  assert.ok(api.requests.some((r) => isList(r, '/apis/apps/v1/namespaces/web/deployments')), 'controllers are listed in this namespace only');
+  assert.ok(!api.requests.some((r) => isList(r, '/apis/apps/v1/deployments')), 'not cluster-wide');
 
   // ADDED, then MODIFIED.
   api.apply(SERVERS, server('opaque'));
   await waitFor(() => mode(8080) === 'opaque', 'the ADDED Server to make 8080 opaque');
-  assert.match(lookupPolicy(source.current()!.table, 'inbound', '10.0.0.1', 8080).source, /^opaque: Server web\/api-http proxyProtocol=opaque$/);
+  assert.match(lookupPolicy(source.table(), 'inbound', '10.0.0.1', 8080).source, /^opaque: Server web\/api-http proxyProtocol=opaque$/);
   api.apply(SERVERS, server('HTTP/2'));
   await waitFor(() => mode(8080) === 'http2', 'the MODIFIED Server to make 8080 http2');
 
@@ -92,7 +98,7 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   assert.equal(outbound('10.96.5.5', 5001), 'detect');
 
   // A dropped watch connection: the informers re-watch from their resourceVersion; events keep coming.
-  const watchesBefore = api.requests.filter((r) => r.includes('watch=true')).length;
+  const watchesBefore = api.requests.filter((r) => r.includes('watch=1')).length;
   api.dropWatches();
   api.apply('/api/v1/services', {
     metadata: { name: 'cache', namespace: 'web', annotations: { 'config.linkerd.io/opaque-ports': 'd' } },
@@ -100,7 +106,7 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   });
   await waitFor(() => outbound('10.96.5.5', 5001) === 'opaque', 'the Service change made while the watch was down', 10_000);
   await waitFor(() => api.openWatches() >= 10, 'every informer to watch again', 10_000);
-  const rewatches = api.requests.filter((r) => r.includes('watch=true')).slice(watchesBefore);
+  const rewatches = api.requests.filter((r) => r.includes('watch=1')).slice(watchesBefore);
   assert.ok(rewatches.length >= 10, `every kind re-watched (${rewatches.length})`);
   assert.ok(rewatches.every((r) => /resourceVersion=\d+/.test(r)), 're-watches resume from a resourceVersion');
 
@@ -115,10 +121,10 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   // While disconnected the Server is deleted and history compacted: reconnecting gets 410 and relists.
   api.remove(SERVERS, 'web', 'api-http');
   api.compact();
-  const listsBefore = api.requests.filter((r) => r === `GET ${SERVERS}`).length;
+  const listsBefore = api.requests.filter((r) => isList(r, SERVERS)).length;
   api.setDown(false);
   await waitFor(() => mode(8080) === 'detect', 'the relist after 410 to notice the deleted Server', 10_000);
-  assert.ok(api.requests.filter((r) => r === `GET ${SERVERS}`).length > listsBefore, 'Servers were listed again');
+  assert.ok(api.requests.filter((r) => isList(r, SERVERS)).length > listsBefore, 'Servers were listed again');
   await waitFor(() => source.current()!.problems.length === 0, 'the API problem to clear once it is back', 10_000);
   assert.ok(source.current()!.generation > generationBefore);
   assert.ok(updates.length >= 5, `policy events were emitted (${updates.length})`);
@@ -167,5 +173,6 @@ test('kube watch: an API server that never answers does not hold up start; the p
   const first = await source.start();
   assert.ok(Date.now() - started < 5000, 'start did not wait for the silent API');
   assert.match(first.problems.map((p) => p.message).join('\n'), /Kubernetes API: no answer yet to the first list of Namespace, Service, Pod/);
-  assert.equal(lookupPolicy(first.table, 'outbound', '10.1.1.1', 3306).mode, 'opaque', 'the defaults apply meanwhile');
+  assert.equal(lookupPolicy(source.table(), 'outbound', '10.1.1.1', 3306).mode, 'opaque', 'the defaults apply meanwhile');
+  assert.equal(first.kind, 'whole');
 });

@@ -1,7 +1,8 @@
 /**
  * The policy layer driving the real engine: a PolicySource watching a
- * downward-API annotations file feeds `Proxy.setPolicy`, the way the proxy
- * CLI wires it. Editing the file mid-stream switches the port from detect to
+ * downward-API annotations file feeds its first whole table to the engine
+ * config and its deltas to `Proxy.updatePolicy`, the way the sidecar wires
+ * it. Editing the file mid-stream switches the port from detect to
  * opaque: a connection opened before keeps flowing untouched, and the next
  * connection is counted as `opaque_port` instead of being detected.
  */
@@ -52,11 +53,13 @@ test('editing the annotations file switches a port from detect to opaque for new
     listeners: [{ name: 'in', bind: '127.0.0.1:0', target: { kind: 'fixed', addr: `127.0.0.1:${echo.port}` }, mode: null, direction: 'inbound' }],
     detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000, portTimeouts: [] },
     metrics: { maxTargets: 100, retainIdleMs: 600_000 },
-    policy: initial.table,
+    policy: source.table(),
   });
   const [bound] = await proxy.start();
   t.after(() => proxy.close({ drainMs: 100 }));
-  source.on('policy', (u) => proxy.setPolicy(u.table)); // the wiring the proxy CLI does
+  source.on('policy', (u) => {
+    if (u.change) proxy.updatePolicy(u.change); // the wiring the sidecar does (from its worker thread)
+  });
   const port = Number(bound?.bind.split(':').pop());
   const detected = (result: string): number =>
     proxy.snapshot().detect.filter((d) => d.direction === 'inbound' && d.targetPort === echo.port && d.result === result)

@@ -117,7 +117,7 @@ for (const [files, pod, direction, address, port, mode, source] of ROWS) {
 test('a --opaque-ports flag beats a Server and applies outbound to any address', async () => {
   const overrides: Partial<PolicyInputs> = { opaquePorts: parsePortListStrict('8080') };
   const c = await compileFixtures(SERVERS, 'web/api-6b7c-1', overrides);
-  assert.deepEqual({ ...c.lookup('inbound', '10.0.0.1', 8080) }, { mode: 'opaque', source: 'opaque: --opaque-ports flag', detectTimeoutMs: null, index: 0 });
+  assert.deepEqual({ ...c.lookup('inbound', '10.0.0.1', 8080) }, { mode: 'opaque', source: 'opaque: --opaque-ports flag', detectTimeoutMs: null, matched: 'rule', destination: null });
   assert.equal(c.lookup('outbound', '203.0.113.1', 8080).mode, 'opaque');
 });
 
@@ -173,15 +173,24 @@ test('the effective policy and the engine table agree on every listed port', asy
   }
 });
 
-test('the table is valid for the engine: ports ordered, CIDRs canonical, deterministic', async () => {
+test('the table is valid for the engine: ports ordered, CIDRs canonical, addresses exact, deterministic', async () => {
   const a = await compileFixtures(OUT, 'shop/client');
   const b = await compileFixtures(OUT, 'shop/client');
   assert.deepEqual(a.table, b.table);
-  for (const r of a.table.rules) {
+  for (const r of [...a.table.rules, ...a.table.fallbackRules]) {
     assert.ok(r.ports[0] >= 1 && r.ports[0] <= r.ports[1] && r.ports[1] <= 65535, JSON.stringify(r));
     if (r.net !== null) assert.match(r.net, /^[0-9a-f.:]+\/\d+$/);
     assert.ok(r.source.length > 0);
   }
-  assert.ok(a.table.rules.some((r) => r.net === '10.96.1.2/32'));
-  assert.ok(a.table.rules.some((r) => r.net === 'fd00:10:96::3/128'));
+  const ids = new Set(a.table.tables.map((t) => t.id));
+  for (const t of a.table.tables) {
+    for (const [from, to, , source] of t.ports) assert.ok(from >= 1 && from <= to && to <= 65535 && source < t.sources.length, JSON.stringify(t));
+  }
+  for (const [address, table] of a.table.addresses) {
+    assert.match(address, /^[0-9a-f.:]+$/);
+    assert.ok(ids.has(table), `${address} points at a defined table`);
+  }
+  const addresses = a.table.addresses.map(([address]) => address);
+  assert.ok(addresses.includes('10.96.1.2'));
+  assert.ok(addresses.includes('fd00:10:96::3'));
 });

@@ -12,8 +12,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPolicySource, type PolicySourceOptions, type PolicyUpdate } from '../ts/policy/source.js';
-import { lookupPolicy } from '../ts/policy/compile.js';
+import { createPolicySource, type PolicySource, type PolicySourceOptions } from '../ts/policy/source.js';
+import { lookupPolicy } from '../ts/policy/lookup.js';
 import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
 import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
 import { waitFor } from './helpers.js';
@@ -48,8 +48,9 @@ class PodInfoVolume {
   }
 }
 
-function inboundMode(u: PolicyUpdate | undefined, port: number): string {
-  return u ? lookupPolicy(u.table, 'inbound', '10.0.0.1', port).mode : 'none';
+/** What the engine decides for an inbound connection to `port` under the source's current table. */
+function inboundMode(source: PolicySource, port: number): string {
+  return lookupPolicy(source.table(), 'inbound', '10.0.0.1', port).mode;
 }
 
 test('annotations file: kubelet-style updates, bad lines keep the last good value, missing file keeps the last good annotations', async (t) => {
@@ -58,15 +59,15 @@ test('annotations file: kubelet-style updates, bad lines keep the last good valu
   const source = createPolicySource({ ...BASE, annotationsFile: vol.file, namespace: 'ns', pod: 'p-1' });
   t.after(() => source.close());
   const first = await source.start();
-  assert.equal(inboundMode(first, 9000), 'opaque');
-  assert.equal(lookupPolicy(first.table, 'inbound', '10.0.0.1', 9000).source,
+  assert.equal(inboundMode(source, 9000), 'opaque');
+  assert.equal(lookupPolicy(source.table(), 'inbound', '10.0.0.1', 9000).source,
     `opaque: pod annotation config.linkerd.io/opaque-ports on Pod ns/p-1 (annotations file ${vol.file})`);
   assert.equal(first.generation, 1);
 
   vol.write('config.linkerd.io/opaque-ports="9001-9002"\n');
-  await waitFor(() => inboundMode(source.current(), 9001) === 'opaque', 'the swapped file to be re-read');
+  await waitFor(() => inboundMode(source, 9001) === 'opaque', 'the swapped file to be re-read');
   const second = source.current()!;
-  assert.equal(inboundMode(second, 9000), 'detect');
+  assert.equal(inboundMode(source, 9000), 'detect');
   assert.equal(second.generation, 2);
   assert.deepEqual(second.problems, []);
 
@@ -75,18 +76,18 @@ test('annotations file: kubelet-style updates, bad lines keep the last good valu
   await waitFor(() => source.current()!.problems.length > 0, 'the bad line to be reported');
   const third = source.current()!;
   assert.match(third.problems[0]?.message ?? '', /annotations: line 1: value of config\.linkerd\.io\/opaque-ports has no closing quote; keeping the last good value/);
-  assert.equal(inboundMode(third, 9001), 'opaque', 'not narrowed');
-  assert.equal(inboundMode(third, 9003), 'detect', 'not widened');
-  assert.equal(lookupPolicy(third.table, 'outbound', '10.1.1.1', 25).source.startsWith('skip:'), true, 'the valid line applies');
+  assert.equal(inboundMode(source, 9001), 'opaque', 'not narrowed');
+  assert.equal(inboundMode(source, 9003), 'detect', 'not widened');
+  assert.equal(lookupPolicy(source.table(), 'outbound', '10.1.1.1', 25).source.startsWith('skip:'), true, 'the valid line applies');
 
   // The file disappears: keep the last good annotations.
   rmSync(vol.file);
   await waitFor(() => source.current()!.problems.some((p) => /cannot read: ENOENT.*keeping the last good annotations/.test(p.message)), 'the missing file to be reported');
-  assert.equal(inboundMode(source.current(), 9001), 'opaque');
+  assert.equal(inboundMode(source, 9001), 'opaque');
 
   // Fixed: the problems clear.
   vol.write('config.linkerd.io/opaque-ports="9004"\n');
-  await waitFor(() => inboundMode(source.current(), 9004) === 'opaque' && source.current()!.problems.length === 0, 'the fixed file to clear the problems');
+  await waitFor(() => inboundMode(source, 9004) === 'opaque' && source.current()!.problems.length === 0, 'the fixed file to clear the problems');
 });
 
 test('manifests: a file that stops parsing keeps its last good content until fixed', async (t) => {
@@ -100,19 +101,19 @@ test('manifests: a file that stops parsing keeps its last good content until fix
   const source = createPolicySource({ ...BASE, manifests: [dir], namespace: 'ns', pod: 'app-1' });
   t.after(() => source.close());
   const first = await source.start();
-  assert.equal(inboundMode(first, 7000), 'opaque');
+  assert.equal(inboundMode(source, 7000), 'opaque');
 
   writeFileSync(file, `${deploy('7001')}  broken: [unclosed\n`);
   await waitFor(() => source.current()!.problems.length >= 2, 'the broken file to be reported');
   const broken = source.current()!;
   assert.ok(broken.problems.some((p) => /app\.yaml document 0: YAML does not parse/.test(p.message)), broken.problems.map((p) => p.message).join('\n'));
   assert.ok(broken.problems.some((p) => /keeping its last good content/.test(p.message)));
-  assert.equal(inboundMode(broken, 7000), 'opaque', 'the last good content stays in force');
+  assert.equal(inboundMode(source, 7000), 'opaque', 'the last good content stays in force');
   assert.equal(broken.generation, first.generation, 'the engine table did not change');
 
   writeFileSync(file, deploy('7001'));
-  await waitFor(() => inboundMode(source.current(), 7001) === 'opaque' && source.current()!.problems.length === 0, 'the fixed file');
-  assert.equal(inboundMode(source.current(), 7000), 'detect');
+  await waitFor(() => inboundMode(source, 7001) === 'opaque' && source.current()!.problems.length === 0, 'the fixed file');
+  assert.equal(inboundMode(source, 7000), 'detect');
 });
 
 test('the stat poll alone picks up a change (no fs.watch event for a file outside the watched paths)', async (t) => {
@@ -128,7 +129,7 @@ test('the stat poll alone picks up a change (no fs.watch event for a file outsid
   t.after(() => source.close());
   await source.start();
   writeFileSync(join(real, 'annotations'), 'config.linkerd.io/opaque-ports="8001"\n');
-  await waitFor(() => inboundMode(source.current(), 8001) === 'opaque', 'the poll to notice the change', 3000);
+  await waitFor(() => inboundMode(source, 8001) === 'opaque', 'the poll to notice the change', 3000);
 });
 
 test('a background reload that throws is reported as reloadFailed (no unhandled rejection), and the next change applies', async (t) => {
@@ -150,6 +151,6 @@ test('a background reload that throws is reported as reloadFailed (no unhandled 
 
   broken = false;
   vol.write('config.linkerd.io/opaque-ports="9002"\n');
-  await waitFor(() => inboundMode(source.current(), 9002) === 'opaque', 'the next change to apply');
+  await waitFor(() => inboundMode(source, 9002) === 'opaque', 'the next change to apply');
   assert.equal(failures.length, 1);
 });

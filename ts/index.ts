@@ -29,7 +29,8 @@ export {
   type PortMode,
   type Direction,
 } from './config/index.js';
-export { buildEngineConfig, buildFlagPolicy } from './engine/index.js';
+export { buildEngineConfig, PolicyLookup } from './engine/index.js';
+export { flagsPolicy, compilePolicy, PolicyCompiler } from './policy/index.js';
 export { parseProxyArgv, PROXY_OPTIONS } from './cli/index.js';
 export { MeshpipeError, fromNative, ERROR_CODES, type ErrorCode } from './errors.js';
 export { parseDuration, formatDuration } from './config/index.js';

@@ -30,7 +30,6 @@ import {
   lookupPolicy,
   parseCidrListStrict,
   parseDownwardApi,
-  toPolicyTable,
   type CompileResult,
   type PolicyInputs,
   type PortDecision,
@@ -224,21 +223,24 @@ function renderPort(e: PortExplanation, networks: string, list: string): string 
   return `${out.join('\n')}\n`;
 }
 
-/** What the compiled policy does for this port today. */
+/**
+ * What the compiled policy does for this port today: the engine's own
+ * lookup on the compiled table (ts/policy/lookup.ts), not a copy of it.
+ */
 function currentFor(port: number, destination: string | undefined, result: CompileResult, hasWorkload: boolean): PortExplanation['current'] {
-  const table = toPolicyTable(result.effective, 0);
+  const table = result.table;
   const out: { direction: 'inbound' | 'outbound'; target: string; mode: string; source: string }[] = [];
   if (hasWorkload) {
     const hit = lookupPolicy(table, 'inbound', '0.0.0.0', port);
     const w = result.effective.workload;
     const fallback = result.effective.inbound.ports.find((p) => p.ports.from === port);
     out.push({ direction: 'inbound', target: `${w ? describeRef(w) : 'this pod'} port ${port}`, mode: hit.mode,
-      source: hit.index >= 0 ? hit.source : (fallback?.source ?? 'detect: nothing configured') });
+      source: hit.matched !== 'default' ? hit.source : (fallback?.source ?? 'detect: nothing configured') });
   }
   if (destination !== undefined) {
     const hit = lookupPolicy(table, 'outbound', destination, port);
     out.push({ direction: 'outbound', target: `${destination.includes(':') ? `[${destination}]` : destination}:${port}`, mode: hit.mode,
-      source: hit.index >= 0 ? hit.source : 'detect: nothing configured for this destination' });
+      source: hit.matched !== 'default' ? hit.source : 'detect: nothing configured for this destination' });
   } else {
     for (const d of result.effective.outbound.destinations) {
       const dec = d.decisions.find((x: PortDecision) => port >= x.ports.from && port <= x.ports.to);
@@ -280,7 +282,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     fail(`--default-opaque-ports: ${(err as Error).message}`);
   }
-  if (values.destination !== undefined && isIP(values.destination) === 0) {
+  // A zone index (fe80::1%eth0) is no destination the engine can match: refused like a bad address.
+  if (values.destination !== undefined && (isIP(values.destination) === 0 || values.destination.includes('%'))) {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
   }
   const protocol = values.protocol === undefined ? undefined : findProtocol(values.protocol);
@@ -312,13 +315,14 @@ export async function main(argv: string[]): Promise<number> {
   };
   const compiled = values.manifests !== undefined || annotations !== undefined;
   const hasWorkload = annotations !== undefined || values.pod !== undefined;
-  const result = compiled ? compilePolicy(inputs) : undefined;
-  const problems = [...fileProblems, ...(result?.problems ?? [])];
+  // Always compiled: with no inputs it is what a proxy without policy sources does (the flags-only policy).
+  const result = compilePolicy(inputs);
+  const problems = [...fileProblems, ...result.problems];
 
   if (ports.length > 0) {
     const answers: PortExplanation[] = ports.map((port) => ({
       ...explainPort({ port, protocol, tls: values.tls === true, destination: values.destination, clusterNetworks: networks, defaultOpaque: defaults }),
-      current: result ? currentFor(port, values.destination, result, hasWorkload) : [],
+      current: currentFor(port, values.destination, result, hasWorkload),
     }));
     if (values.json) {
       process.stdout.write(`${JSON.stringify({ ports: answers, problems: problems.map((p) => p.message) }, null, 2)}\n`);
@@ -335,9 +339,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   // No port: the effective policy of every workload (or of "this pod" from the annotations file).
   const all = annotations !== undefined || values.pod !== undefined
-    ? [{ result: result as CompileResult }]
+    ? [{ result }]
     : compileAllWorkloads(inputs).map((w) => ({ result: w.result }));
-  const shared = result as CompileResult;
+  const shared = result;
   // Each workload's own annotations are read in its own compile: collect those problems too, once each.
   const seen = new Set<string>();
   const allProblems = [...problems, ...all.flatMap((a) => a.result.problems)].filter((p) => !seen.has(p.message) && seen.add(p.message));

@@ -13,7 +13,7 @@ import { MeshpipeError } from '../errors.js';
 import { startWebhook } from '../inject/index.js';
 // Direct imports, not re-exported by their folders: they load the Kubernetes client.
 import { KubeNamespaces, NoNamespaces, type NamespaceSource } from '../inject/namespaces.js';
-import { loadKubeConfig } from '../policy/k8s/watch.js';
+import { loadKubeConfig } from '../inject/kubeconfig.js';
 import { createLogger } from '../observe/index.js';
 import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './args.js';
 import { SIDECAR_OPTIONS, sidecarOptions } from './inject.js';

@@ -43,4 +43,5 @@ export {
   DEFAULT_OPAQUE_PORTS,
   type PortRange,
   type PortNameResolver,
+  type ParsedPortList,
 } from './port-list.js';

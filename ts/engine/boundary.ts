@@ -98,9 +98,44 @@ proxyPorts: Array<number>, };
 
 export type CopyMode = "adaptive" | "splice" | "buffered";
 
-export type PolicySpec = { generation: number, rules: Array<RuleSpec>, };
+export type PolicySpec = { generation: number, 
+/**
+ * Checked first, in order.
+ */
+rules: Array<RuleSpec>, 
+/**
+ * Checked last, in order, when no exact destination covers the port.
+ */
+fallbackRules: Array<RuleSpec>, 
+/**
+ * The detect timeout of exact destinations' detecting entries (`null`
+ * keeps the direction's).
+ */
+destinationDetectTimeoutMs: number | null, tables: Array<PortTableSpec>, addresses: Array<AddressSpec>, };
 
-export type RuleSpec = { direction: Direction, net: string | null, ports: [number, number], mode: PortMode, detectTimeoutMs: number | null, source: string, };
+export type RuleSpec = { direction: Direction, 
+/**
+ * A CIDR; `null` matches any address.
+ */
+net: string | null, ports: [number, number], mode: PortMode, 
+/**
+ * Overrides the direction's detect timeout (`null` keeps it).
+ */
+detectTimeoutMs: number | null, source: string, };
+
+export type PortTableSpec = { id: number, ports: Array<PortSpec>, sources: Array<string>, };
+
+export type PortSpec = [number, number, PortMode, number];
+
+export type AddressSpec = [string, number, string];
+
+export type PolicyDelta = { generation: number, 
+/**
+ * The generation this delta applies to; any other is refused.
+ */
+base: number, frame: PolicyFrameSpec | null, tables: Array<PortTableSpec>, dropTables: Array<number>, addresses: Array<AddressSpec>, removeAddresses: Array<string>, };
+
+export type PolicyFrameSpec = { rules: Array<RuleSpec>, fallbackRules: Array<RuleSpec>, destinationDetectTimeoutMs: number | null, };
 
 export type Direction = "inbound" | "outbound";
 
@@ -132,7 +167,11 @@ drained: number,
  */
 cut: number, };
 
-export type Snapshot = { uptimeMs: number, policyGeneration: number, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, 
+export type Snapshot = { uptimeMs: number, policyGeneration: number, 
+/**
+ * The policy table's size and update counters (rejections included).
+ */
+policy: PolicySnapshot, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapshot>, 
 /**
  * TCP series kept per direction (inbound, outbound), overflow not counted.
  */
@@ -151,9 +190,9 @@ httpSeries: Array<number>,
  */
 httpErrors: Array<HttpErrorSnapshot>, 
 /**
- * The generation of the endpoints table in force.
+ * The endpoints table in force (HTTP balancing) and its update counters.
  */
-endpointsGeneration: number, 
+endpoints: EndpointsSnapshot, 
 /**
  * Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
  */
@@ -165,6 +204,34 @@ evictedSeries: number, detect: Array<DetectSnapshot>, detectDurationMs: Array<De
 acceptErrors: Array<AcceptErrorSnapshot>, errors: ErrorsSnapshot, };
 
 export type ListenerSnapshot = { name: string, bind: string, direction: Direction, accepted: number, open: number, acceptErrors: number, limitWaits: number, accepting: boolean, };
+
+export type PolicySnapshot = { generation: number, rules: number, fallbackRules: number, addresses: number, tables: number, 
+/**
+ * Distinct source strings held.
+ */
+sources: number, updatesApplied: number, updatesRejected: number, 
+/**
+ * The last rejected update, until an update is accepted again.
+ */
+lastRejection: PolicyRejection | null, };
+
+export type PolicyRejection = { generation: number, message: string, };
+
+export type PolicyDecision = { mode: PortMode, detectTimeoutMs: number | null, 
+/**
+ * Why, e.g. `opaque: Server shop/db proxyProtocol=opaque`; `default` when nothing matched.
+ */
+source: string, matched: PolicyMatch, 
+/**
+ * The rule's index in `rules` or `fallbackRules`.
+ */
+index: number | null, 
+/**
+ * The exact destination's name (e.g. `Pod shop/web-1`).
+ */
+destination: string | null, };
+
+export type PolicyMatch = "rule" | "destination" | "fallbackRule" | "default";
 
 export type ErrorsSnapshot = { connectFailed: number, loopRefused: number, originalDstFailed: number, 
 /**
@@ -436,7 +503,11 @@ poolMaxIdle: number,
  */
 poolIdleTimeoutMs: number, };
 
-export type EndpointsUpdate = { generation: number, replace: boolean, upsert: Array<ServiceEndpointsSpec>, remove: Array<string>, };
+export type EndpointsUpdate = { generation: number, 
+/**
+ * The generation a change applies to (ignored with `replace`).
+ */
+base: number, replace: boolean, upsert: Array<ServiceEndpointsSpec>, remove: Array<string>, };
 
 export type ServiceEndpointsSpec = { 
 /**
@@ -448,9 +519,19 @@ service: string,
  */
 endpoints: Array<string>, 
 /**
- * Where it came from (`EndpointSlice ns/name`, `FILE:line`).
+ * Where it came from (`Service ns/name`, `FILE:line`).
  */
 source: string, };
+
+export type EndpointsSnapshot = { generation: number, 
+/**
+ * Services in the table.
+ */
+services: number, updatesApplied: number, updatesRejected: number, 
+/**
+ * The last rejected update, until an update is accepted again.
+ */
+lastRejection: PolicyRejection | null, };
 
 export type HttpErrorReason = "bad_gateway" | "unavailable" | "gateway_timeout" | "loop" | "bad_request" | "headers_too_large" | "response_body" | "client_cancel" | "not_http";
 

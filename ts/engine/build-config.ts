@@ -1,57 +1,26 @@
 /**
  * Turns a validated `ProxyConfig` into the engine's `EngineConfig` JSON (the
- * contract in ARCHITECTURE.md) and compiles the port policy given by flags.
+ * contract in ARCHITECTURE.md).
  *
- * Both functions are small and pure: same input, same output, no I/O. The
- * policy layer (annotations, Kubernetes objects) replaces `buildFlagPolicy`
- * with its own compiler and passes the result to `buildEngineConfig`.
+ * Pure: same input, same output, no I/O. The port policy is the policy
+ * layer's (ts/policy/): the caller passes the table, and without one it is
+ * the flags-only table, the one compiler with empty inputs.
  */
 import { networkInterfaces } from 'node:os';
-import type { PortRange, ProxyConfig } from '../config/index.js';
+import type { ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
+// The file itself: ts/policy/index.ts reaches the sidecar wiring, which imports this folder.
+import { flagsPolicy } from '../policy/flags.js';
 import { checkForwardsAvoidAdmin, proxyPorts, resolvePodIps, type PodIps } from './inbound.js';
 import type { EngineConfig, ListenerSpec, PolicyTable } from './native.js';
 
-type PolicyRule = PolicyTable['rules'][number];
-
-/** The label of the default opaque port rules (shown by explain and /policy). */
-export const DEFAULT_OPAQUE_SOURCE = 'default opaque ports';
-
-/** Where `opaquePorts` came from, as a rule source: `--opaque-ports`, an env var, or a file key. */
-function opaquePortsSource(config: ProxyConfig): string {
-  const source = config.sources.opaquePorts;
-  return source === 'default' ? '--opaque-ports' : source;
-}
-
-function opaqueRules(ranges: readonly PortRange[], source: string): PolicyRule[] {
-  const rules: PolicyRule[] = [];
-  for (const range of ranges) {
-    for (const direction of ['inbound', 'outbound'] as const) {
-      rules.push({ direction, net: null, ports: [range.from, range.to], mode: 'opaque', detectTimeoutMs: null, source });
-    }
-  }
-  return rules;
-}
-
 /**
- * The port policy from flags and config: `--opaque-ports` first (both
- * directions), then the default opaque ports (both directions). The first
- * matching rule wins in the engine; ports matching no rule are detected.
- */
-export function buildFlagPolicy(config: ProxyConfig, generation = 1): PolicyTable {
-  return {
-    generation,
-    rules: [...opaqueRules(config.opaquePorts, opaquePortsSource(config)), ...opaqueRules(config.defaultOpaquePorts, DEFAULT_OPAQUE_SOURCE)],
-  };
-}
-
-/**
- * Builds the engine config; `policy` defaults to the flag policy. The
+ * Builds the engine config; `policy` defaults to the flags-only policy. The
  * sidecar layout gets the inbound guard (pod IPs and the proxy's own ports,
  * ./inbound.ts); a `--forward` to the admin server is refused.
  * @throws MeshpipeError ERR_INVALID_CONFIG
  */
-export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = buildFlagPolicy(config), podIps: PodIps = resolvePodIps(config)): EngineConfig {
+export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = flagsPolicy(config).table, podIps: PodIps = resolvePodIps(config)): EngineConfig {
   checkForwardsAvoidAdmin(config);
   const sidecar = config.forward.length === 0;
   if (sidecar && config.inbound !== null && podIps.ips.length === 0) {

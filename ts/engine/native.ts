@@ -1,10 +1,12 @@
 /**
  * The native addon: loading it, and the typed calls across the boundary.
  *
- * The addon (crates/meshpipe-node, built by `napi build` into native/)
- * exports one class, `NativeProxy`, `setEngineLog`, `interfaceAddresses`
- * (the pod IPs when nobody gave them), and for `meshpipe run` `spawnApp` and
- * `reapChildren`. Values cross as JSON
+ * The addon (crates/meshpipe-node, built by `napi build` into native/, or
+ * the prebuilt platform package; ./addon-locate.ts finds it) exports
+ * `NativeProxy`, `PolicyLookup` (a policy table with the engine's own
+ * lookup, no proxy needed), `setEngineLog`, `interfaceAddresses` (the
+ * pod IPs when nobody gave them), for `meshpipe run` `spawnApp` and
+ * `reapChildren`, and the mesh functions (ts/engine/mesh.ts). Values cross as JSON
  * text: what goes in is `JSON.stringify` of a type from ./boundary.ts and
  * what comes out is parsed into one. boundary.ts is generated from the Rust
  * types (`npm run gen:types`; `npm test` fails when it is stale), and the
@@ -14,19 +16,19 @@
  * `MeshpipeError` with that code.
  */
 
-import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-import { MeshpipeError, fromNative } from '../errors.js';
+import { fromNative } from '../errors.js';
+import { loadAddon } from './addon-locate.js';
 import type * as Addon from '../../native/native.js';
 import type {
   BoundListener,
   CloseSummary,
   ConnSnapshot,
+  Direction,
   EngineEvent,
   EngineSpec,
+  PolicyDecision,
+  PolicyDelta,
+  PolicyFrameSpec,
   PolicySpec,
   ReapedChild,
   RuleSpec,
@@ -47,6 +49,9 @@ export type DeepReadonly<T> = T extends object ? { readonly [K in keyof T]: Deep
 export type EngineConfig = DeepReadonly<EngineSpec>;
 export type PolicyTable = DeepReadonly<PolicySpec>;
 export type PolicyRule = DeepReadonly<RuleSpec>;
+/** A change to the engine's current table (applies to generation `base` only). */
+export type PolicyChange = DeepReadonly<PolicyDelta>;
+export type PolicyFrame = DeepReadonly<PolicyFrameSpec>;
 export type EngineSnapshot = Snapshot;
 export type TcpSeriesSnapshot = TcpSnapshot;
 export type ConnectionInfo = ConnSnapshot;
@@ -57,6 +62,7 @@ export type EngineLogStream = 'stdout' | 'stderr';
 
 export interface RawBinding {
   NativeProxy: typeof Addon.NativeProxy;
+  PolicyLookup: typeof Addon.PolicyLookup;
   setEngineLog: typeof Addon.setEngineLog;
   spawnApp: typeof Addon.spawnApp;
   reapChildren: typeof Addon.reapChildren;
@@ -68,26 +74,19 @@ export interface RawBinding {
   destinationsLookup: typeof Addon.destinationsLookup;
 }
 
-let binding: RawBinding | undefined;
+const encoder = new TextEncoder();
 
-/** Finds and loads the addon built for this platform. */
-export function loadBinding(): RawBinding {
-  if (binding) return binding;
-  const here = dirname(fileURLToPath(import.meta.url));
-  const abi = isMusl() ? 'musl' : 'gnu';
-  const file = `meshpipe.${process.platform}-${process.arch}${process.platform === 'linux' ? `-${abi}` : ''}.node`;
-  const candidates = [join(here, '..', '..', '..', 'native', file), join(here, '..', '..', 'native', file)];
-  const found = candidates.find((p) => existsSync(p));
-  if (!found) {
-    throw new MeshpipeError('ERR_NATIVE', `the native addon ${file} was not found (looked in ${candidates.join(', ')}): run "npm run build:native"`);
-  }
-  binding = createRequire(import.meta.url)(found) as RawBinding;
-  return binding;
+/** A table or delta as the addon takes it: UTF-8 JSON bytes (already encoded ones pass through untouched). */
+function bytesOf(value: PolicyTable | PolicyChange | EndpointsUpdate | Uint8Array): Uint8Array {
+  return value instanceof Uint8Array ? value : encoder.encode(JSON.stringify(value));
 }
 
-function isMusl(): boolean {
-  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
-  return !report?.header?.glibcVersionRuntime;
+let binding: RawBinding | undefined;
+
+/** Finds and loads the addon built for this platform (./addon-locate.ts: a build from source, else the platform package). */
+export function loadBinding(): RawBinding {
+  binding ??= loadAddon() as RawBinding;
+  return binding;
 }
 
 /** The engine, with its JSON boundary typed and errors mapped to `MeshpipeError`s. */
@@ -118,13 +117,28 @@ export class NativeProxy {
     }
   }
 
-  setPolicy(policy: PolicyTable): number {
-    return call(() => this.#raw.setPolicy(JSON.stringify(policy)));
+  /** Replaces the whole table (a PolicySpec, or its UTF-8 JSON bytes). */
+  setPolicy(policy: PolicyTable | Uint8Array): number {
+    return call(() => this.#raw.setPolicy(bytesOf(policy)));
   }
 
-  /** Applies an endpoints update (Service address -> endpoints, for HTTP balancing). */
-  updateEndpoints(update: EndpointsUpdate): number {
-    return call(() => this.#raw.updateEndpoints(JSON.stringify(update)));
+  /** Applies a delta (a PolicyDelta, or its UTF-8 JSON bytes): all or nothing, to its base generation only. */
+  updatePolicy(delta: PolicyChange | Uint8Array): number {
+    return call(() => this.#raw.updatePolicy(bytesOf(delta)));
+  }
+
+  /** What the current table decides for a connection, with the source. */
+  explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
+    return JSON.parse(call(() => this.#raw.explainPolicy(direction, ip, port))) as PolicyDecision;
+  }
+
+  /**
+   * Applies an endpoints update (an EndpointsUpdate, or its UTF-8 JSON bytes:
+   * Service address -> endpoints, for HTTP balancing): a whole table, or a
+   * change onto its base generation, all or nothing.
+   */
+  updateEndpoints(update: EndpointsUpdate | Uint8Array): number {
+    return call(() => this.#raw.updateEndpoints(bytesOf(update)));
   }
 
   snapshot(): EngineSnapshot {
@@ -137,6 +151,21 @@ export class NativeProxy {
 
   takeEvents(): EngineEvent[] {
     return JSON.parse(call(() => this.#raw.takeEvents())) as EngineEvent[];
+  }
+}
+
+/** A compiled policy table with the engine's own lookup: what the engine would decide, no proxy running. */
+export class PolicyLookup {
+  readonly #raw: Addon.PolicyLookup;
+
+  /** @throws MeshpipeError ERR_POLICY naming the bad entry, as the engine would refuse the table. */
+  constructor(table: PolicyTable | Uint8Array) {
+    const { PolicyLookup: Raw } = loadBinding();
+    this.#raw = call(() => new Raw(bytesOf(table)));
+  }
+
+  explain(direction: Direction, ip: string, port: number): PolicyDecision {
+    return JSON.parse(call(() => this.#raw.explain(direction, ip, port))) as PolicyDecision;
   }
 }
 

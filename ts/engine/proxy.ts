@@ -27,6 +27,9 @@ import {
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
+  type Direction,
+  type PolicyChange,
+  type PolicyDecision,
   type PolicyTable,
 } from './native.js';
 
@@ -139,8 +142,8 @@ export class Proxy {
     return this.#closing;
   }
 
-  /** Swaps in a new policy atomically; only new connections see it. Returns the engine's generation. */
-  setPolicy(policy: PolicyTable): number {
+  /** Swaps in a whole new policy table atomically; only new connections see it. Returns the engine's generation. */
+  setPolicy(policy: PolicyTable | Uint8Array): number {
     return this.#native.setPolicy(policy);
   }
 
@@ -148,10 +151,21 @@ export class Proxy {
    * Applies an endpoints update: Services (cluster IP and port) and their
    * endpoints for per-request HTTP balancing, before or after `start()`.
    * Requests in flight keep their endpoint. Returns the table's generation.
-   * @throws MeshpipeError ERR_POLICY when an entry is invalid (the table in force stays)
+   * A change applies only onto the generation it names as its `base`.
+   * @throws MeshpipeError ERR_POLICY when an entry is invalid or the base is not the engine's generation (the table in force stays)
    */
-  updateEndpoints(update: EndpointsUpdate): number {
+  updateEndpoints(update: EndpointsUpdate | Uint8Array): number {
     return this.#native.updateEndpoints(update);
+  }
+
+  /** Applies a delta to the current table (all or nothing; only to its base generation). Returns the new generation. */
+  updatePolicy(delta: PolicyChange | Uint8Array): number {
+    return this.#native.updatePolicy(delta);
+  }
+
+  /** What the current table decides for a connection to `ip`:`port`, with the source. */
+  explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
+    return this.#native.explainPolicy(direction, ip, port);
   }
 
   /** Every engine counter, read in one call. */

@@ -4,7 +4,8 @@
  * never touches proxied traffic.
  *
  *   GET  /metrics      Prometheus text format (ts/observe/metrics.ts; one engine snapshot per scrape)
- *   GET  /ready        200 once every listener is bound and the policy is loaded; 503 while starting or draining
+ *   GET  /ready        200 once every listener is bound and the policy is loaded; 503 while starting or draining,
+ *                      or while no valid port policy is in force (the engine refused the sources' first table)
  *   GET  /live         200 while the process runs
  *   POST /shutdown     starts the shutdown sequence (as SIGTERM would); 404 when disabled
  *                      (`adminShutdown: false` / `--no-admin-shutdown`)
@@ -44,7 +45,7 @@ export const MAX_CONNECTIONS_LIMIT = 1000;
 export const DEFAULT_CONNECTIONS_LIMIT = 100;
 
 /** Why the proxy is not ready, or null when it is. */
-export type NotReadyReason = 'starting' | 'draining' | null;
+export type NotReadyReason = 'starting' | 'draining' | 'no valid policy' | null;
 
 export interface AdminServerOptions {
   /** `host` and `port` to bind (port 0 = ephemeral). */
@@ -55,7 +56,7 @@ export interface AdminServerOptions {
   readonly notReady: () => NotReadyReason;
   /** Live connections, at most `limit`. */
   readonly connections: (limit: number) => ConnectionInfo[];
-  /** The JSON document served at /policy. */
+  /** The JSON document served at /policy (it may be computed elsewhere: a promise). */
   readonly policy: () => unknown;
   /** The raw engine counters (one snapshot), served at /snapshot for debugging and tests. */
   readonly snapshot?: () => unknown;
@@ -150,7 +151,7 @@ export class AdminServer {
       ['/ready', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => this.#ready(res) }],
       ['/live', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => send(res, 200, 'live\n') }],
       ['/shutdown', { methods: ['POST'], access: 'mutating', handle: (req, res) => this.#shutdown(req, res) }],
-      ['/policy', { methods: ['GET', 'HEAD'], access: 'debug', handle: (_req, res) => sendJson(res, 200, this.#options.policy()) }],
+      ['/policy', { methods: ['GET', 'HEAD'], access: 'debug', handle: async (_req, res) => sendJson(res, 200, await this.#options.policy()) }],
       ['/connections', { methods: ['GET', 'HEAD'], access: 'debug', handle: (_req, res, url) => this.#connections(res, url) }],
       ['/snapshot', { methods: ['GET', 'HEAD'], access: 'debug', handle: (_req, res) => sendJson(res, 200, this.#options.snapshot?.() ?? {}) }],
       ['/log-filter', { methods: ['PUT'], access: 'mutating', handle: (req, res) => this.#logFilter(req, res) }],

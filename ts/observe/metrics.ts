@@ -314,7 +314,15 @@ const FAMILIES: readonly FamilySpec[] = [
   { name: 'meshpipe_http_series', type: 'gauge', help: 'HTTP label series the engine keeps (authorities share the per-direction budget with TCP series)',
     emit: single('meshpipe_http_series', (s) => s.http.length) },
   { name: 'meshpipe_endpoints_generation', type: 'gauge', help: 'Generation of the endpoints table (Service address to endpoints) used for HTTP balancing',
-    emit: single('meshpipe_endpoints_generation', (s) => s.endpointsGeneration) },
+    emit: single('meshpipe_endpoints_generation', (s) => s.endpoints.generation) },
+  { name: 'meshpipe_endpoints_services', type: 'gauge', help: 'Services (cluster IP and port) in the endpoints table used for HTTP balancing',
+    emit: single('meshpipe_endpoints_services', (s) => s.endpoints.services) },
+  { name: 'meshpipe_endpoints_updates_total', type: 'counter',
+    help: 'Endpoints tables and changes the engine applied (result="applied") or refused (result="rejected": nothing changed, the last good table stayed in force)',
+    emit: (s, _series, out) => {
+      out.add('meshpipe_endpoints_updates_total', s.endpoints.updatesApplied, NONE, 'result', 'applied');
+      out.add('meshpipe_endpoints_updates_total', s.endpoints.updatesRejected, NONE, 'result', 'rejected');
+    } },
   { name: 'meshpipe_server_first_targets', type: 'gauge', help: 'Targets currently learned to speak first (detection is skipped for them until they expire)',
     emit: single('meshpipe_server_first_targets', (s) => s.serverFirst.targets.length) },
   { name: 'meshpipe_listener_accepted_total', type: 'counter', help: 'Connections accepted by a listener',
@@ -340,6 +348,14 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: single('meshpipe_original_dst_failures_total', (s) => s.errors.originalDstFailed) },
   { name: 'meshpipe_policy_generation', type: 'gauge', help: 'Generation of the port policy the engine uses for new connections',
     emit: single('meshpipe_policy_generation', (s) => s.policyGeneration) },
+  { name: 'meshpipe_policy_updates_total', type: 'counter',
+    help: 'Policy tables and deltas the engine applied (result="applied") or refused (result="rejected": nothing changed, the last good policy stayed in force)',
+    emit: (s, _series, out) => {
+      out.add('meshpipe_policy_updates_total', s.policy.updatesApplied, NONE, 'result', 'applied');
+      out.add('meshpipe_policy_updates_total', s.policy.updatesRejected, NONE, 'result', 'rejected');
+    } },
+  { name: 'meshpipe_policy_destinations', type: 'gauge', help: 'Exact destination addresses (pod IPs, Service clusterIPs) in the policy table',
+    emit: single('meshpipe_policy_destinations', (s) => s.policy.addresses) },
   { name: 'meshpipe_tcp_series', type: 'gauge', help: 'TCP label series the engine keeps (bounded by maxMetricTargets per direction, plus overflow)',
     emit: single('meshpipe_tcp_series', (s) => s.tcp.length) },
   { name: 'meshpipe_tcp_series_evicted_total', type: 'counter', help: 'TCP series and detect counters dropped after metricsRetainIdle without use',

@@ -14,7 +14,7 @@ import { describeRef, selectorMatches } from './k8s/objects.js';
 import { isCidrError, parseCidr } from './cidr.js';
 import { PROXY_PROTOCOL_MODES, type PortMode } from './model.js';
 import { objectProblem, type PolicyProblem } from './problems.js';
-import { parsePortList, type PortNameResolver, type PortRange } from '../config/index.js';
+import { parsePortList, type ParsedPortList, type PortNameResolver, type PortRange } from '../config/index.js';
 
 /** A port-list annotation as read from one object. */
 export interface PortAnnotation {
@@ -35,6 +35,51 @@ export function containerPortResolver(ports: readonly ContainerPort[] | undefine
 /** A resolver over Service port names. */
 export function servicePortResolver(ports: readonly ServicePort[]): PortNameResolver {
   return (name) => ports.find((p) => p.name === name)?.port;
+}
+
+// ---------------------------------------------------------------------------
+// Parsed values, cached.
+/*
+ * Thousands of objects carry the same annotation value (every pod of a
+ * Deployment, every object inheriting a namespace's value), and one value
+ * can be 40 KB. Parsing is a function of the value and, when the value uses
+ * port names, of the names it resolves against, so results are cached under
+ * that key. The cache is bounded by the number of ranges it holds.
+ */
+
+const CACHE_MAX_RANGES = 1 << 20;
+const parseCache = new Map<string, ParsedPortList>();
+let cachedRanges = 0;
+
+/** The key names resolve against: '' when the value has no names (numbers and ranges only). */
+function namesKey(raw: string, named: readonly { name: string | undefined; port: number }[] | undefined): string | undefined {
+  if (!/[a-z]/i.test(raw)) return '';
+  if (named === undefined) return undefined;
+  return named.map((p) => `${p.name ?? ''}=${p.port}`).join(',');
+}
+
+/**
+ * parsePortList, cached when the result depends only on the value and the
+ * named ports (`named` must be what `resolver` resolves against).
+ */
+export function parsePortListCached(
+  raw: string, resolver: PortNameResolver | undefined, named: readonly { name: string | undefined; port: number }[] | undefined,
+): ParsedPortList {
+  const names = resolver === undefined ? '-' : namesKey(raw, named);
+  if (names === undefined) return parsePortList(raw, resolver);
+  const key = `${names}\u0000${raw}`;
+  const hit = parseCache.get(key);
+  if (hit) return hit;
+  const parsed = parsePortList(raw, resolver);
+  const size = parsed.ranges.length + parsed.errors.length + 1;
+  while (cachedRanges + size > CACHE_MAX_RANGES && parseCache.size > 0) {
+    const [oldest, value] = parseCache.entries().next().value as [string, ParsedPortList];
+    parseCache.delete(oldest);
+    cachedRanges -= value.ranges.length + value.errors.length + 1;
+  }
+  parseCache.set(key, parsed);
+  cachedRanges += size;
+  return parsed;
 }
 
 function knownNames(names: readonly (string | undefined)[], ports: readonly number[]): string {
@@ -65,7 +110,7 @@ export function readPortAnnotation(
   const allowNames = options.allowNames ?? true;
   // With names allowed but none resolvable, still accept the syntax so the problem says "unknown port name".
   const resolver = allowNames ? (options.resolver ?? (() => undefined)) : undefined;
-  const parsed = parsePortList(raw, resolver);
+  const parsed = parsePortListCached(raw, resolver, options.resolver === undefined ? [] : options.namedPorts);
   for (const e of parsed.errors) {
     let reason = e.reason;
     if (reason.startsWith('unknown port name')) {

@@ -8,6 +8,12 @@
  * too lets the policy layer reject a bad `skip-subnets` entry or
  * `--cluster-networks` value with the object and token that carried it, long
  * before a table reaches the engine (where one bad rule rejects the table).
+ * Both follow the same rules, and test/policy-cidr-differential.test.ts
+ * checks them against each other (fast-check, through the addon): an
+ * IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2) is
+ * its IPv4 address, and a mapped network of /96 or longer is the IPv4
+ * network `a.b.c.d/(N-96)`; a shorter one stays IPv6 and holds no IPv4
+ * address.
  */
 
 import { isIP } from 'node:net';
@@ -33,8 +39,6 @@ function v4ToBigInt(ip: string): bigint {
 function v6ToBigInt(ip: string): bigint {
   // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two hextets first.
   let text = ip.toLowerCase();
-  const zone = text.indexOf('%');
-  if (zone >= 0) text = text.slice(0, zone);
   const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
   if (v4 && v4[1] !== undefined) {
     const n = v4ToBigInt(v4[1]);
@@ -74,6 +78,8 @@ function bigIntToV6(n: bigint): string {
 
 /** Parses an IP address into family and bits, or returns undefined. */
 export function parseIp(ip: string): { family: 4 | 6; bits: bigint } | undefined {
+  // A zone index (`fe80::1%eth0`) names an interface, not a network: the engine refuses it too.
+  if (ip.includes('%')) return undefined;
   const family = isIP(ip.trim());
   if (family === 4) return { family: 4, bits: v4ToBigInt(ip.trim()) };
   if (family === 6) return { family: 6, bits: v6ToBigInt(ip.trim()) };
@@ -86,7 +92,13 @@ function mask(family: 4 | 6, prefix: number): bigint {
   return prefix === 0 ? 0n : (all >> BigInt(width - prefix)) << BigInt(width - prefix) & all;
 }
 
+/** True for `::ffff:0:0/96` addresses (IPv4-mapped IPv6). */
+function isMapped(family: 4 | 6, bits: bigint): boolean {
+  return family === 6 && bits >> 32n === 0xffffn;
+}
+
 function make(family: 4 | 6, bits: bigint, prefix: number): Cidr {
+  if (isMapped(family, bits) && prefix >= 96) return make(4, bits & 0xffffffffn, prefix - 96);
   const net = bits & mask(family, prefix);
   const text = `${family === 4 ? bigIntToV4(net) : bigIntToV6(net)}/${prefix}`;
   return { family, bits: net, prefix, text };
@@ -151,7 +163,7 @@ export function parseCidrListStrict(input: string): Cidr[] {
 export function cidrContains(cidr: Cidr, address: string): boolean {
   let ip = parseIp(address);
   if (!ip) return false;
-  if (ip.family === 6 && ip.bits >> 32n === 0xffffn) ip = { family: 4, bits: ip.bits & 0xffffffffn };
+  if (isMapped(ip.family, ip.bits)) ip = { family: 4, bits: ip.bits & 0xffffffffn };
   if (ip.family !== cidr.family) return false;
   return (ip.bits & mask(cidr.family, cidr.prefix)) === cidr.bits;
 }
@@ -161,9 +173,15 @@ export function inNetworks(networks: readonly Cidr[], address: string): boolean 
   return networks.some((n) => cidrContains(n, address));
 }
 
-/** The exact-host network for an address (`/32` or `/128`), or undefined if it is not an IP. */
+/** The exact-host network for an address (`/32` or `/128`; a mapped address is its IPv4 form), or undefined if it is not an IP. */
 export function hostCidr(address: string): Cidr | undefined {
   const ip = parseIp(address);
   if (!ip) return undefined;
   return make(ip.family, ip.bits, ip.family === 4 ? 32 : 128);
+}
+
+/** An address in the form the engine keys destinations by (`::ffff:10.0.0.1` -> `10.0.0.1`), or undefined if it is not an IP. */
+export function canonicalAddress(address: string): string | undefined {
+  const host = hostCidr(address);
+  return host === undefined ? undefined : host.text.slice(0, host.text.lastIndexOf('/'));
 }

@@ -1,146 +1,217 @@
 /**
- * Meshed destinations: the outbound addresses that belong to a mesh peer,
- * with the identity the peer must prove and its tunnel port, compiled into
- * the engine's IP-indexed table (`DestinationsSpec`,
- * crates/meshpipe-core/src/destinations.rs).
+ * The engine's exact destinations, kept in step with the compiled objects:
+ * which address points at which port table, which tables exist, and what
+ * changed since the last update (the delta sent to the engine).
  *
- * Two sources:
- * - Pods with the sidecar: `meshpipe.io/inject: enabled`,
- *   `linkerd.io/inject: enabled`, or an explicit `meshpipe.io/identity`
- *   annotation. Their identity is that annotation, else the identity
- *   template applied to the pod's service account and namespace under the
- *   trust domain; their tunnel port is `meshpipe.io/inbound-port`, else 4143.
- *   Each pod IP is one entry.
- * - A static `--destinations FILE` for hosts outside Kubernetes: one entry
- *   per line, `ADDRESS|CIDR IDENTITY [TUNNEL-PORT]`, `#` comments. File
- *   entries come first: an explicit entry wins over a pod with the same
- *   address (reported).
- *
- * Bad annotations and lines are problems naming the object or file:line;
- * the entry is left out (that destination then gets plaintext, labelled
- * `no_identity`, never mTLS to a guessed identity).
+ * Destinations (a Service's clusterIPs, a Pod's IPs) claim addresses. An
+ * address is almost always claimed by one destination; when several claim it
+ * (host-network pods share their node's IP), they are checked in key order,
+ * which is the old table's order: Services before Pods, each by namespace and
+ * name. Port tables are shared by content (every replica of a workload has
+ * the same ports and annotations), so a table crosses to the engine once, is
+ * referred to by id, and is dropped when no address uses it any more. One
+ * changed destination changes only its own addresses.
  */
-import type { DestinationSpec, DestinationsSpec } from '../engine/index.js';
-import { identityProblem, renderIdentity } from '../identity/name.js';
-import { hostCidr, isCidrError, parseCidr } from './cidr.js';
-import type { WorkloadObject } from './k8s/objects.js';
-import { generalProblem, lineProblem, objectProblem, type PolicyProblem } from './problems.js';
 
-export const MESH_ANNOTATIONS = {
-  inject: 'meshpipe.io/inject',
-  linkerdInject: 'linkerd.io/inject',
-  identity: 'meshpipe.io/identity',
-  inboundPort: 'meshpipe.io/inbound-port',
-} as const;
+import type { AddressSpec, PortDecision, PortMode } from './model.js';
+import { DESTINATION } from './outbound.js';
 
-/** Linkerd's inbound (and tunnel) port. */
-export const DEFAULT_TUNNEL_PORT = 4143;
-
-export interface DestinationsInputs {
-  readonly generation: number;
-  readonly pods: readonly WorkloadObject[];
-  readonly trustDomain: string;
-  readonly identityTemplate: string;
-  /** Entries from `--destinations FILE` (parseDestinationsFile). */
-  readonly fileEntries?: readonly DestinationSpec[] | undefined;
+/** A port table as the engine receives it. */
+export interface TableSpec {
+  readonly id: number;
+  readonly ports: [number, number, PortMode, number][];
+  readonly sources: string[];
 }
 
-export interface DestinationsResult {
-  readonly spec: DestinationsSpec;
-  readonly problems: readonly PolicyProblem[];
+/** One destination's claim on its addresses (one object per destination, identified by itself). */
+export interface Claim {
+  /** Orders claims on a shared address: Services before Pods, then by namespace, name (computed when needed). */
+  order(): string;
+  /** e.g. `Pod shop/web-1`: replaces `{destination}` in sources. */
+  readonly name: string;
+  /** Identifies the decisions' content: equal keys, equal tables. */
+  readonly content: string;
+  /** The decisions in precedence order, sources possibly with `{destination}`. */
+  decisions(): readonly PortDecision[];
 }
 
-function parsePort(text: string): number | undefined {
-  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text.trim()) : NaN;
-  return Number.isInteger(n) && n >= 1 && n <= 65535 ? n : undefined;
+/** What changed since the last `takeChanges()`. */
+export interface DestinationChanges {
+  readonly tables: TableSpec[];
+  readonly dropTables: number[];
+  readonly addresses: AddressSpec[];
+  readonly removeAddresses: string[];
 }
 
-/** True for a pod that runs the sidecar. */
-export function isMeshed(pod: WorkloadObject): boolean {
-  const a = pod.annotations;
-  if (a[MESH_ANNOTATIONS.identity] !== undefined) return true;
-  return a[MESH_ANNOTATIONS.inject] === 'enabled' || a[MESH_ANNOTATIONS.linkerdInject] === 'enabled';
+interface Table {
+  readonly id: number;
+  readonly spec: TableSpec;
+  refs: number;
 }
 
-/** The entries of meshed pods. */
-function podEntries(inputs: DestinationsInputs, problems: PolicyProblem[]): DestinationSpec[] {
-  const out: DestinationSpec[] = [];
-  for (const pod of inputs.pods) {
-    if (pod.kind !== 'Pod' || !isMeshed(pod) || pod.podIPs.length === 0) continue;
-    const ref = { kind: pod.kind, namespace: pod.namespace, name: pod.name };
-    const explicit = pod.annotations[MESH_ANNOTATIONS.identity];
-    const identity = explicit?.trim() ?? renderIdentity(inputs.identityTemplate, pod.serviceAccount, pod.namespace, inputs.trustDomain);
-    const why = identityProblem(identity);
-    if (why !== undefined) {
-      const field = explicit !== undefined ? MESH_ANNOTATIONS.identity : 'spec.serviceAccountName';
-      problems.push(objectProblem(ref, field, identity, `${why}; the pod is not treated as meshed`));
-      continue;
+function buildTable(id: number, decisions: readonly PortDecision[]): TableSpec {
+  const sources: string[] = [];
+  const index = new Map<string, number>();
+  const ports: [number, number, PortMode, number][] = [];
+  for (const d of decisions) {
+    let i = index.get(d.source);
+    if (i === undefined) {
+      i = sources.length;
+      sources.push(d.source);
+      index.set(d.source, i);
     }
-    const portText = pod.annotations[MESH_ANNOTATIONS.inboundPort];
-    const tunnelPort = portText === undefined ? DEFAULT_TUNNEL_PORT : parsePort(portText);
-    if (tunnelPort === undefined) {
-      problems.push(objectProblem(ref, MESH_ANNOTATIONS.inboundPort, portText ?? '', 'expected a port 1-65535; the pod is not treated as meshed'));
-      continue;
+    ports.push([d.ports.from, d.ports.to, d.mode, i]);
+  }
+  return { id, ports, sources };
+}
+
+function substitute(decisions: readonly PortDecision[], name: string): PortDecision[] {
+  return decisions.map((d) => (d.source.includes(DESTINATION) ? { ...d, source: d.source.replaceAll(DESTINATION, name) } : d));
+}
+
+interface Pending {
+  tables: TableSpec[];
+  dropTables: number[];
+  addresses: Map<string, AddressSpec>;
+  removeAddresses: Set<string>;
+}
+
+function nothingPending(): Pending {
+  return { tables: [], dropTables: [], addresses: new Map(), removeAddresses: new Set() };
+}
+
+/** Addresses, claims and shared tables, with the pending changes for the engine. */
+export class DestinationTable {
+  /** Address -> its claim (almost always one), or several in order. */
+  readonly #claims = new Map<string, Claim | Claim[]>();
+  /** Address -> its table; the name is the claim's (one claim) or the claims' names joined (several). */
+  readonly #entries = new Map<string, { table: Table; claim: Claim | undefined; names: string | undefined; content: string }>();
+  readonly #tables = new Map<string, Table>();
+  #lastId = 0;
+  readonly #dirty = new Set<string>();
+  #pending: Pending = nothingPending();
+
+  /**
+   * Replaces a destination's claim: `previous` claimed `before` (canonical
+   * addresses), `next` claims `after` (undefined: the destination is gone
+   * or has no decisions).
+   */
+  update(previous: Claim | undefined, before: readonly string[], next: Claim | undefined, after: readonly string[]): void {
+    if (previous) {
+      for (const ip of before) {
+        const held = this.#claims.get(ip);
+        if (held === undefined) continue;
+        if (!Array.isArray(held)) {
+          if (held === previous) this.#claims.delete(ip);
+        } else {
+          const kept = held.filter((c) => c !== previous);
+          this.#claims.set(ip, kept.length === 1 ? (kept[0] as Claim) : kept);
+        }
+        this.#dirty.add(ip);
+      }
     }
-    for (const ip of pod.podIPs) {
-      const host = hostCidr(ip);
-      if (!host) {
-        problems.push(objectProblem(ref, 'status.podIPs', ip, 'not an IP address; this address is left out'));
+    if (next === undefined) return;
+    for (const ip of after) {
+      const held = this.#claims.get(ip);
+      this.#dirty.add(ip);
+      if (held === undefined) {
+        this.#claims.set(ip, next);
         continue;
       }
-      out.push({ net: host.text, identity, tunnelPort, source: `Pod ${pod.namespace}/${pod.name}` });
+      const list = Array.isArray(held) ? held : [held];
+      const order = next.order();
+      const at = list.findIndex((c) => c.order() >= order);
+      if (at < 0) list.push(next);
+      else list.splice(at, 0, next);
+      this.#claims.set(ip, list);
     }
   }
-  return out;
-}
 
-/** Compiles the meshed-destinations table. Never throws. */
-export function compileDestinations(inputs: DestinationsInputs): DestinationsResult {
-  const problems: PolicyProblem[] = [];
-  const entries: DestinationSpec[] = [];
-  const seen = new Map<string, DestinationSpec>();
-  for (const e of [...(inputs.fileEntries ?? []), ...podEntries(inputs, problems)]) {
-    const first = seen.get(e.net);
-    if (first) {
-      if (first.identity !== e.identity || first.tunnelPort !== e.tunnelPort) {
-        problems.push(generalProblem(
-          `meshed destination ${e.net}: ${e.source} says ${e.identity} port ${e.tunnelPort}, but ${first.source} (${first.identity} port ${first.tunnelPort}) comes first and is used`,
-          e.net,
-        ));
+  #intern(content: string, decisions: () => readonly PortDecision[]): Table {
+    let table = this.#tables.get(content);
+    if (!table) {
+      const id = ++this.#lastId;
+      table = { id, spec: buildTable(id, decisions()), refs: 0 };
+      this.#tables.set(content, table);
+      this.#pending.tables.push(table.spec);
+    }
+    table.refs++;
+    return table;
+  }
+
+  #unref(content: string): void {
+    const table = this.#tables.get(content);
+    if (!table) return;
+    table.refs--;
+    if (table.refs <= 0) {
+      this.#tables.delete(content);
+      this.#pending.dropTables.push(table.id);
+    }
+  }
+
+  /** Resolves the addresses whose claims changed into engine entries (pending changes). */
+  settle(): void {
+    for (const ip of this.#dirty) {
+      const held = this.#claims.get(ip);
+      const claims = held === undefined ? [] : Array.isArray(held) ? held : [held];
+      const old = this.#entries.get(ip);
+      if (claims.length === 0) {
+        if (old) {
+          this.#entries.delete(ip);
+          this.#unref(old.content);
+          this.#pending.addresses.delete(ip);
+          this.#pending.removeAddresses.add(ip);
+        }
+        continue;
       }
-      continue;
+      let content: string;
+      let names: string | undefined;
+      let decisions: () => readonly PortDecision[];
+      const only = claims.length === 1 ? (claims[0] as Claim) : undefined;
+      if (only) {
+        content = only.content;
+        decisions = () => only.decisions();
+      } else {
+        // Shared address: each claim's decisions in order, its own name already in its sources.
+        content = `merged\u0000${claims.map((c) => `${c.name}\u0000${c.content}`).join('\u0000')}`;
+        names = claims.map((c) => c.name).join(', ');
+        decisions = () => claims.flatMap((c) => substitute(c.decisions(), c.name));
+      }
+      const name = names ?? (only as Claim).name;
+      if (old && old.content === content && (old.names ?? old.claim?.name) === name) {
+        if (only) old.claim = only; // the same, from a recompiled claim
+        continue;
+      }
+      const table = this.#intern(content, decisions);
+      this.#entries.set(ip, { table, claim: only, names, content });
+      if (old) this.#unref(old.content);
+      this.#pending.removeAddresses.delete(ip);
+      this.#pending.addresses.set(ip, [ip, table.id, name]);
     }
-    seen.set(e.net, e);
-    entries.push(e);
+    this.#dirty.clear();
   }
-  return { spec: { generation: inputs.generation, entries }, problems };
-}
 
-/**
- * Parses a `--destinations` file: `ADDRESS|CIDR IDENTITY [TUNNEL-PORT]` per
- * line, blank lines and `#` comments ignored. Bad lines are problems
- * (file:line); the good lines still count.
- */
-export function parseDestinationsFile(file: string, text: string): { entries: DestinationSpec[]; problems: PolicyProblem[] } {
-  const entries: DestinationSpec[] = [];
-  const problems: PolicyProblem[] = [];
-  text.split(/\r?\n/).forEach((raw, i) => {
-    const line = i + 1;
-    const content = raw.replace(/#.*$/, '').trim();
-    if (content === '') return;
-    const fields = content.split(/\s+/);
-    const bad = (reason: string): void => {
-      problems.push(lineProblem(file, line, `line ${line}: "${content}": ${reason}`));
+  /** The changes since the last call, and forgets them. */
+  takeChanges(): DestinationChanges | undefined {
+    const c = this.#pending;
+    this.#pending = nothingPending();
+    if (c.tables.length === 0 && c.dropTables.length === 0 && c.addresses.size === 0 && c.removeAddresses.size === 0) return undefined;
+    return { tables: c.tables, dropTables: c.dropTables, addresses: [...c.addresses.values()], removeAddresses: [...c.removeAddresses] };
+  }
+
+  /** Every table and address, for a whole-table load. */
+  whole(): { tables: TableSpec[]; addresses: AddressSpec[] } {
+    return {
+      tables: [...this.#tables.values()].map((t) => t.spec),
+      addresses: [...this.#entries].map(([ip, e]) => [ip, e.table.id, e.names ?? e.claim?.name ?? ''] as AddressSpec),
     };
-    if (fields.length < 2 || fields.length > 3) return bad('expected ADDRESS|CIDR IDENTITY [TUNNEL-PORT]');
-    const [netText = '', identity = '', portText] = fields;
-    const net = parseCidr(netText);
-    if (isCidrError(net)) return bad(net.error);
-    const why = identityProblem(identity);
-    if (why !== undefined) return bad(`identity "${identity}": ${why}`);
-    const tunnelPort = portText === undefined ? DEFAULT_TUNNEL_PORT : parsePort(portText);
-    if (tunnelPort === undefined) return bad(`tunnel port "${portText}": expected 1-65535`);
-    entries.push({ net: net.text, identity, tunnelPort, source: `${file}:${line}` });
-  });
-  return { entries, problems };
+  }
+
+  get addresses(): number {
+    return this.#entries.size;
+  }
+
+  get tables(): number {
+    return this.#tables.size;
+  }
 }

@@ -8,14 +8,22 @@
  * (cidr.ts for clusterNetworks and skip subnets). compile.ts and outbound.ts
  * turn them into an EffectivePolicy with a source for every decision and the
  * engine's PolicyTable (model.ts holds the types, problems.ts what was wrong
- * in the inputs); source.ts recompiles when an input changes, and sidecar.ts
- * hands the tables to a running sidecar. authz.ts compiles Linkerd's
- * authorization resources and default policies into the engine's inbound
- * authorization table, destinations.ts the meshed-destinations table (pods
- * with the sidecar and `--destinations FILE`); neither is wired into the
- * running proxy yet. endpoints.ts compiles Services and their EndpointSlices
- * (and `--endpoints FILE`) into the engine's endpoints table for per-request
- * HTTP balancing.
+ * in the inputs). compiler.ts is the one compiler, incremental: frame.ts
+ * compiles this workload's own rules, outbound.ts one destination at a
+ * time, destinations.ts keeps the engine's exact destinations and shared
+ * port tables in step and yields the deltas. compile.ts runs it one-shot
+ * (explain), flags.ts with empty inputs (a proxy without policy sources);
+ * source.ts feeds it from files and the Kubernetes watch, worker.ts runs
+ * that in a worker thread, and sidecar.ts hands the tables and deltas to a
+ * running sidecar. lookup.ts answers "what does this table decide" with the
+ * engine's own lookup, through the addon.
+ * authz.ts compiles Linkerd's authorization resources and default policies
+ * into the engine's inbound authorization table, mesh-destinations.ts the
+ * meshed-destinations table (pods with the sidecar and `--destinations FILE`).
+ * endpoints.ts compiles Services and their EndpointSlices, incrementally, and
+ * the static `--endpoints FILE` (endpoints-file.ts) into the engine's
+ * endpoints table for per-request HTTP balancing; the worker sends it with
+ * the policy and endpoints-feed.ts hands it to the engine.
  *
  * Other folders import from here (the Kubernetes object types and loaders from
  * ts/policy/k8s/). Files of the policy folder and of k8s/ import each other
@@ -33,9 +41,12 @@ export {
   type Cidr,
 } from './cidr.js';
 export { parseDownwardApi } from './downward-api.js';
-export { compilePolicy, compileAllWorkloads, toPolicyTable, lookupPolicy, type CompileResult } from './compile.js';
+export { compilePolicy, compileAllWorkloads, type CompileResult } from './compile.js';
+export { PolicyCompiler } from './compiler.js';
+export { flagsPolicy } from './flags.js';
+export { lookupPolicy, type LookupResult } from './lookup.js';
 export type { PolicyUpdate } from './source.js';
-export { startSidecarPolicy, type SidecarPolicy } from './sidecar.js';
+export { createSidecarPolicy, POLICY_MESSAGES, type SidecarPolicy, type PolicyEngine } from './sidecar.js';
 export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, type AuthzInputs, type AuthzResult } from './authz.js';
 export {
   compileDestinations,
@@ -45,5 +56,6 @@ export {
   DEFAULT_TUNNEL_PORT,
   type DestinationsInputs,
   type DestinationsResult,
-} from './destinations.js';
-export { compileEndpoints, endpointsDelta, parseEndpointsFile, socketAddr, type EndpointsProblem, type SentEndpoints } from './endpoints.js';
+} from './mesh-destinations.js';
+export { EndpointsCompiler, compileEndpoints, type EndpointsChange } from './endpoints.js';
+export { parseEndpointsFile, readEndpointsFile, socketAddr, type EndpointsProblem } from './endpoints-file.js';

@@ -7,9 +7,10 @@
  * objects (manifests and/or the live API) and this workload's identity.
  * EffectivePolicy is the answer with a human-readable source for every
  * decision; `effectiveToJson` (below) is what `meshpipe explain --json` and
- * the admin server's /policy print. PolicyTable is the engine's flat,
- * ordered rule list (ARCHITECTURE.md). PolicyProblem (problems.ts) names what
- * was wrong in the inputs.
+ * the admin server's /policy print. PolicyTable is the engine's table
+ * (ordered rules, exact destinations with shared port tables, fallback
+ * rules; ARCHITECTURE.md) and PolicyChange a delta to it. PolicyProblem
+ * (problems.ts) names what was wrong in the inputs.
  */
 
 import type { ManifestSet } from './k8s/manifests.js';
@@ -17,9 +18,11 @@ import type { ObjectRef } from './k8s/objects.js';
 import { formatPortList, type PortRange } from '../config/index.js';
 
 // The engine's types (ARCHITECTURE.md), defined once in ts/engine/native.ts; type-only, so the addon is not loaded.
-import type { Direction, PolicyRule, PolicyTable, PortMode } from '../engine/index.js';
+import type {
+  AddressSpec, Direction, PolicyChange, PolicyDecision, PolicyFrame, PolicyRule, PolicyTable, PortMode,
+} from '../engine/index.js';
 
-export type { Direction, PolicyRule, PolicyTable, PortMode };
+export type { AddressSpec, Direction, PolicyChange, PolicyDecision, PolicyFrame, PolicyRule, PolicyTable, PortMode };
 
 /** The annotations the policy layer honours. */
 export const ANNOTATIONS = {
@@ -57,6 +60,8 @@ export interface PolicyInputs {
   readonly defaultOpaquePorts: readonly PortRange[];
   /** `--opaque-ports`: this proxy's own opaque ports, both directions, any address. */
   readonly opaquePorts: readonly PortRange[];
+  /** Where `opaquePorts` came from, for sources (default `--opaque-ports flag`). */
+  readonly opaquePortsOrigin?: string | undefined;
   /** CIDR strings, already validated. */
   readonly clusterNetworks: readonly string[];
   readonly inboundDetectTimeoutMs: number;

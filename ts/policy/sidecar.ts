@@ -1,101 +1,286 @@
 /**
- * Connects the policy layer (annotations, manifests, the Kubernetes watch) to
- * a running sidecar.
+ * Connects the policy layer to a running sidecar: what the engine starts
+ * with, how later tables reach it, and the /policy document.
  *
- * Without any policy source the proxy runs on the flag policy
- * (ts/engine/build-config.ts). With one, the source is loaded *before* the
- * listeners bind and its table is handed to the engine first, so the very
- * first connection already sees the workload's real port policy; nothing runs
- * on a wider or narrower policy in between. Later changes are swapped in
- * atomically (new connections only). A reload that fails keeps the last good
- * policy; its problems are logged when they change and stay visible on
- * /policy until fixed.
+ * Without any policy source the proxy runs on the flags-only policy (the one
+ * compiler with empty inputs, flags.ts), compiled here. With sources, a
+ * worker thread (worker.ts) reads and compiles them; its first whole table is
+ * put into the engine *before* the listeners bind, so the very first
+ * connection already sees the workload's real port policy. Later changes
+ * arrive as deltas (the addresses and tables that changed) and are handed to
+ * the addon as bytes, untouched; each is applied atomically (new connections
+ * only) or refused as a whole.
+ *
+ * A refused update is loud: logged at error level, counted by the engine
+ * (`meshpipe_policy_updates_total{result="rejected"}`), shown on /policy
+ * (`engine.lastRejection`) until an update is accepted again, and answered
+ * with a request for the whole table (a delta can be refused because the
+ * engine and the worker are out of step); a refused whole table is asked for
+ * again with backoff (1 s doubling to 10 s), so a passing fault heals by
+ * itself and a lasting one stays visible. Until the engine has accepted one
+ * table from the sources, the proxy has no valid policy at all and /ready
+ * says so. A problem in the inputs is not a refusal: its entries are left out
+ * and the problem is logged when the problems change, and listed on /policy.
+ *
+ * The endpoints table of HTTP balancing travels the same way
+ * (endpoints-feed.ts): with sources, the worker compiles Services and
+ * EndpointSlices and the static `--endpoints FILE` (read here, at start: a
+ * bad line stops the start); without sources, the file's table is put into
+ * the engine by `start()`. Either way before the listeners bind.
  */
-import { hasPolicySources, type ProxyConfig } from '../config/index.js';
+import type { ProxyConfig } from '../config/index.js';
+import { hasPolicySources } from '../config/index.js';
 import type { Logger } from '../observe/index.js';
-import type { EngineSnapshot, PolicyTable, ServiceEndpointsSpec } from '../engine/index.js';
-import { effectiveToJson } from './model.js';
-import { createPolicySource, type PolicySource, type PolicyUpdate } from './source.js';
+import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
+import { configInputs, flagsPolicy } from './flags.js';
+import { compileEndpoints } from './endpoints.js';
+import { EndpointsFeed, ENDPOINTS_MESSAGES, type EndpointsEngine } from './endpoints-feed.js';
+import { readEndpointsFile } from './endpoints-file.js';
+import type { PolicyTable } from './model.js';
+import { policyView, type PolicyViewPart } from './view.js';
+import { PolicyWorker } from './worker-client.js';
+import type { WorkerMessage } from './worker.js';
 
-/** A started policy source and what the sidecar needs from it. */
+/** What the sidecar policy needs from the engine. */
+export interface PolicyEngine extends EndpointsEngine {
+  /** A whole table (UTF-8 JSON of a PolicySpec). */
+  setPolicy(bytes: Uint8Array): number;
+  /** A delta (UTF-8 JSON of a PolicyDelta). */
+  updatePolicy(bytes: Uint8Array): number;
+}
+
+/** The policy of a running sidecar. */
 export interface SidecarPolicy {
-  /** The first compiled table (to set before the listeners bind). */
-  readonly first: PolicyUpdate;
-  /** The /policy document: effective policy with sources, problems, rules, learned targets. */
-  view(snapshot: EngineSnapshot | undefined): unknown;
-  /** Calls `apply` with every later table whose rules changed. */
-  onTable(apply: (table: PolicyTable) => void): void;
-  /** Calls `apply` with the Services' endpoints of every later update (HTTP balancing). */
-  onEndpoints(apply: (endpoints: readonly ServiceEndpointsSpec[]) => void): void;
+  /** The table the engine is created with (the flags-only one). */
+  readonly initial: PolicyTable;
+  /** Loads the sources (if any) and puts their first table into the engine; call before the listeners bind. */
+  start(engine: PolicyEngine): Promise<void>;
+  /** Null while a table from the configured sources (or the flags) is in force; otherwise why not. */
+  notInForce(): string | null;
+  /** The /policy document. */
+  view(snapshot: EngineSnapshot | undefined): Promise<unknown>;
   close(): Promise<void>;
 }
 
-function logProblems(logger: Logger, update: PolicyUpdate): void {
-  if (update.problems.length === 0) return;
-  logger.warn(
-    { generation: update.generation, problems: update.problems.map((p) => p.message) },
-    'policy problems: invalid entries were ignored, the valid ones apply',
-  );
-}
+export const POLICY_MESSAGES = {
+  loaded: 'policy loaded',
+  updated: 'policy updated',
+  rejected: 'policy rejected by the engine; the last good policy stays in force',
+  problems: 'policy problems: invalid entries were ignored, the valid ones apply',
+  reloadFailed: 'policy reload failed; the last good policy stays in force',
+  workerCrashed: 'the policy worker stopped; the last good policy stays in force until it is back',
+  endpointsUpdated: ENDPOINTS_MESSAGES.updated,
+  endpointsRejected: ENDPOINTS_MESSAGES.rejected,
+} as const;
 
-/** Starts the configured policy sources; undefined when there are none. */
-export async function startSidecarPolicy(config: ProxyConfig, logger: Logger): Promise<SidecarPolicy | undefined> {
-  if (!hasPolicySources(config)) return undefined;
-  const source: PolicySource = createPolicySource({
-    annotationsFile: config.annotations,
+/** The endpoints the sidecar compiles: the file's entries; undefined with the HTTP layer off (nothing balances). */
+type EndpointsInput = { readonly fromFile: readonly ServiceEndpointsSpec[] } | undefined;
+
+function sources(config: ProxyConfig): Record<string, unknown> {
+  return {
+    annotations: config.annotations ?? null,
     manifests: config.manifests,
     kube: config.kube,
-    kubeconfig: config.kubeconfig,
-    clusterNetworks: config.clusterNetworks,
-    defaultOpaquePorts: config.defaultOpaquePorts,
-    opaquePorts: config.opaquePorts,
-    inboundDetectTimeoutMs: config.inboundDetectTimeoutMs,
-    outboundDetectTimeoutMs: config.outboundDetectTimeoutMs,
-    namespace: config.namespace ?? process.env['POD_NAMESPACE'],
-    pod: config.pod ?? process.env['POD_NAME'],
-  });
-  source.on('reloadFailed', (err) => {
-    logger.error({ err }, 'policy reload failed; the last good policy stays in force');
-  });
-  const first = await source.start();
-  logProblems(logger, first);
-  let lastProblems = JSON.stringify(first.problems.map((p) => p.message));
-  return {
-    first,
-    view(snapshot) {
-      const now = source.current() ?? first;
-      return {
-        generation: now.generation,
-        engineGeneration: snapshot?.policyGeneration ?? null,
-        effective: effectiveToJson(now.effective),
-        problems: now.problems.map((p) => p.message),
-        rules: now.table.rules,
-        serverFirst: {
-          note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
-          targets: snapshot?.serverFirst.targets ?? [],
-        },
-      };
-    },
-    onTable(apply) {
-      let generation = first.table.generation;
-      source.on('policy', (update) => {
-        const problems = JSON.stringify(update.problems.map((p) => p.message));
-        if (problems !== lastProblems) {
-          lastProblems = problems;
-          logProblems(logger, update);
-        }
-        if (update.table.generation === generation) return;
-        generation = update.table.generation;
-        try {
-          apply(update.table);
-        } catch (err) {
-          logger.error({ err, generation }, 'policy rejected by the engine; the last good policy stays in force');
-        }
-      });
-    },
-    onEndpoints(apply) {
-      source.on('policy', (update) => apply(update.endpoints));
-    },
-    close: () => source.close(),
+    opaquePorts: config.sources.opaquePorts,
+    defaultOpaquePorts: config.sources.defaultOpaquePorts,
   };
+}
+
+function document(
+  config: ProxyConfig, state: { generation: number; inForce: string | null }, part: PolicyViewPart | { error: string }, snapshot: EngineSnapshot | undefined,
+): unknown {
+  return {
+    generation: state.generation,
+    engineGeneration: snapshot?.policyGeneration ?? null,
+    inForce: state.inForce === null,
+    ...(state.inForce === null ? {} : { notInForce: state.inForce }),
+    sources: sources(config),
+    ...part,
+    engine: snapshot?.policy ?? null,
+    endpoints: snapshot?.endpoints ?? null,
+    serverFirst: {
+      note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
+      targets: snapshot?.serverFirst.targets ?? [],
+    },
+  };
+}
+
+/** The flags-only policy: compiled once, nothing to watch. */
+function flagsOnly(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput): SidecarPolicy {
+  const compiled = flagsPolicy(config);
+  const part = policyView({ effective: compiled.effective, destinations: 0 }, compiled.table, compiled.problems, { objects: 0, addresses: 0, tables: 0 });
+  return {
+    initial: compiled.table,
+    start: (engine) => {
+      logger.info({ generation: compiled.table.generation, rules: compiled.table.rules.length, fallbackRules: compiled.table.fallbackRules.length }, POLICY_MESSAGES.loaded);
+      if (endpoints !== undefined && endpoints.fromFile.length > 0) {
+        // The file alone: one whole table, before the listeners bind; a refusal stops the start.
+        const upsert = compileEndpoints([], endpoints.fromFile);
+        const generation = engine.updateEndpoints(new TextEncoder().encode(JSON.stringify({ generation: 1, base: 0, replace: true, upsert, remove: [] })));
+        logger.info({ generation, services: upsert.length, upserted: upsert.length, removed: 0 }, ENDPOINTS_MESSAGES.updated);
+      }
+      return Promise.resolve();
+    },
+    notInForce: () => null,
+    view: (snapshot) => Promise.resolve(document(config, { generation: compiled.table.generation, inForce: null }, part, snapshot)),
+    close: () => Promise.resolve(),
+  };
+}
+
+/** The policy from the configured sources, compiled in a worker thread. */
+class WorkerPolicy implements SidecarPolicy {
+  readonly initial: PolicyTable;
+  readonly #config: ProxyConfig;
+  readonly #logger: Logger;
+  readonly #worker: PolicyWorker;
+  #engine: PolicyEngine | undefined;
+  /** The generation the engine has from us (0: only the flags-only table). */
+  #generation = 0;
+  #inForce: string | null = 'starting';
+  #awaitingWhole = true;
+  #resyncRequested = false;
+  #retry: NodeJS.Timeout | undefined;
+  #retryMs = RETRY_FIRST_MS;
+  readonly #endpoints: EndpointsFeed;
+
+  constructor(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput) {
+    this.#config = config;
+    this.#logger = logger;
+    this.initial = flagsPolicy(config).table;
+    const inputs = configInputs(config);
+    this.#worker = new PolicyWorker({
+      annotationsFile: config.annotations,
+      manifests: config.manifests,
+      kube: config.kube,
+      kubeconfig: config.kubeconfig,
+      clusterNetworks: inputs.clusterNetworks,
+      defaultOpaquePorts: inputs.defaultOpaquePorts,
+      opaquePorts: inputs.opaquePorts,
+      opaquePortsOrigin: inputs.opaquePortsOrigin,
+      inboundDetectTimeoutMs: inputs.inboundDetectTimeoutMs,
+      outboundDetectTimeoutMs: inputs.outboundDetectTimeoutMs,
+      namespace: inputs.identity.namespace,
+      pod: inputs.identity.pod,
+      endpoints,
+    }, () => this.#generation + 1, () => this.#endpoints.generation + 1);
+    this.#endpoints = new EndpointsFeed(logger, () => this.#worker.resyncEndpoints());
+    this.#worker.on('message', (m) => this.#onMessage(m));
+    this.#worker.on('crashed', (err, restartInMs) => this.#logger.error({ err, restartInMs }, POLICY_MESSAGES.workerCrashed));
+  }
+
+  async start(engine: PolicyEngine): Promise<void> {
+    this.#engine = engine;
+    await this.#worker.start(); // the first table was applied by #onMessage before this resolves
+  }
+
+  notInForce(): string | null {
+    return this.#inForce;
+  }
+
+  #onMessage(m: WorkerMessage): void {
+    const engine = this.#engine;
+    if (!engine) return;
+    switch (m.type) {
+      case 'table': {
+        this.#resyncRequested = false;
+        const started = performance.now();
+        try {
+          engine.setPolicy(m.bytes);
+        } catch (err) {
+          this.#rejected(m.generation, err);
+          if (this.#generation === 0) this.#inForce = `the engine refused the first table (generation ${m.generation}): ${(err as Error).message}`;
+          this.#retryLater();
+          return;
+        }
+        this.#generation = m.generation;
+        this.#awaitingWhole = false;
+        this.#inForce = null;
+        this.#retryMs = RETRY_FIRST_MS;
+        this.#logger.info({ generation: m.generation, ...m.stats, applyMs: round(performance.now() - started) }, POLICY_MESSAGES.loaded);
+        return;
+      }
+      case 'delta': {
+        if (this.#awaitingWhole || m.base !== this.#generation) {
+          if (m.generation > this.#generation) this.#resync();
+          return;
+        }
+        const started = performance.now();
+        try {
+          engine.updatePolicy(m.bytes);
+        } catch (err) {
+          this.#rejected(m.generation, err);
+          this.#awaitingWhole = true;
+          this.#resync();
+          return;
+        }
+        this.#generation = m.generation;
+        const fields = { generation: m.generation, changed: m.changed, bytes: m.bytes.byteLength, applyMs: round(performance.now() - started), at: performance.timeOrigin + performance.now() };
+        // A change of this workload's own rules is news; one destination of thousands changing is routine.
+        if (m.frame) this.#logger.info(fields, POLICY_MESSAGES.loaded);
+        else this.#logger.debug(fields, POLICY_MESSAGES.updated);
+        return;
+      }
+      case 'endpoints':
+        this.#endpoints.apply(engine, m);
+        return;
+      case 'problems':
+        if (m.total > 0) this.#logger.warn({ generation: m.generation, problems: m.problems, total: m.total }, POLICY_MESSAGES.problems);
+        return;
+      case 'reloadFailed':
+        this.#logger.error({ err: m.message }, POLICY_MESSAGES.reloadFailed);
+        return;
+      case 'startFailed': // PolicyWorker.start() rejects with it
+      case 'view': // answered through PolicyWorker.view()
+        return;
+    }
+  }
+
+  #resync(): void {
+    this.#awaitingWhole = true;
+    if (this.#resyncRequested) return;
+    this.#resyncRequested = true;
+    this.#worker.resync();
+  }
+
+  /** Asks for the whole table again after a backoff (the engine refused the last one). */
+  #retryLater(): void {
+    if (this.#retry) return;
+    const delay = this.#retryMs;
+    this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined;
+      if (this.#awaitingWhole) this.#resync();
+    }, delay);
+    this.#retry.unref();
+  }
+
+  #rejected(generation: number, err: unknown): void {
+    this.#logger.error({ generation, engineGeneration: this.#generation, err }, POLICY_MESSAGES.rejected);
+  }
+
+  async view(snapshot: EngineSnapshot | undefined): Promise<unknown> {
+    const part = (await this.#worker.view()) as PolicyViewPart | { error: string };
+    return document(this.#config, { generation: this.#generation, inForce: this.#inForce }, part, snapshot);
+  }
+
+  close(): Promise<void> {
+    if (this.#retry) clearTimeout(this.#retry);
+    this.#endpoints.close();
+    return this.#worker.close();
+  }
+}
+
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 10_000;
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+/** The sidecar's policy: flags only, or the configured sources in a worker. */
+export function createSidecarPolicy(config: ProxyConfig, logger: Logger): SidecarPolicy {
+  // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
+  const fromFile = config.endpoints === undefined ? [] : readEndpointsFile(config.endpoints);
+  const endpoints: EndpointsInput = config.http ? { fromFile } : undefined;
+  return hasPolicySources(config) ? new WorkerPolicy(config, logger, endpoints) : flagsOnly(config, logger, endpoints);
 }

@@ -1,37 +1,48 @@
 /**
  * PolicySource: gathers the policy inputs (the workload's downward-API
  * annotations file, manifest files and folders, and optionally a live
- * Kubernetes watch), recompiles when any of them changes and emits a
- * `policy` event with the new PolicyTable, EffectivePolicy and problems.
+ * Kubernetes watch), feeds them to the incremental compiler (compiler.ts)
+ * and emits a `policy` event with each new generation: the change for the
+ * engine (a delta of the addresses and tables that changed; the whole table
+ * first) and the problems.
  *
  * Change detection uses fs.watch on the annotations file's directory (the
  * kubelet swaps a `..data` symlink rather than writing the file) and on the
  * manifest paths, plus a periodic stat fallback (watchers miss events on some
- * filesystems and across symlink swaps); bursts are debounced. Bad input
- * never takes the good policy away: an unreadable annotations file keeps the
- * last good annotations, a malformed line keeps that key's last good value,
- * a manifest file that stops parsing keeps its last good content, and the
- * Kubernetes informers keep their last objects while the API is down. Each of
- * those stays in `problems` until it is fixed.
+ * filesystems and across symlink swaps); file bursts are debounced, and a
+ * reload parses only the files whose stat signature changed. Kubernetes
+ * events go to the compiler as they arrive and are published together at the
+ * end of the current turn of the event loop (no debounce: one pod's change
+ * reaches the engine in milliseconds). Bad input never takes the good policy
+ * away: an unreadable annotations file keeps the last good annotations, a
+ * malformed line keeps that key's last good value, a manifest file that stops
+ * parsing keeps its last good content, and the Kubernetes watch keeps its
+ * last objects while the API is down. Each of those stays in `problems` until
+ * it is fixed.
+ *
+ * With `endpoints` set (the HTTP layer is on), Services and EndpointSlices
+ * also feed the endpoints compiler (endpoints.ts), and each change of the
+ * endpoints table is an `endpoints` event: the Service addresses that
+ * changed, as an EndpointsUpdate onto the previous endpoints generation (the
+ * whole table first, with `endpointsTable()`). The endpoints have their own
+ * generations: a scaling Deployment does not touch the port policy.
+ *
+ * In the sidecar this runs in a worker thread (worker.ts), so parsing and
+ * compiling never hold up the proxy's event loop.
  */
 
-import type { ServiceEndpointsSpec } from '../engine/index.js';
-import { compileEndpoints } from './endpoints.js';
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { parseDownwardApi } from './downward-api.js';
-import {
-  combineManifests,
-  listManifestFiles,
-  loadManifestFiles,
-  mergeManifests,
-  type ManifestFile,
-} from './k8s/manifests.js';
+import { listManifestFiles, loadManifestFile, type ManifestFile } from './k8s/manifests.js';
 import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
-import { compilePolicy, toPolicyTable } from './compile.js';
-import type { EffectivePolicy, PolicyInputs, PolicyTable } from './model.js';
+import { PolicyCompiler, type CompilerChange } from './compiler.js';
+import { EndpointsCompiler } from './endpoints.js';
+import type { EndpointsUpdate, ServiceEndpointsSpec } from '../engine/index.js';
+import { settingsOf } from './compile.js';
+import type { EffectivePolicy, PolicyChange, PolicyFrame, PolicyTable } from './model.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
 import type { PortRange } from '../config/index.js';
 
@@ -49,6 +60,8 @@ export interface PolicySourceOptions {
   readonly clusterNetworks: readonly string[];
   readonly defaultOpaquePorts: readonly PortRange[];
   readonly opaquePorts?: readonly PortRange[] | undefined;
+  /** Where `opaquePorts` came from, for sources. */
+  readonly opaquePortsOrigin?: string | undefined;
   readonly inboundDetectTimeoutMs: number;
   readonly outboundDetectTimeoutMs: number;
   /** `--namespace` / POD_NAMESPACE. */
@@ -57,20 +70,37 @@ export interface PolicySourceOptions {
   readonly pod?: string | undefined;
   readonly debounceMs?: number | undefined;
   readonly pollIntervalMs?: number | undefined;
+  /** The first table's generation (default 1): a restarted source continues above the engine's. */
+  readonly firstGeneration?: number | undefined;
+  /**
+   * Compile the endpoints table for HTTP balancing (Services and
+   * EndpointSlices; the watch then lists EndpointSlices too), starting from
+   * the static file's entries; undefined: no endpoints.
+   */
+  readonly endpoints?: { readonly fromFile: readonly ServiceEndpointsSpec[] } | undefined;
+  /** The first endpoints table's generation (default 1). */
+  readonly firstEndpointsGeneration?: number | undefined;
 }
 
 /** What a `policy` event carries. */
 export interface PolicyUpdate {
   readonly generation: number;
-  readonly table: PolicyTable;
-  readonly effective: EffectivePolicy;
+  /**
+   * `whole`: the first table (get it with `table()`); `delta`: `change`
+   * applies to generation `change.base`; `problems`: the table did not
+   * change, the problems did.
+   */
+  readonly kind: 'whole' | 'delta' | 'problems';
+  readonly change: PolicyChange | null;
   readonly problems: readonly PolicyProblem[];
-  /** Services and their ready endpoints (EndpointSlices), for HTTP balancing (endpoints.ts). */
-  readonly endpoints: readonly ServiceEndpointsSpec[];
+  /** Destinations recompiled for this update (first few names, for logs). */
+  readonly changed: readonly string[];
 }
 
 export interface PolicySourceEvents {
   policy: [PolicyUpdate];
+  /** A change of the endpoints table, onto generation `base` (after the first, whole table). */
+  endpoints: [EndpointsUpdate];
   /**
    * A reload or change check started by a file or Kubernetes change failed
    * (an unexpected error: bad input is a problem in the update, not this);
@@ -79,43 +109,126 @@ export interface PolicySourceEvents {
   reloadFailed: [err: unknown];
 }
 
+/** The origin of objects from the Kubernetes API. */
+const KUBE = 'kubernetes-api';
+const MANIFEST_PATHS = 'manifest paths';
+
+function delta(generation: number, base: number, c: CompilerChange): PolicyChange {
+  return {
+    generation, base, frame: c.frame, tables: c.tables, dropTables: c.dropTables, addresses: c.addresses, removeAddresses: c.removeAddresses,
+  };
+}
+
 /** Annotation-derived port policy, kept current. */
 export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private readonly opts: PolicySourceOptions;
+  private readonly compiler: PolicyCompiler;
+  private readonly endpoints: EndpointsCompiler | undefined;
+  /** The endpoints generation last published; undefined before the first publish. */
+  private endpointsGeneration: number | undefined;
   private annotations: Map<string, string> | undefined;
   private annotationProblems: PolicyProblem[] = [];
-  private readonly goodFiles = new Map<string, ManifestFile>();
-  private manifestFiles: ManifestFile[] = [];
-  private manifestProblems: PolicyProblem[] = [];
+  private readonly files = new Map<string, { signature: string; good: boolean }>();
   private kube: KubeWatch | undefined;
+  private kubeProblems: PolicyProblem[] = [];
   private watchers: FSWatcher[] = [];
   private poll: NodeJS.Timeout | undefined;
   private debounce: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private signature = '';
   private running: Promise<PolicyUpdate> | undefined;
   private again = false;
   private closed = false;
   private last: PolicyUpdate | undefined;
-  private lastRulesJson = '';
-  private lastJson = '';
+  private problemsKey = '';
+  private problems: readonly PolicyProblem[] = [];
 
   constructor(options: PolicySourceOptions) {
     super();
     this.opts = options;
+    this.compiler = new PolicyCompiler(settingsOf({
+      defaultOpaquePorts: options.defaultOpaquePorts,
+      opaquePorts: options.opaquePorts ?? [],
+      opaquePortsOrigin: options.opaquePortsOrigin,
+      clusterNetworks: options.clusterNetworks,
+      inboundDetectTimeoutMs: options.inboundDetectTimeoutMs,
+      outboundDetectTimeoutMs: options.outboundDetectTimeoutMs,
+      identity: { namespace: options.namespace, pod: options.pod },
+    }));
+    this.endpoints = options.endpoints === undefined ? undefined : new EndpointsCompiler(options.endpoints.fromFile);
   }
 
-  /** The last compiled policy (undefined before start). */
+  /** The last published update (undefined before start). */
   current(): PolicyUpdate | undefined {
     return this.last;
   }
 
-  /** Loads everything, compiles, starts watching. Resolves with the first policy. */
+  /** The whole table at the current generation (publishes pending changes first). O(cluster). */
+  table(): PolicyTable {
+    if (this.last !== undefined && this.compiler.dirty) this.publish();
+    return this.compiler.table(this.last?.generation ?? 0);
+  }
+
+  /** The effective policy (at most `limit` destinations shown) and the number of destinations. O(cluster). */
+  effective(limit?: number): { effective: EffectivePolicy; destinations: number } {
+    if (this.last !== undefined && this.compiler.dirty) this.publish();
+    return this.compiler.effective(limit);
+  }
+
+  /** The table's ordered rules at the current generation. */
+  frame(): PolicyFrame {
+    if (this.last !== undefined && this.compiler.dirty) this.publish();
+    return this.compiler.frame();
+  }
+
+  stats(): ReturnType<PolicyCompiler['stats']> {
+    return this.compiler.stats();
+  }
+
+  /** Service addresses in the endpoints table. */
+  endpointsSize(): number {
+    return this.endpoints?.size ?? 0;
+  }
+
+  /**
+   * The whole endpoints table at the current endpoints generation
+   * (publishes pending changes first); undefined without endpoints. O(table).
+   */
+  endpointsTable(): EndpointsUpdate | undefined {
+    if (this.endpoints === undefined) return undefined;
+    if (this.last !== undefined && this.endpoints.dirty) this.publish();
+    const generation = this.endpointsGeneration ?? this.opts.firstEndpointsGeneration ?? 1;
+    return { generation, base: 0, replace: true, upsert: this.endpoints.whole(), remove: [] };
+  }
+
+  /** Loads everything, compiles, starts watching. Resolves with the first policy (a whole table). */
   async start(): Promise<PolicyUpdate> {
     if (this.opts.kube) {
       const { KubeWatch } = await import('./k8s/watch.js');
-      this.kube = new KubeWatch({ kubeconfig: this.opts.kubeconfig, ...this.opts.kubeWatch });
-      this.kube.on('change', () => this.schedule());
+      const identity = { namespace: this.opts.namespace, pod: this.opts.pod };
+      this.kube = await KubeWatch.create({
+        kubeconfig: this.opts.kubeconfig,
+        // Workload controllers only serve to find this proxy's own workload.
+        controllersNamespace: identity.pod === undefined ? undefined : (identity.namespace ?? 'default'),
+        endpointSlices: this.endpoints !== undefined,
+        ...this.opts.kubeWatch,
+      });
+      this.kube.on('event', (e) => {
+        if (e.type === 'upsert') {
+          this.compiler.upsert(KUBE, e.object, e.problems);
+          this.endpoints?.upsert(KUBE, e.object);
+        } else {
+          this.compiler.remove(KUBE, e);
+          this.endpoints?.remove(KUBE, e);
+        }
+        this.soon();
+      });
+      this.kube.on('status', () => {
+        this.readKubeStatus();
+        this.soon();
+      });
       await this.kube.start();
+      this.readKubeStatus();
     }
     const first = await this.reload();
     this.signature = await this.computeSignature();
@@ -133,13 +246,14 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.closed = true;
     if (this.poll) clearInterval(this.poll);
     if (this.debounce) clearTimeout(this.debounce);
+    if (this.immediate) clearImmediate(this.immediate);
     for (const w of this.watchers) w.close();
     this.watchers = [];
     await this.kube?.close();
     await this.running?.catch(() => undefined);
   }
 
-  /** Re-reads every source and recompiles now (serialised; concurrent calls coalesce). */
+  /** Re-reads the files and publishes (serialised; concurrent calls coalesce). */
   reload(): Promise<PolicyUpdate> {
     if (this.running) {
       this.again = true;
@@ -151,13 +265,79 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
         this.again = false;
         await this.readAnnotations();
         await this.readManifests();
-        update = this.compile();
+        update = this.publish();
       } while (this.again && !this.closed);
       return update;
     })().finally(() => {
       this.running = undefined;
     });
     return this.running;
+  }
+
+  /** Publishes what the Kubernetes watch changed, at the end of this turn of the event loop. */
+  private soon(): void {
+    if (this.closed || this.immediate || this.last === undefined) return;
+    this.immediate = setImmediate(() => {
+      this.immediate = undefined;
+      if (this.closed) return;
+      try {
+        this.publish();
+      } catch (err) {
+        this.emit('reloadFailed', err);
+      }
+    });
+  }
+
+  private readKubeStatus(): void {
+    const problems: PolicyProblem[] = [];
+    const status = this.kube?.status();
+    if (status?.lastError !== undefined) {
+      problems.push(generalProblem(`Kubernetes API: ${status.lastError}; keeping the last known objects`));
+    } else if (status && !status.synced) {
+      const waiting = Object.entries(status.kinds).filter(([, k]) => !k.synced).map(([kind]) => kind);
+      problems.push(generalProblem(`Kubernetes API: no answer yet to the first list of ${waiting.join(', ')}`));
+    }
+    this.kubeProblems = problems;
+  }
+
+  /** Flushes the endpoints compiler and emits its change (the first flush only sets the generation: the whole table goes first). */
+  private publishEndpoints(): void {
+    if (this.endpoints === undefined) return;
+    const change = this.endpoints.flush();
+    if (this.endpointsGeneration === undefined) {
+      this.endpointsGeneration = this.opts.firstEndpointsGeneration ?? 1;
+      return;
+    }
+    if (change === undefined) return;
+    const base = this.endpointsGeneration;
+    this.endpointsGeneration = base + 1;
+    this.emit('endpoints', { generation: base + 1, base, replace: false, upsert: [...change.upsert], remove: [...change.remove] });
+  }
+
+  /** Flushes the compilers and emits the new generation (or new problems). */
+  private publish(): PolicyUpdate {
+    this.publishEndpoints();
+    const change = this.compiler.flush();
+    const key = `${this.compiler.problemsVersion}\u0000${this.annotationProblems.map((p) => p.message).join('\u0000')}\u0000${this.kubeProblems.map((p) => p.message).join('\u0000')}`;
+    const problemsChanged = key !== this.problemsKey;
+    if (problemsChanged) {
+      this.problemsKey = key;
+      this.problems = Object.freeze([...this.annotationProblems, ...this.kubeProblems, ...this.compiler.problems()]);
+    }
+    let update: PolicyUpdate;
+    if (this.last === undefined) {
+      update = { generation: this.opts.firstGeneration ?? 1, kind: 'whole', change: null, problems: this.problems, changed: change?.changed ?? [] };
+    } else if (change !== undefined) {
+      const generation = this.last.generation + 1;
+      update = { generation, kind: 'delta', change: delta(generation, this.last.generation, change), problems: this.problems, changed: change.changed };
+    } else if (problemsChanged) {
+      update = { generation: this.last.generation, kind: 'problems', change: null, problems: this.problems, changed: [] };
+    } else {
+      return this.last;
+    }
+    this.last = Object.freeze(update);
+    this.emit('policy', this.last);
+    return this.last;
   }
 
   private schedule(): void {
@@ -182,7 +362,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
 
   private watch(path: string, relevant: (name: string | null) => boolean): void {
     try {
-      const w = watch(path, { persistent: false }, (_event, name) => {
+      const w = watch(path, { persistent: false, recursive: false }, (_event, name) => {
         if (relevant(name)) this.schedule();
       });
       w.on('error', () => undefined); // the stat poll still covers this path
@@ -201,21 +381,22 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     }
   }
 
-  /** mtime/size/inode of every input file: cheap, and catches symlink swaps. */
+  /** mtime/size/inode of a file: cheap, and catches symlink swaps. */
+  private static async fileSignature(f: string): Promise<string> {
+    try {
+      const s = await stat(f);
+      return `${s.mtimeMs}:${s.size}:${s.ino}`;
+    } catch {
+      return 'missing';
+    }
+  }
+
   private async computeSignature(): Promise<string> {
     const parts: string[] = [];
-    const add = async (f: string): Promise<void> => {
-      try {
-        const s = await stat(f);
-        parts.push(`${f}:${s.mtimeMs}:${s.size}:${s.ino}`);
-      } catch {
-        parts.push(`${f}:missing`);
-      }
-    };
-    if (this.opts.annotationsFile) await add(this.opts.annotationsFile);
+    if (this.opts.annotationsFile) parts.push(`${this.opts.annotationsFile}:${await PolicySource.fileSignature(this.opts.annotationsFile)}`);
     for (const p of this.opts.manifests ?? []) {
       try {
-        for (const f of await listManifestFiles(p)) await add(f);
+        for (const f of await listManifestFiles(p)) parts.push(`${f}:${await PolicySource.fileSignature(f)}`);
       } catch {
         parts.push(`${p}:missing`);
       }
@@ -248,77 +429,54 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     }
     this.annotations = values;
     this.annotationProblems = problems;
+    this.compiler.setSelfAnnotations(Object.fromEntries(values), file);
   }
 
+  /** Parses the manifest files whose signature changed, then applies them all at once. */
   private async readManifests(): Promise<void> {
     const paths = this.opts.manifests ?? [];
     if (paths.length === 0) return;
-    const { files, problems } = await loadManifestFiles(paths);
-    const used: ManifestFile[] = [];
-    const extra: PolicyProblem[] = [...problems];
-    for (const f of files) {
-      if (f.parsed) {
-        this.goodFiles.set(f.file, f);
-        used.push(f);
+    const pathProblems: PolicyProblem[] = [];
+    const present = new Set<string>();
+    const parsed: { file: string; signature: string; result: ManifestFile }[] = [];
+    for (const path of paths) {
+      let list: string[];
+      try {
+        list = await listManifestFiles(path);
+      } catch (err) {
+        pathProblems.push(generalProblem(`${path}: cannot read manifests: ${(err as Error).message}`, path));
         continue;
       }
-      const good = this.goodFiles.get(f.file);
-      if (good) {
-        used.push({ ...good, problems: f.problems });
-        extra.push(generalProblem(`${f.file}: keeping its last good content until it parses again`, f.file));
+      for (const file of list) {
+        present.add(file);
+        const signature = await PolicySource.fileSignature(file);
+        if (this.files.get(file)?.signature === signature) continue;
+        parsed.push({ file, signature, result: await loadManifestFile(file) });
+      }
+    }
+    // Applied together, after all the reading: a published table never shows half a reload.
+    for (const { file, signature, result } of parsed) {
+      const known = this.files.get(file);
+      if (result.parsed) {
+        this.compiler.setOrigin(file, result.objects, result.problems);
+        this.endpoints?.setOrigin(file, result.objects);
+        this.files.set(file, { signature, good: true });
+      } else if (known?.good) {
+        this.compiler.setOriginProblems(file, [...result.problems, generalProblem(`${file}: keeping its last good content until it parses again`, file)]);
+        this.files.set(file, { signature, good: true });
       } else {
-        used.push(f); // never parsed: its valid documents still count
+        this.compiler.setOrigin(file, result.objects, result.problems); // never parsed: its valid documents still count
+        this.endpoints?.setOrigin(file, result.objects);
+        this.files.set(file, { signature, good: false });
       }
     }
-    this.manifestFiles = used;
-    this.manifestProblems = extra;
-  }
-
-  private compile(): PolicyUpdate {
-    const files = mergeManifests(this.manifestFiles, this.manifestProblems);
-    const kubeProblems: PolicyProblem[] = [];
-    let manifests = files;
-    if (this.kube) {
-      manifests = combineManifests(files, this.kube.snapshot());
-      const status = this.kube.status();
-      if (status.lastError !== undefined) {
-        kubeProblems.push(generalProblem(`Kubernetes API: ${status.lastError}; keeping the last known objects`));
-      } else if (!status.synced) {
-        const waiting = Object.entries(status.kinds).filter(([, k]) => !k.synced).map(([kind]) => kind);
-        kubeProblems.push(generalProblem(`Kubernetes API: no answer yet to the first list of ${waiting.join(', ')}`));
-      }
+    for (const file of [...this.files.keys()]) {
+      if (present.has(file)) continue;
+      this.compiler.setOrigin(file, [], []);
+      this.endpoints?.setOrigin(file, []);
+      this.files.delete(file);
     }
-    const inputs: PolicyInputs = {
-      defaultOpaquePorts: this.opts.defaultOpaquePorts,
-      opaquePorts: this.opts.opaquePorts ?? [],
-      clusterNetworks: this.opts.clusterNetworks,
-      inboundDetectTimeoutMs: this.opts.inboundDetectTimeoutMs,
-      outboundDetectTimeoutMs: this.opts.outboundDetectTimeoutMs,
-      workloadAnnotations: this.annotations ? Object.fromEntries(this.annotations) : undefined,
-      workloadAnnotationsOrigin: this.opts.annotationsFile,
-      manifests,
-      identity: { namespace: this.opts.namespace, pod: this.opts.pod },
-    };
-    const result = compilePolicy(inputs);
-    const problems = [...this.annotationProblems, ...kubeProblems, ...result.problems];
-    const rulesJson = JSON.stringify(toPolicyTable(result.effective, 0).rules);
-    const generation = (this.last?.generation ?? 0) + (rulesJson === this.lastRulesJson ? 0 : 1);
-    const endpoints = compileEndpoints(manifests.services, manifests.endpointSlices);
-    const update: PolicyUpdate = Object.freeze({
-      generation,
-      table: toPolicyTable(result.effective, generation),
-      effective: result.effective,
-      problems: Object.freeze(problems),
-      endpoints: Object.freeze(endpoints),
-    });
-    const json = JSON.stringify({ e: update.effective, p: problems.map((p) => p.message), generation, endpoints });
-    this.lastRulesJson = rulesJson;
-    if (json !== this.lastJson) {
-      this.lastJson = json;
-      this.last = update;
-      this.emit('policy', update);
-    }
-    return this.last ?? update;
+    this.compiler.setOriginProblems(MANIFEST_PATHS, pathProblems);
   }
 }
 

@@ -38,14 +38,12 @@ import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
 import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
-import { buildFlagPolicy, Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot, type PolicyTable } from '../engine/index.js';
-import { startSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
-import { EndpointsFeed, readEndpointsFile } from './endpoints.js';
+import { Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot } from '../engine/index.js';
+import { createSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
   adminListening: 'admin server listening',
-  policyLoaded: 'policy loaded',
   shutdownRequested: 'shutdown requested',
   inboundStopped: 'inbound listeners stopped accepting',
   waitingForApp: 'waiting for the app to exit before draining',
@@ -75,28 +73,10 @@ export const EVENT_POLL_MS = 500;
 
 export type SidecarState = 'new' | 'starting' | 'ready' | 'draining' | 'closed';
 
-/** What /policy shows; the policy layer can supply a richer view. */
-export type PolicyView = (current: { table: PolicyTable; snapshot: EngineSnapshot | undefined; config: ProxyConfig }) => unknown;
-
 export interface SidecarOptions {
-  /** The initial policy table (default: the flag policy of `config`). */
-  readonly policy?: PolicyTable;
-  /** Replaces the default /policy document. */
-  readonly policyView?: PolicyView;
+  /** The port policy (default: from `config`: its policy sources, or the flags alone). */
+  readonly policy?: SidecarPolicy;
 }
-
-/** The default /policy document: the rules with their sources and the learned server-first targets. */
-export const defaultPolicyView: PolicyView = ({ table, snapshot, config }) => ({
-  generation: table.generation,
-  engineGeneration: snapshot?.policyGeneration ?? null,
-  rules: table.rules,
-  sources: { opaquePorts: config.sources.opaquePorts, defaultOpaquePorts: config.sources.defaultOpaquePorts },
-  detectTimeoutMs: { inbound: config.inboundDetectTimeoutMs, outbound: config.outboundDetectTimeoutMs },
-  serverFirst: {
-    note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
-    targets: snapshot?.serverFirst.targets ?? [],
-  },
-});
 
 /**
  * The engine's trace filter: `--engine-log` when given, else one that follows
@@ -119,7 +99,6 @@ export class Sidecar {
   readonly metrics: Metrics;
   readonly admin: AdminServer | null;
   #state: SidecarState = 'new';
-  #table: PolicyTable;
   #events: NodeJS.Timeout | undefined;
   #shutdownReason: string | undefined;
   #requested!: (reason: string) => void;
@@ -129,15 +108,14 @@ export class Sidecar {
   #adminStarted: Promise<void> | undefined;
   #starting: Promise<unknown> | undefined;
   #inboundStopped: Promise<void> = Promise.resolve();
-  #policySource: SidecarPolicy | undefined;
-  #view: PolicyView;
+  readonly #policy: SidecarPolicy;
   #podIps: PodIps | undefined;
   #unguard: () => void;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
     this.logger = logger;
-    this.#table = options.policy ?? buildFlagPolicy(config);
+    this.#policy = options.policy ?? createSidecarPolicy(config, logger);
     this.shutdownRequested = new Promise((resolve) => (this.#requested = resolve));
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
     // The engine's traces go to the same stream as these logs, filtered by
@@ -146,10 +124,9 @@ export class Sidecar {
     const transparentInbound = config.forward.length === 0 && config.inbound !== null;
     if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
     this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
-    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#table, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
+    this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#policy.initial, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
-    this.#view = options.policyView ?? defaultPolicyView;
     new Counter({
       name: 'meshpipe_uncaught_errors_total',
       help: 'Errors nobody caught: kind=rejection (logged, the proxy kept serving), kind=exception (the proxy drained and exited 1)',
@@ -176,10 +153,7 @@ export class Sidecar {
             notReady: () => this.notReady(),
             connections: (limit) => this.proxy.connections(limit),
             snapshot: () => this.#snapshotOrUndefined() ?? {},
-            policy: () =>
-              this.#policySource
-                ? this.#policySource.view(this.#snapshotOrUndefined())
-                : this.#view({ table: this.#table, snapshot: this.#snapshotOrUndefined(), config: this.config }),
+            policy: () => this.#policy.view(this.#snapshotOrUndefined()),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
             logFilter: (filter) => setEngineLog(filter, 'stdout'),
             exposeDebug: config.adminExposeDebug,
@@ -193,7 +167,7 @@ export class Sidecar {
 
   /** Null when ready; otherwise why not (for /ready). */
   notReady(): NotReadyReason {
-    if (this.#state === 'ready') return null;
+    if (this.#state === 'ready') return this.#policy.notInForce() === null ? null : 'no valid policy';
     return this.#state === 'new' || this.#state === 'starting' ? 'starting' : 'draining';
   }
 
@@ -219,23 +193,11 @@ export class Sidecar {
       await this.startAdmin();
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
-      this.#policySource = await startSidecarPolicy(this.config, this.logger);
-      // Endpoints for HTTP balancing, like the policy, before any listener binds.
-      const endpoints = new EndpointsFeed(this.proxy, this.config.endpoints === undefined ? [] : readEndpointsFile(this.config.endpoints), this.logger);
-      if (this.#policySource) {
-        this.#table = this.#policySource.first.table;
-        this.proxy.setPolicy(this.#table);
-        this.#policySource.onTable((table) => this.setPolicy(table));
-        endpoints.update(this.#policySource.first.endpoints);
-        this.#policySource.onEndpoints((list) => endpoints.update(list));
-      } else {
-        endpoints.update();
-      }
+      await this.#policy.start(this.proxy);
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
       this.#logBound(bound);
       this.#logInboundGuard();
-      this.logger.info({ generation: this.#table.generation, rules: this.#table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
       // A shutdown requested while binding wins: never report ready afterwards.
       if (this.#shutdownReason === undefined) this.#state = 'ready';
       this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
@@ -243,18 +205,11 @@ export class Sidecar {
       return bound;
     } catch (err) {
       this.#state = 'closed';
-      await this.#policySource?.close();
+      await this.#policy.close();
       await this.admin?.close();
       if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
       throw err;
     }
-  }
-
-  /** Swaps in a new policy (new connections only) and logs it. */
-  setPolicy(table: PolicyTable): void {
-    this.proxy.setPolicy(table);
-    this.#table = table;
-    this.logger.info({ generation: table.generation, rules: table.rules.length }, LIFECYCLE_MESSAGES.policyLoaded);
   }
 
   /**
@@ -316,7 +271,7 @@ export class Sidecar {
     this.logEvents();
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';
-    await this.#policySource?.close();
+    await this.#policy.close();
     await this.admin?.close();
     this.#unguard();
     return summary;

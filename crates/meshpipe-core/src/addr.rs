@@ -90,6 +90,12 @@ impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         port >= self.from && port <= self.to
     }
+    pub fn from(&self) -> u16 {
+        self.from
+    }
+    pub fn to(&self) -> u16 {
+        self.to
+    }
 }
 
 /// An IP network in CIDR form. Matching never mixes families: an IPv4
@@ -133,21 +139,35 @@ pub fn normalise(ip: IpAddr) -> IpAddr {
 
 impl FromStr for Cidr {
     type Err = AddrError;
+    /// `addr/prefix`, or a bare address (one host). An IPv4-mapped IPv6
+    /// network (`::ffff:a.b.c.d/N`, RFC 4291 section 2.5.5.2) with N >= 96 is
+    /// the IPv4 network `a.b.c.d/(N-96)`, because addresses are matched in
+    /// their IPv4 form; with N < 96 it stays an IPv6 network (which no IPv4
+    /// address is in).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || AddrError::Cidr(s.to_string());
         let (ip, prefix) = match s.trim().split_once('/') {
             Some((ip, prefix)) => (ip, Some(prefix)),
             None => (s.trim(), None),
         };
-        let net = normalise(IpAddr::from_str(ip).map_err(|_| err())?);
-        let max = if net.is_ipv4() { 32 } else { 128 };
+        let parsed = IpAddr::from_str(ip).map_err(|_| err())?;
+        let width: u8 = if parsed.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().map_err(|_| err())?,
-            None => max,
+            // Digits only: `u8::from_str` would accept a leading `+`.
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p.parse::<u8>().map_err(|_| err())?,
+            Some(_) => return Err(err()),
+            None => width,
         };
-        if prefix > max {
+        if prefix > width {
             return Err(err());
         }
+        let (net, prefix) = match parsed {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (parsed, prefix),
+            },
+            _ => (parsed, prefix),
+        };
         Ok(Cidr { net, prefix })
     }
 }
@@ -196,6 +216,17 @@ mod tests {
         let host: Cidr = "192.0.2.7".parse().unwrap();
         assert!(host.contains("192.0.2.7".parse().unwrap()) && !host.contains("192.0.2.8".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/+8".parse::<Cidr>().is_err());
+        // IPv4-mapped networks are IPv4 networks from /96 on (RFC 4291 2.5.5.2); shorter ones stay IPv6.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
+        assert!(mapped.contains("10.7.0.1".parse().unwrap()) && mapped.contains("::ffff:10.7.0.1".parse().unwrap()));
+        let host: Cidr = "::ffff:10.0.0.5/128".parse().unwrap();
+        assert!(host.contains("10.0.0.5".parse().unwrap()) && !host.contains("10.0.0.6".parse().unwrap()));
+        let bare: Cidr = "::ffff:10.0.0.5".parse().unwrap();
+        assert_eq!(bare, host);
+        let short: Cidr = "::ffff:0.0.0.0/80".parse().unwrap();
+        assert!(!short.contains("10.0.0.5".parse().unwrap()), "a network shorter than /96 is IPv6 and holds no IPv4 address");
         assert!("nope/8".parse::<Cidr>().is_err());
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub use http::HttpSpec;
 
 use crate::addr::{AddrError, BindAddr, TargetAddr};
-use crate::policy::{Direction, PolicyError, PolicySpec, PolicyTable, PortMode};
+use crate::policy::{Direction, PolicyError, PolicySpec, PolicyStore, PortMode};
 
 /// Errors in an engine configuration.
 #[derive(Debug, thiserror::Error)]
@@ -288,7 +288,7 @@ pub struct EngineConfig {
     /// `None`: series are kept forever.
     pub metrics_retain_idle: Option<Duration>,
     pub copy: crate::copy::CopyConfig,
-    pub policy: PolicyTable,
+    pub policy: PolicyStore,
     pub inbound: crate::target::InboundGuard,
     pub http: crate::http::HttpConfig,
 }
@@ -371,7 +371,7 @@ impl EngineSpec {
                     buffer_size: copy.buffer_size.clamp(1024, 1 << 20),
                 }
             },
-            policy: PolicyTable::compile(&self.policy)?,
+            policy: PolicyStore::compile(&self.policy)?,
             inbound,
             http: self.http.clone().unwrap_or_default().validate()?,
         })

@@ -12,6 +12,8 @@
 //!   [`Connector`] and kept per worker thread: an HTTP/1 keep-alive pool and
 //!   one multiplexed HTTP/2 connection per endpoint, no lock shared between
 //!   workers;
+//! - `endpoints.rs`: the endpoints table (Service address → endpoints),
+//!   swapped atomically, updated by deltas onto a base generation;
 //! - `balance.rs`: endpoints of a Service (power of two choices over
 //!   peak-EWMA latency, failing endpoints taken out and probed back);
 //! - `errors.rs`: the responses the proxy makes up (502, 503, 504, 508, and
@@ -27,6 +29,7 @@
 pub mod balance;
 pub mod body;
 pub mod client;
+pub mod endpoints;
 pub mod errors;
 pub mod headers;
 pub mod io;

@@ -52,13 +52,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use config::{EngineConfig, EngineSpec};
 pub use drain::CloseSummary;
 pub use events::EngineEvent;
-pub use policy::{PolicySpec, PolicyTable};
+pub use policy::{PolicyDecision, PolicyDelta, PolicySnapshot, PolicySpec, PolicyTable};
 pub use vocab::Direction;
 
 use listener::ListenerCtx;
@@ -137,7 +136,7 @@ pub enum EngineError {
     #[error("invalid engine config: {0}")]
     Limits(#[from] limits::LimitsError),
     #[error("invalid endpoints: {0}")]
-    Endpoints(#[from] http::balance::EndpointsError),
+    Endpoints(#[from] http::endpoints::EndpointsError),
 }
 
 impl EngineError {
@@ -201,7 +200,7 @@ impl Engine {
         let drain = drain::Drain::default();
         let ctx = Arc::new(Context {
             http: http::HttpState::new(config.http, connector, drain.clone()),
-            policy: ArcSwap::from_pointee(config.policy),
+            policy: policy::Policy::new(config.policy),
             metrics: metrics::Metrics::new(config.max_metric_targets),
             conns: conn::ConnRegistry::default(),
             server_first: server_first::ServerFirstCache::new(config.detect.server_first_capacity, config.detect.server_first_ttl),
@@ -322,21 +321,37 @@ impl Engine {
     /// Swaps in a new policy table, before or after `start_on`; connections
     /// already open are untouched. Returns the table's generation.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<u64, EngineError> {
-        let table = PolicyTable::compile(spec)?;
-        let generation = table.generation();
-        self.ctx.policy.store(Arc::new(table));
-        Ok(generation)
+        Ok(self.ctx.policy.replace(spec)?)
+    }
+
+    /// Applies a change to the current policy table (all or nothing; refused
+    /// unless it applies to the current generation). Returns the new generation.
+    pub fn update_policy(&self, delta: &PolicyDelta) -> Result<u64, EngineError> {
+        Ok(self.ctx.policy.update(delta)?)
+    }
+
+    /// Counts an update that could not even be read (e.g. malformed JSON) as
+    /// rejected, so it shows in the snapshot like any other rejection.
+    pub fn reject_policy(&self, generation: u64, message: String) {
+        self.ctx.policy.reject(generation, message);
+    }
+
+    /// What the current table decides for a connection, with the source.
+    pub fn explain_policy(&self, direction: Direction, ip: std::net::IpAddr, port: u16) -> PolicyDecision {
+        self.ctx.policy.load().explain(direction, ip, port)
     }
 
     /// Applies an endpoints update (Service address → endpoints, for
     /// per-request balancing) atomically; requests in flight keep their
     /// endpoint. Returns the table's generation. A bad entry refuses the
     /// whole update and keeps the table in force.
-    pub fn update_endpoints(&self, update: &http::balance::EndpointsUpdate) -> Result<u64, EngineError> {
-        let next = self.ctx.http.endpoints.load().apply(update)?;
-        let generation = next.generation();
-        self.ctx.http.endpoints.store(Arc::new(next));
-        Ok(generation)
+    pub fn update_endpoints(&self, update: &http::endpoints::EndpointsUpdate) -> Result<u64, EngineError> {
+        Ok(self.ctx.http.endpoints.update(update)?)
+    }
+
+    /// Counts an endpoints update that could not even be read as rejected.
+    pub fn reject_endpoints(&self, generation: u64, message: String) {
+        self.ctx.http.endpoints.reject(generation, message);
     }
 
     /// The endpoints of `service` in the table in force (explain, tests).
@@ -357,6 +372,7 @@ impl Engine {
         Snapshot {
             uptime_ms: m.uptime().as_millis() as u64,
             policy_generation: self.ctx.policy.load().generation(),
+            policy: self.ctx.policy.snapshot(),
             listeners: self
                 .listeners()
                 .iter()
@@ -376,7 +392,7 @@ impl Engine {
             http,
             http_series: Direction::ALL.iter().map(|d| m.http_series_count(*d) as u64).collect(),
             http_errors,
-            endpoints_generation: self.ctx.http.endpoints.load().generation(),
+            endpoints: self.ctx.http.endpoints.snapshot(),
             evicted_series: m.evicted(),
             detect,
             detect_duration_ms,
@@ -451,6 +467,8 @@ pub struct ErrorsSnapshot {
 pub struct Snapshot {
     pub uptime_ms: u64,
     pub policy_generation: u64,
+    /// The policy table's size and update counters (rejections included).
+    pub policy: PolicySnapshot,
     pub listeners: Vec<ListenerSnapshot>,
     pub tcp: Vec<metrics::TcpSnapshot>,
     /// TCP series kept per direction (inbound, outbound), overflow not counted.
@@ -462,8 +480,8 @@ pub struct Snapshot {
     /// HTTP errors per direction and reason, zeros included
     /// (`{direction}_http_errors_total{error}`).
     pub http_errors: Vec<metrics::HttpErrorSnapshot>,
-    /// The generation of the endpoints table in force.
-    pub endpoints_generation: u64,
+    /// The endpoints table in force (HTTP balancing) and its update counters.
+    pub endpoints: http::endpoints::EndpointsSnapshot,
     /// Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
     pub evicted_series: u64,
     pub detect: Vec<metrics::DetectSnapshot>,

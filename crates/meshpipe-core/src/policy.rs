@@ -1,164 +1,339 @@
-//! The port policy table: which mode (detect, opaque, a declared protocol)
-//! and which detect timeout a new connection gets.
+//! The port policy: which mode (detect, opaque, a declared protocol) and
+//! which detect timeout a new connection gets, at any cluster size.
 //!
-//! The TypeScript policy layer does all the hard work (annotations, Kubernetes
-//! objects, Linkerd's precedence rules) and hands the engine a flat, ordered
-//! list of rules. The engine's job is only the lookup: the first rule whose
-//! direction, network and port range match wins; no match means `detect`
-//! (Linkerd's `unknown`). Tables are immutable; a new one is swapped in
-//! atomically (`ArcSwap`) so the per-connection lookup takes no lock and an
-//! update never touches connections already in flight.
+//! The TypeScript policy layer does the hard work (annotations, Kubernetes
+//! objects, Linkerd's precedence rules) and hands the engine a table in three
+//! parts (spec.rs): ordered `rules`, exact destinations (`addresses`, each
+//! pointing at a shared port table), and ordered `fallbackRules`. A lookup is
+//! the first match in that order, and no match means `detect` (Linkerd's
+//! `unknown`). Its cost does not grow with the number of pods: the rules are
+//! compiled into range maps (rules.rs, ranges.rs), the destinations are a
+//! hash map by address (exact.rs) whose port tables are binary-searched
+//! ranges (ports.rs).
+//!
+//! Connections read an immutable [`PolicyTable`] snapshot from an `ArcSwap`
+//! (no lock). Updates, whole tables or deltas of a few addresses, are applied
+//! to the master copy (store.rs) under a mutex on the control path and
+//! swapped in atomically: new connections see the new table, connections in
+//! flight keep theirs. A rejected update changes nothing, is counted, and its
+//! error stays visible in [`PolicySnapshot`] until an update is accepted.
 
-use std::sync::Arc;
+mod exact;
+mod ports;
+mod ranges;
+mod rules;
+pub mod spec;
+mod store;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use arc_swap::{ArcSwap, Guard};
+use serde::Serialize;
 
-use crate::addr::{AddrError, Cidr, PortRange, TargetAddr};
+use crate::addr::{normalise, AddrError, TargetAddr};
 pub use crate::vocab::{Direction, PortMode};
+pub use spec::{AddressSpec, PolicyDelta, PolicyFrameSpec, PolicySpec, PortSpec, PortTableSpec, RuleSpec};
+pub use store::PolicyStore;
 
-/// Errors in a policy table handed to the engine.
+/// Errors in a policy table or delta handed to the engine. Each names the
+/// entry and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy rule {index} ({source_name}): {error}")]
-    Rule { index: usize, source_name: String, error: AddrError },
+    #[error("policy {list}[{index}] ({source_name}): {error}")]
+    Rule { list: &'static str, index: usize, source_name: String, error: AddrError },
+    #[error("policy port table {id}, entry {entry}: {error}")]
+    PortTable { id: u32, entry: usize, error: AddrError },
+    #[error("policy port table {id}, entry {entry}: source {index} does not exist (the table has {len} sources)")]
+    SourceIndex { id: u32, entry: usize, index: u32, len: usize },
+    #[error("policy port table {id} is defined twice: a table id is used once until it is dropped")]
+    DuplicateTable { id: u32 },
+    #[error("policy address {address}: port table {id} is not defined")]
+    UnknownTable { address: String, id: u32 },
+    #[error("policy address {address:?} is not an IP address: expected e.g. 10.244.1.5 or fd00::5, without a prefix length")]
+    Address { address: String },
+    #[error("policy delta removes address {address}, which is not in the table")]
+    NotInTable { address: String },
+    #[error("policy delta drops port table {id}, which is not defined")]
+    DropUnknown { id: u32 },
+    #[error("policy delta applies to generation {base}, but the engine has generation {current}: send the whole table")]
+    Base { base: u64, current: u64 },
 }
 
-/// One rule as it arrives from TypeScript (see ARCHITECTURE.md).
-#[derive(Clone, Debug, Deserialize)]
-#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RuleSpec {
-    pub direction: Direction,
-    pub net: Option<String>,
-    pub ports: (u32, u32),
-    pub mode: PortMode,
-    pub detect_timeout_ms: Option<u64>,
-    #[serde(default)]
-    pub source: String,
-}
-
-/// A policy table as it arrives from TypeScript.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PolicySpec {
-    #[serde(default)]
-    pub generation: u64,
-    #[serde(default)]
-    pub rules: Vec<RuleSpec>,
-}
-
-#[derive(Debug)]
-struct Rule {
-    direction: Direction,
-    net: Option<Cidr>,
-    ports: PortRange,
-    mode: PortMode,
-    detect_timeout: Option<Duration>,
-    source: Arc<str>,
-}
-
-/// The result of a lookup: what to do with one new connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What one new connection gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortPolicy {
     pub mode: PortMode,
     /// `None` keeps the direction's default detect timeout.
     pub detect_timeout: Option<Duration>,
-    /// Why: the rule's source (e.g. "default opaque ports"), or "default".
-    pub source: Arc<str>,
+}
+
+const DEFAULT: PortPolicy = PortPolicy { mode: PortMode::Detect, detect_timeout: None };
+
+/// Which part of the table decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyMatch {
+    Rule,
+    Destination,
+    FallbackRule,
+    Default,
+}
+
+/// A decision with its reason (for `meshpipe explain` and debugging; never
+/// computed on the connection path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDecision {
+    pub mode: PortMode,
+    pub detect_timeout_ms: Option<u64>,
+    /// Why, e.g. `opaque: Server shop/db proxyProtocol=opaque`; `default` when nothing matched.
+    pub source: String,
+    pub matched: PolicyMatch,
+    /// The rule's index in `rules` or `fallbackRules`.
+    pub index: Option<u32>,
+    /// The exact destination's name (e.g. `Pod shop/web-1`).
+    pub destination: Option<String>,
 }
 
 /// A compiled, immutable policy table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PolicyTable {
     generation: u64,
-    rules: Vec<Rule>,
+    frame: Arc<store::Frame>,
+    exact: exact::ExactMap,
+    tables: usize,
+    sources: usize,
+}
+
+impl Default for PolicyTable {
+    fn default() -> Self {
+        PolicyStore::default().table()
+    }
 }
 
 impl PolicyTable {
-    /// Validates and compiles a table. Any bad rule rejects the whole table:
-    /// a half-applied policy would silently widen or narrow what is detected.
-    pub fn compile(spec: &PolicySpec) -> Result<Self, PolicyError> {
-        let mut rules = Vec::with_capacity(spec.rules.len());
-        for (index, r) in spec.rules.iter().enumerate() {
-            let wrap = |error| PolicyError::Rule { index, source_name: r.source.clone(), error };
-            let ports = PortRange::new(r.ports.0, r.ports.1).map_err(wrap)?;
-            let net = match &r.net {
-                Some(n) => Some(n.parse::<Cidr>().map_err(wrap)?),
-                None => None,
-            };
-            rules.push(Rule {
-                direction: r.direction,
-                net,
-                ports,
-                mode: r.mode,
-                detect_timeout: r.detect_timeout_ms.map(Duration::from_millis),
-                source: Arc::from(r.source.as_str()),
-            });
-        }
-        Ok(PolicyTable { generation: spec.generation, rules })
+    /// Validates and compiles a whole table (tests and tools; the engine
+    /// keeps a [`PolicyStore`] so it can apply deltas).
+    pub fn compile(spec: &PolicySpec) -> Result<PolicyTable, PolicyError> {
+        Ok(PolicyStore::compile(spec)?.table())
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// First matching rule for a connection in `direction` to `target`.
+    /// The decision for a connection in `direction` to `target`. The
+    /// connection path: no allocation, no lock, cost independent of the
+    /// number of destinations.
+    #[inline]
     pub fn lookup(&self, direction: Direction, target: TargetAddr) -> PortPolicy {
+        let ip = normalise(target.ip());
         let port = target.port();
-        let ip = target.ip();
-        for rule in &self.rules {
-            if rule.direction == direction && rule.ports.contains(port) && rule.net.is_none_or(|net| net.contains(ip)) {
-                return PortPolicy { mode: rule.mode, detect_timeout: rule.detect_timeout, source: rule.source.clone() };
+        if let Some((_, hit)) = self.frame.rules.lookup(direction, ip, port) {
+            return PortPolicy { mode: hit.mode, detect_timeout: hit.detect_timeout };
+        }
+        if direction == Direction::Outbound {
+            if let Some(entry) = self.exact.get(&ip).and_then(|d| d.table.get(port)) {
+                return PortPolicy { mode: entry.mode, detect_timeout: self.destination_timeout(entry.mode) };
             }
         }
-        PortPolicy { mode: PortMode::Detect, detect_timeout: None, source: Arc::from("default") }
+        match self.frame.fallback.lookup(direction, ip, port) {
+            Some((_, hit)) => PortPolicy { mode: hit.mode, detect_timeout: hit.detect_timeout },
+            None => DEFAULT,
+        }
+    }
+
+    fn destination_timeout(&self, mode: PortMode) -> Option<Duration> {
+        // Only opaque never reads the client first; a declared protocol is still validated.
+        if mode == PortMode::Opaque {
+            None
+        } else {
+            self.frame.destination_timeout
+        }
+    }
+
+    /// The same decision as [`lookup`](Self::lookup), with its source.
+    pub fn explain(&self, direction: Direction, ip: IpAddr, port: u16) -> PolicyDecision {
+        let ip = normalise(ip);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        if let Some((index, hit)) = self.frame.rules.lookup(direction, ip, port) {
+            return PolicyDecision {
+                mode: hit.mode,
+                detect_timeout_ms: ms(hit.detect_timeout),
+                source: hit.source.to_string(),
+                matched: PolicyMatch::Rule,
+                index: Some(index),
+                destination: None,
+            };
+        }
+        if direction == Direction::Outbound {
+            if let Some(d) = self.exact.get(&ip) {
+                if let Some(entry) = d.table.get(port) {
+                    return PolicyDecision {
+                        mode: entry.mode,
+                        detect_timeout_ms: ms(self.destination_timeout(entry.mode)),
+                        source: d.table.source(entry).replace("{destination}", &d.name),
+                        matched: PolicyMatch::Destination,
+                        index: None,
+                        destination: Some(d.name.to_string()),
+                    };
+                }
+            }
+        }
+        if let Some((index, hit)) = self.frame.fallback.lookup(direction, ip, port) {
+            return PolicyDecision {
+                mode: hit.mode,
+                detect_timeout_ms: ms(hit.detect_timeout),
+                source: hit.source.to_string(),
+                matched: PolicyMatch::FallbackRule,
+                index: Some(index),
+                destination: None,
+            };
+        }
+        PolicyDecision {
+            mode: PortMode::Detect,
+            detect_timeout_ms: None,
+            source: "default".into(),
+            matched: PolicyMatch::Default,
+            index: None,
+            destination: None,
+        }
+    }
+
+    /// Exact destination addresses.
+    pub fn addresses(&self) -> usize {
+        self.exact.len()
+    }
+}
+
+/// The last rejected update.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRejection {
+    pub generation: u64,
+    pub message: String,
+}
+
+/// The policy's state and update counters (part of the engine snapshot).
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySnapshot {
+    pub generation: u64,
+    pub rules: usize,
+    pub fallback_rules: usize,
+    pub addresses: usize,
+    pub tables: usize,
+    /// Distinct source strings held.
+    pub sources: usize,
+    pub updates_applied: u64,
+    pub updates_rejected: u64,
+    /// The last rejected update, until an update is accepted again.
+    pub last_rejection: Option<PolicyRejection>,
+}
+
+/// The engine's policy: the snapshot connections read and the master copy
+/// updates are applied to.
+#[derive(Debug)]
+pub struct Policy {
+    current: ArcSwap<PolicyTable>,
+    store: Mutex<PolicyStore>,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+    last_rejection: Mutex<Option<PolicyRejection>>,
+}
+
+impl Policy {
+    pub fn new(store: PolicyStore) -> Policy {
+        Policy {
+            current: ArcSwap::from_pointee(store.table()),
+            store: Mutex::new(store),
+            applied: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            last_rejection: Mutex::new(None),
+        }
+    }
+
+    /// The current table (the connection path: one atomic load).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<PolicyTable>> {
+        self.current.load()
+    }
+
+    /// The current table as an owned `Arc` (to keep it beyond a short read).
+    pub fn load_full(&self) -> Arc<PolicyTable> {
+        self.current.load_full()
+    }
+
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, PolicyStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn outcome(&self, generation: u64, result: Result<u64, PolicyError>) -> Result<u64, PolicyError> {
+        let mut last = self.last_rejection.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => {
+                self.applied.fetch_add(1, Relaxed);
+                *last = None;
+            }
+            Err(e) => {
+                self.rejected.fetch_add(1, Relaxed);
+                *last = Some(PolicyRejection { generation, message: e.to_string() });
+            }
+        }
+        result
+    }
+
+    /// Replaces the whole table. Returns its generation.
+    pub fn replace(&self, spec: &PolicySpec) -> Result<u64, PolicyError> {
+        let result = PolicyStore::compile(spec).map(|store| {
+            let mut guard = self.lock_store();
+            *guard = store;
+            self.current.store(Arc::new(guard.table()));
+            guard.generation()
+        });
+        self.outcome(spec.generation, result)
+    }
+
+    /// Applies a delta to the current table, all or nothing. Returns the new generation.
+    pub fn update(&self, delta: &PolicyDelta) -> Result<u64, PolicyError> {
+        let result = {
+            let mut guard = self.lock_store();
+            guard.apply(delta).map(|()| {
+                self.current.store(Arc::new(guard.table()));
+                guard.generation()
+            })
+        };
+        self.outcome(delta.generation, result)
+    }
+
+    /// Records an update that never reached the store (e.g. it did not parse).
+    pub fn reject(&self, generation: u64, message: String) {
+        self.rejected.fetch_add(1, Relaxed);
+        *self.last_rejection.lock().unwrap_or_else(|e| e.into_inner()) = Some(PolicyRejection { generation, message });
+    }
+
+    pub fn snapshot(&self) -> PolicySnapshot {
+        let t = self.load();
+        PolicySnapshot {
+            generation: t.generation,
+            rules: t.frame.rules.len(),
+            fallback_rules: t.frame.fallback.len(),
+            addresses: t.exact.len(),
+            tables: t.tables,
+            sources: t.sources,
+            updates_applied: self.applied.load(Relaxed),
+            updates_rejected: self.rejected.load(Relaxed),
+            last_rejection: self.last_rejection.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(direction: Direction, net: Option<&str>, ports: (u32, u32), mode: PortMode, source: &str) -> RuleSpec {
-        RuleSpec { direction, net: net.map(str::to_string), ports, mode, detect_timeout_ms: None, source: source.to_string() }
-    }
-
-    #[test]
-    fn first_match_wins_and_default_is_detect() {
-        let spec = PolicySpec {
-            generation: 7,
-            rules: vec![
-                rule(Direction::Outbound, Some("10.0.0.5/32"), (3306, 3306), PortMode::Detect, "pod"),
-                rule(Direction::Outbound, Some("10.0.0.0/8"), (3306, 3306), PortMode::Opaque, "defaults"),
-                rule(Direction::Inbound, None, (8000, 8100), PortMode::Http1, "server"),
-            ],
-        };
-        let table = PolicyTable::compile(&spec).unwrap();
-        assert_eq!(table.generation(), 7);
-        let t = |s: &str| s.parse::<TargetAddr>().unwrap();
-        assert_eq!(&*table.lookup(Direction::Outbound, t("10.0.0.5:3306")).source, "pod");
-        assert_eq!(table.lookup(Direction::Outbound, t("10.1.0.5:3306")).mode, PortMode::Opaque);
-        assert_eq!(table.lookup(Direction::Outbound, t("192.0.2.1:3306")).mode, PortMode::Detect);
-        assert_eq!(table.lookup(Direction::Inbound, t("127.0.0.1:8050")).mode, PortMode::Http1);
-        assert_eq!(table.lookup(Direction::Outbound, t("127.0.0.1:8050")).mode, PortMode::Detect);
-    }
-
-    #[test]
-    fn a_bad_rule_rejects_the_table() {
-        let spec = PolicySpec { generation: 1, rules: vec![rule(Direction::Inbound, None, (7000, 6000), PortMode::Opaque, "annotation")] };
-        let err = PolicyTable::compile(&spec).unwrap_err().to_string();
-        assert!(err.contains("annotation") && err.contains("7000"), "{err}");
-    }
-
-    #[test]
-    fn modes_parse_from_json() {
-        let spec: PolicySpec = serde_json::from_str(
-            r#"{"generation":2,"rules":[{"direction":"inbound","net":null,"ports":[1,2],"mode":"grpc","detectTimeoutMs":5,"source":"x"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(spec.rules[0].mode, PortMode::Grpc);
-        assert!(serde_json::from_str::<PolicySpec>(r#"{"rules":[{"direction":"sideways","ports":[1,1],"mode":"opaque"}]}"#).is_err());
-    }
-}
+mod tests;

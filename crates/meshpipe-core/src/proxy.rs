@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
@@ -31,7 +30,7 @@ use crate::copy::{self, CopyConfig, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
 use crate::metrics::{errno_index, Metrics, Peer, SeriesKey, TcpSeries};
-use crate::policy::PolicyTable;
+use crate::policy::Policy;
 use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
@@ -42,7 +41,7 @@ pub use sniff::{Sniffed, Upstream};
 
 /// Engine-wide state every connection task shares.
 pub struct Context {
-    pub policy: ArcSwap<PolicyTable>,
+    pub policy: Policy,
     pub metrics: Metrics,
     pub conns: ConnRegistry,
     pub server_first: ServerFirstCache,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::http::*;
 use common::within;
-use meshpipe_core::http::balance::{EndpointsUpdate, ServiceEndpointsSpec};
+use meshpipe_core::http::endpoints::{EndpointsUpdate, ServiceEndpointsSpec};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -55,9 +55,11 @@ impl Killable {
     }
 }
 
+/// A change onto generation `generation - 1` (the engine starts at 0).
 fn service_update(generation: u64, service: SocketAddr, endpoints: &[SocketAddr]) -> EndpointsUpdate {
     EndpointsUpdate {
         generation,
+        base: generation - 1,
         replace: false,
         upsert: vec![ServiceEndpointsSpec {
             service: service.to_string(),
@@ -156,7 +158,7 @@ async fn endpoint_updates_apply_to_new_requests_without_cutting_in_flight_ones()
         assert_eq!(call(&mut c, "/").await, (200, "b".to_string()));
     }
     assert_eq!(within(T, in_flight).await.unwrap(), (200, "a".to_string()), "the request in flight finished on its endpoint");
-    assert_eq!(engine.snapshot().endpoints_generation, 2);
+    assert_eq!(engine.snapshot().endpoints.generation, 2);
 }
 
 #[tokio::test]
@@ -170,15 +172,18 @@ async fn a_service_without_endpoints_answers_503_and_bad_updates_are_refused() {
     let err = engine
         .update_endpoints(&EndpointsUpdate {
             generation: 2,
+            base: 1,
             upsert: vec![ServiceEndpointsSpec { service: "nope".into(), endpoints: vec![], source: "file.yaml:3".into() }],
             ..Default::default()
         })
         .unwrap_err();
     assert!(err.to_string().contains("file.yaml:3"), "{err}");
-    assert_eq!(engine.snapshot().endpoints_generation, 1, "the table in force is kept");
+    let snap = engine.snapshot().endpoints;
+    assert_eq!((snap.generation, snap.updates_rejected), (1, 1), "the table in force is kept, the refusal counted");
+    assert!(snap.last_rejection.unwrap().message.contains("file.yaml:3"));
     // All endpoints refusing: 502 after trying them, never a hang.
     let dead = [service_addr(), service_addr()];
-    engine.update_endpoints(&service_update(3, service, &dead)).unwrap();
+    engine.update_endpoints(&service_update(2, service, &dead)).unwrap();
     let (status, _) = call(&mut c, "/").await;
     assert!(status == 502 || status == 503, "{status}");
 }

@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshpipe_core::{Engine, EngineSpec, ErrorCode, PolicySpec};
+use meshpipe_core::policy::{Direction, PolicyTable};
+use meshpipe_core::{Engine, EngineSpec, ErrorCode, PolicyDelta, PolicySpec};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -195,22 +196,46 @@ impl NativeProxy {
         Ok(promise)
     }
 
-    /// Swaps in a new policy table (JSON of a `PolicySpec`), before or after
-    /// `start()`; new connections only. Returns its generation.
+    /// Swaps in a whole new policy table (UTF-8 JSON of a `PolicySpec`),
+    /// before or after `start()`; new connections only. Returns its
+    /// generation. A table that does not parse or validate changes nothing
+    /// and is counted as rejected (snapshot `policy`).
     #[napi]
-    pub fn set_policy(&self, policy: String) -> Result<i64, ErrorCode> {
-        let spec: PolicySpec = serde_json::from_str(&policy).map_err(|e| fail(ErrorCode::Policy, format!("policy table: {e}")))?;
+    pub fn set_policy(&self, policy: Uint8Array) -> Result<i64, ErrorCode> {
+        let spec: PolicySpec = serde_json::from_slice(&policy).map_err(|e| self.unreadable("policy table", e))?;
         self.inner.engine.set_policy(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
-    /// Applies an endpoints update (JSON of an `EndpointsUpdate`: Service
-    /// address -> endpoints, for per-request HTTP balancing), before or
-    /// after `start()`. Returns the table's generation.
+    /// Applies an endpoints update (UTF-8 JSON of an `EndpointsUpdate`:
+    /// Service address -> endpoints, for per-request HTTP balancing), before
+    /// or after `start()`: a whole table (`replace`) or a change onto the
+    /// generation it names as its `base`, all or nothing. Returns the
+    /// table's generation.
     #[napi]
-    pub fn update_endpoints(&self, update: String) -> Result<i64, ErrorCode> {
-        let spec: meshpipe_core::http::balance::EndpointsUpdate =
-            serde_json::from_str(&update).map_err(|e| fail(ErrorCode::Policy, format!("endpoints update: {e}")))?;
+    pub fn update_endpoints(&self, update: Uint8Array) -> Result<i64, ErrorCode> {
+        let spec: meshpipe_core::http::endpoints::EndpointsUpdate = serde_json::from_slice(&update).map_err(|e| {
+            let message = format!("endpoints update: {e}");
+            self.inner.engine.reject_endpoints(0, message.clone());
+            fail(ErrorCode::Policy, message)
+        })?;
         self.inner.engine.update_endpoints(&spec).map(|g| g as i64).map_err(engine_error)
+    }
+
+    /// Applies a change to the current policy table (UTF-8 JSON of a
+    /// `PolicyDelta`): all or nothing, and only to the generation it names
+    /// as its base. Returns the new generation.
+    #[napi]
+    pub fn update_policy(&self, delta: Uint8Array) -> Result<i64, ErrorCode> {
+        let delta: PolicyDelta = serde_json::from_slice(&delta).map_err(|e| self.unreadable("policy delta", e))?;
+        self.inner.engine.update_policy(&delta).map(|g| g as i64).map_err(engine_error)
+    }
+
+    /// What the current policy decides for a connection in `direction` to
+    /// `ip`:`port`, with its source: JSON of a `PolicyDecision`.
+    #[napi]
+    pub fn explain_policy(&self, direction: String, ip: String, port: u32) -> Result<String, ErrorCode> {
+        let (direction, ip, port) = lookup_args(&direction, &ip, port)?;
+        to_json(&self.inner.engine.explain_policy(direction, ip, port))
     }
 
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
@@ -229,6 +254,56 @@ impl NativeProxy {
     #[napi]
     pub fn take_events(&self) -> Result<String, ErrorCode> {
         to_json(&self.inner.engine.take_events())
+    }
+}
+
+impl NativeProxy {
+    /// An update that cannot even be read is a rejected update too.
+    fn unreadable(&self, what: &str, e: serde_json::Error) -> Error<ErrorCode> {
+        let message = format!("{what}: {e}");
+        self.inner.engine.reject_policy(0, message.clone());
+        fail(ErrorCode::Policy, message)
+    }
+}
+
+fn lookup_args(direction: &str, ip: &str, port: u32) -> Fallible<(Direction, std::net::IpAddr, u16)> {
+    let direction = match direction {
+        "inbound" => Direction::Inbound,
+        "outbound" => Direction::Outbound,
+        other => return Err(fail(ErrorCode::InvalidConfig, format!("direction {other:?}: expected \"inbound\" or \"outbound\""))),
+    };
+    let ip = ip.trim().parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IPv4 or IPv6 address")))?;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 1-65535")))?;
+    Ok((direction, ip, port))
+}
+
+/// A compiled policy table on its own, with the engine's own lookup: what
+/// `meshpipe explain` and tests use, so they answer exactly as the engine
+/// would, with no proxy running.
+#[napi]
+pub struct PolicyLookup {
+    table: PolicyTable,
+}
+
+#[napi]
+impl PolicyLookup {
+    /// Compiles a table (UTF-8 JSON of a `PolicySpec`); throws `ERR_POLICY`
+    /// naming the bad entry, exactly as the engine would refuse it.
+    #[napi(constructor)]
+    pub fn new(spec: Uint8Array) -> Result<Self, ErrorCode> {
+        let spec: PolicySpec = serde_json::from_slice(&spec).map_err(|e| fail(ErrorCode::Policy, format!("policy table: {e}")))?;
+        let table = PolicyTable::compile(&spec).map_err(|e| fail(ErrorCode::Policy, format!("invalid policy: {e}")))?;
+        Ok(PolicyLookup { table })
+    }
+
+    /// The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`.
+    #[napi]
+    pub fn explain(&self, direction: String, ip: String, port: u32) -> Result<String, ErrorCode> {
+        let (direction, ip, port) = lookup_args(&direction, &ip, port)?;
+        to_json(&self.table.explain(direction, ip, port))
     }
 }
 

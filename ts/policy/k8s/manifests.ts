@@ -11,11 +11,19 @@
  * ignored and counted, because real manifest folders hold ConfigMaps, RBAC,
  * CRDs and so on. Results are kept per file so a caller that reloads can keep
  * a file's last good content while the file is broken.
+ *
+ * No file can take the proxy down: each document is read on its own, inside
+ * its own error boundary, and anything it throws (a deeply nested value, a
+ * recursive alias) becomes a problem naming the file and document. YAML
+ * aliases are expanded only when the expansion is bounded: a benign file
+ * with hundreds of aliases loads, an alias bomb ("billion laughs": aliases of
+ * aliases, each doubling the size) is refused as a problem before anything
+ * is expanded. A file larger than MAX_MANIFEST_BYTES is refused unread.
  */
 
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { isAlias, isMap, isPair, isScalar, isSeq, parseAllDocuments, type Document } from 'yaml';
 import {
   normalizeObject,
   type EndpointSliceObject,
@@ -55,6 +63,60 @@ export const EMPTY_MANIFESTS: ManifestSet = Object.freeze({
 });
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
+
+/** A manifest file larger than this is refused (a problem), never read into memory. */
+export const MAX_MANIFEST_BYTES = 32 * 1024 * 1024;
+
+/** How many nodes aliases may add to one document when expanded (beyond the nodes written). */
+export const MAX_ALIAS_EXPANSION = 1_000_000;
+
+/**
+ * The nodes a document has when its aliases are expanded, counted without
+ * expanding anything (each node's size is computed once). Stops counting
+ * past `limit`. An alias inside its own anchor (a recursive structure) counts
+ * as one node: toJS makes it a reference, not a copy.
+ */
+function expandedNodes(doc: Document, limit: number): number {
+  const memo = new Map<unknown, number>();
+  const visiting = new Set<unknown>();
+  const size = (node: unknown): number => {
+    if (node === null || node === undefined || isScalar(node)) return 1;
+    if (isAlias(node)) {
+      const target = node.resolve(doc);
+      return target === undefined || visiting.has(target) ? 1 : size(target);
+    }
+    const known = memo.get(node);
+    if (known !== undefined) return known;
+    visiting.add(node);
+    let n = 1;
+    if (isMap(node) || isSeq(node)) {
+      for (const item of node.items as unknown[]) {
+        n += isPair(item) ? size(item.key) + size(item.value) : size(item);
+        if (n > limit) break;
+      }
+    }
+    visiting.delete(node);
+    memo.set(node, n);
+    return n;
+  };
+  return size(doc.contents);
+}
+
+/** The nodes written in a document (aliases count as one). */
+function writtenNodes(doc: Document): number {
+  let n = 0;
+  const walk = (node: unknown): void => {
+    n++;
+    if (isPair(node)) {
+      walk(node.key);
+      walk(node.value);
+    } else if (isMap(node) || isSeq(node)) {
+      for (const item of node.items as unknown[]) walk(item);
+    }
+  };
+  walk(doc.contents);
+  return n;
+}
 
 /** Lists the manifest files under a path (the path itself if it is a file), sorted. */
 export async function listManifestFiles(path: string): Promise<string[]> {
@@ -103,15 +165,30 @@ export function parseManifestText(file: string, text: string): ManifestFile {
       problems.push(fileProblem(file, index, `YAML does not parse${at}: ${first?.message.split('\n')[0] ?? 'unknown error'}`));
       return;
     }
-    const value: unknown = doc.toJS({ maxAliasCount: 100 });
-    const items = isList(value) ? (value as { items: unknown[] }).items : [value];
-    for (const item of items) {
-      if (item === null || item === undefined) continue;
-      const objProblems: ObjectProblem[] = [];
-      const obj = normalizeObject(item, objProblems);
-      for (const p of objProblems) problems.push(objectProblem(p.object, p.field, p.token, p.reason, file));
-      if (obj) objects.push(obj);
-      else if (objProblems.length === 0) ignored++;
+    try {
+      const written = writtenNodes(doc);
+      const expanded = expandedNodes(doc, written + MAX_ALIAS_EXPANSION);
+      if (expanded > written + MAX_ALIAS_EXPANSION) {
+        parsed = false;
+        problems.push(fileProblem(file, index,
+          `YAML aliases would expand this document's ${written} nodes by more than ${MAX_ALIAS_EXPANSION} (an alias bomb?); the document is ignored`));
+        return;
+      }
+      const value: unknown = doc.toJS({ maxAliasCount: -1 });
+      const items = isList(value) ? (value as { items: unknown[] }).items : [value];
+      for (const item of items) {
+        if (item === null || item === undefined) continue;
+        const objProblems: ObjectProblem[] = [];
+        const obj = normalizeObject(item, objProblems);
+        for (const pr of objProblems) problems.push(objectProblem(pr.object, pr.field, pr.token, pr.reason, file));
+        if (obj) objects.push(obj);
+        else if (objProblems.length === 0) ignored++;
+      }
+    } catch (err) {
+      // A document that defeats the reader (nesting deeper than the stack, a value
+      // that cannot be converted) is a problem in that document, never a crash.
+      parsed = false;
+      problems.push(fileProblem(file, index, `cannot be read: ${err instanceof Error ? err.message : String(err)}`));
     }
   });
   return { file, objects, ignored, problems, parsed };
@@ -123,10 +200,15 @@ function isList(value: unknown): boolean {
   return typeof v['kind'] === 'string' && v['kind'].endsWith('List') && Array.isArray(v['items']);
 }
 
-/** Reads and parses one file; an unreadable file is a problem, not an exception. */
+/** Reads and parses one file; an unreadable or oversized file is a problem, not an exception. */
 export async function loadManifestFile(file: string): Promise<ManifestFile> {
   let text: string;
   try {
+    const info = await stat(file);
+    if (info.size > MAX_MANIFEST_BYTES) {
+      return { file, objects: [], ignored: 0, parsed: false,
+        problems: [fileProblem(file, undefined, `${(info.size / 1048576).toFixed(1)} MiB is more than the ${MAX_MANIFEST_BYTES / 1048576} MiB a manifest file may have; not read`)] };
+    }
     text = await readFile(file, 'utf8');
   } catch (err) {
     return { file, objects: [], ignored: 0, parsed: false, problems: [fileProblem(file, undefined, `cannot read: ${(err as Error).message}`)] };

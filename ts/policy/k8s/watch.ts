@@ -1,51 +1,62 @@
 /**
- * Live watch of the Kubernetes objects the policy layer reads (Namespaces,
- * Services, Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs,
- * CronJobs, `servers.policy.linkerd.io`, and EndpointSlices for HTTP
- * balancing) through @kubernetes/client-node
- * informers (list, then watch from the list's resourceVersion).
+ * Live watch of the Kubernetes objects the policy layer reads, holding only
+ * what policy needs.
  *
- * Config: `--kubeconfig FILE`, else the in-cluster service account when
- * KUBERNETES_SERVICE_HOST is set, else the default kubeconfig. The informer
- * re-watches by itself when the API server ends a watch cleanly and relists
- * on `410 Gone`; on any other error it stops, so this module restarts it with
- * exponential backoff (a dropped connection, an API server restart, a network
- * outage). While the API is unreachable the informers keep their last objects,
- * so the last good policy stays in force; the error is visible in status().
+ * One reflector per kind lists (paginated, `limit`/`continue`) and then
+ * watches from the list's resourceVersion (with bookmarks, so a quiet kind's
+ * resourceVersion stays fresh). Every object is slimmed on receipt to the
+ * fields policy reads (objects.ts: names, labels, `config.linkerd.io/*`
+ * annotations, ports, IPs, selectors) and handed on as an `upsert` or
+ * `delete` event; the reflector itself keeps only each object's key,
+ * resourceVersion and slim form (to drop no-op updates: a pod's status
+ * changes far more often than its policy). What is watched:
+ *   Namespaces   cluster-wide, metadata only (PartialObjectMetadata);
+ *   Services     cluster-wide;
+ *   Pods         cluster-wide, without finished ones: fieldSelector
+ *                status.phase!=Succeeded,status.phase!=Failed (their IPs are
+ *                reused; a pod that finishes leaves the watch as a deletion);
+ *   Servers      cluster-wide (policy.linkerd.io);
+ *   EndpointSlices cluster-wide (discovery.k8s.io/v1), only when the HTTP
+ *                layer balances over them (`endpointSlices`): slimmed to
+ *                the owning Service, the ports and the ready addresses;
+ *   Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs
+ *                only in this proxy's namespace, and only when its pod name
+ *                is known: they serve to find this proxy's own workload.
+ *
+ * A watch that ends cleanly is resumed from the last resourceVersion; a
+ * broken one is retried from it with exponential backoff; `410 Gone` (the
+ * resourceVersion was compacted) relists, and the relist is diffed against
+ * what is known, so only real changes go on. While the API is unreachable
+ * nothing is forgotten, so the last good policy stays in force; the error is
+ * visible in status().
  */
 
 import { EventEmitter } from 'node:events';
-import {
-  AppsV1Api,
-  BatchV1Api,
-  CoreV1Api,
-  CustomObjectsApi,
-  DiscoveryV1Api,
-  KubeConfig,
-  makeInformer,
-  type Informer,
-  type KubernetesListObject,
-  type KubernetesObject,
-  type ObjectCache,
-} from '@kubernetes/client-node';
-import { MeshpipeError } from '../../errors.js';
-import { EMPTY_MANIFESTS, mergeManifests, type ManifestSet } from './manifests.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { KubeApiError, KubeClient } from './client.js';
+import { loadCredentials, type ApiCredentials } from './kubeconfig.js';
 import { normalizeObject, type ObjectProblem, type PolicyObject } from './objects.js';
-import { objectProblem } from '../problems.js';
+import { objectProblem, type PolicyProblem } from '../problems.js';
 
 export interface KubeWatchOptions {
   /** Path of a kubeconfig file (`--kubeconfig`). */
   readonly kubeconfig?: string | undefined;
-  /** A ready KubeConfig (tests, embedding); wins over `kubeconfig`. */
-  readonly kubeConfig?: KubeConfig | undefined;
+  /** Ready credentials (tests, embedding); win over `kubeconfig`. */
+  readonly credentials?: ApiCredentials | undefined;
   /** policy.linkerd.io API version of Servers. Default v1beta3 (Linkerd 2.16+). */
   readonly serverApiVersion?: string | undefined;
+  /** The namespace whose workload controllers are watched (this proxy's); undefined: none are. */
+  readonly controllersNamespace?: string | undefined;
+  /** Watch EndpointSlices too (the endpoints of Services, for HTTP balancing). */
+  readonly endpointSlices?: boolean | undefined;
   readonly backoffInitialMs?: number | undefined;
   readonly backoffMaxMs?: number | undefined;
-  /** Coalesce bursts of events into one `change`. */
-  readonly debounceMs?: number | undefined;
   /** start() resolves after this long even if an API call hangs (a black-holed API server). Default 10 s. */
   readonly startTimeoutMs?: number | undefined;
+  /** Items per list page. Default 500. */
+  readonly pageSize?: number | undefined;
+  /** How long the server keeps one watch open before it is renewed. Default 300 s. */
+  readonly watchTimeoutSeconds?: number | undefined;
 }
 
 export interface KubeWatchStatus {
@@ -56,210 +67,279 @@ export interface KubeWatchStatus {
   readonly kinds: Readonly<Record<string, { readonly synced: boolean; readonly restarts: number; readonly error: string | undefined }>>;
 }
 
-type ListFn = () => Promise<KubernetesListObject<KubernetesObject>>;
-
-interface Kind {
-  readonly kind: string;
-  readonly path: string;
-  readonly list: ListFn;
-  informer?: Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
-  synced: boolean;
-  restarts: number;
-  error: string | undefined;
-  backoffMs: number;
-  timer?: NodeJS.Timeout | undefined;
-}
+/** What a watch reports: one object added or changed, or gone. */
+export type KubeEvent =
+  | { readonly type: 'upsert'; readonly object: PolicyObject; readonly problems: readonly PolicyProblem[] }
+  | { readonly type: 'delete'; readonly kind: string; readonly namespace: string; readonly name: string };
 
 export interface KubeWatchEvents {
-  change: [];
+  event: [KubeEvent];
   status: [KubeWatchStatus];
 }
 
-/** Loads the Kubernetes client configuration as documented above. */
-export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {
-  const kc = new KubeConfig();
-  try {
-    if (kubeconfig !== undefined) kc.loadFromFile(kubeconfig);
-    else if (process.env['KUBERNETES_SERVICE_HOST']) kc.loadFromCluster();
-    else kc.loadFromDefault();
-  } catch (err) {
-    throw new MeshpipeError('ERR_INVALID_CONFIG', `--kubeconfig ${kubeconfig ?? '(default)'}: cannot load: ${(err as Error).message}`, { key: 'kubeconfig', cause: err });
-  }
-  if (!kc.getCurrentCluster()) {
-    throw new MeshpipeError('ERR_INVALID_CONFIG',
-      '--kube: no Kubernetes cluster is configured: pass --kubeconfig FILE, or run in a pod (KUBERNETES_SERVICE_HOST and a service account)', { key: 'kubeconfig' });
-  }
-  return kc;
+interface KindSpec {
+  readonly kind: string;
+  readonly path: string;
+  readonly query?: Readonly<Record<string, string>>;
+  /** Ask for PartialObjectMetadata (metadata only). */
+  readonly metadataOnly?: boolean;
 }
+
+const NO_PROBLEMS = '[]';
+const METADATA_LIST = 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json';
+const METADATA = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json';
 
 function describeError(err: unknown): string {
   if (err instanceof Error) {
-    const code = (err as { code?: unknown; statusCode?: unknown }).statusCode ?? (err as { code?: unknown }).code;
-    return typeof code === 'number' || typeof code === 'string' ? `${err.message} (${code})` : err.message;
+    const code = (err as { statusCode?: unknown; code?: unknown }).statusCode ?? (err as { code?: unknown }).code;
+    return typeof code === 'number' || typeof code === 'string' ? `${err.message}${err.message.includes(`(${code})`) ? '' : ` (${code})`}` : err.message;
   }
-  if (typeof err === 'object' && err !== null) return JSON.stringify(err);
   return String(err);
 }
 
-/** Informers for every kind the policy layer reads, restarted with backoff. */
-export class KubeWatch extends EventEmitter<KubeWatchEvents> {
-  private readonly kc: KubeConfig;
-  private readonly kinds: Kind[];
-  private readonly backoffInitialMs: number;
-  private readonly backoffMaxMs: number;
-  private readonly debounceMs: number;
-  private readonly startTimeoutMs: number;
-  private debounce: NodeJS.Timeout | undefined;
-  private closed = false;
+type Raw = { metadata?: { name?: unknown; namespace?: unknown; resourceVersion?: unknown; continue?: unknown }; items?: unknown; type?: unknown; object?: unknown; code?: unknown };
 
-  constructor(options: KubeWatchOptions = {}) {
-    super();
-    this.kc = options.kubeConfig ?? loadKubeConfig(options.kubeconfig);
-    this.backoffInitialMs = options.backoffInitialMs ?? 500;
-    this.backoffMaxMs = options.backoffMaxMs ?? 30_000;
-    this.debounceMs = options.debounceMs ?? 50;
-    this.startTimeoutMs = options.startTimeoutMs ?? 10_000;
-    const core = this.kc.makeApiClient(CoreV1Api);
-    const apps = this.kc.makeApiClient(AppsV1Api);
-    const batch = this.kc.makeApiClient(BatchV1Api);
-    const custom = this.kc.makeApiClient(CustomObjectsApi);
-    const discovery = this.kc.makeApiClient(DiscoveryV1Api);
-    const version = options.serverApiVersion ?? 'v1beta3';
-    const k = (kind: string, path: string, list: () => Promise<unknown>): Kind => ({
-      kind, path, list: list as ListFn, synced: false, restarts: 0, error: undefined, backoffMs: this.backoffInitialMs,
+/** One kind: list, watch, relist. */
+class Reflector {
+  readonly spec: KindSpec;
+  synced = false;
+  restarts = 0;
+  error: string | undefined;
+  #known = new Map<string, { rv: string; object: PolicyObject | undefined; problems: string }>();
+  #rv: string | undefined;
+  #abort = new AbortController();
+  #closed = false;
+  readonly #owner: KubeWatch;
+  readonly #client: KubeClient;
+
+  constructor(owner: KubeWatch, client: KubeClient, spec: KindSpec) {
+    this.#owner = owner;
+    this.#client = client;
+    this.spec = spec;
+  }
+
+  /** Lists and watches until closed. `firstAttempt` resolves after the first list succeeded or failed. */
+  async run(firstAttempt: () => void, options: Required<Pick<KubeWatchOptions, 'backoffInitialMs' | 'backoffMaxMs' | 'pageSize' | 'watchTimeoutSeconds'>>): Promise<void> {
+    let backoff = options.backoffInitialMs;
+    let needList = true;
+    while (!this.#closed) {
+      try {
+        if (needList) {
+          await this.#list(options.pageSize);
+          needList = false;
+          this.#healthy();
+          firstAttempt();
+        }
+        await this.#watch(options.watchTimeoutSeconds, () => {
+          this.#healthy();
+          backoff = options.backoffInitialMs;
+        });
+      } catch (err) {
+        if (this.#closed) return;
+        firstAttempt();
+        if (err instanceof KubeApiError && err.statusCode === 410) {
+          needList = true; // the resourceVersion is gone: relist at once
+          continue;
+        }
+        this.#failed(err);
+        try {
+          await sleep(backoff, undefined, { signal: this.#abort.signal });
+        } catch {
+          return;
+        }
+        backoff = Math.min(backoff * 2, options.backoffMaxMs);
+        this.restarts++;
+        if (this.#rv === undefined) needList = true;
+      }
+    }
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#abort.abort();
+  }
+
+  #healthy(): void {
+    const wasBad = this.error !== undefined || !this.synced;
+    this.synced = true;
+    this.error = undefined;
+    if (wasBad) this.#owner.statusChanged();
+  }
+
+  #failed(err: unknown): void {
+    this.error = `${this.spec.kind} watch: ${describeError(err)}`;
+    this.#owner.statusChanged();
+  }
+
+  #key(raw: Raw): string {
+    const m = raw.metadata ?? {};
+    // Kept per object: flat (a string built from parts is several objects in V8 until flattened).
+    return JSON.parse(JSON.stringify(`${typeof m.namespace === 'string' ? m.namespace : ''}/${typeof m.name === 'string' ? m.name : ''}`)) as string;
+  }
+
+  /** Slims one object and passes it on, unless nothing policy reads changed. */
+  #apply(raw: Raw): void {
+    const key = this.#key(raw);
+    const rv = typeof raw.metadata?.resourceVersion === 'string' ? raw.metadata.resourceVersion : '';
+    const prev = this.#known.get(key);
+    if (prev && prev.rv === rv && rv !== '') return;
+    const found: ObjectProblem[] = [];
+    const object = normalizeObject(raw, found, 'default', this.spec.kind);
+    const problems = found.length === 0 ? NO_PROBLEMS : JSON.stringify(found);
+    this.#known.set(key, { rv, object, problems });
+    if (prev && prev.problems === problems && JSON.stringify(prev.object ?? null) === JSON.stringify(object ?? null)) return;
+    if (object) {
+      this.#owner.emit('event', { type: 'upsert', object, problems: found.map((p) => objectProblem(p.object, p.field, p.token, p.reason)) });
+    } else if (prev?.object) {
+      this.#deleted(key, prev.object);
+    }
+  }
+
+  #deleted(key: string, object: PolicyObject): void {
+    this.#known.delete(key);
+    this.#owner.emit('event', { type: 'delete', kind: object.kind, namespace: object.kind === 'Namespace' ? '' : object.namespace, name: object.name });
+  }
+
+  async #list(pageSize: number): Promise<void> {
+    const seen = new Set<string>();
+    let token: string | undefined;
+    let rv: string | undefined;
+    do {
+      const page = (await this.#client.getJson(this.spec.path, {
+        query: { ...this.spec.query, limit: String(pageSize), continue: token },
+        accept: this.spec.metadataOnly ? METADATA_LIST : undefined,
+        signal: this.#abort.signal,
+        idleTimeoutMs: 60_000,
+      })) as Raw;
+      for (const item of Array.isArray(page.items) ? (page.items as Raw[]) : []) {
+        seen.add(this.#key(item));
+        this.#apply(item);
+      }
+      token = typeof page.metadata?.continue === 'string' && page.metadata.continue !== '' ? page.metadata.continue : undefined;
+      rv = typeof page.metadata?.resourceVersion === 'string' ? page.metadata.resourceVersion : rv;
+    } while (token !== undefined && !this.#closed);
+    // Whatever the list no longer has was deleted while nobody watched.
+    for (const [key, entry] of [...this.#known]) {
+      if (seen.has(key)) continue;
+      if (entry.object) this.#deleted(key, entry.object);
+      else this.#known.delete(key);
+    }
+    this.#rv = rv;
+  }
+
+  async #watch(timeoutSeconds: number, onOpen: () => void): Promise<void> {
+    await this.#client.watch(this.spec.path, {
+      query: { ...this.spec.query, watch: '1', resourceVersion: this.#rv, allowWatchBookmarks: 'true', timeoutSeconds: String(timeoutSeconds) },
+      accept: this.spec.metadataOnly ? METADATA : undefined,
+      signal: this.#abort.signal,
+      // The server ends a watch after timeoutSeconds; silence well past that is a dead connection.
+      idleTimeoutMs: (timeoutSeconds + 60) * 1000,
+      onOpen,
+    }, (e) => {
+      const event = e as Raw;
+      const object = (event.object ?? {}) as Raw;
+      if (event.type === 'ERROR') {
+        const code = typeof object.code === 'number' ? object.code : 0;
+        throw new KubeApiError(code, `watch error ${JSON.stringify(object).slice(0, 200)}`);
+      }
+      const rv = object.metadata?.resourceVersion;
+      if (typeof rv === 'string') this.#rv = rv;
+      if (event.type === 'BOOKMARK') return;
+      if (event.type === 'DELETED') {
+        const key = this.#key(object);
+        const prev = this.#known.get(key);
+        if (prev?.object) this.#deleted(key, prev.object);
+        else this.#known.delete(key);
+        return;
+      }
+      this.#apply(object);
     });
-    this.kinds = [
-      k('Namespace', '/api/v1/namespaces', () => core.listNamespace()),
-      k('Service', '/api/v1/services', () => core.listServiceForAllNamespaces()),
-      k('Pod', '/api/v1/pods', () => core.listPodForAllNamespaces()),
-      k('Deployment', '/apis/apps/v1/deployments', () => apps.listDeploymentForAllNamespaces()),
-      k('StatefulSet', '/apis/apps/v1/statefulsets', () => apps.listStatefulSetForAllNamespaces()),
-      k('DaemonSet', '/apis/apps/v1/daemonsets', () => apps.listDaemonSetForAllNamespaces()),
-      k('ReplicaSet', '/apis/apps/v1/replicasets', () => apps.listReplicaSetForAllNamespaces()),
-      k('Job', '/apis/batch/v1/jobs', () => batch.listJobForAllNamespaces()),
-      k('CronJob', '/apis/batch/v1/cronjobs', () => batch.listCronJobForAllNamespaces()),
-      k('Server', `/apis/policy.linkerd.io/${version}/servers`,
-        () => custom.listClusterCustomObject({ group: 'policy.linkerd.io', version, plural: 'servers' })),
-      k('EndpointSlice', '/apis/discovery.k8s.io/v1/endpointslices', () => discovery.listEndpointSliceForAllNamespaces()),
+  }
+}
+
+/** The watches of every kind policy reads. */
+export class KubeWatch extends EventEmitter<KubeWatchEvents> {
+  readonly #options: KubeWatchOptions;
+  readonly #reflectors: Reflector[];
+  #running: Promise<void>[] = [];
+
+  private constructor(credentials: ApiCredentials, options: KubeWatchOptions) {
+    super();
+    this.#options = options;
+    const client = new KubeClient(credentials);
+    const version = options.serverApiVersion ?? 'v1beta3';
+    const specs: KindSpec[] = [
+      { kind: 'Namespace', path: '/api/v1/namespaces', metadataOnly: true },
+      { kind: 'Service', path: '/api/v1/services' },
+      { kind: 'Pod', path: '/api/v1/pods', query: { fieldSelector: 'status.phase!=Succeeded,status.phase!=Failed' } },
+      { kind: 'Server', path: `/apis/policy.linkerd.io/${version}/servers` },
     ];
+    if (options.endpointSlices) specs.push({ kind: 'EndpointSlice', path: '/apis/discovery.k8s.io/v1/endpointslices' });
+    const ns = options.controllersNamespace;
+    if (ns !== undefined) {
+      const at = `namespaces/${encodeURIComponent(ns)}`;
+      specs.push(
+        { kind: 'Deployment', path: `/apis/apps/v1/${at}/deployments` },
+        { kind: 'StatefulSet', path: `/apis/apps/v1/${at}/statefulsets` },
+        { kind: 'DaemonSet', path: `/apis/apps/v1/${at}/daemonsets` },
+        { kind: 'ReplicaSet', path: `/apis/apps/v1/${at}/replicasets` },
+        { kind: 'Job', path: `/apis/batch/v1/${at}/jobs` },
+        { kind: 'CronJob', path: `/apis/batch/v1/${at}/cronjobs` },
+      );
+    }
+    this.#reflectors = specs.map((s) => new Reflector(this, client, s));
+  }
+
+  /** Loads the credentials (ERR_INVALID_CONFIG naming the kubeconfig when they cannot be). */
+  static async create(options: KubeWatchOptions = {}): Promise<KubeWatch> {
+    const credentials = options.credentials ?? (await loadCredentials(options.kubeconfig));
+    return new KubeWatch(credentials, options);
   }
 
   /**
-   * Starts every informer. Resolves after each kind's first attempt (listed
-   * or failed); failed kinds keep retrying in the background.
+   * Starts every reflector. Resolves after each kind's first list attempt
+   * (listed or failed), or after startTimeoutMs; failed kinds keep retrying.
    */
   async start(): Promise<void> {
+    const o = this.#options;
+    const options = {
+      backoffInitialMs: o.backoffInitialMs ?? 500,
+      backoffMaxMs: o.backoffMaxMs ?? 30_000,
+      pageSize: o.pageSize ?? 500,
+      watchTimeoutSeconds: o.watchTimeoutSeconds ?? 300,
+    };
+    const firsts = this.#reflectors.map((r) => new Promise<void>((resolve) => {
+      this.#running.push(r.run(resolve, options).catch((err: unknown) => {
+        resolve();
+        this.emit('status', { ...this.status(), lastError: `${r.spec.kind} watch stopped: ${describeError(err)}` });
+      }));
+    }));
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, this.startTimeoutMs);
+      timer = setTimeout(resolve, o.startTimeoutMs ?? 10_000);
       timer.unref();
     });
-    // A hung request must not hold up the proxy's start: the informer keeps trying in the background.
-    await Promise.race([Promise.all(this.kinds.map((kind) => this.startKind(kind))), deadline]);
+    await Promise.race([Promise.all(firsts), deadline]);
     clearTimeout(timer);
   }
 
-  private async startKind(kind: Kind): Promise<void> {
-    if (this.closed) return;
-    if (!kind.informer) {
-      const informer = makeInformer(this.kc, kind.path, kind.list);
-      kind.informer = informer;
-      const changed = (): void => {
-        this.markHealthy(kind);
-        this.changed();
-      };
-      informer.on('add', changed);
-      informer.on('update', changed);
-      informer.on('delete', changed);
-      informer.on('error', (err: unknown) => this.failed(kind, err));
-    }
-    let failed = false;
-    const onError = (): void => {
-      failed = true;
-    };
-    kind.informer.on('error', onError);
-    try {
-      // Resolves once the list is done and the watch request is answered (or on failure).
-      await kind.informer.start();
-    } catch (err) {
-      failed = true;
-      this.failed(kind, err);
-    } finally {
-      kind.informer.off('error', onError);
-    }
-    if (!failed && !this.closed) {
-      this.markHealthy(kind);
-      this.changed(); // an initial empty list is a change too (first sync)
-    }
-  }
-
-  private markHealthy(kind: Kind): void {
-    const wasBad = kind.error !== undefined || !kind.synced;
-    kind.synced = true;
-    kind.error = undefined;
-    kind.backoffMs = this.backoffInitialMs;
-    if (wasBad) this.emit('status', this.status());
-  }
-
-  private failed(kind: Kind, err: unknown): void {
-    if (this.closed) return;
-    kind.error = `${kind.kind} watch: ${describeError(err)}`;
+  /** Called by reflectors when their health changes. */
+  statusChanged(): void {
     this.emit('status', this.status());
-    this.changed(); // the policy source shows the error as a problem
-    if (kind.timer) return;
-    const delay = kind.backoffMs;
-    kind.backoffMs = Math.min(kind.backoffMs * 2, this.backoffMaxMs);
-    kind.timer = setTimeout(() => {
-      kind.timer = undefined;
-      kind.restarts++;
-      this.startKind(kind).catch((err: unknown) => this.failed(kind, err));
-    }, delay);
-    kind.timer.unref();
-  }
-
-  private changed(): void {
-    if (this.closed) return;
-    if (this.debounce) clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => {
-      this.debounce = undefined;
-      this.emit('change');
-    }, this.debounceMs);
-    this.debounce.unref();
-  }
-
-  /** Current objects of every kind, normalised. Objects stay while the API is unreachable. */
-  snapshot(): ManifestSet {
-    const objects: PolicyObject[] = [];
-    const problems: ObjectProblem[] = [];
-    for (const kind of this.kinds) {
-      for (const raw of kind.informer?.list() ?? []) {
-        const obj = normalizeObject(raw, problems, 'default', kind.kind);
-        if (obj) objects.push(obj);
-      }
-    }
-    if (objects.length === 0 && problems.length === 0) return EMPTY_MANIFESTS;
-    return mergeManifests([{
-      file: 'kubernetes-api', objects, ignored: 0, parsed: true,
-      problems: problems.map((p) => objectProblem(p.object, p.field, p.token, p.reason)),
-    }]);
   }
 
   status(): KubeWatchStatus {
     const kinds: Record<string, { synced: boolean; restarts: number; error: string | undefined }> = {};
     let lastError: string | undefined;
-    for (const k of this.kinds) {
-      kinds[k.kind] = { synced: k.synced, restarts: k.restarts, error: k.error };
-      if (k.error !== undefined) lastError = k.error;
+    for (const r of this.#reflectors) {
+      kinds[r.spec.kind] = { synced: r.synced, restarts: r.restarts, error: r.error };
+      if (r.error !== undefined) lastError = r.error;
     }
-    return { synced: this.kinds.every((k) => k.synced), lastError, kinds };
+    return { synced: this.#reflectors.every((r) => r.synced), lastError, kinds };
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    if (this.debounce) clearTimeout(this.debounce);
-    for (const k of this.kinds) {
-      if (k.timer) clearTimeout(k.timer);
-      await k.informer?.stop();
-    }
+    for (const r of this.#reflectors) r.close();
+    await Promise.allSettled(this.#running);
   }
 }

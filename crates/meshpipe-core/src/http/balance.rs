@@ -1,17 +1,8 @@
 //! Per-request load balancing over a Service's endpoints.
 //!
-//! Discovery (the Kubernetes EndpointSlice watch, manifests, or a static
-//! file; compiled by the TypeScript layer) hands the engine an
-//! [`EndpointsTable`]: Service address (cluster IP and port) → endpoint
-//! addresses. It is immutable and swapped whole through an `ArcSwap`, so a
-//! request's lookup is one lock-free load and one hash probe; an update
-//! (`EndpointsUpdate`) carries only the Services that changed, and builds the
-//! next table by sharing every other entry. A request already in flight keeps
-//! the endpoint and the connection it has: updates never cut it.
-//!
-//! A request whose original destination is in the table goes to one of its
-//! endpoints, picked per request (not per connection) by the power of two
-//! choices over peak-EWMA latency, as Linkerd does with tower's
+//! A request whose original destination is a Service in the endpoints table
+//! (endpoints.rs) goes to one of its endpoints, picked per request (not per
+//! connection) by the power of two choices over peak-EWMA latency, as Linkerd does with tower's
 //! `PeakEwma`: two endpoints are drawn at random and the one with the lower
 //! cost (`ewma × (in-flight + 1)`) wins. The EWMA follows peaks at once and
 //! decays toward lower latencies with a 10 s time constant. Each worker keeps
@@ -27,112 +18,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-/// Why an endpoints update was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EndpointsError {
-    #[error("endpoints of {service:?} ({source_name}): {reason}")]
-    Entry { service: String, source_name: String, reason: String },
-}
-
-/// One Service's endpoints as the TypeScript layer sends them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServiceEndpointsSpec {
-    /// The Service address: `ip:port` (cluster IP and Service port).
-    pub service: String,
-    /// Ready endpoint addresses (`ip:port`, the target port).
-    pub endpoints: Vec<String>,
-    /// Where it came from (`EndpointSlice ns/name`, `FILE:line`).
-    pub source: String,
-}
-
-/// A change to the endpoints table: with `replace`, the table becomes
-/// exactly `upsert`; otherwise `upsert` entries replace or add Services and
-/// `remove` drops Services, the rest is kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EndpointsUpdate {
-    pub generation: u64,
-    #[serde(default)]
-    pub replace: bool,
-    #[serde(default)]
-    pub upsert: Vec<ServiceEndpointsSpec>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-}
-
-/// One Service's endpoints, compiled.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ServiceEndpoints {
-    pub endpoints: Vec<SocketAddr>,
-    pub source: Arc<str>,
-}
-
-/// The compiled, immutable endpoints table.
-#[derive(Debug, Default)]
-pub struct EndpointsTable {
-    generation: u64,
-    services: HashMap<SocketAddr, Arc<ServiceEndpoints>>,
-}
-
-fn parse_addr(s: &str) -> Option<SocketAddr> {
-    SocketAddr::from_str(s.trim()).ok().map(|a| SocketAddr::new(crate::addr::normalise(a.ip()), a.port()))
-}
-
-impl EndpointsTable {
-    /// The next table: `self` with `update` applied. Any bad entry refuses
-    /// the whole update (the table in force stays).
-    pub fn apply(&self, update: &EndpointsUpdate) -> Result<EndpointsTable, EndpointsError> {
-        let mut services = if update.replace { HashMap::new() } else { self.services.clone() };
-        for s in &update.remove {
-            let bad = |reason: &str| EndpointsError::Entry { service: s.clone(), source_name: "remove".into(), reason: reason.into() };
-            services.remove(&parse_addr(s).ok_or_else(|| bad("expected ip:port"))?);
-        }
-        for e in &update.upsert {
-            let bad = |reason: String| EndpointsError::Entry { service: e.service.clone(), source_name: e.source.clone(), reason };
-            let service = parse_addr(&e.service).ok_or_else(|| bad("the service address must be ip:port".into()))?;
-            let mut endpoints = Vec::with_capacity(e.endpoints.len());
-            for a in &e.endpoints {
-                let addr = parse_addr(a).ok_or_else(|| bad(format!("endpoint {a:?}: expected ip:port")))?;
-                if addr.port() == 0 {
-                    return Err(bad(format!("endpoint {a:?}: port 0")));
-                }
-                if !endpoints.contains(&addr) {
-                    endpoints.push(addr);
-                }
-            }
-            services.insert(service, Arc::new(ServiceEndpoints { endpoints, source: Arc::from(e.source.as_str()) }));
-        }
-        Ok(EndpointsTable { generation: update.generation, services })
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    pub fn len(&self) -> usize {
-        self.services.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
-    }
-
-    pub fn get(&self, service: SocketAddr) -> Option<&Arc<ServiceEndpoints>> {
-        if self.services.is_empty() {
-            return None;
-        }
-        self.services.get(&SocketAddr::new(crate::addr::normalise(service.ip()), service.port()))
-    }
-}
+use super::endpoints::{EndpointsTable, ServiceEndpoints};
 
 /// Tower's default decay for peak-EWMA.
 const DECAY: Duration = Duration::from_secs(10);
@@ -322,39 +211,10 @@ pub fn retain(engine: u64, table: &EndpointsTable) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::endpoints::{EndpointsUpdate, ServiceEndpointsSpec};
 
     fn spec(service: &str, eps: &[&str]) -> ServiceEndpointsSpec {
         ServiceEndpointsSpec { service: service.into(), endpoints: eps.iter().map(|s| s.to_string()).collect(), source: "test".into() }
-    }
-
-    #[test]
-    fn updates_are_incremental_and_validated() {
-        let t = EndpointsTable::default();
-        let t = t
-            .apply(&EndpointsUpdate {
-                generation: 1,
-                replace: true,
-                upsert: vec![spec("10.96.0.1:80", &["10.0.0.1:8080", "10.0.0.2:8080"]), spec("10.96.0.2:80", &["10.0.0.3:80"])],
-                remove: vec![],
-            })
-            .unwrap();
-        let kept = t.get("10.96.0.2:80".parse().unwrap()).unwrap().clone();
-        let t2 = t
-            .apply(&EndpointsUpdate {
-                generation: 2,
-                replace: false,
-                upsert: vec![spec("10.96.0.1:80", &["10.0.0.9:8080"])],
-                remove: vec![],
-            })
-            .unwrap();
-        assert!(Arc::ptr_eq(&kept, t2.get("10.96.0.2:80".parse().unwrap()).unwrap()), "untouched entries are shared");
-        assert_eq!(t2.get("10.96.0.1:80".parse().unwrap()).unwrap().endpoints, vec!["10.0.0.9:8080".parse().unwrap()]);
-        let t3 = t2.apply(&EndpointsUpdate { generation: 3, remove: vec!["10.96.0.1:80".into()], ..Default::default() }).unwrap();
-        assert_eq!((t3.len(), t3.generation()), (1, 3));
-        let err = t3.apply(&EndpointsUpdate { upsert: vec![spec("10.96.0.1:80", &["nope"])], ..Default::default() }).unwrap_err();
-        assert!(err.to_string().contains("\"nope\""), "{err}");
-        // IPv4-mapped IPv6 finds the IPv4 entry.
-        assert!(t3.get("[::ffff:10.96.0.2]:80".parse().unwrap()).is_some());
     }
 
     #[test]
@@ -418,7 +278,12 @@ mod tests {
     #[test]
     fn state_of_services_that_left_the_table_is_forgotten() {
         let t = EndpointsTable::default()
-            .apply(&EndpointsUpdate { generation: 1, replace: true, upsert: vec![spec("10.96.0.7:80", &["10.0.0.1:80"])], remove: vec![] })
+            .apply(&EndpointsUpdate {
+                generation: 1,
+                replace: true,
+                upsert: vec![spec("10.96.0.7:80", &["10.0.0.1:80"])],
+                ..Default::default()
+            })
             .unwrap();
         let svc: SocketAddr = "10.96.0.7:80".parse().unwrap();
         let entry = t.get(svc).unwrap().clone();
@@ -426,7 +291,10 @@ mod tests {
         let known = || BALANCERS.with(|b| b.borrow().contains_key(&(902, svc)));
         retain(902, &t);
         assert!(known(), "still in the table");
-        retain(902, &t.apply(&EndpointsUpdate { generation: 2, remove: vec!["10.96.0.7:80".into()], ..Default::default() }).unwrap());
+        retain(
+            902,
+            &t.apply(&EndpointsUpdate { generation: 2, base: 1, remove: vec!["10.96.0.7:80".into()], ..Default::default() }).unwrap(),
+        );
         assert!(!known(), "left the table");
     }
 }

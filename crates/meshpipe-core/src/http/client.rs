@@ -163,7 +163,7 @@ pub struct Client {
     drain: crate::drain::Drain,
     /// The endpoints table, for the sweeper to forget balancer state of
     /// Services that left it.
-    endpoints: Arc<arc_swap::ArcSwap<super::balance::EndpointsTable>>,
+    endpoints: Arc<super::endpoints::Endpoints>,
 }
 
 impl Client {
@@ -173,7 +173,7 @@ impl Client {
         connector: Arc<dyn Connector>,
         drain: crate::drain::Drain,
         engine: u64,
-        endpoints: Arc<arc_swap::ArcSwap<super::balance::EndpointsTable>>,
+        endpoints: Arc<super::endpoints::Endpoints>,
     ) -> Client {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(config.max_response_header_bytes.max(8192)).max_headers(1000);
@@ -363,12 +363,7 @@ impl Client {
 /// once the engine drains, every idle connection at each pass; at the drain
 /// deadline everything, and ends. Also forgets the balancer state of
 /// Services that left the endpoints table, so it stays bounded by the table.
-async fn sweep(
-    engine: u64,
-    idle_timeout: Duration,
-    drain: crate::drain::Drain,
-    endpoints: Arc<arc_swap::ArcSwap<super::balance::EndpointsTable>>,
-) {
+async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain, endpoints: Arc<super::endpoints::Endpoints>) {
     let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
     loop {
         tokio::select! {
@@ -394,7 +389,7 @@ async fn sweep(
         p.h2.retain(|(e, _), _| *e != engine);
         p.swept.remove(&engine);
     });
-    super::balance::retain(engine, &super::balance::EndpointsTable::default());
+    super::balance::retain(engine, &super::endpoints::EndpointsTable::default());
 }
 
 /// Idle HTTP/1 connections and HTTP/2 connections this worker keeps (tests).

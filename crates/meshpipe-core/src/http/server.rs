@@ -47,7 +47,7 @@ const MAX_ATTEMPTS: usize = 4;
 pub struct HttpState {
     pub config: HttpConfig,
     pub client: crate::http::client::Client,
-    pub endpoints: Arc<arc_swap::ArcSwap<balance::EndpointsTable>>,
+    pub endpoints: Arc<super::endpoints::Endpoints>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     engine: u64,
@@ -69,7 +69,7 @@ impl HttpState {
         // Keys this engine's per-worker pools and balancer state.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let engine = NEXT.fetch_add(1, Relaxed);
-        let endpoints: Arc<arc_swap::ArcSwap<balance::EndpointsTable>> = Arc::default();
+        let endpoints: Arc<super::endpoints::Endpoints> = Arc::default();
         let client = crate::http::client::Client::new(&config, connector, drain, engine, endpoints.clone());
         HttpState { config, client, endpoints, h1, h2, engine }
     }

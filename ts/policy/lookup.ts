@@ -1,0 +1,32 @@
+/**
+ * What a policy table decides, answered by the engine itself: the table is
+ * compiled by the addon (`PolicyLookup`) and each question goes through the
+ * engine's own lookup (crates/meshpipe-core/src/policy.rs). `meshpipe
+ * explain` and the tests use this, so they can never disagree with what the
+ * proxy does (a TypeScript copy of the lookup once did, on IPv4-mapped
+ * addresses).
+ */
+import { PolicyLookup, type PolicyDecision } from '../engine/index.js';
+import type { Direction, PolicyTable } from './model.js';
+
+/** A decision as explain shows it. `index` is the matching rule's index, -1 for a destination or the default. */
+export interface LookupResult {
+  readonly mode: PolicyDecision['mode'];
+  readonly detectTimeoutMs: number | null;
+  readonly source: string;
+  readonly matched: PolicyDecision['matched'];
+  readonly destination: string | null;
+}
+
+const compiled = new WeakMap<PolicyTable, PolicyLookup>();
+
+/** The engine's decision for `direction` to `address`:`port` under `table` (compiled once per table object). */
+export function lookupPolicy(table: PolicyTable, direction: Direction, address: string, port: number): LookupResult {
+  let lookup = compiled.get(table);
+  if (!lookup) {
+    lookup = new PolicyLookup(table);
+    compiled.set(table, lookup);
+  }
+  const d = lookup.explain(direction, address, port);
+  return { mode: d.mode, detectTimeoutMs: d.detectTimeoutMs, source: d.source, matched: d.matched, destination: d.destination };
+}
