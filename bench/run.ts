@@ -29,6 +29,7 @@ import { policyScale } from './policy-scale.js';
 import { scrape } from './scrape.js';
 import { serverFirst } from './server-first.js';
 import { sidecars } from './sidecars.js';
+import { mesh } from './mesh.js';
 import { throughput } from './iperf.js';
 import { meshpipeBuild, REPO_ROOT } from './meshpipe.js';
 import { stopAll } from './processes.js';
@@ -45,7 +46,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, http2, latency, sidecars, policyScale];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, http2, latency, sidecars, policyScale, mesh];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;

@@ -114,7 +114,7 @@ async function worker(): Promise<void> {
     listeners: [{ name: 'outbound', bind: `127.0.0.1:${LISTEN_PORT}`, target: { kind: 'originalDst', inboundHost: null }, mode: 'opaque', direction: 'outbound' }],
     detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000, portTimeouts: [] },
     metrics: { maxTargets: 20_000, retainIdleMs: 600_000 },
-    policy: { generation: 1, rules: [], fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [] },
+    policy: { generation: 1, rules: [], fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [], authz: null, meshDestinations: [] },
   });
   proxy.start();
   const metrics = new Metrics(proxy);

@@ -43,6 +43,14 @@ export declare class NativeProxy {
    */
   updateEndpoints(update: Uint8Array): number
   /**
+   * Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
+   * and the three files' bytes, checked as at start): new connections
+   * use it, open ones keep theirs. Before or after `start()`. Returns
+   * JSON of an `IdentityInstalled`; throws `ERR_IDENTITY` naming the file
+   * and the reason (the identity in use stays).
+   */
+  setIdentity(spec: string, cert: Buffer, key: Buffer, anchors: Buffer): string
+  /**
    * Applies a change to the current policy table (UTF-8 JSON of a
    * `PolicyDelta`): all or nothing, and only to the generation it names
    * as its base. Returns the new generation.
@@ -53,8 +61,15 @@ export declare class NativeProxy {
    * `ip`:`port`, with its source: JSON of a `PolicyDecision`.
    */
   explainPolicy(direction: string, ip: string, port: number): string
+  /**
+   * Replaces the addresses of a listener's named target (JSON of a
+   * `TargetAddrsSpec`): new connections spread over them.
+   */
+  setTargetAddrs(spec: string): void
   /** Every counter of the engine, read once: JSON of a `Snapshot`. */
   snapshot(): string
+  /** The failure counters and named targets alone: JSON of `FailureCounts`. */
+  failureCounts(): string
   /** Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`. */
   connections(limit: number): string
   /** Takes the queued engine events: JSON of `EngineEvent[]`. */
@@ -72,23 +87,26 @@ export declare class PolicyLookup {
    * naming the bad entry, exactly as the engine would refuse it.
    */
   constructor(spec: Uint8Array)
-  /** The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`. */
+  /**
+   * The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`
+   * (outbound with the meshed peer, inbound with who may connect).
+   */
   explain(direction: string, ip: string, port: number): string
+  /**
+   * The table's authorization decision for a client of `port` (its mesh
+   * identity, or none for plaintext, and its address): JSON of a
+   * `DecisionInfo`.
+   */
+  authorize(port: number, clientIdentity: string | undefined | null, clientIp: string): string
 }
 
 /**
  * The engine's authorization decision for one connection under a table
- * (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For `meshpipe
- * explain` and tests; the data path compiles the table once.
+ * (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For tests of the
+ * authorization compiler; the data path compiles the table once, as part of
+ * the policy table.
  */
 export declare function authzDecide(table: string, port: number, clientIdentity: string | undefined | null, clientIp: string): string
-
-/**
- * Looks `ip` up in a meshed-destinations table (JSON of a
- * `DestinationsSpec`): JSON of the matching `DestinationSpec` (its `net` is
- * the address looked up) or `null`. For `meshpipe explain` and tests.
- */
-export declare function destinationsLookup(table: string, ip: string): string
 
 /**
  * Loads and checks identity material (JSON of a `LoadSpec` and the three
@@ -124,11 +142,12 @@ export declare function reapChildren(pid: number | undefined | null, keep: Array
 
 /**
  * Installs the engine's log output (pino-shaped JSON lines on `stream`,
- * `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
- * replaces the filter of the output already installed. Process-wide: every
- * engine in the process shares it.
+ * `"stdout"` or `"stderr"`; `format` `"text"` renders them for a human, the
+ * default is `"json"`) with `filter` (RUST_LOG-style directives), or
+ * replaces the filter (and format) of the output already installed.
+ * Process-wide: every engine in the process shares it.
  */
-export declare function setEngineLog(filter: string, stream: string): void
+export declare function setEngineLog(filter: string, stream: string, format?: string | undefined | null): void
 
 /**
  * `meshpipe run`: starts the app (JSON of a `SpawnSpec`) so that it gets

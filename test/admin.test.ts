@@ -94,9 +94,11 @@ describe('admin endpoints (real CLI)', () => {
     assert.equal(two.count, 2);
     for (const s of sockets) s.destroy();
 
-    const policy = JSON.parse((await adminRequest(admin, '/policy')).body) as { rules: { ports: number[]; source: string; mode: string }[]; serverFirst: { targets: unknown[] } };
-    assert.ok(policy.rules.some((r) => r.ports[0] === 7000 && r.ports[1] === 7010 && r.source === 'opaque: --opaque-ports flag' && r.mode === 'opaque'));
-    assert.ok(policy.rules.some((r) => r.ports[0] === 3306 && r.source.startsWith('opaque: default opaque ports (')));
+    const policy = JSON.parse((await adminRequest(admin, '/policy')).body) as { rules: { ports: string; source: string; mode: string }[]; serverFirst: { targets: unknown[] } };
+    // Port ranges as written (`7000-7010`), not the engine's [7000, 7010].
+    assert.ok(policy.rules.some((r) => r.ports === '7000-7010' && r.source === 'opaque: --opaque-ports flag' && r.mode === 'opaque'), JSON.stringify(policy.rules));
+    assert.ok(policy.rules.every((r) => typeof r.ports === 'string' && /^\d+(-\d+)?$/.test(r.ports)), JSON.stringify(policy.rules));
+    assert.ok(policy.rules.some((r) => r.ports === '3306' && r.source.startsWith('opaque: default opaque ports (')));
     assert.deepEqual(policy.serverFirst.targets, []);
   });
 
@@ -184,7 +186,7 @@ describe('shutdown options', () => {
 
   test('--no-admin-shutdown and --inbound-stop-delay on the command line', async () => {
     const { parseProxyArgv } = await import('../ts/cli/args.js');
-    const { config } = parseProxyArgv(['--forward', '127.0.0.1:0=127.0.0.1:1', '--no-admin-shutdown', '--inbound-stop-delay', '1500ms'], { env: {} });
+    const { config } = parseProxyArgv(['--forward', '127.0.0.1:0=127.0.0.1:1,direction=inbound', '--no-admin-shutdown', '--inbound-stop-delay', '1500ms'], { env: {} });
     assert.equal(config.adminShutdown, false);
     assert.equal(config.inboundStopDelayMs, 1500);
     assert.equal(config.sources.adminShutdown, '--no-admin-shutdown');

@@ -83,7 +83,7 @@ test('a subcommand whose module is missing is reported as not available (exit 2)
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-cli-'));
   mkdirSync(join(dir, 'dist/ts/cli'), { recursive: true });
   mkdirSync(join(dir, 'dist/ts/sidecar'), { recursive: true });
-  for (const f of ['cli/main.js', 'cli/version.js', 'errors.js', 'sidecar/guard.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
+  for (const f of ['cli/main.js', 'cli/version.js', 'cli/report.js', 'errors.js', 'sidecar/guard.js']) copyFileSync(join(ROOT, 'dist/ts', f), join(dir, 'dist/ts', f));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module', version: '9.9.9' }));
   const script = join(dir, 'dist/ts/cli/main.js');
   const r = await runCli(['explain', '--port', '80'], { script });

@@ -85,10 +85,10 @@ test('forward specs: modes, directions, IPv6, localhost and listener names', () 
   const [a, b, v6, tls, unknown, h2] = c.forward;
   assert.deepEqual(a, {
     name: 'forward:127.0.0.1:0', bind: { host: '127.0.0.1', port: 0, addr: '127.0.0.1:0' },
-    target: { host: '127.0.0.1', port: 5432, addr: '127.0.0.1:5432' }, mode: null, direction: 'outbound',
+    target: { host: '127.0.0.1', port: 5432, addr: '127.0.0.1:5432', kind: 'ip' }, mode: null, direction: 'outbound',
   });
-  assert.equal(b?.name, 'forward:127.0.0.1:0#2', 'a second port-0 bind on the same host gets a unique name');
-  assert.equal(b?.target.addr, '127.0.0.1:80');
+  assert.equal(b?.name, 'forward:127.0.0.1:0#2', 'a second port-0 bind on the same host gets a unique name (localhost:0 binds 127.0.0.1 only)');
+  assert.deepEqual(b?.target, { host: 'localhost', port: 80, addr: 'localhost:80', kind: 'name' }, 'a localhost target is a name: 127.0.0.1 and ::1');
   assert.equal(b?.mode, 'http1');
   assert.equal(v6?.bind.addr, '[::1]:15000');
   assert.equal(v6?.target.host, '::1');
@@ -144,7 +144,9 @@ test('bad modes, directions, options and addresses in --forward', () => {
     ['127.0.0.1:0=127.0.0.1:80,speed=fast', ['unknown option "speed"']],
     ['127.0.0.1:0=127.0.0.1:80,mode=opaque,mode=tls', ['given twice']],
     ['127.0.0.1:0', ['no "="']],
-    ['127.0.0.1:0=example.com:80', ['target address "example.com:80"', 'not an IPv4 address']],
+    ['127.0.0.1:0=exa_mple.com:80', ['target address "exa_mple.com:80"', 'neither an IPv4 address nor a host name']],
+    ['127.0.0.1:0=-db.internal:80', ['neither an IPv4 address nor a host name']],
+    ['db.internal:80=127.0.0.1:80', ['bind address "db.internal:80"', 'of host names only localhost is accepted']],
     ['127.0.0.1:0=127.0.0.1:0', ['target address "127.0.0.1:0"', 'expected 1-65535']],
     ['127.0.0.1:70000=127.0.0.1:80', ['bind address "127.0.0.1:70000"', 'out of range']],
     ['::1:80=127.0.0.1:80', ['needs brackets']],

@@ -48,6 +48,19 @@ spec:
   podSelector: { matchLabels: { app: server } }
   port: 3308
   proxyProtocol: opaque
+---
+# A port with a Server denies what no AuthorizationPolicy allows: this one allows every client.
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: { name: everyone, namespace: e2e }
+spec: { networks: [{ cidr: 0.0.0.0/0 }, { cidr: "::/0" }] }
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: banner-everyone, namespace: e2e }
+spec:
+  targetRef: { group: policy.linkerd.io, kind: Server, name: banner }
+  requiredAuthenticationRefs: [{ group: policy.linkerd.io, kind: NetworkAuthentication, name: everyone }]
 `;
 }
 

@@ -1,6 +1,7 @@
 /**
  * Shared helpers for the integration tests: run the real `meshpipe` CLI as a
- * child process, learn the ports it bound from its `listener bound` log lines,
+ * child process, learn the ports it bound from its `listener bound` log lines
+ * (JSON on stderr),
  * and drive real TCP peers (echo, recording and data-sending servers on port
  * 0), with SHA-256 accounting of every byte and timeouts on every wait so a
  * broken proxy fails a test instead of hanging it.
@@ -93,7 +94,7 @@ export interface LogLine {
   [key: string]: unknown;
 }
 
-/** A running `meshpipe` process with its output captured and its JSON logs parsed. */
+/** A running `meshpipe` process with its output captured and its JSON logs (stderr) parsed. */
 export class CliProcess {
   readonly child: ChildProcess;
   readonly startedAt = Date.now();
@@ -114,9 +115,16 @@ export class CliProcess {
     const [command, ...rest] =
       opts.fdLimit === undefined ? argv : ['bash', '-c', `ulimit -n ${opts.fdLimit} && exec "$@"`, 'bash', ...argv];
     this.child = spawn(command!, rest, { env: childEnv(opts.env), stdio: ['ignore', 'pipe', 'pipe'] });
-    let partial = '';
     this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
       this.stdout += chunk;
+      this.#notify();
+    });
+    // Logs are JSON lines on stderr (ts/observe/logger.ts: stderr is not a
+    // terminal here, so the format is JSON); anything else there (an error
+    // line) is kept in `stderr` only.
+    let partial = '';
+    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      this.stderr += chunk;
       partial += chunk;
       const lines = partial.split('\n');
       partial = lines.pop() ?? '';
@@ -124,13 +132,10 @@ export class CliProcess {
         try {
           this.logs.push(JSON.parse(line) as LogLine);
         } catch {
-          // not a log line (e.g. help text): kept in `stdout` only
+          // not a log line: kept in `stderr` only
         }
       }
       this.#notify();
-    });
-    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-      this.stderr += chunk;
     });
     this.exited = new Promise((resolve) => {
       // 'close' (not 'exit'): it fires once stdout and stderr are drained too,

@@ -91,8 +91,9 @@ describe('metrics rendering (in process, real engine)', () => {
 describe('metrics rendering (label escaping, failing snapshots)', () => {
   const snapshot = (sni: string): EngineSnapshot => ({
     uptimeMs: 1, policyGeneration: 7, listeners: [], detect: [], detectDurationMs: [], serverFirst: { targets: [] },
-    policy: { generation: 7, rules: 0, fallbackRules: 0, addresses: 0, tables: 0, sources: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
-    copy: { splicedDirections: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, eventsDropped: 0 },
+    policy: { generation: 7, rules: 0, fallbackRules: 0, addresses: 0, meshed: 0, tables: 0, sources: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
+    copy: { splicedDirections: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, eventsDropped: 0 }, names: [],
+    mesh: { identity: null, identityGeneration: 0, handshakeMs: [], handshakeErrors: [], tunnelErrors: [], authz: [] },
     acceptErrors: [
       { direction: 'inbound', error: 'not_pod_ip', count: 3 }, { direction: 'inbound', error: 'proxy_port', count: 2 },
       { direction: 'outbound', error: 'loop', count: 1 }, { direction: 'outbound', error: 'not_pod_ip', count: 0 },
@@ -105,7 +106,7 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
       fds: { processLimit: 1024, reserve: 128, budget: 800, used: 0, waits: 0 },
     },
     tcp: [{
-      direction: 'inbound', targetAddr: '10.0.0.1:443', targetIp: '10.0.0.1', targetPort: 443, tls: 'opaque', noTlsReason: null, sni,
+      direction: 'inbound', targetAddr: '10.0.0.1:443', targetIp: '10.0.0.1', targetPort: 443, tls: 'opaque', noTlsReason: null, sni, clientId: null, serverId: null,
       overflow: false, srcOpenTotal: 1, srcOpen: 0, dstOpenTotal: 1, dstOpen: 0, bytesClientToServer: 5, bytesServerToClient: 6,
       closes: [{ peer: 'src', errno: 'ECONNRESET', count: 1 }],
       durationMs: { buckets: [1, 10], counts: [0, 1, 0], sum: 2.5, count: 1 }, idleTimeouts: 0,

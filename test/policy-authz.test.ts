@@ -16,7 +16,8 @@ import { normalizeAuthzObjects, type AuthzObject } from '../ts/policy/k8s/authz-
 import { normalizeObject, type ObjectProblem, type ServerObject, type WorkloadObject, type NamespaceObject } from '../ts/policy/k8s/objects.js';
 import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
 import { DEFAULT_IDENTITY_TEMPLATE } from '../ts/identity/name.js';
-import { fixture } from './policy-helpers.js';
+import { compileFixtures, fixture } from './policy-helpers.js';
+import { authorizeClient } from '../ts/policy/lookup.js';
 
 const ID = (sa: string, ns: string): string => `${sa}.${ns}.serviceaccount.identity.linkerd.cluster.local`;
 
@@ -37,7 +38,7 @@ function load(file: string): Loaded {
     const o = normalizeObject(item, problems);
     if (o?.kind === 'Server') out.servers.push(o);
     else if (o?.kind === 'Namespace') out.namespaces.push(o);
-    else if (o && o.kind !== 'Service' && o.kind !== 'EndpointSlice') out.workloads.push(o);
+    else if (o && (o.kind === 'Pod' || o.kind === 'Deployment')) out.workloads.push(o);
   }
   const authz = normalizeAuthzObjects(items, file);
   out.objects = authz.objects;
@@ -48,7 +49,6 @@ function load(file: string): Loaded {
 function inputs(l: Loaded, overrides: Partial<AuthzInputs> = {}): AuthzInputs {
   const workload = l.workloads.find((w) => w.name === 'db');
   return {
-    generation: 1,
     workload,
     ref: { kind: 'Pod', namespace: 'shop', name: 'db' },
     namespace: 'shop',
@@ -143,7 +143,24 @@ test('a Server without AuthorizationPolicy denies everything; unknown workload g
   assert.deepEqual(unknown.spec.ports, []);
   // The engine refuses a table it cannot compile, with the port named.
   assert.throws(
-    () => authzDecide({ generation: 1, ports: [{ port: 80, srvKind: 'server', srvName: 's', rules: [{ kind: 'authorizationpolicy', name: 'p', networks: [{ cidr: 'nope', except: [] }], identities: [] }] }], default: onlyServers.default }, 80, null, '10.0.0.1'),
+    () => authzDecide({ ports: [{ port: 80, srvKind: 'server', srvName: 's', rules: [{ kind: 'authorizationpolicy', name: 'p', networks: [{ cidr: 'nope', except: [] }], identities: [] }] }], default: onlyServers.default, exposedPorts: null }, 80, null, '10.0.0.1'),
     (err: Error & { code?: string }) => err.code === 'ERR_POLICY' && /port 80/.test(err.message),
   );
+});
+
+test('the policy table carries the workload\'s authorization: the engine decides from the compiled table, explain reads it back', async () => {
+  const c = await compileFixtures(['authz.yaml'], 'shop/db');
+  const decide = (port: number, client: string | null, ip: string): string => {
+    const d = authorizeClient(c.table, port, client, ip);
+    return d.allow ? `allow ${d.srvName} by ${d.authzName}` : `deny ${d.srvName}`;
+  };
+  assert.equal(decide(5432, ID('web', 'shop'), '10.1.2.3'), 'allow db-pg by pg-web');
+  assert.equal(decide(5432, null, '10.1.2.3'), 'deny db-pg');
+  assert.equal(decide(5432, null, '::ffff:192.168.7.10'), 'allow db-pg by scrape', 'IPv4-mapped client addresses');
+  const who = c.lookup('inbound', '10.0.0.1', 5432).authz;
+  assert.equal(who?.srvName, 'db-pg');
+  assert.deepEqual(who?.rules.map((r) => r.name), ['pg-web', 'scrape']);
+  assert.equal(c.result.effective.inbound.authorization.ports.length, c.table.authz?.ports.length);
+  // The tunnel reaches only the ports the workload declares.
+  assert.deepEqual(c.table.authz?.exposedPorts, [5432, 8080, 9090]);
 });

@@ -186,7 +186,7 @@ const ENGINE: EngineConfig = {
   listeners: [{ name: 'unused', bind: '127.0.0.1:0', target: { kind: 'fixed', addr: '127.0.0.1:9' }, mode: null, direction: 'outbound' }],
   detect: { inboundTimeoutMs: 1000, outboundTimeoutMs: 1000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 1000, portTimeouts: [] },
   metrics: { maxTargets: 10, retainIdleMs: 600_000 },
-  policy: { generation: 0, rules: [], fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [] },
+  policy: { generation: 0, rules: [], fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [], authz: null, meshDestinations: [] },
 };
 
 test('after any sequence of changes, the engine fed the deltas decides as a fresh compile does', async () => {

@@ -74,7 +74,7 @@ test('TypeScript and the engine agree on every CIDR and address (fast-check thro
     let engine: PolicyLookup | undefined;
     try {
       engine = new PolicyLookup({
-        generation: 1, fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [],
+        generation: 1, fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [], authz: null, meshDestinations: [],
         rules: [{ direction: 'outbound', net, ports: [1, 65535], mode: 'opaque', detectTimeoutMs: null, source: 'net' }],
       });
     } catch {
@@ -84,7 +84,7 @@ test('TypeScript and the engine agree on every CIDR and address (fast-check thro
     if (engine === undefined || isCidrError(ts)) return;
     // The canonical text TypeScript hands the engine means the same network.
     const canonical = new PolicyLookup({
-      generation: 1, fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [],
+      generation: 1, fallbackRules: [], destinationDetectTimeoutMs: null, tables: [], addresses: [], authz: null, meshDestinations: [],
       rules: [{ direction: 'outbound', net: ts.text, ports: [1, 65535], mode: 'opaque', detectTimeoutMs: null, source: 'net' }],
     });
     for (const a of addresses) {

@@ -117,7 +117,11 @@ for (const [files, pod, direction, address, port, mode, source] of ROWS) {
 test('a --opaque-ports flag beats a Server and applies outbound to any address', async () => {
   const overrides: Partial<PolicyInputs> = { opaquePorts: parsePortListStrict('8080') };
   const c = await compileFixtures(SERVERS, 'web/api-6b7c-1', overrides);
-  assert.deepEqual({ ...c.lookup('inbound', '10.0.0.1', 8080) }, { mode: 'opaque', source: 'opaque: --opaque-ports flag', detectTimeoutMs: null, matched: 'rule', destination: null });
+  assert.deepEqual({ ...c.lookup('inbound', '10.0.0.1', 8080) }, {
+    mode: 'opaque', source: 'opaque: --opaque-ports flag', detectTimeoutMs: null, matched: 'rule', destination: null, mesh: null,
+    // The Server still selects the port for authorization (it has no AuthorizationPolicy here: nobody).
+    authz: { port: 8080, srvKind: 'server', srvName: 'api-http', rules: [] },
+  });
   assert.equal(c.lookup('outbound', '203.0.113.1', 8080).mode, 'opaque');
 });
 

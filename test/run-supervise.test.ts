@@ -92,7 +92,7 @@ describe('meshpipe run as PID 1', () => {
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     const code = await withTimeout(new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c))), 30_000, 'meshpipe run under unshare to exit');
     assert.match(out, /^APP PPID 1$/m, `meshpipe is PID 1 of the namespace\n${out}\n${err}`);
-    assert.match(out, /"pid1":true/);
+    assert.match(err, /"pid1":true/);
     assert.match(out, /^ORPHAN REAPED/m, `${out}\n${err}`);
     assert.equal(code, 7, err);
     assert.ok(existsSync('/proc/self'), 'sanity');

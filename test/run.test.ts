@@ -39,7 +39,9 @@ describe('meshpipe run: exit codes', () => {
     test(`${what} -> ${expected}, after the drain`, async () => {
       const r = await runCli(['run', '--forward', '127.0.0.1:0=127.0.0.1:1', '--', 'sh', '-c', script]);
       assert.equal(r.code, expected, r.stderr);
-      const logs = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; exitCode?: number });
+      // The proxy's logs are on stderr; stdout is the app's alone.
+      assert.equal(r.stdout, '', 'nothing of meshpipe on stdout');
+      const logs = r.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; exitCode?: number });
       const msgs = logs.map((l) => l.msg);
       assert.ok(msgs.indexOf('proxy ready') < msgs.indexOf('app started'), 'app started after ready');
       assert.equal(logs.find((l) => l.msg === 'app exited')?.exitCode, expected);
@@ -69,7 +71,9 @@ describe('meshpipe run: start-up', () => {
     const port = await freePort();
     const r = await runCli(['run', '--forward', `127.0.0.1:${port}=127.0.0.1:${echo.port},mode=opaque`, '--', NODE, '-e', PING_APP, String(port)], { timeoutMs: 15_000 });
     assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-    assert.match(r.stdout, /^PING OK$/m);
+    // The app's stdout is not interleaved with the proxy's log lines (those are on stderr).
+    assert.equal(r.stdout, 'PING OK\n');
+    assert.match(r.stderr, /"msg":"proxy ready"/);
     assert.equal(echo.accepted.length, 1);
     assert.ok(r.durationMs < 10_000, `meshpipe ended ${r.durationMs} ms after start`);
   });
@@ -85,7 +89,7 @@ describe('meshpipe run: start-up', () => {
     assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${taken}`));
     assert.match(r.stderr, /ERR_ADDR_IN_USE/);
     assert.equal(existsSync(marker), false, 'the app must not have run');
-    assert.doesNotMatch(r.stdout, /"msg":"app started"/);
+    assert.doesNotMatch(r.stderr, /"msg":"app started"/);
   });
 });
 

@@ -1,8 +1,9 @@
 /**
  * Rendering of effective policies for `meshpipe explain` (text and JSON):
  * each workload's inbound ports with mode and source, its own switches (skip
- * ports, skip subnets, enable-external-profiles, detect timeouts), every
- * destination's outbound decisions, the cluster defaults, and the problems.
+ * ports, skip subnets, enable-external-profiles, detect timeouts), who may
+ * connect to its ports (authorization), every destination's outbound
+ * decisions and mesh peer, the cluster defaults, and the problems.
  * The per-workload JSON is `effectiveToJson` of ts/policy/model.ts, the same
  * shape the admin server's /policy serves.
  */
@@ -10,6 +11,33 @@
 import { formatDuration, formatPortList } from '../config/index.js';
 import { describeRef } from '../policy/k8s/index.js';
 import { effectiveToJson, type CompileResult, type PolicyProblem, type PortDecision } from '../policy/index.js';
+import type { AuthzRuleSpec, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
+
+/** Who a rule lets in, in words. */
+export function describeRule(r: AuthzRuleSpec): string {
+  let who: string;
+  if (r.identities.length === 0) who = 'anyone (no mesh TLS needed)';
+  else if (r.identities.length === 1 && r.identities[0] === '*') who = 'any meshed client';
+  else who = `meshed clients ${r.identities.join(', ')}`;
+  const from = r.networks.length === 0
+    ? 'from any address'
+    : `from ${r.networks.map((n) => (n.except.length > 0 ? `${n.cidr} except ${n.except.join(', ')}` : n.cidr)).join(', ')}`;
+  return `${r.kind === 'default' ? 'default policy' : r.kind} ${r.name}: ${who} ${from}`;
+}
+
+/** Who may connect to a port: its Server (or the default policy) and the rules in the order they are tried. */
+export function authzLines(a: PortAuthzSpec): string[] {
+  const head = a.srvKind === 'server' ? `Server ${a.srvName}` : `default policy ${a.srvName}`;
+  if (a.rules.length === 0) {
+    return [`${head}: nobody${a.srvKind === 'server' ? ' (a Server with no AuthorizationPolicy denies everything)' : ''}`];
+  }
+  return [`${head}: the first rule a client satisfies lets it in, anyone else is refused`, ...a.rules.map((r) => `  ${describeRule(r)}`)];
+}
+
+/** A meshed peer, in words. */
+export function meshLine(m: MeshPeerSpec | null | undefined): string {
+  return m ? `mutual TLS to ${m.identity} through its tunnel port ${m.tunnelPort} (${m.source})` : 'not meshed: no mesh TLS';
+}
 
 function portText(d: PortDecision): string {
   const p = d.ports.from === d.ports.to ? String(d.ports.from) : `${d.ports.from}-${d.ports.to}`;
@@ -50,10 +78,12 @@ export function renderEffectiveJson(
         skipOutboundPorts: j['skipOutboundPorts'],
         skipSubnets: j['skipSubnets'],
         enableExternalProfiles: w.effective.enableExternalProfiles.enabled,
+        authorization: w.effective.inbound.authorization,
       };
     }),
     destinations: (s['outbound'] as { destinations: unknown }).destinations,
     clusterDefaults: (s['outbound'] as { clusterDefaults: unknown }).clusterDefaults,
+    meshDestinations: shared.effective.outbound.meshDestinations,
     problems: problems.map((p) => ({
       object: p.object ?? null, file: p.file ?? null, line: p.line ?? null, document: p.document ?? null,
       annotation: p.annotation ?? null, token: p.token, reason: p.reason, message: p.message,
@@ -88,6 +118,11 @@ export function renderEffective(
       if (t.overridden) extras.push(`${dir} detect timeout ${formatDuration(t.ms)} (${t.source})`);
     }
     if (extras.length > 0) out.push(`  caller settings: ${extras.join('; ')}`);
+    const authz = e.inbound.authorization;
+    out.push('  who may connect:');
+    for (const p of authz.ports) out.push(...authzLines(p).map((l, i) => `    ${i === 0 ? `port ${p.port}: ` : ''}${l}`));
+    out.push(...authzLines(authz.default).map((l, i) => `    ${i === 0 ? `${authz.ports.length > 0 ? 'other ports' : 'every port'}: ` : ''}${l}`));
+    if (authz.exposedPorts !== null) out.push(`    through the tunnel (4143): only ports ${authz.exposedPorts.join(',')}`);
     out.push('');
   }
   const dests = shared.effective.outbound.destinations;
@@ -97,7 +132,14 @@ export function renderEffective(
       const addr = d.addresses.length > 0 ? d.addresses.join(', ') : 'no address known: shown, not enforced';
       out.push(`  ${describeRef(d.object)} (${addr})`);
       out.push(...table(grouped(d.decisions), '    '));
+      if (d.mesh) out.push(`    ${meshLine(d.mesh)}`);
     }
+    out.push('');
+  }
+  const fixed = shared.effective.outbound.meshDestinations;
+  if (fixed.length > 0) {
+    out.push('Static meshed destinations (--destinations)');
+    out.push(...table(fixed.map((f) => [f.net, f.identity, String(f.tunnelPort), f.source]), '  '));
     out.push('');
   }
   const defaults = shared.effective.outbound.defaults;

@@ -6,20 +6,29 @@
  *   meshpipe explain --port 3306 [--protocol mysql] [--destination 203.0.113.9]
  *       [--tls] [--manifests PATH]... [--annotations FILE]
  *       [--namespace NS --pod NAME] [--cluster-networks LIST]
- *       [--default-opaque-ports LIST] [--json]
+ *       [--default-opaque-ports LIST] [--destinations FILE]
+ *       [--client ID|none --client-ip IP] [--trust-domain D]
+ *       [--identity-template T] [--default-inbound-policy P]
+ *       [--opaque-ports LIST] [--config FILE] [--json] [--strict]
  *
  * With --port (or --protocol) it walks the tree (TLS? default opaque port?
- * destination inside clusterNetworks?) and says what to configure and why;
- * with manifests or annotations it also shows what the compiled policy does
- * for that port today. With manifests and no port it prints every workload's
- * inbound ports and every destination's outbound ports with their sources.
+ * destination inside clusterNetworks?) and, for each case the port meets,
+ * says what the compiled policy does and what to configure given that
+ * (explain-verdict.ts). With manifests or annotations it also shows what the
+ * compiled policy does for that port today: the mode, who may connect to it and why (the
+ * workload's authorization; with --client, the decision for that client),
+ * and whether the destination is a mesh peer (mutual TLS through its
+ * tunnel). Every answer is the engine's own decision on the compiled table
+ * (ts/policy/lookup.ts). With manifests and no port it prints every
+ * workload's inbound ports and who may connect, and every destination's
+ * outbound ports and mesh peer, with their sources.
  * `--json` prints the same answers as JSON for scripts. A small table of
  * well-known protocols (ports, who speaks first) backs `--protocol` and the
  * notes.
  */
 
 import { isIP } from 'node:net';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import {
   compileAllWorkloads,
@@ -27,17 +36,27 @@ import {
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   lineProblem,
+  authorizeClient,
   lookupPolicy,
+  meshSettings,
   parseCidrListStrict,
+  parseDestinationsFile,
   parseDownwardApi,
+  type Cidr,
   type CompileResult,
   type PolicyInputs,
+  type PolicyProblem,
   type PortDecision,
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
 import { describeRef, EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
-import { DEFAULT_OPAQUE_PORTS, formatPortList, parsePortListStrict, portInRanges } from '../config/index.js';
-import { renderEffective, renderEffectiveJson } from './explain-render.js';
+import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
+import { opaquePortsOrigin } from '../policy/flags.js';
+import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
+import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
+import type { DecisionInfo, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
+import { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy } from '../config/index.js';
+import { DEFAULT_IDENTITY_TEMPLATE, identityProblem, templateProblem } from '../identity/name.js';
 
 // ---------------------------------------------------------------------------
 // Known protocols.
@@ -109,16 +128,18 @@ export function formatProtocolTable(): string[] {
 
 // ---------------------------------------------------------------------------
 
-const USAGE = `Usage: meshpipe explain [--port PORT] [--protocol NAME] [--destination IP] [--tls]
+const USAGE = `Usage: meshpipe explain [--port PORT]... [--protocol NAME] [--destination IP] [--tls]
                         [--manifests PATH]... [--annotations FILE] [--namespace NS --pod NAME]
-                        [--cluster-networks LIST] [--default-opaque-ports LIST] [--json]
+                        [--cluster-networks LIST] [--default-opaque-ports LIST] [--opaque-ports LIST]
+                        [--config FILE] [--json] [--strict]
 
 Walks the decision tree of Linkerd's TCP proxying and protocol detection page for a port and
-says what to configure and why. With --manifests (files or folders, repeatable) and no --port,
-prints the effective inbound and outbound policy of every workload port with its source.
+says what to configure and why, from what the compiled policy decides (the same compiler and
+the engine's own lookup as the proxy). With --manifests (files or folders, repeatable) and no
+--port, prints the effective inbound and outbound policy of every workload port with its source.
 
-  --port PORT                 the TCP port in question
-  --protocol NAME             a protocol name (mysql, smtp, redis, ...); implies its ports
+  --port PORT                 the TCP port in question (repeatable: each is explained)
+  --protocol NAME             a protocol name (mysql, smtp, redis, http, ...); implies its ports
   --destination IP            the address the client connects to (decides clusterNetworks)
   --tls                       the protocol is wrapped in TLS from the first byte
   --manifests PATH            Kubernetes manifests (file or folder; repeatable)
@@ -126,7 +147,22 @@ prints the effective inbound and outbound policy of every workload port with its
   --namespace NS, --pod NAME  which workload is "this" proxy's
   --cluster-networks LIST     default ${DEFAULT_CLUSTER_NETWORKS}
   --default-opaque-ports LIST default ${DEFAULT_OPAQUE_PORTS}
+  --opaque-ports LIST         the proxy's own --opaque-ports (opaque both ways, any address)
+  --config FILE               the proxy's config file: what these flags do not say comes from it and
+                              from MESHPIPE_* variables, as for meshpipe proxy
+  --destinations FILE         static meshed destinations (ADDRESS|CIDR IDENTITY [TUNNEL-PORT] per line)
+  --client ID|none            who connects: a mesh identity, or none (plaintext); needs --client-ip
+  --client-ip IP              the client's address (with --client)
+  --trust-domain D            default cluster.local
+  --identity-template T       default ${DEFAULT_IDENTITY_TEMPLATE}
+  --default-inbound-policy P  default all-unauthenticated (${DEFAULT_INBOUND_POLICIES.join(', ')})
   --json                      machine-readable output
+  --strict                    exit 1 when the inputs have any problem (a bad annotation value
+                              too), for linting manifests in CI
+
+Exit codes: 0 answered; 1 an input could not be used (a file that does not parse), or any
+problem with --strict (the answer is printed either way); 2 bad usage or a path that does
+not exist.
 `;
 
 /** The answer for one port. */
@@ -138,15 +174,28 @@ export interface PortExplanation {
   readonly inDefaultOpaquePorts: boolean;
   readonly destination: string | null;
   readonly insideClusterNetworks: boolean | null;
-  /** What to configure, per branch of the tree that applies. */
-  readonly advice: readonly { readonly when: string; readonly action: string; readonly why: string }[];
+  /** One per case (inbound; each outbound destination), from the compiled policy's decision. */
+  readonly verdicts: readonly Verdict[];
   readonly notes: readonly string[];
   /** What the compiled policy does today, when manifests or annotations were given. */
-  readonly current: readonly { readonly direction: 'inbound' | 'outbound'; readonly target: string; readonly mode: string; readonly source: string }[];
+  readonly current: readonly CurrentDecision[];
+}
+
+/** What the compiled policy does for a port today (the engine's own decision). */
+export interface CurrentDecision {
+  readonly direction: 'inbound' | 'outbound';
+  readonly target: string;
+  readonly mode: string;
+  readonly source: string;
+  /** Outbound to --destination: its mesh peer (null: not meshed). */
+  readonly mesh?: MeshPeerSpec | null;
+  /** Inbound: who may connect, and the decision for --client. */
+  readonly authz?: PortAuthzSpec;
+  readonly client?: DecisionInfo & { readonly identity: string | null; readonly ip: string };
 }
 
 function fail(message: string): never {
-  throw new MeshpipeError('ERR_INVALID_ARGUMENT', `explain: ${message}`);
+  throw new MeshpipeError('ERR_INVALID_ARGUMENT', message);
 }
 
 function parsePort(text: string): number {
@@ -154,51 +203,43 @@ function parsePort(text: string): number {
   return Number(text);
 }
 
-/** Walks the seed page's tree for one port. Pure: no I/O. */
+/** The protocol facts for a port: from --protocol, else from the table when the port has one well-known use. */
+function protocolFacts(port: number, protocol: KnownProtocol | undefined, tls: boolean): ProtocolFacts {
+  const known = protocol ?? (() => {
+    const candidates = protocolsOnPort(port);
+    return candidates.length === 1 ? candidates[0] : undefined;
+  })();
+  return {
+    name: known?.name ?? null,
+    serverFirst: protocol ? protocol.serverFirst : null,
+    tls: tls || known?.tls === true,
+    http: known?.name === 'http',
+  };
+}
+
+/** Explains one port: the tree's questions, then one verdict per case, from the compiled policy. */
 export function explainPort(args: {
   port: number; protocol: KnownProtocol | undefined; tls: boolean; destination: string | undefined;
-  clusterNetworks: ReturnType<typeof parseCidrListStrict>; defaultOpaque: ReturnType<typeof parsePortListStrict>;
+  clusterNetworks: readonly Cidr[]; defaultOpaque: readonly PortRange[]; result: CompileResult; hasWorkload: boolean;
 }): Omit<PortExplanation, 'current'> {
   const { port, protocol, destination } = args;
-  const tls = args.tls || protocol?.tls === true;
+  const facts = protocolFacts(port, protocol, args.tls);
   const inDefaults = portInRanges(port, args.defaultOpaque);
   const inside = destination === undefined ? null : inNetworks(args.clusterNetworks, destination);
-  const list = formatPortList(args.defaultOpaque);
-  const advice: { when: string; action: string; why: string }[] = [];
+  const list = verdicts({
+    port, protocol: facts, destination, networks: args.clusterNetworks, defaultOpaque: args.defaultOpaque, result: args.result, hasWorkload: args.hasWorkload,
+  });
   const notes: string[] = [];
-  const dest = destination ?? 'a destination';
-  if (tls) {
-    advice.push({ when: 'always', action: 'nothing to configure',
-      why: `the protocol is wrapped in TLS: meshpipe detects the ClientHello and proxies it as opaque TCP (SNI kept for metrics)` });
-  } else if (inDefaults) {
-    if (inside !== false) {
-      advice.push({ when: 'destination inside clusterNetworks', action: 'nothing to configure',
-        why: `${port} is in the default opaque list (${list}); ${destination ?? 'a destination'} inside clusterNetworks gets it on both sides` });
-    }
-    if (inside !== true) {
-      advice.push({ when: 'destination outside clusterNetworks', action: 'set config.linkerd.io/enable-external-profiles: "true" on the caller',
-        why: `${port} is in the default opaque list; ${destination === undefined ? dest : `destination ${dest}`} is outside clusterNetworks: set config.linkerd.io/enable-external-profiles on the caller` });
-    }
-  } else {
-    if (inside !== false) {
-      advice.push({ when: 'destination inside clusterNetworks', action: `set config.linkerd.io/opaque-ports: "${port}" on the destination (its Service, pod template or namespace)`,
-        why: `${port} is not in the default opaque list (${list}); ${destination ?? 'a destination'} inside clusterNetworks: mark it opaque on the destination so both the caller and the destination skip detection` });
-    }
-    if (inside !== true) {
-      advice.push({ when: 'destination outside clusterNetworks', action: `set config.linkerd.io/skip-outbound-ports: "${port}" on the caller`,
-        why: `${port} is not in the default opaque list; ${destination === undefined ? dest : `destination ${dest}`} is outside clusterNetworks: skip it on the caller so the connection bypasses the proxy` });
-    }
-  }
-  if (!tls && !inDefaults && protocol?.serverFirst !== false) {
-    notes.push(`${protocol?.serverFirst ? `${protocol.name} is server-first. ` : 'If the server speaks first: '}`
+  if (!facts.tls && !facts.http && facts.serverFirst !== false && list.some((v) => v.mode === 'detect')) {
+    notes.push(`${facts.serverFirst ? `${facts.name} is server-first. ` : 'If the server speaks first: '}`
       + 'meshpipe\'s server-first fast path means an unconfigured server-first port is not stalled 10 s: only the first connection '
       + 'to a target waits the grace period (100ms by default), later ones skip detection; marking the port opaque is still the precise fix.');
   }
   if (protocol) notes.push(`${protocol.name}: ${protocol.note}`);
   else for (const p of protocolsOnPort(port)) notes.push(`port ${port} is commonly ${p.name}: ${p.note}`);
   return {
-    port, protocol: protocol?.name ?? null, serverFirst: protocol ? protocol.serverFirst : null, tls,
-    inDefaultOpaquePorts: inDefaults, destination: destination ?? null, insideClusterNetworks: inside, advice, notes,
+    port, protocol: protocol?.name ?? null, serverFirst: protocol ? protocol.serverFirst : null, tls: facts.tls,
+    inDefaultOpaquePorts: inDefaults, destination: destination ?? null, insideClusterNetworks: inside, verdicts: list, notes,
   };
 }
 
@@ -211,14 +252,28 @@ function renderPort(e: PortExplanation, networks: string, list: string): string 
     const q = `  3. Is the destination inside clusterNetworks (${networks})?`;
     out.push(e.destination === null ? `${q} (no --destination: both answers)` : `${q} ${e.destination}: ${e.insideClusterNetworks ? 'yes' : 'no'}`);
   }
-  for (const a of e.advice) {
-    out.push(`  => ${e.advice.length > 1 ? `${a.when}: ` : ''}${a.action}`);
-    out.push(`     why: ${a.why}`);
+  for (const v of e.verdicts) {
+    out.push(`  => ${v.when}: ${v.action}`);
+    out.push(`     policy: ${v.direction} ${v.target}: ${v.mode} (${v.source})`);
+    out.push(`     why: ${v.why}`);
   }
   for (const n of e.notes) out.push(`  note: ${n}`);
   if (e.current.length > 0) {
     out.push('  current policy:');
-    for (const c of e.current) out.push(`    ${c.direction} ${c.target}: ${c.mode} (${c.source})`);
+    for (const c of e.current) {
+      out.push(`    ${c.direction} ${c.target}: ${c.mode} (${c.source})`);
+      if (c.authz) out.push(...authzLines(c.authz).map((l, i) => `      ${i === 0 ? 'who may connect: ' : ''}${l}`));
+      if (c.client) {
+        const who = `${c.client.identity ?? 'a plaintext client'} from ${c.client.ip}`;
+        out.push(c.client.allow
+          ? `      ${who}: allowed by ${c.client.authzKind} ${c.client.authzName}`
+          : `      ${who}: refused (reset before anything is dialled)`);
+      }
+      if (c.mesh !== undefined) {
+        out.push(`      mesh: ${meshLine(c.mesh)}`);
+        if (c.mesh !== null && c.mode === 'opaque') out.push('      (opaque: no detection; the bytes go through the peer\'s tunnel as they are)');
+      }
+    }
   }
   return `${out.join('\n')}\n`;
 }
@@ -227,20 +282,27 @@ function renderPort(e: PortExplanation, networks: string, list: string): string 
  * What the compiled policy does for this port today: the engine's own
  * lookup on the compiled table (ts/policy/lookup.ts), not a copy of it.
  */
-function currentFor(port: number, destination: string | undefined, result: CompileResult, hasWorkload: boolean): PortExplanation['current'] {
+function currentFor(
+  port: number, destination: string | undefined, result: CompileResult, hasWorkload: boolean,
+  client: { identity: string | null; ip: string } | undefined,
+): PortExplanation['current'] {
   const table = result.table;
-  const out: { direction: 'inbound' | 'outbound'; target: string; mode: string; source: string }[] = [];
+  const out: CurrentDecision[] = [];
   if (hasWorkload) {
     const hit = lookupPolicy(table, 'inbound', '0.0.0.0', port);
     const w = result.effective.workload;
     const fallback = result.effective.inbound.ports.find((p) => p.ports.from === port);
-    out.push({ direction: 'inbound', target: `${w ? describeRef(w) : 'this pod'} port ${port}`, mode: hit.mode,
-      source: hit.matched !== 'default' ? hit.source : (fallback?.source ?? 'detect: nothing configured') });
+    out.push({
+      direction: 'inbound', target: `${w ? describeRef(w) : 'this pod'} port ${port}`, mode: hit.mode,
+      source: hit.matched !== 'default' ? hit.source : (fallback?.source ?? 'detect: nothing configured'),
+      ...(hit.authz ? { authz: hit.authz } : {}),
+      ...(client ? { client: { ...authorizeClient(table, port, client.identity, client.ip), ...client } } : {}),
+    });
   }
   if (destination !== undefined) {
     const hit = lookupPolicy(table, 'outbound', destination, port);
     out.push({ direction: 'outbound', target: `${destination.includes(':') ? `[${destination}]` : destination}:${port}`, mode: hit.mode,
-      source: hit.matched !== 'default' ? hit.source : 'detect: nothing configured for this destination' });
+      source: hit.matched !== 'default' ? hit.source : 'detect: nothing configured for this destination', mesh: hit.mesh });
   } else {
     for (const d of result.effective.outbound.destinations) {
       const dec = d.decisions.find((x: PortDecision) => port >= x.ports.from && port <= x.ports.to);
@@ -250,6 +312,47 @@ function currentFor(port: number, destination: string | undefined, result: Compi
   return out;
 }
 
+/** A problem that means an input could not be used at all (a file that does not parse, is unreadable or too large). */
+function isInputProblem(p: PolicyProblem): boolean {
+  return p.object === undefined && p.file !== undefined && p.line === undefined;
+}
+
+/** Refuses paths that do not exist: a typo in --manifests must not read as "nothing configured". */
+async function checkPathsExist(flag: string, paths: readonly string[]): Promise<void> {
+  for (const path of paths) {
+    try {
+      await stat(path);
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or folder' : (err as Error).message;
+      fail(`${flag} ${path}: ${why}`);
+    }
+  }
+}
+
+/** --trust-domain, --identity-template, --default-inbound-policy (checked as the proxy checks them). */
+function meshArgs(values: { 'trust-domain'?: string; 'identity-template'?: string; 'default-inbound-policy'?: string }): ReturnType<typeof meshSettings> {
+  const policy = (values['default-inbound-policy'] ?? 'all-unauthenticated').trim();
+  if (!(DEFAULT_INBOUND_POLICIES as readonly string[]).includes(policy)) {
+    fail(`--default-inbound-policy "${policy}": expected one of ${DEFAULT_INBOUND_POLICIES.join(', ')}`);
+  }
+  const trustDomain = values['trust-domain'] ?? 'cluster.local';
+  const identityTemplate = values['identity-template'] ?? DEFAULT_IDENTITY_TEMPLATE;
+  const why = templateProblem(identityTemplate, trustDomain);
+  if (why !== undefined) fail(`--identity-template "${identityTemplate}": ${why}`);
+  return meshSettings({ trustDomain, identityTemplate, defaultInboundPolicy: policy as DefaultInboundPolicy });
+}
+
+/** --client ID|none with --client-ip IP: the client whose authorization to show. */
+function clientArgs(id: string | undefined, ip: string | undefined): { identity: string | null; ip: string } | undefined {
+  if (id === undefined && ip === undefined) return undefined;
+  if (id === undefined || ip === undefined) fail('--client and --client-ip go together (--client none for a plaintext client)');
+  if (isIP(ip) === 0) fail(`--client-ip "${ip}": expected an IPv4 or IPv6 address`);
+  if (id === 'none') return { identity: null, ip };
+  const why = identityProblem(id);
+  if (why !== undefined) fail(`--client "${id}": ${why}`);
+  return { identity: id, ip };
+}
+
 /** `meshpipe explain`. Resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
   let values;
@@ -257,11 +360,13 @@ export async function main(argv: string[]): Promise<number> {
     ({ values } = parseArgs({
       args: argv, strict: true, allowPositionals: false,
       options: {
-        port: { type: 'string' }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
+        port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
         manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
         namespace: { type: 'string' }, pod: { type: 'string' },
-        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' },
-        json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' }, config: { type: 'string' },
+        destinations: { type: 'string' }, client: { type: 'string' }, 'client-ip': { type: 'string' },
+        'trust-domain': { type: 'string' }, 'identity-template': { type: 'string' }, 'default-inbound-policy': { type: 'string' },
+        json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       },
     }));
   } catch (err) {
@@ -271,17 +376,30 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
     return 0;
   }
-  let networks, defaults;
+  // What the flags do not say comes from the proxy's own configuration (defaults < --config FILE <
+  // MESHPIPE_* env), so explain answers for the proxy that configuration runs.
+  const configFile = values.config ?? (process.env['MESHPIPE_CONFIG'] || undefined);
+  const base = loadConfig({ ...(configFile !== undefined ? { configFile } : {}), env: process.env });
+  let networks, defaults, opaque;
   try {
-    networks = parseCidrListStrict(values['cluster-networks'] ?? DEFAULT_CLUSTER_NETWORKS);
+    networks = parseCidrListStrict(values['cluster-networks'] ?? base.clusterNetworks.join(','));
   } catch (err) {
     fail(`--cluster-networks: ${(err as Error).message}`);
   }
   try {
-    defaults = parsePortListStrict(values['default-opaque-ports'] ?? DEFAULT_OPAQUE_PORTS);
+    defaults = values['default-opaque-ports'] === undefined ? base.defaultOpaquePorts : parsePortListStrict(values['default-opaque-ports']);
   } catch (err) {
     fail(`--default-opaque-ports: ${(err as Error).message}`);
   }
+  try {
+    opaque = values['opaque-ports'] === undefined ? base.opaquePorts : parsePortListStrict(values['opaque-ports']);
+  } catch (err) {
+    fail(`--opaque-ports: ${(err as Error).message}`);
+  }
+  values.manifests ??= base.manifests.length > 0 ? [...base.manifests] : undefined;
+  values.annotations ??= base.annotations;
+  values.namespace ??= base.namespace ?? (process.env['POD_NAMESPACE'] || undefined);
+  values.pod ??= base.pod ?? (process.env['POD_NAME'] || undefined);
   // A zone index (fe80::1%eth0) is no destination the engine can match: refused like a bad address.
   if (values.destination !== undefined && (isIP(values.destination) === 0 || values.destination.includes('%'))) {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
@@ -290,9 +408,14 @@ export async function main(argv: string[]): Promise<number> {
   if (values.protocol !== undefined && !protocol && values.port === undefined) {
     fail(`--protocol "${values.protocol}" is not in the table (run meshpipe explain --help); pass --port as well`);
   }
-  const ports = values.port !== undefined ? [parsePort(values.port)] : protocol ? [...protocol.ports] : [];
+  const given = (values.port ?? []).map(parsePort);
+  const ports = given.length > 0 ? [...new Set(given)] : protocol ? [...protocol.ports] : [];
+  const mesh = meshArgs(values);
+  const client = clientArgs(values.client, values['client-ip']);
 
   // Inputs for the compiled policy (only when the user gave something to compile).
+  await checkPathsExist('--manifests', values.manifests ?? []);
+  if (values.annotations !== undefined) await checkPathsExist('--annotations', [values.annotations]);
   const manifests = values.manifests && values.manifests.length > 0 ? await loadManifests(values.manifests) : EMPTY_MANIFESTS;
   let annotations: Record<string, string> | undefined;
   const fileProblems = [];
@@ -307,13 +430,26 @@ export async function main(argv: string[]): Promise<number> {
     annotations = Object.fromEntries(parsed.values);
     for (const e of parsed.errors) fileProblems.push(lineProblem(values.annotations, e.line, e.message, e.key));
   }
+  let meshDestinations;
+  if (values.destinations !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(values.destinations, 'utf8');
+    } catch (err) {
+      fail(`--destinations ${values.destinations}: ${(err as Error).message}`);
+    }
+    const parsed = parseDestinationsFile(values.destinations, text);
+    meshDestinations = parsed.entries;
+    fileProblems.push(...parsed.problems);
+  }
   const inputs: PolicyInputs = {
-    defaultOpaquePorts: defaults, opaquePorts: [], clusterNetworks: networks.map((n) => n.text),
-    inboundDetectTimeoutMs: 10_000, outboundDetectTimeoutMs: 10_000,
+    defaultOpaquePorts: defaults, opaquePorts: opaque, opaquePortsOrigin: values['opaque-ports'] === undefined ? opaquePortsOrigin(base) : '--opaque-ports flag',
+    clusterNetworks: networks.map((n) => n.text),
+    inboundDetectTimeoutMs: base.inboundDetectTimeoutMs, outboundDetectTimeoutMs: base.outboundDetectTimeoutMs,
     workloadAnnotations: annotations, workloadAnnotationsOrigin: values.annotations,
-    manifests, identity: { namespace: values.namespace, pod: values.pod },
+    manifests, identity: { namespace: values.namespace, pod: values.pod }, mesh, meshDestinations,
   };
-  const compiled = values.manifests !== undefined || annotations !== undefined;
+  const compiled = values.manifests !== undefined || annotations !== undefined || meshDestinations !== undefined;
   const hasWorkload = annotations !== undefined || values.pod !== undefined;
   // Always compiled: with no inputs it is what a proxy without policy sources does (the flags-only policy).
   const result = compilePolicy(inputs);
@@ -321,17 +457,19 @@ export async function main(argv: string[]): Promise<number> {
 
   if (ports.length > 0) {
     const answers: PortExplanation[] = ports.map((port) => ({
-      ...explainPort({ port, protocol, tls: values.tls === true, destination: values.destination, clusterNetworks: networks, defaultOpaque: defaults }),
-      current: currentFor(port, values.destination, result, hasWorkload),
+      ...explainPort({
+        port, protocol, tls: values.tls === true, destination: values.destination, clusterNetworks: networks, defaultOpaque: defaults, result, hasWorkload,
+      }),
+      current: currentFor(port, values.destination, result, hasWorkload || client !== undefined, client),
     }));
     if (values.json) {
       process.stdout.write(`${JSON.stringify({ ports: answers, problems: problems.map((p) => p.message) }, null, 2)}\n`);
     } else {
       const nets = networks.map((n) => n.text).join(',');
       process.stdout.write(answers.map((a) => renderPort(a, nets, formatPortList(defaults))).join('\n'));
-      if (problems.length > 0) process.stdout.write(`\nproblems:\n${problems.map((p) => `  ${p.message}`).join('\n')}\n`);
+      if (problems.length > 0) process.stdout.write(`\nProblems (valid entries still apply):\n${problems.map((p) => `  ${p.message}`).join('\n')}\n`);
     }
-    return 0;
+    return exitCode(problems, values.strict === true);
   }
   if (!compiled) {
     process.stderr.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
@@ -349,6 +487,19 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${JSON.stringify(renderEffectiveJson(all.map((a) => a.result), shared, allProblems), null, 2)}\n`);
   } else {
     process.stdout.write(renderEffective(all.map((a) => a.result), shared, allProblems));
+  }
+  return exitCode(allProblems, values.strict === true);
+}
+
+/** 1 when an input could not be used, or with --strict when there is any problem; else 0. */
+function exitCode(problems: readonly PolicyProblem[], strict: boolean): number {
+  if (problems.some(isInputProblem)) {
+    process.stderr.write(`meshpipe explain: error: some inputs could not be used (listed under Problems); the answer covers the rest\n`);
+    return 1;
+  }
+  if (strict && problems.length > 0) {
+    process.stderr.write(`meshpipe explain: error: ${problems.length} problem${problems.length === 1 ? '' : 's'} in the inputs (--strict)\n`);
+    return 1;
   }
   return 0;
 }

@@ -22,6 +22,7 @@
 import { readFile } from 'node:fs/promises';
 import { MeshpipeError } from '../errors.js';
 import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './args.js';
+import { errorLine } from './report.js';
 import { parsePortList, parsePortListStrict, type PortRange } from '../config/index.js';
 import { parseCidrList, parseDownwardApi, type Cidr } from '../policy/index.js';
 import {
@@ -346,11 +347,7 @@ export async function main(argv: string[]): Promise<number> {
     for (const w of args.warnings) err(`warning: ${w}`);
     return args.uninstall ? await runUninstall(args, out, err) : await runInstall(args, out, err);
   } catch (e) {
-    if (e instanceof MeshpipeError) {
-      err(`error: ${e.message}`);
-      return e.exitCode;
-    }
-    err(`error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-    return 1;
+    process.stderr.write(errorLine('init', e));
+    return e instanceof MeshpipeError ? e.exitCode : 1;
   }
 }

@@ -14,7 +14,7 @@ import { startWebhook } from '../inject/index.js';
 // Direct imports, not re-exported by their folders: they load the Kubernetes client.
 import { KubeNamespaces, NoNamespaces, type NamespaceSource } from '../inject/namespaces.js';
 import { loadKubeConfig } from '../inject/kubeconfig.js';
-import { createLogger } from '../observe/index.js';
+import { createLogger, effectiveLogFormat } from '../observe/index.js';
 import { formatOptionsHelp, parseOptions, wantsHelp, type OptionSpec } from './args.js';
 import { SIDECAR_OPTIONS, sidecarOptions } from './inject.js';
 
@@ -71,7 +71,7 @@ export async function main(argv: string[]): Promise<number> {
   if (nsMode !== 'kube' && nsMode !== 'off') throw bad(`--namespaces "${nsMode}" is invalid: expected kube or off`, 'namespaces');
   const level = String(values['log-level'] ?? 'info');
   if (!(LOG_LEVELS as readonly string[]).includes(level)) throw bad(`--log-level "${level}" is invalid: expected one of ${LOG_LEVELS.join(', ')}`, 'log-level');
-  const logger = createLogger(level as LogLevel);
+  const logger = createLogger(level as LogLevel, { format: effectiveLogFormat('auto') });
 
   const kubeconfig = typeof values['kubeconfig'] === 'string' ? values['kubeconfig'] : undefined;
   const namespaces: NamespaceSource = nsMode === 'off'

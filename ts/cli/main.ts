@@ -13,14 +13,16 @@
  * 1 runtime failure (e.g. address in use, or an uncaught exception after which
  * the proxy drained: ts/sidecar/guard.ts); 130/143 forced exit on a second
  * SIGINT/SIGTERM; `meshpipe run` passes its app's exit code through. Fatal
- * errors are printed on stderr as `meshpipe: <message> (<CODE>)`; structured
- * logs go to stdout (see ts/observe/logger.ts).
+ * errors are printed on stderr as `meshpipe <command>: error: <message>
+ * (<CODE>)` (ts/cli/report.ts); logs go to stderr too (ts/observe/logger.ts),
+ * so stdout carries only a command's result.
  */
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { MeshpipeError } from '../errors.js';
 import { installProcessGuard } from '../sidecar/guard.js';
 import { packageVersion } from './version.js';
+import { errorLine } from './report.js';
 
 /** Subcommands: module path and one-line description. */
 const COMMANDS: Readonly<Record<string, { module: string; summary: string }>> = {
@@ -52,7 +54,7 @@ export function mainHelp(): string {
     ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
     '',
     'Options:',
-    '  -h, --help     show this help (meshpipe <command> --help for a command\'s options)',
+    '  -h, --help     show this help (meshpipe help <command>, or meshpipe <command> --help, for a command\'s options)',
     '  -V, --version  print the version',
     '',
   ].join('\n');
@@ -85,26 +87,31 @@ export async function run(argv: string[]): Promise<number> {
       process.stdout.write(`${packageVersion()}\n`);
       return 0;
     }
-    if (first === '--help' || first === '-h' || first === 'help') {
+    if (first === '--help' || first === '-h' || (first === 'help' && rest.length === 0)) {
       process.stdout.write(mainHelp());
       return 0;
+    }
+    if (first === 'help') {
+      // `meshpipe help proxy` is `meshpipe proxy --help`.
+      const [name] = rest;
+      const target = name !== undefined && Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+      if (name === undefined || target === undefined) {
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown command "${name}": expected one of ${Object.keys(COMMANDS).join(', ')}; run meshpipe --help`);
+      }
+      return await (await loadCommand(name, target.module)).main(['--help']);
     }
     if (first.startsWith('-')) {
       throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown option ${first}: expected a command first (${Object.keys(COMMANDS).join(', ')}); run meshpipe --help`);
     }
-    const command = COMMANDS[first];
+    const command = Object.hasOwn(COMMANDS, first) ? COMMANDS[first] : undefined;
     if (command === undefined) {
       throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown command "${first}": expected one of ${Object.keys(COMMANDS).join(', ')}; run meshpipe --help`);
     }
     const mod = await loadCommand(first, command.module);
     return await mod.main(rest);
   } catch (err) {
-    if (err instanceof MeshpipeError) {
-      process.stderr.write(`meshpipe: ${err.message} (${err.code})\n`);
-      return err.exitCode;
-    }
-    process.stderr.write(`meshpipe: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    return 1;
+    process.stderr.write(errorLine(argv[0] !== undefined && Object.hasOwn(COMMANDS, argv[0]) ? argv[0] : undefined, err));
+    return err instanceof MeshpipeError ? err.exitCode : 1;
   }
 }
 

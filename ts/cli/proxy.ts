@@ -9,7 +9,7 @@
  *    here too: bad identity files exit 2 naming the file and the reason.
  * 2. Install SIGTERM/SIGINT handlers *before* binding, so a signal that
  *    arrives during startup still drains instead of killing the process.
- * 3. Start the engine; log one `listener bound` JSON line per listener (with
+ * 3. Start the engine; log one `listener bound` line per listener (with
  *    the bound address, so port 0 binds are discoverable), then `proxy ready`.
  *    A bind failure (e.g. ERR_ADDR_IN_USE, naming the address) exits 1.
  * 4. On the first SIGTERM/SIGINT or POST /shutdown (admin server, loopback
@@ -22,9 +22,10 @@
 import { parseProxyArgv, proxyHelp, wantsHelp } from './args.js';
 import type { ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import { createLogger, type Logger } from '../observe/index.js';
+import { createLogger, effectiveLogFormat, type Logger } from '../observe/index.js';
 import { runProxyLifecycle } from '../sidecar/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
+import { checkExemptUid } from '../sidecar/exempt-uid.js';
 
 export { forcedExitCode } from '../sidecar/index.js';
 
@@ -48,9 +49,21 @@ export async function main(argv: string[]): Promise<number> {
       { key: 'forward' },
     );
   }
-  const logger = createLogger(config.logLevel);
+  // As root after `meshpipe init`, the proxy would forward its own connections to itself.
+  await checkExemptUid(config);
+  const logger = startLogger(config);
   await checkIdentityAtStart(config, logger);
   return runProxy(config, logger);
+}
+
+/**
+ * The logger of a proxy config (stderr, `--log-format`), with the warnings
+ * found while loading the config already logged.
+ */
+export function startLogger(config: ProxyConfig): Logger {
+  const logger = createLogger(config.logLevel, { format: effectiveLogFormat(config.logFormat) });
+  for (const warning of config.warnings) logger.warn(warning);
+  return logger;
 }
 
 /**

@@ -29,12 +29,13 @@
  */
 import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
-import { parseDuration } from '../config/index.js';
+import { DurationError, parseDuration } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
 import { AppProcess } from './app-process.js';
-import { createLogger, type Logger } from '../observe/index.js';
+import type { Logger } from '../observe/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
+import { startLogger } from './proxy.js';
 
 /** Default bound on the wait for the proxy to become ready. */
 export const DEFAULT_READY_TIMEOUT_MS = 30_000;
@@ -75,13 +76,15 @@ export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): 
 
 function parseReadyTimeout(value: string | boolean | string[] | undefined): number {
   if (value === undefined) return DEFAULT_READY_TIMEOUT_MS;
+  let ms: number;
   try {
-    const ms = parseDuration(String(value));
-    if (ms < 1) throw new Error('must be positive');
-    return ms;
-  } catch {
-    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `invalid --ready-timeout "${String(value)}": expected a positive duration like 30s, 500ms or 2m`, { key: 'readyTimeout' });
+    ms = parseDuration(String(value));
+  } catch (err) {
+    const hint = err instanceof DurationError ? `; ${err.hint}` : '';
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `invalid --ready-timeout "${String(value)}": expected a positive duration like 30s, 500ms or 2m${hint}`, { key: 'readyTimeout' });
   }
+  if (ms < 1) throw new MeshpipeError('ERR_INVALID_ARGUMENT', `invalid --ready-timeout "${String(value)}": expected a positive duration like 30s, 500ms or 2m`, { key: 'readyTimeout' });
+  return ms;
 }
 
 /** Entry point of `meshpipe run`; resolves with the exit code. */
@@ -99,7 +102,7 @@ export async function main(argv: string[]): Promise<number> {
   if (config.forward.length === 0) {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
   }
-  const logger = createLogger(config.logLevel);
+  const logger = startLogger(config);
   await checkIdentityAtStart(config, logger);
   return runApp(new Sidecar(config, logger), logger, command, args, readyTimeoutMs);
 }
@@ -150,7 +153,7 @@ export async function runApp(sidecar: Sidecar, logger: Logger, command: string, 
     if (!(started instanceof AppProcess)) {
       const code = started.errno === 'ENOENT' ? 127 : 126;
       logger.error({ command, err: started.message, exitCode: code }, RUN_MESSAGES.appSpawnFailed);
-      process.stderr.write(`meshpipe: cannot run ${command}: ${started.errno === 'ENOENT' ? 'command not found' : started.message}\n`);
+      process.stderr.write(`meshpipe run: error: cannot run ${command}: ${started.errno === 'ENOENT' ? 'command not found' : started.message}\n`);
       sidecar.requestShutdown('app could not be started');
       await sidecar.drain();
       return code;

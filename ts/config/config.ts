@@ -9,8 +9,10 @@
  * value as written, what is expected and its source, e.g.
  * `invalid drainTimeout "abc" (from --drain-timeout): expected a duration like 30s, 500ms or 5m`.
  * Unknown keys in a config file are errors (a typo must not be silently
- * ignored); unknown `MESHPIPE_*` variables are ignored because other tools may
- * share the prefix. The result is parsed once and deeply frozen.
+ * ignored); unknown `MESHPIPE_*` variables are warnings naming the closest
+ * known one (other tools may share the prefix), and so are options that
+ * another one makes pointless (ts/config/combinations.ts; as flags they are
+ * errors). The result is parsed once and deeply frozen.
  *
  * Adding a key: add a field to `FIELDS` (schema, default, what is expected)
  * and, for a flag, an entry in ts/cli/args.ts. The env var name is derived
@@ -21,10 +23,12 @@ import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import { MeshpipeError } from '../errors.js';
 import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
-import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, forwardList, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogLevel, type PortDetectTimeout } from './schemas.js';
+import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, forwardList, logFormat, LOG_FORMATS, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogFormat, type LogLevel, type PortDetectTimeout } from './schemas.js';
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
 import { IDENTITY_FIELDS, type IdentityConfig, identityConfig } from './identity.js';
 import { HTTP_FIELDS, type HttpConfig, httpConfig } from './http.js';
+import { checkCombinations, closest, unknownEnvWarnings } from './combinations.js';
+import { NAMES_FIELDS, type NamesConfig, namesConfig } from './names.js';
 import {
   parseBindAddr,
   parseForward,
@@ -33,12 +37,12 @@ import {
   type SocketAddr,
 } from './forward.js';
 
-export type { ForwardSpec, SocketAddr, PortMode, Direction } from './forward.js';
+export type { ForwardSpec, SocketAddr, PortMode, Direction, TargetAddress } from './forward.js';
 
-export { LOG_LEVELS, type LogLevel } from './schemas.js';
+export { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './schemas.js';
 
 /** The validated, normalised, deeply frozen proxy configuration. */
-export interface ProxyConfig extends SidecarConfig, IdentityConfig, HttpConfig {
+export interface ProxyConfig extends SidecarConfig, IdentityConfig, NamesConfig, HttpConfig {
   readonly forward: readonly ForwardSpec[];
   readonly drainTimeoutMs: number;
   /** Limit on open proxied connections of each direction; 0 = unlimited (the default of the two below). */
@@ -58,6 +62,8 @@ export interface ProxyConfig extends SidecarConfig, IdentityConfig, HttpConfig {
   /** Engine worker threads; 0 = available cores. */
   readonly workers: number;
   readonly logLevel: LogLevel;
+  /** `auto` = text when stderr is a terminal, JSON otherwise (ts/observe/log-format.ts). */
+  readonly logFormat: LogFormat;
   /**
    * The engine's trace filter (RUST_LOG-style directives, e.g.
    * `info,meshpipe_core[conn{target=10.0.0.5:3306}]=trace`); undefined =
@@ -86,6 +92,8 @@ export interface ProxyConfig extends SidecarConfig, IdentityConfig, HttpConfig {
   readonly inboundStopDelayMs: number;
   /** For every key: where its value came from (`default`, a file path, an env var, a flag). */
   readonly sources: Readonly<Record<ConfigKey, string>>;
+  /** Things the user should know, found while loading (unknown env vars, ignored options); the CLI logs them. */
+  readonly warnings: readonly string[];
 }
 
 /** A raw value and a human label for where it came from. */
@@ -124,6 +132,7 @@ const FIELDS = {
   metricsRetainIdle: { schema: duration(RETAIN, { min: 0 }), default: '10m', expected: RETAIN },
   workers: { schema: count('a whole number of threads 0-1024 (0 = one per core)', 0, 1024), default: 0, expected: 'a whole number of threads 0-1024 (0 = one per core)' },
   logLevel: { schema: logLevel, default: 'info', expected: `one of ${LOG_LEVELS.join(', ')}` },
+  logFormat: { schema: logFormat, default: 'auto', expected: `one of ${LOG_FORMATS.join(', ')}` },
   engineLog: { schema: engineLogFilter.optional(), default: undefined, expected: ENGINE_LOG },
   connectTimeout: { schema: duration(DURATION, { min: 1 }), default: '10s', expected: DURATION },
   detectTimeout: { schema: duration(DURATION, { min: 1 }), default: '10s', expected: DURATION },
@@ -143,6 +152,7 @@ const FIELDS = {
   ...SIDECAR_FIELDS,
   ...IDENTITY_FIELDS,
   ...HTTP_FIELDS,
+  ...NAMES_FIELDS,
 } as const;
 
 export type ConfigKey = keyof typeof FIELDS;
@@ -206,7 +216,7 @@ export function objectLayer(data: Record<string, unknown>, source: string): RawL
   const layer: RawLayer = {};
   for (const [key, value] of Object.entries(data)) {
     if (!(CONFIG_KEYS as string[]).includes(key)) {
-      const hint = closestKey(key);
+      const hint = closest(key, CONFIG_KEYS);
       throw new MeshpipeError(
         'ERR_INVALID_CONFIG',
         `unknown key "${key}" in ${source}${hint ? ` (did you mean "${hint}"?)` : ''}: expected one of ${CONFIG_KEYS.join(', ')}`,
@@ -248,7 +258,7 @@ const SOURCE_RANK_DEFAULT = 0;
  * validates the result and returns a deeply frozen config.
  * @throws MeshpipeError ERR_INVALID_CONFIG naming key, value, expectation, source.
  */
-export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
+export function resolveConfig(layers: readonly RawLayer[], extraWarnings: readonly string[] = []): ProxyConfig {
   const all = [defaultsLayer(), ...layers];
   const merged: Partial<Record<ConfigKey, RawValue & { rank: number }>> = {};
   all.forEach((layer, rank) => {
@@ -298,6 +308,7 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     metricsRetainIdleMs: v.metricsRetainIdle,
     workers: v.workers,
     logLevel: v.logLevel,
+    logFormat: v.logFormat,
     engineLog: v.engineLog,
     connectTimeoutMs: v.connectTimeout,
     inboundDetectTimeoutMs: perDirection('inboundDetectTimeout'),
@@ -316,9 +327,15 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
     ...sidecarConfig(v),
     ...identityConfig(v, (k) => sources[k]),
     ...httpConfig(v),
+    ...namesConfig(v),
     sources,
+    warnings: [],
   };
-  return deepFreeze(config);
+  const warnings = [
+    ...extraWarnings,
+    ...checkCombinations({ ...config, forwardDirections: config.forward.map((f) => f.direction) }),
+  ];
+  return deepFreeze({ ...config, warnings });
 }
 
 /**
@@ -328,9 +345,10 @@ export function resolveConfig(layers: readonly RawLayer[]): ProxyConfig {
 export function loadConfig(options: { configFile?: string; env?: NodeJS.ProcessEnv; flags?: RawLayer }): ProxyConfig {
   const layers: RawLayer[] = [];
   if (options.configFile !== undefined) layers.push(readConfigFile(options.configFile));
-  layers.push(envLayer(options.env ?? process.env));
+  const env = options.env ?? process.env;
+  layers.push(envLayer(env));
   if (options.flags) layers.push(options.flags);
-  return resolveConfig(layers);
+  return resolveConfig(layers, unknownEnvWarnings(env, CONFIG_KEYS.map(envVarName)));
 }
 
 /** Re-exported so callers can validate single addresses the same way the config does. */
@@ -345,32 +363,6 @@ function showValue(value: unknown): string {
   } catch {
     return String(value);
   }
-}
-
-/** The known key closest to a typo (edit distance <= 3), for "did you mean". */
-function closestKey(key: string): string | undefined {
-  let best: string | undefined;
-  let bestDistance = 4;
-  for (const candidate of CONFIG_KEYS) {
-    const d = editDistance(key.toLowerCase(), candidate.toLowerCase());
-    if (d < bestDistance) {
-      best = candidate;
-      bestDistance = d;
-    }
-  }
-  return best;
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = row;
-  }
-  return prev[b.length]!;
 }
 
 function deepFreeze<T>(value: T): T {

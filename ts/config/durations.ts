@@ -1,45 +1,86 @@
 /**
- * Durations as users write them: `250ms`, `10s`, `5m`, `1h`, `365d`, or a bare
- * number of milliseconds. Parsed once at config time into integer milliseconds.
+ * Durations as users write them: a number with a unit (`250ms`, `10s`, `5m`,
+ * `1h`, `365d`, `1.5s`), several of them in a row (`1m30s`, `1h30m`, Go's
+ * `time.ParseDuration` form that Kubernetes users know), or a bare `0`.
+ * Parsed once at config time into integer milliseconds.
+ *
+ * A bare number other than 0 is refused, in a flag, an env var or a config
+ * file alike: `--drain-timeout 10` used to mean 10 ms where the user meant
+ * 10 seconds, and a proxy that drains for 10 ms cuts every connection.
  */
 
 const UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
+/** The units, for messages. */
+export const DURATION_UNITS = 'ms, s, m, h, d';
+
 /** The largest duration accepted: 365 days (Linkerd's "disable the timeout" value). */
 export const MAX_DURATION_MS = 365 * 86_400_000;
 
+/** Why a duration was refused; `hint` says how to write it instead. */
+export class DurationError extends Error {
+  constructor(
+    message: string,
+    readonly hint: string,
+  ) {
+    super(message);
+  }
+}
+
+/** One component: a number and its unit. */
+const COMPONENT = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/y;
+
 /**
  * Parses a duration into milliseconds.
- * @throws Error naming the bad value and the accepted forms.
+ * @throws DurationError naming the bad value and the accepted forms.
  */
 export function parseDuration(input: string | number): number {
   if (typeof input === 'number') {
-    if (!Number.isFinite(input) || input < 0 || !Number.isInteger(input)) {
-      throw new Error(`invalid duration ${input}: expected a whole number of milliseconds >= 0`);
-    }
-    return checkMax(input, String(input));
+    if (input === 0) return 0;
+    throw bareNumber(String(input));
   }
   const text = input.trim();
-  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$/.exec(text);
-  if (!match || match[1] === undefined) {
-    throw new Error(`invalid duration "${input}": expected a number with a unit ms, s, m, h or d (e.g. 100ms, 10s, 5m)`);
+  if (/^0+(?:\.0+)?$/.test(text)) return 0;
+  if (/^\d+(?:\.\d+)?$/.test(text)) throw bareNumber(text);
+  let total = 0;
+  let at = 0;
+  COMPONENT.lastIndex = 0;
+  while (at < text.length) {
+    COMPONENT.lastIndex = at;
+    const m = COMPONENT.exec(text);
+    if (m === null) {
+      throw new DurationError(
+        `invalid duration "${input}"`,
+        `expected a number with a unit (${DURATION_UNITS}), e.g. 100ms, 10s, 5m or 1m30s`,
+      );
+    }
+    total += Number(m[1]) * UNITS[m[2]!]!;
+    at = COMPONENT.lastIndex;
   }
-  const unit = match[2] ?? 'ms';
-  const ms = Math.round(Number(match[1]) * (UNITS[unit] ?? 1));
-  return checkMax(ms, input);
-}
-
-function checkMax(ms: number, original: string): number {
-  if (ms > MAX_DURATION_MS) {
-    throw new Error(`invalid duration "${original}": longer than the maximum of 365d`);
-  }
+  if (text === '') throw new DurationError('invalid duration "": empty', `expected a number with a unit (${DURATION_UNITS}), e.g. 10s`);
+  const ms = Math.round(total);
+  if (ms > MAX_DURATION_MS) throw new DurationError(`invalid duration "${input}"`, 'expected at most 365d');
   return ms;
 }
 
-/** Formats milliseconds back into the shortest exact human form (`1500ms`, `10s`, `5m`). */
+function bareNumber(text: string): DurationError {
+  return new DurationError(
+    `invalid duration "${text}": a number without a unit`,
+    `write the unit: ${text}s (seconds) or ${text}ms (milliseconds); units ${DURATION_UNITS}, combinable as in 1m30s`,
+  );
+}
+
+/** Formats milliseconds back into the shortest exact human form (`1500ms`, `10s`, `5m`, `1m30s`). */
 export function formatDuration(ms: number): string {
+  if (ms === 0) return '0s';
+  if (ms % 1000 !== 0) return `${ms}ms`;
+  let rest = ms;
+  let out = '';
   for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1_000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+    if (rest >= size) {
+      out += `${Math.floor(rest / size)}${unit}`;
+      rest %= size;
+    }
   }
-  return `${ms}ms`;
+  return out;
 }

@@ -2,16 +2,20 @@
  * Parsing of socket addresses, port modes and `--forward` specs for the
  * config (ts/config/config.ts).
  *
- * Addresses are `host:port` where host is an IPv4 address, a bracketed IPv6
- * address (`[::1]:8080`) or `localhost` (resolved to 127.0.0.1 here, once, so
- * the engine never does name resolution). Port 0 (an ephemeral port) is
- * accepted for bind addresses only. A forward is
- * `BIND=TARGET[,mode=M][,direction=D]` or the object form
- * `{bind, target, mode, direction}` of config files. Port modes accept
- * Linkerd's spellings (`unknown`, `HTTP/1`, `HTTP/2`, `gRPC`, `TLS`) and are
- * normalised to the engine's lowercase names. Parsers throw plain `Error`s
- * whose messages name the bad token and what is expected; ts/config/config.ts adds
- * the key and the source.
+ * Addresses are `host:port` where host is an IPv4 address or a bracketed
+ * IPv6 address (`[::1]:8080`). A bind address may also be `localhost`, which
+ * binds 127.0.0.1 and, in a forward with a fixed port on a machine with IPv6
+ * loopback, [::1] too (`localhost:0` binds 127.0.0.1 only: an ephemeral port
+ * cannot be the same for both). A forward's target may also be a host name
+ * (`db.internal:5432`, a Kubernetes Service name, `localhost`): it is
+ * resolved at start and again on its records' TTL (ts/engine/names.ts).
+ * Port 0 (an ephemeral port) is accepted for bind addresses only. A forward
+ * is `BIND=TARGET[,mode=M][,direction=D]` or the object form `{bind, target,
+ * mode, direction}` of config files. Port modes accept Linkerd's spellings
+ * (`unknown`, `HTTP/1`, `HTTP/2`, `gRPC`, `TLS`) and are normalised to the
+ * engine's lowercase names. Parsers throw plain `Error`s whose messages name
+ * the bad token and what is expected; ts/config/config.ts adds the key and
+ * the source.
  */
 import { isIPv4, isIPv6 } from 'node:net';
 
@@ -31,12 +35,18 @@ export interface SocketAddr {
   readonly addr: string;
 }
 
+/** Where a forward sends: an address, or a host name resolved at run time. */
+export interface TargetAddress extends SocketAddr {
+  /** `ip`: `host` is an address; `name`: `host` is a host name (lower case), `addr` is `name:port`. */
+  readonly kind: 'ip' | 'name';
+}
+
 /** One `--forward` listener. */
 export interface ForwardSpec {
   /** Unique listener name, `forward:BIND` (`#2`, `#3`... for repeated port-0 binds). */
   readonly name: string;
   readonly bind: SocketAddr;
-  readonly target: SocketAddr;
+  readonly target: TargetAddress;
   /** An explicit mode for this listener; null = from the port policy (detect by default). */
   readonly mode: PortMode | null;
   readonly direction: Direction;
@@ -56,45 +66,68 @@ const MODE_ALIASES: Record<string, PortMode> = {
 };
 
 const ADDR_EXPECTED = 'expected host:port with an IPv4 address, a [bracketed IPv6] address or localhost, e.g. 127.0.0.1:8080 or [::1]:8080';
+const TARGET_EXPECTED = 'expected host:port with an IPv4 address, a [bracketed IPv6] address or a host name, e.g. 127.0.0.1:5432, [::1]:5432 or db.internal:5432';
 
-function parseAddr(text: string, what: 'bind' | 'target'): SocketAddr {
+/** A DNS host name (RFC 1123 labels: letters, digits, hyphens; at most 253 characters; a final dot allowed). */
+export function isHostName(text: string): boolean {
+  const name = text.endsWith('.') ? text.slice(0, -1) : text;
+  if (name.length === 0 || name.length > 253) return false;
+  return name.split('.').every((label) => /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/i.test(label)) && !/^[\d.]+$/.test(name);
+}
+
+function parseAddr(text: string, what: 'bind' | 'target'): TargetAddress {
   const input = text.trim();
   let host: string;
   let portText: string;
+  let kind: 'ip' | 'name' = 'ip';
   const v6 = /^\[([^\]]*)\]:(\d+)$/.exec(input);
   const v4 = /^([^:[\]]+):(\d+)$/.exec(input);
   if (v6) {
     host = v6[1]!.toLowerCase();
     portText = v6[2]!;
-    if (!isIPv6(host)) throw new Error(`${what} address "${text}": "${host}" is not an IPv6 address; ${ADDR_EXPECTED}`);
+    if (!isIPv6(host)) throw new Error(`${what} address "${text}": "${host}" is not an IPv6 address; ${what === 'bind' ? ADDR_EXPECTED : TARGET_EXPECTED}`);
   } else if (v4) {
     host = v4[1]!;
     portText = v4[2]!;
-    if (host.toLowerCase() === 'localhost') host = '127.0.0.1';
-    else if (!isIPv4(host)) {
-      throw new Error(`${what} address "${text}": "${host}" is not an IPv4 address (host names other than localhost are not resolved); ${ADDR_EXPECTED}`);
+    if (isIPv4(host)) {
+      // an address
+    } else if (what === 'bind' && host.toLowerCase() === 'localhost') {
+      host = '127.0.0.1';
+    } else if (what === 'target' && isHostName(host)) {
+      host = host.toLowerCase();
+      kind = 'name';
+    } else if (what === 'bind') {
+      throw new Error(`bind address "${text}": "${host}" is not an IPv4 address (a listener binds an address; of host names only localhost is accepted); ${ADDR_EXPECTED}`);
+    } else {
+      throw new Error(`target address "${text}": "${host}" is neither an IPv4 address nor a host name; ${TARGET_EXPECTED}`);
     }
   } else if (isIPv6(input) || input.includes('::')) {
     throw new Error(`${what} address "${text}": an IPv6 address needs brackets and a port, e.g. [::1]:8080`);
   } else {
-    throw new Error(`${what} address "${text}": ${ADDR_EXPECTED}`);
+    throw new Error(`${what} address "${text}": ${what === 'bind' ? ADDR_EXPECTED : TARGET_EXPECTED}`);
   }
   const port = Number(portText);
   const min = what === 'bind' ? 0 : 1;
   if (portText.length > 5 || port < min || port > 65535) {
     throw new Error(`${what} address "${text}": port ${portText} is out of range: expected ${min}-65535`);
   }
-  return { host, port, addr: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}` };
+  return { host, port, addr: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, kind };
 }
 
-/** A listening address: port 0 (ephemeral) allowed. */
+/** A listening address: port 0 (ephemeral) allowed; `localhost` is 127.0.0.1. */
 export function parseBindAddr(text: string): SocketAddr {
-  return parseAddr(text, 'bind');
+  const { host, port, addr } = parseAddr(text, 'bind');
+  return { host, port, addr };
 }
 
-/** A destination address: port 1-65535. */
-export function parseTargetAddr(text: string): SocketAddr {
+/** A destination: an address or a host name, port 1-65535. */
+export function parseTargetAddr(text: string): TargetAddress {
   return parseAddr(text, 'target');
+}
+
+/** True when a bind was written as `localhost` (a forward then also binds [::1], see `expandLocalhostBinds`). */
+export function isLocalhostBind(text: string): boolean {
+  return /^localhost:\d+$/i.test(text.trim());
 }
 
 /** Normalises a port mode; accepts Linkerd's spellings, case-insensitive. */
@@ -124,10 +157,11 @@ export interface ForwardObject {
  * Parses one forward (without its name; ts/config/config.ts names them once the
  * whole list is known).
  */
-export function parseForward(item: string | ForwardObject): Omit<ForwardSpec, 'name'> {
+export function parseForward(item: string | ForwardObject): Omit<ForwardSpec, 'name'> & { readonly localhost: boolean } {
   if (typeof item !== 'string') {
     return {
       bind: parseBindAddr(item.bind),
+      localhost: isLocalhostBind(item.bind),
       target: parseTargetAddr(item.target),
       mode: item.mode === undefined ? null : parsePortMode(item.mode),
       direction: item.direction === undefined ? 'outbound' : parseDirection(item.direction),
@@ -152,6 +186,7 @@ export function parseForward(item: string | ForwardObject): Omit<ForwardSpec, 'n
       else if (key === 'direction') direction = parseDirection(value);
       else throw new Error(`unknown option "${name}": expected mode=M or direction=D`);
     }
-    return { bind: parseBindAddr(head.slice(0, eq)), target: parseTargetAddr(head.slice(eq + 1)), mode, direction };
+    const bind = head.slice(0, eq);
+    return { bind: parseBindAddr(bind), localhost: isLocalhostBind(bind), target: parseTargetAddr(head.slice(eq + 1)), mode, direction };
   }
 }

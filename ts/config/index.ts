@@ -24,16 +24,19 @@ export {
   type ConfigKey,
   type RawLayer,
   type ForwardSpec,
+  type TargetAddress,
   type SocketAddr,
   type PortMode,
   type Direction,
   type LogLevel,
 } from './config.js';
 export { hasPolicySources } from './sidecar.js';
+export { hasIpv6Loopback } from './schemas.js';
+export { NO_TTL_INTERVAL_MS, type NamesConfig } from './names.js';
 export { parseBindAddr } from './forward.js';
-export { LOG_LEVELS } from './config.js';
+export { LOG_FORMATS, LOG_LEVELS, type LogFormat } from './config.js';
 export { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy, type IdentityConfig, type IdentityFiles } from './identity.js';
-export { parseDuration, formatDuration } from './durations.js';
+export { DurationError, DURATION_UNITS, parseDuration, formatDuration } from './durations.js';
 export {
   parsePortList,
   parsePortListStrict,

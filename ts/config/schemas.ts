@@ -7,8 +7,9 @@
  * it into the normalised value, or adds an issue whose message completes
  * "invalid KEY VALUE (from SOURCE): " with what was expected.
  */
+import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
-import { parseDuration } from './durations.js';
+import { DurationError, parseDuration } from './durations.js';
 import { parsePortListStrict } from './port-list.js';
 // The file itself, not ts/policy/index.ts: the policy layer reads the config (an import cycle).
 import { parseCidrListStrict } from '../policy/cidr.js';
@@ -17,6 +18,18 @@ import { parseBindAddr, parseForward, type ForwardSpec } from './forward.js';
 /** pino's level names; `silent` turns logging off. */
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Log formats: JSON lines, text for a human, or `auto` (text when stderr is a terminal). */
+export const LOG_FORMATS = ['auto', 'json', 'text'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+export const logFormat = z.string().transform((v, ctx) =>
+  guard(() => {
+    const format = v.trim().toLowerCase();
+    if (!(LOG_FORMATS as readonly string[]).includes(format)) throw new Error(`expected one of ${LOG_FORMATS.join(', ')}`);
+    return format as LogFormat;
+  }, ctx),
+);
 // Field schemas. Each accepts what a file, an env var or a flag can hold
 // (strings from env and flags; numbers, lists and objects from files) and
 // transforms it into the normalised value, or adds an issue whose message says
@@ -60,8 +73,9 @@ export function duration(expected: string, opts: { min: number }) {
       try {
         ms = parseDuration(v);
       } catch (err) {
-        // parseDuration's own wording is generic; say what this key expects.
-        throw new Error(/maximum/.test((err as Error).message) ? 'expected at most 365d' : `expected ${expected}`, { cause: err });
+        // Say what this key expects, and how to write the value instead.
+        const hint = err instanceof DurationError ? err.hint : '';
+        throw new Error(/365d/.test(hint) ? hint : `expected ${expected}${hint !== '' ? `; ${hint}` : ''}`, { cause: err });
       }
       if (ms < opts.min) throw new Error(`expected at least ${opts.min}ms`);
       return ms;
@@ -119,18 +133,32 @@ const forwardObject = z.strictObject({
   direction: z.string().optional(),
 });
 
-/** One string, a list of strings/objects; env vars separate several with `;` or newlines. */
+/** True when this machine has an IPv6 loopback address (`::1` on an interface). */
+export function hasIpv6Loopback(): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv6' && i.address === '::1'));
+}
+
+/**
+ * One string, a list of strings/objects; env vars separate several with `;`
+ * or newlines (a `,` separates a forward's options). A `localhost:P` bind
+ * becomes two listeners, 127.0.0.1:P and [::1]:P, when IPv6 loopback exists.
+ */
 export const forwardList = z
   .union([z.string(), z.array(z.union([z.string(), forwardObject]))])
   .transform((v, ctx) =>
     guard(() => {
       const items = typeof v === 'string' ? v.split(/[;\n]/).filter((s) => s.trim() !== '') : v;
-      const specs = items.map((item, index) => {
+      const specs = items.flatMap((item, index) => {
+        let spec;
         try {
-          return parseForward(item);
+          spec = parseForward(item);
         } catch (err) {
           throw new ForwardItemError(index, item, (err as Error).message);
         }
+        const { localhost, ...forward } = spec;
+        // `localhost:P` listens where clients of "localhost" connect: 127.0.0.1 and ::1.
+        if (!localhost || forward.bind.port === 0 || !hasIpv6Loopback()) return [forward];
+        return [forward, { ...forward, bind: { host: '::1', port: forward.bind.port, addr: `[::1]:${forward.bind.port}` } }];
       });
       checkUniqueBinds(specs);
       return nameForwards(specs);
@@ -229,7 +257,8 @@ export const portDetectTimeouts = z.union([z.string(), z.array(z.string())]).tra
         ranges = parsePortListStrict(m[2]!);
         ms = parseDuration(m[3]!);
       } catch (err) {
-        throw new Error(`"${item}": ${(err as Error).message}; expected PORTS=DURATION, e.g. 8080=2s`, { cause: err });
+        const hint = err instanceof DurationError ? `; ${err.hint}` : '';
+        throw new Error(`"${item}": ${(err as Error).message}${hint}; expected PORTS=DURATION, e.g. 8080=2s`, { cause: err });
       }
       if (ms < 1) throw new Error(`"${item}": expected a timeout of at least 1ms`);
       const direction = (m[1] as 'inbound' | 'outbound' | undefined) ?? null;

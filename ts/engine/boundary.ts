@@ -23,7 +23,7 @@ http?: HttpSpec, };
 
 export type ListenerSpec = { name: string, bind: string, target: TargetSpec, mode: PortMode | null, direction: Direction, };
 
-export type TargetSpec = { "kind": "fixed", addr: string, } | { "kind": "originalDst", inboundHost: string | null, };
+export type TargetSpec = { "kind": "fixed", addr: string, } | { "kind": "named", host: string, port: number, addrs: Array<string>, } | { "kind": "originalDst", inboundHost: string | null, };
 
 export type DetectSpec = { inboundTimeoutMs: number, outboundTimeoutMs: number, serverFirstGraceMs: number, serverFirstCapacity: number, serverFirstTtlMs: number, 
 /**
@@ -111,7 +111,16 @@ fallbackRules: Array<RuleSpec>,
  * The detect timeout of exact destinations' detecting entries (`null`
  * keeps the direction's).
  */
-destinationDetectTimeoutMs: number | null, tables: Array<PortTableSpec>, addresses: Array<AddressSpec>, };
+destinationDetectTimeoutMs: number | null, tables: Array<PortTableSpec>, addresses: Array<AddressSpec>, 
+/**
+ * This workload's inbound authorization (`null`: everyone is allowed,
+ * Linkerd's `all-unauthenticated`).
+ */
+authz: AuthzSpec | null, 
+/**
+ * Static meshed addresses and networks (`--destinations FILE`).
+ */
+meshDestinations: Array<DestinationSpec>, };
 
 export type RuleSpec = { direction: Direction, 
 /**
@@ -123,7 +132,11 @@ net: string | null, ports: [number, number], mode: PortMode,
  */
 detectTimeoutMs: number | null, source: string, };
 
-export type PortTableSpec = { id: number, ports: Array<PortSpec>, sources: Array<string>, };
+export type PortTableSpec = { id: number, ports: Array<PortSpec>, sources: Array<string>, 
+/**
+ * The meshed peer behind the addresses using this table (`null`: not meshed).
+ */
+mesh: MeshPeerSpec | null, };
 
 export type PortSpec = [number, number, PortMode, number];
 
@@ -135,7 +148,7 @@ export type PolicyDelta = { generation: number,
  */
 base: number, frame: PolicyFrameSpec | null, tables: Array<PortTableSpec>, dropTables: Array<number>, addresses: Array<AddressSpec>, removeAddresses: Array<string>, };
 
-export type PolicyFrameSpec = { rules: Array<RuleSpec>, fallbackRules: Array<RuleSpec>, destinationDetectTimeoutMs: number | null, };
+export type PolicyFrameSpec = { rules: Array<RuleSpec>, fallbackRules: Array<RuleSpec>, destinationDetectTimeoutMs: number | null, authz: AuthzSpec | null, meshDestinations: Array<DestinationSpec>, };
 
 export type Direction = "inbound" | "outbound";
 
@@ -145,9 +158,9 @@ export type Protocol = "http/1" | "http/2" | "tls" | "opaque";
 
 export type DetectResult = "http/1" | "http/2" | "tls" | "opaque_port" | "not_http" | "server_first" | "read_timeout" | "client_closed" | "error" | "over_limit";
 
-export type TlsLabel = "no_identity" | "opaque";
+export type TlsLabel = "no_identity" | "opaque" | "true";
 
-export type NoTlsReason = "no_tls_from_remote" | "not_provided_by_remote";
+export type NoTlsReason = "no_tls_from_remote" | "not_provided_by_service_discovery" | "loopback" | "disabled";
 
 export type Peer = "src" | "dst";
 
@@ -201,11 +214,23 @@ evictedSeries: number, detect: Array<DetectSnapshot>, detectDurationMs: Array<De
  * Connections refused by transparent listeners, per direction and reason
  * (`{direction}_tcp_accept_errors_total{error}`).
  */
-acceptErrors: Array<AcceptErrorSnapshot>, errors: ErrorsSnapshot, };
+acceptErrors: Array<AcceptErrorSnapshot>, 
+/**
+ * Identity, handshakes, tunnel refusals, authorization decisions.
+ */
+mesh: MeshSnapshot, 
+/**
+ * Forwards to host names: their addresses and failures (`names.rs`).
+ */
+names: Array<NameSnapshot>, errors: ErrorsSnapshot, };
 
 export type ListenerSnapshot = { name: string, bind: string, direction: Direction, accepted: number, open: number, acceptErrors: number, limitWaits: number, accepting: boolean, };
 
-export type PolicySnapshot = { generation: number, rules: number, fallbackRules: number, addresses: number, tables: number, 
+export type PolicySnapshot = { generation: number, rules: number, fallbackRules: number, addresses: number, 
+/**
+ * Meshed destinations (pod addresses with a peer, and static entries).
+ */
+meshed: number, tables: number, 
 /**
  * Distinct source strings held.
  */
@@ -229,7 +254,17 @@ index: number | null,
 /**
  * The exact destination's name (e.g. `Pod shop/web-1`).
  */
-destination: string | null, };
+destination: string | null, 
+/**
+ * Outbound: the meshed peer behind the address (mutual TLS through
+ * its tunnel port, whatever the port's mode), if any.
+ */
+mesh: MeshPeerSpec | null, 
+/**
+ * Inbound: who may connect to the port, in the order the rules are
+ * tried (the port's Server, or the workload's default policy).
+ */
+authz: PortAuthzSpec | null, };
 
 export type PolicyMatch = "rule" | "destination" | "fallbackRule" | "default";
 
@@ -238,6 +273,45 @@ export type ErrorsSnapshot = { connectFailed: number, loopRefused: number, origi
  * Engine events dropped because the control layer did not read them.
  */
 eventsDropped: number, };
+
+export type FailureCounts = { errors: ErrorsSnapshot, names: Array<NameSnapshot>, };
+
+export type NameSnapshot = { listener: string, host: string, port: number, 
+/**
+ * The current addresses (`ip:port`).
+ */
+addresses: Array<string>, 
+/**
+ * Addresses marked as failing (skipped by the round robin for now).
+ */
+down: Array<string>, 
+/**
+ * Connections refused because the name had no address.
+ */
+noAddress: number, 
+/**
+ * Connections that reached the target on another address than the one first tried.
+ */
+failovers: number, 
+/**
+ * Connection attempts to one address that failed.
+ */
+dialFailures: number, 
+/**
+ * Address sets received after the first.
+ */
+updates: number, };
+
+export type TargetAddrsSpec = { 
+/**
+ * The listener whose target is the name.
+ */
+listener: string, 
+/**
+ * The name's addresses (IPs, no port), in the order to try them; empty
+ * when the name no longer resolves.
+ */
+addrs: Array<string>, };
 
 export type CopySnapshot = { 
 /**
@@ -255,6 +329,14 @@ export type TcpSnapshot = { direction: Direction,
  * `None` on the overflow series.
  */
 targetAddr: string | null, targetIp: string | null, targetPort: number | null, tls: TlsLabel, noTlsReason: NoTlsReason | null, sni: string | null, 
+/**
+ * Inbound mesh TLS: the client's verified identity.
+ */
+clientId: string | null, 
+/**
+ * Outbound mesh TLS: the server's verified identity.
+ */
+serverId: string | null, 
 /**
  * The series that collects targets past the cardinality bound.
  */
@@ -291,7 +373,7 @@ counts: Array<number>, sum: number, count: number, };
 
 export type AcceptErrorSnapshot = { direction: Direction, error: AcceptError, count: number, };
 
-export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port";
+export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port" | "unresolved";
 
 export type LimitsSnapshot = { connections: Array<DirectionLimitSnapshot>, detecting: Array<DirectionLimitSnapshot>, fds: FdSnapshot, };
 
@@ -328,7 +410,23 @@ export type ConnSnapshot = { id: number, listener: string, direction: Direction,
 /**
  * `None` while detection has not decided.
  */
-protocol: Protocol | null, tls: TlsLabel, sni: string | null, state: ConnState, bytesIn: number, bytesOut: number, ageMs: number, };
+protocol: Protocol | null, tls: TlsLabel, sni: string | null, 
+/**
+ * Mesh TLS: the peer's verified identity (the client's inbound, the server's outbound).
+ */
+peerId: string | null, 
+/**
+ * Mesh TLS: this proxy's certificate serial for this connection.
+ */
+localSerial: string | null, 
+/**
+ * Mesh TLS: the peer's certificate serial.
+ */
+peerSerial: string | null, 
+/**
+ * Carried through the tunnel (`transport.l5d.io/v1`).
+ */
+tunnel: boolean, state: ConnState, bytesIn: number, bytesOut: number, ageMs: number, };
 
 export type ConnState = "detecting" | "connecting" | "forwarding" | "closing";
 
@@ -410,7 +508,7 @@ chainLength: number,
  */
 anchors: number, };
 
-export type AuthzSpec = { generation: number, 
+export type AuthzSpec = { 
 /**
  * Ports with their own policy (selected by a Server).
  */
@@ -418,7 +516,13 @@ ports: Array<PortAuthzSpec>,
 /**
  * Every other port: the workload's default policy (`port` is ignored).
  */
-default: PortAuthzSpec, };
+default: PortAuthzSpec, 
+/**
+ * The ports the workload exposes (its containers' ports), when known:
+ * the tunnel (4143) reaches only these. `None`: unknown (no pod spec),
+ * any port policy allows.
+ */
+exposedPorts: Array<number> | null, };
 
 export type PortAuthzSpec = { port: number, 
 /**
@@ -452,8 +556,6 @@ identities: Array<string>, };
 export type NetworkSpec = { cidr: string, except: Array<string>, };
 
 export type DecisionInfo = { allow: boolean, srvKind: string, srvName: string, authzKind: string | null, authzName: string | null, };
-
-export type DestinationsSpec = { generation: number, entries: Array<DestinationSpec>, };
 
 export type DestinationSpec = { 
 /**
@@ -539,7 +641,15 @@ export type HttpSnapshot = { direction: Direction, authority: string | null,
 /**
  * `None` on the overflow series.
  */
-targetAddr: string | null, targetIp: string | null, targetPort: number | null, tls: TlsLabel, noTlsReason: NoTlsReason | null, sni: string | null, overflow: boolean, 
+targetAddr: string | null, targetIp: string | null, targetPort: number | null, tls: TlsLabel, noTlsReason: NoTlsReason | null, sni: string | null, 
+/**
+ * Inbound mesh TLS: the client's verified identity.
+ */
+clientId: string | null, 
+/**
+ * Outbound mesh TLS: the server's verified identity.
+ */
+serverId: string | null, overflow: boolean, 
 /**
  * `request_total`.
  */
@@ -567,3 +677,56 @@ grpcStatus: number | null, error: HttpErrorReason | null, count: number, };
 export type HttpErrorSnapshot = { direction: Direction, error: HttpErrorReason, count: number, };
 
 export type Classification = "success" | "failure";
+
+export type MeshPeerSpec = { 
+/**
+ * The identity the peer must prove.
+ */
+identity: string, 
+/**
+ * The peer's inbound (tunnel) port, usually 4143.
+ */
+tunnelPort: number, 
+/**
+ * Why it is meshed (e.g. `linkerd.io/inject=enabled on {destination}`;
+ * `{destination}` is replaced by the address's name when explained).
+ */
+source: string, };
+
+export type IdentityInstalled = { generation: number, info: IdentityInfo, };
+
+export type MeshSnapshot = { 
+/**
+ * The identity new connections use (None: no identity installed).
+ */
+identity: IdentityInfo | null, 
+/**
+ * How many identities were installed (0: none yet).
+ */
+identityGeneration: number, 
+/**
+ * Successful handshakes' durations, [inbound, outbound].
+ */
+handshakeMs: Array<HistogramSnapshot>, handshakeErrors: Array<HandshakeErrorSnapshot>, 
+/**
+ * Every reason, zeros included.
+ */
+tunnelErrors: Array<TunnelErrorSnapshot>, authz: Array<AuthzSnapshot>, };
+
+export type HandshakeErrorSnapshot = { direction: Direction, 
+/**
+ * `timeout`, `io`, `handshake`, `untrusted`, `expired`, `not_yet_valid`,
+ * `bad_certificate`, `identity_mismatch`, `no_client_cert`,
+ * `no_client_identity`, `alpn`, `peer_rejected`, `not_tls`.
+ */
+reason: string, count: number, };
+
+export type TunnelError = "preface" | "oversized" | "truncated" | "malformed" | "port" | "timeout" | "io" | "proxy_port" | "not_exposed";
+
+export type TunnelErrorSnapshot = { reason: TunnelError, count: number, };
+
+export type AuthzSnapshot = { allow: boolean, 
+/**
+ * `None` on the overflow series.
+ */
+targetPort: number | null, srvKind: string, srvName: string, authzKind: string | null, authzName: string | null, tls: TlsLabel, clientId: string | null, count: number, };

@@ -6,8 +6,7 @@
  * layer's (ts/policy/): the caller passes the table, and without one it is
  * the flags-only table, the one compiler with empty inputs.
  */
-import { networkInterfaces } from 'node:os';
-import type { ProxyConfig } from '../config/index.js';
+import { hasIpv6Loopback, type ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 // The file itself: ts/policy/index.ts reaches the sidecar wiring, which imports this folder.
 import { flagsPolicy } from '../policy/flags.js';
@@ -58,7 +57,8 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = fla
         ? config.forward.map((f) => ({
             name: f.name,
             bind: f.bind.addr,
-            target: { kind: 'fixed', addr: f.target.addr },
+            // A host name's addresses are pushed before the listeners bind (./names.ts).
+            target: f.target.kind === 'name' ? { kind: 'named', host: f.target.host, port: f.target.port, addrs: [] } : { kind: 'fixed', addr: f.target.addr },
             mode: f.mode,
             direction: f.direction,
           }))
@@ -74,11 +74,6 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = fla
     metrics: { maxTargets: config.maxMetricTargets, retainIdleMs: config.metricsRetainIdleMs },
     policy,
   };
-}
-
-/** True when this machine has an IPv6 loopback address. */
-function hasIpv6Loopback(): boolean {
-  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv6' && i.address === '::1'));
 }
 
 /**

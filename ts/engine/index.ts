@@ -17,22 +17,25 @@ export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './prox
 export { buildEngineConfig } from './build-config.js';
 export { setEngineLog, spawnApp, reapChildren, PolicyLookup, type EngineLogStream } from './native.js';
 export { resolvePodIps, proxyPorts, type PodIps } from './inbound.js';
-export { identityInit, identityIssue, identityCheck, authzDecide, destinationsLookup } from './mesh.js';
+export { identityInit, identityIssue, identityCheck, authzDecide } from './mesh.js';
 export type {
   AuthzSpec,
   PortAuthzSpec,
   AuthzRuleSpec,
   NetworkSpec,
   DecisionInfo,
-  DestinationsSpec,
   DestinationSpec,
   EndpointsUpdate,
   ServiceEndpointsSpec,
   HttpSpec,
   HttpSnapshot,
+  MeshPeerSpec,
   IdentityInfo,
   TrustBundle,
   IssuedPem,
+  LoadSpec,
+  IdentityInstalled,
+  MeshSnapshot,
 } from './boundary.js';
 export type {
   EngineConfig,
@@ -47,6 +50,7 @@ export type {
   BoundListener,
   CloseSummary,
   EngineSnapshot,
+  FailureCounts,
   HistogramSnapshot,
   TcpSeriesSnapshot,
   ConnectionInfo,

@@ -2,8 +2,8 @@
  * The addon's mesh identity and policy functions, typed: creating a trust
  * anchor and issuer, issuing a workload certificate, checking identity
  * material (chain, key, anchors, validity, identity name), and the engine's
- * own authorization decision and meshed-destination lookup for a table (so
- * `meshpipe explain` and tests see exactly what the data path will decide).
+ * own authorization decision for a table (tests of the authorization
+ * compiler; explain asks the compiled policy table, PolicyLookup).
  *
  * Values cross as JSON of the generated boundary types; PEM bytes cross as
  * Buffers. Errors are `MeshpipeError`s: `ERR_IDENTITY` (exit 2) for
@@ -13,8 +13,6 @@ import { call, loadBinding } from './native.js';
 import type {
   AuthzSpec,
   DecisionInfo,
-  DestinationSpec,
-  DestinationsSpec,
   IdentityInfo,
   InitSpec,
   IssueSpec,
@@ -45,10 +43,4 @@ export function identityCheck(spec: LoadSpec, cert: Buffer, key: Buffer, anchors
 export function authzDecide(table: AuthzSpec, port: number, clientIdentity: string | null, clientIp: string): DecisionInfo {
   const { authzDecide: decide } = loadBinding();
   return JSON.parse(call(() => decide(JSON.stringify(table), port, clientIdentity ?? undefined, clientIp))) as DecisionInfo;
-}
-
-/** The meshed destination the engine finds for `ip`, or null. */
-export function destinationsLookup(table: DestinationsSpec, ip: string): DestinationSpec | null {
-  const { destinationsLookup: lookup } = loadBinding();
-  return JSON.parse(call(() => lookup(JSON.stringify(table), ip))) as DestinationSpec | null;
 }

@@ -20,12 +20,16 @@ import { fromNative } from '../errors.js';
 import { loadAddon } from './addon-locate.js';
 import type * as Addon from '../../native/native.js';
 import type {
+  DecisionInfo,
+  IdentityInstalled,
+  LoadSpec,
   BoundListener,
   CloseSummary,
   ConnSnapshot,
   Direction,
   EngineEvent,
   EngineSpec,
+  FailureCounts,
   PolicyDecision,
   PolicyDelta,
   PolicyFrameSpec,
@@ -35,6 +39,7 @@ import type {
   SpawnOutcome,
   SpawnSpec,
   Snapshot,
+  TargetAddrsSpec,
   TcpSnapshot,
   DetectResult,
   EndpointsUpdate,
@@ -71,7 +76,6 @@ export interface RawBinding {
   identityIssue: typeof Addon.identityIssue;
   identityCheck: typeof Addon.identityCheck;
   authzDecide: typeof Addon.authzDecide;
-  destinationsLookup: typeof Addon.destinationsLookup;
 }
 
 const encoder = new TextEncoder();
@@ -141,6 +145,21 @@ export class NativeProxy {
     return call(() => this.#raw.updateEndpoints(bytesOf(update)));
   }
 
+  /** Installs or replaces the mesh identity (new connections only); throws ERR_IDENTITY. */
+  setIdentity(spec: LoadSpec, pem: { readonly cert: Buffer; readonly key: Buffer; readonly anchors: Buffer }): IdentityInstalled {
+    return JSON.parse(call(() => this.#raw.setIdentity(JSON.stringify(spec), pem.cert, pem.key, pem.anchors))) as IdentityInstalled;
+  }
+
+  /** Replaces the addresses of a listener's named target (a host name re-resolved; ./names.ts). */
+  setTargetAddrs(spec: TargetAddrsSpec): void {
+    call(() => this.#raw.setTargetAddrs(JSON.stringify(spec)));
+  }
+
+  /** The failure counters and named targets alone (cheap: no per-target series). */
+  failureCounts(): FailureCounts {
+    return JSON.parse(call(() => this.#raw.failureCounts())) as FailureCounts;
+  }
+
   snapshot(): EngineSnapshot {
     return JSON.parse(call(() => this.#raw.snapshot())) as EngineSnapshot;
   }
@@ -167,15 +186,21 @@ export class PolicyLookup {
   explain(direction: Direction, ip: string, port: number): PolicyDecision {
     return JSON.parse(call(() => this.#raw.explain(direction, ip, port))) as PolicyDecision;
   }
+
+  /** The table's authorization decision for a client of `port` (`clientIdentity` null: plaintext). */
+  authorize(port: number, clientIdentity: string | null, clientIp: string): DecisionInfo {
+    return JSON.parse(call(() => this.#raw.authorize(port, clientIdentity ?? undefined, clientIp))) as DecisionInfo;
+  }
 }
 
 /**
  * Installs (or re-filters) the engine's log output: pino-shaped JSON lines on
- * `stream`, filtered by RUST_LOG-style `filter` directives. Process-wide.
+ * `stream`, filtered by RUST_LOG-style `filter` directives; `format` `text`
+ * renders them for a human as ts/observe/log-format.ts does. Process-wide.
  */
-export function setEngineLog(filter: string, stream: EngineLogStream): void {
+export function setEngineLog(filter: string, stream: EngineLogStream, format?: 'json' | 'text'): void {
   const { setEngineLog: set } = loadBinding();
-  call(() => set(filter, stream));
+  call(() => set(filter, stream, format));
 }
 
 /**

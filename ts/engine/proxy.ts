@@ -18,6 +18,7 @@ import { fromNative, MeshpipeError } from '../errors.js';
 import type { ProxyConfig } from '../config/index.js';
 import { buildEngineConfig } from './build-config.js';
 import type { PodIps } from './inbound.js';
+import type { IdentityInstalled, LoadSpec } from './boundary.js';
 import {
   NativeProxy,
   type BoundListener,
@@ -27,6 +28,7 @@ import {
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
+  type FailureCounts,
   type Direction,
   type PolicyChange,
   type PolicyDecision,
@@ -158,6 +160,11 @@ export class Proxy {
     return this.#native.updateEndpoints(update);
   }
 
+  /** Installs or replaces the mesh identity: new connections use it, open ones keep theirs. */
+  setIdentity(spec: LoadSpec, pem: { readonly cert: Buffer; readonly key: Buffer; readonly anchors: Buffer }): IdentityInstalled {
+    return this.#native.setIdentity(spec, pem);
+  }
+
   /** Applies a delta to the current table (all or nothing; only to its base generation). Returns the new generation. */
   updatePolicy(delta: PolicyChange | Uint8Array): number {
     return this.#native.updatePolicy(delta);
@@ -166,6 +173,16 @@ export class Proxy {
   /** What the current table decides for a connection to `ip`:`port`, with the source. */
   explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
     return this.#native.explainPolicy(direction, ip, port);
+  }
+
+  /** Replaces the addresses of a listener's target host name (./names.ts); new connections use them. */
+  setTargetAddrs(listener: string, addrs: readonly string[]): void {
+    this.#native.setTargetAddrs({ listener, addrs: [...addrs] });
+  }
+
+  /** The failure counters and named targets alone: cheap enough to poll often. */
+  failureCounts(): FailureCounts {
+    return this.#native.failureCounts();
   }
 
   /** Every engine counter, read in one call. */

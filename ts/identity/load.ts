@@ -10,7 +10,7 @@
  */
 import { open } from 'node:fs/promises';
 import { MeshpipeError } from '../errors.js';
-import { identityCheck, type IdentityInfo } from '../engine/index.js';
+import { identityCheck, type IdentityInfo, type LoadSpec } from '../engine/index.js';
 import type { IdentityFiles } from '../config/index.js';
 
 /** No certificate, key or bundle of anchors is anywhere near this big. */
@@ -22,6 +22,10 @@ export interface LoadedIdentity {
   readonly files: IdentityFiles;
   /** ms since the epoch. */
   readonly loadedAtMs: number;
+  /** The bytes that were checked, for the engine to install as they are. */
+  readonly pem: { readonly cert: Buffer; readonly key: Buffer; readonly anchors: Buffer };
+  /** The check's input (file names for messages, `--identity-name`). */
+  readonly spec: LoadSpec;
 }
 
 /** Reads one file, bounded; errors name the file and what it should hold. */
@@ -56,6 +60,7 @@ export async function loadIdentity(files: IdentityFiles, name: string | undefine
   const cert = await readPem(files.cert, 'the certificate chain (PEM)');
   const key = await readPem(files.key, 'the private key (PEM)');
   const anchors = await readPem(files.anchors, 'the trust anchors (PEM)');
-  const info = identityCheck({ certFile: files.cert, keyFile: files.key, anchorsFile: files.anchors, name: name ?? null }, cert, key, anchors);
-  return Object.freeze({ info: Object.freeze(info), files, loadedAtMs: Date.now() });
+  const spec: LoadSpec = { certFile: files.cert, keyFile: files.key, anchorsFile: files.anchors, name: name ?? null };
+  const info = identityCheck(spec, cert, key, anchors);
+  return Object.freeze({ info: Object.freeze(info), files, loadedAtMs: Date.now(), pem: Object.freeze({ cert, key, anchors }), spec });
 }

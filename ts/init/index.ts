@@ -27,6 +27,8 @@ export {
   commandForFamily,
   prepareInstall,
   probeFamily,
+  readNatState,
+  detectTool,
   restoreShellText,
   uninstallFamily,
   type FamilyResult,

@@ -54,6 +54,8 @@ export interface AdminServerOptions {
   readonly metrics: Metrics;
   /** Null when ready; otherwise why not. */
   readonly notReady: () => NotReadyReason;
+  /** Extra lines for /ready (the mesh identity, a failing reload). */
+  readonly readyDetails?: () => readonly string[];
   /** Live connections, at most `limit`. */
   readonly connections: (limit: number) => ConnectionInfo[];
   /** The JSON document served at /policy (it may be computed elsewhere: a promise). */
@@ -255,8 +257,10 @@ export class AdminServer {
 
   #ready(res: http.ServerResponse): void {
     const reason = this.#options.notReady();
-    if (reason === null) send(res, 200, 'ready\n');
-    else send(res, 503, `not ready: ${reason}\n`);
+    const details = this.#options.readyDetails?.() ?? [];
+    const tail = details.map((d) => `${d}\n`).join('');
+    if (reason === null) send(res, 200, `ready\n${tail}`);
+    else send(res, 503, `not ready: ${reason}\n${tail}`);
   }
 
   /** PUT /log-filter: the body (text or JSON, at most 4 KiB) becomes the engine's trace filter. */

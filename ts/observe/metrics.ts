@@ -153,7 +153,7 @@ interface SeriesLabels {
 }
 
 function seriesKey(s: TcpSeriesSnapshot): string {
-  return `${s.direction}|${s.overflow ? '\u0000overflow' : (s.targetAddr ?? '')}|${s.tls}|${s.noTlsReason ?? ''}|${s.sni ?? ''}`;
+  return `${s.direction}|${s.overflow ? '\u0000overflow' : (s.targetAddr ?? '')}|${s.tls}|${s.noTlsReason ?? ''}|${s.sni ?? ''}|${s.clientId ?? ''}|${s.serverId ?? ''}`;
 }
 
 function seriesLabels(s: TcpSeriesSnapshot): SeriesLabels {
@@ -165,6 +165,9 @@ function seriesLabels(s: TcpSeriesSnapshot): SeriesLabels {
     tls: s.tls,
     no_tls_reason: s.noTlsReason ?? '',
     sni: s.sni ?? '',
+    // Mesh TLS: the verified peer (Linkerd's client_id inbound, server_id outbound).
+    ...(s.clientId !== null ? { client_id: s.clientId } : {}),
+    ...(s.serverId !== null ? { server_id: s.serverId } : {}),
   };
   return { src: shared({ ...base, peer: 'src' }), dst: shared({ ...base, peer: 'dst' }) };
 }
@@ -223,6 +226,13 @@ function detectResults(direction: 'inbound' | 'outbound', name: string) {
   };
 }
 
+/** One sample per forward whose target is a host name, labelled by listener. */
+function perName(name: string, value: (n: EngineSnapshot['names'][number]) => number) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const n of s.names) out.add(name, value(n), NONE, 'listener', n.listener);
+  };
+}
+
 /** Linkerd's `{direction}_tcp_accept_errors_total{error}`; the reasons that cannot happen in a direction are left out. */
 function acceptErrors(direction: 'inbound' | 'outbound', name: string) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
@@ -245,6 +255,8 @@ function httpLabels(h: HttpSnapshot): Labels {
     tls: h.tls,
     no_tls_reason: h.noTlsReason ?? '',
     sni: h.sni ?? '',
+    ...(h.clientId !== null ? { client_id: h.clientId } : {}),
+    ...(h.serverId !== null ? { server_id: h.serverId } : {}),
   };
 }
 
@@ -268,6 +280,28 @@ function responses(s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sin
 function httpErrors(direction: 'inbound' | 'outbound', name: string) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
     for (const e of s.httpErrors) if (e.direction === direction) out.add(name, e.count, NONE, 'error', e.error);
+  };
+}
+
+/** Linkerd's `inbound_tcp_authz_{allow,deny}_total` (authz_* labels on allow only). */
+function authzDecisions(allow: boolean, name: string) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const a of s.mesh.authz) {
+      if (a.allow !== allow) continue;
+      const labels: Labels = {
+        target_port: a.targetPort === null ? '' : String(a.targetPort),
+        srv_group: a.targetPort === null ? '' : a.srvKind === 'server' ? 'policy.linkerd.io' : '',
+        srv_kind: a.srvKind,
+        srv_name: a.targetPort === null ? OVERFLOW_TARGET : a.srvName,
+        tls: a.tls,
+        client_id: a.clientId ?? '',
+      };
+      if (allow) {
+        labels['authz_kind'] = a.authzKind ?? '';
+        labels['authz_name'] = a.authzName ?? '';
+      }
+      out.add(name, a.count, shared(labels));
+    }
   };
 }
 
@@ -336,10 +370,18 @@ const FAMILIES: readonly FamilySpec[] = [
   { name: 'meshpipe_listener_accepting', type: 'gauge', help: '1 while a listener accepts new connections, 0 once it stopped (drain)',
     emit: perListener('meshpipe_listener_accepting', (l) => (l.accepting ? 1 : 0)) },
   { name: 'inbound_tcp_accept_errors_total', type: 'counter',
-    help: "Inbound connections refused before forwarding: not_pod_ip (original destination not one of the pod's IPs), proxy_port (one of the proxy's own ports), loop, no_original_dst",
+    help: "Inbound connections refused before forwarding: not_pod_ip (original destination not one of the pod's IPs), proxy_port (one of the proxy's own ports), loop, no_original_dst, unresolved (a --forward host name with no address)",
     emit: acceptErrors('inbound', 'inbound_tcp_accept_errors_total') },
-  { name: 'outbound_tcp_accept_errors_total', type: 'counter', help: 'Outbound connections refused before forwarding: loop, no_original_dst',
+  { name: 'outbound_tcp_accept_errors_total', type: 'counter', help: 'Outbound connections refused before forwarding: loop, no_original_dst, unresolved (a --forward host name with no address)',
     emit: acceptErrors('outbound', 'outbound_tcp_accept_errors_total') },
+  { name: 'meshpipe_forward_addresses', type: 'gauge', help: 'Addresses a --forward target host name resolves to now (0: it no longer resolves)',
+    emit: perName('meshpipe_forward_addresses', (n) => n.addresses.length) },
+  { name: 'meshpipe_forward_unresolved_total', type: 'counter', help: 'Connections to a --forward whose target host name had no address (reset)',
+    emit: perName('meshpipe_forward_unresolved_total', (n) => n.noAddress) },
+  { name: 'meshpipe_forward_failovers_total', type: 'counter', help: 'Connections to a --forward target host name that connected through another address than the one first tried',
+    emit: perName('meshpipe_forward_failovers_total', (n) => n.failovers) },
+  { name: 'meshpipe_forward_dial_failures_total', type: 'counter', help: 'Connection attempts to one address of a --forward target host name that failed (the address is skipped for 10 s)',
+    emit: perName('meshpipe_forward_dial_failures_total', (n) => n.dialFailures) },
   { name: 'meshpipe_connect_failures_total', type: 'counter', help: 'Failed connects to targets (the client connection was closed)',
     emit: single('meshpipe_connect_failures_total', (s) => s.errors.connectFailed) },
   { name: 'meshpipe_loop_refused_total', type: 'counter', help: 'Connections refused because their target was one of the proxy\'s own listeners (a forwarding loop)',
@@ -376,6 +418,22 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: single('meshpipe_fd_reserve', (s) => s.limits.fds.reserve) },
   { name: 'meshpipe_fd_budget_waits_total', type: 'counter', help: 'Times a listener waited for descriptors of the budget (the connection waited in the kernel backlog)',
     emit: single('meshpipe_fd_budget_waits_total', (s) => s.limits.fds.waits) },
+  { name: 'inbound_tcp_authz_allow_total', type: 'counter', help: 'Inbound connections allowed by the authorization policy (srv_*: the Server or default policy of the port; authz_*: the rule that allowed)',
+    emit: authzDecisions(true, 'inbound_tcp_authz_allow_total') },
+  { name: 'inbound_tcp_authz_deny_total', type: 'counter', help: 'Inbound connections refused by the authorization policy',
+    emit: authzDecisions(false, 'inbound_tcp_authz_deny_total') },
+  { name: 'meshpipe_tls_handshake_duration_ms', type: 'histogram', help: 'Successful mesh TLS handshakes (inbound: accepted, outbound: originated, dial excluded), in milliseconds',
+    emit: (s, _series, out) => s.mesh.handshakeMs.forEach((h, i) => emitHistogram(out, 'meshpipe_tls_handshake_duration_ms', h, shared({ direction: i === 0 ? 'inbound' : 'outbound' }))) },
+  { name: 'meshpipe_tls_handshake_errors_total', type: 'counter', help: 'Failed mesh TLS handshakes by direction and reason (handshake, verification, identity_mismatch, no_client_cert, alpn, not_tls, ...)',
+    emit: (s, _series, out) => {
+      for (const e of s.mesh.handshakeErrors) out.add('meshpipe_tls_handshake_errors_total', e.count, shared({ direction: e.direction }), 'reason', e.reason);
+    } },
+  { name: 'meshpipe_inbound_tunnel_errors_total', type: 'counter', help: 'Tunnel (direct inbound) connections refused after the handshake: a bad transport header (preface, oversized, truncated, malformed, port, timeout, io) or a port the tunnel may not reach (proxy_port, not_exposed)',
+    emit: (s, _series, out) => {
+      for (const e of s.mesh.tunnelErrors) out.add('meshpipe_inbound_tunnel_errors_total', e.count, NONE, 'reason', e.reason);
+    } },
+  { name: 'meshpipe_meshed_destinations', type: 'gauge', help: 'Meshed destinations (pod addresses and --destinations entries) the engine holds',
+    emit: single('meshpipe_meshed_destinations', (s) => s.policy.meshed) },
 ];
 
 /** Scrapes whose engine snapshot failed; rendered even when the snapshot is missing. */

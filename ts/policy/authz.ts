@@ -1,7 +1,8 @@
 /**
  * The inbound authorization compiler: Linkerd's policy resources and
  * default policies -> the engine's per-port authorization table
- * (`AuthzSpec`, decided in Rust by crates/meshpipe-core/src/authz.rs).
+ * (`AuthzSpec`, part of the policy table's frame (frame.ts), decided in
+ * Rust by crates/meshpipe-core/src/authz.rs).
  *
  * For this workload:
  * - A port selected by a Server (the oldest, then by name, as for the port
@@ -35,7 +36,6 @@ import { PROXY_PROTOCOL_MODES } from './model.js';
 export const DEFAULT_INBOUND_POLICY_ANNOTATION = 'config.linkerd.io/default-inbound-policy';
 
 export interface AuthzInputs {
-  readonly generation: number;
   /** This proxy's workload (its labels and container ports select Servers). */
   readonly workload: WorkloadObject | undefined;
   /** The object problems about this workload are attributed to. */
@@ -179,5 +179,5 @@ export function compileAuthz(inputs: AuthzInputs): AuthzResult {
       ports.push({ port: d.port, srvKind: 'server', srvName: d.server.name, rules });
     }
   }
-  return { spec: { generation: inputs.generation, ports, default: def }, problems };
+  return { spec: { ports, default: def, exposedPorts: null }, problems };
 }

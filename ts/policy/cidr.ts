@@ -185,3 +185,12 @@ export function canonicalAddress(address: string): string | undefined {
   const host = hostCidr(address);
   return host === undefined ? undefined : host.text.slice(0, host.text.lastIndexOf('/'));
 }
+
+/** An address inside a network (its `n`-th host, the first by default; the last one if the network is smaller), e.g. to ask what the policy does for "any destination in it". */
+export function addressIn(cidr: Cidr, n = 1): string {
+  const width = cidr.family === 4 ? 32 : 128;
+  const size = 1n << BigInt(width - cidr.prefix);
+  const offset = BigInt(n) < size ? BigInt(n) : size - 1n;
+  const bits = cidr.bits + offset;
+  return cidr.family === 4 ? bigIntToV4(bits) : bigIntToV6(bits);
+}

@@ -14,7 +14,7 @@
 import type { WorkloadObject } from './k8s/objects.js';
 import { isCidrError, parseCidr, type Cidr } from './cidr.js';
 import { PolicyCompiler, type CompilerSettings } from './compiler.js';
-import type { EffectivePolicy, PolicyInputs, PolicyTable } from './model.js';
+import { DEFAULT_MESH_SETTINGS, type EffectivePolicy, type PolicyInputs, type PolicyTable } from './model.js';
 import type { PolicyProblem } from './problems.js';
 
 export interface CompileResult {
@@ -44,6 +44,7 @@ export function settingsOf(inputs: Omit<PolicyInputs, 'manifests' | 'workloadAnn
     inboundDetectTimeoutMs: inputs.inboundDetectTimeoutMs,
     outboundDetectTimeoutMs: inputs.outboundDetectTimeoutMs,
     identity: inputs.identity,
+    mesh: inputs.mesh ?? DEFAULT_MESH_SETTINGS,
   };
 }
 
@@ -60,11 +61,12 @@ export function compilerFor(inputs: PolicyInputs): PolicyCompiler {
   const compiler = new PolicyCompiler(settingsOf(inputs));
   compiler.setSelfAnnotations(inputs.workloadAnnotations, inputs.workloadAnnotationsOrigin);
   const m = inputs.manifests;
-  const objects = [...m.namespaces, ...m.services, ...m.workloads, ...m.servers];
+  const objects = [...m.namespaces, ...m.services, ...m.workloads, ...m.servers, ...m.authz];
   // Each object its own origin, numbered: duplicates (the same object in two files) stay distinct.
   const width = String(objects.length).length;
   objects.forEach((o, i) => compiler.upsert(`#${String(i).padStart(width, '0')}`, o));
   compiler.setOriginProblems('inputs', m.problems);
+  if (inputs.meshDestinations !== undefined) compiler.setMeshDestinations('mesh destinations', inputs.meshDestinations);
   return compiler;
 }
 

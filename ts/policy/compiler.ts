@@ -14,6 +14,9 @@
  *                           in this proxy's namespace);
  *   a Namespace          -> the Services and pods of that namespace (inherited annotations);
  *   a workload controller-> the frame, when it could be this proxy's workload;
+ *   an AuthorizationPolicy of this proxy's namespace, any MeshTLSAuthentication
+ *   or NetworkAuthentication (a policy may refer across namespaces),
+ *   the static meshed destinations -> the frame (its authorization);
  *   this pod's annotations (downward-API file) -> the frame.
  * `flush()` recompiles only what was marked and returns the change for the
  * engine: the frame when it changed, new and dropped port tables, and the
@@ -21,14 +24,17 @@
  * frame.ts (this workload) and outbound.ts (destinations).
  */
 
-import type { NamespaceObject, PolicyObject, ServerObject, ServiceObject, WorkloadObject } from './k8s/objects.js';
+import type { AuthzObject, NamespaceObject, PolicyObject, ServerObject, ServiceObject, WorkloadObject } from './k8s/objects.js';
 import { describeRef, serviceSelects } from './k8s/objects.js';
 import { readPortAnnotation } from './annotations.js';
 import { canonicalAddress } from './cidr.js';
 import { compileFrame, couldBeSelf, findWorkload, selfNamespace, type CompilerSettings, type Frame } from './frame.js';
 import { DestinationTable, type Claim, type DestinationChanges } from './destinations.js';
+import { peerKey, staticDestinations } from './mesh-destinations.js';
 import {
   ANNOTATIONS,
+  type DestinationSpec,
+  type MeshPeerSpec,
   type DestinationPolicy,
   type EffectivePolicy,
   type PolicyFrame,
@@ -115,6 +121,7 @@ class PodClaim implements Claim {
     readonly content: string,
     readonly own: readonly PortDecision[],
     readonly chain: SharedChain | undefined,
+    readonly mesh: MeshPeerSpec | undefined,
   ) {}
 
   get name(): string {
@@ -141,6 +148,11 @@ class ServiceClaim implements Claim {
     readonly list: readonly PortDecision[],
   ) {}
 
+  /** A Service address is never meshed: kube-proxy picks the pod, the proxy cannot know its identity. */
+  get mesh(): undefined {
+    return undefined;
+  }
+
   order(): string {
     return `0\u0000${rest(this.key)}\u0000${this.part}`;
   }
@@ -148,6 +160,17 @@ class ServiceClaim implements Claim {
   decisions(): readonly PortDecision[] {
     return this.list;
   }
+}
+
+function isAuthz(o: PolicyObject): o is AuthzObject {
+  return o.kind === 'AuthorizationPolicy' || o.kind === 'MeshTLSAuthentication' || o.kind === 'NetworkAuthentication';
+}
+
+/** The engine's frame of a compiled frame. */
+function frameSpec(f: Frame): PolicyFrame {
+  return {
+    rules: f.rules, fallbackRules: f.fallbackRules, destinationDetectTimeoutMs: f.destinationDetectTimeoutMs, authz: f.authz, meshDestinations: f.meshDestinations,
+  };
 }
 
 /** An incremental compiler for one proxy's workload. */
@@ -159,6 +182,9 @@ export class PolicyCompiler {
   readonly #services = new Map<string, Set<Key>>();
   readonly #pods = new Map<string, Set<Key>>();
   readonly #servers = new Map<string, Set<Key>>();
+  /** AuthorizationPolicies, MeshTLSAuthentications, NetworkAuthentications by namespace. */
+  readonly #authz = new Map<string, Set<Key>>();
+  #meshDestinations: readonly DestinationSpec[] = [];
   readonly #controllers = new Map<string, Set<Key>>();
   readonly #podsByLabel = new Map<string, Set<Key>>();
   readonly #servicesBySelector = new Map<string, Set<Key>>();
@@ -214,6 +240,15 @@ export class PolicyCompiler {
     this.#setProblems(`origin\u0000${origin}`, problems);
   }
 
+  /** The static meshed destinations (`--destinations FILE`); a network listed twice keeps its first entry. */
+  setMeshDestinations(origin: string, entries: readonly DestinationSpec[], problems: readonly PolicyProblem[] = []): void {
+    const kept = staticDestinations(entries);
+    this.#setProblems(`origin\u0000${origin}`, [...problems, ...kept.problems]);
+    if (JSON.stringify(kept.entries) === JSON.stringify(this.#meshDestinations)) return;
+    this.#meshDestinations = Object.freeze(kept.entries);
+    this.#frameDirty = true;
+  }
+
   /** This pod's own annotations (downward-API file); undefined: from its object. */
   setSelfAnnotations(values: Readonly<Record<string, string>> | undefined, origin: string | undefined): void {
     const next = values === undefined ? undefined : { values, origin };
@@ -245,6 +280,7 @@ export class PolicyCompiler {
       const pair = firstPair(o.selector);
       if (pair) add(this.#servicesBySelector, `${o.namespace}\u0000${pair[0]}\u0000${pair[1]}`, key);
     } else if (o.kind === 'Server') add(this.#servers, o.namespace, key);
+    else if (isAuthz(o)) add(this.#authz, o.namespace, key);
     else if (o.kind === 'Pod') {
       add(this.#pods, o.namespace, key);
       for (const k in o.labels) add(this.#podsByLabel, `${o.namespace}\u0000${k}\u0000${o.labels[k]}`, key);
@@ -260,6 +296,7 @@ export class PolicyCompiler {
       const pair = firstPair(o.selector);
       if (pair) del(this.#servicesBySelector, `${o.namespace}\u0000${pair[0]}\u0000${pair[1]}`, key);
     } else if (o.kind === 'Server') del(this.#servers, o.namespace, key);
+    else if (isAuthz(o)) del(this.#authz, o.namespace, key);
     else if (o.kind === 'Pod') {
       del(this.#pods, o.namespace, key);
       for (const k in o.labels) del(this.#podsByLabel, `${o.namespace}\u0000${k}\u0000${o.labels[k]}`, key);
@@ -293,6 +330,14 @@ export class PolicyCompiler {
       case 'Pod':
         this.#dirtyPods.add(key);
         if (couldBeSelf(identity, o)) this.#frameDirty = true;
+        break;
+      case 'AuthorizationPolicy':
+        if (o.namespace === selfNamespace(identity)) this.#frameDirty = true;
+        break;
+      case 'MeshTLSAuthentication':
+      case 'NetworkAuthentication':
+        // Referred to by name from policies of any namespace.
+        this.#frameDirty = true;
         break;
       case 'Deployment':
       case 'StatefulSet':
@@ -416,7 +461,7 @@ export class PolicyCompiler {
     // Usually the canonical form is the pod's own list: keep that one.
     if (result && addresses.length === result.addresses.length && addresses.every((a, i) => a === result.addresses[i])) addresses = result.addresses;
     const claim = result && addresses.length > 0
-      ? new PodClaim(key, sharedContent(`pod\u0000${result.ownKey}\u0000${result.chain?.key ?? ''}`), result.own, result.chain)
+      ? new PodClaim(key, sharedContent(`pod\u0000${result.ownKey}\u0000${result.chain?.key ?? ''}\u0000${peerKey(result.mesh)}`), result.own, result.chain, result.mesh)
       : undefined;
     this.#destinations.update(prev?.claim, prev?.addresses ?? [], claim, addresses);
     this.#setProblems(`destination\u0000${key}`, problems);
@@ -459,15 +504,18 @@ export class PolicyCompiler {
     if (this.#frameDirty || this.#frame === undefined) {
       this.#frameDirty = false;
       const before = this.#frame?.context.externalProfiles.enabled;
+      const allAuthz: AuthzObject[] = [];
+      for (const keys of this.#authz.values()) for (const k of keys) allAuthz.push(this.#objects.get(k) as AuthzObject);
       const next = compileFrame(
         this.settings, this.#findSelf(), this.#selfAnnotations,
         this.#all<ServerObject>(this.#servers, selfNamespace(this.settings.identity)), (n) => this.#namespace(n),
+        allAuthz, this.#meshDestinations,
       );
       this.#setProblems('frame', next.problems);
-      const json = JSON.stringify([next.rules, next.fallbackRules, next.destinationDetectTimeoutMs]);
+      const json = JSON.stringify([next.rules, next.fallbackRules, next.destinationDetectTimeoutMs, next.authz, next.meshDestinations]);
       if (json !== this.#frameJson) {
         this.#frameJson = json;
-        this.#frameChange = { rules: next.rules, fallbackRules: next.fallbackRules, destinationDetectTimeoutMs: next.destinationDetectTimeoutMs };
+        this.#frameChange = frameSpec(next);
       }
       this.#frame = next;
       // Which clusterIPs count as inside clusterNetworks depends on enable-external-profiles.
@@ -486,8 +534,7 @@ export class PolicyCompiler {
   /** The ordered rules of the current table (recompiling what is marked; the changes still wait for flush()). */
   frame(): PolicyFrame {
     if (this.dirty || this.#frame === undefined) this.#recompile();
-    const frame = this.#frame as Frame;
-    return { rules: frame.rules, fallbackRules: frame.fallbackRules, destinationDetectTimeoutMs: frame.destinationDetectTimeoutMs };
+    return frameSpec(this.#frame as Frame);
   }
 
   /** The whole current table (recompiling what is marked; the changes still wait for flush()). */
@@ -502,6 +549,8 @@ export class PolicyCompiler {
       destinationDetectTimeoutMs: frame.destinationDetectTimeoutMs,
       tables: whole.tables,
       addresses: whole.addresses,
+      authz: frame.authz,
+      meshDestinations: frame.meshDestinations,
     };
   }
 
@@ -514,7 +563,7 @@ export class PolicyCompiler {
     for (const [k, p] of this.#compiledPods) {
       const pod = this.#objects.get(k);
       if (!pod) continue;
-      all.push([`1\u0000${rest(k)}`, () => podDestination({ object: ref(pod), addresses: p.addresses, own: p.claim.own, ownKey: '', chain: p.claim.chain })]);
+      all.push([`1\u0000${rest(k)}`, () => podDestination({ object: ref(pod), addresses: p.addresses, own: p.claim.own, ownKey: '', chain: p.claim.chain, mesh: p.claim.mesh })]);
     }
     all.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const destinations = all.slice(0, limit).map(([, d]) => d());

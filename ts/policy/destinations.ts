@@ -11,16 +11,24 @@
  * the same ports and annotations), so a table crosses to the engine once, is
  * referred to by id, and is dropped when no address uses it any more. One
  * changed destination changes only its own addresses.
+ *
+ * A table also carries the meshed peer of its addresses (a meshed pod's
+ * identity and tunnel port, part of its content: replicas share it). An
+ * address claimed by several destinations is meshed only when they all
+ * agree on the peer; otherwise it is not meshed (plaintext, never mutual
+ * TLS to a guessed identity).
  */
 
-import type { AddressSpec, PortDecision, PortMode } from './model.js';
+import type { AddressSpec, MeshPeerSpec, PortDecision, PortMode } from './model.js';
 import { DESTINATION } from './outbound.js';
+import { peerKey } from './mesh-destinations.js';
 
 /** A port table as the engine receives it. */
 export interface TableSpec {
   readonly id: number;
   readonly ports: [number, number, PortMode, number][];
   readonly sources: string[];
+  readonly mesh: MeshPeerSpec | null;
 }
 
 /** One destination's claim on its addresses (one object per destination, identified by itself). */
@@ -29,10 +37,12 @@ export interface Claim {
   order(): string;
   /** e.g. `Pod shop/web-1`: replaces `{destination}` in sources. */
   readonly name: string;
-  /** Identifies the decisions' content: equal keys, equal tables. */
+  /** Identifies the decisions' (and the peer's) content: equal keys, equal tables. */
   readonly content: string;
   /** The decisions in precedence order, sources possibly with `{destination}`. */
   decisions(): readonly PortDecision[];
+  /** The meshed peer behind the addresses, if any. */
+  readonly mesh: MeshPeerSpec | undefined;
 }
 
 /** What changed since the last `takeChanges()`. */
@@ -49,7 +59,7 @@ interface Table {
   refs: number;
 }
 
-function buildTable(id: number, decisions: readonly PortDecision[]): TableSpec {
+function buildTable(id: number, decisions: readonly PortDecision[], mesh: MeshPeerSpec | undefined): TableSpec {
   const sources: string[] = [];
   const index = new Map<string, number>();
   const ports: [number, number, PortMode, number][] = [];
@@ -62,7 +72,14 @@ function buildTable(id: number, decisions: readonly PortDecision[]): TableSpec {
     }
     ports.push([d.ports.from, d.ports.to, d.mode, i]);
   }
-  return { id, ports, sources };
+  return { id, ports, sources, mesh: mesh ?? null };
+}
+
+/** The peer of a shared address: the one every claim has, else none. */
+function commonPeer(claims: readonly Claim[], names: string): MeshPeerSpec | undefined {
+  const first = claims[0]?.mesh;
+  if (first === undefined || claims.some((c) => peerKey(c.mesh) !== peerKey(first))) return undefined;
+  return first.source.includes(DESTINATION) ? { ...first, source: first.source.replaceAll(DESTINATION, names) } : first;
 }
 
 function substitute(decisions: readonly PortDecision[], name: string): PortDecision[] {
@@ -127,11 +144,11 @@ export class DestinationTable {
     }
   }
 
-  #intern(content: string, decisions: () => readonly PortDecision[]): Table {
+  #intern(content: string, decisions: () => readonly PortDecision[], mesh: () => MeshPeerSpec | undefined): Table {
     let table = this.#tables.get(content);
     if (!table) {
       const id = ++this.#lastId;
-      table = { id, spec: buildTable(id, decisions()), refs: 0 };
+      table = { id, spec: buildTable(id, decisions(), mesh()), refs: 0 };
       this.#tables.set(content, table);
       this.#pending.tables.push(table.spec);
     }
@@ -167,22 +184,26 @@ export class DestinationTable {
       let content: string;
       let names: string | undefined;
       let decisions: () => readonly PortDecision[];
+      let mesh: () => MeshPeerSpec | undefined;
       const only = claims.length === 1 ? (claims[0] as Claim) : undefined;
       if (only) {
         content = only.content;
         decisions = () => only.decisions();
+        mesh = () => only.mesh;
       } else {
         // Shared address: each claim's decisions in order, its own name already in its sources.
         content = `merged\u0000${claims.map((c) => `${c.name}\u0000${c.content}`).join('\u0000')}`;
-        names = claims.map((c) => c.name).join(', ');
+        const joined = claims.map((c) => c.name).join(', ');
+        names = joined;
         decisions = () => claims.flatMap((c) => substitute(c.decisions(), c.name));
+        mesh = () => commonPeer(claims, joined);
       }
       const name = names ?? (only as Claim).name;
       if (old && old.content === content && (old.names ?? old.claim?.name) === name) {
         if (only) old.claim = only; // the same, from a recompiled claim
         continue;
       }
-      const table = this.#intern(content, decisions);
+      const table = this.#intern(content, decisions, mesh);
       this.#entries.set(ip, { table, claim: only, names, content });
       if (old) this.#unref(old.content);
       this.#pending.removeAddresses.delete(ip);

@@ -30,9 +30,15 @@
  *                  clusterNetwork and for loopback, and for any address with
  *                  enable-external-profiles), then the outbound timeout
  *                  catch-all if overridden.
+ *
+ * The frame also carries this workload's mesh parts: its inbound
+ * authorization (authz.ts: its Servers, Linkerd's authorization resources,
+ * the default inbound policy, and the ports its containers expose, which
+ * bound the 4143 tunnel) and the static meshed destinations
+ * (`--destinations FILE`, mesh-destinations.ts).
  */
 
-import type { NamespaceObject, ObjectRef, ServerObject, WorkloadObject } from './k8s/objects.js';
+import type { AuthzObject, NamespaceObject, ObjectRef, ServerObject, WorkloadObject } from './k8s/objects.js';
 import { describeRef } from './k8s/objects.js';
 import {
   containerPortResolver,
@@ -42,9 +48,13 @@ import {
   readSubnetsAnnotation,
   serverDecisions,
 } from './annotations.js';
+import { compileAuthz } from './authz.js';
 import {
   ANNOTATIONS,
   DISABLED_DETECT_TIMEOUT_MS,
+  type AuthzSpec,
+  type DestinationSpec,
+  type MeshSettings,
   type DetectTimeout,
   type Direction,
   type EffectivePolicy,
@@ -71,6 +81,7 @@ export interface CompilerSettings {
   readonly inboundDetectTimeoutMs: number;
   readonly outboundDetectTimeoutMs: number;
   readonly identity: WorkloadIdentity;
+  readonly mesh: MeshSettings;
 }
 
 /** This proxy's own workload, as far as the inputs identify it. */
@@ -231,6 +242,8 @@ export interface Frame {
   readonly rules: readonly PolicyRule[];
   readonly fallbackRules: readonly PolicyRule[];
   readonly destinationDetectTimeoutMs: number | null;
+  readonly authz: AuthzSpec;
+  readonly meshDestinations: readonly DestinationSpec[];
   readonly problems: readonly PolicyProblem[];
 }
 
@@ -241,6 +254,31 @@ function rule(
   return Object.freeze({ direction, net, ports: Object.freeze([from, to] as const), mode, detectTimeoutMs: mode === 'opaque' ? null : timeoutMs, source });
 }
 
+/** This workload's authorization table; the tunnel reaches only the TCP ports its containers declare, when known. */
+function compileWorkloadAuthz(
+  settings: CompilerSettings, self: SelfWorkload, servers: readonly ServerObject[], authzObjects: readonly AuthzObject[],
+  namespace: (name: string) => NamespaceObject | undefined, problems: PolicyProblem[],
+): AuthzSpec {
+  const ns = self.workload?.namespace ?? self.ref.namespace;
+  const result = compileAuthz({
+    workload: self.workload,
+    ref: self.ref,
+    namespace: ns,
+    workloadAnnotations: self.annotations,
+    namespaceAnnotations: namespace(ns)?.annotations ?? {},
+    servers,
+    objects: authzObjects,
+    clusterNetworks: settings.networks.map((n) => n.text),
+    defaultPolicy: settings.mesh.defaultInboundPolicy,
+    trustDomain: settings.mesh.trustDomain,
+    identityTemplate: settings.mesh.identityTemplate,
+  });
+  problems.push(...result.problems);
+  const declared = self.workload?.containerPorts.filter((p) => p.protocol === 'TCP').map((p) => p.port);
+  const exposedPorts = declared !== undefined && declared.length > 0 ? [...new Set(declared)].sort((a, b) => a - b) : null;
+  return { ...result.spec, exposedPorts };
+}
+
 /** Compiles the frame for this workload. Never throws on bad input. */
 export function compileFrame(
   settings: CompilerSettings,
@@ -248,6 +286,8 @@ export function compileFrame(
   selfAnnotations: { readonly values: Readonly<Record<string, string>>; readonly origin: string | undefined } | undefined,
   servers: readonly ServerObject[],
   namespace: (name: string) => NamespaceObject | undefined,
+  authzObjects: readonly AuthzObject[] = [],
+  meshDestinations: readonly DestinationSpec[] = [],
 ): Frame {
   const problems: PolicyProblem[] = [];
   const self = resolveSelf(settings.identity, workload, selfAnnotations?.values, selfAnnotations?.origin);
@@ -261,7 +301,10 @@ export function compileFrame(
     enabled: external.value,
     source: external.present ? `${ANNOTATIONS.enableExternalProfiles}=${a[ANNOTATIONS.enableExternalProfiles]} ${self.where}` : 'not set',
   };
-  const context: OutboundContext = { networks: settings.networks, defaults: settings.defaultOpaquePorts, externalProfiles: enableExternalProfiles };
+  const context: OutboundContext = {
+    networks: settings.networks, defaults: settings.defaultOpaquePorts, externalProfiles: enableExternalProfiles, mesh: settings.mesh,
+  };
+  const authz = compileWorkloadAuthz(settings, self, servers, authzObjects, namespace, problems);
   const inTimeout = timeoutFor(self, ANNOTATIONS.disableInboundDetectTimeout, settings.inboundDetectTimeoutMs, 'inbound', problems);
   const outTimeout = timeoutFor(self, ANNOTATIONS.disableOutboundDetectTimeout, settings.outboundDetectTimeoutMs, 'outbound', problems);
   const defaults = clusterDefaults(context);
@@ -289,8 +332,8 @@ export function compileFrame(
     context,
     effective: {
       workload: self.workload ? { kind: self.workload.kind, namespace: self.workload.namespace, name: self.workload.name } : undefined,
-      inbound: { decisions: inbound.decisions, ports: inbound.ports, detectTimeout: inTimeout },
-      outbound: { defaults, detectTimeout: outTimeout },
+      inbound: { decisions: inbound.decisions, ports: inbound.ports, detectTimeout: inTimeout, authorization: authz },
+      outbound: { defaults, detectTimeout: outTimeout, meshDestinations },
       skipInboundPorts: skipInbound,
       skipOutboundPorts: skipOutbound,
       skipSubnets,
@@ -302,6 +345,8 @@ export function compileFrame(
     rules,
     fallbackRules,
     destinationDetectTimeoutMs: outT,
+    authz,
+    meshDestinations,
     problems,
   };
 }

@@ -18,8 +18,9 @@
  * running sidecar. lookup.ts answers "what does this table decide" with the
  * engine's own lookup, through the addon.
  * authz.ts compiles Linkerd's authorization resources and default policies
- * into the engine's inbound authorization table, mesh-destinations.ts the
- * meshed-destinations table (pods with the sidecar and `--destinations FILE`).
+ * into the table's inbound authorization, mesh-destinations.ts the meshed
+ * peers of pods with the sidecar and the `--destinations FILE` entries (the
+ * mesh parts ride in the same table).
  * endpoints.ts compiles Services and their EndpointSlices, incrementally, and
  * the static `--endpoints FILE` (endpoints-file.ts) into the engine's
  * endpoints table for per-request HTTP balancing; the worker sends it with
@@ -32,6 +33,7 @@
 export { effectiveToJson, type EffectivePolicy, type PolicyInputs, type PortDecision } from './model.js';
 export { lineProblem, type PolicyProblem } from './problems.js';
 export {
+  addressIn,
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   isCidrError,
@@ -43,19 +45,11 @@ export {
 export { parseDownwardApi } from './downward-api.js';
 export { compilePolicy, compileAllWorkloads, type CompileResult } from './compile.js';
 export { PolicyCompiler } from './compiler.js';
-export { flagsPolicy } from './flags.js';
-export { lookupPolicy, type LookupResult } from './lookup.js';
+export { flagsPolicy, meshSettings } from './flags.js';
+export { lookupPolicy, authorizeClient, type LookupResult } from './lookup.js';
 export type { PolicyUpdate } from './source.js';
 export { createSidecarPolicy, POLICY_MESSAGES, type SidecarPolicy, type PolicyEngine } from './sidecar.js';
 export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, type AuthzInputs, type AuthzResult } from './authz.js';
-export {
-  compileDestinations,
-  parseDestinationsFile,
-  isMeshed,
-  MESH_ANNOTATIONS,
-  DEFAULT_TUNNEL_PORT,
-  type DestinationsInputs,
-  type DestinationsResult,
-} from './mesh-destinations.js';
+export { parseDestinationsFile, isMeshed, meshPeerOf, MESH_ANNOTATIONS, DEFAULT_TUNNEL_PORT } from './mesh-destinations.js';
 export { EndpointsCompiler, compileEndpoints, type EndpointsChange } from './endpoints.js';
 export { parseEndpointsFile, readEndpointsFile, socketAddr, type EndpointsProblem } from './endpoints-file.js';

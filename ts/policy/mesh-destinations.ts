@@ -1,29 +1,36 @@
 /**
  * Meshed destinations: the outbound addresses that belong to a mesh peer,
- * with the identity the peer must prove and its tunnel port, compiled into
- * the engine's IP-indexed table (`DestinationsSpec`,
- * crates/meshpipe-core/src/destinations.rs).
+ * with the identity the peer must prove and its tunnel port. They are part
+ * of the engine's policy table (ARCHITECTURE.md), so one lookup per
+ * connection answers both the port policy and the mesh question, and the
+ * policy's deltas keep both current.
  *
  * Two sources:
- * - Pods with the sidecar: `meshpipe.io/inject: enabled`,
+ * - Pods with the sidecar (`meshPeerOf`): `meshpipe.io/inject: enabled`,
  *   `linkerd.io/inject: enabled`, or an explicit `meshpipe.io/identity`
  *   annotation. Their identity is that annotation, else the identity
  *   template applied to the pod's service account and namespace under the
- *   trust domain; their tunnel port is `meshpipe.io/inbound-port`, else 4143.
- *   Each pod IP is one entry.
- * - A static `--destinations FILE` for hosts outside Kubernetes: one entry
- *   per line, `ADDRESS|CIDR IDENTITY [TUNNEL-PORT]`, `#` comments. File
- *   entries come first: an explicit entry wins over a pod with the same
- *   address (reported).
+ *   trust domain; their tunnel port is `meshpipe.io/inbound-port`, else
+ *   4143. The peer rides on the pod's port table (shared by every replica
+ *   of a workload: same service account, same identity), so each pod IP is
+ *   meshed with no entry of its own.
+ * - A static `--destinations FILE` for hosts outside Kubernetes
+ *   (`parseDestinationsFile`): one entry per line,
+ *   `ADDRESS|CIDR IDENTITY [TUNNEL-PORT]`, `#` comments. They are part of
+ *   the table's frame. A single address listed there wins over a pod with
+ *   the same address (the operator said so explicitly); a pod's own peer
+ *   wins over a network listed there. `meshpipe explain --destination`
+ *   shows which applies, with its source.
  *
  * Bad annotations and lines are problems naming the object or file:line;
  * the entry is left out (that destination then gets plaintext, labelled
  * `no_identity`, never mTLS to a guessed identity).
  */
-import type { DestinationSpec, DestinationsSpec } from '../engine/index.js';
+import type { DestinationSpec, MeshPeerSpec } from '../engine/index.js';
 import { identityProblem, renderIdentity } from '../identity/name.js';
-import { hostCidr, isCidrError, parseCidr } from './cidr.js';
+import { isCidrError, parseCidr } from './cidr.js';
 import type { WorkloadObject } from './k8s/objects.js';
+import type { MeshSettings } from './model.js';
 import { generalProblem, lineProblem, objectProblem, type PolicyProblem } from './problems.js';
 
 export const MESH_ANNOTATIONS = {
@@ -35,20 +42,6 @@ export const MESH_ANNOTATIONS = {
 
 /** Linkerd's inbound (and tunnel) port. */
 export const DEFAULT_TUNNEL_PORT = 4143;
-
-export interface DestinationsInputs {
-  readonly generation: number;
-  readonly pods: readonly WorkloadObject[];
-  readonly trustDomain: string;
-  readonly identityTemplate: string;
-  /** Entries from `--destinations FILE` (parseDestinationsFile). */
-  readonly fileEntries?: readonly DestinationSpec[] | undefined;
-}
-
-export interface DestinationsResult {
-  readonly spec: DestinationsSpec;
-  readonly problems: readonly PolicyProblem[];
-}
 
 function parsePort(text: string): number | undefined {
   const n = /^\d{1,5}$/.test(text.trim()) ? Number(text.trim()) : NaN;
@@ -62,44 +55,59 @@ export function isMeshed(pod: WorkloadObject): boolean {
   return a[MESH_ANNOTATIONS.inject] === 'enabled' || a[MESH_ANNOTATIONS.linkerdInject] === 'enabled';
 }
 
-/** The entries of meshed pods. */
-function podEntries(inputs: DestinationsInputs, problems: PolicyProblem[]): DestinationSpec[] {
-  const out: DestinationSpec[] = [];
-  for (const pod of inputs.pods) {
-    if (pod.kind !== 'Pod' || !isMeshed(pod) || pod.podIPs.length === 0) continue;
-    const ref = { kind: pod.kind, namespace: pod.namespace, name: pod.name };
-    const explicit = pod.annotations[MESH_ANNOTATIONS.identity];
-    const identity = explicit?.trim() ?? renderIdentity(inputs.identityTemplate, pod.serviceAccount, pod.namespace, inputs.trustDomain);
-    const why = identityProblem(identity);
-    if (why !== undefined) {
-      const field = explicit !== undefined ? MESH_ANNOTATIONS.identity : 'spec.serviceAccountName';
-      problems.push(objectProblem(ref, field, identity, `${why}; the pod is not treated as meshed`));
-      continue;
-    }
-    const portText = pod.annotations[MESH_ANNOTATIONS.inboundPort];
-    const tunnelPort = portText === undefined ? DEFAULT_TUNNEL_PORT : parsePort(portText);
-    if (tunnelPort === undefined) {
-      problems.push(objectProblem(ref, MESH_ANNOTATIONS.inboundPort, portText ?? '', 'expected a port 1-65535; the pod is not treated as meshed'));
-      continue;
-    }
-    for (const ip of pod.podIPs) {
-      const host = hostCidr(ip);
-      if (!host) {
-        problems.push(objectProblem(ref, 'status.podIPs', ip, 'not an IP address; this address is left out'));
-        continue;
-      }
-      out.push({ net: host.text, identity, tunnelPort, source: `Pod ${pod.namespace}/${pod.name}` });
-    }
+/** Peers recur on every replica: one instance each (bounded). */
+const peers = new Map<string, MeshPeerSpec>();
+
+/**
+ * The mesh peer of a Pod (with `{destination}` in its source for the pod's
+ * name), or undefined when it is not meshed or its annotations are wrong
+ * (a problem then says why).
+ */
+export function meshPeerOf(pod: WorkloadObject, settings: MeshSettings, problems: PolicyProblem[]): MeshPeerSpec | undefined {
+  if (pod.kind !== 'Pod' || !isMeshed(pod)) return undefined;
+  const ref = { kind: pod.kind, namespace: pod.namespace, name: pod.name };
+  const explicit = pod.annotations[MESH_ANNOTATIONS.identity];
+  const identity = explicit?.trim() ?? renderIdentity(settings.identityTemplate, pod.serviceAccount, pod.namespace, settings.trustDomain);
+  const why = identityProblem(identity);
+  if (why !== undefined) {
+    const field = explicit !== undefined ? MESH_ANNOTATIONS.identity : 'spec.serviceAccountName';
+    problems.push(objectProblem(ref, field, identity, `${why}; the pod is not treated as meshed`));
+    return undefined;
   }
-  return out;
+  const portText = pod.annotations[MESH_ANNOTATIONS.inboundPort];
+  const tunnelPort = portText === undefined ? DEFAULT_TUNNEL_PORT : parsePort(portText);
+  if (tunnelPort === undefined) {
+    problems.push(objectProblem(ref, MESH_ANNOTATIONS.inboundPort, portText ?? '', 'expected a port 1-65535; the pod is not treated as meshed'));
+    return undefined;
+  }
+  const how = explicit !== undefined
+    ? `${MESH_ANNOTATIONS.identity}`
+    : pod.annotations[MESH_ANNOTATIONS.inject] === 'enabled' ? `${MESH_ANNOTATIONS.inject}=enabled` : `${MESH_ANNOTATIONS.linkerdInject}=enabled`;
+  const source = `meshed: ${how} on {destination}${explicit !== undefined ? '' : ` (service account ${pod.serviceAccount})`}`;
+  const key = `${identity}\u0000${tunnelPort}\u0000${source}`;
+  let peer = peers.get(key);
+  if (!peer) {
+    if (peers.size >= 65_536) peers.clear();
+    peer = Object.freeze({ identity, tunnelPort, source });
+    peers.set(key, peer);
+  }
+  return peer;
 }
 
-/** Compiles the meshed-destinations table. Never throws. */
-export function compileDestinations(inputs: DestinationsInputs): DestinationsResult {
+/** The key of a peer's content (equal peers, equal keys). */
+export function peerKey(peer: MeshPeerSpec | undefined): string {
+  return peer === undefined ? '' : `${peer.identity}\u0000${peer.tunnelPort}\u0000${peer.source}`;
+}
+
+/**
+ * The static entries as the engine takes them: the same network listed
+ * twice keeps its first entry (a different second one is reported).
+ */
+export function staticDestinations(entries: readonly DestinationSpec[]): { entries: DestinationSpec[]; problems: PolicyProblem[] } {
   const problems: PolicyProblem[] = [];
-  const entries: DestinationSpec[] = [];
+  const out: DestinationSpec[] = [];
   const seen = new Map<string, DestinationSpec>();
-  for (const e of [...(inputs.fileEntries ?? []), ...podEntries(inputs, problems)]) {
+  for (const e of entries) {
     const first = seen.get(e.net);
     if (first) {
       if (first.identity !== e.identity || first.tunnelPort !== e.tunnelPort) {
@@ -111,9 +119,9 @@ export function compileDestinations(inputs: DestinationsInputs): DestinationsRes
       continue;
     }
     seen.set(e.net, e);
-    entries.push(e);
+    out.push(e);
   }
-  return { spec: { generation: inputs.generation, entries }, problems };
+  return { entries: out, problems };
 }
 
 /**

@@ -15,14 +15,30 @@
 
 import type { ManifestSet } from './k8s/manifests.js';
 import type { ObjectRef } from './k8s/objects.js';
-import { formatPortList, type PortRange } from '../config/index.js';
+import { formatPortList, type DefaultInboundPolicy, type PortRange } from '../config/index.js';
+import { DEFAULT_IDENTITY_TEMPLATE } from '../identity/name.js';
 
 // The engine's types (ARCHITECTURE.md), defined once in ts/engine/native.ts; type-only, so the addon is not loaded.
 import type {
-  AddressSpec, Direction, PolicyChange, PolicyDecision, PolicyFrame, PolicyRule, PolicyTable, PortMode,
+  AddressSpec, AuthzSpec, DestinationSpec, Direction, MeshPeerSpec, PolicyChange, PolicyDecision, PolicyFrame, PolicyRule, PolicyTable, PortMode,
 } from '../engine/index.js';
 
-export type { AddressSpec, Direction, PolicyChange, PolicyDecision, PolicyFrame, PolicyRule, PolicyTable, PortMode };
+export type { AddressSpec, AuthzSpec, DestinationSpec, Direction, MeshPeerSpec, PolicyChange, PolicyDecision, PolicyFrame, PolicyRule, PolicyTable, PortMode };
+
+/**
+ * What the mesh parts of the table depend on besides the objects: how a
+ * meshed pod's identity is named, and the cluster's default inbound policy
+ * (`--trust-domain`, `--identity-template`, `--default-inbound-policy`).
+ */
+export interface MeshSettings {
+  readonly trustDomain: string;
+  readonly identityTemplate: string;
+  readonly defaultInboundPolicy: DefaultInboundPolicy;
+}
+
+export const DEFAULT_MESH_SETTINGS: MeshSettings = Object.freeze({
+  trustDomain: 'cluster.local', identityTemplate: DEFAULT_IDENTITY_TEMPLATE, defaultInboundPolicy: 'all-unauthenticated',
+});
 
 /** The annotations the policy layer honours. */
 export const ANNOTATIONS = {
@@ -72,6 +88,10 @@ export interface PolicyInputs {
   readonly workloadAnnotationsOrigin: string | undefined;
   readonly manifests: ManifestSet;
   readonly identity: WorkloadIdentity;
+  /** Default: DEFAULT_MESH_SETTINGS. */
+  readonly mesh?: MeshSettings | undefined;
+  /** Static meshed destinations (`--destinations FILE`, parsed). */
+  readonly meshDestinations?: readonly DestinationSpec[] | undefined;
 }
 
 /** One decision for a port range of this workload (inbound) or of a destination (outbound). */
@@ -91,6 +111,8 @@ export interface DestinationPolicy {
   readonly addresses: readonly string[];
   /** In precedence order: the first decision covering a port wins. */
   readonly decisions: readonly PortDecision[];
+  /** A meshed pod: the identity it proves and its tunnel port. */
+  readonly mesh?: MeshPeerSpec | undefined;
 }
 
 export interface DetectTimeout {
@@ -109,12 +131,16 @@ export interface EffectivePolicy {
     /** One line per declared container port (and each explicitly configured port), for display. */
     readonly ports: readonly PortDecision[];
     readonly detectTimeout: DetectTimeout;
+    /** Who may connect to which port (the engine's authorization table). */
+    readonly authorization: AuthzSpec;
   };
   readonly outbound: {
     readonly destinations: readonly DestinationPolicy[];
     /** Cluster-wide defaults: default opaque ports inside clusterNetworks (and everywhere with external profiles). */
     readonly defaults: readonly { readonly net: string | null; readonly ports: PortRange; readonly source: string }[];
     readonly detectTimeout: DetectTimeout;
+    /** Static meshed destinations (`--destinations FILE`). */
+    readonly meshDestinations: readonly DestinationSpec[];
   };
   readonly skipInboundPorts: readonly PortRange[];
   readonly skipOutboundPorts: readonly PortRange[];
@@ -138,11 +164,14 @@ export function effectiveToJson(e: EffectivePolicy): Record<string, unknown> {
       rules: e.inbound.decisions.map(port),
       detectTimeoutMs: e.inbound.detectTimeout.ms,
       detectTimeoutSource: e.inbound.detectTimeout.source,
+      authorization: e.inbound.authorization,
     },
     outbound: {
       destinations: e.outbound.destinations.map((d) => ({
         kind: d.object.kind, namespace: d.object.namespace, name: d.object.name, addresses: d.addresses, ports: d.decisions.map(port),
+        ...(d.mesh ? { mesh: d.mesh } : {}),
       })),
+      meshDestinations: e.outbound.meshDestinations,
       clusterDefaults: e.outbound.defaults.map((g) => ({ net: g.net, ports: formatPortList([g.ports]), source: g.source })),
       detectTimeoutMs: e.outbound.detectTimeout.ms,
       detectTimeoutSource: e.outbound.detectTimeout.source,

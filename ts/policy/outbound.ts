@@ -13,7 +13,9 @@
  * Per Pod IP (pods with a known status.podIP, not Succeeded or Failed):
  *   a Server selecting the pod's port > a selecting Service's appProtocol or
  *   opaque decision carried over through targetPort > the Pod's own
- *   opaque-ports (or its namespace's) > cluster defaults.
+ *   opaque-ports (or its namespace's) > cluster defaults; and, for a pod
+ *   with the sidecar, its mesh peer (mesh-destinations.ts): connections to
+ *   any of its ports then go over mutual TLS through its tunnel port.
  * An annotation replaces the defaults, so a default opaque port that the
  * annotation does not list gets an explicit `detect` decision (otherwise the
  * generic cluster-default rule would catch it).
@@ -41,9 +43,12 @@ import {
   APP_PROTOCOL_MODES,
   type DestinationPolicy,
   type EffectivePolicy,
+  type MeshPeerSpec,
+  type MeshSettings,
   type PortDecision,
   type PortMode,
 } from './model.js';
+import { meshPeerOf } from './mesh-destinations.js';
 import { objectProblem, type PolicyProblem } from './problems.js';
 import { formatPortList, portInRanges, type PortRange } from '../config/index.js';
 
@@ -55,6 +60,8 @@ export interface OutboundContext {
   readonly networks: readonly Cidr[];
   readonly defaults: readonly PortRange[];
   readonly externalProfiles: { readonly enabled: boolean; readonly source: string };
+  /** How meshed pods' identities are named. */
+  readonly mesh: MeshSettings;
 }
 
 export function decision(from: number, to: number, mode: PortMode, source: string, name?: string): PortDecision {
@@ -170,6 +177,8 @@ export interface PodResult {
   /** Identifies `own`'s content (equal lists, equal keys). */
   readonly ownKey: string;
   readonly chain: SharedChain | undefined;
+  /** A meshed pod's peer (shared by every pod with the same one). */
+  readonly mesh: MeshPeerSpec | undefined;
 }
 
 // Decisions and lists of them recur on every replica: one instance each (bounded tables).
@@ -238,6 +247,7 @@ function sharedChain(label: string, value: PortAnnotation, defaults: readonly Po
 /**
  * One pod's destination. `servers` are the Servers of its namespace,
  * `carried` the decisions of the Services that select it, in Service order.
+ * Undefined when it has no address, or neither decisions nor a mesh peer.
  */
 export function compilePod(
   pod: WorkloadObject,
@@ -268,9 +278,10 @@ export function compilePod(
     resolver: containerPortResolver(pod.containerPorts), namedPorts: pod.containerPorts,
   }, problems);
   const chain = found ? sharedChain(found.label, found.value, ctx.defaults) : undefined;
-  if (own.length === 0 && (chain === undefined || chain.decisions.length === 0)) return undefined;
+  const mesh = meshPeerOf(pod, ctx.mesh, problems);
+  if (own.length === 0 && (chain === undefined || chain.decisions.length === 0) && mesh === undefined) return undefined;
   const ownShared = sharedList(own);
-  return { object: podRef, addresses: pod.podIPs, own: ownShared.list, ownKey: ownShared.key, chain };
+  return { object: podRef, addresses: pod.podIPs, own: ownShared.list, ownKey: ownShared.key, chain, mesh };
 }
 
 /** A pod result as the effective policy shows it: every decision, the pod's name in its sources. */
@@ -278,7 +289,8 @@ export function podDestination(result: PodResult): DestinationPolicy {
   const name = describeRef(result.object);
   const decisions = [...result.own, ...(result.chain?.decisions ?? [])].map((x) =>
     x.source.includes(DESTINATION) ? decision(x.ports.from, x.ports.to, x.mode, x.source.replaceAll(DESTINATION, name), x.name) : x);
-  return { object: result.object, addresses: result.addresses, decisions };
+  const mesh = result.mesh ? { ...result.mesh, source: result.mesh.source.replaceAll(DESTINATION, name) } : undefined;
+  return { object: result.object, addresses: result.addresses, decisions, ...(mesh ? { mesh } : {}) };
 }
 
 /** The cluster-wide defaults (fallback rules): default opaque ports inside clusterNetworks, for loopback, and with external profiles anywhere. */

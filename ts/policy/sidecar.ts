@@ -3,7 +3,9 @@
  * with, how later tables reach it, and the /policy document.
  *
  * Without any policy source the proxy runs on the flags-only policy (the one
- * compiler with empty inputs, flags.ts), compiled here. With sources, a
+ * compiler with empty inputs, flags.ts), compiled here. The table carries
+ * the mesh too (this workload's authorization, the meshed destinations), so
+ * a `--destinations FILE` is a policy source like the others. With sources, a
  * worker thread (worker.ts) reads and compiles them; its first whole table is
  * put into the engine *before* the listeners bind, so the very first
  * connection already sees the workload's real port policy. Later changes
@@ -32,7 +34,7 @@ import type { ProxyConfig } from '../config/index.js';
 import { hasPolicySources } from '../config/index.js';
 import type { Logger } from '../observe/index.js';
 import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
-import { configInputs, flagsPolicy } from './flags.js';
+import { configInputs, flagsPolicy, meshSettings } from './flags.js';
 import { compileEndpoints } from './endpoints.js';
 import { EndpointsFeed, ENDPOINTS_MESSAGES, type EndpointsEngine } from './endpoints-feed.js';
 import { readEndpointsFile } from './endpoints-file.js';
@@ -83,6 +85,8 @@ function sources(config: ProxyConfig): Record<string, unknown> {
     kube: config.kube,
     opaquePorts: config.sources.opaquePorts,
     defaultOpaquePorts: config.sources.defaultOpaquePorts,
+    destinations: config.destinations ?? null,
+    defaultInboundPolicy: config.defaultInboundPolicy,
   };
 }
 
@@ -161,6 +165,8 @@ class WorkerPolicy implements SidecarPolicy {
       outboundDetectTimeoutMs: inputs.outboundDetectTimeoutMs,
       namespace: inputs.identity.namespace,
       pod: inputs.identity.pod,
+      mesh: meshSettings(config),
+      destinationsFile: config.destinations,
       endpoints,
     }, () => this.#generation + 1, () => this.#endpoints.generation + 1);
     this.#endpoints = new EndpointsFeed(logger, () => this.#worker.resyncEndpoints());
@@ -282,5 +288,7 @@ export function createSidecarPolicy(config: ProxyConfig, logger: Logger): Sideca
   // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
   const fromFile = config.endpoints === undefined ? [] : readEndpointsFile(config.endpoints);
   const endpoints: EndpointsInput = config.http ? { fromFile } : undefined;
-  return hasPolicySources(config) ? new WorkerPolicy(config, logger, endpoints) : flagsOnly(config, logger, endpoints);
+  return hasPolicySources(config) || config.destinations !== undefined
+    ? new WorkerPolicy(config, logger, endpoints)
+    : flagsOnly(config, logger, endpoints);
 }

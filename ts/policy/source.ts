@@ -1,14 +1,14 @@
 /**
  * PolicySource: gathers the policy inputs (the workload's downward-API
- * annotations file, manifest files and folders, and optionally a live
- * Kubernetes watch), feeds them to the incremental compiler (compiler.ts)
+ * annotations file, manifest files and folders, the static meshed
+ * destinations file, and optionally a live Kubernetes watch), feeds them to the incremental compiler (compiler.ts)
  * and emits a `policy` event with each new generation: the change for the
  * engine (a delta of the addresses and tables that changed; the whole table
  * first) and the problems.
  *
  * Change detection uses fs.watch on the annotations file's directory (the
  * kubelet swaps a `..data` symlink rather than writing the file) and on the
- * manifest paths, plus a periodic stat fallback (watchers miss events on some
+ * manifest paths and the destinations file's directory, plus a periodic stat fallback (watchers miss events on some
  * filesystems and across symlink swaps); file bursts are debounced, and a
  * reload parses only the files whose stat signature changed. Kubernetes
  * events go to the compiler as they arrive and are published together at the
@@ -16,7 +16,8 @@
  * reaches the engine in milliseconds). Bad input never takes the good policy
  * away: an unreadable annotations file keeps the last good annotations, a
  * malformed line keeps that key's last good value, a manifest file that stops
- * parsing keeps its last good content, and the Kubernetes watch keeps its
+ * parsing keeps its last good content, an unreadable destinations file keeps
+ * its last good entries (a bad line is left out, the others count), and the Kubernetes watch keeps its
  * last objects while the API is down. Each of those stays in `problems` until
  * it is fixed.
  *
@@ -42,7 +43,8 @@ import { PolicyCompiler, type CompilerChange } from './compiler.js';
 import { EndpointsCompiler } from './endpoints.js';
 import type { EndpointsUpdate, ServiceEndpointsSpec } from '../engine/index.js';
 import { settingsOf } from './compile.js';
-import type { EffectivePolicy, PolicyChange, PolicyFrame, PolicyTable } from './model.js';
+import type { EffectivePolicy, MeshSettings, PolicyChange, PolicyFrame, PolicyTable } from './model.js';
+import { parseDestinationsFile } from './mesh-destinations.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
 import type { PortRange } from '../config/index.js';
 
@@ -80,6 +82,10 @@ export interface PolicySourceOptions {
   readonly endpoints?: { readonly fromFile: readonly ServiceEndpointsSpec[] } | undefined;
   /** The first endpoints table's generation (default 1). */
   readonly firstEndpointsGeneration?: number | undefined;
+  /** `--trust-domain`, `--identity-template`, `--default-inbound-policy` (default: Linkerd's). */
+  readonly mesh?: MeshSettings | undefined;
+  /** `--destinations FILE`: static meshed destinations. */
+  readonly destinationsFile?: string | undefined;
 }
 
 /** What a `policy` event carries. */
@@ -112,6 +118,7 @@ export interface PolicySourceEvents {
 /** The origin of objects from the Kubernetes API. */
 const KUBE = 'kubernetes-api';
 const MANIFEST_PATHS = 'manifest paths';
+const DESTINATIONS = 'destinations file';
 
 function delta(generation: number, base: number, c: CompilerChange): PolicyChange {
   return {
@@ -128,6 +135,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private endpointsGeneration: number | undefined;
   private annotations: Map<string, string> | undefined;
   private annotationProblems: PolicyProblem[] = [];
+  private destinationsRead = false;
   private readonly files = new Map<string, { signature: string; good: boolean }>();
   private kube: KubeWatch | undefined;
   private kubeProblems: PolicyProblem[] = [];
@@ -154,6 +162,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       inboundDetectTimeoutMs: options.inboundDetectTimeoutMs,
       outboundDetectTimeoutMs: options.outboundDetectTimeoutMs,
       identity: { namespace: options.namespace, pod: options.pod },
+      mesh: options.mesh,
     }));
     this.endpoints = options.endpoints === undefined ? undefined : new EndpointsCompiler(options.endpoints.fromFile);
   }
@@ -265,6 +274,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
         this.again = false;
         await this.readAnnotations();
         await this.readManifests();
+        await this.readDestinations();
         update = this.publish();
       } while (this.again && !this.closed);
       return update;
@@ -358,6 +368,11 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       this.watch(dirname(file), (changed) => changed === null || changed === name || changed.startsWith('..'));
     }
     for (const p of this.opts.manifests ?? []) this.watch(p, () => true);
+    const dest = this.opts.destinationsFile;
+    if (dest) {
+      const name = basename(dest);
+      this.watch(dirname(dest), (changed) => changed === null || changed === name || changed.startsWith('..'));
+    }
   }
 
   private watch(path: string, relevant: (name: string | null) => boolean): void {
@@ -394,6 +409,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private async computeSignature(): Promise<string> {
     const parts: string[] = [];
     if (this.opts.annotationsFile) parts.push(`${this.opts.annotationsFile}:${await PolicySource.fileSignature(this.opts.annotationsFile)}`);
+    if (this.opts.destinationsFile) parts.push(`${this.opts.destinationsFile}:${await PolicySource.fileSignature(this.opts.destinationsFile)}`);
     for (const p of this.opts.manifests ?? []) {
       try {
         for (const f of await listManifestFiles(p)) parts.push(`${f}:${await PolicySource.fileSignature(f)}`);
@@ -430,6 +446,23 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.annotations = values;
     this.annotationProblems = problems;
     this.compiler.setSelfAnnotations(Object.fromEntries(values), file);
+  }
+
+  /** `--destinations FILE`: an unreadable file keeps its last good entries. */
+  private async readDestinations(): Promise<void> {
+    const file = this.opts.destinationsFile;
+    if (!file) return;
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      const keep = this.destinationsRead ? '; keeping the last good entries' : '';
+      this.compiler.setOriginProblems(DESTINATIONS, [generalProblem(`destinations file ${file}: cannot read: ${(err as Error).message}${keep}`, file)]);
+      return;
+    }
+    this.destinationsRead = true;
+    const parsed = parseDestinationsFile(file, text);
+    this.compiler.setMeshDestinations(DESTINATIONS, parsed.entries, parsed.problems);
   }
 
   /** Parses the manifest files whose signature changed, then applies them all at once. */

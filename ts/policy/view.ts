@@ -7,8 +7,16 @@
  * first ones in precedence order and says how many there are
  * (`meshpipe explain` shows any one of them in full).
  */
-import { effectiveToJson, type EffectivePolicy, type PolicyTable } from './model.js';
+import { effectiveToJson, type EffectivePolicy, type PolicyRule, type PolicyTable } from './model.js';
 import type { PolicyProblem } from './problems.js';
+
+/** An engine rule as /policy shows it: its ports as written (`25`, `4000-4100`), not the engine's `[25, 25]`. */
+export type RuleView = Omit<PolicyRule, 'ports'> & { readonly ports: string };
+
+function ruleView(rule: PolicyRule): RuleView {
+  const [from, to] = rule.ports;
+  return { ...rule, ports: from === to ? String(from) : `${from}-${to}` };
+}
 
 /** Destinations and problems shown at most. */
 export const VIEW_LIMIT = 100;
@@ -16,8 +24,8 @@ export const VIEW_LIMIT = 100;
 export interface PolicyViewPart {
   readonly effective: Record<string, unknown>;
   readonly destinations: { readonly total: number; readonly shown: number };
-  readonly rules: PolicyTable['rules'];
-  readonly fallbackRules: PolicyTable['fallbackRules'];
+  readonly rules: readonly RuleView[];
+  readonly fallbackRules: readonly RuleView[];
   readonly problems: readonly string[];
   readonly problemsTotal: number;
   readonly stats: { readonly objects: number; readonly addresses: number; readonly tables: number };
@@ -32,8 +40,8 @@ export function policyView(
   return {
     effective: effectiveToJson(compiled.effective),
     destinations: { total: compiled.destinations, shown: compiled.effective.outbound.destinations.length },
-    rules: frame.rules,
-    fallbackRules: frame.fallbackRules,
+    rules: frame.rules.map(ruleView),
+    fallbackRules: frame.fallbackRules.map(ruleView),
     problems: problems.slice(0, VIEW_LIMIT).map((p) => p.message),
     problemsTotal: problems.length,
     stats,

@@ -63,7 +63,7 @@ function onException(err: unknown, origin: string): void {
   uncaughtErrors.exception++;
   const target = guarded;
   if (target === undefined) {
-    process.stderr.write(`meshpipe: internal error (${origin}): ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.stderr.write(`meshpipe: error: internal error (${origin}): ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exit(1);
   }
   // Whatever ends the process from here on (even an event loop that runs dry) reports the failure.
@@ -80,7 +80,7 @@ function onRejection(reason: unknown): void {
   uncaughtErrors.rejection++;
   const fields = { ...errorFields(reason), action: 'keep serving', count: uncaughtErrors.rejection };
   if (guarded) guarded.logger.error(fields, GUARD_MESSAGES.unhandledRejection);
-  else process.stderr.write(`meshpipe: ${GUARD_MESSAGES.unhandledRejection}: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
+  else process.stderr.write(`meshpipe: warning: ${GUARD_MESSAGES.unhandledRejection}: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
 }
 
 /** Installs the process handlers (once per process). */

@@ -32,14 +32,17 @@
  */
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AdminServer, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
-import type { ProxyConfig } from '../config/index.js';
+import { AdminServer, effectiveLogFormat, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
+import { formatDuration, type ProxyConfig } from '../config/index.js';
 import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
 import { guardSidecar, uncaughtErrors } from './guard.js';
 import { initStateMismatches, readInitState } from '../init/index.js';
 import { Proxy, resolvePodIps, setEngineLog, type PodIps, type BoundListener, type CloseSummary, type EngineSnapshot } from '../engine/index.js';
 import { createSidecarPolicy, type SidecarPolicy } from '../policy/index.js';
+import { SidecarMesh } from './mesh.js';
+import { ForwardNames } from './names.js';
+import { NotableFailures, NOTABLE_POLL_MS } from './notable.js';
 
 /** Log messages added by the lifecycle (the others are in ts/observe/logger.ts). */
 export const LIFECYCLE_MESSAGES = {
@@ -100,6 +103,8 @@ export class Sidecar {
   readonly admin: AdminServer | null;
   #state: SidecarState = 'new';
   #events: NodeJS.Timeout | undefined;
+  #notableTimer: NodeJS.Timeout | undefined;
+  readonly #notable: NotableFailures;
   #shutdownReason: string | undefined;
   #requested!: (reason: string) => void;
   /** Resolves with the reason when shutdown is first requested. */
@@ -109,8 +114,11 @@ export class Sidecar {
   #starting: Promise<unknown> | undefined;
   #inboundStopped: Promise<void> = Promise.resolve();
   readonly #policy: SidecarPolicy;
+  /** `--forward` targets that are host names (./names.ts). */
+  readonly #names: ForwardNames;
   #podIps: PodIps | undefined;
   #unguard: () => void;
+  readonly #mesh: SidecarMesh;
 
   constructor(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}) {
     this.config = config;
@@ -120,13 +128,15 @@ export class Sidecar {
     // keepAlive: the engine's threads do not keep Node's event loop alive by themselves.
     // The engine's traces go to the same stream as these logs, filtered by
     // --engine-log (or --log-level); a bad filter throws ERR_INVALID_CONFIG.
-    setEngineLog(engineLogFilter(config), 'stdout');
+    setEngineLog(engineLogFilter(config), 'stderr', effectiveLogFormat(config.logFormat));
     const transparentInbound = config.forward.length === 0 && config.inbound !== null;
     if (transparentInbound && config.initState !== undefined) checkInitState(config, config.initState);
     this.#podIps = transparentInbound ? resolvePodIps(config) : undefined;
     this.proxy = Proxy.fromConfig(config, { keepAlive: true, policy: this.#policy.initial, ...(this.#podIps ? { podIps: this.#podIps } : {}) });
+    this.#names = new ForwardNames(config, logger);
     // With the admin server off nothing is scraped: no process-metric timers either.
     this.metrics = new Metrics(this.proxy, { defaultMetrics: config.admin !== null });
+    this.#mesh = new SidecarMesh(this.proxy, config, logger, this.metrics.registry);
     new Counter({
       name: 'meshpipe_uncaught_errors_total',
       help: 'Errors nobody caught: kind=rejection (logged, the proxy kept serving), kind=exception (the proxy drained and exited 1)',
@@ -138,6 +148,20 @@ export class Sidecar {
         this.inc({ kind: 'rejection' }, uncaughtErrors.rejection);
       },
     });
+    if (!this.#names.empty) {
+      const failures = this.#names.failures;
+      new Counter({
+        name: 'meshpipe_forward_resolve_failures_total',
+        help: 'Failed re-resolutions of a --forward target host name, per listener (its last addresses stay in use; a name gone from DNS twice in a row loses them)',
+        labelNames: ['listener'],
+        registers: [this.metrics.registry],
+        collect() {
+          this.reset();
+          for (const [listener, n] of failures) this.inc({ listener }, n);
+        },
+      });
+    }
+    this.#notable = new NotableFailures(logger, config);
     this.#unguard = guardSidecar({
       logger,
       requestShutdown: (reason) => this.requestShutdown(reason),
@@ -151,11 +175,12 @@ export class Sidecar {
             port: config.admin.port,
             metrics: this.metrics,
             notReady: () => this.notReady(),
+            readyDetails: () => this.#mesh.readyDetails(),
             connections: (limit) => this.proxy.connections(limit),
             snapshot: () => this.#snapshotOrUndefined() ?? {},
             policy: () => this.#policy.view(this.#snapshotOrUndefined()),
             shutdown: config.adminShutdown ? () => this.requestShutdown('admin /shutdown') : null,
-            logFilter: (filter) => setEngineLog(filter, 'stdout'),
+            logFilter: (filter) => setEngineLog(filter, 'stderr', effectiveLogFormat(config.logFormat)),
             exposeDebug: config.adminExposeDebug,
             logger,
           });
@@ -190,9 +215,14 @@ export class Sidecar {
   async start(): Promise<readonly BoundListener[]> {
     this.#state = this.#state === 'new' ? 'starting' : this.#state;
     try {
+      // Host names first: one that does not resolve is a config error (exit 2) before anything binds.
+      await this.#names.start(this.proxy);
       await this.startAdmin();
       // Policy sources load before any listener binds: the first connection
       // already sees the workload's policy, never the flags-only one.
+      // The identity is in the engine before anything listens, like the
+      // policy (whose table carries the authorization and meshed destinations).
+      await this.#mesh.start();
       await this.#policy.start(this.proxy);
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
@@ -202,10 +232,13 @@ export class Sidecar {
       if (this.#shutdownReason === undefined) this.#state = 'ready';
       this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
       this.#events = setInterval(() => this.logEvents(), EVENT_POLL_MS).unref();
+      this.#notableTimer = setInterval(() => this.checkFailures(), NOTABLE_POLL_MS).unref();
       return bound;
     } catch (err) {
       this.#state = 'closed';
+      this.#names.close();
       await this.#policy.close();
+      await this.#mesh.close();
       await this.admin?.close();
       if (this.proxy.state === 'running') await this.proxy.close({ drainMs: 0 });
       throw err;
@@ -221,7 +254,18 @@ export class Sidecar {
     if (this.#shutdownReason !== undefined) return;
     this.#shutdownReason = reason;
     if (this.#state === 'ready' || this.#state === 'starting') this.#state = 'draining';
-    this.logger.info({ reason, inboundStopDelayMs: this.config.inboundStopDelayMs }, LIFECYCLE_MESSAGES.shutdownRequested);
+    const drain = formatDuration(this.config.drainTimeoutMs);
+    // A person who pressed Ctrl-C wants to know what happens now, and how to make it quicker.
+    const again = reason === 'SIGINT' ? 'a second Ctrl-C' : reason === 'SIGTERM' ? 'a second SIGTERM' : 'SIGINT or SIGTERM';
+    this.logger.info(
+      {
+        reason,
+        inboundStopDelayMs: this.config.inboundStopDelayMs,
+        drainTimeoutMs: this.config.drainTimeoutMs,
+        hint: `draining: open connections get up to ${drain} (--drain-timeout) to finish; ${again} exits at once`,
+      },
+      LIFECYCLE_MESSAGES.shutdownRequested,
+    );
     this.#inboundStopped = this.#stopInbound();
     this.#requested(reason);
   }
@@ -261,6 +305,7 @@ export class Sidecar {
       await this.#inboundStopped;
     }
     clearInterval(this.#events);
+    clearInterval(this.#notableTimer);
     const started = Date.now();
     const open = this.#openConnections();
     // close() refuses new connections before it returns; log afterwards, so
@@ -271,10 +316,23 @@ export class Sidecar {
     this.logEvents();
     this.logger.info({ ...summary, elapsedMs: Date.now() - started }, LOG_MESSAGES.drainFinished);
     this.#state = 'closed';
+    this.#names.close();
     await this.#policy.close();
+    await this.#mesh.close();
     await this.admin?.close();
     this.#unguard();
     return summary;
+  }
+
+  /** Logs the notable failures the engine counted since the last look (./notable.ts). */
+  checkFailures(): void {
+    let counts;
+    try {
+      counts = this.proxy.failureCounts();
+    } catch {
+      return;
+    }
+    this.#notable.check(counts, () => this.#snapshotOrUndefined());
   }
 
   /**

@@ -1,7 +1,9 @@
 //! Measures the policy table at cluster scale, for `npm run bench -- --only
 //! policy-scale`: the per-connection lookup cost with N pods (3 ports each,
-//! one Service per 5 pods) against the same table with no destinations, the
-//! time to compile the whole table, and the time to apply a one-pod delta.
+//! one Service per 5 pods, every pod meshed) against the same table with no
+//! destinations, the time to compile the whole table, and the time to apply
+//! a one-pod delta. The lookup is the connection path's `route`: the port
+//! policy and the meshed peer from one probe.
 //!
 //! `cargo run --release -p meshpipe-core --example policy_lookup -- 1000 10000 50000`
 //! prints one JSON line per size. The lookups run over a pre-built list of
@@ -14,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use meshpipe_core::addr::TargetAddr;
+use meshpipe_core::destinations::MeshPeerSpec;
 use meshpipe_core::policy::{
     AddressSpec, Direction, Policy, PolicyDelta, PolicySpec, PolicyStore, PolicyTable, PortMode, PortSpec, PortTableSpec, RuleSpec,
 };
@@ -63,7 +66,12 @@ fn cluster(pods: u32) -> PolicySpec {
             PortSpec(9090, 9090, PortMode::Grpc, 1),
             PortSpec(5432, 5432, PortMode::Opaque, 2),
         ];
-        spec.tables.push(PortTableSpec { id: w, ports, sources: source });
+        let mesh = Some(MeshPeerSpec {
+            identity: format!("sa-{w}.ns-{}.serviceaccount.identity.linkerd.cluster.local", w % 50),
+            tunnel_port: 4143,
+            source: "linkerd.io/inject=enabled on {destination}".into(),
+        });
+        spec.tables.push(PortTableSpec { id: w, ports, sources: source, mesh });
     }
     for i in 0..pods {
         spec.addresses.push(AddressSpec(pod_ip(i).to_string(), i / 10, format!("Pod ns-{}/pod-{i}", i % 50)));
@@ -74,6 +82,7 @@ fn cluster(pods: u32) -> PolicySpec {
             id,
             ports: vec![PortSpec(80, 80, PortMode::Http2, 0), PortSpec(5432, 5432, PortMode::Opaque, 1)],
             sources: vec![format!("appProtocol on Service ns/svc-{s}"), "opaque: default opaque ports (5432)".into()],
+            mesh: None,
         });
         spec.addresses.push(AddressSpec(service_ip(s).to_string(), id, format!("Service ns/svc-{s}")));
     }
@@ -118,7 +127,7 @@ fn lookup_ns(table: &PolicyTable, targets: &[TargetAddr], rounds: usize) -> f64 
         let started = Instant::now();
         for _ in 0..8 {
             for t in targets {
-                black_box(table.lookup(Direction::Outbound, black_box(*t)));
+                black_box(table.route(Direction::Outbound, black_box(*t)));
             }
         }
         best = best.min(started.elapsed().as_nanos() as f64 / (8 * targets.len()) as f64);

@@ -14,9 +14,10 @@
 //! entry fall to the table's default (the workload's default policy).
 //! Lookups are a hash by port, then a short scan of that port's rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,11 +38,15 @@ pub enum AuthzError {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzSpec {
-    pub generation: u64,
     /// Ports with their own policy (selected by a Server).
     pub ports: Vec<PortAuthzSpec>,
     /// Every other port: the workload's default policy (`port` is ignored).
     pub default: PortAuthzSpec,
+    /// The ports the workload exposes (its containers' ports), when known:
+    /// the tunnel (4143) reaches only these. `None`: unknown (no pod spec),
+    /// any port policy allows.
+    #[serde(default)]
+    pub exposed_ports: Option<Vec<u16>>,
 }
 
 /// The policy of one port.
@@ -137,25 +142,36 @@ struct Clients {
 
 #[derive(Debug)]
 struct Rule {
-    kind: String,
-    name: String,
+    kind: Arc<str>,
+    name: Arc<str>,
     networks: Vec<Network>,
     clients: Clients,
 }
 
 #[derive(Debug)]
 struct PortAuthz {
-    srv_kind: String,
-    srv_name: String,
+    srv_kind: Arc<str>,
+    srv_name: Arc<str>,
     rules: Vec<Rule>,
+}
+
+/// The labels of a decision as shared strings (a metric key costs no
+/// allocation per connection).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DecisionLabels {
+    pub allow: bool,
+    pub srv_kind: Arc<str>,
+    pub srv_name: Arc<str>,
+    pub authz_kind: Option<Arc<str>>,
+    pub authz_name: Option<Arc<str>>,
 }
 
 /// The compiled, immutable table.
 #[derive(Debug)]
 pub struct AuthzTable {
-    generation: u64,
     ports: HashMap<u16, PortAuthz>,
     default: PortAuthz,
+    exposed: Option<HashSet<u16>>,
 }
 
 impl AuthzTable {
@@ -170,7 +186,12 @@ impl AuthzTable {
                 return Err(AuthzError::Duplicate(p.port));
             }
         }
-        Ok(AuthzTable { generation: spec.generation, ports, default: compile_port(&spec.default)? })
+        let exposed = match &spec.exposed_ports {
+            Some(list) if list.contains(&0) => return Err(AuthzError::Port { port: 0, reason: "exposed ports must be 1-65535".into() }),
+            Some(list) => Some(list.iter().copied().collect()),
+            None => None,
+        };
+        Ok(AuthzTable { ports, default: compile_port(&spec.default)?, exposed })
     }
 
     /// A table that allows everyone everywhere (Linkerd's cluster default,
@@ -178,25 +199,69 @@ impl AuthzTable {
     pub fn allow_all() -> AuthzTable {
         let rule = AuthzRuleSpec { kind: "default".into(), name: "all-unauthenticated".into(), networks: vec![], identities: vec![] };
         let default = PortAuthzSpec { port: 0, srv_kind: "default".into(), srv_name: "all-unauthenticated".into(), rules: vec![rule] };
-        AuthzTable::from_spec(&AuthzSpec { generation: 0, ports: vec![], default }).expect("static table")
+        AuthzTable::from_spec(&AuthzSpec { ports: vec![], default, exposed_ports: None }).expect("static table")
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// Who may connect to `port`, read back from the compiled table (for
+    /// explain): its Server or the default policy, and the rules in the
+    /// order they are tried.
+    pub fn describe(&self, port: u16) -> PortAuthzSpec {
+        let (p, port) = match self.ports.get(&port) {
+            Some(p) => (p, port),
+            None => (&self.default, 0),
+        };
+        let rules = p
+            .rules
+            .iter()
+            .map(|r| AuthzRuleSpec {
+                kind: r.kind.to_string(),
+                name: r.name.to_string(),
+                networks: r
+                    .networks
+                    .iter()
+                    .map(|n| NetworkSpec { cidr: n.net.to_string(), except: n.except.iter().map(ToString::to_string).collect() })
+                    .collect(),
+                identities: r.clients.patterns(),
+            })
+            .collect();
+        PortAuthzSpec { port, srv_kind: p.srv_kind.to_string(), srv_name: p.srv_name.to_string(), rules }
     }
 
     /// Decides a connection to `port` from `client_ip`, authenticated as
     /// `client` (None: no mesh TLS).
     pub fn authorize(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> Decision<'_> {
-        let p = self.ports.get(&port).unwrap_or(&self.default);
-        let hit = p.rules.iter().find(|r| r.allows(client, client_ip));
+        let (p, hit) = self.find(port, client, client_ip);
         Decision {
             allow: hit.is_some(),
             srv_kind: &p.srv_kind,
             srv_name: &p.srv_name,
-            authz_kind: hit.map(|r| r.kind.as_str()),
-            authz_name: hit.map(|r| r.name.as_str()),
+            authz_kind: hit.map(|r| &*r.kind),
+            authz_name: hit.map(|r| &*r.name),
         }
+    }
+
+    /// [`authorize`](Self::authorize) with the labels as shared strings, for
+    /// the data path's metrics.
+    pub fn decide(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> DecisionLabels {
+        let (p, hit) = self.find(port, client, client_ip);
+        DecisionLabels {
+            allow: hit.is_some(),
+            srv_kind: p.srv_kind.clone(),
+            srv_name: p.srv_name.clone(),
+            authz_kind: hit.map(|r| r.kind.clone()),
+            authz_name: hit.map(|r| r.name.clone()),
+        }
+    }
+
+    /// Whether the tunnel may reach `port`: the workload exposes it (when
+    /// its ports are known).
+    pub fn exposes(&self, port: u16) -> bool {
+        self.exposed.as_ref().is_none_or(|e| e.contains(&port))
+    }
+
+    fn find(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> (&PortAuthz, Option<&Rule>) {
+        let p = self.ports.get(&port).unwrap_or(&self.default);
+        (p, p.rules.iter().find(|r| r.allows(client, client_ip)))
     }
 }
 
@@ -209,6 +274,20 @@ impl Rule {
 }
 
 impl Clients {
+    /// The identity patterns as they were given (empty: no mesh TLS needed).
+    fn patterns(&self) -> Vec<String> {
+        if self.anyone {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(self.exact.len() + self.suffixes.len() + 1);
+        if self.any_identity {
+            out.push("*".to_string());
+        }
+        out.extend(self.exact.iter().cloned());
+        out.extend(self.suffixes.iter().map(|s| format!("*{s}")));
+        out
+    }
+
     fn allow(&self, client: Option<&Identity>) -> bool {
         if self.anyone {
             return true;
@@ -249,9 +328,9 @@ fn compile_port(p: &PortAuthzSpec) -> Result<PortAuthz, AuthzError> {
                 clients.exact.push(id.to_string());
             }
         }
-        rules.push(Rule { kind: r.kind.clone(), name: r.name.clone(), networks, clients });
+        rules.push(Rule { kind: Arc::from(r.kind.as_str()), name: Arc::from(r.name.as_str()), networks, clients });
     }
-    Ok(PortAuthz { srv_kind: p.srv_kind.clone(), srv_name: p.srv_name.clone(), rules })
+    Ok(PortAuthz { srv_kind: Arc::from(p.srv_kind.as_str()), srv_name: Arc::from(p.srv_name.as_str()), rules })
 }
 
 #[cfg(test)]

@@ -47,6 +47,11 @@ pub enum TargetSpec {
     /// An explicit forward: every connection goes to `addr`.
     #[serde(rename_all = "camelCase")]
     Fixed { addr: String },
+    /// An explicit forward to a host name the control layer resolves: new
+    /// connections spread over `addrs` (IPs; replaced at run time with
+    /// `set_target_addrs`), see `names.rs`.
+    #[serde(rename_all = "camelCase")]
+    Named { host: String, port: u16, addrs: Vec<String> },
     /// Transparent interception: the original destination of the redirected
     /// socket. `inbound_host` rewrites the host (e.g. to 127.0.0.1) so the
     /// inbound side reaches the app on the original port.
@@ -243,10 +248,25 @@ pub struct ListenerConfig {
 }
 
 /// A validated target rule.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Target {
     Fixed(TargetAddr),
-    OriginalDst { inbound_host: Option<std::net::IpAddr> },
+    /// A host name's addresses, shared with the engine's name table.
+    Named(std::sync::Arc<crate::names::NamedTarget>),
+    OriginalDst {
+        inbound_host: Option<std::net::IpAddr>,
+    },
+}
+
+impl Target {
+    /// The addresses a forward sends to (none for a transparent listener): for loop checks.
+    pub fn fixed_addrs(&self) -> Vec<std::net::SocketAddr> {
+        match self {
+            Target::Fixed(a) => vec![a.0],
+            Target::Named(n) => n.addrs(),
+            Target::OriginalDst { .. } => Vec::new(),
+        }
+    }
 }
 
 /// Detection settings, validated.
@@ -308,6 +328,13 @@ impl EngineSpec {
             let bind = l.bind.parse::<BindAddr>().map_err(|e| addr_err("bind", e))?;
             let target = match &l.target {
                 TargetSpec::Fixed { addr } => Target::Fixed(addr.parse::<TargetAddr>().map_err(|e| addr_err("target", e))?),
+                TargetSpec::Named { host, port, addrs } => {
+                    if *port == 0 || host.trim().is_empty() {
+                        return Err(addr_err("target", AddrError::Socket(format!("{host}:{port}"))));
+                    }
+                    let ips = crate::names::parse_addrs(addrs).map_err(|e| addr_err("target.addrs", AddrError::Socket(e.to_string())))?;
+                    Target::Named(std::sync::Arc::new(crate::names::NamedTarget::new(host, *port, &ips)))
+                }
                 TargetSpec::OriginalDst { inbound_host } => Target::OriginalDst {
                     inbound_host: match inbound_host {
                         Some(h) => Some(h.parse().map_err(|_| addr_err("target.inboundHost", AddrError::Socket(h.clone())))?),

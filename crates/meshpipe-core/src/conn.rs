@@ -56,6 +56,19 @@ impl ConnState {
     }
 }
 
+/// A connection's mesh TLS: who the peer proved to be, and which
+/// certificates each end used (to see a rotation take effect).
+#[derive(Clone, Debug)]
+pub struct ConnMesh {
+    pub peer: Arc<str>,
+    /// This proxy's certificate serial for this connection.
+    pub local_serial: Arc<str>,
+    /// The peer's leaf certificate serial.
+    pub peer_serial: Option<Arc<str>>,
+    /// True for the tunnel (ALPN `transport.l5d.io/v1` and the header).
+    pub tunnel: bool,
+}
+
 /// `protocol` before detection has decided.
 const UNDECIDED: u8 = u8::MAX;
 
@@ -68,6 +81,8 @@ pub struct ConnInfo {
     pub started: Instant,
     pub target: OnceLock<TargetAddr>,
     pub sni: OnceLock<Arc<str>>,
+    /// Mesh TLS facts, once a handshake with a peer proxy succeeded.
+    pub mesh: OnceLock<ConnMesh>,
     state: AtomicU8,
     protocol: AtomicU8,
     /// Bytes read from the client (and written to the target).
@@ -125,6 +140,11 @@ impl ConnInfo {
         }
     }
     fn snapshot(&self) -> ConnSnapshot {
+        let mesh = self.mesh.get();
+        let tls = match mesh {
+            Some(_) => TlsLabel::True,
+            None => TlsStatus::detected(self.direction, self.sni.get()).label(),
+        };
         ConnSnapshot {
             id: self.id,
             listener: self.listener.to_string(),
@@ -132,8 +152,12 @@ impl ConnInfo {
             peer: self.peer.to_string(),
             target: self.target.get().map(|t| t.to_string()),
             protocol: self.protocol(),
-            tls: TlsStatus::detected(self.direction, self.sni.get()).label(),
+            tls,
             sni: self.sni.get().map(|s| s.to_string()),
+            peer_id: mesh.map(|m| m.peer.to_string()),
+            local_serial: mesh.map(|m| m.local_serial.to_string()),
+            peer_serial: mesh.and_then(|m| m.peer_serial.as_deref().map(str::to_string)),
+            tunnel: mesh.is_some_and(|m| m.tunnel),
             state: ConnState::from_u8(self.state.load(Relaxed)),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
@@ -156,6 +180,14 @@ pub struct ConnSnapshot {
     pub protocol: Option<Protocol>,
     pub tls: TlsLabel,
     pub sni: Option<String>,
+    /// Mesh TLS: the peer's verified identity (the client's inbound, the server's outbound).
+    pub peer_id: Option<String>,
+    /// Mesh TLS: this proxy's certificate serial for this connection.
+    pub local_serial: Option<String>,
+    /// Mesh TLS: the peer's certificate serial.
+    pub peer_serial: Option<String>,
+    /// Carried through the tunnel (`transport.l5d.io/v1`).
+    pub tunnel: bool,
     pub state: ConnState,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -217,6 +249,7 @@ impl ConnRegistry {
             started: Instant::now(),
             target: OnceLock::new(),
             sni: OnceLock::new(),
+            mesh: OnceLock::new(),
             state: AtomicU8::new(ConnState::Detecting as u8),
             protocol: AtomicU8::new(UNDECIDED),
             bytes_in: AtomicU64::new(0),

@@ -8,10 +8,10 @@
 //! - `server.rs`: hyper's server connection (HTTP/1 or HTTP/2) and the
 //!   per-request proxy logic;
 //! - `headers.rs`: hop-by-hop headers (RFC 9110 §7.6.1), authority, upgrades;
-//! - `client.rs`: upstream connections, opened through a pluggable
-//!   [`Connector`] and kept per worker thread: an HTTP/1 keep-alive pool and
-//!   one multiplexed HTTP/2 connection per endpoint, no lock shared between
-//!   workers;
+//! - `client.rs`: upstream connections, mesh TLS to meshed endpoints and
+//!   otherwise opened through a pluggable [`Connector`], kept per worker
+//!   thread: an HTTP/1 keep-alive pool and one multiplexed HTTP/2
+//!   connection per endpoint, no lock shared between workers;
 //! - `endpoints.rs`: the endpoints table (Service address → endpoints),
 //!   swapped atomically, updated by deltas onto a base generation;
 //! - `balance.rs`: endpoints of a Service (power of two choices over

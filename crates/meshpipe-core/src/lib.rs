@@ -35,7 +35,9 @@ pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod loops;
+pub mod mesh;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub mod proxy;
 pub mod server_first;
@@ -137,6 +139,8 @@ pub enum EngineError {
     Limits(#[from] limits::LimitsError),
     #[error("invalid endpoints: {0}")]
     Endpoints(#[from] http::endpoints::EndpointsError),
+    #[error("mesh identity: {0}")]
+    Identity(String),
 }
 
 impl EngineError {
@@ -152,6 +156,7 @@ impl EngineError {
             EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
             EngineError::Loop(_) | EngineError::Limits(_) => ErrorCode::InvalidConfig,
             EngineError::Endpoints(_) => ErrorCode::Policy,
+            EngineError::Identity(_) => ErrorCode::Identity,
         }
     }
 }
@@ -173,6 +178,8 @@ pub struct BoundListener {
 pub struct Engine {
     ctx: Arc<Context>,
     workers: usize,
+    /// Listeners whose target is a host name, with its address set (`names.rs`).
+    names: Vec<(String, Arc<names::NamedTarget>)>,
     /// The listeners to bind; taken by `start_on`.
     pending: Mutex<Option<Vec<config::ListenerConfig>>>,
     listeners: OnceLock<Vec<Arc<ListenerCtx>>>,
@@ -194,8 +201,9 @@ impl Engine {
         Engine::with_connector(config, connector)
     }
 
-    /// An engine whose HTTP proxy opens its upstream connections through
-    /// `connector` (e.g. mesh TLS origination) instead of plain TCP.
+    /// An engine whose HTTP proxy opens its plaintext upstream connections
+    /// through `connector` instead of plain TCP (connections to meshed
+    /// endpoints always use mesh TLS, `proxy::connect_mesh`).
     pub fn with_connector(config: EngineConfig, connector: Arc<dyn http::Connector>) -> Engine {
         let drain = drain::Drain::default();
         let ctx = Arc::new(Context {
@@ -218,8 +226,17 @@ impl Engine {
             idle_timeout: config.idle_timeout,
             metrics_retain_idle: config.metrics_retain_idle,
             own: OnceLock::new(),
+            mesh: mesh::Mesh::new(config.max_metric_targets),
         });
-        Engine { ctx, workers: config.workers, pending: Mutex::new(Some(config.listeners)), listeners: OnceLock::new() }
+        let names = config
+            .listeners
+            .iter()
+            .filter_map(|l| match &l.target {
+                config::Target::Named(n) => Some((l.name.clone(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        Engine { ctx, workers: config.workers, names, pending: Mutex::new(Some(config.listeners)), listeners: OnceLock::new() }
     }
 
     /// How many worker runtimes the engine should run on (the config's
@@ -253,7 +270,7 @@ impl Engine {
             bound.push(listener::bind(l, &self.ctx.drain.stop_accepting, workers.len())?);
         }
         let own = loops::OwnAddrs::new(bound.iter().map(|(_, l)| (l.name.clone(), l.local)).collect());
-        own.config_loop(&bound.iter().map(|(_, l)| (l.name.clone(), l.target)).collect::<Vec<_>>())?;
+        own.config_loop(&bound.iter().map(|(_, l)| (l.name.clone(), l.target.clone())).collect::<Vec<_>>())?;
         let _ = self.ctx.own.set(own);
         if let Ok((fd_limit, open)) = socket::fd_usage() {
             self.ctx.limits.size_fds(fd_limit, open)?;
@@ -359,6 +376,38 @@ impl Engine {
         self.ctx.http.endpoints.load().get(service).map(|e| e.endpoints.clone())
     }
 
+    /// Installs or replaces this proxy's mesh identity from checked
+    /// material: connections that start afterwards use it (open ones keep
+    /// theirs). Returns the identity's generation and what was installed.
+    pub fn set_identity(
+        &self,
+        material: &identity::material::IdentityMaterial,
+    ) -> Result<(u64, identity::material::IdentityInfo), EngineError> {
+        self.ctx.mesh.set_identity(material).map_err(|e| EngineError::Identity(e.to_string()))
+    }
+
+    /// The mesh identity new connections use, if one is installed.
+    pub fn mesh_tls(&self) -> Option<Arc<tls::TlsState>> {
+        self.ctx.mesh.tls()
+    }
+
+    /// The shared engine state (for stages built outside the pipeline, such
+    /// as an HTTP client using `proxy::connect_mesh`).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Replaces the addresses of a listener's named target (the control
+    /// layer re-resolved the name); new connections use them, open ones are
+    /// untouched. An empty list: the name no longer resolves, and new
+    /// connections are refused and counted.
+    pub fn set_target_addrs(&self, spec: &names::TargetAddrsSpec) -> Result<(), names::NamesError> {
+        let named =
+            self.names.iter().find(|(l, _)| *l == spec.listener).ok_or_else(|| names::NamesError::NoSuchListener(spec.listener.clone()))?;
+        named.1.set_addrs(&names::parse_addrs(&spec.addrs)?);
+        Ok(())
+    }
+
     /// Takes the events queued since the last call, oldest first.
     pub fn take_events(&self) -> Vec<EngineEvent> {
         self.ctx.events.take()
@@ -400,12 +449,30 @@ impl Engine {
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
             copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
             accept_errors: m.snapshot_accept_errors(),
+            mesh: self.ctx.mesh.snapshot(),
+            names: self.names.iter().map(|(l, n)| n.snapshot(l)).collect(),
             errors: ErrorsSnapshot {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
                 original_dst_failed: m.errors.original_dst_failed.load(Relaxed),
                 events_dropped: self.ctx.events.dropped(),
             },
+        }
+    }
+
+    /// The failure counters alone (a few words, no per-target series): what
+    /// the control layer polls to log notable failures without building a
+    /// whole snapshot every time.
+    pub fn failure_counts(&self) -> FailureCounts {
+        let m = &self.ctx.metrics;
+        FailureCounts {
+            errors: ErrorsSnapshot {
+                connect_failed: m.errors.connect_failed.load(Relaxed),
+                loop_refused: m.errors.loop_refused.load(Relaxed),
+                original_dst_failed: m.errors.original_dst_failed.load(Relaxed),
+                events_dropped: self.ctx.events.dropped(),
+            },
+            names: self.names.iter().map(|(l, n)| n.snapshot(l)).collect(),
         }
     }
 
@@ -460,6 +527,16 @@ pub struct ErrorsSnapshot {
     pub events_dropped: u64,
 }
 
+/// The engine-wide failure counters and the named targets' state: a small
+/// subset of [`Snapshot`].
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct FailureCounts {
+    pub errors: ErrorsSnapshot,
+    pub names: Vec<names::NameSnapshot>,
+}
+
 /// Everything the engine counts, for one scrape.
 #[derive(Clone, Debug, Serialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -492,5 +569,9 @@ pub struct Snapshot {
     /// Connections refused by transparent listeners, per direction and reason
     /// (`{direction}_tcp_accept_errors_total{error}`).
     pub accept_errors: Vec<metrics::AcceptErrorSnapshot>,
+    /// Identity, handshakes, tunnel refusals, authorization decisions.
+    pub mesh: mesh::MeshSnapshot,
+    /// Forwards to host names: their addresses and failures (`names.rs`).
+    pub names: Vec<names::NameSnapshot>,
     pub errors: ErrorsSnapshot,
 }

@@ -138,7 +138,7 @@ pub fn bind(
     let ctx = Arc::new(ListenerCtx {
         name: Arc::from(config.name.as_str()),
         direction: config.direction,
-        target: config.target,
+        target: config.target.clone(),
         mode: config.mode,
         local,
         accepted: AtomicU64::new(0),

@@ -16,9 +16,13 @@
 //! parses both: `{"level":"debug","time":"2026-11-30T12:00:00.000Z","pid":7,
 //! "name":"meshpipe","component":"engine","msg":"connected","conn":3,
 //! "target":"10.0.0.5:3306",...}`. Each line is written with one `write(2)`.
+//! With [`Format::Text`] (a terminal: `--log-format text`) the same line is
+//! rendered for a human instead, exactly as the TypeScript layer renders its
+//! own (`ts/observe/log-format.ts`, `log/text.rs`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,6 +62,23 @@ impl Stream {
         }
     }
 }
+
+/// How a line is written: pino-shaped JSON (log collectors) or text (a human at a terminal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+/// The current format; switchable at any time (one relaxed load per line).
+static TEXT: AtomicBool = AtomicBool::new(false);
+
+/// Sets the format of the lines written from now on.
+pub fn set_format(format: Format) {
+    TEXT.store(format == Format::Text, Ordering::Relaxed);
+}
+
+mod text;
 
 struct Installed {
     stream: Stream,
@@ -215,6 +236,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for PinoLayer {
         }
         line.push_str(&fields);
         line.push_str("}\n");
+        if TEXT.load(Ordering::Relaxed) {
+            line = text::render(&line);
+        }
         // One write per line: lines from engine threads and from pino never
         // interleave mid-line.
         let _ = match self.stream {

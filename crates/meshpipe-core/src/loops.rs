@@ -83,18 +83,20 @@ fn reaches(bind: SocketAddr, target: SocketAddr, is_local: impl Fn(IpAddr) -> bo
 /// or wildcard target, or as IPv4-mapped IPv6).
 pub fn check_config(listeners: &[ListenerConfig]) -> Result<(), LoopError> {
     let binds: Vec<(&str, SocketAddr)> = listeners.iter().map(|l| (l.name.as_str(), l.bind.0)).collect();
-    find_loop(listeners.iter().map(|l| (l.name.as_str(), l.target)), &binds, |_| false)
+    find_loop(listeners.iter().map(|l| (l.name.as_str(), &l.target)), &binds, |_| false)
 }
 
 fn find_loop<'a>(
-    targets: impl Iterator<Item = (&'a str, Target)>,
+    targets: impl Iterator<Item = (&'a str, &'a Target)>,
     binds: &[(&str, SocketAddr)],
     is_local: impl Fn(IpAddr) -> bool,
 ) -> Result<(), LoopError> {
     for (name, target) in targets {
-        let Target::Fixed(TargetAddr(target)) = target else { continue };
-        if let Some((own, bind)) = binds.iter().find(|(_, bind)| reaches(*bind, target, &is_local)) {
-            return Err(LoopError { name: name.to_string(), target, own: own.to_string(), bind: *bind });
+        // A named target's addresses as resolved at start; later ones are checked per connection.
+        for target in target.fixed_addrs() {
+            if let Some((own, bind)) = binds.iter().find(|(_, bind)| reaches(*bind, target, &is_local)) {
+                return Err(LoopError { name: name.to_string(), target, own: own.to_string(), bind: *bind });
+            }
         }
     }
     Ok(())
@@ -133,7 +135,7 @@ impl OwnAddrs {
     /// Refuses a fixed target of `listeners` that reaches one of the bound listeners.
     pub fn config_loop(&self, listeners: &[(Arc<str>, Target)]) -> Result<(), LoopError> {
         let binds: Vec<(&str, SocketAddr)> = self.listeners.iter().map(|(n, a)| (&**n, *a)).collect();
-        find_loop(listeners.iter().map(|(n, t)| (&**n, *t)), &binds, |ip| self.is_local(ip))
+        find_loop(listeners.iter().map(|(n, t)| (&**n, t)), &binds, |ip| self.is_local(ip))
     }
 
     /// Whether dialling `target` would reach one of the proxy's listeners.

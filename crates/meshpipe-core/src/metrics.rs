@@ -165,14 +165,14 @@ struct Entry<V> {
 }
 
 /// A bounded, sharded map from a key to a shared counter block.
-struct Sharded<K, V> {
+pub(crate) struct Sharded<K, V> {
     shards: [RwLock<HashMap<K, Entry<V>>>; SHARDS],
     len: AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Sharded { shards: std::array::from_fn(|_| RwLock::new(HashMap::new())), len: AtomicUsize::new(0), hasher: Default::default() }
     }
 
@@ -187,7 +187,7 @@ impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
 
     /// Runs `f` on the entry for `key` (created if missing) while the shard
     /// is locked, so a sweep cannot evict it in between; `None` when full.
-    fn with<R>(&self, key: &K, max: usize, f: impl FnOnce(&Arc<V>) -> R) -> Option<R> {
+    pub(crate) fn with<R>(&self, key: &K, max: usize, f: impl FnOnce(&Arc<V>) -> R) -> Option<R> {
         let shard = self.shard(key);
         if let Some(e) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
             return Some(f(&e.value));
@@ -204,7 +204,7 @@ impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
         Some(f(&e.value))
     }
 
-    fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         for shard in &self.shards {
             for (k, e) in shard.read().unwrap_or_else(|e| e.into_inner()).iter() {
                 f(k, &e.value);
@@ -215,7 +215,7 @@ impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
     /// Evicts entries that nobody holds (only the map has a reference) and
     /// whose `activity` did not change for `quiet_sweeps` sweeps in a row.
     /// Returns how many were evicted.
-    fn sweep(&self, quiet_sweeps: u32, activity: impl Fn(&V) -> u64) -> usize {
+    pub(crate) fn sweep(&self, quiet_sweeps: u32, activity: impl Fn(&V) -> u64) -> usize {
         let mut evicted = 0;
         for shard in &self.shards {
             let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
@@ -424,6 +424,8 @@ fn tcp_snapshot(key: Option<&SeriesKey>, direction: Direction, s: &TcpSeries) ->
         tls: tls.label(),
         no_tls_reason: tls.no_tls_reason(),
         sni: tls.sni().map(str::to_string),
+        client_id: tls.peer_id().filter(|_| direction == Direction::Inbound).map(str::to_string),
+        server_id: tls.peer_id().filter(|_| direction == Direction::Outbound).map(str::to_string),
         overflow: key.is_none(),
         src_open_total: s.open_total[0].load(Relaxed),
         src_open: s.open[0].load(Relaxed),
@@ -461,6 +463,10 @@ pub struct TcpSnapshot {
     pub tls: TlsLabel,
     pub no_tls_reason: Option<NoTlsReason>,
     pub sni: Option<String>,
+    /// Inbound mesh TLS: the client's verified identity.
+    pub client_id: Option<String>,
+    /// Outbound mesh TLS: the server's verified identity.
+    pub server_id: Option<String>,
     /// The series that collects targets past the cardinality bound.
     pub overflow: bool,
     pub src_open_total: u64,

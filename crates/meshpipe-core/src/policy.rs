@@ -17,6 +17,11 @@
 //! swapped in atomically: new connections see the new table, connections in
 //! flight keep theirs. A rejected update changes nothing, is counted, and its
 //! error stays visible in [`PolicySnapshot`] until an update is accepted.
+//!
+//! The table also holds the mesh (spec.rs): [`PolicyTable::route`] gives a
+//! new connection its port policy and, outbound, the meshed peer behind its
+//! address from the same probe of the exact destinations;
+//! [`PolicyTable::authz`] is this workload's inbound authorization.
 
 mod exact;
 mod ports;
@@ -34,8 +39,12 @@ use arc_swap::{ArcSwap, Guard};
 use serde::Serialize;
 
 use crate::addr::{normalise, AddrError, TargetAddr};
+use crate::authz::{AuthzError, AuthzTable, DecisionInfo, PortAuthzSpec};
+use crate::destinations::{Destination, DestinationsError, MeshPeerSpec};
+use crate::identity::Identity;
 pub use crate::vocab::{Direction, PortMode};
 pub use spec::{AddressSpec, PolicyDelta, PolicyFrameSpec, PolicySpec, PortSpec, PortTableSpec, RuleSpec};
+pub use spec::{AuthzSpec, DestinationSpec};
 pub use store::PolicyStore;
 
 /// Errors in a policy table or delta handed to the engine. Each names the
@@ -60,6 +69,12 @@ pub enum PolicyError {
     DropUnknown { id: u32 },
     #[error("policy delta applies to generation {base}, but the engine has generation {current}: send the whole table")]
     Base { base: u64, current: u64 },
+    #[error("policy port table {id}: meshed peer: {reason}")]
+    MeshPeer { id: u32, reason: String },
+    #[error("policy meshDestinations: {0}")]
+    MeshDestination(#[from] DestinationsError),
+    #[error("policy authz: {0}")]
+    Authz(#[from] AuthzError),
 }
 
 /// What one new connection gets.
@@ -98,6 +113,12 @@ pub struct PolicyDecision {
     pub index: Option<u32>,
     /// The exact destination's name (e.g. `Pod shop/web-1`).
     pub destination: Option<String>,
+    /// Outbound: the meshed peer behind the address (mutual TLS through
+    /// its tunnel port, whatever the port's mode), if any.
+    pub mesh: Option<MeshPeerSpec>,
+    /// Inbound: who may connect to the port, in the order the rules are
+    /// tried (the port's Server, or the workload's default policy).
+    pub authz: Option<PortAuthzSpec>,
 }
 
 /// A compiled, immutable policy table.
@@ -133,19 +154,67 @@ impl PolicyTable {
     #[inline]
     pub fn lookup(&self, direction: Direction, target: TargetAddr) -> PortPolicy {
         let ip = normalise(target.ip());
-        let port = target.port();
+        let exact = if direction == Direction::Outbound { self.exact.get(&ip) } else { None };
+        self.decide(direction, ip, target.port(), exact)
+    }
+
+    /// What a new connection gets: its port policy and, outbound, the
+    /// meshed peer behind its address (cloned: the connection keeps it
+    /// across awaits, not the table). One probe of the exact destinations
+    /// serves both; the static meshed destinations are probed only when
+    /// there are any.
+    #[inline]
+    pub fn route(&self, direction: Direction, target: TargetAddr) -> (PortPolicy, Option<Arc<Destination>>) {
+        let ip = normalise(target.ip());
+        if direction == Direction::Inbound {
+            return (self.decide(direction, ip, target.port(), None), None);
+        }
+        let exact = self.exact.get(&ip);
+        (self.decide(direction, ip, target.port(), exact), self.peer_of(ip, exact).cloned())
+    }
+
+    /// The meshed peer behind an outbound address, if any (the connector
+    /// for stages outside the pipeline, e.g. HTTP to a meshed pod).
+    pub fn mesh_peer(&self, ip: IpAddr) -> Option<Arc<Destination>> {
+        let ip = normalise(ip);
+        self.peer_of(ip, self.exact.get(&ip)).cloned()
+    }
+
+    #[inline]
+    fn decide(&self, direction: Direction, ip: IpAddr, port: u16, exact: Option<&exact::Destination>) -> PortPolicy {
         if let Some((_, hit)) = self.frame.rules.lookup(direction, ip, port) {
             return PortPolicy { mode: hit.mode, detect_timeout: hit.detect_timeout };
         }
-        if direction == Direction::Outbound {
-            if let Some(entry) = self.exact.get(&ip).and_then(|d| d.table.get(port)) {
-                return PortPolicy { mode: entry.mode, detect_timeout: self.destination_timeout(entry.mode) };
-            }
+        if let Some(entry) = exact.and_then(|d| d.table.get(port)) {
+            return PortPolicy { mode: entry.mode, detect_timeout: self.destination_timeout(entry.mode) };
         }
         match self.frame.fallback.lookup(direction, ip, port) {
             Some((_, hit)) => PortPolicy { mode: hit.mode, detect_timeout: hit.detect_timeout },
             None => DEFAULT,
         }
+    }
+
+    /// A static single address (explicit) wins over the pod's own peer,
+    /// which wins over a static network.
+    #[inline]
+    fn peer_of<'a>(&'a self, ip: IpAddr, exact: Option<&'a exact::Destination>) -> Option<&'a Arc<Destination>> {
+        let fixed = if self.frame.mesh.is_empty() { None } else { self.frame.mesh.lookup_entry(ip) };
+        if let Some((d, true)) = fixed {
+            return Some(d);
+        }
+        exact.and_then(|d| d.table.mesh.as_ref()).or(fixed.map(|(d, _)| d))
+    }
+
+    /// This workload's inbound authorization.
+    #[inline]
+    pub fn authz(&self) -> &AuthzTable {
+        &self.frame.authz
+    }
+
+    /// The authorization decision for one client (explain and tests; the
+    /// data path uses [`AuthzTable::decide`]).
+    pub fn authorize(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> DecisionInfo {
+        DecisionInfo::from(self.frame.authz.authorize(port, client, normalise(client_ip)))
     }
 
     fn destination_timeout(&self, mode: PortMode) -> Option<Duration> {
@@ -160,6 +229,19 @@ impl PolicyTable {
     /// The same decision as [`lookup`](Self::lookup), with its source.
     pub fn explain(&self, direction: Direction, ip: IpAddr, port: u16) -> PolicyDecision {
         let ip = normalise(ip);
+        let mut decision = self.explain_mode(direction, ip, port);
+        match direction {
+            Direction::Outbound => {
+                let exact = self.exact.get(&ip);
+                let name = exact.map_or_else(|| ip.to_string(), |d| d.name.to_string());
+                decision.mesh = self.peer_of(ip, exact).map(|p| p.info(&name));
+            }
+            Direction::Inbound => decision.authz = Some(self.frame.authz.describe(port)),
+        }
+        decision
+    }
+
+    fn explain_mode(&self, direction: Direction, ip: IpAddr, port: u16) -> PolicyDecision {
         let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
         if let Some((index, hit)) = self.frame.rules.lookup(direction, ip, port) {
             return PolicyDecision {
@@ -169,6 +251,8 @@ impl PolicyTable {
                 matched: PolicyMatch::Rule,
                 index: Some(index),
                 destination: None,
+                mesh: None,
+                authz: None,
             };
         }
         if direction == Direction::Outbound {
@@ -181,6 +265,8 @@ impl PolicyTable {
                         matched: PolicyMatch::Destination,
                         index: None,
                         destination: Some(d.name.to_string()),
+                        mesh: None,
+                        authz: None,
                     };
                 }
             }
@@ -193,6 +279,8 @@ impl PolicyTable {
                 matched: PolicyMatch::FallbackRule,
                 index: Some(index),
                 destination: None,
+                mesh: None,
+                authz: None,
             };
         }
         PolicyDecision {
@@ -202,12 +290,19 @@ impl PolicyTable {
             matched: PolicyMatch::Default,
             index: None,
             destination: None,
+            mesh: None,
+            authz: None,
         }
     }
 
     /// Exact destination addresses.
     pub fn addresses(&self) -> usize {
         self.exact.len()
+    }
+
+    /// Meshed destinations: exact addresses with a peer, and static entries.
+    pub fn meshed(&self) -> usize {
+        self.exact.meshed() + self.frame.mesh.len()
     }
 }
 
@@ -229,6 +324,8 @@ pub struct PolicySnapshot {
     pub rules: usize,
     pub fallback_rules: usize,
     pub addresses: usize,
+    /// Meshed destinations (pod addresses with a peer, and static entries).
+    pub meshed: usize,
     pub tables: usize,
     /// Distinct source strings held.
     pub sources: usize,
@@ -326,6 +423,7 @@ impl Policy {
             rules: t.frame.rules.len(),
             fallback_rules: t.frame.fallback.len(),
             addresses: t.exact.len(),
+            meshed: t.meshed(),
             tables: t.tables,
             sources: t.sources,
             updates_applied: self.applied.load(Relaxed),

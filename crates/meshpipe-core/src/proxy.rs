@@ -1,17 +1,29 @@
-//! The per-connection pipeline: target → policy → detect → connect → forward.
+//! The per-connection pipeline: target → policy → detect → TLS decision
+//! and authorization → connect → forward.
 //!
 //! `serve` owns one accepted connection from start to end. Each stage is a
-//! plain function so later stages slot in without touching the accept loop:
-//! mesh mTLS will wrap the upstream connect, and a connection detection found
-//! to be HTTP/1 or HTTP/2 branches to the HTTP stage (`proxy/http.rs`) after
-//! detection, where every other outcome is connected and forwarded as TCP.
+//! plain function in its own file, so stages slot in without touching the
+//! accept loop: `proxy/inbound_mesh.rs` (the 4143 tunnel and SNI-routed
+//! mesh TLS termination), `proxy/authorize.rs` (inbound authorization),
+//! `proxy/outbound_mesh.rs` (mesh TLS origination to meshed destinations,
+//! also the connector HTTP proxying uses). Plain TCP keeps the splice path
+//! (`copy.rs`); a connection with TLS on either side is forwarded by the
+//! TLS-generic copy (`copy/stream.rs`). A plaintext connection detection
+//! found to be HTTP/1 or HTTP/2 branches to the HTTP stage (`proxy/http.rs`)
+//! after the TLS decision, outbound to a meshed destination too (its
+//! upstream connections then ride mesh TLS, opened by the HTTP client);
+//! every other outcome is connected and forwarded as TCP.
 //!
 //! Accounting is done with drop guards, so a connection cut at the drain
 //! deadline (its task is simply dropped) still closes its gauges and records
 //! its duration.
 
+mod authorize;
 mod connect;
+mod dial;
 mod http;
+pub mod inbound_mesh;
+pub mod outbound_mesh;
 mod sniff;
 
 use std::net::SocketAddr;
@@ -24,8 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{debug, Instrument};
 
+use crate::addr::TargetAddr;
 use crate::config::DetectConfig;
 use crate::conn::{ConnRegistry, ConnState};
+use crate::copy::stream::Transport;
 use crate::copy::{self, CopyConfig, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
@@ -34,9 +48,10 @@ use crate::policy::Policy;
 use crate::server_first::ServerFirstCache;
 use crate::socket;
 use crate::target;
-use crate::vocab::{DetectResult, TlsStatus};
+use crate::vocab::{DetectResult, Direction, NoTlsReason, TlsStatus};
 
 pub(crate) use connect::connect;
+pub use outbound_mesh::{connect_mesh, MeshConnectError};
 pub use sniff::{Sniffed, Upstream};
 
 /// Engine-wide state every connection task shares.
@@ -63,6 +78,8 @@ pub struct Context {
     pub own: std::sync::OnceLock<crate::loops::OwnAddrs>,
     /// HTTP proxying: settings, upstream client, endpoints (`crate::http`).
     pub http: crate::http::HttpState,
+    /// The mesh identity and the mesh counters.
+    pub mesh: crate::mesh::Mesh,
 }
 
 /// Gives a connection's slots (its direction's and its descriptors) back to
@@ -113,7 +130,16 @@ impl Drop for OpenGuard<'_> {
 /// `peer`, then `target`), silent at the default log filter (see `log.rs`).
 pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, peer: SocketAddr, cut: CancellationToken) {
     let _admitted = Admitted(&ctx, l.direction);
-    let span = tracing::debug_span!("conn", id = Empty, listener = %l.name, peer = %peer, target = Empty);
+    let span = tracing::debug_span!(
+        "conn",
+        id = Empty,
+        listener = %l.name,
+        peer = %peer,
+        target = Empty,
+        tls = Empty,
+        client_id = Empty,
+        server_id = Empty
+    );
     let cut_short = async {
         tokio::select! {
             _ = pipeline(&ctx, &l, client, peer) => {}
@@ -133,10 +159,13 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     let span = tracing::Span::current();
     span.record("id", info.id);
     debug!(direction = l.direction.as_str(), "accepted");
+    // The identity this connection uses from start to end (a reload affects
+    // new connections only).
+    let mesh_tls = ctx.mesh.tls();
 
-    // 1. Target.
-    let target = match target::resolve(&l.target, l.direction, &ctx.inbound, &client) {
-        Ok(t) => t,
+    // 1. Target (or the tunnel: a direct connection to the inbound port).
+    let route = match target::resolve(&l.target, l.direction, &ctx.inbound, &client, mesh_tls.is_some()) {
+        Ok(r) => r,
         Err(e) => {
             debug!(error = %e, "refused");
             ctx.metrics.accept_error(l.direction, e.accept_error());
@@ -149,6 +178,23 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
             return;
         }
     };
+    let target = match (route, &mesh_tls) {
+        (target::Route::Forward(t), _) => t,
+        (target::Route::Tunnel(orig), Some(state)) => {
+            span.record("tls", "tunnel");
+            let inbound_host = match l.target {
+                crate::config::Target::OriginalDst { inbound_host } => inbound_host,
+                crate::config::Target::Fixed(_) | crate::config::Target::Named(_) => None,
+            };
+            let Some(est) = inbound_mesh::tunnel(ctx, client, peer, orig, inbound_host, state, info).await else { return };
+            ctx.metrics.detected(l.direction, orig.port(), DetectResult::OpaquePort, started.elapsed());
+            let _ = info.target.set(est.target);
+            span.record("target", tracing::field::display(est.target));
+            let mut stream = est.stream;
+            return forward_tls(ctx, info, &mut open, est.target, est.tls, &mut stream, Vec::new()).await;
+        }
+        (target::Route::Tunnel(_), None) => return,
+    };
     // Loop protection: a target that is one of the proxy's own listeners
     // (through any local address, a wildcard bind or IPv4-mapped IPv6).
     if ctx.own.get().is_some_and(|own| own.is_own(target)) {
@@ -160,19 +206,25 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     let _ = info.target.set(target);
     span.record("target", tracing::field::display(target));
 
-    // 2. Policy: the listener's explicit mode wins over the table.
+    // 2. Policy: the port's mode and, outbound, the meshed peer behind the
+    // address (one probe of the table); the listener's explicit mode wins.
+    let (policy, dest) = ctx.policy.load().route(l.direction, target);
     let (mode, detect_timeout) = match l.mode {
         Some(mode) => (mode, None),
-        None => {
-            let p = ctx.policy.load().lookup(l.direction, target);
-            (p.mode, p.detect_timeout)
-        }
+        None => (policy.mode, policy.detect_timeout),
     };
     let timeout = ctx.detect.timeout_for(l.direction, target.port(), detect_timeout);
-    debug!(mode = mode.as_str(), detect_timeout_ms = timeout.as_millis() as u64, "policy");
+    debug!(
+        mode = mode.as_str(),
+        detect_timeout_ms = timeout.as_millis() as u64,
+        server_id = dest.as_ref().map(|d| d.identity.as_str()),
+        "policy"
+    );
+    let originate = dest.is_some() && mesh_tls.is_some();
 
-    // 3. Detect.
-    let sniffed = sniff::sniff(ctx, &client, l.direction, target, mode, timeout).await;
+    // 3. Detect. The server-first race dials in plaintext: never to a
+    // destination that gets mesh TLS.
+    let sniffed = sniff::sniff(ctx, &client, l.direction, target, mode, timeout, !originate).await;
     ctx.metrics.detected(l.direction, target.port(), sniffed.result, started.elapsed());
     info.set_protocol(sniffed.result.protocol());
     debug!(result = sniffed.result.as_str(), bytes = sniffed.buffered.len(), sni = sniffed.sni.as_deref(), "detected");
@@ -187,26 +239,65 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
         return;
     }
 
+    // 4. The TLS decision, and inbound authorization.
+    let tls = match (l.direction, &dest, &mesh_tls) {
+        (Direction::Inbound, _, Some(state))
+            if sniffed.result == DetectResult::Tls && sniffed.sni.as_deref() == Some(state.server_name()) =>
+        {
+            span.record("tls", "terminated");
+            let remaining = timeout.saturating_sub(started.elapsed());
+            let buffered = sniffed.buffered;
+            let Some(est) = inbound_mesh::terminate(ctx, client, buffered, peer, target, state, info, remaining).await else { return };
+            let mut stream = est.stream;
+            return forward_tls(ctx, info, &mut open, target, est.tls, &mut stream, Vec::new()).await;
+        }
+        (Direction::Inbound, _, _) => {
+            let tls = TlsStatus::detected(Direction::Inbound, sniffed.sni.as_ref());
+            if !authorize::inbound(ctx, target.port(), None, peer.ip(), &tls) {
+                socket::set_reset_on_close(&client);
+                return;
+            }
+            tls
+        }
+        // HTTP to a meshed destination is proxied request by request; the
+        // HTTP client opens mesh TLS to each meshed endpoint (http/client.rs).
+        (Direction::Outbound, Some(dest), Some(_)) if http::protocol_of(ctx, sniffed.result).is_some() => {
+            span.record("server_id", dest.identity.as_str());
+            TlsStatus::Mesh { peer: Arc::from(dest.identity.as_str()) }
+        }
+        (Direction::Outbound, Some(dest), Some(state)) => {
+            span.record("tls", "originated");
+            return originate_mesh(ctx, info, &mut open, client, target, dest, state, sniffed).await;
+        }
+        (Direction::Outbound, Some(_), None) => TlsStatus::NoIdentity(NoTlsReason::Disabled),
+        (Direction::Outbound, None, _) if sniffed.sni.is_none() && target.ip().is_loopback() => {
+            TlsStatus::NoIdentity(NoTlsReason::Loopback)
+        }
+        (Direction::Outbound, None, _) => TlsStatus::detected(Direction::Outbound, sniffed.sni.as_ref()),
+    };
+    span.record("tls", tls.label_str());
+
     // From here the connection is counted as an open TCP connection.
-    let tls = TlsStatus::detected(l.direction, sniffed.sni.as_ref());
     let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, tls: tls.clone() });
     series.opened(Peer::Src);
     open.series = Some(series.clone());
     let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
 
-    // HTTP is served request by request (its upstream connections pooled).
+    // HTTP is served request by request (its upstream connections pooled,
+    // mesh TLS to meshed endpoints).
     if let Some(protocol) = http::protocol_of(ctx, sniffed.result) {
         let c = http::HttpConn { info: &reg.info, direction: l.direction, target, tls, series: series.clone() };
         http::serve(ctx, c, client, sniffed, protocol).await;
         return;
     }
 
-    // 4. Connect (unless the server-first race already did).
+    // 5. Connect (unless the server-first race already did).
     info.set_state(ConnState::Connecting);
     let server = match sniffed.upstream {
         Upstream::Open(s) => Ok(s),
-        Upstream::Failed(e) => Err(e),
-        Upstream::None => connect(target.0, ctx.connect_timeout).await,
+        // A named target (`names.rs`) tries its other addresses (`proxy/dial.rs`).
+        Upstream::Failed(e) => dial::after_failed_dial(&l.target, target.0, e, ctx.connect_timeout).await,
+        Upstream::None => dial::connect_target(&l.target, target.0, ctx.connect_timeout).await,
     };
     let server = match server {
         Ok(s) => s,
@@ -224,7 +315,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     debug!("connected");
     let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
 
-    // 5. Forward: replay what detection read, in order, then splice. The
+    // 6. Forward: replay what detection read, in order, then splice. The
     // idle sweep may shut both sockets down (declared after them: withdrawn
     // before they close).
     let _sweepable = ctx.idle_timeout.map(|_| info.forwarding(&client, &server));
@@ -246,6 +337,19 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
         let _ = socket::shutdown_write(&server);
     }
     let forwarded = copy::forward(&client, &server, up, down, ctx.copy).await;
+    finish(ctx, info, &series, forwarded, &mut src, &mut dst);
+}
+
+/// Records how forwarding ended: the idle timeout, and the side whose error
+/// ended it (its close reason).
+fn finish(
+    ctx: &Context,
+    info: &crate::conn::ConnInfo,
+    series: &TcpSeries,
+    forwarded: Result<copy::Moved, copy::CopyError>,
+    src: &mut SideGuard,
+    dst: &mut SideGuard,
+) {
     if info.idle_closed() {
         debug!(idle_timeout_ms = ctx.idle_timeout.unwrap_or_default().as_millis() as u64, "closed by the idle timeout");
         series.idle_timeouts.fetch_add(1, Relaxed);
@@ -267,4 +371,114 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
         }
     }
     info.set_state(ConnState::Closing);
+}
+
+/// Inbound mesh TLS (the tunnel or SNI termination), verified and
+/// authorized: dial the app at `target` in plaintext and forward through
+/// the TLS-generic copy.
+async fn forward_tls<S: Transport>(
+    ctx: &Context,
+    info: &crate::conn::ConnInfo,
+    open: &mut OpenGuard<'_>,
+    target: TargetAddr,
+    tls: TlsStatus,
+    client: &mut S,
+    buffered: Vec<u8>,
+) {
+    if let TlsStatus::Mesh { peer } = &tls {
+        tracing::Span::current().record("client_id", &**peer);
+    }
+    let series = ctx.metrics.series(&SeriesKey { direction: info.direction, target, tls });
+    series.opened(Peer::Src);
+    open.series = Some(series.clone());
+    let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
+    info.set_state(ConnState::Connecting);
+    let mut server = match connect(target.0, ctx.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "connect failed");
+            ctx.metrics.errors.connect_failed.fetch_add(1, Relaxed);
+            series.connect_failed(errno_index(Some(&e)));
+            socket::set_reset_on_close(client.tcp());
+            src.errno = errno_index(Some(&e));
+            return;
+        }
+    };
+    series.opened(Peer::Dst);
+    debug!("connected");
+    let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
+    let forwarded = forward_streams(ctx, info, &series, client, &mut server, buffered).await;
+    finish(ctx, info, &series, forwarded, &mut src, &mut dst);
+}
+
+/// Outbound to a meshed destination: originate mesh TLS through the peer's
+/// tunnel, then forward through the TLS-generic copy.
+#[allow(clippy::too_many_arguments)]
+async fn originate_mesh(
+    ctx: &Context,
+    info: &crate::conn::ConnInfo,
+    open: &mut OpenGuard<'_>,
+    mut client: TcpStream,
+    target: TargetAddr,
+    dest: &crate::destinations::Destination,
+    state: &crate::tls::TlsState,
+    sniffed: Sniffed,
+) {
+    let peer_id: Arc<str> = Arc::from(dest.identity.as_str());
+    tracing::Span::current().record("server_id", &*peer_id);
+    let series = ctx.metrics.series(&SeriesKey { direction: Direction::Outbound, target, tls: TlsStatus::Mesh { peer: peer_id } });
+    series.opened(Peer::Src);
+    open.series = Some(series.clone());
+    let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
+    info.set_state(ConnState::Connecting);
+    let Some(header) = outbound_mesh::header_for(target, sniffed.result) else { return };
+    let mut server = match connect_mesh(ctx, state, target, dest, &header).await {
+        Ok((stream, connected)) => {
+            let _ = info.mesh.set(outbound_mesh::conn_mesh(state, &connected));
+            stream
+        }
+        Err(e) => {
+            outbound_mesh::log_failure(&e, dest);
+            ctx.metrics.errors.connect_failed.fetch_add(1, Relaxed);
+            let errno =
+                e.io().map_or(errno_index(Some(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused))), |io| errno_index(Some(io)));
+            series.connect_failed(errno);
+            socket::set_reset_on_close(&client);
+            src.errno = errno;
+            return;
+        }
+    };
+    series.opened(Peer::Dst);
+    debug!("connected (mesh TLS)");
+    let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
+    let forwarded = forward_streams(ctx, info, &series, &mut client, &mut server, sniffed.buffered).await;
+    finish(ctx, info, &series, forwarded, &mut src, &mut dst);
+}
+
+/// Writes what detection read, then forwards both ways until both end.
+async fn forward_streams<A: Transport, B: Transport>(
+    ctx: &Context,
+    info: &crate::conn::ConnInfo,
+    series: &TcpSeries,
+    client: &mut A,
+    server: &mut B,
+    buffered: Vec<u8>,
+) -> Result<copy::Moved, copy::CopyError> {
+    use tokio::io::AsyncWriteExt;
+    let _sweepable = ctx.idle_timeout.map(|_| info.forwarding(client.tcp(), server.tcp()));
+    info.set_state(ConnState::Forwarding);
+    let spliced = &ctx.metrics.copy.spliced_directions;
+    let fds = &ctx.limits.fds;
+    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, spliced, fds };
+    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, spliced, fds };
+    if !buffered.is_empty() {
+        // Into the TLS session (and out with the header queued before it).
+        if let Err(e) = server.write_all(&buffered).await {
+            socket::set_reset_on_close(client.tcp());
+            return Err(copy::CopyError::Server(e));
+        }
+        up.add(buffered.len());
+    }
+    drop(buffered);
+    copy::stream::forward(client, server, up, down, ctx.copy.buffer_size.max(copy::stream::RECORDS_READ)).await
 }

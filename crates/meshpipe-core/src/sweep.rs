@@ -40,7 +40,7 @@ pub(crate) fn spawn(ctx: &Arc<Context>, worker: &tokio::runtime::Handle) {
     if let Some(retain) = ctx.metrics_retain_idle {
         let (tick, passes) = cadence(retain);
         worker.spawn(every(Arc::downgrade(ctx), tick, move |ctx| {
-            let evicted = ctx.metrics.sweep(passes);
+            let evicted = ctx.metrics.sweep(passes) + ctx.mesh.metrics.sweep(passes);
             if evicted > 0 {
                 tracing::debug!(evicted, "idle metric series evicted");
             }

@@ -15,7 +15,9 @@
 //! business reaching the app) or when the port is one of the proxy's own
 //! (admin, inbound, outbound): a request that came in through the inbound
 //! listener must never reach the admin server as if from a loopback peer.
-//! Each refusal is counted with its [`AcceptError`] reason.
+//! Each refusal is counted with its [`AcceptError`] reason. A forward to a
+//! host name picks one of the name's addresses (`names.rs`), and is refused
+//! when the name has none.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +40,8 @@ pub enum TargetError {
     NotPodIp(SocketAddr),
     #[error("inbound connection to {0} refused: port {port} is one of the proxy's own ports (inbound.proxyPorts)", port = .0.port())]
     ProxyPort(SocketAddr),
+    #[error("connection refused: the target name {0} has no address (it no longer resolves)")]
+    Unresolved(String),
 }
 
 impl TargetError {
@@ -48,6 +52,7 @@ impl TargetError {
             TargetError::Loop(_) => AcceptError::Loop,
             TargetError::NotPodIp(_) => AcceptError::NotPodIp,
             TargetError::ProxyPort(_) => AcceptError::ProxyPort,
+            TargetError::Unresolved(_) => AcceptError::Unresolved,
         }
     }
 }
@@ -67,12 +72,14 @@ pub enum AcceptError {
     NotPodIp = 2,
     /// Inbound, to one of the proxy's own ports (admin, inbound, outbound).
     ProxyPort = 3,
+    /// A forward to a host name that has no address (it stopped resolving).
+    Unresolved = 4,
 }
 
 impl AcceptError {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
     pub const ALL: [AcceptError; AcceptError::COUNT] =
-        [AcceptError::NoOriginalDst, AcceptError::Loop, AcceptError::NotPodIp, AcceptError::ProxyPort];
+        [AcceptError::NoOriginalDst, AcceptError::Loop, AcceptError::NotPodIp, AcceptError::ProxyPort, AcceptError::Unresolved];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -80,6 +87,7 @@ impl AcceptError {
             AcceptError::Loop => "loop",
             AcceptError::NotPodIp => "not_pod_ip",
             AcceptError::ProxyPort => "proxy_port",
+            AcceptError::Unresolved => "unresolved",
         }
     }
 }
@@ -105,15 +113,32 @@ impl InboundGuard {
 
     /// Checks an inbound original destination.
     pub fn check(&self, orig: SocketAddr) -> Result<(), TargetError> {
-        // The pod IPs are one per family in practice: a scan beats a hash.
-        if !self.pod_ips.contains(&orig.ip().to_canonical()) {
-            return Err(TargetError::NotPodIp(orig));
-        }
+        self.check_ip(orig)?;
         if self.proxy_ports.contains(&orig.port()) {
             return Err(TargetError::ProxyPort(orig));
         }
         Ok(())
     }
+
+    /// Checks only that the address is one of the pod's IPs.
+    pub fn check_ip(&self, orig: SocketAddr) -> Result<(), TargetError> {
+        // The pod IPs are one per family in practice: a scan beats a hash.
+        if !self.pod_ips.contains(&orig.ip().to_canonical()) {
+            return Err(TargetError::NotPodIp(orig));
+        }
+        Ok(())
+    }
+}
+
+/// Where an accepted connection goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To a target (a fixed forward, or the original destination).
+    Forward(TargetAddr),
+    /// Inbound, dialled to the inbound port itself ("direct"): Linkerd's
+    /// tunnel, whose real target is named by the transport header inside
+    /// mesh TLS. Carries the address the client dialled (a pod IP).
+    Tunnel(SocketAddr),
 }
 
 /// The addresses of this network namespace's interfaces, loopback left out,
@@ -124,14 +149,32 @@ pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
 }
 
 /// Resolves the target of `stream` according to the listener's rule; a
-/// transparent inbound listener also applies `guard`.
-pub fn resolve(rule: &Target, direction: Direction, guard: &InboundGuard, stream: &TcpStream) -> Result<TargetAddr, TargetError> {
+/// transparent inbound listener also applies `guard`. With `tunnel` (this
+/// proxy has a mesh identity), an inbound connection whose original
+/// destination port is the inbound listener's own port is the tunnel
+/// (`Route::Tunnel`, after the pod-IP check) instead of a loop; one that was
+/// not redirected at all (no NAT entry) was dialled to the listener
+/// directly, so its local address is its original destination.
+pub fn resolve(rule: &Target, direction: Direction, guard: &InboundGuard, stream: &TcpStream, tunnel: bool) -> Result<Route, TargetError> {
     match *rule {
-        Target::Fixed(addr) => Ok(addr),
+        Target::Fixed(addr) => Ok(Route::Forward(addr)),
+        // Round robin over the name's addresses (`names.rs`).
+        Target::Named(ref named) => {
+            named.pick().map(Route::Forward).ok_or_else(|| TargetError::Unresolved(format!("{}:{}", named.host, named.port)))
+        }
         Target::OriginalDst { inbound_host } => {
-            let orig = socket::original_dst(stream).map_err(TargetError::OriginalDst)?;
+            let tunnel = tunnel && direction == Direction::Inbound;
             let local = stream.local_addr().map_err(TargetError::OriginalDst)?;
-            original_target(orig, local, direction, inbound_host, guard)
+            let orig = match socket::original_dst(stream) {
+                Ok(orig) => orig,
+                Err(_) if tunnel => local,
+                Err(e) => return Err(TargetError::OriginalDst(e)),
+            };
+            if tunnel && orig.port() == local.port() {
+                guard.check_ip(orig)?;
+                return Ok(Route::Tunnel(orig));
+            }
+            original_target(orig, local, direction, inbound_host, guard).map(Route::Forward)
         }
     }
 }
@@ -223,7 +266,7 @@ mod tests {
         let t = original_target(sa("10.9.9.9:4191"), sa("127.0.0.1:4140"), Direction::Outbound, None, &guard()).unwrap();
         assert_eq!(t.0, sa("10.9.9.9:4191"));
         let labels: Vec<_> = AcceptError::ALL.iter().map(|e| e.as_str()).collect();
-        assert_eq!(labels, ["no_original_dst", "loop", "not_pod_ip", "proxy_port"]);
+        assert_eq!(labels, ["no_original_dst", "loop", "not_pod_ip", "proxy_port", "unresolved"]);
         assert!(AcceptError::ALL.iter().enumerate().all(|(i, e)| *e as usize == i));
     }
 }

@@ -25,10 +25,11 @@
 //! with and no lock is taken per connection. The handshake helpers with
 //! timeouts and typed, countable failure reasons are in `tls/handshake.rs`.
 
+mod cache;
 mod handshake;
 mod verify;
 
-pub use handshake::{accept, connect, Accepted, AlpnRule, Connected, HandshakeError, HandshakeFailure};
+pub use handshake::{accept, connect, connect_with_first, Accepted, AlpnRule, Connected, HandshakeError, HandshakeFailure};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,11 +55,36 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The crypto provider of the mesh: aws-lc-rs with its default cipher
-/// suites and key exchange groups, TLS 1.3 only.
+/// The crypto provider of the mesh: aws-lc-rs with its default key
+/// exchange groups (X25519 first) and cipher suites, TLS 1.3 only, with
+/// TLS_AES_128_GCM_SHA256 preferred: where the CPU has AES and SHA
+/// instructions (the x86-64 and Arm servers a mesh runs on) it is the
+/// cheapest both for the handshake (SHA-256 in hardware where SHA-384 is
+/// not) and for the records. AES-256-GCM and ChaCha20-Poly1305 stay
+/// offered and accepted (Linkerd's proxy offers ChaCha20-Poly1305 and
+/// AES-256-GCM; the client's preference decides, RFC 8446 §4.1.1).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| {
+            use rustls::crypto::aws_lc_rs::cipher_suite::{
+                TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+            };
+            let mut p = rustls::crypto::aws_lc_rs::default_provider();
+            p.cipher_suites = vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// SHA-256 (keys of the verified-chain cache), the provider's own.
+fn sha256() -> &'static dyn rustls::crypto::hash::Hash {
+    // Evaluated at compile time: the suite is a TLS 1.3 suite.
+    const SUITE: &rustls::Tls13CipherSuite = match rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13() {
+        Some(s) => s,
+        None => panic!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite"),
+    };
+    SUITE.common.hash_provider
 }
 
 /// Whether a client offers the tunnel's ALPN.
@@ -72,7 +98,13 @@ pub enum ClientAlpn {
 
 /// One identity's TLS configuration: immutable once built.
 pub struct TlsState {
+    /// Unique per state (its anchors): keys of the verified-chain cache.
+    id: u64,
     identity: Identity,
+    /// The SNI a peer sends to reach this proxy (`Identity::server_name`).
+    server_name: String,
+    /// The leaf's serial, shared by every connection's facts.
+    serial: Arc<str>,
     info: IdentityInfo,
     not_after: SystemTime,
     generation: u64,
@@ -100,9 +132,12 @@ impl TlsState {
         let roots = Arc::new(roots);
         let certified = Arc::new(CertifiedKey::new(material.chain.clone(), material.key.clone()));
 
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let webpki = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+        let client_verifier = Arc::new(verify::CachedClientVerifier::new(webpki, id));
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -114,7 +149,7 @@ impl TlsState {
 
         // The verifier is replaced per peer; this one refuses everything, so
         // the base can never be used by mistake.
-        let refuse = Arc::new(verify::PeerVerifier::new(roots.clone(), provider.clone(), None));
+        let refuse = Arc::new(verify::PeerVerifier::new(roots.clone(), provider.clone(), id, None));
         let mut client_base = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -123,9 +158,13 @@ impl TlsState {
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         client_base.resumption = Resumption::disabled();
 
+        let info = material.info();
         Ok(TlsState {
+            id,
             identity: material.identity.clone(),
-            info: material.info(),
+            server_name: material.identity.server_name(),
+            serial: Arc::from(info.serial.as_str()),
+            info,
             not_after: material.leaf.not_after,
             generation,
             server: Arc::new(server),
@@ -137,6 +176,16 @@ impl TlsState {
     /// This proxy's identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The SNI that routes a connection to this proxy's own TLS.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// The serial of this proxy's certificate.
+    pub fn serial(&self) -> &Arc<str> {
+        &self.serial
     }
 
     /// Serial, validity and names of the certificate in use (for metrics).
@@ -164,6 +213,7 @@ impl TlsState {
         config.dangerous().set_certificate_verifier(Arc::new(verify::PeerVerifier::new(
             self.roots.clone(),
             provider(),
+            self.id,
             Some(peer.clone()),
         )));
         if alpn == ClientAlpn::Tunnel {

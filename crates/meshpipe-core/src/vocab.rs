@@ -199,8 +199,14 @@ impl DetectResult {
 pub enum NoTlsReason {
     /// Inbound: the client did not start mesh TLS.
     NoTlsFromRemote,
-    /// Outbound: the destination has no known mesh identity.
-    NotProvidedByRemote,
+    /// Outbound: the destination has no known mesh identity (not in the
+    /// policy table).
+    NotProvidedByServiceDiscovery,
+    /// Outbound: the destination is a loopback address (never meshed).
+    Loopback,
+    /// Outbound: the destination is meshed but this proxy has no identity
+    /// (no `--identity-dir`), so it cannot originate mesh TLS.
+    Disabled,
 }
 
 /// What TLS the proxy saw on a connection, as Linkerd's `tls` label says it.
@@ -210,6 +216,9 @@ pub enum TlsStatus {
     NoIdentity(NoTlsReason),
     /// The client's own TLS, passed through; the SNI it sent.
     Opaque { sni: std::sync::Arc<str> },
+    /// Mesh TLS, this proxy a party to it: the peer's verified identity
+    /// (the client's inbound, `client_id`; the server's outbound, `server_id`).
+    Mesh { peer: std::sync::Arc<str> },
 }
 
 impl TlsStatus {
@@ -217,7 +226,7 @@ impl TlsStatus {
     pub fn plaintext(direction: Direction) -> TlsStatus {
         TlsStatus::NoIdentity(match direction {
             Direction::Inbound => NoTlsReason::NoTlsFromRemote,
-            Direction::Outbound => NoTlsReason::NotProvidedByRemote,
+            Direction::Outbound => NoTlsReason::NotProvidedByServiceDiscovery,
         })
     }
 
@@ -234,6 +243,16 @@ impl TlsStatus {
         match self {
             TlsStatus::NoIdentity(_) => TlsLabel::NoIdentity,
             TlsStatus::Opaque { .. } => TlsLabel::Opaque,
+            TlsStatus::Mesh { .. } => TlsLabel::True,
+        }
+    }
+
+    /// The `tls` label as text (for traces).
+    pub fn label_str(&self) -> &'static str {
+        match self {
+            TlsStatus::NoIdentity(_) => "no_identity",
+            TlsStatus::Opaque { .. } => "opaque",
+            TlsStatus::Mesh { .. } => "true",
         }
     }
 
@@ -241,7 +260,7 @@ impl TlsStatus {
     pub fn no_tls_reason(&self) -> Option<NoTlsReason> {
         match self {
             TlsStatus::NoIdentity(r) => Some(*r),
-            TlsStatus::Opaque { .. } => None,
+            _ => None,
         }
     }
 
@@ -249,18 +268,29 @@ impl TlsStatus {
     pub fn sni(&self) -> Option<&str> {
         match self {
             TlsStatus::Opaque { sni } => Some(sni),
-            TlsStatus::NoIdentity(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The mesh peer's identity (`client_id` inbound, `server_id` outbound).
+    pub fn peer_id(&self) -> Option<&str> {
+        match self {
+            TlsStatus::Mesh { peer } => Some(peer),
+            _ => None,
         }
     }
 }
 
-/// Linkerd's `tls` label values that meshpipe emits today.
+/// Linkerd's `tls` label values that meshpipe emits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum TlsLabel {
     NoIdentity,
     Opaque,
+    /// Mesh TLS with a verified peer (`tls="true"`).
+    #[serde(rename = "true")]
+    True,
 }
 
 #[cfg(test)]
@@ -275,6 +305,8 @@ mod tests {
         assert_eq!(s(serde_json::to_value(Protocol::Http2).unwrap()), "http/2");
         assert_eq!(s(serde_json::to_value(NoTlsReason::NoTlsFromRemote).unwrap()), "no_tls_from_remote");
         assert_eq!(s(serde_json::to_value(TlsLabel::NoIdentity).unwrap()), "no_identity");
+        assert_eq!(s(serde_json::to_value(TlsLabel::True).unwrap()), "true");
+        assert_eq!(s(serde_json::to_value(NoTlsReason::NotProvidedByServiceDiscovery).unwrap()), "not_provided_by_service_discovery");
         assert_eq!(s(serde_json::to_value(PortMode::Grpc).unwrap()), "grpc");
         for (i, r) in DetectResult::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "ALL is in discriminant order");
@@ -291,5 +323,8 @@ mod tests {
         assert_eq!(out.label(), TlsLabel::Opaque);
         assert_eq!(out.sni(), Some("db.example"));
         assert_eq!(out.no_tls_reason(), None);
+        let mesh = TlsStatus::Mesh { peer: std::sync::Arc::from("web.shop.serviceaccount.identity.linkerd.cluster.local") };
+        assert_eq!((mesh.label(), mesh.no_tls_reason(), mesh.sni()), (TlsLabel::True, None, None));
+        assert_eq!(mesh.peer_id(), Some("web.shop.serviceaccount.identity.linkerd.cluster.local"));
     }
 }

@@ -210,3 +210,62 @@ async fn reload_affects_new_connections_only() {
     open_c.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ok");
 }
+
+/// Chains already verified are remembered (tls/cache.rs): none of that may
+/// change what is accepted. Every handshake here runs on this test's thread,
+/// so each one after the first meets the remembered chains.
+#[tokio::test]
+async fn remembered_chains_change_nothing_that_is_refused() {
+    let ca = ca();
+    let (web, db) = (linkerd("web", "shop"), linkerd("db", "shop"));
+    let web_m = material(&ca, &web);
+    let client = MeshTls::new(&web_m).unwrap().current();
+    let server = MeshTls::new(&material(&ca, &db)).unwrap().current();
+    for _ in 0..2 {
+        let (c, s) = handshake(&client, &server, &db, ClientAlpn::Tunnel, AlpnRule::Tunnel).await;
+        assert_eq!((c.unwrap().1.peer, s.unwrap().1.client), (db.clone(), web.clone()));
+    }
+    // The same (remembered) chain is still checked against the expected identity.
+    let (c, _s) = handshake(&client, &server, &linkerd("api", "shop"), ClientAlpn::Tunnel, AlpnRule::Tunnel).await;
+    assert_eq!(c.unwrap_err().reason, HandshakeFailure::IdentityMismatch);
+    // A remembered certificate is not a credential: without its key, the
+    // signature over this handshake fails.
+    let other_key = material(&ca, &web).key;
+    let stolen = meshpipe_core::identity::material::IdentityMaterial {
+        identity: web_m.identity.clone(),
+        chain: web_m.chain.clone(),
+        key: other_key,
+        anchors: web_m.anchors.clone(),
+        leaf: web_m.leaf.clone(),
+    };
+    let thief = MeshTls::new(&stolen).unwrap().current();
+    let (_c, s) = handshake(&thief, &server, &db, ClientAlpn::Tunnel, AlpnRule::Tunnel).await;
+    let err = s.unwrap_err();
+    assert!(err.reason.is_verification() || err.reason == HandshakeFailure::Handshake, "{err}");
+    // Other trust anchors do not see the first state's remembered chains.
+    let strict = MeshTls::new(&material(&pki::ca(), &web)).unwrap().current();
+    let (c, _s) = handshake(&strict, &server, &db, ClientAlpn::Tunnel, AlpnRule::Tunnel).await;
+    assert_eq!(c.unwrap_err().reason, HandshakeFailure::Untrusted, "the server's chain, remembered by the first client, is unknown here");
+}
+
+/// The first bytes (the tunnel's header) leave with the client's Finished:
+/// the server holds them, decrypted, as soon as its handshake completes,
+/// without another read of the socket.
+#[tokio::test]
+async fn first_bytes_ride_with_the_clients_finished() {
+    use std::io::Read;
+    let ca = ca();
+    let (web, db) = (linkerd("web", "shop"), linkerd("db", "shop"));
+    let client = MeshTls::new(&material(&ca, &web)).unwrap().current();
+    let server = MeshTls::new(&material(&ca, &db)).unwrap().current();
+    let (c, s) = pair().await;
+    let (c, s) = tokio::join!(
+        tls::connect_with_first(&client, c, &db, ClientAlpn::Tunnel, b"transport header", T),
+        tls::accept(&server, s, AlpnRule::Tunnel, T)
+    );
+    let (_c, _) = c.unwrap();
+    let (mut s, _) = s.unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.get_mut().1.reader().read(&mut buf).expect("already received with the handshake");
+    assert_eq!(&buf[..n], b"transport header");
+}

@@ -221,6 +221,20 @@ impl NativeProxy {
         self.inner.engine.update_endpoints(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
+    /// Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
+    /// and the three files' bytes, checked as at start): new connections
+    /// use it, open ones keep theirs. Before or after `start()`. Returns
+    /// JSON of an `IdentityInstalled`; throws `ERR_IDENTITY` naming the file
+    /// and the reason (the identity in use stays).
+    #[napi]
+    pub fn set_identity(&self, spec: String, cert: Buffer, key: Buffer, anchors: Buffer) -> Result<String, ErrorCode> {
+        use meshpipe_core::identity::ops;
+        let spec: ops::LoadSpec = parse_json("identity", &spec, ErrorCode::InvalidConfig)?;
+        let material = ops::load(&spec, &cert, &key, &anchors).map_err(identity_error)?;
+        let (generation, info) = self.inner.engine.set_identity(&material).map_err(engine_error)?;
+        to_json(&meshpipe_core::mesh::IdentityInstalled { generation, info })
+    }
+
     /// Applies a change to the current policy table (UTF-8 JSON of a
     /// `PolicyDelta`): all or nothing, and only to the generation it names
     /// as its base. Returns the new generation.
@@ -238,10 +252,25 @@ impl NativeProxy {
         to_json(&self.inner.engine.explain_policy(direction, ip, port))
     }
 
+    /// Replaces the addresses of a listener's named target (JSON of a
+    /// `TargetAddrsSpec`): new connections spread over them.
+    #[napi]
+    pub fn set_target_addrs(&self, spec: String) -> Result<(), ErrorCode> {
+        let spec: meshpipe_core::names::TargetAddrsSpec =
+            serde_json::from_str(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, format!("target addresses: {e}")))?;
+        self.inner.engine.set_target_addrs(&spec).map_err(|e| fail(ErrorCode::InvalidConfig, e))
+    }
+
     /// Every counter of the engine, read once: JSON of a `Snapshot`.
     #[napi]
     pub fn snapshot(&self) -> Result<String, ErrorCode> {
         to_json(&self.inner.started()?.snapshot())
+    }
+
+    /// The failure counters and named targets alone: JSON of `FailureCounts`.
+    #[napi]
+    pub fn failure_counts(&self) -> Result<String, ErrorCode> {
+        to_json(&self.inner.started()?.failure_counts())
     }
 
     /// Up to `limit` live connections, oldest first: JSON of `ConnSnapshot[]`.
@@ -299,12 +328,37 @@ impl PolicyLookup {
         Ok(PolicyLookup { table })
     }
 
-    /// The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`.
+    /// The decision for `direction` to `ip`:`port`: JSON of a `PolicyDecision`
+    /// (outbound with the meshed peer, inbound with who may connect).
     #[napi]
     pub fn explain(&self, direction: String, ip: String, port: u32) -> Result<String, ErrorCode> {
         let (direction, ip, port) = lookup_args(&direction, &ip, port)?;
         to_json(&self.table.explain(direction, ip, port))
     }
+
+    /// The table's authorization decision for a client of `port` (its mesh
+    /// identity, or none for plaintext, and its address): JSON of a
+    /// `DecisionInfo`.
+    #[napi]
+    pub fn authorize(&self, port: u32, client_identity: Option<String>, client_ip: String) -> Result<String, ErrorCode> {
+        let (client, ip, port) = authz_args(port, client_identity, &client_ip)?;
+        to_json(&self.table.authorize(port, client.as_ref(), ip))
+    }
+}
+
+fn authz_args(
+    port: u32,
+    client_identity: Option<String>,
+    client_ip: &str,
+) -> Fallible<(Option<meshpipe_core::identity::Identity>, std::net::IpAddr, u16)> {
+    let port = u16::try_from(port).map_err(|_| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 0-65535")))?;
+    let client =
+        client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
+    let ip = client_ip
+        .trim()
+        .parse()
+        .map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
+    Ok((client, ip, port))
 }
 
 impl Drop for NativeProxy {
@@ -318,17 +372,24 @@ impl Drop for NativeProxy {
 }
 
 /// Installs the engine's log output (pino-shaped JSON lines on `stream`,
-/// `"stdout"` or `"stderr"`) with `filter` (RUST_LOG-style directives), or
-/// replaces the filter of the output already installed. Process-wide: every
-/// engine in the process shares it.
+/// `"stdout"` or `"stderr"`; `format` `"text"` renders them for a human, the
+/// default is `"json"`) with `filter` (RUST_LOG-style directives), or
+/// replaces the filter (and format) of the output already installed.
+/// Process-wide: every engine in the process shares it.
 #[napi]
-pub fn set_engine_log(filter: String, stream: String) -> Result<(), ErrorCode> {
-    use meshpipe_core::log::{self, LogError, Stream};
+pub fn set_engine_log(filter: String, stream: String, format: Option<String>) -> Result<(), ErrorCode> {
+    use meshpipe_core::log::{self, Format, LogError, Stream};
     let stream = match stream.as_str() {
         "stdout" => Stream::Stdout,
         "stderr" => Stream::Stderr,
         other => return Err(fail(ErrorCode::InvalidConfig, format!("engine log stream {other:?}: expected \"stdout\" or \"stderr\""))),
     };
+    let format = match format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("text") => Format::Text,
+        Some(other) => return Err(fail(ErrorCode::InvalidConfig, format!("engine log format {other:?}: expected \"json\" or \"text\""))),
+    };
+    log::set_format(format);
     log::install(&filter, stream).map_err(|e| match e {
         LogError::Filter { .. } => fail(ErrorCode::InvalidConfig, e),
         other => fail(ErrorCode::Native, other),
@@ -405,36 +466,14 @@ pub fn identity_check(spec: String, cert: Buffer, key: Buffer, anchors: Buffer) 
 }
 
 /// The engine's authorization decision for one connection under a table
-/// (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For `meshpipe
-/// explain` and tests; the data path compiles the table once.
+/// (JSON of an `AuthzSpec`): JSON of a `DecisionInfo`. For tests of the
+/// authorization compiler; the data path compiles the table once, as part of
+/// the policy table.
 #[napi]
 pub fn authz_decide(table: String, port: u32, client_identity: Option<String>, client_ip: String) -> Result<String, ErrorCode> {
     use meshpipe_core::authz::{AuthzSpec, AuthzTable, DecisionInfo};
     let spec: AuthzSpec = parse_json("authorization table", &table, ErrorCode::Policy)?;
     let table = AuthzTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
-    let port = u16::try_from(port).map_err(|_| fail(ErrorCode::InvalidConfig, format!("port {port}: expected 0-65535")))?;
-    let client =
-        client_identity.map(|c| meshpipe_core::identity::Identity::parse(&c)).transpose().map_err(|e| fail(ErrorCode::InvalidConfig, e))?;
-    let ip: std::net::IpAddr =
-        client_ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("client address {client_ip:?}: expected an IP address")))?;
+    let (client, ip, port) = authz_args(port, client_identity, &client_ip)?;
     to_json(&DecisionInfo::from(table.authorize(port, client.as_ref(), ip)))
-}
-
-/// Looks `ip` up in a meshed-destinations table (JSON of a
-/// `DestinationsSpec`): JSON of the matching `DestinationSpec` (its `net` is
-/// the address looked up) or `null`. For `meshpipe explain` and tests.
-#[napi]
-pub fn destinations_lookup(table: String, ip: String) -> Result<String, ErrorCode> {
-    use meshpipe_core::destinations::{DestinationSpec, DestinationTable, DestinationsSpec};
-    let spec: DestinationsSpec = parse_json("meshed destinations", &table, ErrorCode::Policy)?;
-    let table = DestinationTable::from_spec(&spec).map_err(|e| fail(ErrorCode::Policy, e))?;
-    let addr: std::net::IpAddr =
-        ip.parse().map_err(|_| fail(ErrorCode::InvalidConfig, format!("address {ip:?}: expected an IP address")))?;
-    let found = table.lookup(addr).map(|d| DestinationSpec {
-        net: ip.clone(),
-        identity: d.identity.to_string(),
-        tunnel_port: d.tunnel_port.get(),
-        source: d.source.to_string(),
-    });
-    to_json(&found)
 }

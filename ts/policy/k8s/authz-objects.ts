@@ -69,19 +69,25 @@ const rec = (v: unknown): Raw => (typeof v === 'object' && v !== null && !Array.
 const arr = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 
+/** True for the three kinds. */
+export function isAuthzKind(kind: string | undefined): kind is AuthzObject['kind'] {
+  return (AUTHZ_KINDS as readonly string[]).includes(kind ?? '');
+}
+
 /**
  * Normalises one raw object of the three kinds (undefined for other kinds,
- * or when the object cannot be used; problems say why).
+ * or when the object cannot be used; problems say why). `kindOverride`: the
+ * kind of an item of an API list, which carries none.
  */
-export function normalizeAuthzObject(raw: unknown, problems: ObjectProblem[], defaultNamespace = 'default'): AuthzObject | undefined {
+export function normalizeAuthzObject(raw: unknown, problems: ObjectProblem[], defaultNamespace = 'default', kindOverride?: string): AuthzObject | undefined {
   const obj = rec(raw);
-  const kind = str(obj['kind']);
+  const kind = kindOverride ?? str(obj['kind']);
   const apiVersion = str(obj['apiVersion']);
-  if (!(AUTHZ_KINDS as readonly string[]).includes(kind ?? '') || (apiVersion !== undefined && !apiVersion.startsWith('policy.linkerd.io/'))) return undefined;
+  if (!isAuthzKind(kind) || (kindOverride === undefined && apiVersion !== undefined && !apiVersion.startsWith('policy.linkerd.io/'))) return undefined;
   const metadata = rec(obj['metadata']);
   const name = str(metadata['name']) ?? '';
   const namespace = str(metadata['namespace']) ?? defaultNamespace;
-  const ref: ObjectRef = { kind: kind!, namespace, name };
+  const ref: ObjectRef = { kind, namespace, name };
   const spec = rec(obj['spec']);
   const problem = (field: string, token: string, reason: string): void => {
     problems.push({ object: ref, field, token, reason });

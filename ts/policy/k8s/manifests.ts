@@ -9,7 +9,9 @@
  * the document index (0-based, as `yaml` counts them) and the parser's
  * message; the other documents of the file still load. Unknown kinds are
  * ignored and counted, because real manifest folders hold ConfigMaps, RBAC,
- * CRDs and so on. Results are kept per file so a caller that reloads can keep
+ * CRDs and so on. Linkerd's authorization resources (AuthorizationPolicy,
+ * MeshTLSAuthentication, NetworkAuthentication) are read like the other
+ * kinds (k8s/authz-objects.ts). Results are kept per file so a caller that reloads can keep
  * a file's last good content while the file is broken.
  *
  * No file can take the proxy down: each document is read on its own, inside
@@ -27,6 +29,7 @@ import { isAlias, isMap, isPair, isScalar, isSeq, parseAllDocuments, type Docume
 import {
   normalizeObject,
   type EndpointSliceObject,
+  type AuthzObject,
   type NamespaceObject,
   type ObjectProblem,
   type PolicyObject,
@@ -44,6 +47,8 @@ export interface ManifestSet {
   readonly servers: readonly ServerObject[];
   /** EndpointSlices: the endpoints of Services, for HTTP balancing (ts/policy/endpoints.ts). */
   readonly endpointSlices: readonly EndpointSliceObject[];
+  /** AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication. */
+  readonly authz: readonly AuthzObject[];
   /** Objects of kinds the policy layer does not read. */
   readonly ignored: number;
   readonly problems: readonly PolicyProblem[];
@@ -59,7 +64,7 @@ export interface ManifestFile {
 }
 
 export const EMPTY_MANIFESTS: ManifestSet = Object.freeze({
-  namespaces: [], services: [], workloads: [], servers: [], endpointSlices: [], ignored: 0, problems: [],
+  namespaces: [], services: [], workloads: [], servers: [], endpointSlices: [], authz: [], ignored: 0, problems: [],
 });
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
@@ -223,6 +228,7 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
   const workloads: WorkloadObject[] = [];
   const servers: ServerObject[] = [];
   const endpointSlices: EndpointSliceObject[] = [];
+  const authz: AuthzObject[] = [];
   let ignored = 0;
   const problems: PolicyProblem[] = [...extra];
   for (const f of files) {
@@ -233,10 +239,11 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
       else if (o.kind === 'Service') services.push(o);
       else if (o.kind === 'Server') servers.push(o);
       else if (o.kind === 'EndpointSlice') endpointSlices.push(o);
+      else if (o.kind === 'AuthorizationPolicy' || o.kind === 'MeshTLSAuthentication' || o.kind === 'NetworkAuthentication') authz.push(o);
       else workloads.push(o);
     }
   }
-  return Object.freeze({ namespaces, services, workloads, servers, endpointSlices, ignored, problems });
+  return Object.freeze({ namespaces, services, workloads, servers, endpointSlices, authz, ignored, problems });
 }
 
 /** Concatenates manifest sets (e.g. files + live API). */
@@ -247,6 +254,7 @@ export function combineManifests(...sets: readonly ManifestSet[]): ManifestSet {
     workloads: sets.flatMap((s) => s.workloads),
     servers: sets.flatMap((s) => s.servers),
     endpointSlices: sets.flatMap((s) => s.endpointSlices),
+    authz: sets.flatMap((s) => s.authz),
     ignored: sets.reduce((n, s) => n + s.ignored, 0),
     problems: sets.flatMap((s) => s.problems),
   });

@@ -6,9 +6,11 @@
  * events carry strings) into these typed, frozen shapes.
  *
  * Kinds: Namespace, Service, Pod, the pod templates of Deployment,
- * StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, `policy.linkerd.io`
- * Server, and discovery.k8s.io EndpointSlice (endpoint-slices.ts). Anything else is "ignored" (counted, not an
- * error). A known kind with a malformed field yields a problem naming the
+ * StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, of `policy.linkerd.io`
+ * Server, AuthorizationPolicy, MeshTLSAuthentication and
+ * NetworkAuthentication (the last three in authz-objects.ts), and
+ * discovery.k8s.io EndpointSlice (endpoint-slices.ts). Anything else
+ * is "ignored" (counted, not an error). A known kind with a malformed field yields a problem naming the
  * object and the field; the rest of the object still counts.
  *
  * Only what policy reads is kept: of the annotations, the
@@ -27,6 +29,10 @@
 import { normalizeEndpointSlice, type EndpointSliceObject } from './endpoint-slices.js';
 
 export type { EndpointSliceObject } from './endpoint-slices.js';
+
+import { isAuthzKind, normalizeAuthzObject, type AuthzObject } from './authz-objects.js';
+
+export type { AuthzObject } from './authz-objects.js';
 
 export interface ObjectRef {
   readonly kind: string;
@@ -106,7 +112,7 @@ export interface ServerObject {
   readonly createdAt: number | undefined;
 }
 
-export type PolicyObject = NamespaceObject | ServiceObject | WorkloadObject | ServerObject | EndpointSliceObject;
+export type PolicyObject = NamespaceObject | ServiceObject | WorkloadObject | ServerObject | AuthzObject | EndpointSliceObject;
 
 /** A problem found while reading an object or a file. */
 export interface ObjectProblem {
@@ -263,6 +269,7 @@ export function normalizeObject(
   if (!isRecord(raw)) return undefined;
   // Items of a List from the API server carry no kind; the caller knows it.
   const kind = kindOverride ?? str(raw['kind']);
+  if (isAuthzKind(kind)) return normalizeAuthzObject(raw, problems, defaultNamespace, kindOverride);
   const metadata = rec(raw['metadata']);
   const name = str(metadata['name']) ?? '';
   const namespace = text(str(metadata['namespace']) ?? defaultNamespace);

@@ -5,8 +5,10 @@
  * One reflector per kind lists (paginated, `limit`/`continue`) and then
  * watches from the list's resourceVersion (with bookmarks, so a quiet kind's
  * resourceVersion stays fresh). Every object is slimmed on receipt to the
- * fields policy reads (objects.ts: names, labels, `config.linkerd.io/*`
- * annotations, ports, IPs, selectors) and handed on as an `upsert` or
+ * fields policy reads (objects.ts: names, labels, `config.linkerd.io/*`,
+ * `meshpipe.io/*` and `linkerd.io/inject` annotations, ports, IPs,
+ * selectors, the service account; authz-objects.ts: targets,
+ * authentication references, identities, networks) and handed on as an `upsert` or
  * `delete` event; the reflector itself keeps only each object's key,
  * resourceVersion and slim form (to drop no-op updates: a pod's status
  * changes far more often than its policy). What is watched:
@@ -16,6 +18,10 @@
  *                status.phase!=Succeeded,status.phase!=Failed (their IPs are
  *                reused; a pod that finishes leaves the watch as a deletion);
  *   Servers      cluster-wide (policy.linkerd.io);
+ *   AuthorizationPolicies, MeshTLSAuthentications, NetworkAuthentications
+ *                cluster-wide (policy.linkerd.io/v1alpha1; an
+ *                AuthorizationPolicy may refer to authentications of other
+ *                namespaces);
  *   EndpointSlices cluster-wide (discovery.k8s.io/v1), only when the HTTP
  *                layer balances over them (`endpointSlices`): slimmed to
  *                the owning Service, the ports and the ready addresses;
@@ -273,6 +279,9 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
       { kind: 'Service', path: '/api/v1/services' },
       { kind: 'Pod', path: '/api/v1/pods', query: { fieldSelector: 'status.phase!=Succeeded,status.phase!=Failed' } },
       { kind: 'Server', path: `/apis/policy.linkerd.io/${version}/servers` },
+      { kind: 'AuthorizationPolicy', path: '/apis/policy.linkerd.io/v1alpha1/authorizationpolicies' },
+      { kind: 'MeshTLSAuthentication', path: '/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications' },
+      { kind: 'NetworkAuthentication', path: '/apis/policy.linkerd.io/v1alpha1/networkauthentications' },
     ];
     if (options.endpointSlices) specs.push({ kind: 'EndpointSlice', path: '/apis/discovery.k8s.io/v1/endpointslices' });
     const ns = options.controllersNamespace;

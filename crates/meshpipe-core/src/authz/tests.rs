@@ -31,7 +31,6 @@ const ADMIN: &str = "admin.ops.serviceaccount.identity.linkerd.cluster.local";
 
 fn table() -> AuthzTable {
     AuthzTable::from_spec(&AuthzSpec {
-        generation: 4,
         ports: vec![
             // db: only web, by exact identity, and only from the cluster network minus a subnet.
             port(5432, "server", "db", vec![rule("authorizationpolicy", "db-web", &[("10.0.0.0/8", &["10.9.0.0/16"])], &[WEB])]),
@@ -56,6 +55,7 @@ fn table() -> AuthzTable {
             "cluster-unauthenticated",
             vec![rule("default", "cluster-unauthenticated", &[("10.0.0.0/8", &[]), ("fd00::/8", &[])], &[])],
         ),
+        exposed_ports: None,
     })
     .unwrap()
 }
@@ -63,7 +63,6 @@ fn table() -> AuthzTable {
 #[test]
 fn exact_identity_and_network_with_except() {
     let t = table();
-    assert_eq!(t.generation(), 4);
     let d = t.authorize(5432, Some(&id(WEB)), ip("10.1.2.3"));
     assert_eq!(
         d,
@@ -119,7 +118,7 @@ fn servers_without_policy_deny_and_other_ports_use_the_default() {
 #[test]
 fn bad_tables_are_refused() {
     let bad = |ports: Vec<PortAuthzSpec>| {
-        AuthzTable::from_spec(&AuthzSpec { generation: 1, ports, default: PortAuthzSpec::default() }).unwrap_err()
+        AuthzTable::from_spec(&AuthzSpec { ports, default: PortAuthzSpec::default(), exposed_ports: None }).unwrap_err()
     };
     assert_eq!(bad(vec![port(80, "server", "a", vec![]), port(80, "server", "b", vec![])]), AuthzError::Duplicate(80));
     let e = bad(vec![port(80, "server", "a", vec![rule("authorizationpolicy", "p", &[("10.0.0.0/40", &[])], &[])])]).to_string();
@@ -132,14 +131,57 @@ fn bad_tables_are_refused() {
 
 #[test]
 fn the_spec_is_json_camel_case() {
-    let json = r#"{"generation":1,"ports":[{"port":80,"srvKind":"server","srvName":"web","rules":[
+    let json = r#"{"ports":[{"port":80,"srvKind":"server","srvName":"web","rules":[
         {"kind":"authorizationpolicy","name":"p","networks":[{"cidr":"10.0.0.0/8","except":[]}],"identities":["*"]}]}],
         "default":{"port":0,"srvKind":"default","srvName":"deny","rules":[]}}"#;
     let spec: AuthzSpec = serde_json::from_str(json).unwrap();
     let t = AuthzTable::from_spec(&spec).unwrap();
     assert!(!t.authorize(81, None, ip("10.0.0.1")).allow, "deny default");
-    assert!(serde_json::from_str::<AuthzSpec>(
-        r#"{"generation":1,"ports":[],"default":{"port":0,"srvKind":"x","srvName":"y","rules":[],"extra":1}}"#
+    assert!(
+        serde_json::from_str::<AuthzSpec>(r#"{"ports":[],"default":{"port":0,"srvKind":"x","srvName":"y","rules":[],"extra":1}}"#).is_err()
+    );
+}
+
+#[test]
+fn exposed_ports_bound_the_tunnel_and_labels_are_shared() {
+    let spec: AuthzSpec = serde_json::from_str(
+        r#"{"ports":[],"default":{"port":0,"srvKind":"default","srvName":"all-unauthenticated",
+        "rules":[{"kind":"default","name":"all-unauthenticated","networks":[],"identities":[]}]},"exposedPorts":[8080]}"#,
     )
-    .is_err());
+    .unwrap();
+    let t = AuthzTable::from_spec(&spec).unwrap();
+    assert!(t.exposes(8080) && !t.exposes(8081));
+    assert!(AuthzTable::allow_all().exposes(8081), "unknown ports: not restricted");
+    let a = t.decide(8080, None, ip("10.0.0.1"));
+    let b = t.decide(8080, None, ip("10.0.0.2"));
+    assert!(a.allow && std::sync::Arc::ptr_eq(&a.srv_name, &b.srv_name), "labels are shared, not copied");
+    assert_eq!(a.authz_name.as_deref(), Some("all-unauthenticated"));
+    let zero = serde_json::from_str::<AuthzSpec>(&serde_json::to_string(&AuthzSpec { exposed_ports: Some(vec![0]), ..spec }).unwrap());
+    assert!(AuthzTable::from_spec(&zero.unwrap()).is_err());
+}
+
+#[test]
+fn describe_reads_the_compiled_rules_back() {
+    let t = table();
+    let metrics = t.describe(9090);
+    assert_eq!((metrics.port, metrics.srv_kind.as_str(), metrics.srv_name.as_str()), (9090, "server", "metrics"));
+    let names: Vec<_> = metrics.rules.iter().map(|r| (r.name.as_str(), r.identities.clone(), r.networks.len())).collect();
+    assert_eq!(
+        names,
+        vec![("ops-mesh", vec!["*.ops.serviceaccount.identity.linkerd.cluster.local".to_string()], 0), ("monitoring", vec![], 1)]
+    );
+    let db = t.describe(5432);
+    assert_eq!(db.rules[0].networks[0].except, vec!["10.9.0.0/16".to_string()]);
+    assert_eq!(db.rules[0].identities, vec![WEB.to_string()]);
+    assert!(t.describe(6379).rules.is_empty(), "a Server without policy: nobody");
+    let other = t.describe(1234);
+    assert_eq!((other.port, other.srv_kind.as_str(), other.srv_name.as_str()), (0, "default", "cluster-unauthenticated"));
+    // The description compiles back to the same decisions.
+    let again = AuthzTable::from_spec(&AuthzSpec { ports: vec![db.clone(), metrics], default: other, exposed_ports: None }).unwrap();
+    for (port, client, addr) in
+        [(5432, Some(WEB), "10.1.2.3"), (5432, Some(WEB), "10.9.0.1"), (9090, None, "192.168.7.9"), (1234, None, "8.8.8.8")]
+    {
+        let c = client.map(id);
+        assert_eq!(again.authorize(port, c.as_ref(), ip(addr)), t.authorize(port, c.as_ref(), ip(addr)), "{port} {addr}");
+    }
 }

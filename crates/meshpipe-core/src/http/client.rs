@@ -22,6 +22,17 @@
 //!
 //! Idle connections are closed after `pool_idle_timeout` by a sweeper task
 //! per worker, and all of them when the engine drains.
+//!
+//! An endpoint that is a meshed destination (`Endpoint::mesh`, looked up
+//! per request in the policy table's meshed peers) is reached through mesh
+//! TLS, as opaque TCP to it is: the peer proxy's tunnel port, this proxy's
+//! certificate, the peer's identity verified, and Linkerd's transport header
+//! naming the endpoint's port and the session protocol
+//! (`proxy::connect_mesh`). Every other endpoint goes through the
+//! [`Connector`] (plain TCP by default). A pooled connection remembers the
+//! identity it verified and is reused only for requests to that same peer,
+//! so a destination that becomes meshed (or another pod's identity at a
+//! reused address) never rides an older connection.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -41,9 +52,14 @@ use tokio::sync::OnceCell;
 use tracing::debug;
 
 use crate::addr::TargetAddr;
+use crate::destinations::Destination;
 use crate::http::errors::ProxyError;
 use crate::http::io::CountedIo;
-use crate::metrics::{Metrics, SeriesKey};
+use crate::identity::Identity;
+use crate::metrics::SeriesKey;
+use crate::proxy::Context;
+use crate::tls::TlsState;
+use crate::transport_header::TransportHeader;
 use crate::vocab::{Direction, TlsStatus};
 
 /// Which HTTP version a connection to an endpoint speaks (Linkerd's
@@ -61,9 +77,43 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub protocol: SessionProtocol,
     /// The connection's original destination (a Service address when
-    /// balanced): what a mesh connector looks identities up by.
+    /// balanced).
     pub logical: TargetAddr,
     pub direction: Direction,
+    /// Mesh TLS to a meshed endpoint; `None`: the connector (plain TCP).
+    pub mesh: Option<MeshRoute>,
+}
+
+/// Mesh TLS to a meshed endpoint: this proxy's identity (the one in force
+/// when the request arrived) and the peer the endpoint must prove it is.
+#[derive(Clone)]
+pub struct MeshRoute {
+    pub state: Arc<TlsState>,
+    pub dest: Arc<Destination>,
+}
+
+impl std::fmt::Debug for MeshRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRoute").field("server_id", &self.dest.identity.as_str()).field("tunnel_port", &self.dest.tunnel_port).finish()
+    }
+}
+
+impl MeshRoute {
+    /// The route to `addr` when it is a meshed destination and this proxy
+    /// has an identity (outbound only): one probe of the policy table.
+    pub fn to(ctx: &Context, direction: Direction, addr: SocketAddr) -> Option<MeshRoute> {
+        if direction != Direction::Outbound {
+            return None;
+        }
+        let state = ctx.mesh.tls()?;
+        let dest = ctx.policy.load().mesh_peer(addr.ip())?;
+        Some(MeshRoute { state, dest })
+    }
+}
+
+/// The peer a pooled connection verified (`None`: not mesh TLS).
+fn peer_of(ep: &Endpoint) -> Option<&Identity> {
+    ep.mesh.as_ref().map(|m| &m.dest.identity)
 }
 
 /// A byte stream to an endpoint.
@@ -74,9 +124,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> UpstreamStream for T {}
 pub type UpstreamIo = Box<dyn UpstreamStream>;
 pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
 
-/// Opens connections to endpoints: plain TCP today; mesh TLS origination
-/// (the 4143 tunnel with Linkerd's transport header, whose session protocol
-/// is `Endpoint::protocol`) plugs in as another implementation.
+/// Opens plaintext connections to endpoints (plain TCP by default; tests
+/// and embedders may plug in another transport). Meshed endpoints do not go
+/// through it: the client opens mesh TLS to them itself.
 pub trait Connector: Send + Sync + 'static {
     fn connect(&self, endpoint: &Endpoint) -> ConnectFuture;
 }
@@ -107,11 +157,14 @@ type H2 = http2::SendRequest<Incoming>;
 struct IdleH1 {
     tx: H1,
     since: Instant,
+    /// The identity the connection's peer proved (mesh TLS).
+    peer: Option<Identity>,
 }
 
 struct H2Slot {
     conn: Arc<OnceCell<H2>>,
     used: Instant,
+    peer: Option<Identity>,
 }
 
 /// One worker's connections, for every engine on the thread (keyed by the
@@ -134,6 +187,7 @@ pub struct Lease {
     key: (u64, SocketAddr),
     tx: H1,
     max_idle: usize,
+    peer: Option<Identity>,
 }
 
 impl Lease {
@@ -141,12 +195,12 @@ impl Lease {
         if !clean || self.tx.is_closed() {
             return;
         }
-        let Lease { key, tx, max_idle } = self;
+        let Lease { key, tx, max_idle, peer } = self;
         let _ = POOLS.try_with(|p| {
             let mut p = p.borrow_mut();
             let idle = p.h1.entry(key).or_default();
             if idle.len() < max_idle {
-                idle.push(IdleH1 { tx, since: Instant::now() });
+                idle.push(IdleH1 { tx, since: Instant::now(), peer });
             }
         });
     }
@@ -187,15 +241,36 @@ impl Client {
         Client { engine, connector, h1, h2, max_idle: config.pool_max_idle, idle_timeout: config.pool_idle_timeout, drain, endpoints }
     }
 
-    /// Opens a counted connection to `ep` through the connector.
-    async fn dial(&self, m: &Metrics, ep: &Endpoint) -> Result<CountedIo<UpstreamIo>, ProxyError> {
-        let io = self.connector.connect(ep).await.map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;
-        let series = m.series(&SeriesKey { direction: ep.direction, target: TargetAddr(ep.addr), tls: TlsStatus::plaintext(ep.direction) });
+    /// Opens a counted connection to `ep`: mesh TLS to a meshed endpoint,
+    /// otherwise through the connector.
+    async fn dial(&self, ctx: &Context, ep: &Endpoint) -> Result<CountedIo<UpstreamIo>, ProxyError> {
+        let (io, tls) = match &ep.mesh {
+            Some(route) => {
+                let port = std::num::NonZeroU16::new(ep.addr.port())
+                    .ok_or(ProxyError::Connect { addr: ep.addr, source: io::Error::new(io::ErrorKind::InvalidInput, "port 0") })?;
+                let protocol = Some(match ep.protocol {
+                    SessionProtocol::Http1 => crate::transport_header::SessionProtocol::Http1,
+                    SessionProtocol::Http2 => crate::transport_header::SessionProtocol::Http2,
+                });
+                let header = TransportHeader { port, name: None, protocol };
+                let (stream, _) =
+                    crate::proxy::connect_mesh(ctx, &route.state, TargetAddr(ep.addr), &route.dest, &header).await.map_err(|e| {
+                        crate::proxy::outbound_mesh::log_failure(&e, &route.dest);
+                        ProxyError::Mesh { addr: ep.addr, source: e }
+                    })?;
+                (Box::new(stream) as UpstreamIo, TlsStatus::Mesh { peer: Arc::from(route.dest.identity.as_str()) })
+            }
+            None => {
+                let io = self.connector.connect(ep).await.map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;
+                (io, TlsStatus::plaintext(ep.direction))
+            }
+        };
+        let series = ctx.metrics.series(&SeriesKey { direction: ep.direction, target: TargetAddr(ep.addr), tls });
         Ok(CountedIo::new(io, series))
     }
 
-    async fn dial_h1(&self, m: &Metrics, ep: &Endpoint, upgrades: bool) -> Result<H1, ProxyError> {
-        let io = TokioIo::new(self.dial(m, ep).await?);
+    async fn dial_h1(&self, ctx: &Context, ep: &Endpoint, upgrades: bool) -> Result<H1, ProxyError> {
+        let io = TokioIo::new(self.dial(ctx, ep).await?);
         let (tx, conn) = self.h1.handshake(io).await.map_err(|source| ProxyError::Upstream { addr: ep.addr, source })?;
         let addr = ep.addr;
         if upgrades {
@@ -214,8 +289,8 @@ impl Client {
         Ok(tx)
     }
 
-    async fn dial_h2(&self, m: &Metrics, ep: &Endpoint) -> Result<H2, ProxyError> {
-        let io = TokioIo::new(self.dial(m, ep).await?);
+    async fn dial_h2(&self, ctx: &Context, ep: &Endpoint) -> Result<H2, ProxyError> {
+        let io = TokioIo::new(self.dial(ctx, ep).await?);
         let (tx, conn) = self.h2.handshake(io).await.map_err(|source| ProxyError::Upstream { addr: ep.addr, source })?;
         let addr = ep.addr;
         tokio::spawn(async move {
@@ -227,19 +302,24 @@ impl Client {
     }
 
     /// Sends `req` to `ep` over a pooled (HTTP/1) or shared (HTTP/2) connection.
-    pub async fn send(&self, m: &Metrics, ep: &Endpoint, req: Request<Incoming>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    pub async fn send(
+        &self,
+        ctx: &Context,
+        ep: &Endpoint,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         self.ensure_sweeper();
         match ep.protocol {
-            SessionProtocol::Http1 => self.send_h1(m, ep, req).await.map(|(r, l)| (r, Some(l))),
-            SessionProtocol::Http2 => self.send_h2(m, ep, req).await.map(|r| (r, None)),
+            SessionProtocol::Http1 => self.send_h1(ctx, ep, req).await.map(|(r, l)| (r, Some(l))),
+            SessionProtocol::Http2 => self.send_h2(ctx, ep, req).await.map(|r| (r, None)),
         }
     }
 
-    async fn send_h1(&self, m: &Metrics, ep: &Endpoint, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Lease), SendError> {
+    async fn send_h1(&self, ctx: &Context, ep: &Endpoint, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Lease), SendError> {
         let key = (self.engine, ep.addr);
-        let lease = |tx| Lease { key, tx, max_idle: self.max_idle };
+        let lease = |tx| Lease { key, tx, max_idle: self.max_idle, peer: peer_of(ep).cloned() };
         // Idle connections first, newest first; each is tried at most once.
-        while let Some(mut tx) = self.checkout_h1(key) {
+        while let Some(mut tx) = self.checkout_h1(key, peer_of(ep)) {
             if !tx.is_ready() && tx.ready().await.is_err() {
                 continue;
             }
@@ -251,7 +331,7 @@ impl Client {
                 },
             }
         }
-        let mut tx = match self.dial_h1(m, ep, false).await {
+        let mut tx = match self.dial_h1(ctx, ep, false).await {
             Ok(tx) => tx,
             Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
         };
@@ -268,11 +348,15 @@ impl Client {
         }
     }
 
-    fn checkout_h1(&self, key: (u64, SocketAddr)) -> Option<H1> {
+    /// The newest usable idle connection to `key` whose peer is `peer`;
+    /// closed or expired ones met on the way are dropped, those of another
+    /// peer are left in place.
+    fn checkout_h1(&self, key: (u64, SocketAddr), peer: Option<&Identity>) -> Option<H1> {
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
             let idle = p.h1.get_mut(&key)?;
-            while let Some(c) = idle.pop() {
+            while let Some(i) = idle.iter().rposition(|c| c.peer.as_ref() == peer) {
+                let c = idle.remove(i);
                 if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
                     return Some(c.tx);
                 }
@@ -281,13 +365,13 @@ impl Client {
         })
     }
 
-    async fn send_h2(&self, m: &Metrics, ep: &Endpoint, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    async fn send_h2(&self, ctx: &Context, ep: &Endpoint, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
         let key = (self.engine, ep.addr);
         // A second try only when the shared connection turned out closed
         // before the request was written.
         for _ in 0..2 {
-            let cell = self.h2_slot(key);
-            let tx = match cell.get_or_try_init(|| self.dial_h2(m, ep)).await {
+            let cell = self.h2_slot(key, peer_of(ep));
+            let tx = match cell.get_or_try_init(|| self.dial_h2(ctx, ep)).await {
                 Ok(tx) => tx.clone(),
                 Err(e) => {
                     self.forget_h2(key, &cell);
@@ -312,14 +396,17 @@ impl Client {
         ))
     }
 
-    /// This worker's shared HTTP/2 connection to `key` (a fresh, empty slot
-    /// when there is none or it closed).
-    fn h2_slot(&self, key: (u64, SocketAddr)) -> Arc<OnceCell<H2>> {
+    /// This worker's shared HTTP/2 connection to `key` with `peer` (a
+    /// fresh, empty slot when there is none, it closed, or it is to another
+    /// peer: requests already on that one finish there).
+    fn h2_slot(&self, key: (u64, SocketAddr), peer: Option<&Identity>) -> Arc<OnceCell<H2>> {
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let slot = p.h2.entry(key).or_insert_with(|| H2Slot { conn: Arc::new(OnceCell::new()), used: Instant::now() });
-            if slot.conn.get().is_some_and(|c| c.is_closed()) {
+            let slot =
+                p.h2.entry(key).or_insert_with(|| H2Slot { conn: Arc::new(OnceCell::new()), used: Instant::now(), peer: peer.cloned() });
+            if slot.conn.get().is_some_and(|c| c.is_closed()) || slot.peer.as_ref() != peer {
                 slot.conn = Arc::new(OnceCell::new());
+                slot.peer = peer.cloned();
             }
             slot.used = Instant::now();
             slot.conn.clone()
@@ -337,13 +424,13 @@ impl Client {
 
     /// A connection of its own for an upgrade or CONNECT: sends `req` and
     /// returns the response; the connection is never pooled.
-    pub async fn send_upgrade(&self, m: &Metrics, ep: &Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send_upgrade(&self, ctx: &Context, ep: &Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
         if ep.protocol == SessionProtocol::Http2 {
             // HTTP/2 CONNECT (RFC 8441 too) is one stream of the shared connection.
             self.ensure_sweeper();
-            return self.send_h2(m, ep, req).await;
+            return self.send_h2(ctx, ep, req).await;
         }
-        let mut tx = match self.dial_h1(m, ep, true).await {
+        let mut tx = match self.dial_h1(ctx, ep, true).await {
             Ok(tx) => tx,
             Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
         };

@@ -34,6 +34,8 @@ use crate::http::HttpErrorReason;
 pub enum ProxyError {
     #[error("connection to {addr} failed: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("mesh TLS to {addr} failed: {source}")]
+    Mesh { addr: SocketAddr, source: crate::proxy::MeshConnectError },
     #[error("upstream {addr} failed before responding: {source}")]
     Upstream { addr: SocketAddr, source: hyper::Error },
     #[error("no endpoint available for {0}")]
@@ -47,7 +49,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn reason(&self) -> HttpErrorReason {
         match self {
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => HttpErrorReason::BadGateway,
+            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } => HttpErrorReason::BadGateway,
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,

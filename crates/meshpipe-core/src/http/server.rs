@@ -30,7 +30,7 @@ use tracing::debug;
 
 use crate::addr::TargetAddr;
 use crate::http::body::{Metered, ProxyBody};
-use crate::http::client::{Endpoint, SendError, SessionProtocol};
+use crate::http::client::{Endpoint, MeshRoute, SendError, SessionProtocol};
 use crate::http::errors::{self, Audience, ProxyError};
 use crate::http::headers::{self, Tunnel};
 use crate::http::io::ClientIo;
@@ -239,11 +239,12 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
         if ctx.own.get().is_some_and(|own| own.is_own(TargetAddr(addr))) {
             return Err(ProxyError::Loop(addr));
         }
-        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction };
+        let mesh = MeshRoute::to(ctx, conn.direction, addr);
+        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, mesh };
         let sent = if tunnel == Tunnel::None {
-            ctx.http.client.send(&ctx.metrics, &ep, req).await
+            ctx.http.client.send(ctx, &ep, req).await
         } else {
-            ctx.http.client.send_upgrade(&ctx.metrics, &ep, req).await.map(|r| (r, None))
+            ctx.http.client.send_upgrade(ctx, &ep, req).await.map(|r| (r, None))
         };
         match sent {
             Ok(r) => {

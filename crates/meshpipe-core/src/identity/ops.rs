@@ -1,8 +1,8 @@
 //! The identity operations the TypeScript layer calls through the addon,
 //! with their JSON inputs: create a trust anchor and issuer (`identity
 //! init`), issue a workload certificate (`identity issue`), and check
-//! identity material at start or reload (validation only: the proxy's data
-//! path is not wired to it yet). Each returns a typed error whose message
+//! identity material at start or reload (the engine installs it with
+//! `Engine::set_identity`). Each returns a typed error whose message
 //! names the file or flag and the reason.
 
 use std::time::{Duration, SystemTime};
@@ -72,6 +72,17 @@ pub fn issue(spec: &IssueSpec) -> Result<IssuedPem, OpError> {
     let name = Identity::parse(&spec.name)?;
     let ttl = Duration::from_millis(spec.ttl_ms);
     Ok(issue::issue(&spec.issuer_cert_pem, &spec.issuer_key_pem, &spec.issuer_file, &name, ttl, SystemTime::now())?)
+}
+
+/// Loads and checks identity material as of now (for the engine).
+pub fn load(spec: &LoadSpec, cert: &[u8], key: &[u8], anchors: &[u8]) -> Result<IdentityMaterial, OpError> {
+    let src = MaterialSources {
+        cert: PemSource { file: &spec.cert_file, pem: cert },
+        key: PemSource { file: &spec.key_file, pem: key },
+        anchors: PemSource { file: &spec.anchors_file, pem: anchors },
+        name: spec.name.as_deref(),
+    };
+    Ok(IdentityMaterial::load(&src, &crate::tls::provider(), SystemTime::now())?)
 }
 
 /// Loads and checks identity material as of now; returns what it found.

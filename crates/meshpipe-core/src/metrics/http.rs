@@ -212,6 +212,8 @@ fn http_snapshot(key: Option<&HttpKey>, direction: Direction, s: &HttpSeries) ->
         tls: tls.label(),
         no_tls_reason: tls.no_tls_reason(),
         sni: tls.sni().map(str::to_string),
+        client_id: tls.peer_id().filter(|_| direction == Direction::Inbound).map(str::to_string),
+        server_id: tls.peer_id().filter(|_| direction == Direction::Outbound).map(str::to_string),
         overflow: key.is_none(),
         requests: s.requests.load(Relaxed),
         responses: s.responses(),
@@ -248,6 +250,10 @@ pub struct HttpSnapshot {
     pub tls: TlsLabel,
     pub no_tls_reason: Option<NoTlsReason>,
     pub sni: Option<String>,
+    /// Inbound mesh TLS: the client's verified identity.
+    pub client_id: Option<String>,
+    /// Outbound mesh TLS: the server's verified identity.
+    pub server_id: Option<String>,
     pub overflow: bool,
     /// `request_total`.
     pub requests: u64,

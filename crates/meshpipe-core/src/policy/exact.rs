@@ -37,6 +37,7 @@ pub struct ExactMap {
     shards: Arc<[Arc<Shard>]>,
     hasher: RandomState,
     len: usize,
+    meshed: usize,
 }
 
 impl ExactMap {
@@ -57,6 +58,11 @@ impl ExactMap {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Addresses whose table carries a meshed peer.
+    pub fn meshed(&self) -> usize {
+        self.meshed
+    }
 }
 
 /// The writable side: owned by the policy store, never seen by connections.
@@ -65,13 +71,14 @@ pub struct ExactBuilder {
     shards: Vec<Arc<Shard>>,
     hasher: RandomState,
     len: usize,
+    meshed: usize,
 }
 
 impl Default for ExactBuilder {
     fn default() -> Self {
         let hasher = RandomState::new();
         let empty = Arc::new(Shard::with_hasher(hasher.clone()));
-        ExactBuilder { shards: vec![empty; SHARDS], hasher, len: 0 }
+        ExactBuilder { shards: vec![empty; SHARDS], hasher, len: 0, meshed: 0 }
     }
 }
 
@@ -79,8 +86,10 @@ impl ExactBuilder {
     /// Sets or replaces the destination at `ip`.
     pub fn insert(&mut self, ip: IpAddr, destination: Destination) {
         let shard = Arc::make_mut(&mut self.shards[ExactMap::shard_of(&self.hasher, &ip)]);
-        if shard.insert(ip, destination).is_none() {
-            self.len += 1;
+        self.meshed += usize::from(destination.table.mesh.is_some());
+        match shard.insert(ip, destination) {
+            None => self.len += 1,
+            Some(old) => self.meshed -= usize::from(old.table.mesh.is_some()),
         }
     }
 
@@ -90,8 +99,10 @@ impl ExactBuilder {
         if !self.shards[i].contains_key(ip) {
             return false;
         }
-        Arc::make_mut(&mut self.shards[i]).remove(ip);
-        self.len -= 1;
+        if let Some(old) = Arc::make_mut(&mut self.shards[i]).remove(ip) {
+            self.len -= 1;
+            self.meshed -= usize::from(old.table.mesh.is_some());
+        }
         true
     }
 
@@ -101,7 +112,7 @@ impl ExactBuilder {
 
     /// A snapshot for readers: copies the shard pointers, not the shards.
     pub fn snapshot(&self) -> ExactMap {
-        ExactMap { shards: self.shards.clone().into(), hasher: self.hasher.clone(), len: self.len }
+        ExactMap { shards: self.shards.clone().into(), hasher: self.hasher.clone(), len: self.len, meshed: self.meshed }
     }
 }
 

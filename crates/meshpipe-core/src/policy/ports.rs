@@ -7,6 +7,9 @@
 //! never on the connection path, and the same few strings recur across
 //! thousands of tables, so each distinct string is stored once
 //! ([`Interner`]).
+//!
+//! A table may also carry the meshed peer of the addresses that use it (a
+//! meshed workload's identity and tunnel port, shared by its replicas).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use super::ranges::RangeMap;
 use super::spec::PortTableSpec;
 use super::PolicyError;
 use crate::addr::PortRange;
+use crate::destinations::Destination;
 use crate::vocab::PortMode;
 
 /// What one port range of a table decides.
@@ -30,6 +34,8 @@ pub struct PortEntry {
 pub struct PortTable {
     ranges: RangeMap<PortEntry>,
     sources: Box<[Arc<str>]>,
+    /// The meshed peer behind the addresses using this table.
+    pub mesh: Option<Arc<Destination>>,
 }
 
 impl PortTable {
@@ -45,7 +51,11 @@ impl PortTable {
             ranges.push((range.from(), range.to(), PortEntry { mode: p.2, source: p.3 }));
         }
         let sources = spec.sources.iter().map(|s| interner.intern(s)).collect();
-        Ok(PortTable { ranges: RangeMap::paint(ranges).coalesce(), sources })
+        let mesh = match &spec.mesh {
+            Some(peer) => Some(Arc::new(Destination::from_peer(peer).map_err(|reason| PolicyError::MeshPeer { id: spec.id, reason })?)),
+            None => None,
+        };
+        Ok(PortTable { ranges: RangeMap::paint(ranges).coalesce(), sources, mesh })
     }
 
     /// The entry covering `port`, if any.
@@ -99,6 +109,7 @@ mod tests {
             id: 1,
             ports: vec![PortSpec(5432, 5432, PortMode::Detect, 1), PortSpec(1, 65535, PortMode::Opaque, 0)],
             sources: vec!["opaque: namespace annotation".into(), "detect: Server".into()],
+            mesh: None,
         };
         let a = PortTable::compile(&spec, &mut interner).unwrap();
         let b = PortTable::compile(&spec, &mut interner).unwrap();
@@ -112,11 +123,24 @@ mod tests {
     #[test]
     fn bad_entries_are_named() {
         let mut interner = Interner::default();
-        let bad_range = PortTableSpec { id: 7, ports: vec![PortSpec(9, 3, PortMode::Opaque, 0)], sources: vec!["x".into()] };
+        let bad_range = PortTableSpec { id: 7, ports: vec![PortSpec(9, 3, PortMode::Opaque, 0)], sources: vec!["x".into()], mesh: None };
         let err = PortTable::compile(&bad_range, &mut interner).unwrap_err().to_string();
         assert!(err.contains("port table 7") && err.contains("[9, 3]"), "{err}");
-        let bad_source = PortTableSpec { id: 8, ports: vec![PortSpec(1, 3, PortMode::Opaque, 4)], sources: vec![] };
+        let bad_source = PortTableSpec { id: 8, ports: vec![PortSpec(1, 3, PortMode::Opaque, 4)], sources: vec![], mesh: None };
         let err = PortTable::compile(&bad_source, &mut interner).unwrap_err().to_string();
         assert!(err.contains("port table 8") && err.contains("source 4"), "{err}");
+        let peer = |identity: &str, tunnel_port| crate::destinations::MeshPeerSpec {
+            identity: identity.into(),
+            tunnel_port,
+            source: String::new(),
+        };
+        for (mesh, word) in [
+            (peer("Not An Identity", 4143), "identity"),
+            (peer("web.shop.serviceaccount.identity.linkerd.cluster.local", 0), "tunnel port"),
+        ] {
+            let spec = PortTableSpec { id: 9, ports: vec![], sources: vec![], mesh: Some(mesh) };
+            let err = PortTable::compile(&spec, &mut interner).unwrap_err().to_string();
+            assert!(err.contains("port table 9") && err.contains(word), "{err}");
+        }
     }
 }

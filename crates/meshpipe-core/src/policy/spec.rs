@@ -13,6 +13,14 @@
 //! 3. `fallbackRules`: ordered rules checked when no exact destination covers
 //!    the port (the cluster defaults, the detect-timeout catch-alls).
 //!
+//! The mesh rides in the same table, so one lookup per connection answers
+//! both questions and one delta path keeps both current: a port table may
+//! carry the meshed peer of the addresses that point at it (`mesh`: the
+//! identity a meshed pod must prove and its tunnel port; every replica of a
+//! workload shares it), and the frame carries this workload's inbound
+//! authorization (`authz`) and the static meshed destinations
+//! (`meshDestinations`, from `--destinations FILE`).
+//!
 //! A delta names the generation it applies to (`base`): the engine refuses a
 //! delta for any other generation, so a lost or reordered update can never
 //! leave a silently wrong table behind (the sender answers with a whole table).
@@ -22,6 +30,8 @@
 
 use serde::Deserialize;
 
+pub use crate::authz::AuthzSpec;
+pub use crate::destinations::{DestinationSpec, MeshPeerSpec};
 pub use crate::vocab::{Direction, PortMode};
 
 /// One ordered rule.
@@ -57,6 +67,9 @@ pub struct PortTableSpec {
     pub id: u32,
     pub ports: Vec<PortSpec>,
     pub sources: Vec<String>,
+    /// The meshed peer behind the addresses using this table (`null`: not meshed).
+    #[serde(default)]
+    pub mesh: Option<MeshPeerSpec>,
 }
 
 /// An exact destination: `[address, table id, name]` (the name, e.g.
@@ -86,6 +99,13 @@ pub struct PolicySpec {
     pub tables: Vec<PortTableSpec>,
     #[serde(default)]
     pub addresses: Vec<AddressSpec>,
+    /// This workload's inbound authorization (`null`: everyone is allowed,
+    /// Linkerd's `all-unauthenticated`).
+    #[serde(default)]
+    pub authz: Option<AuthzSpec>,
+    /// Static meshed addresses and networks (`--destinations FILE`).
+    #[serde(default)]
+    pub mesh_destinations: Vec<DestinationSpec>,
 }
 
 /// The ordered rules of a table, replaced as a whole by a delta.
@@ -96,6 +116,10 @@ pub struct PolicyFrameSpec {
     pub rules: Vec<RuleSpec>,
     pub fallback_rules: Vec<RuleSpec>,
     pub destination_detect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub authz: Option<AuthzSpec>,
+    #[serde(default)]
+    pub mesh_destinations: Vec<DestinationSpec>,
 }
 
 /// A change to the engine's current table. Applied in this order: `frame`,

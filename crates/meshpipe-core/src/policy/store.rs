@@ -21,21 +21,46 @@ use super::rules::RuleSet;
 use super::spec::{AddressSpec, PolicyDelta, PolicyFrameSpec, PolicySpec, PortTableSpec, RuleSpec};
 use super::{PolicyError, PolicyTable};
 use crate::addr::normalise;
+use crate::authz::{AuthzSpec, AuthzTable};
+use crate::destinations::{DestinationSpec, DestinationTable};
 
-/// The ordered rules around the exact destinations.
-#[derive(Debug, Default)]
+/// The ordered rules around the exact destinations, and this workload's
+/// mesh parts: its inbound authorization and the static meshed destinations.
+#[derive(Debug)]
 pub struct Frame {
     pub rules: RuleSet,
     pub fallback: RuleSet,
     pub destination_timeout: Option<Duration>,
+    pub authz: AuthzTable,
+    pub mesh: DestinationTable,
+}
+
+impl Default for Frame {
+    fn default() -> Self {
+        Frame {
+            rules: RuleSet::default(),
+            fallback: RuleSet::default(),
+            destination_timeout: None,
+            authz: AuthzTable::allow_all(),
+            mesh: DestinationTable::default(),
+        }
+    }
 }
 
 impl Frame {
-    fn compile(rules: &[RuleSpec], fallback: &[RuleSpec], timeout_ms: Option<u64>) -> Result<Frame, PolicyError> {
+    fn compile(
+        rules: &[RuleSpec],
+        fallback: &[RuleSpec],
+        timeout_ms: Option<u64>,
+        authz: Option<&AuthzSpec>,
+        mesh: &[DestinationSpec],
+    ) -> Result<Frame, PolicyError> {
         Ok(Frame {
             rules: RuleSet::compile("rules", rules)?,
             fallback: RuleSet::compile("fallbackRules", fallback)?,
             destination_timeout: timeout_ms.map(Duration::from_millis),
+            authz: authz.map_or_else(|| Ok(AuthzTable::allow_all()), AuthzTable::from_spec)?,
+            mesh: DestinationTable::from_entries(mesh)?,
         })
     }
 }
@@ -59,7 +84,13 @@ impl PolicyStore {
     pub fn compile(spec: &PolicySpec) -> Result<PolicyStore, PolicyError> {
         let mut store = PolicyStore {
             generation: spec.generation,
-            frame: Arc::new(Frame::compile(&spec.rules, &spec.fallback_rules, spec.destination_detect_timeout_ms)?),
+            frame: Arc::new(Frame::compile(
+                &spec.rules,
+                &spec.fallback_rules,
+                spec.destination_detect_timeout_ms,
+                spec.authz.as_ref(),
+                &spec.mesh_destinations,
+            )?),
             ..PolicyStore::default()
         };
         let tables = store.compile_tables(&spec.tables)?;
@@ -114,8 +145,8 @@ impl PolicyStore {
         }
         // Validate everything first.
         let frame = match &delta.frame {
-            Some(PolicyFrameSpec { rules, fallback_rules, destination_detect_timeout_ms }) => {
-                Some(Arc::new(Frame::compile(rules, fallback_rules, *destination_detect_timeout_ms)?))
+            Some(PolicyFrameSpec { rules, fallback_rules, destination_detect_timeout_ms, authz, mesh_destinations }) => {
+                Some(Arc::new(Frame::compile(rules, fallback_rules, *destination_detect_timeout_ms, authz.as_ref(), mesh_destinations)?))
             }
             None => None,
         };

@@ -10,7 +10,12 @@ fn rule(direction: Direction, net: Option<&str>, ports: (u32, u32), mode: PortMo
 }
 
 fn table(id: u32, ports: &[(u32, u32, PortMode)], source: &str) -> PortTableSpec {
-    PortTableSpec { id, ports: ports.iter().map(|&(f, t, m)| PortSpec(f, t, m, 0)).collect(), sources: vec![source.to_string()] }
+    PortTableSpec {
+        id,
+        ports: ports.iter().map(|&(f, t, m)| PortSpec(f, t, m, 0)).collect(),
+        sources: vec![source.to_string()],
+        mesh: None,
+    }
 }
 
 fn addr(ip: &str, id: u32, name: &str) -> AddressSpec {
@@ -39,6 +44,7 @@ fn cluster() -> PolicySpec {
             addr("fd00::5", 1, "Pod shop/db-0"),
             addr("10.96.0.1", 2, "Service shop/web"),
         ],
+        ..PolicySpec::default()
     }
 }
 
@@ -99,6 +105,112 @@ fn a_bad_entry_rejects_the_whole_table() {
     assert!(PolicyTable::compile(&spec).unwrap_err().to_string().contains("port table 99 is not defined"));
 }
 
+const DB_ID: &str = "db.shop.serviceaccount.identity.linkerd.cluster.local";
+const LEGACY_ID: &str = "legacy.ext.serviceaccount.identity.linkerd.cluster.local";
+
+fn peer(identity: &str, tunnel_port: u16) -> Option<crate::destinations::MeshPeerSpec> {
+    Some(crate::destinations::MeshPeerSpec { identity: identity.into(), tunnel_port, source: "inject on {destination}".into() })
+}
+
+fn fixed(net: &str, identity: &str) -> DestinationSpec {
+    DestinationSpec { net: net.into(), identity: identity.into(), tunnel_port: 4143, source: format!("file {net}") }
+}
+
+#[test]
+fn the_mesh_rides_in_the_table() {
+    let mut spec = cluster();
+    spec.tables[0].mesh = peer(DB_ID, 14143);
+    spec.tables.push(PortTableSpec { id: 3, ports: vec![], sources: vec![], mesh: peer(DB_ID, 4143) });
+    spec.addresses.push(addr("10.0.0.9", 3, "Pod shop/db-9"));
+    spec.mesh_destinations = vec![fixed("10.0.0.9", LEGACY_ID), fixed("10.0.0.0/16", LEGACY_ID)];
+    let table = PolicyTable::compile(&spec).unwrap();
+    let route = |target: &str| table.route(Direction::Outbound, t(target));
+    let (policy, pod) = route("10.0.0.5:3306");
+    assert_eq!(policy, table.lookup(Direction::Outbound, t("10.0.0.5:3306")), "the same port decision");
+    let pod = pod.expect("a meshed pod");
+    assert_eq!((pod.identity.as_str(), pod.tunnel_port.get()), (DB_ID, 14143), "the pod's own peer beats a static network");
+    assert_eq!(route("[fd00::5]:1").1.unwrap().tunnel_port.get(), 14143, "every address of the pod");
+    assert_eq!(route("10.0.0.9:80").1.unwrap().identity.as_str(), LEGACY_ID, "a static single address wins over the pod");
+    assert_eq!(route("10.0.7.7:80").1.unwrap().identity.as_str(), LEGACY_ID, "a static network covers the rest");
+    assert!(route("10.96.0.1:80").1.is_none(), "a Service address is not meshed");
+    assert!(route("10.1.0.1:80").1.is_none(), "not meshed");
+    assert!(table.route(Direction::Inbound, t("10.0.0.5:3306")).1.is_none(), "inbound has no peer");
+    assert_eq!(table.mesh_peer("::ffff:10.0.0.5".parse().unwrap()).unwrap().tunnel_port.get(), 14143, "IPv4-mapped");
+    assert_eq!(table.meshed(), 3 + 2, "three pod addresses, two static entries");
+    let explained = table.explain(Direction::Outbound, "10.0.0.5".parse().unwrap(), 1);
+    let mesh = explained.mesh.unwrap();
+    assert_eq!((mesh.identity.as_str(), mesh.source.as_str()), (DB_ID, "inject on Pod shop/db-0"));
+    assert!(table.explain(Direction::Inbound, "10.0.0.5".parse().unwrap(), 1).authz.unwrap().srv_name == "all-unauthenticated");
+}
+
+#[test]
+fn meshed_pods_come_and_go_with_deltas() {
+    let policy = Policy::new(PolicyStore::compile(&cluster()).unwrap());
+    let meshed = PortTableSpec { id: 5, ports: vec![], sources: vec![], mesh: peer(DB_ID, 4143) };
+    let delta = PolicyDelta {
+        generation: 8,
+        base: 7,
+        frame: None,
+        tables: vec![meshed.clone()],
+        drop_tables: vec![],
+        addresses: vec![addr("10.0.3.1", 5, "Pod shop/db-1")],
+        remove_addresses: vec![],
+    };
+    policy.update(&delta).unwrap();
+    assert_eq!(policy.load().mesh_peer("10.0.3.1".parse().unwrap()).unwrap().identity.as_str(), DB_ID);
+    assert_eq!(policy.snapshot().meshed, 1);
+    // A bad peer refuses the whole delta.
+    let bad = PortTableSpec { id: 6, mesh: peer("Not An Identity", 4143), ..meshed };
+    let refused = PolicyDelta { generation: 9, base: 8, tables: vec![bad], addresses: vec![addr("10.0.3.2", 6, "Pod shop/x")], ..delta };
+    let err = policy.update(&refused).unwrap_err().to_string();
+    assert!(err.contains("port table 6") && err.contains("meshed peer"), "{err}");
+    assert!(policy.load().mesh_peer("10.0.3.2".parse().unwrap()).is_none());
+    // The pod goes: so does its peer.
+    let gone = PolicyDelta {
+        generation: 9,
+        base: 8,
+        frame: None,
+        tables: vec![],
+        drop_tables: vec![5],
+        addresses: vec![],
+        remove_addresses: vec!["10.0.3.1".into()],
+    };
+    policy.update(&gone).unwrap();
+    assert!(policy.load().mesh_peer("10.0.3.1".parse().unwrap()).is_none());
+    assert_eq!(policy.snapshot().meshed, 0);
+}
+
+#[test]
+fn the_frame_carries_the_authorization() {
+    let mut spec = cluster();
+    let rule = crate::authz::AuthzRuleSpec {
+        kind: "authorizationpolicy".into(),
+        name: "db-web".into(),
+        networks: vec![],
+        identities: vec![DB_ID.into()],
+    };
+    spec.authz = Some(AuthzSpec {
+        ports: vec![crate::authz::PortAuthzSpec { port: 5432, srv_kind: "server".into(), srv_name: "db".into(), rules: vec![rule] }],
+        default: crate::authz::PortAuthzSpec { port: 0, srv_kind: "default".into(), srv_name: "deny".into(), rules: vec![] },
+        exposed_ports: Some(vec![5432]),
+    });
+    let table = PolicyTable::compile(&spec).unwrap();
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let db = Identity::parse(DB_ID).unwrap();
+    assert!(table.authorize(5432, Some(&db), ip).allow);
+    assert!(!table.authorize(5432, None, ip).allow, "plaintext is not the identity");
+    assert_eq!(table.authorize(80, Some(&db), ip).srv_name, "deny");
+    assert!(table.authz().exposes(5432) && !table.authz().exposes(80));
+    let described = table.explain(Direction::Inbound, ip, 5432).authz.unwrap();
+    assert_eq!((described.srv_name.as_str(), described.rules[0].identities[0].as_str()), ("db", DB_ID));
+    // A frame without authz (an older sender): everyone allowed, as before the mesh.
+    assert!(PolicyTable::compile(&cluster()).unwrap().authorize(5432, None, ip).allow);
+    // A bad authorization table refuses the whole update.
+    let mut bad = spec.clone();
+    bad.authz.as_mut().unwrap().ports[0].rules[0].identities = vec!["Not An Identity".into()];
+    assert!(PolicyTable::compile(&bad).unwrap_err().to_string().contains("policy authz"));
+}
+
 #[test]
 fn deltas_apply_all_or_nothing_to_their_base_generation() {
     let policy = Policy::new(PolicyStore::compile(&cluster()).unwrap());
@@ -140,7 +252,7 @@ fn deltas_apply_all_or_nothing_to_their_base_generation() {
     // Dropped tables cannot be used again; the frame can be replaced alone.
     let mut d = delta(9, 8);
     d.drop_tables.push(1);
-    d.frame = Some(PolicyFrameSpec { rules: vec![], fallback_rules: vec![], destination_detect_timeout_ms: None });
+    d.frame = Some(PolicyFrameSpec::default());
     policy.update(&d).unwrap();
     let mut reuse = delta(10, 9);
     reuse.addresses.push(addr("10.0.0.8", 1, "Pod shop/db-1"));
@@ -253,8 +365,10 @@ proptest! {
                 id: id as u32,
                 ports: entries.iter().map(|(f, len, m)| PortSpec(*f, (*f + *len).min(65535), mode_of(*m), 0)).collect(),
                 sources: vec!["s".into()],
+                mesh: None,
             }).collect(),
             addresses: addresses.iter().map(|(ip, tid)| addr(ips[*ip as usize % ips.len()], u32::from(*tid) % tables.len() as u32, "d")).collect(),
+            ..PolicySpec::default()
         };
         let table = PolicyTable::compile(&spec).unwrap();
         for (inb, ip, port) in probes {

@@ -86,7 +86,12 @@ impl Sniffed {
     }
 }
 
-/// Runs detection for one connection according to its port mode.
+/// Runs detection for one connection according to its port mode. Without
+/// `race` (a meshed destination: its upstream is mesh TLS, which the race
+/// must not dial in plaintext), a client still silent after the grace
+/// period ends detection as `server_first` without dialling, and the target
+/// is learned as server-first (a slow client can make a target skip
+/// detection until the entry expires: its bytes are still carried as TCP).
 pub async fn sniff(
     ctx: &Context,
     client: &TcpStream,
@@ -94,6 +99,7 @@ pub async fn sniff(
     target: TargetAddr,
     mode: PortMode,
     timeout: Duration,
+    race: bool,
 ) -> Sniffed {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
@@ -179,6 +185,17 @@ pub async fn sniff(
                 break;
             }
             _ = sleep_until(grace_at.unwrap_or(deadline)), if race_now => {
+                if !race {
+                    // A meshed destination: its upstream is opened through
+                    // the tunnel once detection ends. A client silent this
+                    // long waits for the server: learned like a race the
+                    // server won, so later connections skip the wait.
+                    out.result = DetectResult::ServerFirst;
+                    if ctx.server_first.learn(target) {
+                        ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
+                    }
+                    break;
+                }
                 // The same dial as after detection: the connect timeout (not
                 // the detect deadline) bounds it, and running out of
                 // descriptors backs off instead of failing.

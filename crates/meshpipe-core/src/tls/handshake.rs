@@ -9,6 +9,13 @@
 //! client's certificate (RFC 8446 §4.4: the client's Certificate and Finished
 //! are its last flight), so a server refusing this proxy's certificate is
 //! seen by [`connect`]'s caller as an alert on the first read, not here.
+//! That last flight can carry the client's first application bytes too
+//! ([`connect_with_first`]: the tunnel's transport header), so the server
+//! has them with the handshake, in one segment, without another round of
+//! writes and wake-ups.
+//!
+//! The peer's identity and serial come from the certificate facts the
+//! verifier kept (`tls/cache.rs`), so a certificate is parsed once.
 
 use std::io;
 use std::time::Duration;
@@ -16,6 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
+use super::cache::{self, Key, Usage};
 use super::verify::IdentityMismatch;
 use super::{ClientAlpn, TlsState};
 use crate::identity::cert::CertFacts;
@@ -46,9 +54,28 @@ pub enum HandshakeFailure {
     NoClientIdentity,
     Alpn,
     PeerRejected,
+    /// The client did not speak TLS at all (plaintext sent to the tunnel).
+    NotTls,
 }
 
 impl HandshakeFailure {
+    pub const COUNT: usize = 13;
+    pub const ALL: [HandshakeFailure; HandshakeFailure::COUNT] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Io,
+        HandshakeFailure::Handshake,
+        HandshakeFailure::Untrusted,
+        HandshakeFailure::Expired,
+        HandshakeFailure::NotYetValid,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::IdentityMismatch,
+        HandshakeFailure::NoClientCert,
+        HandshakeFailure::NoClientIdentity,
+        HandshakeFailure::Alpn,
+        HandshakeFailure::PeerRejected,
+        HandshakeFailure::NotTls,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             HandshakeFailure::Timeout => "timeout",
@@ -63,6 +90,7 @@ impl HandshakeFailure {
             HandshakeFailure::NoClientIdentity => "no_client_identity",
             HandshakeFailure::Alpn => "alpn",
             HandshakeFailure::PeerRejected => "peer_rejected",
+            HandshakeFailure::NotTls => "not_tls",
         }
     }
 
@@ -89,13 +117,13 @@ pub struct HandshakeError {
 }
 
 impl HandshakeError {
-    fn new(reason: HandshakeFailure, detail: impl Into<String>) -> HandshakeError {
+    pub(crate) fn new(reason: HandshakeFailure, detail: impl Into<String>) -> HandshakeError {
         HandshakeError { reason, detail: detail.into() }
     }
 
     /// Sorts an error from tokio-rustls (a rustls error inside an io::Error,
     /// or a plain I/O error).
-    fn from_io(e: io::Error) -> HandshakeError {
+    pub(crate) fn from_io(e: io::Error) -> HandshakeError {
         let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
             return HandshakeError::new(HandshakeFailure::Io, e.to_string());
         };
@@ -104,7 +132,10 @@ impl HandshakeError {
             rustls::Error::InvalidCertificate(c) => match c {
                 C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
                 C::NotValidYet | C::NotValidYetContext { .. } => HandshakeFailure::NotYetValid,
-                C::UnknownIssuer => HandshakeFailure::Untrusted,
+                // A chain whose issuer is not an anchor, or that names an
+                // anchor (same subject) whose key did not sign it: either
+                // way the certificate does not come from this mesh's CA.
+                C::UnknownIssuer | C::BadSignature => HandshakeFailure::Untrusted,
                 C::Other(other) if other.0.downcast_ref::<IdentityMismatch>().is_some() => HandshakeFailure::IdentityMismatch,
                 _ => HandshakeFailure::BadCertificate,
             },
@@ -128,6 +159,8 @@ pub struct Connected {
     pub peer: Identity,
     /// True when `transport.l5d.io/v1` was negotiated.
     pub tunnel: bool,
+    /// The serial of the peer's leaf certificate (lowercase hex).
+    pub serial: Option<String>,
 }
 
 /// What a server learned from a successful handshake.
@@ -139,6 +172,15 @@ pub struct Accepted {
     pub tunnel: bool,
     /// The SNI the client sent.
     pub sni: Option<String>,
+    /// The serial of the client's leaf certificate (lowercase hex).
+    pub serial: String,
+}
+
+/// The facts of a peer's leaf: kept by the verifier of this handshake, or
+/// parsed (the cache may have dropped them since).
+fn peer_facts(state: &TlsState, usage: Usage, chain: &[rustls::pki_types::CertificateDer<'static>]) -> Option<std::sync::Arc<CertFacts>> {
+    let (leaf, rest) = chain.split_first()?;
+    cache::facts(&Key::new(state.id, usage, leaf, rest)).or_else(|| CertFacts::parse(leaf).ok().map(std::sync::Arc::new))
 }
 
 /// Opens mesh TLS to a peer that must prove `peer`, within `timeout`.
@@ -152,10 +194,33 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    connect_with_first(state, io, peer, alpn, &[], timeout).await
+}
+
+/// [`connect`], with `first` queued as the first application bytes: they
+/// leave encrypted right after the client's Finished, in the same write.
+pub async fn connect_with_first<IO>(
+    state: &TlsState,
+    io: IO,
+    peer: &Identity,
+    alpn: ClientAlpn,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(client::TlsStream<IO>, Connected), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let config = state.client_config(peer, alpn);
     let sni = rustls::pki_types::ServerName::try_from(peer.server_name())
         .map_err(|e| HandshakeError::new(HandshakeFailure::Handshake, format!("{peer} has no usable SNI: {e}")))?;
-    let handshake = TlsConnector::from(config).connect(sni, io);
+    let mut queued = Ok(());
+    let handshake = TlsConnector::from(config).connect_with(sni, io, |conn| {
+        if !first.is_empty() {
+            // Buffered by rustls until the handshake completes (never sent as 0-RTT data).
+            queued = std::io::Write::write_all(&mut conn.writer(), first);
+        }
+    });
+    queued.map_err(|e| HandshakeError::new(HandshakeFailure::Io, format!("cannot queue the first bytes: {e}")))?;
     let stream = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| HandshakeError::new(HandshakeFailure::Timeout, format!("no handshake with {peer} within {timeout:?}")))?
@@ -164,8 +229,9 @@ where
     if alpn == ClientAlpn::Tunnel && !tunnel {
         return Err(HandshakeError::new(HandshakeFailure::Alpn, format!("{peer} did not negotiate ALPN transport.l5d.io/v1")));
     }
+    let serial = stream.get_ref().1.peer_certificates().and_then(|c| peer_facts(state, Usage::Server, c)).map(|f| f.serial.clone());
     tracing::debug!(%peer, tunnel, "mesh TLS established");
-    Ok((stream, Connected { peer: peer.clone(), tunnel }))
+    Ok((stream, Connected { peer: peer.clone(), tunnel, serial }))
 }
 
 /// Accepts mesh TLS from a client that must present a certificate chaining
@@ -193,11 +259,12 @@ where
             format!("the tunnel needs ALPN transport.l5d.io/v1, the client negotiated {}", got.as_deref().unwrap_or("none")),
         ));
     }
-    let leaf = conn
+    let chain = conn
         .peer_certificates()
-        .and_then(|c| c.first())
+        .filter(|c| !c.is_empty())
         .ok_or_else(|| HandshakeError::new(HandshakeFailure::NoClientCert, "no client certificate"))?;
-    let facts = CertFacts::parse(leaf).map_err(|e| HandshakeError::new(HandshakeFailure::BadCertificate, e.to_string()))?;
+    let facts = peer_facts(state, Usage::Client, chain)
+        .ok_or_else(|| HandshakeError::new(HandshakeFailure::BadCertificate, "the client certificate cannot be read"))?;
     let client = facts.primary_identity().cloned().ok_or_else(|| {
         HandshakeError::new(
             HandshakeFailure::NoClientIdentity,
@@ -206,5 +273,5 @@ where
     })?;
     let sni = conn.server_name().map(str::to_string);
     tracing::debug!(%client, tunnel, "mesh TLS accepted");
-    Ok((stream, Accepted { client, tunnel, sni }))
+    Ok((stream, Accepted { client, tunnel, sni, serial: facts.serial.clone() }))
 }
