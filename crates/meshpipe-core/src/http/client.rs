@@ -111,6 +111,16 @@ impl MeshRoute {
     }
 }
 
+/// The TLS status of a plaintext upstream connection, labelled as the TCP
+/// path labels one (proxy.rs): outbound to loopback says so.
+fn plaintext_status(ep: &Endpoint) -> TlsStatus {
+    if ep.direction == Direction::Outbound && ep.addr.ip().is_loopback() {
+        TlsStatus::NoIdentity(crate::vocab::NoTlsReason::Loopback)
+    } else {
+        TlsStatus::plaintext(ep.direction)
+    }
+}
+
 /// The peer a pooled connection verified (`None`: not mesh TLS).
 fn peer_of(ep: &Endpoint) -> Option<&Identity> {
     ep.mesh.as_ref().map(|m| &m.dest.identity)
@@ -262,7 +272,7 @@ impl Client {
             }
             None => {
                 let io = self.connector.connect(ep).await.map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;
-                (io, TlsStatus::plaintext(ep.direction))
+                (io, plaintext_status(ep))
             }
         };
         let series = ctx.metrics.series(&SeriesKey { direction: ep.direction, target: TargetAddr(ep.addr), tls });
