@@ -16,15 +16,23 @@
  * plus the proxy's CPU time per cycle for tuning.
  * Through meshpipe both an opaque listener and a detect listener are measured
  * (`PING\r\n` is not an HTTP request line: detection ends `not_http` after 5
- * bytes), which shows the per-connection cost of detection.
+ * bytes), which shows the per-connection cost of detection. A second
+ * meshpipe with the engine's tracing switched off entirely (`--engine-log
+ * off`) runs the detect path too: against the default level (info, so the
+ * per-connection `conn` span and the stages' debug events are disabled
+ * callsites) it shows what tracing costs on the data path when nobody asked
+ * for it.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensurePeers, startRedis, startTcpPaths, type Peer } from './peers.js';
+import { startMeshpipe } from './meshpipe.js';
 import { cpuSeconds, freePort, runAsync } from './processes.js';
 import { load1, median, type BenchContext, type BenchSection, type Row, type Section, type Subject } from './report.js';
 
 const CONCURRENCY = 50;
 const REQUESTS = 25_000;
+/** The detect path through a meshpipe whose engine tracing is off (`--engine-log off`). */
+const TRACING_OFF = 'meshpipe (detect, engine tracing off)';
 
 interface Config {
   readonly name: string;
@@ -86,6 +94,17 @@ async function run(ctx: BenchContext): Promise<Section> {
     for (const path of await startTcpPaths(ctx, target, redisPort, peers, notes, errors)) {
       configs.push(config(path.name, path.subject, path.port, path.proxy));
     }
+    if (ctx.meshpipe.available) {
+      const port = await freePort();
+      const quiet = await startMeshpipe([{ port, target, mode: 'detect' }], ctx.dir, { extraArgs: ['--engine-log', 'off'] }).catch((err: unknown) => {
+        errors.push(`meshpipe --engine-log off did not start: ${(err as Error).message.split('\n')[0]}`);
+        return null;
+      });
+      if (quiet !== null) {
+        peers.push(quiet);
+        configs.push(config(TRACING_OFF, 'meshpipe', port, quiet));
+      }
+    }
 
     // A short warm-up per path (page cache, lazily built pools) that is not counted.
     for (const c of configs) await churnOnce(c.port, 2_000).catch(() => undefined);
@@ -119,7 +138,18 @@ async function run(ctx: BenchContext): Promise<Section> {
       runs: c.runs,
       runLoad1: c.loads,
       extra: { best: Math.max(...c.runs), ...(c.cpuPerCycle.length > 0 ? { proxyCpuUsPerConn: median(c.cpuPerCycle) } : {}) },
-      ...(c.subject === 'meshpipe' ? { targets: [{ ratioTo: 'haproxy', atLeast: 1.0 }] } : {}),
+      ...(c.subject === 'meshpipe' && c.name !== TRACING_OFF ? { targets: [{ ratioTo: 'haproxy', atLeast: 1.0 }] } : {}),
+    });
+  }
+  const traced = configs.find((c) => c.name === 'meshpipe (detect)');
+  const off = configs.find((c) => c.name === TRACING_OFF);
+  if (traced && off && traced.runs.length > 0 && off.runs.length > 0) {
+    rows.push({
+      metric: 'tracing cost', subject: 'meshpipe', name: 'tracing cost: meshpipe (detect) at the default level / with tracing off',
+      value: Math.round((median(traced.runs) / median(off.runs)) * 1000) / 1000, unit: 'x', runs: traced.runs.map((r, i) => (off.runs[i] === undefined ? r / median(off.runs) : r / off.runs[i])),
+      ...(traced.cpuPerCycle.length > 0 && off.cpuPerCycle.length > 0
+        ? { extra: { proxyCpuUsPerConnDefault: median(traced.cpuPerCycle), proxyCpuUsPerConnOff: median(off.cpuPerCycle) } }
+        : {}),
     });
   }
   notes.push('loopback TIME_WAIT sockets pile up (net.ipv4.tcp_tw_reuse=2 lets loopback reuse them); all paths see the same conditions');
@@ -135,6 +165,6 @@ async function run(ctx: BenchContext): Promise<Section> {
 
 export const churn: BenchSection = {
   name: 'churn',
-  description: 'connect-send-receive-close cycles per second: direct, meshpipe (opaque, detect), HAProxy, nginx stream',
+  description: 'connect-send-receive-close cycles per second: direct, meshpipe (opaque, detect, detect with engine tracing off), HAProxy, nginx stream',
   run,
 };

@@ -81,7 +81,7 @@ export const PROXY_OPTIONS: readonly OptionSpec[] = [
   { flag: 'cluster-networks', type: 'string', key: 'clusterNetworks', valueName: 'CIDRS', help: 'networks inside the cluster (default opaque ports apply to them; outside only with enable-external-profiles)' },
   { flag: 'namespace', type: 'string', key: 'namespace', valueName: 'NS', help: "this workload's namespace (else env POD_NAMESPACE)" },
   { flag: 'pod', type: 'string', key: 'pod', valueName: 'NAME', help: "this workload's pod name (else env POD_NAME)" },
-  { flag: 'identity-dir', type: 'string', key: 'identityDir', valueName: 'DIR', help: 'this proxy\'s mesh identity: a folder with tls.crt (chain), tls.key and ca.crt (trust anchors), as cert-manager or a CSI driver mounts it; checked at start (exit 2 on bad input) and re-read when it changes; not used for traffic yet' },
+  { flag: 'identity-dir', type: 'string', key: 'identityDir', valueName: 'DIR', help: 'this proxy\'s mesh identity: a folder with tls.crt (chain), tls.key and ca.crt (trust anchors), as cert-manager or a CSI driver mounts it; checked at start (exit 2 on bad input) and re-read when it changes; with it, meshed destinations get mutual TLS through their tunnel and the inbound tunnel (the inbound port) accepts it' },
   { flag: 'identity-cert', type: 'string', key: 'identityCert', valueName: 'FILE', help: 'the identity certificate chain (PEM, leaf first), instead of --identity-dir' },
   { flag: 'identity-key', type: 'string', key: 'identityKey', valueName: 'FILE', help: 'the identity private key (PEM), instead of --identity-dir' },
   { flag: 'trust-anchors', type: 'string', key: 'trustAnchors', valueName: 'FILE', help: 'the mesh trust anchors (PEM CA certificates), instead of --identity-dir' },

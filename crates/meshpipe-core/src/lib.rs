@@ -17,30 +17,37 @@
 //! `Snapshot`, `ConnSnapshot`, `EngineEvent`, `ErrorCode`, ...) derive
 //! `ts_rs::TS` with the `ts` feature; `examples/boundary_types.rs` writes
 //! them as TypeScript, so they are defined once, here.
+//!
+//! The pipeline's inner stages (`listener`, `proxy`, `conn`, `drain`,
+//! `events`, `loops`, `server_first`, `sweep`, `sys`) are private; what a
+//! caller needs from them is re-exported below. The public modules are the
+//! building blocks the binding, the tests, the examples and the fuzz targets
+//! use on their own (specs, classifiers, identity and TLS, the transport
+//! header, the policy table, the HTTP layer's endpoints table).
 
 #![deny(unsafe_code)]
 
 pub mod addr;
 pub mod authz;
 pub mod config;
-pub mod conn;
+mod conn;
 pub mod copy;
 pub mod destinations;
 pub mod detect;
-pub mod drain;
-pub mod events;
+mod drain;
+mod events;
 pub mod http;
 pub mod identity;
 pub mod limits;
-pub mod listener;
+mod listener;
 pub mod log;
-pub mod loops;
+mod loops;
 pub mod mesh;
 pub mod metrics;
 pub mod names;
 pub mod policy;
-pub mod proxy;
-pub mod server_first;
+mod proxy;
+mod server_first;
 pub mod socket;
 pub mod supervise;
 mod sweep;
@@ -57,9 +64,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use config::{EngineConfig, EngineSpec};
+pub use conn::{ConnSnapshot, ConnState};
 pub use drain::CloseSummary;
 pub use events::EngineEvent;
 pub use policy::{PolicyDecision, PolicyDelta, PolicySnapshot, PolicySpec, PolicyTable};
+pub use server_first::LearnedTarget;
 pub use vocab::Direction;
 
 use listener::ListenerCtx;

@@ -51,7 +51,7 @@ use crate::target;
 use crate::vocab::{DetectResult, Direction, NoTlsReason, TlsStatus};
 
 pub(crate) use connect::connect;
-pub use outbound_mesh::{connect_mesh, MeshConnectError};
+pub use outbound_mesh::connect_mesh;
 pub use sniff::{Sniffed, Upstream};
 
 /// Engine-wide state every connection task shares.

@@ -35,7 +35,7 @@ pub enum ProxyError {
     #[error("connection to {addr} failed: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("mesh TLS to {addr} failed: {source}")]
-    Mesh { addr: SocketAddr, source: crate::proxy::MeshConnectError },
+    Mesh { addr: SocketAddr, source: crate::proxy::outbound_mesh::MeshConnectError },
     #[error("upstream {addr} failed before responding: {source}")]
     Upstream { addr: SocketAddr, source: hyper::Error },
     #[error("no endpoint available for {0}")]
