@@ -21,7 +21,7 @@ const BASE_FLAGS = ['--log-level', 'warn', '--admin', 'off', '--drain-timeout', 
 
 /** A meshpipe listener: a proxy forward plus the engine's port mode for it. */
 export interface MeshpipeForward extends Forward {
-  readonly mode: 'opaque' | 'detect';
+  readonly mode: 'opaque' | 'detect' | 'http1' | 'http2' | 'grpc';
 }
 
 export interface MeshpipeBuild {

@@ -22,6 +22,8 @@ import { parseArgs } from 'node:util';
 import { churn } from './churn.js';
 import { detectCost } from './detect-cost.js';
 import { http } from './http.js';
+import { http2 } from './http2.js';
+import { latency } from './latency.js';
 import { idleRss } from './idle-rss.js';
 import { policyScale } from './policy-scale.js';
 import { scrape } from './scrape.js';
@@ -44,7 +46,7 @@ import {
 const DEFAULT_RUNS = 5;
 
 /** Every section, in the order they run. */
-const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, sidecars, policyScale, mesh];
+const SECTIONS: readonly BenchSection[] = [throughput, churn, idleRss, scrape, detectCost, serverFirst, http, http2, latency, sidecars, policyScale, mesh];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME]] [--runs N] [--out FILE] [--keep] [--no-meshpipe] [--list]
 sections: ${SECTIONS.map((s) => s.name).join(', ')}`;

@@ -35,6 +35,14 @@ export declare class NativeProxy {
    */
   setPolicy(policy: Uint8Array): number
   /**
+   * Applies an endpoints update (UTF-8 JSON of an `EndpointsUpdate`:
+   * Service address -> endpoints, for per-request HTTP balancing), before
+   * or after `start()`: a whole table (`replace`) or a change onto the
+   * generation it names as its `base`, all or nothing. Returns the
+   * table's generation.
+   */
+  updateEndpoints(update: Uint8Array): number
+  /**
    * Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
    * and the three files' bytes, checked as at start): new connections
    * use it, open ones keep theirs. Before or after `start()`. Returns

@@ -266,7 +266,7 @@ test('a client that closes during detection is counted; --forward mode=http2 wit
   assert.equal(r.sha256, sha256(payload), 'a declared mode that does not match is handled as TCP, not dropped');
 });
 
-test('no byte lost: every detection outcome forwards the detection bytes first, SHA-256 checked both ways', async (t) => {
+test('no byte lost: every detection outcome forwards the detection bytes first, SHA-256 checked both ways (HTTP as TCP with --no-http)', async (t) => {
   const clientHello = await captureClientHello();
   const banner = Buffer.from('+OK POP3 ready\r\n');
   // One target per outcome (the counters are per target port).
@@ -291,6 +291,9 @@ test('no byte lost: every detection outcome forwards the detection bytes first, 
   const { proxy, ports } = await startProxyInProcess(t, [
     ...cases.flatMap((c, i) => ['--forward', `${HOST}:0=${HOST}:${servers[i]!.port}${c.mode ? `,mode=${c.mode}` : ''}`]),
     '--detect-timeout', '400ms',
+    // The echo servers are no HTTP servers: HTTP is forwarded as bytes here
+    // (the HTTP layer's own "nothing lost" is test/http-proxy.test.ts').
+    '--no-http',
   ]);
   for (const [i, c] of cases.entries()) {
     const client = await connect(ports[i]!);

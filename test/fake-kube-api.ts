@@ -78,6 +78,7 @@ export const COLLECTIONS: Readonly<Record<string, { kind: string; apiVersion: st
   '/apis/batch/v1/jobs': { kind: 'Job', apiVersion: 'batch/v1' },
   '/apis/batch/v1/cronjobs': { kind: 'CronJob', apiVersion: 'batch/v1' },
   '/apis/policy.linkerd.io/v1beta3/servers': { kind: 'Server', apiVersion: 'policy.linkerd.io/v1beta3' },
+  '/apis/discovery.k8s.io/v1/endpointslices': { kind: 'EndpointSlice', apiVersion: 'discovery.k8s.io/v1' },
   '/apis/policy.linkerd.io/v1alpha1/authorizationpolicies': { kind: 'AuthorizationPolicy', apiVersion: 'policy.linkerd.io/v1alpha1' },
   '/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications': { kind: 'MeshTLSAuthentication', apiVersion: 'policy.linkerd.io/v1alpha1' },
   '/apis/policy.linkerd.io/v1alpha1/networkauthentications': { kind: 'NetworkAuthentication', apiVersion: 'policy.linkerd.io/v1alpha1' },

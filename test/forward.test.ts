@@ -117,7 +117,6 @@ test('a refused target closes the client promptly; another listener keeps workin
   const attempts: Array<[number, string]> = [
     [ports[0]!, 'anyone there?'],
     [ports[0]!, ''],
-    [ports[1]!, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'],
     [ports[1]!, '\x16\x03\x01 not really tls'],
   ];
   for (const [port, hello] of attempts) {
@@ -131,6 +130,15 @@ test('a refused target closes the client promptly; another listener keeps workin
     assert.ok(elapsed < 2000, `closed promptly (${elapsed} ms, ${r.how} ${r.error ?? ''})`);
     client.destroy();
   }
+  // HTTP gets an HTTP answer instead of a reset: 502, at once.
+  const started = Date.now();
+  const http = await connect(ports[1]!);
+  const answer = once(http, 'data');
+  http.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  const [first] = (await withTimeout(answer, 3000, 'the 502')) as [Buffer];
+  assert.match(first.toString(), /^HTTP\/1\.1 502 Bad Gateway\r\n/);
+  http.destroy();
+  assert.ok(Date.now() - started < 2000, `answered promptly (${Date.now() - started} ms)`);
   const ok = await connect(ports[2]!);
   ok.end('works');
   assert.equal((await withTimeout(collect(ok), 5000, 'echo on the other listener')).sha256, sha256('works'));
@@ -167,10 +175,10 @@ test('IPv6: [::1] listener to an [::1] target', async (t) => {
   assert.equal(echo.accepted[0]?.remoteAddress, '::1', 'the proxy dialled the target over IPv6');
 });
 
-test('--forward modes: opaque passes bytes untouched, detect passes HTTP/1 untouched', async (t) => {
+test('--forward modes: opaque passes bytes untouched, detect with --no-http passes HTTP/1 untouched', async (t) => {
   const echo = await startEchoServer(t);
   const { ports } = await startProxy(
-    ['--forward', `${HOST}:0=${HOST}:${echo.port},mode=opaque`, '--forward', `${HOST}:0=${HOST}:${echo.port}`],
+    ['--forward', `${HOST}:0=${HOST}:${echo.port},mode=opaque`, '--forward', `${HOST}:0=${HOST}:${echo.port}`, '--no-http'],
     { t },
   );
   const payload = Buffer.concat([Buffer.from('GET /x HTTP/1.1\r\nHost: example\r\n\r\n'), randomBytes(MiB)]);

@@ -40,6 +40,10 @@ const PREFACE = Buffer.from('transport.l5d.io/v1\r\n\r\n');
 const ECHO = `const net = require('node:net');
 for (const p of process.argv.slice(1)) net.createServer((s) => { s.pipe(s); s.on('error', () => {}); }).listen({ host: '0.0.0.0', port: Number(p) });
 console.log('LISTENING');`;
+/** An HTTP/1.1 app: answers `hello <x-marker header> <request body bytes>`. */
+const HTTP_APP = `const http = require('node:http');
+http.createServer((req, res) => { let n = 0; req.on('data', (d) => { n += d.length; }); req.on('end', () => res.end('hello ' + req.headers['x-marker'] + ' ' + n + '\\n')); })
+  .listen({ host: '0.0.0.0', port: Number(process.argv[1]) }, () => console.log('LISTENING'));`;
 /**
  * Sends SIZE bytes (a fixed pattern with a plaintext marker), half-closes,
  * reads the echo; prints "SENT <sha> GOT <sha> <bytes>" or "ERROR <code>".
@@ -136,7 +140,7 @@ kind: Pod
 metadata: { name: server, namespace: e2e, labels: { app: server } }
 spec:
   serviceAccountName: server
-  containers: [{ name: app, ports: [{ containerPort: 8080 }, { containerPort: 8081 }, { containerPort: 7070 }, { containerPort: 7071 }] }]
+  containers: [{ name: app, ports: [{ containerPort: 8080 }, { containerPort: 8081 }, { containerPort: 8082 }, { containerPort: 7070 }, { containerPort: 7071 }] }]
 status: { podIP: ${ip} }
 ---
 apiVersion: policy.linkerd.io/v1beta3
@@ -180,6 +184,7 @@ spec:
     clientSidecar = await startSidecar(client, ['--identity-dir', join(dir, 'client'), '--destinations', join(dir, 'destinations')]);
     await server.spawn(process.execPath, ['-e', ECHO, '8080', '7070', '7071'], APP).waitFor(/LISTENING/);
     await startResponder(server, '0.0.0.0', 8081, 'responder', APP);
+    await server.spawn(process.execPath, ['-e', HTTP_APP, '8082'], APP).waitFor(/LISTENING/);
     // A "peer proxy" whose certificate has expired, on a port the server pod does not redirect.
     const expired = server.spawn('openssl', ['s_server', '-accept', `${expiredIp}:14143`, '-tls1_3', '-cert', join(dir, 'expired-server', 'tls.crt'),
       '-key', join(dir, 'expired-server', 'tls.key'), '-CAfile', join(dir, 'ca', 'ca.crt'), '-alpn', ALPN, '-naccept', '10']);
@@ -237,6 +242,38 @@ spec:
     assert.match(cm.stdout, /^identity_cert_expiration_timestamp_seconds \d+/m);
     const ready = await pair.client.exec('curl', ['-sS', 'http://127.0.0.1:4191/ready']);
     assert.match(ready.stdout, new RegExp(`^ready\\nidentity: ${CLIENT_ID.replaceAll('.', '\\.')} serial [0-9a-f]+ expires `));
+  });
+
+  test('HTTP to a meshed destination is proxied per request and rides mTLS: requests and their pooled upstream connection say tls="true" with the server identity, no plaintext on the wire', async (t) => {
+    if (!(await requireNetns(t))) return;
+    const before = (await clientSidecar.snapshot()).mesh.handshakeMs[1]!.count;
+    const pcap = join(dir, 'http.pcap');
+    // --immediate-mode: a few small packets must reach the file before the capture is stopped.
+    const capture = pair.client.spawn('tcpdump', ['-i', 'eth0', '-n', '-U', '--immediate-mode', '-s', '0', '-w', pcap, 'tcp']);
+    await capture.waitFor(/listening on eth0/);
+    // Two requests on one client connection (curl reuses it), one with a body.
+    const r = await pair.client.exec('curl', ['-sS', '--http1.1', '-H', 'x-marker: MESHPIPE-PLAINTEXT-MARKER', `http://${ip}:8082/a`,
+      '--next', '-sS', '--http1.1', '-H', 'x-marker: MESHPIPE-PLAINTEXT-MARKER', '--data-binary', 'MESHPIPE-PLAINTEXT-MARKER-BODY', `http://${ip}:8082/b`],
+    { ...APP, timeoutMs: 20_000 });
+    assert.equal(r.stdout, 'hello MESHPIPE-PLAINTEXT-MARKER 0\nhello MESHPIPE-PLAINTEXT-MARKER 30\n', `${r.stderr}\n${clientSidecar.process.output().slice(-3000)}`);
+    await capture.stop();
+    const wire = readFileSync(pcap);
+    assert.equal(wire.indexOf('MESHPIPE-PLAINTEXT-MARKER'), -1, 'no plaintext header or body between the pods');
+    assert.ok(wire.indexOf(Buffer.from([0x17, 0x03, 0x03])) >= 0, `TLS application data records on the wire (${wire.length} bytes captured)`);
+
+    const c = await clientSidecar.snapshot();
+    const requests = c.http.filter((h) => h.direction === 'outbound' && h.targetPort === 8082);
+    assert.deepEqual(requests.map((h) => [h.tls, h.serverId, h.requests, h.responses.map((x) => [x.statusCode, x.count])]),
+      [['true', SERVER_ID, 2, [[200, 2]]]], JSON.stringify(requests));
+    // The client connection and the upstream connection share the series (the endpoint is the destination itself).
+    const tcp = c.tcp.filter((s) => s.direction === 'outbound' && s.targetPort === 8082);
+    assert.deepEqual(tcp.map((s) => [s.tls, s.serverId, s.srcOpenTotal, s.dstOpenTotal]), [['true', SERVER_ID, 1, 1]], JSON.stringify(tcp));
+    assert.equal(c.mesh.handshakeMs[1]!.count - before, 1, 'one mesh handshake for both requests (a pooled connection)');
+    const s = await serverSidecar.snapshot();
+    const in8082 = s.tcp.filter((x) => x.direction === 'inbound' && x.targetPort === 8082);
+    assert.deepEqual(in8082.map((x) => [x.tls, x.clientId, x.dstOpenTotal]), [['true', CLIENT_ID, 1]], JSON.stringify(in8082));
+    const cm = await pair.client.exec('curl', ['-sS', 'http://127.0.0.1:4191/metrics']);
+    assert.match(cm.stdout, new RegExp(`^request_total\\{[^}]*direction="outbound"[^}]*target_port="8082"[^}]*tls="true"[^}]*server_id="${SERVER_ID.replaceAll('.', '\\.')}"[^}]*\\} 2$`, 'm'));
   });
 
   test('authorization: a Server admits only what its AuthorizationPolicy allows, counted with Linkerd labels', async (t) => {

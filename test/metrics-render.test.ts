@@ -98,7 +98,8 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
       { direction: 'inbound', error: 'not_pod_ip', count: 3 }, { direction: 'inbound', error: 'proxy_port', count: 2 },
       { direction: 'outbound', error: 'loop', count: 1 }, { direction: 'outbound', error: 'not_pod_ip', count: 0 },
     ],
-    tcpSeries: [1, 0], evictedSeries: 0,
+    tcpSeries: [1, 0], evictedSeries: 0, http: [], httpSeries: [0, 0], httpErrors: [],
+    endpoints: { generation: 0, services: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
     limits: {
       connections: [{ direction: 'inbound', limit: null, used: 0, refused: 0 }, { direction: 'outbound', limit: null, used: 0, refused: 0 }],
       detecting: [{ direction: 'inbound', limit: 1024, used: 0, refused: 0 }, { direction: 'outbound', limit: 1024, used: 0, refused: 0 }],

@@ -39,7 +39,8 @@ test('editing the annotations file under a running proxy: detect -> opaque for n
   writeAnnotations(file, ['config.linkerd.io/opaque-ports="25"', 'linkerd.io/inject="enabled"']);
   const echo = await startEchoServer(t);
   const { proc, ports } = await startProxy(
-    ['--forward', `${HOST}:0=${HOST}:${echo.port},direction=inbound`, '--annotations', file, '--admin', `${HOST}:0`],
+    // --no-http: the echo server is no HTTP server; the swap is what is tested.
+    ['--forward', `${HOST}:0=${HOST}:${echo.port},direction=inbound`, '--annotations', file, '--admin', `${HOST}:0`, '--no-http'],
     { t },
   );
   const admin = await adminAddress(proc);

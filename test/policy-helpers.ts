@@ -29,7 +29,7 @@ export function baseInputs(overrides: Partial<PolicyInputs> = {}): PolicyInputs 
     outboundDetectTimeoutMs: 10_000,
     workloadAnnotations: undefined,
     workloadAnnotationsOrigin: undefined,
-    manifests: { namespaces: [], services: [], workloads: [], servers: [], authz: [], ignored: 0, problems: [] },
+    manifests: { namespaces: [], services: [], workloads: [], servers: [], endpointSlices: [], authz: [], ignored: 0, problems: [] },
     identity: { namespace: undefined, pod: undefined },
     ...overrides,
   };

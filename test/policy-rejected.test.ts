@@ -54,6 +54,7 @@ function faulty(real: SidecarPolicy, faults: Faults): SidecarPolicy {
         ? edit(bytes, (t) => (t['rules'] as unknown[]).push({ direction: 'outbound', net: '300.0.0.0/8', ports: [1, 2], mode: 'opaque', detectTimeoutMs: null, source: 'fault' }))
         : bytes),
       updatePolicy: (bytes) => engine.updatePolicy(faults.delta ? edit(bytes, (d) => (d['base'] = Number(d['base']) + 1000)) : bytes),
+      updateEndpoints: (bytes) => engine.updateEndpoints(bytes),
     } satisfies PolicyEngine),
   };
 }

@@ -49,7 +49,7 @@ async function roundTrip(port: number, text: string): Promise<void> {
 }
 
 const POLICY_KEYS = ['generation', 'engineGeneration', 'inForce', 'sources', 'effective', 'destinations', 'rules', 'fallbackRules', 'problems',
-  'problemsTotal', 'stats', 'engine', 'serverFirst'];
+  'problemsTotal', 'stats', 'engine', 'endpoints', 'serverFirst'];
 
 test('bad files dropped into a watched folder: /ready stays 200, the last good policy stays in force', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-watched-'));

@@ -26,6 +26,7 @@ import { DEFAULT_OPAQUE_PORTS, type PortRange } from './port-list.js';
 import { admin, bool, count, duration, DURATION, engineLogFilter, ENGINE_LOG, forwardList, logFormat, LOG_FORMATS, logLevel, LOG_LEVELS, portDetectTimeouts, portList, PORTS, type LogFormat, type LogLevel, type PortDetectTimeout } from './schemas.js';
 import { SIDECAR_FIELDS, type SidecarConfig, sidecarConfig } from './sidecar.js';
 import { IDENTITY_FIELDS, type IdentityConfig, identityConfig } from './identity.js';
+import { HTTP_FIELDS, type HttpConfig, httpConfig } from './http.js';
 import { checkCombinations, closest, unknownEnvWarnings } from './combinations.js';
 import { NAMES_FIELDS, type NamesConfig, namesConfig } from './names.js';
 import {
@@ -41,7 +42,7 @@ export type { ForwardSpec, SocketAddr, PortMode, Direction, TargetAddress } from
 export { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './schemas.js';
 
 /** The validated, normalised, deeply frozen proxy configuration. */
-export interface ProxyConfig extends SidecarConfig, IdentityConfig, NamesConfig {
+export interface ProxyConfig extends SidecarConfig, IdentityConfig, NamesConfig, HttpConfig {
   readonly forward: readonly ForwardSpec[];
   readonly drainTimeoutMs: number;
   /** Limit on open proxied connections of each direction; 0 = unlimited (the default of the two below). */
@@ -150,6 +151,7 @@ const FIELDS = {
   inboundStopDelay: { schema: duration('a duration like 5s or 0 (stop at once)', { min: 0 }), default: '0s', expected: 'a duration like 5s or 0 (stop at once)' },
   ...SIDECAR_FIELDS,
   ...IDENTITY_FIELDS,
+  ...HTTP_FIELDS,
   ...NAMES_FIELDS,
 } as const;
 
@@ -324,6 +326,7 @@ export function resolveConfig(layers: readonly RawLayer[], extraWarnings: readon
     inboundStopDelayMs: v.inboundStopDelay,
     ...sidecarConfig(v),
     ...identityConfig(v, (k) => sources[k]),
+    ...httpConfig(v),
     ...namesConfig(v),
     sources,
     warnings: [],

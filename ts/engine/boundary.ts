@@ -15,7 +15,11 @@ copy?: CopySpec, policy: PolicySpec,
 /**
  * The inbound guard; required (with pod IPs) by transparent inbound listeners.
  */
-inbound?: InboundSpec, };
+inbound?: InboundSpec, 
+/**
+ * HTTP proxying; the defaults (`HttpSpec::default`) when absent.
+ */
+http?: HttpSpec, };
 
 export type ListenerSpec = { name: string, bind: string, target: TargetSpec, mode: PortMode | null, direction: Direction, };
 
@@ -185,6 +189,23 @@ policy: PolicySnapshot, listeners: Array<ListenerSnapshot>, tcp: Array<TcpSnapsh
  * TCP series kept per direction (inbound, outbound), overflow not counted.
  */
 tcpSeries: Array<number>, 
+/**
+ * HTTP series (`request_total`, `response_total`, `response_latency_ms`).
+ */
+http: Array<HttpSnapshot>, 
+/**
+ * HTTP series kept per direction (inbound, outbound), overflow not counted.
+ */
+httpSeries: Array<number>, 
+/**
+ * HTTP errors per direction and reason, zeros included
+ * (`{direction}_http_errors_total{error}`).
+ */
+httpErrors: Array<HttpErrorSnapshot>, 
+/**
+ * The endpoints table in force (HTTP balancing) and its update counters.
+ */
+endpoints: EndpointsSnapshot, 
 /**
  * Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
  */
@@ -553,6 +574,109 @@ tunnelPort: number,
  * Where the entry came from (`Pod ns/name`, `FILE:line`), for explain and logs.
  */
 source: string, };
+
+export type HttpSpec = { 
+/**
+ * Serve connections detected (or declared) as HTTP as HTTP, request by
+ * request; `false` forwards them as TCP like any other connection.
+ */
+enabled: boolean, 
+/**
+ * Largest request head (request line and headers), bytes; a larger one
+ * gets 431. Also the largest response head accepted from upstream.
+ */
+maxHeaderBytes: number, 
+/**
+ * Time to wait for response headers from upstream before answering
+ * 504; 0 = wait forever (the default, as Linkerd).
+ */
+responseTimeoutMs: number, 
+/**
+ * Per-port response timeouts; the first matching entry wins over
+ * `responseTimeoutMs` (0 in an entry = no timeout for those ports).
+ */
+portResponseTimeouts: Array<PortTimeoutSpec>, 
+/**
+ * Idle HTTP/1 upstream connections kept per endpoint and worker thread.
+ */
+poolMaxIdle: number, 
+/**
+ * Idle upstream connections are closed after this, ms.
+ */
+poolIdleTimeoutMs: number, };
+
+export type EndpointsUpdate = { generation: number, 
+/**
+ * The generation a change applies to (ignored with `replace`).
+ */
+base: number, replace: boolean, upsert: Array<ServiceEndpointsSpec>, remove: Array<string>, };
+
+export type ServiceEndpointsSpec = { 
+/**
+ * The Service address: `ip:port` (cluster IP and Service port).
+ */
+service: string, 
+/**
+ * Ready endpoint addresses (`ip:port`, the target port).
+ */
+endpoints: Array<string>, 
+/**
+ * Where it came from (`Service ns/name`, `FILE:line`).
+ */
+source: string, };
+
+export type EndpointsSnapshot = { generation: number, 
+/**
+ * Services in the table.
+ */
+services: number, updatesApplied: number, updatesRejected: number, 
+/**
+ * The last rejected update, until an update is accepted again.
+ */
+lastRejection: PolicyRejection | null, };
+
+export type HttpErrorReason = "bad_gateway" | "unavailable" | "gateway_timeout" | "loop" | "bad_request" | "headers_too_large" | "response_body" | "client_cancel" | "not_http";
+
+export type HttpSnapshot = { direction: Direction, authority: string | null, 
+/**
+ * `None` on the overflow series.
+ */
+targetAddr: string | null, targetIp: string | null, targetPort: number | null, tls: TlsLabel, noTlsReason: NoTlsReason | null, sni: string | null, 
+/**
+ * Inbound mesh TLS: the client's verified identity.
+ */
+clientId: string | null, 
+/**
+ * Outbound mesh TLS: the server's verified identity.
+ */
+serverId: string | null, overflow: boolean, 
+/**
+ * `request_total`.
+ */
+requests: number, 
+/**
+ * `response_total`, one entry per label set.
+ */
+responses: Array<ResponseSnapshot>, 
+/**
+ * `response_latency_ms`: request received to first response body frame.
+ */
+latencyMs: HistogramSnapshot, };
+
+export type ResponseSnapshot = { 
+/**
+ * `None` when the stream failed before a response head, or for the
+ * per-class overflow of a series with very many distinct statuses.
+ */
+statusCode: number | null, classification: Classification, 
+/**
+ * The gRPC status from the trailers (or a trailers-only response).
+ */
+grpcStatus: number | null, error: HttpErrorReason | null, count: number, };
+
+export type HttpErrorSnapshot = { direction: Direction, error: HttpErrorReason, count: number, };
+
+export type Classification = "success" | "failure";
 
 export type MeshPeerSpec = { 
 /**

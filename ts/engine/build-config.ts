@@ -40,6 +40,18 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = fla
     },
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
+    http: {
+      enabled: config.http,
+      maxHeaderBytes: config.httpMaxHeaderBytes,
+      responseTimeoutMs: config.httpResponseTimeoutMs,
+      portResponseTimeouts: config.httpPortResponseTimeouts.map((t) => ({
+        direction: t.direction ?? null,
+        ports: [t.ports[0], t.ports[1]] as [number, number],
+        timeoutMs: t.timeoutMs,
+      })),
+      poolMaxIdle: 128,
+      poolIdleTimeoutMs: 90_000,
+    },
     listeners:
       config.forward.length > 0
         ? config.forward.map((f) => ({

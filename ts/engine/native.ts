@@ -42,6 +42,7 @@ import type {
   TargetAddrsSpec,
   TcpSnapshot,
   DetectResult,
+  EndpointsUpdate,
 } from './boundary.js';
 
 export type * from './boundary.js';
@@ -80,7 +81,7 @@ export interface RawBinding {
 const encoder = new TextEncoder();
 
 /** A table or delta as the addon takes it: UTF-8 JSON bytes (already encoded ones pass through untouched). */
-function bytesOf(value: PolicyTable | PolicyChange | Uint8Array): Uint8Array {
+function bytesOf(value: PolicyTable | PolicyChange | EndpointsUpdate | Uint8Array): Uint8Array {
   return value instanceof Uint8Array ? value : encoder.encode(JSON.stringify(value));
 }
 
@@ -133,6 +134,15 @@ export class NativeProxy {
   /** What the current table decides for a connection, with the source. */
   explainPolicy(direction: Direction, ip: string, port: number): PolicyDecision {
     return JSON.parse(call(() => this.#raw.explainPolicy(direction, ip, port))) as PolicyDecision;
+  }
+
+  /**
+   * Applies an endpoints update (an EndpointsUpdate, or its UTF-8 JSON bytes:
+   * Service address -> endpoints, for HTTP balancing): a whole table, or a
+   * change onto its base generation, all or nothing.
+   */
+  updateEndpoints(update: EndpointsUpdate | Uint8Array): number {
+    return call(() => this.#raw.updateEndpoints(bytesOf(update)));
   }
 
   /** Installs or replaces the mesh identity (new connections only); throws ERR_IDENTITY. */

@@ -24,6 +24,7 @@ import {
   type BoundListener,
   type CloseSummary,
   type ConnectionInfo,
+  type EndpointsUpdate,
   type EngineConfig,
   type EngineEvent,
   type EngineSnapshot,
@@ -146,6 +147,17 @@ export class Proxy {
   /** Swaps in a whole new policy table atomically; only new connections see it. Returns the engine's generation. */
   setPolicy(policy: PolicyTable | Uint8Array): number {
     return this.#native.setPolicy(policy);
+  }
+
+  /**
+   * Applies an endpoints update: Services (cluster IP and port) and their
+   * endpoints for per-request HTTP balancing, before or after `start()`.
+   * Requests in flight keep their endpoint. Returns the table's generation.
+   * A change applies only onto the generation it names as its `base`.
+   * @throws MeshpipeError ERR_POLICY when an entry is invalid or the base is not the engine's generation (the table in force stays)
+   */
+  updateEndpoints(update: EndpointsUpdate | Uint8Array): number {
+    return this.#native.updateEndpoints(update);
   }
 
   /** Installs or replaces the mesh identity: new connections use it, open ones keep theirs. */

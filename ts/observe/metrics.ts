@@ -26,9 +26,13 @@
  * server answers; for peer="dst" (the server side) it reads server-to-client
  * and writes client-to-server.
  *
- * Reserved, NOT registered yet (they come with the HTTP work and must keep
- * Linkerd's names): `request_total`, `response_total` (+ status_code,
- * classification, grpc_status, error) and `response_latency_ms`.
+ * HTTP, Linkerd's names (labels: direction, authority, the target labels and
+ * the TLS labels): `request_total`, `response_total` (+ status_code,
+ * classification = success|failure, grpc_status, error) and
+ * `response_latency_ms` (request received to first response body frame).
+ * The gRPC status label is `grpc_status`, as linkerd2-proxy's code emits it
+ * and dashboards query it (Linkerd's docs say `grpc_status_code`). Plus
+ * `{direction}_http_errors_total{error}` for failures by reason.
  *
  * Cardinality is bounded by the engine: past `metrics.maxTargets` distinct
  * targets of one direction (config `maxMetricTargets`), that direction's new
@@ -38,7 +42,7 @@
  * never grows without bound.
  */
 import { collectDefaultMetrics, Registry, type Metric } from 'prom-client';
-import type { EngineSnapshot, HistogramSnapshot, TcpSeriesSnapshot } from '../engine/index.js';
+import type { EngineSnapshot, HistogramSnapshot, HttpSnapshot, TcpSeriesSnapshot } from '../engine/index.js';
 
 /** Event-loop lag sampling period (ms) for prom-client's default metrics. */
 export const EVENT_LOOP_SAMPLE_MS = 200;
@@ -48,8 +52,8 @@ export interface SnapshotSource {
   snapshot(): EngineSnapshot;
 }
 
-/** Names reserved for the HTTP metrics; registering them here would break Linkerd dashboards later. */
-export const RESERVED_HTTP_METRICS = ['request_total', 'response_total', 'response_latency_ms'] as const;
+/** The HTTP metrics, in Linkerd's names (dashboards query exactly these). */
+export const HTTP_METRICS = ['request_total', 'response_total', 'response_latency_ms'] as const;
 
 /** The `target_addr` label of the series that collects targets past the cardinality bound. */
 export const OVERFLOW_TARGET = 'overflow';
@@ -240,6 +244,45 @@ function acceptErrors(direction: 'inbound' | 'outbound', name: string) {
   };
 }
 
+/** The labels of one HTTP series: direction, authority, target and TLS. */
+function httpLabels(h: HttpSnapshot): Labels {
+  return {
+    direction: h.direction,
+    authority: h.authority ?? '',
+    target_addr: h.overflow ? OVERFLOW_TARGET : (h.targetAddr ?? ''),
+    target_ip: h.overflow ? '' : (h.targetIp ?? ''),
+    target_port: h.overflow || h.targetPort === null ? '' : String(h.targetPort),
+    tls: h.tls,
+    no_tls_reason: h.noTlsReason ?? '',
+    sni: h.sni ?? '',
+    ...(h.clientId !== null ? { client_id: h.clientId } : {}),
+    ...(h.serverId !== null ? { server_id: h.serverId } : {}),
+  };
+}
+
+/** `response_total`: one sample per (series, status, gRPC status, error). */
+function responses(s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink): void {
+  for (const h of s.http) {
+    const base = httpLabels(h);
+    for (const r of h.responses) {
+      out.add('response_total', r.count, shared({
+        ...base,
+        status_code: r.statusCode === null ? '' : String(r.statusCode),
+        classification: r.classification,
+        grpc_status: r.grpcStatus === null ? '' : String(r.grpcStatus),
+        error: r.error ?? '',
+      }));
+    }
+  }
+}
+
+/** `{direction}_http_errors_total{error}`, zeros included (a rate works before the first error). */
+function httpErrors(direction: 'inbound' | 'outbound', name: string) {
+  return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
+    for (const e of s.httpErrors) if (e.direction === direction) out.add(name, e.count, NONE, 'error', e.error);
+  };
+}
+
 /** Linkerd's `inbound_tcp_authz_{allow,deny}_total` (authz_* labels on allow only). */
 function authzDecisions(allow: boolean, name: string) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
@@ -291,6 +334,28 @@ const FAMILIES: readonly FamilySpec[] = [
   { name: 'meshpipe_detect_duration_ms', type: 'histogram', help: 'Time from accept to the protocol detection decision, in milliseconds',
     emit: (s, _series, out) => {
       for (const h of s.detectDurationMs) emitHistogram(out, 'meshpipe_detect_duration_ms', h, shared({ direction: h.direction }));
+    } },
+  { name: 'request_total', type: 'counter', help: 'Total count of HTTP requests',
+    emit: (s, _series, out) => { for (const h of s.http) out.add('request_total', h.requests, shared(httpLabels(h))); } },
+  { name: 'response_total', type: 'counter', help: 'Total count of HTTP responses (classification: failure = 5xx, a failing gRPC status, or an error)',
+    emit: responses },
+  { name: 'response_latency_ms', type: 'histogram', help: 'Elapsed times between a request\'s receipt and its first response body frame, in milliseconds',
+    emit: (s, _series, out) => { for (const h of s.http) emitHistogram(out, 'response_latency_ms', h.latencyMs, shared(httpLabels(h))); } },
+  { name: 'inbound_http_errors_total', type: 'counter', help: 'Inbound HTTP failures by reason (bad_gateway, unavailable, gateway_timeout, loop, bad_request, headers_too_large, response_body, client_cancel, not_http)',
+    emit: httpErrors('inbound', 'inbound_http_errors_total') },
+  { name: 'outbound_http_errors_total', type: 'counter', help: 'Outbound HTTP failures by reason (see inbound_http_errors_total)',
+    emit: httpErrors('outbound', 'outbound_http_errors_total') },
+  { name: 'meshpipe_http_series', type: 'gauge', help: 'HTTP label series the engine keeps (authorities share the per-direction budget with TCP series)',
+    emit: single('meshpipe_http_series', (s) => s.http.length) },
+  { name: 'meshpipe_endpoints_generation', type: 'gauge', help: 'Generation of the endpoints table (Service address to endpoints) used for HTTP balancing',
+    emit: single('meshpipe_endpoints_generation', (s) => s.endpoints.generation) },
+  { name: 'meshpipe_endpoints_services', type: 'gauge', help: 'Services (cluster IP and port) in the endpoints table used for HTTP balancing',
+    emit: single('meshpipe_endpoints_services', (s) => s.endpoints.services) },
+  { name: 'meshpipe_endpoints_updates_total', type: 'counter',
+    help: 'Endpoints tables and changes the engine applied (result="applied") or refused (result="rejected": nothing changed, the last good table stayed in force)',
+    emit: (s, _series, out) => {
+      out.add('meshpipe_endpoints_updates_total', s.endpoints.updatesApplied, NONE, 'result', 'applied');
+      out.add('meshpipe_endpoints_updates_total', s.endpoints.updatesRejected, NONE, 'result', 'rejected');
     } },
   { name: 'meshpipe_server_first_targets', type: 'gauge', help: 'Targets currently learned to speak first (detection is skipped for them until they expire)',
     emit: single('meshpipe_server_first_targets', (s) => s.serverFirst.targets.length) },

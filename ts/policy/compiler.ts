@@ -258,6 +258,8 @@ export class PolicyCompiler {
   }
 
   #put(key: Key, origin: string, next: PolicyObject | undefined): void {
+    // EndpointSlices are for HTTP balancing (endpoints.ts), not port policy.
+    if (next?.kind === 'EndpointSlice') return;
     const prev = this.#objects.get(key);
     if (prev === next) return;
     if (prev) this.#unindex(key, origin, prev);
@@ -346,6 +348,8 @@ export class PolicyCompiler {
         // Only to find this proxy's own workload.
         if (couldBeSelf(identity, o)) this.#frameDirty = true;
         break;
+      case 'EndpointSlice':
+        break; // never stored (#put): endpoints.ts compiles them
     }
   }
 

@@ -34,7 +34,7 @@ export function configInputs(config: ProxyConfig): PolicyInputs {
     outboundDetectTimeoutMs: config.outboundDetectTimeoutMs,
     workloadAnnotations: undefined,
     workloadAnnotationsOrigin: undefined,
-    manifests: { namespaces: [], services: [], workloads: [], servers: [], authz: [], ignored: 0, problems: [] },
+    manifests: { namespaces: [], services: [], workloads: [], servers: [], endpointSlices: [], authz: [], ignored: 0, problems: [] },
     identity: { namespace: config.namespace ?? process.env['POD_NAMESPACE'], pod: config.pod ?? process.env['POD_NAME'] },
     mesh: meshSettings(config),
   };

@@ -21,6 +21,10 @@
  * into the table's inbound authorization, mesh-destinations.ts the meshed
  * peers of pods with the sidecar and the `--destinations FILE` entries (the
  * mesh parts ride in the same table).
+ * endpoints.ts compiles Services and their EndpointSlices, incrementally, and
+ * the static `--endpoints FILE` (endpoints-file.ts) into the engine's
+ * endpoints table for per-request HTTP balancing; the worker sends it with
+ * the policy and endpoints-feed.ts hands it to the engine.
  *
  * Other folders import from here (the Kubernetes object types and loaders from
  * ts/policy/k8s/). Files of the policy folder and of k8s/ import each other
@@ -47,3 +51,5 @@ export type { PolicyUpdate } from './source.js';
 export { createSidecarPolicy, POLICY_MESSAGES, type SidecarPolicy, type PolicyEngine } from './sidecar.js';
 export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, type AuthzInputs, type AuthzResult } from './authz.js';
 export { parseDestinationsFile, isMeshed, meshPeerOf, MESH_ANNOTATIONS, DEFAULT_TUNNEL_PORT } from './mesh-destinations.js';
+export { EndpointsCompiler, compileEndpoints, type EndpointsChange } from './endpoints.js';
+export { parseEndpointsFile, readEndpointsFile, socketAddr, type EndpointsProblem } from './endpoints-file.js';

@@ -23,19 +23,28 @@
  * table from the sources, the proxy has no valid policy at all and /ready
  * says so. A problem in the inputs is not a refusal: its entries are left out
  * and the problem is logged when the problems change, and listed on /policy.
+ *
+ * The endpoints table of HTTP balancing travels the same way
+ * (endpoints-feed.ts): with sources, the worker compiles Services and
+ * EndpointSlices and the static `--endpoints FILE` (read here, at start: a
+ * bad line stops the start); without sources, the file's table is put into
+ * the engine by `start()`. Either way before the listeners bind.
  */
 import type { ProxyConfig } from '../config/index.js';
 import { hasPolicySources } from '../config/index.js';
 import type { Logger } from '../observe/index.js';
-import type { EngineSnapshot } from '../engine/index.js';
+import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
 import { configInputs, flagsPolicy, meshSettings } from './flags.js';
+import { compileEndpoints } from './endpoints.js';
+import { EndpointsFeed, ENDPOINTS_MESSAGES, type EndpointsEngine } from './endpoints-feed.js';
+import { readEndpointsFile } from './endpoints-file.js';
 import type { PolicyTable } from './model.js';
 import { policyView, type PolicyViewPart } from './view.js';
 import { PolicyWorker } from './worker-client.js';
 import type { WorkerMessage } from './worker.js';
 
 /** What the sidecar policy needs from the engine. */
-export interface PolicyEngine {
+export interface PolicyEngine extends EndpointsEngine {
   /** A whole table (UTF-8 JSON of a PolicySpec). */
   setPolicy(bytes: Uint8Array): number;
   /** A delta (UTF-8 JSON of a PolicyDelta). */
@@ -62,7 +71,12 @@ export const POLICY_MESSAGES = {
   problems: 'policy problems: invalid entries were ignored, the valid ones apply',
   reloadFailed: 'policy reload failed; the last good policy stays in force',
   workerCrashed: 'the policy worker stopped; the last good policy stays in force until it is back',
+  endpointsUpdated: ENDPOINTS_MESSAGES.updated,
+  endpointsRejected: ENDPOINTS_MESSAGES.rejected,
 } as const;
+
+/** The endpoints the sidecar compiles: the file's entries; undefined with the HTTP layer off (nothing balances). */
+type EndpointsInput = { readonly fromFile: readonly ServiceEndpointsSpec[] } | undefined;
 
 function sources(config: ProxyConfig): Record<string, unknown> {
   return {
@@ -87,6 +101,7 @@ function document(
     sources: sources(config),
     ...part,
     engine: snapshot?.policy ?? null,
+    endpoints: snapshot?.endpoints ?? null,
     serverFirst: {
       note: 'targets learned to speak first skip detection until they expire; make it permanent with config.linkerd.io/opaque-ports',
       targets: snapshot?.serverFirst.targets ?? [],
@@ -95,13 +110,19 @@ function document(
 }
 
 /** The flags-only policy: compiled once, nothing to watch. */
-function flagsOnly(config: ProxyConfig, logger: Logger): SidecarPolicy {
+function flagsOnly(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput): SidecarPolicy {
   const compiled = flagsPolicy(config);
   const part = policyView({ effective: compiled.effective, destinations: 0 }, compiled.table, compiled.problems, { objects: 0, addresses: 0, tables: 0 });
   return {
     initial: compiled.table,
-    start: () => {
+    start: (engine) => {
       logger.info({ generation: compiled.table.generation, rules: compiled.table.rules.length, fallbackRules: compiled.table.fallbackRules.length }, POLICY_MESSAGES.loaded);
+      if (endpoints !== undefined && endpoints.fromFile.length > 0) {
+        // The file alone: one whole table, before the listeners bind; a refusal stops the start.
+        const upsert = compileEndpoints([], endpoints.fromFile);
+        const generation = engine.updateEndpoints(new TextEncoder().encode(JSON.stringify({ generation: 1, base: 0, replace: true, upsert, remove: [] })));
+        logger.info({ generation, services: upsert.length, upserted: upsert.length, removed: 0 }, ENDPOINTS_MESSAGES.updated);
+      }
       return Promise.resolve();
     },
     notInForce: () => null,
@@ -124,8 +145,9 @@ class WorkerPolicy implements SidecarPolicy {
   #resyncRequested = false;
   #retry: NodeJS.Timeout | undefined;
   #retryMs = RETRY_FIRST_MS;
+  readonly #endpoints: EndpointsFeed;
 
-  constructor(config: ProxyConfig, logger: Logger) {
+  constructor(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput) {
     this.#config = config;
     this.#logger = logger;
     this.initial = flagsPolicy(config).table;
@@ -145,7 +167,9 @@ class WorkerPolicy implements SidecarPolicy {
       pod: inputs.identity.pod,
       mesh: meshSettings(config),
       destinationsFile: config.destinations,
-    }, () => this.#generation + 1);
+      endpoints,
+    }, () => this.#generation + 1, () => this.#endpoints.generation + 1);
+    this.#endpoints = new EndpointsFeed(logger, () => this.#worker.resyncEndpoints());
     this.#worker.on('message', (m) => this.#onMessage(m));
     this.#worker.on('crashed', (err, restartInMs) => this.#logger.error({ err, restartInMs }, POLICY_MESSAGES.workerCrashed));
   }
@@ -202,6 +226,9 @@ class WorkerPolicy implements SidecarPolicy {
         else this.#logger.debug(fields, POLICY_MESSAGES.updated);
         return;
       }
+      case 'endpoints':
+        this.#endpoints.apply(engine, m);
+        return;
       case 'problems':
         if (m.total > 0) this.#logger.warn({ generation: m.generation, problems: m.problems, total: m.total }, POLICY_MESSAGES.problems);
         return;
@@ -244,6 +271,7 @@ class WorkerPolicy implements SidecarPolicy {
 
   close(): Promise<void> {
     if (this.#retry) clearTimeout(this.#retry);
+    this.#endpoints.close();
     return this.#worker.close();
   }
 }
@@ -257,5 +285,10 @@ function round(ms: number): number {
 
 /** The sidecar's policy: flags only, or the configured sources in a worker. */
 export function createSidecarPolicy(config: ProxyConfig, logger: Logger): SidecarPolicy {
-  return hasPolicySources(config) || config.destinations !== undefined ? new WorkerPolicy(config, logger) : flagsOnly(config, logger);
+  // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
+  const fromFile = config.endpoints === undefined ? [] : readEndpointsFile(config.endpoints);
+  const endpoints: EndpointsInput = config.http ? { fromFile } : undefined;
+  return hasPolicySources(config) || config.destinations !== undefined
+    ? new WorkerPolicy(config, logger, endpoints)
+    : flagsOnly(config, logger, endpoints);
 }

@@ -21,6 +21,13 @@
  * last objects while the API is down. Each of those stays in `problems` until
  * it is fixed.
  *
+ * With `endpoints` set (the HTTP layer is on), Services and EndpointSlices
+ * also feed the endpoints compiler (endpoints.ts), and each change of the
+ * endpoints table is an `endpoints` event: the Service addresses that
+ * changed, as an EndpointsUpdate onto the previous endpoints generation (the
+ * whole table first, with `endpointsTable()`). The endpoints have their own
+ * generations: a scaling Deployment does not touch the port policy.
+ *
  * In the sidecar this runs in a worker thread (worker.ts), so parsing and
  * compiling never hold up the proxy's event loop.
  */
@@ -33,6 +40,8 @@ import { parseDownwardApi } from './downward-api.js';
 import { listManifestFiles, loadManifestFile, type ManifestFile } from './k8s/manifests.js';
 import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
 import { PolicyCompiler, type CompilerChange } from './compiler.js';
+import { EndpointsCompiler } from './endpoints.js';
+import type { EndpointsUpdate, ServiceEndpointsSpec } from '../engine/index.js';
 import { settingsOf } from './compile.js';
 import type { EffectivePolicy, MeshSettings, PolicyChange, PolicyFrame, PolicyTable } from './model.js';
 import { parseDestinationsFile } from './mesh-destinations.js';
@@ -65,6 +74,14 @@ export interface PolicySourceOptions {
   readonly pollIntervalMs?: number | undefined;
   /** The first table's generation (default 1): a restarted source continues above the engine's. */
   readonly firstGeneration?: number | undefined;
+  /**
+   * Compile the endpoints table for HTTP balancing (Services and
+   * EndpointSlices; the watch then lists EndpointSlices too), starting from
+   * the static file's entries; undefined: no endpoints.
+   */
+  readonly endpoints?: { readonly fromFile: readonly ServiceEndpointsSpec[] } | undefined;
+  /** The first endpoints table's generation (default 1). */
+  readonly firstEndpointsGeneration?: number | undefined;
   /** `--trust-domain`, `--identity-template`, `--default-inbound-policy` (default: Linkerd's). */
   readonly mesh?: MeshSettings | undefined;
   /** `--destinations FILE`: static meshed destinations. */
@@ -88,6 +105,8 @@ export interface PolicyUpdate {
 
 export interface PolicySourceEvents {
   policy: [PolicyUpdate];
+  /** A change of the endpoints table, onto generation `base` (after the first, whole table). */
+  endpoints: [EndpointsUpdate];
   /**
    * A reload or change check started by a file or Kubernetes change failed
    * (an unexpected error: bad input is a problem in the update, not this);
@@ -111,6 +130,9 @@ function delta(generation: number, base: number, c: CompilerChange): PolicyChang
 export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private readonly opts: PolicySourceOptions;
   private readonly compiler: PolicyCompiler;
+  private readonly endpoints: EndpointsCompiler | undefined;
+  /** The endpoints generation last published; undefined before the first publish. */
+  private endpointsGeneration: number | undefined;
   private annotations: Map<string, string> | undefined;
   private annotationProblems: PolicyProblem[] = [];
   private destinationsRead = false;
@@ -142,6 +164,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       identity: { namespace: options.namespace, pod: options.pod },
       mesh: options.mesh,
     }));
+    this.endpoints = options.endpoints === undefined ? undefined : new EndpointsCompiler(options.endpoints.fromFile);
   }
 
   /** The last published update (undefined before start). */
@@ -171,6 +194,22 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     return this.compiler.stats();
   }
 
+  /** Service addresses in the endpoints table. */
+  endpointsSize(): number {
+    return this.endpoints?.size ?? 0;
+  }
+
+  /**
+   * The whole endpoints table at the current endpoints generation
+   * (publishes pending changes first); undefined without endpoints. O(table).
+   */
+  endpointsTable(): EndpointsUpdate | undefined {
+    if (this.endpoints === undefined) return undefined;
+    if (this.last !== undefined && this.endpoints.dirty) this.publish();
+    const generation = this.endpointsGeneration ?? this.opts.firstEndpointsGeneration ?? 1;
+    return { generation, base: 0, replace: true, upsert: this.endpoints.whole(), remove: [] };
+  }
+
   /** Loads everything, compiles, starts watching. Resolves with the first policy (a whole table). */
   async start(): Promise<PolicyUpdate> {
     if (this.opts.kube) {
@@ -180,11 +219,17 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
         kubeconfig: this.opts.kubeconfig,
         // Workload controllers only serve to find this proxy's own workload.
         controllersNamespace: identity.pod === undefined ? undefined : (identity.namespace ?? 'default'),
+        endpointSlices: this.endpoints !== undefined,
         ...this.opts.kubeWatch,
       });
       this.kube.on('event', (e) => {
-        if (e.type === 'upsert') this.compiler.upsert(KUBE, e.object, e.problems);
-        else this.compiler.remove(KUBE, e);
+        if (e.type === 'upsert') {
+          this.compiler.upsert(KUBE, e.object, e.problems);
+          this.endpoints?.upsert(KUBE, e.object);
+        } else {
+          this.compiler.remove(KUBE, e);
+          this.endpoints?.remove(KUBE, e);
+        }
         this.soon();
       });
       this.kube.on('status', () => {
@@ -265,8 +310,23 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.kubeProblems = problems;
   }
 
-  /** Flushes the compiler and emits the new generation (or new problems). */
+  /** Flushes the endpoints compiler and emits its change (the first flush only sets the generation: the whole table goes first). */
+  private publishEndpoints(): void {
+    if (this.endpoints === undefined) return;
+    const change = this.endpoints.flush();
+    if (this.endpointsGeneration === undefined) {
+      this.endpointsGeneration = this.opts.firstEndpointsGeneration ?? 1;
+      return;
+    }
+    if (change === undefined) return;
+    const base = this.endpointsGeneration;
+    this.endpointsGeneration = base + 1;
+    this.emit('endpoints', { generation: base + 1, base, replace: false, upsert: [...change.upsert], remove: [...change.remove] });
+  }
+
+  /** Flushes the compilers and emits the new generation (or new problems). */
   private publish(): PolicyUpdate {
+    this.publishEndpoints();
     const change = this.compiler.flush();
     const key = `${this.compiler.problemsVersion}\u0000${this.annotationProblems.map((p) => p.message).join('\u0000')}\u0000${this.kubeProblems.map((p) => p.message).join('\u0000')}`;
     const problemsChanged = key !== this.problemsKey;
@@ -432,18 +492,21 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       const known = this.files.get(file);
       if (result.parsed) {
         this.compiler.setOrigin(file, result.objects, result.problems);
+        this.endpoints?.setOrigin(file, result.objects);
         this.files.set(file, { signature, good: true });
       } else if (known?.good) {
         this.compiler.setOriginProblems(file, [...result.problems, generalProblem(`${file}: keeping its last good content until it parses again`, file)]);
         this.files.set(file, { signature, good: true });
       } else {
         this.compiler.setOrigin(file, result.objects, result.problems); // never parsed: its valid documents still count
+        this.endpoints?.setOrigin(file, result.objects);
         this.files.set(file, { signature, good: false });
       }
     }
     for (const file of [...this.files.keys()]) {
       if (present.has(file)) continue;
       this.compiler.setOrigin(file, [], []);
+      this.endpoints?.setOrigin(file, []);
       this.files.delete(file);
     }
     this.compiler.setOriginProblems(MANIFEST_PATHS, pathProblems);

@@ -39,11 +39,14 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
   readonly #views = new Map<number, (view: unknown) => void>();
   /** The generation a restarted worker starts from (set by the owner: above the engine's). */
   nextGeneration: () => number;
+  /** The endpoints generation a restarted worker starts from (above the engine's). */
+  nextEndpointsGeneration: () => number;
 
-  constructor(options: PolicySourceOptions, nextGeneration: () => number) {
+  constructor(options: PolicySourceOptions, nextGeneration: () => number, nextEndpointsGeneration: () => number = () => 1) {
     super();
     this.#options = options;
     this.nextGeneration = nextGeneration;
+    this.nextEndpointsGeneration = nextEndpointsGeneration;
   }
 
   /** Starts the worker; resolves with its first whole table, rejects when its sources cannot start (e.g. a bad kubeconfig). */
@@ -61,7 +64,7 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
         }
       };
       this.on('message', onMessage);
-      this.#spawn(this.#options.firstGeneration ?? 1, (err) => {
+      this.#spawn(this.#options.firstGeneration ?? 1, this.#options.firstEndpointsGeneration ?? 1, (err) => {
         if (first) {
           first = false;
           reject(new MeshpipeError('ERR_STARTUP', `the policy worker failed: ${err.message}`, { cause: err }));
@@ -70,9 +73,9 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
     });
   }
 
-  #spawn(firstGeneration: number, onFailure?: (err: Error) => void): void {
+  #spawn(firstGeneration: number, firstEndpointsGeneration: number, onFailure?: (err: Error) => void): void {
     const worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { options: { ...this.#options, firstGeneration } },
+      workerData: { options: { ...this.#options, firstGeneration, firstEndpointsGeneration } },
       resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB, maxYoungGenerationSizeMb: WORKER_YOUNG_MB },
     });
     this.#worker = worker;
@@ -105,7 +108,7 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
       this.emit('crashed', err, delay);
       this.#restart = setTimeout(() => {
         this.#restart = undefined;
-        if (!this.#closed) this.#spawn(this.nextGeneration());
+        if (!this.#closed) this.#spawn(this.nextGeneration(), this.nextEndpointsGeneration());
       }, delay);
       this.#restart.unref();
     });
@@ -128,6 +131,11 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
   /** Asks for the whole table again (the engine refused a delta). */
   resync(): void {
     this.#post({ type: 'resync' });
+  }
+
+  /** Asks for the whole endpoints table again (the engine refused a change). */
+  resyncEndpoints(): void {
+    this.#post({ type: 'resyncEndpoints' });
   }
 
   /** The policy part of /policy, from the worker. */

@@ -6,9 +6,13 @@
 //! here (a listener without a target, a zero buffer) would otherwise surface
 //! as a confusing failure deep in the data path.
 
+mod http;
+
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use http::HttpSpec;
 
 use crate::addr::{AddrError, BindAddr, TargetAddr};
 use crate::policy::{Direction, PolicyError, PolicySpec, PolicyStore, PortMode};
@@ -216,6 +220,10 @@ pub struct EngineSpec {
     #[serde(default)]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub inbound: Option<InboundSpec>,
+    /// HTTP proxying; the defaults (`HttpSpec::default`) when absent.
+    #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub http: Option<HttpSpec>,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -302,6 +310,7 @@ pub struct EngineConfig {
     pub copy: crate::copy::CopyConfig,
     pub policy: PolicyStore,
     pub inbound: crate::target::InboundGuard,
+    pub http: crate::http::HttpConfig,
 }
 
 impl EngineSpec {
@@ -391,6 +400,7 @@ impl EngineSpec {
             },
             policy: PolicyStore::compile(&self.policy)?,
             inbound,
+            http: self.http.clone().unwrap_or_default().validate()?,
         })
     }
 

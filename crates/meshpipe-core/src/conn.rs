@@ -119,6 +119,19 @@ impl ConnInfo {
         Forwarding(self)
     }
 
+    /// Publishes one socket (an HTTP client connection, whose upstream
+    /// connections are pooled) to the idle sweep until [`ConnInfo::withdraw`].
+    /// The caller withdraws it before the socket closes.
+    pub fn publish_fd(&self, client: &impl AsRawFd) {
+        let fd = client.as_raw_fd();
+        *self.forwarding.lock().unwrap_or_else(|e| e.into_inner()) = Some([fd, fd]);
+    }
+
+    /// Withdraws what `publish_fd` published.
+    pub fn withdraw(&self) {
+        *self.forwarding.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// `None` while detection has not decided.
     pub fn protocol(&self) -> Option<Protocol> {
         match self.protocol.load(Relaxed) {

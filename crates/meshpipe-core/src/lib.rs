@@ -23,7 +23,7 @@
 //! caller needs from them is re-exported below. The public modules are the
 //! building blocks the binding, the tests, the examples and the fuzz targets
 //! use on their own (specs, classifiers, identity and TLS, the transport
-//! header, the policy table).
+//! header, the policy table, the HTTP layer's endpoints table).
 
 #![deny(unsafe_code)]
 
@@ -36,6 +36,7 @@ pub mod destinations;
 pub mod detect;
 mod drain;
 mod events;
+pub mod http;
 pub mod identity;
 pub mod limits;
 mod listener;
@@ -145,6 +146,8 @@ pub enum EngineError {
     Loop(#[from] loops::LoopError),
     #[error("invalid engine config: {0}")]
     Limits(#[from] limits::LimitsError),
+    #[error("invalid endpoints: {0}")]
+    Endpoints(#[from] http::endpoints::EndpointsError),
     #[error("mesh identity: {0}")]
     Identity(String),
 }
@@ -161,6 +164,7 @@ impl EngineError {
             EngineError::Listen(listener::ListenError::Other { .. }) => ErrorCode::Bind,
             EngineError::AlreadyStarted => ErrorCode::AlreadyStarted,
             EngineError::Loop(_) | EngineError::Limits(_) => ErrorCode::InvalidConfig,
+            EngineError::Endpoints(_) => ErrorCode::Policy,
             EngineError::Identity(_) => ErrorCode::Identity,
         }
     }
@@ -202,7 +206,17 @@ impl Engine {
     /// An engine for `config`, not yet listening. Its policy can already be
     /// replaced (`set_policy`), so the first connection sees the real one.
     pub fn new(config: EngineConfig) -> Engine {
+        let connector = Arc::new(http::TcpConnector { timeout: config.connect_timeout });
+        Engine::with_connector(config, connector)
+    }
+
+    /// An engine whose HTTP proxy opens its plaintext upstream connections
+    /// through `connector` instead of plain TCP (connections to meshed
+    /// endpoints always use mesh TLS, `proxy::connect_mesh`).
+    pub fn with_connector(config: EngineConfig, connector: Arc<dyn http::Connector>) -> Engine {
+        let drain = drain::Drain::default();
         let ctx = Arc::new(Context {
+            http: http::HttpState::new(config.http, connector, drain.clone()),
             policy: policy::Policy::new(config.policy),
             metrics: metrics::Metrics::new(config.max_metric_targets),
             conns: conn::ConnRegistry::default(),
@@ -210,7 +224,7 @@ impl Engine {
             detect: config.detect,
             connect_timeout: config.connect_timeout,
             copy: config.copy,
-            drain: drain::Drain::default(),
+            drain,
             events: events::EventQueue::default(),
             inbound: config.inbound,
             limits: limits::Limits::new(
@@ -353,6 +367,24 @@ impl Engine {
         self.ctx.policy.load().explain(direction, ip, port)
     }
 
+    /// Applies an endpoints update (Service address → endpoints, for
+    /// per-request balancing) atomically; requests in flight keep their
+    /// endpoint. Returns the table's generation. A bad entry refuses the
+    /// whole update and keeps the table in force.
+    pub fn update_endpoints(&self, update: &http::endpoints::EndpointsUpdate) -> Result<u64, EngineError> {
+        Ok(self.ctx.http.endpoints.update(update)?)
+    }
+
+    /// Counts an endpoints update that could not even be read as rejected.
+    pub fn reject_endpoints(&self, generation: u64, message: String) {
+        self.ctx.http.endpoints.reject(generation, message);
+    }
+
+    /// The endpoints of `service` in the table in force (explain, tests).
+    pub fn endpoints_of(&self, service: std::net::SocketAddr) -> Option<Vec<std::net::SocketAddr>> {
+        self.ctx.http.endpoints.load().get(service).map(|e| e.endpoints.clone())
+    }
+
     /// Installs or replaces this proxy's mesh identity from checked
     /// material: connections that start afterwards use it (open ones keep
     /// theirs). Returns the identity's generation and what was installed.
@@ -394,6 +426,7 @@ impl Engine {
     pub fn snapshot(&self) -> Snapshot {
         let m = &self.ctx.metrics;
         let (detect, detect_duration_ms) = m.snapshot_detect();
+        let (http, http_errors) = m.snapshot_http();
         Snapshot {
             uptime_ms: m.uptime().as_millis() as u64,
             policy_generation: self.ctx.policy.load().generation(),
@@ -414,6 +447,10 @@ impl Engine {
                 .collect(),
             tcp: m.snapshot_tcp(),
             tcp_series: Direction::ALL.iter().map(|d| m.tcp_series(*d) as u64).collect(),
+            http,
+            http_series: Direction::ALL.iter().map(|d| m.http_series_count(*d) as u64).collect(),
+            http_errors,
+            endpoints: self.ctx.http.endpoints.snapshot(),
             evicted_series: m.evicted(),
             detect,
             detect_duration_ms,
@@ -522,6 +559,15 @@ pub struct Snapshot {
     pub tcp: Vec<metrics::TcpSnapshot>,
     /// TCP series kept per direction (inbound, outbound), overflow not counted.
     pub tcp_series: Vec<u64>,
+    /// HTTP series (`request_total`, `response_total`, `response_latency_ms`).
+    pub http: Vec<metrics::HttpSnapshot>,
+    /// HTTP series kept per direction (inbound, outbound), overflow not counted.
+    pub http_series: Vec<u64>,
+    /// HTTP errors per direction and reason, zeros included
+    /// (`{direction}_http_errors_total{error}`).
+    pub http_errors: Vec<metrics::HttpErrorSnapshot>,
+    /// The endpoints table in force (HTTP balancing) and its update counters.
+    pub endpoints: http::endpoints::EndpointsSnapshot,
     /// Series and detect counters evicted for being idle (`metrics.retainIdleMs`).
     pub evicted_series: u64,
     pub detect: Vec<metrics::DetectSnapshot>,

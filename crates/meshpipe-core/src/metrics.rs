@@ -16,7 +16,12 @@
 //! connection holds and that saw no new connection for the retention period
 //! (Linkerd keeps idle series for 10 minutes), freeing its slot; a target
 //! that comes back starts a fresh series at zero, which Prometheus reads as a
-//! counter reset.
+//! counter reset. HTTP series (`metrics/http.rs`) share each direction's
+//! budget with the TCP series.
+
+mod http;
+
+pub use http::{Classification, HttpErrorSnapshot, HttpKey, HttpSeries, HttpSnapshot, ResponseKey, ResponseSnapshot};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -268,6 +273,10 @@ pub struct Metrics {
     pub copy: CopyCounters,
     /// Refusals by the target stage, per direction and reason.
     accept_errors: [[AtomicU64; AcceptError::COUNT]; 2],
+    /// HTTP series per direction (`metrics/http.rs`), and their overflow.
+    http: [Sharded<HttpKey, HttpSeries>; 2],
+    http_overflow: [Arc<HttpSeries>; 2],
+    http_errors: [[AtomicU64; crate::http::HttpErrorReason::COUNT]; 2],
 }
 
 impl Metrics {
@@ -284,6 +293,9 @@ impl Metrics {
             errors: Default::default(),
             copy: Default::default(),
             accept_errors: Default::default(),
+            http: [Sharded::new(), Sharded::new()],
+            http_overflow: Default::default(),
+            http_errors: Default::default(),
         }
     }
 
@@ -312,7 +324,8 @@ impl Metrics {
     /// that direction's bound is hit.
     pub fn series(&self, key: &SeriesKey) -> Arc<TcpSeries> {
         let d = key.direction.index();
-        self.tcp[d].get(key, self.max_targets).unwrap_or_else(|| self.tcp_overflow[d].clone())
+        let room = self.max_targets.saturating_sub(self.http[d].len());
+        self.tcp[d].get(key, room).unwrap_or_else(|| self.tcp_overflow[d].clone())
     }
 
     pub fn detected(&self, direction: Direction, port: u16, result: DetectResult, took: Duration) {
@@ -333,6 +346,7 @@ impl Metrics {
         for d in Direction::ALL {
             evicted += self.tcp[d.index()].sweep(quiet_sweeps, |s| s.open_total[0].load(Relaxed) + s.open_total[1].load(Relaxed));
             evicted += self.detect[d.index()].sweep(quiet_sweeps, |c| c.iter().map(|c| c.load(Relaxed)).sum());
+            evicted += self.http[d.index()].sweep(quiet_sweeps, |s| s.requests.load(Relaxed));
         }
         self.evicted.fetch_add(evicted as u64, Relaxed);
         evicted

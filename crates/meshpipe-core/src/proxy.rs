@@ -8,9 +8,11 @@
 //! `proxy/outbound_mesh.rs` (mesh TLS origination to meshed destinations,
 //! also the connector HTTP proxying uses). Plain TCP keeps the splice path
 //! (`copy.rs`); a connection with TLS on either side is forwarded by the
-//! TLS-generic copy (`copy/stream.rs`). HTTP-aware proxying will branch on
-//! the detection result (`Protocol::Http1`/`Http2`) where today every
-//! outcome is forwarded as TCP.
+//! TLS-generic copy (`copy/stream.rs`). A plaintext connection detection
+//! found to be HTTP/1 or HTTP/2 branches to the HTTP stage (`proxy/http.rs`)
+//! after the TLS decision, outbound to a meshed destination too (its
+//! upstream connections then ride mesh TLS, opened by the HTTP client);
+//! every other outcome is connected and forwarded as TCP.
 //!
 //! Accounting is done with drop guards, so a connection cut at the drain
 //! deadline (its task is simply dropped) still closes its gauges and records
@@ -19,6 +21,7 @@
 mod authorize;
 mod connect;
 mod dial;
+mod http;
 pub mod inbound_mesh;
 pub mod outbound_mesh;
 mod sniff;
@@ -73,6 +76,8 @@ pub struct Context {
     pub metrics_retain_idle: Option<Duration>,
     /// The proxy's own addresses, for loop protection (set once bound).
     pub own: std::sync::OnceLock<crate::loops::OwnAddrs>,
+    /// HTTP proxying: settings, upstream client, endpoints (`crate::http`).
+    pub http: crate::http::HttpState,
     /// The mesh identity and the mesh counters.
     pub mesh: crate::mesh::Mesh,
 }
@@ -144,7 +149,7 @@ pub async fn serve(ctx: Arc<Context>, l: Arc<ListenerCtx>, client: TcpStream, pe
     cut_short.instrument(span).await
 }
 
-async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: SocketAddr) {
+async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     l.open.fetch_add(1, Relaxed);
     let mut open = OpenGuard { l, started, series: None };
@@ -226,6 +231,7 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     if let Some(sni) = &sniffed.sni {
         let _ = info.sni.set(sni.clone());
     }
+    http::count_not_http(ctx, l.direction, mode, sniffed.result);
     if sniffed.result == DetectResult::Error {
         // The client socket failed before a byte was read: nothing to
         // forward; an upstream opened for the server-first race is dropped
@@ -253,6 +259,12 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
             }
             tls
         }
+        // HTTP to a meshed destination is proxied request by request; the
+        // HTTP client opens mesh TLS to each meshed endpoint (http/client.rs).
+        (Direction::Outbound, Some(dest), Some(_)) if http::protocol_of(ctx, sniffed.result).is_some() => {
+            span.record("server_id", dest.identity.as_str());
+            TlsStatus::Mesh { peer: Arc::from(dest.identity.as_str()) }
+        }
         (Direction::Outbound, Some(dest), Some(state)) => {
             span.record("tls", "originated");
             return originate_mesh(ctx, info, &mut open, client, target, dest, state, sniffed).await;
@@ -266,10 +278,18 @@ async fn pipeline(ctx: &Context, l: &ListenerCtx, client: TcpStream, peer: Socke
     span.record("tls", tls.label_str());
 
     // From here the connection is counted as an open TCP connection.
-    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, tls });
+    let series = ctx.metrics.series(&SeriesKey { direction: l.direction, target, tls: tls.clone() });
     series.opened(Peer::Src);
     open.series = Some(series.clone());
     let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
+
+    // HTTP is served request by request (its upstream connections pooled,
+    // mesh TLS to meshed endpoints).
+    if let Some(protocol) = http::protocol_of(ctx, sniffed.result) {
+        let c = http::HttpConn { info: &reg.info, direction: l.direction, target, tls, series: series.clone() };
+        http::serve(ctx, c, client, sniffed, protocol).await;
+        return;
+    }
 
     // 5. Connect (unless the server-first race already did).
     info.set_state(ConnState::Connecting);

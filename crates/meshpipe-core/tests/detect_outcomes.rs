@@ -13,8 +13,14 @@ use meshpipe_core::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Detection outcomes on the TCP path: HTTP is forwarded as bytes here (the
+/// peers are echo servers, not HTTP servers; the HTTP layer has its own
+/// tests in http_proxy.rs and http_tunnel.rs).
 fn detect_cfg(timeout_ms: u64, grace_ms: u64) -> serde_json::Value {
-    serde_json::json!({ "detect": { "outboundTimeoutMs": timeout_ms, "inboundTimeoutMs": timeout_ms, "serverFirstGraceMs": grace_ms } })
+    serde_json::json!({
+        "detect": { "outboundTimeoutMs": timeout_ms, "inboundTimeoutMs": timeout_ms, "serverFirstGraceMs": grace_ms },
+        "http": { "enabled": false }
+    })
 }
 
 fn results(engine: &Engine) -> Vec<(String, u64)> {

@@ -85,7 +85,9 @@ async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte()
     let echo = echo_server().await;
     let detect = serde_json::json!({ "inboundTimeoutMs": 10_000, "outboundTimeoutMs": 10_000, "serverFirstGraceMs": 0 });
     let (engine, inbound, outbound) =
-        two_directions(echo, "detect", serde_json::json!({ "limits": { "detectingConnections": 2 }, "detect": detect })).await;
+        // HTTP as bytes: the peer is an echo server.
+        two_directions(echo, "detect", serde_json::json!({ "limits": { "detectingConnections": 2 }, "detect": detect, "http": { "enabled": false } }))
+            .await;
     // Two silent clients hold both inbound detection slots (a slowloris flood, in small).
     let silent = [TcpStream::connect(inbound).await.unwrap(), TcpStream::connect(inbound).await.unwrap()];
     until(&engine, "two inbound connections are detecting", |s| s.limits.detecting[Direction::Inbound.index()].used == 2).await;

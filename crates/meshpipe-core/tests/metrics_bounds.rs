@@ -37,7 +37,10 @@ async fn junk_snis_fill_only_the_inbound_budget_and_idle_series_are_evicted() {
             { "name": "in", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": echo.to_string() }, "direction": "inbound" },
             { "name": "out", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": echo.to_string() }, "direction": "outbound" }
         ],
-        "metrics": { "maxTargets": 5, "retainIdleMs": retain.as_millis() as u64 }
+        "metrics": { "maxTargets": 5, "retainIdleMs": retain.as_millis() as u64 },
+        // TCP series only (the peer is an echo server); HTTP series share the
+        // budget, see metrics/http.rs.
+        "http": { "enabled": false }
     });
     let (engine, inbound) = start(cfg).await;
     let outbound: SocketAddr = engine.bound()[1].bind.parse().unwrap();

@@ -206,6 +206,21 @@ impl NativeProxy {
         self.inner.engine.set_policy(&spec).map(|g| g as i64).map_err(engine_error)
     }
 
+    /// Applies an endpoints update (UTF-8 JSON of an `EndpointsUpdate`:
+    /// Service address -> endpoints, for per-request HTTP balancing), before
+    /// or after `start()`: a whole table (`replace`) or a change onto the
+    /// generation it names as its `base`, all or nothing. Returns the
+    /// table's generation.
+    #[napi]
+    pub fn update_endpoints(&self, update: Uint8Array) -> Result<i64, ErrorCode> {
+        let spec: meshpipe_core::http::endpoints::EndpointsUpdate = serde_json::from_slice(&update).map_err(|e| {
+            let message = format!("endpoints update: {e}");
+            self.inner.engine.reject_endpoints(0, message.clone());
+            fail(ErrorCode::Policy, message)
+        })?;
+        self.inner.engine.update_endpoints(&spec).map(|g| g as i64).map_err(engine_error)
+    }
+
     /// Installs or replaces the proxy's mesh identity (JSON of a `LoadSpec`
     /// and the three files' bytes, checked as at start): new connections
     /// use it, open ones keep theirs. Before or after `start()`. Returns

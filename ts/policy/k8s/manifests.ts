@@ -28,6 +28,7 @@ import { join } from 'node:path';
 import { isAlias, isMap, isPair, isScalar, isSeq, parseAllDocuments, type Document } from 'yaml';
 import {
   normalizeObject,
+  type EndpointSliceObject,
   type AuthzObject,
   type NamespaceObject,
   type ObjectProblem,
@@ -44,6 +45,8 @@ export interface ManifestSet {
   readonly services: readonly ServiceObject[];
   readonly workloads: readonly WorkloadObject[];
   readonly servers: readonly ServerObject[];
+  /** EndpointSlices: the endpoints of Services, for HTTP balancing (ts/policy/endpoints.ts). */
+  readonly endpointSlices: readonly EndpointSliceObject[];
   /** AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication. */
   readonly authz: readonly AuthzObject[];
   /** Objects of kinds the policy layer does not read. */
@@ -61,7 +64,7 @@ export interface ManifestFile {
 }
 
 export const EMPTY_MANIFESTS: ManifestSet = Object.freeze({
-  namespaces: [], services: [], workloads: [], servers: [], authz: [], ignored: 0, problems: [],
+  namespaces: [], services: [], workloads: [], servers: [], endpointSlices: [], authz: [], ignored: 0, problems: [],
 });
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
@@ -224,6 +227,7 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
   const services: ServiceObject[] = [];
   const workloads: WorkloadObject[] = [];
   const servers: ServerObject[] = [];
+  const endpointSlices: EndpointSliceObject[] = [];
   const authz: AuthzObject[] = [];
   let ignored = 0;
   const problems: PolicyProblem[] = [...extra];
@@ -234,11 +238,12 @@ export function mergeManifests(files: readonly ManifestFile[], extra: readonly P
       if (o.kind === 'Namespace') namespaces.push(o);
       else if (o.kind === 'Service') services.push(o);
       else if (o.kind === 'Server') servers.push(o);
+      else if (o.kind === 'EndpointSlice') endpointSlices.push(o);
       else if (o.kind === 'AuthorizationPolicy' || o.kind === 'MeshTLSAuthentication' || o.kind === 'NetworkAuthentication') authz.push(o);
       else workloads.push(o);
     }
   }
-  return Object.freeze({ namespaces, services, workloads, servers, authz, ignored, problems });
+  return Object.freeze({ namespaces, services, workloads, servers, endpointSlices, authz, ignored, problems });
 }
 
 /** Concatenates manifest sets (e.g. files + live API). */
@@ -248,6 +253,7 @@ export function combineManifests(...sets: readonly ManifestSet[]): ManifestSet {
     services: sets.flatMap((s) => s.services),
     workloads: sets.flatMap((s) => s.workloads),
     servers: sets.flatMap((s) => s.servers),
+    endpointSlices: sets.flatMap((s) => s.endpointSlices),
     authz: sets.flatMap((s) => s.authz),
     ignored: sets.reduce((n, s) => n + s.ignored, 0),
     problems: sets.flatMap((s) => s.problems),

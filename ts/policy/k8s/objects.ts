@@ -6,9 +6,10 @@
  * events carry strings) into these typed, frozen shapes.
  *
  * Kinds: Namespace, Service, Pod, the pod templates of Deployment,
- * StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, and of
- * `policy.linkerd.io` Server, AuthorizationPolicy, MeshTLSAuthentication and
- * NetworkAuthentication (the last three in authz-objects.ts). Anything else
+ * StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, of `policy.linkerd.io`
+ * Server, AuthorizationPolicy, MeshTLSAuthentication and
+ * NetworkAuthentication (the last three in authz-objects.ts), and
+ * discovery.k8s.io EndpointSlice (endpoint-slices.ts). Anything else
  * is "ignored" (counted, not an error). A known kind with a malformed field yields a problem naming the
  * object and the field; the rest of the object still counts.
  *
@@ -24,6 +25,10 @@
  * between objects (`shared`, below) instead of kept once per pod, which is
  * most of what a watch of 50,000 pods would otherwise hold.
  */
+
+import { normalizeEndpointSlice, type EndpointSliceObject } from './endpoint-slices.js';
+
+export type { EndpointSliceObject } from './endpoint-slices.js';
 
 import { isAuthzKind, normalizeAuthzObject, type AuthzObject } from './authz-objects.js';
 
@@ -107,7 +112,7 @@ export interface ServerObject {
   readonly createdAt: number | undefined;
 }
 
-export type PolicyObject = NamespaceObject | ServiceObject | WorkloadObject | ServerObject | AuthzObject;
+export type PolicyObject = NamespaceObject | ServiceObject | WorkloadObject | ServerObject | AuthzObject | EndpointSliceObject;
 
 /** A problem found while reading an object or a file. */
 export interface ObjectProblem {
@@ -271,6 +276,7 @@ export function normalizeObject(
   if (kind === 'Namespace') {
     return Object.freeze({ kind, name, annotations: policyAnnotations(metadata['annotations']) });
   }
+  if (kind === 'EndpointSlice') return normalizeEndpointSlice(raw, namespace, name, problems);
   if (kind === 'Service') {
     const ref = { kind, namespace, name };
     const spec = rec(raw['spec']);

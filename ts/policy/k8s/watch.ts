@@ -22,6 +22,9 @@
  *                cluster-wide (policy.linkerd.io/v1alpha1; an
  *                AuthorizationPolicy may refer to authentications of other
  *                namespaces);
+ *   EndpointSlices cluster-wide (discovery.k8s.io/v1), only when the HTTP
+ *                layer balances over them (`endpointSlices`): slimmed to
+ *                the owning Service, the ports and the ready addresses;
  *   Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs
  *                only in this proxy's namespace, and only when its pod name
  *                is known: they serve to find this proxy's own workload.
@@ -50,6 +53,8 @@ export interface KubeWatchOptions {
   readonly serverApiVersion?: string | undefined;
   /** The namespace whose workload controllers are watched (this proxy's); undefined: none are. */
   readonly controllersNamespace?: string | undefined;
+  /** Watch EndpointSlices too (the endpoints of Services, for HTTP balancing). */
+  readonly endpointSlices?: boolean | undefined;
   readonly backoffInitialMs?: number | undefined;
   readonly backoffMaxMs?: number | undefined;
   /** start() resolves after this long even if an API call hangs (a black-holed API server). Default 10 s. */
@@ -278,6 +283,7 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
       { kind: 'MeshTLSAuthentication', path: '/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications' },
       { kind: 'NetworkAuthentication', path: '/apis/policy.linkerd.io/v1alpha1/networkauthentications' },
     ];
+    if (options.endpointSlices) specs.push({ kind: 'EndpointSlice', path: '/apis/discovery.k8s.io/v1/endpointslices' });
     const ns = options.controllersNamespace;
     if (ns !== undefined) {
       const at = `namespaces/${encodeURIComponent(ns)}`;

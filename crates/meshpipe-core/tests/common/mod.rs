@@ -2,6 +2,8 @@
 //! JSON config, real TCP peers on 127.0.0.1 port 0, and SHA-256 of streams.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,192 @@
+//! Errors are HTTP, not resets: what the proxy answers when it cannot get a
+//! response from upstream, following Linkerd's semantics.
+//!
+//! | failure | HTTP | gRPC (trailers-only) |
+//! | --- | --- | --- |
+//! | upstream refused, unreachable, or failed before answering | 502 | UNAVAILABLE (14) |
+//! | no endpoint can take the request | 503 | UNAVAILABLE (14) |
+//! | no response headers within the port's response timeout | 504 | DEADLINE_EXCEEDED (4) |
+//! | the request would reach the proxy itself | 508 | ABORTED (10) |
+//!
+//! A gRPC request (`content-type: application/grpc...`) gets HTTP 200 with
+//! `grpc-status` and `grpc-message` in the headers and no body (a
+//! trailers-only response, as gRPC clients expect; an HTTP error status
+//! would be reported by them as a transport problem instead).
+//!
+//! `l5d-proxy-error: <message>` is added only toward meshed peers (clients
+//! that reached this proxy through mesh TLS, i.e. another proxy): an
+//! application should not see proxy internals. An error that closes the
+//! connection (a loop: the client must not reuse it) also says
+//! `l5d-proxy-connection: close` to a meshed peer and `connection: close`
+//! to an HTTP/1 client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::addr::TargetAddr;
+use crate::http::body::ProxyBody;
+use crate::http::HttpErrorReason;
+
+/// Why a request got no response from upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("connection to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("mesh TLS to {addr} failed: {source}")]
+    Mesh { addr: SocketAddr, source: crate::proxy::outbound_mesh::MeshConnectError },
+    #[error("upstream {addr} failed before responding: {source}")]
+    Upstream { addr: SocketAddr, source: hyper::Error },
+    #[error("no endpoint available for {0}")]
+    NoEndpoints(TargetAddr),
+    #[error("upstream {addr} did not respond within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("the request would reach the proxy itself ({0})")]
+    Loop(SocketAddr),
+}
+
+impl ProxyError {
+    pub fn reason(&self) -> HttpErrorReason {
+        match self {
+            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } => HttpErrorReason::BadGateway,
+            ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
+            ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
+            ProxyError::Loop(_) => HttpErrorReason::Loop,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.reason() {
+            HttpErrorReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            HttpErrorReason::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            HttpErrorReason::Loop => StatusCode::LOOP_DETECTED,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The gRPC status code Linkerd answers with.
+    pub fn grpc_status(&self) -> u8 {
+        match self.reason() {
+            HttpErrorReason::GatewayTimeout => 4,
+            HttpErrorReason::Loop => 10,
+            _ => 14,
+        }
+    }
+
+    /// Whether the client connection must not be reused after this error.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Loop(_))
+    }
+}
+
+/// How the client is reached, for shaping an error response.
+#[derive(Clone, Copy, Debug)]
+pub struct Audience {
+    /// The request was gRPC.
+    pub grpc: bool,
+    /// The client is another meshed proxy (mesh TLS).
+    pub meshed: bool,
+    /// The client speaks HTTP/1 (`connection: close` means something).
+    pub http1: bool,
+}
+
+/// The response for `err` (a short text body, or a trailers-only gRPC response).
+pub fn response(err: &ProxyError, to: Audience) -> Response<ProxyBody> {
+    let message = err.to_string();
+    let mut resp = if to.grpc {
+        let mut r = Response::new(ProxyBody::Empty);
+        let h = r.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(err.grpc_status())));
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&message)) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(ProxyBody::Full(Some(bytes::Bytes::from(format!("{message}\n")))));
+        *r.status_mut() = err.status();
+        r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r
+    };
+    let h = resp.headers_mut();
+    if to.meshed {
+        if let Ok(v) = HeaderValue::from_str(&header_safe(&message)) {
+            h.insert("l5d-proxy-error", v);
+        }
+        if err.closes_connection() {
+            h.insert("l5d-proxy-connection", HeaderValue::from_static("close"));
+        }
+    }
+    if to.http1 && err.closes_connection() {
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// gRPC's `grpc-message` encoding: percent-encoding of every byte outside
+/// printable ASCII and of `%` itself (gRPC over HTTP/2 spec).
+fn grpc_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A header value from a message: visible ASCII and spaces only.
+fn header_safe(s: &str) -> String {
+    s.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> ProxyError {
+        ProxyError::Connect { addr: "127.0.0.1:1".parse().unwrap(), source: std::io::Error::from_raw_os_error(libc::ECONNREFUSED) }
+    }
+
+    #[test]
+    fn statuses_and_grpc_codes() {
+        let cases: [(ProxyError, u16, u8); 4] = [
+            (refused(), 502, 14),
+            (ProxyError::NoEndpoints("10.0.0.1:80".parse().unwrap()), 503, 14),
+            (ProxyError::Timeout { addr: "127.0.0.1:1".parse().unwrap(), timeout: Duration::from_secs(1) }, 504, 4),
+            (ProxyError::Loop("127.0.0.1:4140".parse().unwrap()), 508, 10),
+        ];
+        for (e, status, grpc) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(e.grpc_status(), grpc, "{e}");
+        }
+    }
+
+    #[test]
+    fn proxy_error_header_only_toward_meshed_peers() {
+        let plain = response(&refused(), Audience { grpc: false, meshed: false, http1: true });
+        assert_eq!(plain.status(), 502);
+        assert!(plain.headers().get("l5d-proxy-error").is_none());
+        let meshed = response(&refused(), Audience { grpc: false, meshed: true, http1: true });
+        assert!(meshed.headers()["l5d-proxy-error"].to_str().unwrap().contains("127.0.0.1:1"));
+        assert!(meshed.headers().get("l5d-proxy-connection").is_none(), "a 502 keeps the connection");
+        let looped = response(&ProxyError::Loop("127.0.0.1:4140".parse().unwrap()), Audience { grpc: false, meshed: true, http1: true });
+        assert_eq!(looped.status(), 508);
+        assert_eq!(looped.headers()["l5d-proxy-connection"], "close");
+        assert_eq!(looped.headers()["connection"], "close");
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only() {
+        let r = response(&refused(), Audience { grpc: true, meshed: false, http1: false });
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert!(r.headers()["grpc-message"].to_str().unwrap().starts_with("connection to 127.0.0.1:1 failed"));
+        assert!(matches!(r.body(), ProxyBody::Empty));
+        assert_eq!(grpc_message("50% done\n"), "50%25 done%0A");
+    }
+}

@@ -1,0 +1,198 @@
+//! Header rules of a proxy: what is hop-by-hop and dropped, what an upgrade
+//! looks like, and which authority a request is for.
+//!
+//! RFC 9110 §7.6.1: a proxy removes the `Connection` header and every field
+//! it names, plus the fields that are hop-by-hop by definition
+//! (`Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`, `Upgrade`),
+//! and adds its own. Exceptions, both end to end in practice: `TE: trailers`
+//! (gRPC servers look for it; RFC 9113 §8.2.2 allows exactly that value in
+//! HTTP/2), and the `Upgrade`/`Connection: upgrade` pair of an upgrade the
+//! proxy carries through. `Proxy-Authorization` is not hop-by-hop for a
+//! transparent proxy: a forward proxy behind meshpipe is its audience.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{Method, Request, Version};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// How a request asks to leave request/response behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// A plain request.
+    None,
+    /// HTTP/1.1 `Upgrade` (WebSocket and others): a tunnel after a 101.
+    Upgrade,
+    /// `CONNECT` (HTTP/1.x), or HTTP/2 CONNECT with or without `:protocol`
+    /// (RFC 8441): a tunnel after a 2xx.
+    Connect,
+}
+
+/// Whether a `Connection` header lists `token` (case-insensitive, RFC 9110 §7.6.1).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// What kind of exchange `req` starts. An HTTP/1 `Upgrade: h2c` is not one
+/// (RFC 9113 §3.1 removed it; Linkerd strips it): the request is proxied as
+/// a plain request with the upgrade headers removed.
+pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
+    if req.method() == Method::CONNECT {
+        return Tunnel::Connect;
+    }
+    if req.version() <= Version::HTTP_11 && req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade") {
+        let h2c_only = req.headers().get_all(UPGRADE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
+        if !h2c_only {
+            return Tunnel::Upgrade;
+        }
+    }
+    Tunnel::None
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
+/// `Upgrade` field survives and `Connection: upgrade` is set again.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Fields the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name == TE || (upgrade && name == UPGRADE) {
+            continue;
+        }
+        headers.remove(&name);
+    }
+    headers.remove(CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(&HTTP2_SETTINGS);
+    let te_trailers = headers.get_all(TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// The authority a request is for: the URI's (HTTP/2 `:authority`, HTTP/1
+/// absolute-form and CONNECT authority-form), else the `Host` header;
+/// lower-cased, as Linkerd's `authority` label. `None` when there is none or
+/// it is not a plausible `host[:port]` (the label must not carry junk).
+pub fn authority<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
+    };
+    // DNS names are at most 253 characters; a port adds 6.
+    let ok = !raw.is_empty()
+        && raw.len() <= 260
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+    ok.then(|| raw.to_ascii_lowercase())
+}
+
+/// Whether a gRPC exchange: `content-type: application/grpc[+proto|;...]`.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc") && (v.len() == 16 || matches!(v[16], b'+' | b';'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lines: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/");
+        for (k, v) in lines {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_and_end_to_end_ones_stay() {
+        let mut r = req(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAA"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(r.headers_mut(), false);
+        let names: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "proxy-authorization", "x-app"], "{names:?}");
+        assert_eq!(r.headers()["te"], "trailers");
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_dropped() {
+        let mut r = req(&[("te", "gzip")]);
+        strip_hop_by_hop(r.headers_mut(), false);
+        assert!(r.headers().is_empty());
+    }
+
+    #[test]
+    fn upgrades_keep_their_pair() {
+        let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert_eq!(tunnel_of(&r), Tunnel::Upgrade);
+        strip_hop_by_hop(r.headers_mut(), true);
+        assert_eq!(r.headers()["upgrade"], "websocket");
+        assert_eq!(r.headers()["connection"], "upgrade");
+        assert_eq!(r.headers()["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn h2c_upgrade_is_a_plain_request() {
+        let r = req(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__")]);
+        assert_eq!(tunnel_of(&r), Tunnel::None);
+        let c = Request::builder().method("CONNECT").uri("example.com:443").body(()).unwrap();
+        assert_eq!(tunnel_of(&c), Tunnel::Connect);
+        // Upgrade without `Connection: upgrade` is not an upgrade request.
+        assert_eq!(tunnel_of(&req(&[("upgrade", "websocket")])), Tunnel::None);
+    }
+
+    #[test]
+    fn authorities_are_lowercased_and_junk_is_refused() {
+        assert_eq!(authority(&req(&[("host", "Web.Example:8080")])).as_deref(), Some("web.example:8080"));
+        let abs = Request::builder().uri("http://API.example/x").header("host", "other").body(()).unwrap();
+        assert_eq!(authority(&abs).as_deref(), Some("api.example"));
+        assert_eq!(authority(&req(&[("host", "a b")])), None);
+        assert_eq!(authority(&req(&[("host", &"a".repeat(300))])), None);
+        assert_eq!(authority(&req(&[])), None);
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(http::header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            is_grpc(&m)
+        };
+        assert!(h("application/grpc"));
+        assert!(h("application/grpc+proto"));
+        assert!(h("Application/GRPC;charset=utf-8"));
+        assert!(!h("application/grpc-web"));
+        assert!(!h("application/json"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The client side: one accepted connection served as HTTP/1 or HTTP/2 by
+//! hyper's connection builders, and each request proxied.
+//!
+//! Per request: count it (`request_total`) under its authority, strip
+//! hop-by-hop headers, pick the endpoint (the original destination, or a
+//! balanced endpoint of the Service it addresses), send it through the
+//! worker's upstream pool, and hand back the response with its body streamed
+//! and measured (`body.rs`). Failures become HTTP responses (`errors.rs`).
+//! A request the proxy could not write to an endpoint (refused, pooled
+//! connection gone) is sent to another endpoint of the same Service, so a
+//! dead backend costs only the requests that were in flight on it.
+//!
+//! Drain: when the engine stops accepting, each connection is asked to
+//! shut down gracefully (HTTP/1: after the exchange in flight; HTTP/2:
+//! GOAWAY, the open streams finish), so clients move to another proxy
+//! without seeing an error.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::debug;
+
+use crate::addr::TargetAddr;
+use crate::http::body::{Metered, ProxyBody};
+use crate::http::client::{Endpoint, MeshRoute, SendError, SessionProtocol};
+use crate::http::errors::{self, Audience, ProxyError};
+use crate::http::headers::{self, Tunnel};
+use crate::http::io::ClientIo;
+use crate::http::{balance, upgrade, HttpConfig, HttpErrorReason};
+use crate::metrics::{HttpKey, HttpSeries, ResponseKey};
+use crate::proxy::Context;
+use crate::vocab::{Direction, TlsStatus};
+
+/// Attempts per request on endpoints that refused it before it was written.
+const MAX_ATTEMPTS: usize = 4;
+
+/// The engine's HTTP machinery: settings, the server builders (built once),
+/// the upstream client and the endpoints table.
+pub struct HttpState {
+    pub config: HttpConfig,
+    pub client: crate::http::client::Client,
+    pub endpoints: Arc<super::endpoints::Endpoints>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    engine: u64,
+}
+
+impl HttpState {
+    pub fn new(config: HttpConfig, connector: Arc<dyn crate::http::Connector>, drain: crate::drain::Drain) -> HttpState {
+        let mut h1 = http1::Builder::new();
+        // Request heads up to `max_header_bytes` (431 above it, hyper's own
+        // answer); clients that half-close after their request still get
+        // the response.
+        h1.timer(TokioTimer::new())
+            .max_header_size(config.max_header_bytes)
+            .max_buf_size((config.max_header_bytes + 16 * 1024).max(8192))
+            .half_close(true)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).enable_connect_protocol();
+        // Keys this engine's per-worker pools and balancer state.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let engine = NEXT.fetch_add(1, Relaxed);
+        let endpoints: Arc<super::endpoints::Endpoints> = Arc::default();
+        let client = crate::http::client::Client::new(&config, connector, drain, engine, endpoints.clone());
+        HttpState { config, client, endpoints, h1, h2, engine }
+    }
+}
+
+/// One client connection's facts, shared by its requests.
+pub struct Conn {
+    pub ctx: Arc<Context>,
+    pub direction: Direction,
+    /// The original destination.
+    pub target: TargetAddr,
+    pub tls: TlsStatus,
+    pub protocol: SessionProtocol,
+    /// The client is a meshed proxy (mesh TLS): proxy errors carry `l5d-proxy-error`.
+    pub meshed: bool,
+    pub response_timeout: Option<Duration>,
+    /// The series of the last authority seen (one lookup per authority change).
+    series: Mutex<Option<CachedSeries>>,
+}
+
+/// An authority and its series.
+type CachedSeries = (Option<Arc<str>>, Arc<HttpSeries>);
+
+impl Conn {
+    pub fn new(ctx: Arc<Context>, direction: Direction, target: TargetAddr, tls: TlsStatus, protocol: SessionProtocol) -> Conn {
+        let response_timeout = ctx.http.config.response_timeout_for(direction, target.port());
+        Conn { ctx, direction, target, tls, protocol, meshed: false, response_timeout, series: Mutex::new(None) }
+    }
+
+    fn series(&self, authority: Option<String>) -> Arc<HttpSeries> {
+        let mut cached = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, s)) = cached.as_ref() {
+            if a.as_deref() == authority.as_deref() {
+                return s.clone();
+            }
+        }
+        let authority: Option<Arc<str>> = authority.map(Arc::from);
+        let key = HttpKey { direction: self.direction, authority: authority.clone(), target: self.target, tls: self.tls.clone() };
+        let s = self.ctx.metrics.http_series(&key);
+        *cached = Some((authority, s.clone()));
+        s
+    }
+}
+
+/// Serves the connection until the client closes it (or the drain ends it).
+/// Returns the connection-level error hyper reported, already counted.
+pub async fn serve(conn: Arc<Conn>, io: ClientIo) {
+    let ctx = conn.ctx.clone();
+    let stop = ctx.drain.stop_accepting.clone();
+    let direction = conn.direction;
+    let protocol = conn.protocol;
+    let svc = service_fn(move |req| handle(conn.clone(), req));
+    let result = match protocol {
+        SessionProtocol::Http1 => {
+            let c = ctx.http.h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = stop.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        }
+        SessionProtocol::Http2 => {
+            let c = ctx.http.h2.serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = stop.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        // hyper answered a malformed HTTP/1 request (400) or an oversized
+        // head (431) itself before closing.
+        let reason = if e.is_parse_too_large() {
+            Some(HttpErrorReason::HeadersTooLarge)
+        } else if e.is_parse() || e.is_parse_status() {
+            Some(HttpErrorReason::BadRequest)
+        } else {
+            None
+        };
+        if let Some(r) = reason {
+            ctx.metrics.http_error(direction, r);
+        }
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let series = conn.series(headers::authority(&req));
+    series.requests.fetch_add(1, Relaxed);
+    let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
+    let tunnel = headers::tunnel_of(&req);
+    let client_upgrade = (tunnel != Tunnel::None).then(|| hyper::upgrade::on(&mut req));
+    headers::strip_hop_by_hop(req.headers_mut(), tunnel == Tunnel::Upgrade);
+    if conn.protocol == SessionProtocol::Http1 {
+        // The proxy speaks HTTP/1.1 upstream whatever the client's minor
+        // version (RFC 9110 §6.2: a proxy sends its own version); hyper
+        // answers an HTTP/1.0 client in kind.
+        *req.version_mut() = Version::HTTP_11;
+    }
+    match forward(&conn, req, tunnel).await {
+        Ok((mut resp, lease)) => {
+            let status = resp.status();
+            let agreed = upgrade::agreed(tunnel, status);
+            headers::strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS && agreed);
+            if let (true, Some(client_upgrade)) = (agreed, client_upgrade) {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain);
+                series.latency.observe(started.elapsed());
+                series.response(ResponseKey { status: status.as_u16(), grpc_status: None, error: None });
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(parts, ProxyBody::Empty));
+            }
+            let (parts, body) = resp.into_parts();
+            let body = Metered::new(body, series, started, status.as_u16(), &parts.headers, lease);
+            Ok(Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))))
+        }
+        Err(e) => {
+            debug!(error = %e, "request failed");
+            let reason = e.reason();
+            conn.ctx.metrics.http_error(conn.direction, reason);
+            let resp = errors::response(&e, audience);
+            series.latency.observe(started.elapsed());
+            let grpc_status = audience.grpc.then(|| e.grpc_status());
+            series.response(ResponseKey { status: resp.status().as_u16(), grpc_status, error: Some(reason) });
+            Ok(resp)
+        }
+    }
+}
+
+type Forwarded = (Response<Incoming>, Option<crate::http::client::Lease>);
+
+/// Sends `req` to the connection's destination, or to an endpoint of the
+/// Service it addresses, within the response timeout.
+async fn forward(conn: &Conn, req: Request<Incoming>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
+    let send = forward_inner(conn, req, tunnel);
+    match conn.response_timeout {
+        None => send.await,
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout { addr: conn.target.0, timeout: t }),
+        },
+    }
+}
+
+async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
+    let ctx = &conn.ctx;
+    let entry = ctx.http.endpoints.load().get(conn.target.0).cloned();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last: Option<ProxyError> = None;
+    loop {
+        let pick = match &entry {
+            None => None,
+            Some(e) => match balance::pick(ctx.http.engine, conn.target.0, e, &tried) {
+                Some(p) => Some(p),
+                None => return Err(last.unwrap_or(ProxyError::NoEndpoints(conn.target))),
+            },
+        };
+        let addr = pick.as_ref().map_or(conn.target.0, |p| p.addr);
+        if ctx.own.get().is_some_and(|own| own.is_own(TargetAddr(addr))) {
+            return Err(ProxyError::Loop(addr));
+        }
+        let mesh = MeshRoute::to(ctx, conn.direction, addr);
+        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, mesh };
+        let sent = if tunnel == Tunnel::None {
+            ctx.http.client.send(ctx, &ep, req).await
+        } else {
+            ctx.http.client.send_upgrade(ctx, &ep, req).await.map(|r| (r, None))
+        };
+        match sent {
+            Ok(r) => {
+                if let Some(p) = pick {
+                    p.success();
+                }
+                return Ok(r);
+            }
+            Err(SendError::NotSent(r, e)) => {
+                debug!(endpoint = %addr, error = %e, "request not sent");
+                let Some(p) = pick else { return Err(e) };
+                p.failed();
+                tried.push(addr);
+                if tried.len() >= MAX_ATTEMPTS {
+                    return Err(e);
+                }
+                req = *r;
+                last = Some(e);
+            }
+            Err(SendError::Failed(e)) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! What is not request/response becomes a byte tunnel once both sides
+//! agreed: an HTTP/1.1 `Upgrade` (WebSocket) after the upstream's 101, a
+//! `CONNECT` (HTTP/1.0, HTTP/1.1, HTTP/2, and RFC 8441 extended CONNECT
+//! for WebSockets over HTTP/2) after its 2xx.
+//!
+//! The request travels upstream like any other (its authority unchanged, so
+//! a forward proxy behind meshpipe sees the `CONNECT host:port` it expects),
+//! on a connection of its own for HTTP/1. When the upstream agrees, hyper
+//! hands over both connections (the client's after it has written the
+//! response to it) with whatever bytes it had already read past the
+//! handshake, so nothing is lost; then bytes are copied both ways until both
+//! sides closed, half-closes carried over. Linkerd does the same (both
+//! upgrade futures joined, then a copy). A tunnel is a tracked task of the
+//! engine: the drain waits for it and its deadline cuts it.
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::drain::Drain;
+
+/// Whether a response completes the handshake of a tunnel request.
+pub fn agreed(tunnel: super::headers::Tunnel, status: http::StatusCode) -> bool {
+    match tunnel {
+        super::headers::Tunnel::Upgrade => status == http::StatusCode::SWITCHING_PROTOCOLS,
+        super::headers::Tunnel::Connect => status.is_success(),
+        super::headers::Tunnel::None => false,
+    }
+}
+
+/// Spawns the tunnel between the client's and the upstream's upgraded
+/// connections.
+pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain) {
+    let cut = drain.cut.clone();
+    drain.tasks.spawn(async move {
+        tokio::select! {
+            r = run(client, upstream) => match r {
+                Ok((up, down)) => debug!(client_to_server = up, server_to_client = down, "tunnel closed"),
+                Err(e) => debug!(error = %e, "tunnel ended with an error"),
+            },
+            _ = cut.cancelled() => debug!("tunnel cut at the drain deadline"),
+        }
+    });
+}
+
+async fn run(client: OnUpgrade, upstream: OnUpgrade) -> Result<(u64, u64), TunnelError> {
+    let (client, upstream) =
+        tokio::try_join!(async { client.await.map_err(TunnelError::Client) }, async { upstream.await.map_err(TunnelError::Upstream) })?;
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await.map_err(TunnelError::Copy)
+}
+
+/// Why a tunnel ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("the client side never upgraded: {0}")]
+    Client(hyper::Error),
+    #[error("the upstream side never upgraded: {0}")]
+    Upstream(hyper::Error),
+    #[error("copying: {0}")]
+    Copy(std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::headers::Tunnel;
+    use http::StatusCode;
+
+    #[test]
+    fn handshakes_that_open_a_tunnel() {
+        assert!(agreed(Tunnel::Upgrade, StatusCode::SWITCHING_PROTOCOLS));
+        assert!(!agreed(Tunnel::Upgrade, StatusCode::OK), "a 200 to an upgrade is a plain response");
+        assert!(agreed(Tunnel::Connect, StatusCode::OK));
+        assert!(!agreed(Tunnel::Connect, StatusCode::PROXY_AUTHENTICATION_REQUIRED));
+        assert!(!agreed(Tunnel::None, StatusCode::SWITCHING_PROTOCOLS));
+    }
+}

@@ -1,0 +1,280 @@
+//! HTTP-aware proxying through a real engine: HTTP/1 and HTTP/2 requests
+//! proxied one by one over pooled upstream connections, headers carried
+//! faithfully (hop-by-hop ones dropped), streaming bodies, errors as HTTP
+//! responses, and the metrics checked against the requests actually made.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::within;
+use http::{Request, StatusCode};
+use meshpipe_core::vocab::Direction;
+
+const T: Duration = Duration::from_secs(20);
+
+fn series<'a>(snap: &'a meshpipe_core::Snapshot, authority: &str) -> &'a meshpipe_core::metrics::HttpSnapshot {
+    snap.http
+        .iter()
+        .find(|s| s.authority.as_deref() == Some(authority))
+        .unwrap_or_else(|| panic!("no series for {authority}: {:?}", snap.http))
+}
+
+fn responses(s: &meshpipe_core::metrics::HttpSnapshot, status: u16) -> u64 {
+    s.responses.iter().filter(|r| r.status_code == Some(status)).map(|r| r.count).sum()
+}
+
+/// Waits until `f(snapshot)` holds: responses are counted when their body
+/// ends, which the client may see a moment before the proxy records it.
+async fn until(engine: &meshpipe_core::Engine, f: impl Fn(&meshpipe_core::Snapshot) -> bool) -> meshpipe_core::Snapshot {
+    within(T, async {
+        loop {
+            let s = engine.snapshot();
+            if f(&s) {
+                return s;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http1_requests_are_proxied_one_by_one_over_a_pooled_connection() {
+    let (backend, seen) = h1_backend("b1").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    for i in 0..20 {
+        let req = Request::get(format!("/item/{i}"))
+            .header("host", "Web.Test:8080")
+            .header("x-echo", format!("v{i}"))
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "secret")
+            .body(full(""))
+            .unwrap();
+        let resp = within(T, c.send_request(req)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-echo"], format!("v{i}").as_str());
+        assert_eq!(resp.headers()["x-version"], "HTTP/1.1");
+        assert_eq!(text(resp).await, format!("b1 GET /item/{i} Web.Test:8080"));
+    }
+    let snap = until(&engine, |s| s.http.iter().any(|h| h.authority.as_deref() == Some("web.test:8080") && responses(h, 200) == 20)).await;
+    let s = series(&snap, "web.test:8080");
+    assert_eq!(s.requests, 20);
+    assert_eq!(s.latency_ms.count, 20);
+    assert_eq!(s.direction, Direction::Outbound);
+    assert_eq!(s.target_addr.as_deref(), Some(backend.to_string().as_str()));
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 20);
+    assert_eq!(seen.connections.load(std::sync::atomic::Ordering::Relaxed), 1, "one upstream connection, reused");
+    let tcp = snap.tcp.iter().find(|t| t.target_addr.as_deref() == Some(backend.to_string().as_str())).unwrap();
+    assert_eq!((tcp.src_open_total, tcp.dst_open_total), (1, 1));
+    assert!(tcp.bytes_client_to_server > 0 && tcp.bytes_server_to_client > 0);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_do_not_reach_the_backend() {
+    // A raw backend that returns the request head it received.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = String::from_utf8_lossy(&head).to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: keep-alive, x-resp-hop\r\nx-resp-hop: 1\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).await.unwrap();
+        let _ = s.read(&mut buf).await;
+    });
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/h")
+        .header("host", "a.test")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic eDp5")
+        .header("x-end", "kept")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert!(resp.headers().get("x-resp-hop").is_none(), "response hop-by-hop fields are dropped too");
+    let head = text(resp).await.to_ascii_lowercase();
+    assert!(head.starts_with("get /h http/1.1\r\n"), "{head}");
+    for gone in ["x-hop:", "keep-alive:"] {
+        assert!(!head.contains(gone), "{gone} reached the backend: {head}");
+    }
+    for kept in ["x-end: kept", "te: trailers", "proxy-authorization: basic", "host: a.test"] {
+        assert!(head.contains(kept), "{kept} missing: {head}");
+    }
+}
+
+#[tokio::test]
+async fn http2_streams_are_multiplexed_and_measured() {
+    let (backend, seen) = h2_backend("b2").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let c = h2_client(proxy).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://grpc.test/s/{i}")).body(full("")).unwrap();
+            let resp = c.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-version"], "HTTP/2.0");
+            text(resp).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(within(T, t).await.unwrap(), format!("b2 GET http://grpc.test/s/{i} "));
+    }
+    let snap = until(&engine, |s| s.http.iter().any(|h| h.authority.as_deref() == Some("grpc.test") && responses(h, 200) == 50)).await;
+    assert_eq!(series(&snap, "grpc.test").requests, 50);
+    assert_eq!(seen.connections.load(std::sync::atomic::Ordering::Relaxed), 1, "one multiplexed upstream connection");
+}
+
+#[tokio::test]
+async fn grpc_status_is_read_from_trailers() {
+    let (backend, _) = h2_backend("g").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    for code in [0u16, 13, 5] {
+        let req =
+            Request::post(format!("http://svc.grpc/grpc/{code}")).header("content-type", "application/grpc").body(full("msg")).unwrap();
+        let resp = within(T, c.send_request(req)).await.unwrap();
+        let (_, n, trailers) = body_sha(resp.into_body()).await;
+        assert_eq!(n, 3);
+        assert_eq!(trailers.unwrap()["grpc-status"], code.to_string().as_str(), "trailers reach the client");
+    }
+    let snap = until(&engine, |s| s.http.iter().any(|h| h.responses.iter().map(|r| r.count).sum::<u64>() == 3)).await;
+    let s = series(&snap, "svc.grpc");
+    let by = |g: u8| s.responses.iter().find(|r| r.grpc_status == Some(g)).unwrap_or_else(|| panic!("grpc {g}: {:?}", s.responses));
+    assert_eq!(by(0).classification, meshpipe_core::metrics::Classification::Success);
+    assert_eq!(by(13).classification, meshpipe_core::metrics::Classification::Failure, "INTERNAL is a failure");
+    assert_eq!(by(5).classification, meshpipe_core::metrics::Classification::Success, "NOT_FOUND is not");
+}
+
+#[tokio::test]
+async fn streaming_bodies_both_ways_are_carried_whole() {
+    let (backend, _) = h1_backend("s").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let n: u64 = 48 << 20;
+    // Upload (chunked: no content-length) of 48 MiB.
+    let req = Request::post("/sha").header("host", "up.test").body(http_body_util::BodyExt::boxed(Pattern { left: n, offset: 0 })).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    let hex: String = pattern_sha(n).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(text(resp).await, format!("{hex} {n}"));
+    // Download of 48 MiB.
+    let resp = within(T, c.send_request(get(&format!("/size/{n}")))).await.unwrap();
+    let (sha, len, _) = within(T, body_sha(resp.into_body())).await;
+    assert_eq!((sha, len), (pattern_sha(n), n));
+}
+
+#[tokio::test]
+async fn unreachable_upstreams_get_502_and_grpc_gets_unavailable() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (engine, proxy) = common::forward(dead, Some("http1"), serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let resp = within(T, c.send_request(get("/x"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert!(resp.headers().get("l5d-proxy-error").is_none(), "only toward meshed peers");
+    let body = text(resp).await;
+    assert!(body.to_lowercase().contains("connection refused"), "{body}");
+    // The connection survives the error.
+    let req = Request::post("/g").header("host", "web.test").header("content-type", "application/grpc").body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "14");
+    let snap = engine.snapshot();
+    let s = series(&snap, "web.test");
+    assert_eq!(s.requests, 2);
+    let bad = s.responses.iter().find(|r| r.status_code == Some(502)).unwrap();
+    assert_eq!((bad.count, bad.error), (1, Some(meshpipe_core::http::HttpErrorReason::BadGateway)));
+    assert!(s.responses.iter().any(|r| r.grpc_status == Some(14) && r.classification == meshpipe_core::metrics::Classification::Failure));
+    let errors =
+        snap.http_errors.iter().find(|e| e.direction == Direction::Outbound && e.error == meshpipe_core::http::HttpErrorReason::BadGateway);
+    assert_eq!(errors.unwrap().count, 2);
+}
+
+#[tokio::test]
+async fn response_timeout_answers_504() {
+    let (backend, _) = h1_backend("slow").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({"http": {"responseTimeoutMs": 200}})).await;
+    let mut c = h1_client(proxy).await;
+    let resp = within(T, c.send_request(get("/slow/5000"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    let resp = within(T, c.send_request(get("/fast"))).await.unwrap();
+    assert_eq!(resp.status(), 200, "a fast request on the same connection is unaffected");
+    text(resp).await;
+    let snap = engine.snapshot();
+    assert!(snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::GatewayTimeout && e.count == 1));
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_large_ones_pass() {
+    let (backend, _) = h1_backend("big").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({"http": {"maxHeaderBytes": 32768}})).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/ok").header("host", "h.test").header("x-big", "a".repeat(24 * 1024)).body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200, "24 KiB of headers fit in a 32 KiB limit");
+    text(resp).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/no").header("host", "h.test").header("x-big", "a".repeat(40 * 1024)).body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let snap =
+        until(&engine, |s| s.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::HeadersTooLarge && e.count == 1))
+            .await;
+    assert_eq!(series(&snap, "h.test").requests, 1, "the refused request never reached the proxy logic");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, seen) = h1_backend("m").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nbad header line\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    within(T, s.read_to_end(&mut out)).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let snap = engine.snapshot();
+    assert!(snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadRequest && e.count == 1));
+}
+
+#[tokio::test]
+async fn declared_http_port_with_a_non_http_client_is_forwarded_and_counted() {
+    let echo = common::echo_server().await;
+    let (engine, proxy) = common::forward(echo, Some("http1"), serde_json::json!({})).await;
+    let data = common::random(100_000, 7);
+    let got = within(T, common::roundtrip(proxy, data.clone())).await;
+    assert_eq!(got, common::sha(&data), "every byte forwarded as TCP");
+    let snap = engine.snapshot();
+    assert!(snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::NotHttp && e.count == 1));
+}
+
+#[tokio::test]
+async fn http_disabled_forwards_http_as_tcp() {
+    let (backend, seen) = h1_backend("tcp").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({"http": {"enabled": false}})).await;
+    let mut c = h1_client(proxy).await;
+    for _ in 0..3 {
+        let resp = within(T, c.send_request(get("/t"))).await.unwrap();
+        text(resp).await;
+    }
+    assert!(engine.snapshot().http.is_empty());
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 3);
+}

@@ -1,0 +1,145 @@
+//! Upgrades and CONNECT through the HTTP proxy become byte tunnels after the
+//! handshake, with nothing lost: HTTP/1.1 `Upgrade` (as WebSockets use it),
+//! `CONNECT` from HTTP/1.1 and HTTP/1.0 clients with the authority passed on
+//! unchanged, HTTP/2 extended CONNECT (RFC 8441), and `Upgrade: h2c`
+//! stripped into a plain request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::within;
+use http::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Reads the backend's label line, then checks that `data` comes back whole.
+async fn echo_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S, label: &str, data: &[u8]) {
+    let mut got = vec![0u8; label.len()];
+    within(T, io.read_exact(&mut got)).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), label);
+    let (mut r, mut w) = tokio::io::split(io);
+    let write = async {
+        w.write_all(data).await.unwrap();
+        w.flush().await.unwrap();
+    };
+    let read = async {
+        let mut back = vec![0u8; data.len()];
+        r.read_exact(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = within(T, async { tokio::join!(write, read) }).await;
+    assert!(back == data, "the tunnel carried every byte in order");
+}
+
+#[tokio::test]
+async fn http1_upgrade_becomes_a_tunnel_after_101() {
+    let (backend, _) = h1_backend("ws").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/chat")
+        .header("host", "ws.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["upgrade"], "websocket");
+    let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    echo_through(&mut io, "ws /chat\n", &common::random(300_000, 1)).await;
+    drop(io);
+    let snap = engine.snapshot();
+    let s = snap.http.iter().find(|s| s.authority.as_deref() == Some("ws.test")).unwrap();
+    assert_eq!(s.responses[0].status_code, Some(101));
+}
+
+#[tokio::test]
+async fn connect_from_http11_reaches_a_forward_proxy_with_its_authority() {
+    let (backend, seen) = h1_backend("fwd").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::connect("db.example:5432").header("host", "db.example:5432").body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    echo_through(&mut io, "fwd db.example:5432\n", &common::random(200_000, 2)).await;
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn connect_from_http10_with_bytes_sent_early_loses_nothing() {
+    let (backend, _) = h1_backend("fwd10").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    // The request and the first tunnel bytes in one write: the proxy must
+    // carry the bytes past the handshake to the other side.
+    s.write_all(b"CONNECT db.example:443 HTTP/1.0\r\n\r\nearly-bytes").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within(T, s.read_exact(&mut b)).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut label = vec![0u8; "fwd10 db.example:443\nearly-bytes".len()];
+    within(T, s.read_exact(&mut label)).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&label), "fwd10 db.example:443\nearly-bytes");
+    s.write_all(b"more").await.unwrap();
+    let mut more = [0u8; 4];
+    within(T, s.read_exact(&mut more)).await.unwrap();
+    assert_eq!(&more, b"more");
+}
+
+#[tokio::test]
+async fn refused_connect_is_a_plain_response() {
+    // A forward proxy that refuses: 407, no tunnel; the connection stays usable.
+    let (backend, _) = h1_backend("deny").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::connect("deny.example:443").body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 407);
+    assert_eq!(text(resp).await, "proxy authentication required");
+    let resp = within(T, c.send_request(get("/after"))).await.unwrap();
+    assert_eq!(text(resp).await, "deny GET /after web.test");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_requests_are_proxied_as_plain_requests() {
+    let (backend, _) = h1_backend("h2c").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/plain")
+        .header("host", "x.test")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200, "not 101: the upgrade was stripped");
+    assert_eq!(text(resp).await, "h2c GET /plain x.test");
+}
+
+#[tokio::test]
+async fn http2_extended_connect_tunnels_websockets_over_h2() {
+    let (backend, _) = h2_backend("h2ws").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    // RFC 8441 §3: a client sends extended CONNECT once it has the
+    // server's SETTINGS_ENABLE_CONNECT_PROTOCOL; after one exchange it has.
+    let r = within(T, c.send_request(Request::get("http://h2ws.test/warm").body(full("")).unwrap())).await.unwrap();
+    text(r).await;
+    let mut req = Request::connect("http://h2ws.test/chat").header("sec-websocket-version", "13").body(full("")).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    echo_through(&mut io, "h2ws http://h2ws.test/chat\n", &common::random(200_000, 3)).await;
+}

@@ -1,0 +1,78 @@
+/**
+ * Per-request balancing end to end through the CLI: a Service address from
+ * `--endpoints FILE` resolved to three real backends, requests of one client
+ * connection spread over all three, counted under the Service's target; and
+ * a bad endpoints file stops the start naming the file and line.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, HOST, runCli, startProxy, waitFor } from './helpers.js';
+import { adminAddress, scrape } from './admin-client.js';
+import { total } from './prom-parse.js';
+
+test('one client connection, three endpoints of a Service from --endpoints: every endpoint gets requests', async (t) => {
+  const names = ['a', 'b', 'c'];
+  const ports: number[] = [];
+  for (const name of names) {
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.end(name));
+    });
+    server.listen(0, HOST);
+    await once(server, 'listening');
+    t.after(() => server.close());
+    ports.push((server.address() as AddressInfo).port);
+  }
+  // The "cluster IP": a loopback address and port nothing listens on.
+  const service = `127.0.0.1:${await freePort()}`;
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-endpoints-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'endpoints');
+  writeFileSync(file, `# the web Service\n${service} ${ports.map((p) => `127.0.0.1:${p}`).join(' ')}\n`);
+  const { proc, ports: listen } = await startProxy(['--forward', `127.0.0.1:0=${service}`, '--endpoints', file, '--admin', '127.0.0.1:0'], { t });
+  assert.ok(proc.logs.some((l) => l.msg === 'endpoints updated' && l['upserted'] === 1), 'the table was sent before the listeners bound');
+  const admin = await adminAddress(proc);
+
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.after(() => agent.destroy());
+  const seen = new Map<string, number>();
+  const sockets = new Set<unknown>();
+  for (let i = 0; i < 90; i++) {
+    const body = await new Promise<string>((resolve, reject) => {
+      const req = http.get({ host: HOST, port: listen[0], path: `/${i}`, agent }, (res) => {
+        sockets.add(res.socket);
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve(text));
+      });
+      req.on('error', reject);
+    });
+    seen.set(body, (seen.get(body) ?? 0) + 1);
+  }
+  assert.equal(sockets.size, 1, 'one client connection');
+  assert.deepEqual([...seen.keys()].sort(), names, `every endpoint answered: ${JSON.stringify([...seen])}`);
+
+  const series = { direction: 'outbound', target_addr: service };
+  let f = await scrape(admin);
+  await waitFor(async () => total((f = await scrape(admin)), 'response_total', series) === 90, '90 responses', 10_000, 50);
+  assert.equal(total(f, 'request_total', series), 90);
+  assert.equal(total(f, 'meshpipe_endpoints_generation'), 1);
+  // Upstream connections are counted per endpoint (peer="dst").
+  for (const p of ports) assert.ok(total(f, 'tcp_open_total', { target_addr: `127.0.0.1:${p}`, peer: 'dst' }) >= 1, `endpoint ${p}`);
+});
+
+test('a bad --endpoints file stops the start with exit 2, naming the file and line', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-endpoints-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'endpoints');
+  writeFileSync(file, '10.96.0.1:80 10.0.0.1:80\n10.96.0.2:80 not-an-address\n');
+  const r = await runCli(['proxy', '--forward', '127.0.0.1:0=127.0.0.1:9', '--endpoints', file, '--admin', 'off']);
+  assert.equal(r.code, 2, r.stderr + r.stdout);
+  assert.ok((r.stdout + r.stderr).includes(`${file}:2: "not-an-address" is not an endpoint address`), r.stdout + r.stderr);
+});
