@@ -20,6 +20,7 @@ import { CLI, ROOT } from './helpers.js';
 import { run } from './netns.js';
 import { schemaProblems } from './k8s-schema.js';
 import { applyPatch, diff, getPath, parseQuantity, parseStream, pointer, type JsonObject, type JsonValue } from '../ts/inject/index.js';
+import { renderIdentity } from '../ts/identity/name.js';
 
 const FIXTURES = join(ROOT, 'test/fixtures/inject');
 const fixture = (name: string): string => readFileSync(join(FIXTURES, name), 'utf8');
@@ -66,6 +67,20 @@ function find(all: JsonObject[], kind: string, name: string): JsonObject {
   return d;
 }
 
+/** The CSI volume's attributes with the injector's defaults and the proxy's default uid. */
+const CSI_ATTRIBUTES: Record<string, string> = {
+  'csi.cert-manager.io/issuer-name': 'meshpipe-identity-issuer',
+  'csi.cert-manager.io/issuer-kind': 'ClusterIssuer',
+  'csi.cert-manager.io/issuer-group': 'cert-manager.io',
+  'csi.cert-manager.io/dns-names': '${SERVICE_ACCOUNT_NAME}.${POD_NAMESPACE}.serviceaccount.identity.linkerd.cluster.local',
+  'csi.cert-manager.io/key-algorithm': 'ECDSA',
+  'csi.cert-manager.io/key-size': '256',
+  'csi.cert-manager.io/key-usages': 'digital signature,server auth,client auth',
+  'csi.cert-manager.io/duration': '24h',
+  'csi.cert-manager.io/renew-before': '8h',
+  'csi.cert-manager.io/fs-group': '2102',
+};
+
 function assertSchemaValid(all: readonly JsonObject[]): void {
   const problems = all.flatMap((d) => schemaProblems(d));
   assert.deepEqual(problems, [], `objects the API server would refuse:\n${problems.join('\n')}`);
@@ -93,23 +108,23 @@ describe('meshpipe inject', () => {
     assert.match(stdout, /line"\n\.\.\.\n---\n# The shop's front end\.\n/);
 
     assert.deepEqual(stderr.trim().split('\n'), [
-      'meshpipe inject: Deployment shop/web: injected (injected by default)',
-      'meshpipe inject: StatefulSet shop/cache: injected (injected by default)',
+      'meshpipe inject: Deployment shop/web: injected (injected by default; identity from csi.cert-manager.io, ClusterIssuer meshpipe-identity-issuer)',
+      'meshpipe inject: StatefulSet shop/cache: injected (injected by default; identity from csi.cert-manager.io, ClusterIssuer meshpipe-identity-issuer)',
       "meshpipe inject: warning: DaemonSet shop/node-agent: not injected (the pod uses the host's network (hostNetwork: true): meshpipe init would rewrite the node's iptables)",
       'meshpipe inject: ReplicaSet shop/legacy: not injected (meshpipe.io/inject=disabled on ReplicaSet shop/legacy)',
-      'meshpipe inject: Job shop/report: injected (injected by default)',
-      'meshpipe inject: CronJob shop/nightly: injected (injected by default)',
-      'meshpipe inject: Pod other/debug: injected (injected by default)',
+      'meshpipe inject: Job shop/report: injected (injected by default; identity from csi.cert-manager.io, ClusterIssuer meshpipe-identity-issuer)',
+      'meshpipe inject: CronJob shop/nightly: injected (injected by default; identity from csi.cert-manager.io, ClusterIssuer meshpipe-identity-issuer)',
+      'meshpipe inject: Pod other/debug: injected (injected by default; identity from csi.cert-manager.io, ClusterIssuer meshpipe-identity-issuer)',
     ]);
   });
 
-  test('what is added: init with NET_ADMIN/NET_RAW only, native sidecar proxy as uid 2102 with probes, podinfo, POD_IPS, resources, drain', async () => {
+  test('what is added: init with NET_ADMIN/NET_RAW only, native sidecar proxy as uid 2102 with probes, podinfo, POD_IPS, identity, resources, drain', async () => {
     const all = docs((await ok(['inject', join(FIXTURES, 'workloads.yaml')])).stdout);
     const web = template(find(all, 'Deployment', 'web'));
     const spec = web['spec'] as JsonObject;
     assert.deepEqual(names(spec['initContainers']), ['meshpipe-init', 'meshpipe-proxy', 'migrate'], 'init first, then the native sidecar, then the app\'s init containers');
     assert.deepEqual(names(spec['containers']), ['app']);
-    assert.deepEqual(names(spec['volumes']), ['meshpipe-podinfo', 'meshpipe-xtables-lock']);
+    assert.deepEqual(names(spec['volumes']), ['meshpipe-podinfo', 'meshpipe-identity', 'meshpipe-xtables-lock']);
 
     const init = byName(spec['initContainers'], 'meshpipe-init');
     assert.deepEqual(init['command'], [
@@ -127,7 +142,9 @@ describe('meshpipe inject', () => {
     assert.equal(proxy['restartPolicy'], 'Always', 'native sidecar');
     assert.deepEqual(proxy['command'], [
       'meshpipe', 'proxy', '--inbound', '0.0.0.0:4143', '--outbound', '127.0.0.1:4140', '--admin', '0.0.0.0:4191',
-      '--annotations', '/var/run/meshpipe/podinfo/annotations', '--drain-timeout', '20s', // the pod's grace period
+      '--annotations', '/var/run/meshpipe/podinfo/annotations',
+      '--identity-dir', '/var/run/meshpipe/identity', '--trust-domain', 'cluster.local', '--identity-template', '{sa}.{ns}.serviceaccount.identity.linkerd.{trustDomain}',
+      '--drain-timeout', '20s', // the pod's grace period
     ]);
     const sc = proxy['securityContext'] as JsonObject;
     assert.equal(sc['runAsUser'], 2102);
@@ -143,6 +160,11 @@ describe('meshpipe inject', () => {
     assert.deepEqual(proxy['resources'], { requests: { cpu: '100m' }, limits: { memory: '128Mi' } });
     assert.deepEqual(init['resources'], proxy['resources']);
     assert.deepEqual(getPath(byName(spec['volumes'], 'meshpipe-podinfo'), ['downwardAPI', 'items', '0', 'fieldRef']), { fieldPath: 'metadata.annotations' });
+    // The identity: cert-manager's CSI driver, the Linkerd-form name of the pod's service account, files readable by the proxy's group.
+    assert.deepEqual(byName(spec['volumes'], 'meshpipe-identity'), { name: 'meshpipe-identity', csi: { driver: 'csi.cert-manager.io', readOnly: true, volumeAttributes: CSI_ATTRIBUTES } });
+    assert.deepEqual(byName(proxy['volumeMounts'], 'meshpipe-identity'), { name: 'meshpipe-identity', mountPath: '/var/run/meshpipe/identity', readOnly: true });
+    assert.equal(Number(CSI_ATTRIBUTES['csi.cert-manager.io/fs-group']), sc['runAsGroup'], 'the driver\'s files are group-readable by the proxy');
+    assert.equal(getPath(web, ['metadata', 'annotations', 'meshpipe.io/injected-identity']), 'cert-manager-csi');
     assert.equal(getPath(web, ['metadata', 'annotations', 'meshpipe.io/injected']), (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version);
     assert.equal(spec['terminationGracePeriodSeconds'], 20, 'a grace period is kept when no drain timeout asks for more');
 
@@ -164,6 +186,7 @@ describe('meshpipe inject', () => {
     const dproxy = byName(getPath(debug, ['spec', 'initContainers']), 'meshpipe-proxy');
     assert.equal(getPath(dproxy, ['securityContext', 'runAsUser']), 3000, 'config.linkerd.io/proxy-uid');
     assert.ok((byName(getPath(debug, ['spec', 'initContainers']), 'meshpipe-init')['command'] as string[]).join(' ').includes('--proxy-uid 3000'));
+    assert.equal(getPath(byName(getPath(debug, ['spec', 'volumes']), 'meshpipe-identity'), ['csi', 'volumeAttributes', 'csi.cert-manager.io/fs-group']), '3000', 'the identity files follow the proxy\'s uid');
     // Namespace shop's skip-outbound-ports does not reach a pod in namespace other.
     assert.ok(!(byName(getPath(debug, ['spec', 'initContainers']), 'meshpipe-init')['command'] as string[]).includes('--skip-outbound-ports'));
   });
@@ -241,10 +264,10 @@ describe('meshpipe inject', () => {
       + pod('both', 'linkerd.io/inject: enabled, meshpipe.io/inject: disabled');
     const r = await ok(['inject', '-'], input);
     assert.match(r.stderr, /Pod n\/inherits: not injected \(linkerd\.io\/inject=disabled on Namespace n\)/);
-    assert.match(r.stderr, /Pod n\/linkerd-on: injected \(linkerd\.io\/inject=enabled on Pod n\/linkerd-on\)/);
+    assert.match(r.stderr, /Pod n\/linkerd-on: injected \(linkerd\.io\/inject=enabled on Pod n\/linkerd-on; identity from /);
     assert.match(r.stderr, /Pod n\/both: not injected \(meshpipe\.io\/inject=disabled on Pod n\/both\)/);
     const r2 = await ok(['inject', '-'], ns('meshpipe.io/inject: enabled, linkerd.io/inject: disabled') + pod('p', ''));
-    assert.match(r2.stderr, /Pod n\/p: injected \(meshpipe\.io\/inject=enabled on Namespace n\)/);
+    assert.match(r2.stderr, /Pod n\/p: injected \(meshpipe\.io\/inject=enabled on Namespace n; identity from /);
     // Disabling an injected pod and injecting again removes the sidecar.
     const injected = (await ok(['inject', '-'], pod('x', '').slice(4))).stdout;
     assert.match(injected, /annotations: \{ ?meshpipe\.io\/injected: /);
@@ -263,7 +286,7 @@ describe('meshpipe inject', () => {
     const spec = template(find(docs(r.stdout), 'Deployment', 'web'))['spec'] as JsonObject;
     assert.deepEqual(names(spec['initContainers']), ['meshpipe-init', 'meshpipe-proxy', 'migrate']);
     assert.ok((byName(spec['initContainers'], 'meshpipe-init')['command'] as string[]).join(' ').includes('--skip-inbound-ports 9090,9100'));
-    assert.deepEqual(names(spec['volumes']), ['meshpipe-podinfo', 'meshpipe-xtables-lock']);
+    assert.deepEqual(names(spec['volumes']), ['meshpipe-podinfo', 'meshpipe-identity', 'meshpipe-xtables-lock']);
   });
 
   test('--sidecar classic, and the pod annotation overriding it', async () => {
@@ -281,6 +304,9 @@ describe('meshpipe inject', () => {
     const r = await ok(['inject', '--dry-run', join(FIXTURES, 'workloads.yaml')]);
     assert.match(r.stdout, /^={10,}\n--- .*workloads\.yaml\n\+\+\+ .*workloads\.yaml \(meshpipe inject\)\n/);
     assert.match(r.stdout, /^\+ {6}- name: meshpipe-init$/m);
+    // The identity volume and the proxy's identity flags are part of it.
+    assert.match(r.stdout, /^\+ {6}- name: meshpipe-identity\n\+ {8}csi:\n\+ {10}driver: csi\.cert-manager\.io$/m);
+    assert.match(r.stdout, /^\+ {8}- --identity-dir\n\+ {8}- \/var\/run\/meshpipe\/identity$/m);
     const removed = r.stdout.split('\n').filter((l) => l.startsWith('-') && !l.startsWith('---'));
     assert.ok(removed.every((l) => /#/.test(l)), `only comment-spacing lines may be replaced:\n${removed.join('\n')}`);
     const none = await ok(['inject', '--dry-run', '-'], (await ok(['inject', join(FIXTURES, 'workloads.yaml')])).stdout);
@@ -316,6 +342,199 @@ describe('meshpipe inject', () => {
       assert.deepEqual(applyPatch(before, ops), after, `${JSON.stringify(before['kind'])}: patch does not reproduce the output`);
       // Additions to existing arrays are inserts, never a rewrite of the app's containers.
       assert.ok(!ops.some((o) => o.op === 'replace' && /containers$/.test(o.path)), JSON.stringify(ops.map((o) => `${o.op} ${o.path}`)));
+    }
+  });
+});
+
+/** A Pod in namespace n (service account api) with these annotations, as a YAML document. */
+function idPod(name: string, annotations: string): string {
+  const ann = annotations === '' ? '' : `  annotations: {${annotations}}\n`;
+  return `---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: ${name}\n  namespace: n\n${ann}spec:\n  serviceAccountName: api\n  containers: [{name: app, image: x}]\n`;
+}
+
+function idNamespace(annotations: string): string {
+  return `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: n\n  annotations: {${annotations}}\n`;
+}
+
+/** What the identity put into a pod (or pod template): its volume, the proxy's mount, the proxy's identity flags, the marker. */
+function identityOf(podOrTemplate: JsonObject): { volume: JsonObject | undefined; mount: JsonObject | undefined; flags: string[]; marker: JsonValue | undefined } {
+  const spec = podOrTemplate['spec'] as JsonObject;
+  const proxy = [...((spec['initContainers'] ?? []) as JsonObject[]), ...((spec['containers'] ?? []) as JsonObject[])].find((c) => c['name'] === 'meshpipe-proxy');
+  assert.ok(proxy, 'the pod has the proxy');
+  const command = proxy['command'] as string[];
+  const flags: string[] = [];
+  for (const flag of ['--identity-dir', '--trust-domain', '--identity-template']) {
+    const i = command.indexOf(flag);
+    if (i >= 0) flags.push(flag, command[i + 1] as string);
+  }
+  return {
+    volume: ((spec['volumes'] ?? []) as JsonObject[]).find((v) => v['name'] === 'meshpipe-identity'),
+    mount: ((proxy['volumeMounts'] ?? []) as JsonObject[]).find((m) => m['name'] === 'meshpipe-identity'),
+    flags,
+    marker: getPath(podOrTemplate, ['metadata', 'annotations', 'meshpipe.io/injected-identity']),
+  };
+}
+
+function csiAttributes(podOrTemplate: JsonObject): Record<string, string> {
+  const volume = identityOf(podOrTemplate).volume;
+  assert.ok(volume, 'an identity volume');
+  assert.deepEqual([getPath(volume, ['csi', 'driver']), getPath(volume, ['csi', 'readOnly'])], ['csi.cert-manager.io', true]);
+  return getPath(volume, ['csi', 'volumeAttributes']) as Record<string, string>;
+}
+
+/** The certificate's name as the CSI driver expands it for service account api in namespace n. */
+function expandCsiName(name: string): string {
+  return name.replaceAll('${SERVICE_ACCOUNT_NAME}', 'api').replaceAll('${POD_NAMESPACE}', 'n');
+}
+
+const PROXY_IDENTITY_FLAGS = ['--identity-dir', '/var/run/meshpipe/identity', '--trust-domain', 'cluster.local', '--identity-template', '{sa}.{ns}.serviceaccount.identity.linkerd.{trustDomain}'];
+
+describe('the proxy\'s identity', () => {
+  test('cert-manager CSI by default, shaped by namespace and pod annotations; idempotent; uninject removes all of it', async () => {
+    const input = idNamespace('config.meshpipe.io/identity-issuer: ns-issuer, config.meshpipe.io/identity-duration: 48h') + idPod('inherits', '')
+      + idPod('own', 'config.meshpipe.io/identity-issuer: mesh-ca, config.meshpipe.io/identity-issuer-kind: Issuer, config.meshpipe.io/identity-issuer-group: example.io, '
+        + 'config.meshpipe.io/identity-duration: 2h, config.meshpipe.io/identity-renew-before: 30m');
+    const r = await ok(['inject', '-'], input);
+    assert.match(r.stderr, /Pod n\/inherits: injected \(injected by default; identity from csi\.cert-manager\.io, ClusterIssuer ns-issuer\)/);
+    assert.match(r.stderr, /Pod n\/own: injected \(injected by default; identity from csi\.cert-manager\.io, Issuer mesh-ca\)/);
+    const all = docs(r.stdout);
+    assertSchemaValid(all);
+    const [inherits, own] = [find(all, 'Pod', 'inherits'), find(all, 'Pod', 'own')];
+    assert.deepEqual(csiAttributes(inherits), {
+      ...CSI_ATTRIBUTES, 'csi.cert-manager.io/issuer-name': 'ns-issuer', 'csi.cert-manager.io/duration': '48h', 'csi.cert-manager.io/renew-before': '16h',
+    });
+    assert.deepEqual(csiAttributes(own), {
+      ...CSI_ATTRIBUTES, 'csi.cert-manager.io/issuer-name': 'mesh-ca', 'csi.cert-manager.io/issuer-kind': 'Issuer', 'csi.cert-manager.io/issuer-group': 'example.io',
+      'csi.cert-manager.io/duration': '2h', 'csi.cert-manager.io/renew-before': '30m',
+    });
+    for (const p of [inherits, own]) {
+      const id = identityOf(p);
+      assert.deepEqual(id.flags, PROXY_IDENTITY_FLAGS);
+      assert.deepEqual(id.mount, { name: 'meshpipe-identity', mountPath: '/var/run/meshpipe/identity', readOnly: true });
+      assert.equal(id.marker, 'cert-manager-csi');
+    }
+    // The name the driver will put in the certificate is the identity the proxy's flags derive for this pod.
+    assert.equal(expandCsiName(csiAttributes(own)['csi.cert-manager.io/dns-names'] as string), renderIdentity(PROXY_IDENTITY_FLAGS[5] as string, 'api', 'n', 'cluster.local'));
+
+    const twice = await ok(['inject', '-'], r.stdout);
+    assert.equal(twice.stdout, r.stdout, 'injecting again changes nothing');
+    const restored = await ok(['uninject', '-'], r.stdout);
+    assert.deepEqual(docs(restored.stdout), docs(input), 'uninject removes the volume, the mount, the flags and the marker');
+    assert.doesNotMatch(restored.stdout, /identity-dir|meshpipe-identity|injected-identity/);
+  });
+
+  test('config.meshpipe.io/identity-secret: a Secret volume (tls.crt, tls.key, ca.crt) instead of the CSI driver', async () => {
+    const input = idNamespace('config.meshpipe.io/identity: disabled') + idPod('from-secret', 'config.meshpipe.io/identity-secret: api-identity')
+      + idPod('ns-secret-pod-off', '');
+    const r = await ok(['inject', '-'], input);
+    assert.match(r.stderr, /Pod n\/from-secret: injected \(injected by default; identity from Secret api-identity\)/);
+    const all = docs(r.stdout);
+    assertSchemaValid(all);
+    const id = identityOf(find(all, 'Pod', 'from-secret'));
+    assert.deepEqual(id.volume, {
+      name: 'meshpipe-identity',
+      secret: { secretName: 'api-identity', items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }, { key: 'ca.crt', path: 'ca.crt' }] },
+    });
+    assert.deepEqual(id.flags, PROXY_IDENTITY_FLAGS);
+    assert.equal(id.marker, 'secret');
+    assert.equal(identityOf(find(all, 'Pod', 'ns-secret-pod-off')).marker, 'none', 'the namespace\'s disabled applies to pods that say nothing');
+
+    // A namespace-wide Secret, and a pod that opts out of it: the pod's own key wins.
+    const r2 = await ok(['inject', '-'], idNamespace('config.meshpipe.io/identity-secret: shared') + idPod('a', '') + idPod('b', 'config.meshpipe.io/identity: disabled'));
+    assert.equal(getPath(identityOf(find(docs(r2.stdout), 'Pod', 'a')).volume as JsonObject, ['secret', 'secretName']), 'shared');
+    assert.equal(identityOf(find(docs(r2.stdout), 'Pod', 'b')).volume, undefined);
+
+    // Switching an injected pod from the CSI driver to a Secret replaces the volume; it is never doubled.
+    const csi = (await ok(['inject', '-'], idPod('switch', 'meshpipe.io/inject: enabled').slice(4))).stdout;
+    const switched = await ok(['inject', '-'], csi.replace('meshpipe.io/inject: enabled', 'meshpipe.io/inject: enabled, config.meshpipe.io/identity-secret: switch-identity'));
+    assert.match(switched.stderr, /Pod n\/switch: updated/);
+    const spec = docs(switched.stdout)[0]?.['spec'] as JsonObject;
+    assert.deepEqual(names(spec['volumes']), ['meshpipe-podinfo', 'meshpipe-identity', 'meshpipe-xtables-lock']);
+    assert.equal(getPath(byName(spec['volumes'], 'meshpipe-identity'), ['secret', 'secretName']), 'switch-identity');
+  });
+
+  test('disabled (pod or namespace annotation, or --identity disabled): a plaintext sidecar, no volume, no flags', async () => {
+    const r = await ok(['inject', '-'], idPod('plain', 'config.meshpipe.io/identity: disabled').slice(4));
+    assert.match(r.stderr, /Pod n\/plain: injected \(injected by default; no identity\)/);
+    const pod = docs(r.stdout)[0] as JsonObject;
+    assertSchemaValid([pod]);
+    const id = identityOf(pod);
+    assert.deepEqual([id.volume, id.mount, id.flags, id.marker], [undefined, undefined, [], 'none']);
+    assert.deepEqual(names(getPath(pod, ['spec', 'volumes'])), ['meshpipe-podinfo', 'meshpipe-xtables-lock']);
+    assert.deepEqual(docs((await ok(['uninject', '-'], r.stdout)).stdout), docs(idPod('plain', 'config.meshpipe.io/identity: disabled').slice(4)));
+
+    // Cluster-wide off; a pod (or its namespace) can still ask for one.
+    const off = await ok(['inject', '--identity', 'disabled', '-'], idPod('a', '') + idPod('b', 'config.meshpipe.io/identity: enabled'));
+    const all = docs(off.stdout);
+    assert.equal(identityOf(find(all, 'Pod', 'a')).marker, 'none');
+    assert.deepEqual(csiAttributes(find(all, 'Pod', 'b')), CSI_ATTRIBUTES);
+  });
+
+  test('invalid identity annotations: named with object, key and value; that object unchanged; the others injected; exit 2', async () => {
+    const bad: [string, string, string][] = [
+      ['mode', 'config.meshpipe.io/identity: "off"', 'annotation config.meshpipe.io/identity: "off": expected "enabled" or "disabled"'],
+      ['secret', 'config.meshpipe.io/identity-secret: Web_Identity', 'annotation config.meshpipe.io/identity-secret: "Web_Identity": expected a Kubernetes object name'],
+      ['issuer', 'config.meshpipe.io/identity-issuer: "my issuer"', 'annotation config.meshpipe.io/identity-issuer: "my issuer": expected a Kubernetes object name'],
+      ['kind', 'config.meshpipe.io/identity-issuer-kind: cluster-issuer', 'annotation config.meshpipe.io/identity-issuer-kind: "cluster-issuer": expected a Kind such as ClusterIssuer or Issuer'],
+      ['group', 'config.meshpipe.io/identity-issuer-group: certmanager', 'annotation config.meshpipe.io/identity-issuer-group: "certmanager": expected an API group such as cert-manager.io'],
+      ['short', 'config.meshpipe.io/identity-duration: 30m', 'annotation config.meshpipe.io/identity-duration: "30m": "30m" is shorter than 1h'],
+      ['unit', 'config.meshpipe.io/identity-duration: "24"', 'annotation config.meshpipe.io/identity-duration: "24": invalid duration "24": a number without a unit'],
+      ['renew', 'config.meshpipe.io/identity-duration: 2h, config.meshpipe.io/identity-renew-before: 2h', 'annotation config.meshpipe.io/identity-renew-before: "2h": "2h" is not shorter than the certificate\'s lifetime 2h'],
+      ['renew-min', 'config.meshpipe.io/identity-renew-before: 1m', 'annotation config.meshpipe.io/identity-renew-before: "1m": "1m" is shorter than 5m'],
+    ];
+    const input = bad.map(([name, ann]) => idPod(name, ann)).join('') + idPod('good', '');
+    const r = await meshpipe(['inject', '-'], input);
+    assert.equal(r.code, 2, r.stderr);
+    for (const [name, , message] of bad) {
+      assert.ok(r.stderr.includes(`warning: Pod n/${name}: invalid (left unchanged)\n  Pod n/${name}: ${message}`), `missing for ${name}: ${message}\n${r.stderr}`);
+    }
+    const before = parseStream(input, 'in').documents;
+    const after = parseStream(r.stdout, 'out').documents;
+    for (const [i] of bad.entries()) assert.equal(after[i]?.text, before[i]?.text, `${bad[i]?.[0]}: written back unchanged`);
+    assert.match(r.stderr, /Pod n\/good: injected/);
+
+    // Inherited from the namespace: the Namespace is named, and the pod that inherited it.
+    const ns = await meshpipe(['inject', '-'], idNamespace('config.meshpipe.io/identity: sometimes') + idPod('x', ''));
+    assert.equal(ns.code, 2);
+    assert.match(ns.stderr, /Namespace n: annotation config\.meshpipe\.io\/identity: "sometimes": expected "enabled" or "disabled" \(inherited by Pod n\/x\)/);
+  });
+
+  test('--trust-domain and --identity-template: the certificate\'s name and the proxy\'s flags agree; SPIFFE is a URI SAN; bad flags exit 2', async () => {
+    for (const [args, sanKey] of [
+      [['--trust-domain', 'example.org'], 'csi.cert-manager.io/dns-names'],
+      [['--trust-domain', 'example.org', '--identity-template', 'spiffe://{trustDomain}/ns/{ns}/sa/{sa}'], 'csi.cert-manager.io/uri-sans'],
+    ] as const) {
+      const pod = docs((await ok(['inject', ...args, '--identity-issuer', 'corp-ca', '--identity-issuer-kind', 'Issuer', '--identity-duration', '12h', '--identity-renew-before', '1h', '-'], idPod('p', '').slice(4))).stdout)[0] as JsonObject;
+      assertSchemaValid([pod]);
+      const attrs = csiAttributes(pod);
+      const flags = identityOf(pod).flags;
+      const [template, trustDomain] = [flags[flags.indexOf('--identity-template') + 1] as string, flags[flags.indexOf('--trust-domain') + 1] as string];
+      assert.equal(trustDomain, 'example.org');
+      assert.equal(expandCsiName(attrs[sanKey] as string), renderIdentity(template, 'api', 'n', trustDomain), `${args.join(' ')}: the SAN is the identity the proxy's peers expect`);
+      assert.equal(Object.keys(attrs).filter((k) => /sans|dns-names/.test(k)).length, 1, 'one kind of SAN');
+      assert.deepEqual([attrs['csi.cert-manager.io/issuer-name'], attrs['csi.cert-manager.io/issuer-kind'], attrs['csi.cert-manager.io/duration'], attrs['csi.cert-manager.io/renew-before']], ['corp-ca', 'Issuer', '12h', '1h']);
+    }
+    // A pod's lifetime shorter than the cluster-wide renew-before is named, not silently adjusted.
+    const short = await meshpipe(['inject', '--identity-renew-before', '3h', '-'], idPod('p', 'config.meshpipe.io/identity-duration: 2h').slice(4));
+    assert.equal(short.code, 2);
+    assert.match(short.stderr, /Pod n\/p: annotation config\.meshpipe\.io\/identity-duration: "2h": not longer than the injector's --identity-renew-before 3h: set config\.meshpipe\.io\/identity-renew-before too/);
+
+    for (const [args, pattern] of [
+      [['--identity', 'maybe'], /--identity "maybe" is invalid: expected enabled or disabled/],
+      [['--trust-domain', 'Bad_Domain'], /--trust-domain \/ --identity-template: trust domain "Bad_Domain": expected a DNS name/],
+      [['--identity-template', '{sa}.identity.{trustDomain}'], /--trust-domain \/ --identity-template: identity template "\{sa\}\.identity\.\{trustDomain\}": the template needs \{sa\} and \{ns\}/],
+      [['--identity-duration', '10m'], /--identity-duration "10m" is invalid: "10m" is shorter than 1h/],
+      [['--identity-renew-before', '24h'], /--identity-renew-before "24h" is invalid: "24h" is not shorter than the certificate's lifetime 24h/],
+      [['--identity-issuer-kind', 'issuer'], /--identity-issuer-kind "issuer" is invalid: expected a Kind/],
+    ] as const) {
+      const r = await meshpipe(['inject', ...args, '-'], idPod('p', '').slice(4));
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, pattern);
+      assert.equal(r.stdout, '');
+    }
+    const help = (await ok(['inject', '--help'])).stdout;
+    for (const flag of ['--identity ', '--identity-issuer ', '--identity-issuer-kind ', '--identity-issuer-group ', '--identity-duration ', '--identity-renew-before ', '--trust-domain ', '--identity-template ']) {
+      assert.ok(help.includes(flag), `inject --help lists ${flag}`);
     }
   });
 });

@@ -168,6 +168,10 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
     const spec = out['spec'] as { initContainers: JsonObject[] };
     assert.deepEqual(spec.initContainers.map((c) => c['name']), ['meshpipe-init', 'meshpipe-proxy']);
     assert.ok((spec.initContainers[0]?.['command'] as string[]).join(' ').includes('--skip-outbound-ports 3306'), 'inherited from Namespace shop');
+    // The proxy's identity: cert-manager's CSI driver volume, mounted for --identity-dir.
+    const identity = (out['spec'] as { volumes: JsonObject[] }).volumes.find((v) => v['name'] === 'meshpipe-identity');
+    assert.equal((identity?.['csi'] as JsonObject | undefined)?.['driver'], 'csi.cert-manager.io');
+    assert.ok((spec.initContainers[1]?.['command'] as string[]).join(' ').includes('--identity-dir /var/run/meshpipe/identity'));
     // The CLI, given the same pod and namespace, makes the same pod.
     const manifest = `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {meshpipe.io/inject: enabled, config.linkerd.io/skip-outbound-ports: "3306"}\n---\n${JSON.stringify({ ...p, metadata: { ...(p['metadata'] as JsonObject), namespace: 'shop' } })}\n`;
     const cli = await run(process.execPath, [CLI, 'inject', '-'], { input: manifest });
@@ -207,6 +211,14 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
     assert.equal(denied.allowed, false);
     assert.equal(denied.status?.code, 400);
     assert.match(denied.status?.message ?? '', /^meshpipe: Pod shop\/bad-\* not injected: Pod shop\/bad-\*: annotation config\.linkerd\.io\/skip-inbound-ports: "22,ssh": entry "ssh"/);
+    const badIdentity = await review(injector.port, pki.ca, podReview(pod('badid', { 'config.meshpipe.io/identity-secret': 'Not A Name' }), 'shop'));
+    assert.equal(badIdentity.allowed, false);
+    assert.match(badIdentity.status?.message ?? '', /Pod shop\/badid-\*: annotation config\.meshpipe\.io\/identity-secret: "Not A Name": expected a Kubernetes object name/);
+    // A good Secret name: the patched pod mounts that Secret instead of the CSI volume.
+    const withSecret = pod('secret', { 'config.meshpipe.io/identity-secret': 'web-identity' });
+    const out = patched(withSecret, await review(injector.port, pki.ca, podReview(withSecret, 'shop')));
+    assert.deepEqual(schemaProblems(out), []);
+    assert.equal(((out['spec'] as { volumes: JsonObject[] }).volumes.find((v) => v['name'] === 'meshpipe-identity')?.['secret'] as JsonObject)['secretName'], 'web-identity');
 
     const lenient = await startInjector(pki, ['--kubeconfig', kubeconfig, '--failure-mode', 'allow']);
     try {
@@ -301,6 +313,8 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
       [['--failure-mode', 'maybe'], /--failure-mode "maybe" is invalid: expected deny or allow/],
       [['--namespaces', 'some'], /--namespaces "some" is invalid: expected kube or off/],
       [['--listen', 'nowhere'], /--listen: bind address "nowhere"/],
+      [['--identity', 'off'], /--identity "off" is invalid: expected enabled or disabled/],
+      [['--identity-issuer-kind', 'issuer'], /--identity-issuer-kind "issuer" is invalid: expected a Kind/],
     ] as const) {
       const r = await run(process.execPath, [CLI, 'injector', ...args]);
       assert.equal(r.code, 2, r.stderr);

@@ -74,6 +74,9 @@ export function injectStream(stream: ParsedStream, opts: InjectOptions): StreamR
       switch (outcome.action) {
         case 'injected':
         case 'updated':
+          docOps.push(...diff(template, outcome.template, site.path));
+          report.push({ object: site.object, action: outcome.action, detail: `${outcome.because}; ${outcome.identity}`, warn: false });
+          break;
         case 'uninjected':
           docOps.push(...diff(template, outcome.template, site.path));
           report.push({ object: site.object, action: outcome.action, detail: outcome.because, warn: false });

@@ -109,7 +109,7 @@ export function answerReview(request: JsonObject, ctx: ReviewContext): ReviewAns
         return {
           body: respond(uid, { allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(patch)).toString('base64') }),
           result: outcome.action,
-          detail: `${what}: ${outcome.because}`,
+          detail: `${what}: ${outcome.because}${outcome.action === 'uninjected' ? '' : `; ${outcome.identity}`}`,
         };
       }
       case 'unchanged':
