@@ -539,6 +539,18 @@ describe('the proxy\'s identity', () => {
   });
 });
 
+describe('the identity issuer manifest', () => {
+  test('deploy/kubernetes/identity-issuer.yaml: schema-valid, the issuer the injected CSI volumes and deploy/kubernetes/injector.yaml name', () => {
+    const issuer = docs(readFileSync(join(ROOT, 'deploy/kubernetes/identity-issuer.yaml'), 'utf8'));
+    assertSchemaValid(issuer);
+    assert.deepEqual(issuer.map((o) => [o['kind'], getPath(o, ['metadata', 'name'])]), [[CSI_ATTRIBUTES['csi.cert-manager.io/issuer-kind'], CSI_ATTRIBUTES['csi.cert-manager.io/issuer-name']]]);
+    assert.equal(getPath(issuer[0] as JsonObject, ['spec', 'ca', 'secretName']), 'meshpipe-identity-issuer');
+    const injector = docs(readFileSync(join(ROOT, 'deploy/kubernetes/injector.yaml'), 'utf8')).find((o) => o['kind'] === 'Deployment') as JsonObject;
+    const command = getPath(injector, ['spec', 'template', 'spec', 'containers', '0', 'command']) as string[];
+    assert.equal(command[command.indexOf('--identity-issuer') + 1], CSI_ATTRIBUTES['csi.cert-manager.io/issuer-name']);
+  });
+});
+
 describe('injection building blocks', () => {
   test('JSON Pointer escaping (RFC 6901) and quantities', () => {
     assert.equal(pointer(['metadata', 'annotations', 'meshpipe.io/injected', 'a~b']), '/metadata/annotations/meshpipe.io~1injected/a~0b');
