@@ -425,7 +425,7 @@ describe('the proxy\'s identity', () => {
 
   test('config.meshpipe.io/identity-secret: a Secret volume (tls.crt, tls.key, ca.crt) instead of the CSI driver', async () => {
     const input = idNamespace('config.meshpipe.io/identity: disabled') + idPod('from-secret', 'config.meshpipe.io/identity-secret: api-identity')
-      + idPod('ns-secret-pod-off', '');
+      + idPod('inherits-off', '');
     const r = await ok(['inject', '-'], input);
     assert.match(r.stderr, /Pod n\/from-secret: injected \(injected by default; identity from Secret api-identity\)/);
     const all = docs(r.stdout);
@@ -437,7 +437,7 @@ describe('the proxy\'s identity', () => {
     });
     assert.deepEqual(id.flags, PROXY_IDENTITY_FLAGS);
     assert.equal(id.marker, 'secret');
-    assert.equal(identityOf(find(all, 'Pod', 'ns-secret-pod-off')).marker, 'none', 'the namespace\'s disabled applies to pods that say nothing');
+    assert.equal(identityOf(find(all, 'Pod', 'inherits-off')).marker, 'none', 'the namespace\'s disabled applies to pods that say nothing');
 
     // A namespace-wide Secret, and a pod that opts out of it: the pod's own key wins.
     const r2 = await ok(['inject', '-'], idNamespace('config.meshpipe.io/identity-secret: shared') + idPod('a', '') + idPod('b', 'config.meshpipe.io/identity: disabled'));
