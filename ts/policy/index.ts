@@ -47,3 +47,4 @@ export type { PolicyUpdate } from './source.js';
 export { createSidecarPolicy, POLICY_MESSAGES, type SidecarPolicy, type PolicyEngine } from './sidecar.js';
 export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, type AuthzInputs, type AuthzResult } from './authz.js';
 export { parseDestinationsFile, isMeshed, meshPeerOf, MESH_ANNOTATIONS, DEFAULT_TUNNEL_PORT } from './mesh-destinations.js';
+export { describeResource, PROXY_RBAC_MANIFEST, WATCH_VERBS, watchedKinds, type KindSpec } from './k8s/index.js';

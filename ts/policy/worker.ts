@@ -8,7 +8,9 @@
  *   { type: 'table', generation, bytes }    a whole table, UTF-8 JSON of a PolicySpec
  *   { type: 'delta', generation, base, bytes, changed, frame }
  *                                           a change, UTF-8 JSON of a PolicyDelta
- *   { type: 'problems', generation, problems, total }
+ *   { type: 'problems', generation, problems, total, sources }
+ *                                           the first problems, their count, and
+ *                                           the sources' own (the Kubernetes API failing)
  *   { type: 'reloadFailed', message }
  *   { type: 'view', id, view }              the answer to a view request
  *   { type: 'startFailed', code, message }
@@ -25,7 +27,7 @@ import { policyView, VIEW_LIMIT } from './view.js';
 export type WorkerMessage =
   | { readonly type: 'table'; readonly generation: number; readonly bytes: Uint8Array; readonly stats: ReturnType<PolicySource['stats']> }
   | { readonly type: 'delta'; readonly generation: number; readonly base: number; readonly bytes: Uint8Array; readonly changed: readonly string[]; readonly frame: boolean }
-  | { readonly type: 'problems'; readonly generation: number; readonly problems: readonly string[]; readonly total: number }
+  | { readonly type: 'problems'; readonly generation: number; readonly problems: readonly string[]; readonly total: number; readonly sources: readonly string[] }
   | { readonly type: 'reloadFailed'; readonly message: string }
   | { readonly type: 'view'; readonly id: number; readonly view: unknown }
   | { readonly type: 'startFailed'; readonly code: string | undefined; readonly message: string };
@@ -49,7 +51,10 @@ function run(port: NonNullable<typeof parentPort>, options: PolicySourceOptions)
   const problems = (u: PolicyUpdate): void => {
     if (u.problems === problemsSent) return;
     problemsSent = u.problems;
-    post({ type: 'problems', generation: u.generation, problems: u.problems.slice(0, PROBLEMS_SENT).map((p) => p.message), total: u.problems.length });
+    post({
+      type: 'problems', generation: u.generation, problems: u.problems.slice(0, PROBLEMS_SENT).map((p) => p.message), total: u.problems.length,
+      sources: source.sourceProblems().slice(0, PROBLEMS_SENT).map((p) => p.message),
+    });
   };
   source.on('policy', (u) => {
     if (u.kind === 'delta' && u.change) {
