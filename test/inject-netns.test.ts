@@ -9,7 +9,11 @@
  * cert-manager's CSI driver would mount: a certificate from `meshpipe
  * identity issue` for the name in the volume's attributes (the driver's
  * variables expanded for the pod's service account and namespace), the
- * files 0440 root:`fs-group` as the driver writes them. A peer pod then
+ * files 0440 root:`fs-group` as the driver writes them. The API the proxy's
+ * `--kube` watches is test/fake-kube-api.ts, bridged into the pod's network
+ * namespace by socat on 127.0.0.1 (the kubelet's KUBERNETES_SERVICE_HOST and
+ * service account mount are stood in by KUBECONFIG): it lists a meshed peer
+ * pod, which the proxy must know as a mesh destination. A peer pod then
  * talks to the app through the proxy, and the app to the peer, 4 MiB each
  * way with SHA-256 equal; a mesh peer reaches the app through the proxy's
  * mutual-TLS tunnel, verifying that the proxy proves the injected identity;
@@ -25,9 +29,10 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { CLI } from './helpers.js';
+import { CLI, waitFor } from './helpers.js';
 import { createPodPair, requireNetns, run, startResponder, tcpRequest } from './netns.js';
 import { connectionsTo } from './netns-sidecar.js';
+import { FakeKubeApi } from './fake-kube-api.js';
 import type { EngineSnapshot } from '../ts/engine/native.js';
 import { BINARY, IDENTITY_DIR, PODINFO_DIR, type JsonObject } from '../ts/inject/index.js';
 
@@ -137,6 +142,21 @@ describe('an injected pod, run as its manifest says', () => {
       chmodSync(join(dir, 'identity', f), 0o440);
     }
 
+    // The API server, as far as the watch needs one: the namespace and a meshed peer pod (an address no test traffic uses).
+    const api = new FakeKubeApi();
+    await api.start();
+    t.after(() => api.close());
+    api.apply('/api/v1/namespaces', { metadata: { name: 'shop' } });
+    api.apply('/api/v1/pods', {
+      metadata: { name: 'api-5f6d7-xyz12', namespace: 'shop', labels: { app: 'api' }, annotations: { 'meshpipe.io/injected-identity': 'cert-manager-csi' } },
+      spec: { serviceAccountName: 'api', containers: [{ name: 'api', image: 'x', ports: [{ containerPort: 8080 }] }] },
+      status: { phase: 'Running', podIP: '10.251.0.9', podIPs: [{ ip: '10.251.0.9' }] },
+    });
+    await api.listenUnix(join(dir, 'kube-api.sock'));
+    const bridge = pod.spawn('socat', ['-d', '-d', 'TCP-LISTEN:16443,bind=127.0.0.1,reuseaddr,fork', `UNIX-CONNECT:${join(dir, 'kube-api.sock')}`]);
+    await bridge.waitFor(/listening on/, 10_000);
+    writeFileSync(join(dir, 'kubeconfig'), api.kubeconfig().replace(`127.0.0.1:${api.port}`, '127.0.0.1:16443'));
+
     const fields: Record<string, string> = {
       'metadata.namespace': 'shop', 'metadata.name': 'web-7d9f8-abcde', 'status.podIP': pod.addr4 as string,
       'status.podIPs': `${pod.addr4},${pod.addr6}`,
@@ -169,10 +189,21 @@ describe('an injected pod, run as its manifest says', () => {
 
     // 2. meshpipe-proxy, as its uid (2102), until its startup probe passes.
     const [proxyCmd, proxyArgs] = argvOf(proxy);
-    const sidecar = pod.spawn(proxyCmd, proxyArgs, { uid: proxy.securityContext.runAsUser, gid: proxy.securityContext.runAsGroup, env: envOf(proxy) });
+    assert.ok(proxyArgs.includes('--kube'), 'the injected proxy watches the API');
+    const sidecar = pod.spawn(proxyCmd, proxyArgs, {
+      uid: proxy.securityContext.runAsUser, gid: proxy.securityContext.runAsGroup, env: { ...envOf(proxy), KUBECONFIG: join(dir, 'kubeconfig') },
+    });
     await sidecar.waitFor(/"msg":"proxy ready"/, 20_000);
     const ready = await pod.exec('curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:4191/ready']);
-    assert.match(ready.stdout, new RegExp(`^ready\\nidentity: ${podIdentity.replaceAll('.', '\\.')} serial [0-9a-f]+ expires `), `the proxy runs with the injected identity:\n${ready.stdout}\n${sidecar.output()}`);
+    assert.match(ready.stdout, new RegExp(`^ready\\nidentity: ${podIdentity.replaceAll('.', '\\.')} serial [0-9a-f]+ expires \\S+\\n$`), `the proxy runs with the injected identity, no source failing:\n${ready.stdout}\n${sidecar.output()}`);
+    // Through the watch it knows the meshed peer pod as a mesh destination, with the identity its service account gives it.
+    const policy = JSON.parse((await pod.exec('curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:4191/policy'])).stdout) as {
+      effective: { outbound: { destinations: { name: string; addresses: string[]; mesh?: { identity: string; tunnelPort: number } }[] } };
+    };
+    const peerPod = policy.effective.outbound.destinations.find((d) => d.name === 'api-5f6d7-xyz12');
+    assert.deepEqual([peerPod?.addresses, peerPod?.mesh?.identity, peerPod?.mesh?.tunnelPort], [['10.251.0.9'], 'api.shop.serviceaccount.identity.linkerd.cluster.local', 4143],
+      `the meshed pod from the API: ${JSON.stringify(policy.effective.outbound.destinations)}`);
+    await waitFor(() => api.requests.some((r) => r.startsWith('GET /api/v1/pods?') && r.includes('watch=1')), 'the proxy to watch the pods, not only list them');
     for (const probe of [proxy.startupProbe, proxy.readinessProbe, proxy.livenessProbe]) {
       assert.ok(probe);
       // From outside the pod, as the kubelet probes.

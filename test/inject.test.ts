@@ -7,6 +7,10 @@
  * enable/disable annotations, invalid annotations reported with object and key
  * (that object unchanged, exit 2), re-injection after an annotation change,
  * --dry-run, and the JSONPatch the webhook would send giving the same pod.
+ * The proxy's watch of the Kubernetes API: `--kube` by default, turned off by
+ * annotation or flag, left out with a warning when the pod turns its service
+ * account token off; deploy/kubernetes/proxy-rbac.yaml grants exactly what
+ * the watch lists (derived from ts/policy/k8s/watched.ts), read-only.
  *
  * Golden files: UPDATE_GOLDEN=1 rewrites them from the current output (review
  * the diff before committing).
@@ -21,6 +25,7 @@ import { run } from './netns.js';
 import { schemaProblems } from './k8s-schema.js';
 import { applyPatch, diff, getPath, parseQuantity, parseStream, pointer, type JsonObject, type JsonValue } from '../ts/inject/index.js';
 import { renderIdentity } from '../ts/identity/name.js';
+import { PROXY_RBAC_MANIFEST, watchedKinds } from '../ts/policy/index.js';
 
 const FIXTURES = join(ROOT, 'test/fixtures/inject');
 const fixture = (name: string): string => readFileSync(join(FIXTURES, name), 'utf8');
@@ -143,9 +148,11 @@ describe('meshpipe inject', () => {
     assert.deepEqual(proxy['command'], [
       'meshpipe', 'proxy', '--inbound', '0.0.0.0:4143', '--outbound', '127.0.0.1:4140', '--admin', '0.0.0.0:4191',
       '--annotations', '/var/run/meshpipe/podinfo/annotations',
+      '--kube', // the API watch, with the pod's service account
       '--identity-dir', '/var/run/meshpipe/identity', '--trust-domain', 'cluster.local', '--identity-template', '{sa}.{ns}.serviceaccount.identity.linkerd.{trustDomain}',
       '--drain-timeout', '20s', // the pod's grace period
     ]);
+    assert.equal(spec['automountServiceAccountToken'], undefined, 'the service account token (which the watch needs) is left as the pod had it');
     const sc = proxy['securityContext'] as JsonObject;
     assert.equal(sc['runAsUser'], 2102);
     assert.equal(sc['runAsNonRoot'], true);
@@ -536,6 +543,128 @@ describe('the proxy\'s identity', () => {
     for (const flag of ['--identity ', '--identity-issuer ', '--identity-issuer-kind ', '--identity-issuer-group ', '--identity-duration ', '--identity-renew-before ', '--trust-domain ', '--identity-template ']) {
       assert.ok(help.includes(flag), `inject --help lists ${flag}`);
     }
+  });
+});
+
+/** The proxy container of a pod (or pod template). */
+function proxyOf(podOrTemplate: JsonObject): JsonObject {
+  const spec = podOrTemplate['spec'] as JsonObject;
+  const proxy = [...((spec['initContainers'] ?? []) as JsonObject[]), ...((spec['containers'] ?? []) as JsonObject[])].find((c) => c['name'] === 'meshpipe-proxy');
+  assert.ok(proxy, 'the pod has the proxy');
+  return proxy;
+}
+
+function watchesApi(podOrTemplate: JsonObject): boolean {
+  return (proxyOf(podOrTemplate)['command'] as string[]).includes('--kube');
+}
+
+/** A Pod in namespace n with these annotations and, when given, spec.automountServiceAccountToken. */
+function kubePod(name: string, annotations: string, automount?: boolean): string {
+  const doc = idPod(name, annotations);
+  return automount === undefined ? doc : doc.replace('  serviceAccountName: api\n', `  serviceAccountName: api\n  automountServiceAccountToken: ${automount}\n`);
+}
+
+describe('the proxy\'s Kubernetes API watch', () => {
+  test('--kube by default; config.meshpipe.io/kube-watch: disabled (pod or namespace) and --kube-watch disabled leave it out; the pod\'s own key wins', async () => {
+    const input = idNamespace('config.meshpipe.io/kube-watch: disabled') + kubePod('inherits-off', '') + kubePod('own-on', 'config.meshpipe.io/kube-watch: enabled');
+    const r = await ok(['inject', '-'], input);
+    const all = docs(r.stdout);
+    assertSchemaValid(all);
+    assert.equal(watchesApi(find(all, 'Pod', 'inherits-off')), false, 'the namespace\'s disabled applies to a pod that says nothing');
+    assert.equal(watchesApi(find(all, 'Pod', 'own-on')), true, 'the pod\'s own enabled wins');
+    assert.doesNotMatch(r.stderr, /warning/);
+    // Without annotations: on, and nothing else about the pod changes for it (no token setting, no extra volume).
+    const plain = docs((await ok(['inject', '-'], kubePod('plain', '').slice(4))).stdout)[0] as JsonObject;
+    assert.equal(watchesApi(plain), true);
+    assert.equal(getPath(plain, ['spec', 'automountServiceAccountToken']), undefined);
+    assert.deepEqual(names(getPath(plain, ['spec', 'volumes'])), ['meshpipe-podinfo', 'meshpipe-identity', 'meshpipe-xtables-lock']);
+    // A pod that asks for the token explicitly keeps it, and gets the watch.
+    const explicit = docs((await ok(['inject', '-'], kubePod('explicit', '', true).slice(4))).stdout)[0] as JsonObject;
+    assert.deepEqual([watchesApi(explicit), getPath(explicit, ['spec', 'automountServiceAccountToken'])], [true, true]);
+
+    // Cluster-wide off; a pod can still ask for it.
+    const off = docs((await ok(['inject', '--kube-watch', 'disabled', '-'], kubePod('a', '') + kubePod('b', 'config.meshpipe.io/kube-watch: enabled'))).stdout);
+    assert.deepEqual([watchesApi(find(off, 'Pod', 'a')), watchesApi(find(off, 'Pod', 'b'))], [false, true]);
+
+    // Switching it on an injected pod updates the proxy; uninject removes all of it.
+    const switched = await ok(['inject', '-'], r.stdout.replace('config.meshpipe.io/kube-watch: disabled', 'config.meshpipe.io/kube-watch: enabled'));
+    assert.match(switched.stderr, /Pod n\/inherits-off: updated/);
+    assert.equal(watchesApi(find(docs(switched.stdout), 'Pod', 'inherits-off')), true);
+    assert.deepEqual(docs((await ok(['uninject', '-'], r.stdout)).stdout), docs(input));
+  });
+
+  test('a pod with automountServiceAccountToken: false is injected without --kube, with a warning naming why; an explicit disabled is silent', async () => {
+    const input = kubePod('no-token', '', false) + kubePod('no-token-quiet', 'config.meshpipe.io/kube-watch: disabled', false);
+    const r = await ok(['inject', '-'], input);
+    const all = docs(r.stdout);
+    assertSchemaValid(all);
+    const noToken = find(all, 'Pod', 'no-token');
+    assert.equal(watchesApi(noToken), false, 'a proxy with --kube and no token would not start');
+    assert.equal(getPath(noToken, ['spec', 'automountServiceAccountToken']), false, 'the pod\'s choice is kept');
+    assert.deepEqual(names(getPath(noToken, ['spec', 'initContainers'])), ['meshpipe-init', 'meshpipe-proxy'], 'still injected: the rest of the sidecar works');
+    const lines = r.stderr.trim().split('\n');
+    assert.deepEqual(lines.slice(0, 2), [
+      'meshpipe inject: warning: Pod n/no-token: injected (injected by default; identity from csi.cert-manager.io, ClusterIssuer meshpipe-identity-issuer)',
+      '  Pod n/no-token: spec.automountServiceAccountToken: "false": no API token for the proxy, so it runs without --kube (no outbound mTLS, no other workloads\' policy): '
+        + 'set it to true, or annotate config.meshpipe.io/kube-watch: disabled',
+    ]);
+    assert.match(lines[2] ?? '', /^meshpipe inject: Pod n\/no-token-quiet: injected /);
+    assert.equal(lines.length, 3, r.stderr);
+    assert.equal(watchesApi(find(all, 'Pod', 'no-token-quiet')), false);
+    // Injecting again changes nothing and says so again (the warning is about the pod, not about this run).
+    const again = await ok(['inject', '-'], r.stdout);
+    assert.equal(again.stdout, r.stdout);
+    assert.match(again.stderr, /warning: Pod n\/no-token: unchanged \(already injected as planned\)\n {2}Pod n\/no-token: spec\.automountServiceAccountToken: "false"/);
+  });
+
+  test('bad values: the annotation is named with object and value (object unchanged, exit 2); a bad --kube-watch exits 2', async () => {
+    const input = kubePod('bad', 'config.meshpipe.io/kube-watch: "yes"') + kubePod('good', '');
+    const r = await meshpipe(['inject', '-'], input);
+    assert.equal(r.code, 2, r.stderr);
+    assert.ok(r.stderr.includes('warning: Pod n/bad: invalid (left unchanged)\n  Pod n/bad: annotation config.meshpipe.io/kube-watch: "yes": expected "enabled" or "disabled"'), r.stderr);
+    assert.equal(parseStream(r.stdout, 'out').documents[0]?.text, parseStream(input, 'in').documents[0]?.text);
+    assert.match(r.stderr, /Pod n\/good: injected/);
+    const flag = await meshpipe(['inject', '--kube-watch', 'on', '-'], kubePod('p', '').slice(4));
+    assert.equal(flag.code, 2);
+    assert.match(flag.stderr, /--kube-watch "on" is invalid: expected enabled or disabled/);
+    assert.equal(flag.stdout, '');
+    assert.match((await ok(['inject', '--help'])).stdout, /--kube-watch enabled\|disabled/);
+  });
+});
+
+describe('the proxy RBAC manifest', () => {
+  test(`${PROXY_RBAC_MANIFEST}: schema-valid; read-only (list/watch); exactly the resources the watch lists; bound cluster-wide to every service account`, () => {
+    const objects = docs(readFileSync(join(ROOT, PROXY_RBAC_MANIFEST), 'utf8'));
+    assertSchemaValid(objects);
+    assert.deepEqual(objects.map((o) => o['kind']), ['ClusterRole', 'ClusterRoleBinding']);
+    const [role, binding] = objects as [JsonObject, JsonObject];
+    const rules = role['rules'] as JsonObject[];
+    const granted = new Map<string, Set<string>>();
+    for (const rule of rules) {
+      assert.deepEqual(Object.keys(rule).sort(), ['apiGroups', 'resources', 'verbs'], `no resourceNames, nonResourceURLs: ${JSON.stringify(rule)}`);
+      const verbs = rule['verbs'] as string[];
+      assert.ok(verbs.every((v) => ['get', 'list', 'watch'].includes(v)), `read-only verbs only: ${JSON.stringify(rule)}`);
+      for (const group of rule['apiGroups'] as string[]) {
+        for (const resource of rule['resources'] as string[]) {
+          assert.ok(!group.includes('*') && !resource.includes('*'), `no wildcards: ${JSON.stringify(rule)}`);
+          assert.ok(!['secrets', 'configmaps'].includes(resource), `nothing the watch does not read: ${resource}`);
+          const key = `${resource}.${group}`;
+          granted.set(key, new Set([...(granted.get(key) ?? []), ...verbs]));
+        }
+      }
+    }
+    // What the watch lists, from the table its reflectors are built from (a proxy that knows its pod: controllers too).
+    const watched = watchedKinds({ controllersNamespace: 'any' });
+    const needed = new Set(watched.map((k) => `${k.resource}.${k.group}`));
+    assert.deepEqual([...granted.keys()].sort(), [...needed].sort(), 'exactly the watched resources');
+    for (const k of watched) {
+      const verbs = granted.get(`${k.resource}.${k.group}`);
+      assert.ok(verbs?.has('list') && verbs.has('watch'), `${k.kind}: list and watch of ${k.resource} in group "${k.group}"`);
+    }
+    // Cluster-wide lists need a ClusterRoleBinding (a RoleBinding grants one namespace).
+    assert.ok(watched.some((k) => k.namespace === undefined));
+    assert.deepEqual(binding['roleRef'], { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: getPath(role, ['metadata', 'name']) as string });
+    assert.deepEqual(binding['subjects'], [{ kind: 'Group', apiGroup: 'rbac.authorization.k8s.io', name: 'system:serviceaccounts' }]);
   });
 });
 

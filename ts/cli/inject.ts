@@ -22,6 +22,8 @@ import { createTwoFilesPatch } from 'diff';
 import { MeshpipeError } from '../errors.js';
 import {
   DEFAULT_IDENTITY,
+  KUBE_WATCH_KEY,
+  PROXY_RBAC_MANIFEST,
   formatReport,
   goDuration,
   groupProblem,
@@ -56,6 +58,7 @@ export const SIDECAR_OPTIONS: readonly OptionSpec[] = [
   { flag: 'identity-renew-before', type: 'string', valueName: 'DURATION', help: 'renew an identity certificate this long before it expires, at least 5m (config.meshpipe.io/identity-renew-before wins)', defaultText: 'a third of the lifetime' },
   { flag: 'trust-domain', type: 'string', valueName: 'DOMAIN', help: 'the mesh trust domain: in each certificate\'s name, and given to the proxy (--trust-domain) for its peers\' names; the same for the whole cluster', defaultText: DEFAULT_IDENTITY.trustDomain },
   { flag: 'identity-template', type: 'string', valueName: 'TEMPLATE', help: 'how a pod\'s service account becomes its identity, e.g. spiffe://{trustDomain}/ns/{ns}/sa/{sa} (a URI SAN); the certificate\'s name and the proxy\'s --identity-template alike', defaultText: DEFAULT_IDENTITY.template },
+  { flag: 'kube-watch', type: 'string', valueName: 'enabled|disabled', help: `the proxy watches the Kubernetes API (meshpipe proxy --kube) with the pod's service account, for pods whose annotations do not say: it learns which destinations are meshed (mTLS outbound) and the other workloads' policy; grant ${PROXY_RBAC_MANIFEST} (read-only). disabled = the pod's own annotations only. A pod's (or namespace's) ${KUBE_WATCH_KEY} wins`, defaultText: 'enabled' },
 ];
 
 const OPTIONS: readonly OptionSpec[] = [
@@ -78,7 +81,9 @@ export function injectHelp(): string {
     'proxy-enable-native-sidecar and config.meshpipe.io/drain-timeout shape the sidecar. The proxy gets',
     'a mesh identity from cert-manager\'s CSI driver (--identity-issuer), or the Secret named by',
     'config.meshpipe.io/identity-secret; config.meshpipe.io/identity: disabled (or --identity disabled)',
-    'makes it a plaintext sidecar.',
+    'makes it a plaintext sidecar. The proxy watches the Kubernetes API (--kube) with the pod\'s service',
+    `account, which needs ${PROXY_RBAC_MANIFEST}; ${KUBE_WATCH_KEY}: disabled (or --kube-watch disabled)`,
+    'turns that off.',
     'Injecting again changes nothing; meshpipe uninject removes it.',
     '',
     'Exit status: 0 done; 2 bad usage or input, or an object with invalid annotations (left',
@@ -157,7 +162,17 @@ export function sidecarOptions(values: Readonly<Record<string, string | boolean 
     sidecar,
     version,
     identity: identityDefaults(values),
+    kubeWatch: enabledFlag(values, 'kube-watch'),
   };
+}
+
+/** An `enabled|disabled` flag (default enabled). */
+function enabledFlag(values: Readonly<Record<string, string | boolean | string[] | undefined>>, flag: string): boolean {
+  const v = values[flag];
+  if (v === undefined) return true;
+  const t = String(v).trim();
+  if (t !== 'enabled' && t !== 'disabled') throw bad(`--${flag} "${String(v)}" is invalid: expected enabled or disabled`, flag);
+  return t === 'enabled';
 }
 
 /** Reads FILE, or stdin for `-` / no argument. */

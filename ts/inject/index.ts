@@ -26,6 +26,7 @@ export {
   CSI_DRIVER, DEFAULT_IDENTITY, IDENTITY_DIR, IDENTITY_KEYS, goDuration, groupProblem, kindProblem, namingProblem, objectNameProblem, parseCertDuration, parseRenewBefore,
   type IdentityDefaults, type IdentitySettings,
 } from './identity.js';
+export { KUBE_WATCH_FLAG, KUBE_WATCH_KEY, PROXY_RBAC_MANIFEST, type KubeWatchSettings } from './kube-watch.js';
 export { BINARY, NAMES, PODINFO_DIR, PORTS, initCommand, proxyCommand, type InjectOptions, type SidecarMode } from './sidecar.js';
 export { injectTemplate, isInjected, uninjectTemplate, type InjectOutcome, type TemplateInput } from './transform.js';
 export { parseStream, renderStream, type ParsedStream } from './yaml-docs.js';

@@ -11,7 +11,10 @@
  *   uid `meshpipe init` exempts), no capabilities, read-only root filesystem.
  *   It reads the pod's annotations from the downward-API volume (re-read on
  *   change) and its identity from POD_NAMESPACE/POD_NAME, with POD_IP and
- *   POD_IPS (`status.podIPs`) for the inbound address check. Admin on
+ *   POD_IPS (`status.podIPs`) for the inbound address check; with
+ *   `--kube` (kube-watch.ts, on unless the pod or `--kube-watch` says
+ *   otherwise) it also watches the API with the pod's service account for
+ *   the meshed destinations and the other workloads' policy. Admin on
  *   0.0.0.0:4191, where the kubelet's probes reach it: startup and readiness on
  *   `/ready`, liveness on `/live`. Native sidecar (an init container with
  *   `restartPolicy: Always`, Kubernetes >= 1.29: it starts, and passes its
@@ -31,6 +34,7 @@ import { formatDuration } from '../config/index.js';
 import type { PodSettings } from './annotations.js';
 import { IDENTITY_VOLUME, identityPart, type IdentityDefaults, type IdentitySettings } from './identity.js';
 import type { JsonObject } from './kinds.js';
+import { kubeWatchArgs, type KubeWatchSettings } from './kube-watch.js';
 
 export const NAMES = Object.freeze({
   init: 'meshpipe-init',
@@ -66,6 +70,14 @@ export interface InjectOptions {
   readonly version: string;
   /** Identity for pods whose annotations do not say, the issuer, trust domain and template. */
   readonly identity: IdentityDefaults;
+  /** `--kube-watch`: the proxy watches the Kubernetes API (`--kube`) unless the pod's annotations say otherwise. */
+  readonly kubeWatch: boolean;
+}
+
+/** What one pod's proxy is given besides its settings: its identity and whether it watches the API. */
+export interface ProxyChoices {
+  readonly identity: IdentitySettings;
+  readonly kube: KubeWatchSettings;
 }
 
 /** A piece of the proxy's configuration: volumes, mounts, env and flags it needs. */
@@ -103,9 +115,9 @@ function podinfoPart(): ProxyPart {
   };
 }
 
-/** The proxy's parts, in order. */
-function proxyParts(settings: PodSettings, identity: IdentitySettings, opts: InjectOptions): ProxyPart[] {
-  return [podinfoPart(), identityPart(identity, opts.identity, settings.proxyUid)];
+/** The proxy's parts, in order: its own annotations, the API watch (both policy sources), its identity. */
+function proxyParts(settings: PodSettings, choices: ProxyChoices, opts: InjectOptions): ProxyPart[] {
+  return [podinfoPart(), { volumes: [], mounts: [], env: [], args: kubeWatchArgs(choices.kube) }, identityPart(choices.identity, opts.identity, settings.proxyUid)];
 }
 
 function resources(settings: PodSettings): JsonObject | undefined {
@@ -168,8 +180,8 @@ function httpProbe(path: string, extra: JsonObject): JsonObject {
   return { httpGet: { path, port: PORTS.admin }, ...extra };
 }
 
-export function proxyContainer(settings: PodSettings, identity: IdentitySettings, opts: InjectOptions, native: boolean, drainTimeoutMs: number): JsonObject {
-  const parts = proxyParts(settings, identity, opts);
+export function proxyContainer(settings: PodSettings, choices: ProxyChoices, opts: InjectOptions, native: boolean, drainTimeoutMs: number): JsonObject {
+  const parts = proxyParts(settings, choices, opts);
   const c: JsonObject = {
     name: NAMES.proxy,
     image: opts.image,
@@ -204,6 +216,6 @@ export function proxyContainer(settings: PodSettings, identity: IdentitySettings
 }
 
 /** The volumes the added containers mount. */
-export function addedVolumes(settings: PodSettings, identity: IdentitySettings, opts: InjectOptions): JsonObject[] {
-  return [...proxyParts(settings, identity, opts).flatMap((p) => p.volumes), { name: NAMES.xtablesVolume, emptyDir: {} }];
+export function addedVolumes(settings: PodSettings, choices: ProxyChoices, opts: InjectOptions): JsonObject[] {
+  return [...proxyParts(settings, choices, opts).flatMap((p) => p.volumes), { name: NAMES.xtablesVolume, emptyDir: {} }];
 }

@@ -15,7 +15,10 @@
  * Pods are never injected when that would break them or the node: host
  * network pods (the iptables rules would land in the node's namespace), pods
  * that already carry Linkerd's proxy, and pods whose containers use the
- * proxy's ports. Those are reported and left unchanged.
+ * proxy's ports. Those are reported and left unchanged. A pod injected with
+ * less than it asked for (a proxy without the API watch, because the pod
+ * turns its service account token off: kube-watch.ts) is injected, with a
+ * warning naming why.
  */
 import {
   decideInjection,
@@ -27,6 +30,7 @@ import {
 } from './annotations.js';
 import { describeIdentity, identityMarker, readIdentity } from './identity.js';
 import { isObject, type JsonObject, type JsonValue, type ObjectName } from './kinds.js';
+import { readKubeWatch } from './kube-watch.js';
 import { jsonEqual } from './patch.js';
 import { addedVolumes, initContainer, NAMES, PORTS, proxyContainer, type InjectOptions } from './sidecar.js';
 
@@ -49,8 +53,12 @@ export interface TemplateInput {
 }
 
 export type InjectOutcome =
-  | { readonly action: 'injected' | 'updated'; readonly template: JsonObject; readonly because: string; readonly identity: string }
-  | { readonly action: 'unchanged'; readonly because: string }
+  | {
+    readonly action: 'injected' | 'updated'; readonly template: JsonObject; readonly because: string; readonly identity: string;
+    /** What the pod gets less of than it asked for, and why (it is injected all the same). */
+    readonly warnings: readonly AnnotationProblem[];
+  }
+  | { readonly action: 'unchanged'; readonly because: string; readonly warnings: readonly AnnotationProblem[] }
   | { readonly action: 'uninjected'; readonly template: JsonObject; readonly because: string }
   | { readonly action: 'skipped'; readonly because: string; readonly warn: boolean }
   | { readonly action: 'invalid'; readonly problems: readonly AnnotationProblem[] };
@@ -155,11 +163,12 @@ function portConflicts(spec: JsonObject, object: ObjectName): AnnotationProblem[
   return problems;
 }
 
-/** The injected form of an uninjected template (and its identity, described), or the problems that prevent it. */
-function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sources: AnnotationSources, problems: AnnotationProblem[]): { template: JsonObject; identity: string } | undefined {
+/** The injected form of an uninjected template (its identity, described, and any warnings), or the problems that prevent it. */
+function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sources: AnnotationSources, problems: AnnotationProblem[]): { template: JsonObject; identity: string; warnings: AnnotationProblem[] } | undefined {
   const settings = readSettings(sources, problems);
   const identity = readIdentity(sources, opts.identity, problems);
   const spec = base['spec'] as JsonObject;
+  const kube = readKubeWatch(sources, opts.kubeWatch, spec, problems);
   problems.push(...portConflicts(spec, input.object));
   if (problems.length > 0) return undefined;
 
@@ -180,13 +189,13 @@ function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sour
   const ann = isObject(meta['annotations']) ? meta['annotations'] : (meta['annotations'] = {});
   Object.assign(ann, marker);
 
-  const proxy = proxyContainer(settings, identity, opts, native, drainMs);
+  const proxy = proxyContainer(settings, { identity, kube }, opts, native, drainMs);
   const init = initContainer(settings, opts);
   const appInit = named(outSpec['initContainers']);
   outSpec['initContainers'] = native ? [init, proxy, ...appInit] : [init, ...appInit];
   if (!native) outSpec['containers'] = [proxy, ...named(outSpec['containers'])];
-  outSpec['volumes'] = [...named(outSpec['volumes']), ...addedVolumes(settings, identity, opts)];
-  return { template: out, identity: describeIdentity(identity) };
+  outSpec['volumes'] = [...named(outSpec['volumes']), ...addedVolumes(settings, { identity, kube }, opts)];
+  return { template: out, identity: describeIdentity(identity), warnings: kube.warning === undefined ? [] : [kube.warning] };
 }
 
 /**
@@ -218,6 +227,6 @@ export function injectTemplate(input: TemplateInput, opts: InjectOptions, defaul
   if (refused !== undefined) return { action: 'skipped', because: refused, warn: true };
   const desired = build(base, input, opts, sources, problems);
   if (desired === undefined) return { action: 'invalid', problems };
-  if (jsonEqual(desired.template, template)) return { action: 'unchanged', because: 'already injected as planned' };
-  return { action: injected ? 'updated' : 'injected', template: desired.template, because: decision.because, identity: desired.identity };
+  if (jsonEqual(desired.template, template)) return { action: 'unchanged', because: 'already injected as planned', warnings: desired.warnings };
+  return { action: injected ? 'updated' : 'injected', template: desired.template, because: decision.because, identity: desired.identity, warnings: desired.warnings };
 }
