@@ -18,7 +18,12 @@
  * - a resourceVersion older than the compaction point answers 410 Gone (the
  *   client must relist);
  * - `dropWatches()` cuts every open watch connection; `setDown(true)` answers
- *   503 to everything (an unreachable or restarting API server).
+ *   503 to everything (an unreachable or restarting API server);
+ * - `forbid(path)` answers 403 to lists and watches of one collection, with
+ *   the Status an API server sends when RBAC does not allow it (`allow(path)`
+ *   lifts it), as for a service account without the grant;
+ * - `listenUnix(path)` serves the same API on a Unix socket too (a test can
+ *   bridge it into a network namespace, where 127.0.0.1 is another host's).
  *
  * Every request is logged so tests can assert relists and re-watches, and
  * `load()` adds many objects at once with no history (a cluster that existed
@@ -93,6 +98,10 @@ export class FakeKubeApi {
   private rv = 100;
   private compactedAt = 0;
   private down = false;
+  private readonly forbidden = new Set<string>();
+  private readonly extra: http.Server[] = [];
+  /** Who the 403s name (the API server names the requesting user). */
+  user = 'system:serviceaccount:shop:default';
   port = 0;
 
   async start(): Promise<void> {
@@ -101,11 +110,31 @@ export class FakeKubeApi {
     this.port = (this.server.address() as AddressInfo).port;
   }
 
+  /** Serves the same API on a Unix socket as well. */
+  async listenUnix(path: string): Promise<void> {
+    const server = http.createServer((req, res) => this.handle(req, res));
+    this.extra.push(server);
+    server.listen(path);
+    await once(server, 'listening');
+  }
+
   async close(): Promise<void> {
     this.dropWatches();
-    this.server.closeAllConnections();
-    this.server.close();
-    await once(this.server, 'close');
+    for (const server of [this.server, ...this.extra]) {
+      server.closeAllConnections();
+      server.close();
+      await once(server, 'close');
+    }
+  }
+
+  /** Lists and watches of `path` (a collection, any namespace) answer 403 Forbidden until allow(path). */
+  forbid(path: string): void {
+    if (!COLLECTIONS[path]) throw new Error(`unknown collection ${path}`);
+    this.forbidden.add(path);
+  }
+
+  allow(path: string): void {
+    this.forbidden.delete(path);
   }
 
   /** A kubeconfig (YAML) pointing at this server. */
@@ -219,6 +248,19 @@ export class FakeKubeApi {
     const meta = route ? COLLECTIONS[route.path] : undefined;
     if (!route || !meta || req.method !== 'GET') {
       json(404, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 404, reason: 'NotFound' });
+      return;
+    }
+    if (this.forbidden.has(route.path)) {
+      // The API server's words (k8s.io/apiserver's forbidden message), for the verb asked.
+      const m = /^\/apis?\/(?:([^/]+)\/)?v[^/]+\/([^/]+)$/.exec(route.path);
+      const [group, resource] = [route.path.startsWith('/apis/') ? m?.[1] ?? '' : '', m?.[2] ?? ''];
+      const verb = url.searchParams.get('watch') === null ? 'list' : 'watch';
+      const scope = route.namespace === undefined ? 'at the cluster scope' : `in the namespace "${route.namespace}"`;
+      json(403, {
+        kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 403, reason: 'Forbidden',
+        message: `${group === '' ? resource : `${resource}.${group}`} is forbidden: User "${this.user}" cannot ${verb} resource "${resource}" in API group "${group}" ${scope}`,
+        details: { group, kind: resource },
+      });
       return;
     }
     let filter: Filter;

@@ -9,6 +9,8 @@
  * inject` makes; namespace inheritance; pods not enabled, non-pod requests
  * and already injected pods pass unchanged; invalid annotations denied (or
  * allowed with warnings under --failure-mode allow) naming object and key;
+ * a pod that turns its service account token off injected without the
+ * proxy's API watch, with a warning saying why;
  * malformed requests refused with the status that says why; /ready follows
  * the namespace cache; a rotated certificate is served without a restart and a
  * broken one is not; SIGTERM exits 0.
@@ -168,6 +170,14 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
     const spec = out['spec'] as { initContainers: JsonObject[] };
     assert.deepEqual(spec.initContainers.map((c) => c['name']), ['meshpipe-init', 'meshpipe-proxy']);
     assert.ok((spec.initContainers[0]?.['command'] as string[]).join(' ').includes('--skip-outbound-ports 3306'), 'inherited from Namespace shop');
+    // The proxy's identity: cert-manager's CSI driver volume, mounted for --identity-dir.
+    const identity = (out['spec'] as { volumes: JsonObject[] }).volumes.find((v) => v['name'] === 'meshpipe-identity');
+    assert.equal((identity?.['csi'] as JsonObject | undefined)?.['driver'], 'csi.cert-manager.io');
+    assert.ok((spec.initContainers[1]?.['command'] as string[]).join(' ').includes('--identity-dir /var/run/meshpipe/identity'));
+    // The proxy watches the API with the pod's service account, whose token admission mounts (injection leaves it be).
+    assert.ok((spec.initContainers[1]?.['command'] as string[]).includes('--kube'));
+    assert.equal((out['spec'] as JsonObject)['automountServiceAccountToken'], undefined);
+    assert.equal(answer.warnings, undefined);
     // The CLI, given the same pod and namespace, makes the same pod.
     const manifest = `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {meshpipe.io/inject: enabled, config.linkerd.io/skip-outbound-ports: "3306"}\n---\n${JSON.stringify({ ...p, metadata: { ...(p['metadata'] as JsonObject), namespace: 'shop' } })}\n`;
     const cli = await run(process.execPath, [CLI, 'inject', '-'], { input: manifest });
@@ -207,6 +217,14 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
     assert.equal(denied.allowed, false);
     assert.equal(denied.status?.code, 400);
     assert.match(denied.status?.message ?? '', /^meshpipe: Pod shop\/bad-\* not injected: Pod shop\/bad-\*: annotation config\.linkerd\.io\/skip-inbound-ports: "22,ssh": entry "ssh"/);
+    const badIdentity = await review(injector.port, pki.ca, podReview(pod('badid', { 'config.meshpipe.io/identity-secret': 'Not A Name' }), 'shop'));
+    assert.equal(badIdentity.allowed, false);
+    assert.match(badIdentity.status?.message ?? '', /Pod shop\/badid-\*: annotation config\.meshpipe\.io\/identity-secret: "Not A Name": expected a Kubernetes object name/);
+    // A good Secret name: the patched pod mounts that Secret instead of the CSI volume.
+    const withSecret = pod('secret', { 'config.meshpipe.io/identity-secret': 'web-identity' });
+    const out = patched(withSecret, await review(injector.port, pki.ca, podReview(withSecret, 'shop')));
+    assert.deepEqual(schemaProblems(out), []);
+    assert.equal(((out['spec'] as { volumes: JsonObject[] }).volumes.find((v) => v['name'] === 'meshpipe-identity')?.['secret'] as JsonObject)['secretName'], 'web-identity');
 
     const lenient = await startInjector(pki, ['--kubeconfig', kubeconfig, '--failure-mode', 'allow']);
     try {
@@ -219,6 +237,25 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
     } finally {
       lenient.proc.kill();
     }
+  });
+
+  test('automountServiceAccountToken: false: injected without --kube, allowed with a warning naming the field; logged', async () => {
+    const p = pod('notoken');
+    (p['spec'] as JsonObject)['automountServiceAccountToken'] = false;
+    const answer = await review(injector.port, pki.ca, podReview(p, 'shop'));
+    assert.equal(answer.allowed, true);
+    const out = patched(p, answer);
+    assert.deepEqual(schemaProblems(out), []);
+    const proxy = (out['spec'] as { initContainers: JsonObject[] }).initContainers.find((c) => c['name'] === 'meshpipe-proxy');
+    assert.ok(proxy);
+    assert.ok(!(proxy['command'] as string[]).includes('--kube'), 'no watch without a token');
+    assert.equal((out['spec'] as JsonObject)['automountServiceAccountToken'], false, 'the pod\'s choice is kept');
+    assert.deepEqual(answer.warnings, [
+      'meshpipe: Pod shop/notoken-*: spec.automountServiceAccountToken: "false": no API token for the proxy, so it runs without --kube '
+        + '(no outbound mTLS, no other workloads\' policy): set it to true, or annotate config.meshpipe.io/kube-watch: disabled',
+    ]);
+    const line = await injector.proc.waitForLog((l) => l.msg === 'admission review' && String(l['detail']).startsWith('Pod shop/notoken-*'), 'the review log line');
+    assert.match(String(line['detail']), /; warning: Pod shop\/notoken-\*: spec\.automountServiceAccountToken: "false": /);
   });
 
   test('malformed requests: 405, 415, 400 (not JSON, not v1, no uid), 413 over 8 MiB, 404', async () => {
@@ -301,6 +338,8 @@ describe('meshpipe injector (admission webhook over TLS)', { concurrency: false 
       [['--failure-mode', 'maybe'], /--failure-mode "maybe" is invalid: expected deny or allow/],
       [['--namespaces', 'some'], /--namespaces "some" is invalid: expected kube or off/],
       [['--listen', 'nowhere'], /--listen: bind address "nowhere"/],
+      [['--identity', 'off'], /--identity "off" is invalid: expected enabled or disabled/],
+      [['--identity-issuer-kind', 'issuer'], /--identity-issuer-kind "issuer" is invalid: expected a Kind/],
     ] as const) {
       const r = await run(process.execPath, [CLI, 'injector', ...args]);
       assert.equal(r.code, 2, r.stderr);

@@ -1,7 +1,8 @@
 /**
  * Meshed destinations in the policy table: pods with the sidecar (their
  * identity from service account, namespace and trust domain, or an explicit
- * annotation; their tunnel port) carry a peer on their port table, the
+ * annotation; their tunnel port; injection's identity marker) carry a peer
+ * on their port table, the
  * static `--destinations` file (addresses and networks, bad lines reported
  * by line) rides in the frame, and every answer is asked of the engine's own
  * lookup on the compiled table (the one the data path uses). A pod change is
@@ -47,6 +48,14 @@ test('meshed pods carry their identity and tunnel port in the table', async () =
     mesh: { trustDomain: 'cluster.local', identityTemplate: 'spiffe://{trustDomain}/ns/{ns}/sa/{sa}', defaultInboundPolicy: 'all-unauthenticated' },
   });
   assert.equal(peer(spiffe, '10.0.1.5'), 'spiffe://cluster.local/ns/shop/sa/web:4143');
+});
+
+test('injected pods: the identity marker makes a pod meshed (its namespace asked for injection), and "none" never is', async () => {
+  const c = await compileFixtures(['injected-pods.yaml'], undefined);
+  assert.equal(peer(c, '10.0.3.5'), `${WEB}:4143`, 'injected with a CSI identity because its namespace asked');
+  assert.equal(c.lookup('outbound', '10.0.3.5', 1).mesh?.source, 'meshed: meshpipe.io/injected-identity=cert-manager-csi on Pod shop/by-namespace-1 (service account web)');
+  assert.equal(peer(c, '10.0.3.6'), 'api.shop.serviceaccount.identity.linkerd.cluster.local:4143', 'a Secret identity');
+  assert.equal(peer(c, '10.0.3.7'), 'plaintext', 'its sidecar has no identity: mesh TLS to it could only fail, whatever meshpipe.io/inject says');
 });
 
 test('the destinations file: addresses and networks, bad lines named, an explicit address wins over a pod', async () => {

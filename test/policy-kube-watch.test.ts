@@ -6,7 +6,13 @@
  * MODIFIED / DELETED events recompiling the policy, a dropped watch being
  * resumed from its resourceVersion, an unreachable API keeping the last good
  * policy (with the error visible), and a relist after 410 Gone noticing a
- * deletion that happened while disconnected.
+ * deletion that happened while disconnected. Every collection of
+ * watched.ts (the table the RBAC manifest is checked against) is the one
+ * listed. RBAC missing for one kind (the fake API answers 403 for Servers):
+ * the policy source names the resource and deploy/kubernetes/proxy-rbac.yaml
+ * while the other kinds apply, and heals once it is granted; through the
+ * real CLI, the proxy starts, is ready with the problem under /ready's 200,
+ * and logs it once, then its recovery.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,8 +24,10 @@ import { createPolicySource, type PolicyUpdate } from '../ts/policy/source.js';
 import { lookupPolicy } from '../ts/policy/lookup.js';
 import { DEFAULT_CLUSTER_NETWORKS } from '../ts/policy/cidr.js';
 import { DEFAULT_OPAQUE_PORTS, parsePortListStrict } from '../ts/config/port-list.js';
+import { watchedKinds } from '../ts/policy/k8s/watched.js';
 import { FakeKubeApi } from './fake-kube-api.js';
-import { waitFor } from './helpers.js';
+import { HOST, startEchoServer, startProxy, waitFor } from './helpers.js';
+import { adminAddress, adminRequest } from './admin-client.js';
 
 const SERVERS = '/apis/policy.linkerd.io/v1beta3/servers';
 
@@ -81,6 +89,9 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   assert.match(decodeURIComponent(podWatch), /fieldSelector=status\.phase!=Succeeded,status\.phase!=Failed/, 'finished pods are not watched');
   assert.ok(api.requests.some((r) => isList(r, '/apis/apps/v1/namespaces/web/deployments')), 'controllers are listed in this namespace only');
   assert.ok(!api.requests.some((r) => isList(r, '/apis/apps/v1/deployments')), 'not cluster-wide');
+  // The table the RBAC manifest is checked against is what the watch lists, no more, no less.
+  const listed = new Set(api.requests.filter((r) => r.startsWith('GET ') && r.includes('limit=') && !r.includes('watch=')).map((r) => r.slice(4, r.indexOf('?'))));
+  assert.deepEqual([...listed].sort(), watchedKinds({ controllersNamespace: 'web' }).map((k) => k.path).sort());
 
   // ADDED, then MODIFIED.
   api.apply(SERVERS, server('opaque'));
@@ -175,4 +186,76 @@ test('kube watch: an API server that never answers does not hold up start; the p
   assert.match(first.problems.map((p) => p.message).join('\n'), /Kubernetes API: no answer yet to the first list of Namespace, Service, Pod/);
   assert.equal(lookupPolicy(source.table(), 'outbound', '10.1.1.1', 3306).mode, 'opaque', 'the defaults apply meanwhile');
   assert.equal(first.kind, 'whole');
+});
+
+const SERVERS_FORBIDDEN = /Kubernetes API: Server watch: forbidden to list and watch servers\.policy\.linkerd\.io cluster-wide: grant deploy\/kubernetes\/proxy-rbac\.yaml to the proxy's service account \(servers\.policy\.linkerd\.io is forbidden: User "system:serviceaccount:shop:default" cannot list resource "servers" in API group "policy\.linkerd\.io" at the cluster scope \(403\)\); keeping the last known objects/;
+
+test('kube watch: 403 for one kind names the resource and the RBAC manifest; the other kinds apply; granting it heals', async (t) => {
+  const api = new FakeKubeApi();
+  await api.start();
+  t.after(() => api.close());
+  api.forbid(SERVERS);
+  api.apply(SERVERS, server('opaque'));
+  api.apply('/apis/apps/v1/deployments', deployment());
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-kube-'));
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, api.kubeconfig());
+  const source = createPolicySource({
+    kube: true, kubeconfig, kubeWatch: { backoffInitialMs: 50, backoffMaxMs: 200 },
+    clusterNetworks: DEFAULT_CLUSTER_NETWORKS.split(','), defaultOpaquePorts: parsePortListStrict(DEFAULT_OPAQUE_PORTS),
+    inboundDetectTimeoutMs: 10_000, outboundDetectTimeoutMs: 10_000, namespace: 'web', pod: 'api-7c9d8-abcde',
+    debounceMs: 10, pollIntervalMs: 200,
+  });
+  t.after(() => source.close());
+  const first = await source.start();
+  const messages = first.problems.map((p) => p.message);
+  assert.equal(messages.length, 1, messages.join('\n'));
+  assert.match(messages[0] as string, SERVERS_FORBIDDEN);
+  assert.deepEqual(source.sourceProblems().map((p) => p.message), messages, 'a problem of the source, not of its content');
+  // Every other kind applies: the Deployment is this pod's workload, and a Service added later is seen.
+  assert.equal(source.effective().effective.workload?.name, 'api');
+  assert.equal(lookupPolicy(source.table(), 'inbound', '10.0.0.1', 8080).mode, 'detect', 'the forbidden Server is not known');
+  api.apply('/api/v1/services', { metadata: { name: 'cache', namespace: 'web' }, spec: { clusterIP: '10.96.5.5', ports: [{ name: 'c', port: 5000, appProtocol: 'linkerd.io/opaque' }] } });
+  await waitFor(() => lookupPolicy(source.table(), 'outbound', '10.96.5.5', 5000).mode === 'opaque', 'the Service through the allowed watch');
+  // The kind keeps retrying: granting it later takes effect without a restart.
+  api.allow(SERVERS);
+  await waitFor(() => lookupPolicy(source.table(), 'inbound', '10.0.0.1', 8080).mode === 'opaque', 'the Server once it may be listed', 10_000);
+  await waitFor(() => source.current()!.problems.length === 0, 'the problem to clear', 10_000);
+  assert.deepEqual(source.sourceProblems(), []);
+});
+
+test('kube watch through the CLI: without RBAC for Servers the proxy starts, is ready, names the resource on /ready and in one log line', async (t) => {
+  const api = new FakeKubeApi();
+  await api.start();
+  t.after(() => api.close());
+  api.forbid(SERVERS);
+  api.apply('/api/v1/namespaces', { metadata: { name: 'web' } });
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-kube-'));
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, api.kubeconfig());
+  const echo = await startEchoServer(t);
+  const { proc } = await startProxy([
+    '--forward', `${HOST}:0=${HOST}:${echo.port},direction=inbound`, '--kube', '--kubeconfig', kubeconfig,
+    '--namespace', 'web', '--pod', 'api-7c9d8-abcde', '--admin', `${HOST}:0`,
+  ], { t });
+  const admin = await adminAddress(proc);
+  const failing = await proc.waitForLog((l) => l.msg === 'policy source failing; the last known objects stay in force', 'the source failure log line');
+  assert.equal(failing.level, 'warn');
+  const logged = failing['problems'] as string[];
+  assert.equal(logged.length, 1, JSON.stringify(logged));
+  assert.match(logged[0] as string, SERVERS_FORBIDDEN);
+  const ready = await adminRequest(admin, '/ready');
+  assert.equal(ready.status, 200, `a missing grant does not make the proxy unready: ${ready.body}`);
+  const lines = ready.body.trimEnd().split('\n');
+  assert.equal(lines[0], 'ready');
+  assert.match(lines.find((l) => l.startsWith('policy source: ')) ?? '', SERVERS_FORBIDDEN);
+  // Retries do not repeat the log line; the grant heals it, with a line saying so.
+  await waitFor(() => api.requests.filter((r) => r.startsWith(`GET ${SERVERS}?`)).length >= 3, 'the forbidden kind to be retried', 10_000);
+  assert.equal(proc.logs.filter((l) => l.msg === failing.msg).length, 1, 'logged once, not per retry');
+  api.allow(SERVERS);
+  const recovered = await proc.waitForLog((l) => l.msg === 'policy sources answer again', 'the recovery log line', 20_000);
+  assert.match((recovered['resolved'] as string[]).join('\n'), /servers\.policy\.linkerd\.io/);
+  const after = await adminRequest(admin, '/ready');
+  assert.equal(after.status, 200);
+  assert.doesNotMatch(after.body, /policy source/);
 });

@@ -21,10 +21,21 @@ import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
 import { MeshpipeError } from '../errors.js';
 import {
+  DEFAULT_IDENTITY,
+  KUBE_WATCH_KEY,
+  PROXY_RBAC_MANIFEST,
   formatReport,
+  goDuration,
+  groupProblem,
   injectStream,
+  kindProblem,
+  namingProblem,
+  objectNameProblem,
+  parseCertDuration,
+  parseRenewBefore,
   parseStream,
   renderStream,
+  type IdentityDefaults,
   type InjectOptions,
   type StreamResult,
 } from '../inject/index.js';
@@ -39,6 +50,15 @@ export const SIDECAR_OPTIONS: readonly OptionSpec[] = [
   { flag: 'init-image', type: 'string', valueName: 'IMAGE', help: 'image of the meshpipe-init container (the Dockerfile\'s init target)', defaultText: 'meshpipe-init:VERSION' },
   { flag: 'image-pull-policy', type: 'string', valueName: 'POLICY', help: 'Always, IfNotPresent or Never', defaultText: 'IfNotPresent' },
   { flag: 'sidecar', type: 'string', valueName: 'native|classic', help: 'native: the proxy is an init container with restartPolicy Always (Kubernetes >= 1.29); classic: the first container. A pod\'s config.linkerd.io/proxy-enable-native-sidecar wins', defaultText: 'native' },
+  { flag: 'identity', type: 'string', valueName: 'enabled|disabled', help: 'the proxy\'s mesh identity (mTLS) for pods whose annotations do not say: enabled = a certificate from cert-manager\'s CSI driver (csi.cert-manager.io, which must be installed, with the issuer below: pods wait in ContainerCreating until it is), or from the Secret named by config.meshpipe.io/identity-secret; disabled = a plaintext sidecar. A pod\'s (or namespace\'s) config.meshpipe.io/identity wins', defaultText: 'enabled' },
+  { flag: 'identity-issuer', type: 'string', valueName: 'NAME', help: 'the cert-manager issuer that signs identities (config.meshpipe.io/identity-issuer wins)', defaultText: DEFAULT_IDENTITY.issuer.name },
+  { flag: 'identity-issuer-kind', type: 'string', valueName: 'KIND', help: 'ClusterIssuer, Issuer (in the pod\'s namespace) or an external issuer\'s kind (config.meshpipe.io/identity-issuer-kind wins)', defaultText: DEFAULT_IDENTITY.issuer.kind },
+  { flag: 'identity-issuer-group', type: 'string', valueName: 'GROUP', help: 'the issuer\'s API group (config.meshpipe.io/identity-issuer-group wins)', defaultText: DEFAULT_IDENTITY.issuer.group },
+  { flag: 'identity-duration', type: 'string', valueName: 'DURATION', help: 'lifetime of identity certificates, at least 1h (config.meshpipe.io/identity-duration wins)', defaultText: goDuration(DEFAULT_IDENTITY.durationMs) },
+  { flag: 'identity-renew-before', type: 'string', valueName: 'DURATION', help: 'renew an identity certificate this long before it expires, at least 5m (config.meshpipe.io/identity-renew-before wins)', defaultText: 'a third of the lifetime' },
+  { flag: 'trust-domain', type: 'string', valueName: 'DOMAIN', help: 'the mesh trust domain: in each certificate\'s name, and given to the proxy (--trust-domain) for its peers\' names; the same for the whole cluster', defaultText: DEFAULT_IDENTITY.trustDomain },
+  { flag: 'identity-template', type: 'string', valueName: 'TEMPLATE', help: 'how a pod\'s service account becomes its identity, e.g. spiffe://{trustDomain}/ns/{ns}/sa/{sa} (a URI SAN); the certificate\'s name and the proxy\'s --identity-template alike', defaultText: DEFAULT_IDENTITY.template },
+  { flag: 'kube-watch', type: 'string', valueName: 'enabled|disabled', help: `the proxy watches the Kubernetes API (meshpipe proxy --kube) with the pod's service account, for pods whose annotations do not say: it learns which destinations are meshed (mTLS outbound) and the other workloads' policy; grant ${PROXY_RBAC_MANIFEST} (read-only). disabled = the pod's own annotations only. A pod's (or namespace's) ${KUBE_WATCH_KEY} wins`, defaultText: 'enabled' },
 ];
 
 const OPTIONS: readonly OptionSpec[] = [
@@ -58,7 +78,12 @@ export function injectHelp(): string {
     'documents are written back byte for byte. meshpipe.io/inject or linkerd.io/inject: disabled (pod',
     'template or Namespace) skips a workload; config.linkerd.io/skip-inbound-ports, skip-outbound-ports,',
     'skip-subnets, proxy-uid, proxy-cpu-request (and -limit, memory, ephemeral-storage),',
-    'proxy-enable-native-sidecar and config.meshpipe.io/drain-timeout shape the sidecar.',
+    'proxy-enable-native-sidecar and config.meshpipe.io/drain-timeout shape the sidecar. The proxy gets',
+    'a mesh identity from cert-manager\'s CSI driver (--identity-issuer), or the Secret named by',
+    'config.meshpipe.io/identity-secret; config.meshpipe.io/identity: disabled (or --identity disabled)',
+    'makes it a plaintext sidecar. The proxy watches the Kubernetes API (--kube) with the pod\'s service',
+    `account, which needs ${PROXY_RBAC_MANIFEST}; ${KUBE_WATCH_KEY}: disabled (or --kube-watch disabled)`,
+    'turns that off.',
     'Injecting again changes nothing; meshpipe uninject removes it.',
     '',
     'Exit status: 0 done; 2 bad usage or input, or an object with invalid annotations (left',
@@ -72,6 +97,46 @@ export function injectHelp(): string {
 
 function bad(message: string, key: string): MeshpipeError {
   return new MeshpipeError('ERR_INVALID_ARGUMENT', message, { key });
+}
+
+/** The identity flags, checked as the annotations are. */
+function identityDefaults(values: Readonly<Record<string, string | boolean | string[] | undefined>>): IdentityDefaults {
+  const text = (flag: string, fallback: string, check: (v: string) => string | undefined): string => {
+    const v = values[flag];
+    if (v === undefined) return fallback;
+    const t = String(v).trim();
+    const why = check(t);
+    if (why !== undefined) throw bad(`--${flag} "${String(v)}" is invalid: ${why}`, flag);
+    return t;
+  };
+  const mode = text('identity', 'enabled', (v) => (v === 'enabled' || v === 'disabled' ? undefined : 'expected enabled or disabled'));
+  const parsed = (flag: string, parse: (v: string) => number): number | undefined => {
+    const v = values[flag];
+    if (v === undefined) return undefined;
+    try {
+      return parse(String(v));
+    } catch (err) {
+      throw bad(`--${flag} "${String(v)}" is invalid: ${(err as Error).message}`, flag);
+    }
+  };
+  const durationMs = parsed('identity-duration', parseCertDuration) ?? DEFAULT_IDENTITY.durationMs;
+  const renewBeforeMs = parsed('identity-renew-before', (v) => parseRenewBefore(v, durationMs));
+  const trustDomain = text('trust-domain', DEFAULT_IDENTITY.trustDomain, () => undefined);
+  const template = text('identity-template', DEFAULT_IDENTITY.template, () => undefined);
+  const naming = namingProblem(trustDomain, template);
+  if (naming !== undefined) throw bad(`--trust-domain / --identity-template: ${naming}`, values['identity-template'] !== undefined ? 'identity-template' : 'trust-domain');
+  return {
+    enabled: mode === 'enabled',
+    issuer: {
+      name: text('identity-issuer', DEFAULT_IDENTITY.issuer.name, objectNameProblem),
+      kind: text('identity-issuer-kind', DEFAULT_IDENTITY.issuer.kind, kindProblem),
+      group: text('identity-issuer-group', DEFAULT_IDENTITY.issuer.group, groupProblem),
+    },
+    durationMs,
+    renewBeforeMs,
+    trustDomain,
+    template,
+  };
 }
 
 /** The sidecar options from parsed flag values. */
@@ -96,7 +161,18 @@ export function sidecarOptions(values: Readonly<Record<string, string | boolean 
     imagePullPolicy: pull,
     sidecar,
     version,
+    identity: identityDefaults(values),
+    kubeWatch: enabledFlag(values, 'kube-watch'),
   };
+}
+
+/** An `enabled|disabled` flag (default enabled). */
+function enabledFlag(values: Readonly<Record<string, string | boolean | string[] | undefined>>, flag: string): boolean {
+  const v = values[flag];
+  if (v === undefined) return true;
+  const t = String(v).trim();
+  if (t !== 'enabled' && t !== 'disabled') throw bad(`--${flag} "${String(v)}" is invalid: expected enabled or disabled`, flag);
+  return t === 'enabled';
 }
 
 /** Reads FILE, or stdin for `-` / no argument. */

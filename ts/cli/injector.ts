@@ -38,8 +38,11 @@ export function injectorHelp(): string {
     '',
     'Serves the mutating admission webhook over HTTPS (AdmissionReview v1, JSONPatch answers).',
     'Pods are injected when meshpipe.io/inject or linkerd.io/inject is "enabled" on the pod or',
-    'its Namespace (and not "disabled" on the pod), with what meshpipe inject adds.',
-    'Install: kubectl apply -f deploy/kubernetes/injector.yaml (README: Kubernetes injection).',
+    'its Namespace (and not "disabled" on the pod), with what meshpipe inject adds, the proxy\'s',
+    'mesh identity included (cert-manager\'s CSI driver by default; see --identity), and the',
+    'proxy\'s watch of the Kubernetes API (--kube by default; see --kube-watch).',
+    'Install, in this order: deploy/kubernetes/identity-issuer.yaml, deploy/kubernetes/proxy-rbac.yaml,',
+    'deploy/kubernetes/injector.yaml (README: Kubernetes injection).',
     '',
     'Options:',
     formatOptionsHelp(OPTIONS),
@@ -95,7 +98,8 @@ export async function main(argv: string[]): Promise<number> {
     logger,
   });
   void namespaces.start();
-  logger.info({ address: webhook.address, failureMode, namespaces: nsMode, image: opts.image, initImage: opts.initImage, sidecar: opts.sidecar }, 'injector listening');
+  const identity = opts.identity.enabled ? `${opts.identity.issuer.kind} ${opts.identity.issuer.name} (${opts.identity.issuer.group}) via csi.cert-manager.io` : 'disabled';
+  logger.info({ address: webhook.address, failureMode, namespaces: nsMode, image: opts.image, initImage: opts.initImage, sidecar: opts.sidecar, identity, trustDomain: opts.identity.trustDomain, kubeWatch: opts.kubeWatch ? 'enabled' : 'disabled' }, 'injector listening');
   const signal = await stop;
   logger.info({ signal }, 'injector stopping');
   await webhook.close();

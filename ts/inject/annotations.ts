@@ -10,9 +10,10 @@
  *
  * How to inject: Linkerd's `config.linkerd.io/*` keys that shape the pod
  * (skip ports and subnets for `meshpipe init`, the proxy's uid, its resources,
- * native or classic sidecar) and meshpipe's `config.meshpipe.io/drain-timeout`.
- * As in Linkerd's injector, a key set on the pod wins, and the namespace's
- * value applies when the pod has none (no merging).
+ * native or classic sidecar) and meshpipe's `config.meshpipe.io/drain-timeout`
+ * (the `config.meshpipe.io/identity*` keys are read by identity.ts with the
+ * same lookup). As in Linkerd's injector, a key set on the pod wins, and the
+ * namespace's value applies when the pod has none (no merging).
  *
  * Validation is strict: the values end up in a pod spec and in `meshpipe init`
  * flags, where a bad token would fail the pod at start. Every problem names the
@@ -21,7 +22,7 @@
  * unchanged.
  */
 import { formatPortList, parseDuration, parsePortList } from '../config/index.js';
-import { parseCidrList } from '../policy/index.js';
+import { MESH_ANNOTATIONS, parseCidrList } from '../policy/index.js';
 import { describeObject, type ObjectName } from './kinds.js';
 import { parseQuantity } from './quantity.js';
 
@@ -49,6 +50,11 @@ export const MARKER_KEYS = Object.freeze({
   injected: 'meshpipe.io/injected',
   /** Present only when injection raised terminationGracePeriodSeconds: the value before ("unset" if none). */
   originalGracePeriod: 'meshpipe.io/original-termination-grace-period-seconds',
+  /**
+   * Where the proxy's identity comes from (`cert-manager-csi`, `secret`, `none`): peers
+   * read it to know whether this pod's proxy can terminate mesh TLS (ts/policy/mesh-destinations.ts).
+   */
+  identity: MESH_ANNOTATIONS.injectedIdentity,
 });
 
 /** The default uid of the proxy (Linkerd's, and `meshpipe init --proxy-uid`'s). */
@@ -79,18 +85,23 @@ export interface AnnotationSources {
 }
 
 /** A value read with inheritance: the pod's own, else its namespace's. */
-interface Found {
+export interface Found {
   readonly value: string;
   readonly object: ObjectName;
   readonly where: 'pod' | 'namespace';
 }
 
-function lookup(src: AnnotationSources, key: string): Found | undefined {
+export function lookup(src: AnnotationSources, key: string): Found | undefined {
   const own = src.pod[key];
   if (own !== undefined) return { value: own, object: src.podObject, where: 'pod' };
   const inherited = src.namespace[key];
   if (inherited !== undefined) return { value: inherited, object: src.namespaceObject, where: 'namespace' };
   return undefined;
+}
+
+/** Records a problem with a value found by `lookup`, saying which pod inherited it from its namespace. */
+export function problemWith(src: AnnotationSources, problems: AnnotationProblem[], f: Found, key: string, message: string): void {
+  problems.push({ object: f.object, key, value: f.value, message: f.where === 'namespace' ? `${message} (inherited by ${describeObject(src.podObject)})` : message });
 }
 
 export interface InjectDecision {
@@ -142,9 +153,7 @@ const BOOL_FALSE = new Set(['0', 'f', 'F', 'false', 'FALSE', 'False']);
 
 /** Reads and validates the config annotations; problems are appended, bad keys fall back to defaults. */
 export function readSettings(src: AnnotationSources, problems: AnnotationProblem[]): PodSettings {
-  const problem = (f: Found, key: string, message: string): void => {
-    problems.push({ object: f.object, key, value: f.value, message: f.where === 'namespace' ? `${message} (inherited by ${describeObject(src.podObject)})` : message });
-  };
+  const problem = (f: Found, key: string, message: string): void => problemWith(src, problems, f, key, message);
 
   const ports = (key: string): string => {
     const f = lookup(src, key);

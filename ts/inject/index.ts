@@ -4,8 +4,9 @@
  * created.
  *
  * kinds.ts finds pod templates; annotations.ts reads what the pod and its
- * namespace ask for (and validates it); sidecar.ts builds the containers and
- * volumes; transform.ts injects or uninjects one template; patch.ts turns a
+ * namespace ask for (and validates it); identity.ts decides the proxy's mesh
+ * identity (cert-manager's CSI driver, a Secret, or none); sidecar.ts builds
+ * the containers and volumes; transform.ts injects or uninjects one template; patch.ts turns a
  * change into JSONPatch operations; yaml-docs.ts applies them to YAML
  * documents without disturbing the rest; manifests.ts runs it over a stream
  * (the CLI); review.ts answers one AdmissionReview; webhook.ts serves them
@@ -21,6 +22,11 @@ export { INJECTABLE_KINDS, POD_TEMPLATE_PATHS, describeObject, findTemplates, ge
 export { formatReport, injectStream, namespaceAnnotations, uninjectStream, type ReportLine, type StreamResult } from './manifests.js';
 export { applyPatch, diff, jsonEqual, pointer, type PatchOp } from './patch.js';
 export { parseQuantity } from './quantity.js';
+export {
+  CSI_DRIVER, DEFAULT_IDENTITY, IDENTITY_DIR, IDENTITY_KEYS, goDuration, groupProblem, kindProblem, namingProblem, objectNameProblem, parseCertDuration, parseRenewBefore,
+  type IdentityDefaults, type IdentitySettings,
+} from './identity.js';
+export { KUBE_WATCH_FLAG, KUBE_WATCH_KEY, PROXY_RBAC_MANIFEST, type KubeWatchSettings } from './kube-watch.js';
 export { BINARY, NAMES, PODINFO_DIR, PORTS, initCommand, proxyCommand, type InjectOptions, type SidecarMode } from './sidecar.js';
 export { injectTemplate, isInjected, uninjectTemplate, type InjectOutcome, type TemplateInput } from './transform.js';
 export { parseStream, renderStream, type ParsedStream } from './yaml-docs.js';

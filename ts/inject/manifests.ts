@@ -9,7 +9,7 @@
  * other items are still injected: their operations do not depend on it).
  * Documents without pod templates are never touched.
  */
-import type { Annotations } from './annotations.js';
+import type { AnnotationProblem, Annotations } from './annotations.js';
 import { formatProblem } from './annotations.js';
 import { describeObject, findTemplates, getPath, isObject, type JsonObject, type ObjectName } from './kinds.js';
 import { diff, type PatchOp } from './patch.js';
@@ -22,7 +22,10 @@ export interface ReportLine {
   readonly action: InjectOutcome['action'] | 'not injected';
   /** The reason (for `invalid`: "left unchanged"). */
   readonly detail: string;
-  /** For `invalid`: each problem, naming the object, the annotation, the value and what is expected. */
+  /**
+   * For `invalid`: each problem, naming the object, the annotation, the value and what is expected;
+   * for an injected object: what it got less of than it asked for, and why.
+   */
   readonly problems?: readonly string[];
   readonly warn: boolean;
 }
@@ -56,6 +59,11 @@ export function formatReport(line: ReportLine): string {
   return [head, ...(line.problems ?? []).map((p) => `  ${p}`)].join('\n');
 }
 
+/** A report line's warning fields for an injected object's warnings. */
+function warnings(list: readonly AnnotationProblem[]): Pick<ReportLine, 'problems' | 'warn'> {
+  return list.length === 0 ? { warn: false } : { problems: list.map(formatProblem), warn: true };
+}
+
 /** Runs injection over every pod template of the stream. */
 export function injectStream(stream: ParsedStream, opts: InjectOptions): StreamResult {
   const namespaces = namespaceAnnotations(stream);
@@ -74,12 +82,15 @@ export function injectStream(stream: ParsedStream, opts: InjectOptions): StreamR
       switch (outcome.action) {
         case 'injected':
         case 'updated':
+          docOps.push(...diff(template, outcome.template, site.path));
+          report.push({ object: site.object, action: outcome.action, detail: `${outcome.because}; ${outcome.identity}`, ...warnings(outcome.warnings) });
+          break;
         case 'uninjected':
           docOps.push(...diff(template, outcome.template, site.path));
           report.push({ object: site.object, action: outcome.action, detail: outcome.because, warn: false });
           break;
         case 'unchanged':
-          report.push({ object: site.object, action: 'unchanged', detail: outcome.because, warn: false });
+          report.push({ object: site.object, action: 'unchanged', detail: outcome.because, ...warnings(outcome.warnings) });
           break;
         case 'skipped':
           report.push({ object: site.object, action: 'not injected', detail: outcome.because, warn: outcome.warn });

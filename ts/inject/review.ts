@@ -11,6 +11,9 @@
  * `allow` lets it through unchanged with a warning naming the problem
  * (kubectl prints it; the pod runs without the proxy), `deny` refuses it
  * with that message (the owner's events show it, e.g. the ReplicaSet's).
+ * A pod injected with less than it asked for (a proxy without the API
+ * watch: kube-watch.ts) is injected, with a warning naming why (kubectl
+ * prints it to whoever created the pod; the log line has it too).
  * The MutatingWebhookConfiguration's `failurePolicy` is separate: it applies
  * only when the API server gets no answer at all (README: the failurePolicy
  * guide).
@@ -106,14 +109,24 @@ export function answerReview(request: JsonObject, ctx: ReviewContext): ReviewAns
       case 'updated':
       case 'uninjected': {
         const patch = diff(pod, outcome.template);
+        const warned = outcome.action === 'uninjected' ? [] : outcome.warnings.map(formatProblem);
         return {
-          body: respond(uid, { allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(patch)).toString('base64') }),
+          body: respond(uid, {
+            allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(patch)).toString('base64'),
+            ...(warned.length > 0 ? { warnings: warned.map((w) => `meshpipe: ${w}`) } : {}),
+          }),
           result: outcome.action,
-          detail: `${what}: ${outcome.because}`,
+          detail: `${what}: ${outcome.because}${outcome.action === 'uninjected' ? '' : `; ${outcome.identity}`}${warned.map((w) => `; warning: ${w}`).join('')}`,
         };
       }
-      case 'unchanged':
-        return { body: respond(uid, { allowed: true }), result: 'unchanged', detail: `${what}: ${outcome.because}` };
+      case 'unchanged': {
+        const warned = outcome.warnings.map(formatProblem);
+        return {
+          body: respond(uid, warned.length > 0 ? { allowed: true, warnings: warned.map((w) => `meshpipe: ${w}`) } : { allowed: true }),
+          result: 'unchanged',
+          detail: `${what}: ${outcome.because}${warned.map((w) => `; warning: ${w}`).join('')}`,
+        };
+      }
       case 'skipped':
         return {
           body: respond(uid, outcome.warn ? { allowed: true, warnings: [`meshpipe: ${what} not injected: ${outcome.because}`] } : { allowed: true }),

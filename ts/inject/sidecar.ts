@@ -11,28 +11,37 @@
  *   uid `meshpipe init` exempts), no capabilities, read-only root filesystem.
  *   It reads the pod's annotations from the downward-API volume (re-read on
  *   change) and its identity from POD_NAMESPACE/POD_NAME, with POD_IP and
- *   POD_IPS (`status.podIPs`) for the inbound address check. Admin on
+ *   POD_IPS (`status.podIPs`) for the inbound address check; with
+ *   `--kube` (kube-watch.ts, on unless the pod or `--kube-watch` says
+ *   otherwise) it also watches the API with the pod's service account for
+ *   the meshed destinations and the other workloads' policy. Admin on
  *   0.0.0.0:4191, where the kubelet's probes reach it: startup and readiness on
  *   `/ready`, liveness on `/live`. Native sidecar (an init container with
  *   `restartPolicy: Always`, Kubernetes >= 1.29: it starts, and passes its
  *   startup probe, before the app's init containers and containers, and stops
  *   after them) or a classic first container.
- * - Volumes: `meshpipe-podinfo` (downward API: annotations, labels) and
- *   `meshpipe-xtables-lock` (emptyDir).
+ * - Volumes: `meshpipe-podinfo` (downward API: annotations, labels),
+ *   `meshpipe-xtables-lock` (emptyDir) and, unless the pod's identity is
+ *   off, `meshpipe-identity` (identity.ts: cert-manager's CSI driver or a
+ *   Secret), mounted read-only at /var/run/meshpipe/identity for
+ *   `--identity-dir`.
  *
  * Everything added is named `meshpipe-*`, which is how uninject finds it.
- * The proxy's pieces are assembled from parts (below): mTLS identity adds its
- * own part (identity volume, mount and env) next to `podinfoPart`.
+ * The proxy's pieces are assembled from parts (below): volumes, mounts, env
+ * and flags; the identity is one of them.
  */
 import { formatDuration } from '../config/index.js';
 import type { PodSettings } from './annotations.js';
+import { IDENTITY_VOLUME, identityPart, type IdentityDefaults, type IdentitySettings } from './identity.js';
 import type { JsonObject } from './kinds.js';
+import { kubeWatchArgs, type KubeWatchSettings } from './kube-watch.js';
 
 export const NAMES = Object.freeze({
   init: 'meshpipe-init',
   proxy: 'meshpipe-proxy',
   podinfoVolume: 'meshpipe-podinfo',
   xtablesVolume: 'meshpipe-xtables-lock',
+  identityVolume: IDENTITY_VOLUME,
 });
 
 /** Every container and volume name injection adds starts with this. */
@@ -59,13 +68,24 @@ export interface InjectOptions {
   readonly sidecar: SidecarMode;
   /** The meshpipe version written into the injected marker annotation. */
   readonly version: string;
+  /** Identity for pods whose annotations do not say, the issuer, trust domain and template. */
+  readonly identity: IdentityDefaults;
+  /** `--kube-watch`: the proxy watches the Kubernetes API (`--kube`) unless the pod's annotations say otherwise. */
+  readonly kubeWatch: boolean;
 }
 
-/** A piece of the proxy's configuration: volumes, mounts and env it needs. */
+/** What one pod's proxy is given besides its settings: its identity and whether it watches the API. */
+export interface ProxyChoices {
+  readonly identity: IdentitySettings;
+  readonly kube: KubeWatchSettings;
+}
+
+/** A piece of the proxy's configuration: volumes, mounts, env and flags it needs. */
 interface ProxyPart {
   readonly volumes: readonly JsonObject[];
   readonly mounts: readonly JsonObject[];
   readonly env: readonly JsonObject[];
+  readonly args: readonly string[];
 }
 
 function fieldEnv(name: string, fieldPath: string): JsonObject {
@@ -85,6 +105,7 @@ function podinfoPart(): ProxyPart {
       },
     }],
     mounts: [{ name: NAMES.podinfoVolume, mountPath: PODINFO_DIR, readOnly: true }],
+    args: ['--annotations', `${PODINFO_DIR}/annotations`],
     env: [
       fieldEnv('POD_NAMESPACE', 'metadata.namespace'),
       fieldEnv('POD_NAME', 'metadata.name'),
@@ -94,9 +115,9 @@ function podinfoPart(): ProxyPart {
   };
 }
 
-/** The proxy's parts, in order. mTLS identity adds its part here. */
-function proxyParts(): ProxyPart[] {
-  return [podinfoPart()];
+/** The proxy's parts, in order: its own annotations, the API watch (both policy sources), its identity. */
+function proxyParts(settings: PodSettings, choices: ProxyChoices, opts: InjectOptions): ProxyPart[] {
+  return [podinfoPart(), { volumes: [], mounts: [], env: [], args: kubeWatchArgs(choices.kube) }, identityPart(choices.identity, opts.identity, settings.proxyUid)];
 }
 
 function resources(settings: PodSettings): JsonObject | undefined {
@@ -121,14 +142,14 @@ export function initCommand(settings: PodSettings): string[] {
   return argv;
 }
 
-/** The `meshpipe proxy` argv. */
-export function proxyCommand(drainTimeoutMs: number): string[] {
+/** The `meshpipe proxy` argv: listeners, then each part's flags, then the drain timeout. */
+export function proxyCommand(drainTimeoutMs: number, partArgs: readonly string[]): string[] {
   return [
     BINARY, 'proxy',
     '--inbound', `0.0.0.0:${PORTS.inbound}`,
     '--outbound', `127.0.0.1:${PORTS.outbound}`,
     '--admin', `0.0.0.0:${PORTS.admin}`,
-    '--annotations', `${PODINFO_DIR}/annotations`,
+    ...partArgs,
     '--drain-timeout', formatDuration(drainTimeoutMs),
   ];
 }
@@ -159,15 +180,15 @@ function httpProbe(path: string, extra: JsonObject): JsonObject {
   return { httpGet: { path, port: PORTS.admin }, ...extra };
 }
 
-export function proxyContainer(settings: PodSettings, opts: InjectOptions, native: boolean, drainTimeoutMs: number): JsonObject {
-  const parts = proxyParts();
+export function proxyContainer(settings: PodSettings, choices: ProxyChoices, opts: InjectOptions, native: boolean, drainTimeoutMs: number): JsonObject {
+  const parts = proxyParts(settings, choices, opts);
   const c: JsonObject = {
     name: NAMES.proxy,
     image: opts.image,
     imagePullPolicy: opts.imagePullPolicy,
     // A native sidecar: started before the app, kept running, stopped after it.
     ...(native ? { restartPolicy: 'Always' } : {}),
-    command: proxyCommand(drainTimeoutMs),
+    command: proxyCommand(drainTimeoutMs, parts.flatMap((p) => p.args)),
     env: parts.flatMap((p) => p.env),
     ports: [
       { name: 'meshpipe-proxy', containerPort: PORTS.inbound, protocol: 'TCP' },
@@ -195,6 +216,6 @@ export function proxyContainer(settings: PodSettings, opts: InjectOptions, nativ
 }
 
 /** The volumes the added containers mount. */
-export function addedVolumes(): JsonObject[] {
-  return [...proxyParts().flatMap((p) => p.volumes), { name: NAMES.xtablesVolume, emptyDir: {} }];
+export function addedVolumes(settings: PodSettings, choices: ProxyChoices, opts: InjectOptions): JsonObject[] {
+  return [...proxyParts(settings, choices, opts).flatMap((p) => p.volumes), { name: NAMES.xtablesVolume, emptyDir: {} }];
 }

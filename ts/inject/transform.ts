@@ -8,14 +8,17 @@
  * compared with what it is. So injecting twice changes nothing, and a pod
  * whose annotations changed since it was injected is brought up to date.
  * Uninjection removes exactly what injection added: the `meshpipe-init` and
- * `meshpipe-proxy` containers, the `meshpipe-*` volumes, the marker
- * annotations, and restores `terminationGracePeriodSeconds` when injection
+ * `meshpipe-proxy` containers, the `meshpipe-*` volumes (the identity's
+ * included), the marker annotations, and restores `terminationGracePeriodSeconds` when injection
  * raised it (the original is kept in an annotation until then).
  *
  * Pods are never injected when that would break them or the node: host
  * network pods (the iptables rules would land in the node's namespace), pods
  * that already carry Linkerd's proxy, and pods whose containers use the
- * proxy's ports. Those are reported and left unchanged.
+ * proxy's ports. Those are reported and left unchanged. A pod injected with
+ * less than it asked for (a proxy without the API watch, because the pod
+ * turns its service account token off: kube-watch.ts) is injected, with a
+ * warning naming why.
  */
 import {
   decideInjection,
@@ -25,7 +28,9 @@ import {
   type AnnotationSources,
   type Annotations,
 } from './annotations.js';
+import { describeIdentity, identityMarker, readIdentity } from './identity.js';
 import { isObject, type JsonObject, type JsonValue, type ObjectName } from './kinds.js';
+import { readKubeWatch } from './kube-watch.js';
 import { jsonEqual } from './patch.js';
 import { addedVolumes, initContainer, NAMES, PORTS, proxyContainer, type InjectOptions } from './sidecar.js';
 
@@ -35,7 +40,7 @@ export const DEFAULT_GRACE_PERIOD_S = 30;
 export const GRACE_MARGIN_S = 5;
 
 const OUR_CONTAINERS = new Set<string>([NAMES.init, NAMES.proxy]);
-const OUR_VOLUMES = new Set<string>([NAMES.podinfoVolume, NAMES.xtablesVolume]);
+const OUR_VOLUMES = new Set<string>([NAMES.podinfoVolume, NAMES.xtablesVolume, NAMES.identityVolume]);
 const LINKERD_CONTAINERS = new Set(['linkerd-proxy', 'linkerd-init']);
 
 export interface TemplateInput {
@@ -48,8 +53,12 @@ export interface TemplateInput {
 }
 
 export type InjectOutcome =
-  | { readonly action: 'injected' | 'updated'; readonly template: JsonObject; readonly because: string }
-  | { readonly action: 'unchanged'; readonly because: string }
+  | {
+    readonly action: 'injected' | 'updated'; readonly template: JsonObject; readonly because: string; readonly identity: string;
+    /** What the pod gets less of than it asked for, and why (it is injected all the same). */
+    readonly warnings: readonly AnnotationProblem[];
+  }
+  | { readonly action: 'unchanged'; readonly because: string; readonly warnings: readonly AnnotationProblem[] }
   | { readonly action: 'uninjected'; readonly template: JsonObject; readonly because: string }
   | { readonly action: 'skipped'; readonly because: string; readonly warn: boolean }
   | { readonly action: 'invalid'; readonly problems: readonly AnnotationProblem[] };
@@ -102,6 +111,7 @@ export function uninjectTemplate(template: JsonObject): JsonObject {
     const before = Object.keys(ann).length;
     delete ann[MARKER_KEYS.injected];
     delete ann[MARKER_KEYS.originalGracePeriod];
+    delete ann[MARKER_KEYS.identity];
     if (Object.keys(ann).length === 0 && before > 0) {
       delete meta['annotations'];
       if (Object.keys(meta).length === 0) delete out['metadata'];
@@ -153,10 +163,12 @@ function portConflicts(spec: JsonObject, object: ObjectName): AnnotationProblem[
   return problems;
 }
 
-/** The injected form of an uninjected template, or the problems that prevent it. */
-function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sources: AnnotationSources, problems: AnnotationProblem[]): JsonObject | undefined {
+/** The injected form of an uninjected template (its identity, described, and any warnings), or the problems that prevent it. */
+function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sources: AnnotationSources, problems: AnnotationProblem[]): { template: JsonObject; identity: string; warnings: AnnotationProblem[] } | undefined {
   const settings = readSettings(sources, problems);
+  const identity = readIdentity(sources, opts.identity, problems);
   const spec = base['spec'] as JsonObject;
+  const kube = readKubeWatch(sources, opts.kubeWatch, spec, problems);
   problems.push(...portConflicts(spec, input.object));
   if (problems.length > 0) return undefined;
 
@@ -167,7 +179,7 @@ function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sour
   const grace = current ?? DEFAULT_GRACE_PERIOD_S;
   const drainMs = settings.drainTimeoutMs ?? grace * 1000;
   const needed = Math.ceil(drainMs / 1000) + GRACE_MARGIN_S;
-  const marker: Record<string, string> = { [MARKER_KEYS.injected]: opts.version };
+  const marker: Record<string, string> = { [MARKER_KEYS.injected]: opts.version, [MARKER_KEYS.identity]: identityMarker(identity) };
   if (settings.drainTimeoutMs !== undefined && needed > grace) {
     outSpec['terminationGracePeriodSeconds'] = needed;
     marker[MARKER_KEYS.originalGracePeriod] = current === undefined ? 'unset' : String(current);
@@ -177,13 +189,13 @@ function build(base: JsonObject, input: TemplateInput, opts: InjectOptions, sour
   const ann = isObject(meta['annotations']) ? meta['annotations'] : (meta['annotations'] = {});
   Object.assign(ann, marker);
 
-  const proxy = proxyContainer(settings, opts, native, drainMs);
+  const proxy = proxyContainer(settings, { identity, kube }, opts, native, drainMs);
   const init = initContainer(settings, opts);
   const appInit = named(outSpec['initContainers']);
   outSpec['initContainers'] = native ? [init, proxy, ...appInit] : [init, ...appInit];
   if (!native) outSpec['containers'] = [proxy, ...named(outSpec['containers'])];
-  outSpec['volumes'] = [...named(outSpec['volumes']), ...addedVolumes()];
-  return out;
+  outSpec['volumes'] = [...named(outSpec['volumes']), ...addedVolumes(settings, { identity, kube }, opts)];
+  return { template: out, identity: describeIdentity(identity), warnings: kube.warning === undefined ? [] : [kube.warning] };
 }
 
 /**
@@ -215,6 +227,6 @@ export function injectTemplate(input: TemplateInput, opts: InjectOptions, defaul
   if (refused !== undefined) return { action: 'skipped', because: refused, warn: true };
   const desired = build(base, input, opts, sources, problems);
   if (desired === undefined) return { action: 'invalid', problems };
-  if (jsonEqual(desired, template)) return { action: 'unchanged', because: 'already injected as planned' };
-  return { action: injected ? 'updated' : 'injected', template: desired, because: decision.because };
+  if (jsonEqual(desired.template, template)) return { action: 'unchanged', because: 'already injected as planned', warnings: desired.warnings };
+  return { action: injected ? 'updated' : 'injected', template: desired.template, because: decision.because, identity: desired.identity, warnings: desired.warnings };
 }

@@ -53,3 +53,4 @@ export { compileAuthz, defaultPolicyRules, DEFAULT_INBOUND_POLICY_ANNOTATION, ty
 export { parseDestinationsFile, isMeshed, meshPeerOf, MESH_ANNOTATIONS, DEFAULT_TUNNEL_PORT } from './mesh-destinations.js';
 export { EndpointsCompiler, compileEndpoints, type EndpointsChange } from './endpoints.js';
 export { parseEndpointsFile, readEndpointsFile, socketAddr, type EndpointsProblem } from './endpoints-file.js';
+export { describeResource, PROXY_RBAC_MANIFEST, WATCH_VERBS, watchedKinds, type KindSpec } from './k8s/index.js';

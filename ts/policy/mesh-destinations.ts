@@ -7,8 +7,12 @@
  *
  * Two sources:
  * - Pods with the sidecar (`meshPeerOf`): `meshpipe.io/inject: enabled`,
- *   `linkerd.io/inject: enabled`, or an explicit `meshpipe.io/identity`
- *   annotation. Their identity is that annotation, else the identity
+ *   `linkerd.io/inject: enabled`, an explicit `meshpipe.io/identity`
+ *   annotation, or injection's marker `meshpipe.io/injected-identity` naming
+ *   where the sidecar's certificate comes from (so pods injected because
+ *   their namespace asked count too). A pod whose marker says `none` was
+ *   injected without an identity: its proxy cannot terminate mesh TLS, so it
+ *   is never meshed, whatever else it says. Their identity is that annotation, else the identity
  *   template applied to the pod's service account and namespace under the
  *   trust domain; their tunnel port is `meshpipe.io/inbound-port`, else
  *   4143. The peer rides on the pod's port table (shared by every replica
@@ -38,6 +42,8 @@ export const MESH_ANNOTATIONS = {
   linkerdInject: 'linkerd.io/inject',
   identity: 'meshpipe.io/identity',
   inboundPort: 'meshpipe.io/inbound-port',
+  /** Written by injection: `cert-manager-csi`, `secret` or `none` (ts/inject/identity.ts). */
+  injectedIdentity: 'meshpipe.io/injected-identity',
 } as const;
 
 /** Linkerd's inbound (and tunnel) port. */
@@ -51,7 +57,9 @@ function parsePort(text: string): number | undefined {
 /** True for a pod that runs the sidecar. */
 export function isMeshed(pod: WorkloadObject): boolean {
   const a = pod.annotations;
-  if (a[MESH_ANNOTATIONS.identity] !== undefined) return true;
+  const injected = a[MESH_ANNOTATIONS.injectedIdentity];
+  if (injected === 'none') return false;
+  if (a[MESH_ANNOTATIONS.identity] !== undefined || injected !== undefined) return true;
   return a[MESH_ANNOTATIONS.inject] === 'enabled' || a[MESH_ANNOTATIONS.linkerdInject] === 'enabled';
 }
 
@@ -80,9 +88,11 @@ export function meshPeerOf(pod: WorkloadObject, settings: MeshSettings, problems
     problems.push(objectProblem(ref, MESH_ANNOTATIONS.inboundPort, portText ?? '', 'expected a port 1-65535; the pod is not treated as meshed'));
     return undefined;
   }
+  const injected = pod.annotations[MESH_ANNOTATIONS.injectedIdentity];
   const how = explicit !== undefined
     ? `${MESH_ANNOTATIONS.identity}`
-    : pod.annotations[MESH_ANNOTATIONS.inject] === 'enabled' ? `${MESH_ANNOTATIONS.inject}=enabled` : `${MESH_ANNOTATIONS.linkerdInject}=enabled`;
+    : injected !== undefined ? `${MESH_ANNOTATIONS.injectedIdentity}=${injected}`
+      : pod.annotations[MESH_ANNOTATIONS.inject] === 'enabled' ? `${MESH_ANNOTATIONS.inject}=enabled` : `${MESH_ANNOTATIONS.linkerdInject}=enabled`;
   const source = `meshed: ${how} on {destination}${explicit !== undefined ? '' : ` (service account ${pod.serviceAccount})`}`;
   const key = `${identity}\u0000${tunnelPort}\u0000${source}`;
   let peer = peers.get(key);

@@ -29,6 +29,12 @@
  * EndpointSlices and the static `--endpoints FILE` (read here, at start: a
  * bad line stops the start); without sources, the file's table is put into
  * the engine by `start()`. Either way before the listeners bind.
+ *
+ * Nor is a failing source (the Kubernetes API unreachable, or refusing a
+ * kind with 403): the last known objects stay in force, the proxy stays
+ * ready, and the failure is logged when it changes (naming the kind, the
+ * resource and, for a 403, the RBAC manifest to grant) and listed under
+ * /ready's 200 until it recovers.
  */
 import type { ProxyConfig } from '../config/index.js';
 import { hasPolicySources } from '../config/index.js';
@@ -59,6 +65,8 @@ export interface SidecarPolicy {
   start(engine: PolicyEngine): Promise<void>;
   /** Null while a table from the configured sources (or the flags) is in force; otherwise why not. */
   notInForce(): string | null;
+  /** Lines for /ready: a failing source (the Kubernetes API), which does not make the proxy unready. */
+  readyDetails?(): readonly string[];
   /** The /policy document. */
   view(snapshot: EngineSnapshot | undefined): Promise<unknown>;
   close(): Promise<void>;
@@ -73,6 +81,8 @@ export const POLICY_MESSAGES = {
   workerCrashed: 'the policy worker stopped; the last good policy stays in force until it is back',
   endpointsUpdated: ENDPOINTS_MESSAGES.updated,
   endpointsRejected: ENDPOINTS_MESSAGES.rejected,
+  sourceFailing: 'policy source failing; the last known objects stay in force',
+  sourceRecovered: 'policy sources answer again',
 } as const;
 
 /** The endpoints the sidecar compiles: the file's entries; undefined with the HTTP layer off (nothing balances). */
@@ -146,6 +156,8 @@ class WorkerPolicy implements SidecarPolicy {
   #retry: NodeJS.Timeout | undefined;
   #retryMs = RETRY_FIRST_MS;
   readonly #endpoints: EndpointsFeed;
+  /** The sources' own problems (the Kubernetes API failing), as last reported. */
+  #sourceProblems: readonly string[] = [];
 
   constructor(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput) {
     this.#config = config;
@@ -230,7 +242,8 @@ class WorkerPolicy implements SidecarPolicy {
         this.#endpoints.apply(engine, m);
         return;
       case 'problems':
-        if (m.total > 0) this.#logger.warn({ generation: m.generation, problems: m.problems, total: m.total }, POLICY_MESSAGES.problems);
+        this.#onSourceProblems(m.sources);
+        if (m.total > m.sources.length) this.#logger.warn({ generation: m.generation, problems: m.problems, total: m.total }, POLICY_MESSAGES.problems);
         return;
       case 'reloadFailed':
         this.#logger.error({ err: m.message }, POLICY_MESSAGES.reloadFailed);
@@ -239,6 +252,18 @@ class WorkerPolicy implements SidecarPolicy {
       case 'view': // answered through PolicyWorker.view()
         return;
     }
+  }
+
+  /** Logs a change of the sources' own problems: each failure once, naming it, and the recovery. */
+  #onSourceProblems(sources: readonly string[]): void {
+    const before = this.#sourceProblems;
+    this.#sourceProblems = sources;
+    if (sources.length > 0 && sources.join('\n') !== before.join('\n')) this.#logger.warn({ problems: sources }, POLICY_MESSAGES.sourceFailing);
+    else if (sources.length === 0 && before.length > 0) this.#logger.info({ resolved: before }, POLICY_MESSAGES.sourceRecovered);
+  }
+
+  readyDetails(): readonly string[] {
+    return this.#sourceProblems.map((p) => `policy source: ${p}`);
   }
 
   #resync(): void {

@@ -167,6 +167,15 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.endpoints = options.endpoints === undefined ? undefined : new EndpointsCompiler(options.endpoints.fromFile);
   }
 
+  /**
+   * The problems of the sources themselves, not of their content: the
+   * Kubernetes API failing (per kind) or not answered yet. Also part of
+   * every update's `problems`.
+   */
+  sourceProblems(): readonly PolicyProblem[] {
+    return this.kubeProblems;
+  }
+
   /** The last published update (undefined before start). */
   current(): PolicyUpdate | undefined {
     return this.last;
@@ -298,11 +307,26 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     });
   }
 
+  /**
+   * One problem per distinct failure, naming every kind it hits (a 403 for
+   * one kind is not hidden behind another kind's error; an API server that
+   * is down is one line, not one per kind), or, before any error, the kinds
+   * whose first list has not answered yet.
+   */
   private readKubeStatus(): void {
     const problems: PolicyProblem[] = [];
     const status = this.kube?.status();
-    if (status?.lastError !== undefined) {
-      problems.push(generalProblem(`Kubernetes API: ${status.lastError}; keeping the last known objects`));
+    const failures = new Map<string, string[]>();
+    for (const [kind, k] of Object.entries(status?.kinds ?? {})) {
+      if (k.error === undefined) continue;
+      const prefix = `${kind} watch: `;
+      const reason = k.error.startsWith(prefix) ? k.error.slice(prefix.length) : k.error;
+      failures.set(reason, [...(failures.get(reason) ?? []), kind]);
+    }
+    if (failures.size > 0) {
+      for (const [reason, kinds] of failures) {
+        problems.push(generalProblem(`Kubernetes API: ${kinds.join(', ')} ${kinds.length === 1 ? 'watch' : 'watches'}: ${reason}; keeping the last known objects`));
+      }
     } else if (status && !status.synced) {
       const waiting = Object.entries(status.kinds).filter(([, k]) => !k.synced).map(([kind]) => kind);
       problems.push(generalProblem(`Kubernetes API: no answer yet to the first list of ${waiting.join(', ')}`));

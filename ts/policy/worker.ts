@@ -12,7 +12,9 @@
  *                                           the endpoints table (HTTP balancing): whole
  *                                           (base null) or a change onto `base`,
  *                                           UTF-8 JSON of an EndpointsUpdate
- *   { type: 'problems', generation, problems, total }
+ *   { type: 'problems', generation, problems, total, sources }
+ *                                           the first problems, their count, and
+ *                                           the sources' own (the Kubernetes API failing)
  *   { type: 'reloadFailed', message }
  *   { type: 'view', id, view }              the answer to a view request
  *   { type: 'startFailed', code, message }
@@ -37,7 +39,7 @@ export type WorkerMessage =
     readonly type: 'endpoints'; readonly generation: number; readonly base: number | null; readonly bytes: Uint8Array;
     readonly services: number; readonly upserted: number; readonly removed: number;
   }
-  | { readonly type: 'problems'; readonly generation: number; readonly problems: readonly string[]; readonly total: number }
+  | { readonly type: 'problems'; readonly generation: number; readonly problems: readonly string[]; readonly total: number; readonly sources: readonly string[] }
   | { readonly type: 'reloadFailed'; readonly message: string }
   | { readonly type: 'view'; readonly id: number; readonly view: unknown }
   | { readonly type: 'startFailed'; readonly code: string | undefined; readonly message: string };
@@ -75,7 +77,10 @@ function run(port: NonNullable<typeof parentPort>, options: PolicySourceOptions)
   const problems = (u: PolicyUpdate): void => {
     if (u.problems === problemsSent) return;
     problemsSent = u.problems;
-    post({ type: 'problems', generation: u.generation, problems: u.problems.slice(0, PROBLEMS_SENT).map((p) => p.message), total: u.problems.length });
+    post({
+      type: 'problems', generation: u.generation, problems: u.problems.slice(0, PROBLEMS_SENT).map((p) => p.message), total: u.problems.length,
+      sources: source.sourceProblems().slice(0, PROBLEMS_SENT).map((p) => p.message),
+    });
   };
   source.on('policy', (u) => {
     if (u.kind === 'delta' && u.change) {

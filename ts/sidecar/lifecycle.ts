@@ -175,7 +175,7 @@ export class Sidecar {
             port: config.admin.port,
             metrics: this.metrics,
             notReady: () => this.notReady(),
-            readyDetails: () => this.#mesh.readyDetails(),
+            readyDetails: () => [...this.#mesh.readyDetails(), ...(this.#policy.readyDetails?.() ?? [])],
             connections: (limit) => this.proxy.connections(limit),
             snapshot: () => this.#snapshotOrUndefined() ?? {},
             policy: () => this.#policy.view(this.#snapshotOrUndefined()),

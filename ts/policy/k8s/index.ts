@@ -5,7 +5,8 @@
  * templates and `policy.linkerd.io` Servers to typed, frozen shapes;
  * manifests.ts loads them from files and folders (`--manifests`); watch.ts
  * keeps them current from the API server (`--kube`): list and watch on
- * client.ts with the credentials of kubeconfig.ts, slimmed on receipt.
+ * client.ts with the credentials of kubeconfig.ts, slimmed on receipt;
+ * watched.ts is the table of what it watches (and so the RBAC it needs).
  *
  * Other folders import from here. watch.ts is deliberately not re-exported:
  * ts/policy/source.ts imports it on demand when the watch is configured.
@@ -21,3 +22,4 @@ export {
   type MeshTlsAuthenticationObject,
   type NetworkAuthenticationObject,
 } from './authz-objects.js';
+export { describeResource, PROXY_RBAC_MANIFEST, WATCH_VERBS, watchedKinds, type KindSpec } from './watched.js';

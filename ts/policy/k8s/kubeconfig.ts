@@ -142,9 +142,13 @@ export async function loadCredentials(kubeconfig: string | undefined): Promise<A
     return fromFile(path) ?? (await viaLibrary(path));
   } catch (err) {
     const what = kubeconfig !== undefined ? `--kubeconfig ${kubeconfig}` : path === undefined ? 'the in-cluster service account' : `the default kubeconfig ${path}`;
-    const hint = kubeconfig === undefined
-      ? ' (--kube needs --kubeconfig FILE, or a pod with KUBERNETES_SERVICE_HOST and a service account)'
-      : '';
+    const hint = kubeconfig !== undefined
+      ? ''
+      : path === undefined
+        ? ` (in a pod, --kube reads the service account's token and ca.crt in ${SERVICE_ACCOUNT}; they are missing when `
+          + 'automountServiceAccountToken is false on the pod or its ServiceAccount: set it to true, or run without --kube '
+          + '(an injected pod: annotate it config.meshpipe.io/kube-watch: disabled))'
+        : ' (--kube needs --kubeconfig FILE, or a pod with KUBERNETES_SERVICE_HOST and a service account)';
     throw new MeshpipeError('ERR_INVALID_CONFIG', `${what}: cannot load: ${(err as Error).message}${hint}`, { key: 'kubeconfig', cause: err });
   }
 }

@@ -34,7 +34,13 @@
  * resourceVersion was compacted) relists, and the relist is diffed against
  * what is known, so only real changes go on. While the API is unreachable
  * nothing is forgotten, so the last good policy stays in force; the error is
- * visible in status().
+ * visible in status(), per kind.
+ *
+ * What is watched is one table (watched.ts): the reflectors are built from
+ * it, and the RBAC the watch needs (list and watch of each collection,
+ * deploy/kubernetes/proxy-rbac.yaml) is tested against it. A 403 names the
+ * resource the service account may not read and that manifest; the kind
+ * keeps retrying with backoff, so granting it later heals without a restart.
  */
 
 import { EventEmitter } from 'node:events';
@@ -43,6 +49,7 @@ import { KubeApiError, KubeClient } from './client.js';
 import { loadCredentials, type ApiCredentials } from './kubeconfig.js';
 import { normalizeObject, type ObjectProblem, type PolicyObject } from './objects.js';
 import { objectProblem, type PolicyProblem } from '../problems.js';
+import { describeResource, PROXY_RBAC_MANIFEST, WATCH_VERBS, watchedKinds, type KindSpec } from './watched.js';
 
 export interface KubeWatchOptions {
   /** Path of a kubeconfig file (`--kubeconfig`). */
@@ -83,12 +90,17 @@ export interface KubeWatchEvents {
   status: [KubeWatchStatus];
 }
 
-interface KindSpec {
-  readonly kind: string;
-  readonly path: string;
-  readonly query?: Readonly<Record<string, string>>;
-  /** Ask for PartialObjectMetadata (metadata only). */
-  readonly metadataOnly?: boolean;
+/**
+ * What a failed list or watch says: for a 403, which resource the service
+ * account may not read and where the grant is, with the API server's own
+ * words after it.
+ */
+export function describeFailure(spec: KindSpec, err: unknown): string {
+  if (err instanceof KubeApiError && err.statusCode === 403) {
+    const where = spec.namespace === undefined ? 'cluster-wide' : `in namespace ${spec.namespace}`;
+    return `forbidden to ${WATCH_VERBS.join(' and ')} ${describeResource(spec)} ${where}: grant ${PROXY_RBAC_MANIFEST} to the proxy's service account (${describeError(err)})`;
+  }
+  return describeError(err);
 }
 
 const NO_PROBLEMS = '[]';
@@ -173,7 +185,7 @@ class Reflector {
   }
 
   #failed(err: unknown): void {
-    this.error = `${this.spec.kind} watch: ${describeError(err)}`;
+    this.error = `${this.spec.kind} watch: ${describeFailure(this.spec, err)}`;
     this.#owner.statusChanged();
   }
 
@@ -273,30 +285,7 @@ export class KubeWatch extends EventEmitter<KubeWatchEvents> {
     super();
     this.#options = options;
     const client = new KubeClient(credentials);
-    const version = options.serverApiVersion ?? 'v1beta3';
-    const specs: KindSpec[] = [
-      { kind: 'Namespace', path: '/api/v1/namespaces', metadataOnly: true },
-      { kind: 'Service', path: '/api/v1/services' },
-      { kind: 'Pod', path: '/api/v1/pods', query: { fieldSelector: 'status.phase!=Succeeded,status.phase!=Failed' } },
-      { kind: 'Server', path: `/apis/policy.linkerd.io/${version}/servers` },
-      { kind: 'AuthorizationPolicy', path: '/apis/policy.linkerd.io/v1alpha1/authorizationpolicies' },
-      { kind: 'MeshTLSAuthentication', path: '/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications' },
-      { kind: 'NetworkAuthentication', path: '/apis/policy.linkerd.io/v1alpha1/networkauthentications' },
-    ];
-    if (options.endpointSlices) specs.push({ kind: 'EndpointSlice', path: '/apis/discovery.k8s.io/v1/endpointslices' });
-    const ns = options.controllersNamespace;
-    if (ns !== undefined) {
-      const at = `namespaces/${encodeURIComponent(ns)}`;
-      specs.push(
-        { kind: 'Deployment', path: `/apis/apps/v1/${at}/deployments` },
-        { kind: 'StatefulSet', path: `/apis/apps/v1/${at}/statefulsets` },
-        { kind: 'DaemonSet', path: `/apis/apps/v1/${at}/daemonsets` },
-        { kind: 'ReplicaSet', path: `/apis/apps/v1/${at}/replicasets` },
-        { kind: 'Job', path: `/apis/batch/v1/${at}/jobs` },
-        { kind: 'CronJob', path: `/apis/batch/v1/${at}/cronjobs` },
-      );
-    }
-    this.#reflectors = specs.map((s) => new Reflector(this, client, s));
+    this.#reflectors = watchedKinds({ ...options, endpointSlices: options.endpointSlices === true }).map((s) => new Reflector(this, client, s));
   }
 
   /** Loads the credentials (ERR_INVALID_CONFIG naming the kubeconfig when they cannot be). */
