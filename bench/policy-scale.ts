@@ -96,6 +96,7 @@ async function startProxy(name: string, ctx: BenchContext, redisPort: number, po
   const port = await freePort();
   const adminPort = await freePort();
   // Debug for the policy layer's per-update lines; the engine's per-connection traces stay off.
+  // meshpipe logs to stderr (stdout stays the app's in meshpipe run).
   const args = [CLI_PATH, 'proxy', '--log-level', 'debug', '--engine-log', 'warn', '--admin', `127.0.0.1:${adminPort}`, '--drain-timeout', '2s',
     '--forward', `127.0.0.1:${port}=127.0.0.1:${redisPort}`, ...policyArgs];
   const started = performance.now();
@@ -103,7 +104,7 @@ async function startProxy(name: string, ctx: BenchContext, redisPort: number, po
   const logs: Record<string, unknown>[] = [];
   let partial = '';
   let ready: number | undefined;
-  tracked.child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+  tracked.child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
     const lines = (partial + chunk).split('\n');
     partial = lines.pop() ?? '';
     for (const line of lines) {

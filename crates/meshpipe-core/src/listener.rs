@@ -230,6 +230,28 @@ mod tests {
         panic!("no socket of the group accepted");
     }
 
+    /// Every open connection holds its `proxy::serve` future for its whole
+    /// life, idle or not, so its size is part of the per-connection memory
+    /// budget (10 KiB per idle plaintext connection, kernel buffers
+    /// included). The mesh TLS and HTTP stages are boxed so that only the
+    /// connections that take them pay for their state; this fails when a
+    /// stage is inlined into the pipeline again.
+    #[tokio::test]
+    async fn the_per_connection_future_stays_within_its_budget() {
+        let spec: crate::EngineSpec = serde_json::from_value(serde_json::json!({
+            "listeners": [{ "name": "t", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": "127.0.0.1:9" }, "direction": "outbound" }]
+        }))
+        .unwrap();
+        let engine = crate::Engine::new(spec.validate().unwrap());
+        let stop = CancellationToken::new();
+        let (_sockets, l) = bind(&config("127.0.0.1:0"), &stop, 1).unwrap();
+        let client = tokio::net::TcpStream::connect(l.local).await.unwrap();
+        let peer = client.local_addr().unwrap();
+        let fut = crate::proxy::serve(engine.context().clone(), l, client, peer, CancellationToken::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 3 * 1024, "the per-connection future is {size} bytes (budget 3 KiB)");
+    }
+
     #[test]
     fn a_group_shares_one_port_and_spreads_connections() {
         let stop = CancellationToken::new();

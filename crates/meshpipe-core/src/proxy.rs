@@ -186,12 +186,18 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
                 crate::config::Target::OriginalDst { inbound_host } => inbound_host,
                 crate::config::Target::Fixed(_) | crate::config::Target::Named(_) => None,
             };
-            let Some(est) = inbound_mesh::tunnel(ctx, client, peer, orig, inbound_host, state, info).await else { return };
-            ctx.metrics.detected(l.direction, orig.port(), DetectResult::OpaquePort, started.elapsed());
-            let _ = info.target.set(est.target);
-            span.record("target", tracing::field::display(est.target));
-            let mut stream = est.stream;
-            return forward_tls(ctx, info, &mut open, est.target, est.tls, &mut stream, Vec::new()).await;
+            // Boxed: the TLS state lives on the heap only for connections
+            // that take this path; the pipeline future every plain
+            // connection holds while idle stays small.
+            return Box::pin(async move {
+                let Some(est) = inbound_mesh::tunnel(ctx, client, peer, orig, inbound_host, state, info).await else { return };
+                ctx.metrics.detected(l.direction, orig.port(), DetectResult::OpaquePort, started.elapsed());
+                let _ = info.target.set(est.target);
+                span.record("target", tracing::field::display(est.target));
+                let mut stream = est.stream;
+                forward_tls(ctx, info, &mut open, est.target, est.tls, &mut stream, Vec::new()).await
+            })
+            .await;
         }
         (target::Route::Tunnel(_), None) => return,
     };
@@ -247,9 +253,13 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
             span.record("tls", "terminated");
             let remaining = timeout.saturating_sub(started.elapsed());
             let buffered = sniffed.buffered;
-            let Some(est) = inbound_mesh::terminate(ctx, client, buffered, peer, target, state, info, remaining).await else { return };
-            let mut stream = est.stream;
-            return forward_tls(ctx, info, &mut open, target, est.tls, &mut stream, Vec::new()).await;
+            // Boxed, like the tunnel above.
+            return Box::pin(async move {
+                let Some(est) = inbound_mesh::terminate(ctx, client, buffered, peer, target, state, info, remaining).await else { return };
+                let mut stream = est.stream;
+                forward_tls(ctx, info, &mut open, target, est.tls, &mut stream, Vec::new()).await
+            })
+            .await;
         }
         (Direction::Inbound, _, _) => {
             let tls = TlsStatus::detected(Direction::Inbound, sniffed.sni.as_ref());
@@ -267,7 +277,8 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
         }
         (Direction::Outbound, Some(dest), Some(state)) => {
             span.record("tls", "originated");
-            return originate_mesh(ctx, info, &mut open, client, target, dest, state, sniffed).await;
+            // Boxed, like the tunnel above.
+            return Box::pin(originate_mesh(ctx, info, &mut open, client, target, dest, state, sniffed)).await;
         }
         (Direction::Outbound, Some(_), None) => TlsStatus::NoIdentity(NoTlsReason::Disabled),
         (Direction::Outbound, None, _) if sniffed.sni.is_none() && target.ip().is_loopback() => {
@@ -287,7 +298,8 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     // mesh TLS to meshed endpoints).
     if let Some(protocol) = http::protocol_of(ctx, sniffed.result) {
         let c = http::HttpConn { info: &reg.info, direction: l.direction, target, tls, series: series.clone() };
-        http::serve(ctx, c, client, sniffed, protocol).await;
+        // Boxed: hyper's connection state is only allocated for HTTP.
+        Box::pin(http::serve(ctx, c, client, sniffed, protocol)).await;
         return;
     }
 
