@@ -17,12 +17,14 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPodPair, netnsSupport, requireNetns, run, startResponder, type Pod, type PodPair, type PodProcess } from './netns.js';
 import { SIDECAR_UID, startSidecar, type Sidecar } from './netns-sidecar.js';
+import { waitFor } from './helpers.js';
 import type { ConnectionInfo, EngineSnapshot } from '../ts/engine/native.js';
 
 const CLI = fileURLToPath(new URL('../ts/cli/main.js', import.meta.url));
@@ -40,10 +42,37 @@ const PREFACE = Buffer.from('transport.l5d.io/v1\r\n\r\n');
 const ECHO = `const net = require('node:net');
 for (const p of process.argv.slice(1)) net.createServer((s) => { s.pipe(s); s.on('error', () => {}); }).listen({ host: '0.0.0.0', port: Number(p) });
 console.log('LISTENING');`;
-/** An HTTP/1.1 app: answers `hello <x-marker header> <request body bytes>`. */
-const HTTP_APP = `const http = require('node:http');
-http.createServer((req, res) => { let n = 0; req.on('data', (d) => { n += d.length; }); req.on('end', () => res.end('hello ' + req.headers['x-marker'] + ' ' + n + '\\n')); })
-  .listen({ host: '0.0.0.0', port: Number(process.argv[1]) }, () => console.log('LISTENING'));`;
+/**
+ * An HTTP/1.1 app: answers `hello <x-marker header> <request body bytes>`;
+ * `/sha` answers the request body's `<SHA-256> <bytes>`; an `Upgrade: echo`
+ * is answered 101 and the connection then echoes its bytes.
+ */
+const HTTP_APP = `const http = require('node:http'); const { createHash } = require('node:crypto');
+const srv = http.createServer((req, res) => {
+  const h = createHash('sha256'); let n = 0; req.on('data', (d) => { n += d.length; if (req.url === '/sha') h.update(d); });
+  req.on('end', () => res.end(req.url === '/sha' ? h.digest('hex') + ' ' + n + '\\n' : 'hello ' + req.headers['x-marker'] + ' ' + n + '\\n')); });
+srv.on('upgrade', (req, sock, head) => { sock.on('error', () => {}); sock.write('HTTP/1.1 101 Switching Protocols\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\\r\\n'); if (head.length) sock.write(head); sock.pipe(sock); });
+srv.listen({ host: '0.0.0.0', port: Number(process.argv[1]) }, () => console.log('LISTENING'));`;
+/**
+ * Upgrades an HTTP/1.1 connection (`Upgrade: echo`), then sends SIZE random
+ * bytes, half-closes and reads the echo; prints "SENT <sha> GOT <sha> <bytes>",
+ * "STATUS <line>" (not upgraded) or "ERROR <code>".
+ */
+const UPGRADER = `const net = require('node:net'); const { createHash, randomBytes } = require('node:crypto');
+const [host, port, size] = process.argv.slice(1); const data = randomBytes(Number(size));
+const s = net.connect({ host, port: Number(port) }, () => s.write('GET /ws HTTP/1.1\\r\\nHost: ' + host + '\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\\r\\n'));
+let head = Buffer.alloc(0); let up = false; const got = createHash('sha256'); let bytes = 0;
+s.on('data', (d) => {
+  if (!up) {
+    head = Buffer.concat([head, d]); const i = head.indexOf('\\r\\n\\r\\n'); if (i < 0) return;
+    const status = head.subarray(0, i).toString().split('\\r\\n')[0];
+    if (!/^HTTP\\/1\\.1 101 /.test(status)) { console.log('STATUS ' + status); process.exit(1); }
+    up = true; d = head.subarray(i + 4); s.end(data);
+  }
+  got.update(d); bytes += d.length;
+});
+s.on('end', () => { console.log('SENT ' + createHash('sha256').update(data).digest('hex') + ' GOT ' + got.digest('hex') + ' ' + bytes); process.exit(0); });
+s.on('error', (e) => { console.log('ERROR ' + e.code); process.exit(1); });`;
 /**
  * Sends SIZE bytes (a fixed pattern with a plaintext marker), half-closes,
  * reads the echo; prints "SENT <sha> GOT <sha> <bytes>" or "ERROR <code>".
@@ -140,7 +169,7 @@ kind: Pod
 metadata: { name: server, namespace: e2e, labels: { app: server } }
 spec:
   serviceAccountName: server
-  containers: [{ name: app, ports: [{ containerPort: 8080 }, { containerPort: 8081 }, { containerPort: 8082 }, { containerPort: 7070 }, { containerPort: 7071 }] }]
+  containers: [{ name: app, ports: [{ containerPort: 8080 }, { containerPort: 8081 }, { containerPort: 8082 }, { containerPort: 8083 }, { containerPort: 7070 }, { containerPort: 7071 }] }]
 status: { podIP: ${ip} }
 ---
 apiVersion: policy.linkerd.io/v1beta3
@@ -269,11 +298,60 @@ spec:
     const tcp = c.tcp.filter((s) => s.direction === 'outbound' && s.targetPort === 8082);
     assert.deepEqual(tcp.map((s) => [s.tls, s.serverId, s.srcOpenTotal, s.dstOpenTotal]), [['true', SERVER_ID, 1, 1]], JSON.stringify(tcp));
     assert.equal(c.mesh.handshakeMs[1]!.count - before, 1, 'one mesh handshake for both requests (a pooled connection)');
-    const s = await serverSidecar.snapshot();
+    // The server sidecar serves the HTTP inside the tunnel as HTTP (the header says HTTP/1): its requests carry
+    // tls="true" and the client's identity; the one tunnel connection is the client side of the mesh series, and
+    // the pooled plaintext connection to the app (shared by every client of the port) is the plaintext series'.
+    const s = await waitFor(async () => {
+      const snap = await serverSidecar.snapshot();
+      return snap.http.some((h) => h.direction === 'inbound' && h.targetPort === 8082 && h.responses.some((x) => x.count === 2)) ? snap : null;
+    }, 'the inbound sidecar counted both responses', 10_000);
+    const inHttp = s.http.filter((h) => h.direction === 'inbound' && h.targetPort === 8082);
+    assert.deepEqual(inHttp.map((h) => [h.tls, h.clientId, h.requests, h.responses.map((x) => [x.statusCode, x.count])]),
+      [['true', CLIENT_ID, 2, [[200, 2]]]], JSON.stringify(inHttp));
     const in8082 = s.tcp.filter((x) => x.direction === 'inbound' && x.targetPort === 8082);
-    assert.deepEqual(in8082.map((x) => [x.tls, x.clientId, x.dstOpenTotal]), [['true', CLIENT_ID, 1]], JSON.stringify(in8082));
+    assert.deepEqual(in8082.filter((x) => x.tls === 'true').map((x) => [x.clientId, x.srcOpenTotal]), [[CLIENT_ID, 1]], JSON.stringify(in8082));
+    assert.deepEqual(in8082.filter((x) => x.tls !== 'true').map((x) => [x.tls, x.noTlsReason, x.dstOpenTotal]), [['no_identity', 'no_tls_from_remote', 1]], JSON.stringify(in8082));
     const cm = await pair.client.exec('curl', ['-sS', 'http://127.0.0.1:4191/metrics']);
     assert.match(cm.stdout, new RegExp(`^request_total\\{[^}]*direction="outbound"[^}]*target_port="8082"[^}]*tls="true"[^}]*server_id="${SERVER_ID.replaceAll('.', '\\.')}"[^}]*\\} 2$`, 'm'));
+    const sm = await pair.server.exec('curl', ['-sS', 'http://127.0.0.1:4191/metrics']);
+    const client = CLIENT_ID.replaceAll('.', '\\.');
+    assert.match(sm.stdout, new RegExp(`^request_total\\{[^}]*direction="inbound"[^}]*target_port="8082"[^}]*tls="true"[^}]*client_id="${client}"[^}]*\\} 2$`, 'm'));
+    assert.match(sm.stdout, new RegExp(`^response_total\\{[^}]*direction="inbound"[^}]*target_port="8082"[^}]*tls="true"[^}]*client_id="${client}"[^}]*status_code="200"[^}]*\\} 2$`, 'm'));
+    assert.match(sm.stdout, new RegExp(`^response_latency_ms_count\\{[^}]*direction="inbound"[^}]*target_port="8082"[^}]*tls="true"[^}]*client_id="${client}"[^}]*\\} 2$`, 'm'));
+  });
+
+  test('HTTP inside the tunnel: a large streamed POST body arrives intact, a refused app port is a 502 made by the inbound sidecar (l5d-proxy-error) and counted there, an Upgrade still becomes a byte tunnel', async (t) => {
+    if (!(await requireNetns(t))) return;
+    const inbound = async (port: number) => (await serverSidecar.snapshot()).http.filter((h) => h.direction === 'inbound' && h.targetPort === port);
+    const count = (series: EngineSnapshot['http'], status: number) =>
+      series.reduce((n, h) => n + h.responses.filter((x) => x.statusCode === status).reduce((m, x) => m + x.count, 0), 0);
+    // 24 MiB streamed from a file (curl -T sends it as it reads it); the app hashes what it received.
+    const size = 24 * 1024 * 1024;
+    const body = randomBytes(size);
+    writeFileSync(join(dir, 'body.bin'), body, { mode: 0o644 });
+    const ok200 = count(await inbound(8082), 200);
+    const post = await pair.client.exec('curl', ['-sS', '--http1.1', '-X', 'POST', '-T', join(dir, 'body.bin'), `http://${ip}:8082/sha`], { ...APP, timeoutMs: 60_000 });
+    assert.equal(post.stdout, `${createHash('sha256').update(body).digest('hex')} ${size}\n`, `${post.stderr}\n${serverSidecar.process.output().slice(-3000)}`);
+    await waitFor(async () => count(await inbound(8082), 200) === ok200 + 1, 'the inbound sidecar counted the POST', 10_000);
+
+    // Nothing listens on 8083 (a port the pod exposes): the inbound sidecar answers 502 and says why to the meshed
+    // peer; the client sidecar passes the response on.
+    const refused = await pair.client.exec('curl', ['-sS', '--http1.1', '-o', '/dev/null', '-D', '-', `http://${ip}:8083/refused`], { ...APP, timeoutMs: 20_000 });
+    assert.match(refused.stdout, /^HTTP\/1\.1 502 /, refused.stdout + refused.stderr);
+    assert.match(refused.stdout, new RegExp(`^l5d-proxy-error: connection to ${ip.replaceAll('.', '\\.')}:8083 failed`, 'mi'), refused.stdout);
+    const s = await waitFor(async () => {
+      const snap = await serverSidecar.snapshot();
+      return count(snap.http.filter((h) => h.direction === 'inbound' && h.targetPort === 8083), 502) === 1 ? snap : null;
+    }, 'the inbound sidecar counted the 502', 10_000);
+    const in8083 = s.http.filter((h) => h.direction === 'inbound' && h.targetPort === 8083);
+    assert.deepEqual(in8083.map((h) => [h.tls, h.clientId, h.requests, h.responses.map((x) => [x.statusCode, x.error])]),
+      [['true', CLIENT_ID, 1, [[502, 'bad_gateway']]]], JSON.stringify(in8083));
+    assert.equal(s.httpErrors.find((e) => e.direction === 'inbound' && e.error === 'bad_gateway')?.count, 1, JSON.stringify(s.httpErrors));
+
+    // An HTTP/1.1 Upgrade through both sidecars: 101, then every byte echoed.
+    const up = await pair.client.exec(process.execPath, ['-e', UPGRADER, ip, '8082', String(1024 * 1024)], { ...APP, timeoutMs: 30_000 });
+    assert.match(up.stdout.trim(), /^SENT (\w+) GOT \1 1048576$/, up.stdout + up.stderr);
+    assert.equal(count(await inbound(8082), 101), 1, JSON.stringify(await inbound(8082)));
   });
 
   test('authorization: a Server admits only what its AuthorizationPolicy allows, counted with Linkerd labels', async (t) => {

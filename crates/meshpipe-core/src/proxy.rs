@@ -12,7 +12,10 @@
 //! found to be HTTP/1 or HTTP/2 branches to the HTTP stage (`proxy/http.rs`)
 //! after the TLS decision, outbound to a meshed destination too (its
 //! upstream connections then ride mesh TLS, opened by the HTTP client);
-//! every other outcome is connected and forwarded as TCP.
+//! inbound mesh TLS carrying HTTP (the tunnel header's session protocol,
+//! or detection on the decrypted bytes of SNI termination) is served by
+//! the same stage over the TLS stream (`proxy/inbound_http.rs`); every
+//! other outcome is connected and forwarded as TCP.
 //!
 //! Accounting is done with drop guards, so a connection cut at the drain
 //! deadline (its task is simply dropped) still closes its gauges and records
@@ -22,6 +25,7 @@ mod authorize;
 mod connect;
 mod dial;
 mod http;
+mod inbound_http;
 pub mod inbound_mesh;
 pub mod outbound_mesh;
 mod sniff;
@@ -194,8 +198,10 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
                 ctx.metrics.detected(l.direction, orig.port(), DetectResult::OpaquePort, started.elapsed());
                 let _ = info.target.set(est.target);
                 span.record("target", tracing::field::display(est.target));
-                let mut stream = est.stream;
-                forward_tls(ctx, info, &mut open, est.target, est.tls, &mut stream, Vec::new()).await
+                // The header's session protocol decides: HTTP is served per
+                // request, opaque is forwarded as bytes.
+                let protocol = inbound_http::from_header(est.protocol);
+                inbound_http::serve(ctx, info, &mut open, est.target, est.tls, est.stream, protocol, Vec::new()).await
             })
             .await;
         }
@@ -255,9 +261,18 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
             let buffered = sniffed.buffered;
             // Boxed, like the tunnel above.
             return Box::pin(async move {
-                let Some(est) = inbound_mesh::terminate(ctx, client, buffered, peer, target, state, info, remaining).await else { return };
-                let mut stream = est.stream;
-                forward_tls(ctx, info, &mut open, target, est.tls, &mut stream, Vec::new()).await
+                let Some(mut est) = inbound_mesh::terminate(ctx, client, buffered, peer, target, state, info, remaining).await else {
+                    return;
+                };
+                // Detection again, on the decrypted bytes, with the port's timeout.
+                let (protocol, inner) = match inbound_http::detect(ctx, &mut est.stream, mode, timeout).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        debug!(error = %e, "mesh TLS client failed during detection");
+                        return;
+                    }
+                };
+                inbound_http::serve(ctx, info, &mut open, target, est.tls, est.stream, protocol, inner).await
             })
             .await;
         }
@@ -298,8 +313,11 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     // mesh TLS to meshed endpoints).
     if let Some(protocol) = http::protocol_of(ctx, sniffed.result) {
         let c = http::HttpConn { info: &reg.info, direction: l.direction, target, tls, series: series.clone() };
+        // An upstream the server-first race opened is not used: requests
+        // take pooled connections to their endpoints.
+        drop(sniffed.upstream);
         // Boxed: hyper's connection state is only allocated for HTTP.
-        Box::pin(http::serve(ctx, c, client, sniffed, protocol)).await;
+        Box::pin(http::serve(ctx, c, client, sniffed.buffered, protocol)).await;
         return;
     }
 

@@ -1,10 +1,16 @@
 //! The client connection as the HTTP server reads it: the bytes protocol
-//! detection already took from the socket come first, in order, then the
-//! socket itself (nothing read during detection is lost), and every byte is
+//! detection already took from the stream come first, in order, then the
+//! stream itself (nothing read during detection is lost), and every byte is
 //! counted into the connection's and the target's counters as the TCP path
 //! counts them (`tcp_read_bytes_total` / `tcp_write_bytes_total`, the
 //! `/connections` view, and the idle sweep's activity measure). Upstream
 //! sockets (`CountedIo`) count as open `dst` connections.
+//!
+//! The stream is a plain socket (a redirected plaintext connection), or the
+//! decrypted side of inbound mesh TLS (the tunnel, SNI termination): the
+//! type is generic, so the plain path is monomorphised on `TcpStream` and
+//! pays no indirection or boxing for the TLS one. Bytes are counted as the
+//! application sees them (plaintext), as the TLS-generic copy counts them.
 
 use std::io;
 use std::pin::Pin;
@@ -16,35 +22,37 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::conn::ConnInfo;
+use crate::copy::stream::Transport;
 use crate::metrics::TcpSeries;
 
-/// A socket with a replayed prefix and byte counters.
-pub struct ClientIo {
+/// A client stream (a socket, or TLS over one) with a replayed prefix and
+/// byte counters.
+pub struct ClientIo<S = TcpStream> {
     prefix: Vec<u8>,
     /// How much of `prefix` was read already.
     pos: usize,
-    stream: TcpStream,
+    stream: S,
     info: Arc<ConnInfo>,
     series: Arc<TcpSeries>,
 }
 
-impl ClientIo {
-    /// With `sweepable`, the socket is published to the idle sweep
-    /// (`ConnInfo::publish_fd`) until this is dropped.
-    pub fn new(stream: TcpStream, prefix: Vec<u8>, info: Arc<ConnInfo>, series: Arc<TcpSeries>, sweepable: bool) -> ClientIo {
+impl<S: Transport> ClientIo<S> {
+    /// With `sweepable`, the socket (underneath TLS, if any) is published
+    /// to the idle sweep (`ConnInfo::publish_fd`) until this is dropped.
+    pub fn new(stream: S, prefix: Vec<u8>, info: Arc<ConnInfo>, series: Arc<TcpSeries>, sweepable: bool) -> ClientIo<S> {
         if sweepable {
-            info.publish_fd(&stream);
+            info.publish_fd(stream.tcp());
         }
         ClientIo { prefix, pos: 0, stream, info, series }
     }
 
     /// The socket (for the idle sweep and socket options).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 }
 
-impl Drop for ClientIo {
+impl<S> Drop for ClientIo<S> {
     fn drop(&mut self) {
         // Before the socket closes (fields drop after this): the sweep must
         // never shut down a descriptor number that was reused.
@@ -52,7 +60,7 @@ impl Drop for ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pos < this.prefix.len() {
@@ -78,7 +86,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl ClientIo {
+impl<S> ClientIo<S> {
     fn count_in(&self, n: usize) {
         self.info.bytes_in.fetch_add(n as u64, Relaxed);
         self.series.bytes_client_to_server.fetch_add(n as u64, Relaxed);
@@ -89,7 +97,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write(cx, data);
@@ -109,7 +117,7 @@ impl AsyncWrite for ClientIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::addr::TargetAddr;
+use crate::copy::stream::Transport;
 use crate::http::body::{Metered, ProxyBody};
 use crate::http::client::{Endpoint, MeshRoute, SendError, SessionProtocol};
 use crate::http::errors::{self, Audience, ProxyError};
@@ -96,7 +97,10 @@ type CachedSeries = (Option<Arc<str>>, Arc<HttpSeries>);
 impl Conn {
     pub fn new(ctx: Arc<Context>, direction: Direction, target: TargetAddr, tls: TlsStatus, protocol: SessionProtocol) -> Conn {
         let response_timeout = ctx.http.config.response_timeout_for(direction, target.port());
-        Conn { ctx, direction, target, tls, protocol, meshed: false, response_timeout, series: Mutex::new(None) }
+        // Inbound mesh TLS means the client is another proxy (outbound, the
+        // mesh status names the server and the client is the local app).
+        let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
+        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: Mutex::new(None) }
     }
 
     fn series(&self, authority: Option<String>) -> Arc<HttpSeries> {
@@ -114,9 +118,10 @@ impl Conn {
     }
 }
 
-/// Serves the connection until the client closes it (or the drain ends it).
-/// Returns the connection-level error hyper reported, already counted.
-pub async fn serve(conn: Arc<Conn>, io: ClientIo) {
+/// Serves the connection until the client closes it (or the drain ends it);
+/// a connection-level error hyper reported is counted. The client stream
+/// is a plain socket or inbound mesh TLS (`ClientIo<S>`).
+pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<S>) {
     let ctx = conn.ctx.clone();
     let stop = ctx.drain.stop_accepting.clone();
     let direction = conn.direction;

@@ -2,6 +2,8 @@
 //! declared mode) found to be HTTP/1 or HTTP/2 is served as HTTP, request by
 //! request (`crate::http`), instead of being connected and forwarded as
 //! bytes. Everything detection read is replayed to the HTTP server first.
+//! The client stream is a plaintext socket or the decrypted side of inbound
+//! mesh TLS (`proxy/inbound_http.rs`).
 //!
 //! The connection still counts as a TCP connection of its target (the
 //! client side: open, bytes, close); its upstream connections are pooled
@@ -10,16 +12,16 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::addr::TargetAddr;
 use crate::conn::{ConnInfo, ConnState};
+use crate::copy::stream::Transport;
 use crate::http::io::ClientIo;
 use crate::http::server::{self, Conn};
 use crate::http::SessionProtocol;
 use crate::metrics::TcpSeries;
-use crate::proxy::{Context, Sniffed};
+use crate::proxy::Context;
 use crate::vocab::{DetectResult, Direction, PortMode, TlsStatus};
 
 /// The session protocol to serve a detection result as, when it is HTTP and
@@ -53,13 +55,17 @@ pub(super) struct HttpConn<'a> {
     pub series: Arc<TcpSeries>,
 }
 
-/// Serves the client as HTTP until it closes.
-pub(super) async fn serve(ctx: &Arc<Context>, c: HttpConn<'_>, client: TcpStream, sniffed: Sniffed, protocol: SessionProtocol) {
-    // An upstream the server-first race opened is not used: requests take
-    // pooled connections to their endpoints.
-    drop(sniffed.upstream);
+/// Serves the client as HTTP until it closes. `buffered` is what detection
+/// read from the client: replayed first.
+pub(super) async fn serve<S: Transport + Send + 'static>(
+    ctx: &Arc<Context>,
+    c: HttpConn<'_>,
+    client: S,
+    buffered: Vec<u8>,
+    protocol: SessionProtocol,
+) {
     c.info.set_state(ConnState::Forwarding);
-    let io = ClientIo::new(client, sniffed.buffered, c.info.clone(), c.series.clone(), ctx.idle_timeout.is_some());
+    let io = ClientIo::new(client, buffered, c.info.clone(), c.series.clone(), ctx.idle_timeout.is_some());
     let conn = Arc::new(Conn::new(ctx.clone(), c.direction, c.target, c.tls, protocol));
     debug!(protocol = ?protocol, "serving HTTP");
     server::serve(conn, io).await;

@@ -11,7 +11,8 @@
 //!   at 64 KiB and under the detect timeout, never past its end (a
 //!   truncated, oversized or malformed header, or a port outside 1-65535, is
 //!   refused and counted), and the stream is forwarded to the app on the pod
-//!   IP at the header's port. That port passes the same inbound guard as a
+//!   IP at the header's port (as HTTP when the header names a session
+//!   protocol, `proxy/inbound_http.rs`). That port passes the same inbound guard as a
 //!   redirected connection (never one of the proxy's own ports), must be one
 //!   the workload exposes (when its ports are known), and is authorized
 //!   with the client's identity like any other connection to it.
@@ -105,11 +106,14 @@ impl Transport for server::TlsStream<Prefixed> {
 /// connection starts with.
 const HANDSHAKE_RECORD: u8 = 0x16;
 
-/// A verified inbound mesh TLS connection, ready to forward.
+/// A verified inbound mesh TLS connection, ready to serve or forward.
 pub(crate) struct Established<IO> {
     pub stream: server::TlsStream<IO>,
     pub target: TargetAddr,
     pub tls: TlsStatus,
+    /// The tunnel header's session protocol (`None`: opaque, or SNI
+    /// termination, which detects on the decrypted bytes).
+    pub protocol: Option<transport_header::SessionProtocol>,
 }
 
 /// The tunnel: handshake, header, guard, exposure and authorization.
@@ -202,7 +206,7 @@ pub(crate) async fn tunnel(
         });
     }
     debug!(port, protocol = ?header.protocol, "tunnel: header read");
-    Some(Established { stream, target: TargetAddr(SocketAddr::new(ip, port)), tls })
+    Some(Established { stream, target: TargetAddr(SocketAddr::new(ip, port)), tls, protocol: header.protocol })
 }
 
 /// SNI termination of a connection redirected to `target` whose ClientHello
@@ -236,7 +240,7 @@ pub(crate) async fn terminate(
         socket::set_reset_on_close(stream.tcp());
         return None;
     }
-    Some(Established { stream, target, tls })
+    Some(Established { stream, target, tls, protocol: None })
 }
 
 fn record(info: &ConnInfo, state: &TlsState, accepted: &Accepted, tunnel: bool) {

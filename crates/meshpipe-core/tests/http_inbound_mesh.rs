@@ -1,0 +1,216 @@
+//! Inbound mesh TLS carrying HTTP is served as HTTP through a real engine:
+//! a meshed peer (a rustls client with its own workload certificate) opens
+//! mesh TLS to an app port of the engine (SNI = the engine's identity, so
+//! the engine terminates it), and the decrypted bytes are detected and
+//! served request by request: HTTP series with `tls="true"` and the peer's
+//! `client_id`, a large streamed body intact, a refused app port answered
+//! 502 with `l5d-proxy-error` (the client is a proxy), an HTTP/1 upgrade
+//! still a byte tunnel, and a non-HTTP client still forwarded as bytes with
+//! nothing lost. (The 4143 tunnel, whose header names the session protocol,
+//! needs a pod IP and a redirect: test/mesh-netns.test.ts covers it.)
+
+mod common;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::http::*;
+use common::within;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshpipe_core::http::HttpErrorReason;
+use meshpipe_core::identity::Identity;
+use meshpipe_core::tls::{self, ClientAlpn, TlsState};
+use meshpipe_core::vocab::{Direction, TlsLabel};
+use meshpipe_core::{Engine, Snapshot};
+use pki::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(20);
+
+struct Mesh {
+    engine: Engine,
+    /// The engine's inbound listener (a fixed app target).
+    addr: SocketAddr,
+    client: TlsState,
+    client_id: Identity,
+    server_id: Identity,
+}
+
+/// An engine with an inbound listener forwarding to `app`, holding the
+/// server identity, and a meshed client's TLS state from the same CA.
+async fn mesh(app: SocketAddr) -> Mesh {
+    let (engine, addr) = common::start(serde_json::json!({
+        "listeners": [{
+            "name": "inbound",
+            "bind": "127.0.0.1:0",
+            "target": { "kind": "fixed", "addr": app.to_string() },
+            "direction": "inbound"
+        }]
+    }))
+    .await;
+    let ca = ca();
+    let (server_id, client_id) = (linkerd("web", "shop"), linkerd("api", "shop"));
+    engine.set_identity(&material(&ca, &server_id)).unwrap();
+    let client = TlsState::new(&material(&ca, &client_id), 1).unwrap();
+    Mesh { engine, addr, client, client_id, server_id }
+}
+
+impl Mesh {
+    async fn tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let (stream, _) = within(T, tls::connect(&self.client, tcp, &self.server_id, ClientAlpn::None, T)).await.unwrap();
+        stream
+    }
+
+    async fn h1(&self) -> hyper::client::conn::http1::SendRequest<BoxBody> {
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(self.tls().await)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        tx
+    }
+
+    /// Waits until `f(snapshot)` holds (a response is counted when its body ends).
+    async fn until(&self, f: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        within(T, async {
+            loop {
+                let s = self.engine.snapshot();
+                if f(&s) {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+    }
+}
+
+fn inbound<'a>(snap: &'a Snapshot, authority: &str) -> &'a meshpipe_core::metrics::HttpSnapshot {
+    snap.http
+        .iter()
+        .find(|s| s.direction == Direction::Inbound && s.authority.as_deref() == Some(authority))
+        .unwrap_or_else(|| panic!("no inbound series for {authority}: {:?}", snap.http))
+}
+
+fn responses(s: &meshpipe_core::metrics::HttpSnapshot, status: u16) -> u64 {
+    s.responses.iter().filter(|r| r.status_code == Some(status)).map(|r| r.count).sum()
+}
+
+#[tokio::test]
+async fn http1_inside_mesh_tls_is_served_per_request_with_the_client_identity() {
+    let (app, seen) = h1_backend("app").await;
+    let m = mesh(app).await;
+    let mut c = m.h1().await;
+    let resp = within(T, c.send_request(get("/a"))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(text(resp).await, "app GET /a web.test");
+    // A large streamed body, on the same connection.
+    let n = 8 * 1024 * 1024;
+    let req = Request::post("/sha").header("host", "web.test").body(Pattern { left: n, offset: 0 }.boxed()).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    let hex: String = pattern_sha(n).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(text(resp).await, format!("{hex} {n}"));
+    let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 2)).await;
+    let s = inbound(&snap, "web.test");
+    assert_eq!((s.tls, s.client_id.as_deref(), s.requests, responses(s, 200)), (TlsLabel::True, Some(m.client_id.as_str()), 2, 2), "{s:?}");
+    assert_eq!(s.target_addr.as_deref(), Some(app.to_string().as_str()));
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // The client side's TCP series is the mesh one; its bytes are the plaintext the app saw.
+    let tcp = snap.tcp.iter().find(|t| t.direction == Direction::Inbound && t.tls == TlsLabel::True).expect("the mesh TCP series");
+    assert_eq!(tcp.client_id.as_deref(), Some(m.client_id.as_str()));
+    assert!(tcp.bytes_client_to_server > n, "{tcp:?}");
+}
+
+#[tokio::test]
+async fn http2_inside_mesh_tls_is_served_as_http2() {
+    let (app, _) = h2_backend("app2").await;
+    let m = mesh(app).await;
+    let (mut c, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(m.tls().await)).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = Request::get(format!("http://web.test/r{i}")).body(full("")).unwrap();
+        let resp = within(T, c.send_request(req)).await.unwrap();
+        assert_eq!(resp.headers()["x-version"], "HTTP/2.0");
+        let body = text(resp).await;
+        assert!(body.starts_with("app2 GET ") && body.contains(&format!("/r{i}")), "{body}");
+    }
+    let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 3)).await;
+    let s = inbound(&snap, "web.test");
+    assert_eq!((s.tls, s.client_id.as_deref(), s.requests), (TlsLabel::True, Some(m.client_id.as_str()), 3));
+}
+
+#[tokio::test]
+async fn a_refused_app_port_is_a_502_with_l5d_proxy_error_for_the_meshed_peer() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let m = mesh(closed).await;
+    let mut c = m.h1().await;
+    let resp = within(T, c.send_request(get("/x"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let why = resp.headers().get("l5d-proxy-error").expect("l5d-proxy-error toward a meshed peer").to_str().unwrap().to_string();
+    assert!(why.contains(&closed.to_string()), "{why}");
+    // The connection stays usable (a 502 does not close it).
+    let again = within(T, c.send_request(get("/y"))).await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
+    let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 502) == 2)).await;
+    let s = inbound(&snap, "web.test");
+    assert!(s.responses.iter().all(|r| r.error == Some(HttpErrorReason::BadGateway)), "{s:?}");
+    let errors = snap.http_errors.iter().find(|e| e.direction == Direction::Inbound && e.error == HttpErrorReason::BadGateway).unwrap();
+    assert_eq!(errors.count, 2);
+}
+
+#[tokio::test]
+async fn an_upgrade_inside_mesh_tls_becomes_a_byte_tunnel() {
+    let (app, _) = h1_backend("ws").await;
+    let m = mesh(app).await;
+    let mut c = m.h1().await;
+    let req = Request::get("/chat")
+        .header("host", "ws.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    let label = b"ws /chat\n";
+    let mut got = vec![0u8; label.len()];
+    within(T, io.read_exact(&mut got)).await.unwrap();
+    assert_eq!(got, label);
+    let data = common::random(300_000, 7);
+    let (mut r, mut w) = tokio::io::split(io);
+    let write = async { w.write_all(&data).await.unwrap() };
+    let read = async {
+        let mut back = vec![0u8; data.len()];
+        r.read_exact(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = within(T, async { tokio::join!(write, read) }).await;
+    assert!(back == data, "the tunnel carried every byte in order");
+    let snap = m.engine.snapshot();
+    assert_eq!(responses(inbound(&snap, "ws.test"), 101), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_is_not_http_is_still_forwarded_as_bytes() {
+    let app = common::echo_server().await;
+    let m = mesh(app).await;
+    let mut s = m.tls().await;
+    let mut data = b"\x00\x01 not http at all ".to_vec();
+    data.extend(common::random(200_000, 3));
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let write = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let read = async {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = within(T, async { tokio::join!(write, read) }).await;
+    assert!(back == data, "every byte, the ones detection read first included ({} of {})", back.len(), data.len());
+    assert!(m.engine.snapshot().http.iter().all(|h| h.direction != Direction::Inbound));
+}
