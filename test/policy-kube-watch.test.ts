@@ -91,7 +91,7 @@ test('kube watch: list, events, dropped watch, unreachable API, 410 relist', asy
   assert.ok(!api.requests.some((r) => isList(r, '/apis/apps/v1/deployments')), 'not cluster-wide');
   // The table the RBAC manifest is checked against is what the watch lists, no more, no less.
   const listed = new Set(api.requests.filter((r) => r.startsWith('GET ') && r.includes('limit=') && !r.includes('watch=')).map((r) => r.slice(4, r.indexOf('?'))));
-  assert.deepEqual([...listed].sort(), watchedKinds({ controllersNamespace: 'web' }).map((k) => k.path).sort());
+  assert.deepEqual([...listed].sort(), watchedKinds({ controllersNamespace: 'web', endpointSlices: false }).map((k) => k.path).sort());
 
   // ADDED, then MODIFIED.
   api.apply(SERVERS, server('opaque'));
