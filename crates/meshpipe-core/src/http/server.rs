@@ -18,7 +18,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Version};
@@ -87,8 +89,10 @@ pub struct Conn {
     /// The client is a meshed proxy (mesh TLS): proxy errors carry `l5d-proxy-error`.
     pub meshed: bool,
     pub response_timeout: Option<Duration>,
-    /// The series of the last authority seen (one lookup per authority change).
-    series: Mutex<Option<CachedSeries>>,
+    /// The series of the last authority seen (one lookup per authority
+    /// change). Swapped, not locked: HTTP/2 streams of one connection read it
+    /// concurrently, and the request path takes no lock.
+    series: ArcSwapOption<CachedSeries>,
 }
 
 /// An authority and its series.
@@ -100,20 +104,19 @@ impl Conn {
         // Inbound mesh TLS means the client is another proxy (outbound, the
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
-        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: Mutex::new(None) }
+        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: ArcSwapOption::empty() }
     }
 
     fn series(&self, authority: Option<String>) -> Arc<HttpSeries> {
-        let mut cached = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((a, s)) = cached.as_ref() {
-            if a.as_deref() == authority.as_deref() {
-                return s.clone();
+        if let Some(cached) = self.series.load().as_ref() {
+            if cached.0.as_deref() == authority.as_deref() {
+                return cached.1.clone();
             }
         }
         let authority: Option<Arc<str>> = authority.map(Arc::from);
         let key = HttpKey { direction: self.direction, authority: authority.clone(), target: self.target, tls: self.tls.clone() };
         let s = self.ctx.metrics.http_series(&key);
-        *cached = Some((authority, s.clone()));
+        self.series.store(Some(Arc::new((authority, s.clone()))));
         s
     }
 }
