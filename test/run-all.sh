@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `npm test` runs, in order, stopping at the first failure:
-#   0. the Rust formatter and linter: `cargo fmt --check` (workspace and the
-#      fuzz crate) and `cargo clippy --all-targets -- -D warnings`,
+#   0. the Rust formatter and linter: `cargo fmt --check` (workspace, the
+#      fuzz crate and the bench's latency generator) and `cargo clippy
+#      --all-targets -- -D warnings`; the latency generator's own tests,
 #   1. the Rust engine's tests (`cargo test --workspace`, debug profile: its
 #      dependencies compile incrementally and much faster than the thin-LTO
 #      release profile; the release addon used by the Node tests is built by
@@ -35,9 +36,14 @@ fi
 step "cargo fmt --check"
 cargo fmt --all --check
 (cd fuzz && cargo fmt --check)
+(cd bench/latgen && cargo fmt --check)
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "bench/latgen: clippy and tests (the latency section's generator)"
+cargo clippy -q --manifest-path bench/latgen/Cargo.toml --all-targets -- -D warnings
+cargo test -q --manifest-path bench/latgen/Cargo.toml
 
 step "cargo test --workspace"
 cargo test --workspace
