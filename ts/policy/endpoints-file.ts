@@ -1,10 +1,13 @@
 /**
  * The static endpoints file (`--endpoints FILE`): Services outside
  * Kubernetes and their endpoints, for per-request HTTP balancing. It is read
- * once at start on the main thread, so a line that does not parse stops the
+ * first at start on the main thread, so a line that does not parse stops the
  * start with an error naming the file and the line (exit 2), as every other
  * configuration error does; its entries then go to the endpoints compiler
  * (endpoints.ts), where they win over Kubernetes for a Service both name.
+ * The policy worker then watches it (source.ts): an edit replaces the
+ * entries, and an edit with a bad line keeps the last good ones and is
+ * reported as a policy problem naming the line.
  *
  * Format, one Service per line, `#` starts a comment:
  *   SERVICE-IP:PORT ENDPOINT-IP:PORT [ENDPOINT-IP:PORT...]

@@ -89,6 +89,11 @@ export class EndpointsCompiler {
 
   /** `fromFile`: the static file's entries (a later line wins for the same Service). */
   constructor(fromFile: readonly ServiceEndpointsSpec[] = []) {
+    this.setFile(fromFile);
+  }
+
+  /** Replaces the static file's entries (`--endpoints FILE` changed; a later line wins for the same Service). */
+  setFile(fromFile: readonly ServiceEndpointsSpec[]): void {
     const entries: Entries = new Map();
     for (const e of fromFile) entries.set(e.service, e);
     this.#claim(FILE_OWNER, entries);

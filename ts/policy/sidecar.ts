@@ -25,10 +25,12 @@
  * and the problem is logged when the problems change, and listed on /policy.
  *
  * The endpoints table of HTTP balancing travels the same way
- * (endpoints-feed.ts): with sources, the worker compiles Services and
- * EndpointSlices and the static `--endpoints FILE` (read here, at start: a
- * bad line stops the start); without sources, the file's table is put into
- * the engine by `start()`. Either way before the listeners bind.
+ * (endpoints-feed.ts): the worker compiles Services and EndpointSlices and
+ * the static `--endpoints FILE` (read here first, at start: a bad line stops
+ * the start), before the listeners bind. The worker watches the file: a
+ * change replaces its entries, and a changed file with a bad line keeps the
+ * last good entries and is listed as a problem. With the HTTP layer off the
+ * file is only checked.
  *
  * Nor is a failing source (the Kubernetes API unreachable, or refusing a
  * kind with 403): the last known objects stay in force, the proxy stays
@@ -41,7 +43,6 @@ import { hasPolicySources } from '../config/index.js';
 import type { Logger } from '../observe/index.js';
 import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
 import { configInputs, flagsPolicy, meshSettings } from './flags.js';
-import { compileEndpoints } from './endpoints.js';
 import { EndpointsFeed, ENDPOINTS_MESSAGES, type EndpointsEngine } from './endpoints-feed.js';
 import { readEndpointsFile } from './endpoints-file.js';
 import type { PolicyTable } from './model.js';
@@ -120,19 +121,13 @@ function document(
 }
 
 /** The flags-only policy: compiled once, nothing to watch. */
-function flagsOnly(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput): SidecarPolicy {
+function flagsOnly(config: ProxyConfig, logger: Logger): SidecarPolicy {
   const compiled = flagsPolicy(config);
   const part = policyView({ effective: compiled.effective, destinations: 0 }, compiled.table, compiled.problems, { objects: 0, addresses: 0, tables: 0 });
   return {
     initial: compiled.table,
-    start: (engine) => {
+    start: () => {
       logger.info({ generation: compiled.table.generation, rules: compiled.table.rules.length, fallbackRules: compiled.table.fallbackRules.length }, POLICY_MESSAGES.loaded);
-      if (endpoints !== undefined && endpoints.fromFile.length > 0) {
-        // The file alone: one whole table, before the listeners bind; a refusal stops the start.
-        const upsert = compileEndpoints([], endpoints.fromFile);
-        const generation = engine.updateEndpoints(new TextEncoder().encode(JSON.stringify({ generation: 1, base: 0, replace: true, upsert, remove: [] })));
-        logger.info({ generation, services: upsert.length, upserted: upsert.length, removed: 0 }, ENDPOINTS_MESSAGES.updated);
-      }
       return Promise.resolve();
     },
     notInForce: () => null,
@@ -179,6 +174,7 @@ class WorkerPolicy implements SidecarPolicy {
       pod: inputs.identity.pod,
       mesh: meshSettings(config),
       destinationsFile: config.destinations,
+      endpointsFile: endpoints === undefined ? undefined : config.endpoints,
       endpoints,
     }, () => this.#generation + 1, () => this.#endpoints.generation + 1);
     this.#endpoints = new EndpointsFeed(logger, () => this.#worker.resyncEndpoints());
@@ -313,7 +309,8 @@ export function createSidecarPolicy(config: ProxyConfig, logger: Logger): Sideca
   // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
   const fromFile = config.endpoints === undefined ? [] : readEndpointsFile(config.endpoints);
   const endpoints: EndpointsInput = config.http ? { fromFile } : undefined;
-  return hasPolicySources(config) || config.destinations !== undefined
+  // The endpoints file needs the worker too: it watches the file.
+  return hasPolicySources(config) || config.destinations !== undefined || (endpoints !== undefined && config.endpoints !== undefined)
     ? new WorkerPolicy(config, logger, endpoints)
-    : flagsOnly(config, logger, endpoints);
+    : flagsOnly(config, logger);
 }

@@ -45,6 +45,7 @@ import type { EndpointsUpdate, ServiceEndpointsSpec } from '../engine/index.js';
 import { settingsOf } from './compile.js';
 import type { EffectivePolicy, MeshSettings, PolicyChange, PolicyFrame, PolicyTable } from './model.js';
 import { parseDestinationsFile } from './mesh-destinations.js';
+import { parseEndpointsFile } from './endpoints-file.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
 import type { PortRange } from '../config/index.js';
 
@@ -86,6 +87,11 @@ export interface PolicySourceOptions {
   readonly mesh?: MeshSettings | undefined;
   /** `--destinations FILE`: static meshed destinations. */
   readonly destinationsFile?: string | undefined;
+  /**
+   * `--endpoints FILE`, watched: a change replaces the static entries
+   * (`endpoints.fromFile` holds them as read at start). Only with `endpoints`.
+   */
+  readonly endpointsFile?: string | undefined;
 }
 
 /** What a `policy` event carries. */
@@ -119,6 +125,7 @@ export interface PolicySourceEvents {
 const KUBE = 'kubernetes-api';
 const MANIFEST_PATHS = 'manifest paths';
 const DESTINATIONS = 'destinations file';
+const ENDPOINTS_FILE = 'endpoints file';
 
 function delta(generation: number, base: number, c: CompilerChange): PolicyChange {
   return {
@@ -284,6 +291,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
         await this.readAnnotations();
         await this.readManifests();
         await this.readDestinations();
+        await this.readEndpointsFile();
         update = this.publish();
       } while (this.again && !this.closed);
       return update;
@@ -392,11 +400,16 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       this.watch(dirname(file), (changed) => changed === null || changed === name || changed.startsWith('..'));
     }
     for (const p of this.opts.manifests ?? []) this.watch(p, () => true);
-    const dest = this.opts.destinationsFile;
-    if (dest) {
-      const name = basename(dest);
-      this.watch(dirname(dest), (changed) => changed === null || changed === name || changed.startsWith('..'));
+    for (const f of [this.opts.destinationsFile, this.endpointsFile()]) {
+      if (!f) continue;
+      const name = basename(f);
+      this.watch(dirname(f), (changed) => changed === null || changed === name || changed.startsWith('..'));
     }
+  }
+
+  /** The watched `--endpoints FILE` (only when the endpoints table is compiled). */
+  private endpointsFile(): string | undefined {
+    return this.endpoints === undefined ? undefined : this.opts.endpointsFile;
   }
 
   private watch(path: string, relevant: (name: string | null) => boolean): void {
@@ -434,6 +447,8 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     const parts: string[] = [];
     if (this.opts.annotationsFile) parts.push(`${this.opts.annotationsFile}:${await PolicySource.fileSignature(this.opts.annotationsFile)}`);
     if (this.opts.destinationsFile) parts.push(`${this.opts.destinationsFile}:${await PolicySource.fileSignature(this.opts.destinationsFile)}`);
+    const endpointsFile = this.endpointsFile();
+    if (endpointsFile) parts.push(`${endpointsFile}:${await PolicySource.fileSignature(endpointsFile)}`);
     for (const p of this.opts.manifests ?? []) {
       try {
         for (const f of await listManifestFiles(p)) parts.push(`${f}:${await PolicySource.fileSignature(f)}`);
@@ -487,6 +502,33 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.destinationsRead = true;
     const parsed = parseDestinationsFile(file, text);
     this.compiler.setMeshDestinations(DESTINATIONS, parsed.entries, parsed.problems);
+  }
+
+  /**
+   * `--endpoints FILE`, re-read on change. The file is taken whole or not at
+   * all: one bad line (or an unreadable file) keeps every last good entry in
+   * force and is reported as a problem naming the file and line, so a typo
+   * never drops a Service's other endpoints. (At start a bad file is a
+   * configuration error instead: sidecar.ts reads it first.)
+   */
+  private async readEndpointsFile(): Promise<void> {
+    const file = this.endpointsFile();
+    if (!file || this.endpoints === undefined) return;
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      this.compiler.setOriginProblems(ENDPOINTS_FILE, [generalProblem(`endpoints file ${file}: cannot read: ${(err as Error).message}; keeping the last good entries`, file)]);
+      return;
+    }
+    const parsed = parseEndpointsFile(text, file);
+    if (parsed.problems.length > 0) {
+      // The parser's messages already start with `file:line:`.
+      this.compiler.setOriginProblems(ENDPOINTS_FILE, parsed.problems.map((p) => generalProblem(`${p.message}; keeping the last good entries of the file`, file)));
+      return;
+    }
+    this.compiler.setOriginProblems(ENDPOINTS_FILE, []);
+    this.endpoints.setFile(parsed.services);
   }
 
   /** Parses the manifest files whose signature changed, then applies them all at once. */
