@@ -16,6 +16,7 @@ use http::{Method, Request, Version};
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+static L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
 
 /// How a request asks to leave request/response behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +90,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Removes a peer proxy's `l5d-proxy-connection` from a response (it is
+/// meant for this proxy, never for the application) and says whether it
+/// asked to close: the peer hit an error that ends its connection (Linkerd's
+/// outbound does the same, and then closes the application's connection).
+pub fn take_peer_close(headers: &mut HeaderMap) -> bool {
+    headers.remove(&L5D_PROXY_CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
 /// The authority a request is for: the URI's (HTTP/2 `:authority`, HTTP/1
 /// absolute-form and CONNECT authority-form), else the `Host` header;
 /// lower-cased, as Linkerd's `authority` label. `None` when there is none or
@@ -116,6 +125,20 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_close_is_taken_out_of_the_response() {
+        let mut h = HeaderMap::new();
+        assert!(!take_peer_close(&mut h));
+        h.insert("l5d-proxy-connection", HeaderValue::from_static("Close"));
+        h.insert("l5d-proxy-error", HeaderValue::from_static("loop"));
+        assert!(take_peer_close(&mut h));
+        assert!(h.get("l5d-proxy-connection").is_none(), "never passed to the application");
+        assert_eq!(h["l5d-proxy-error"], "loop", "the error stays, as Linkerd keeps it");
+        h.insert("l5d-proxy-connection", HeaderValue::from_static("keep"));
+        assert!(!take_peer_close(&mut h));
+        assert!(h.get("l5d-proxy-connection").is_none());
+    }
 
     fn req(lines: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().uri("/");

@@ -14,6 +14,13 @@
 //! shut down gracefully (HTTP/1: after the exchange in flight; HTTP/2:
 //! GOAWAY, the open streams finish), so clients move to another proxy
 //! without seeing an error.
+//!
+//! Errors that end a connection (a proxy loop, or a meshed peer proxy's
+//! `l5d-proxy-connection: close` on a response it made up) close the
+//! client's connection the same way after that response: `connection:
+//! close` on HTTP/1, a graceful GOAWAY on HTTP/2. The peer's
+//! `l5d-proxy-connection` never reaches the application; its
+//! `l5d-proxy-error` does, as Linkerd's outbound leaves it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::addr::TargetAddr;
@@ -93,6 +101,9 @@ pub struct Conn {
     /// change). Swapped, not locked: HTTP/2 streams of one connection read it
     /// concurrently, and the request path takes no lock.
     series: ArcSwapOption<CachedSeries>,
+    /// Cancelled when a response ends the connection (HTTP/2: GOAWAY;
+    /// HTTP/1 closes through its `connection: close` header).
+    close: CancellationToken,
 }
 
 /// An authority and its series.
@@ -104,7 +115,17 @@ impl Conn {
         // Inbound mesh TLS means the client is another proxy (outbound, the
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
-        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: ArcSwapOption::empty() }
+        Conn {
+            ctx,
+            direction,
+            target,
+            tls,
+            protocol,
+            meshed,
+            response_timeout,
+            series: ArcSwapOption::empty(),
+            close: CancellationToken::new(),
+        }
     }
 
     fn series(&self, authority: Option<String>) -> Arc<HttpSeries> {
@@ -119,6 +140,16 @@ impl Conn {
         self.series.store(Some(Arc::new((authority, s.clone()))));
         s
     }
+
+    /// Ends the client's connection after the response with `headers`.
+    fn close_after(&self, headers: &mut http::HeaderMap) {
+        match self.protocol {
+            SessionProtocol::Http1 => {
+                headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            SessionProtocol::Http2 => self.close.cancel(),
+        }
+    }
 }
 
 /// Serves the connection until the client closes it (or the drain ends it);
@@ -129,6 +160,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     let stop = ctx.drain.stop_accepting.clone();
     let direction = conn.direction;
     let protocol = conn.protocol;
+    let close = conn.close.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     let result = match protocol {
         SessionProtocol::Http1 => {
@@ -148,6 +180,10 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
             tokio::select! {
                 r = c.as_mut() => r,
                 _ = stop.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+                _ = close.cancelled() => {
                     c.as_mut().graceful_shutdown();
                     c.await
                 }
@@ -186,10 +222,16 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
         *req.version_mut() = Version::HTTP_11;
     }
     match forward(&conn, req, tunnel).await {
-        Ok((mut resp, lease)) => {
+        Ok(Forwarded { response: mut resp, lease, via_mesh }) => {
             let status = resp.status();
             let agreed = upgrade::agreed(tunnel, status);
+            let peer_close = headers::take_peer_close(resp.headers_mut());
             headers::strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS && agreed);
+            if peer_close && via_mesh {
+                // Only a peer proven by mesh TLS may end the client's connection.
+                debug!(status = status.as_u16(), "the peer proxy closed its connection: closing the client's");
+                conn.close_after(resp.headers_mut());
+            }
             if let (true, Some(client_upgrade)) = (agreed, client_upgrade) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain);
@@ -207,6 +249,9 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
             let reason = e.reason();
             conn.ctx.metrics.http_error(conn.direction, reason);
             let resp = errors::response(&e, audience);
+            if e.closes_connection() && conn.protocol == SessionProtocol::Http2 {
+                conn.close.cancel();
+            }
             series.latency.observe(started.elapsed());
             let grpc_status = audience.grpc.then(|| e.grpc_status());
             series.response(ResponseKey { status: resp.status().as_u16(), grpc_status, error: Some(reason) });
@@ -215,7 +260,13 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
     }
 }
 
-type Forwarded = (Response<Incoming>, Option<crate::http::client::Lease>);
+/// An upstream's response, the pooled connection it came on, and whether
+/// that connection was mesh TLS to a peer proxy.
+struct Forwarded {
+    response: Response<Incoming>,
+    lease: Option<crate::http::client::Lease>,
+    via_mesh: bool,
+}
 
 /// Sends `req` to the connection's destination, or to an endpoint of the
 /// Service it addresses, within the response timeout.
@@ -248,6 +299,7 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
             return Err(ProxyError::Loop(addr));
         }
         let mesh = MeshRoute::to(ctx, conn.direction, addr);
+        let via_mesh = mesh.is_some();
         let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, mesh };
         let sent = if tunnel == Tunnel::None {
             ctx.http.client.send(ctx, &ep, req).await
@@ -255,11 +307,11 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
             ctx.http.client.send_upgrade(ctx, &ep, req).await.map(|r| (r, None))
         };
         match sent {
-            Ok(r) => {
+            Ok((response, lease)) => {
                 if let Some(p) = pick {
                     p.success();
                 }
-                return Ok(r);
+                return Ok(Forwarded { response, lease, via_mesh });
             }
             Err(SendError::NotSent(r, e)) => {
                 debug!(endpoint = %addr, error = %e, "request not sent");
