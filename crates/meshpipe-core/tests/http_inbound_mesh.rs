@@ -6,8 +6,10 @@
 //! `client_id`, a large streamed body intact, a refused app port answered
 //! 502 with `l5d-proxy-error` (the client is a proxy), an HTTP/1 upgrade
 //! still a byte tunnel, and a non-HTTP client still forwarded as bytes with
-//! nothing lost. (The 4143 tunnel, whose header names the session protocol,
-//! needs a pod IP and a redirect: test/mesh-netns.test.ts covers it.)
+//! nothing lost. Detection inside mesh TLS holds an inbound detection slot,
+//! as plaintext detection does. (The 4143 tunnel, whose header names the
+//! session protocol, needs a pod IP and a redirect: test/mesh-netns.test.ts
+//! covers it.)
 
 mod common;
 #[path = "common/pki.rs"]
@@ -44,15 +46,23 @@ struct Mesh {
 /// An engine with an inbound listener forwarding to `app`, holding the
 /// server identity, and a meshed client's TLS state from the same CA.
 async fn mesh(app: SocketAddr) -> Mesh {
-    let (engine, addr) = common::start(serde_json::json!({
+    mesh_with(app, serde_json::json!({})).await
+}
+
+/// `mesh` with more engine settings (`extra` is merged into the config).
+async fn mesh_with(app: SocketAddr, extra: serde_json::Value) -> Mesh {
+    let mut cfg = serde_json::json!({
         "listeners": [{
             "name": "inbound",
             "bind": "127.0.0.1:0",
             "target": { "kind": "fixed", "addr": app.to_string() },
             "direction": "inbound"
         }]
-    }))
-    .await;
+    });
+    if let (Some(c), serde_json::Value::Object(e)) = (cfg.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    let (engine, addr) = common::start(cfg).await;
     let ca = ca();
     let (server_id, client_id) = (linkerd("web", "shop"), linkerd("api", "shop"));
     engine.set_identity(&material(&ca, &server_id)).unwrap();
@@ -213,4 +223,36 @@ async fn a_client_that_is_not_http_is_still_forwarded_as_bytes() {
     let ((), back) = within(T, async { tokio::join!(write, read) }).await;
     assert!(back == data, "every byte, the ones detection read first included ({} of {})", back.len(), data.len());
     assert!(m.engine.snapshot().http.iter().all(|h| h.direction != Direction::Inbound));
+}
+
+#[tokio::test]
+async fn detection_inside_mesh_tls_holds_an_inbound_detection_slot() {
+    let (app, seen) = h1_backend("app").await;
+    let m = mesh_with(app, serde_json::json!({ "limits": { "detectingConnections": 1 } })).await;
+    let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
+    // A meshed client that says nothing after its handshake: the ClientHello
+    // peek gave its slot back, and detection on the decrypted stream holds
+    // the only one.
+    let silent = m.tls().await;
+    m.until(|s| inbound_slots(s).used == 1).await;
+    // So the next client's detection finds none (counted) and its request
+    // reaches the app as bytes (the app still answers it).
+    let mut plain = TcpStream::connect(m.addr).await.unwrap();
+    plain.write_all(b"GET /bytes HTTP/1.1\r\nhost: web.test\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(T, plain.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app GET /bytes web.test"), "{answer}");
+    let snap = m.engine.snapshot();
+    assert_eq!(inbound_slots(&snap).refused, 1, "{:?}", inbound_slots(&snap));
+    assert!(!snap.http.iter().any(|h| h.direction == Direction::Inbound), "not served as HTTP: {:?}", snap.http);
+    // The slot is given back when the silent client leaves; then HTTP again.
+    drop(silent);
+    m.until(|s| inbound_slots(s).used == 0).await;
+    let mut c = m.h1().await;
+    let resp = within(T, c.send_request(get("/http"))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 1)).await;
+    assert_eq!(inbound(&snap, "web.test").requests, 1);
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
 }

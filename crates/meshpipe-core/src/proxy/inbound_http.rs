@@ -16,7 +16,9 @@
 //!   TLS and are forwarded). Whatever detection read is replayed first
 //!   (nothing lost); a client that says nothing within the timeout (a
 //!   server-first protocol on a port not marked opaque, as in Linkerd) is
-//!   forwarded as bytes once it expires.
+//!   forwarded as bytes once it expires. Detection holds one of the inbound
+//!   detection slots, as plaintext detection does; with none free the
+//!   stream is forwarded as bytes at once.
 //!
 //! Authorization happened before (`proxy/inbound_mesh.rs`). The requests'
 //! upstream connections to the app are the HTTP client's pooled plaintext
@@ -101,6 +103,14 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
     if mode == PortMode::Tls || !ctx.http.config.enabled {
         return Ok((None, Vec::new()));
     }
+    // A detection slot, as plaintext detection takes one (`proxy/sniff.rs`):
+    // detecting connections hold a buffer and a timer, and their number is
+    // bounded per direction whether the bytes came in plaintext or in mesh
+    // TLS. Without one the stream is forwarded as bytes at once (counted).
+    let Some(_slot) = ctx.limits.detect_slot(Direction::Inbound) else {
+        debug!("every inbound detection slot is taken: forwarded as bytes");
+        return Ok((None, Vec::new()));
+    };
     let (detected, buffered) = classify(stream, mode, timeout).await?;
     let protocol = match detected {
         Some(Detected::Http1) => Some(SessionProtocol::Http1),
