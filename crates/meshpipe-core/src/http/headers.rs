@@ -59,6 +59,12 @@ pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
 /// `Upgrade` field survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names instead of a
+    // hashed removal per hop-by-hop field. (Fields a `Connection` header
+    // names need a `Connection` header.)
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Fields the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -98,11 +104,29 @@ pub fn take_peer_close(headers: &mut HeaderMap) -> bool {
     headers.remove(&L5D_PROXY_CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
+/// A field that is hop-by-hop by definition (or `TE`, kept only as
+/// `trailers`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == HTTP2_SETTINGS
+}
+
 /// The authority a request is for: the URI's (HTTP/2 `:authority`, HTTP/1
 /// absolute-form and CONNECT authority-form), else the `Host` header;
 /// lower-cased, as Linkerd's `authority` label. `None` when there is none or
 /// it is not a plausible `host[:port]` (the label must not carry junk).
 pub fn authority<B>(req: &Request<B>) -> Option<String> {
+    authority_raw(req).map(str::to_ascii_lowercase)
+}
+
+/// [`authority`] before lower-casing (no allocation: the request path
+/// compares it with the last one seen, case-insensitively).
+pub fn authority_raw<B>(req: &Request<B>) -> Option<&str> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
@@ -111,7 +135,7 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
     let ok = !raw.is_empty()
         && raw.len() <= 260
         && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
-    ok.then(|| raw.to_ascii_lowercase())
+    ok.then_some(raw)
 }
 
 /// Whether a gRPC exchange: `content-type: application/grpc[+proto|;...]`.
@@ -169,6 +193,19 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_field_alone_is_dropped_and_others_are_untouched() {
+        for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade", "http2-settings"] {
+            let mut r = req(&[(name, "x"), ("x-app", "kept")]);
+            strip_hop_by_hop(r.headers_mut(), false);
+            let names: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-app"], "{name} alone must go");
+        }
+        let mut r = req(&[("host", "a"), ("accept", "*/*"), ("x-app", "kept")]);
+        strip_hop_by_hop(r.headers_mut(), false);
+        assert_eq!(r.headers().len(), 3);
+    }
+
+    #[test]
     fn te_other_than_trailers_is_dropped() {
         let mut r = req(&[("te", "gzip")]);
         strip_hop_by_hop(r.headers_mut(), false);
@@ -203,6 +240,7 @@ mod tests {
         assert_eq!(authority(&req(&[("host", "a b")])), None);
         assert_eq!(authority(&req(&[("host", &"a".repeat(300))])), None);
         assert_eq!(authority(&req(&[])), None);
+        assert_eq!(authority_raw(&req(&[("host", "Web.Example")])), Some("Web.Example"), "as spelled, for the series cache");
     }
 
     #[test]

@@ -128,13 +128,20 @@ impl Conn {
         }
     }
 
-    fn series(&self, authority: Option<String>) -> Arc<HttpSeries> {
+    /// The series of `authority` (as the request spelled it: labels are
+    /// lower-cased, and a change of case alone is the same series).
+    fn series(&self, authority: Option<&str>) -> Arc<HttpSeries> {
         if let Some(cached) = self.series.load().as_ref() {
-            if cached.0.as_deref() == authority.as_deref() {
+            let same = match (cached.0.as_deref(), authority) {
+                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
                 return cached.1.clone();
             }
         }
-        let authority: Option<Arc<str>> = authority.map(Arc::from);
+        let authority: Option<Arc<str>> = authority.map(|a| Arc::from(a.to_ascii_lowercase()));
         let key = HttpKey { direction: self.direction, authority: authority.clone(), target: self.target, tls: self.tls.clone() };
         let s = self.ctx.metrics.http_series(&key);
         self.series.store(Some(Arc::new((authority, s.clone()))));
@@ -209,7 +216,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let series = conn.series(headers::authority(&req));
+    let series = conn.series(headers::authority_raw(&req));
     series.requests.fetch_add(1, Relaxed);
     let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
     let tunnel = headers::tunnel_of(&req);
