@@ -278,3 +278,35 @@ async fn http_disabled_forwards_http_as_tcp() {
     assert!(engine.snapshot().http.is_empty());
     assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
+
+#[tokio::test]
+async fn the_drain_ends_idle_http_connections_gracefully_before_its_deadline() {
+    let ((b1, _), (b2, _)) = (h1_backend("d1").await, h2_backend("d2").await);
+    let (engine, proxy1) = common::start(serde_json::json!({
+        "listeners": [
+            { "name": "h1", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": b1.to_string() }, "direction": "outbound" },
+            { "name": "h2", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": b2.to_string() }, "direction": "outbound" }
+        ]
+    }))
+    .await;
+    let proxy2: std::net::SocketAddr = engine.bound()[1].bind.parse().unwrap();
+    // An HTTP/1 keep-alive connection and an HTTP/2 one, both idle after a request.
+    let mut c1 = h1_client(proxy1).await;
+    assert_eq!(within(T, c1.send_request(get("/one"))).await.unwrap().status(), StatusCode::OK);
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(proxy2).await.unwrap());
+    let (mut c2, conn2) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    let conn2 = tokio::spawn(conn2);
+    let r = within(T, c2.send_request(Request::get("http://web.test/two").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A long deadline: both connections must be shut down by the proxy (a
+    // closed HTTP/1 connection, a GOAWAY on HTTP/2), not cut at the deadline.
+    let summary = within(T, engine.close(Duration::from_secs(15))).await;
+    assert_eq!(summary.cut, 0, "{summary:?}");
+    within(T, conn2).await.unwrap().expect("the HTTP/2 connection ended cleanly (GOAWAY), not with an error");
+    within(T, async {
+        while !c1.is_closed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

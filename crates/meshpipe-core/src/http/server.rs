@@ -101,8 +101,11 @@ pub struct Conn {
     /// change). Swapped, not locked: HTTP/2 streams of one connection read it
     /// concurrently, and the request path takes no lock.
     series: ArcSwapOption<CachedSeries>,
-    /// Cancelled when a response ends the connection (HTTP/2: GOAWAY;
-    /// HTTP/1 closes through its `connection: close` header).
+    /// Cancelled when the connection is to shut down gracefully: a child of
+    /// the engine's drain (`stop_accepting`), also cancelled by a response
+    /// that ends an HTTP/2 connection (HTTP/1 closes through its
+    /// `connection: close` header). The connection's task waits on this one
+    /// token only, whose lock no other connection shares.
     close: CancellationToken,
 }
 
@@ -115,17 +118,8 @@ impl Conn {
         // Inbound mesh TLS means the client is another proxy (outbound, the
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
-        Conn {
-            ctx,
-            direction,
-            target,
-            tls,
-            protocol,
-            meshed,
-            response_timeout,
-            series: ArcSwapOption::empty(),
-            close: CancellationToken::new(),
-        }
+        let close = ctx.drain.stop_accepting.child_token();
+        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: ArcSwapOption::empty(), close }
     }
 
     /// The series of `authority` (as the request spelled it: labels are
@@ -164,7 +158,6 @@ impl Conn {
 /// is a plain socket or inbound mesh TLS (`ClientIo<S>`).
 pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<S>) {
     let ctx = conn.ctx.clone();
-    let stop = ctx.drain.stop_accepting.clone();
     let direction = conn.direction;
     let protocol = conn.protocol;
     let close = conn.close.clone();
@@ -175,7 +168,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
             tokio::pin!(c);
             tokio::select! {
                 r = c.as_mut() => r,
-                _ = stop.cancelled() => {
+                _ = close.cancelled() => {
                     c.as_mut().graceful_shutdown();
                     c.await
                 }
@@ -186,10 +179,6 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
             tokio::pin!(c);
             tokio::select! {
                 r = c.as_mut() => r,
-                _ = stop.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
                 _ = close.cancelled() => {
                     c.as_mut().graceful_shutdown();
                     c.await
@@ -234,8 +223,10 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
             let agreed = upgrade::agreed(tunnel, status);
             let peer_close = headers::take_peer_close(resp.headers_mut());
             headers::strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS && agreed);
-            if peer_close && via_mesh {
-                // Only a peer proven by mesh TLS may end the client's connection.
+            if peer_close && via_mesh && !agreed {
+                // Only a peer proven by mesh TLS may end the client's
+                // connection (and a 101 it agreed to keeps its
+                // `connection: upgrade`: the tunnel is the connection now).
                 debug!(status = status.as_u16(), "the peer proxy closed its connection: closing the client's");
                 conn.close_after(resp.headers_mut());
             }
