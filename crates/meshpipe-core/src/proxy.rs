@@ -236,7 +236,16 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
 
     // 3. Detect. The server-first race dials in plaintext: never to a
     // destination that gets mesh TLS.
-    let sniffed = sniff::sniff(ctx, &client, l.direction, target, mode, timeout, !originate).await;
+    let mut sniffed = sniff::sniff(ctx, &client, l.direction, target, mode, timeout, !originate).await;
+    // Detection is over: its slot goes back once the TLS decision below is
+    // made, except through an inbound mesh TLS handshake and the detection
+    // after it, which keep it (an unauthenticated client stalling there
+    // counts against the bound, and a meshed one cannot lose its slot to
+    // another connection half-way).
+    let terminate = l.direction == Direction::Inbound
+        && sniffed.result == DetectResult::Tls
+        && mesh_tls.as_ref().is_some_and(|state| sniffed.sni.as_deref() == Some(state.server_name()));
+    let slot = sniffed.slot.take().filter(|_| terminate);
     ctx.metrics.detected(l.direction, target.port(), sniffed.result, started.elapsed());
     info.set_protocol(sniffed.result.protocol());
     debug!(result = sniffed.result.as_str(), bytes = sniffed.buffered.len(), sni = sniffed.sni.as_deref(), "detected");
@@ -253,9 +262,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
 
     // 4. The TLS decision, and inbound authorization.
     let tls = match (l.direction, &dest, &mesh_tls) {
-        (Direction::Inbound, _, Some(state))
-            if sniffed.result == DetectResult::Tls && sniffed.sni.as_deref() == Some(state.server_name()) =>
-        {
+        (Direction::Inbound, _, Some(state)) if terminate => {
             span.record("tls", "terminated");
             let remaining = timeout.saturating_sub(started.elapsed());
             let buffered = sniffed.buffered;
@@ -265,7 +272,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
                     return;
                 };
                 // Detection again, on the decrypted bytes, with the port's timeout.
-                let (protocol, inner) = match inbound_http::detect(ctx, &mut est.stream, mode, timeout).await {
+                let (protocol, inner) = match inbound_http::detect(ctx, &mut est.stream, mode, timeout, slot).await {
                     Ok(d) => d,
                     Err(e) => {
                         debug!(error = %e, "mesh TLS client failed during detection");
@@ -452,7 +459,7 @@ async fn originate_mesh(
     target: TargetAddr,
     dest: &crate::destinations::Destination,
     state: &crate::tls::TlsState,
-    sniffed: Sniffed,
+    sniffed: Sniffed<'_>,
 ) {
     let peer_id: Arc<str> = Arc::from(dest.identity.as_str());
     tracing::Span::current().record("server_id", &*peer_id);

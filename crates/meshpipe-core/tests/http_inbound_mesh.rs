@@ -6,8 +6,8 @@
 //! `client_id`, a large streamed body intact, a refused app port answered
 //! 502 with `l5d-proxy-error` (the client is a proxy), an HTTP/1 upgrade
 //! still a byte tunnel, and a non-HTTP client still forwarded as bytes with
-//! nothing lost. Detection inside mesh TLS holds an inbound detection slot,
-//! as plaintext detection does. (The 4143 tunnel, whose header names the
+//! nothing lost. The inbound detection slot the ClientHello peek took is
+//! held through the handshake and the detection on the decrypted bytes. (The 4143 tunnel, whose header names the
 //! session protocol, needs a pod IP and a redirect: test/mesh-netns.test.ts
 //! covers it.)
 
@@ -230,9 +230,20 @@ async fn detection_inside_mesh_tls_holds_an_inbound_detection_slot() {
     let (app, seen) = h1_backend("app").await;
     let m = mesh_with(app, serde_json::json!({ "limits": { "detectingConnections": 1 } })).await;
     let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
-    // A meshed client that says nothing after its handshake: the ClientHello
-    // peek gave its slot back, and detection on the decrypted stream holds
-    // the only one.
+    // A client that stops half-way through the handshake (a ClientHello for
+    // this proxy's identity, then nothing) holds the slot the peek took.
+    let mut stalled = TcpStream::connect(m.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(m.server_id.as_str().to_string()).unwrap();
+    let mut hello = rustls::ClientConnection::new(m.client.client_config(&m.server_id, ClientAlpn::None), name).unwrap();
+    let mut first_flight = Vec::new();
+    hello.write_tls(&mut first_flight).unwrap();
+    stalled.write_all(&first_flight).await.unwrap();
+    m.until(|s| inbound_slots(s).used == 1).await;
+    drop(stalled);
+    m.until(|s| inbound_slots(s).used == 0).await;
+    // A meshed client that says nothing after its handshake: the slot the
+    // peek took is kept through the handshake and the detection on the
+    // decrypted stream.
     let silent = m.tls().await;
     m.until(|s| inbound_slots(s).used == 1).await;
     // So the next client's detection finds none (counted) and its request

@@ -16,9 +16,10 @@
 //!   TLS and are forwarded). Whatever detection read is replayed first
 //!   (nothing lost); a client that says nothing within the timeout (a
 //!   server-first protocol on a port not marked opaque, as in Linkerd) is
-//!   forwarded as bytes once it expires. Detection holds one of the inbound
-//!   detection slots, as plaintext detection does; with none free the
-//!   stream is forwarded as bytes at once.
+//!   forwarded as bytes once it expires. The inbound detection slot the
+//!   ClientHello peek took (`proxy/sniff.rs`) is held through the handshake
+//!   and this detection, so a client stalling at either counts against the
+//!   bound.
 //!
 //! Authorization happened before (`proxy/inbound_mesh.rs`). The requests'
 //! upstream connections to the app are the HTTP client's pooled plaintext
@@ -40,6 +41,7 @@ use crate::conn::ConnInfo;
 use crate::copy::stream::Transport;
 use crate::detect::{Classifier, Detected, Verdict};
 use crate::http::SessionProtocol;
+use crate::limits::DetectSlot;
 use crate::metrics::{Peer, SeriesKey};
 use crate::transport_header;
 use crate::vocab::{Direction, PortMode, Protocol, TlsStatus};
@@ -98,17 +100,19 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
     stream: &mut S,
     mode: PortMode,
     timeout: Duration,
+    slot: Option<DetectSlot<'_>>,
 ) -> io::Result<(Option<SessionProtocol>, Vec<u8>)> {
     // The app's own TLS inside mesh TLS, or no HTTP layer: nothing to learn.
     if mode == PortMode::Tls || !ctx.http.config.enabled {
         return Ok((None, Vec::new()));
     }
-    // A detection slot, as plaintext detection takes one (`proxy/sniff.rs`):
-    // detecting connections hold a buffer and a timer, and their number is
-    // bounded per direction whether the bytes came in plaintext or in mesh
-    // TLS. Without one the stream is forwarded as bytes at once (counted).
-    let Some(_slot) = ctx.limits.detect_slot(Direction::Inbound) else {
-        debug!("every inbound detection slot is taken: forwarded as bytes");
+    // The detection slot the ClientHello peek took, held through the
+    // handshake and until this detection ends (detecting connections hold
+    // a buffer and a timer, and their number is bounded per direction
+    // whether the bytes came in plaintext or in mesh TLS). Without one the
+    // stream is forwarded as bytes at once.
+    let Some(_slot) = slot else {
+        debug!("no inbound detection slot: forwarded as bytes");
         return Ok((None, Vec::new()));
     };
     let (detected, buffered) = classify(stream, mode, timeout).await?;

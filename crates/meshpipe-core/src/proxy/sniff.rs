@@ -42,6 +42,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::addr::TargetAddr;
 use crate::detect::{Classifier, Detected, Verdict, DETECT_BUFFER_CAP};
+use crate::limits::DetectSlot;
 use crate::proxy::Context;
 use crate::vocab::{DetectResult, Direction, PortMode};
 
@@ -69,7 +70,7 @@ pub enum Upstream {
 }
 
 /// What detection found, and everything it holds that the pipeline needs.
-pub struct Sniffed {
+pub struct Sniffed<'a> {
     pub result: DetectResult,
     /// Every byte read from the client so far, in order.
     pub buffered: Vec<u8>,
@@ -78,11 +79,16 @@ pub struct Sniffed {
     pub sni: Option<Arc<str>>,
     /// The client half-closed after sending `buffered`.
     pub client_eof: bool,
+    /// The detection slot detection held, when it ran: the pipeline gives
+    /// it back once the connection's TLS decision is made, or keeps it
+    /// through an inbound mesh TLS handshake and the detection on the
+    /// decrypted bytes after it (`proxy/inbound_http.rs`).
+    pub slot: Option<DetectSlot<'a>>,
 }
 
-impl Sniffed {
+impl Sniffed<'_> {
     fn new(result: DetectResult) -> Self {
-        Sniffed { result, buffered: Vec::new(), upstream: Upstream::None, sni: None, client_eof: false }
+        Sniffed { result, buffered: Vec::new(), upstream: Upstream::None, sni: None, client_eof: false, slot: None }
     }
 }
 
@@ -92,24 +98,25 @@ impl Sniffed {
 /// period ends detection as `server_first` without dialling, and the target
 /// is learned as server-first (a slow client can make a target skip
 /// detection until the entry expires: its bytes are still carried as TCP).
-pub async fn sniff(
-    ctx: &Context,
+pub async fn sniff<'a>(
+    ctx: &'a Context,
     client: &TcpStream,
     direction: Direction,
     target: TargetAddr,
     mode: PortMode,
     timeout: Duration,
     race: bool,
-) -> Sniffed {
+) -> Sniffed<'a> {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
     }
     if mode == PortMode::Detect && ctx.server_first.is_server_first(target) {
         return Sniffed::new(DetectResult::ServerFirst);
     }
-    // Held until detection ends. Without one (too many connections of this
-    // direction are detecting), the connection is forwarded at once.
-    let Some(_slot) = ctx.limits.detect_slot(direction) else {
+    // Held until detection ends (returned in `Sniffed::slot`). Without one
+    // (too many connections of this direction are detecting), the
+    // connection is forwarded at once.
+    let Some(slot) = ctx.limits.detect_slot(direction) else {
         return Sniffed::new(DetectResult::OverLimit);
     };
     let mut classifier = Classifier::new(mode.expect());
@@ -120,6 +127,7 @@ pub async fn sniff(
     let grace_at = grace.map(|g| start + g);
 
     let mut out = Sniffed::new(DetectResult::ReadTimeout);
+    out.slot = Some(slot);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut last_bytes = start;
     // Most clients have sent their first bytes by the time their connection
@@ -225,7 +233,7 @@ pub async fn sniff(
 
 /// Takes one read's outcome into the buffer and classifies. Returns true
 /// when detection is over (`out.result` says how).
-fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed, last_bytes: &mut Instant, classifier: &mut Classifier) -> bool {
+fn absorb(read: io::Result<usize>, buf: &[u8], out: &mut Sniffed<'_>, last_bytes: &mut Instant, classifier: &mut Classifier) -> bool {
     match read {
         Ok(0) => {
             if buf.is_empty() {
