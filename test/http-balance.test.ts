@@ -9,7 +9,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -126,4 +128,29 @@ test('an edited --endpoints file is followed live; a bad edit keeps the last goo
   await waitFor(() => proc.logs.some(reported), 'the bad line reported', 10_000, 50);
   for (let i = 0; i < 10; i++) assert.equal(await get(listen[0]!, agent), 'b', 'the last good entries stay in force');
   assert.ok(!proc.logs.some((l) => l.msg === 'endpoints updated' && Number(l['generation']) > 2), 'no endpoints change from the bad file');
+});
+
+test('an --endpoints file that is a pipe is read once, at start, and balanced over', async (t) => {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.end('piped'));
+  });
+  server.listen(0, HOST);
+  await once(server, 'listening');
+  t.after(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const service = `127.0.0.1:${await freePort()}`;
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-endpoints-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const fifo = join(dir, 'endpoints.fifo');
+  execFileSync('mkfifo', [fifo]);
+  // The writer blocks until the proxy opens the pipe (as `--endpoints <(gen)` would).
+  const written = writeFile(fifo, `${service} 127.0.0.1:${port}\n`);
+  const { ports: listen } = await startProxy(['--forward', `127.0.0.1:0=${service}`, '--endpoints', fifo, '--admin', 'off'], { t });
+  await written;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.after(() => agent.destroy());
+  // A second read of the pipe (by the policy worker) would find it empty and
+  // leave the Service without endpoints: a 503.
+  for (let i = 0; i < 3; i++) assert.equal(await get(listen[0]!, agent), 'piped');
 });

@@ -154,3 +154,51 @@ test('a background reload that throws is reported as reloadFailed (no unhandled 
   await waitFor(() => inboundMode(source, 9002) === 'opaque', 'the next change to apply');
   assert.equal(failures.length, 1);
 });
+
+/** The Service -> endpoints pairs of the source's whole endpoints table. */
+function endpointsOf(source: PolicySource): string[] {
+  return (source.endpointsTable()?.upsert ?? []).map((e) => `${e.service} ${e.endpoints.join(' ')}`);
+}
+
+test('--endpoints file: read again only once it changed, from the last good entries; an edit applies and a bad edit keeps them', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-endpoints-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'endpoints');
+  writeFileSync(file, '10.96.0.1:80 10.0.0.9:80\n');
+  const { fileSignatureSync } = await import('../ts/policy/file-signature.js');
+  const applied: string[][] = [];
+  // The entries the owner holds (start-up read, or an earlier worker's last
+  // good ones) differ from the file, but the signature says the file did not
+  // change since: it is not read again (a pipe could not be).
+  const fromFile = [{ service: '10.96.0.1:80', endpoints: ['10.0.0.1:80'], source: 'start' }];
+  const source = createPolicySource({ ...BASE, endpoints: { fromFile }, endpointsFile: file, endpointsFileSignature: fileSignatureSync(file) });
+  t.after(() => source.close());
+  source.on('endpointsFile', (services) => applied.push(services.map((s) => s.service)));
+  await source.start();
+  assert.deepEqual(endpointsOf(source), ['10.96.0.1:80 10.0.0.1:80'], 'unchanged file: the held entries stay');
+  assert.deepEqual(applied, []);
+
+  writeFileSync(file, '10.96.0.1:80 10.0.0.2:80 10.0.0.3:80\n');
+  await waitFor(() => endpointsOf(source)[0] === '10.96.0.1:80 10.0.0.2:80 10.0.0.3:80', 'the edit applied', 5000, 20);
+  assert.deepEqual(applied, [['10.96.0.1:80']], 'the owner is told, to restart a worker from these');
+
+  writeFileSync(file, '10.96.0.1:80 not-an-address\n');
+  await waitFor(() => source.current()?.problems.some((p) => p.message.includes(`${file}:1`) && p.message.includes('keeping the last good entries')), 'the bad edit reported', 5000, 20);
+  assert.deepEqual(endpointsOf(source), ['10.96.0.1:80 10.0.0.2:80 10.0.0.3:80']);
+  writeFileSync(file, '10.96.0.2:80 10.0.0.4:80\n');
+  await waitFor(() => endpointsOf(source).join() === '10.96.0.2:80 10.0.0.4:80', 'a good edit replaces the file\'s Services', 5000, 20);
+  assert.ok(!source.current()!.problems.some((p) => p.message.includes(file)), 'its problem is gone');
+});
+
+test('--endpoints file bad when a worker (re)starts: the held entries stay in force and the problem is listed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-endpoints-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'endpoints');
+  writeFileSync(file, 'garbage\n');
+  const fromFile = [{ service: '10.96.0.1:80', endpoints: ['10.0.0.2:80'], source: 'last good' }];
+  const source = createPolicySource({ ...BASE, endpoints: { fromFile }, endpointsFile: file, endpointsFileSignature: 'an older signature' });
+  t.after(() => source.close());
+  const first = await source.start();
+  assert.deepEqual(endpointsOf(source), ['10.96.0.1:80 10.0.0.2:80']);
+  assert.ok(first.problems.some((p) => p.message.includes(`${file}:1`)), first.problems.map((p) => p.message).join('\n'));
+});

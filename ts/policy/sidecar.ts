@@ -38,6 +38,7 @@
  * resource and, for a 403, the RBAC manifest to grant) and listed under
  * /ready's 200 until it recovers.
  */
+import { statSync } from 'node:fs';
 import type { ProxyConfig } from '../config/index.js';
 import { hasPolicySources } from '../config/index.js';
 import type { Logger } from '../observe/index.js';
@@ -45,6 +46,7 @@ import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
 import { configInputs, flagsPolicy, meshSettings } from './flags.js';
 import { EndpointsFeed, ENDPOINTS_MESSAGES, type EndpointsEngine } from './endpoints-feed.js';
 import { readEndpointsFile } from './endpoints-file.js';
+import { fileSignatureSync } from './file-signature.js';
 import type { PolicyTable } from './model.js';
 import { policyView, type PolicyViewPart } from './view.js';
 import { PolicyWorker } from './worker-client.js';
@@ -84,10 +86,23 @@ export const POLICY_MESSAGES = {
   endpointsRejected: ENDPOINTS_MESSAGES.rejected,
   sourceFailing: 'policy source failing; the last known objects stay in force',
   sourceRecovered: 'policy sources answer again',
+  endpointsFileApplied: 'endpoints file changed: its entries apply',
 } as const;
 
-/** The endpoints the sidecar compiles: the file's entries; undefined with the HTTP layer off (nothing balances). */
-type EndpointsInput = { readonly fromFile: readonly ServiceEndpointsSpec[] } | undefined;
+/**
+ * The endpoints the sidecar compiles: the file's entries as read at start,
+ * the file's signature then, and whether the worker watches it (a regular
+ * file); undefined with the HTTP layer off (nothing balances).
+ */
+type EndpointsInput = { readonly fromFile: readonly ServiceEndpointsSpec[]; readonly signature: string | undefined; readonly watch: boolean } | undefined;
+
+function isRegularFile(file: string): boolean {
+  try {
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
 
 function sources(config: ProxyConfig): Record<string, unknown> {
   return {
@@ -174,8 +189,11 @@ class WorkerPolicy implements SidecarPolicy {
       pod: inputs.identity.pod,
       mesh: meshSettings(config),
       destinationsFile: config.destinations,
-      endpointsFile: endpoints === undefined ? undefined : config.endpoints,
-      endpoints,
+      // Watched only when it is a regular file: a pipe (`--endpoints <(...)`)
+      // can be read once, at start.
+      endpointsFile: endpoints?.watch === true ? config.endpoints : undefined,
+      endpointsFileSignature: endpoints?.signature,
+      endpoints: endpoints === undefined ? undefined : { fromFile: endpoints.fromFile },
     }, () => this.#generation + 1, () => this.#endpoints.generation + 1);
     this.#endpoints = new EndpointsFeed(logger, () => this.#worker.resyncEndpoints());
     this.#worker.on('message', (m) => this.#onMessage(m));
@@ -236,6 +254,10 @@ class WorkerPolicy implements SidecarPolicy {
       }
       case 'endpoints':
         this.#endpoints.apply(engine, m);
+        return;
+      case 'endpointsFile':
+        this.#worker.rememberEndpointsFile(m.services, m.signature);
+        this.#logger.info({ file: this.#config.endpoints, services: m.services.length }, POLICY_MESSAGES.endpointsFileApplied);
         return;
       case 'problems':
         this.#onSourceProblems(m.sources);
@@ -307,8 +329,11 @@ function round(ms: number): number {
 /** The sidecar's policy: flags only, or the configured sources in a worker. */
 export function createSidecarPolicy(config: ProxyConfig, logger: Logger): SidecarPolicy {
   // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
-  const fromFile = config.endpoints === undefined ? [] : readEndpointsFile(config.endpoints);
-  const endpoints: EndpointsInput = config.http ? { fromFile } : undefined;
+  const file = config.endpoints;
+  const signature = file === undefined ? undefined : fileSignatureSync(file);
+  const fromFile = file === undefined ? [] : readEndpointsFile(file);
+  const watch = file !== undefined && isRegularFile(file);
+  const endpoints: EndpointsInput = config.http ? { fromFile, signature, watch } : undefined;
   // The endpoints file needs the worker too: it watches the file.
   return hasPolicySources(config) || config.destinations !== undefined || (endpoints !== undefined && config.endpoints !== undefined)
     ? new WorkerPolicy(config, logger, endpoints)

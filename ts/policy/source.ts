@@ -26,7 +26,13 @@
  * endpoints table is an `endpoints` event: the Service addresses that
  * changed, as an EndpointsUpdate onto the previous endpoints generation (the
  * whole table first, with `endpointsTable()`). The endpoints have their own
- * generations: a scaling Deployment does not touch the port policy.
+ * generations: a scaling Deployment does not touch the port policy. The
+ * static `--endpoints FILE` is watched like the destinations file and read
+ * again only once its signature changed (its first entries and signature
+ * come from the owner's start-up read, or from an earlier worker's last good
+ * read): an edit replaces its entries (an `endpointsFile` event), while an
+ * edit with a bad line, or a deleted file, keeps the last good entries and
+ * stays in `problems` until fixed.
  *
  * In the sidecar this runs in a worker thread (worker.ts), so parsing and
  * compiling never hold up the proxy's event loop.
@@ -34,7 +40,7 @@
 
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { parseDownwardApi } from './downward-api.js';
 import { listManifestFiles, loadManifestFile, type ManifestFile } from './k8s/manifests.js';
@@ -46,6 +52,7 @@ import { settingsOf } from './compile.js';
 import type { EffectivePolicy, MeshSettings, PolicyChange, PolicyFrame, PolicyTable } from './model.js';
 import { parseDestinationsFile } from './mesh-destinations.js';
 import { parseEndpointsFile } from './endpoints-file.js';
+import { fileSignature } from './file-signature.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
 import type { PortRange } from '../config/index.js';
 
@@ -89,9 +96,15 @@ export interface PolicySourceOptions {
   readonly destinationsFile?: string | undefined;
   /**
    * `--endpoints FILE`, watched: a change replaces the static entries
-   * (`endpoints.fromFile` holds them as read at start). Only with `endpoints`.
+   * (`endpoints.fromFile` holds the last good ones, read at start or by an
+   * earlier worker). Only with `endpoints`.
    */
   readonly endpointsFile?: string | undefined;
+  /**
+   * The file's signature (file-signature.ts) when `endpoints.fromFile` was
+   * read: the file is read again only once it changed.
+   */
+  readonly endpointsFileSignature?: string | undefined;
 }
 
 /** What a `policy` event carries. */
@@ -113,6 +126,8 @@ export interface PolicySourceEvents {
   policy: [PolicyUpdate];
   /** A change of the endpoints table, onto generation `base` (after the first, whole table). */
   endpoints: [EndpointsUpdate];
+  /** `--endpoints FILE` changed and its entries now apply (`signature`: the file's, as read). */
+  endpointsFile: [services: readonly ServiceEndpointsSpec[], signature: string];
   /**
    * A reload or change check started by a file or Kubernetes change failed
    * (an unexpected error: bad input is a problem in the update, not this);
@@ -157,6 +172,8 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private last: PolicyUpdate | undefined;
   private problemsKey = '';
   private problems: readonly PolicyProblem[] = [];
+  /** The signature of `--endpoints FILE` when last read (starts as the start-up read's). */
+  private endpointsFileSeen: string | undefined;
 
   constructor(options: PolicySourceOptions) {
     super();
@@ -172,6 +189,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       mesh: options.mesh,
     }));
     this.endpoints = options.endpoints === undefined ? undefined : new EndpointsCompiler(options.endpoints.fromFile);
+    this.endpointsFileSeen = options.endpointsFileSignature;
   }
 
   /**
@@ -255,9 +273,11 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
       await this.kube.start();
       this.readKubeStatus();
     }
-    const first = await this.reload();
-    this.signature = await this.computeSignature();
+    // Watchers and the signature first: an edit made while the first
+    // reload runs is seen by one or the other, never lost.
     this.installWatchers();
+    this.signature = await this.computeSignature();
+    const first = await this.reload();
     const every = this.opts.pollIntervalMs ?? 1000;
     this.poll = setInterval(() => {
       this.checkSignature().catch((err: unknown) => this.emit('reloadFailed', err));
@@ -433,14 +453,9 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     }
   }
 
-  /** mtime/size/inode of a file: cheap, and catches symlink swaps. */
-  private static async fileSignature(f: string): Promise<string> {
-    try {
-      const s = await stat(f);
-      return `${s.mtimeMs}:${s.size}:${s.ino}`;
-    } catch {
-      return 'missing';
-    }
+  /** mtime/size/inode of a file (file-signature.ts). */
+  private static fileSignature(f: string): Promise<string> {
+    return fileSignature(f);
   }
 
   private async computeSignature(): Promise<string> {
@@ -514,6 +529,11 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private async readEndpointsFile(): Promise<void> {
     const file = this.endpointsFile();
     if (!file || this.endpoints === undefined) return;
+    // Unchanged since its entries were read (at start, by an earlier worker,
+    // or by the last reload): nothing to do.
+    const signature = await fileSignature(file);
+    if (signature === this.endpointsFileSeen) return;
+    this.endpointsFileSeen = signature;
     let text: string;
     try {
       text = await readFile(file, 'utf8');
@@ -529,6 +549,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     }
     this.compiler.setOriginProblems(ENDPOINTS_FILE, []);
     this.endpoints.setFile(parsed.services);
+    this.emit('endpointsFile', parsed.services, signature);
   }
 
   /** Parses the manifest files whose signature changed, then applies them all at once. */

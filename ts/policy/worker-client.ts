@@ -16,6 +16,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { MeshpipeError, type ErrorCode } from '../errors.js';
 import type { PolicySourceOptions } from './source.js';
+import type { ServiceEndpointsSpec } from '../engine/index.js';
 import type { WorkerMessage, WorkerRequest } from './worker.js';
 
 /** The worker's heap limit. */
@@ -30,7 +31,7 @@ export interface PolicyWorkerEvents {
 }
 
 export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
-  readonly #options: PolicySourceOptions;
+  #options: PolicySourceOptions;
   #worker: Worker | undefined;
   #closed = false;
   #backoffMs = 500;
@@ -47,6 +48,15 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
     this.#options = options;
     this.nextGeneration = nextGeneration;
     this.nextEndpointsGeneration = nextEndpointsGeneration;
+  }
+
+  /**
+   * The `--endpoints FILE` entries the worker last applied, and the file's
+   * signature then: a restarted worker starts from them, not from the
+   * start-up read (the file may be bad or gone by then).
+   */
+  rememberEndpointsFile(services: readonly ServiceEndpointsSpec[], signature: string): void {
+    this.#options = { ...this.#options, endpoints: { fromFile: services }, endpointsFileSignature: signature };
   }
 
   /** Starts the worker; resolves with its first whole table, rejects when its sources cannot start (e.g. a bad kubeconfig). */

@@ -15,6 +15,10 @@
  *   { type: 'problems', generation, problems, total, sources }
  *                                           the first problems, their count, and
  *                                           the sources' own (the Kubernetes API failing)
+ *   { type: 'endpointsFile', services, signature }
+ *                                           `--endpoints FILE` changed and its
+ *                                           entries apply: the owner keeps them
+ *                                           for a restarted worker
  *   { type: 'reloadFailed', message }
  *   { type: 'view', id, view }              the answer to a view request
  *   { type: 'startFailed', code, message }
@@ -29,7 +33,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { createPolicySource, type PolicySource, type PolicySourceOptions, type PolicyUpdate } from './source.js';
 import { policyView, VIEW_LIMIT } from './view.js';
-import type { EndpointsUpdate } from '../engine/index.js';
+import type { EndpointsUpdate, ServiceEndpointsSpec } from '../engine/index.js';
 
 /** Messages from the worker. */
 export type WorkerMessage =
@@ -40,6 +44,7 @@ export type WorkerMessage =
     readonly services: number; readonly upserted: number; readonly removed: number;
   }
   | { readonly type: 'problems'; readonly generation: number; readonly problems: readonly string[]; readonly total: number; readonly sources: readonly string[] }
+  | { readonly type: 'endpointsFile'; readonly services: readonly ServiceEndpointsSpec[]; readonly signature: string }
   | { readonly type: 'reloadFailed'; readonly message: string }
   | { readonly type: 'view'; readonly id: number; readonly view: unknown }
   | { readonly type: 'startFailed'; readonly code: string | undefined; readonly message: string };
@@ -91,6 +96,7 @@ function run(port: NonNullable<typeof parentPort>, options: PolicySourceOptions)
     problems(u);
   });
   source.on('endpoints', (u) => endpoints(u, source.endpointsSize()));
+  source.on('endpointsFile', (services, signature) => post({ type: 'endpointsFile', services, signature }));
   source.on('reloadFailed', (err) => post({ type: 'reloadFailed', message: err instanceof Error ? err.message : String(err) }));
   port.on('message', (m: WorkerRequest) => {
     try {
