@@ -3,10 +3,10 @@
 #   0. the Rust formatter and linter: `cargo fmt --check` (workspace, the
 #      fuzz crate and the bench's latency generator) and `cargo clippy
 #      --all-targets -- -D warnings`; the latency generator's own tests,
-#   1. the Rust engine's tests (`cargo test --workspace`, debug profile: its
-#      dependencies compile incrementally and much faster than the thin-LTO
-#      release profile; the release addon used by the Node tests is built by
-#      `npm install` / `npm run build:native`),
+#   1. the Rust engine's tests (`cargo test --workspace`, debug profile: it
+#      compiles much faster than the thin-LTO release profile; the release
+#      addon used by the Node tests is built by `npm install` /
+#      `npm run build:native`),
 #   2. the generated boundary types are current (ts/engine/boundary.ts, from
 #      the Rust types),
 #   2b. the TypeScript compile (`tsc -p tsconfig.json`, strict; a type error

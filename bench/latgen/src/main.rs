@@ -3,26 +3,23 @@
 //!
 //! Why a generator of our own: the section measures tenths of a millisecond
 //! added by a proxy at the 99th percentile, and the generator's own jitter
-//! must stay below that. vegeta (Go) is open loop and correct, but its
-//! runtime (garbage collection, goroutine scheduling, result encoding) put its
-//! direct-to-nginx p99 near 1 ms on the 2-core bench machine, so the
-//! difference "through the proxy minus direct" was mostly the generator's
-//! noise. This one is plain threads and blocking sockets: nothing runs in it
-//! between a response and the next request but a sleep.
+//! must stay well below that. A generator with a garbage-collected runtime
+//! adds pauses of its own to every path it measures, so the difference
+//! "through the proxy minus direct" is mostly its noise. This one is plain
+//! threads and blocking sockets: nothing runs in it between a response and
+//! the next request but a sleep.
 //!
 //! The model is wrk2's. `--connections` keep-alive connections each have a
 //! thread and a schedule of their own; together they send `--rate` requests
 //! per second, evenly interleaved: request k of connection c is due at
 //! `t0 + (c + k * connections) / rate`. A connection sends a request when it
 //! is due, or at once when its previous response came back after that time.
-//! Latency is counted from when the request was due whenever the system
-//! under test held it back (the previous response was late): the wait
-//! counts, so a stall cannot hide the requests queued behind it (no
-//! coordinated omission). When the previous response was in time and the
-//! thread merely woke late from its own sleep, latency counts from the moment
-//! the request was written: the generator's oversleep is not the server's.
-//! How late the generator itself woke is reported (`generatorLateP99Ms`), so
-//! a reader can see it stayed small.
+//! Every latency is counted from when the request was due, so a stall cannot
+//! hide the requests queued behind it (no coordinated omission). That also
+//! counts any lateness of the generator's own wake-up; how late it woke for
+//! requests it was free to send on time is reported separately
+//! (`generatorLateP99Ms`), so a reader can see how much of a percentile that
+//! could be.
 //!
 //! The crate has no dependencies and no `unsafe`.
 //!
@@ -219,18 +216,18 @@ fn run_connection(args: &Args, index: usize, t0: Instant, request: &[u8]) -> Out
             },
         };
         let sent = Instant::now();
-        // Held back by the server (previous response late): count from when
-        // the request was due. Otherwise from when it was written.
-        let start = if prev_done > due { due } else { sent };
+        // Free to go on time (the previous response was in): any delay
+        // before the write is the generator's own wake-up.
+        let free = prev_done <= due;
         let result = c.exchange(request);
         let done = Instant::now();
         prev_done = done;
         match result {
             Ok(status) if (200..300).contains(&status) => {
                 if record {
-                    out.latencies.push((done - start).as_nanos() as u64);
-                    if start == sent {
-                        out.late.push((sent - due).as_nanos() as u64);
+                    out.latencies.push((done - due).as_nanos() as u64);
+                    if free {
+                        out.late.push(sent.saturating_duration_since(due).as_nanos() as u64);
                     }
                 }
             }
@@ -388,5 +385,45 @@ mod tests {
         }
         assert_eq!(c.exchange(req).unwrap(), 503);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_stall_counts_for_every_request_queued_behind_it() {
+        // A server that answers at once, except the 10th request: 200 ms.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            for i in 1.. {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if i == 10 {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
+                    return;
+                }
+            }
+        });
+        let args = Args {
+            addr,
+            authority: addr.to_string(),
+            path: "/".into(),
+            rate: 200.0,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            connections: 1,
+        };
+        let out = run_connection(&args, 0, Instant::now(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(out.errors, 0, "{:?}", out.first_error);
+        let slow = out.latencies.iter().filter(|&&ns| ns > 50_000_000).count();
+        // Requests are due every 5 ms: the stalled one and the ~30 due while it
+        // stalled all waited, and each counts from when it was due. Timing
+        // from the write instead would show one slow request.
+        assert!(slow >= 10, "{slow} requests over 50 ms");
+        assert!(*out.latencies.iter().max().unwrap() >= 190_000_000);
     }
 }
