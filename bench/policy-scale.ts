@@ -1,9 +1,12 @@
 /**
  * Section `policy-scale`: the port policy pipeline at cluster size (issue 10
  * §3), at 1,000, 10,000 and 50,000 pods (3 container ports each, one Service
- * per 5 pods: 2,000 Services at the 10,000 point, one Server per 100 pods, 20
- * namespaces, every third workload with an opaque-ports annotation, and a
- * kilobyte of unrelated annotation per pod, as `kubectl apply` leaves).
+ * per 5 pods: 2,000 Services at the 10,000 point, each with an EndpointSlice
+ * of its workload's 10 pods, one Server per 100 pods, 20 namespaces, every
+ * third workload with an opaque-ports annotation, and a kilobyte of unrelated
+ * annotation per pod, as `kubectl apply` leaves). The HTTP layer is on (the
+ * default), so the proxy also compiles the EndpointSlices into its endpoints
+ * table for per-request balancing, and the memory measured includes it.
  *
  * The objects are served by test/fake-kube-api.ts (list in pages and watch,
  * as the API server does) in this process; meshpipe runs as a user would run
@@ -46,15 +49,16 @@ const SETTLE_MS = 3_000;
 type Obj = Parameters<FakeKubeApi['apply']>[1];
 
 /** The objects of a cluster with `pods` pods (see the section doc). */
-export function clusterObjects(pods: number): { namespaces: Obj[]; pods: Obj[]; services: Obj[]; servers: Obj[] } {
+export function clusterObjects(pods: number): { namespaces: Obj[]; pods: Obj[]; services: Obj[]; endpointSlices: Obj[]; servers: Obj[] } {
   const namespaces: Obj[] = Array.from({ length: 20 }, (_, i) => ({
     metadata: { name: `ns-${i}`, annotations: i === 7 ? { 'config.linkerd.io/opaque-ports': '9000-9100' } : {} },
   }));
   const filler = 'x'.repeat(1000);
+  const podIp = (i: number): string => `10.${200 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${i % 256}`;
   const podObjects: Obj[] = [];
   for (let i = 0; i < pods; i++) {
     const w = Math.floor(i / 10);
-    const ip = `10.${200 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${i % 256}`;
+    const ip = podIp(i);
     podObjects.push({
       metadata: {
         name: `app-${w}-${i % 10}`, namespace: `ns-${w % 20}`, labels: { app: `app-${w}`, tier: 'backend' },
@@ -66,8 +70,16 @@ export function clusterObjects(pods: number): { namespaces: Obj[]; pods: Obj[]; 
     });
   }
   const services: Obj[] = [];
+  const endpointSlices: Obj[] = [];
   for (let s = 0; s < pods / 5; s++) {
     const w = Math.floor(s / 2);
+    // The Service selects workload w: its 10 pods are the slice's endpoints.
+    endpointSlices.push({
+      metadata: { name: `svc-${s}-abcde`, namespace: `ns-${w % 20}`, labels: { 'kubernetes.io/service-name': `svc-${s}` } },
+      addressType: 'IPv4',
+      ports: [{ name: 'http', port: 8080, protocol: 'TCP' }, { name: 'db', port: 5432, protocol: 'TCP' }],
+      endpoints: Array.from({ length: 10 }, (_, k) => ({ addresses: [podIp(w * 10 + k)], conditions: { ready: true } })),
+    });
     services.push({
       metadata: { name: `svc-${s}`, namespace: `ns-${w % 20}` },
       spec: {
@@ -80,7 +92,7 @@ export function clusterObjects(pods: number): { namespaces: Obj[]; pods: Obj[]; 
     metadata: { name: `metrics-${k}`, namespace: `ns-${(k * 10) % 20}`, creationTimestamp: '2026-01-01T00:00:00Z' },
     spec: { podSelector: { matchLabels: { app: `app-${k * 10}` } }, port: 'metrics', proxyProtocol: 'HTTP/2' },
   }));
-  return { namespaces, pods: podObjects, services, servers };
+  return { namespaces, pods: podObjects, services, endpointSlices, servers };
 }
 
 interface Proxy {
@@ -127,9 +139,11 @@ async function startProxy(name: string, ctx: BenchContext, redisPort: number, po
   return { tracked, admin: `127.0.0.1:${adminPort}`, port, startMs: ready - started, logs };
 }
 
-async function engineAddresses(admin: string): Promise<number> {
+/** The engine's policy addresses and the Services (cluster IP and port) of its endpoints table. */
+async function engineTables(admin: string): Promise<{ addresses: number; services: number }> {
   const res = await fetch(`http://${admin}/snapshot`, { signal: AbortSignal.timeout(10_000) });
-  return ((await res.json()) as { policy: { addresses: number } }).policy.addresses;
+  const s = (await res.json()) as { policy: { addresses: number }; endpoints: { services: number } };
+  return { addresses: s.policy.addresses, services: s.endpoints.services };
 }
 
 /** Moves `count` pods to new IPs one at a time; returns each event -> engine latency in ms. */
@@ -215,19 +229,22 @@ async function run(ctx: BenchContext): Promise<Section> {
       api.load('/api/v1/namespaces', objects.namespaces);
       api.load('/api/v1/pods', objects.pods);
       api.load('/api/v1/services', objects.services);
+      api.load('/apis/discovery.k8s.io/v1/endpointslices', objects.endpointSlices);
       api.load('/apis/policy.linkerd.io/v1beta3/servers', objects.servers);
       const config = join(ctx.dir, `kubeconfig-${pods}`);
       writeFileSync(config, api.kubeconfig());
       let proxy: Proxy | undefined;
       try {
         proxy = await startProxy(`meshpipe-kube-${pods}`, ctx, redisPort, kubeArgs(config));
-        const addresses = await engineAddresses(proxy.admin);
+        const { addresses, services } = await engineTables(proxy.admin);
         const expected = pods + pods / 5;
         if (addresses !== expected) errors.push(`${pods} pods: the engine has ${addresses} addresses at ready, expected ${expected}`);
+        // Two ports per Service, each balanced over its slice's 10 endpoints.
+        if (services !== (pods / 5) * 2) errors.push(`${pods} pods: the engine's endpoints table has ${services} Services at ready, expected ${(pods / 5) * 2}`);
         const target = pods === TARGET_POINT;
         rows.push({ metric: 'policy-start', subject: 'meshpipe', name: `start, ${pods.toLocaleString('en-US')} pods`, value: round(proxy.startMs / 1000, 2), unit: 's',
           runs: [round(proxy.startMs / 1000, 2)], ...(target ? { targets: [{ atMost: 2 }] } : {}),
-          extra: { addresses, emptyClusterStartMs: round(empty.startMs) } });
+          extra: { addresses, endpointServices: services, emptyClusterStartMs: round(empty.startMs) } });
 
         await sleep(SETTLE_MS);
         rss[pods] = rssKiB(proxy.tracked.pid);
