@@ -5,10 +5,15 @@
  * Paths: direct to nginx; meshpipe `mode=detect` (the connection is
  * detected as HTTP/1 and proxied request by request by the HTTP layer, over
  * its upstream keep-alive pool) and `mode=opaque` (the same requests
- * forwarded as TCP bytes: what the HTTP layer costs); nginx `proxy_pass` (a
- * second server block in the same nginx with an upstream keepalive pool,
- * HTTP/1.1 upstream and an empty Connection header: nginx's fastest
- * reverse-proxy setup) and HAProxy 2.6 `mode http` with `http-reuse always`.
+ * forwarded as TCP bytes: what the HTTP layer costs); nginx `proxy_pass` with
+ * an upstream keepalive pool, HTTP/1.1 upstream and an empty Connection
+ * header, twice: as a second server block in the origin's own nginx (the
+ * same two workers proxy and serve, so a request and its upstream request
+ * can be handled in one process without a context switch: nginx's fastest
+ * setup, but not one a proxy in front of a separate application can have)
+ * and as a separate nginx with its own workers (the same process layout as
+ * meshpipe and HAProxy, each a process of its own in front of the origin);
+ * and HAProxy 2.6 `mode http` with `http-reuse always`.
  * Load: `wrk -t1 -c32 -d8s --latency`, three interleaved rounds per path
  * with the order rotated each round (one 8 s run per path moved by 10-15%
  * between bench runs); the median round's req/s, wrk p50/p99 and CPU are
@@ -20,7 +25,7 @@
  * section (bench/latency.ts, vegeta).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { SMALL_FILE, ensureWrk, runWrk, startHaproxyHttp, startNginxHttp, type WrkResult } from './http-peers.js';
+import { SMALL_FILE, ensureWrk, runWrk, startHaproxyHttp, startNginxHttp, startNginxProxy, type WrkResult } from './http-peers.js';
 import { meshpipeCommand, startMeshpipe, type MeshpipeForward } from './meshpipe.js';
 import { ensurePeers, type Peer } from './peers.js';
 import { cpuSeconds, freePort } from './processes.js';
@@ -31,6 +36,9 @@ const SECONDS = 8;
 /** wrk rounds per path (median reported). */
 const WRK_ROUNDS = 3;
 const TARGET_VS_NGINX = 1.2;
+/** The two nginx proxy_pass paths (see the module doc). */
+const NGINX_SAME = 'nginx proxy_pass (keepalive)';
+const NGINX_OWN = 'nginx proxy_pass (keepalive, own process)';
 
 interface Path {
   readonly name: string;
@@ -114,9 +122,12 @@ async function run(ctx: BenchContext): Promise<Section> {
     } else {
       notes.push(`meshpipe rows omitted: ${ctx.meshpipe.reason}`);
     }
-    // nginx proxy_pass runs inside the origin's own nginx: its CPU is not separable, so none is reported.
-    notes.push('nginx proxy_pass is a second server block of the origin nginx (the same 2 workers proxy and serve, no extra process); meshpipe and HAProxy each add their own 2 threads');
-    paths.push(mk('nginx proxy_pass (keepalive)', 'nginx', proxyPassPort, null));
+    notes.push(`${NGINX_SAME} is a second server block of the origin nginx (the same 2 workers proxy and serve, no extra process, so a request and its upstream request can be served without a context switch; its CPU is the origin nginx's minus what serving direct costs); ${NGINX_OWN} is a separate nginx with 2 workers, like meshpipe and HAProxy with their own 2 threads`);
+    paths.push(mk(NGINX_SAME, 'nginx', proxyPassPort, null));
+    const ownPort = await freePort();
+    const nginxOwn = await startNginxProxy(ctx.dir, ownPort, target);
+    peers.push(nginxOwn);
+    paths.push(mk(NGINX_OWN, 'nginx', ownPort, nginxOwn));
     const haPort = await freePort();
     const ha = await startHaproxyHttp(haPort, target, ctx.dir);
     peers.push(ha);
@@ -140,13 +151,15 @@ async function run(ctx: BenchContext): Promise<Section> {
   }
 
   const rows: Row[] = [];
-  const nginxRps = paths.find((p) => p.subject === 'nginx')?.wrk?.requestsPerSecond;
+  const nginxRps = paths.find((p) => p.name === NGINX_SAME)?.wrk?.requestsPerSecond;
+  const nginxOwnRps = paths.find((p) => p.name === NGINX_OWN)?.wrk?.requestsPerSecond;
   for (const p of paths) {
     if (p.error !== '') errors.push(`${p.name}: ${p.error}`);
     if (p.wrk === null) continue;
     if (p.wrk.errors > 0) errors.push(`${p.name}: wrk counted ${p.wrk.errors} socket errors or non-2xx responses`);
     const extra: Record<string, number> = { p50Ms: p.wrk.p50Ms, p99Ms: p.wrk.p99Ms };
     if (nginxRps !== undefined && p.subject !== 'nginx') extra.vsNginxProxyPass = p.wrk.requestsPerSecond / nginxRps;
+    if (nginxOwnRps !== undefined && p.subject !== 'nginx') extra.vsNginxProxyPassOwnProcess = p.wrk.requestsPerSecond / nginxOwnRps;
     if (Number.isFinite(p.proxyCpuPct)) extra.proxyCpuPctOfCore = p.proxyCpuPct;
     rows.push({
       metric: 'http req/s', subject: p.subject, name: `${p.name} req/s`, value: p.wrk.requestsPerSecond, unit: 'req/s',
@@ -155,11 +168,12 @@ async function run(ctx: BenchContext): Promise<Section> {
   }
   // "meshpipe >= 1.2x nginx proxy_pass": report.ts targets are ratios to direct/haproxy or a
   // maximum, so the goal is stated as its inverse, nginx/meshpipe <= 1/1.2, with the plain ratio beside it.
-  if (nginxRps !== undefined) {
+  for (const [label, rps] of [[NGINX_SAME, nginxRps], [NGINX_OWN, nginxOwnRps]] as const) {
+    if (rps === undefined) continue;
     for (const p of paths.filter((x) => x.subject === 'meshpipe' && x.wrk !== null)) {
-      const ratio = p.wrk!.requestsPerSecond / nginxRps;
+      const ratio = p.wrk!.requestsPerSecond / rps;
       rows.push({
-        metric: `nginx over ${p.name}`, subject: 'meshpipe', name: `nginx proxy_pass req/s / ${p.name} req/s`, value: 1 / ratio, unit: 'x',
+        metric: `${label} over ${p.name}`, subject: 'meshpipe', name: `${label} req/s / ${p.name} req/s`, value: 1 / ratio, unit: 'x',
         runs: [], targets: [{ atMost: Math.ceil(1e4 / TARGET_VS_NGINX) / 1e4 }],
         extra: { meshpipeOverNginx: ratio, goal: `meshpipe >= ${TARGET_VS_NGINX}x nginx proxy_pass` },
       });
@@ -171,7 +185,7 @@ async function run(ctx: BenchContext): Promise<Section> {
   const nginxDirect = paths.find((p) => p.subject === 'direct')?.nginxCpuUsPerReq ?? Number.NaN;
   for (const p of paths) {
     if (p.wrk === null || p.subject === 'direct') continue;
-    const us = p.subject === 'nginx' ? p.nginxCpuUsPerReq - nginxDirect : p.proxyCpuUsPerReq;
+    const us = p.name === NGINX_SAME ? p.nginxCpuUsPerReq - nginxDirect : p.proxyCpuUsPerReq;
     if (!Number.isFinite(us)) continue;
     rows.push({ metric: 'proxy CPU per request', subject: p.subject, name: `${p.name} CPU`, value: us, unit: 'us/req', runs: [], extra: { nginxCpuUsPerReq: p.nginxCpuUsPerReq } });
   }
@@ -183,7 +197,7 @@ async function run(ctx: BenchContext): Promise<Section> {
     if (p.wrk === null) continue;
     rows.push({ metric: 'http p99', subject: p.subject, name: `${p.name} p99 (wrk)`, value: p.wrk.p99Ms, unit: 'ms', runs: [] });
   }
-  notes.push(`target meshpipe >= ${TARGET_VS_NGINX}x nginx proxy_pass req/s is the "nginx proxy_pass req/s / meshpipe req/s <= ${Math.round(100 / TARGET_VS_NGINX) / 100}" rows; "vs haproxy" compares with HAProxy mode http`);
+  notes.push(`target meshpipe >= ${TARGET_VS_NGINX}x nginx proxy_pass req/s is the "nginx proxy_pass req/s / meshpipe req/s <= ${Math.round(100 / TARGET_VS_NGINX) / 100}" rows, against both nginx layouts; "vs haproxy" compares with HAProxy mode http`);
   notes.push('meshpipe (tcp, opaque) forwards the same requests as bytes (the path every HTTP connection took before the HTTP layer): the difference to meshpipe (http, detect) is what proxying each request costs');
   return {
     name: 'http',
@@ -197,6 +211,6 @@ async function run(ctx: BenchContext): Promise<Section> {
 
 export const http: BenchSection = {
   name: 'http',
-  description: 'HTTP/1.1 keep-alive req/s (wrk) vs nginx: direct, meshpipe HTTP layer (detect) and TCP (opaque), nginx proxy_pass, HAProxy mode http',
+  description: 'HTTP/1.1 keep-alive req/s (wrk) vs nginx: direct, meshpipe HTTP layer (detect) and TCP (opaque), nginx proxy_pass (in the origin nginx and as its own process), HAProxy mode http',
   run,
 };
