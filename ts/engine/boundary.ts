@@ -380,7 +380,8 @@ export type LimitsSnapshot = { connections: Array<DirectionLimitSnapshot>, detec
 export type DirectionLimitSnapshot = { direction: Direction, limit: number | null, used: number, 
 /**
  * Connections: waits for a slot (the connection stayed in the backlog).
- * Detecting: connections that skipped detection because every slot was taken.
+ * Detecting: connections that found every slot taken (only the bytes
+ * they had already sent were classified; `over_limit` if undecided).
  */
 refused: number, };
 

@@ -408,7 +408,7 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: perDirection('meshpipe_connection_limit_waits_total', (s) => s.limits.connections, (d) => d.refused) },
   { name: 'meshpipe_detecting_connections', type: 'gauge', help: 'Connections of the direction in protocol detection now',
     emit: perDirection('meshpipe_detecting_connections', (s) => s.limits.detecting, (d) => d.used) },
-  { name: 'meshpipe_detecting_connections_limit', type: 'gauge', help: 'Limit on connections of the direction in protocol detection; past it new ones skip detection (result over_limit)',
+  { name: 'meshpipe_detecting_connections_limit', type: 'gauge', help: 'Limit on connections of the direction waiting in protocol detection; past it new ones are classified on the bytes already sent, else forwarded undetected (result over_limit)',
     emit: perDirection('meshpipe_detecting_connections_limit', (s) => s.limits.detecting, (d) => d.limit) },
   { name: 'meshpipe_fd_budget', type: 'gauge', help: 'File descriptors the engine may hold: the descriptor limit minus those open at start minus the reserve (absent without a budget)',
     emit: (s, _series, out) => { if (s.limits.fds.budget !== null) out.add('meshpipe_fd_budget', s.limits.fds.budget, NONE); } },

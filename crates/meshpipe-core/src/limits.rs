@@ -20,10 +20,13 @@
 //!   and the reserve stays free for the admin server: `/live` and `/metrics`
 //!   keep answering when thousands of silent clients hold the proxy.
 //! - **Detection, per direction.** Each connection in protocol detection
-//!   holds a slot (and up to 16 KiB of buffer). When every slot is taken, a
-//!   new connection skips detection and is forwarded as opaque TCP at once
-//!   (result `over_limit`): a flood of slow clients costs neither memory nor
-//!   a stall for the connections behind it.
+//!   holds a slot (and up to 16 KiB of buffer) while it waits for bytes.
+//!   When every slot is taken, a new connection does not wait: the bytes it
+//!   has already sent are classified in one read, and if they do not decide
+//!   it is forwarded as opaque TCP at once (result `over_limit`). A flood of
+//!   slow clients costs neither memory nor a stall for the connections
+//!   behind it, and clients that send their request or ClientHello at once
+//!   are still detected.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -307,7 +310,8 @@ pub struct DirectionLimitSnapshot {
     pub limit: Option<u64>,
     pub used: u64,
     /// Connections: waits for a slot (the connection stayed in the backlog).
-    /// Detecting: connections that skipped detection because every slot was taken.
+    /// Detecting: connections that found every slot taken (only the bytes
+    /// they had already sent were classified; `over_limit` if undecided).
     pub refused: u64,
 }
 

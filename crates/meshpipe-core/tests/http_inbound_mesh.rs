@@ -246,9 +246,11 @@ async fn detection_inside_mesh_tls_holds_an_inbound_detection_slot() {
     // decrypted stream.
     let silent = m.tls().await;
     m.until(|s| inbound_slots(s).used == 1).await;
-    // So the next client's detection finds none (counted) and its request
-    // reaches the app as bytes (the app still answers it).
+    // So the next client's detection finds none (counted): silent when it
+    // is served, it is forwarded at once and its request reaches the app as
+    // bytes (the app still answers it).
     let mut plain = TcpStream::connect(m.addr).await.unwrap();
+    m.until(|s| inbound_slots(s).refused == 1).await;
     plain.write_all(b"GET /bytes HTTP/1.1\r\nhost: web.test\r\nconnection: close\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     within(T, plain.read_to_end(&mut answer)).await.unwrap();
@@ -266,4 +268,54 @@ async fn detection_inside_mesh_tls_holds_an_inbound_detection_slot() {
     let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 1)).await;
     assert_eq!(inbound(&snap, "web.test").requests, 1);
     assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_meshed_client_is_still_terminated_when_every_detection_slot_is_taken() {
+    let (app, seen) = h1_backend("app").await;
+    let limits = serde_json::json!({ "limits": { "detectingConnections": 1, "inboundConnections": 2 } });
+    let m = mesh_with(app, limits).await;
+    let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
+    // A meshed client silent after its handshake holds the one detection
+    // slot; a plain client, silent when served, is forwarded undetected and
+    // holds the last connection slot.
+    let silent = m.tls().await;
+    m.until(|s| inbound_slots(s).used == 1).await;
+    let plain = TcpStream::connect(m.addr).await.unwrap();
+    m.until(|s| inbound_slots(s).refused == 1).await;
+    // The next meshed client waits in the kernel backlog with its
+    // ClientHello sent; once the plain client leaves it is served, with
+    // every detection slot still taken.
+    let tcp = TcpStream::connect(m.addr).await.unwrap();
+    // Polled first, the handshake writes its ClientHello before the plain
+    // client leaves.
+    let handshake = tls::connect(&m.client, tcp, &m.server_id, ClientAlpn::None, T);
+    let mut plain = Some(plain);
+    let free_a_slot = async {
+        m.until(|s| s.limits.connections[Direction::Inbound.index()].refused >= 1).await;
+        plain.take();
+    };
+    let (done, ()) = within(T, async { tokio::join!(handshake, free_a_slot) }).await;
+    // Its ClientHello decides at once: mesh TLS is terminated, the client
+    // verified, and its request (bytes: there is no slot for detection on
+    // the decrypted stream) reaches the app.
+    let (mut stream, _) = done.expect("the mesh TLS handshake completes");
+    stream.write_all(b"GET /late HTTP/1.1\r\nhost: web.test\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(T, stream.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app GET /late web.test"), "{answer}");
+    let snap = m.engine.snapshot();
+    assert_eq!((inbound_slots(&snap).used, inbound_slots(&snap).refused), (1, 2), "{:?}", inbound_slots(&snap));
+    let tls =
+        |c: &str| snap.detect.iter().filter(|d| d.direction == Direction::Inbound && d.result.as_str() == c).map(|d| d.count).sum::<u64>();
+    assert_eq!((tls("tls"), tls("over_limit")), (2, 1), "{:?}", snap.detect);
+    let client_id = m.client_id.as_str();
+    assert!(
+        snap.tcp.iter().any(|t| t.direction == Direction::Inbound && t.tls == TlsLabel::True && t.client_id.as_deref() == Some(client_id)),
+        "the late client's connection is mesh TLS from {client_id}: {:?}",
+        snap.tcp
+    );
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(silent);
 }

@@ -1,8 +1,9 @@
 //! Per-direction bounds on a live engine: each direction has its own
 //! connection limit (a full inbound side leaves outbound traffic alone, and
 //! its excess waits in the kernel backlog), and the connections in protocol
-//! detection are capped per direction (past the cap a connection skips
-//! detection, is counted as `over_limit` and still carries every byte).
+//! detection are capped per direction (past the cap a connection does not
+//! wait for bytes: what it already sent is classified, otherwise it is
+//! counted as `over_limit`; either way it carries every byte).
 
 mod common;
 
@@ -80,6 +81,11 @@ async fn a_full_inbound_side_does_not_starve_outbound_traffic() {
     assert_eq!(&buf, b"third");
 }
 
+/// How many connections of `dir` detection ended with `result`.
+fn detected(engine: &Engine, dir: Direction, result: &str) -> u64 {
+    engine.snapshot().detect.iter().filter(|d| d.direction == dir && d.result.as_str() == result).map(|d| d.count).sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte() {
     let echo = echo_server().await;
@@ -92,10 +98,15 @@ async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte()
     let silent = [TcpStream::connect(inbound).await.unwrap(), TcpStream::connect(inbound).await.unwrap()];
     until(&engine, "two inbound connections are detecting", |s| s.limits.detecting[Direction::Inbound.index()].used == 2).await;
 
-    // The next inbound connection is forwarded at once, undetected, losslessly.
+    // The next inbound connection, silent when it is served, does not wait
+    // for bytes: it is forwarded at once, undetected, losslessly.
     let request = b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut s = TcpStream::connect(inbound).await.unwrap();
+    until(&engine, "the third inbound connection is forwarded undetected", |_| detected(&engine, Direction::Inbound, "over_limit") == 1)
+        .await;
     echoed(&mut s, request).await;
+    // A client that writes at once may be classified on what it sent (or
+    // not, depending on when it is served): every byte arrives either way.
     let data = random(256 * 1024, 7);
     let mut full = request.to_vec();
     full.extend_from_slice(&data);
@@ -104,18 +115,51 @@ async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte()
     let mut o = TcpStream::connect(outbound).await.unwrap();
     echoed(&mut o, request).await;
     let snap = engine.snapshot();
-    let count = |dir: Direction, result: &str| {
-        snap.detect.iter().filter(|d| d.direction == dir && d.result.as_str() == result).map(|d| d.count).sum::<u64>()
-    };
-    assert_eq!(count(Direction::Inbound, "over_limit"), 2, "{:?}", snap.detect);
-    assert_eq!(count(Direction::Outbound, "http/1"), 1, "{:?}", snap.detect);
+    let undetected = detected(&engine, Direction::Inbound, "over_limit");
+    let instant = detected(&engine, Direction::Inbound, "http/1");
+    assert_eq!((undetected + instant, undetected >= 1), (2, true), "{:?}", snap.detect);
+    assert_eq!(detected(&engine, Direction::Outbound, "http/1"), 1, "{:?}", snap.detect);
     assert_eq!(snap.limits.detecting[Direction::Inbound.index()].refused, 2);
 
-    // Once the silent clients leave, inbound connections are detected again.
+    // Once the silent clients leave, inbound connections wait for their bytes again.
     drop(silent);
     until(&engine, "the detection slots are free", |s| s.limits.detecting[Direction::Inbound.index()].used == 0).await;
     let mut again = TcpStream::connect(inbound).await.unwrap();
+    until(&engine, "a new inbound connection is detecting", |s| s.limits.detecting[Direction::Inbound.index()].used == 1).await;
     echoed(&mut again, request).await;
+    assert_eq!(detected(&engine, Direction::Inbound, "http/1"), instant + 1, "{:?}", engine.snapshot().detect);
+    assert_eq!(detected(&engine, Direction::Inbound, "over_limit"), undetected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_detection_cap_what_a_client_already_sent_still_decides() {
+    let echo = echo_server().await;
+    let detect = serde_json::json!({ "inboundTimeoutMs": 10_000, "outboundTimeoutMs": 10_000, "serverFirstGraceMs": 0 });
+    let limits = serde_json::json!({ "inboundConnections": 3, "detectingConnections": 2 });
+    let (engine, inbound, _) =
+        two_directions(echo, "detect", serde_json::json!({ "limits": limits, "detect": detect, "http": { "enabled": false } })).await;
+    // Two silent clients hold both detection slots; a third, silent too, is
+    // forwarded undetected and holds the last connection slot.
+    let silent = [TcpStream::connect(inbound).await.unwrap(), TcpStream::connect(inbound).await.unwrap()];
+    until(&engine, "two inbound connections are detecting", |s| s.limits.detecting[Direction::Inbound.index()].used == 2).await;
+    let third = TcpStream::connect(inbound).await.unwrap();
+    until(&engine, "the third is forwarded undetected", |_| detected(&engine, Direction::Inbound, "over_limit") == 1).await;
+
+    // The fourth waits in the kernel backlog (no connection slot), with its
+    // request already sent: by the time it is served its bytes are there.
+    let request = b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut fourth = TcpStream::connect(inbound).await.unwrap();
+    fourth.write_all(request).await.unwrap();
+    until(&engine, "the fourth waits for a connection slot", |s| s.limits.connections[Direction::Inbound.index()].refused >= 1).await;
+    drop(third);
+    let mut back = vec![0u8; request.len()];
+    within(Duration::from_secs(5), fourth.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, request);
+    // Still no detection slot free, yet it was detected, not forwarded blind.
     let snap = engine.snapshot();
-    assert!(snap.detect.iter().any(|d| d.direction == Direction::Inbound && d.result.as_str() == "http/1"), "{:?}", snap.detect);
+    assert_eq!(snap.limits.detecting[Direction::Inbound.index()].used, 2, "{:?}", snap.limits);
+    assert_eq!(snap.limits.detecting[Direction::Inbound.index()].refused, 2, "{:?}", snap.limits);
+    assert_eq!(detected(&engine, Direction::Inbound, "http/1"), 1, "{:?}", snap.detect);
+    assert_eq!(detected(&engine, Direction::Inbound, "over_limit"), 1, "{:?}", snap.detect);
+    drop(silent);
 }

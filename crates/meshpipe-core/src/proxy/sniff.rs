@@ -21,8 +21,11 @@
 //! bytes (`DETECT_BUFFER_CAP`) and in reads: a client still undecided after
 //! `MAX_DETECT_READS` reads with data is `not_http`. How many connections of
 //! a direction may detect at once is bounded too (`limits.rs`): past that, a
-//! new connection skips detection (`over_limit`). Every way out keeps every
-//! byte: the connection is forwarded as TCP, never dropped.
+//! new connection does not wait for bytes. What it has already sent is
+//! classified in one read (a request or ClientHello sent with the handshake
+//! is detected as usual), and anything undecided skips detection
+//! (`over_limit`). Every way out keeps every byte: the connection is
+//! forwarded as TCP, never dropped.
 //!
 //! Short stalled greetings: with the grace period on, a client that has sent
 //! fewer than `SHORT_GREETING` bytes the classifier cannot decide on (`ping`,
@@ -57,6 +60,11 @@ const MAX_DETECT_READS: usize = 256;
 /// Below this many buffered bytes, a stall of one grace period means the
 /// client is not sending HTTP (Linkerd's minimum HTTP detection read).
 const SHORT_GREETING: usize = 14;
+
+/// What a connection without a detection slot reads before it is decided
+/// or forwarded: a request head or a ClientHello as real clients send them
+/// (a post-quantum key share makes a ClientHello about 1.5 KiB).
+const INSTANT_READ: usize = 4096;
 
 /// The upstream connection as detection leaves it.
 pub enum Upstream {
@@ -115,9 +123,10 @@ pub async fn sniff<'a>(
     }
     // Held until detection ends (returned in `Sniffed::slot`). Without one
     // (too many connections of this direction are detecting), the
-    // connection is forwarded at once.
+    // connection never waits here: what it has already sent decides, or it
+    // is forwarded at once.
     let Some(slot) = ctx.limits.detect_slot(direction) else {
-        return Sniffed::new(DetectResult::OverLimit);
+        return without_slot(client, mode);
     };
     let mut classifier = Classifier::new(mode.expect());
     let start = Instant::now();
@@ -226,6 +235,28 @@ pub async fn sniff<'a>(
                 break;
             }
         }
+    }
+    out.buffered = buf;
+    out
+}
+
+/// Detection for a connection that found every slot of its direction taken
+/// (a flood of slow clients holds them). It must not wait, so it holds
+/// nothing over time: one `recv` of what the client has already sent
+/// (bounded at `INSTANT_READ` bytes) is classified. A client that sent its
+/// request or ClientHello with the handshake (real clients do, and one that
+/// waited in the backlog certainly has) is detected as usual: its HTTP
+/// still gets the HTTP layer, and a meshed peer's TLS to an app port is
+/// still terminated. Anything else is `over_limit`: forwarded as TCP at
+/// once, the bytes read here first.
+fn without_slot<'a>(client: &TcpStream, mode: PortMode) -> Sniffed<'a> {
+    let mut out = Sniffed::new(DetectResult::OverLimit);
+    let mut buf: Vec<u8> = Vec::with_capacity(INSTANT_READ);
+    let mut classifier = Classifier::new(mode.expect());
+    let mut last_bytes = Instant::now();
+    let read = recv_now(client, &mut buf);
+    if !absorb(read, &buf, &mut out, &mut last_bytes, &mut classifier) {
+        out.result = DetectResult::OverLimit;
     }
     out.buffered = buf;
     out
