@@ -74,6 +74,38 @@ s.on('data', (d) => {
 s.on('end', () => { console.log('SENT ' + createHash('sha256').update(data).digest('hex') + ' GOT ' + got.digest('hex') + ' ' + bytes); process.exit(0); });
 s.on('error', (e) => { console.log('ERROR ' + e.code); process.exit(1); });`;
 /**
+ * An HTTP/2 app without TLS (h2c, prior knowledge): answers `h2 <path> <body
+ * bytes>`; `/sha` answers the request body's `<SHA-256> <bytes>`.
+ */
+const H2_APP = `const http2 = require('node:http2'); const { createHash } = require('node:crypto');
+const srv = http2.createServer({}, (req, res) => {
+  const h = createHash('sha256'); let n = 0; req.on('data', (d) => { n += d.length; if (req.url === '/sha') h.update(d); });
+  req.on('end', () => res.end(req.url === '/sha' ? h.digest('hex') + ' ' + n + '\\n' : 'h2 ' + req.url + ' ' + n + '\\n')); });
+srv.listen({ host: '0.0.0.0', port: Number(process.argv[1]) }, () => console.log('LISTENING'));`;
+/**
+ * CONNECTs through the forward proxy at host:port to TARGET, then sends SIZE
+ * random bytes and reads the echo, closing once all of it is back (tinyproxy
+ * closes both ways at a client's half-close, dropping what the server has
+ * not answered yet); prints "SENT <sha> GOT <sha> <bytes>", "STATUS <line>"
+ * (refused) or "ERROR <code>".
+ */
+const CONNECTER = `const net = require('node:net'); const { createHash, randomBytes } = require('node:crypto');
+const [host, port, target, size] = process.argv.slice(1); const data = randomBytes(Number(size));
+const s = net.connect({ host, port: Number(port) }, () => s.write('CONNECT ' + target + ' HTTP/1.1\\r\\nHost: ' + target + '\\r\\n\\r\\n'));
+let head = Buffer.alloc(0); let open = false; const got = createHash('sha256'); let bytes = 0;
+s.on('data', (d) => {
+  if (!open) {
+    head = Buffer.concat([head, d]); const i = head.indexOf('\\r\\n\\r\\n'); if (i < 0) return;
+    const status = head.subarray(0, i).toString().split('\\r\\n')[0];
+    if (!/^HTTP\\/1\\.[01] 200 /.test(status)) { console.log('STATUS ' + status); process.exit(1); }
+    open = true; d = head.subarray(i + 4); s.write(data);
+  }
+  got.update(d); bytes += d.length;
+  if (bytes >= data.length) s.end();
+});
+s.on('end', () => { console.log('SENT ' + createHash('sha256').update(data).digest('hex') + ' GOT ' + got.digest('hex') + ' ' + bytes); process.exit(0); });
+s.on('error', (e) => { console.log('ERROR ' + e.code); process.exit(1); });`;
+/**
  * Sends SIZE bytes (a fixed pattern with a plaintext marker), half-closes,
  * reads the echo; prints "SENT <sha> GOT <sha> <bytes>" or "ERROR <code>".
  * With a 4th argument "hold", sends half, prints HALF once it is echoed, and
@@ -169,7 +201,7 @@ kind: Pod
 metadata: { name: server, namespace: e2e, labels: { app: server } }
 spec:
   serviceAccountName: server
-  containers: [{ name: app, ports: [{ containerPort: 8080 }, { containerPort: 8081 }, { containerPort: 8082 }, { containerPort: 8083 }, { containerPort: 7070 }, { containerPort: 7071 }] }]
+  containers: [{ name: app, ports: [{ containerPort: 8080 }, { containerPort: 8081 }, { containerPort: 8082 }, { containerPort: 8083 }, { containerPort: 8084 }, { containerPort: 8085 }, { containerPort: 7070 }, { containerPort: 7071 }] }]
 status: { podIP: ${ip} }
 ---
 apiVersion: policy.linkerd.io/v1beta3
@@ -214,6 +246,14 @@ spec:
     await server.spawn(process.execPath, ['-e', ECHO, '8080', '7070', '7071'], APP).waitFor(/LISTENING/);
     await startResponder(server, '0.0.0.0', 8081, 'responder', APP);
     await server.spawn(process.execPath, ['-e', HTTP_APP, '8082'], APP).waitFor(/LISTENING/);
+    await server.spawn(process.execPath, ['-e', H2_APP, '8084'], APP).waitFor(/LISTENING/);
+    // A forward proxy for CONNECT (no Allow lines: every client; no ConnectPort lines: every port).
+    writeFileSync(join(dir, 'tinyproxy.conf'), ['Port 8085', 'Listen 0.0.0.0', 'Timeout 30', 'MaxClients 20', 'LogLevel Info', `LogFile "${join(dir, 'tinyproxy.log')}"`].join('\n'));
+    chmodSync(join(dir, 'tinyproxy.conf'), 0o644);
+    writeFileSync(join(dir, 'tinyproxy.log'), '', { mode: 0o666 });
+    chownSync(join(dir, 'tinyproxy.log'), APP.uid, APP.uid);
+    server.spawn('tinyproxy', ['-d', '-c', join(dir, 'tinyproxy.conf')], APP);
+    await waitFor(async () => (await server.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:8085/'])).stdout !== '000', 'tinyproxy listening', 10_000);
     // A "peer proxy" whose certificate has expired, on a port the server pod does not redirect.
     const expired = server.spawn('openssl', ['s_server', '-accept', `${expiredIp}:14143`, '-tls1_3', '-cert', join(dir, 'expired-server', 'tls.crt'),
       '-key', join(dir, 'expired-server', 'tls.key'), '-CAfile', join(dir, 'ca', 'ca.crt'), '-alpn', ALPN, '-naccept', '10']);
@@ -352,6 +392,50 @@ spec:
     const up = await pair.client.exec(process.execPath, ['-e', UPGRADER, ip, '8082', String(1024 * 1024)], { ...APP, timeoutMs: 30_000 });
     assert.match(up.stdout.trim(), /^SENT (\w+) GOT \1 1048576$/, up.stdout + up.stderr);
     assert.equal(count(await inbound(8082), 101), 1, JSON.stringify(await inbound(8082)));
+  });
+
+  test('HTTP/2 and CONNECT through the tunnel: h2load streams multiplexed over one pooled mTLS connection per worker, a streamed h2 upload intact, CONNECT to a forward proxy in the server pod carries every byte', async (t) => {
+    if (!(await requireNetns(t))) return;
+    const handshakes = async (sc: Sidecar) => (await sc.snapshot()).mesh.handshakeMs.reduce((n, h) => n + h.count, 0);
+    const [clientBefore, serverBefore] = [await handshakes(clientSidecar), await handshakes(serverSidecar)];
+    // 400 requests on 2 client connections, 50 concurrent streams each (prior knowledge: HTTP/2 without TLS from the app).
+    const load = await pair.client.exec('h2load', ['-n', '400', '-c', '2', '-m', '50', `http://${ip}:8084/load`], { ...APP, timeoutMs: 60_000 });
+    assert.match(load.stdout, /requests: 400 total, 400 started, 400 done, 400 succeeded, 0 failed, 0 errored/, load.stdout + load.stderr);
+    assert.match(load.stdout, /status codes: 400 2xx/, load.stdout);
+    // A 6 MiB upload streamed over HTTP/2; the app hashes what it received.
+    const size = 6 * 1024 * 1024;
+    const body = randomBytes(size);
+    writeFileSync(join(dir, 'h2body.bin'), body, { mode: 0o644 });
+    const post = await pair.client.exec('curl', ['-sS', '--http2-prior-knowledge', '-T', join(dir, 'h2body.bin'), `http://${ip}:8084/sha`], { ...APP, timeoutMs: 60_000 });
+    assert.equal(post.stdout, `${createHash('sha256').update(body).digest('hex')} ${size}\n`, post.stderr);
+    const out = (await clientSidecar.snapshot()).http.filter((h) => h.direction === 'outbound' && h.targetPort === 8084);
+    assert.deepEqual(out.map((h) => [h.tls, h.serverId, h.requests, h.responses.map((x) => [x.statusCode, x.count])]),
+      [['true', SERVER_ID, 401, [[200, 401]]]], JSON.stringify(out));
+    const s = await waitFor(async () => {
+      const snap = await serverSidecar.snapshot();
+      return snap.http.some((h) => h.direction === 'inbound' && h.targetPort === 8084 && h.responses.some((x) => x.count === 401)) ? snap : null;
+    }, 'the inbound sidecar counted every HTTP/2 response', 10_000);
+    const inbound = s.http.filter((h) => h.direction === 'inbound' && h.targetPort === 8084);
+    assert.deepEqual(inbound.map((h) => [h.tls, h.clientId, h.requests]), [['true', CLIENT_ID, 401]], JSON.stringify(inbound));
+    // 3 client connections and 401 requests, yet at most one mesh connection per worker thread of the client
+    // sidecar (each worker keeps its own HTTP/2 connection to the endpoint): streams are multiplexed.
+    const opened = (await handshakes(clientSidecar)) - clientBefore;
+    assert.ok(opened >= 1 && opened <= 2, `mesh handshakes for the HTTP/2 traffic: ${opened}`);
+    assert.equal((await handshakes(serverSidecar)) - serverBefore, opened);
+
+    // CONNECT from the client pod to tinyproxy in the server pod, and from there to the echo server on its
+    // loopback: the client sidecar answers nothing itself, the 200 comes from tinyproxy through both sidecars.
+    const tunnel = await pair.client.exec(process.execPath, ['-e', CONNECTER, ip, '8085', '127.0.0.1:8080', String(2 * 1024 * 1024)], { ...APP, timeoutMs: 30_000 });
+    assert.match(tunnel.stdout.trim(), /^SENT (\w+) GOT \1 2097152$/, tunnel.stdout + tunnel.stderr);
+    const connects = (await clientSidecar.snapshot()).http.filter((h) => h.direction === 'outbound' && h.targetPort === 8085);
+    assert.deepEqual(connects.map((h) => [h.tls, h.serverId, h.requests, h.responses.map((x) => [x.statusCode, x.count])]),
+      [['true', SERVER_ID, 1, [[200, 1]]]], JSON.stringify(connects));
+    const sc = await waitFor(async () => {
+      const snap = await serverSidecar.snapshot();
+      return snap.http.some((h) => h.direction === 'inbound' && h.targetPort === 8085 && h.responses.some((x) => x.statusCode === 200)) ? snap : null;
+    }, 'the inbound sidecar counted the CONNECT', 10_000);
+    const inConnect = sc.http.filter((h) => h.direction === 'inbound' && h.targetPort === 8085);
+    assert.deepEqual(inConnect.map((h) => [h.tls, h.clientId, h.requests]), [['true', CLIENT_ID, 1]], JSON.stringify(inConnect));
   });
 
   test('authorization: a Server admits only what its AuthorizationPolicy allows, counted with Linkerd labels', async (t) => {
