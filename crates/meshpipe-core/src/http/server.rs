@@ -36,6 +36,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::addr::TargetAddr;
@@ -107,6 +108,10 @@ pub struct Conn {
     /// `connection: close` header). The connection's task waits on this one
     /// token only, whose lock no other connection shares.
     close: CancellationToken,
+    /// The tunnels of this connection (`upgrade.rs`): `serve` returns only
+    /// once they ended, so the connection's slot, descriptors, registry
+    /// entry and idle timeout cover them.
+    tunnels: TaskTracker,
 }
 
 /// An authority and its series.
@@ -119,7 +124,18 @@ impl Conn {
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
         let close = ctx.drain.stop_accepting.child_token();
-        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: ArcSwapOption::empty(), close }
+        Conn {
+            ctx,
+            direction,
+            target,
+            tls,
+            protocol,
+            meshed,
+            response_timeout,
+            series: ArcSwapOption::empty(),
+            close,
+            tunnels: TaskTracker::new(),
+        }
     }
 
     /// The series of `authority` (as the request spelled it: labels are
@@ -153,14 +169,16 @@ impl Conn {
     }
 }
 
-/// Serves the connection until the client closes it (or the drain ends it);
-/// a connection-level error hyper reported is counted. The client stream
-/// is a plain socket or inbound mesh TLS (`ClientIo<S>`).
+/// Serves the connection until the client closes it (or the drain ends it)
+/// and every tunnel it opened has ended; a connection-level error hyper
+/// reported is counted. The client stream is a plain socket or inbound
+/// mesh TLS (`ClientIo<S>`).
 pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<S>) {
     let ctx = conn.ctx.clone();
     let direction = conn.direction;
     let protocol = conn.protocol;
     let close = conn.close.clone();
+    let tunnels = conn.tunnels.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     let result = match protocol {
         SessionProtocol::Http1 => {
@@ -201,6 +219,10 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
         }
         debug!(error = %e, "HTTP connection ended with an error");
     }
+    // An upgraded HTTP/1 connection ends here with its socket handed to
+    // the tunnel; HTTP/2 tunnels are streams of a connection that ended.
+    tunnels.close();
+    tunnels.wait().await;
 }
 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
@@ -232,7 +254,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
             }
             if let (true, Some(client_upgrade)) = (agreed, client_upgrade) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain);
+                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain, &conn.tunnels);
                 series.latency.observe(started.elapsed());
                 series.response(ResponseKey { status: status.as_u16(), grpc_status: None, error: None });
                 let (parts, _) = resp.into_parts();

@@ -12,9 +12,18 @@
 //! sides closed, half-closes carried over. Linkerd does the same (both
 //! upgrade futures joined, then a copy). A tunnel is a tracked task of the
 //! engine: the drain waits for it and its deadline cuts it.
+//!
+//! A tunnel is still the client's connection: it is also tracked by the
+//! connection (`Conn::tunnels`), whose task waits for it before it ends. So
+//! the connection keeps its slot of the direction's limit and its
+//! descriptors, stays in the live registry and under the idle timeout (the
+//! client socket stays published to the sweep) for as long as the tunnel
+//! lives; otherwise every accepted connection could become a tunnel that no
+//! limit, view or timeout sees.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::drain::Drain;
@@ -29,10 +38,11 @@ pub fn agreed(tunnel: super::headers::Tunnel, status: http::StatusCode) -> bool 
 }
 
 /// Spawns the tunnel between the client's and the upstream's upgraded
-/// connections.
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain) {
+/// connections, tracked by the drain and by the client's connection
+/// (`tunnels`: the connection's task waits for it).
+pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain, tunnels: &TaskTracker) {
     let cut = drain.cut.clone();
-    drain.tasks.spawn(async move {
+    drain.tasks.spawn(tunnels.track_future(async move {
         tokio::select! {
             r = run(client, upstream) => match r {
                 Ok((up, down)) => debug!(client_to_server = up, server_to_client = down, "tunnel closed"),
@@ -40,7 +50,7 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain) {
             },
             _ = cut.cancelled() => debug!("tunnel cut at the drain deadline"),
         }
-    });
+    }));
 }
 
 async fn run(client: OnUpgrade, upstream: OnUpgrade) -> Result<(u64, u64), TunnelError> {

@@ -1,0 +1,105 @@
+//! A tunnel (an HTTP/1.1 `Upgrade` after its 101, a `CONNECT` after its
+//! 2xx) is still the client's connection: it keeps the connection's slot of
+//! the direction's limit and its descriptors until it closes, it stays in
+//! the live registry (`/connections`), and the idle timeout closes it like
+//! any other connection. A client must not be able to turn every accepted
+//! connection into a tunnel the limits no longer see.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::within;
+use http::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use meshpipe_core::{Direction, Engine};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Opens a WebSocket-style tunnel through `proxy` and reads the backend's label.
+async fn open_tunnel(proxy: std::net::SocketAddr) -> TokioIo<hyper::upgrade::Upgraded> {
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/chat")
+        .header("host", "ws.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    let mut label = [0u8; "ws /chat\n".len()];
+    within(T, io.read_exact(&mut label)).await.unwrap();
+    io
+}
+
+fn outbound_used(engine: &Engine) -> (u64, u64) {
+    let s = engine.snapshot().limits;
+    let c = s.connections.iter().find(|c| c.direction == Direction::Outbound).unwrap();
+    (c.used, c.refused)
+}
+
+/// Polls the engine's counters until `f` holds (or fails naming `what`).
+async fn until(engine: &Engine, what: &str, f: impl Fn(&Engine) -> bool) {
+    let ok = tokio::time::timeout(T, async {
+        while !f(engine) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "timed out waiting until {what}: {:?} / {} live",
+        engine.snapshot().limits.connections,
+        engine.connections(100).len()
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_connection_slot_until_it_closes() {
+    let (backend, _) = h1_backend("ws").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "limits": { "outboundConnections": 1 } })).await;
+    let mut tunnel = open_tunnel(proxy).await;
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    within(T, tunnel.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"ping");
+    assert_eq!(outbound_used(&engine).0, 1, "the tunnel holds the one slot");
+    assert_eq!(engine.connections(10).len(), 1, "the tunnel is a live connection");
+
+    // A second client waits in the backlog while the tunnel lives...
+    let waiting = tokio::spawn(async move {
+        let mut c = h1_client(proxy).await;
+        let resp = c.send_request(get("/after")).await.unwrap();
+        text(resp).await
+    });
+    until(&engine, "the second client waits for a slot", |e| outbound_used(e).1 >= 1).await;
+    assert!(!waiting.is_finished(), "served past the limit while the tunnel was open");
+
+    // ...and is served once the tunnel closed.
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within(T, tunnel.read_to_end(&mut rest)).await.unwrap();
+    drop(tunnel);
+    assert_eq!(within(T, waiting).await.unwrap(), "ws GET /after web.test");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_tunnel_is_closed_by_the_idle_timeout() {
+    let (backend, _) = h1_backend("ws").await;
+    let timeout = Duration::from_secs(100);
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "idleTimeoutMs": timeout.as_millis() as u64 })).await;
+    let mut tunnel = open_tunnel(proxy).await;
+    let quiet_from = tokio::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(timeout * 3, tunnel.read(&mut buf)).await.expect("the idle tunnel was never closed").unwrap();
+    assert_eq!(n, 0, "the client got a FIN");
+    let after = quiet_from.elapsed();
+    assert!(after >= timeout, "closed after {after:?}, before the idle timeout");
+    // Counted when the connection's task ends, once the upstream closed too.
+    let idle = |e: &Engine| e.snapshot().tcp.iter().map(|s| s.idle_timeouts).sum::<u64>();
+    until(&engine, "the idle close is counted", |e| idle(e) == 1).await;
+    until(&engine, "the tunnel's connection is gone", |e| e.connections(10).is_empty() && outbound_used(e).0 == 0).await;
+}
