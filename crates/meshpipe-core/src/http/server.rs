@@ -90,6 +90,9 @@ impl HttpState {
 /// One client connection's facts, shared by its requests.
 pub struct Conn {
     pub ctx: Arc<Context>,
+    /// Unique in the process: keys the connection's own HTTP/2 upstream
+    /// connections (`client.rs`).
+    pub id: u64,
     pub direction: Direction,
     /// The original destination.
     pub target: TargetAddr,
@@ -124,8 +127,10 @@ impl Conn {
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
         let close = ctx.drain.stop_accepting.child_token();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Conn {
             ctx,
+            id: NEXT_ID.fetch_add(1, Relaxed),
             direction,
             target,
             tls,
@@ -179,6 +184,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     let protocol = conn.protocol;
     let close = conn.close.clone();
     let tunnels = conn.tunnels.clone();
+    let id = conn.id;
     let svc = service_fn(move |req| handle(conn.clone(), req));
     let result = match protocol {
         SessionProtocol::Http1 => {
@@ -223,6 +229,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     // the tunnel; HTTP/2 tunnels are streams of a connection that ended.
     tunnels.close();
     tunnels.wait().await;
+    ctx.http.client.forget_client(id);
 }
 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
@@ -320,7 +327,7 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
         }
         let mesh = MeshRoute::to(ctx, conn.direction, addr);
         let via_mesh = mesh.is_some();
-        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, mesh };
+        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, client: conn.id, mesh };
         let sent = if tunnel == Tunnel::None {
             ctx.http.client.send(ctx, &ep, req).await
         } else {
