@@ -256,6 +256,35 @@ async fn malformed_requests_get_400() {
 }
 
 #[tokio::test]
+async fn a_malformed_request_body_is_the_clients_400_not_an_upstream_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, _) = h1_backend("m").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    // A chunk size past u64 (RFC 9112 §7.1): the head is fine, the body is not.
+    for body in [&b"FFFFFFFFFFFFFFFFF1\r\nx\r\n0\r\n\r\n"[..], b"5;a=b\nhello\r\n0\r\n\r\n", b"zz\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(b"POST /sha HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        within(T, s.read_to_end(&mut out)).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 400"), "{:?}: {}", String::from_utf8_lossy(body), String::from_utf8_lossy(&out));
+    }
+    // A body cut short (the client half-closed after 10 of 100 bytes) is the
+    // client's too, counted as a cancel.
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /sha HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    within(T, s.read_to_end(&mut out)).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 400"), "cut short: {}", String::from_utf8_lossy(&out));
+    let snap = engine.snapshot();
+    let count = |r| snap.http_errors.iter().filter(|e| e.error == r).map(|e| e.count).sum::<u64>();
+    assert_eq!(count(meshpipe_core::http::HttpErrorReason::BadRequest), 3, "{:?}", snap.http_errors);
+    assert_eq!(count(meshpipe_core::http::HttpErrorReason::ClientCancel), 1, "{:?}", snap.http_errors);
+    assert_eq!(count(meshpipe_core::http::HttpErrorReason::BadGateway), 0, "the upstream is not blamed: {:?}", snap.http_errors);
+}
+
+#[tokio::test]
 async fn declared_http_port_with_a_non_http_client_is_forwarded_and_counted() {
     let echo = common::echo_server().await;
     let (engine, proxy) = common::forward(echo, Some("http1"), serde_json::json!({})).await;

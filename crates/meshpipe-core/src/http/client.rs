@@ -358,7 +358,7 @@ impl Client {
                 Ok(resp) => return Ok((resp, lease(tx))),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() })),
+                    None => return Err(SendError::Failed(ProxyError::upstream(ep.addr, e.into_error()))),
                 },
             }
         }
@@ -370,7 +370,7 @@ impl Client {
             Ok(resp) => Ok((resp, lease(tx))),
             Err(mut e) => {
                 let unsent = e.take_message();
-                let source = ProxyError::Upstream { addr: ep.addr, source: e.into_error() };
+                let source = ProxyError::upstream(ep.addr, e.into_error());
                 match unsent {
                     Some(r) => Err(SendError::NotSent(Box::new(r), source)),
                     None => Err(SendError::Failed(source)),
@@ -417,7 +417,7 @@ impl Client {
                         self.forget_h2(key, &cell);
                         req = r;
                     }
-                    None => return Err(SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() })),
+                    None => return Err(SendError::Failed(ProxyError::upstream(ep.addr, e.into_error()))),
                 },
             }
         }
@@ -477,7 +477,7 @@ impl Client {
             Ok(tx) => tx,
             Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
         };
-        tx.try_send_request(req).await.map_err(|e| SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() }))
+        tx.try_send_request(req).await.map_err(|e| SendError::Failed(ProxyError::upstream(ep.addr, e.into_error())))
     }
 
     /// Starts this worker's sweeper for this engine, once.
