@@ -4,6 +4,7 @@
 //! | failure | HTTP | gRPC (trailers-only) |
 //! | --- | --- | --- |
 //! | upstream refused, unreachable, or failed before answering | 502 | UNAVAILABLE (14) |
+//! | upstream answered 101 to a request that asked for no upgrade | 502 | UNAVAILABLE (14) |
 //! | no endpoint can take the request | 503 | UNAVAILABLE (14) |
 //! | no response headers within the port's response timeout | 504 | DEADLINE_EXCEEDED (4) |
 //! | the request would reach the proxy itself | 508 | ABORTED (10) |
@@ -45,6 +46,8 @@ pub enum ProxyError {
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("the request would reach the proxy itself ({0})")]
     Loop(SocketAddr),
+    #[error("upstream {0} switched protocols (101) though the request asked for no upgrade")]
+    UnrequestedSwitch(SocketAddr),
     /// Reading the client's request body failed while it was sent upstream
     /// (a malformed chunked body, RFC 9112 §7.1, or the client went away):
     /// the client's error, not the upstream's.
@@ -68,7 +71,9 @@ impl ProxyError {
 
     pub fn reason(&self) -> HttpErrorReason {
         match self {
-            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } => HttpErrorReason::BadGateway,
+            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } | ProxyError::UnrequestedSwitch(_) => {
+                HttpErrorReason::BadGateway
+            }
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,

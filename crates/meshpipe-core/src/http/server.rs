@@ -252,6 +252,13 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
             let agreed = upgrade::agreed(tunnel, status);
             let peer_close = headers::take_peer_close(resp.headers_mut());
             headers::strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS && agreed);
+            if agreed {
+                // A 101, or a 2xx to CONNECT, has no content (RFC 9110
+                // §8.6, §9.3.6: the client ignores such a Content-Length);
+                // hyper refuses to write one, which would lose the response
+                // and the tunnel with it.
+                resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
             if peer_close && via_mesh && !agreed {
                 // Only a peer proven by mesh TLS may end the client's
                 // connection (and a 101 it agreed to keeps its
@@ -334,6 +341,14 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
             ctx.http.client.send_upgrade(ctx, &ep, req).await.map(|r| (r, None))
         };
         match sent {
+            Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel != Tunnel::Upgrade => {
+                // RFC 9110 §15.2.2: a server switches only to a protocol
+                // the request's Upgrade named. Passed on, the client would
+                // get a 101 it never asked for and a connection in no
+                // protocol; the upstream connection is dropped (its lease
+                // with it), never pooled.
+                return Err(ProxyError::UnrequestedSwitch(addr));
+            }
             Ok((response, lease)) => {
                 if let Some(p) = pick {
                     p.success();
