@@ -212,11 +212,19 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     };
     if let Err(e) = result {
         // hyper answered a malformed HTTP/1 request (400) or an oversized
-        // head (431) itself before closing.
+        // head (431) itself before closing; it closed an HTTP/1 client
+        // whose request head did not arrive within its header read timeout
+        // (30 s); h2 sent GOAWAY to an HTTP/2 client that broke the
+        // protocol or a flood limit. A client that merely went away is
+        // none of these.
         let reason = if e.is_parse_too_large() {
             Some(HttpErrorReason::HeadersTooLarge)
         } else if e.is_parse() || e.is_parse_status() {
             Some(HttpErrorReason::BadRequest)
+        } else if protocol == SessionProtocol::Http1 && e.is_timeout() {
+            Some(HttpErrorReason::HeaderTimeout)
+        } else if protocol == SessionProtocol::Http2 && sent_goaway(&e) {
+            Some(HttpErrorReason::ProtocolError)
         } else {
             None
         };
@@ -230,6 +238,12 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     tunnels.close();
     tunnels.wait().await;
     ctx.http.client.forget_client(id);
+}
+
+/// Whether an HTTP/2 connection ended because h2 itself sent the client a
+/// GOAWAY with an error (not the client's GOAWAY, not an I/O error).
+fn sent_goaway(e: &hyper::Error) -> bool {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()).is_some_and(|h| h.is_go_away() && h.is_library())
 }
 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
