@@ -1,7 +1,8 @@
 //! Clients that abuse the HTTP server end with a bounded, counted outcome
 //! while other clients are served: an HTTP/1 client that never finishes its
-//! request head (slowloris) is closed after hyper's header read timeout
-//! (`header_timeout`), and an HTTP/2 client that breaks the protocol or its
+//! first request head (slowloris) is closed after hyper's header read
+//! timeout (`header_timeout`; an idle keep-alive connection is closed by the
+//! same timer, and not counted), and an HTTP/2 client that breaks the protocol or its
 //! flood limits (rapid reset, CVE-2023-44487; a flow-control window past
 //! 2^31-1, RFC 9113 §6.9.1) gets a GOAWAY and is closed (`protocol_error`).
 
@@ -102,6 +103,28 @@ async fn a_request_head_that_never_ends_is_closed_and_counted() {
     assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
     let mut c = h1_client(proxy).await;
     assert_eq!(text(within(T, c.send_request(get("/ok"))).await.unwrap()).await, "b GET /ok web.test");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_closed_but_not_counted() {
+    let (backend, _) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Then quiet: hyper's header read timeout closes it between requests.
+    let rest = tokio::time::timeout(Duration::from_secs(300), async {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        rest
+    })
+    .await
+    .expect("an idle keep-alive connection is closed");
+    assert!(rest.ends_with(b"b GET /one a"), "{:?}", String::from_utf8_lossy(&rest));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0, "an idle connection is not an abusive one");
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -115,6 +116,10 @@ pub struct Conn {
     /// once they ended, so the connection's slot, descriptors, registry
     /// entry and idle timeout cover them.
     tunnels: TaskTracker,
+    /// A request head arrived: a later header read timeout may be an idle
+    /// keep-alive connection (hyper's timer also runs between requests),
+    /// not a head that never ended.
+    had_request: AtomicBool,
 }
 
 /// An authority and its series.
@@ -140,6 +145,7 @@ impl Conn {
             series: ArcSwapOption::empty(),
             close,
             tunnels: TaskTracker::new(),
+            had_request: AtomicBool::new(false),
         }
     }
 
@@ -185,6 +191,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     let close = conn.close.clone();
     let tunnels = conn.tunnels.clone();
     let id = conn.id;
+    let conn_ref = conn.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     let result = match protocol {
         SessionProtocol::Http1 => {
@@ -213,15 +220,16 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     if let Err(e) = result {
         // hyper answered a malformed HTTP/1 request (400) or an oversized
         // head (431) itself before closing; it closed an HTTP/1 client
-        // whose request head did not arrive within its header read timeout
-        // (30 s); h2 sent GOAWAY to an HTTP/2 client that broke the
+        // whose first request head did not arrive within its header read
+        // timeout (30 s; after a request it may be an idle keep-alive
+        // connection, not counted); h2 sent GOAWAY to an HTTP/2 client that broke the
         // protocol or a flood limit. A client that merely went away is
         // none of these.
         let reason = if e.is_parse_too_large() {
             Some(HttpErrorReason::HeadersTooLarge)
         } else if e.is_parse() || e.is_parse_status() {
             Some(HttpErrorReason::BadRequest)
-        } else if protocol == SessionProtocol::Http1 && e.is_timeout() {
+        } else if protocol == SessionProtocol::Http1 && e.is_timeout() && !conn_ref.had_request.load(Relaxed) {
             Some(HttpErrorReason::HeaderTimeout)
         } else if protocol == SessionProtocol::Http2 && sent_goaway(&e) {
             Some(HttpErrorReason::ProtocolError)
@@ -248,6 +256,7 @@ fn sent_goaway(e: &hyper::Error) -> bool {
 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    conn.had_request.store(true, Relaxed);
     let series = conn.series(headers::authority_raw(&req));
     series.requests.fetch_add(1, Relaxed);
     let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
