@@ -339,3 +339,35 @@ async fn the_drain_ends_idle_http_connections_gracefully_before_its_deadline() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_host_header_is_made_unambiguous_for_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, seen) = h1_backend("h").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let ask = |request: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        within(T, s.read_to_end(&mut out)).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // RFC 9112 §3.2: one Host, required in HTTP/1.1; refused otherwise.
+    let two = ask(b"GET /two HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let none = ask(b"GET /none HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "neither reached the backend");
+    // RFC 9112 §3.2.2: absolute-form wins over Host, and the proxy says so.
+    let abs = ask(b"GET http://api.test/x HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").await;
+    assert!(abs.ends_with("h GET http://api.test/x api.test"), "{abs}");
+    // An HTTP/1.0 request needs no Host, but the HTTP/1.1 one sent upstream does.
+    let old = ask(b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(old.ends_with(&format!("h GET /old {backend}")), "{old}");
+    let snap = engine.snapshot();
+    assert!(
+        snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadRequest && e.count == 2),
+        "{:?}",
+        snap.http_errors
+    );
+}

@@ -8,6 +8,7 @@
 //! | no endpoint can take the request | 503 | UNAVAILABLE (14) |
 //! | no response headers within the port's response timeout | 504 | DEADLINE_EXCEEDED (4) |
 //! | the request would reach the proxy itself | 508 | ABORTED (10) |
+//! | an HTTP/1 request with several `Host` fields, or none in HTTP/1.1 | 400 | INTERNAL (13) |
 //! | the client's request body was malformed (or cut short) on the way | 400 | INTERNAL (13) / CANCELLED (1) |
 //!
 //! A gRPC request (`content-type: application/grpc...`) gets HTTP 200 with
@@ -48,6 +49,8 @@ pub enum ProxyError {
     Loop(SocketAddr),
     #[error("upstream {0} switched protocols (101) though the request asked for no upgrade")]
     UnrequestedSwitch(SocketAddr),
+    #[error("bad request: {0}")]
+    BadHost(#[from] crate::http::headers::HostError),
     /// Reading the client's request body failed while it was sent upstream
     /// (a malformed chunked body, RFC 9112 §7.1, or the client went away):
     /// the client's error, not the upstream's.
@@ -77,6 +80,7 @@ impl ProxyError {
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,
+            ProxyError::BadHost(_) => HttpErrorReason::BadRequest,
             ProxyError::ClientBody { source, .. } => {
                 // hyper's body decoder says InvalidInput/InvalidData for a
                 // malformed body, UnexpectedEof (or another I/O error) when

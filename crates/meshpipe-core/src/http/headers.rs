@@ -96,6 +96,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Why an HTTP/1 request's `Host` cannot be passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("the request has {0} Host header fields: RFC 9112 §3.2 allows exactly one")]
+    Several(usize),
+    #[error("the HTTP/1.1 request has no Host header field, which RFC 9112 §3.2 requires")]
+    Missing,
+}
+
+/// Makes an HTTP/1 request's `Host` what the upstream must see, so the
+/// proxy and the application never read two different hosts from one
+/// request (RFC 9112 §3.2): more than one `Host`, or none in HTTP/1.1, is
+/// refused (a server answers 400); an absolute-form (or CONNECT) target
+/// replaces `Host` with its authority (§3.2.2: a proxy must); an HTTP/1.0
+/// request without one, which goes upstream as HTTP/1.1, gets the
+/// destination's address (`target`).
+pub fn fix_host<B>(req: &mut Request<B>, target: std::net::SocketAddr) -> Result<(), HostError> {
+    let n = req.headers().get_all(HOST).iter().count();
+    if n > 1 {
+        return Err(HostError::Several(n));
+    }
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, v);
+        }
+        return Ok(());
+    }
+    if n == 0 {
+        if req.version() == Version::HTTP_11 {
+            return Err(HostError::Missing);
+        }
+        if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    Ok(())
+}
+
 /// Removes a peer proxy's `l5d-proxy-connection` from a response (it is
 /// meant for this proxy, never for the application) and says whether it
 /// asked to close: the peer hit an error that ends its connection (Linkerd's

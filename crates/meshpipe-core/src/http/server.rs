@@ -263,13 +263,19 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
     let tunnel = headers::tunnel_of(&req);
     let client_upgrade = (tunnel != Tunnel::None).then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), tunnel == Tunnel::Upgrade);
+    let mut host = Ok(());
     if conn.protocol == SessionProtocol::Http1 {
+        host = headers::fix_host(&mut req, conn.target.0);
         // The proxy speaks HTTP/1.1 upstream whatever the client's minor
         // version (RFC 9110 §6.2: a proxy sends its own version); hyper
         // answers an HTTP/1.0 client in kind.
         *req.version_mut() = Version::HTTP_11;
     }
-    match forward(&conn, req, tunnel).await {
+    let forwarded = match host {
+        Ok(()) => forward(&conn, req, tunnel).await,
+        Err(e) => Err(ProxyError::from(e)),
+    };
+    match forwarded {
         Ok(Forwarded { response: mut resp, lease, via_mesh }) => {
             let status = resp.status();
             let agreed = upgrade::agreed(tunnel, status);
