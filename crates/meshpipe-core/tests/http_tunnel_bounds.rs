@@ -178,3 +178,42 @@ async fn a_switch_the_client_did_not_ask_for_is_a_502() {
         snap.http_errors
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_tunnel_ends_even_when_the_upstream_ignores_the_fin() {
+    // The upstream agrees, then neither reads, writes nor closes: the idle
+    // close must still end the tunnel and give its slot back.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n").await;
+            let _ = held_tx.send(s);
+        }
+    });
+    let timeout = Duration::from_secs(100);
+    let (engine, proxy) = common::forward(
+        upstream,
+        None,
+        serde_json::json!({ "idleTimeoutMs": timeout.as_millis() as u64, "limits": { "outboundConnections": 1 } }),
+    )
+    .await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/chat")
+        .header("host", "ws.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut tunnel = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    let _held = held_rx.recv().await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(timeout * 3, tunnel.read(&mut buf)).await.expect("the idle tunnel was never closed").unwrap();
+    assert_eq!(n, 0);
+    until(&engine, "the tunnel's connection ends and its slot is free", |e| e.connections(10).is_empty() && outbound_used(e).0 == 0).await;
+}

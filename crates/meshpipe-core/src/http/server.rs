@@ -94,6 +94,8 @@ pub struct Conn {
     /// Unique in the process: keys the connection's own HTTP/2 upstream
     /// connections (`client.rs`).
     pub id: u64,
+    /// The live registry's entry (the idle sweep's verdict, for tunnels).
+    pub info: Arc<crate::conn::ConnInfo>,
     pub direction: Direction,
     /// The original destination.
     pub target: TargetAddr,
@@ -126,7 +128,14 @@ pub struct Conn {
 type CachedSeries = (Option<Arc<str>>, Arc<HttpSeries>);
 
 impl Conn {
-    pub fn new(ctx: Arc<Context>, direction: Direction, target: TargetAddr, tls: TlsStatus, protocol: SessionProtocol) -> Conn {
+    pub fn new(
+        ctx: Arc<Context>,
+        info: Arc<crate::conn::ConnInfo>,
+        direction: Direction,
+        target: TargetAddr,
+        tls: TlsStatus,
+        protocol: SessionProtocol,
+    ) -> Conn {
         let response_timeout = ctx.http.config.response_timeout_for(direction, target.port());
         // Inbound mesh TLS means the client is another proxy (outbound, the
         // mesh status names the server and the client is the local app).
@@ -136,6 +145,7 @@ impl Conn {
         Conn {
             ctx,
             id: NEXT_ID.fetch_add(1, Relaxed),
+            info,
             direction,
             target,
             tls,
@@ -297,7 +307,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
             }
             if let (true, Some(client_upgrade)) = (agreed, client_upgrade) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain, &conn.tunnels);
+                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain, &conn.tunnels, conn.info.clone());
                 series.latency.observe(started.elapsed());
                 series.response(ResponseKey { status: status.as_u16(), grpc_status: None, error: None });
                 let (parts, _) = resp.into_parts();
