@@ -87,7 +87,7 @@ pub struct Endpoint {
     /// The connection's original destination (a Service address when
     /// balanced).
     pub logical: TargetAddr,
-    /// The client connection the request came on (`server::Conn::id`): an
+    /// The client connection the request came on (its registry id): an
     /// HTTP/2 upstream connection serves one client connection only.
     pub client: u64,
     pub direction: Direction,

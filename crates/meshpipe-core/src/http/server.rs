@@ -91,10 +91,9 @@ impl HttpState {
 /// One client connection's facts, shared by its requests.
 pub struct Conn {
     pub ctx: Arc<Context>,
-    /// Unique in the process: keys the connection's own HTTP/2 upstream
-    /// connections (`client.rs`).
-    pub id: u64,
-    /// The live registry's entry (the idle sweep's verdict, for tunnels).
+    /// The live registry's entry: its id (unique in the engine) keys the
+    /// connection's own HTTP/2 upstream connections (`client.rs`), and the
+    /// idle sweep's verdict ends its tunnels (`upgrade.rs`).
     pub info: Arc<crate::conn::ConnInfo>,
     pub direction: Direction,
     /// The original destination.
@@ -141,10 +140,8 @@ impl Conn {
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
         let close = ctx.drain.stop_accepting.child_token();
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Conn {
             ctx,
-            id: NEXT_ID.fetch_add(1, Relaxed),
             info,
             direction,
             target,
@@ -199,9 +196,7 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     let direction = conn.direction;
     let protocol = conn.protocol;
     let close = conn.close.clone();
-    let tunnels = conn.tunnels.clone();
-    let id = conn.id;
-    let conn_ref = conn.clone();
+    let this = conn.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     let result = match protocol {
         SessionProtocol::Http1 => {
@@ -232,14 +227,14 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
         // head (431) itself before closing; it closed an HTTP/1 client
         // whose first request head did not arrive within its header read
         // timeout (30 s; after a request it may be an idle keep-alive
-        // connection, not counted); h2 sent GOAWAY to an HTTP/2 client that broke the
-        // protocol or a flood limit. A client that merely went away is
-        // none of these.
+        // connection, not counted); h2 sent GOAWAY to an HTTP/2 client
+        // that broke the protocol or a flood limit. A client that merely
+        // went away is none of these.
         let reason = if e.is_parse_too_large() {
             Some(HttpErrorReason::HeadersTooLarge)
         } else if e.is_parse() || e.is_parse_status() {
             Some(HttpErrorReason::BadRequest)
-        } else if protocol == SessionProtocol::Http1 && e.is_timeout() && !conn_ref.had_request.load(Relaxed) {
+        } else if protocol == SessionProtocol::Http1 && e.is_timeout() && !this.had_request.load(Relaxed) {
             Some(HttpErrorReason::HeaderTimeout)
         } else if protocol == SessionProtocol::Http2 && sent_goaway(&e) {
             Some(HttpErrorReason::ProtocolError)
@@ -253,9 +248,9 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     }
     // An upgraded HTTP/1 connection ends here with its socket handed to
     // the tunnel; HTTP/2 tunnels are streams of a connection that ended.
-    tunnels.close();
-    tunnels.wait().await;
-    ctx.http.client.forget_client(id);
+    this.tunnels.close();
+    this.tunnels.wait().await;
+    ctx.http.client.forget_client(this.info.id);
 }
 
 /// Whether an HTTP/2 connection ended because h2 itself sent the client a
@@ -373,7 +368,7 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
         }
         let mesh = MeshRoute::to(ctx, conn.direction, addr);
         let via_mesh = mesh.is_some();
-        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, client: conn.id, mesh };
+        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, client: conn.info.id, mesh };
         let sent = if tunnel == Tunnel::None {
             ctx.http.client.send(ctx, &ep, req).await
         } else {
