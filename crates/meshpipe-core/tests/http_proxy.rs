@@ -371,3 +371,50 @@ async fn the_host_header_is_made_unambiguous_for_the_upstream() {
         snap.http_errors
     );
 }
+
+#[tokio::test]
+async fn an_upload_stalled_after_an_early_response_does_not_hold_up_another_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers every head at once (before any body) and
+    // keeps the connection open, reading on.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut answered = 0;
+                loop {
+                    let heads = seen.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    while answered < heads {
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nearly\n").await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    // A announces a large body, sends 10 bytes of it and stalls, after the response.
+    let mut a = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    a.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n0123456789").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"early\n") {
+        let mut buf = [0u8; 256];
+        let n = within(T, a.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "A's response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // B, another client, must not wait for A's upload to finish.
+    let mut b = h1_client(proxy).await;
+    let resp = tokio::time::timeout(T, b.send_request(get("/b"))).await.expect("B waited behind A's stalled upload").unwrap();
+    assert_eq!(text(resp).await, "early\n");
+    drop(a);
+}

@@ -10,10 +10,13 @@
 //!
 //! - HTTP/1: a keep-alive pool per endpoint, most recently used first (the
 //!   warmest socket), at most `pool_max_idle` idle connections. A connection
-//!   is checked back in when its response body ended cleanly; a stale one
-//!   (closed by the server while idle) is noticed before the request is
-//!   written and the request goes to the next (hyper hands an unsent
-//!   request back), so a server's idle close never costs a request.
+//!   is checked back in when its response body ended cleanly and its
+//!   request was written whole (an upstream may answer before the body
+//!   arrived: a connection still carrying a body its client may never
+//!   finish is never lent to another request); a stale one (closed by the
+//!   server while idle) is noticed before the request is written and the
+//!   request goes to the next (hyper hands an unsent request back), so a
+//!   server's idle close never costs a request.
 //! - HTTP/2: one multiplexed connection per client connection and endpoint,
 //!   opened lazily by the first request while the others wait for it (no
 //!   dial storm), closed when the client connection ends; hyper and h2
@@ -223,7 +226,12 @@ pub struct Lease {
 
 impl Lease {
     pub fn release(self, clean: bool) {
-        if !clean || self.tx.is_closed() {
+        // Not ready: the request is still being written (the upstream
+        // answered before the whole body arrived, RFC 9110 §15.5.14 allows
+        // it). Pooled, the next request, any client's, would wait for a
+        // body its client may never finish; dropped, the connection
+        // finishes this exchange and closes.
+        if !clean || self.tx.is_closed() || !self.tx.is_ready() {
             return;
         }
         let Lease { key, tx, max_idle, peer } = self;
