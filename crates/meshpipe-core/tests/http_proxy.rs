@@ -418,3 +418,23 @@ async fn an_upload_stalled_after_an_early_response_does_not_hold_up_another_clie
     assert_eq!(text(resp).await, "early\n");
     drop(a);
 }
+
+#[tokio::test]
+async fn an_inbound_request_cannot_claim_a_client_identity() {
+    // l5d-client-id tells the application who the meshed client is (the
+    // identity mesh TLS proved); from a client without mesh TLS it is a
+    // forgery and never reaches the application (Linkerd strips it too).
+    let (backend, _) = h1_backend("in").await;
+    let cfg = serde_json::json!({ "listeners": [{ "name": "in", "bind": "127.0.0.1:0",
+        "target": { "kind": "fixed", "addr": backend.to_string() }, "direction": "inbound" }] });
+    let (_engine, proxy) = common::start(cfg).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/x")
+        .header("host", "web.test")
+        .header("l5d-client-id", "admin.prod.serviceaccount.identity.linkerd.cluster.local")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-l5d-client-id").is_none(), "the forged identity reached the app: {:?}", resp.headers());
+}

@@ -1,5 +1,7 @@
 //! Header rules of a proxy: what is hop-by-hop and dropped, what an upgrade
-//! looks like, and which authority a request is for.
+//! looks like, which authority a request is for, the one `Host` an HTTP/1
+//! request goes upstream with, and the inbound client's proven identity
+//! (`l5d-client-id`).
 //!
 //! RFC 9110 §7.6.1: a proxy removes the `Connection` header and every field
 //! it names, plus the fields that are hop-by-hop by definition
@@ -17,6 +19,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
+static L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 
 /// How a request asks to leave request/response behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(UPGRADE);
+    }
+}
+
+/// Sets `l5d-client-id` on an inbound request to the identity mesh TLS
+/// proved (`peer`), or removes it when there is none: as Linkerd's inbound
+/// proxy does, an application may trust it, so a client can never supply
+/// its own.
+pub fn set_client_id(headers: &mut HeaderMap, peer: Option<&str>) {
+    match peer.and_then(|p| HeaderValue::from_str(p).ok()) {
+        Some(v) => {
+            headers.insert(&L5D_CLIENT_ID, v);
+        }
+        None => {
+            headers.remove(&L5D_CLIENT_ID);
+        }
     }
 }
 

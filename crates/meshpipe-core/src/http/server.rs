@@ -268,6 +268,13 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
     let tunnel = headers::tunnel_of(&req);
     let client_upgrade = (tunnel != Tunnel::None).then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), tunnel == Tunnel::Upgrade);
+    if conn.direction == Direction::Inbound {
+        let peer = match &conn.tls {
+            TlsStatus::Mesh { peer } => Some(&**peer),
+            _ => None,
+        };
+        headers::set_client_id(req.headers_mut(), peer);
+    }
     let mut host = Ok(());
     if conn.protocol == SessionProtocol::Http1 {
         host = headers::fix_host(&mut req, conn.target.0);
