@@ -636,7 +636,7 @@ services: number, updatesApplied: number, updatesRejected: number,
  */
 lastRejection: PolicyRejection | null, };
 
-export type HttpErrorReason = "bad_gateway" | "unavailable" | "gateway_timeout" | "loop" | "bad_request" | "headers_too_large" | "response_body" | "client_cancel" | "not_http";
+export type HttpErrorReason = "bad_gateway" | "unavailable" | "gateway_timeout" | "loop" | "bad_request" | "headers_too_large" | "response_body" | "client_cancel" | "not_http" | "header_timeout" | "protocol_error";
 
 export type HttpSnapshot = { direction: Direction, authority: string | null, 
 /**

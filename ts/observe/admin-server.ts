@@ -3,7 +3,8 @@
  * admin port; `--admin ADDR`, `--admin off`). It runs on the Node side and
  * never touches proxied traffic.
  *
- *   GET  /metrics      Prometheus text format (ts/observe/metrics.ts; one engine snapshot per scrape)
+ *   GET  /metrics      Prometheus text format (ts/observe/metrics.ts; one engine snapshot per scrape, shared
+ *                      by scrapes that arrive together: shared-render.ts)
  *   GET  /ready        200 once every listener is bound and the policy is loaded; 503 while starting or draining,
  *                      or while no valid port policy is in force (the engine refused the sources' first table)
  *   GET  /live         200 while the process runs
@@ -38,6 +39,7 @@ import { isIP, type AddressInfo } from 'node:net';
 import { MeshpipeError } from '../errors.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
+import { SharedRender } from './shared-render.js';
 import type { ConnectionInfo } from '../engine/index.js';
 
 /** The largest `/connections?limit=` honoured (larger values are capped). */
@@ -122,7 +124,7 @@ function logFilterBody(body: string, contentType: string | undefined): string {
   return filter.trim();
 }
 
-function send(res: http.ServerResponse, status: number, body: string, contentType = 'text/plain; charset=utf-8', extra: http.OutgoingHttpHeaders = {}): void {
+function send(res: http.ServerResponse, status: number, body: string | Buffer, contentType = 'text/plain; charset=utf-8', extra: http.OutgoingHttpHeaders = {}): void {
   res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
   res.end(res.req.method === 'HEAD' ? undefined : body);
 }
@@ -144,10 +146,12 @@ export class AdminServer {
   readonly #server: http.Server;
   readonly #options: AdminServerOptions;
   readonly #routes: ReadonlyMap<string, Route>;
+  readonly #metricsText: SharedRender;
   #address: string | undefined;
 
   constructor(options: AdminServerOptions) {
     this.#options = options;
+    this.#metricsText = new SharedRender(() => options.metrics.render());
     this.#routes = new Map<string, Route>([
       ['/metrics', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => this.#metrics(res) }],
       ['/ready', { methods: ['GET', 'HEAD'], access: 'public', handle: (_req, res) => this.#ready(res) }],
@@ -251,7 +255,7 @@ export class AdminServer {
   }
 
   async #metrics(res: http.ServerResponse): Promise<void> {
-    const text = await this.#options.metrics.render();
+    const text = await this.#metricsText.next();
     send(res, 200, text, this.#options.metrics.contentType);
   }
 

@@ -341,7 +341,7 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: responses },
   { name: 'response_latency_ms', type: 'histogram', help: 'Elapsed times between a request\'s receipt and its first response body frame, in milliseconds',
     emit: (s, _series, out) => { for (const h of s.http) emitHistogram(out, 'response_latency_ms', h.latencyMs, shared(httpLabels(h))); } },
-  { name: 'inbound_http_errors_total', type: 'counter', help: 'Inbound HTTP failures by reason (bad_gateway, unavailable, gateway_timeout, loop, bad_request, headers_too_large, response_body, client_cancel, not_http)',
+  { name: 'inbound_http_errors_total', type: 'counter', help: 'Inbound HTTP failures by reason (bad_gateway, unavailable, gateway_timeout, loop, bad_request, headers_too_large, response_body, client_cancel, not_http, header_timeout, protocol_error)',
     emit: httpErrors('inbound', 'inbound_http_errors_total') },
   { name: 'outbound_http_errors_total', type: 'counter', help: 'Outbound HTTP failures by reason (see inbound_http_errors_total)',
     emit: httpErrors('outbound', 'outbound_http_errors_total') },

@@ -113,10 +113,17 @@ pub enum HttpErrorReason {
     ClientCancel,
     /// A declared HTTP port whose client did not speak HTTP: forwarded as TCP.
     NotHttp,
+    /// An HTTP/1 client did not complete its first request head within the
+    /// header read timeout (a slowloris): its connection was closed.
+    HeaderTimeout,
+    /// An HTTP/2 client broke the protocol or its flood limits (rapid
+    /// reset, CONTINUATION flood, a flow-control window past 2^31-1, ...):
+    /// the proxy sent GOAWAY and closed its connection.
+    ProtocolError,
 }
 
 impl HttpErrorReason {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
     pub const ALL: [HttpErrorReason; Self::COUNT] = [
         HttpErrorReason::BadGateway,
         HttpErrorReason::Unavailable,
@@ -127,6 +134,8 @@ impl HttpErrorReason {
         HttpErrorReason::ResponseBody,
         HttpErrorReason::ClientCancel,
         HttpErrorReason::NotHttp,
+        HttpErrorReason::HeaderTimeout,
+        HttpErrorReason::ProtocolError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +149,8 @@ impl HttpErrorReason {
             HttpErrorReason::ResponseBody => "response_body",
             HttpErrorReason::ClientCancel => "client_cancel",
             HttpErrorReason::NotHttp => "not_http",
+            HttpErrorReason::HeaderTimeout => "header_timeout",
+            HttpErrorReason::ProtocolError => "protocol_error",
         }
     }
 

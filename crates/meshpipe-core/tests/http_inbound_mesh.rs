@@ -141,9 +141,11 @@ async fn http2_inside_mesh_tls_is_served_as_http2() {
     let (mut c, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(m.tls().await)).await.unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
-        let req = Request::get(format!("http://web.test/r{i}")).body(full("")).unwrap();
+        // A forged client identity is replaced by the one mesh TLS proved.
+        let req = Request::get(format!("http://web.test/r{i}")).header("l5d-client-id", "admin.forged").body(full("")).unwrap();
         let resp = within(T, c.send_request(req)).await.unwrap();
         assert_eq!(resp.headers()["x-version"], "HTTP/2.0");
+        assert_eq!(resp.headers()["x-l5d-client-id"], m.client_id.as_str(), "the app sees the proven client identity");
         let body = text(resp).await;
         assert!(body.starts_with("app2 GET ") && body.contains(&format!("/r{i}")), "{body}");
     }

@@ -256,6 +256,35 @@ async fn malformed_requests_get_400() {
 }
 
 #[tokio::test]
+async fn a_malformed_request_body_is_the_clients_400_not_an_upstream_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, _) = h1_backend("m").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    // A chunk size past u64 (RFC 9112 §7.1): the head is fine, the body is not.
+    for body in [&b"FFFFFFFFFFFFFFFFF1\r\nx\r\n0\r\n\r\n"[..], b"5;a=b\nhello\r\n0\r\n\r\n", b"zz\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(b"POST /sha HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        within(T, s.read_to_end(&mut out)).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 400"), "{:?}: {}", String::from_utf8_lossy(body), String::from_utf8_lossy(&out));
+    }
+    // A body cut short (the client half-closed after 10 of 100 bytes) is the
+    // client's too, counted as a cancel.
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /sha HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    within(T, s.read_to_end(&mut out)).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 400"), "cut short: {}", String::from_utf8_lossy(&out));
+    let snap = engine.snapshot();
+    let count = |r| snap.http_errors.iter().filter(|e| e.error == r).map(|e| e.count).sum::<u64>();
+    assert_eq!(count(meshpipe_core::http::HttpErrorReason::BadRequest), 3, "{:?}", snap.http_errors);
+    assert_eq!(count(meshpipe_core::http::HttpErrorReason::ClientCancel), 1, "{:?}", snap.http_errors);
+    assert_eq!(count(meshpipe_core::http::HttpErrorReason::BadGateway), 0, "the upstream is not blamed: {:?}", snap.http_errors);
+}
+
+#[tokio::test]
 async fn declared_http_port_with_a_non_http_client_is_forwarded_and_counted() {
     let echo = common::echo_server().await;
     let (engine, proxy) = common::forward(echo, Some("http1"), serde_json::json!({})).await;
@@ -309,4 +338,103 @@ async fn the_drain_ends_idle_http_connections_gracefully_before_its_deadline() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_host_header_is_made_unambiguous_for_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, seen) = h1_backend("h").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let ask = |request: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        within(T, s.read_to_end(&mut out)).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // RFC 9112 §3.2: one Host, required in HTTP/1.1; refused otherwise.
+    let two = ask(b"GET /two HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let none = ask(b"GET /none HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "neither reached the backend");
+    // RFC 9112 §3.2.2: absolute-form wins over Host, and the proxy says so.
+    let abs = ask(b"GET http://api.test/x HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").await;
+    assert!(abs.ends_with("h GET http://api.test/x api.test"), "{abs}");
+    // An HTTP/1.0 request needs no Host, but the HTTP/1.1 one sent upstream does.
+    let old = ask(b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(old.ends_with(&format!("h GET /old {backend}")), "{old}");
+    let snap = engine.snapshot();
+    assert!(
+        snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadRequest && e.count == 2),
+        "{:?}",
+        snap.http_errors
+    );
+}
+
+#[tokio::test]
+async fn an_upload_stalled_after_an_early_response_does_not_hold_up_another_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers every head at once (before any body) and
+    // keeps the connection open, reading on.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut answered = 0;
+                loop {
+                    let heads = seen.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    while answered < heads {
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nearly\n").await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    // A announces a large body, sends 10 bytes of it and stalls, after the response.
+    let mut a = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    a.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n0123456789").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"early\n") {
+        let mut buf = [0u8; 256];
+        let n = within(T, a.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "A's response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // B, another client, must not wait for A's upload to finish.
+    let mut b = h1_client(proxy).await;
+    let resp = tokio::time::timeout(T, b.send_request(get("/b"))).await.expect("B waited behind A's stalled upload").unwrap();
+    assert_eq!(text(resp).await, "early\n");
+    drop(a);
+}
+
+#[tokio::test]
+async fn an_inbound_request_cannot_claim_a_client_identity() {
+    // l5d-client-id tells the application who the meshed client is (the
+    // identity mesh TLS proved); from a client without mesh TLS it is a
+    // forgery and never reaches the application (Linkerd strips it too).
+    let (backend, _) = h1_backend("in").await;
+    let cfg = serde_json::json!({ "listeners": [{ "name": "in", "bind": "127.0.0.1:0",
+        "target": { "kind": "fixed", "addr": backend.to_string() }, "direction": "inbound" }] });
+    let (_engine, proxy) = common::start(cfg).await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/x")
+        .header("host", "web.test")
+        .header("l5d-client-id", "admin.prod.serviceaccount.identity.linkerd.cluster.local")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-l5d-client-id").is_none(), "the forged identity reached the app: {:?}", resp.headers());
 }

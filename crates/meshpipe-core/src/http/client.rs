@@ -10,13 +10,24 @@
 //!
 //! - HTTP/1: a keep-alive pool per endpoint, most recently used first (the
 //!   warmest socket), at most `pool_max_idle` idle connections. A connection
-//!   is checked back in when its response body ended cleanly; a stale one
-//!   (closed by the server while idle) is noticed before the request is
-//!   written and the request goes to the next (hyper hands an unsent
-//!   request back), so a server's idle close never costs a request.
-//! - HTTP/2: one multiplexed connection per endpoint, opened lazily by the
-//!   first request while the others wait for it (no dial storm); hyper and
-//!   h2 enforce the server's stream limit and flow control.
+//!   is checked back in when its response body ended cleanly and its
+//!   request was written whole (an upstream may answer before the body
+//!   arrived: a connection still carrying a body its client may never
+//!   finish is never lent to another request); a stale one (closed by the
+//!   server while idle) is noticed before the request is written and the
+//!   request goes to the next (hyper hands an unsent request back), so a
+//!   server's idle close never costs a request.
+//! - HTTP/2: one multiplexed connection per client connection and endpoint,
+//!   opened lazily by the first request while the others wait for it (no
+//!   dial storm), closed when the client connection ends; hyper and h2
+//!   enforce the server's stream limit and flow control. Not shared between
+//!   client connections: a stream's unread response data holds window of
+//!   the upstream connection it came on, so a client that stops reading (a
+//!   zero window, on purpose or not) would exhaust a shared connection's
+//!   window, or the server's memory for that session, and stall every other
+//!   client of the endpoint. Per client connection it stalls only itself,
+//!   and what it can make the proxy hold is bounded by that connection's
+//!   window.
 //! - Upgrades and CONNECT get a connection of their own (`dial_upgrade`),
 //!   never pooled.
 //!
@@ -79,6 +90,9 @@ pub struct Endpoint {
     /// The connection's original destination (a Service address when
     /// balanced).
     pub logical: TargetAddr,
+    /// The client connection the request came on (its registry id): an
+    /// HTTP/2 upstream connection serves one client connection only.
+    pub client: u64,
     pub direction: Direction,
     /// Mesh TLS to a meshed endpoint; `None`: the connector (plain TCP).
     pub mesh: Option<MeshRoute>,
@@ -162,6 +176,15 @@ pub enum SendError {
 }
 
 type H1 = http1::SendRequest<Incoming>;
+
+/// An HTTP/2 connection's place in the pools: one per engine, client
+/// connection and endpoint.
+#[derive(Clone, Copy)]
+struct H2Key {
+    engine: u64,
+    client: u64,
+    addr: SocketAddr,
+}
 type H2 = http2::SendRequest<Incoming>;
 
 struct IdleH1 {
@@ -182,7 +205,8 @@ struct H2Slot {
 #[derive(Default)]
 struct Pools {
     h1: HashMap<(u64, SocketAddr), Vec<IdleH1>>,
-    h2: HashMap<(u64, SocketAddr), H2Slot>,
+    /// By engine and client connection, then endpoint.
+    h2: HashMap<(u64, u64), HashMap<SocketAddr, H2Slot>>,
     /// Engines whose sweeper runs on this thread.
     swept: HashSet<u64>,
 }
@@ -202,7 +226,12 @@ pub struct Lease {
 
 impl Lease {
     pub fn release(self, clean: bool) {
-        if !clean || self.tx.is_closed() {
+        // Not ready: the request is still being written (the upstream
+        // answered before the whole body arrived, RFC 9110 §15.5.14 allows
+        // it). Pooled, the next request, any client's, would wait for a
+        // body its client may never finish; dropped, the connection
+        // finishes this exchange and closes.
+        if !clean || self.tx.is_closed() || !self.tx.is_ready() {
             return;
         }
         let Lease { key, tx, max_idle, peer } = self;
@@ -337,7 +366,7 @@ impl Client {
                 Ok(resp) => return Ok((resp, lease(tx))),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() })),
+                    None => return Err(SendError::Failed(ProxyError::upstream(ep.addr, e.into_error()))),
                 },
             }
         }
@@ -349,7 +378,7 @@ impl Client {
             Ok(resp) => Ok((resp, lease(tx))),
             Err(mut e) => {
                 let unsent = e.take_message();
-                let source = ProxyError::Upstream { addr: ep.addr, source: e.into_error() };
+                let source = ProxyError::upstream(ep.addr, e.into_error());
                 match unsent {
                     Some(r) => Err(SendError::NotSent(Box::new(r), source)),
                     None => Err(SendError::Failed(source)),
@@ -376,7 +405,7 @@ impl Client {
     }
 
     async fn send_h2(&self, ctx: &Context, ep: &Endpoint, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
-        let key = (self.engine, ep.addr);
+        let key = H2Key { engine: self.engine, client: ep.client, addr: ep.addr };
         // A second try only when the shared connection turned out closed
         // before the request was written.
         for _ in 0..2 {
@@ -396,7 +425,7 @@ impl Client {
                         self.forget_h2(key, &cell);
                         req = r;
                     }
-                    None => return Err(SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() })),
+                    None => return Err(SendError::Failed(ProxyError::upstream(ep.addr, e.into_error()))),
                 },
             }
         }
@@ -406,14 +435,17 @@ impl Client {
         ))
     }
 
-    /// This worker's shared HTTP/2 connection to `key` with `peer` (a
+    /// The client connection's HTTP/2 connection to `key` with `peer` (a
     /// fresh, empty slot when there is none, it closed, or it is to another
     /// peer: requests already on that one finish there).
-    fn h2_slot(&self, key: (u64, SocketAddr), peer: Option<&Identity>) -> Arc<OnceCell<H2>> {
+    fn h2_slot(&self, key: H2Key, peer: Option<&Identity>) -> Arc<OnceCell<H2>> {
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            let slot =
-                p.h2.entry(key).or_insert_with(|| H2Slot { conn: Arc::new(OnceCell::new()), used: Instant::now(), peer: peer.cloned() });
+            let slot = p.h2.entry((key.engine, key.client)).or_default().entry(key.addr).or_insert_with(|| H2Slot {
+                conn: Arc::new(OnceCell::new()),
+                used: Instant::now(),
+                peer: peer.cloned(),
+            });
             if slot.conn.get().is_some_and(|c| c.is_closed()) || slot.peer.as_ref() != peer {
                 slot.conn = Arc::new(OnceCell::new());
                 slot.peer = peer.cloned();
@@ -423,13 +455,22 @@ impl Client {
         })
     }
 
-    fn forget_h2(&self, key: (u64, SocketAddr), cell: &Arc<OnceCell<H2>>) {
+    fn forget_h2(&self, key: H2Key, cell: &Arc<OnceCell<H2>>) {
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
-            if p.h2.get(&key).is_some_and(|s| Arc::ptr_eq(&s.conn, cell)) {
-                p.h2.remove(&key);
+            if let Some(slots) = p.h2.get_mut(&(key.engine, key.client)) {
+                if slots.get(&key.addr).is_some_and(|s| Arc::ptr_eq(&s.conn, cell)) {
+                    slots.remove(&key.addr);
+                }
             }
         });
+    }
+
+    /// Lets go of the HTTP/2 connections of client connection `client`
+    /// (it ended): each closes once its last stream ended. Called on the
+    /// worker that served it; elsewhere the sweeper closes them when idle.
+    pub fn forget_client(&self, client: u64) {
+        let _ = POOLS.try_with(|p| p.borrow_mut().h2.remove(&(self.engine, client)));
     }
 
     /// A connection of its own for an upgrade or CONNECT: sends `req` and
@@ -444,7 +485,7 @@ impl Client {
             Ok(tx) => tx,
             Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
         };
-        tx.try_send_request(req).await.map_err(|e| SendError::Failed(ProxyError::Upstream { addr: ep.addr, source: e.into_error() }))
+        tx.try_send_request(req).await.map_err(|e| SendError::Failed(ProxyError::upstream(ep.addr, e.into_error())))
     }
 
     /// Starts this worker's sweeper for this engine, once.
@@ -476,7 +517,12 @@ async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain, 
                 }
             }
             p.h1.retain(|_, idle| !idle.is_empty());
-            p.h2.retain(|(e, _), s| *e != engine || (s.used.elapsed() < max_age && !s.conn.get().is_some_and(|c| c.is_closed())));
+            for ((e, _), slots) in p.h2.iter_mut() {
+                if *e == engine {
+                    slots.retain(|_, s| s.used.elapsed() < max_age && !s.conn.get().is_some_and(|c| c.is_closed()));
+                }
+            }
+            p.h2.retain(|_, slots| !slots.is_empty());
         });
         super::balance::retain(engine, &endpoints.load());
     }
@@ -493,6 +539,6 @@ async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain, 
 pub fn pooled_on_this_thread() -> (usize, usize) {
     POOLS.with(|p| {
         let p = p.borrow();
-        (p.h1.values().map(Vec::len).sum(), p.h2.len())
+        (p.h1.values().map(Vec::len).sum(), p.h2.values().map(HashMap::len).sum())
     })
 }

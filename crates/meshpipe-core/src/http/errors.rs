@@ -4,9 +4,12 @@
 //! | failure | HTTP | gRPC (trailers-only) |
 //! | --- | --- | --- |
 //! | upstream refused, unreachable, or failed before answering | 502 | UNAVAILABLE (14) |
+//! | upstream answered 101 to a request that asked for no upgrade | 502 | UNAVAILABLE (14) |
 //! | no endpoint can take the request | 503 | UNAVAILABLE (14) |
 //! | no response headers within the port's response timeout | 504 | DEADLINE_EXCEEDED (4) |
 //! | the request would reach the proxy itself | 508 | ABORTED (10) |
+//! | an HTTP/1 request with several `Host` fields, or none in HTTP/1.1 | 400 | INTERNAL (13) |
+//! | the client's request body was malformed (or cut short) on the way | 400 | INTERNAL (13) / CANCELLED (1) |
 //!
 //! A gRPC request (`content-type: application/grpc...`) gets HTTP 200 with
 //! `grpc-status` and `grpc-message` in the headers and no body (a
@@ -44,20 +47,60 @@ pub enum ProxyError {
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("the request would reach the proxy itself ({0})")]
     Loop(SocketAddr),
+    #[error("upstream {0} switched protocols (101) though the request asked for no upgrade")]
+    UnrequestedSwitch(SocketAddr),
+    #[error("bad request: {0}")]
+    BadHost(#[from] crate::http::headers::HostError),
+    /// Reading the client's request body failed while it was sent upstream
+    /// (a malformed chunked body, RFC 9112 §7.1, or the client went away):
+    /// the client's error, not the upstream's.
+    #[error("the request body from the client failed while sent to {addr}: {source}")]
+    ClientBody { addr: SocketAddr, source: hyper::Error },
 }
 
 impl ProxyError {
+    /// An exchange with the upstream that failed: the upstream's failure,
+    /// unless it was the client's request body that failed (hyper reports
+    /// that as an error of the body it was given, whose cause is the
+    /// client connection's own parse or I/O error).
+    pub fn upstream(addr: SocketAddr, source: hyper::Error) -> ProxyError {
+        let client_body = source.is_user() && std::error::Error::source(&source).is_some_and(|c| c.is::<hyper::Error>());
+        if client_body {
+            ProxyError::ClientBody { addr, source }
+        } else {
+            ProxyError::Upstream { addr, source }
+        }
+    }
+
     pub fn reason(&self) -> HttpErrorReason {
         match self {
-            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } => HttpErrorReason::BadGateway,
+            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } | ProxyError::UnrequestedSwitch(_) => {
+                HttpErrorReason::BadGateway
+            }
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,
+            ProxyError::BadHost(_) => HttpErrorReason::BadRequest,
+            ProxyError::ClientBody { source, .. } => {
+                // hyper's body decoder says InvalidInput/InvalidData for a
+                // malformed body, UnexpectedEof (or another I/O error) when
+                // the client went away.
+                let io = std::error::Error::source(source)
+                    .and_then(std::error::Error::source)
+                    .and_then(|c| c.downcast_ref::<std::io::Error>())
+                    .map(std::io::Error::kind);
+                if matches!(io, Some(std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData)) {
+                    HttpErrorReason::BadRequest
+                } else {
+                    HttpErrorReason::ClientCancel
+                }
+            }
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self.reason() {
+            HttpErrorReason::BadRequest | HttpErrorReason::ClientCancel => StatusCode::BAD_REQUEST,
             HttpErrorReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             HttpErrorReason::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             HttpErrorReason::Loop => StatusCode::LOOP_DETECTED,
@@ -70,6 +113,8 @@ impl ProxyError {
         match self.reason() {
             HttpErrorReason::GatewayTimeout => 4,
             HttpErrorReason::Loop => 10,
+            HttpErrorReason::BadRequest => 13,
+            HttpErrorReason::ClientCancel => 1,
             _ => 14,
         }
     }

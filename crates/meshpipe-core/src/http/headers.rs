@@ -1,5 +1,7 @@
 //! Header rules of a proxy: what is hop-by-hop and dropped, what an upgrade
-//! looks like, and which authority a request is for.
+//! looks like, which authority a request is for, the one `Host` an HTTP/1
+//! request goes upstream with, and the inbound client's proven identity
+//! (`l5d-client-id`).
 //!
 //! RFC 9110 §7.6.1: a proxy removes the `Connection` header and every field
 //! it names, plus the fields that are hop-by-hop by definition
@@ -17,6 +19,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
+static L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 
 /// How a request asks to leave request/response behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +97,59 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+/// Sets `l5d-client-id` on an inbound request to the identity mesh TLS
+/// proved (`peer`), or removes it when there is none: as Linkerd's inbound
+/// proxy does, an application may trust it, so a client can never supply
+/// its own.
+pub fn set_client_id(headers: &mut HeaderMap, peer: Option<&str>) {
+    match peer.and_then(|p| HeaderValue::from_str(p).ok()) {
+        Some(v) => {
+            headers.insert(&L5D_CLIENT_ID, v);
+        }
+        None => {
+            headers.remove(&L5D_CLIENT_ID);
+        }
+    }
+}
+
+/// Why an HTTP/1 request's `Host` cannot be passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("the request has {0} Host header fields: RFC 9112 §3.2 allows exactly one")]
+    Several(usize),
+    #[error("the HTTP/1.1 request has no Host header field, which RFC 9112 §3.2 requires")]
+    Missing,
+}
+
+/// Makes an HTTP/1 request's `Host` what the upstream must see, so the
+/// proxy and the application never read two different hosts from one
+/// request (RFC 9112 §3.2): more than one `Host`, or none in HTTP/1.1, is
+/// refused (a server answers 400); an absolute-form (or CONNECT) target
+/// replaces `Host` with its authority (§3.2.2: a proxy must); an HTTP/1.0
+/// request without one, which goes upstream as HTTP/1.1, gets the
+/// destination's address (`target`).
+pub fn fix_host<B>(req: &mut Request<B>, target: std::net::SocketAddr) -> Result<(), HostError> {
+    let n = req.headers().get_all(HOST).iter().count();
+    if n > 1 {
+        return Err(HostError::Several(n));
+    }
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, v);
+        }
+        return Ok(());
+    }
+    if n == 0 {
+        if req.version() == Version::HTTP_11 {
+            return Err(HostError::Missing);
+        }
+        if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    Ok(())
 }
 
 /// Removes a peer proxy's `l5d-proxy-connection` from a response (it is

@@ -24,6 +24,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::addr::TargetAddr;
@@ -89,6 +91,10 @@ impl HttpState {
 /// One client connection's facts, shared by its requests.
 pub struct Conn {
     pub ctx: Arc<Context>,
+    /// The live registry's entry: its id (unique in the engine) keys the
+    /// connection's own HTTP/2 upstream connections (`client.rs`), and the
+    /// idle sweep's verdict ends its tunnels (`upgrade.rs`).
+    pub info: Arc<crate::conn::ConnInfo>,
     pub direction: Direction,
     /// The original destination.
     pub target: TargetAddr,
@@ -107,19 +113,47 @@ pub struct Conn {
     /// `connection: close` header). The connection's task waits on this one
     /// token only, whose lock no other connection shares.
     close: CancellationToken,
+    /// The tunnels of this connection (`upgrade.rs`): `serve` returns only
+    /// once they ended, so the connection's slot, descriptors, registry
+    /// entry and idle timeout cover them.
+    tunnels: TaskTracker,
+    /// A request head arrived: a later header read timeout may be an idle
+    /// keep-alive connection (hyper's timer also runs between requests),
+    /// not a head that never ended.
+    had_request: AtomicBool,
 }
 
 /// An authority and its series.
 type CachedSeries = (Option<Arc<str>>, Arc<HttpSeries>);
 
 impl Conn {
-    pub fn new(ctx: Arc<Context>, direction: Direction, target: TargetAddr, tls: TlsStatus, protocol: SessionProtocol) -> Conn {
+    pub fn new(
+        ctx: Arc<Context>,
+        info: Arc<crate::conn::ConnInfo>,
+        direction: Direction,
+        target: TargetAddr,
+        tls: TlsStatus,
+        protocol: SessionProtocol,
+    ) -> Conn {
         let response_timeout = ctx.http.config.response_timeout_for(direction, target.port());
         // Inbound mesh TLS means the client is another proxy (outbound, the
         // mesh status names the server and the client is the local app).
         let meshed = direction == Direction::Inbound && matches!(tls, TlsStatus::Mesh { .. });
         let close = ctx.drain.stop_accepting.child_token();
-        Conn { ctx, direction, target, tls, protocol, meshed, response_timeout, series: ArcSwapOption::empty(), close }
+        Conn {
+            ctx,
+            info,
+            direction,
+            target,
+            tls,
+            protocol,
+            meshed,
+            response_timeout,
+            series: ArcSwapOption::empty(),
+            close,
+            tunnels: TaskTracker::new(),
+            had_request: AtomicBool::new(false),
+        }
     }
 
     /// The series of `authority` (as the request spelled it: labels are
@@ -153,14 +187,16 @@ impl Conn {
     }
 }
 
-/// Serves the connection until the client closes it (or the drain ends it);
-/// a connection-level error hyper reported is counted. The client stream
-/// is a plain socket or inbound mesh TLS (`ClientIo<S>`).
+/// Serves the connection until the client closes it (or the drain ends it)
+/// and every tunnel it opened has ended; a connection-level error hyper
+/// reported is counted. The client stream is a plain socket or inbound
+/// mesh TLS (`ClientIo<S>`).
 pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<S>) {
     let ctx = conn.ctx.clone();
     let direction = conn.direction;
     let protocol = conn.protocol;
     let close = conn.close.clone();
+    let this = conn.clone();
     let svc = service_fn(move |req| handle(conn.clone(), req));
     let result = match protocol {
         SessionProtocol::Http1 => {
@@ -188,11 +224,20 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     };
     if let Err(e) = result {
         // hyper answered a malformed HTTP/1 request (400) or an oversized
-        // head (431) itself before closing.
+        // head (431) itself before closing; it closed an HTTP/1 client
+        // whose first request head did not arrive within its header read
+        // timeout (30 s; after a request it may be an idle keep-alive
+        // connection, not counted); h2 sent GOAWAY to an HTTP/2 client
+        // that broke the protocol or a flood limit. A client that merely
+        // went away is none of these.
         let reason = if e.is_parse_too_large() {
             Some(HttpErrorReason::HeadersTooLarge)
         } else if e.is_parse() || e.is_parse_status() {
             Some(HttpErrorReason::BadRequest)
+        } else if protocol == SessionProtocol::Http1 && e.is_timeout() && !this.had_request.load(Relaxed) {
+            Some(HttpErrorReason::HeaderTimeout)
+        } else if protocol == SessionProtocol::Http2 && sent_goaway(&e) {
+            Some(HttpErrorReason::ProtocolError)
         } else {
             None
         };
@@ -201,28 +246,60 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
         }
         debug!(error = %e, "HTTP connection ended with an error");
     }
+    // An upgraded HTTP/1 connection ends here with its socket handed to
+    // the tunnel; HTTP/2 tunnels are streams of a connection that ended.
+    this.tunnels.close();
+    this.tunnels.wait().await;
+    ctx.http.client.forget_client(this.info.id);
+}
+
+/// Whether an HTTP/2 connection ended because h2 itself sent the client a
+/// GOAWAY with an error (not the client's GOAWAY, not an I/O error).
+fn sent_goaway(e: &hyper::Error) -> bool {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()).is_some_and(|h| h.is_go_away() && h.is_library())
 }
 
 async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    conn.had_request.store(true, Relaxed);
     let series = conn.series(headers::authority_raw(&req));
     series.requests.fetch_add(1, Relaxed);
     let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
     let tunnel = headers::tunnel_of(&req);
     let client_upgrade = (tunnel != Tunnel::None).then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), tunnel == Tunnel::Upgrade);
+    if conn.direction == Direction::Inbound {
+        let peer = match &conn.tls {
+            TlsStatus::Mesh { peer } => Some(&**peer),
+            _ => None,
+        };
+        headers::set_client_id(req.headers_mut(), peer);
+    }
+    let mut host = Ok(());
     if conn.protocol == SessionProtocol::Http1 {
+        host = headers::fix_host(&mut req, conn.target.0);
         // The proxy speaks HTTP/1.1 upstream whatever the client's minor
         // version (RFC 9110 §6.2: a proxy sends its own version); hyper
         // answers an HTTP/1.0 client in kind.
         *req.version_mut() = Version::HTTP_11;
     }
-    match forward(&conn, req, tunnel).await {
+    let forwarded = match host {
+        Ok(()) => forward(&conn, req, tunnel).await,
+        Err(e) => Err(ProxyError::from(e)),
+    };
+    match forwarded {
         Ok(Forwarded { response: mut resp, lease, via_mesh }) => {
             let status = resp.status();
             let agreed = upgrade::agreed(tunnel, status);
             let peer_close = headers::take_peer_close(resp.headers_mut());
             headers::strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS && agreed);
+            if agreed {
+                // A 101, or a 2xx to CONNECT, has no content (RFC 9110
+                // §8.6, §9.3.6: the client ignores such a Content-Length);
+                // hyper refuses to write one, which would lose the response
+                // and the tunnel with it.
+                resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
             if peer_close && via_mesh && !agreed {
                 // Only a peer proven by mesh TLS may end the client's
                 // connection (and a 101 it agreed to keeps its
@@ -232,7 +309,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
             }
             if let (true, Some(client_upgrade)) = (agreed, client_upgrade) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain);
+                upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain, &conn.tunnels, conn.info.clone());
                 series.latency.observe(started.elapsed());
                 series.response(ResponseKey { status: status.as_u16(), grpc_status: None, error: None });
                 let (parts, _) = resp.into_parts();
@@ -298,13 +375,21 @@ async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) 
         }
         let mesh = MeshRoute::to(ctx, conn.direction, addr);
         let via_mesh = mesh.is_some();
-        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, mesh };
+        let ep = Endpoint { addr, protocol: conn.protocol, logical: conn.target, direction: conn.direction, client: conn.info.id, mesh };
         let sent = if tunnel == Tunnel::None {
             ctx.http.client.send(ctx, &ep, req).await
         } else {
             ctx.http.client.send_upgrade(ctx, &ep, req).await.map(|r| (r, None))
         };
         match sent {
+            Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel != Tunnel::Upgrade => {
+                // RFC 9110 §15.2.2: a server switches only to a protocol
+                // the request's Upgrade named. Passed on, the client would
+                // get a 101 it never asked for and a connection in no
+                // protocol; the upstream connection is dropped (its lease
+                // with it), never pooled.
+                return Err(ProxyError::UnrequestedSwitch(addr));
+            }
             Ok((response, lease)) => {
                 if let Some(p) = pick {
                     p.success();

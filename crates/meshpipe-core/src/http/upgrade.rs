@@ -12,11 +12,30 @@
 //! sides closed, half-closes carried over. Linkerd does the same (both
 //! upgrade futures joined, then a copy). A tunnel is a tracked task of the
 //! engine: the drain waits for it and its deadline cuts it.
+//!
+//! A tunnel is still the client's connection: it is also tracked by the
+//! connection (`Conn::tunnels`), whose task waits for it before it ends. So
+//! the connection keeps its slot of the direction's limit and its
+//! descriptors, stays in the live registry and under the idle timeout (the
+//! client socket stays published to the sweep) for as long as the tunnel
+//! lives; otherwise every accepted connection could become a tunnel that no
+//! limit, view or timeout sees. The idle sweep shuts the client socket down;
+//! the client's end of stream is then an error that ends the tunnel both
+//! ways, as a forwarded TCP connection ends, even if the upstream never
+//! closes after the FIN it got.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::conn::ConnInfo;
 use crate::drain::Drain;
 
 /// Whether a response completes the handshake of a tunnel request.
@@ -29,26 +48,64 @@ pub fn agreed(tunnel: super::headers::Tunnel, status: http::StatusCode) -> bool 
 }
 
 /// Spawns the tunnel between the client's and the upstream's upgraded
-/// connections.
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain) {
+/// connections, tracked by the drain and by the client's connection
+/// (`tunnels`: the connection's task waits for it).
+pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain, tunnels: &TaskTracker, info: Arc<ConnInfo>) {
     let cut = drain.cut.clone();
-    drain.tasks.spawn(async move {
+    drain.tasks.spawn(tunnels.track_future(async move {
         tokio::select! {
-            r = run(client, upstream) => match r {
+            r = run(client, upstream, info) => match r {
                 Ok((up, down)) => debug!(client_to_server = up, server_to_client = down, "tunnel closed"),
                 Err(e) => debug!(error = %e, "tunnel ended with an error"),
             },
             _ = cut.cancelled() => debug!("tunnel cut at the drain deadline"),
         }
-    });
+    }));
 }
 
-async fn run(client: OnUpgrade, upstream: OnUpgrade) -> Result<(u64, u64), TunnelError> {
+async fn run(client: OnUpgrade, upstream: OnUpgrade, info: Arc<ConnInfo>) -> Result<(u64, u64), TunnelError> {
     let (client, upstream) =
         tokio::try_join!(async { client.await.map_err(TunnelError::Client) }, async { upstream.await.map_err(TunnelError::Upstream) })?;
-    let mut client = TokioIo::new(client);
+    let mut client = ClientSide { io: TokioIo::new(client), info };
     let mut upstream = TokioIo::new(upstream);
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await.map_err(TunnelError::Copy)
+}
+
+/// The client side of a tunnel: its end of stream after the idle sweep
+/// shut the socket down is an error, which ends the copy both ways.
+struct ClientSide<T> {
+    io: T,
+    info: Arc<ConnInfo>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientSide<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 && self.info.idle_closed() => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "closed by the idle timeout")))
+            }
+            r => r,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientSide<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Why a tunnel ended badly.

@@ -66,7 +66,7 @@ pub(super) async fn serve<S: Transport + Send + 'static>(
 ) {
     c.info.set_state(ConnState::Forwarding);
     let io = ClientIo::new(client, buffered, c.info.clone(), c.series.clone(), ctx.idle_timeout.is_some());
-    let conn = Arc::new(Conn::new(ctx.clone(), c.direction, c.target, c.tls, protocol));
+    let conn = Arc::new(Conn::new(ctx.clone(), c.info.clone(), c.direction, c.target, c.tls, protocol));
     debug!(protocol = ?protocol, "serving HTTP");
     server::serve(conn, io).await;
     if c.info.idle_closed() {

@@ -177,6 +177,9 @@ async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
     if let Some(v) = req.headers().get("x-echo") {
         r.headers_mut().insert("x-echo", v.clone());
     }
+    if let Some(v) = req.headers().get("l5d-client-id") {
+        r.headers_mut().insert("x-l5d-client-id", v.clone());
+    }
     r.headers_mut().insert("x-version", format!("{:?}", req.version()).parse().unwrap());
     Ok(r)
 }

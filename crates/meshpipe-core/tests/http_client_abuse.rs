@@ -1,0 +1,169 @@
+//! Clients that abuse the HTTP server end with a bounded, counted outcome
+//! while other clients are served: an HTTP/1 client that never finishes its
+//! first request head (slowloris) is closed after hyper's header read
+//! timeout (`header_timeout`; an idle keep-alive connection is closed by the
+//! same timer, and not counted), and an HTTP/2 client that breaks the protocol or its
+//! flood limits (rapid reset, CVE-2023-44487; a flow-control window past
+//! 2^31-1, RFC 9113 §6.9.1) gets a GOAWAY and is closed (`protocol_error`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::within;
+use meshpipe_core::http::HttpErrorReason;
+use meshpipe_core::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(20);
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `GET http://a/` in HPACK, static table only.
+const GET: &[u8] = b"\x82\x86\x84\x41\x01a";
+
+fn errors(engine: &Engine, reason: HttpErrorReason) -> u64 {
+    engine.snapshot().http_errors.iter().filter(|e| e.error == reason).map(|e| e.count).sum()
+}
+
+async fn until(engine: &Engine, reason: HttpErrorReason, n: u64) {
+    let ok = tokio::time::timeout(T, async {
+        while errors(engine, reason) != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{reason:?} counted {} times, not {n}: {:?}", errors(engine, reason), engine.snapshot().http_errors);
+}
+
+/// Reads until the server closes; returns what it sent.
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match within(T, s.read(&mut buf)).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Whether `bytes` (frames from the server) hold a GOAWAY with `code`.
+fn has_goaway(bytes: &[u8], code: u32) -> bool {
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        if bytes[at + 3] == 7 && at + 9 + 8 <= bytes.len() {
+            let c = &bytes[at + 9 + 4..at + 9 + 8];
+            if u32::from_be_bytes([c[0], c[1], c[2], c[3]]) == code {
+                return true;
+            }
+        }
+        at += 9 + len;
+    }
+    false
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_head_that_never_ends_is_closed_and_counted() {
+    let (backend, seen) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut slow = TcpStream::connect(proxy).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    // One header line every 5 s: never a complete head.
+    let trickle = async {
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if slow.write_all(format!("x-{i}: y\r\n").as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let counted = async {
+        while errors(&engine, HttpErrorReason::HeaderTimeout) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = trickle => panic!("still open after 500 s: {:?}", engine.snapshot().http_errors),
+        _ = counted => {}
+    }
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(30), "closed after {after:?}, before the header read timeout");
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let mut c = h1_client(proxy).await;
+    assert_eq!(text(within(T, c.send_request(get("/ok"))).await.unwrap()).await, "b GET /ok web.test");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_closed_but_not_counted() {
+    let (backend, _) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Then quiet: hyper's header read timeout closes it between requests.
+    let rest = tokio::time::timeout(Duration::from_secs(300), async {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        rest
+    })
+    .await
+    .expect("an idle keep-alive connection is closed");
+    assert!(rest.ends_with(b"b GET /one a"), "{:?}", String::from_utf8_lossy(&rest));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0, "an idle connection is not an abusive one");
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_is_cut_off_and_counted() {
+    let (backend, _) = h2_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut flood = [PREFACE, &frame(4, 0, 0, &[])].concat();
+    for i in 0..2000u32 {
+        let id = 1 + 2 * i;
+        flood.extend(frame(1, 0x5, id, GET));
+        flood.extend(frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    // The server may close before it read everything: a failed write is fine.
+    let _ = s.write_all(&flood).await;
+    let got = read_until_closed(&mut s).await;
+    assert!(has_goaway(&got, 0xb), "GOAWAY ENHANCE_YOUR_CALM expected");
+    until(&engine, HttpErrorReason::ProtocolError, 1).await;
+    let mut c = h2_client(proxy).await;
+    let resp = within(T, c.send_request(http::Request::get("http://b.test/ok").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(text(resp).await, "b GET http://b.test/ok ");
+}
+
+#[tokio::test]
+async fn http2_window_overflow_is_a_counted_protocol_error() {
+    let (backend, _) = h2_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let update = frame(8, 0, 0, &0x7fff_ffffu32.to_be_bytes());
+    s.write_all(&[PREFACE, &frame(4, 0, 0, &[]), &update, &update].concat()).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(has_goaway(&got, 0x3), "GOAWAY FLOW_CONTROL_ERROR expected");
+    until(&engine, HttpErrorReason::ProtocolError, 1).await;
+    // A client that just closes is not a protocol error.
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(&[PREFACE, &frame(4, 0, 0, &[])].concat()).await.unwrap();
+    drop(c);
+    let mut ok = h2_client(proxy).await;
+    let resp = within(T, ok.send_request(http::Request::get("http://b.test/ok").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(errors(&engine, HttpErrorReason::ProtocolError), 1);
+}

@@ -1,0 +1,71 @@
+/**
+ * A flood of /metrics scrapes cannot monopolise the process's event loop:
+ * injected sidecars serve the admin port on 0.0.0.0 (the kubelet's probes
+ * and Prometheus reach it), so any pod in the cluster can send them. Scrapes
+ * that arrive while a render is pending share it, so the renders (one
+ * engine snapshot each, milliseconds of main-thread work with many series)
+ * do not grow with the number of flooding requests, and /live keeps
+ * answering between them. A shared render starts after every request it
+ * answers arrived: a scrape never returns counters older than itself.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { collect, connect, startEchoServer, waitFor } from './helpers.js';
+import { parsePrometheusText, total } from './prom-parse.js';
+import { loadConfig, objectLayer } from '../ts/config/config.js';
+import { Metrics, type SnapshotSource } from '../ts/observe/metrics.js';
+import { AdminServer } from '../ts/observe/admin-server.js';
+import { Proxy } from '../ts/engine/proxy.js';
+
+/** Sends `count` pipelined GETs of `path` on one connection and resolves with the raw bytes once all were answered. */
+function pipelined(port: number, path: string, count: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('error', reject);
+    s.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    const req = `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`;
+    s.end(req.repeat(count - 1) + `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+  });
+}
+
+test('concurrent /metrics scrapes share renders, and each sees the counters of its time', async (t) => {
+  const echo = await startEchoServer(t);
+  const config = loadConfig({ env: {}, flags: objectLayer({ forward: [`127.0.0.1:0=127.0.0.1:${echo.port},mode=opaque`], admin: 'off', logLevel: 'silent' }, 'test') });
+  const proxy = Proxy.fromConfig(config);
+  const [bound] = await proxy.start();
+  t.after(() => proxy.close({ drainMs: 0 }));
+  let snapshots = 0;
+  const counting: SnapshotSource = { snapshot: () => (snapshots++, proxy.snapshot()) };
+  const admin = new AdminServer({
+    host: '127.0.0.1',
+    port: 0,
+    metrics: new Metrics(counting),
+    notReady: () => null,
+    connections: () => [],
+    policy: () => ({}),
+    shutdown: null,
+  });
+  await admin.start();
+  t.after(() => admin.close());
+
+  // 32 connections with 8 pipelined scrapes each, all at once.
+  const pages = await Promise.all(Array.from({ length: 32 }, () => pipelined(admin.port, '/metrics', 8)));
+  const answered = pages.reduce((n, p) => n + (p.match(/HTTP\/1\.1 200 OK/g)?.length ?? 0), 0);
+  assert.equal(answered, 256, 'every scrape answered');
+  assert.ok(snapshots <= 64, `256 scrapes took ${snapshots} engine snapshots: renders must be shared, not one per scrape`);
+
+  // Freshness: a scrape right after traffic sees it, even with others in flight.
+  const socket = await connect(Number(bound!.bind.split(':').pop()));
+  const echoed = collect(socket);
+  socket.end('fresh bytes');
+  assert.equal((await echoed).bytes, 'fresh bytes'.length);
+  await waitFor(() => proxy.snapshot().tcp.some((s) => s.bytesClientToServer === 'fresh bytes'.length), 'the engine to count the bytes');
+  const busy = pipelined(admin.port, '/metrics', 8);
+  const res = await fetch(`http://127.0.0.1:${admin.port}/metrics`);
+  const page = parsePrometheusText(await res.text());
+  assert.equal(total(page, 'tcp_read_bytes_total', { peer: 'src' }), 'fresh bytes'.length);
+  await busy;
+});
