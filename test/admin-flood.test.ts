@@ -11,7 +11,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { collect, connect, startEchoServer, waitFor } from './helpers.js';
+import { collect, connect, startEchoServer, waitFor, withTimeout } from './helpers.js';
 import { parsePrometheusText, total } from './prom-parse.js';
 import { loadConfig, objectLayer } from '../ts/config/config.js';
 import { Metrics, type SnapshotSource } from '../ts/observe/metrics.js';
@@ -68,4 +68,40 @@ test('concurrent /metrics scrapes share renders, and each sees the counters of i
   const page = parsePrometheusText(await res.text());
   assert.equal(total(page, 'tcp_read_bytes_total', { peer: 'src' }), 'fresh bytes'.length);
   await busy;
+});
+
+test('idle connections cannot exhaust the admin server: past 64 the oldest idle ones are closed, and probes are still answered', async (t) => {
+  const admin = new AdminServer({
+    host: '127.0.0.1',
+    port: 0,
+    metrics: new Metrics({ snapshot: () => { throw new Error('no scrape in this test'); } }),
+    notReady: () => null,
+    connections: () => [],
+    policy: () => ({}),
+    shutdown: null,
+  });
+  await admin.start();
+  t.after(() => admin.close());
+  // 300 connections that never send a byte (a pod flooding 0.0.0.0:4191).
+  const closedByServer: Promise<void>[] = [];
+  const idle: net.Socket[] = [];
+  for (let i = 0; i < 300; i++) {
+    const s = net.connect(admin.port, '127.0.0.1');
+    s.on('error', () => {});
+    closedByServer.push(new Promise((resolve) => s.once('close', () => resolve())));
+    await new Promise<void>((resolve, reject) => { s.once('connect', () => resolve()); s.once('error', reject); });
+    idle.push(s);
+  }
+  t.after(() => { for (const s of idle) s.destroy(); });
+  // The server closes the oldest ones to stay within its bound: the first 236 are gone.
+  await withTimeout(Promise.all(closedByServer.slice(0, 300 - 64)), 10_000, 'the server to close the 236 oldest idle connections');
+  await waitFor(() => admin.openConnections.open <= 64, 'the admin server to hold at most 64 connections');
+  assert.ok(admin.openConnections.evicted >= 236, JSON.stringify(admin.openConnections));
+  // A probe (a new connection that sends its request at once) is served.
+  const live = await fetch(`http://127.0.0.1:${admin.port}/live`);
+  assert.equal(live.status, 200);
+  assert.equal(await live.text(), 'live\n');
+  // The newest idle connections are still open (nothing closed that did not have to be).
+  assert.equal(idle.slice(-32).filter((s) => s.destroyed).length, 0);
+  assert.ok(admin.openConnections.open <= 64, JSON.stringify(admin.openConnections));
 });

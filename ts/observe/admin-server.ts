@@ -29,6 +29,11 @@
  *   type. So a page in a browser on the same host can neither stop the proxy
  *   nor change its logging (CSRF, DNS rebinding).
  *
+ * Open connections are bounded (64): at the bound the oldest idle one is
+ * closed to admit a new one (admin-connections.ts), so a pod holding idle
+ * connections to 0.0.0.0:4191 can take neither the descriptors the engine
+ * leaves free nor the probes' access.
+ *
  * Unknown paths are 404, a known path with the wrong method is 405 with an
  * `Allow` header. HEAD is accepted wherever GET is. Errors inside a handler
  * are 500 with the message, never a crash of the proxy.
@@ -40,6 +45,7 @@ import { MeshpipeError } from '../errors.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 import { SharedRender } from './shared-render.js';
+import { AdminConnections } from './admin-connections.js';
 import type { ConnectionInfo } from '../engine/index.js';
 
 /** The largest `/connections?limit=` honoured (larger values are capped). */
@@ -147,6 +153,7 @@ export class AdminServer {
   readonly #options: AdminServerOptions;
   readonly #routes: ReadonlyMap<string, Route>;
   readonly #metricsText: SharedRender;
+  readonly #open: AdminConnections;
   #address: string | undefined;
 
   constructor(options: AdminServerOptions) {
@@ -174,6 +181,13 @@ export class AdminServer {
     this.#server.keepAliveTimeout = 5_000;
     this.#server.headersTimeout = 10_000;
     this.#server.requestTimeout = 30_000;
+    // At most ADMIN_MAX_CONNECTIONS open; idle ones make room (admin-connections.ts).
+    this.#open = new AdminConnections(this.#server, options.logger);
+  }
+
+  /** Open admin connections, and how many were closed or refused at the limit. */
+  get openConnections(): { open: number; evicted: number } {
+    return { open: this.#open.size, evicted: this.#open.evicted };
   }
 
   /** The bound `host:port` (after `start()`). */
