@@ -373,6 +373,29 @@ async fn the_host_header_is_made_unambiguous_for_the_upstream() {
 }
 
 #[tokio::test]
+async fn an_http2_host_that_disagrees_with_the_authority_is_a_400() {
+    let (backend, seen) = h2_backend("h2").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    // RFC 9113 §8.3.1: the proxy labels and routes by :authority; the app might read Host.
+    let forged = Request::get("http://api.test/x").header("host", "admin.test").body(full("")).unwrap();
+    let resp = within(T, c.send_request(forged)).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "never reached the backend");
+    // The same host in another case, or no Host at all, is served.
+    let same = Request::get("http://api.test/y").header("host", "API.test").body(full("")).unwrap();
+    assert_eq!(within(T, c.send_request(same)).await.unwrap().status(), 200);
+    let plain = Request::get("http://api.test/z").body(full("")).unwrap();
+    assert_eq!(within(T, c.send_request(plain)).await.unwrap().status(), 200);
+    let snap = engine.snapshot();
+    assert!(
+        snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadRequest && e.count == 1),
+        "{:?}",
+        snap.http_errors
+    );
+}
+
+#[tokio::test]
 async fn an_upload_stalled_after_an_early_response_does_not_hold_up_another_client() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An upstream that answers every head at once (before any body) and

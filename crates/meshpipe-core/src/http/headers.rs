@@ -121,6 +121,8 @@ pub enum HostError {
     Several(usize),
     #[error("the HTTP/1.1 request has no Host header field, which RFC 9112 §3.2 requires")]
     Missing,
+    #[error("the HTTP/2 request's Host header field ({host}) names another authority than its :authority ({authority}): RFC 9113 §8.3.1")]
+    Conflict { authority: String, host: String },
 }
 
 /// Makes an HTTP/1 request's `Host` what the upstream must see, so the
@@ -150,6 +152,25 @@ pub fn fix_host<B>(req: &mut Request<B>, target: std::net::SocketAddr) -> Result
         }
     }
     Ok(())
+}
+
+/// Refuses an HTTP/2 request whose `Host` disagrees with its `:authority`
+/// (RFC 9113 §8.3.1: a server should treat it as malformed), or that has
+/// more than one `Host`: the proxy's `authority` label and routing read
+/// `:authority`, an application may read `Host`, and they must be the same
+/// host. Compared case-insensitively; a request without `:authority` keeps
+/// its one `Host`.
+pub fn check_h2_host<B>(req: &Request<B>) -> Result<(), HostError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let (Some(host), more) = (hosts.next(), hosts.count()) else { return Ok(()) };
+    if more > 0 {
+        return Err(HostError::Several(more + 1));
+    }
+    let Some(authority) = req.uri().authority() else { return Ok(()) };
+    if host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+        return Ok(());
+    }
+    Err(HostError::Conflict { authority: authority.as_str().to_string(), host: String::from_utf8_lossy(host.as_bytes()).into_owned() })
 }
 
 /// Removes a peer proxy's `l5d-proxy-connection` from a response (it is
@@ -218,6 +239,27 @@ mod tests {
         h.insert("l5d-proxy-connection", HeaderValue::from_static("keep"));
         assert!(!take_peer_close(&mut h));
         assert!(h.get("l5d-proxy-connection").is_none());
+    }
+
+    #[test]
+    fn an_http2_host_must_agree_with_the_authority() {
+        let h2 = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri).version(Version::HTTP_2);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            check_h2_host(&b.body(()).unwrap())
+        };
+        assert!(h2("http://api.test/x", &[]).is_ok(), ":authority alone");
+        assert!(h2("http://api.test/x", &["API.test"]).is_ok(), "the same host, another case");
+        assert!(h2("/x", &["web.test"]).is_ok(), "Host alone");
+        let e = h2("http://api.test/x", &["admin.test"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the HTTP/2 request's Host header field (admin.test) names another authority than its :authority (api.test): RFC 9113 §8.3.1"
+        );
+        assert!(matches!(h2("http://api.test/x", &["api.test", "api.test"]), Err(HostError::Several(2))));
+        assert!(matches!(h2("/x", &["a.test", "b.test"]), Err(HostError::Several(2))));
     }
 
     fn req(lines: &[(&str, &str)]) -> Request<()> {

@@ -282,6 +282,8 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
         // version (RFC 9110 §6.2: a proxy sends its own version); hyper
         // answers an HTTP/1.0 client in kind.
         *req.version_mut() = Version::HTTP_11;
+    } else {
+        host = headers::check_h2_host(&req);
     }
     let forwarded = match host {
         Ok(()) => forward(&conn, req, tunnel).await,
