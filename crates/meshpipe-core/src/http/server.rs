@@ -275,16 +275,16 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
         };
         headers::set_client_id(req.headers_mut(), peer);
     }
-    let mut host = Ok(());
-    if conn.protocol == SessionProtocol::Http1 {
-        host = headers::fix_host(&mut req, conn.target.0);
+    let host = if conn.protocol == SessionProtocol::Http1 {
+        let host = headers::fix_host(&mut req, conn.target.0);
         // The proxy speaks HTTP/1.1 upstream whatever the client's minor
         // version (RFC 9110 §6.2: a proxy sends its own version); hyper
         // answers an HTTP/1.0 client in kind.
         *req.version_mut() = Version::HTTP_11;
+        host
     } else {
-        host = headers::check_h2_host(&req);
-    }
+        headers::check_h2_host(&req)
+    };
     let forwarded = match host {
         Ok(()) => forward(&conn, req, tunnel).await,
         Err(e) => Err(ProxyError::from(e)),
