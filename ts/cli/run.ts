@@ -31,7 +31,7 @@ import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
 import { DurationError, parseDuration } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
+import { checkPolicyPathsExist, forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
 import { AppProcess } from './app-process.js';
 import type { Logger } from '../observe/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
@@ -102,6 +102,7 @@ export async function main(argv: string[]): Promise<number> {
   if (config.forward.length === 0) {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
   }
+  await checkPolicyPathsExist(config);
   const logger = startLogger(config);
   await checkIdentityAtStart(config, logger);
   return runApp(new Sidecar(config, logger), logger, command, args, readyTimeoutMs);

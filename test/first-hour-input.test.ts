@@ -1,0 +1,106 @@
+/**
+ * Wrong input in the first hour, through the real CLI: each mistake a new
+ * user makes gets one line on stderr that names what is wrong and what is
+ * expected, a stable code, and exit 2, before anything listens.
+ *
+ * - a typo in a flag names the flag it was probably meant to be (proxy, run,
+ *   explain, identity, inject);
+ * - a flag whose value was forgotten (`--drain-timeout --log-format text`)
+ *   is blamed, not the stray word after the next flag;
+ * - a config file that does not parse is reported in one line (no code
+ *   frame), a folder given as the config file is named as one;
+ * - a forward that listens on the admin server's address is a config error
+ *   naming --admin, not "address in use" (exit 1) after the admin server
+ *   bound;
+ * - a --manifests or --annotations path that does not exist stops the start
+ *   (it used to run with the defaults and a warning), from flags and env.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { childEnv, freePort, HOST, isListening, runCli } from './helpers.js';
+
+/** Asserts a usage error: exit 2, exactly one line on stderr matching `pattern`, nothing on stdout. */
+function assertOneLineError(r: { code: number | null; stdout: string; stderr: string }, pattern: RegExp, what: string): void {
+  assert.equal(r.code, 2, `${what}: exit 2 (stderr: ${r.stderr})`);
+  assert.equal(r.stdout, '', `${what}: nothing on stdout`);
+  const lines = r.stderr.split('\n').filter((l) => l !== '');
+  assert.equal(lines.length, 1, `${what}: one line on stderr, got:\n${r.stderr}`);
+  assert.match(lines[0]!, pattern, what);
+}
+
+describe('flags', () => {
+  test('a typo in a flag names the closest one, for every command', async () => {
+    const cases: [string[], RegExp][] = [
+      [['proxy', '--forwrd', '127.0.0.1:0=127.0.0.1:1'], /^meshpipe proxy: error: unknown option --forwrd for meshpipe proxy \(did you mean --forward\?\); .*\(ERR_INVALID_ARGUMENT\)$/],
+      [['run', '--drain-timout', '1s', '--', 'true'], /^meshpipe run: error: unknown option --drain-timout for meshpipe run \(did you mean --drain-timeout\?\); .*\(ERR_INVALID_ARGUMENT\)$/],
+      [['explain', '--prot', '3306'], /^meshpipe explain: error: unknown option --prot for meshpipe explain \(did you mean --port\?\); .*\(ERR_INVALID_ARGUMENT\)$/],
+      [['identity', 'issue', '--nme', 'web.ns'], /^meshpipe identity: error: unknown option --nme for meshpipe identity issue \(did you mean --name\?\); .*\(ERR_INVALID_ARGUMENT\)$/],
+      [['inject', '--dry-runn'], /^meshpipe inject: error: unknown option --dry-runn for meshpipe inject \(did you mean --dry-run\?\); .*\(ERR_INVALID_ARGUMENT\)$/],
+    ];
+    for (const [args, pattern] of cases) assertOneLineError(await runCli(args), pattern, args.join(' '));
+    // Nothing to guess from: no suggestion rather than a wrong one.
+    const short = await runCli(['proxy', '-x']);
+    assertOneLineError(short, /^meshpipe proxy: error: unknown option -x for meshpipe proxy; run meshpipe proxy --help for the options \(ERR_INVALID_ARGUMENT\)$/, '-x');
+  });
+
+  test('a flag whose value was forgotten is named, not the word after the next flag', async () => {
+    const r = await runCli(['proxy', '--forward', `${HOST}:0=${HOST}:1`, '--drain-timeout', '--log-format', 'text']);
+    assertOneLineError(r, /^meshpipe proxy: error: option --drain-timeout needs a value \(got the option --log-format instead\): --drain-timeout DURATION \(ERR_INVALID_ARGUMENT\)$/, 'missing value');
+    // A value that really starts with -- can still be given inline.
+    const inline = await runCli(['proxy', '--forward', `${HOST}:0=${HOST}:1`, '--drain-timeout=--5s']);
+    assertOneLineError(inline, /^meshpipe proxy: error: invalid drainTimeout "--5s" \(from --drain-timeout\)/, 'inline value');
+  });
+});
+
+describe('config file', () => {
+  test('a file that does not parse is one line with the place; a folder is named as one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-firsthour-'));
+    const bad = join(dir, 'meshpipe.yaml');
+    writeFileSync(bad, 'forward: [\n  - 127.0.0.1:0=127.0.0.1:1\n');
+    assertOneLineError(
+      await runCli(['proxy', '--config', bad]),
+      new RegExp(`^meshpipe proxy: error: config file ${bad} does not parse as YAML or JSON: .* at line 2, column 3 \\(ERR_INVALID_CONFIG\\)$`),
+      'bad YAML',
+    );
+    assertOneLineError(
+      await runCli(['proxy', '--config', dir]),
+      new RegExp(`^meshpipe proxy: error: cannot read config file ${dir}: it is a folder; expected a YAML or JSON file \\(ERR_INVALID_CONFIG\\)$`),
+      'a folder',
+    );
+  });
+});
+
+describe('addresses', () => {
+  test('a forward on the admin server\'s address is a config error naming --admin; nothing listens', async () => {
+    const port = await freePort();
+    for (const bind of [`${HOST}:${port}`, `0.0.0.0:${port}`]) {
+      const r = await runCli(['proxy', '--forward', `${bind}=${HOST}:1`, '--admin', `${HOST}:${port}`]);
+      assertOneLineError(
+        r,
+        new RegExp(`^meshpipe proxy: error: --forward ${bind.replace(/\./g, '\\.')}=127\\.0\\.0\\.1:1 listens on the admin server's address \\(127\\.0\\.0\\.1:${port}, --admin\\): .*--admin ADDR.* \\(ERR_INVALID_CONFIG\\)$`),
+        bind,
+      );
+      assert.equal(await isListening(port), false, `nothing listens on ${port} after the refusal`);
+    }
+  });
+});
+
+describe('policy files', () => {
+  test('a --manifests or --annotations path that does not exist stops the start, from flags and env', async () => {
+    const missing = join(mkdtempSync(join(tmpdir(), 'meshpipe-firsthour-')), 'cluster');
+    const forward = ['--forward', `${HOST}:0=${HOST}:1`];
+    assertOneLineError(
+      await runCli(['proxy', ...forward, '--manifests', missing]),
+      new RegExp(`^meshpipe proxy: error: manifests "${missing}" \\(from --manifests\\): no such file or folder; expected a Kubernetes manifest file or a folder of them \\(ERR_INVALID_CONFIG\\)$`),
+      '--manifests',
+    );
+    assertOneLineError(
+      await runCli(['run', ...forward, '--', 'true'], { env: childEnv({ MESHPIPE_ANNOTATIONS: missing }) }),
+      new RegExp(`^meshpipe run: error: annotations "${missing}" \\(from MESHPIPE_ANNOTATIONS\\): no such file or folder; expected the workload's annotations file .*\\(ERR_INVALID_CONFIG\\)$`),
+      'MESHPIPE_ANNOTATIONS',
+    );
+  });
+});
