@@ -13,14 +13,16 @@
  *   naming --admin, not "address in use" (exit 1) after the admin server
  *   bound;
  * - a --manifests or --annotations path that does not exist stops the start
- *   (it used to run with the defaults and a warning), from flags and env.
+ *   (it used to run with the defaults and a warning), from flags and env;
+ * - `listener bound` says the mode a forward's connections get and where it
+ *   comes from (it said `mode=policy` for every forward without `mode=`).
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { childEnv, freePort, HOST, isListening, runCli } from './helpers.js';
+import { childEnv, freePort, HOST, isListening, runCli, startProxy } from './helpers.js';
 
 /** Asserts a usage error: exit 2, exactly one line on stderr matching `pattern`, nothing on stdout. */
 function assertOneLineError(r: { code: number | null; stdout: string; stderr: string }, pattern: RegExp, what: string): void {
@@ -102,5 +104,26 @@ describe('policy files', () => {
       new RegExp(`^meshpipe run: error: annotations "${missing}" \\(from MESHPIPE_ANNOTATIONS\\): no such file or folder; expected the workload's annotations file .*\\(ERR_INVALID_CONFIG\\)$`),
       'MESHPIPE_ANNOTATIONS',
     );
+  });
+});
+
+describe('start-up lines', () => {
+  test('listener bound says the mode each forward\'s connections get, and where it comes from', async (t) => {
+    const { bound } = await startProxy([
+      '--forward', `${HOST}:0=${HOST}:8000`,
+      '--forward', `${HOST}:0=${HOST}:6379`,
+      '--forward', `${HOST}:0=${HOST}:7000`,
+      '--forward', `${HOST}:0=${HOST}:8000,mode=http1`,
+      '--forward', `${HOST}:0=localhost:8000`,
+      '--opaque-ports', '7000',
+    ], { t });
+    const modes = bound.map((l) => [l['target'], l['mode'], l['policy']]);
+    assert.deepEqual(modes, [
+      [`${HOST}:8000`, 'detect', 'detect: nothing configured for it'],
+      [`${HOST}:6379`, 'opaque', 'opaque: default opaque ports (25,587,3306,4444,5432,6379,9300,11211) for loopback (local --forward targets)'],
+      [`${HOST}:7000`, 'opaque', 'opaque: --opaque-ports flag'],
+      [`${HOST}:8000`, 'http1', undefined],
+      ['localhost:8000', 'policy', undefined],
+    ]);
   });
 });

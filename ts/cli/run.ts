@@ -54,9 +54,10 @@ export const RUN_MESSAGES = {
 
 export function runHelp(): string {
   return [
-    'Usage: meshpipe run [proxy options] [--ready-timeout DURATION] -- COMMAND [ARGS...]',
+    'Usage: meshpipe run --forward BIND=TARGET [--forward ...] [proxy options] [--ready-timeout DURATION] -- COMMAND [ARGS...]',
     '',
-    'Starts the proxy, waits until it is ready, then runs COMMAND with stdio inherited.',
+    'Starts the proxy (its --forward listeners; the sidecar layout is for `meshpipe proxy`), waits until it',
+    'is ready, then runs COMMAND with stdio inherited.',
     'SIGTERM, SIGINT and SIGHUP are forwarded to COMMAND. When COMMAND exits, the proxy',
     'drains for up to --drain-timeout and meshpipe exits with COMMAND\'s exit code',
     '(128 + N if it was killed by signal N). If the proxy cannot start, COMMAND is not run.',

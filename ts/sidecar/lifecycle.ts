@@ -33,7 +33,7 @@
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, effectiveLogFormat, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
-import { formatDuration, type ProxyConfig } from '../config/index.js';
+import { formatDuration, type ForwardSpec, type ProxyConfig } from '../config/index.js';
 import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
 import { guardSidecar, uncaughtErrors } from './guard.js';
@@ -372,11 +372,30 @@ export class Sidecar {
           port: portOf(listener.bind),
           requested: spec?.bind.addr,
           target: spec?.target.addr,
-          mode: spec?.mode ?? 'policy',
+          ...this.#modeOf(spec, listener.direction),
           direction: listener.direction,
         },
         LOG_MESSAGES.listenerBound,
       );
+    }
+  }
+
+  /**
+   * The mode a listener's connections get, for its `listener bound` line: a
+   * forward's own `mode=`, else for a forward to a fixed address the engine's
+   * answer from the policy now in force (`policy` says where it comes from;
+   * a policy change can change it later, and /policy shows it), else `policy`
+   * (decided per connection: the sidecar listeners, a target host name).
+   */
+  #modeOf(spec: ForwardSpec | undefined, direction: BoundListener['direction']): { mode: string; policy?: string } {
+    if (spec?.mode != null) return { mode: spec.mode };
+    if (spec?.target.kind !== 'ip') return { mode: 'policy' };
+    try {
+      const decision = this.proxy.explainPolicy(direction, spec.target.host, spec.target.port);
+      // The engine names an unmatched port's source `default`; say it as explain does.
+      return { mode: decision.mode, policy: decision.source === 'default' ? `${decision.mode}: nothing configured for it` : decision.source };
+    } catch {
+      return { mode: 'policy' };
     }
   }
 
