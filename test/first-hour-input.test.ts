@@ -14,6 +14,9 @@
  *   bound;
  * - a --manifests or --annotations path that does not exist stops the start
  *   (it used to run with the defaults and a warning), from flags and env;
+ * - help names the variable of a --no-X flag with its value (MESHPIPE_HTTP=false:
+ *   MESHPIPE_HTTP alone reads as the way to turn HTTP on); `meshpipe identity`
+ *   alone is a usage error with its help on stderr, as `meshpipe` alone;
  * - `listener bound` says the mode a forward's connections get and where it
  *   comes from (it said `mode=policy` for every forward without `mode=`).
  */
@@ -54,6 +57,25 @@ describe('flags', () => {
     // A value that really starts with -- can still be given inline.
     const inline = await runCli(['proxy', '--forward', `${HOST}:0=${HOST}:1`, '--drain-timeout=--5s']);
     assertOneLineError(inline, /^meshpipe proxy: error: invalid drainTimeout "--5s" \(from --drain-timeout\)/, 'inline value');
+  });
+});
+
+describe('help', () => {
+  test('a --no-X flag names its variable with the value that does the same', async () => {
+    const r = await runCli(['proxy', '--help']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /--no-http\n.*\(default: HTTP proxied per request; env MESHPIPE_HTTP=false\)\n/);
+    assert.match(r.stdout, /--no-admin-shutdown\n.*\(default: shutdown enabled; env MESHPIPE_ADMIN_SHUTDOWN=false\)\n/);
+  });
+
+  test('meshpipe identity alone: exit 2, its help on stderr, nothing on stdout', async () => {
+    const r = await runCli(['identity']);
+    assert.equal(r.code, 2);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /^Usage: meshpipe identity init/);
+    const help = await runCli(['identity', '--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^Usage: meshpipe identity init/);
   });
 });
 

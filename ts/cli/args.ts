@@ -222,7 +222,9 @@ export function formatOptionsHelp(options: readonly OptionSpec[]): string {
   for (const o of options) {
     const name = `${o.short ? `-${o.short}, ` : '    '}--${o.flag}${o.valueName ? ` ${o.valueName}` : ''}`;
     const def = o.defaultText ?? (o.key ? defaultText(o.key) : '');
-    const notes = [def !== '' ? `default: ${def}` : '', o.key ? `env ${envVarName(o.key)}` : ''].filter((s) => s !== '');
+    // A --no-X flag sets its key to false: the variable that does the same is VAR=false, not VAR.
+    const env = o.key ? `env ${envVarName(o.key)}${o.negate ? '=false' : ''}` : '';
+    const notes = [def !== '' ? `default: ${def}` : '', env].filter((s) => s !== '');
     lines.push(`  ${name}`);
     lines.push(`        ${o.help}${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`);
   }

@@ -215,9 +215,14 @@ async function check(argv: string[]): Promise<number> {
 /** Entry point of `meshpipe identity`. */
 export async function main(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub === undefined || sub === '--help' || sub === '-h' || rest.includes('--help') || rest.includes('-h')) {
+  if (sub === undefined) {
+    // A usage error, as `meshpipe` alone: the help goes to stderr, stdout stays for results.
+    process.stderr.write(identityHelp());
+    return 2;
+  }
+  if (sub === '--help' || sub === '-h' || rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(identityHelp());
-    return sub === undefined ? 2 : 0;
+    return 0;
   }
   switch (sub) {
     case 'init':
