@@ -8,7 +8,9 @@
  * - a flag whose value was forgotten (`--drain-timeout --log-format text`)
  *   is blamed, not the stray word after the next flag;
  * - a config file that does not parse is reported in one line (no code
- *   frame), a folder given as the config file is named as one;
+ *   frame), a folder given as the config file is named as one; a forward in
+ *   the file's object form names its unknown key, missing key or non-string
+ *   value (it only said "expected BIND=TARGET");
  * - a forward that listens on the admin server's address is a config error
  *   naming --admin, not "address in use" (exit 1) after the admin server
  *   bound;
@@ -94,6 +96,23 @@ describe('config file', () => {
       new RegExp(`^meshpipe proxy: error: cannot read config file ${dir}: it is a folder; expected a YAML or JSON file \\(ERR_INVALID_CONFIG\\)$`),
       'a folder',
     );
+  });
+});
+
+describe('config file forwards', () => {
+  test('the object form names an unknown key, a missing one and a value that is not a string', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-firsthour-'));
+    const cases: [string, RegExp][] = [
+      ['forward:\n  - bnd: 127.0.0.1:0\n    target: 127.0.0.1:6379\n', /: unknown key "bnd" \(did you mean "bind"\?\): a forward object has bind, target, mode, direction \(ERR_INVALID_CONFIG\)$/],
+      ['forward:\n  - bind: 127.0.0.1:0\n', /: "target" is missing: a forward object needs bind and target \(mode and direction are optional\) \(ERR_INVALID_CONFIG\)$/],
+      ['forward:\n  - bind: 127.0.0.1:0\n    target: 6379\n', /: "target" is 6379: expected a string, e\.g\. .*\(ERR_INVALID_CONFIG\)$/],
+    ];
+    for (const [i, [text, pattern]] of cases.entries()) {
+      const file = join(dir, `forward-${i}.yaml`);
+      writeFileSync(file, text);
+      const r = await runCli(['proxy', '--config', file]);
+      assertOneLineError(r, new RegExp(`^meshpipe proxy: error: invalid forward .* \\(from config file ${file}, key forward\\)${pattern.source}`), text);
+    }
   });
 });
 
