@@ -19,15 +19,20 @@
  * - help names the variable of a --no-X flag with its value (MESHPIPE_HTTP=false:
  *   MESHPIPE_HTTP alone reads as the way to turn HTTP on); `meshpipe identity`
  *   alone is a usage error with its help on stderr, as `meshpipe` alone;
+ * - `meshpipe inject` (and uninject) without a FILE at a terminal says what
+ *   it needs instead of waiting silently for stdin; a FILE that does not
+ *   exist says "no such file" and what is expected;
  * - `listener bound` says the mode a forward's connections get and where it
  *   comes from (it said `mode=policy` for every forward without `mode=`).
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { childEnv, freePort, HOST, isListening, runCli, startProxy } from './helpers.js';
+import { CLI, childEnv, freePort, HOST, isListening, runCli, startProxy, withTimeout } from './helpers.js';
 
 /** Asserts a usage error: exit 2, exactly one line on stderr matching `pattern`, nothing on stdout. */
 function assertOneLineError(r: { code: number | null; stdout: string; stderr: string }, pattern: RegExp, what: string): void {
@@ -166,5 +171,30 @@ describe('start-up lines', () => {
       [`${HOST}:8000`, 'http1', undefined],
       ['localhost:8000', 'policy', undefined],
     ]);
+  });
+});
+
+describe('inject', () => {
+  test('without a FILE at a terminal it says what it needs instead of waiting for stdin', async () => {
+    for (const command of ['inject', 'uninject']) {
+      // A pty (util-linux `script`) makes the command's stdin a terminal; ours stays open, so
+      // a command that reads it waits until the timeout.
+      const child = spawn('script', ['-qfec', `'${process.execPath}' '${CLI}' ${command}`, '/dev/null'], { env: childEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      const exited = once(child, 'close');
+      try {
+        const [code] = (await withTimeout(exited, 10_000, `meshpipe ${command} at a terminal to exit; output so far: ${out}`)) as [number | null];
+        assert.equal(code, 2, out);
+        assert.match(out, new RegExp(`meshpipe ${command}: error: meshpipe ${command} needs manifests: a FILE \\(meshpipe ${command} deploy\\.yaml\\), or piped in \\(kubectl get deploy web -o yaml \\| meshpipe ${command} -\\); stdin is a terminal \\(ERR_INVALID_ARGUMENT\\)`));
+      } finally {
+        child.kill('SIGKILL');
+      }
+    }
+  });
+
+  test('a FILE that does not exist: no such file, and what is expected', async () => {
+    const r = await runCli(['inject', '/nonexistent/shop.yaml']);
+    assertOneLineError(r, /^meshpipe inject: error: cannot read \/nonexistent\/shop\.yaml: no such file; expected a file of Kubernetes manifests \(YAML or JSON\), or - for stdin \(ERR_INVALID_ARGUMENT\)$/, 'missing FILE');
   });
 });
