@@ -22,6 +22,8 @@
  * - `meshpipe inject` (and uninject) without a FILE at a terminal says what
  *   it needs instead of waiting silently for stdin; a FILE that does not
  *   exist says "no such file" and what is expected;
+ * - the second Ctrl-C/SIGTERM's line says how many open connections the
+ *   forced exit cuts;
  * - `listener bound` says the mode a forward's connections get and where it
  *   comes from (it said `mode=policy` for every forward without `mode=`).
  */
@@ -32,7 +34,7 @@ import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, childEnv, freePort, HOST, isListening, runCli, startProxy, withTimeout } from './helpers.js';
+import { CLI, childEnv, connect, freePort, HOST, isListening, runCli, startEchoServer, startProxy, withTimeout } from './helpers.js';
 
 /** Asserts a usage error: exit 2, exactly one line on stderr matching `pattern`, nothing on stdout. */
 function assertOneLineError(r: { code: number | null; stdout: string; stderr: string }, pattern: RegExp, what: string): void {
@@ -196,5 +198,25 @@ describe('inject', () => {
   test('a FILE that does not exist: no such file, and what is expected', async () => {
     const r = await runCli(['inject', '/nonexistent/shop.yaml']);
     assertOneLineError(r, /^meshpipe inject: error: cannot read \/nonexistent\/shop\.yaml: no such file; expected a file of Kubernetes manifests \(YAML or JSON\), or - for stdin \(ERR_INVALID_ARGUMENT\)$/, 'missing FILE');
+  });
+});
+
+describe('shutdown', () => {
+  test('a second signal says how many open connections the forced exit cuts', async (t) => {
+    const echo = await startEchoServer(t);
+    const { proc, ports } = await startProxy(['--forward', `${HOST}:0=${HOST}:${echo.port},mode=opaque`, '--drain-timeout', '1m'], { t });
+    const client = await connect(ports[0]!);
+    client.on('error', () => undefined);
+    t.after(() => client.destroy());
+    // The connection is through (echoed) before the first signal.
+    client.write('x');
+    await withTimeout(once(client, 'data'), 5000, 'the echo');
+    proc.signal('SIGTERM');
+    await proc.waitForLog((l) => l.msg === 'drain started', '"drain started"');
+    proc.signal('SIGTERM');
+    const line = await proc.waitForLog((l) => l.msg === 'second signal: exiting now', 'the forced exit line');
+    assert.equal(line['cut'], 1, JSON.stringify(line));
+    assert.equal(line['exitCode'], 143);
+    assert.equal((await proc.exited).code, 143);
   });
 });

@@ -119,6 +119,7 @@ export async function runApp(sidecar: Sidecar, logger: Logger, command: string, 
   const interactive = process.stdin.isTTY === true;
   const remove = handleSignals(logger, {
     extra: ['SIGHUP'],
+    openConnections: () => sidecar.openConnections(),
     onSignal: (signal) => {
       if (app === undefined || !app.running) return;
       // Ctrl-C at a terminal already sent SIGINT to the whole foreground process group, app

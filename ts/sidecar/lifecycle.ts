@@ -422,8 +422,13 @@ export class Sidecar {
     }
   }
 
-  #openConnections(): number | undefined {
+  /** Connections open now (undefined before start or after close). */
+  openConnections(): number | undefined {
     return this.#snapshotOrUndefined()?.listeners.reduce((sum, l) => sum + l.open, 0);
+  }
+
+  #openConnections(): number | undefined {
+    return this.openConnections();
   }
 }
 
@@ -447,6 +452,8 @@ export interface SignalHandlers {
   onForced?(signal: StopSignal): void;
   /** Extra signals to catch and pass to `onSignal` only (e.g. SIGHUP for `meshpipe run`). */
   readonly extra?: readonly NodeJS.Signals[];
+  /** The connections a forced exit cuts, for its log line. */
+  openConnections?(): number | undefined;
 }
 
 /** Installs the handlers; returns a function that removes them. */
@@ -463,7 +470,9 @@ export function handleSignals(logger: Logger, handlers: SignalHandlers): () => v
       handlers.onStop(signal);
       return;
     }
-    logger.warn({ signal, firstSignal: first, exitCode: forcedExitCode(signal) }, LOG_MESSAGES.forcedExit);
+    // Say what the exit costs: the connections still open are cut.
+    const cut = handlers.openConnections?.();
+    logger.warn({ signal, firstSignal: first, exitCode: forcedExitCode(signal), ...(cut !== undefined ? { cut } : {}) }, LOG_MESSAGES.forcedExit);
     onForced(signal);
   };
   const other = (signal: NodeJS.Signals) => handlers.onSignal?.(signal);
@@ -483,7 +492,7 @@ export function handleSignals(logger: Logger, handlers: SignalHandlers): () => v
 export async function runProxyLifecycle(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}): Promise<number> {
   const sidecar = new Sidecar(config, logger, options);
   // Installed before binding: a signal during start-up still drains.
-  const remove = handleSignals(logger, { onStop: (signal) => sidecar.requestShutdown(signal) });
+  const remove = handleSignals(logger, { onStop: (signal) => sidecar.requestShutdown(signal), openConnections: () => sidecar.openConnections() });
   try {
     await sidecar.start();
     await sidecar.shutdownRequested;
