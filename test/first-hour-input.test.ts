@@ -11,6 +11,7 @@
  *   frame), a folder given as the config file is named as one; a forward in
  *   the file's object form names its unknown key, missing key or non-string
  *   value (it only said "expected BIND=TARGET");
+ * - a forward target written as a URL is refused with the host:port to write;
  * - a forward that listens on the admin server's address is a config error
  *   naming --admin, not "address in use" (exit 1) after the admin server
  *   bound;
@@ -124,6 +125,18 @@ describe('config file forwards', () => {
 });
 
 describe('addresses', () => {
+  test('a forward target written as a URL: the host:port to write instead', async () => {
+    const cases: [string, string][] = [['http://127.0.0.1:8000/', '127.0.0.1:8000'], ['https://example.com/x', 'example.com:443'], ['http://db.internal', 'db.internal:80']];
+    for (const [url, bare] of cases) {
+      const r = await runCli(['proxy', '--forward', `${HOST}:0=${url}`]);
+      assertOneLineError(
+        r,
+        new RegExp(`: target address "${url.replace(/\./g, '\\.')}": expected host:port without a scheme or path \\(meshpipe forwards TCP\\), e\\.g\\. ${bare.replace(/\./g, '\\.')} \\(ERR_INVALID_CONFIG\\)$`),
+        url,
+      );
+    }
+  });
+
   test('a forward on the admin server\'s address is a config error naming --admin; nothing listens', async () => {
     const port = await freePort();
     for (const bind of [`${HOST}:${port}`, `0.0.0.0:${port}`]) {

@@ -102,6 +102,11 @@ function parseAddr(text: string, what: 'bind' | 'target'): TargetAddress {
     } else {
       throw new Error(`target address "${text}": "${host}" is neither an IPv4 address nor a host name; ${TARGET_EXPECTED}`);
     }
+  } else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) {
+    // A URL (http://127.0.0.1:8000/): the listener forwards TCP, so it takes the address alone.
+    const bare = input.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/\/.*$/, '');
+    const port = /^https:/i.test(input) ? 443 : 80;
+    throw new Error(`${what} address "${text}": expected host:port without a scheme or path (meshpipe forwards TCP), e.g. ${/:\d+$/.test(bare) ? bare : `${bare}:${port}`}`);
   } else if (isIPv6(input) || input.includes('::')) {
     throw new Error(`${what} address "${text}": an IPv6 address needs brackets and a port, e.g. [::1]:8080`);
   } else {
