@@ -87,7 +87,7 @@ if (!found) {
     : checkout
       ? ['This is a source checkout and cargo is not on PATH: install Rust (https://rustup.rs), then run `npm install` again.']
       : onPath('cargo')
-        ? ['cargo is on PATH, but the published package carries no Rust sources to build: build from a checkout as below.']
+        ? ['cargo is on PATH, but the published package carries no Rust sources to build: build from a checkout as above.']
         : [];
   fail([...missingAddonMessage(target).split('\n'), ...why]);
 }

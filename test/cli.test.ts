@@ -114,12 +114,12 @@ test('an invalid config exits 2 naming the key, the value and the source, and no
   }
 });
 
-test('an address already in use exits 1 naming the address', async (t) => {
+test('an address already in use exits 1 naming the address and how to find who holds it', async (t) => {
   const holder = await startServer(undefined, t);
   const r = await runCli(['proxy', '--forward', `${HOST}:0=${HOST}:1`, '--forward', `${HOST}:${holder.port}=${HOST}:1`]);
   assert.equal(r.code, 1, r.stderr);
   assert.ok(r.stderr.includes(`${HOST}:${holder.port}`), `stderr names the address: ${r.stderr}`);
-  assert.match(r.stderr, /ERR_ADDR_IN_USE/);
+  assert.match(r.stderr, new RegExp(`another process listens there \\(\`ss -ltnp 'sport = :${holder.port}'\` shows which\\); stop it, or choose another address .*\\(ERR_ADDR_IN_USE\\)\\n$`));
 });
 
 test('logs are JSON lines: one "listener bound" per listener with the bound port, then "proxy ready"', async (t) => {

@@ -139,7 +139,7 @@ test('usage errors exit 2 and name the bad value', async () => {
     [['--port', '80', '--cluster-networks', '10.0.0.0/99'], /--cluster-networks: "10.0.0.0\/99": prefix length "99" is invalid/],
     [['--port', '80', '--default-opaque-ports', '7000-6000'], /--default-opaque-ports: "7000-6000"/],
     [['--protocol', 'gopher'], /--protocol "gopher" is not in the table/],
-    [['--bogus'], /Unknown option '--bogus'/],
+    [['--bogus'], /unknown option --bogus for meshpipe explain; run meshpipe explain --help for the options/],
     [['--manifests', '/nonexistent/k8s/'], /--manifests \/nonexistent\/k8s\/: no such file or folder/],
     [['--port', '80', '--annotations', '/nonexistent/annotations'], /--annotations \/nonexistent\/annotations: no such file or folder/],
   ] as const;

@@ -45,8 +45,12 @@ describe('meshpipe run: the app never outlives meshpipe', () => {
     proc.kill();
     // 'close' needs the app's end of the shared stdout pipe closed too.
     await withTimeout(proc.exited, 10_000, `the app (pid ${pid}) to die with meshpipe`);
-    const state = procState(pid);
-    assert.ok(state === undefined || state === 'Z', `the app is gone (state ${state})`);
+    // The pipe closes when the dying app releases its files, a moment before the kernel
+    // marks it a zombie (exit_files comes before exit_notify): wait for that state, bounded.
+    await waitFor(() => {
+      const state = procState(pid);
+      return state === undefined || state === 'Z';
+    }, `the app (pid ${pid}) gone or a zombie after meshpipe's SIGKILL (state ${procState(pid)})`, 5_000);
   });
 
   test('a second SIGTERM: the app, which ignores SIGTERM, is killed and reaped before meshpipe exits 143', async (t) => {

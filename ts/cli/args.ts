@@ -11,7 +11,7 @@
  */
 import { parseArgs } from 'node:util';
 import { MeshpipeError } from '../errors.js';
-import { CONFIG_KEYS, defaultText, envVarName, loadConfig, type ConfigKey, type ProxyConfig, type RawLayer } from '../config/index.js';
+import { closest, CONFIG_KEYS, defaultText, envVarName, loadConfig, type ConfigKey, type ProxyConfig, type RawLayer } from '../config/index.js';
 
 /** One command-line option. */
 export interface OptionSpec {
@@ -112,6 +112,15 @@ export function wantsHelp(argv: readonly string[]): boolean {
 }
 
 /**
+ * The flag a typo was probably meant to be: one edit per three letters or part
+ * of three (`--forwrd`, `--nme`, `--prot`), so a short or unrelated name (`-x`,
+ * `--bogus`) gets no suggestion rather than a wrong one.
+ */
+export function suggestFlag(name: string, flags: readonly string[]): string | undefined {
+  return closest(name, flags, Math.ceil(name.length / 3));
+}
+
+/**
  * Parses raw option tokens against a table. Returns the values by flag name,
  * up to `maxPositionals` arguments before `--` (default none; e.g. the FILE of
  * `meshpipe inject`) and the arguments after `--`; anything unexpected is an
@@ -147,11 +156,18 @@ export function parseOptions(
     }
     const spec = byName.get(token.name);
     if (spec === undefined) {
-      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `unknown option ${token.rawName} for ${command}; run ${command} --help for the options`);
+      const hint = suggestFlag(token.name, options.map((o) => o.flag));
+      throw new MeshpipeError(
+        'ERR_INVALID_ARGUMENT',
+        `unknown option ${token.rawName} for ${command}${hint !== undefined ? ` (did you mean --${hint}?)` : ''}; run ${command} --help for the options`,
+      );
     }
     if (spec.type === 'string') {
-      if (token.value === undefined) {
-        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `option --${spec.flag} needs a value: --${spec.flag} ${spec.valueName ?? 'VALUE'}`);
+      // `--drain-timeout --log-format text`: the next option is not this one's value (the
+      // error would otherwise blame "text"); a value that starts with -- can be given as --flag=VALUE.
+      if (token.value === undefined || (!token.inlineValue && token.value.startsWith('--'))) {
+        const got = token.value === undefined ? '' : ` (got the option ${token.value} instead)`;
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `option --${spec.flag} needs a value${got}: --${spec.flag} ${spec.valueName ?? 'VALUE'}`);
       }
       if (spec.multiple) values[spec.flag] = [...((values[spec.flag] as string[] | undefined) ?? []), token.value];
       else if (values[spec.flag] !== undefined) {
@@ -206,7 +222,9 @@ export function formatOptionsHelp(options: readonly OptionSpec[]): string {
   for (const o of options) {
     const name = `${o.short ? `-${o.short}, ` : '    '}--${o.flag}${o.valueName ? ` ${o.valueName}` : ''}`;
     const def = o.defaultText ?? (o.key ? defaultText(o.key) : '');
-    const notes = [def !== '' ? `default: ${def}` : '', o.key ? `env ${envVarName(o.key)}` : ''].filter((s) => s !== '');
+    // A --no-X flag sets its key to false: the variable that does the same is VAR=false, not VAR.
+    const env = o.key ? `env ${envVarName(o.key)}${o.negate ? '=false' : ''}` : '';
+    const notes = [def !== '' ? `default: ${def}` : '', env].filter((s) => s !== '');
     lines.push(`  ${name}`);
     lines.push(`        ${o.help}${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`);
   }

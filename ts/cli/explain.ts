@@ -54,6 +54,7 @@ import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, 
 import { opaquePortsOrigin } from '../policy/flags.js';
 import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
 import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
+import { suggestFlag } from './args.js';
 import type { DecisionInfo, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
 import { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy } from '../config/index.js';
 import { DEFAULT_IDENTITY_TEMPLATE, identityProblem, templateProblem } from '../identity/name.js';
@@ -353,23 +354,28 @@ function clientArgs(id: string | undefined, ip: string | undefined): { identity:
   return { identity: id, ip };
 }
 
+const EXPLAIN_OPTIONS = {
+  port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
+  manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
+  namespace: { type: 'string' }, pod: { type: 'string' },
+  'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' }, config: { type: 'string' },
+  destinations: { type: 'string' }, client: { type: 'string' }, 'client-ip': { type: 'string' },
+  'trust-domain': { type: 'string' }, 'identity-template': { type: 'string' }, 'default-inbound-policy': { type: 'string' },
+  json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+} as const;
+
 /** `meshpipe explain`. Resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({
-      args: argv, strict: true, allowPositionals: false,
-      options: {
-        port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
-        manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
-        namespace: { type: 'string' }, pod: { type: 'string' },
-        'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' }, config: { type: 'string' },
-        destinations: { type: 'string' }, client: { type: 'string' }, 'client-ip': { type: 'string' },
-        'trust-domain': { type: 'string' }, 'identity-template': { type: 'string' }, 'default-inbound-policy': { type: 'string' },
-        json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
-      },
-    }));
+    ({ values } = parseArgs({ args: argv, strict: true, allowPositionals: false, options: EXPLAIN_OPTIONS }));
   } catch (err) {
+    // A typo gets the flag it was probably meant to be, as the other commands' parser does (ts/cli/args.ts).
+    const unknown = /^Unknown option '(-{1,2})([^'=]+)'/.exec((err as Error).message);
+    if (unknown) {
+      const hint = suggestFlag(unknown[2]!, Object.keys(EXPLAIN_OPTIONS));
+      fail(`unknown option ${unknown[1]}${unknown[2]} for meshpipe explain${hint !== undefined ? ` (did you mean --${hint}?)` : ''}; run meshpipe explain --help for the options`);
+    }
     fail(`${(err as Error).message}; run meshpipe explain --help`);
   }
   if (values.help) {

@@ -159,7 +159,7 @@ async function init(argv: string[]): Promise<number> {
 async function issue(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, ISSUE_OPTIONS, 'meshpipe identity issue');
   const name = values['name'] as string | undefined;
-  if (name === undefined) throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'meshpipe identity issue needs --name NAME (e.g. web.ns.serviceaccount.identity.linkerd.cluster.local)');
+  if (name === undefined) throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'issue needs --name NAME (e.g. web.ns.serviceaccount.identity.linkerd.cluster.local)');
   const why = identityProblem(name);
   if (why !== undefined) throw new MeshpipeError('ERR_INVALID_ARGUMENT', `--name "${name}": ${why}; expected a DNS name like web.ns.serviceaccount.identity.linkerd.cluster.local or spiffe://cluster.local/ns/NS/sa/SA`);
   const ttlMs = durationFlag('ttl', values['ttl'], '24h');
@@ -191,7 +191,7 @@ async function check(argv: string[]): Promise<number> {
   } else if (dir === undefined && cert !== undefined && key !== undefined && anchors !== undefined) {
     files = { cert, key, anchors };
   } else {
-    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'meshpipe identity check needs --identity-dir DIR, or all of --identity-cert, --identity-key and --trust-anchors');
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'check needs --identity-dir DIR, or all of --identity-cert, --identity-key and --trust-anchors');
   }
   const loaded = await loadIdentity(files, values['identity-name'] as string | undefined);
   const i = loaded.info;
@@ -215,9 +215,14 @@ async function check(argv: string[]): Promise<number> {
 /** Entry point of `meshpipe identity`. */
 export async function main(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub === undefined || sub === '--help' || sub === '-h' || rest.includes('--help') || rest.includes('-h')) {
+  if (sub === undefined) {
+    // A usage error, as `meshpipe` alone: the help goes to stderr, stdout stays for results.
+    process.stderr.write(identityHelp());
+    return 2;
+  }
+  if (sub === '--help' || sub === '-h' || rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(identityHelp());
-    return sub === undefined ? 2 : 0;
+    return 0;
   }
   switch (sub) {
     case 'init':

@@ -175,8 +175,15 @@ function enabledFlag(values: Readonly<Record<string, string | boolean | string[]
   return t === 'enabled';
 }
 
-/** Reads FILE, or stdin for `-` / no argument. */
-export async function readInput(file: string | undefined): Promise<{ text: string; name: string }> {
+/**
+ * Reads FILE, or stdin for `-` / no argument. No argument at a terminal is a
+ * usage error: the command would otherwise wait silently for input the user
+ * never meant to type (`-` still reads the terminal, for whoever asks).
+ */
+export async function readInput(file: string | undefined, command = 'meshpipe inject'): Promise<{ text: string; name: string }> {
+  if (file === undefined && process.stdin.isTTY === true) {
+    throw bad(`${command} needs manifests: a FILE (${command} deploy.yaml), or piped in (kubectl get deploy web -o yaml | ${command} -); stdin is a terminal`, 'FILE');
+  }
   if (file === undefined || file === '-') {
     const chunks: Buffer[] = [];
     for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
@@ -185,7 +192,9 @@ export async function readInput(file: string | undefined): Promise<{ text: strin
   try {
     return { text: await readFile(file, 'utf8'), name: file };
   } catch (err) {
-    throw bad(`cannot read ${file}: ${(err as Error).message}`, 'FILE');
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a folder' : (err as Error).message;
+    throw bad(`cannot read ${file}: ${why}; expected a file of Kubernetes manifests (YAML or JSON), or - for stdin`, 'FILE');
   }
 }
 

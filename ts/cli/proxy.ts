@@ -23,7 +23,7 @@ import { parseProxyArgv, proxyHelp, wantsHelp } from './args.js';
 import type { ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 import { createLogger, effectiveLogFormat, type Logger } from '../observe/index.js';
-import { runProxyLifecycle } from '../sidecar/index.js';
+import { checkPolicyPathsExist, runProxyLifecycle } from '../sidecar/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
 import { checkExemptUid } from '../sidecar/exempt-uid.js';
 
@@ -49,6 +49,7 @@ export async function main(argv: string[]): Promise<number> {
       { key: 'forward' },
     );
   }
+  await checkPolicyPathsExist(config);
   // As root after `meshpipe init`, the proxy would forward its own connections to itself.
   await checkExemptUid(config);
   const logger = startLogger(config);

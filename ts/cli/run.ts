@@ -31,7 +31,7 @@ import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
 import { DurationError, parseDuration } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import { forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
+import { checkPolicyPathsExist, forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
 import { AppProcess } from './app-process.js';
 import type { Logger } from '../observe/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
@@ -54,9 +54,10 @@ export const RUN_MESSAGES = {
 
 export function runHelp(): string {
   return [
-    'Usage: meshpipe run [proxy options] [--ready-timeout DURATION] -- COMMAND [ARGS...]',
+    'Usage: meshpipe run --forward BIND=TARGET [--forward ...] [proxy options] [--ready-timeout DURATION] -- COMMAND [ARGS...]',
     '',
-    'Starts the proxy, waits until it is ready, then runs COMMAND with stdio inherited.',
+    'Starts the proxy (its --forward listeners; the sidecar layout is for `meshpipe proxy`), waits until it',
+    'is ready, then runs COMMAND with stdio inherited.',
     'SIGTERM, SIGINT and SIGHUP are forwarded to COMMAND. When COMMAND exits, the proxy',
     'drains for up to --drain-timeout and meshpipe exits with COMMAND\'s exit code',
     '(128 + N if it was killed by signal N). If the proxy cannot start, COMMAND is not run.',
@@ -102,6 +103,7 @@ export async function main(argv: string[]): Promise<number> {
   if (config.forward.length === 0) {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
   }
+  await checkPolicyPathsExist(config);
   const logger = startLogger(config);
   await checkIdentityAtStart(config, logger);
   return runApp(new Sidecar(config, logger), logger, command, args, readyTimeoutMs);
@@ -117,6 +119,7 @@ export async function runApp(sidecar: Sidecar, logger: Logger, command: string, 
   const interactive = process.stdin.isTTY === true;
   const remove = handleSignals(logger, {
     extra: ['SIGHUP'],
+    openConnections: () => sidecar.openConnections(),
     onSignal: (signal) => {
       if (app === undefined || !app.running) return;
       // Ctrl-C at a terminal already sent SIGINT to the whole foreground process group, app

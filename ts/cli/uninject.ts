@@ -37,7 +37,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { values, positionals } = parseOptions(argv, OPTIONS, COMMAND, 1);
-  const input = await readInput(positionals[0]);
+  const input = await readInput(positionals[0], 'meshpipe uninject');
   const stream = parseStream(input.text, input.name);
   const result = uninjectStream(stream);
   return writeResult(COMMAND, input, renderStream(stream, result.ops), result, values['dry-run'] === true);

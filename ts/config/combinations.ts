@@ -91,10 +91,10 @@ export function unknownEnvWarnings(env: NodeJS.ProcessEnv, known: readonly strin
   return out;
 }
 
-/** The candidate closest to `name` (edit distance at most 3), for "did you mean". */
-export function closest(name: string, candidates: readonly string[]): string | undefined {
+/** The candidate closest to `name` (edit distance at most `maxDistance`, default 3), for "did you mean". */
+export function closest(name: string, candidates: readonly string[], maxDistance = 3): string | undefined {
   let best: string | undefined;
-  let bestDistance = 4;
+  let bestDistance = maxDistance + 1;
   for (const candidate of candidates) {
     const d = editDistance(name.toLowerCase(), candidate.toLowerCase());
     if (d < bestDistance) {

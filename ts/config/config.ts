@@ -190,14 +190,17 @@ export function readConfigFile(path: string): RawLayer {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
-    throw new MeshpipeError('ERR_INVALID_CONFIG', `cannot read config file ${path}: ${why}`, { key: 'config', cause: err });
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a folder' : (err as Error).message;
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `cannot read config file ${path}: ${why}; expected a YAML or JSON file`, { key: 'config', cause: err });
   }
   let data: unknown;
   try {
     data = parseYaml(text, { prettyErrors: true });
   } catch (err) {
-    throw new MeshpipeError('ERR_INVALID_CONFIG', `config file ${path} does not parse as YAML or JSON: ${(err as Error).message}`, {
+    // One line: the parser's message without its code frame (the line and column say where).
+    const why = (err as Error).message.split('\n')[0]!.replace(/:$/, '');
+    throw new MeshpipeError('ERR_INVALID_CONFIG', `config file ${path} does not parse as YAML or JSON: ${why}`, {
       key: 'config',
       cause: err,
     });

@@ -18,6 +18,7 @@
  * the source.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { closest } from './combinations.js';
 
 /** The engine's port modes (Linkerd's `unknown`, `opaque`, `HTTP/1`, `HTTP/2`, `gRPC`, `TLS`). */
 export const PORT_MODES = ['detect', 'opaque', 'http1', 'http2', 'grpc', 'tls'] as const;
@@ -101,6 +102,11 @@ function parseAddr(text: string, what: 'bind' | 'target'): TargetAddress {
     } else {
       throw new Error(`target address "${text}": "${host}" is neither an IPv4 address nor a host name; ${TARGET_EXPECTED}`);
     }
+  } else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) {
+    // A URL (http://127.0.0.1:8000/): the listener forwards TCP, so it takes the address alone.
+    const bare = input.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/\/.*$/, '');
+    const port = /^https:/i.test(input) ? 443 : 80;
+    throw new Error(`${what} address "${text}": expected host:port without a scheme or path (meshpipe forwards TCP), e.g. ${/:\d+$/.test(bare) ? bare : `${bare}:${port}`}`);
   } else if (isIPv6(input) || input.includes('::')) {
     throw new Error(`${what} address "${text}": an IPv6 address needs brackets and a port, e.g. [::1]:8080`);
   } else {
@@ -153,12 +159,35 @@ export interface ForwardObject {
   direction?: string | undefined;
 }
 
+const FORWARD_OBJECT_KEYS = ['bind', 'target', 'mode', 'direction'] as const;
+
+/**
+ * Checks a forward's object form key by key, so a file's mistake is named
+ * (`unknown key "bnd"`, a missing target, a number for a string) instead of
+ * only "expected BIND=TARGET".
+ */
+function checkForwardObject(item: ForwardObject | Readonly<Record<string, unknown>>): ForwardObject {
+  const fields = item as Readonly<Record<string, unknown>>;
+  for (const key of Object.keys(fields)) {
+    if ((FORWARD_OBJECT_KEYS as readonly string[]).includes(key)) continue;
+    const hint = closest(key, FORWARD_OBJECT_KEYS, Math.ceil(key.length / 3));
+    throw new Error(`unknown key "${key}"${hint !== undefined ? ` (did you mean "${hint}"?)` : ''}: a forward object has ${FORWARD_OBJECT_KEYS.join(', ')}`);
+  }
+  for (const key of FORWARD_OBJECT_KEYS) {
+    const value = fields[key];
+    if (value === undefined && (key === 'bind' || key === 'target')) throw new Error(`"${key}" is missing: a forward object needs bind and target (mode and direction are optional)`);
+    if (value !== undefined && typeof value !== 'string') throw new Error(`"${key}" is ${JSON.stringify(value)}: expected a string, e.g. bind: 127.0.0.1:15432, target: 127.0.0.1:5432`);
+  }
+  return fields as unknown as ForwardObject;
+}
+
 /**
  * Parses one forward (without its name; ts/config/config.ts names them once the
  * whole list is known).
  */
-export function parseForward(item: string | ForwardObject): Omit<ForwardSpec, 'name'> & { readonly localhost: boolean } {
+export function parseForward(item: string | ForwardObject | Readonly<Record<string, unknown>>): Omit<ForwardSpec, 'name'> & { readonly localhost: boolean } {
   if (typeof item !== 'string') {
+    item = checkForwardObject(item);
     return {
       bind: parseBindAddr(item.bind),
       localhost: isLocalhostBind(item.bind),

@@ -30,6 +30,7 @@ export {
   type Direction,
   type LogLevel,
 } from './config.js';
+export { closest } from './combinations.js';
 export { hasPolicySources } from './sidecar.js';
 export { hasIpv6Loopback } from './schemas.js';
 export { NO_TTL_INTERVAL_MS, type NamesConfig } from './names.js';

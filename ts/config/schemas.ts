@@ -126,12 +126,8 @@ export const logLevel = z.string().transform((v, ctx) =>
   }, ctx),
 );
 
-const forwardObject = z.strictObject({
-  bind: z.string(),
-  target: z.string(),
-  mode: z.string().optional(),
-  direction: z.string().optional(),
-});
+// Any object: parseForward checks its keys and values and names what is wrong.
+const forwardObject = z.record(z.string(), z.unknown());
 
 /** True when this machine has an IPv6 loopback address (`::1` on an interface). */
 export function hasIpv6Loopback(): boolean {

@@ -60,6 +60,18 @@ function isLoopbackHost(host: string): boolean {
   return v4.startsWith('127.') || host === '::1' || host.toLowerCase() === 'localhost';
 }
 
+function isWildcardHost(host: string): boolean {
+  return host === '0.0.0.0' || host === '::';
+}
+
+/** Whether two listen addresses take the same port (a wildcard address includes every other; port 0 never collides). */
+function bindsOverlap(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
+  if (a.port === 0 || a.port !== b.port) return false;
+  if (a.host === b.host || isWildcardHost(a.host) || isWildcardHost(b.host)) return true;
+  // localhost binds both loopback addresses.
+  return (a.host === 'localhost' && isLoopbackHost(b.host)) || (b.host === 'localhost' && isLoopbackHost(a.host));
+}
+
 /**
  * Refuses a `--forward` whose target is the admin server: its connections
  * would reach the admin server from a loopback address, which is what
@@ -70,6 +82,14 @@ export function checkForwardsAvoidAdmin(config: Pick<ProxyConfig, 'admin' | 'for
   const admin = config.admin;
   if (admin === null) return;
   for (const f of config.forward) {
+    if (bindsOverlap(f.bind, admin)) {
+      // Caught here, the user hears what the address is taken by: the bind would only say "in use".
+      throw new MeshpipeError(
+        'ERR_INVALID_CONFIG',
+        `--forward ${f.bind.addr}=${f.target.addr} listens on the admin server's address (${admin.addr}, --admin): give the forward another port, or move the admin server with --admin ADDR (or --admin off)`,
+        { key: 'forward' },
+      );
+    }
     if (f.target.port !== admin.port) continue;
     if (isLoopbackHost(f.target.host) || f.target.host === admin.host) {
       throw new MeshpipeError(

@@ -42,6 +42,21 @@ export interface ProxyOptions {
   keepAlive?: boolean;
 }
 
+/**
+ * A bind failure with what to do: the engine names the address and the
+ * listener; the user also needs to know how to find who holds it and what
+ * to change.
+ */
+function withBindHint(err: MeshpipeError): MeshpipeError {
+  const port = /address \S+:(\d+) \(listener/.exec(err.message)?.[1];
+  if (err.code !== 'ERR_ADDR_IN_USE' || port === undefined) return err;
+  return new MeshpipeError(
+    err.code,
+    `${err.message}: another process listens there (\`ss -ltnp 'sport = :${port}'\` shows which); stop it, or choose another address (a --forward's BIND, --inbound, --outbound)`,
+    { cause: err },
+  );
+}
+
 export class Proxy {
   readonly config: EngineConfig;
   readonly #native: NativeProxy;
@@ -97,7 +112,7 @@ export class Proxy {
     } catch (err) {
       this.#state = 'failed';
       this.#releaseKeepAlive();
-      throw fromNative(err);
+      throw withBindHint(fromNative(err));
     }
     this.#state = 'running';
     return this.#listeners;

@@ -20,4 +20,5 @@ export {
   type SignalHandlers,
   type StopSignal,
 } from './lifecycle.js';
+export { checkPolicyPathsExist } from './policy-paths.js';
 export { GUARD_MESSAGES, INTERNAL_ERROR_REASON, installProcessGuard, uncaughtErrors } from './guard.js';

@@ -33,7 +33,7 @@
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, effectiveLogFormat, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
-import { formatDuration, type ProxyConfig } from '../config/index.js';
+import { formatDuration, type ForwardSpec, type ProxyConfig } from '../config/index.js';
 import { Counter } from 'prom-client';
 import { MeshpipeError } from '../errors.js';
 import { guardSidecar, uncaughtErrors } from './guard.js';
@@ -372,11 +372,30 @@ export class Sidecar {
           port: portOf(listener.bind),
           requested: spec?.bind.addr,
           target: spec?.target.addr,
-          mode: spec?.mode ?? 'policy',
+          ...this.#modeOf(spec, listener.direction),
           direction: listener.direction,
         },
         LOG_MESSAGES.listenerBound,
       );
+    }
+  }
+
+  /**
+   * The mode a listener's connections get, for its `listener bound` line: a
+   * forward's own `mode=`, else for a forward to a fixed address the engine's
+   * answer from the policy now in force (`policy` says where it comes from;
+   * a policy change can change it later, and /policy shows it), else `policy`
+   * (decided per connection: the sidecar listeners, a target host name).
+   */
+  #modeOf(spec: ForwardSpec | undefined, direction: BoundListener['direction']): { mode: string; policy?: string } {
+    if (spec?.mode != null) return { mode: spec.mode };
+    if (spec?.target.kind !== 'ip') return { mode: 'policy' };
+    try {
+      const decision = this.proxy.explainPolicy(direction, spec.target.host, spec.target.port);
+      // The engine names an unmatched port's source `default`; say it as explain does.
+      return { mode: decision.mode, policy: decision.source === 'default' ? `${decision.mode}: nothing configured for it` : decision.source };
+    } catch {
+      return { mode: 'policy' };
     }
   }
 
@@ -403,8 +422,13 @@ export class Sidecar {
     }
   }
 
-  #openConnections(): number | undefined {
+  /** Connections open now (undefined before start or after close). */
+  openConnections(): number | undefined {
     return this.#snapshotOrUndefined()?.listeners.reduce((sum, l) => sum + l.open, 0);
+  }
+
+  #openConnections(): number | undefined {
+    return this.openConnections();
   }
 }
 
@@ -428,6 +452,8 @@ export interface SignalHandlers {
   onForced?(signal: StopSignal): void;
   /** Extra signals to catch and pass to `onSignal` only (e.g. SIGHUP for `meshpipe run`). */
   readonly extra?: readonly NodeJS.Signals[];
+  /** The connections a forced exit cuts, for its log line. */
+  openConnections?(): number | undefined;
 }
 
 /** Installs the handlers; returns a function that removes them. */
@@ -444,7 +470,9 @@ export function handleSignals(logger: Logger, handlers: SignalHandlers): () => v
       handlers.onStop(signal);
       return;
     }
-    logger.warn({ signal, firstSignal: first, exitCode: forcedExitCode(signal) }, LOG_MESSAGES.forcedExit);
+    // Say what the exit costs: the connections still open are cut.
+    const cut = handlers.openConnections?.();
+    logger.warn({ signal, firstSignal: first, exitCode: forcedExitCode(signal), ...(cut !== undefined ? { cut } : {}) }, LOG_MESSAGES.forcedExit);
     onForced(signal);
   };
   const other = (signal: NodeJS.Signals) => handlers.onSignal?.(signal);
@@ -464,7 +492,7 @@ export function handleSignals(logger: Logger, handlers: SignalHandlers): () => v
 export async function runProxyLifecycle(config: ProxyConfig, logger: Logger, options: SidecarOptions = {}): Promise<number> {
   const sidecar = new Sidecar(config, logger, options);
   // Installed before binding: a signal during start-up still drains.
-  const remove = handleSignals(logger, { onStop: (signal) => sidecar.requestShutdown(signal) });
+  const remove = handleSignals(logger, { onStop: (signal) => sidecar.requestShutdown(signal), openConnections: () => sidecar.openConnections() });
   try {
     await sidecar.start();
     await sidecar.shutdownRequested;

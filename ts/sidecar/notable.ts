@@ -94,7 +94,7 @@ export class NotableFailures {
       const where = f.target.kind === 'name' ? `${f.target.addr} (${addrs.join(', ') || 'no address'})` : f.target.addr;
       this.#warn(`refused:${f.name}`, this.#delta(`refused:${f.name}`, total), {
         listener: f.name, target: f.target.addr,
-        hint: `nothing accepts connections at ${where}: is the server running, and listening on that address and port (127.0.0.1 and ::1 are different addresses)? Clients of ${f.bind.addr} get a reset.`,
+        hint: `nothing accepts connections at ${where}: is the server running, and listening on that address and port (127.0.0.1 and ::1 are different addresses)? Clients of ${f.bind.addr} get a reset${this.#config.http ? ' (HTTP clients a 502 Bad Gateway)' : ''}.`,
       }, NOTABLE_MESSAGES.refused);
     }
   }
