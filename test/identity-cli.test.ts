@@ -50,6 +50,10 @@ test('identity init and issue write a CA and a workload identity that openssl an
   const issue = await runCli(['identity', 'issue', '--name', 'web.shop.serviceaccount.identity.linkerd.example.org', '--ttl', '2h', '--ca-dir', ca, '--out', id]);
   assert.equal(issue.code, 0, issue.stderr);
   assert.match(issue.stdout, /valid 2h until/);
+  // Units combine, as in the proxy's durations.
+  const compound = await runCli(['identity', 'issue', '--name', 'web.shop.serviceaccount.identity.linkerd.example.org', '--ttl', '1h30m', '--ca-dir', ca, '--out', join(dir, 'web-90m')]);
+  assert.equal(compound.code, 0, compound.stderr);
+  assert.match(compound.stdout, /valid 1h30m until/);
   assert.equal(statSync(join(id, 'tls.key')).mode & 0o777, 0o600);
   assert.equal(readFileSync(join(id, 'ca.crt'), 'utf8'), readFileSync(join(ca, 'ca.crt'), 'utf8'), 'the anchor is copied for --identity-dir');
 
@@ -95,7 +99,8 @@ test('identity files are never overwritten without --force, and bad usage exits 
   const cases: [string[], RegExp][] = [
     [['identity', 'issue', '--ca-dir', ca], /needs --name NAME/],
     [['identity', 'issue', '--name', 'Web.shop.example', '--ca-dir', ca, '--out', join(dir, 'x')], /--name "Web.shop.example": .*lowercase/],
-    [['identity', 'issue', '--name', WEB, '--ttl', '5x', '--ca-dir', ca, '--out', join(dir, 'x')], /--ttl "5x": expected a whole number/],
+    [['identity', 'issue', '--name', WEB, '--ttl', '5x', '--ca-dir', ca, '--out', join(dir, 'x')], /--ttl "5x": expected whole numbers with a unit/],
+    [['identity', 'issue', '--name', WEB, '--ttl', '1h30x', '--ca-dir', ca, '--out', join(dir, 'x')], /--ttl "1h30x": expected whole numbers with a unit s, m, h or d/],
     [['identity', 'issue', '--name', WEB, '--ttl', '400d', '--ca-dir', ca, '--out', join(dir, 'x')], /outlive its issuer/],
     [['identity', 'issue', '--name', WEB, '--ca-dir', join(dir, 'nowhere'), '--out', join(dir, 'x')], /nowhere\/issuer\.crt: cannot read the issuer certificate: no such file/],
     [['identity', 'issue', '--name', WEB, '--ca-dir', id, '--out', join(dir, 'x')], /cannot read the issuer/],

@@ -82,10 +82,12 @@ const MAX_TTL_MS = 100 * 365 * 86_400_000;
 
 function durationFlag(flag: string, value: unknown, fallback: string): number {
   const text = typeof value === 'string' ? value.trim() : fallback;
-  const m = /^(\d+)(s|m|h|d)$/.exec(text);
-  const ms = m ? Number(m[1]) * (UNIT_MS[m[2]!] ?? 0) : NaN;
+  // Whole numbers with units, combinable as the proxy's durations are (1h30m, 1d12h).
+  const ms = /^(?:\d+[smhd])+$/.test(text)
+    ? [...text.matchAll(/(\d+)([smhd])/g)].reduce((sum, m) => sum + Number(m[1]) * (UNIT_MS[m[2]!] ?? 0), 0)
+    : NaN;
   if (!Number.isSafeInteger(ms) || ms < 1000 || ms > MAX_TTL_MS) {
-    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `--${flag} "${text}": expected a whole number with a unit s, m, h or d, from 1s to 100 years (e.g. 24h, 365d)`);
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `--${flag} "${text}": expected whole numbers with a unit s, m, h or d, from 1s to 100 years (e.g. 24h, 1h30m, 365d)`);
   }
   return ms;
 }
