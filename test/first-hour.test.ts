@@ -209,6 +209,8 @@ describe('notable failures', () => {
     assert.match(String(line['hint']), new RegExp(`nothing accepts connections at 127\\.0\\.0\\.1:${dead}: is the server running`));
     // What a client sees depends on the protocol: HTTP requests are answered, not reset.
     assert.match(String(line['hint']), /get a reset \(HTTP clients a 502 Bad Gateway\)\.$/);
+    // The listener is named by the port it got, not the 0 it was asked for.
+    assert.match(String(line['hint']), new RegExp(`Clients of 127\\.0\\.0\\.1:${ports[0]} get a reset`));
     // Two more polls: still one line (rate-limited), the counts are in the metrics.
     await new Promise((r) => setTimeout(r, 4500));
     assert.equal(proc.logs.filter((l) => l.msg === 'the forward target refused connections').length, 1);

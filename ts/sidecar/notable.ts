@@ -92,9 +92,11 @@ export class NotableFailures {
       const addrs = f.target.kind === 'name' ? (s.names.find((n) => n.listener === f.name)?.addresses ?? []) : [f.target.addr];
       const total = addrs.reduce((sum, a) => sum + (refusedAt.get(a) ?? 0), 0);
       const where = f.target.kind === 'name' ? `${f.target.addr} (${addrs.join(', ') || 'no address'})` : f.target.addr;
+      // The address the listener is bound to (port 0 in the config becomes the port the kernel chose).
+      const bound = full.listeners.find((l) => l.name === f.name)?.bind ?? f.bind.addr;
       this.#warn(`refused:${f.name}`, this.#delta(`refused:${f.name}`, total), {
         listener: f.name, target: f.target.addr,
-        hint: `nothing accepts connections at ${where}: is the server running, and listening on that address and port (127.0.0.1 and ::1 are different addresses)? Clients of ${f.bind.addr} get a reset${this.#config.http ? ' (HTTP clients a 502 Bad Gateway)' : ''}.`,
+        hint: `nothing accepts connections at ${where}: is the server running, and listening on that address and port (127.0.0.1 and ::1 are different addresses)? Clients of ${bound} get a reset${this.#config.http ? ' (HTTP clients a 502 Bad Gateway)' : ''}.`,
       }, NOTABLE_MESSAGES.refused);
     }
   }
