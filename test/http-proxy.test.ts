@@ -14,12 +14,12 @@ import { once } from 'node:events';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { WebSocket, WebSocketServer } from 'ws';
-import { freePort, HOST, sha256, startProxy, waitFor } from './helpers.js';
+import { CLI, freePort, HOST, sha256, startProxy, waitFor } from './helpers.js';
 import { adminAddress, scrape } from './admin-client.js';
 import { samples, total, type Family } from './prom-parse.js';
 
@@ -192,5 +192,51 @@ describe('HTTP proxying end to end', () => {
     assert.equal(total(f, 'outbound_http_errors_total', { error: 'bad_gateway' }), 1);
     assert.equal(total(f, 'response_total', { status_code: '502', classification: 'failure', error: 'bad_gateway' }), 1);
     assert.equal(total(f, 'response_total', { status_code: '504', classification: 'failure', error: 'gateway_timeout' }), 1);
+  });
+});
+
+describe('HTTP/1 request heads are timed from their first byte, idle keep-alive is not', () => {
+  test('a keep-alive connection idle past --http-header-timeout is reused; a trickled head is cut off and counted', async (t) => {
+    const origin = await h1Origin(t);
+    const { proc, ports } = await startProxy([
+      '--forward', `127.0.0.1:0=127.0.0.1:${origin}`,
+      '--http-header-timeout', '300ms',
+      '--admin', '127.0.0.1:0',
+    ], { t });
+    const admin = await adminAddress(proc);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    t.after(() => agent.destroy());
+    const get = (path: string) => new Promise<{ body: string; port: number }>((resolve, reject) => {
+      const req = http.get({ host: HOST, port: ports[0], path, agent }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ body, port: req.socket!.localPort! }));
+      });
+      req.on('error', reject);
+    });
+    const first = await get('/one');
+    assert.match(first.body, /^GET \/one 0 /);
+    // Idle for three head timeouts between requests (hyper's own timer
+    // would close the connection here).
+    await new Promise((r) => setTimeout(r, 1000));
+    const second = await get('/two');
+    assert.match(second.body, /^GET \/two 0 /);
+    assert.equal(second.port, first.port, 'the same client connection served both requests');
+    // A head that never completes: the proxy closes the connection.
+    const slow = net.connect(ports[0]!, HOST);
+    await once(slow, 'connect');
+    slow.write('GET /never HTTP/1.1\r\nHost: a\r\n');
+    const received: Buffer[] = [];
+    slow.on('data', (c: Buffer) => received.push(c));
+    await once(slow, 'close');
+    assert.equal(Buffer.concat(received).length, 0, 'closed without a response');
+    const f = await scrapeUntil(admin, 'header_timeout counted', (m) => total(m, 'outbound_http_errors_total', { error: 'header_timeout' }) === 1);
+    assert.equal(total(f, 'outbound_http_errors_total', { error: 'header_timeout' }), 1);
+  });
+
+  test('--http-header-timeout 0 is refused with what is expected', async () => {
+    const r = await execFileP(process.execPath, [CLI, 'run', '--forward', '127.0.0.1:0=127.0.0.1:1', '--http-header-timeout', '0']).catch((e: { stderr: string; code: number }) => e);
+    assert.notEqual((r as { code?: number }).code ?? 0, 0);
+    assert.match((r as { stderr: string }).stderr, /http-header-timeout.*at least 1ms/);
   });
 });

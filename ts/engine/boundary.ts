@@ -588,6 +588,11 @@ enabled: boolean,
  */
 maxHeaderBytes: number, 
 /**
+ * An HTTP/1 client must send a whole request head within this of its
+ * first byte, ms (slowloris); time idle between requests is not counted.
+ */
+headerTimeoutMs: number, 
+/**
  * Time to wait for response headers from upstream before answering
  * 504; 0 = wait forever (the default, as Linkerd).
  */

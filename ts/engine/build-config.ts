@@ -43,6 +43,7 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = fla
     http: {
       enabled: config.http,
       maxHeaderBytes: config.httpMaxHeaderBytes,
+      headerTimeoutMs: config.httpHeaderTimeoutMs,
       responseTimeoutMs: config.httpResponseTimeoutMs,
       portResponseTimeouts: config.httpPortResponseTimeouts.map((t) => ({
         direction: t.direction ?? null,

@@ -7,6 +7,8 @@
 //!   back in front (nothing lost), counting bytes like the TCP path does;
 //! - `server.rs`: hyper's server connection (HTTP/1 or HTTP/2) and the
 //!   per-request proxy logic;
+//! - `head_timer.rs`: HTTP/1's request-head timeout, which (unlike
+//!   hyper's) leaves idle keep-alive connections alone;
 //! - `headers.rs`: hop-by-hop headers (RFC 9110 §7.6.1), authority, upgrades;
 //! - `client.rs`: upstream connections, mesh TLS to meshed endpoints and
 //!   otherwise opened through a pluggable [`Connector`], kept per worker
@@ -31,6 +33,7 @@ pub mod body;
 pub mod client;
 pub mod endpoints;
 pub mod errors;
+pub mod head_timer;
 pub mod headers;
 pub mod io;
 pub mod server;
@@ -50,6 +53,9 @@ pub use server::HttpState;
 pub struct HttpConfig {
     /// Request headers (request line included) larger than this get 431.
     pub max_header_bytes: usize,
+    /// An HTTP/1 request head must arrive whole within this of its first
+    /// byte (`head_timer.rs`); idle keep-alive time is not counted.
+    pub header_timeout: Duration,
     /// Response headers from upstream larger than this are a bad gateway.
     pub max_response_header_bytes: usize,
     /// The response timeout (to response headers) of each port; the first
@@ -68,6 +74,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(30),
             max_response_header_bytes: 64 * 1024,
             port_response_timeouts: Vec::new(),
             response_timeout: None,

@@ -1,8 +1,10 @@
 //! Clients that abuse the HTTP server end with a bounded, counted outcome
-//! while other clients are served: an HTTP/1 client that never finishes its
-//! first request head (slowloris) is closed after hyper's header read
-//! timeout (`header_timeout`; an idle keep-alive connection is closed by the
-//! same timer, and not counted), and an HTTP/2 client that breaks the protocol or its
+//! while other clients are served: an HTTP/1 client that never finishes a
+//! request head (slowloris) is closed once the head timeout passed since
+//! the head's first byte (`header_timeout`), while an idle keep-alive
+//! connection, a slow request body and an upgraded connection are not timed
+//! as heads (the idle timeout closes an idle connection, uncounted); and an
+//! HTTP/2 client that breaks the protocol or its
 //! flood limits (rapid reset, CVE-2023-44487; a flow-control window past
 //! 2^31-1, RFC 9113 §6.9.1) gets a GOAWAY and is closed (`protocol_error`).
 
@@ -105,25 +107,129 @@ async fn a_request_head_that_never_ends_is_closed_and_counted() {
     assert_eq!(text(within(T, c.send_request(get("/ok"))).await.unwrap()).await, "b GET /ok web.test");
 }
 
+/// Reads one whole response (a `Content-Length` body) from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = within(T, s.read(&mut buf)).await.expect("response bytes");
+        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .expect("content-length");
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn an_idle_keep_alive_connection_is_closed_but_not_counted() {
-    let (backend, _) = h1_backend("b").await;
+async fn an_idle_keep_alive_connection_outlives_the_head_timeout() {
+    let (backend, seen) = h1_backend("b").await;
     let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
-    // Then quiet: hyper's header read timeout closes it between requests.
-    let rest = tokio::time::timeout(Duration::from_secs(300), async {
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest).await;
-        rest
-    })
-    .await
-    .expect("an idle keep-alive connection is closed");
-    assert!(rest.ends_with(b"b GET /one a"), "{:?}", String::from_utf8_lossy(&rest));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(read_response(&mut s).await.ends_with("b GET /one a"));
+    // Idle for ten head timeouts (Go keeps idle connections 90 s): hyper's
+    // own header timer would have closed it at 30 s.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.ends_with("b GET /two a"));
+    assert_eq!(seen.connections.load(std::sync::atomic::Ordering::Relaxed), 1, "the proxy kept its upstream connection too");
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_head_that_trickles_is_closed_and_counted() {
+    let (backend, seen) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "http": { "headerTimeoutMs": 10_000 } })).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    read_response(&mut s).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // The next head's clock starts at its first byte, not at the end of
+    // the previous response.
+    let started = tokio::time::Instant::now();
+    s.write_all(b"GET /two HTTP/1.1\r\n").await.unwrap();
+    let mut i = 0;
+    let closed = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if errors(&engine, HttpErrorReason::HeaderTimeout) > 0 {
+            break started.elapsed();
+        }
+        i += 1;
+        assert!(i < 100, "a trickled head is never cut off");
+        let _ = s.write_all(format!("x-{i}: y\r\n").as_bytes()).await;
+    };
+    assert!(closed >= Duration::from_secs(10) && closed <= Duration::from_secs(13), "closed {closed:?} after the head began");
+    assert_eq!(read_until_closed(&mut s).await, b"", "closed without a response");
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_request_body_is_not_a_slow_head() {
+    let (backend, _) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "http": { "headerTimeoutMs": 5_000 } })).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /sha HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    // One chunk every 4 s for 40 s: the body takes eight head timeouts.
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for i in 0..10u8 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let chunk = vec![b'a' + i; 100];
+        sha2::Digest::update(&mut h, &chunk);
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+        s.write_all(&chunk).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let hex: String = sha2::Digest::finalize(h).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(read_response(&mut s).await.ends_with(&format!("{hex} 1000")));
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgraded_connection_is_not_timed_as_heads() {
+    let (backend, _) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "http": { "headerTimeoutMs": 5_000 } })).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("b /ws\n") {
+        let n = within(T, s.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    // Partial "messages" with long pauses: bytes, not heads.
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        s.write_all(format!("ping {i} ").as_bytes()).await.unwrap();
+        let n = within(T, s.read(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..n], format!("ping {i} ").as_bytes());
+    }
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_closed_by_the_idle_timeout() {
+    let (backend, _) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "idleTimeoutMs": 120_000 })).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    read_response(&mut s).await;
+    let idle = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(600), s.read_to_end(&mut rest)).await.expect("closed by the idle timeout");
+    let after = idle.elapsed();
+    assert!(rest.is_empty());
+    assert!(after >= Duration::from_secs(120) && after <= Duration::from_secs(151), "closed after {after:?}");
     assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0, "an idle connection is not an abusive one");
 }
 

@@ -19,6 +19,9 @@ pub struct HttpSpec {
     /// Largest request head (request line and headers), bytes; a larger one
     /// gets 431. Also the largest response head accepted from upstream.
     pub max_header_bytes: usize,
+    /// An HTTP/1 client must send a whole request head within this of its
+    /// first byte, ms (slowloris); time idle between requests is not counted.
+    pub header_timeout_ms: u64,
     /// Time to wait for response headers from upstream before answering
     /// 504; 0 = wait forever (the default, as Linkerd).
     pub response_timeout_ms: u64,
@@ -37,6 +40,7 @@ impl Default for HttpSpec {
         HttpSpec {
             enabled: d.enabled,
             max_header_bytes: d.max_header_bytes,
+            header_timeout_ms: d.header_timeout.as_millis() as u64,
             response_timeout_ms: 0,
             port_response_timeouts: Vec::new(),
             pool_max_idle: d.pool_max_idle,
@@ -58,6 +62,9 @@ impl HttpSpec {
                 expected: "between 8192 and 1048576 bytes",
             });
         }
+        if self.header_timeout_ms == 0 {
+            return Err(ConfigError::Value { field: "http.headerTimeoutMs", value: "0".into(), expected: "at least 1 ms" });
+        }
         if self.pool_idle_timeout_ms == 0 {
             return Err(ConfigError::Value { field: "http.poolIdleTimeoutMs", value: "0".into(), expected: "at least 1 ms" });
         }
@@ -74,6 +81,7 @@ impl HttpSpec {
         Ok(HttpConfig {
             enabled: self.enabled,
             max_header_bytes: self.max_header_bytes,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
             max_response_header_bytes: self.max_header_bytes,
             response_timeout: ms(self.response_timeout_ms),
             port_response_timeouts,
@@ -93,6 +101,9 @@ mod tests {
         assert!(c.enabled && c.response_timeout.is_none());
         let e = HttpSpec { max_header_bytes: 100, ..HttpSpec::default() }.validate().unwrap_err();
         assert!(e.to_string().contains("http.maxHeaderBytes = 100"), "{e}");
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        let e = HttpSpec { header_timeout_ms: 0, ..HttpSpec::default() }.validate().unwrap_err();
+        assert!(e.to_string().contains("http.headerTimeoutMs = 0"), "{e}");
         let spec: HttpSpec =
             serde_json::from_str(r#"{"responseTimeoutMs":5000,"portResponseTimeouts":[{"ports":[8080,8080],"timeoutMs":0}]}"#).unwrap();
         let c = spec.validate().unwrap();

@@ -167,15 +167,19 @@ impl Connector for TcpConnector {
     }
 }
 
+/// A request body as the upstream connections send it: the client's,
+/// marking its part of the exchange done when sent (`head_timer.rs`).
+pub type RequestBody = crate::http::head_timer::Tracked<Incoming>;
+
 /// A request that could not be sent, or failed.
 pub enum SendError {
     /// Nothing was written: the request can go to another endpoint.
-    NotSent(Box<Request<Incoming>>, ProxyError),
+    NotSent(Box<Request<RequestBody>>, ProxyError),
     /// The request was (at least partly) sent.
     Failed(ProxyError),
 }
 
-type H1 = http1::SendRequest<Incoming>;
+type H1 = http1::SendRequest<RequestBody>;
 
 /// An HTTP/2 connection's place in the pools: one per engine, client
 /// connection and endpoint.
@@ -185,7 +189,7 @@ struct H2Key {
     client: u64,
     addr: SocketAddr,
 }
-type H2 = http2::SendRequest<Incoming>;
+type H2 = http2::SendRequest<RequestBody>;
 
 struct IdleH1 {
     tx: H1,
@@ -345,7 +349,7 @@ impl Client {
         &self,
         ctx: &Context,
         ep: &Endpoint,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         self.ensure_sweeper();
         match ep.protocol {
@@ -354,7 +358,7 @@ impl Client {
         }
     }
 
-    async fn send_h1(&self, ctx: &Context, ep: &Endpoint, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Lease), SendError> {
+    async fn send_h1(&self, ctx: &Context, ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), SendError> {
         let key = (self.engine, ep.addr);
         let lease = |tx| Lease { key, tx, max_idle: self.max_idle, peer: peer_of(ep).cloned() };
         // Idle connections first, newest first; each is tried at most once.
@@ -404,7 +408,7 @@ impl Client {
         })
     }
 
-    async fn send_h2(&self, ctx: &Context, ep: &Endpoint, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    async fn send_h2(&self, ctx: &Context, ep: &Endpoint, mut req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
         let key = H2Key { engine: self.engine, client: ep.client, addr: ep.addr };
         // A second try only when the shared connection turned out closed
         // before the request was written.
@@ -475,7 +479,7 @@ impl Client {
 
     /// A connection of its own for an upgrade or CONNECT: sends `req` and
     /// returns the response; the connection is never pooled.
-    pub async fn send_upgrade(&self, ctx: &Context, ep: &Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send_upgrade(&self, ctx: &Context, ep: &Endpoint, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
         if ep.protocol == SessionProtocol::Http2 {
             // HTTP/2 CONNECT (RFC 8441 too) is one stream of the shared connection.
             self.ensure_sweeper();

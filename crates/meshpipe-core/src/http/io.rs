@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::conn::ConnInfo;
 use crate::copy::stream::Transport;
+use crate::http::head_timer::HeadTimer;
 use crate::metrics::TcpSeries;
 
 /// A client stream (a socket, or TLS over one) with a replayed prefix and
@@ -34,6 +35,8 @@ pub struct ClientIo<S = TcpStream> {
     stream: S,
     info: Arc<ConnInfo>,
     series: Arc<TcpSeries>,
+    /// HTTP/1: the request-head timer (`head_timer.rs`).
+    head: Option<HeadTimer>,
 }
 
 impl<S: Transport> ClientIo<S> {
@@ -43,7 +46,13 @@ impl<S: Transport> ClientIo<S> {
         if sweepable {
             info.publish_fd(stream.tcp());
         }
-        ClientIo { prefix, pos: 0, stream, info, series }
+        ClientIo { prefix, pos: 0, stream, info, series, head: None }
+    }
+
+    /// Times request heads (HTTP/1): a read fails with `HeadTimeout` once a
+    /// head took longer than the timer allows.
+    pub fn set_head_timer(&mut self, timer: HeadTimer) {
+        self.head = Some(timer);
     }
 
     /// The socket (for the idle sweep and socket options).
@@ -79,10 +88,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
         if let Poll::Ready(Ok(())) = r {
-            this.count_in(buf.filled().len() - before);
+            this.count_in(n);
         }
-        r
+        match &mut this.head {
+            Some(timer) => timer.watch(cx, r, n),
+            None => r,
+        }
     }
 }
 

@@ -24,7 +24,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -43,8 +42,9 @@ use tracing::debug;
 use crate::addr::TargetAddr;
 use crate::copy::stream::Transport;
 use crate::http::body::{Metered, ProxyBody};
-use crate::http::client::{Endpoint, MeshRoute, SendError, SessionProtocol};
+use crate::http::client::{Endpoint, MeshRoute, RequestBody, SendError, SessionProtocol};
 use crate::http::errors::{self, Audience, ProxyError};
+use crate::http::head_timer::{HeadClock, HeadTimeout, Part, Tracked};
 use crate::http::headers::{self, Tunnel};
 use crate::http::io::ClientIo;
 use crate::http::{balance, upgrade, HttpConfig, HttpErrorReason};
@@ -71,8 +71,10 @@ impl HttpState {
         let mut h1 = http1::Builder::new();
         // Request heads up to `max_header_bytes` (431 above it, hyper's own
         // answer); clients that half-close after their request still get
-        // the response.
+        // the response. hyper's header read timeout is off: it would also
+        // close idle keep-alive connections; `head_timer.rs` times heads.
         h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
             .max_header_size(config.max_header_bytes)
             .max_buf_size((config.max_header_bytes + 16 * 1024).max(8192))
             .half_close(true)
@@ -117,10 +119,8 @@ pub struct Conn {
     /// once they ended, so the connection's slot, descriptors, registry
     /// entry and idle timeout cover them.
     tunnels: TaskTracker,
-    /// A request head arrived: a later header read timeout may be an idle
-    /// keep-alive connection (hyper's timer also runs between requests),
-    /// not a head that never ended.
-    had_request: AtomicBool,
+    /// HTTP/1: the phase the request-head timer reads (`head_timer.rs`).
+    head: Option<Arc<HeadClock>>,
 }
 
 /// An authority and its series.
@@ -134,6 +134,7 @@ impl Conn {
         target: TargetAddr,
         tls: TlsStatus,
         protocol: SessionProtocol,
+        head: Option<Arc<HeadClock>>,
     ) -> Conn {
         let response_timeout = ctx.http.config.response_timeout_for(direction, target.port());
         // Inbound mesh TLS means the client is another proxy (outbound, the
@@ -152,7 +153,7 @@ impl Conn {
             series: ArcSwapOption::empty(),
             close,
             tunnels: TaskTracker::new(),
-            had_request: AtomicBool::new(false),
+            head,
         }
     }
 
@@ -197,7 +198,16 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     let protocol = conn.protocol;
     let close = conn.close.clone();
     let this = conn.clone();
-    let svc = service_fn(move |req| handle(conn.clone(), req));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let conn = conn.clone();
+        async move {
+            // The head is complete: the head timer rests until both bodies
+            // are done with.
+            let (req_part, resp_part) = conn.head.as_ref().map_or_else(|| (Part::none(), Part::none()), |h| h.busy());
+            let resp = handle(conn, req.map(|b| Tracked::new(b, req_part))).await?;
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, resp_part)))
+        }
+    });
     let result = match protocol {
         SessionProtocol::Http1 => {
             let c = ctx.http.h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
@@ -224,17 +234,16 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     };
     if let Err(e) = result {
         // hyper answered a malformed HTTP/1 request (400) or an oversized
-        // head (431) itself before closing; it closed an HTTP/1 client
-        // whose first request head did not arrive within its header read
-        // timeout (30 s; after a request it may be an idle keep-alive
-        // connection, not counted); h2 sent GOAWAY to an HTTP/2 client
+        // head (431) itself before closing; the head timer ended an HTTP/1
+        // client whose request head did not arrive whole in time (idle
+        // keep-alive time is not counted); h2 sent GOAWAY to an HTTP/2 client
         // that broke the protocol or a flood limit. A client that merely
         // went away is none of these.
         let reason = if e.is_parse_too_large() {
             Some(HttpErrorReason::HeadersTooLarge)
         } else if e.is_parse() || e.is_parse_status() {
             Some(HttpErrorReason::BadRequest)
-        } else if protocol == SessionProtocol::Http1 && e.is_timeout() && !this.had_request.load(Relaxed) {
+        } else if HeadTimeout::is(&e) {
             Some(HttpErrorReason::HeaderTimeout)
         } else if protocol == SessionProtocol::Http2 && sent_goaway(&e) {
             Some(HttpErrorReason::ProtocolError)
@@ -259,9 +268,8 @@ fn sent_goaway(e: &hyper::Error) -> bool {
     std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()).is_some_and(|h| h.is_go_away() && h.is_library())
 }
 
-async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    conn.had_request.store(true, Relaxed);
     let series = conn.series(headers::authority_raw(&req));
     series.requests.fetch_add(1, Relaxed);
     let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
@@ -310,6 +318,9 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<
                 conn.close_after(resp.headers_mut());
             }
             if let (true, Some(client_upgrade)) = (agreed, client_upgrade) {
+                if let Some(h) = &conn.head {
+                    h.tunnel();
+                }
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 upgrade::spawn(client_upgrade, upstream_upgrade, &conn.ctx.drain, &conn.tunnels, conn.info.clone());
                 series.latency.observe(started.elapsed());
@@ -347,7 +358,7 @@ struct Forwarded {
 
 /// Sends `req` to the connection's destination, or to an endpoint of the
 /// Service it addresses, within the response timeout.
-async fn forward(conn: &Conn, req: Request<Incoming>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
+async fn forward(conn: &Conn, req: Request<RequestBody>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
     let send = forward_inner(conn, req, tunnel);
     match conn.response_timeout {
         None => send.await,
@@ -358,7 +369,7 @@ async fn forward(conn: &Conn, req: Request<Incoming>, tunnel: Tunnel) -> Result<
     }
 }
 
-async fn forward_inner(conn: &Conn, mut req: Request<Incoming>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
+async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
     let ctx = &conn.ctx;
     let entry = ctx.http.endpoints.load().get(conn.target.0).cloned();
     let mut tried: Vec<SocketAddr> = Vec::new();

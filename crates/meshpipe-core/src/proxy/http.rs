@@ -17,6 +17,7 @@ use tracing::debug;
 use crate::addr::TargetAddr;
 use crate::conn::{ConnInfo, ConnState};
 use crate::copy::stream::Transport;
+use crate::http::head_timer::{HeadClock, HeadTimer};
 use crate::http::io::ClientIo;
 use crate::http::server::{self, Conn};
 use crate::http::SessionProtocol;
@@ -65,8 +66,15 @@ pub(super) async fn serve<S: Transport + Send + 'static>(
     protocol: SessionProtocol,
 ) {
     c.info.set_state(ConnState::Forwarding);
-    let io = ClientIo::new(client, buffered, c.info.clone(), c.series.clone(), ctx.idle_timeout.is_some());
-    let conn = Arc::new(Conn::new(ctx.clone(), c.info.clone(), c.direction, c.target, c.tls, protocol));
+    let mut io = ClientIo::new(client, buffered, c.info.clone(), c.series.clone(), ctx.idle_timeout.is_some());
+    // HTTP/1 times request heads itself (HTTP/2 has no heads to trickle:
+    // h2's own limits and the idle timeout cover it).
+    let head = (protocol == SessionProtocol::Http1).then(|| {
+        let clock = Arc::new(HeadClock::default());
+        io.set_head_timer(HeadTimer::new(clock.clone(), ctx.http.config.header_timeout));
+        clock
+    });
+    let conn = Arc::new(Conn::new(ctx.clone(), c.info.clone(), c.direction, c.target, c.tls, protocol, head));
     debug!(protocol = ?protocol, "serving HTTP");
     server::serve(conn, io).await;
     if c.info.idle_closed() {
