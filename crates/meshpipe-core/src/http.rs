@@ -120,8 +120,8 @@ pub enum HttpErrorReason {
     ClientCancel,
     /// A declared HTTP port whose client did not speak HTTP: forwarded as TCP.
     NotHttp,
-    /// An HTTP/1 client did not complete its first request head within the
-    /// header read timeout (a slowloris): its connection was closed.
+    /// An HTTP/1 client did not complete a request head within the header
+    /// timeout of its first byte (a slowloris): its connection was closed.
     HeaderTimeout,
     /// An HTTP/2 client broke the protocol or its flood limits (rapid
     /// reset, CONTINUATION flood, a flow-control window past 2^31-1, ...):
