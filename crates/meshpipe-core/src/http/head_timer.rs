@@ -33,8 +33,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU8;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,7 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 /// Where an HTTP/1 connection is between its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u32)]
 pub enum Phase {
     /// Waiting for (the rest of) a request head: the timer runs.
     Head = 0,
@@ -59,24 +59,33 @@ pub enum Phase {
 
 /// A connection's phase, shared by its client stream (which reads it) and
 /// its requests (which move it).
+///
+/// One atomic word holds the phase (bits 0-1), the parts of the current
+/// exchange not yet done with (bits 2-3) and the exchange's number (the
+/// rest), so every move is one compare-and-swap and a part of an earlier
+/// exchange (a request body the upstream connection still holds after
+/// hyper read all of it and went on to the next request) cannot end the
+/// current one.
 #[derive(Debug)]
 pub struct HeadClock {
-    phase: AtomicU8,
-    /// Parts of the current exchange not yet done with (request body,
-    /// response body).
-    parts: AtomicU8,
+    state: AtomicU32,
 }
+
+const PHASE: u32 = 0b11;
+const PARTS_SHIFT: u32 = 2;
+const PARTS: u32 = 0b11 << PARTS_SHIFT;
+const EXCHANGE_SHIFT: u32 = 4;
 
 impl Default for HeadClock {
     /// A new connection waits for its first head.
     fn default() -> Self {
-        HeadClock { phase: AtomicU8::new(Phase::Head as u8), parts: AtomicU8::new(0) }
+        HeadClock { state: AtomicU32::new(Phase::Head as u32) }
     }
 }
 
 impl HeadClock {
     pub fn phase(&self) -> Phase {
-        match self.phase.load(Acquire) {
+        match self.state.load(Acquire) & PHASE {
             0 => Phase::Head,
             1 => Phase::Busy,
             2 => Phase::Idle,
@@ -84,40 +93,54 @@ impl HeadClock {
         }
     }
 
-    /// A complete head arrived: the exchange's two parts are outstanding
-    /// until each [`Part`] is dropped.
+    /// A complete head arrived: the exchange's two parts (request body,
+    /// response body) are outstanding until each [`Part`] is dropped.
     pub fn busy(self: &Arc<Self>) -> (Part, Part) {
-        self.parts.store(2, Release);
-        self.set(Phase::Busy);
-        (Part(Some(self.clone())), Part(Some(self.clone())))
+        let mut exchange = 0;
+        let _ = self.update(|s| {
+            // A tunnel is final.
+            if s & PHASE == Phase::Tunnel as u32 {
+                return None;
+            }
+            exchange = (s >> EXCHANGE_SHIFT).wrapping_add(1) & (u32::MAX >> EXCHANGE_SHIFT);
+            Some(exchange << EXCHANGE_SHIFT | 2 << PARTS_SHIFT | Phase::Busy as u32)
+        });
+        (Part(Some((self.clone(), exchange))), Part(Some((self.clone(), exchange))))
     }
 
     /// The connection became a tunnel: no more heads.
     pub fn tunnel(&self) {
-        self.phase.store(Phase::Tunnel as u8, Release);
+        let _ = self.update(|s| Some(s & !PHASE | Phase::Tunnel as u32));
     }
 
-    /// A byte arrived while idle: a head begins.
+    /// A byte arrived while idle: a head begins. (A busy exchange or a
+    /// tunnel stays as it is.)
     fn head_begins(&self) {
-        // Only from idle: a tunnel or a busy exchange stays as it is.
-        let _ = self.phase.compare_exchange(Phase::Idle as u8, Phase::Head as u8, AcqRel, Acquire);
+        let _ = self.update(|s| (s & PHASE == Phase::Idle as u32).then_some(s & !PHASE | Phase::Head as u32));
     }
 
-    fn set(&self, phase: Phase) {
-        // A tunnel is final.
-        let _ = self.phase.fetch_update(AcqRel, Acquire, |p| (p != Phase::Tunnel as u8).then_some(phase as u8));
+    /// One part of exchange `exchange` is done; the last one makes the
+    /// connection idle.
+    fn release(&self, exchange: u32) {
+        let _ = self.update(|s| {
+            let parts = (s & PARTS) >> PARTS_SHIFT;
+            if s >> EXCHANGE_SHIFT != exchange || parts == 0 {
+                return None;
+            }
+            let left = parts - 1;
+            let phase = if left == 0 && s & PHASE == Phase::Busy as u32 { Phase::Idle as u32 } else { s & PHASE };
+            Some(s & !(PHASE | PARTS) | left << PARTS_SHIFT | phase)
+        });
     }
 
-    fn release(&self) {
-        if self.parts.fetch_sub(1, AcqRel) == 1 {
-            let _ = self.phase.compare_exchange(Phase::Busy as u8, Phase::Idle as u8, AcqRel, Acquire);
-        }
+    fn update(&self, f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
+        self.state.fetch_update(AcqRel, Acquire, f)
     }
 }
 
 /// One outstanding part of an exchange; dropping it marks the part done.
 #[derive(Debug)]
-pub struct Part(Option<Arc<HeadClock>>);
+pub struct Part(Option<(Arc<HeadClock>, u32)>);
 
 impl Part {
     /// A part of no timed connection (HTTP/2).
@@ -127,8 +150,8 @@ impl Part {
 
     /// Done early (a body that is empty from the start).
     pub fn done(&mut self) {
-        if let Some(c) = self.0.take() {
-            c.release();
+        if let Some((clock, exchange)) = self.0.take() {
+            clock.release(exchange);
         }
     }
 }
@@ -247,5 +270,87 @@ impl HeadTimer {
                 read
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_ends_when_both_parts_are_done() {
+        let clock = Arc::new(HeadClock::default());
+        assert_eq!(clock.phase(), Phase::Head);
+        let (req, resp) = clock.busy();
+        assert_eq!(clock.phase(), Phase::Busy);
+        drop(resp);
+        assert_eq!(clock.phase(), Phase::Busy, "the request body is still going");
+        drop(req);
+        assert_eq!(clock.phase(), Phase::Idle);
+        clock.head_begins();
+        assert_eq!(clock.phase(), Phase::Head);
+    }
+
+    #[test]
+    fn a_part_of_an_earlier_exchange_does_not_end_the_current_one() {
+        let clock = Arc::new(HeadClock::default());
+        let (old_req, old_resp) = clock.busy();
+        drop(old_resp);
+        // hyper read the whole body and parsed the next head while the
+        // upstream connection still holds the old body.
+        let (req, resp) = clock.busy();
+        drop(old_req);
+        drop(resp);
+        assert_eq!(clock.phase(), Phase::Busy, "the current request body is still going");
+        drop(req);
+        assert_eq!(clock.phase(), Phase::Idle);
+    }
+
+    #[test]
+    fn a_tunnel_is_final_and_bytes_while_busy_start_no_head() {
+        let clock = Arc::new(HeadClock::default());
+        let (req, resp) = clock.busy();
+        clock.head_begins();
+        assert_eq!(clock.phase(), Phase::Busy);
+        clock.tunnel();
+        drop((req, resp));
+        assert_eq!(clock.phase(), Phase::Tunnel);
+        let (again, _) = clock.busy();
+        drop(again);
+        clock.head_begins();
+        assert_eq!(clock.phase(), Phase::Tunnel);
+    }
+
+    #[test]
+    fn an_empty_body_is_done_at_once() {
+        let clock = Arc::new(HeadClock::default());
+        let (req, resp) = clock.busy();
+        let body = Tracked::new(http_body_util::Empty::<Bytes>::new(), req);
+        drop(resp);
+        assert_eq!(clock.phase(), Phase::Idle);
+        drop(body);
+        assert_eq!(clock.phase(), Phase::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_spanning_reads_times_out_from_its_first_wait() {
+        let clock = Arc::new(HeadClock::default());
+        let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        // Progress does not move the deadline (a trickle is still a slow head).
+        assert!(matches!(timer.watch(&mut cx, Poll::Ready(Ok(())), 5), Poll::Ready(Ok(()))));
+        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        match timer.watch(&mut cx, Poll::Pending, 0) {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+            other => panic!("{other:?}"),
+        }
+        // Idle: no timer, however long.
+        let (a, b) = clock.busy();
+        drop((a, b));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
     }
 }
