@@ -25,6 +25,12 @@
 //! read with [`HeadTimeout`] when it fires; it reads the clock only when a
 //! head spans more than one read.
 //!
+//! Empty lines: RFC 9112 §2.2 has a server ignore at least one empty line
+//! before a request-line (some clients send a CRLF after a POST body), and
+//! hyper does; up to [`MAX_BLANK`] CR/LF bytes read while idle are such a
+//! line, not the start of a head, so a stray CRLF leaves the connection
+//! idle. More begin a head, so a stream of CRLFs is timed like any head.
+//!
 //! Pipelined requests: a head that hyper already buffered behind the
 //! previous request is parsed without a read; one that arrived only in part
 //! and then stalls is an idle connection until its next byte, so the idle
@@ -76,6 +82,9 @@ const PARTS_SHIFT: u32 = 2;
 const PARTS: u32 = 0b11 << PARTS_SHIFT;
 const EXCHANGE_SHIFT: u32 = 4;
 
+/// CR/LF bytes after an exchange that are an ignored empty line (one CRLF).
+pub const MAX_BLANK: usize = 2;
+
 impl Default for HeadClock {
     /// A new connection waits for its first head.
     fn default() -> Self {
@@ -85,12 +94,19 @@ impl Default for HeadClock {
 
 impl HeadClock {
     pub fn phase(&self) -> Phase {
-        match self.state.load(Acquire) & PHASE {
+        self.load().0
+    }
+
+    /// The phase and the number of the current (or last) exchange.
+    fn load(&self) -> (Phase, u32) {
+        let s = self.state.load(Acquire);
+        let phase = match s & PHASE {
             0 => Phase::Head,
             1 => Phase::Busy,
             2 => Phase::Idle,
             _ => Phase::Tunnel,
-        }
+        };
+        (phase, s >> EXCHANGE_SHIFT)
     }
 
     /// A complete head arrived: the exchange's two parts (request body,
@@ -231,18 +247,24 @@ pub struct HeadTimer {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The current head's deadline is set.
     armed: bool,
+    /// CR/LF bytes read while idle after exchange `.0` (`MAX_BLANK`).
+    blank: (u32, usize),
 }
 
 impl HeadTimer {
     pub fn new(clock: Arc<HeadClock>, timeout: Duration) -> HeadTimer {
-        HeadTimer { clock, timeout, sleep: None, armed: false }
+        HeadTimer { clock, timeout, sleep: None, armed: false, blank: (0, 0) }
     }
 
-    /// Watches one read of the client stream: `read` is its result, `n` the
-    /// bytes it gave. Returns the result to hand hyper.
-    pub fn watch(&mut self, cx: &mut Context<'_>, read: Poll<io::Result<()>>, n: usize) -> Poll<io::Result<()>> {
-        match self.clock.phase() {
-            Phase::Idle if n > 0 => {
+    /// Watches one read of the client stream: `read` is its result, `got`
+    /// the bytes it gave. Returns the result to hand hyper.
+    pub fn watch(&mut self, cx: &mut Context<'_>, read: Poll<io::Result<()>>, got: &[u8]) -> Poll<io::Result<()>> {
+        let (phase, exchange) = self.clock.load();
+        match phase {
+            Phase::Idle if !got.is_empty() => {
+                if self.empty_line(exchange, got) {
+                    return read;
+                }
                 self.clock.head_begins();
                 self.armed = false;
                 read
@@ -270,6 +292,17 @@ impl HeadTimer {
                 read
             }
         }
+    }
+
+    /// Whether `got`, read while idle after exchange `exchange`, is (part
+    /// of) the one empty line a client may send before its next head.
+    fn empty_line(&mut self, exchange: u32, got: &[u8]) -> bool {
+        if !got.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            return false;
+        }
+        let before = if self.blank.0 == exchange { self.blank.1 } else { 0 };
+        self.blank = (exchange, before.saturating_add(got.len()));
+        self.blank.1 <= MAX_BLANK
     }
 }
 
@@ -337,13 +370,13 @@ mod tests {
         let clock = Arc::new(HeadClock::default());
         let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        assert!(timer.watch(&mut cx, Poll::Pending, b"").is_pending());
         tokio::time::advance(Duration::from_secs(9)).await;
         // Progress does not move the deadline (a trickle is still a slow head).
-        assert!(matches!(timer.watch(&mut cx, Poll::Ready(Ok(())), 5), Poll::Ready(Ok(()))));
-        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        assert!(matches!(timer.watch(&mut cx, Poll::Ready(Ok(())), b"GET /"), Poll::Ready(Ok(()))));
+        assert!(timer.watch(&mut cx, Poll::Pending, b"").is_pending());
         tokio::time::advance(Duration::from_secs(1)).await;
-        match timer.watch(&mut cx, Poll::Pending, 0) {
+        match timer.watch(&mut cx, Poll::Pending, b"") {
             Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
             other => panic!("{other:?}"),
         }
@@ -351,6 +384,29 @@ mod tests {
         let (a, b) = clock.busy();
         drop((a, b));
         tokio::time::advance(Duration::from_secs(3600)).await;
-        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        assert!(timer.watch(&mut cx, Poll::Pending, b"").is_pending());
+    }
+
+    #[test]
+    fn one_empty_line_while_idle_begins_no_head_and_more_do() {
+        let clock = Arc::new(HeadClock::default());
+        let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ok = || Poll::Ready(Ok(()));
+        drop(clock.busy());
+        let _ = timer.watch(&mut cx, ok(), b"\r");
+        let _ = timer.watch(&mut cx, ok(), b"\n");
+        assert_eq!(clock.phase(), Phase::Idle, "one CRLF, even split");
+        let _ = timer.watch(&mut cx, ok(), b"\r\n");
+        assert_eq!(clock.phase(), Phase::Head, "a second empty line begins a head");
+        // Each exchange gets its own allowance.
+        drop(clock.busy());
+        let _ = timer.watch(&mut cx, ok(), b"\r\n");
+        assert_eq!(clock.phase(), Phase::Idle);
+        let _ = timer.watch(&mut cx, ok(), b"\r\nG");
+        assert_eq!(clock.phase(), Phase::Head, "a head after the line");
+        drop(clock.busy());
+        let _ = timer.watch(&mut cx, ok(), b"\nGET");
+        assert_eq!(clock.phase(), Phase::Head);
     }
 }
