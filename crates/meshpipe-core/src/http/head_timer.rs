@@ -449,6 +449,25 @@ mod tests {
     }
 
     #[test]
+    fn a_request_body_dropped_after_its_trailers_drains_nothing() {
+        use http_body_util::BodyExt;
+        let clock = Arc::new(HeadClock::default());
+        let (req, resp) = clock.busy();
+        drop(resp);
+        let trailers = async { Some(Ok::<_, std::convert::Infallible>(http::HeaderMap::new())) };
+        let inner = http_body_util::Full::new(Bytes::from_static(b"abc")).map_err(|e| match e {}).with_trailers(trailers);
+        let mut body = Tracked::new(Box::pin(inner), req);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(Some(Ok(f))) if f.is_data()));
+        assert_eq!(clock.phase(), Phase::Busy);
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(Some(Ok(f))) if f.is_trailers()));
+        // As hyper's client does: dropped after the trailers, not polled to its end.
+        drop(body);
+        assert_eq!(clock.phase(), Phase::Idle);
+        assert!(!clock.take_drain());
+    }
+
+    #[test]
     fn one_empty_line_while_idle_begins_no_head_and_more_do() {
         let clock = Arc::new(HeadClock::default());
         let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
