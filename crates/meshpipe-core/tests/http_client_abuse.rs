@@ -3,7 +3,9 @@
 //! request head (slowloris) is closed once the head timeout passed since
 //! the head's first byte (`header_timeout`), while an idle keep-alive
 //! connection, a slow request body and an upgraded connection are not timed
-//! as heads (the idle timeout closes an idle connection, uncounted); and an
+//! as heads (the idle timeout closes an idle connection, uncounted), nor is
+//! one stray empty line between requests (RFC 9112 §2.2), nor the rest of
+//! a request body hyper drains after an error response; and an
 //! HTTP/2 client that breaks the protocol or its
 //! flood limits (rapid reset, CVE-2023-44487; a flow-control window past
 //! 2^31-1, RFC 9113 §6.9.1) gets a GOAWAY and is closed (`protocol_error`).
@@ -215,6 +217,80 @@ async fn an_upgraded_connection_is_not_timed_as_heads() {
         assert_eq!(&buf[..n], format!("ping {i} ").as_bytes());
     }
     assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
+}
+
+/// Real clock (a 1 s head timeout, generous upper bounds): under tokio's
+/// paused clock a head that follows a lone CRLF went unanswered, by a plain
+/// hyper server too (cause not established), while the real clock serves it.
+#[tokio::test]
+async fn an_empty_line_after_a_request_is_not_a_head() {
+    let (backend, seen) = h1_backend("b").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({ "http": { "headerTimeoutMs": 1_000 } })).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /sha HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc").await.unwrap();
+    assert!(read_response(&mut s).await.ends_with(" 3"));
+    // The CRLF some clients send after a POST body (RFC 9112 §2.2: a server
+    // SHOULD ignore at least one empty line before a request-line), here
+    // arriving on its own once the connection is idle; then three head
+    // timeouts of idleness.
+    s.write_all(b"\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let quiet = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(quiet.is_err(), "an idle connection with a stray empty line was closed: {quiet:?}");
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.ends_with("b GET /two a"));
+    assert_eq!(seen.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
+
+    // More than one empty line is the start of a head, timed as one (a
+    // stream of CRLFs is no way around the timer).
+    let started = tokio::time::Instant::now();
+    let trickle = async {
+        loop {
+            if s.write_all(b"\r\n").await.is_err() {
+                return started.elapsed();
+            }
+            if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                return started.elapsed();
+            }
+        }
+    };
+    let closed = within(T, trickle).await;
+    assert!(closed >= Duration::from_secs(1), "closed {closed:?} after the empty lines began, before the head timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keep_alive_connection_after_an_error_response_is_idle_not_a_head() {
+    // Nothing listens here: every request gets the proxy's 502, and its
+    // body is dropped unread, so hyper drains the rest of it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (engine, proxy) = common::forward(dead, None, serde_json::json!({ "http": { "headerTimeoutMs": 10_000 } })).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    // A body larger than what detection and hyper's first read take, so its
+    // rest is read after the exchange ended.
+    let mut req = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    req.extend(vec![b'x'; 5000]);
+    s.write_all(&req).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 502"));
+    let mut buf = [0u8; 1024];
+    let quiet = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await;
+    assert!(quiet.is_err(), "an idle connection was closed after an error response: {quiet:?}");
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 502"), "the connection was reused");
+    assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
+    // A head that trickles after such an exchange is still timed.
+    s.write_all(b"GET /three HTTP/1.1\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    for i in 0..100 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if errors(&engine, HttpErrorReason::HeaderTimeout) > 0 {
+            break;
+        }
+        assert!(i < 99, "a trickled head is never cut off");
+        let _ = s.write_all(format!("x-{i}: y\r\n").as_bytes()).await;
+    }
+    let closed = started.elapsed();
+    assert!(closed >= Duration::from_secs(10) && closed <= Duration::from_secs(13), "closed {closed:?} after the head began");
 }
 
 #[tokio::test(start_paused = true)]

@@ -25,6 +25,20 @@
 //! read with [`HeadTimeout`] when it fires; it reads the clock only when a
 //! head spans more than one read.
 //!
+//! A request body the proxy drops unread (an error response such as a 502,
+//! or an upstream that answered early) is drained by hyper with one more
+//! read once the exchange may already be idle: that read is the body's
+//! rest, not the next head (else an idle keep-alive connection would be
+//! timed as a head and closed after the error response). At most one read
+//! per exchange is passed over this way; if it also held the start of a
+//! pipelined head, that head is timed from its next read.
+//!
+//! Empty lines: RFC 9112 §2.2 has a server ignore at least one empty line
+//! before a request-line (some clients send a CRLF after a POST body), and
+//! hyper does; up to [`MAX_BLANK`] CR/LF bytes read while idle are such a
+//! line, not the start of a head, so a stray CRLF leaves the connection
+//! idle. More begin a head, so a stream of CRLFs is timed like any head.
+//!
 //! Pipelined requests: a head that hyper already buffered behind the
 //! previous request is parsed without a read; one that arrived only in part
 //! and then stalls is an idle connection until its next byte, so the idle
@@ -61,8 +75,9 @@ pub enum Phase {
 /// its requests (which move it).
 ///
 /// One atomic word holds the phase (bits 0-1), the parts of the current
-/// exchange not yet done with (bits 2-3) and the exchange's number (the
-/// rest), so every move is one compare-and-swap and a part of an earlier
+/// exchange not yet done with (bits 2-3), whether its request body was
+/// dropped unread (bit 4: hyper drains the rest) and the exchange's number
+/// (the rest), so every move is one compare-and-swap and a part of an earlier
 /// exchange (a request body the upstream connection still holds after
 /// hyper read all of it and went on to the next request) cannot end the
 /// current one.
@@ -74,7 +89,11 @@ pub struct HeadClock {
 const PHASE: u32 = 0b11;
 const PARTS_SHIFT: u32 = 2;
 const PARTS: u32 = 0b11 << PARTS_SHIFT;
-const EXCHANGE_SHIFT: u32 = 4;
+const DRAIN: u32 = 1 << 4;
+const EXCHANGE_SHIFT: u32 = 5;
+
+/// CR/LF bytes after an exchange that are an ignored empty line (one CRLF).
+pub const MAX_BLANK: usize = 2;
 
 impl Default for HeadClock {
     /// A new connection waits for its first head.
@@ -85,12 +104,19 @@ impl Default for HeadClock {
 
 impl HeadClock {
     pub fn phase(&self) -> Phase {
-        match self.state.load(Acquire) & PHASE {
+        self.load().0
+    }
+
+    /// The phase and the number of the current (or last) exchange.
+    fn load(&self) -> (Phase, u32) {
+        let s = self.state.load(Acquire);
+        let phase = match s & PHASE {
             0 => Phase::Head,
             1 => Phase::Busy,
             2 => Phase::Idle,
             _ => Phase::Tunnel,
-        }
+        };
+        (phase, s >> EXCHANGE_SHIFT)
     }
 
     /// A complete head arrived: the exchange's two parts (request body,
@@ -105,7 +131,7 @@ impl HeadClock {
             exchange = (s >> EXCHANGE_SHIFT).wrapping_add(1) & (u32::MAX >> EXCHANGE_SHIFT);
             Some(exchange << EXCHANGE_SHIFT | 2 << PARTS_SHIFT | Phase::Busy as u32)
         });
-        (Part(Some((self.clone(), exchange))), Part(Some((self.clone(), exchange))))
+        (Part(Some((self.clone(), exchange)), true), Part(Some((self.clone(), exchange)), false))
     }
 
     /// The connection became a tunnel: no more heads.
@@ -120,8 +146,9 @@ impl HeadClock {
     }
 
     /// One part of exchange `exchange` is done; the last one makes the
-    /// connection idle.
-    fn release(&self, exchange: u32) {
+    /// connection idle. With `drain`, it is a request body dropped before
+    /// its end, whose rest hyper reads once more.
+    fn release(&self, exchange: u32, drain: bool) {
         let _ = self.update(|s| {
             let parts = (s & PARTS) >> PARTS_SHIFT;
             if s >> EXCHANGE_SHIFT != exchange || parts == 0 {
@@ -129,8 +156,15 @@ impl HeadClock {
             }
             let left = parts - 1;
             let phase = if left == 0 && s & PHASE == Phase::Busy as u32 { Phase::Idle as u32 } else { s & PHASE };
-            Some(s & !(PHASE | PARTS) | left << PARTS_SHIFT | phase)
+            let drain = if drain { DRAIN } else { 0 };
+            Some(s & !(PHASE | PARTS) | left << PARTS_SHIFT | phase | drain)
         });
+    }
+
+    /// Whether this read is hyper draining a request body dropped unread
+    /// (the first read with bytes after the drop; consumed).
+    fn take_drain(&self) -> bool {
+        self.update(|s| (s & DRAIN != 0).then_some(s & !DRAIN)).is_ok()
     }
 
     fn update(&self, f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
@@ -138,27 +172,31 @@ impl HeadClock {
     }
 }
 
-/// One outstanding part of an exchange; dropping it marks the part done.
+/// One outstanding part of an exchange (`.1`: the request body); dropping
+/// it marks the part done.
 #[derive(Debug)]
-pub struct Part(Option<(Arc<HeadClock>, u32)>);
+pub struct Part(Option<(Arc<HeadClock>, u32)>, bool);
 
 impl Part {
     /// A part of no timed connection (HTTP/2).
     pub fn none() -> Part {
-        Part(None)
+        Part(None, false)
     }
 
-    /// Done early (a body that is empty from the start).
+    /// The body ended (or is empty from the start).
     pub fn done(&mut self) {
         if let Some((clock, exchange)) = self.0.take() {
-            clock.release(exchange);
+            clock.release(exchange, false);
         }
     }
 }
 
 impl Drop for Part {
+    /// Dropped before its end: a request body hyper drains.
     fn drop(&mut self) {
-        self.done();
+        if let Some((clock, exchange)) = self.0.take() {
+            clock.release(exchange, self.1);
+        }
     }
 }
 
@@ -186,7 +224,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(None)) || (matches!(r, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream()) {
+        // Trailers are the last frame (hyper drops a body after them
+        // without polling for its end).
+        let last = match &r {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.inner.is_end_stream(),
+            _ => false,
+        };
+        if last {
             this.part.done();
         }
         r
@@ -231,18 +276,28 @@ pub struct HeadTimer {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The current head's deadline is set.
     armed: bool,
+    /// CR/LF bytes read while idle after exchange `.0` (`MAX_BLANK`).
+    blank: (u32, usize),
 }
 
 impl HeadTimer {
     pub fn new(clock: Arc<HeadClock>, timeout: Duration) -> HeadTimer {
-        HeadTimer { clock, timeout, sleep: None, armed: false }
+        HeadTimer { clock, timeout, sleep: None, armed: false, blank: (0, 0) }
     }
 
-    /// Watches one read of the client stream: `read` is its result, `n` the
-    /// bytes it gave. Returns the result to hand hyper.
-    pub fn watch(&mut self, cx: &mut Context<'_>, read: Poll<io::Result<()>>, n: usize) -> Poll<io::Result<()>> {
-        match self.clock.phase() {
-            Phase::Idle if n > 0 => {
+    /// Watches one read of the client stream: `read` is its result, `got`
+    /// the bytes it gave. Returns the result to hand hyper.
+    pub fn watch(&mut self, cx: &mut Context<'_>, read: Poll<io::Result<()>>, got: &[u8]) -> Poll<io::Result<()>> {
+        let (phase, exchange) = self.clock.load();
+        if !got.is_empty() && self.clock.take_drain() {
+            // The rest of a request body the proxy dropped unread.
+            return read;
+        }
+        match phase {
+            Phase::Idle if !got.is_empty() => {
+                if self.empty_line(exchange, got) {
+                    return read;
+                }
                 self.clock.head_begins();
                 self.armed = false;
                 read
@@ -270,6 +325,17 @@ impl HeadTimer {
                 read
             }
         }
+    }
+
+    /// Whether `got`, read while idle after exchange `exchange`, is (part
+    /// of) the one empty line a client may send before its next head.
+    fn empty_line(&mut self, exchange: u32, got: &[u8]) -> bool {
+        if !got.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            return false;
+        }
+        let before = if self.blank.0 == exchange { self.blank.1 } else { 0 };
+        self.blank = (exchange, before.saturating_add(got.len()));
+        self.blank.1 <= MAX_BLANK
     }
 }
 
@@ -337,13 +403,13 @@ mod tests {
         let clock = Arc::new(HeadClock::default());
         let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        assert!(timer.watch(&mut cx, Poll::Pending, b"").is_pending());
         tokio::time::advance(Duration::from_secs(9)).await;
         // Progress does not move the deadline (a trickle is still a slow head).
-        assert!(matches!(timer.watch(&mut cx, Poll::Ready(Ok(())), 5), Poll::Ready(Ok(()))));
-        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        assert!(matches!(timer.watch(&mut cx, Poll::Ready(Ok(())), b"GET /"), Poll::Ready(Ok(()))));
+        assert!(timer.watch(&mut cx, Poll::Pending, b"").is_pending());
         tokio::time::advance(Duration::from_secs(1)).await;
-        match timer.watch(&mut cx, Poll::Pending, 0) {
+        match timer.watch(&mut cx, Poll::Pending, b"") {
             Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
             other => panic!("{other:?}"),
         }
@@ -351,6 +417,80 @@ mod tests {
         let (a, b) = clock.busy();
         drop((a, b));
         tokio::time::advance(Duration::from_secs(3600)).await;
-        assert!(timer.watch(&mut cx, Poll::Pending, 0).is_pending());
+        assert!(timer.watch(&mut cx, Poll::Pending, b"").is_pending());
+    }
+
+    #[test]
+    fn the_read_that_drains_a_dropped_request_body_begins_no_head() {
+        let clock = Arc::new(HeadClock::default());
+        let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ok = || Poll::Ready(Ok(()));
+        let (mut req, mut resp) = clock.busy();
+        resp.done();
+        drop(req);
+        assert_eq!(clock.phase(), Phase::Idle);
+        let _ = timer.watch(&mut cx, ok(), b"rest of the body");
+        assert_eq!(clock.phase(), Phase::Idle, "hyper's drain read");
+        let _ = timer.watch(&mut cx, ok(), b"GET /");
+        assert_eq!(clock.phase(), Phase::Head, "only one read is passed over");
+        // A body that ended, and a response dropped early, drain nothing.
+        (req, resp) = clock.busy();
+        req.done();
+        drop(resp);
+        let _ = timer.watch(&mut cx, ok(), b"GET /");
+        assert_eq!(clock.phase(), Phase::Head);
+        // Nor does a request body of an earlier exchange.
+        let (old_req, old_resp) = clock.busy();
+        drop(old_resp);
+        let (_req, _resp) = clock.busy();
+        drop(old_req);
+        assert!(!clock.take_drain());
+    }
+
+    #[test]
+    fn a_request_body_dropped_after_its_trailers_drains_nothing() {
+        use http_body_util::BodyExt;
+        let clock = Arc::new(HeadClock::default());
+        let (req, resp) = clock.busy();
+        drop(resp);
+        let trailers = async { Some(Ok::<_, std::convert::Infallible>(http::HeaderMap::new())) };
+        let inner = http_body_util::Full::new(Bytes::from_static(b"abc")).map_err(|e| match e {}).with_trailers(trailers);
+        let mut body = Tracked::new(Box::pin(inner), req);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(Some(Ok(f))) if f.is_data()));
+        assert_eq!(clock.phase(), Phase::Busy);
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(Some(Ok(f))) if f.is_trailers()));
+        // As hyper's client does: dropped after the trailers, not polled to its end.
+        drop(body);
+        assert_eq!(clock.phase(), Phase::Idle);
+        assert!(!clock.take_drain());
+    }
+
+    #[test]
+    fn one_empty_line_while_idle_begins_no_head_and_more_do() {
+        let clock = Arc::new(HeadClock::default());
+        let mut timer = HeadTimer::new(clock.clone(), Duration::from_secs(10));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ok = || Poll::Ready(Ok(()));
+        let end = |(mut req, mut resp): (Part, Part)| {
+            req.done();
+            resp.done();
+        };
+        end(clock.busy());
+        let _ = timer.watch(&mut cx, ok(), b"\r");
+        let _ = timer.watch(&mut cx, ok(), b"\n");
+        assert_eq!(clock.phase(), Phase::Idle, "one CRLF, even split");
+        let _ = timer.watch(&mut cx, ok(), b"\r\n");
+        assert_eq!(clock.phase(), Phase::Head, "a second empty line begins a head");
+        // Each exchange gets its own allowance.
+        end(clock.busy());
+        let _ = timer.watch(&mut cx, ok(), b"\r\n");
+        assert_eq!(clock.phase(), Phase::Idle);
+        let _ = timer.watch(&mut cx, ok(), b"\r\nG");
+        assert_eq!(clock.phase(), Phase::Head, "a head after the line");
+        end(clock.busy());
+        let _ = timer.watch(&mut cx, ok(), b"\nGET");
+        assert_eq!(clock.phase(), Phase::Head);
     }
 }

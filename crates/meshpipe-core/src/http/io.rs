@@ -93,7 +93,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             this.count_in(n);
         }
         match &mut this.head {
-            Some(timer) => timer.watch(cx, r, n),
+            Some(timer) => timer.watch(cx, r, &buf.filled()[before..]),
             None => r,
         }
     }
