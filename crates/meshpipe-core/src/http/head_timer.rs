@@ -1,6 +1,7 @@
 //! The HTTP/1 request-head timer: a client gets `header_timeout` to send a
-//! whole request head, counted from the head's first byte (from the start
-//! of the connection, for its first request), and no time limit between
+//! whole request head, counted from the head's first byte (for its first
+//! request, from the server's first wait for more: detection, which read
+//! the first bytes, has its own timeout), and no time limit between
 //! requests.
 //!
 //! Why not hyper's own `header_read_timeout`: hyper starts that timer

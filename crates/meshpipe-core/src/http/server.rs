@@ -200,10 +200,11 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
     let this = conn.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
+        // The head is complete (hyper calls this as it parsed it, before it
+        // polls the future): the head timer rests until both bodies are
+        // done with.
+        let (req_part, resp_part) = conn.head.as_ref().map_or_else(|| (Part::none(), Part::none()), |h| h.busy());
         async move {
-            // The head is complete: the head timer rests until both bodies
-            // are done with.
-            let (req_part, resp_part) = conn.head.as_ref().map_or_else(|| (Part::none(), Part::none()), |h| h.busy());
             let resp = handle(conn, req.map(|b| Tracked::new(b, req_part))).await?;
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, resp_part)))
         }
