@@ -48,8 +48,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -85,6 +85,10 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct HeadClock {
     state: AtomicU32,
+    /// The timer fired: read by the server after the connection ended, so
+    /// the close is counted even when hyper drops the read error (its
+    /// buffer held no request yet, e.g. a trickle of empty lines).
+    fired: AtomicBool,
 }
 
 const PHASE: u32 = 0b11;
@@ -99,11 +103,16 @@ pub const MAX_BLANK: usize = 2;
 impl Default for HeadClock {
     /// A new connection waits for its first head.
     fn default() -> Self {
-        HeadClock { state: AtomicU32::new(Phase::Head as u32) }
+        HeadClock { state: AtomicU32::new(Phase::Head as u32), fired: AtomicBool::new(false) }
     }
 }
 
 impl HeadClock {
+    /// Whether the head timer ended the connection.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Acquire)
+    }
+
     pub fn phase(&self) -> Phase {
         self.load().0
     }
@@ -253,22 +262,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 #[error("no complete request head within {0:?} of its first byte")]
 pub struct HeadTimeout(pub Duration);
 
-impl HeadTimeout {
-    /// Whether `e` (an error hyper returned) is this timer's.
-    pub fn is(e: &hyper::Error) -> bool {
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<io::Error>() {
-                if io.get_ref().is_some_and(|inner| inner.is::<HeadTimeout>()) {
-                    return true;
-                }
-            }
-            source = s.source();
-        }
-        false
-    }
-}
-
 /// The timer half, owned by the client stream.
 pub struct HeadTimer {
     clock: Arc<HeadClock>,
@@ -315,7 +308,10 @@ impl HeadTimer {
                 }
                 let Some(sleep) = self.sleep.as_mut() else { return read };
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimeout(self.timeout)))),
+                    Poll::Ready(()) => {
+                        self.clock.fired.store(true, Release);
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimeout(self.timeout))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

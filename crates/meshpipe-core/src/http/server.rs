@@ -44,7 +44,7 @@ use crate::copy::stream::Transport;
 use crate::http::body::{Metered, ProxyBody};
 use crate::http::client::{Endpoint, MeshRoute, RequestBody, SendError, SessionProtocol};
 use crate::http::errors::{self, Audience, ProxyError};
-use crate::http::head_timer::{HeadClock, HeadTimeout, Part, Tracked};
+use crate::http::head_timer::{HeadClock, Part, Tracked};
 use crate::http::headers::{self, Tunnel};
 use crate::http::io::ClientIo;
 use crate::http::{balance, upgrade, HttpConfig, HttpErrorReason};
@@ -233,19 +233,24 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
             }
         }
     };
+    // The head timer's close (an HTTP/1 client whose request head did not
+    // arrive whole in time) is counted whether or not hyper reported it: it
+    // drops a read error when its buffer held no request yet.
+    let head_timeout = this.head.as_ref().is_some_and(|h| h.fired());
+    if head_timeout {
+        ctx.metrics.http_error(direction, HttpErrorReason::HeaderTimeout);
+    }
     if let Err(e) = result {
         // hyper answered a malformed HTTP/1 request (400) or an oversized
-        // head (431) itself before closing; the head timer ended an HTTP/1
-        // client whose request head did not arrive whole in time (idle
-        // keep-alive time is not counted); h2 sent GOAWAY to an HTTP/2 client
-        // that broke the protocol or a flood limit. A client that merely
-        // went away is none of these.
-        let reason = if e.is_parse_too_large() {
+        // head (431) itself before closing; h2 sent GOAWAY to an HTTP/2
+        // client that broke the protocol or a flood limit. A client that
+        // merely went away is none of these.
+        let reason = if head_timeout {
+            None
+        } else if e.is_parse_too_large() {
             Some(HttpErrorReason::HeadersTooLarge)
         } else if e.is_parse() || e.is_parse_status() {
             Some(HttpErrorReason::BadRequest)
-        } else if HeadTimeout::is(&e) {
-            Some(HttpErrorReason::HeaderTimeout)
         } else if protocol == SessionProtocol::Http2 && sent_goaway(&e) {
             Some(HttpErrorReason::ProtocolError)
         } else {
