@@ -41,6 +41,37 @@ async fn until(engine: &meshpipe_core::Engine, f: impl Fn(&meshpipe_core::Snapsh
     .await
 }
 
+/// The upstream's `Keep-Alive: timeout=N` bounds how long the pool reuses
+/// its connection (N - 1 s, or N / 2 below 2 s): a request sent as the
+/// upstream closes an idle connection would fail after it was written.
+#[tokio::test]
+async fn an_upstream_keep_alive_timeout_bounds_reuse() {
+    let (backend, seen) = h1_backend("b").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h1_client(proxy).await;
+    let conns = || seen.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let mut get_with = async |keep_alive: &str| {
+        let req = Request::get("/ka").header("host", "web.test").header("x-keep-alive", keep_alive).body(full("")).unwrap();
+        let resp = within(T, c.send_request(req)).await.unwrap();
+        assert!(resp.headers().get("keep-alive").is_none(), "hop-by-hop: the upstream's Keep-Alive stays on its hop");
+        assert_eq!(text(resp).await, "b GET /ka web.test");
+    };
+    // timeout=1: reused for half a second.
+    get_with("1").await;
+    get_with("1").await;
+    assert_eq!(conns(), 1, "reused at once");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    get_with("10").await;
+    assert_eq!(conns(), 2, "not reused past the upstream's idle timeout less the margin");
+    // timeout=10: reused after the same pause.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    get_with("0").await;
+    assert_eq!(conns(), 2, "reused within the upstream's idle timeout");
+    // timeout=0: not kept at all.
+    get_with("0").await;
+    assert_eq!(conns(), 3, "an upstream that keeps nothing idle is not pooled");
+}
+
 #[tokio::test]
 async fn http1_requests_are_proxied_one_by_one_over_a_pooled_connection() {
     let (backend, seen) = h1_backend("b1").await;

@@ -194,6 +194,9 @@ type H2 = http2::SendRequest<RequestBody>;
 struct IdleH1 {
     tx: H1,
     since: Instant,
+    /// Reused only before this: the upstream's own idle timeout, less a
+    /// margin (`reuse_window`).
+    until: Option<Instant>,
     /// The identity the connection's peer proved (mesh TLS).
     peer: Option<Identity>,
 }
@@ -226,6 +229,9 @@ pub struct Lease {
     tx: H1,
     max_idle: usize,
     peer: Option<Identity>,
+    /// How long the upstream keeps the connection idle (`Keep-Alive:
+    /// timeout=N` on its last response).
+    upstream_idle: Option<Duration>,
 }
 
 impl Lease {
@@ -238,14 +244,33 @@ impl Lease {
         if !clean || self.tx.is_closed() || !self.tx.is_ready() {
             return;
         }
-        let Lease { key, tx, max_idle, peer } = self;
+        let Lease { key, tx, max_idle, peer, upstream_idle } = self;
+        let since = Instant::now();
+        let window = upstream_idle.map(reuse_window);
+        if window == Some(Duration::ZERO) {
+            return;
+        }
         let _ = POOLS.try_with(|p| {
             let mut p = p.borrow_mut();
             let idle = p.h1.entry(key).or_default();
             if idle.len() < max_idle {
-                idle.push(IdleH1 { tx, since: Instant::now(), peer });
+                idle.push(IdleH1 { tx, since, until: window.map(|w| since + w), peer });
             }
         });
+    }
+}
+
+/// How long a connection whose upstream closes it after `upstream_idle` is
+/// reused: a second less (as undici does), or half of a shorter one. A
+/// request sent just as the upstream closes the connection would fail
+/// after it was written, with no safe retry for a non-idempotent one; a
+/// reuse the upstream's clock has not run out on never races its close.
+fn reuse_window(upstream_idle: Duration) -> Duration {
+    const MARGIN: Duration = Duration::from_secs(1);
+    if upstream_idle >= 2 * MARGIN {
+        upstream_idle - MARGIN
+    } else {
+        upstream_idle / 2
     }
 }
 
@@ -360,14 +385,23 @@ impl Client {
 
     async fn send_h1(&self, ctx: &Context, ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), SendError> {
         let key = (self.engine, ep.addr);
-        let lease = |tx| Lease { key, tx, max_idle: self.max_idle, peer: peer_of(ep).cloned() };
+        let lease = |tx, resp: &Response<Incoming>| Lease {
+            key,
+            tx,
+            max_idle: self.max_idle,
+            peer: peer_of(ep).cloned(),
+            upstream_idle: crate::http::headers::keep_alive_timeout(resp.headers()),
+        };
         // Idle connections first, newest first; each is tried at most once.
         while let Some(mut tx) = self.checkout_h1(key, peer_of(ep)) {
             if !tx.is_ready() && tx.ready().await.is_err() {
                 continue;
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, lease(tx))),
+                Ok(resp) => {
+                    let lease = lease(tx, &resp);
+                    return Ok((resp, lease));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(SendError::Failed(ProxyError::upstream(ep.addr, e.into_error()))),
@@ -379,7 +413,10 @@ impl Client {
             Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
         };
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, lease(tx))),
+            Ok(resp) => {
+                let lease = lease(tx, &resp);
+                Ok((resp, lease))
+            }
             Err(mut e) => {
                 let unsent = e.take_message();
                 let source = ProxyError::upstream(ep.addr, e.into_error());
@@ -400,7 +437,7 @@ impl Client {
             let idle = p.h1.get_mut(&key)?;
             while let Some(i) = idle.iter().rposition(|c| c.peer.as_ref() == peer) {
                 let c = idle.remove(i);
-                if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout && c.until.is_none_or(|u| Instant::now() < u) {
                     return Some(c.tx);
                 }
             }
@@ -517,7 +554,7 @@ async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain, 
             let mut p = p.borrow_mut();
             for ((e, _), idle) in p.h1.iter_mut() {
                 if *e == engine {
-                    idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < max_age);
+                    idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < max_age && c.until.is_none_or(|u| Instant::now() < u));
                 }
             }
             p.h1.retain(|_, idle| !idle.is_empty());

@@ -183,6 +183,24 @@ pub fn take_peer_close(headers: &mut HeaderMap) -> bool {
 
 /// A field that is hop-by-hop by definition (or `TE`, kept only as
 /// `trailers`).
+/// The idle time an HTTP/1 upstream says it keeps a connection open for
+/// (`Keep-Alive: timeout=N`, seconds; RFC 2068 §19.7.1, which RFC 9112 left
+/// to practice: Node, Apache and others send it). Read before the
+/// hop-by-hop fields are stripped; `None` without a usable one.
+pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    headers.get_all(&KEEP_ALIVE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("timeout") {
+            return None;
+        }
+        let value = value.trim().trim_matches('"');
+        // At most a day's worth of digits: a larger hint says nothing a pool
+        // would use.
+        (value.len() <= 6 && !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| std::time::Duration::from_secs(value.parse().unwrap_or(0)))
+    })
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == CONNECTION
         || name == TE
@@ -226,6 +244,24 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_timeout_hint() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("keep-alive", HeaderValue::from_str(v).unwrap());
+            keep_alive_timeout(&m)
+        };
+        let secs = |n| Some(std::time::Duration::from_secs(n));
+        assert_eq!(h("timeout=5"), secs(5));
+        assert_eq!(h("max=1000, Timeout = 72"), secs(72));
+        assert_eq!(h("timeout=\"0\""), secs(0));
+        assert_eq!(h("max=5"), None);
+        assert_eq!(h("timeout=-1"), None);
+        assert_eq!(h("timeout=5s"), None);
+        assert_eq!(h("timeout=99999999999999999999"), None);
+        assert_eq!(keep_alive_timeout(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn a_peer_close_is_taken_out_of_the_response() {

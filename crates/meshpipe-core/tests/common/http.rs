@@ -102,7 +102,8 @@ pub struct Seen {
 /// - `Upgrade: websocket` / `CONNECT`: 101 / 200, then echo on the tunnel,
 ///   prefixed with `name` and the authority or path the request named;
 /// - anything else: `name method uri host` as text, with the request's
-///   `x-echo` header echoed back.
+///   `x-echo` header echoed back, and `x-keep-alive: N` answered with
+///   `Keep-Alive: timeout=N`.
 async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     seen.requests.fetch_add(1, Relaxed);
     let path = req.uri().path().to_string();
@@ -176,6 +177,9 @@ async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
     let mut r = Response::new(full(format!("{name} {} {} {host}", req.method(), req.uri())));
     if let Some(v) = req.headers().get("x-echo") {
         r.headers_mut().insert("x-echo", v.clone());
+    }
+    if let Some(v) = req.headers().get("x-keep-alive") {
+        r.headers_mut().insert("keep-alive", format!("timeout={}", v.to_str().unwrap()).parse().unwrap());
     }
     if let Some(v) = req.headers().get("l5d-client-id") {
         r.headers_mut().insert("x-l5d-client-id", v.clone());
