@@ -26,7 +26,9 @@
 //!   it is forwarded as opaque TCP at once (result `over_limit`). A flood of
 //!   slow clients costs neither memory nor a stall for the connections
 //!   behind it, and clients that send their request or ClientHello at once
-//!   are still detected.
+//!   are still detected. Inbound, one source (host, or IPv6 /64) holds at
+//!   most a sixteenth of the slots (`limits/per_source.rs`), so a flood from
+//!   one host leaves the rest for everyone else.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -35,6 +37,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::vocab::Direction;
+
+mod per_source;
+pub use per_source::PerSource;
 
 /// Descriptors one proxied connection holds: the client and the upstream socket.
 pub const FDS_PER_CONNECTION: usize = 2;
@@ -185,6 +190,8 @@ pub struct Limits {
     pub connections: [Budget; 2],
     /// Connections in protocol detection per direction.
     pub detecting: [Budget; 2],
+    /// Inbound: each source's share of `detecting` (none when unlimited).
+    per_source: Option<PerSource>,
     /// Descriptors the engine may hold; sized at start (`size_fds`). Shared
     /// with the splice pipes, which give theirs back when they close.
     pub fds: Arc<Budget>,
@@ -200,6 +207,7 @@ impl Limits {
         Limits {
             connections: connections.map(Budget::configured),
             detecting: [Budget::configured(detecting), Budget::configured(detecting)],
+            per_source: PerSource::new(PerSource::share_of(detecting)),
             fds: Arc::new(Budget::new(usize::MAX)),
             fd_reserve,
             fd_limit: AtomicU64::new(0),
@@ -283,20 +291,42 @@ impl Limits {
     }
 }
 
-/// Holds a detection slot until dropped.
-pub struct DetectSlot<'a>(&'a Budget);
+/// Holds a detection slot (and, inbound, one of its source's share) until
+/// dropped.
+pub struct DetectSlot<'a>(&'a Budget, Option<&'a std::sync::atomic::AtomicU16>);
 
 impl Drop for DetectSlot<'_> {
     fn drop(&mut self) {
         self.0.give(1);
+        if let Some(bucket) = self.1 {
+            PerSource::give(bucket);
+        }
     }
 }
 
 impl Limits {
-    /// A detection slot for `direction`, or `None` when all are taken (counted).
-    pub fn detect_slot(&self, direction: Direction) -> Option<DetectSlot<'_>> {
+    /// A detection slot for a connection of `direction` from `source`, or
+    /// `None` (counted as refused) when all are taken or, inbound, the
+    /// source holds its whole share.
+    pub fn detect_slot(&self, direction: Direction, source: std::net::IpAddr) -> Option<DetectSlot<'_>> {
         let b = &self.detecting[direction.index()];
-        b.try_take_counted(1).then(|| DetectSlot(b))
+        let share = match (&self.per_source, direction) {
+            (Some(p), Direction::Inbound) => match p.try_take(source) {
+                Some(bucket) => Some(bucket),
+                None => {
+                    b.refused.fetch_add(1, Relaxed);
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        if !b.try_take_counted(1) {
+            if let Some(bucket) = share {
+                PerSource::give(bucket);
+            }
+            return None;
+        }
+        Some(DetectSlot(b, share))
     }
 }
 
@@ -412,14 +442,30 @@ mod tests {
         assert!(l.try_admit(Direction::Inbound));
     }
 
+    const A: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
     #[test]
     fn detection_slots_are_counted_and_given_back() {
         let l = Limits::new([0, 0], 1, 0);
-        let slot = l.detect_slot(Direction::Inbound).unwrap();
-        assert!(l.detect_slot(Direction::Inbound).is_none());
-        assert!(l.detect_slot(Direction::Outbound).is_some(), "per direction");
+        let slot = l.detect_slot(Direction::Inbound, A).unwrap();
+        assert!(l.detect_slot(Direction::Inbound, A).is_none());
+        assert!(l.detect_slot(Direction::Outbound, A).is_some(), "per direction");
         drop(slot);
-        assert!(l.detect_slot(Direction::Inbound).is_some());
+        assert!(l.detect_slot(Direction::Inbound, A).is_some());
         assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 1);
+    }
+
+    #[test]
+    fn one_inbound_source_gets_its_share_and_outbound_is_not_shared() {
+        let l = Limits::new([0, 0], 160, 0);
+        let held: Vec<_> = (0..10).map(|_| l.detect_slot(Direction::Inbound, A).expect("within the share")).collect();
+        assert!(l.detect_slot(Direction::Inbound, A).is_none(), "a tenth slot from one host: past its share of 160 / 16");
+        let b = (2..=255u8).map(|i| std::net::IpAddr::from([10, 0, 0, i])).find(|b| l.detect_slot(Direction::Inbound, *b).is_some());
+        assert!(b.is_some(), "another host is detected");
+        let outbound: Vec<_> = (0..50).map(|_| l.detect_slot(Direction::Outbound, A)).collect();
+        assert!(outbound.iter().all(Option::is_some), "the local app's bursts are not shared out");
+        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 1);
+        drop(held);
+        assert!(l.detect_slot(Direction::Inbound, A).is_some());
     }
 }

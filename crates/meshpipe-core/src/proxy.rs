@@ -236,7 +236,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
 
     // 3. Detect. The server-first race dials in plaintext: never to a
     // destination that gets mesh TLS.
-    let mut sniffed = sniff::sniff(ctx, &client, l.direction, target, mode, timeout, !originate).await;
+    let mut sniffed = sniff::sniff(ctx, &client, peer.ip(), l.direction, target, mode, timeout, !originate).await;
     // Detection is over: its slot goes back once the TLS decision below is
     // made, except through an inbound mesh TLS handshake and the detection
     // after it, which keep it (an unauthenticated client stalling there

@@ -3,7 +3,8 @@
 //! its excess waits in the kernel backlog), and the connections in protocol
 //! detection are capped per direction (past the cap a connection does not
 //! wait for bytes: what it already sent is classified, otherwise it is
-//! counted as `over_limit`; either way it carries every byte).
+//! counted as `over_limit`; either way it carries every byte), and one
+//! inbound host holds at most its share of them.
 
 mod common;
 
@@ -129,6 +130,54 @@ async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte()
     echoed(&mut again, request).await;
     assert_eq!(detected(&engine, Direction::Inbound, "http/1"), instant + 1, "{:?}", engine.snapshot().detect);
     assert_eq!(detected(&engine, Direction::Inbound, "over_limit"), undetected);
+}
+
+/// A silent connection to `to` from `source` (a loopback address).
+async fn from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_inbound_host_holds_only_its_share_of_the_detection_slots() {
+    let echo = echo_server().await;
+    let detect = serde_json::json!({ "inboundTimeoutMs": 10_000, "outboundTimeoutMs": 10_000, "serverFirstGraceMs": 0 });
+    // 32 slots: one host may hold 8 (a sixteenth, at least 8).
+    let cfg = serde_json::json!({ "limits": { "detectingConnections": 32 }, "detect": detect, "http": { "enabled": false } });
+    let (engine, inbound, outbound) = two_directions(echo, "detect", cfg).await;
+    let used = |s: &meshpipe_core::Snapshot| s.limits.detecting[Direction::Inbound.index()].used;
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        flood.push(from([127, 0, 0, 1], inbound).await);
+    }
+    until(&engine, "the host holds its 8 slots", |s| used(s) == 8).await;
+    // Its ninth does not wait for bytes, with 24 slots free.
+    let mut ninth = from([127, 0, 0, 1], inbound).await;
+    until(&engine, "the ninth is forwarded undetected", |_| detected(&engine, Direction::Inbound, "over_limit") == 1).await;
+    echoed(&mut ninth, b"GET /ninth HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(used(&engine.snapshot()), 8);
+    // Other hosts still get slots and wait for their bytes (three of them:
+    // a host whose bucket the flood's shares by chance, 1 in 16,384, would
+    // share its cap).
+    let mut others = Vec::new();
+    for last in 2..=4u8 {
+        others.push(from([127, 0, 0, last], inbound).await);
+    }
+    until(&engine, "other hosts are detecting", |s| used(s) >= 10).await;
+    for s in &mut others {
+        echoed(s, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    }
+    assert!(detected(&engine, Direction::Inbound, "http/1") >= 2, "{:?}", engine.snapshot().detect);
+    // Outbound (the local application) is not shared out.
+    let mut out = Vec::new();
+    for _ in 0..12 {
+        out.push(from([127, 0, 0, 1], outbound).await);
+    }
+    until(&engine, "twelve outbound connections from one host are detecting", |s| {
+        s.limits.detecting[Direction::Outbound.index()].used == 12
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

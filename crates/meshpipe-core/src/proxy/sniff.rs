@@ -106,9 +106,11 @@ impl Sniffed<'_> {
 /// period ends detection as `server_first` without dialling, and the target
 /// is learned as server-first (a slow client can make a target skip
 /// detection until the entry expires: its bytes are still carried as TCP).
+#[allow(clippy::too_many_arguments)]
 pub async fn sniff<'a>(
     ctx: &'a Context,
     client: &TcpStream,
+    source: std::net::IpAddr,
     direction: Direction,
     target: TargetAddr,
     mode: PortMode,
@@ -125,7 +127,7 @@ pub async fn sniff<'a>(
     // (too many connections of this direction are detecting), the
     // connection never waits here: what it has already sent decides, or it
     // is forwarded at once.
-    let Some(slot) = ctx.limits.detect_slot(direction) else {
+    let Some(slot) = ctx.limits.detect_slot(direction, source) else {
         return without_slot(client, mode);
     };
     let mut classifier = Classifier::new(mode.expect());
