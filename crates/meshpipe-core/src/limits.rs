@@ -26,9 +26,10 @@
 //!   it is forwarded as opaque TCP at once (result `over_limit`). A flood of
 //!   slow clients costs neither memory nor a stall for the connections
 //!   behind it, and clients that send their request or ClientHello at once
-//!   are still detected. Inbound, one source (host, or IPv6 /64) holds at
-//!   most a sixteenth of the slots (`limits/per_source.rs`), so a flood from
-//!   one host leaves the rest for everyone else.
+//!   are still detected. Inbound, one source address holds at most a
+//!   sixteenth of the slots and one IPv6 /64 a quarter
+//!   (`limits/per_source.rs`), so a flood from one host leaves the rest for
+//!   everyone else.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -207,7 +208,7 @@ impl Limits {
         Limits {
             connections: connections.map(Budget::configured),
             detecting: [Budget::configured(detecting), Budget::configured(detecting)],
-            per_source: PerSource::new(PerSource::share_of(detecting)),
+            per_source: PerSource::new(detecting),
             fds: Arc::new(Budget::new(usize::MAX)),
             fd_reserve,
             fd_limit: AtomicU64::new(0),
@@ -293,14 +294,15 @@ impl Limits {
 
 /// Holds a detection slot (and, inbound, one of its source's share) until
 /// dropped.
-pub struct DetectSlot<'a>(&'a Budget, Option<&'a std::sync::atomic::AtomicU16>);
+pub struct DetectSlot<'a> {
+    budget: &'a Budget,
+    /// Given back by its own drop.
+    _share: Option<per_source::Share<'a>>,
+}
 
 impl Drop for DetectSlot<'_> {
     fn drop(&mut self) {
-        self.0.give(1);
-        if let Some(bucket) = self.1 {
-            PerSource::give(bucket);
-        }
+        self.budget.give(1);
     }
 }
 
@@ -312,7 +314,7 @@ impl Limits {
         let b = &self.detecting[direction.index()];
         let share = match (&self.per_source, direction) {
             (Some(p), Direction::Inbound) => match p.try_take(source) {
-                Some(bucket) => Some(bucket),
+                Some(share) => Some(share),
                 None => {
                     b.refused.fetch_add(1, Relaxed);
                     return None;
@@ -321,12 +323,10 @@ impl Limits {
             _ => None,
         };
         if !b.try_take_counted(1) {
-            if let Some(bucket) = share {
-                PerSource::give(bucket);
-            }
+            // The share taken above goes back with it.
             return None;
         }
-        Some(DetectSlot(b, share))
+        Some(DetectSlot { budget: b, _share: share })
     }
 }
 
@@ -467,5 +467,31 @@ mod tests {
         assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 1);
         drop(held);
         assert!(l.detect_slot(Direction::Inbound, A).is_some());
+    }
+
+    /// IPv6 pods of one node share a /64 (Kubernetes' default node CIDR
+    /// mask), and with Cilium's or Calico's default pools a whole cluster
+    /// does: each address is a host of its own, and the /64 as a whole
+    /// holds at most a quarter of the slots (an attacker picking addresses
+    /// from its /64 still leaves the rest).
+    #[test]
+    fn ipv6_hosts_of_one_64_have_their_own_shares_and_the_64_a_quarter() {
+        let l = Limits::new([0, 0], 1024, 0);
+        let pod = |i: u16| std::net::IpAddr::from([0xfd00, 0x10, 0x244, 0x1, 0, 0, 0, i]);
+        let one: Vec<_> = (0..64).map(|_| l.detect_slot(Direction::Inbound, pod(1)).expect("within the host's share")).collect();
+        assert!(l.detect_slot(Direction::Inbound, pod(1)).is_none(), "a host's 65th: past its share of 1024 / 16");
+        drop(one);
+        let pods: Vec<_> =
+            (1..=256).map(|i| l.detect_slot(Direction::Inbound, pod(i)).unwrap_or_else(|| panic!("pod {i} of the /64"))).collect();
+        assert!(l.detect_slot(Direction::Inbound, pod(1000)).is_none(), "the /64's 257th: past its quarter");
+        // (Three /64s: one whose bucket the full one's shares by chance, 1
+        // in 16,384, would share its cap.)
+        let elsewhere =
+            (2..=4u16).filter_map(|n| l.detect_slot(Direction::Inbound, std::net::IpAddr::from([0xfd00, 0x10, 0x244, n, 0, 0, 0, 1])));
+        assert!(elsewhere.count() >= 2, "other /64s are detected");
+        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 2);
+        drop(pods);
+        let again: Vec<_> = (0..64).map(|_| l.detect_slot(Direction::Inbound, pod(1000)).expect("every share given back")).collect();
+        assert_eq!(again.len(), 64);
     }
 }

@@ -137,12 +137,19 @@ async fn an_idle_keep_alive_connection_outlives_the_head_timeout() {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     assert!(read_response(&mut s).await.ends_with("b GET /one a"));
-    // Idle for ten head timeouts (Go keeps idle connections 90 s): hyper's
-    // own header timer would have closed it at 30 s.
-    tokio::time::sleep(Duration::from_secs(300)).await;
+    // Idle for two head timeouts: hyper's own header timer would have
+    // closed it at 30 s.
+    tokio::time::sleep(Duration::from_secs(60)).await;
     s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     assert!(read_response(&mut s).await.ends_with("b GET /two a"));
-    assert_eq!(seen.connections.load(std::sync::atomic::Ordering::Relaxed), 1, "the proxy kept its upstream connection too");
+    let conns = || seen.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(conns(), 1, "the proxy kept its upstream connection too (idle within the pool's 90 s)");
+    // Idle for ten head timeouts (Go keeps idle connections 90 s): the
+    // client's connection stays; the pool's idle upstream one does not.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    s.write_all(b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.ends_with("b GET /three a"));
+    assert_eq!(conns(), 2, "the pool closed its upstream connection after 90 s idle");
     assert_eq!(errors(&engine, HttpErrorReason::HeaderTimeout), 0);
 }
 

@@ -44,7 +44,8 @@ async fn until(engine: &meshpipe_core::Engine, f: impl Fn(&meshpipe_core::Snapsh
 /// The upstream's `Keep-Alive: timeout=N` bounds how long the pool reuses
 /// its connection (N - 1 s, or N / 2 below 2 s): a request sent as the
 /// upstream closes an idle connection would fail after it was written.
-#[tokio::test]
+/// Paused time: the windows are the pool's clock, not the machine's speed.
+#[tokio::test(start_paused = true)]
 async fn an_upstream_keep_alive_timeout_bounds_reuse() {
     let (backend, seen) = h1_backend("b").await;
     let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;

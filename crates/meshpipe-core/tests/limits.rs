@@ -180,6 +180,42 @@ async fn one_inbound_host_holds_only_its_share_of_the_detection_slots() {
     .await;
 }
 
+/// A host's share comes back when its connections end mid-detection: the
+/// client cutting them (a reset) or closing them, so a flood that went away
+/// leaves its host detected as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gets_its_share_back_when_its_detecting_connections_end() {
+    let echo = echo_server().await;
+    let detect = serde_json::json!({ "inboundTimeoutMs": 10_000, "outboundTimeoutMs": 10_000, "serverFirstGraceMs": 0 });
+    let cfg = serde_json::json!({ "limits": { "detectingConnections": 32 }, "detect": detect, "http": { "enabled": false } });
+    let (engine, inbound, _outbound) = two_directions(echo, "detect", cfg).await;
+    let used = |s: &meshpipe_core::Snapshot| s.limits.detecting[Direction::Inbound.index()].used;
+    for round in 0..3 {
+        let mut flood = Vec::new();
+        for _ in 0..8 {
+            flood.push(from([127, 0, 0, 1], inbound).await);
+        }
+        until(&engine, "the host holds its 8 slots", |s| used(s) == 8).await;
+        for (i, s) in flood.into_iter().enumerate() {
+            if i % 2 == 0 {
+                // A reset rather than a FIN.
+                socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+            }
+            drop(s);
+        }
+        until(&engine, "the flood's slots are back", |s| used(s) == 0).await;
+        assert_eq!(detected(&engine, Direction::Inbound, "over_limit"), 0, "round {round}: {:?}", engine.snapshot().detect);
+    }
+    // The whole share again, and still only the share.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(from([127, 0, 0, 1], inbound).await);
+    }
+    until(&engine, "the host holds its 8 slots again", |s| used(s) == 8).await;
+    let _ninth = from([127, 0, 0, 1], inbound).await;
+    until(&engine, "the ninth is over the share", |_| detected(&engine, Direction::Inbound, "over_limit") == 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_detection_cap_what_a_client_already_sent_still_decides() {
     let echo = echo_server().await;

@@ -52,7 +52,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -60,6 +60,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OnceCell;
+// The runtime's clock, as the sweeper's timer: idle ages and reuse windows
+// are measured on the clock that wakes the sweep (and that a paused test
+// runtime advances).
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::addr::TargetAddr;

@@ -181,8 +181,6 @@ pub fn take_peer_close(headers: &mut HeaderMap) -> bool {
     headers.remove(&L5D_PROXY_CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
-/// A field that is hop-by-hop by definition (or `TE`, kept only as
-/// `trailers`).
 /// The idle time an HTTP/1 upstream says it keeps a connection open for
 /// (`Keep-Alive: timeout=N`, seconds; RFC 2068 §19.7.1, which RFC 9112 left
 /// to practice: Node, Apache and others send it). Read before the
@@ -194,13 +192,16 @@ pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
             return None;
         }
         let value = value.trim().trim_matches('"');
-        // At most a day's worth of digits: a larger hint says nothing a pool
-        // would use.
+        // At most six digits (11 days): a larger hint says nothing a pool
+        // would use (its own idle timeout is shorter), and parsing cannot
+        // overflow.
         (value.len() <= 6 && !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
             .then(|| std::time::Duration::from_secs(value.parse().unwrap_or(0)))
     })
 }
 
+/// A field that is hop-by-hop by definition (or `TE`, kept only as
+/// `trailers`).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == CONNECTION
         || name == TE
@@ -261,6 +262,19 @@ mod tests {
         assert_eq!(h("timeout=5s"), None);
         assert_eq!(h("timeout=99999999999999999999"), None);
         assert_eq!(keep_alive_timeout(&HeaderMap::new()), None);
+        assert_eq!(h("timeout=999999"), secs(999_999));
+        assert_eq!(h("timeout=1000000"), None);
+        assert_eq!(h("timeout="), None);
+        assert_eq!(h("timeout"), None);
+        assert_eq!(h(" max=3 ,timeout=\t7 "), secs(7));
+        // Several fields: the first usable timeout; a field that is not
+        // ASCII is passed over, not the others.
+        let mut m = HeaderMap::new();
+        m.append("keep-alive", HeaderValue::from_bytes(b"timeout=\xff9").unwrap());
+        m.append("keep-alive", HeaderValue::from_static("max=2"));
+        m.append("keep-alive", HeaderValue::from_static("timeout=3"));
+        m.append("keep-alive", HeaderValue::from_static("timeout=40"));
+        assert_eq!(keep_alive_timeout(&m), secs(3));
     }
 
     #[test]
