@@ -63,6 +63,13 @@ describe('metrics rendering (in process, real engine)', () => {
     const f = parsePrometheusText(fast);
     assert.equal(total(f, 'tcp_read_bytes_total', { peer: 'src' }), 'payload 0'.length * 3);
     assert.equal(total(f, 'tcp_open_total', { peer: 'dst' }), 3);
+    // The default 1,024 inbound detection slots: a host may hold 64, an IPv6 /64 256.
+    assert.equal(total(f, 'meshpipe_detecting_share_limit', { scope: 'host' }), 64);
+    assert.equal(total(f, 'meshpipe_detecting_share_limit', { scope: 'ipv6_prefix64' }), 256);
+    assert.deepEqual(
+      samples(f, 'meshpipe_detecting_refused_total').map((x) => `${x.labels['direction']}/${x.labels['reason']}=${x.value}`).sort(),
+      ['inbound/full=0', 'inbound/host_share=0', 'outbound/full=0'],
+    );
   });
 
   test('targets past maxMetricTargets fold into target_addr="overflow"', async (t) => {
@@ -102,7 +109,8 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
     endpoints: { generation: 0, services: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
     limits: {
       connections: [{ direction: 'inbound', limit: null, used: 0, refused: 0 }, { direction: 'outbound', limit: null, used: 0, refused: 0 }],
-      detecting: [{ direction: 'inbound', limit: 1024, used: 0, refused: 0 }, { direction: 'outbound', limit: 1024, used: 0, refused: 0 }],
+      detecting: [{ direction: 'inbound', limit: 1024, used: 1024, refused: 4 }, { direction: 'outbound', limit: 1024, used: 0, refused: 1 }],
+      detectingShare: { host: 64, prefix64: 256, refused: 9 },
       fds: { processLimit: 1024, reserve: 128, budget: 800, used: 0, waits: 0 },
     },
     tcp: [{
@@ -127,6 +135,11 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
     assert.equal(total(f, 'inbound_tcp_accept_errors_total', { error: 'not_pod_ip' }), 3);
     assert.equal(total(f, 'inbound_tcp_accept_errors_total', { error: 'proxy_port' }), 2);
     assert.deepEqual(samples(f, 'outbound_tcp_accept_errors_total').map((x) => x.labels['error']), ['loop']);
+    // Detection refusals: a full direction and a host at its share, apart.
+    assert.equal(total(f, 'meshpipe_detecting_refused_total', { direction: 'inbound', reason: 'full' }), 4);
+    assert.equal(total(f, 'meshpipe_detecting_refused_total', { direction: 'inbound', reason: 'host_share' }), 9);
+    assert.equal(total(f, 'meshpipe_detecting_refused_total', { direction: 'outbound', reason: 'full' }), 1);
+    assert.equal(samples(f, 'meshpipe_detecting_refused_total', { direction: 'outbound', reason: 'host_share' }).length, 0);
   });
 
   test('a failing snapshot renders empty engine metrics and counts the failure', async () => {

@@ -375,7 +375,11 @@ export type AcceptErrorSnapshot = { direction: Direction, error: AcceptError, co
 
 export type AcceptError = "no_original_dst" | "loop" | "not_pod_ip" | "proxy_port" | "unresolved";
 
-export type LimitsSnapshot = { connections: Array<DirectionLimitSnapshot>, detecting: Array<DirectionLimitSnapshot>, fds: FdSnapshot, };
+export type LimitsSnapshot = { connections: Array<DirectionLimitSnapshot>, detecting: Array<DirectionLimitSnapshot>, 
+/**
+ * Inbound detection's per-host shares (`None`: detection unlimited).
+ */
+detectingShare: ShareSnapshot | null, fds: FdSnapshot, };
 
 export type DirectionLimitSnapshot = { direction: Direction, limit: number | null, used: number, 
 /**
@@ -384,6 +388,8 @@ export type DirectionLimitSnapshot = { direction: Direction, limit: number | nul
  * they had already sent were classified; `over_limit` if undecided).
  */
 refused: number, };
+
+export type ShareSnapshot = { host: number, prefix64: number, refused: number, };
 
 export type FdSnapshot = { 
 /**

@@ -218,6 +218,15 @@ function perDirection(name: string, list: (s: EngineSnapshot) => readonly Direct
   };
 }
 
+/** Detection slot refusals: `full` per limited direction, `host_share` inbound (rendered at zero too). */
+function detectingRefused(s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink): void {
+  for (const d of s.limits.detecting) {
+    if (d.limit !== null) out.add('meshpipe_detecting_refused_total', d.refused, shared({ direction: d.direction }), 'reason', 'full');
+  }
+  const share = s.limits.detectingShare;
+  if (share !== null) out.add('meshpipe_detecting_refused_total', share.refused, shared({ direction: 'inbound' }), 'reason', 'host_share');
+}
+
 function detectResults(direction: 'inbound' | 'outbound', name: string) {
   return (s: EngineSnapshot, _series: readonly SeriesLabels[], out: Sink) => {
     for (const d of s.detect) {
@@ -410,6 +419,15 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: perDirection('meshpipe_detecting_connections', (s) => s.limits.detecting, (d) => d.used) },
   { name: 'meshpipe_detecting_connections_limit', type: 'gauge', help: 'Limit on connections of the direction waiting in protocol detection; past it new ones are classified on the bytes already sent, else forwarded undetected (result over_limit)',
     emit: perDirection('meshpipe_detecting_connections_limit', (s) => s.limits.detecting, (d) => d.limit) },
+  { name: 'meshpipe_detecting_refused_total', type: 'counter', help: 'New connections given no detection slot, classified on the bytes already sent (result over_limit if undecided), by reason: full (every slot of the direction taken), host_share (inbound: the client\'s host, or its IPv6 /64, held its whole share while slots may have been free)',
+    emit: detectingRefused },
+  { name: 'meshpipe_detecting_share_limit', type: 'gauge', help: 'Inbound detection slots one client may hold at once, by scope: host (an IPv4 or IPv6 address), ipv6_prefix64 (all addresses of one IPv6 /64); absent when detection is unlimited',
+    emit: (s, _series, out) => {
+      const share = s.limits.detectingShare;
+      if (share === null) return;
+      out.add('meshpipe_detecting_share_limit', share.host, NONE, 'scope', 'host');
+      out.add('meshpipe_detecting_share_limit', share.prefix64, NONE, 'scope', 'ipv6_prefix64');
+    } },
   { name: 'meshpipe_fd_budget', type: 'gauge', help: 'File descriptors the engine may hold: the descriptor limit minus those open at start minus the reserve (absent without a budget)',
     emit: (s, _series, out) => { if (s.limits.fds.budget !== null) out.add('meshpipe_fd_budget', s.limits.fds.budget, NONE); } },
   { name: 'meshpipe_fd_budget_used', type: 'gauge', help: 'File descriptors the engine holds, two per connection and per splice pipe',

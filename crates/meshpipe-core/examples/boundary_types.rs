@@ -70,6 +70,7 @@ fn main() {
         core::target::AcceptError,
         core::limits::LimitsSnapshot,
         core::limits::DirectionLimitSnapshot,
+        core::limits::ShareSnapshot,
         core::limits::FdSnapshot,
         core::ConnSnapshot,
         core::ConnState,

@@ -193,6 +193,11 @@ pub struct Limits {
     pub detecting: [Budget; 2],
     /// Inbound: each source's share of `detecting` (none when unlimited).
     per_source: Option<PerSource>,
+    /// Inbound connections refused a detection slot because their host (or
+    /// IPv6 /64) held its whole share, while slots may have been free:
+    /// counted apart from `detecting[..].refused` (every slot taken), so an
+    /// operator can tell one noisy host from a full direction.
+    share_refused: AtomicU64,
     /// Descriptors the engine may hold; sized at start (`size_fds`). Shared
     /// with the splice pipes, which give theirs back when they close.
     pub fds: Arc<Budget>,
@@ -209,6 +214,7 @@ impl Limits {
             connections: connections.map(Budget::configured),
             detecting: [Budget::configured(detecting), Budget::configured(detecting)],
             per_source: PerSource::new(detecting),
+            share_refused: AtomicU64::new(0),
             fds: Arc::new(Budget::new(usize::MAX)),
             fd_reserve,
             fd_limit: AtomicU64::new(0),
@@ -281,6 +287,14 @@ impl Limits {
                     DirectionLimitSnapshot { direction: *d, limit: limit(b), used: b.used() as u64, refused: b.refused() }
                 })
                 .collect(),
+            detecting_share: self.per_source.as_ref().map(|_| {
+                let slots = self.detecting[Direction::Inbound.index()].limit();
+                ShareSnapshot {
+                    host: PerSource::share_of(slots) as u64,
+                    prefix64: PerSource::prefix_share_of(slots) as u64,
+                    refused: self.share_refused.load(Relaxed),
+                }
+            }),
             fds: FdSnapshot {
                 process_limit: self.fd_limit.load(Relaxed),
                 reserve: self.fd_reserve as u64,
@@ -308,24 +322,27 @@ impl Drop for DetectSlot<'_> {
 
 impl Limits {
     /// A detection slot for a connection of `direction` from `source`, or
-    /// `None` (counted as refused) when all are taken or, inbound, the
-    /// source holds its whole share.
+    /// `None` when all are taken (counted as the direction's `refused`) or,
+    /// inbound, the source holds its whole share (counted as
+    /// `share_refused`).
     pub fn detect_slot(&self, direction: Direction, source: std::net::IpAddr) -> Option<DetectSlot<'_>> {
         let b = &self.detecting[direction.index()];
+        // The direction first: when every slot is taken, the refusal is a
+        // full direction's even if the source also holds its whole share.
+        if !b.try_take_counted(1) {
+            return None;
+        }
         let share = match (&self.per_source, direction) {
             (Some(p), Direction::Inbound) => match p.try_take(source) {
                 Some(share) => Some(share),
                 None => {
-                    b.refused.fetch_add(1, Relaxed);
+                    b.give(1);
+                    self.share_refused.fetch_add(1, Relaxed);
                     return None;
                 }
             },
             _ => None,
         };
-        if !b.try_take_counted(1) {
-            // The share taken above goes back with it.
-            return None;
-        }
         Some(DetectSlot { budget: b, _share: share })
     }
 }
@@ -342,6 +359,19 @@ pub struct DirectionLimitSnapshot {
     /// Connections: waits for a slot (the connection stayed in the backlog).
     /// Detecting: connections that found every slot taken (only the bytes
     /// they had already sent were classified; `over_limit` if undecided).
+    pub refused: u64,
+}
+
+/// Inbound detection shared out by source host: the slots one host (and
+/// one IPv6 /64) may hold at once, and the connections refused a slot
+/// because theirs held its whole share (classified on the bytes already
+/// sent, like a refusal of a full direction).
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct ShareSnapshot {
+    pub host: u64,
+    pub prefix64: u64,
     pub refused: u64,
 }
 
@@ -369,6 +399,8 @@ pub struct FdSnapshot {
 pub struct LimitsSnapshot {
     pub connections: Vec<DirectionLimitSnapshot>,
     pub detecting: Vec<DirectionLimitSnapshot>,
+    /// Inbound detection's per-host shares (`None`: detection unlimited).
+    pub detecting_share: Option<ShareSnapshot>,
     pub fds: FdSnapshot,
 }
 
@@ -453,6 +485,8 @@ mod tests {
         drop(slot);
         assert!(l.detect_slot(Direction::Inbound, A).is_some());
         assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 1);
+        assert_eq!(l.snapshot().detecting_share.map(|s| s.refused), Some(0), "a full direction is not a host's share");
+        assert!(Limits::new([0, 0], 0, 0).snapshot().detecting_share.is_none(), "unlimited detection has no shares");
     }
 
     #[test]
@@ -464,7 +498,10 @@ mod tests {
         assert!(b.is_some(), "another host is detected");
         let outbound: Vec<_> = (0..50).map(|_| l.detect_slot(Direction::Outbound, A)).collect();
         assert!(outbound.iter().all(Option::is_some), "the local app's bursts are not shared out");
-        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 1);
+        // A share refusal is not a full direction: counted apart.
+        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 0);
+        let share = l.snapshot().detecting_share.expect("detection is limited");
+        assert_eq!((share.host, share.prefix64, share.refused), (10, 40, 1));
         drop(held);
         assert!(l.detect_slot(Direction::Inbound, A).is_some());
     }
@@ -489,7 +526,8 @@ mod tests {
         let elsewhere =
             (2..=4u16).filter_map(|n| l.detect_slot(Direction::Inbound, std::net::IpAddr::from([0xfd00, 0x10, 0x244, n, 0, 0, 0, 1])));
         assert!(elsewhere.count() >= 2, "other /64s are detected");
-        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 2);
+        assert_eq!(l.detecting[Direction::Inbound.index()].refused(), 0);
+        assert_eq!(l.snapshot().detecting_share.map(|s| s.refused), Some(2));
         drop(pods);
         let again: Vec<_> = (0..64).map(|_| l.detect_slot(Direction::Inbound, pod(1000)).expect("every share given back")).collect();
         assert_eq!(again.len(), 64);

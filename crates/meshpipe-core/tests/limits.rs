@@ -121,6 +121,8 @@ async fn past_the_detection_cap_connections_skip_detection_and_keep_every_byte()
     assert_eq!((undetected + instant, undetected >= 1), (2, true), "{:?}", snap.detect);
     assert_eq!(detected(&engine, Direction::Outbound, "http/1"), 1, "{:?}", snap.detect);
     assert_eq!(snap.limits.detecting[Direction::Inbound.index()].refused, 2);
+    // Every slot was taken: not a host's share (the share of 2 slots is 2).
+    assert_eq!(snap.limits.detecting_share.as_ref().map(|s| (s.host, s.refused)), Some((2, 0)));
 
     // Once the silent clients leave, inbound connections wait for their bytes again.
     drop(silent);
@@ -157,6 +159,10 @@ async fn one_inbound_host_holds_only_its_share_of_the_detection_slots() {
     until(&engine, "the ninth is forwarded undetected", |_| detected(&engine, Direction::Inbound, "over_limit") == 1).await;
     echoed(&mut ninth, b"GET /ninth HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(used(&engine.snapshot()), 8);
+    // Counted as the host's share, not as a full direction.
+    let limits = engine.snapshot().limits;
+    assert_eq!(limits.detecting[Direction::Inbound.index()].refused, 0);
+    assert_eq!(limits.detecting_share.as_ref().map(|s| (s.host, s.refused)), Some((8, 1)));
     // Other hosts still get slots and wait for their bytes (three of them:
     // a host whose bucket the flood's shares by chance, 1 in 16,384, would
     // share its cap).
