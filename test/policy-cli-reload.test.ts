@@ -45,6 +45,9 @@ test('editing the annotations file under a running proxy: detect -> opaque for n
   );
   const admin = await adminAddress(proc);
   const request = Buffer.from('GET / HTTP/1.1\r\nHost: app\r\n\r\n');
+  // The first table's line says what its counts are and where the rules are shown.
+  const first = await proc.waitForLog((l) => l.msg === 'policy loaded' && Number(l['generation']) === 1, 'the first policy');
+  assert.match(String(first['hint']), /objects: .*addresses: .*meshpipe explain --port PORT/);
 
   // Before: the port is not in the workload's list, so it is detected.
   const early = await connect(ports[0]!);

@@ -75,6 +75,16 @@ export interface SidecarPolicy {
   close(): Promise<void>;
 }
 
+/** What the `policy loaded` line's counts mean, and where the rules themselves are shown. */
+export const POLICY_LOADED_HINTS = {
+  flags:
+    'rules: this proxy\'s own port decisions (flags); fallbackRules: the defaults (default opaque ports per cluster network); ' +
+    '`meshpipe explain --port PORT` or GET /policy on the admin server shows which rule decides a port',
+  sources:
+    'objects: Kubernetes objects read (pods, Servers, namespaces, authorization resources); addresses: destinations with a port policy of their own; ' +
+    'tables: distinct port tables they share; `meshpipe explain --port PORT` or GET /policy on the admin server shows which rule decides a port',
+} as const;
+
 export const POLICY_MESSAGES = {
   loaded: 'policy loaded',
   updated: 'policy updated',
@@ -142,7 +152,7 @@ function flagsOnly(config: ProxyConfig, logger: Logger): SidecarPolicy {
   return {
     initial: compiled.table,
     start: () => {
-      logger.info({ generation: compiled.table.generation, rules: compiled.table.rules.length, fallbackRules: compiled.table.fallbackRules.length }, POLICY_MESSAGES.loaded);
+      logger.info({ generation: compiled.table.generation, source: 'flags', rules: compiled.table.rules.length, fallbackRules: compiled.table.fallbackRules.length, hint: POLICY_LOADED_HINTS.flags }, POLICY_MESSAGES.loaded);
       return Promise.resolve();
     },
     notInForce: () => null,
@@ -228,7 +238,7 @@ class WorkerPolicy implements SidecarPolicy {
         this.#awaitingWhole = false;
         this.#inForce = null;
         this.#retryMs = RETRY_FIRST_MS;
-        this.#logger.info({ generation: m.generation, ...m.stats, applyMs: round(performance.now() - started) }, POLICY_MESSAGES.loaded);
+        this.#logger.info({ generation: m.generation, ...m.stats, applyMs: round(performance.now() - started), hint: POLICY_LOADED_HINTS.sources }, POLICY_MESSAGES.loaded);
         return;
       }
       case 'delta': {
