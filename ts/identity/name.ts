@@ -26,7 +26,34 @@ function dnsReason(name: string): string | undefined {
   for (const label of name.split('.')) {
     if (!LABEL.test(label)) return `the label "${label}" is not 1-63 lowercase letters, digits and inner hyphens`;
   }
-  if (/^\d+$/.test(name.split('.').pop() ?? '')) return 'it looks like an IP address, not a name';
+  if (endsInANumber(name)) return 'its last label is a number (decimal, or hex as 0x...), which reads as an IP address, not a name';
+  return undefined;
+}
+
+/**
+ * Whether a name's last label is a number (WHATWG URL's "ends in a number": decimal
+ * digits, or 0x and hex digits, as inet_aton reads them). TLS (rustls) refuses such a
+ * server name, so an identity with one could never be dialled.
+ */
+function endsInANumber(name: string): boolean {
+  const last = name.split('.').pop() ?? '';
+  return /^\d+$/.test(last) || /^0[xX][0-9a-fA-F]*$/.test(last);
+}
+
+/** A SPIFFE ID's TLS server name label (rustls: letters, digits, '_' and inner hyphens). */
+const SNI_LABEL = /^[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?$/;
+
+/**
+ * Why a SPIFFE ID's server name `<sa>.<ns>.serviceaccount.identity.spiffe.<td>` (the SNI
+ * it is dialled by, RFC 6066 §3: a host name) cannot be sent, or undefined.
+ */
+function spiffeServerNameReason(sa: string, ns: string, trustDomain: string): string | undefined {
+  const name = `${sa}.${ns}.serviceaccount.identity.spiffe.${trustDomain}`;
+  if (name.length > 253) return 'its TLS server name <sa>.<ns>.serviceaccount.identity.spiffe.<trust-domain> would be longer than 253 bytes';
+  if (endsInANumber(name)) return "the trust domain's last label is a number, so its TLS server name would read as an IP address";
+  if (!trustDomain.split('.').every((l) => SNI_LABEL.test(l))) {
+    return 'its TLS server name <sa>.<ns>.serviceaccount.identity.spiffe.<trust-domain> is not a host name: a trust domain label is empty, longer than 63 bytes, or starts or ends with a hyphen';
+  }
   return undefined;
 }
 
@@ -38,7 +65,7 @@ export function identityProblem(text: string): string | undefined {
     const [, , ns = '', sa = ''] = m;
     if (!LABEL.test(ns)) return `the namespace "${ns}" is not a Kubernetes namespace name`;
     if (sa.length > 253 || !sa.split('.').every((l) => LABEL.test(l))) return `the service account "${sa}" is not a Kubernetes name`;
-    return undefined;
+    return spiffeServerNameReason(sa, ns, m[1] ?? '');
   }
   if (text.includes('://')) return 'only spiffe:// URIs are identities';
   return dnsReason(text);

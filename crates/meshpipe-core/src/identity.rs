@@ -83,7 +83,11 @@ impl Identity {
                 }
                 _ => return Err(bad("the SPIFFE path must be exactly /ns/NS/sa/SA")),
             }
-            return Ok(Identity { text: text.to_string(), kind: IdentityKind::Spiffe });
+            let id = Identity { text: text.to_string(), kind: IdentityKind::Spiffe };
+            // Dialled by its server name: an ID whose name TLS cannot send
+            // is refused here, where it is configured, not at every dial.
+            check_spiffe_server_name(&id.server_name()).map_err(bad)?;
+            return Ok(id);
         }
         if text.contains("://") {
             return Err(bad("only spiffe:// URIs are identities"));
@@ -195,10 +199,38 @@ fn check_dns_name(name: &str) -> Result<(), &'static str> {
     for label in name.split('.') {
         check_label(label)?;
     }
-    if name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
-        return Err("it looks like an IP address, not a name");
+    if name.rsplit('.').next().is_some_and(ends_in_a_number) {
+        return Err("its last label is a number (decimal, or hex as 0x...), which reads as an IP address, not a name");
     }
     Ok(())
+}
+
+/// Whether a name's last label is a number (WHATWG URL's "ends in a number"
+/// rule: decimal digits, or `0x` and hex digits, as `inet_aton` reads
+/// them). rustls refuses such a name as a server name (RFC 9849 §6.1.7
+/// gives the same rule), so an identity with one could never be dialled.
+fn ends_in_a_number(label: &str) -> bool {
+    let hex = label.strip_prefix("0x").or_else(|| label.strip_prefix("0X"));
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// A SPIFFE ID's server name (`Identity::server_name`) must be a host name
+/// TLS can send (RFC 6066 §3): each part fits on its own, but the sum may be
+/// too long, and a trust domain's labels are not checked as host labels.
+fn check_spiffe_server_name(name: &str) -> Result<(), &'static str> {
+    if name.len() > MAX_DNS_LEN {
+        return Err("its TLS server name <sa>.<ns>.serviceaccount.identity.spiffe.<trust-domain> would be longer than 253 bytes");
+    }
+    if name.rsplit('.').next().is_some_and(ends_in_a_number) {
+        return Err("the trust domain's last label is a number, so its TLS server name would read as an IP address");
+    }
+    rustls_pki_types::ServerName::try_from(name).map(|_| ()).map_err(|_| {
+        "its TLS server name <sa>.<ns>.serviceaccount.identity.spiffe.<trust-domain> is not a host name: \
+         a trust domain label is empty, longer than 63 bytes, or starts or ends with a hyphen"
+    })
 }
 
 fn check_label(label: &str) -> Result<(), &'static str> {
@@ -302,6 +334,34 @@ mod tests {
         assert!(Identity::parse(&long).is_err(), "label over 63 bytes");
         let many = vec!["a".repeat(60); 5].join(".");
         assert!(Identity::parse(&many).is_err(), "name over 253 bytes");
+    }
+
+    /// Every accepted identity can be dialled: its server name is one rustls
+    /// sends. Found by the `identity` fuzz target: a last label such as
+    /// `0x` or `0xbeef` (a hex number, read as part of an IPv4 address), and
+    /// SPIFFE IDs whose parts fit but whose server name does not.
+    #[test]
+    fn accepted_identities_have_a_server_name_tls_accepts() {
+        for (bad, why) in [
+            ("9.aam0.0x", "is a number"),
+            ("web.ns.0xbeef", "is a number"),
+            ("spiffe://cluster.0x1f/ns/a/sa/b", "is a number"),
+            ("spiffe://cluster.-local/ns/a/sa/b", "not a host name"),
+            ("spiffe://cluster..local/ns/a/sa/b", "not a host name"),
+        ] {
+            let err = Identity::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let long =
+            format!("spiffe://cluster.local/ns/{}/sa/{}", "n".repeat(63), ["s".repeat(63), "s".repeat(63), "s".repeat(40)].join("."));
+        let err = Identity::parse(&long).expect_err("a server name over 253 bytes").to_string();
+        assert!(err.contains("longer than 253 bytes"), "{err}");
+        let long_td = format!("spiffe://{}.local/ns/a/sa/b", "t".repeat(64));
+        assert!(Identity::parse(&long_td).expect_err("a 64-byte trust domain label").to_string().contains("not a host name"));
+        for good in ["web.ns.0xg", "web.ns.x0", "web.ns.0a1", "spiffe://my_domain.example/ns/a/sa/b.c"] {
+            let id = Identity::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert!(rustls_pki_types::ServerName::try_from(id.server_name()).is_ok(), "{good}");
+        }
     }
 
     #[test]
