@@ -6,7 +6,8 @@
 //! worker keeps its own pools in a thread-local, so checking a connection
 //! out or in touches no lock and no memory another worker writes (hyper-util's
 //! pooled client shares one pool behind a mutex; with one runtime per core
-//! that lock would be taken by every request of every worker).
+//! that lock would be taken by every request of every worker). The pools
+//! and their sweeper are `client/pool.rs`.
 //!
 //! - HTTP/1: a keep-alive pool per endpoint, most recently used first (the
 //!   warmest socket), at most `pool_max_idle` idle connections. A connection
@@ -45,8 +46,6 @@
 //! so a destination that becomes meshed (or another pod's identity at a
 //! reused address) never rides an older connection.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -59,11 +58,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OnceCell;
-// The runtime's clock, as the sweeper's timer: idle ages and reuse windows
-// are measured on the clock that wakes the sweep (and that a paused test
-// runtime advances).
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::addr::TargetAddr;
@@ -76,6 +70,10 @@ use crate::proxy::Context;
 use crate::tls::TlsState;
 use crate::transport_header::TransportHeader;
 use crate::vocab::{Direction, TlsStatus};
+
+mod pool;
+pub use pool::Lease;
+use pool::{H2Key, H1, H2};
 
 /// Which HTTP version a connection to an endpoint speaks (Linkerd's
 /// transport header calls it the session protocol).
@@ -181,101 +179,6 @@ pub enum SendError {
     NotSent(Box<Request<RequestBody>>, ProxyError),
     /// The request was (at least partly) sent.
     Failed(ProxyError),
-}
-
-type H1 = http1::SendRequest<RequestBody>;
-
-/// An HTTP/2 connection's place in the pools: one per engine, client
-/// connection and endpoint.
-#[derive(Clone, Copy)]
-struct H2Key {
-    engine: u64,
-    client: u64,
-    addr: SocketAddr,
-}
-type H2 = http2::SendRequest<RequestBody>;
-
-struct IdleH1 {
-    tx: H1,
-    since: Instant,
-    /// Reused only before this: the upstream's own idle timeout, less a
-    /// margin (`reuse_window`).
-    until: Option<Instant>,
-    /// The identity the connection's peer proved (mesh TLS).
-    peer: Option<Identity>,
-}
-
-struct H2Slot {
-    conn: Arc<OnceCell<H2>>,
-    used: Instant,
-    peer: Option<Identity>,
-}
-
-/// One worker's connections, for every engine on the thread (keyed by the
-/// engine's id, so two engines in one process never share a connection).
-#[derive(Default)]
-struct Pools {
-    h1: HashMap<(u64, SocketAddr), Vec<IdleH1>>,
-    /// By engine and client connection, then endpoint.
-    h2: HashMap<(u64, u64), HashMap<SocketAddr, H2Slot>>,
-    /// Engines whose sweeper runs on this thread.
-    swept: HashSet<u64>,
-}
-
-thread_local! {
-    static POOLS: RefCell<Pools> = RefCell::default();
-}
-
-/// An HTTP/1 connection lent to one exchange; checked back in by the
-/// response body when it ended cleanly (`body.rs`).
-pub struct Lease {
-    key: (u64, SocketAddr),
-    tx: H1,
-    max_idle: usize,
-    peer: Option<Identity>,
-    /// How long the upstream keeps the connection idle (`Keep-Alive:
-    /// timeout=N` on its last response).
-    upstream_idle: Option<Duration>,
-}
-
-impl Lease {
-    pub fn release(self, clean: bool) {
-        // Not ready: the request is still being written (the upstream
-        // answered before the whole body arrived, RFC 9110 §15.5.14 allows
-        // it). Pooled, the next request, any client's, would wait for a
-        // body its client may never finish; dropped, the connection
-        // finishes this exchange and closes.
-        if !clean || self.tx.is_closed() || !self.tx.is_ready() {
-            return;
-        }
-        let Lease { key, tx, max_idle, peer, upstream_idle } = self;
-        let since = Instant::now();
-        let window = upstream_idle.map(reuse_window);
-        if window == Some(Duration::ZERO) {
-            return;
-        }
-        let _ = POOLS.try_with(|p| {
-            let mut p = p.borrow_mut();
-            let idle = p.h1.entry(key).or_default();
-            if idle.len() < max_idle {
-                idle.push(IdleH1 { tx, since, until: window.map(|w| since + w), peer });
-            }
-        });
-    }
-}
-
-/// How long a connection whose upstream closes it after `upstream_idle` is
-/// reused: a second less (as undici does), or half of a shorter one. A
-/// request sent just as the upstream closes the connection would fail
-/// after it was written, with no safe retry for a non-idempotent one; a
-/// reuse the upstream's clock has not run out on never races its close.
-fn reuse_window(upstream_idle: Duration) -> Duration {
-    const MARGIN: Duration = Duration::from_secs(1);
-    if upstream_idle >= 2 * MARGIN {
-        upstream_idle - MARGIN
-    } else {
-        upstream_idle / 2
-    }
 }
 
 /// The upstream side of the HTTP proxy.
@@ -389,15 +292,11 @@ impl Client {
 
     async fn send_h1(&self, ctx: &Context, ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), SendError> {
         let key = (self.engine, ep.addr);
-        let lease = |tx, resp: &Response<Incoming>| Lease {
-            key,
-            tx,
-            max_idle: self.max_idle,
-            peer: peer_of(ep).cloned(),
-            upstream_idle: crate::http::headers::keep_alive_timeout(resp.headers()),
+        let lease = |tx, resp: &Response<Incoming>| {
+            Lease::new(key, tx, self.max_idle, peer_of(ep).cloned(), crate::http::headers::keep_alive_timeout(resp.headers()))
         };
         // Idle connections first, newest first; each is tried at most once.
-        while let Some(mut tx) = self.checkout_h1(key, peer_of(ep)) {
+        while let Some(mut tx) = pool::checkout_h1(key, peer_of(ep), self.idle_timeout) {
             if !tx.is_ready() && tx.ready().await.is_err() {
                 continue;
             }
@@ -432,33 +331,16 @@ impl Client {
         }
     }
 
-    /// The newest usable idle connection to `key` whose peer is `peer`;
-    /// closed or expired ones met on the way are dropped, those of another
-    /// peer are left in place.
-    fn checkout_h1(&self, key: (u64, SocketAddr), peer: Option<&Identity>) -> Option<H1> {
-        POOLS.with(|p| {
-            let mut p = p.borrow_mut();
-            let idle = p.h1.get_mut(&key)?;
-            while let Some(i) = idle.iter().rposition(|c| c.peer.as_ref() == peer) {
-                let c = idle.remove(i);
-                if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout && c.until.is_none_or(|u| Instant::now() < u) {
-                    return Some(c.tx);
-                }
-            }
-            None
-        })
-    }
-
     async fn send_h2(&self, ctx: &Context, ep: &Endpoint, mut req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
         let key = H2Key { engine: self.engine, client: ep.client, addr: ep.addr };
         // A second try only when the shared connection turned out closed
         // before the request was written.
         for _ in 0..2 {
-            let cell = self.h2_slot(key, peer_of(ep));
+            let cell = pool::h2_slot(key, peer_of(ep));
             let tx = match cell.get_or_try_init(|| self.dial_h2(ctx, ep)).await {
                 Ok(tx) => tx.clone(),
                 Err(e) => {
-                    self.forget_h2(key, &cell);
+                    pool::forget_h2(key, &cell);
                     return Err(SendError::NotSent(Box::new(req), e));
                 }
             };
@@ -467,7 +349,7 @@ impl Client {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(r) => {
-                        self.forget_h2(key, &cell);
+                        pool::forget_h2(key, &cell);
                         req = r;
                     }
                     None => return Err(SendError::Failed(ProxyError::upstream(ep.addr, e.into_error()))),
@@ -480,42 +362,11 @@ impl Client {
         ))
     }
 
-    /// The client connection's HTTP/2 connection to `key` with `peer` (a
-    /// fresh, empty slot when there is none, it closed, or it is to another
-    /// peer: requests already on that one finish there).
-    fn h2_slot(&self, key: H2Key, peer: Option<&Identity>) -> Arc<OnceCell<H2>> {
-        POOLS.with(|p| {
-            let mut p = p.borrow_mut();
-            let slot = p.h2.entry((key.engine, key.client)).or_default().entry(key.addr).or_insert_with(|| H2Slot {
-                conn: Arc::new(OnceCell::new()),
-                used: Instant::now(),
-                peer: peer.cloned(),
-            });
-            if slot.conn.get().is_some_and(|c| c.is_closed()) || slot.peer.as_ref() != peer {
-                slot.conn = Arc::new(OnceCell::new());
-                slot.peer = peer.cloned();
-            }
-            slot.used = Instant::now();
-            slot.conn.clone()
-        })
-    }
-
-    fn forget_h2(&self, key: H2Key, cell: &Arc<OnceCell<H2>>) {
-        POOLS.with(|p| {
-            let mut p = p.borrow_mut();
-            if let Some(slots) = p.h2.get_mut(&(key.engine, key.client)) {
-                if slots.get(&key.addr).is_some_and(|s| Arc::ptr_eq(&s.conn, cell)) {
-                    slots.remove(&key.addr);
-                }
-            }
-        });
-    }
-
     /// Lets go of the HTTP/2 connections of client connection `client`
     /// (it ended): each closes once its last stream ended. Called on the
     /// worker that served it; elsewhere the sweeper closes them when idle.
     pub fn forget_client(&self, client: u64) {
-        let _ = POOLS.try_with(|p| p.borrow_mut().h2.remove(&(self.engine, client)));
+        pool::forget_client(self.engine, client);
     }
 
     /// A connection of its own for an upgrade or CONNECT: sends `req` and
@@ -535,55 +386,6 @@ impl Client {
 
     /// Starts this worker's sweeper for this engine, once.
     fn ensure_sweeper(&self) {
-        let first = POOLS.with(|p| p.borrow_mut().swept.insert(self.engine));
-        if first {
-            tokio::spawn(sweep(self.engine, self.idle_timeout, self.drain.clone(), self.endpoints.clone()));
-        }
+        pool::ensure_sweeper(self.engine, self.idle_timeout, &self.drain, &self.endpoints);
     }
-}
-
-/// Closes this worker's idle connections of `engine` past `idle_timeout`;
-/// once the engine drains, every idle connection at each pass; at the drain
-/// deadline everything, and ends. Also forgets the balancer state of
-/// Services that left the endpoints table, so it stays bounded by the table.
-async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain, endpoints: Arc<super::endpoints::Endpoints>) {
-    let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = drain.cut.cancelled() => break,
-        }
-        let max_age = if drain.stop_accepting.is_cancelled() { Duration::ZERO } else { idle_timeout };
-        POOLS.with(|p| {
-            let mut p = p.borrow_mut();
-            for ((e, _), idle) in p.h1.iter_mut() {
-                if *e == engine {
-                    idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < max_age && c.until.is_none_or(|u| Instant::now() < u));
-                }
-            }
-            p.h1.retain(|_, idle| !idle.is_empty());
-            for ((e, _), slots) in p.h2.iter_mut() {
-                if *e == engine {
-                    slots.retain(|_, s| s.used.elapsed() < max_age && !s.conn.get().is_some_and(|c| c.is_closed()));
-                }
-            }
-            p.h2.retain(|_, slots| !slots.is_empty());
-        });
-        super::balance::retain(engine, &endpoints.load());
-    }
-    let _ = POOLS.try_with(|p| {
-        let mut p = p.borrow_mut();
-        p.h1.retain(|(e, _), _| *e != engine);
-        p.h2.retain(|(e, _), _| *e != engine);
-        p.swept.remove(&engine);
-    });
-    super::balance::retain(engine, &super::endpoints::EndpointsTable::default());
-}
-
-/// Idle HTTP/1 connections and HTTP/2 connections this worker keeps (tests).
-pub fn pooled_on_this_thread() -> (usize, usize) {
-    POOLS.with(|p| {
-        let p = p.borrow();
-        (p.h1.values().map(Vec::len).sum(), p.h2.values().map(HashMap::len).sum())
-    })
 }
