@@ -51,6 +51,15 @@ test('the TypeScript identity check and the engine agree, and refuse names TLS c
     [`spiffe://${td63}t.local/ns/a/sa/b`, false],
     [`spiffe://cluster.local/ns/${'n'.repeat(63)}/sa/${['s'.repeat(63), 's'.repeat(63), 's'.repeat(40)].join('.')}`, false],
     ['Web.ns.cluster.local', false],
+    // Trust domains rustls takes as they are: '_' at a label's edges, one label, 63-byte labels.
+    ['spiffe://_td_.ex_/ns/a/sa/b', true],
+    ['spiffe://local/ns/a/sa/b', true],
+    ['spiffe://td_1.example/ns/a/sa/b', true],
+    [`spiffe://${td63}.${td63}.${td63}/ns/a/sa/b`, true],
+    // rustls takes one trailing dot (a fully qualified name); an identity has none.
+    ['spiffe://cluster.local./ns/a/sa/b', false],
+    ['spiffe://./ns/a/sa/b', false],
+    ['spiffe://cluster.0/ns/a/sa/b', false],
   ];
   for (const [name, ok] of cases) {
     const ts = identityProblem(name);

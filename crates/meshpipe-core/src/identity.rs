@@ -227,10 +227,16 @@ fn check_spiffe_server_name(name: &str) -> Result<(), &'static str> {
     if name.rsplit('.').next().is_some_and(ends_in_a_number) {
         return Err("the trust domain's last label is a number, so its TLS server name would read as an IP address");
     }
-    rustls_pki_types::ServerName::try_from(name).map(|_| ()).map_err(|_| {
-        "its TLS server name <sa>.<ns>.serviceaccount.identity.spiffe.<trust-domain> is not a host name: \
-         a trust domain label is empty, longer than 63 bytes, or starts or ends with a hyphen"
-    })
+    const NOT_A_HOST_NAME: &str = "its TLS server name <sa>.<ns>.serviceaccount.identity.spiffe.<trust-domain> is not a host name: \
+         a trust domain label is empty, longer than 63 bytes, or starts or ends with a hyphen";
+    // rustls takes one trailing dot as a fully qualified name, but an
+    // identity has none (module doc): `cluster.local.` is a trust domain
+    // whose last label is empty, refused as `cluster..local` is (and as
+    // ts/identity/name.ts refuses both).
+    if name.ends_with('.') {
+        return Err(NOT_A_HOST_NAME);
+    }
+    rustls_pki_types::ServerName::try_from(name).map(|_| ()).map_err(|_| NOT_A_HOST_NAME)
 }
 
 fn check_label(label: &str) -> Result<(), &'static str> {
@@ -348,6 +354,8 @@ mod tests {
             ("spiffe://cluster.0x1f/ns/a/sa/b", "is a number"),
             ("spiffe://cluster.-local/ns/a/sa/b", "not a host name"),
             ("spiffe://cluster..local/ns/a/sa/b", "not a host name"),
+            // rustls accepts a trailing dot; an identity has none.
+            ("spiffe://cluster.local./ns/a/sa/b", "not a host name"),
         ] {
             let err = Identity::parse(bad).expect_err(bad).to_string();
             assert!(err.contains(why), "{bad}: {err}");

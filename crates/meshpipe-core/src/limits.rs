@@ -327,22 +327,29 @@ impl Limits {
     /// `share_refused`).
     pub fn detect_slot(&self, direction: Direction, source: std::net::IpAddr) -> Option<DetectSlot<'_>> {
         let b = &self.detecting[direction.index()];
-        // The direction first: when every slot is taken, the refusal is a
-        // full direction's even if the source also holds its whole share.
-        if !b.try_take_counted(1) {
-            return None;
-        }
+        // The share first: a source at its share never holds one of the
+        // direction's slots, not even between taking and giving it back,
+        // so its knocks cannot refuse another host the last free slot.
         let share = match (&self.per_source, direction) {
             (Some(p), Direction::Inbound) => match p.try_take(source) {
                 Some(share) => Some(share),
                 None => {
-                    b.give(1);
-                    self.share_refused.fetch_add(1, Relaxed);
+                    // When every slot is taken too, the refusal is a full
+                    // direction's (only the reason is read here).
+                    if b.used() >= b.limit() {
+                        b.refused.fetch_add(1, Relaxed);
+                    } else {
+                        self.share_refused.fetch_add(1, Relaxed);
+                    }
                     return None;
                 }
             },
             _ => None,
         };
+        if !b.try_take_counted(1) {
+            // The share taken above goes back with it (dropped).
+            return None;
+        }
         Some(DetectSlot { budget: b, _share: share })
     }
 }
@@ -511,6 +518,50 @@ mod tests {
     /// does: each address is a host of its own, and the /64 as a whole
     /// holds at most a quarter of the slots (an attacker picking addresses
     /// from its /64 still leaves the rest).
+    /// A host at its share never holds a slot of the direction, not even
+    /// for an instant: with one slot free and that host knocking without
+    /// pause, another host gets the slot every time (were the direction's
+    /// slot taken before the share, a knock would hold it just long enough
+    /// to refuse someone else).
+    #[test]
+    fn a_host_at_its_share_never_takes_a_slot_from_another_host() {
+        use std::sync::atomic::AtomicBool;
+        let inbound = Direction::Inbound;
+        let l = Limits::new([0, 0], 16, 0);
+        let at_share: Vec<_> = (0..8).map(|_| l.detect_slot(inbound, A).expect("within the share of 8")).collect();
+        assert!(l.detect_slot(inbound, A).is_none(), "A holds its share");
+        // Other hosts take all but one slot (hosts whose bucket is A's, by chance, are skipped).
+        let hosts = (2..=255u8).map(|i| std::net::IpAddr::from([10, 0, 1, i]));
+        let others: Vec<_> = hosts.filter_map(|h| l.detect_slot(inbound, h)).take(7).collect();
+        assert_eq!((others.len(), l.detecting[inbound.index()].used()), (7, 15));
+        let c = (2..=255u8).map(|i| std::net::IpAddr::from([10, 0, 2, i])).find(|c| l.detect_slot(inbound, *c).is_some()).expect("a host");
+        let counted = || l.snapshot().detecting_share.expect("limited").refused + l.detecting[inbound.index()].refused();
+        let before = counted();
+        let (started, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+        let (refused, knocks) = std::thread::scope(|s| {
+            let knocker = s.spawn(|| {
+                let mut knocks = 0u64;
+                started.store(true, Relaxed);
+                while !stop.load(Relaxed) {
+                    assert!(l.detect_slot(inbound, A).is_none(), "A is past its share");
+                    knocks += 1;
+                }
+                knocks
+            });
+            while !started.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+            let refused = (0..200_000).filter(|_| l.detect_slot(inbound, c).is_none()).count();
+            stop.store(true, Relaxed);
+            (refused, knocker.join().expect("the knocker"))
+        });
+        assert_eq!(refused, 0, "the free slot was refused to another host {refused} times of 200000 while A knocked");
+        // Each knock counted once: as the share's, or as a full direction's
+        // when the other host held the last slot at that instant.
+        assert_eq!(counted() - before, knocks, "every knock counted once");
+        drop((at_share, others));
+    }
+
     #[test]
     fn ipv6_hosts_of_one_64_have_their_own_shares_and_the_64_a_quarter() {
         let l = Limits::new([0, 0], 1024, 0);
