@@ -23,7 +23,7 @@ import { formatOptionsHelp, parseOptions, type OptionSpec } from './args.js';
 import { formatDuration } from '../config/index.js';
 import { identityInit, identityIssue } from '../engine/index.js';
 import { MeshpipeError } from '../errors.js';
-import { identityProblem, loadIdentity } from '../identity/index.js';
+import { dialableIdentityProblem, loadIdentity } from '../identity/index.js';
 
 const INIT_OPTIONS: readonly OptionSpec[] = [
   { flag: 'out', type: 'string', valueName: 'DIR', help: 'where to write ca.crt, ca.key, issuer.crt and issuer.key', defaultText: '.' },
@@ -162,7 +162,7 @@ async function issue(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, ISSUE_OPTIONS, 'meshpipe identity issue');
   const name = values['name'] as string | undefined;
   if (name === undefined) throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'issue needs --name NAME (e.g. web.ns.serviceaccount.identity.linkerd.cluster.local)');
-  const why = identityProblem(name);
+  const why = dialableIdentityProblem(name);
   if (why !== undefined) throw new MeshpipeError('ERR_INVALID_ARGUMENT', `--name "${name}": ${why}; expected a DNS name like web.ns.serviceaccount.identity.linkerd.cluster.local or spiffe://cluster.local/ns/NS/sa/SA`);
   const ttlMs = durationFlag('ttl', values['ttl'], '24h');
   const caDir = (values['ca-dir'] as string | undefined) ?? '.';

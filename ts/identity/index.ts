@@ -12,6 +12,7 @@ export { checkIdentityAtStart, IDENTITY_MESSAGES } from './start.js';
 export { loadIdentity, MAX_PEM_BYTES, type LoadedIdentity } from './load.js';
 export { IdentityReloader, RENEW_WARNING_FRACTION, type IdentityState, type IdentityReloaderOptions } from './reloader.js';
 export {
+  dialableIdentityProblem,
   identityProblem,
   identityPatternProblem,
   renderIdentity,

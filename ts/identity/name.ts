@@ -26,7 +26,7 @@ function dnsReason(name: string): string | undefined {
   for (const label of name.split('.')) {
     if (!LABEL.test(label)) return `the label "${label}" is not 1-63 lowercase letters, digits and inner hyphens`;
   }
-  if (endsInANumber(name)) return 'its last label is a number (decimal, or hex as 0x...), which reads as an IP address, not a name';
+  if (/^\d+$/.test(name.split('.').pop() ?? '')) return 'it looks like an IP address, not a name';
   return undefined;
 }
 
@@ -65,10 +65,26 @@ export function identityProblem(text: string): string | undefined {
     const [, , ns = '', sa = ''] = m;
     if (!LABEL.test(ns)) return `the namespace "${ns}" is not a Kubernetes namespace name`;
     if (sa.length > 253 || !sa.split('.').every((l) => LABEL.test(l))) return `the service account "${sa}" is not a Kubernetes name`;
-    return spiffeServerNameReason(sa, ns, m[1] ?? '');
+    return undefined;
   }
   if (text.includes('://')) return 'only spiffe:// URIs are identities';
   return dnsReason(text);
+}
+
+/**
+ * Why `text` is not an identity this proxy can dial (a meshed destination, a pod's identity
+ * from the template, a certificate being issued), or undefined. On top of `identityProblem`,
+ * its TLS server name must be one TLS sends (RFC 6066 §3: a host name; the engine's
+ * `Identity::check_dialable`). A client's identity is only matched, never dialled, so
+ * `identityProblem` is the check for those.
+ */
+export function dialableIdentityProblem(text: string): string | undefined {
+  const why = identityProblem(text);
+  if (why !== undefined) return why;
+  const spiffe = /^spiffe:\/\/([^/]+)\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(text);
+  if (spiffe) return spiffeServerNameReason(spiffe[3] ?? '', spiffe[2] ?? '', spiffe[1] ?? '');
+  if (endsInANumber(text)) return 'its last label is a number (decimal, or hex as 0x...), which reads as an IPv4 address: TLS cannot send it as a server name, so it cannot be dialled';
+  return undefined;
 }
 
 /** Why a MeshTLSAuthentication identity pattern (exact, `*` or `*.suffix`) is bad, or undefined. */
@@ -87,7 +103,8 @@ export function templateProblem(template: string, trustDomain: string): string |
   const unknown = /\{(?!sa\}|ns\}|trustDomain\})[^}]*\}/.exec(template);
   if (unknown) return `unknown placeholder ${unknown[0]}: expected {sa}, {ns} and {trustDomain}`;
   const sample = renderIdentity(template, 'sa', 'ns', trustDomain);
-  const why = identityProblem(sample);
+  // Pods' identities are dialled by the proxies that reach them.
+  const why = dialableIdentityProblem(sample);
   return why === undefined ? undefined : `it gives "${sample}", which is not an identity: ${why}`;
 }
 

@@ -31,7 +31,7 @@
  * `no_identity`, never mTLS to a guessed identity).
  */
 import type { DestinationSpec, MeshPeerSpec } from '../engine/index.js';
-import { identityProblem, renderIdentity } from '../identity/name.js';
+import { dialableIdentityProblem, renderIdentity } from '../identity/name.js';
 import { isCidrError, parseCidr } from './cidr.js';
 import type { WorkloadObject } from './k8s/objects.js';
 import type { MeshSettings } from './model.js';
@@ -76,7 +76,7 @@ export function meshPeerOf(pod: WorkloadObject, settings: MeshSettings, problems
   const ref = { kind: pod.kind, namespace: pod.namespace, name: pod.name };
   const explicit = pod.annotations[MESH_ANNOTATIONS.identity];
   const identity = explicit?.trim() ?? renderIdentity(settings.identityTemplate, pod.serviceAccount, pod.namespace, settings.trustDomain);
-  const why = identityProblem(identity);
+  const why = dialableIdentityProblem(identity);
   if (why !== undefined) {
     const field = explicit !== undefined ? MESH_ANNOTATIONS.identity : 'spec.serviceAccountName';
     problems.push(objectProblem(ref, field, identity, `${why}; the pod is not treated as meshed`));
@@ -154,7 +154,7 @@ export function parseDestinationsFile(file: string, text: string): { entries: De
     const [netText = '', identity = '', portText] = fields;
     const net = parseCidr(netText);
     if (isCidrError(net)) return bad(net.error);
-    const why = identityProblem(identity);
+    const why = dialableIdentityProblem(identity);
     if (why !== undefined) return bad(`identity "${identity}": ${why}`);
     const tunnelPort = portText === undefined ? DEFAULT_TUNNEL_PORT : parsePort(portText);
     if (tunnelPort === undefined) return bad(`tunnel port "${portText}": expected 1-65535`);

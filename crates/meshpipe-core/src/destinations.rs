@@ -76,7 +76,7 @@ pub struct Destination {
 impl Destination {
     /// Validates a port table's peer; the error says what is wrong.
     pub fn from_peer(spec: &MeshPeerSpec) -> Result<Destination, String> {
-        let identity = Identity::parse(&spec.identity).map_err(|e| e.to_string())?;
+        let identity = Identity::parse_dialable(&spec.identity).map_err(|e| e.to_string())?;
         let tunnel_port = NonZeroU16::new(spec.tunnel_port).ok_or_else(|| "the tunnel port must be 1-65535".to_string())?;
         Ok(Destination { identity, tunnel_port, source: Arc::from(spec.source.as_str()) })
     }
@@ -165,7 +165,7 @@ impl DestinationTable {
 pub(crate) fn compile_entry(e: &DestinationSpec) -> Result<(Cidr, Arc<Destination>), DestinationsError> {
     let bad = |reason: String| DestinationsError::Entry { net: e.net.clone(), source_name: e.source.clone(), reason };
     let cidr = Cidr::from_str(&e.net).map_err(|err| bad(err.to_string()))?;
-    let identity = Identity::parse(&e.identity).map_err(|err| bad(err.to_string()))?;
+    let identity = Identity::parse_dialable(&e.identity).map_err(|err| bad(err.to_string()))?;
     let tunnel_port = NonZeroU16::new(e.tunnel_port).ok_or_else(|| bad("the tunnel port must be 1-65535".into()))?;
     Ok((cidr, Arc::new(Destination { identity, tunnel_port, source: Arc::from(e.source.as_str()) })))
 }

@@ -83,17 +83,42 @@ impl Identity {
                 }
                 _ => return Err(bad("the SPIFFE path must be exactly /ns/NS/sa/SA")),
             }
-            let id = Identity { text: text.to_string(), kind: IdentityKind::Spiffe };
-            // Dialled by its server name: an ID whose name TLS cannot send
-            // is refused here, where it is configured, not at every dial.
-            check_spiffe_server_name(&id.server_name()).map_err(bad)?;
-            return Ok(id);
+            return Ok(Identity { text: text.to_string(), kind: IdentityKind::Spiffe });
         }
         if text.contains("://") {
             return Err(bad("only spiffe:// URIs are identities"));
         }
         check_dns_name(text).map_err(bad)?;
         Ok(Identity { text: text.to_string(), kind: IdentityKind::Dns })
+    }
+
+    /// Parses an identity this proxy will dial (a meshed destination, or a
+    /// workload certificate being issued): [`Identity::parse`], and then
+    /// [`Identity::check_dialable`].
+    pub fn parse_dialable(text: &str) -> Result<Identity, IdentityError> {
+        let id = Identity::parse(text)?;
+        id.check_dialable()?;
+        Ok(id)
+    }
+
+    /// Whether a client can dial this identity: its TLS server name
+    /// ([`Identity::server_name`], RFC 6066 §3: a host name) must be one
+    /// rustls sends. A DNS identity whose last label is a number (decimal,
+    /// or `0x` hex: it reads as part of an IPv4 address) is not, nor is a
+    /// SPIFFE ID whose server name is too long or has a trust-domain label
+    /// that is no host label. Checked where an identity is dialled, so such
+    /// a name is refused where it is configured rather than failing every
+    /// dial; not where an identity is only matched (a client's certificate,
+    /// an authorization rule), since nobody dials those by name.
+    pub fn check_dialable(&self) -> Result<(), IdentityError> {
+        let bad = |reason| IdentityError::Invalid { text: self.text.clone(), reason };
+        match self.kind {
+            IdentityKind::Dns if self.text.rsplit('.').next().is_some_and(ends_in_a_number) => {
+                Err(bad("its last label is a number (decimal, or hex as 0x...), which reads as an IPv4 address: TLS cannot send it as a server name, so it cannot be dialled"))
+            }
+            IdentityKind::Dns => Ok(()),
+            IdentityKind::Spiffe => check_spiffe_server_name(&self.server_name()).map_err(bad),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -199,8 +224,8 @@ fn check_dns_name(name: &str) -> Result<(), &'static str> {
     for label in name.split('.') {
         check_label(label)?;
     }
-    if name.rsplit('.').next().is_some_and(ends_in_a_number) {
-        return Err("its last label is a number (decimal, or hex as 0x...), which reads as an IP address, not a name");
+    if name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("it looks like an IP address, not a name");
     }
     Ok(())
 }
@@ -208,7 +233,7 @@ fn check_dns_name(name: &str) -> Result<(), &'static str> {
 /// Whether a name's last label is a number (WHATWG URL's "ends in a number"
 /// rule: decimal digits, or `0x` and hex digits, as `inet_aton` reads
 /// them). rustls refuses such a name as a server name (RFC 9849 §6.1.7
-/// gives the same rule), so an identity with one could never be dialled.
+/// gives the same rule), so an identity with one cannot be dialled.
 fn ends_in_a_number(label: &str) -> bool {
     let hex = label.strip_prefix("0x").or_else(|| label.strip_prefix("0X"));
     match hex {
@@ -342,34 +367,40 @@ mod tests {
         assert!(Identity::parse(&many).is_err(), "name over 253 bytes");
     }
 
-    /// Every accepted identity can be dialled: its server name is one rustls
-    /// sends. Found by the `identity` fuzz target: a last label such as
-    /// `0x` or `0xbeef` (a hex number, read as part of an IPv4 address), and
-    /// SPIFFE IDs whose parts fit but whose server name does not.
+    /// Identities this proxy dials must have a server name rustls sends.
+    /// Found by the `identity` fuzz target: a last label such as `0x` or
+    /// `0xbeef` (a hex number, read as part of an IPv4 address), and SPIFFE
+    /// IDs whose parts fit but whose server name does not. Such names are
+    /// still identities (a client's certificate may carry one, and nobody
+    /// dials a client by name), so only `parse_dialable` refuses them.
     #[test]
-    fn accepted_identities_have_a_server_name_tls_accepts() {
+    fn dialled_identities_have_a_server_name_tls_accepts() {
+        let long =
+            format!("spiffe://cluster.local/ns/{}/sa/{}", "n".repeat(63), ["s".repeat(63), "s".repeat(63), "s".repeat(40)].join("."));
+        let long_td = format!("spiffe://{}.local/ns/a/sa/b", "t".repeat(64));
         for (bad, why) in [
             ("9.aam0.0x", "is a number"),
             ("web.ns.0xbeef", "is a number"),
             ("spiffe://cluster.0x1f/ns/a/sa/b", "is a number"),
             ("spiffe://cluster.-local/ns/a/sa/b", "not a host name"),
+            ("spiffe://-td.example/ns/a/sa/b", "not a host name"),
             ("spiffe://cluster..local/ns/a/sa/b", "not a host name"),
             // rustls accepts a trailing dot; an identity has none.
             ("spiffe://cluster.local./ns/a/sa/b", "not a host name"),
+            (long.as_str(), "longer than 253 bytes"),
+            (long_td.as_str(), "not a host name"),
         ] {
-            let err = Identity::parse(bad).expect_err(bad).to_string();
-            assert!(err.contains(why), "{bad}: {err}");
+            let id = Identity::parse(bad).unwrap_or_else(|e| panic!("{bad} is an identity (a client may carry it): {e}"));
+            let err = id.check_dialable().expect_err(bad).to_string();
+            assert!(err.contains(why) && err.contains("invalid identity"), "{bad}: {err}");
+            assert_eq!(Identity::parse_dialable(bad).expect_err(bad).to_string(), err);
         }
-        let long =
-            format!("spiffe://cluster.local/ns/{}/sa/{}", "n".repeat(63), ["s".repeat(63), "s".repeat(63), "s".repeat(40)].join("."));
-        let err = Identity::parse(&long).expect_err("a server name over 253 bytes").to_string();
-        assert!(err.contains("longer than 253 bytes"), "{err}");
-        let long_td = format!("spiffe://{}.local/ns/a/sa/b", "t".repeat(64));
-        assert!(Identity::parse(&long_td).expect_err("a 64-byte trust domain label").to_string().contains("not a host name"));
-        for good in ["web.ns.0xg", "web.ns.x0", "web.ns.0a1", "spiffe://my_domain.example/ns/a/sa/b.c"] {
-            let id = Identity::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        for good in ["web.ns.0xg", "web.ns.x0", "web.ns.0a1", "spiffe://my_domain.example/ns/a/sa/b.c", "spiffe://local/ns/a/sa/b"] {
+            let id = Identity::parse_dialable(good).unwrap_or_else(|e| panic!("{good}: {e}"));
             assert!(rustls_pki_types::ServerName::try_from(id.server_name()).is_ok(), "{good}");
         }
+        // A decimal last label is no identity at all (as before).
+        assert!(Identity::parse("web.ns.10").is_err());
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn init(spec: &InitSpec) -> Result<TrustBundle, OpError> {
 }
 
 pub fn issue(spec: &IssueSpec) -> Result<IssuedPem, OpError> {
-    let name = Identity::parse(&spec.name)?;
+    let name = Identity::parse_dialable(&spec.name)?;
     let ttl = Duration::from_millis(spec.ttl_ms);
     Ok(issue::issue(&spec.issuer_cert_pem, &spec.issuer_key_pem, &spec.issuer_file, &name, ttl, SystemTime::now())?)
 }
