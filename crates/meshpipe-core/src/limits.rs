@@ -513,11 +513,6 @@ mod tests {
         assert!(l.detect_slot(Direction::Inbound, A).is_some());
     }
 
-    /// IPv6 pods of one node share a /64 (Kubernetes' default node CIDR
-    /// mask), and with Cilium's or Calico's default pools a whole cluster
-    /// does: each address is a host of its own, and the /64 as a whole
-    /// holds at most a quarter of the slots (an attacker picking addresses
-    /// from its /64 still leaves the rest).
     /// A host at its share never holds a slot of the direction, not even
     /// for an instant: with one slot free and that host knocking without
     /// pause, another host gets the slot every time (were the direction's
@@ -562,6 +557,11 @@ mod tests {
         drop((at_share, others));
     }
 
+    /// IPv6 pods of one node share a /64 (Kubernetes' default node CIDR
+    /// mask), and with Cilium's or Calico's default pools a whole cluster
+    /// does: each address is a host of its own, and the /64 as a whole
+    /// holds at most a quarter of the slots (an attacker picking addresses
+    /// from its /64 still leaves the rest).
     #[test]
     fn ipv6_hosts_of_one_64_have_their_own_shares_and_the_64_a_quarter() {
         let l = Limits::new([0, 0], 1024, 0);
