@@ -172,4 +172,14 @@ test('CIDRs: canonical form, containment, host networks, errors', () => {
   assert.equal(hostCidr('192.0.2.1')?.text, '192.0.2.1/32');
   assert.ok(isCidrError(parseCidr('10.0.0.0/33')));
   assert.ok(isCidrError(parseCidr('300.0.0.0/8')));
+  // An IPv4-mapped address takes /96 to /128 (an IPv4 network); shorter, it would hold no
+  // IPv4 address at all, not even its own: refused with the forms that work.
+  const mapped = parseCidr('::ffff:10.0.0.0/104');
+  assert.ok(!isCidrError(mapped) && mapped.text === '10.0.0.0/8');
+  for (const short of ['::ffff:10.0.0.0/8', '::ffff:0.0.0.0/0', '::ffff:0:0/80']) {
+    const err = parseCidr(short);
+    assert.ok(isCidrError(err), short);
+    assert.match(err.error, /IPv4-mapped .* shorter than \/96.*10\.0\.0\.0\/8.*::ffff:10\.0\.0\.0\/104/, short);
+  }
+  assert.ok(!isCidrError(parseCidr('::/0')), 'not a mapped address');
 });

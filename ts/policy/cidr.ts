@@ -123,6 +123,12 @@ export function parseCidr(input: string): Cidr | { error: string } {
     }
     prefix = Number(p);
   }
+  // Shorter than /96, a mapped address would make an IPv6 network that holds no IPv4
+  // address, not even its own (mapped addresses are matched as IPv4): almost surely an
+  // IPv4 prefix length after a mapped address. Refused, as the engine refuses it.
+  if (isMapped(ip.family, ip.bits) && prefix < 96) {
+    return { error: `"${text}" is an IPv4-mapped address with a prefix shorter than /96, which holds no IPv4 address (meshpipe matches mapped addresses as IPv4); expected the IPv4 network, e.g. 10.0.0.0/8, or a mapped one of /96 to /128, e.g. ::ffff:10.0.0.0/104` };
+  }
   return make(ip.family, ip.bits, prefix);
 }
 

@@ -19,6 +19,11 @@ pub enum AddrError {
     PortRange(u32, u32),
     #[error("invalid network {0:?}: expected an IP address with a prefix length, e.g. 10.0.0.0/8 or fd00::/8")]
     Cidr(String),
+    #[error(
+        "invalid network {0:?}: an IPv4-mapped address with a prefix shorter than /96 holds no IPv4 address (meshpipe matches \
+         mapped addresses as IPv4); expected the IPv4 network, e.g. 10.0.0.0/8, or a mapped one of /96 to /128, e.g. ::ffff:10.0.0.0/104"
+    )]
+    MappedPrefix(String),
 }
 
 /// Where a listener accepts connections. Port 0 asks the kernel for a free port.
@@ -142,8 +147,10 @@ impl FromStr for Cidr {
     /// `addr/prefix`, or a bare address (one host). An IPv4-mapped IPv6
     /// network (`::ffff:a.b.c.d/N`, RFC 4291 section 2.5.5.2) with N >= 96 is
     /// the IPv4 network `a.b.c.d/(N-96)`, because addresses are matched in
-    /// their IPv4 form; with N < 96 it stays an IPv6 network (which no IPv4
-    /// address is in).
+    /// their IPv4 form. With N < 96 it would be an IPv6 network that holds
+    /// no IPv4 address, not even the one it is written with: almost surely
+    /// an IPv4 prefix length after a mapped address (`::ffff:10.0.0.0/8`),
+    /// so it is refused rather than read as something else.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || AddrError::Cidr(s.to_string());
         let (ip, prefix) = match s.trim().split_once('/') {
@@ -162,8 +169,9 @@ impl FromStr for Cidr {
             return Err(err());
         }
         let (net, prefix) = match parsed {
-            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
-                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+                Some(_) => return Err(AddrError::MappedPrefix(s.to_string())),
                 None => (parsed, prefix),
             },
             _ => (parsed, prefix),
@@ -217,7 +225,7 @@ mod tests {
         assert!(host.contains("192.0.2.7".parse().unwrap()) && !host.contains("192.0.2.8".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("10.0.0.0/+8".parse::<Cidr>().is_err());
-        // IPv4-mapped networks are IPv4 networks from /96 on (RFC 4291 2.5.5.2); shorter ones stay IPv6.
+        // IPv4-mapped networks are IPv4 networks from /96 on (RFC 4291 2.5.5.2); shorter ones are refused.
         let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
         assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
         assert!(mapped.contains("10.7.0.1".parse().unwrap()) && mapped.contains("::ffff:10.7.0.1".parse().unwrap()));
@@ -225,8 +233,14 @@ mod tests {
         assert!(host.contains("10.0.0.5".parse().unwrap()) && !host.contains("10.0.0.6".parse().unwrap()));
         let bare: Cidr = "::ffff:10.0.0.5".parse().unwrap();
         assert_eq!(bare, host);
-        let short: Cidr = "::ffff:0.0.0.0/80".parse().unwrap();
-        assert!(!short.contains("10.0.0.5".parse().unwrap()), "a network shorter than /96 is IPv6 and holds no IPv4 address");
+        // Shorter would be an IPv6 network holding no IPv4 address, not even
+        // its own: an IPv4 prefix length after a mapped address, refused.
+        for short in ["::ffff:10.0.0.0/8", "::ffff:0.0.0.0/80", "::ffff:0.0.0.0/0", "0:0:0:0:0:ffff:a00:0/95"] {
+            let err = short.parse::<Cidr>().unwrap_err();
+            assert_eq!(err, AddrError::MappedPrefix(short.to_string()));
+            assert!(err.to_string().contains("10.0.0.0/8") && err.to_string().contains("/96"), "{err}");
+        }
+        assert!("::/0".parse::<Cidr>().is_ok() && "::ffff:0.0.0.0/96".parse::<Cidr>().is_ok());
         assert!("nope/8".parse::<Cidr>().is_err());
     }
 }
