@@ -110,7 +110,7 @@ async function worker(): Promise<void> {
   echo.listen({ host: '0.0.0.0', port: ECHO_PORT, backlog: 4096 });
   await once(echo, 'listening');
   const proxy = new NativeProxy({
-    workers: 1, limits: { inboundConnections: 0, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128 }, idleTimeoutMs: 3_600_000, connectTimeoutMs: 5000,
+    workers: 1, limits: { inboundConnections: 0, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128, bulkBuffers: 4 }, idleTimeoutMs: 3_600_000, connectTimeoutMs: 5000,
     listeners: [{ name: 'outbound', bind: `127.0.0.1:${LISTEN_PORT}`, target: { kind: 'originalDst', inboundHost: null }, mode: 'opaque', direction: 'outbound' }],
     detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000, portTimeouts: [] },
     metrics: { maxTargets: 20_000, retainIdleMs: 600_000 },

@@ -380,7 +380,9 @@ test('connection limits: --max-connections sets each direction, per-direction ke
   const off = fromArgs(['--idle-timeout', '0', '--fd-reserve', '0', '--max-detecting-connections', '0'], { MESHPIPE_METRICS_RETAIN_IDLE: '0' });
   assert.deepEqual([off.idleTimeoutMs, off.fdReserve, off.maxDetectingConnections, off.metricsRetainIdleMs], [0, 0, 0, 0]);
   const engine = buildEngineConfig(fromArgs(['--forward', '127.0.0.1:0=127.0.0.1:9', '--max-inbound-connections', '5', '--idle-timeout', '90s']));
-  assert.deepEqual(engine.limits, { inboundConnections: 5, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128 });
+  assert.deepEqual(engine.limits, { inboundConnections: 5, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128, bulkBuffers: 4 });
+  assert.equal(buildEngineConfig(fromArgs(['--forward', '127.0.0.1:0=127.0.0.1:9'], { MESHPIPE_BULK_BUFFERS: '0' })).limits.bulkBuffers, 0, 'the env var reaches the engine');
+  assertConfigError(() => fromArgs(['--bulk-buffers', '2000']), ['invalid bulkBuffers "2000" (from --bulk-buffers)', 'a whole number of 4 MiB buffers 0-1024'], 'bulkBuffers');
   assert.equal(engine.idleTimeoutMs, 90_000);
   assert.equal(engine.metrics.retainIdleMs, 600_000);
   assertConfigError(() => fromArgs(['--idle-timeout', 'soon']), ['invalid idleTimeout "soon" (from --idle-timeout)', 'a duration like 1h or 30m (0 = never)'], 'idleTimeout');

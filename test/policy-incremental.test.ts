@@ -182,7 +182,7 @@ function apply(compiler: PolicyCompiler, op: Op, objects: Map<string, PolicyObje
 }
 
 const ENGINE: EngineConfig = {
-  workers: 1, limits: { inboundConnections: 0, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128 }, connectTimeoutMs: 1000, idleTimeoutMs: 3_600_000,
+  workers: 1, limits: { inboundConnections: 0, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128, bulkBuffers: 4 }, connectTimeoutMs: 1000, idleTimeoutMs: 3_600_000,
   listeners: [{ name: 'unused', bind: '127.0.0.1:0', target: { kind: 'fixed', addr: '127.0.0.1:9' }, mode: null, direction: 'outbound' }],
   detect: { inboundTimeoutMs: 1000, outboundTimeoutMs: 1000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 1000, portTimeouts: [] },
   metrics: { maxTargets: 10, retainIdleMs: 600_000 },

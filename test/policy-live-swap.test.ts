@@ -49,7 +49,7 @@ test('editing the annotations file switches a port from detect to opaque for new
   t.after(() => source.close());
   const initial = await source.start();
   const proxy = new Proxy({
-    workers: 1, limits: { inboundConnections: 0, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128 }, idleTimeoutMs: 3_600_000, connectTimeoutMs: 2000,
+    workers: 1, limits: { inboundConnections: 0, outboundConnections: 0, detectingConnections: 1024, fdReserve: 128, bulkBuffers: 4 }, idleTimeoutMs: 3_600_000, connectTimeoutMs: 2000,
     listeners: [{ name: 'in', bind: '127.0.0.1:0', target: { kind: 'fixed', addr: `127.0.0.1:${echo.port}` }, mode: null, direction: 'inbound' }],
     detect: { inboundTimeoutMs: 10_000, outboundTimeoutMs: 10_000, serverFirstGraceMs: 0, serverFirstCapacity: 16, serverFirstTtlMs: 60_000, portTimeouts: [] },
     metrics: { maxTargets: 100, retainIdleMs: 600_000 },

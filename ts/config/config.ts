@@ -55,6 +55,8 @@ export interface ProxyConfig extends SidecarConfig, IdentityConfig, NamesConfig,
   readonly maxDetectingConnections: number;
   /** File descriptors the engine leaves free for the admin server and Node.js; 0 = no descriptor budget. */
   readonly fdReserve: number;
+  /** Bulk copy buffers (4 MiB each) the engine may hold; 0 = bulk streams are spliced. */
+  readonly bulkBuffers: number;
   /** A forwarded connection with no byte either way for this long is closed; 0 = never. */
   readonly idleTimeoutMs: number;
   /** Metric series no connection used for this long are dropped; 0 = kept forever. */
@@ -108,6 +110,7 @@ export type RawLayer = Partial<Record<ConfigKey, RawValue>>;
 
 const CONNECTIONS = 'a whole number 0-10000000 (0 = unlimited)';
 const FD_RESERVE = 'a whole number of descriptors 0-1000000 (0 = no descriptor budget)';
+const BULK_BUFFERS = 'a whole number of 4 MiB buffers 0-1024 (0 = splice bulk streams)';
 const IDLE = 'a duration like 1h or 30m (0 = never)';
 const RETAIN = 'a duration like 10m (0 = keep series forever)';
 
@@ -128,6 +131,7 @@ const FIELDS = {
   maxOutboundConnections: { schema: count(CONNECTIONS, 0, 10_000_000).optional(), default: undefined, expected: CONNECTIONS },
   maxDetectingConnections: { schema: count(CONNECTIONS, 0, 10_000_000), default: 1024, expected: CONNECTIONS },
   fdReserve: { schema: count(FD_RESERVE, 0, 1_000_000), default: 128, expected: FD_RESERVE },
+  bulkBuffers: { schema: count(BULK_BUFFERS, 0, 1024), default: 4, expected: BULK_BUFFERS },
   idleTimeout: { schema: duration(IDLE, { min: 0 }), default: '1h', expected: IDLE },
   metricsRetainIdle: { schema: duration(RETAIN, { min: 0 }), default: '10m', expected: RETAIN },
   workers: { schema: count('a whole number of threads 0-1024 (0 = one per core)', 0, 1024), default: 0, expected: 'a whole number of threads 0-1024 (0 = one per core)' },
@@ -307,6 +311,7 @@ export function resolveConfig(layers: readonly RawLayer[], extraWarnings: readon
     maxOutboundConnections: perDirectionLimit('maxOutboundConnections'),
     maxDetectingConnections: v.maxDetectingConnections,
     fdReserve: v.fdReserve,
+    bulkBuffers: v.bulkBuffers,
     idleTimeoutMs: v.idleTimeout,
     metricsRetainIdleMs: v.metricsRetainIdle,
     workers: v.workers,

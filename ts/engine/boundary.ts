@@ -65,7 +65,12 @@ detectingConnections: number,
  * File descriptors kept free for the rest of the process (the admin
  * server, Node.js); 0 turns the descriptor budget off.
  */
-fdReserve: number, };
+fdReserve: number, 
+/**
+ * Bulk copy buffers the engine may hold at once (`copy/bulk.rs`); 0
+ * turns the bulk copy off (bulk streams are spliced).
+ */
+bulkBuffers: number, };
 
 export type CopySpec = { 
 /**
@@ -75,11 +80,16 @@ export type CopySpec = {
 pipeSize: number, 
 /**
  * Read buffer per worker thread, bytes; in adaptive mode a read that
- * fills it switches the direction to splice.
+ * fills it switches the direction to the bulk copy (or splice).
  */
 bufferSize: number, 
 /**
- * `adaptive` (buffered while messages are small, then splice),
+ * Bytes per bulk copy buffer (their count is `limits.bulkBuffers`).
+ */
+bulkBufferSize: number, 
+/**
+ * `adaptive` (buffered while messages are small, then a bulk buffer
+ * or splice),
  * `splice` (always) or `buffered` (never splice).
  */
 mode: CopyMode, };
@@ -315,10 +325,31 @@ addrs: Array<string>, };
 
 export type CopySnapshot = { 
 /**
- * Directions (two per connection) that switched to `splice(2)`; the
- * rest were carried by the buffered copy only.
+ * Directions (two per connection) that switched to `splice(2)`.
  */
-splicedDirections: number, };
+splicedDirections: number, 
+/**
+ * Directions that switched to the bulk copy (some of them were
+ * spliced later, when the budget was spent); the rest were carried by
+ * the small buffered copy only.
+ */
+bulkDirections: number, 
+/**
+ * Bulk buffers allocated now, lent or cached.
+ */
+bulkBuffers: number, 
+/**
+ * The most bulk buffers the engine may hold (`--bulk-buffers`; 0: off).
+ */
+bulkBuffersLimit: number, 
+/**
+ * Bytes per bulk buffer.
+ */
+bulkBufferBytes: number, 
+/**
+ * Bulk streams that found every buffer taken and were spliced instead.
+ */
+bulkRefused: number, };
 
 export type ServerFirstSnapshot = { targets: Array<LearnedTarget>, };
 

@@ -37,6 +37,7 @@ export function buildEngineConfig(config: ProxyConfig, policy: PolicyTable = fla
       outboundConnections: config.maxOutboundConnections,
       detectingConnections: config.maxDetectingConnections,
       fdReserve: config.fdReserve,
+      bulkBuffers: config.bulkBuffers,
     },
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,

@@ -436,6 +436,19 @@ const FAMILIES: readonly FamilySpec[] = [
     emit: single('meshpipe_fd_reserve', (s) => s.limits.fds.reserve) },
   { name: 'meshpipe_fd_budget_waits_total', type: 'counter', help: 'Times a listener waited for descriptors of the budget (the connection waited in the kernel backlog)',
     emit: single('meshpipe_fd_budget_waits_total', (s) => s.limits.fds.waits) },
+  { name: 'meshpipe_copy_switched_total', type: 'counter', help: 'Connection directions that carried a bulk stream (a read filled the 16 KiB buffer) and left the small buffered copy, by the path they took: bulk (a lent 4 MiB buffer) or splice (zero-copy; when no bulk buffer was left, or --bulk-buffers 0)',
+    emit: (s, _series, out) => {
+      out.add('meshpipe_copy_switched_total', s.copy.bulkDirections, NONE, 'to', 'bulk');
+      out.add('meshpipe_copy_switched_total', s.copy.splicedDirections, NONE, 'to', 'splice');
+    } },
+  { name: 'meshpipe_copy_bulk_buffers', type: 'gauge', help: 'Bulk copy buffers allocated now, lent to a stream or cached for the next burst (cached ones unused for 10 s are freed)',
+    emit: single('meshpipe_copy_bulk_buffers', (s) => s.copy.bulkBuffers) },
+  { name: 'meshpipe_copy_bulk_buffers_limit', type: 'gauge', help: 'The most bulk copy buffers the engine may hold (--bulk-buffers; 0: bulk streams are spliced)',
+    emit: single('meshpipe_copy_bulk_buffers_limit', (s) => s.copy.bulkBuffersLimit) },
+  { name: 'meshpipe_copy_bulk_buffer_bytes', type: 'gauge', help: 'Bytes per bulk copy buffer',
+    emit: single('meshpipe_copy_bulk_buffer_bytes', (s) => s.copy.bulkBufferBytes) },
+  { name: 'meshpipe_copy_bulk_refused_total', type: 'counter', help: 'Bulk streams that found every bulk copy buffer taken and were spliced instead',
+    emit: single('meshpipe_copy_bulk_refused_total', (s) => s.copy.bulkRefused) },
   { name: 'inbound_tcp_authz_allow_total', type: 'counter', help: 'Inbound connections allowed by the authorization policy (srv_*: the Server or default policy of the port; authz_*: the rule that allowed)',
     emit: authzDecisions(true, 'inbound_tcp_authz_allow_total') },
   { name: 'inbound_tcp_authz_deny_total', type: 'counter', help: 'Inbound connections refused by the authorization policy',

@@ -197,7 +197,8 @@ async fn tcp_pair(listener: &TcpListener, addr: std::net::SocketAddr) -> (TcpStr
 async fn forward_task<A: Transport, B: Transport>(mut a: A, mut b: B) {
     static Z: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let fds = std::sync::Arc::new(meshpipe_core::limits::Budget::configured(0));
-    let c = || Counters { conn: &Z, series: &Z, spliced: &Z, fds: &fds };
+    let shared = meshpipe_core::copy::Shared::new(Default::default(), 0);
+    let c = || Counters { conn: &Z, series: &Z, shared: &shared, fds: &fds };
     let _ = forward(&mut a, &mut b, c(), c(), 16 * 1024).await;
 }
 

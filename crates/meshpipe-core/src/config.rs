@@ -146,11 +146,14 @@ pub struct LimitsSpec {
     /// File descriptors kept free for the rest of the process (the admin
     /// server, Node.js); 0 turns the descriptor budget off.
     pub fd_reserve: usize,
+    /// Bulk copy buffers the engine may hold at once (`copy/bulk.rs`); 0
+    /// turns the bulk copy off (bulk streams are spliced).
+    pub bulk_buffers: usize,
 }
 
 impl Default for LimitsSpec {
     fn default() -> Self {
-        LimitsSpec { inbound_connections: 0, outbound_connections: 0, detecting_connections: 1024, fd_reserve: 128 }
+        LimitsSpec { inbound_connections: 0, outbound_connections: 0, detecting_connections: 1024, fd_reserve: 128, bulk_buffers: 4 }
     }
 }
 
@@ -163,16 +166,24 @@ pub struct CopySpec {
     /// allocated only while data is in flight).
     pub pipe_size: usize,
     /// Read buffer per worker thread, bytes; in adaptive mode a read that
-    /// fills it switches the direction to splice.
+    /// fills it switches the direction to the bulk copy (or splice).
     pub buffer_size: usize,
-    /// `adaptive` (buffered while messages are small, then splice),
+    /// Bytes per bulk copy buffer (their count is `limits.bulkBuffers`).
+    pub bulk_buffer_size: usize,
+    /// `adaptive` (buffered while messages are small, then a bulk buffer
+    /// or splice),
     /// `splice` (always) or `buffered` (never splice).
     pub mode: crate::copy::CopyMode,
 }
 
 impl Default for CopySpec {
     fn default() -> Self {
-        CopySpec { pipe_size: 256 * 1024, buffer_size: 16 * 1024, mode: crate::copy::CopyMode::Adaptive }
+        CopySpec {
+            pipe_size: 256 * 1024,
+            buffer_size: 16 * 1024,
+            bulk_buffer_size: crate::copy::bulk::DEFAULT_SIZE,
+            mode: crate::copy::CopyMode::Adaptive,
+        }
     }
 }
 
@@ -396,6 +407,7 @@ impl EngineSpec {
                     mode: copy.mode,
                     pipe_size: copy.pipe_size.clamp(4096, 1 << 20),
                     buffer_size: copy.buffer_size.clamp(1024, 1 << 20),
+                    bulk_buffer_size: copy.bulk_buffer_size.clamp(64 << 10, 64 << 20),
                 }
             },
             policy: PolicyStore::compile(&self.policy)?,

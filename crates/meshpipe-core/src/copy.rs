@@ -9,14 +9,18 @@
 //! connection failed rather than seeing a clean end.
 //!
 //! By default (`CopyMode::Adaptive`) each direction starts with a plain
-//! read/write through its worker's buffer (`copy/buffered.rs`), which is the
-//! cheapest way to move the small messages most connections carry, and
-//! switches to `splice(2)` through a pipe (`copy/splice.rs`) the first time a
-//! read fills the buffer: from then on a bulk stream's bytes never enter user
-//! space. The buffered copy is also the fallback when splice is unavailable
-//! and, later, the path for streams that must be transformed (TLS).
+//! read/write through its worker's small buffer (`copy/buffered.rs`), which
+//! is the cheapest way to move the small messages most connections carry.
+//! The first time a read fills that buffer the direction carries a bulk
+//! stream, and it moves to a large buffer lent from the engine's budget
+//! (`copy/bulk.rs`: megabytes per system call, fewer wake-ups). When the
+//! budget is spent it is spliced instead (`copy/splice.rs`: through a pipe,
+//! its bytes never enter user space, and it needs no user memory). The
+//! small buffered copy is also the fallback when splice is unavailable.
+//! Streams that must be transformed (TLS) go through `copy/stream.rs`.
 
 mod buffered;
+pub mod bulk;
 mod splice;
 pub mod stream;
 
@@ -28,15 +32,31 @@ use tokio::net::TcpStream;
 use crate::socket;
 
 /// Where one direction's counts go: the connection's own byte counter, its
-/// metrics series' byte counter, and the engine's count of directions that
-/// switched to splice (once per direction, so tests and operators can see
-/// which path carried a stream); and the engine's descriptor budget, which
-/// every new splice pipe must fit in (`limits.rs`).
+/// metrics series' byte counter, and the engine's copy state (which path
+/// carried each direction, so tests and operators can see it, and the bulk
+/// buffers); and the engine's descriptor budget, which every new splice
+/// pipe must fit in (`limits.rs`).
 pub struct Counters<'a> {
     pub conn: &'a AtomicU64,
     pub series: &'a AtomicU64,
-    pub spliced: &'a AtomicU64,
+    pub shared: &'a Shared,
     pub fds: &'a std::sync::Arc<crate::limits::Budget>,
+}
+
+/// The engine's copy state, shared by every worker: the configuration, the
+/// count of directions that switched to splice, and the bulk buffers.
+pub struct Shared {
+    pub config: CopyConfig,
+    /// Directions (two per connection) that switched to splice.
+    pub spliced_directions: AtomicU64,
+    pub bulk: bulk::BulkBuffers,
+}
+
+impl Shared {
+    /// `bulk_buffers` buffers of `config.bulk_buffer_size` bytes at most (0: no bulk copy).
+    pub fn new(config: CopyConfig, bulk_buffers: usize) -> Shared {
+        Shared { config, spliced_directions: AtomicU64::new(0), bulk: bulk::BulkBuffers::new(bulk_buffers, config.bulk_buffer_size) }
+    }
 }
 
 impl Counters<'_> {
@@ -52,8 +72,8 @@ impl Counters<'_> {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMode {
-    /// Buffered while messages are small, zero-copy splice once a read fills
-    /// the buffer (the default).
+    /// Buffered while messages are small; once a read fills the buffer, a
+    /// large lent buffer, or zero-copy splice when none is left (the default).
     Adaptive,
     /// Zero-copy through a pipe from the first byte (Linux).
     Splice,
@@ -68,13 +88,15 @@ pub struct CopyConfig {
     /// Requested pipe capacity for splice (the kernel may grant less).
     pub pipe_size: usize,
     /// Buffer size for the buffered copy (one buffer per worker thread), and
-    /// in adaptive mode the read size that switches a direction to splice.
+    /// in adaptive mode the read size that marks a bulk stream.
     pub buffer_size: usize,
+    /// Size of each bulk buffer (adaptive mode; their count is a limit).
+    pub bulk_buffer_size: usize,
 }
 
 impl Default for CopyConfig {
     fn default() -> Self {
-        CopyConfig { mode: CopyMode::Adaptive, pipe_size: 256 * 1024, buffer_size: 16 * 1024 }
+        CopyConfig { mode: CopyMode::Adaptive, pipe_size: 256 * 1024, buffer_size: 16 * 1024, bulk_buffer_size: bulk::DEFAULT_SIZE }
     }
 }
 
@@ -171,7 +193,7 @@ async fn copy_to_eof(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, 
     let moved = match config.mode {
         CopyMode::Adaptive => match buffered::copy(src, dst, counters, config.buffer_size, true).await? {
             buffered::Phase::Eof(n) => n,
-            buffered::Phase::Bulk(n) => n + Box::pin(spliced(src, dst, counters, config)).await?,
+            buffered::Phase::Bulk(n) => n + Box::pin(bulk_or_spliced(src, dst, counters, config)).await?,
         },
         CopyMode::Splice => Box::pin(spliced(src, dst, counters, config)).await?,
         CopyMode::Buffered => buffered_to_eof(src, dst, counters, config).await?,
@@ -179,10 +201,25 @@ async fn copy_to_eof(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, 
     Ok(moved)
 }
 
+/// A bulk stream: through lent buffers while the budget has one, then
+/// spliced (from the start when the bulk copy is off).
+async fn bulk_or_spliced(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
+    let bulk = &counters.shared.bulk;
+    if !bulk.enabled() {
+        return spliced(src, dst, counters, config).await;
+    }
+    bulk.directions.fetch_add(1, Relaxed);
+    tracing::trace!(fd = std::os::fd::AsRawFd::as_raw_fd(src), "switched to the bulk copy");
+    match bulk::copy(src, dst, counters).await? {
+        bulk::End::Eof(n) => Ok(n),
+        bulk::End::NoBuffer(n) => Ok(n + spliced(src, dst, counters, config).await?),
+    }
+}
+
 /// Splices until end of stream, finishing with the buffered copy if splice
 /// turns out to be unavailable.
 async fn spliced(src: &TcpStream, dst: &TcpStream, counters: &Counters<'_>, config: CopyConfig) -> Result<u64, DirError> {
-    counters.spliced.fetch_add(1, Relaxed);
+    counters.shared.spliced_directions.fetch_add(1, Relaxed);
     tracing::trace!(fd = std::os::fd::AsRawFd::as_raw_fd(src), "switched to splice");
     match splice::copy(src, dst, counters, config.pipe_size, config.buffer_size).await {
         Ok(n) => Ok(n),

@@ -223,7 +223,7 @@ impl Engine {
             server_first: server_first::ServerFirstCache::new(config.detect.server_first_capacity, config.detect.server_first_ttl),
             detect: config.detect,
             connect_timeout: config.connect_timeout,
-            copy: config.copy,
+            copy: copy::Shared::new(config.copy, config.limits.bulk_buffers),
             drain,
             events: events::EventQueue::default(),
             inbound: config.inbound,
@@ -294,6 +294,9 @@ impl Engine {
         }
         if let Some(worker) = workers.first() {
             sweep::spawn(&self.ctx, worker);
+        }
+        for worker in workers {
+            sweep::spawn_per_worker(&self.ctx, worker);
         }
         let _ = self.listeners.set(listeners);
         Ok(self.bound())
@@ -456,7 +459,14 @@ impl Engine {
             detect_duration_ms,
             limits: self.ctx.limits.snapshot(),
             server_first: ServerFirstSnapshot { targets: self.ctx.server_first.snapshot() },
-            copy: CopySnapshot { spliced_directions: m.copy.spliced_directions.load(Relaxed) },
+            copy: CopySnapshot {
+                spliced_directions: self.ctx.copy.spliced_directions.load(Relaxed),
+                bulk_directions: self.ctx.copy.bulk.directions.load(Relaxed),
+                bulk_buffers: self.ctx.copy.bulk.held(),
+                bulk_buffers_limit: self.ctx.copy.bulk.limit(),
+                bulk_buffer_bytes: self.ctx.copy.bulk.size(),
+                bulk_refused: self.ctx.copy.bulk.refused(),
+            },
             accept_errors: m.snapshot_accept_errors(),
             mesh: self.ctx.mesh.snapshot(),
             names: self.names.iter().map(|(l, n)| n.snapshot(l)).collect(),
@@ -519,9 +529,20 @@ pub struct ServerFirstSnapshot {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CopySnapshot {
-    /// Directions (two per connection) that switched to `splice(2)`; the
-    /// rest were carried by the buffered copy only.
+    /// Directions (two per connection) that switched to `splice(2)`.
     pub spliced_directions: u64,
+    /// Directions that switched to the bulk copy (some of them were
+    /// spliced later, when the budget was spent); the rest were carried by
+    /// the small buffered copy only.
+    pub bulk_directions: u64,
+    /// Bulk buffers allocated now, lent or cached.
+    pub bulk_buffers: usize,
+    /// The most bulk buffers the engine may hold (`--bulk-buffers`; 0: off).
+    pub bulk_buffers_limit: usize,
+    /// Bytes per bulk buffer.
+    pub bulk_buffer_bytes: usize,
+    /// Bulk streams that found every buffer taken and were spliced instead.
+    pub bulk_refused: u64,
 }
 
 /// Engine-wide error counters that have no target.

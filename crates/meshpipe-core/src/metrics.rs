@@ -241,13 +241,6 @@ impl<K: Hash + Eq + Clone, V: Default> Sharded<K, V> {
     }
 }
 
-/// Engine-wide copy-path counters.
-#[derive(Default)]
-pub struct CopyCounters {
-    /// Directions (two per connection) that switched to splice.
-    pub spliced_directions: AtomicU64,
-}
-
 /// Engine-wide error counters that have no target.
 #[derive(Default)]
 pub struct ErrorCounters {
@@ -270,7 +263,6 @@ pub struct Metrics {
     evicted: AtomicU64,
     detect_duration: [Histogram; 2],
     pub errors: ErrorCounters,
-    pub copy: CopyCounters,
     /// Refusals by the target stage, per direction and reason.
     accept_errors: [[AtomicU64; AcceptError::COUNT]; 2],
     /// HTTP series per direction (`metrics/http.rs`), and their overflow.
@@ -291,7 +283,6 @@ impl Metrics {
             evicted: AtomicU64::new(0),
             detect_duration: Default::default(),
             errors: Default::default(),
-            copy: Default::default(),
             accept_errors: Default::default(),
             http: [Sharded::new(), Sharded::new()],
             http_overflow: Default::default(),

@@ -44,7 +44,7 @@ use crate::addr::TargetAddr;
 use crate::config::DetectConfig;
 use crate::conn::{ConnRegistry, ConnState};
 use crate::copy::stream::Transport;
-use crate::copy::{self, CopyConfig, Counters};
+use crate::copy::{self, Counters};
 use crate::drain::Drain;
 use crate::listener::ListenerCtx;
 use crate::metrics::{errno_index, Metrics, Peer, SeriesKey, TcpSeries};
@@ -66,7 +66,7 @@ pub struct Context {
     pub server_first: ServerFirstCache,
     pub detect: DetectConfig,
     pub connect_timeout: Duration,
-    pub copy: CopyConfig,
+    pub copy: copy::Shared,
     pub drain: Drain,
     /// Events for the control layer (e.g. a newly learned server-first target).
     pub events: crate::events::EventQueue,
@@ -357,10 +357,9 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     // before they close).
     let _sweepable = ctx.idle_timeout.map(|_| info.forwarding(&client, &server));
     info.set_state(ConnState::Forwarding);
-    let spliced = &ctx.metrics.copy.spliced_directions;
-    let fds = &ctx.limits.fds;
-    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, spliced, fds };
-    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, spliced, fds };
+    let (shared, fds) = (&ctx.copy, &ctx.limits.fds);
+    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, shared, fds };
+    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, shared, fds };
     if !sniffed.buffered.is_empty() {
         if let Err(e) = copy::write_all(&server, &sniffed.buffered).await {
             dst.errno = errno_index(Some(&e));
@@ -373,7 +372,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     if sniffed.client_eof {
         let _ = socket::shutdown_write(&server);
     }
-    let forwarded = copy::forward(&client, &server, up, down, ctx.copy).await;
+    let forwarded = copy::forward(&client, &server, up, down, ctx.copy.config).await;
     finish(ctx, info, &series, forwarded, &mut src, &mut dst);
 }
 
@@ -504,10 +503,9 @@ async fn forward_streams<A: Transport, B: Transport>(
     use tokio::io::AsyncWriteExt;
     let _sweepable = ctx.idle_timeout.map(|_| info.forwarding(client.tcp(), server.tcp()));
     info.set_state(ConnState::Forwarding);
-    let spliced = &ctx.metrics.copy.spliced_directions;
-    let fds = &ctx.limits.fds;
-    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, spliced, fds };
-    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, spliced, fds };
+    let (shared, fds) = (&ctx.copy, &ctx.limits.fds);
+    let up = Counters { conn: &info.bytes_in, series: &series.bytes_client_to_server, shared, fds };
+    let down = Counters { conn: &info.bytes_out, series: &series.bytes_server_to_client, shared, fds };
     if !buffered.is_empty() {
         // Into the TLS session (and out with the header queued before it).
         if let Err(e) = server.write_all(&buffered).await {
@@ -517,5 +515,5 @@ async fn forward_streams<A: Transport, B: Transport>(
         up.add(buffered.len());
     }
     drop(buffered);
-    copy::stream::forward(client, server, up, down, ctx.copy.buffer_size.max(copy::stream::RECORDS_READ)).await
+    copy::stream::forward(client, server, up, down, ctx.copy.config.buffer_size.max(copy::stream::RECORDS_READ)).await
 }

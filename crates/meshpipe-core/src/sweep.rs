@@ -1,6 +1,8 @@
 //! Periodic housekeeping tasks: closing forwarded connections that have been
-//! idle for the idle timeout (`ConnRegistry::sweep_idle`) and evicting metric
-//! series nobody has used for the retention period (`Metrics::sweep`).
+//! idle for the idle timeout (`ConnRegistry::sweep_idle`), evicting metric
+//! series nobody has used for the retention period (`Metrics::sweep`), and,
+//! on every worker, freeing the bulk copy buffers its thread cached and no
+//! stream took since (`copy::bulk::trim_cache`).
 //!
 //! Both compare counters with what they saw on their previous pass, so the
 //! data path pays nothing for them: no timer per connection, no clock read
@@ -46,6 +48,20 @@ pub(crate) fn spawn(ctx: &Arc<Context>, worker: &tokio::runtime::Handle) {
             }
         }));
     }
+}
+
+/// Spawns the housekeeping that runs on each worker's own thread (called for
+/// every worker): thread-local caches can only be trimmed there.
+pub(crate) fn spawn_per_worker(ctx: &Arc<Context>, worker: &tokio::runtime::Handle) {
+    if !ctx.copy.bulk.enabled() {
+        return;
+    }
+    worker.spawn(every(Arc::downgrade(ctx), crate::copy::bulk::TRIM_AFTER, |_| {
+        let freed = crate::copy::bulk::trim_cache();
+        if freed > 0 {
+            tracing::debug!(freed, "unused bulk copy buffers freed");
+        }
+    }));
 }
 
 /// Runs `pass` every `tick` while the engine exists.

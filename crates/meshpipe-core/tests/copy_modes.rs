@@ -1,8 +1,10 @@
 //! Engine integration tests for the three copy modes (adaptive, splice,
-//! buffered): every byte arrives, in order, whether messages are small
-//! (adaptive stays buffered), large (adaptive switches to splice mid-stream)
-//! or held up by a destination that stops reading (the buffered copy keeps
-//! the unwritten rest and waits).
+//! buffered), and adaptive with the bulk copy off: every byte arrives, in
+//! order, whether messages are small (adaptive stays buffered), large
+//! (adaptive switches to the bulk copy, or to splice, mid-stream) or held up
+//! by a destination that stops reading (the copy keeps the unwritten rest
+//! and waits). The bulk buffers are a budget: a stream that finds it spent
+//! is spliced, and buffers nobody uses are freed.
 
 mod common;
 
@@ -12,10 +14,14 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const MODES: [&str; 3] = ["adaptive", "splice", "buffered"];
+/// `adaptive-spliced`: adaptive with no bulk buffers, so bulk streams are spliced.
+const MODES: [&str; 4] = ["adaptive", "adaptive-spliced", "splice", "buffered"];
 
 fn copy_mode(mode: &str) -> serde_json::Value {
-    serde_json::json!({ "copy": { "mode": mode } })
+    match mode {
+        "adaptive-spliced" => serde_json::json!({ "copy": { "mode": "adaptive" }, "limits": { "bulkBuffers": 0 } }),
+        mode => serde_json::json!({ "copy": { "mode": mode } }),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,10 +35,16 @@ async fn bulk_transfer_is_bit_exact_in_every_mode() {
         let snap = engine.snapshot();
         assert_eq!(snap.tcp[0].bytes_client_to_server, 8 << 20, "copy mode {mode}");
         assert_eq!(snap.tcp[0].bytes_server_to_client, 8 << 20, "copy mode {mode}");
-        // Which path carried the bytes: adaptive switches both 8 MiB
-        // directions to splice, splice starts there, buffered never does.
-        let expect_spliced = if mode == "buffered" { 0 } else { 2 };
-        assert_eq!(snap.copy.spliced_directions, expect_spliced, "copy mode {mode}");
+        // Which path carried the bytes: adaptive moves both 8 MiB
+        // directions to the bulk copy (or, without bulk buffers, to
+        // splice), splice starts there, buffered never leaves the small copy.
+        let expect = match mode {
+            "adaptive" => (2, 0),
+            "buffered" => (0, 0),
+            _ => (0, 2),
+        };
+        assert_eq!((snap.copy.bulk_directions, snap.copy.spliced_directions), expect, "copy mode {mode}");
+        assert_eq!(snap.copy.bulk_refused, 0, "copy mode {mode}");
         engine.close(Duration::from_secs(1)).await;
     }
 }
@@ -41,7 +53,7 @@ async fn bulk_transfer_is_bit_exact_in_every_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_messages_stay_on_the_buffered_path_in_adaptive_mode() {
     let echo = echo_server().await;
-    for (mode, expect_spliced) in [("adaptive", 0), ("splice", 2), ("buffered", 0)] {
+    for (mode, expect_spliced) in [("adaptive", 0), ("adaptive-spliced", 0), ("splice", 2), ("buffered", 0)] {
         let (engine, addr) = forward(echo, Some("opaque"), copy_mode(mode)).await;
         let mut c = TcpStream::connect(addr).await.unwrap();
         for i in 0..50u8 {
@@ -61,14 +73,17 @@ async fn small_messages_stay_on_the_buffered_path_in_adaptive_mode() {
             }
         })
         .await;
-        assert_eq!(engine.snapshot().copy.spliced_directions, expect_spliced, "copy mode {mode}");
+        let snap = engine.snapshot();
+        assert_eq!((snap.copy.bulk_directions, snap.copy.spliced_directions), (0, expect_spliced), "copy mode {mode}");
+        assert_eq!(snap.copy.bulk_buffers, 0, "copy mode {mode}: no bulk buffer was ever allocated");
         engine.close(Duration::from_secs(1)).await;
     }
 }
 
 /// Request/response exchanges on one connection whose sizes cross the
 /// 16 KiB buffer: small ones stay buffered, the first read that fills the
-/// buffer moves the direction to splice, and later small ones go on there.
+/// buffer moves the direction to the bulk copy (or splice), and later small
+/// ones go on there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_pong_of_mixed_sizes_in_every_mode() {
     let echo = echo_server().await;
@@ -192,4 +207,106 @@ async fn urgent_data_is_carried_in_band_in_every_mode() {
             );
         }
     }
+}
+
+/// A sink for `n` connections that reads none of them until `go` fires,
+/// then returns the SHA-256 of what each one carried (sorted).
+async fn held_sink(go: tokio::sync::watch::Receiver<bool>, n: usize) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<[u8; 32]>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut readers = Vec::new();
+        for _ in 0..n {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut go = go.clone();
+            readers.push(tokio::spawn(async move {
+                go.wait_for(|g| *g).await.unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                sha(&got)
+            }));
+        }
+        let mut sums = Vec::new();
+        for r in readers {
+            sums.push(r.await.unwrap());
+        }
+        sums.sort();
+        sums
+    });
+    (addr, task)
+}
+
+/// Sends `data` through `addr` and half-closes; returns its SHA-256 and the task.
+fn send(addr: std::net::SocketAddr, data: Vec<u8>) -> ([u8; 32], tokio::task::JoinHandle<()>) {
+    let expect = sha(&data);
+    let task = tokio::spawn(async move {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&data).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+    });
+    (expect, task)
+}
+
+/// Waits (up to `limit`) until the engine's copy state satisfies `done`.
+async fn until(engine: &meshpipe_core::Engine, limit: Duration, what: &str, done: impl Fn(&meshpipe_core::CopySnapshot) -> bool) {
+    let waited = tokio::time::timeout(limit, async {
+        while !done(&engine.snapshot().copy) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: the copy state stayed {:?}", engine.snapshot().copy);
+}
+
+/// One bulk buffer, two bulk streams to a target that reads neither yet:
+/// the first holds the buffer (its write is blocked), the second finds the
+/// budget spent and is spliced, and the refusal is counted. Both arrive
+/// whole once the target reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_bulk_budget_splices_the_next_stream() {
+    let (go, ready) = tokio::sync::watch::channel(false);
+    let (target, received) = held_sink(ready, 2).await;
+    let (engine, addr) = forward(target, Some("opaque"), serde_json::json!({ "limits": { "bulkBuffers": 1 } })).await;
+    // More than the kernel buffers between the proxy and the target hold,
+    // so the proxy's write blocks with the buffer lent.
+    let (first, sent_first) = send(addr, random(12 << 20, 1));
+    until(&engine, Duration::from_secs(10), "the first stream takes the buffer", |c| c.bulk_directions == 1 && c.bulk_buffers == 1).await;
+    let (second, sent_second) = send(addr, random(12 << 20, 2));
+    until(&engine, Duration::from_secs(10), "the second bulk stream is refused a buffer and spliced", |c| {
+        c.bulk_directions == 2 && c.bulk_refused == 1 && c.spliced_directions == 1
+    })
+    .await;
+    assert_eq!(engine.snapshot().copy.bulk_buffers, 1, "the budget bounds the buffers");
+    go.send(true).unwrap();
+    let mut expect = vec![first, second];
+    expect.sort();
+    assert_eq!(within(Duration::from_secs(30), received).await.unwrap(), expect, "both streams arrive whole");
+    within(Duration::from_secs(10), sent_first).await.unwrap();
+    within(Duration::from_secs(10), sent_second).await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.tcp[0].bytes_client_to_server, 24 << 20);
+    assert_eq!(snap.copy.bulk_refused, 1, "counted once per stream, not per read");
+}
+
+/// Buffers a finished bulk stream leaves cached are freed by the worker's
+/// housekeeping once unused for a whole period (10 s, so this test waits
+/// up to 35 s), giving their units of the budget back. Run on worker
+/// threads as the Node binding runs them: the cache is per thread.
+#[test]
+fn unused_bulk_buffers_are_freed() {
+    let workers = WorkerThreads::start(1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let echo = echo_server().await;
+        let (engine, addr) = workers.forward(echo, serde_json::json!({}));
+        let data = random(8 << 20, 5);
+        let expect = sha(&data);
+        assert_eq!(within(Duration::from_secs(30), roundtrip(addr, data)).await, expect);
+        let copy = engine.snapshot().copy;
+        assert_eq!((copy.bulk_directions, copy.bulk_buffers_limit, copy.bulk_buffer_bytes), (2, 4, 4 << 20), "{copy:?}");
+        until(&engine, Duration::from_secs(35), "cached buffers are freed", |c| c.bulk_buffers == 0).await;
+        engine.close(Duration::from_secs(1)).await;
+    });
 }

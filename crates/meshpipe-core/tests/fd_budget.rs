@@ -1,8 +1,9 @@
 //! The descriptor budget on a live engine: with the reserve set so that the
 //! engine may hold only a few descriptors, connections past the budget wait
 //! in the kernel backlog (no `EMFILE`, no accept error), are served as soon as
-//! another closes, a bulk stream at the budget carries on without splice pipes
-//! (it has no descriptors left for them) with every byte intact, and every
+//! another closes, a bulk stream at the budget (bulk buffers off, so it is
+//! spliced) carries on without splice pipes (it has no descriptors left for
+//! them) with every byte intact, and every
 //! descriptor is given back when the connections close.
 //!
 //! Alone in its test binary: the budget is sized from the descriptors the
@@ -32,7 +33,8 @@ async fn at_the_descriptor_budget_connections_wait_in_the_backlog_and_the_reserv
     let echo = echo_server().await;
     // Leave the engine about 24 descriptors: everything else is "reserved".
     let reserve = hard_fd_limit() - open_fds() - 24;
-    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "limits": { "fdReserve": reserve } })).await;
+    // No bulk buffers: bulk streams go to splice, whose pipes need descriptors.
+    let (engine, addr) = forward(echo, Some("opaque"), serde_json::json!({ "limits": { "fdReserve": reserve, "bulkBuffers": 0 } })).await;
     let budget = engine.snapshot().limits.fds.budget.expect("a descriptor budget");
     assert!((8..=24).contains(&budget), "budget {budget}");
     let room = (budget / 2) as usize;
@@ -68,8 +70,9 @@ async fn at_the_descriptor_budget_connections_wait_in_the_backlog_and_the_reserv
     within(Duration::from_secs(20), r.read_exact(&mut back)).await.unwrap();
     writer.await.unwrap();
     assert!(back == data, "the bulk stream came back intact");
-    let fds = engine.snapshot().limits.fds;
-    assert!(fds.used <= budget, "{fds:?}");
+    let snap = engine.snapshot();
+    assert!(snap.limits.fds.used <= budget, "{:?}", snap.limits.fds);
+    assert!(snap.copy.spliced_directions >= 1, "the stream went to splice and found no pipe: {:?}", snap.copy);
 
     drop((r, open));
     let gave_back = tokio::time::timeout(Duration::from_secs(5), async {

@@ -163,17 +163,7 @@ fn max_connections_are_all_usable_with_several_workers() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let echo = echo_server().await;
-        let spec: meshpipe_core::EngineSpec = serde_json::from_value(serde_json::json!({
-            "limits": { "outboundConnections": 2 },
-            "listeners": [{
-                "name": "test", "bind": "127.0.0.1:0", "mode": "opaque", "direction": "outbound",
-                "target": { "kind": "fixed", "addr": echo.to_string() }
-            }]
-        }))
-        .unwrap();
-        let engine = meshpipe_core::Engine::new(spec.validate().unwrap());
-        engine.start_on(&workers.handles).unwrap();
-        let addr: std::net::SocketAddr = engine.bound()[0].bind.parse().unwrap();
+        let (engine, addr) = workers.forward(echo, serde_json::json!({ "limits": { "outboundConnections": 2 } }));
         for round in 0..12 {
             let mut open = Vec::new();
             for i in 0..2 {

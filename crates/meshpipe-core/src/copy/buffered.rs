@@ -6,8 +6,8 @@
 //! returns less than asked for proves the socket drained, so no extra call is
 //! spent to learn `EAGAIN` (the same rule tokio's own `poll_read` applies on
 //! epoll). The adaptive mode therefore starts every direction here and hands
-//! it to splice once a read fills the whole buffer, i.e. once the direction
-//! carries a bulk stream.
+//! it to the bulk copy (or splice) once a read fills the whole buffer, i.e.
+//! once the direction carries a bulk stream.
 //!
 //! TCP urgent data (RFC 9293 §3.8.5; telnet, FTP `ABOR` and some database
 //! cancels use it) is the one case where a short read does *not* mean the
@@ -44,7 +44,8 @@ thread_local! {
 pub(super) enum Phase {
     /// The source reported end of stream; carries the bytes moved.
     Eof(u64),
-    /// A read filled the whole buffer: a bulk stream, better spliced.
+    /// A read filled the whole buffer: a bulk stream, better moved in
+    /// larger steps.
     /// Carries the bytes moved so far (all written out).
     Bulk(u64),
 }
@@ -125,7 +126,7 @@ fn step(src: &TcpStream, dst: &TcpStream, size: usize) -> Result<Step, DirError>
 /// new edge. Tokio's readiness ticks make the clear a no-op if an event came
 /// in meanwhile. At an urgent mark the readiness is kept and the urgent byte
 /// is appended to what was read.
-fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let len = buf.len();
     let fd = src.as_fd();
     let mut short = None;

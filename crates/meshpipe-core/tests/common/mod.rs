@@ -128,6 +128,25 @@ impl WorkerThreads {
     }
 }
 
+impl WorkerThreads {
+    /// An opaque outbound listener on these workers forwarding to `target`,
+    /// with `extra` merged into its config (as [`forward`] does).
+    pub fn forward(&self, target: SocketAddr, extra: serde_json::Value) -> (Engine, SocketAddr) {
+        let mut cfg = serde_json::json!({
+            "listeners": [{
+                "name": "test", "bind": "127.0.0.1:0", "mode": "opaque", "direction": "outbound",
+                "target": { "kind": "fixed", "addr": target.to_string() }
+            }]
+        });
+        merge(&mut cfg, extra);
+        let spec: EngineSpec = serde_json::from_value(cfg).expect("config parses");
+        let engine = Engine::new(spec.validate().expect("config valid"));
+        engine.start_on(&self.handles).expect("engine starts");
+        let addr = engine.bound()[0].bind.parse().unwrap();
+        (engine, addr)
+    }
+}
+
 impl Drop for WorkerThreads {
     fn drop(&mut self) {
         for tx in self.stops.drain(..) {
