@@ -25,6 +25,12 @@
 //!   (`--bulk-buffers`, a count of buffers). When it is spent the direction
 //!   is spliced instead, which costs no user-space memory: so the budget
 //!   bounds the memory, never the streams. The refusal is counted.
+//! - A refusal marks the budget as wanted: the next buffer given back on
+//!   any thread is freed instead of cached, and the next housekeeping pass
+//!   frees every buffer cached for it. Otherwise one worker that had a
+//!   burst would keep the whole budget in its cache (trimmed only once it
+//!   goes unused for a whole period), and every other worker's bulk
+//!   streams would be spliced for as long as it keeps using one.
 //!
 //! A buffer is only ever cached empty: every byte read has been written
 //! before it goes back, and a failed write drops the connection (its
@@ -34,7 +40,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +60,7 @@ pub const TRIM_AFTER: Duration = Duration::from_secs(10);
 /// cached) counts against, and how many directions used one.
 pub struct BulkBuffers {
     size: usize,
-    budget: Arc<Budget>,
+    pool: Arc<Pool>,
     /// Directions (two per connection) that switched to the bulk copy.
     pub directions: AtomicU64,
 }
@@ -63,11 +69,15 @@ impl BulkBuffers {
     /// `count` buffers of `size` bytes at most; 0 buffers turns the bulk
     /// copy off (bulk streams are spliced).
     pub fn new(count: usize, size: usize) -> BulkBuffers {
-        BulkBuffers { size: size.max(64 * 1024), budget: Arc::new(Budget::new(count)), directions: AtomicU64::new(0) }
+        BulkBuffers {
+            size: size.max(64 * 1024),
+            pool: Arc::new(Pool { budget: Budget::new(count), wanted: AtomicBool::new(false) }),
+            directions: AtomicU64::new(0),
+        }
     }
 
     pub fn enabled(&self) -> bool {
-        self.budget.limit() > 0
+        self.pool.budget.limit() > 0
     }
 
     /// Bytes per buffer.
@@ -77,17 +87,17 @@ impl BulkBuffers {
 
     /// Buffers allocated now (lent or cached).
     pub fn held(&self) -> usize {
-        self.budget.used()
+        self.pool.budget.used()
     }
 
     /// The most buffers the engine may hold.
     pub fn limit(&self) -> usize {
-        self.budget.limit()
+        self.pool.budget.limit()
     }
 
     /// Bulk streams that found the budget spent and were spliced instead.
     pub fn refused(&self) -> u64 {
-        self.budget.refused()
+        self.pool.budget.refused()
     }
 
     /// A cached buffer of this engine, or a new one if the budget has room.
@@ -95,24 +105,45 @@ impl BulkBuffers {
         USED.set(true);
         let cached = CACHE.with(|c| {
             let mut cache = c.borrow_mut();
-            let i = cache.iter().rposition(|b| Arc::ptr_eq(&b.budget, &self.budget) && b.data.len() == self.size)?;
+            let i = cache.iter().rposition(|b| Arc::ptr_eq(&b.pool, &self.pool) && b.data.len() == self.size)?;
             Some(cache.swap_remove(i))
         });
         cached.or_else(|| {
-            self.budget.try_take_counted(1).then(|| Buffer { data: vec![0u8; self.size].into_boxed_slice(), budget: self.budget.clone() })
+            if !self.pool.budget.try_take_counted(1) {
+                // Perhaps cached, unused, on another thread: ask for one back.
+                self.pool.wanted.store(true, Relaxed);
+                return None;
+            }
+            Some(Buffer { data: vec![0u8; self.size].into_boxed_slice(), pool: self.pool.clone() })
         })
+    }
+}
+
+/// The budget every buffer of one engine counts against.
+struct Pool {
+    budget: Budget,
+    /// A taker was refused since a buffer was last freed for it.
+    wanted: AtomicBool,
+}
+
+impl Pool {
+    /// Claims the want (if any): the caller frees a buffer for it.
+    fn claim_want(&self) -> bool {
+        // A plain load first: the flag is rarely set, and a swap on every
+        // give-back would bounce its cache line between workers.
+        self.wanted.load(Relaxed) && self.wanted.swap(false, Relaxed)
     }
 }
 
 /// One lent buffer; its unit of the budget is given back when it is freed.
 struct Buffer {
     data: Box<[u8]>,
-    budget: Arc<Budget>,
+    pool: Arc<Pool>,
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        self.budget.give(1);
+        self.pool.budget.give(1);
     }
 }
 
@@ -123,20 +154,32 @@ thread_local! {
     static USED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Returns an *empty* buffer to this thread's cache.
+/// Returns an *empty* buffer to this thread's cache, or frees it if a
+/// taker was refused meanwhile (it then gets the unit).
 fn give_back(buffer: Buffer) {
+    if buffer.pool.claim_want() {
+        return;
+    }
     CACHE.with(|c| c.borrow_mut().push(buffer));
 }
 
 /// Frees this thread's cached buffers if none was taken since the last
-/// call. Each worker's housekeeping calls it every [`TRIM_AFTER`], on the
+/// call, and in any case those of a budget a taker was refused from since.
+/// Each worker's housekeeping calls it every [`TRIM_AFTER`], on the
 /// worker's own thread, so a burst's buffers outlive it by at most twice
 /// that. Returns how many were freed.
 pub fn trim_cache() -> usize {
-    if USED.replace(false) {
-        return 0;
-    }
-    CACHE.with(|c| std::mem::take(&mut *c.borrow_mut()).len())
+    let used = USED.replace(false);
+    CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        let (freed, kept): (Vec<Buffer>, Vec<Buffer>) =
+            std::mem::take(&mut *cache).into_iter().partition(|b| !used || b.pool.wanted.load(Relaxed));
+        *cache = kept;
+        for b in &freed {
+            b.pool.wanted.store(false, Relaxed);
+        }
+        freed.len()
+    })
 }
 
 /// How the bulk copy ended.
@@ -204,6 +247,8 @@ mod tests {
         assert!(b.take().is_none(), "the budget is two buffers");
         assert_eq!((b.held(), b.refused()), (2, 1));
         give_back(one);
+        assert_eq!(b.held(), 1, "given back after a refusal: freed for the refused taker");
+        give_back(b.take().expect("a new one"));
         assert_eq!(b.held(), 2, "a cached buffer still counts");
         let again = b.take().expect("the cached one");
         assert_eq!(b.held(), 2);
@@ -232,6 +277,46 @@ mod tests {
         assert_eq!(trim_cache(), 0, "taken since the last pass: kept");
         assert_eq!(b.held(), 1);
         assert_eq!(trim_cache(), 1, "unused for a whole pass: freed");
+        assert_eq!(b.held(), 0);
+    }
+
+    /// The cache is per thread but the budget is the engine's: buffers one
+    /// worker cached must not keep another worker's bulk streams spliced
+    /// for as long as the first keeps using one of them now and then.
+    #[test]
+    fn a_refusal_on_another_thread_frees_a_cached_buffer() {
+        let b = Arc::new(BulkBuffers::new(2, 64 * 1024));
+        // This thread ("worker A") had two bulk streams at once: both buffers cached here.
+        let (one, two) = (b.take().unwrap(), b.take().unwrap());
+        give_back(one);
+        give_back(two);
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || b.take().is_some())
+        };
+        assert!(!other.join().unwrap(), "worker B is refused while A caches the whole budget");
+        // A keeps using one buffer now and then (so its trim never finds it unused).
+        give_back(b.take().unwrap());
+        assert_eq!(b.held(), 1, "the refusal freed the buffer A gave back instead of caching it");
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || b.take().is_some())
+        };
+        assert!(other.join().unwrap(), "worker B's next bulk stream gets a buffer");
+        assert_eq!(trim_cache(), 0, "A took one since the last pass: its own cache is kept");
+        assert_eq!(trim_cache(), 1);
+    }
+
+    #[test]
+    fn a_refusal_frees_an_idle_cache_at_the_next_trim() {
+        let b = Arc::new(BulkBuffers::new(1, 64 * 1024));
+        give_back(b.take().unwrap());
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || b.take().is_some())
+        };
+        assert!(!other.join().unwrap());
+        assert_eq!(trim_cache(), 1, "wanted elsewhere: freed although taken since the last pass");
         assert_eq!(b.held(), 0);
     }
 
