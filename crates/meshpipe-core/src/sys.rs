@@ -17,7 +17,8 @@
 //! number (for the idle sweep), registering a listener's descriptor with
 //! tokio, and for `meshpipe run`: spawning with a parent-death signal (code
 //! between `fork` and `exec`), looking at an exited child without reaping it
-//! (`waitid(WNOWAIT)`) and reaping one child (`waitpid`).
+//! (`waitid(WNOWAIT)`) and reaping one child (`waitpid`); and memory of its
+//! own mapping ([`MappedBuf`]), which is given back to the kernel when freed.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -190,6 +191,73 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     })
+}
+
+/// A zeroed buffer in an anonymous private mapping of its own (`mmap`),
+/// unmapped when dropped. Unlike a large block from malloc, its memory goes
+/// back to the kernel the moment it is freed: glibc raises its mmap
+/// threshold past a freed large block and serves later ones from the
+/// thread's heap, which freeing does not shrink. The pages are populated
+/// when it is made (`MAP_POPULATE`: one call instead of a fault per page
+/// during the first `recv` into it).
+pub struct MappedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone (no aliases), like a
+// Box<[u8]>, so it may move to and be shared with other threads.
+unsafe impl Send for MappedBuf {}
+unsafe impl Sync for MappedBuf {}
+
+impl MappedBuf {
+    /// `len` bytes (rounded up to whole pages by the kernel); `len` must not be 0.
+    pub fn new(len: usize) -> io::Result<MappedBuf> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a fresh anonymous mapping touches no existing memory; the
+        // result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(MappedBuf { ptr, len })
+    }
+}
+
+impl std::ops::Deref for MappedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes (zeroed by the kernel,
+        // so initialised), valid until drop, and only reachable through self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for MappedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for deref, and `&mut self` makes this the only borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MappedBuf {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `new` with this length and nothing
+        // borrows it any more.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }
 
 /// The destination a connection had before iptables REDIRECTed it
@@ -381,6 +449,28 @@ pub fn reap_child(pid: libc::pid_t) -> io::Result<Option<ChildExit>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_mapped_buffer_is_zeroed_writable_and_unmapped_on_drop() {
+        let mut b = MappedBuf::new(1 << 20).unwrap();
+        assert_eq!(b.len(), 1 << 20);
+        assert!(b.iter().all(|&x| x == 0));
+        b[12345] = 7;
+        assert_eq!(b[12345], 7);
+        let addr = b.as_ptr() as usize;
+        let mapped = || {
+            std::fs::read_to_string("/proc/self/maps").unwrap().lines().any(|l| {
+                let range = l.split_whitespace().next().unwrap();
+                let (lo, hi) = range.split_once('-').unwrap();
+                let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+                (lo..hi).contains(&addr)
+            })
+        };
+        assert!(mapped());
+        drop(b);
+        assert!(!mapped(), "the memory went back to the kernel");
+        assert!(MappedBuf::new(0).is_err());
+    }
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;

@@ -20,7 +20,10 @@
 //!   idle connection, or one between bursts, holds none.
 //! - Buffers come from a per-thread cache (no lock; each engine worker is
 //!   one thread). A returned buffer stays cached for the next burst; a
-//!   worker's housekeeping frees those unused for [`TRIM_AFTER`].
+//!   worker's housekeeping frees those unused for [`TRIM_AFTER`]. Each
+//!   buffer is a mapping of its own (`sys::MappedBuf`), so freeing it gives
+//!   the memory back to the kernel at once, which a large block from malloc
+//!   does not reliably do.
 //! - Every buffer, lent or cached, counts against the engine's budget
 //!   (`--bulk-buffers`, a count of buffers). When it is spent the direction
 //!   is spliced instead, which costs no user-space memory: so the budget
@@ -49,6 +52,7 @@ use tokio::net::TcpStream;
 use super::buffered::{read_draining, write_all};
 use super::{Counters, DirError};
 use crate::limits::Budget;
+use crate::sys;
 
 /// The default size of one bulk buffer.
 pub const DEFAULT_SIZE: usize = 4 << 20;
@@ -71,7 +75,7 @@ impl BulkBuffers {
     pub fn new(count: usize, size: usize) -> BulkBuffers {
         BulkBuffers {
             size: size.max(64 * 1024),
-            pool: Arc::new(Pool { budget: Budget::new(count), wanted: AtomicBool::new(false) }),
+            pool: Arc::new(Pool { budget: Budget::new(count), wanted: AtomicBool::new(false), no_memory: AtomicU64::new(0) }),
             directions: AtomicU64::new(0),
         }
     }
@@ -97,7 +101,7 @@ impl BulkBuffers {
 
     /// Bulk streams that found the budget spent and were spliced instead.
     pub fn refused(&self) -> u64 {
-        self.pool.budget.refused()
+        self.pool.budget.refused() + self.pool.no_memory.load(Relaxed)
     }
 
     /// A cached buffer of this engine, or a new one if the budget has room.
@@ -114,7 +118,16 @@ impl BulkBuffers {
                 self.pool.wanted.store(true, Relaxed);
                 return None;
             }
-            Some(Buffer { data: vec![0u8; self.size].into_boxed_slice(), pool: self.pool.clone() })
+            match sys::MappedBuf::new(self.size) {
+                Ok(data) => Some(Buffer { data, pool: self.pool.clone() }),
+                Err(e) => {
+                    // Out of memory (or mappings): splice needs none.
+                    self.pool.budget.give(1);
+                    self.pool.no_memory.fetch_add(1, Relaxed);
+                    tracing::debug!(error = %e, "no memory for a bulk buffer");
+                    None
+                }
+            }
         })
     }
 }
@@ -124,6 +137,8 @@ struct Pool {
     budget: Budget,
     /// A taker was refused since a buffer was last freed for it.
     wanted: AtomicBool,
+    /// Takers the budget had room for but the kernel had no memory.
+    no_memory: AtomicU64,
 }
 
 impl Pool {
@@ -137,7 +152,7 @@ impl Pool {
 
 /// One lent buffer; its unit of the budget is given back when it is freed.
 struct Buffer {
-    data: Box<[u8]>,
+    data: sys::MappedBuf,
     pool: Arc<Pool>,
 }
 
