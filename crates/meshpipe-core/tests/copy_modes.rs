@@ -261,33 +261,42 @@ async fn until(engine: &meshpipe_core::Engine, limit: Duration, what: &str, done
 }
 
 /// One bulk buffer, two bulk streams to a target that reads neither yet:
-/// the first holds the buffer (its write is blocked), the second finds the
-/// budget spent and is spliced, and the refusal is counted. Both arrive
-/// whole once the target reads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spent_bulk_budget_splices_the_next_stream() {
-    let (go, ready) = tokio::sync::watch::channel(false);
-    let (target, received) = held_sink(ready, 2).await;
-    let (engine, addr) = forward(target, Some("opaque"), serde_json::json!({ "limits": { "bulkBuffers": 1 } })).await;
-    // More than the kernel buffers between the proxy and the target hold,
-    // so the proxy's write blocks with the buffer lent.
-    let (first, sent_first) = send(addr, random(12 << 20, 1));
-    until(&engine, Duration::from_secs(10), "the first stream takes the buffer", |c| c.bulk_directions == 1 && c.bulk_buffers == 1).await;
-    let (second, sent_second) = send(addr, random(12 << 20, 2));
-    until(&engine, Duration::from_secs(10), "the second bulk stream is refused a buffer and spliced", |c| {
-        c.bulk_directions == 2 && c.bulk_refused == 1 && c.spliced_directions == 1
-    })
-    .await;
-    assert_eq!(engine.snapshot().copy.bulk_buffers, 1, "the budget bounds the buffers");
-    go.send(true).unwrap();
-    let mut expect = vec![first, second];
-    expect.sort();
-    assert_eq!(within(Duration::from_secs(30), received).await.unwrap(), expect, "both streams arrive whole");
-    within(Duration::from_secs(10), sent_first).await.unwrap();
-    within(Duration::from_secs(10), sent_second).await.unwrap();
-    let snap = engine.snapshot();
-    assert_eq!(snap.tcp[0].bytes_client_to_server, 24 << 20);
-    assert_eq!(snap.copy.bulk_refused, 1, "counted once per stream, not per read");
+/// one holds the buffer (its write is blocked), the other finds the budget
+/// spent and is spliced, and the refusal is counted. Both arrive whole once
+/// the target reads. Run on one worker thread, as the Node binding runs
+/// each worker: the buffer cache is per thread, and on a work-stealing
+/// runtime a stream whose task moved to the other thread would find its
+/// cached buffer out of reach and be refused too.
+#[test]
+fn a_spent_bulk_budget_splices_the_next_stream() {
+    let workers = WorkerThreads::start(1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (go, ready) = tokio::sync::watch::channel(false);
+        let (target, received) = held_sink(ready, 2).await;
+        let (engine, addr) = workers.forward(target, serde_json::json!({ "limits": { "bulkBuffers": 1 } }));
+        // More than the kernel buffers between the proxy and the target hold,
+        // so the proxy's write blocks with the buffer lent.
+        let (first, sent_first) = send(addr, random(12 << 20, 1));
+        until(&engine, Duration::from_secs(10), "the first stream takes the buffer", |c| c.bulk_directions == 1 && c.bulk_buffers == 1)
+            .await;
+        let (second, sent_second) = send(addr, random(12 << 20, 2));
+        until(&engine, Duration::from_secs(10), "one bulk stream is refused a buffer and spliced, the other holds it", |c| {
+            c.bulk_directions == 2 && c.bulk_refused == 1 && c.spliced_directions == 1 && c.bulk_buffers == 1
+        })
+        .await;
+        go.send(true).unwrap();
+        let mut expect = vec![first, second];
+        expect.sort();
+        assert_eq!(within(Duration::from_secs(30), received).await.unwrap(), expect, "both streams arrive whole");
+        within(Duration::from_secs(10), sent_first).await.unwrap();
+        within(Duration::from_secs(10), sent_second).await.unwrap();
+        let snap = engine.snapshot();
+        assert_eq!(snap.tcp[0].bytes_client_to_server, 24 << 20);
+        assert_eq!(snap.copy.bulk_refused, 1, "counted once per stream, not per read");
+        assert!(snap.copy.bulk_buffers <= snap.copy.bulk_buffers_limit, "the budget bounds the buffers: {:?}", snap.copy);
+        engine.close(Duration::from_secs(1)).await;
+    });
 }
 
 /// Buffers a finished bulk stream leaves cached are freed by the worker's
