@@ -15,7 +15,12 @@
 //!   protocol, `proxy/inbound_http.rs`). That port passes the same inbound guard as a
 //!   redirected connection (never one of the proxy's own ports), must be one
 //!   the workload exposes (when its ports are known), and is authorized
-//!   with the client's identity like any other connection to it.
+//!   with the client's identity like any other connection to it. The
+//!   target is never one of the proxy's own listeners either (loop
+//!   protection, as on the redirect path, whether or not the config lists
+//!   `proxyPorts`): a tunnel to the tunnel would hand the client's bytes to
+//!   it again from the pod's own address, nested as deep as the client
+//!   likes.
 //! - **SNI termination** ([`terminate`]): a connection redirected from an
 //!   app port whose ClientHello names this proxy's identity is mesh TLS to
 //!   this proxy: the handshake is completed over the bytes detection read
@@ -199,6 +204,13 @@ pub(crate) async fn tunnel(
         return None;
     }
     let ip = inbound_host.unwrap_or(orig.ip()).to_canonical();
+    let target = TargetAddr(SocketAddr::new(ip, port));
+    // Loop protection: never one of the proxy's own listeners, whatever
+    // the guard's configured ports say.
+    if ctx.own.get().is_some_and(|own| own.is_own(target)) {
+        refuse(&stream, TunnelError::ProxyPort, &format_args!("{target} is the proxy's own listener (loop protection)"));
+        return None;
+    }
     if let Some(p) = header.protocol {
         info.set_protocol(match p {
             transport_header::SessionProtocol::Http1 => crate::vocab::Protocol::Http1,
@@ -206,7 +218,7 @@ pub(crate) async fn tunnel(
         });
     }
     debug!(port, protocol = ?header.protocol, "tunnel: header read");
-    Some(Established { stream, target: TargetAddr(SocketAddr::new(ip, port)), tls, protocol: header.protocol })
+    Some(Established { stream, target, tls, protocol: header.protocol })
 }
 
 /// SNI termination of a connection redirected to `target` whose ClientHello
