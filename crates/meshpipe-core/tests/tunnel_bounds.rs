@@ -11,6 +11,11 @@
 //!   tunnel again from the pod's own address, so a client can nest
 //!   tunnels, each costing the engine a connection, and appear to the
 //!   inner one as the pod itself (network-based authorization).
+//! - A TLS handshake to the tunnel is detection by another name (an
+//!   unauthenticated client, a bounded buffer, a timer): stalled ones hold
+//!   inbound detection slots, so one host holds at most its share of them,
+//!   as it does on a plaintext port; a meshed client of that host, whose
+//!   ClientHello arrives whole, still gets through.
 //!
 //! Skipped (with a message) when the host has no non-loopback address.
 
@@ -24,6 +29,7 @@ use std::time::Duration;
 
 use common::within;
 use meshpipe_core::identity::Identity;
+use meshpipe_core::limits::PerSource;
 use meshpipe_core::mesh::TunnelError;
 use meshpipe_core::tls::{self, ClientAlpn, TlsState};
 use meshpipe_core::transport_header::TransportHeader;
@@ -126,4 +132,86 @@ async fn a_header_naming_the_tunnels_own_port_is_refused_without_proxy_ports() {
     assert_eq!(accepted(&snap), 1, "the engine never dialled its own tunnel: {:?}", snap.listeners);
     let inbound_errors: u64 = snap.mesh.handshake_errors.iter().filter(|e| e.direction == Direction::Inbound).map(|e| e.count).sum();
     assert_eq!(inbound_errors, 0, "{:?}", snap.mesh.handshake_errors);
+}
+
+/// An echo server on `ip` (the app).
+async fn echo_on(ip: IpAddr) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a connection to the tunnel that sends the first 8 KiB of a 16 KiB
+/// TLS handshake record, then stalls.
+async fn stalled_handshake(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+    record.extend(std::iter::repeat_n(0x01u8, 8 * 1024));
+    // One refused at once may be reset before all of it is written.
+    let _ = s.write_all(&record).await;
+    s
+}
+
+#[tokio::test]
+async fn stalled_tunnel_handshakes_from_one_host_hold_at_most_its_share_of_detection_slots() {
+    let Some(ip) = pod_ip() else {
+        eprintln!("skipped: no non-loopback IPv4 address on this host");
+        return;
+    };
+    let slots = 64;
+    let share = PerSource::share_of(slots) as u64;
+    let t = tunnel(
+        ip,
+        serde_json::json!({
+            "inbound": { "podIps": [ip.to_string()], "proxyPorts": [] },
+            "limits": { "detectingConnections": slots }
+        }),
+    )
+    .await;
+    // One host (this one) opens three times its share of stalled handshakes.
+    let mut held = Vec::new();
+    for _ in 0..3 * share {
+        held.push(stalled_handshake(t.addr).await);
+    }
+    t.until("every stalled connection is accepted", |s| accepted(s) == 3 * share).await;
+    // The handshakes in progress are detection: they hold slots, at most the host's share.
+    let used = |s: &Snapshot| s.limits.detecting.iter().find(|d| d.direction == Direction::Inbound).map_or(0, |d| d.used);
+    let snap = t.until("the stalled handshakes hold their host's share of detection slots", |s| used(s) == share).await;
+    assert_eq!(used(&snap), share, "{:?}", snap.limits);
+    // A meshed client of the same host still gets through: its ClientHello
+    // is whole as soon as it arrives.
+    let app = echo_on(ip).await;
+    let tcp = TcpStream::connect(t.addr).await.unwrap();
+    let (mut s, _) = within(T, tls::connect(&t.client, tcp, &t.server_id, ClientAlpn::Tunnel, T)).await.unwrap();
+    s.write_all(&TransportHeader::opaque(NonZeroU16::new(app.port()).unwrap()).encode()).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.flush().await.unwrap();
+    let mut echoed = [0u8; 4];
+    within(T, s.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    // Past the share, a stalled handshake is not kept waiting for the
+    // detect timeout (10 s): it is refused at once.
+    // Every connection is watched for the same 2 s (well within the timeout).
+    let reads = held.into_iter().map(|mut s| {
+        tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await.map(|r| r.map_err(|e| e.kind()))
+        })
+    });
+    let mut closed = 0;
+    for read in reads.collect::<Vec<_>>() {
+        if let Ok(r) = read.await.unwrap() {
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 2 * share, "the stalled handshakes past the host's share are closed at once");
 }
