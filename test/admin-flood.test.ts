@@ -10,12 +10,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import net from 'node:net';
+import { once } from 'node:events';
 import { collect, connect, startEchoServer, waitFor, withTimeout } from './helpers.js';
 import { parsePrometheusText, total } from './prom-parse.js';
 import { loadConfig, objectLayer } from '../ts/config/config.js';
 import { Metrics, type SnapshotSource } from '../ts/observe/metrics.js';
 import { AdminServer } from '../ts/observe/admin-server.js';
+import { AdminConnections } from '../ts/observe/admin-connections.js';
 import { Proxy } from '../ts/engine/proxy.js';
 
 /** Sends `count` pipelined GETs of `path` on one connection and resolves with the raw bytes once all were answered. */
@@ -104,4 +107,51 @@ test('idle connections cannot exhaust the admin server: past 64 the oldest idle 
   // The newest idle connections are still open (nothing closed that did not have to be).
   assert.equal(idle.slice(-32).filter((s) => s.destroyed).length, 0);
   assert.ok(admin.openConnections.open <= 64, JSON.stringify(admin.openConnections));
+});
+
+test('connections whose answers are never read cannot lock the probes out: an answered request is not in flight', async (t) => {
+  // The admin server's bound (AdminServer uses 64; 4 keeps the kernel
+  // buffers this test fills small) on a server answering like /live.
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': 5 });
+    res.end('live\n');
+  });
+  const tracked = new AdminConnections(server, undefined, 4);
+  const serverSockets = new Map<number, net.Socket>();
+  server.on('connection', (s: net.Socket) => serverSockets.set(s.remotePort!, s));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => { server.closeAllConnections(); server.close(); });
+  const port = (server.address() as net.AddressInfo).port;
+  // A pod that pipelines requests and never reads an answer: once the
+  // kernel buffers toward it are full, the server's writes to it back up.
+  const stalled: net.Socket[] = [];
+  t.after(() => { for (const s of stalled) s.destroy(); });
+  const batch = 'GET /live HTTP/1.1\r\nHost: 10.0.0.9\r\n\r\n'.repeat(1000);
+  for (let i = 0; i < 4; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    await once(s, 'connect');
+    s.pause();
+    stalled.push(s);
+    // The kernel took no more of the server's answers: they wait in Node.
+    const backedUp = () => (serverSockets.get(s.localPort!)?.writableLength ?? 0) > 0;
+    await withTimeout((async () => {
+      while (!backedUp()) {
+        if (s.write(batch)) continue;
+        await new Promise<void>((resolve) => {
+          const done = (): void => { clearTimeout(timer); s.off('drain', done); resolve(); };
+          const timer = setTimeout(done, 20);
+          s.once('drain', done);
+        });
+      }
+    })(), 20_000, 'the server to stop writing to a peer that does not read');
+  }
+  assert.equal(tracked.size, 4);
+  // A kubelet probe still gets its answer: every request of those
+  // connections was answered, however slowly their peers read.
+  const live = await withTimeout(fetch(`http://127.0.0.1:${port}/live`).then(async (r) => [r.status, await r.text()] as const), 5_000, 'the probe');
+  assert.deepEqual(live, [200, 'live\n']);
+  assert.ok(tracked.size <= 4, `${tracked.size} connections open`);
+  assert.ok(tracked.evicted >= 1, 'a stalled connection made room');
 });

@@ -14,6 +14,12 @@
  * closed to make room: a flood of idle sockets costs the attacker its own
  * oldest sockets, and a probe that sends its request at once is served.
  * Only when every connection is busy with a request is the newest refused.
+ *
+ * A request is in flight while its handler works on it, until it has
+ * ended its response, not until the peer has read it: a peer that
+ * pipelines requests and never reads the answers leaves them unflushed
+ * in Node for as long as it likes (no timeout covers writing a response),
+ * and 64 such connections counted as busy would refuse every probe.
  */
 import type http from 'node:http';
 import type { Socket } from 'node:net';
@@ -25,8 +31,8 @@ export const ADMIN_MAX_CONNECTIONS = 64;
 
 /** Tracks the server's sockets in connection order and enforces the bound. */
 export class AdminConnections {
-  /** Open sockets, oldest first, with how many requests each has in flight. */
-  readonly #open = new Map<Socket, number>();
+  /** Open sockets, oldest first, with the responses of each not yet closed. */
+  readonly #open = new Map<Socket, Set<http.ServerResponse>>();
   readonly #max: number;
   readonly #logger: Logger | undefined;
   readonly #warned = new RateLimited();
@@ -37,14 +43,10 @@ export class AdminConnections {
     this.#logger = logger;
     server.on('connection', (socket: Socket) => this.#admit(socket));
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-      const socket = req.socket;
-      const inFlight = this.#open.get(socket);
-      if (inFlight === undefined) return;
-      this.#open.set(socket, inFlight + 1);
-      res.once('close', () => {
-        const n = this.#open.get(socket);
-        if (n !== undefined) this.#open.set(socket, Math.max(0, n - 1));
-      });
+      const responses = this.#open.get(req.socket);
+      if (responses === undefined) return;
+      responses.add(res);
+      res.once('close', () => responses.delete(res));
     });
   }
 
@@ -61,8 +63,8 @@ export class AdminConnections {
   #admit(socket: Socket): void {
     if (this.#open.size >= this.#max) {
       let idle: Socket | undefined;
-      for (const [s, inFlight] of this.#open) {
-        if (inFlight === 0) {
+      for (const [s, responses] of this.#open) {
+        if (AdminConnections.#idle(responses)) {
           idle = s;
           break;
         }
@@ -81,7 +83,13 @@ export class AdminConnections {
       this.#open.delete(idle);
       idle.destroy();
     }
-    this.#open.set(socket, 0);
+    this.#open.set(socket, new Set());
     socket.once('close', () => this.#open.delete(socket));
+  }
+
+  /** No handler is working on a request of the connection (answers it has not read yet do not count). */
+  static #idle(responses: ReadonlySet<http.ServerResponse>): boolean {
+    for (const res of responses) if (!res.writableEnded) return false;
+    return true;
   }
 }

@@ -15,7 +15,23 @@
 //!   protocol, `proxy/inbound_http.rs`). That port passes the same inbound guard as a
 //!   redirected connection (never one of the proxy's own ports), must be one
 //!   the workload exposes (when its ports are known), and is authorized
-//!   with the client's identity like any other connection to it.
+//!   with the client's identity like any other connection to it. The
+//!   target is never one of the proxy's own listeners either (loop
+//!   protection, as on the redirect path, whether or not the config lists
+//!   `proxyPorts`): a tunnel to the tunnel would hand the client's bytes to
+//!   it again from the pod's own address, nested as deep as the client
+//!   likes.
+//!
+//!   Until the header is read the tunnel is detection by another name: an
+//!   unauthenticated client, a buffer (rustls holds up to a whole 16 KiB
+//!   record) and a timer. So it holds an inbound detection slot, and one of
+//!   its host's share (`limits.rs`), as a plaintext connection in detection
+//!   does. Without one, no TLS state is made for a client whose first TLS
+//!   record is not whole once its first bytes arrived (a peek, nothing
+//!   buffered): real clients write their ClientHello at once, and it goes
+//!   on, as SNI termination does for a ClientHello detection read at once;
+//!   any other is refused (counted as a refused detection slot). A flood of
+//!   stalled handshakes from one host holds at most its share.
 //! - **SNI termination** ([`terminate`]): a connection redirected from an
 //!   app port whose ClientHello names this proxy's identity is mesh TLS to
 //!   this proxy: the handshake is completed over the bytes detection read
@@ -131,6 +147,8 @@ pub(crate) async fn tunnel(
 ) -> Option<Established<TcpStream>> {
     let timeout = ctx.detect.timeout_for(Direction::Inbound, orig.port(), None);
     let deadline = tokio::time::Instant::now() + timeout;
+    // Held until the header is read (dropped when this returns).
+    let slot = ctx.limits.detect_slot(Direction::Inbound, peer.ip());
     // Plaintext (or anything but TLS) sent straight to the tunnel is
     // refused before any TLS state exists.
     let mut first = [0u8; 1];
@@ -155,6 +173,12 @@ pub(crate) async fn tunnel(
                 HandshakeError::new(HandshakeFailure::Timeout, format!("no ClientHello within {timeout:?}")),
             )
         }
+    }
+    if slot.is_none() && !first_record_whole(&client) {
+        // Counted by the limits (a full direction or the host's share).
+        debug!("tunnel: no inbound detection slot, and the first TLS record is not whole: refused");
+        socket::set_reset_on_close(&client);
+        return None;
     }
     let started = Instant::now();
     let (mut stream, accepted) = match tls::accept(state, client, AlpnRule::Tunnel, deadline - tokio::time::Instant::now()).await {
@@ -199,6 +223,13 @@ pub(crate) async fn tunnel(
         return None;
     }
     let ip = inbound_host.unwrap_or(orig.ip()).to_canonical();
+    let target = TargetAddr(SocketAddr::new(ip, port));
+    // Loop protection: never one of the proxy's own listeners, whatever
+    // the guard's configured ports say.
+    if ctx.own.get().is_some_and(|own| own.is_own(target)) {
+        refuse(&stream, TunnelError::ProxyPort, &format_args!("{target} is the proxy's own listener (loop protection)"));
+        return None;
+    }
     if let Some(p) = header.protocol {
         info.set_protocol(match p {
             transport_header::SessionProtocol::Http1 => crate::vocab::Protocol::Http1,
@@ -206,7 +237,22 @@ pub(crate) async fn tunnel(
         });
     }
     debug!(port, protocol = ?header.protocol, "tunnel: header read");
-    Some(Established { stream, target: TargetAddr(SocketAddr::new(ip, port)), tls, protocol: header.protocol })
+    Some(Established { stream, target, tls, protocol: header.protocol })
+}
+
+/// The largest TLS record (RFC 8446 §5.1: 2^14 bytes of plaintext; a
+/// ClientHello is plaintext) with its 5-byte header.
+const MAX_FIRST_RECORD: usize = 5 + (1 << 14);
+
+/// Whether the socket already holds the client's whole first TLS record,
+/// without waiting for more (one non-blocking peek; the buffer is freed
+/// before this returns). A ClientHello that spans two TCP segments of
+/// which one is late is refused here: only without a detection slot.
+fn first_record_whole(client: &TcpStream) -> bool {
+    let mut buf = vec![0u8; MAX_FIRST_RECORD];
+    let fd = std::os::fd::AsFd::as_fd(client);
+    let Ok(n) = crate::sys::recv(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) else { return false };
+    n >= 5 && buf[0] == HANDSHAKE_RECORD && n >= 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
 }
 
 /// SNI termination of a connection redirected to `target` whose ClientHello

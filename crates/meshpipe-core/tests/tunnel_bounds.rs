@@ -1,0 +1,217 @@
+//! The 4143 tunnel against hostile peers, through a real engine: a
+//! transparent inbound listener on this host's own interface address (the
+//! "pod IP"), dialled directly (no NAT entry: the tunnel), with a meshed
+//! client (a rustls client holding a workload certificate of the same CA)
+//! or an unauthenticated one.
+//!
+//! - A transport header naming the tunnel's own port must not make the
+//!   engine dial itself, even when the config lists no `proxyPorts` (the
+//!   engine knows its own listeners: the redirect path refuses such a
+//!   target as a loop). Otherwise the client's decrypted bytes reach the
+//!   tunnel again from the pod's own address, so a client can nest
+//!   tunnels, each costing the engine a connection, and appear to the
+//!   inner one as the pod itself (network-based authorization).
+//! - A TLS handshake to the tunnel is detection by another name (an
+//!   unauthenticated client, a bounded buffer, a timer): stalled ones hold
+//!   inbound detection slots, so one host holds at most its share of them,
+//!   as it does on a plaintext port; a meshed client of that host, whose
+//!   ClientHello arrives whole, still gets through.
+//!
+//! Skipped (with a message) when the host has no non-loopback address.
+
+mod common;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use common::within;
+use meshpipe_core::identity::Identity;
+use meshpipe_core::limits::PerSource;
+use meshpipe_core::mesh::TunnelError;
+use meshpipe_core::tls::{self, ClientAlpn, TlsState};
+use meshpipe_core::transport_header::TransportHeader;
+use meshpipe_core::vocab::Direction;
+use meshpipe_core::{Engine, Snapshot};
+use pki::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A non-loopback IPv4 address of this host (the "pod IP").
+fn pod_ip() -> Option<IpAddr> {
+    meshpipe_core::target::interface_addresses().ok()?.into_iter().find(|ip| ip.is_ipv4())
+}
+
+struct Tunnel {
+    engine: Engine,
+    /// The tunnel: the transparent inbound listener, dialled directly.
+    addr: SocketAddr,
+    client: TlsState,
+    server_id: Identity,
+}
+
+/// An engine with a transparent inbound listener on `ip` and a mesh
+/// identity; `extra` is merged into the config (`inbound` must be given).
+async fn tunnel(ip: IpAddr, extra: serde_json::Value) -> Tunnel {
+    let mut cfg = serde_json::json!({
+        "listeners": [{
+            "name": "inbound",
+            "bind": SocketAddr::new(ip, 0).to_string(),
+            "target": { "kind": "originalDst" },
+            "direction": "inbound"
+        }],
+        "detect": { "inboundTimeoutMs": 10_000 }
+    });
+    if let (Some(c), serde_json::Value::Object(e)) = (cfg.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    let (engine, addr) = common::start(cfg).await;
+    let ca = ca();
+    let (server_id, client_id) = (linkerd("web", "shop"), linkerd("api", "shop"));
+    engine.set_identity(&material(&ca, &server_id)).unwrap();
+    let client = TlsState::new(&material(&ca, &client_id), 1).unwrap();
+    Tunnel { engine, addr, client, server_id }
+}
+
+impl Tunnel {
+    /// Waits until `f(snapshot)` holds; panics naming `what` after `T`.
+    async fn until(&self, what: &str, f: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let wait = async {
+            loop {
+                let s = self.engine.snapshot();
+                if f(&s) {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        match tokio::time::timeout(T, wait).await {
+            Ok(s) => s,
+            Err(_) => {
+                let s = self.engine.snapshot();
+                panic!(
+                    "timed out waiting until {what}: listeners {:?}, detecting {:?}, tunnel errors {:?}",
+                    s.listeners, s.limits.detecting, s.mesh.tunnel_errors
+                )
+            }
+        }
+    }
+}
+
+fn tunnel_errors(s: &Snapshot, reason: TunnelError) -> u64 {
+    s.mesh.tunnel_errors.iter().find(|e| e.reason == reason).map_or(0, |e| e.count)
+}
+
+fn accepted(s: &Snapshot) -> u64 {
+    s.listeners.iter().map(|l| l.accepted).sum()
+}
+
+#[tokio::test]
+async fn a_header_naming_the_tunnels_own_port_is_refused_without_proxy_ports() {
+    let Some(ip) = pod_ip() else {
+        eprintln!("skipped: no non-loopback IPv4 address on this host");
+        return;
+    };
+    // An engine config as an embedder may write it: pod IPs, no proxyPorts.
+    let t = tunnel(ip, serde_json::json!({ "inbound": { "podIps": [ip.to_string()], "proxyPorts": [] } })).await;
+    let tcp = TcpStream::connect(t.addr).await.unwrap();
+    let (mut s, _) = within(T, tls::connect(&t.client, tcp, &t.server_id, ClientAlpn::Tunnel, T)).await.unwrap();
+    let header = TransportHeader::opaque(NonZeroU16::new(t.addr.port()).unwrap());
+    s.write_all(&header.encode()).await.unwrap();
+    // What a nesting client sends next: another ClientHello would follow.
+    s.write_all(b"inner bytes").await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let end = within(T, s.read(&mut buf)).await;
+    assert!(matches!(end, Ok(0) | Err(_)), "the tunnel to itself is closed: {end:?}");
+    let snap = t.until("the refusal is counted", |s| tunnel_errors(s, TunnelError::ProxyPort) == 1).await;
+    assert_eq!(accepted(&snap), 1, "the engine never dialled its own tunnel: {:?}", snap.listeners);
+    let inbound_errors: u64 = snap.mesh.handshake_errors.iter().filter(|e| e.direction == Direction::Inbound).map(|e| e.count).sum();
+    assert_eq!(inbound_errors, 0, "{:?}", snap.mesh.handshake_errors);
+}
+
+/// An echo server on `ip` (the app).
+async fn echo_on(ip: IpAddr) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a connection to the tunnel that sends the first 8 KiB of a 16 KiB
+/// TLS handshake record, then stalls.
+async fn stalled_handshake(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+    record.extend(std::iter::repeat_n(0x01u8, 8 * 1024));
+    // One refused at once may be reset before all of it is written.
+    let _ = s.write_all(&record).await;
+    s
+}
+
+#[tokio::test]
+async fn stalled_tunnel_handshakes_from_one_host_hold_at_most_its_share_of_detection_slots() {
+    let Some(ip) = pod_ip() else {
+        eprintln!("skipped: no non-loopback IPv4 address on this host");
+        return;
+    };
+    let slots = 64;
+    let share = PerSource::share_of(slots) as u64;
+    let t = tunnel(
+        ip,
+        serde_json::json!({
+            "inbound": { "podIps": [ip.to_string()], "proxyPorts": [] },
+            "limits": { "detectingConnections": slots }
+        }),
+    )
+    .await;
+    // One host (this one) opens three times its share of stalled handshakes.
+    let mut held = Vec::new();
+    for _ in 0..3 * share {
+        held.push(stalled_handshake(t.addr).await);
+    }
+    t.until("every stalled connection is accepted", |s| accepted(s) == 3 * share).await;
+    // The handshakes in progress are detection: they hold slots, at most the host's share.
+    let used = |s: &Snapshot| s.limits.detecting.iter().find(|d| d.direction == Direction::Inbound).map_or(0, |d| d.used);
+    let snap = t.until("the stalled handshakes hold their host's share of detection slots", |s| used(s) == share).await;
+    assert_eq!(used(&snap), share, "{:?}", snap.limits);
+    // A meshed client of the same host still gets through: its ClientHello
+    // is whole as soon as it arrives.
+    let app = echo_on(ip).await;
+    let tcp = TcpStream::connect(t.addr).await.unwrap();
+    let (mut s, _) = within(T, tls::connect(&t.client, tcp, &t.server_id, ClientAlpn::Tunnel, T)).await.unwrap();
+    s.write_all(&TransportHeader::opaque(NonZeroU16::new(app.port()).unwrap()).encode()).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.flush().await.unwrap();
+    let mut echoed = [0u8; 4];
+    within(T, s.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    // Past the share, a stalled handshake is not kept waiting for the
+    // detect timeout (10 s): it is refused at once.
+    // Every connection is watched for the same 2 s (well within the timeout).
+    let reads = held.into_iter().map(|mut s| {
+        tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await.map(|r| r.map_err(|e| e.kind()))
+        })
+    });
+    let mut closed = 0;
+    for read in reads.collect::<Vec<_>>() {
+        if let Ok(r) = read.await.unwrap() {
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 2 * share, "the stalled handshakes past the host's share are closed at once");
+}
