@@ -2,7 +2,10 @@
 # What `npm test` runs, in order, stopping at the first failure:
 #   0. the Rust formatter and linter: `cargo fmt --check` (workspace, the
 #      fuzz crate and the bench's latency generator) and `cargo clippy
-#      --all-targets -- -D warnings`; the latency generator's own tests,
+#      --all-targets -- -D warnings`; the latency generator's own tests; the
+#      fuzz crate's clippy and its smoke test (every fuzz target's checks on
+#      a fixed corpus of seeds, mutations and seeded random bytes, stable
+#      Rust, release: fuzz/tests/smoke.rs),
 #   1. the Rust engine's tests (`cargo test --workspace`, debug profile: it
 #      compiles much faster than the thin-LTO release profile; the release
 #      addon used by the Node tests is built by `npm install` /
@@ -44,6 +47,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "bench/latgen: clippy and tests (the latency section's generator)"
 cargo clippy -q --manifest-path bench/latgen/Cargo.toml --all-targets -- -D warnings
 cargo test -q --manifest-path bench/latgen/Cargo.toml
+
+step "fuzz/: clippy and the smoke test (the fuzz targets' checks on a fixed corpus)"
+# Release for both: the checks run millions of inputs, and clippy then
+# reuses the release build scripts (aws-lc-sys's C build) instead of
+# building them again for the dev profile.
+cargo clippy -q --release --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+cargo test -q --release --manifest-path fuzz/Cargo.toml
 
 step "cargo test --workspace"
 cargo test --workspace

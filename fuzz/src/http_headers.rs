@@ -1,0 +1,106 @@
+//! Fuzzes the HTTP layer's header rules (`meshpipe_core::http::headers`) on
+//! arbitrary header fields: the `Keep-Alive: timeout=N` hint an upstream
+//! sends, the hop-by-hop stripping every request and response goes through
+//! (RFC 9110 §7.6.1), the `Host` fix-up of an HTTP/1 request (RFC 9112 §3.2)
+//! and the `authority` label.
+//!
+//! The input is `name: value` lines; the first byte picks whether the
+//! message is an upgrade being carried through, and the request's version.
+//! Beyond "no panic", the target checks what the proxy relies on:
+//! - a hint is at most six digits of seconds;
+//! - after stripping, no hop-by-hop field is left (`TE` only as exactly
+//!   `trailers`, `Connection: upgrade` and `Upgrade` only for an upgrade),
+//!   no field the `Connection` header named survives, every other field
+//!   keeps its values in order, and stripping again changes nothing;
+//! - an HTTP/1.1 request leaves `fix_host` with exactly one `Host` or is
+//!   refused, and an authority label is short and made of host characters.
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{Request, Version};
+use meshpipe_core::http::headers::{authority_raw, fix_host, keep_alive_timeout, strip_hop_by_hop};
+
+/// Hop-by-hop by definition (RFC 9110 §7.6.1, plus HTTP2-Settings, RFC 7540 §3.2.1).
+const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "transfer-encoding", "http2-settings"];
+
+/// The fields of `input`: one per `name: value` line that makes a valid field.
+fn fields(input: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in input.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// The names a `Connection` header lists (the ones that are valid names).
+fn named_by_connection(map: &HeaderMap) -> Vec<HeaderName> {
+    map.get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Checks one input; panics (an assertion) when an invariant above is broken.
+pub fn check(data: &[u8]) {
+    let Some((&selector, input)) = data.split_first() else { return };
+    let upgrade = selector & 1 == 1;
+    let original = fields(input);
+
+    if let Some(hint) = keep_alive_timeout(&original) {
+        assert!(hint.as_secs() <= 999_999, "a hint of {hint:?}");
+    }
+
+    let mut stripped = original.clone();
+    strip_hop_by_hop(&mut stripped, upgrade);
+    for name in HOP_BY_HOP {
+        assert!(!stripped.contains_key(name), "{name} survived");
+    }
+    assert!(stripped.get_all(TE).iter().all(|v| v == "trailers"), "TE other than trailers survived");
+    assert!(stripped.get_all(TE).iter().count() <= 1);
+    let connection: Vec<_> = stripped.get_all(CONNECTION).iter().collect();
+    if upgrade {
+        assert_eq!(connection, ["upgrade"], "an upgrade goes on with Connection: upgrade only");
+    } else {
+        assert!(connection.is_empty(), "Connection survived");
+        assert!(!stripped.contains_key(UPGRADE), "Upgrade survived a plain message");
+    }
+    let named = named_by_connection(&original);
+    for name in &named {
+        if *name != TE && *name != CONNECTION && !(upgrade && *name == UPGRADE) {
+            assert!(!stripped.contains_key(name), "{name} was named by Connection and survived");
+        }
+    }
+    // Everything else is end to end: kept, every value, in order.
+    for name in original.keys() {
+        let hop =
+            HOP_BY_HOP.contains(&name.as_str()) || *name == CONNECTION || *name == TE || *name == UPGRADE || *name == TRANSFER_ENCODING;
+        if hop || named.contains(name) {
+            continue;
+        }
+        let before: Vec<_> = original.get_all(name).iter().collect();
+        let after: Vec<_> = stripped.get_all(name).iter().collect();
+        assert_eq!(before, after, "end-to-end field {name} changed");
+    }
+    let mut again = stripped.clone();
+    strip_hop_by_hop(&mut again, upgrade);
+    assert_eq!(again, stripped, "stripping twice differs from once");
+
+    // An HTTP/1 request with these fields: one Host after fix_host, or refused.
+    let version = if selector & 2 == 2 { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut req = Request::builder().uri("/").version(version).body(()).expect("a request");
+    *req.headers_mut() = original;
+    let target = std::net::SocketAddr::from(([10, 0, 0, 1], 8080));
+    if fix_host(&mut req, target).is_ok() {
+        let hosts = req.headers().get_all(HOST).iter().count();
+        assert!(hosts == 1 || (hosts == 0 && version == Version::HTTP_10), "{hosts} Host fields after fix_host");
+    }
+    if let Some(authority) = authority_raw(&req) {
+        assert!(!authority.is_empty() && authority.len() <= 260, "authority of {} bytes", authority.len());
+        assert!(authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)), "authority {authority:?}");
+    }
+}
