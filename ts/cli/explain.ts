@@ -29,7 +29,6 @@
 
 import { isIP } from 'node:net';
 import { readFile, stat } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import {
   compileAllWorkloads,
   compilePolicy,
@@ -54,7 +53,7 @@ import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, 
 import { opaquePortsOrigin } from '../policy/flags.js';
 import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
 import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
-import { suggestFlag } from './args.js';
+import { parseOptions, type OptionSpec } from './args.js';
 import type { DecisionInfo, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
 import { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy } from '../config/index.js';
 import { DEFAULT_IDENTITY_TEMPLATE, identityProblem, templateProblem } from '../identity/name.js';
@@ -355,29 +354,37 @@ function clientArgs(id: string | undefined, ip: string | undefined): { identity:
 }
 
 const EXPLAIN_OPTIONS = {
-  port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
-  manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
-  namespace: { type: 'string' }, pod: { type: 'string' },
-  'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' }, config: { type: 'string' },
-  destinations: { type: 'string' }, client: { type: 'string' }, 'client-ip': { type: 'string' },
-  'trust-domain': { type: 'string' }, 'identity-template': { type: 'string' }, 'default-inbound-policy': { type: 'string' },
+  port: { type: 'string', multiple: true, valueName: 'PORT' }, protocol: { type: 'string', valueName: 'NAME' },
+  destination: { type: 'string', valueName: 'IP' }, tls: { type: 'boolean' },
+  manifests: { type: 'string', multiple: true, valueName: 'PATH' }, annotations: { type: 'string', valueName: 'FILE' },
+  namespace: { type: 'string', valueName: 'NS' }, pod: { type: 'string', valueName: 'NAME' },
+  'cluster-networks': { type: 'string', valueName: 'LIST' }, 'default-opaque-ports': { type: 'string', valueName: 'LIST' },
+  'opaque-ports': { type: 'string', valueName: 'LIST' }, config: { type: 'string', valueName: 'FILE' },
+  destinations: { type: 'string', valueName: 'FILE' }, client: { type: 'string', valueName: 'ID|none' }, 'client-ip': { type: 'string', valueName: 'IP' },
+  'trust-domain': { type: 'string', valueName: 'D' }, 'identity-template': { type: 'string', valueName: 'T' },
+  'default-inbound-policy': { type: 'string', valueName: 'P' },
   json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
 } as const;
 
+type ExplainOptions = typeof EXPLAIN_OPTIONS;
+/** The parsed flags: a string (string[] when repeatable) or true, by flag name. */
+type ExplainValues = {
+  -readonly [K in keyof ExplainOptions]?: ExplainOptions[K] extends { type: 'boolean' } ? boolean : ExplainOptions[K] extends { multiple: true } ? string[] : string;
+};
+
+/** The table for the shared parser (ts/cli/args.ts), which names a typo's closest flag and a forgotten value. */
+const EXPLAIN_SPECS: readonly OptionSpec[] = Object.entries(EXPLAIN_OPTIONS).map(([flag, o]) => ({
+  flag, type: o.type, help: '',
+  ...('multiple' in o ? { multiple: o.multiple } : {}),
+  ...('short' in o ? { short: o.short } : {}),
+  ...('valueName' in o ? { valueName: o.valueName } : {}),
+}));
+
 /** `meshpipe explain`. Resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, strict: true, allowPositionals: false, options: EXPLAIN_OPTIONS }));
-  } catch (err) {
-    // A typo gets the flag it was probably meant to be, as the other commands' parser does (ts/cli/args.ts).
-    const unknown = /^Unknown option '(-{1,2})([^'=]+)'/.exec((err as Error).message);
-    if (unknown) {
-      const hint = suggestFlag(unknown[2]!, Object.keys(EXPLAIN_OPTIONS));
-      fail(`unknown option ${unknown[1]}${unknown[2]} for meshpipe explain${hint !== undefined ? ` (did you mean --${hint}?)` : ''}; run meshpipe explain --help for the options`);
-    }
-    fail(`${(err as Error).message}; run meshpipe explain --help`);
-  }
+  // The same parser as the other commands: a typo gets the flag it was probably meant to be, a
+  // forgotten value is named with what it takes (`--port` alone, or `--port --json`).
+  const values = parseOptions(argv, EXPLAIN_SPECS, 'meshpipe explain').values as ExplainValues;
   if (values.help) {
     process.stdout.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
     return 0;
