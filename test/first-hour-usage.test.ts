@@ -5,11 +5,20 @@
  * - `meshpipe explain` used node's own argument errors ("Option '--port
  *   <value>' argument missing", a two-line "ambiguous" message for `--port
  *   --json`); it now shares the other commands' parser: the flag, what it
- *   takes, one line.
+ *   takes, one line;
+ * - `meshpipe explain --manifests DIR --namespace shopp --pod web-1` (a typo,
+ *   or a pod of no workload in the files) answered quietly for a pod with no
+ *   container ports and none of the workload's annotations; it is now a
+ *   problem naming the pod and the workloads the files have (exit 1 with
+ *   --strict).
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
 import { runCli } from './helpers.js';
+
+/** The README's example app (Deployment shop/web). */
+const EXAMPLE = fileURLToPath(new URL('../../examples/k8s/', import.meta.url));
 
 /** Asserts a usage error: exit 2, exactly one line on stderr matching `pattern`, nothing on stdout. */
 function assertOneLineError(r: { code: number | null; stdout: string; stderr: string }, pattern: RegExp, what: string): void {
@@ -37,5 +46,22 @@ describe('explain', () => {
     const help = await runCli(['explain', '-h']);
     assert.equal(help.code, 0, help.stderr);
     assert.match(help.stdout, /^Usage: meshpipe explain/);
+  });
+
+  test('a --pod that is no workload of the manifests is a problem naming it and what the files have', async () => {
+    const typo = await runCli(['explain', '--manifests', EXAMPLE, '--namespace', 'shopp', '--pod', 'web-1', '--port', '3306', '--json', '--strict']);
+    assert.equal(typo.code, 1, typo.stderr);
+    const problems = (JSON.parse(typo.stdout) as { problems: string[] }).problems;
+    assert.equal(problems.length, 1, problems.join('\n'));
+    assert.match(problems[0]!, /^--pod web-1 in namespace shopp: no workload in --manifests is this pod .*; the manifests have Deployment shop\/web$/);
+    assert.match(typo.stderr, /1 problem in the inputs \(--strict\)/);
+    // Without --strict the answer stands (exit 0), the problem listed under it.
+    const text = await runCli(['explain', '--manifests', EXAMPLE, '--namespace', 'shop', '--pod', 'nope']);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /Problems \(valid entries still apply\):\n {2}--pod nope in namespace shop: no workload/);
+    // The pod of the Deployment (its name begins with "web-"): no problem.
+    const good = await runCli(['explain', '--manifests', EXAMPLE, '--namespace', 'shop', '--pod', 'web-7d9f', '--port', '3306', '--json', '--strict']);
+    assert.equal(good.code, 0, good.stderr);
+    assert.deepEqual((JSON.parse(good.stdout) as { problems: string[] }).problems, []);
   });
 });

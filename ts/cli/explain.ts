@@ -35,6 +35,8 @@ import {
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   lineProblem,
+  generalProblem,
+  findWorkload,
   authorizeClient,
   lookupPolicy,
   meshSettings,
@@ -46,9 +48,10 @@ import {
   type PolicyInputs,
   type PolicyProblem,
   type PortDecision,
+  type WorkloadIdentity,
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
-import { describeRef, EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
+import { describeRef, EMPTY_MANIFESTS, loadManifests, type ManifestSet } from '../policy/k8s/index.js';
 import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
 import { opaquePortsOrigin } from '../policy/flags.js';
 import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
@@ -467,6 +470,8 @@ export async function main(argv: string[]): Promise<number> {
   // Always compiled: with no inputs it is what a proxy without policy sources does (the flags-only policy).
   const result = compilePolicy(inputs);
   const problems = [...fileProblems, ...result.problems];
+  const unmatched = unmatchedPod(inputs.identity, manifests);
+  if (unmatched !== undefined) problems.push(unmatched);
 
   if (ports.length > 0) {
     const answers: PortExplanation[] = ports.map((port) => ({
@@ -502,6 +507,26 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(renderEffective(all.map((a) => a.result), shared, allProblems));
   }
   return exitCode(allProblems, values.strict === true);
+}
+
+/**
+ * A --pod (or POD_NAME) that names no workload of the manifests: "this pod" then has no
+ * container ports and none of the workload's annotations, and every answer is about a pod
+ * that is not in the files: a typo (`--namespace shopp`) must say so, not answer quietly.
+ * Without manifests (only --annotations) there is nothing to match against.
+ */
+function unmatchedPod(identity: WorkloadIdentity, manifests: ManifestSet): PolicyProblem | undefined {
+  if (identity.pod === undefined || manifests.workloads.length === 0) return undefined;
+  if (findWorkload(identity, manifests.workloads) !== undefined) return undefined;
+  const namespace = identity.namespace ?? 'default';
+  const known = manifests.workloads.slice(0, 5).map((w) => describeRef(w)).join(', ');
+  const more = manifests.workloads.length > 5 ? ` and ${manifests.workloads.length - 5} more` : '';
+  return generalProblem(
+    `--pod ${identity.pod} in namespace ${namespace}: no workload in --manifests is this pod (expected a Pod named ${identity.pod}, `
+    + `or a Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob in ${namespace} whose name followed by "-" begins it), `
+    + `so "this pod" has no container ports and none of a workload's annotations; the manifests have ${known}${more}`,
+    identity.pod,
+  );
 }
 
 /** 1 when an input could not be used, or with --strict when there is any problem; else 0. */
