@@ -114,7 +114,7 @@ describe('commands', () => {
   test('every command reports errors as "meshpipe <command>: error: <message> (<CODE>)"', async () => {
     const cases: [string[], RegExp][] = [
       [['proxy', '--bogus'], /^meshpipe proxy: error: unknown option --bogus for meshpipe proxy; .*\(ERR_INVALID_ARGUMENT\)\n$/],
-      [['run', '--forward', '127.0.0.1:0=127.0.0.1:1'], /^meshpipe run: error: meshpipe run needs a command.*\(ERR_INVALID_ARGUMENT\)\n$/],
+      [['run', '--forward', '127.0.0.1:0=127.0.0.1:1'], /^meshpipe run: error: no command to run: expected meshpipe run \[options\] -- COMMAND \[ARGS\.\.\.\] \(ERR_INVALID_ARGUMENT\)\n$/],
       [['init', '--proxy-uid', 'abc'], /^meshpipe init: error: .*\(ERR_[A-Z_]+\)\n$/],
       [['explain', '--port', '0'], /^meshpipe explain: error: --port "0": expected a port number 1-65535 \(ERR_INVALID_ARGUMENT\)\n$/],
       [['inject', '/nonexistent.yaml'], /^meshpipe inject: error: .*\/nonexistent\.yaml.*\(ERR_[A-Z_]+\)\n$/],

@@ -98,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
   const readyTimeoutMs = parseReadyTimeout(extra['ready-timeout']);
   const [command, ...args] = rest;
   if (command === undefined) {
-    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'meshpipe run needs a command: meshpipe run [options] -- COMMAND [ARGS...]');
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'no command to run: expected meshpipe run [options] -- COMMAND [ARGS...]');
   }
   if (config.forward.length === 0) {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
