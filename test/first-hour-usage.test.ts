@@ -10,10 +10,16 @@
  *   or a pod of no workload in the files) answered quietly for a pod with no
  *   container ports and none of the workload's annotations; it is now a
  *   problem naming the pod and the workloads the files have (exit 1 with
- *   --strict).
+ *   --strict);
+ * - `meshpipe run -- COMMAND` with a COMMAND that is not there (or not
+ *   executable) started the proxy, logged, then said so in two lines and
+ *   drained; it now says so in one line before anything starts (127, 126).
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runCli } from './helpers.js';
 
@@ -63,5 +69,32 @@ describe('explain', () => {
     const good = await runCli(['explain', '--manifests', EXAMPLE, '--namespace', 'shop', '--pod', 'web-7d9f', '--port', '3306', '--json', '--strict']);
     assert.equal(good.code, 0, good.stderr);
     assert.deepEqual((JSON.parse(good.stdout) as { problems: string[] }).problems, []);
+  });
+});
+
+describe('run', () => {
+  test('a command that is not there, or not executable: one line, 127 or 126, the proxy never started', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-usage-'));
+    const data = join(dir, 'data.txt');
+    writeFileSync(data, 'not a program\n');
+    chmodSync(data, 0o644);
+    const forward = ['--forward', '127.0.0.1:0=127.0.0.1:1', '--log-format', 'json'];
+    const cases: [string, number, RegExp][] = [
+      ['meshpipe-no-such-command-xyz', 127, /^meshpipe run: error: cannot run meshpipe-no-such-command-xyz: command not found \(not in any folder of PATH\); the proxy was not started$/],
+      [join(dir, 'missing'), 127, /: command not found \(no such file\); the proxy was not started$/],
+      [data, 126, /: permission denied \(not an executable file\); the proxy was not started$/],
+      [dir, 126, /: permission denied \(not an executable file\); the proxy was not started$/],
+    ];
+    for (const [command, code, pattern] of cases) {
+      const r = await runCli(['run', ...forward, '--', command]);
+      assert.equal(r.code, code, `${command}: exit ${code} (stderr: ${r.stderr})`);
+      const lines = r.stderr.split('\n').filter((l) => l !== '');
+      // One line: no "proxy ready", no "app could not be started" log, no drain.
+      assert.equal(lines.length, 1, `${command}: one line on stderr, got:\n${r.stderr}`);
+      assert.match(lines[0]!, pattern, command);
+    }
+    // A command found in PATH still runs, with its exit code passed through.
+    const ok = await runCli(['run', ...forward, '--admin', 'off', '--', 'sh', '-c', 'exit 3']);
+    assert.equal(ok.code, 3, ok.stderr);
   });
 });
