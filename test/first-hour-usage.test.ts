@@ -13,7 +13,10 @@
  *   --strict);
  * - `meshpipe run -- COMMAND` with a COMMAND that is not there (or not
  *   executable) started the proxy, logged, then said so in two lines and
- *   drained; it now says so in one line before anything starts (127, 126).
+ *   drained; it now says so in one line before anything starts (127, 126);
+ * - two forwards on one bind address showed the whole list as JSON
+ *   (`invalid forward ["a=b","a=c"]`); the second forward is named alone,
+ *   with the one that has the address.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -96,5 +99,22 @@ describe('run', () => {
     // A command found in PATH still runs, with its exit code passed through.
     const ok = await runCli(['run', ...forward, '--admin', 'off', '--', 'sh', '-c', 'exit 3']);
     assert.equal(ok.code, 3, ok.stderr);
+  });
+});
+
+describe('proxy', () => {
+  test('two forwards on one address: the second is named alone, with the one that has the address', async () => {
+    const first = '127.0.0.1:18000=127.0.0.1:8000';
+    const second = '127.0.0.1:18000=127.0.0.1:9000';
+    assertOneLineError(
+      await runCli(['proxy', '--forward', first, '--forward', second]),
+      /^meshpipe proxy: error: invalid forward "127\.0\.0\.1:18000=127\.0\.0\.1:9000" \(from --forward\): bind address 127\.0\.0\.1:18000 is already the bind of forward "127\.0\.0\.1:18000=127\.0\.0\.1:8000": expected each forward on an address of its own \(another port\) \(ERR_INVALID_CONFIG\)$/,
+      'flags',
+    );
+    assertOneLineError(
+      await runCli(['proxy'], { env: { MESHPIPE_FORWARD: `${first};${second}` } }),
+      /^meshpipe proxy: error: invalid forward "127\.0\.0\.1:18000=127\.0\.0\.1:9000" \(from MESHPIPE_FORWARD\): bind address 127\.0\.0\.1:18000 is already the bind of forward "127\.0\.0\.1:18000=127\.0\.0\.1:8000"/,
+      'env',
+    );
   });
 });
