@@ -16,7 +16,11 @@
  *   drained; it now says so in one line before anything starts (127, 126);
  * - two forwards on one bind address showed the whole list as JSON
  *   (`invalid forward ["a=b","a=c"]`); the second forward is named alone,
- *   with the one that has the address.
+ *   with the one that has the address;
+ * - `meshpipe init --proxy-uid 0` (or `--proxy-gid 0`) was accepted: the
+ *   rules then let every process running as root, often the app, bypass the
+ *   proxy; it is refused (exit 2), as injection refuses the proxy-uid
+ *   annotation 0.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -116,5 +120,24 @@ describe('proxy', () => {
       /^meshpipe proxy: error: invalid forward "127\.0\.0\.1:18000=127\.0\.0\.1:9000" \(from MESHPIPE_FORWARD\): bind address 127\.0\.0\.1:18000 is already the bind of forward "127\.0\.0\.1:18000=127\.0\.0\.1:8000"/,
       'env',
     );
+  });
+});
+
+describe('init', () => {
+  test('--proxy-uid 0 and --proxy-gid 0 are refused before any rule is planned; other ids still are', async () => {
+    assertOneLineError(
+      await runCli(['init', '--dry-run', '--proxy-uid', '0']),
+      /^meshpipe init: error: --proxy-uid "0" is invalid: uid 0 is root, and connections made as root \(often the app's\) would bypass the proxy; expected the proxy's own uid 1-4294967294 .*\(ERR_INVALID_ARGUMENT\)$/,
+      'uid 0',
+    );
+    assertOneLineError(
+      await runCli(['init', '--dry-run', '--proxy-gid', '0']),
+      /^meshpipe init: error: --proxy-gid "0" is invalid: gid 0 is the root group.*expected the proxy's own gid 1-4294967294 .*\(ERR_INVALID_ARGUMENT\)$/,
+      'gid 0',
+    );
+    const ok = await runCli(['init', '--dry-run', '--proxy-uid', '1000', '--proxy-gid', '1000']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /--uid-owner 1000 /);
+    assert.match(ok.stdout, /--gid-owner 1000 /);
   });
 });
