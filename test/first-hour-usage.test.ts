@@ -20,7 +20,11 @@
  * - `meshpipe init --proxy-uid 0` (or `--proxy-gid 0`) was accepted: the
  *   rules then let every process running as root, often the app, bypass the
  *   proxy; it is refused (exit 2), as injection refuses the proxy-uid
- *   annotation 0.
+ *   annotation 0;
+ * - `meshpipe proxy --inbound 127.0.0.2:14143` (trying a mesh on one
+ *   machine) started quietly, and every connection to it was reset as "not a
+ *   pod IP", seen only in a counter; the start now warns that the listener's
+ *   address is no pod IP, with what to do.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -28,7 +32,7 @@ import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runCli } from './helpers.js';
+import { closed, connect, runCli, startProxy, withTimeout } from './helpers.js';
 
 /** The README's example app (Deployment shop/web). */
 const EXAMPLE = fileURLToPath(new URL('../../examples/k8s/', import.meta.url));
@@ -107,6 +111,24 @@ describe('run', () => {
 });
 
 describe('proxy', () => {
+  test('an inbound listener on an address that is no pod IP: a warning at start, and connections to it are refused as it says', async (t) => {
+    const args = ['--outbound', 'off', '--admin', 'off', '--ipv6', 'false', '--inbound-ips', '203.0.113.7'];
+    const { proc, ports } = await startProxy(['--inbound', '127.0.0.1:0', ...args], { t });
+    const warning = proc.logs.find((l) => l.msg === 'the inbound listener is bound to an address that is not one of the pod IPs');
+    assert.ok(warning, `the warning:\n${proc.stderr}`);
+    assert.equal(warning.level, 'warn');
+    assert.deepEqual(warning['podIps'], ['203.0.113.7']);
+    assert.match(String(warning['hint']), new RegExp(`^every connection to 127\\.0\\.0\\.1:${ports[0]} is refused and counted .*--inbound-ips`));
+    // As the warning says: a connection gets nothing through and is closed.
+    const socket = await connect(ports[0]!);
+    socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    const end = await withTimeout(closed(socket), 5_000, 'the refused connection to close');
+    assert.ok(end.how === 'close' || end.how === 'end', JSON.stringify(end));
+    // Every address (the default's form): no warning.
+    const wildcard = await startProxy(['--inbound', '0.0.0.0:0', ...args], { t });
+    assert.equal(wildcard.proc.logs.filter((l) => l.level === 'warn').length, 0, wildcard.proc.stderr);
+  });
+
   test('two forwards on one address: the second is named alone, with the one that has the address', async () => {
     const first = '127.0.0.1:18000=127.0.0.1:8000';
     const second = '127.0.0.1:18000=127.0.0.1:9000';
