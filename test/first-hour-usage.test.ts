@@ -24,7 +24,11 @@
  * - `meshpipe proxy --inbound 127.0.0.2:14143` (trying a mesh on one
  *   machine) started quietly, and every connection to it was reset as "not a
  *   pod IP", seen only in a counter; the start now warns that the listener's
- *   address is no pod IP, with what to do.
+ *   address is no pod IP, with what to do;
+ * - an unknown config file key with a likely meaning (`drainTimout`,
+ *   `drain-timeout`) was followed by all 60 keys on the same line; the
+ *   suggestion now comes with where the keys are listed (the list stays for
+ *   a key with no close match).
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -107,6 +111,31 @@ describe('run', () => {
     // A command found in PATH still runs, with its exit code passed through.
     const ok = await runCli(['run', ...forward, '--admin', 'off', '--', 'sh', '-c', 'exit 3']);
     assert.equal(ok.code, 3, ok.stderr);
+  });
+});
+
+describe('config file', () => {
+  test('an unknown key: the likely one and where the keys are listed; the whole list only without a likely one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-usage-'));
+    const file = (name: string, text: string): string => {
+      const path = join(dir, name);
+      writeFileSync(path, text);
+      return path;
+    };
+    const kebab = file('kebab.yaml', 'forward: [127.0.0.1:0=127.0.0.1:1]\ndrain-timeout: 20s\n');
+    const r = await runCli(['proxy', '--config', kebab]);
+    assertOneLineError(
+      r,
+      /^meshpipe proxy: error: unknown key "drain-timeout" in config file .*kebab\.yaml \(did you mean "drainTimeout"\?\): the keys are the options of meshpipe proxy --help in camelCase \(--drain-timeout: drainTimeout\) \(ERR_INVALID_CONFIG\)$/,
+      'kebab-case key',
+    );
+    assert.ok(r.stderr.length < 300, `one short line: ${r.stderr}`);
+    const far = file('far.json', '{"forward": ["127.0.0.1:0=127.0.0.1:1"], "adminPort": 5}');
+    assertOneLineError(
+      await runCli(['proxy', '--config', far]),
+      /^meshpipe proxy: error: unknown key "adminPort" in config file .*far\.json: expected one of forward, drainTimeout, .*dnsServers \(ERR_INVALID_CONFIG\)$/,
+      'no likely key',
+    );
   });
 });
 
