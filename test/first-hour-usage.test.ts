@@ -32,7 +32,10 @@
  * - a duration that was almost right (`5 s`, `10S`, `5min`, `2 hours`,
  *   `1h 30m`) got the generic "expected a number with a unit"; it now gets
  *   the way to write it (`5s`, `2h`, `1h30m`), and `-5s` that a duration
- *   cannot be negative.
+ *   cannot be negative;
+ * - an option ignored because the admin server (or the inbound listener) is
+ *   off said "(--admin off)" even when the off came from MESHPIPE_ADMIN or
+ *   the config file; it names where it came from.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -170,6 +173,23 @@ describe('config file', () => {
       /^meshpipe proxy: error: unknown key "adminPort" in config file .*far\.json: expected one of forward, drainTimeout, .*dnsServers \(ERR_INVALID_CONFIG\)$/,
       'no likely key',
     );
+  });
+});
+
+describe('ignored options', () => {
+  test('the "off" that makes an option pointless is named where it was written', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-usage-'));
+    const file = join(dir, 'admin-off.yaml');
+    writeFileSync(file, 'admin: off\n');
+    const forward = ['--forward', '127.0.0.1:0=127.0.0.1:1'];
+    const cases: [string[], NodeJS.ProcessEnv, RegExp][] = [
+      [[...forward, '--admin-expose-debug'], { MESHPIPE_ADMIN: 'off' }, /^meshpipe proxy: error: --admin-expose-debug is ignored: the admin server is off \(MESHPIPE_ADMIN=off\) \(ERR_INVALID_CONFIG\)$/],
+      // The tests' environment sets MESHPIPE_ADMIN=off (helpers.ts); empty, it is not read, so the file's off applies.
+      [[...forward, '--config', file, '--admin-expose-debug'], { MESHPIPE_ADMIN: '' }, /^meshpipe proxy: error: --admin-expose-debug is ignored: the admin server is off \(admin: off in config file .*admin-off\.yaml\) \(ERR_INVALID_CONFIG\)$/],
+      [[...forward, '--admin', 'off', '--no-admin-shutdown'], {}, /^meshpipe proxy: error: --no-admin-shutdown is ignored: the admin server is off \(--admin off\) \(ERR_INVALID_CONFIG\)$/],
+      [['--inbound-host', '127.0.0.1'], { MESHPIPE_INBOUND: 'off' }, /^meshpipe proxy: error: --inbound-host is ignored: the inbound listener is off \(MESHPIPE_INBOUND=off\) \(ERR_INVALID_CONFIG\)$/],
+    ];
+    for (const [args, env, pattern] of cases) assertOneLineError(await runCli(['proxy', ...args], { env }), pattern, args.join(' '));
   });
 });
 
