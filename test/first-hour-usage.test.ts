@@ -35,7 +35,11 @@
  *   cannot be negative;
  * - an option ignored because the admin server (or the inbound listener) is
  *   off said "(--admin off)" even when the off came from MESHPIPE_ADMIN or
- *   the config file; it names where it came from.
+ *   the config file; it names where it came from;
+ * - `explain --protocol mysq` said only "not in the table", and with
+ *   `--port` the unknown name was dropped without a word; both name the
+ *   likely protocol, and with a port a warning says the answer is for the
+ *   port alone.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -76,6 +80,19 @@ describe('explain', () => {
     const help = await runCli(['explain', '-h']);
     assert.equal(help.code, 0, help.stderr);
     assert.match(help.stdout, /^Usage: meshpipe explain/);
+  });
+
+  test('a protocol not in the table: the likely one, and with --port a warning that the answer is for the port alone', async () => {
+    assertOneLineError(
+      await runCli(['explain', '--protocol', 'mysq']),
+      /^meshpipe explain: error: --protocol "mysq" is not in the table \(did you mean mysql\?\): expected a name of meshpipe explain --help's table, or --port as well \(ERR_INVALID_ARGUMENT\)$/,
+      'mysq',
+    );
+    assertOneLineError(await runCli(['explain', '--protocol', 'foo']), /^meshpipe explain: error: --protocol "foo" is not in the table: expected/, 'foo: nothing close');
+    const withPort = await runCli(['explain', '--protocol', 'smpt', '--port', '25']);
+    assert.equal(withPort.code, 0, withPort.stderr);
+    assert.match(withPort.stdout, /^Port 25\n/);
+    assert.equal(withPort.stderr, 'meshpipe explain: warning: --protocol "smpt" is not in the table (did you mean smtp?): the answer is for the port alone (run meshpipe explain --help for the table)\n');
   });
 
   test('a --pod that is no workload of the manifests is a problem naming it and what the files have', async () => {

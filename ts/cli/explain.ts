@@ -52,11 +52,12 @@ import {
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
 import { describeRef, EMPTY_MANIFESTS, loadManifests, type ManifestSet } from '../policy/k8s/index.js';
-import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
+import { closest, DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
 import { opaquePortsOrigin } from '../policy/flags.js';
 import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
 import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
 import { parseOptions, type OptionSpec } from './args.js';
+import { warningLine } from './report.js';
 import type { DecisionInfo, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
 import { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy } from '../config/index.js';
 import { DEFAULT_IDENTITY_TEMPLATE, identityProblem, templateProblem } from '../identity/name.js';
@@ -421,8 +422,14 @@ export async function main(argv: string[]): Promise<number> {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
   }
   const protocol = values.protocol === undefined ? undefined : findProtocol(values.protocol);
-  if (values.protocol !== undefined && !protocol && values.port === undefined) {
-    fail(`--protocol "${values.protocol}" is not in the table (run meshpipe explain --help); pass --port as well`);
+  if (values.protocol !== undefined && !protocol) {
+    const asked = values.protocol.trim().toLowerCase();
+    // One edit per three letters, as for flags: `mysq` and `smpt` get one, `foo` none.
+    const near = closest(asked, KNOWN_PROTOCOLS.flatMap((p) => [p.name, ...p.aliases]), Math.ceil(asked.length / 3));
+    const unknown = `--protocol "${values.protocol}" is not in the table${near !== undefined ? ` (did you mean ${near}?)` : ''}`;
+    if (values.port === undefined) fail(`${unknown}: expected a name of meshpipe explain --help's table, or --port as well`);
+    // With a port the answer stands on the port alone: say so, rather than drop the name quietly.
+    process.stderr.write(warningLine('explain', `${unknown}: the answer is for the port alone (run meshpipe explain --help for the table)`));
   }
   const given = (values.port ?? []).map(parsePort);
   const ports = given.length > 0 ? [...new Set(given)] : protocol ? [...protocol.ports] : [];
