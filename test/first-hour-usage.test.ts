@@ -39,7 +39,10 @@
  * - `explain --protocol mysq` said only "not in the table", and with
  *   `--port` the unknown name was dropped without a word; both name the
  *   likely protocol, and with a port a warning says the answer is for the
- *   port alone.
+ *   port alone;
+ * - `--identity-dir ca` (the CA folder of `identity init`, a likely first
+ *   try) or a folder that does not exist said only "ca/tls.crt: ... no such
+ *   file"; the folder is now named for what it is.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -266,5 +269,31 @@ describe('init', () => {
     assert.equal(ok.code, 0, ok.stderr);
     assert.match(ok.stdout, /--uid-owner 1000 /);
     assert.match(ok.stdout, /--gid-owner 1000 /);
+  });
+});
+
+describe('identity', () => {
+  test('an identity folder that is the CA folder, or no folder at all, is named for what it is', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-usage-'));
+    const ca = join(dir, 'ca');
+    const init = await runCli(['identity', 'init', '--out', ca]);
+    assert.equal(init.code, 0, init.stderr);
+    assertOneLineError(
+      await runCli(['proxy', '--identity-dir', ca, '--forward', '127.0.0.1:0=127.0.0.1:1']),
+      new RegExp(`^meshpipe proxy: error: ${ca}/tls\\.crt: cannot read the certificate chain \\(PEM\\): no such file \\(${ca} is a CA folder, written by meshpipe identity init; a proxy's identity folder is written by meshpipe identity issue --name NAME --ca-dir ${ca} --out DIR\\) \\(ERR_IDENTITY\\)$`),
+      'the CA folder',
+    );
+    const missing = join(dir, 'wbe');
+    assertOneLineError(
+      await runCli(['identity', 'check', '--identity-dir', missing]),
+      new RegExp(`^meshpipe identity: error: ${missing}/tls\\.crt: cannot read the certificate chain \\(PEM\\): no such file \\(the folder ${missing} does not exist\\) \\(ERR_IDENTITY\\)$`),
+      'no folder',
+    );
+    // The folder issue writes is loaded.
+    const web = join(dir, 'web');
+    const issued = await runCli(['identity', 'issue', '--name', 'web.shop.serviceaccount.identity.linkerd.cluster.local', '--ca-dir', ca, '--out', web]);
+    assert.equal(issued.code, 0, issued.stderr);
+    const check = await runCli(['identity', 'check', '--identity-dir', web]);
+    assert.equal(check.code, 0, check.stderr);
   });
 });
