@@ -42,7 +42,11 @@
  *   port alone;
  * - `--identity-dir ca` (the CA folder of `identity init`, a likely first
  *   try) or a folder that does not exist said only "ca/tls.crt: ... no such
- *   file"; the folder is now named for what it is.
+ *   file"; the folder is now named for what it is;
+ * - `meshpipe proxy --kube --admin off` without Kubernetes credentials exited
+ *   0 with nothing printed in most runs (the failed start's close waited on
+ *   the unref'd policy worker with nothing else on the event loop); it exits
+ *   2 naming the kubeconfig every time.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -214,6 +218,19 @@ describe('ignored options', () => {
 });
 
 describe('proxy', () => {
+  test('--kube without credentials and --admin off: exit 2 naming the kubeconfig, every time', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'meshpipe-usage-home-'));
+    const env = { HOME: home, KUBECONFIG: '', KUBERNETES_SERVICE_HOST: '', MESHPIPE_ADMIN: 'off' };
+    // It exited 0 silently in about two runs of three: five runs catch that.
+    for (let i = 0; i < 5; i++) {
+      assertOneLineError(
+        await runCli(['proxy', '--kube', '--forward', '127.0.0.1:0=127.0.0.1:1'], { env }),
+        new RegExp(`^meshpipe proxy: error: the default kubeconfig ${home}/\\.kube/config: cannot load: .*--kube needs --kubeconfig FILE.*\\(ERR_INVALID_CONFIG\\)$`),
+        `run ${i + 1}`,
+      );
+    }
+  });
+
   test('an inbound listener on an address that is no pod IP: a warning at start, and connections to it are refused as it says', async (t) => {
     const args = ['--outbound', 'off', '--admin', 'off', '--ipv6', 'false', '--inbound-ips', '203.0.113.7'];
     const { proc, ports } = await startProxy(['--inbound', '127.0.0.1:0', ...args], { t });
