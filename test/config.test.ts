@@ -158,7 +158,7 @@ test('bad modes, directions, options and addresses in --forward', () => {
   }
   assertConfigError(
     () => fromArgs(['--forward', '127.0.0.1:9000=127.0.0.1:1', '--forward', '127.0.0.1:9000=127.0.0.1:2']),
-    ['127.0.0.1:9000 is used by more than one forward'],
+    ['invalid forward "127.0.0.1:9000=127.0.0.1:2" (from --forward): bind address 127.0.0.1:9000 is already the bind of forward "127.0.0.1:9000=127.0.0.1:1"'],
     'forward',
   );
   assertConfigError(() => fromArgs(['--admin', 'nowhere']), ['invalid admin "nowhere" (from --admin)'], 'admin');

@@ -58,7 +58,7 @@ describe('meshpipe run: exit codes', () => {
   test('no command, or a bad --ready-timeout -> exit 2 naming the problem', async () => {
     const none = await runCli(['run', '--forward', '127.0.0.1:0=127.0.0.1:1']);
     assert.equal(none.code, 2);
-    assert.match(none.stderr, /needs a command: meshpipe run \[options\] -- COMMAND/);
+    assert.match(none.stderr, /^meshpipe run: error: no command to run: expected meshpipe run \[options\] -- COMMAND/);
     const bad = await runCli(['run', '--ready-timeout', 'soon', '--forward', '127.0.0.1:0=127.0.0.1:1', '--', 'true']);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /invalid --ready-timeout "soon"/);

@@ -14,7 +14,9 @@
  *   only the app's own pid is ever waited for, so no other child's status can
  *   be taken.
  */
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { join } from 'node:path';
 import { reapChildren, spawnApp } from '../engine/index.js';
 import type { Logger } from '../observe/index.js';
 
@@ -31,6 +33,38 @@ export const APP_PROCESS_MESSAGES = {
 function signalName(n: number): NodeJS.Signals | null {
   const entry = Object.entries(osConstants.signals).find(([, v]) => v === n);
   return (entry?.[0] as NodeJS.Signals | undefined) ?? null;
+}
+
+/**
+ * Whether `command` could be executed, looked up as execvp(3) does: a name
+ * with a `/` as a path, any other name in each folder of `path` (an empty
+ * entry is the current folder). `ENOENT` when it is nowhere, `EACCES` when
+ * only files that are not executable (or folders) have that name, undefined
+ * when an executable file is found, or when there is no PATH to search (the
+ * spawn then uses the system's default path and reports for itself).
+ * `meshpipe run` asks this before it starts the proxy, so a typo in the
+ * command is reported before anything listens.
+ */
+export function findCommand(command: string, path: string | undefined): 'ENOENT' | 'EACCES' | undefined {
+  const candidates = command.includes('/') ? [command] : path === undefined ? [] : path.split(':').map((dir) => join(dir === '' ? '.' : dir, command));
+  if (!command.includes('/') && path === undefined) return undefined;
+  let denied = false;
+  for (const file of candidates) {
+    let isFile: boolean;
+    try {
+      isFile = statSync(file).isFile();
+    } catch {
+      continue;
+    }
+    try {
+      accessSync(file, fsConstants.X_OK);
+      if (isFile) return undefined;
+    } catch {
+      // exists, not executable
+    }
+    denied = true;
+  }
+  return denied ? 'EACCES' : 'ENOENT';
 }
 
 export class AppProcess {

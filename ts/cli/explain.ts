@@ -29,13 +29,14 @@
 
 import { isIP } from 'node:net';
 import { readFile, stat } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import {
   compileAllWorkloads,
   compilePolicy,
   DEFAULT_CLUSTER_NETWORKS,
   inNetworks,
   lineProblem,
+  generalProblem,
+  findWorkload,
   authorizeClient,
   lookupPolicy,
   meshSettings,
@@ -47,14 +48,16 @@ import {
   type PolicyInputs,
   type PolicyProblem,
   type PortDecision,
+  type WorkloadIdentity,
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
-import { describeRef, EMPTY_MANIFESTS, loadManifests } from '../policy/k8s/index.js';
-import { DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
+import { describeRef, EMPTY_MANIFESTS, loadManifests, type ManifestSet } from '../policy/k8s/index.js';
+import { closest, DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
 import { opaquePortsOrigin } from '../policy/flags.js';
 import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
 import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
-import { suggestFlag } from './args.js';
+import { parseOptions, type OptionSpec } from './args.js';
+import { warningLine } from './report.js';
 import type { DecisionInfo, MeshPeerSpec, PortAuthzSpec } from '../engine/index.js';
 import { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy } from '../config/index.js';
 import { DEFAULT_IDENTITY_TEMPLATE, identityProblem, templateProblem } from '../identity/name.js';
@@ -355,29 +358,37 @@ function clientArgs(id: string | undefined, ip: string | undefined): { identity:
 }
 
 const EXPLAIN_OPTIONS = {
-  port: { type: 'string', multiple: true }, protocol: { type: 'string' }, destination: { type: 'string' }, tls: { type: 'boolean' },
-  manifests: { type: 'string', multiple: true }, annotations: { type: 'string' },
-  namespace: { type: 'string' }, pod: { type: 'string' },
-  'cluster-networks': { type: 'string' }, 'default-opaque-ports': { type: 'string' }, 'opaque-ports': { type: 'string' }, config: { type: 'string' },
-  destinations: { type: 'string' }, client: { type: 'string' }, 'client-ip': { type: 'string' },
-  'trust-domain': { type: 'string' }, 'identity-template': { type: 'string' }, 'default-inbound-policy': { type: 'string' },
+  port: { type: 'string', multiple: true, valueName: 'PORT' }, protocol: { type: 'string', valueName: 'NAME' },
+  destination: { type: 'string', valueName: 'IP' }, tls: { type: 'boolean' },
+  manifests: { type: 'string', multiple: true, valueName: 'PATH' }, annotations: { type: 'string', valueName: 'FILE' },
+  namespace: { type: 'string', valueName: 'NS' }, pod: { type: 'string', valueName: 'NAME' },
+  'cluster-networks': { type: 'string', valueName: 'LIST' }, 'default-opaque-ports': { type: 'string', valueName: 'LIST' },
+  'opaque-ports': { type: 'string', valueName: 'LIST' }, config: { type: 'string', valueName: 'FILE' },
+  destinations: { type: 'string', valueName: 'FILE' }, client: { type: 'string', valueName: 'ID|none' }, 'client-ip': { type: 'string', valueName: 'IP' },
+  'trust-domain': { type: 'string', valueName: 'D' }, 'identity-template': { type: 'string', valueName: 'T' },
+  'default-inbound-policy': { type: 'string', valueName: 'P' },
   json: { type: 'boolean' }, strict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
 } as const;
 
+type ExplainOptions = typeof EXPLAIN_OPTIONS;
+/** The parsed flags: a string (string[] when repeatable) or true, by flag name. */
+type ExplainValues = {
+  -readonly [K in keyof ExplainOptions]?: ExplainOptions[K] extends { type: 'boolean' } ? boolean : ExplainOptions[K] extends { multiple: true } ? string[] : string;
+};
+
+/** The table for the shared parser (ts/cli/args.ts), which names a typo's closest flag and a forgotten value. */
+const EXPLAIN_SPECS: readonly OptionSpec[] = Object.entries(EXPLAIN_OPTIONS).map(([flag, o]) => ({
+  flag, type: o.type, help: '',
+  ...('multiple' in o ? { multiple: o.multiple } : {}),
+  ...('short' in o ? { short: o.short } : {}),
+  ...('valueName' in o ? { valueName: o.valueName } : {}),
+}));
+
 /** `meshpipe explain`. Resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, strict: true, allowPositionals: false, options: EXPLAIN_OPTIONS }));
-  } catch (err) {
-    // A typo gets the flag it was probably meant to be, as the other commands' parser does (ts/cli/args.ts).
-    const unknown = /^Unknown option '(-{1,2})([^'=]+)'/.exec((err as Error).message);
-    if (unknown) {
-      const hint = suggestFlag(unknown[2]!, Object.keys(EXPLAIN_OPTIONS));
-      fail(`unknown option ${unknown[1]}${unknown[2]} for meshpipe explain${hint !== undefined ? ` (did you mean --${hint}?)` : ''}; run meshpipe explain --help for the options`);
-    }
-    fail(`${(err as Error).message}; run meshpipe explain --help`);
-  }
+  // The same parser as the other commands: a typo gets the flag it was probably meant to be, a
+  // forgotten value is named with what it takes (`--port` alone, or `--port --json`).
+  const values = parseOptions(argv, EXPLAIN_SPECS, 'meshpipe explain').values as ExplainValues;
   if (values.help) {
     process.stdout.write(`${USAGE}\nKnown protocols:\n${formatProtocolTable().map((l) => `  ${l}`).join('\n')}\n`);
     return 0;
@@ -411,8 +422,14 @@ export async function main(argv: string[]): Promise<number> {
     fail(`--destination "${values.destination}": expected an IPv4 or IPv6 address`);
   }
   const protocol = values.protocol === undefined ? undefined : findProtocol(values.protocol);
-  if (values.protocol !== undefined && !protocol && values.port === undefined) {
-    fail(`--protocol "${values.protocol}" is not in the table (run meshpipe explain --help); pass --port as well`);
+  if (values.protocol !== undefined && !protocol) {
+    const asked = values.protocol.trim().toLowerCase();
+    // One edit per three letters, as for flags: `mysq` and `smpt` get one, `foo` none.
+    const near = closest(asked, KNOWN_PROTOCOLS.flatMap((p) => [p.name, ...p.aliases]), Math.ceil(asked.length / 3));
+    const unknown = `--protocol "${values.protocol}" is not in the table${near !== undefined ? ` (did you mean ${near}?)` : ''}`;
+    if (values.port === undefined) fail(`${unknown}: expected a name of meshpipe explain --help's table, or --port as well`);
+    // With a port the answer stands on the port alone: say so, rather than drop the name quietly.
+    process.stderr.write(warningLine('explain', `${unknown}: the answer is for the port alone (run meshpipe explain --help for the table)`));
   }
   const given = (values.port ?? []).map(parsePort);
   const ports = given.length > 0 ? [...new Set(given)] : protocol ? [...protocol.ports] : [];
@@ -460,6 +477,8 @@ export async function main(argv: string[]): Promise<number> {
   // Always compiled: with no inputs it is what a proxy without policy sources does (the flags-only policy).
   const result = compilePolicy(inputs);
   const problems = [...fileProblems, ...result.problems];
+  const unmatched = unmatchedPod(inputs.identity, manifests);
+  if (unmatched !== undefined) problems.push(unmatched);
 
   if (ports.length > 0) {
     const answers: PortExplanation[] = ports.map((port) => ({
@@ -495,6 +514,26 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(renderEffective(all.map((a) => a.result), shared, allProblems));
   }
   return exitCode(allProblems, values.strict === true);
+}
+
+/**
+ * A --pod (or POD_NAME) that names no workload of the manifests: "this pod" then has no
+ * container ports and none of the workload's annotations, and every answer is about a pod
+ * that is not in the files: a typo (`--namespace shopp`) must say so, not answer quietly.
+ * Without manifests (only --annotations) there is nothing to match against.
+ */
+function unmatchedPod(identity: WorkloadIdentity, manifests: ManifestSet): PolicyProblem | undefined {
+  if (identity.pod === undefined || manifests.workloads.length === 0) return undefined;
+  if (findWorkload(identity, manifests.workloads) !== undefined) return undefined;
+  const namespace = identity.namespace ?? 'default';
+  const known = manifests.workloads.slice(0, 5).map((w) => describeRef(w)).join(', ');
+  const more = manifests.workloads.length > 5 ? ` and ${manifests.workloads.length - 5} more` : '';
+  return generalProblem(
+    `--pod ${identity.pod} in namespace ${namespace}: no workload in --manifests is this pod (expected a Pod named ${identity.pod}, `
+    + `or a Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob in ${namespace} whose name followed by "-" begins it), `
+    + `so "this pod" has no container ports and none of a workload's annotations; the manifests have ${known}${more}`,
+    identity.pod,
+  );
 }
 
 /** 1 when an input could not be used, or with --strict when there is any problem; else 0. */

@@ -56,8 +56,8 @@ export const ANNOTATION_KEYS = Object.freeze({
 });
 
 export const INIT_OPTIONS: readonly OptionSpec[] = [
-  { flag: 'proxy-uid', type: 'string', valueName: 'UID', help: "the proxy's uid: its own connections are never redirected", defaultText: String(DEFAULTS.proxyUid) },
-  { flag: 'proxy-gid', type: 'string', valueName: 'GID', help: "also exempt connections made by this gid", defaultText: '(none)' },
+  { flag: 'proxy-uid', type: 'string', valueName: 'UID', help: "the proxy's uid (not 0): its own connections are never redirected", defaultText: String(DEFAULTS.proxyUid) },
+  { flag: 'proxy-gid', type: 'string', valueName: 'GID', help: "also exempt connections made by this gid (not 0)", defaultText: '(none)' },
   { flag: 'inbound-port', type: 'string', valueName: 'PORT', help: 'incoming TCP is redirected to this port', defaultText: String(DEFAULTS.inboundPort) },
   { flag: 'outbound-port', type: 'string', valueName: 'PORT', help: 'outgoing TCP is redirected to this port', defaultText: String(DEFAULTS.outboundPort) },
   { flag: 'admin-port', type: 'string', valueName: 'PORT', help: "never redirected inbound (nor is 4190); must be the proxy's --admin port, or probes and scrapes are redirected to its inbound listener and refused", defaultText: String(DEFAULTS.adminPort) },
@@ -118,6 +118,17 @@ function intFlag(values: Readonly<Record<string, string | boolean | string[] | u
   return Number(text);
 }
 
+/**
+ * The exempt uid or gid is never 0: the rules let every connection of that id bypass the
+ * proxy, and with root that is every process of the pod running as root, the app often
+ * included, silently unmeshed. (Injection refuses config.linkerd.io/proxy-uid 0 too.)
+ */
+function notRoot(flag: string, what: 'uid' | 'gid', id: number): number {
+  if (id !== 0) return id;
+  const who = what === 'uid' ? 'uid 0 is root, and connections made as root' : 'gid 0 is the root group, and connections made by processes of that group';
+  throw bad(`--${flag} "0" is invalid: ${who} (often the app's) would bypass the proxy; expected the proxy's own ${what} 1-4294967294 (the proxy never runs as root)`, flag);
+}
+
 function strictPorts(flag: string, text: string): PortRange[] {
   try {
     return [...parsePortListStrict(text)];
@@ -151,8 +162,8 @@ export async function parseInitArgs(argv: readonly string[]): Promise<InitArgs> 
   let skipInboundPorts = attempt(() => strictPorts('skip-inbound-ports', String(values['skip-inbound-ports'] ?? '')), []);
   let skipOutboundPorts = attempt(() => strictPorts('skip-outbound-ports', String(values['skip-outbound-ports'] ?? '')), []);
   let skipSubnets = attempt(() => strictSubnets(String(values['skip-subnets'] ?? '')), []);
-  const proxyUid = attempt(() => intFlag(values, 'proxy-uid', DEFAULTS.proxyUid, 4294967294), 0);
-  const proxyGid = values['proxy-gid'] === undefined ? null : attempt(() => intFlag(values, 'proxy-gid', 0, 4294967294), 0);
+  const proxyUid = attempt(() => notRoot('proxy-uid', 'uid', intFlag(values, 'proxy-uid', DEFAULTS.proxyUid, 4294967294)), 0);
+  const proxyGid = values['proxy-gid'] === undefined ? null : attempt(() => notRoot('proxy-gid', 'gid', intFlag(values, 'proxy-gid', 0, 4294967294)), 0);
   const inboundPort = attempt(() => intFlag(values, 'inbound-port', DEFAULTS.inboundPort, 65535), 0);
   const outboundPort = attempt(() => intFlag(values, 'outbound-port', DEFAULTS.outboundPort, 65535), 0);
   const adminPort = attempt(() => intFlag(values, 'admin-port', DEFAULTS.adminPort, 65535), 0);

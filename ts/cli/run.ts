@@ -4,6 +4,8 @@
  * process tree, for apps and Jobs that must not start before the proxy and
  * must end it when they finish.
  *
+ * 0. A COMMAND that is not an executable file (looked up in PATH as execvp
+ *    does) exits 127 (not found) or 126 before anything starts.
  * 1. Start the proxy (admin server, every listener, the policy) and wait until
  *    it is ready, at most --ready-timeout. If it cannot start (bad config,
  *    address in use, timeout), the app is NOT started and meshpipe exits
@@ -25,14 +27,15 @@
  * 4. When the app exits, for whatever reason (a Job finishing, a crash, a
  *    signal), the proxy drains for up to --drain-timeout and meshpipe exits
  *    with the app's exit code; an app killed by signal N gives 128 + N, like a
- *    shell. A command that cannot be spawned gives 127 (not found) or 126.
+ *    shell. A command that cannot be spawned all the same (removed in between)
+ *    gives 127 (not found) or 126 after the drain.
  */
 import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
 import { DurationError, parseDuration } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 import { checkPolicyPathsExist, forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
-import { AppProcess } from './app-process.js';
+import { AppProcess, findCommand } from './app-process.js';
 import type { Logger } from '../observe/index.js';
 import { checkIdentityAtStart } from '../identity/index.js';
 import { startLogger } from './proxy.js';
@@ -98,10 +101,19 @@ export async function main(argv: string[]): Promise<number> {
   const readyTimeoutMs = parseReadyTimeout(extra['ready-timeout']);
   const [command, ...args] = rest;
   if (command === undefined) {
-    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'meshpipe run needs a command: meshpipe run [options] -- COMMAND [ARGS...]');
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', 'no command to run: expected meshpipe run [options] -- COMMAND [ARGS...]');
   }
   if (config.forward.length === 0) {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
+  }
+  // A command that cannot run is reported before the proxy starts: nothing listens, one line.
+  const missing = findCommand(command, process.env['PATH']);
+  if (missing !== undefined) {
+    const why = missing === 'ENOENT'
+      ? `command not found${command.includes('/') ? ' (no such file)' : ' (not in any folder of PATH)'}`
+      : 'permission denied (not an executable file)';
+    process.stderr.write(`meshpipe run: error: cannot run ${command}: ${why}; the proxy was not started\n`);
+    return missing === 'ENOENT' ? 127 : 126;
   }
   await checkPolicyPathsExist(config);
   const logger = startLogger(config);

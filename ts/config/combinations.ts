@@ -37,6 +37,13 @@ const SIDECAR_ONLY = ['inbound', 'outbound', 'inboundHost', 'inboundIps', 'ipv6'
 
 function ignoredOptions(c: CombinationInput): Ignored[] {
   const set = (key: string): boolean => (c.sources[key] ?? 'default') !== 'default';
+  // Where the "off" came from, as the user wrote it: the flag, the variable or the file's key.
+  const off = (key: string, flag: string): string => {
+    const source = c.sources[key] ?? flag;
+    if (source.startsWith('--')) return `${flag} off`;
+    if (source.startsWith('MESHPIPE_')) return `${source}=off`;
+    return `${key}: off in ${source.replace(/, key \w+$/, '')}`;
+  };
   const out: Ignored[] = [];
   if (c.forward.length > 0) {
     for (const key of SIDECAR_ONLY) {
@@ -44,12 +51,12 @@ function ignoredOptions(c: CombinationInput): Ignored[] {
     }
   } else if (c.inbound === null) {
     for (const key of ['inboundHost', 'inboundIps'] as const) {
-      if (set(key)) out.push({ key, why: 'the inbound listener is off (--inbound off)' });
+      if (set(key)) out.push({ key, why: `the inbound listener is off (${off('inbound', '--inbound')})` });
     }
   }
   if (c.admin === null) {
-    if (set('adminExposeDebug') && c.adminExposeDebug) out.push({ key: 'adminExposeDebug', why: 'the admin server is off (--admin off)' });
-    if (set('adminShutdown') && !c.adminShutdown) out.push({ key: 'adminShutdown', why: 'the admin server is off (--admin off)' });
+    if (set('adminExposeDebug') && c.adminExposeDebug) out.push({ key: 'adminExposeDebug', why: `the admin server is off (${off('admin', '--admin')})` });
+    if (set('adminShutdown') && !c.adminShutdown) out.push({ key: 'adminShutdown', why: `the admin server is off (${off('admin', '--admin')})` });
   }
   if (set('kubeconfig') && !c.kube) out.push({ key: 'kubeconfig', why: 'it is read only with --kube (add --kube to watch the Kubernetes API)' });
   const hasInbound = c.forward.length > 0 ? c.forwardDirections.includes('inbound') : c.inbound !== null;

@@ -224,11 +224,11 @@ export function objectLayer(data: Record<string, unknown>, source: string): RawL
   for (const [key, value] of Object.entries(data)) {
     if (!(CONFIG_KEYS as string[]).includes(key)) {
       const hint = closest(key, CONFIG_KEYS);
-      throw new MeshpipeError(
-        'ERR_INVALID_CONFIG',
-        `unknown key "${key}" in ${source}${hint ? ` (did you mean "${hint}"?)` : ''}: expected one of ${CONFIG_KEYS.join(', ')}`,
-        { key },
-      );
+      // With a likely key, the 60 others are noise on a line meant to be read: the help lists them.
+      const expected = hint
+        ? 'the keys are the options of meshpipe proxy --help in camelCase (--drain-timeout: drainTimeout)'
+        : `expected one of ${CONFIG_KEYS.join(', ')}`;
+      throw new MeshpipeError('ERR_INVALID_CONFIG', `unknown key "${key}" in ${source}${hint ? ` (did you mean "${hint}"?)` : ''}: ${expected}`, { key });
     }
     layer[key as ConfigKey] = { value, source: `${source}, key ${key}` };
   }

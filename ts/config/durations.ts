@@ -49,10 +49,7 @@ export function parseDuration(input: string | number): number {
     COMPONENT.lastIndex = at;
     const m = COMPONENT.exec(text);
     if (m === null) {
-      throw new DurationError(
-        `invalid duration "${input}"`,
-        `expected a number with a unit (${DURATION_UNITS}), e.g. 100ms, 10s, 5m or 1m30s`,
-      );
+      throw new DurationError(`invalid duration "${input}"`, rewriteHint(text) ?? `expected a number with a unit (${DURATION_UNITS}), e.g. 100ms, 10s, 5m or 1m30s`);
     }
     total += Number(m[1]) * UNITS[m[2]!]!;
     at = COMPONENT.lastIndex;
@@ -61,6 +58,27 @@ export function parseDuration(input: string | number): number {
   const ms = Math.round(total);
   if (ms > MAX_DURATION_MS) throw new DurationError(`invalid duration "${input}"`, 'expected at most 365d');
   return ms;
+}
+
+/** Unit words people write, and the unit meant. */
+const UNIT_WORDS: Record<string, string> = {
+  msec: 'ms', msecs: 'ms', millis: 'ms', millisecond: 'ms', milliseconds: 'ms',
+  sec: 's', secs: 's', second: 's', seconds: 's',
+  min: 'm', mins: 'm', minute: 'm', minutes: 'm',
+  hr: 'h', hrs: 'h', hour: 'h', hours: 'h',
+  day: 'd', days: 'd',
+};
+
+/**
+ * How to write a refused duration that was almost right: a space inside
+ * (`5 s`), a capital or a unit word (`10S`, `5min`, `2 hours`), or a minus
+ * sign. Undefined when it is not close to any duration.
+ */
+function rewriteHint(text: string): string | undefined {
+  if (/^-\s*\d/.test(text)) return 'a duration cannot be negative';
+  const written = text.toLowerCase().replace(/(\d(?:\.\d+)?)\s*([a-z]+)\s*/g, (_, n: string, unit: string) => `${n}${UNIT_WORDS[unit] ?? unit}`);
+  if (written === text || !/^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$/.test(written)) return undefined;
+  return `write it as ${written} (a number and its unit, no space; units ${DURATION_UNITS})`;
 }
 
 function bareNumber(text: string): DurationError {

@@ -144,6 +144,8 @@ export const forwardList = z
   .transform((v, ctx) =>
     guard(() => {
       const items = typeof v === 'string' ? v.split(/[;\n]/).filter((s) => s.trim() !== '') : v;
+      // Which item each listener came from, to name the item a duplicate bind is written in.
+      const from: number[] = [];
       const specs = items.flatMap((item, index) => {
         let spec;
         try {
@@ -153,10 +155,13 @@ export const forwardList = z
         }
         const { localhost, ...forward } = spec;
         // `localhost:P` listens where clients of "localhost" connect: 127.0.0.1 and ::1.
-        if (!localhost || forward.bind.port === 0 || !hasIpv6Loopback()) return [forward];
-        return [forward, { ...forward, bind: { host: '::1', port: forward.bind.port, addr: `[::1]:${forward.bind.port}` } }];
+        const listeners = !localhost || forward.bind.port === 0 || !hasIpv6Loopback()
+          ? [forward]
+          : [forward, { ...forward, bind: { host: '::1', port: forward.bind.port, addr: `[::1]:${forward.bind.port}` } }];
+        from.push(...listeners.map(() => index));
+        return listeners;
       });
-      checkUniqueBinds(specs);
+      checkUniqueBinds(specs, (i) => ({ index: from[i]!, item: items[from[i]!] }));
       return nameForwards(specs);
     }, ctx),
   );
@@ -175,13 +180,23 @@ export const bool = z.union([z.boolean(), z.string()]).transform((v, ctx) =>
 export const DURATION = 'a duration like 10s, 500ms or 5m';
 export const PORTS = 'a list of ports 1-65535 and ranges low-high, e.g. 25,587,4000-4100';
 
-function checkUniqueBinds(specs: readonly Omit<ForwardSpec, 'name'>[]): void {
-  const seen = new Set<string>();
-  for (const s of specs) {
-    if (s.bind.port === 0) continue; // ephemeral ports never collide
-    if (seen.has(s.bind.addr)) throw new Error(`bind address ${s.bind.addr} is used by more than one forward`);
-    seen.add(s.bind.addr);
-  }
+/**
+ * Refuses a second forward on a bind address, naming that forward alone (the whole list
+ * was shown as JSON) and the one that has the address already.
+ */
+function checkUniqueBinds(specs: readonly Omit<ForwardSpec, 'name'>[], origin: (i: number) => { index: number; item: unknown }): void {
+  const seen = new Map<string, number>();
+  specs.forEach((s, i) => {
+    if (s.bind.port === 0) return; // ephemeral ports never collide
+    const first = seen.get(s.bind.addr);
+    if (first === undefined) {
+      seen.set(s.bind.addr, i);
+      return;
+    }
+    const { index, item } = origin(i);
+    const earlier = origin(first).item;
+    throw new ForwardItemError(index, item, `bind address ${s.bind.addr} is already the bind of forward ${typeof earlier === 'string' ? `"${earlier}"` : JSON.stringify(earlier)}: expected each forward on an address of its own (another port)`);
+  });
 }
 
 /** Names listeners `forward:BIND`, adding `#2`, `#3`... when several bind the same (port 0) address. */

@@ -8,7 +8,8 @@
  * a `MeshpipeError` `ERR_IDENTITY` (exit 2 at start) naming the file and the
  * reason.
  */
-import { open } from 'node:fs/promises';
+import { open, readdir } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import { MeshpipeError } from '../errors.js';
 import { identityCheck, type IdentityInfo, type LoadSpec } from '../engine/index.js';
 import type { IdentityFiles } from '../config/index.js';
@@ -28,6 +29,26 @@ export interface LoadedIdentity {
   readonly spec: LoadSpec;
 }
 
+/**
+ * Why a file of the identity is not there, when its folder says more: the
+ * folder does not exist (a typo in --identity-dir), or it is the CA folder
+ * `meshpipe identity init` wrote (a first try often points the proxy there)
+ * rather than one of `meshpipe identity issue`.
+ */
+async function missingFileHint(file: string): Promise<string> {
+  const dir = dirname(file);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? ` (the folder ${dir} does not exist)` : '';
+  }
+  if (names.includes('issuer.crt') && names.includes('issuer.key') && !names.includes(basename(file))) {
+    return ` (${dir} is a CA folder, written by meshpipe identity init; a proxy's identity folder is written by meshpipe identity issue --name NAME --ca-dir ${dir} --out DIR)`;
+  }
+  return '';
+}
+
 /** Reads one file, bounded; errors name the file and what it should hold. */
 async function readPem(file: string, what: string): Promise<Buffer> {
   let handle;
@@ -35,7 +56,7 @@ async function readPem(file: string, what: string): Promise<Buffer> {
     handle = await open(file, 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+    const why = code === 'ENOENT' ? `no such file${await missingFileHint(file)}` : code === 'EACCES' ? 'permission denied' : (err as Error).message;
     throw new MeshpipeError('ERR_IDENTITY', `${file}: cannot read ${what}: ${why}`, { cause: err });
   }
   try {

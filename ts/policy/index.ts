@@ -30,8 +30,9 @@
  * ts/policy/k8s/). Files of the policy folder and of k8s/ import each other
  * directly.
  */
-export { effectiveToJson, type EffectivePolicy, type PolicyInputs, type PortDecision } from './model.js';
-export { lineProblem, type PolicyProblem } from './problems.js';
+export { effectiveToJson, type EffectivePolicy, type PolicyInputs, type PortDecision, type WorkloadIdentity } from './model.js';
+export { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
+export { findWorkload } from './frame.js';
 export {
   addressIn,
   DEFAULT_CLUSTER_NETWORKS,

@@ -164,6 +164,10 @@ export class PolicyWorker extends EventEmitter<PolicyWorkerEvents> {
     const worker = this.#worker;
     if (!worker) return;
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    // The worker is unref'd (a running proxy's listeners keep the process alive), and so is the
+    // timer below: a close with nothing else on the event loop (a start that failed with --admin
+    // off, e.g. --kube without credentials) let node exit 0 here, the error never printed.
+    worker.ref();
     this.#post({ type: 'close' });
     const timer = setTimeout(() => void worker.terminate(), 2000);
     timer.unref();

@@ -30,6 +30,7 @@
  * permanent, shutdown requested, inbound stopped, drain started/finished);
  * nothing per connection at info level.
  */
+import { BlockList, isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminServer, effectiveLogFormat, LOG_MESSAGES, Metrics, type Logger, type NotReadyReason } from '../observe/index.js';
@@ -51,7 +52,15 @@ export const LIFECYCLE_MESSAGES = {
   inboundStopped: 'inbound listeners stopped accepting',
   waitingForApp: 'waiting for the app to exit before draining',
   inboundGuard: 'inbound connections accepted to the pod IPs only',
+  inboundNotPodIp: 'the inbound listener is bound to an address that is not one of the pod IPs',
 } as const;
+
+/** True when `ip` is one of `ips` (IPv6 in any of its written forms). */
+function isOneOf(ip: string, ips: readonly string[]): boolean {
+  const list = new BlockList();
+  for (const a of ips) list.addAddress(a, isIP(a) === 6 ? 'ipv6' : 'ipv4');
+  return list.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4');
+}
 
 /**
  * Refuses to start when the proxy disagrees with what `meshpipe init`
@@ -227,7 +236,7 @@ export class Sidecar {
       this.#starting = this.proxy.start();
       const bound = (await this.#starting) as readonly BoundListener[];
       this.#logBound(bound);
-      this.#logInboundGuard();
+      this.#logInboundGuard(bound);
       // A shutdown requested while binding wins: never report ready afterwards.
       if (this.#shutdownReason === undefined) this.#state = 'ready';
       this.logger.info({ listeners: bound.length, admin: this.admin?.address ?? 'off' }, LOG_MESSAGES.proxyReady);
@@ -400,10 +409,24 @@ export class Sidecar {
   }
 
   /** One line saying which inbound connections are accepted and where they go. */
-  #logInboundGuard(): void {
+  #logInboundGuard(bound: readonly BoundListener[]): void {
     const guard = this.proxy.config.inbound;
     if (this.#podIps === undefined || guard === undefined) return;
     const fields = { podIps: guard.podIps, podIpsFrom: this.#podIps.source, proxyPorts: guard.proxyPorts, inboundHost: this.config.inboundHost ?? 'original' };
+    // `--inbound 127.0.0.1:4143` (or any one address that is not a pod IP): the engine refuses
+    // every connection whose destination is not a pod IP, so nothing could ever get through
+    // it: mesh peers dial the tunnel at a pod IP, and iptables redirects to the interface's own
+    // address. Said at start, where the one counter would otherwise be all there is to see.
+    const bind = this.config.inbound;
+    if (bind !== null && bind.host !== '0.0.0.0' && bind.host !== '::' && !isOneOf(bind.host, guard.podIps)) {
+      // The bound address: port 0 in the config becomes the port the kernel chose.
+      const at = bound.find((l) => l.name === 'inbound')?.bind ?? bind.addr;
+      const port = at.slice(at.lastIndexOf(':') + 1);
+      this.logger.warn({
+        inbound: at, podIps: guard.podIps, podIpsFrom: this.#podIps.source,
+        hint: `every connection to ${at} is refused and counted (inbound_tcp_accept_errors_total{error="not_pod_ip"}): mesh peers dial the tunnel at a pod IP, and redirected connections arrive at the interface's own address; listen on every address (0.0.0.0:${port}, as the default 0.0.0.0:4143 does) or on a pod IP, or name the pod IPs with --inbound-ips (loopback is never one)`,
+      }, LIFECYCLE_MESSAGES.inboundNotPodIp);
+    }
     if (this.config.inboundHost === null) {
       this.logger.info(fields, LIFECYCLE_MESSAGES.inboundGuard);
     } else {
