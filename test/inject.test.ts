@@ -485,7 +485,7 @@ describe('the proxy\'s identity', () => {
       ['kind', 'config.meshpipe.io/identity-issuer-kind: cluster-issuer', 'annotation config.meshpipe.io/identity-issuer-kind: "cluster-issuer": expected a Kind such as ClusterIssuer or Issuer'],
       ['group', 'config.meshpipe.io/identity-issuer-group: certmanager', 'annotation config.meshpipe.io/identity-issuer-group: "certmanager": expected an API group such as cert-manager.io'],
       ['short', 'config.meshpipe.io/identity-duration: 30m', 'annotation config.meshpipe.io/identity-duration: "30m": "30m" is shorter than 1h'],
-      ['unit', 'config.meshpipe.io/identity-duration: "24"', 'annotation config.meshpipe.io/identity-duration: "24": invalid duration "24": a number without a unit'],
+      ['unit', 'config.meshpipe.io/identity-duration: "24"', 'annotation config.meshpipe.io/identity-duration: "24": a number without a unit: write the unit'],
       ['renew', 'config.meshpipe.io/identity-duration: 2h, config.meshpipe.io/identity-renew-before: 2h', 'annotation config.meshpipe.io/identity-renew-before: "2h": "2h" is not shorter than the certificate\'s lifetime 2h'],
       ['renew-min', 'config.meshpipe.io/identity-renew-before: 1m', 'annotation config.meshpipe.io/identity-renew-before: "1m": "1m" is shorter than 5m'],
     ];
@@ -531,6 +531,8 @@ describe('the proxy\'s identity', () => {
       [['--trust-domain', 'Bad_Domain'], /--trust-domain \/ --identity-template: trust domain "Bad_Domain": expected a DNS name/],
       [['--identity-template', '{sa}.identity.{trustDomain}'], /--trust-domain \/ --identity-template: identity template "\{sa\}\.identity\.\{trustDomain\}": the template needs \{sa\} and \{ns\}/],
       [['--identity-duration', '10m'], /--identity-duration "10m" is invalid: "10m" is shorter than 1h/],
+      // The value is named once: not '"x" is invalid: invalid duration "x"'.
+      [['--identity-duration', 'invalid'], /--identity-duration "invalid" is invalid: expected a number with a unit \(ms, s, m, h, d\)/],
       [['--identity-renew-before', '24h'], /--identity-renew-before "24h" is invalid: "24h" is not shorter than the certificate's lifetime 24h/],
       [['--identity-issuer-kind', 'issuer'], /--identity-issuer-kind "issuer" is invalid: expected a Kind/],
     ] as const) {

@@ -120,12 +120,18 @@ export function groupProblem(text: string): string | undefined {
   return undefined;
 }
 
-/** parseDuration with the hint in the message. */
+/**
+ * parseDuration with the hint in the message. The callers name the flag or
+ * annotation and its value, so the parser's own 'invalid duration "x"' is left out.
+ */
 function duration(text: string): number {
   try {
     return parseDuration(text);
   } catch (err) {
-    if (err instanceof DurationError) throw new Error(`${err.message}: ${err.hint}`, { cause: err });
+    if (err instanceof DurationError) {
+      const what = err.message.replace(/^invalid duration "[^"]*"(?:: )?/, '');
+      throw new Error(what === '' ? err.hint : `${what}: ${err.hint}`, { cause: err });
+    }
     throw err;
   }
 }
