@@ -139,7 +139,9 @@ test('bad port lists name the exact token', () => {
 
 test('bad modes, directions, options and addresses in --forward', () => {
   const bad: Array<[string, string[]]> = [
-    ['127.0.0.1:0=127.0.0.1:80,mode=http3', ['mode "http3"', 'expected one of detect']],
+    ['127.0.0.1:0=127.0.0.1:80,mode=http3', ['mode "http3": expected one of detect']],
+    ['127.0.0.1:0=127.0.0.1:80,mode=opaq', ['mode "opaq" (did you mean opaque?): expected one of detect']],
+    ['127.0.0.1:0=127.0.0.1:80,mode=grcp', ['mode "grcp" (did you mean grpc?)']],
     ['127.0.0.1:0=127.0.0.1:80,direction=sideways', ['direction "sideways"', 'inbound or outbound']],
     ['127.0.0.1:0=127.0.0.1:80,speed=fast', ['unknown option "speed"']],
     ['127.0.0.1:0=127.0.0.1:80,mode=opaque,mode=tls', ['given twice']],

@@ -140,7 +140,12 @@ export function isLocalhostBind(text: string): boolean {
 export function parsePortMode(text: string): PortMode {
   const mode = MODE_ALIASES[text.trim().toLowerCase()];
   if (mode === undefined) {
-    throw new Error(`mode "${text}": expected one of detect (or unknown), opaque, http1 (HTTP/1), http2 (HTTP/2), grpc (gRPC), tls (TLS)`);
+    // One edit per three letters, as for flags: `opaq` and `htp1` get one, `raw` none; an HTTP
+    // version we do not have (`http3`) is not a typo of one we do.
+    const asked = text.trim().toLowerCase();
+    const near = /^http\/?\d/.test(asked) ? undefined : closest(asked, Object.keys(MODE_ALIASES), Math.max(1, Math.ceil(asked.length / 3)));
+    const hint = near !== undefined ? ` (did you mean ${near}?)` : '';
+    throw new Error(`mode "${text}"${hint}: expected one of detect (or unknown), opaque, http1 (HTTP/1), http2 (HTTP/2), grpc (gRPC), tls (TLS)`);
   }
   return mode;
 }
