@@ -254,6 +254,27 @@ describe('proxy', () => {
     assert.equal(wildcard.proc.logs.filter((l) => l.level === 'warn').length, 0, wildcard.proc.stderr);
   });
 
+  test('an inbound connection refused because its destination is no pod IP is logged with the pod IPs, not only counted', async (t) => {
+    // With an identity, a connection dialled to the inbound port itself is the tunnel, checked
+    // against the pod IPs (no iptables needed): 127.0.0.1 is none of them.
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-usage-'));
+    const ca = join(dir, 'ca');
+    const web = join(dir, 'web');
+    assert.equal((await runCli(['identity', 'init', '--out', ca])).code, 0);
+    assert.equal((await runCli(['identity', 'issue', '--name', 'web.shop.serviceaccount.identity.linkerd.cluster.local', '--ca-dir', ca, '--out', web])).code, 0);
+    const { proc, ports } = await startProxy(['--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off', '--ipv6', 'false', '--inbound-ips', '203.0.113.7', '--identity-dir', web], { t });
+    const socket = net.createConnection({ host: '127.0.0.1', port: ports[0]! });
+    socket.on('error', () => undefined);
+    await withTimeout(new Promise((resolve) => socket.once('close', resolve)), 5_000, 'the refused connection to close');
+    // Logged where operators look (rate-limited), with the pod IPs it was checked against.
+    const refused = await proc.waitForLog((l) => l.msg === 'inbound connections refused: their destination is not one of the pod IPs', 'the not_pod_ip warning', 10_000);
+    assert.equal(refused.level, 'warn');
+    assert.equal(refused['count'], 1);
+    assert.deepEqual(refused['podIps'], ['203.0.113.7']);
+    assert.equal(refused['podIpsFrom'], '--inbound-ips');
+    assert.match(String(refused['hint']), /pod's own IPs only \(203\.0\.113\.7, from --inbound-ips\).*--inbound-ips.*error="not_pod_ip"/);
+  });
+
   test('two forwards on one address: the second is named alone, with the one that has the address', async () => {
     const first = '127.0.0.1:18000=127.0.0.1:8000';
     const second = '127.0.0.1:18000=127.0.0.1:9000';

@@ -99,7 +99,7 @@ describe('metrics rendering (label escaping, failing snapshots)', () => {
   const snapshot = (sni: string): EngineSnapshot => ({
     uptimeMs: 1, policyGeneration: 7, listeners: [], detect: [], detectDurationMs: [], serverFirst: { targets: [] },
     policy: { generation: 7, rules: 0, fallbackRules: 0, addresses: 0, meshed: 0, tables: 0, sources: 0, updatesApplied: 0, updatesRejected: 0, lastRejection: null },
-    copy: { splicedDirections: 0, bulkDirections: 0, bulkBuffers: 0, bulkBuffersLimit: 4, bulkBufferBytes: 4194304, bulkRefused: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, eventsDropped: 0 }, names: [],
+    copy: { splicedDirections: 0, bulkDirections: 0, bulkBuffers: 0, bulkBuffersLimit: 4, bulkBufferBytes: 4194304, bulkRefused: 0 }, errors: { connectFailed: 0, loopRefused: 0, originalDstFailed: 0, notPodIp: 0, eventsDropped: 0 }, names: [],
     mesh: { identity: null, identityGeneration: 0, handshakeMs: [], handshakeErrors: [], tunnelErrors: [], authz: [] },
     acceptErrors: [
       { direction: 'inbound', error: 'not_pod_ip', count: 3 }, { direction: 'inbound', error: 'proxy_port', count: 2 },

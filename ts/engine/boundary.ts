@@ -280,6 +280,11 @@ export type PolicyMatch = "rule" | "destination" | "fallbackRule" | "default";
 
 export type ErrorsSnapshot = { connectFailed: number, loopRefused: number, originalDstFailed: number, 
 /**
+ * Inbound connections refused because their original destination was
+ * not one of the pod's IPs (also in `accept_errors` as `not_pod_ip`).
+ */
+notPodIp: number, 
+/**
  * Engine events dropped because the control layer did not read them.
  */
 eventsDropped: number, };

@@ -412,6 +412,7 @@ export class Sidecar {
   #logInboundGuard(bound: readonly BoundListener[]): void {
     const guard = this.proxy.config.inbound;
     if (this.#podIps === undefined || guard === undefined) return;
+    this.#notable.setPodIps(guard.podIps, this.#podIps.source);
     const fields = { podIps: guard.podIps, podIpsFrom: this.#podIps.source, proxyPorts: guard.proxyPorts, inboundHost: this.config.inboundHost ?? 'original' };
     // `--inbound 127.0.0.1:4143` (or any one address that is not a pod IP): the engine refuses
     // every connection whose destination is not a pod IP, so nothing could ever get through

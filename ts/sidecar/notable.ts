@@ -13,7 +13,10 @@
  * - the upstream of a `--forward` refusing connections (nothing listens at
  *   the target);
  * - connections to a forward whose host name no longer resolves;
- * - forwarding loops the engine refused (a target that is the proxy itself).
+ * - forwarding loops the engine refused (a target that is the proxy itself);
+ * - inbound connections refused because their original destination is not one
+ *   of the pod's IPs (a pod IP missing from --inbound-ips or POD_IPS, a second
+ *   address, traffic for another host sent here): the clients only see a reset.
  */
 import type { ProxyConfig } from '../config/index.js';
 import type { EngineSnapshot, FailureCounts } from '../engine/index.js';
@@ -25,6 +28,7 @@ export const NOTABLE_MESSAGES = {
   refused: 'the forward target refused connections',
   unresolved: 'connections refused: the forward target host name has no address',
   loop: 'connections refused: their target was the proxy itself (a forwarding loop)',
+  notPodIp: 'inbound connections refused: their destination is not one of the pod IPs',
 } as const;
 
 /** How often the counters are read. */
@@ -35,11 +39,18 @@ export class NotableFailures {
   readonly #config: ProxyConfig;
   readonly #limit: RateLimited;
   readonly #seen = new Map<string, number>();
+  /** The pod IPs the inbound listener accepts, and where they came from (named in the not_pod_ip warning). */
+  #podIps: { readonly ips: readonly string[]; readonly from: string } | undefined;
 
   constructor(logger: Logger, config: ProxyConfig, limit = new RateLimited()) {
     this.#logger = logger;
     this.#config = config;
     this.#limit = limit;
+  }
+
+  /** The pod IPs in force (the sidecar layout's inbound listener), for the not_pod_ip warning. */
+  setPodIps(ips: readonly string[], from: string): void {
+    this.#podIps = { ips, from };
   }
 
   /** How much `key` grew since the last look (0 the first time a counter is seen at 0). */
@@ -69,6 +80,12 @@ export class NotableFailures {
     this.#warn('loop', this.#delta('loop', s.errors.loopRefused), {
       hint: 'a connection\'s target was one of the proxy\'s own listeners: a --forward that points back at the proxy, or redirected traffic sent to the proxy\'s own ports; counted in meshpipe_loop_refused_total',
     }, NOTABLE_MESSAGES.loop);
+
+    const pods = this.#podIps;
+    this.#warn('notPodIp', this.#delta('notPodIp', s.errors.notPodIp), {
+      ...(pods !== undefined ? { podIps: pods.ips, podIpsFrom: pods.from } : {}),
+      hint: `the inbound listener accepts connections to the pod's own IPs only${pods !== undefined ? ` (${pods.ips.join(', ') || 'none'}, from ${pods.from})` : ''}, so that nothing else reachable from this network namespace is exposed through it; if the pod has an address that is missing, name all of them with --inbound-ips (or POD_IPS, the downward API's status.podIPs); the clients got a reset (inbound_tcp_accept_errors_total{error="not_pod_ip"})`,
+    }, NOTABLE_MESSAGES.notPodIp);
 
     // Forwards to host names with no address.
     for (const n of s.names) {

@@ -178,6 +178,8 @@ pub struct ErrorCounters {
     pub connect_failed: AtomicU64,
     pub loop_refused: AtomicU64,
     pub original_dst_failed: AtomicU64,
+    /// Inbound connections whose original destination was not one of the pod's IPs.
+    pub not_pod_ip: AtomicU64,
 }
 
 /// All metrics of one engine.

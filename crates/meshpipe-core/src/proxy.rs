@@ -177,6 +177,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
             match e {
                 target::TargetError::Loop(_) => ctx.metrics.errors.loop_refused.fetch_add(1, Relaxed),
                 target::TargetError::OriginalDst(_) => ctx.metrics.errors.original_dst_failed.fetch_add(1, Relaxed),
+                target::TargetError::NotPodIp(_) => ctx.metrics.errors.not_pod_ip.fetch_add(1, Relaxed),
                 _ => 0,
             };
             socket::set_reset_on_close(&client);

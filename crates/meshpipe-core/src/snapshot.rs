@@ -62,6 +62,7 @@ impl Engine {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
                 original_dst_failed: m.errors.original_dst_failed.load(Relaxed),
+                not_pod_ip: m.errors.not_pod_ip.load(Relaxed),
                 events_dropped: self.ctx.events.dropped(),
             },
         }
@@ -77,6 +78,7 @@ impl Engine {
                 connect_failed: m.errors.connect_failed.load(Relaxed),
                 loop_refused: m.errors.loop_refused.load(Relaxed),
                 original_dst_failed: m.errors.original_dst_failed.load(Relaxed),
+                not_pod_ip: m.errors.not_pod_ip.load(Relaxed),
                 events_dropped: self.ctx.events.dropped(),
             },
             names: self.names.iter().map(|(l, n)| n.snapshot(l)).collect(),
@@ -136,6 +138,9 @@ pub struct ErrorsSnapshot {
     pub connect_failed: u64,
     pub loop_refused: u64,
     pub original_dst_failed: u64,
+    /// Inbound connections refused because their original destination was
+    /// not one of the pod's IPs (also in `accept_errors` as `not_pod_ip`).
+    pub not_pod_ip: u64,
     /// Engine events dropped because the control layer did not read them.
     pub events_dropped: u64,
 }
