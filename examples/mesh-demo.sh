@@ -24,8 +24,12 @@
 # Usage (Linux, as root, in a clone where `npm install` has run):
 #   sudo examples/mesh-demo.sh          # run, show, clean up
 #   sudo examples/mesh-demo.sh --keep   # leave the pods running and print how to use them
-# With --keep, `sudo examples/mesh-demo.sh --clean` removes them later.
+# With --keep, `sudo examples/mesh-demo.sh --clean` removes them later. A run
+# that fails or is interrupted (Ctrl-C) removes what it made, --keep or not.
 set -euo pipefail
+# The demo's own settings only: a MESHPIPE_* variable from the caller's shell
+# (a log level, an identity directory) would change what the sidecars do.
+unset "${!MESHPIPE_@}"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CLI="$ROOT/dist/ts/cli/main.js"
@@ -47,6 +51,8 @@ fail() {
   for log in "$STATE"/*.log; do
     [[ -f "$log" ]] && { printf -- '--- %s (last lines)\n' "$log" >&2; tail -n 8 "$log" >&2; }
   done
+  # The EXIT trap removes the pods; should it not get to (kill -9), --clean does.
+  printf 'mesh-demo: removing the pods (if anything is left: sudo %s --clean)\n' "$0" >&2
   exit 1
 }
 meshpipe() { node "$CLI" "$@"; }
@@ -55,34 +61,50 @@ in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 as_uid() { local ns=$1 uid=$2; shift 2; ip netns exec "$ns" setpriv --reuid "$uid" --regid "$uid" --clear-groups "$@"; }
 
 clean() {
-  if [[ -d "$STATE" ]]; then
-    for pidfile in "$STATE"/*.pid; do
-      [[ -f "$pidfile" ]] || continue
-      local pid
-      pid=$(cat "$pidfile")
-      # Only a process this script started (its PID file), and only if it is still that process.
-      if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        # The sidecars drain for at most 1s (--drain-timeout); wait for the exit itself.
-        timeout 5 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
-      fi
+  # Every process in the demo's namespaces is one this script started there (the app, the
+  # sidecars, tcpdump): stop them by the namespace, not by name or by a PID file that could
+  # outlive its process. TERM first (the sidecars drain for at most 1s), KILL what remains.
+  local ns pids i
+  for ns in "$CLIENT_NS" "$SERVER_NS"; do
+    [[ -e "/run/netns/$ns" ]] || continue
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    [[ -n "$pids" ]] || continue
+    # shellcheck disable=SC2086 # a list of PIDs
+    kill -TERM $pids 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] && break
+      sleep 0.1
     done
-  fi
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [[ -z "$pids" ]] || kill -KILL $pids 2>/dev/null || true
+  done
   ip netns delete "$CLIENT_NS" 2>/dev/null || true
   ip netns delete "$SERVER_NS" 2>/dev/null || true
   rm -rf "$STATE"
 }
 
 case "${1:-}" in
-  --clean) clean; echo "mesh-demo: removed the pods"; exit 0 ;;
-  --keep | '') ;;
+  --clean | --keep | '') ;;
   -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "mesh-demo: unknown option $1: expected --keep, --clean or nothing" >&2; exit 2 ;;
 esac
-KEEP=${1:-}
+[[ $# -le 1 ]] || { echo "mesh-demo: expected one option at most, got $*" >&2; exit 2; }
+MODE=${1:-}
 
-[[ $EUID -eq 0 ]] || { echo "mesh-demo: needs root (network namespaces and iptables): sudo $0" >&2; exit 2; }
-for tool in ip iptables setpriv curl node; do
+[[ $EUID -eq 0 ]] || { echo "mesh-demo: needs root (network namespaces and iptables): sudo $0 $MODE" >&2; exit 2; }
+if [[ "$MODE" == --clean ]]; then
+  clean
+  echo "mesh-demo: removed the pods"
+  exit 0
+fi
+
+if ! command -v node >/dev/null; then
+  # sudo resets PATH (secure_path): a node from nvm or /usr/local is then not found.
+  echo "mesh-demo: node is not on root's PATH: run it as sudo env PATH=\"\$PATH\" $0 $MODE, or install Node.js 20 for root" >&2
+  exit 2
+fi
+for tool in ip iptables setpriv curl; do
   command -v "$tool" >/dev/null || { echo "mesh-demo: $tool is not installed (Debian: apt-get install iproute2 iptables util-linux curl)" >&2; exit 2; }
 done
 [[ -f "$CLI" ]] || { echo "mesh-demo: $CLI is missing: run npm install in $ROOT first" >&2; exit 2; }
@@ -90,8 +112,27 @@ if ip netns list | grep -q -E "^($CLIENT_NS|$SERVER_NS)( |$)"; then
   echo "mesh-demo: the demo pods exist already (an earlier --keep): remove them with $0 --clean" >&2
   exit 2
 fi
+if [[ -e "$STATE" ]]; then
+  echo "mesh-demo: $STATE exists (left by an earlier run): remove it with $0 --clean" >&2
+  exit 2
+fi
+# The sidecars run as uid $PROXY_UID and the app as uid $APP_UID, not root: both must reach
+# node and the clone (a clone under /root or a 0700 home is not readable to them).
+NODE=$(command -v node)
+for uid in "$PROXY_UID" "$APP_UID"; do
+  if ! setpriv --reuid "$uid" --regid "$uid" --clear-groups test -r "$CLI" -a -x "$NODE"; then
+    echo "mesh-demo: uid $uid cannot read $CLI or run $NODE: the sidecars run as uid $PROXY_UID and the app as uid $APP_UID; use a clone (and a node) they can read, e.g. under /opt, or give others read and search permission on the path" >&2
+    exit 2
+  fi
+done
+TCPDUMP=$(command -v tcpdump || true)
+[[ -n "$TCPDUMP" ]] || echo "mesh-demo: tcpdump is not installed: the capture step is skipped (Debian: apt-get install tcpdump)" >&2
 
-[[ "$KEEP" == --keep ]] || trap clean EXIT
+# Whatever happens from here (a failed step, Ctrl-C), the pods go; only a successful --keep
+# run leaves them. INT and TERM exit through the EXIT trap too.
+trap clean EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 mkdir -p "$STATE"
 chmod 755 "$STATE"
 
@@ -106,14 +147,13 @@ done
 meshpipe identity check --identity-dir "$STATE/server" | head -n 3
 
 say "Pods: two network namespaces joined by a veth pair, each with meshpipe init's rules"
-ip netns add "$CLIENT_NS"
-ip netns add "$SERVER_NS"
-ip link add name eth0 netns "$CLIENT_NS" type veth peer name eth0 netns "$SERVER_NS"
+ip netns add "$CLIENT_NS" || fail "ip netns add $CLIENT_NS"
+ip netns add "$SERVER_NS" || fail "ip netns add $SERVER_NS"
+ip link add name eth0 netns "$CLIENT_NS" type veth peer name eth0 netns "$SERVER_NS" || fail "a veth pair between the pods"
 for pair in "$CLIENT_NS $CLIENT_IP" "$SERVER_NS $SERVER_IP"; do
   read -r ns addr <<<"$pair"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" addr add "$addr/24" dev eth0
-  ip -n "$ns" link set eth0 up
+  { ip -n "$ns" link set lo up && ip -n "$ns" addr add "$addr/24" dev eth0 && ip -n "$ns" link set eth0 up; } \
+    || fail "addresses in $ns"
   in_ns "$ns" node "$CLI" init --no-ipv6 >/dev/null || fail "meshpipe init in $ns"
 done
 echo "client pod $CLIENT_IP, server pod $SERVER_IP; iptables redirects every TCP connection but uid $PROXY_UID's to the sidecar"
@@ -156,7 +196,7 @@ start app "$SERVER_NS" "$APP_UID" node -e "
     res.end('hello from the server pod: ' + req.method + ' ' + req.url + ' from ' + req.socket.remoteAddress + '\n');
   }).listen($APP_PORT, '0.0.0.0', () => console.log('LISTENING'));" "$STATE/app"  # (names the demo in ps)
 wait_log app LISTENING
-common=(proxy --inbound 0.0.0.0:4143 --outbound 127.0.0.1:4140 --admin 127.0.0.1:4191 --drain-timeout 1s)
+common=(proxy --inbound 0.0.0.0:4143 --outbound 127.0.0.1:4140 --admin 127.0.0.1:4191 --drain-timeout 1s --log-format json)
 start server-sidecar "$SERVER_NS" "$PROXY_UID" node "$CLI" "${common[@]}" \
   --identity-dir "$STATE/server" --manifests "$STATE/server.yaml" --namespace demo --pod server
 start client-sidecar "$CLIENT_NS" "$PROXY_UID" node "$CLI" "${common[@]}" \
@@ -168,9 +208,9 @@ echo "both sidecars ready (logs in $STATE)"
 say "A request from the client pod (uid $APP_UID, no proxy settings: iptables sends it through the mesh)"
 marker="meshpipe-demo-$RANDOM$RANDOM"
 capture=
-if command -v tcpdump >/dev/null; then
+if [[ -n "$TCPDUMP" ]]; then
   # Everything on the wire between the pods, while the request runs.
-  (exec ip netns exec "$SERVER_NS" tcpdump -i eth0 --immediate-mode -U -w "$STATE/wire.pcap" "tcp port 4143 or tcp port $APP_PORT") >"$STATE/tcpdump.log" 2>&1 &
+  (exec ip netns exec "$SERVER_NS" "$TCPDUMP" -i eth0 --immediate-mode -U -w "$STATE/wire.pcap" "tcp port 4143 or tcp port $APP_PORT") >"$STATE/tcpdump.log" 2>&1 &
   echo $! >"$STATE/tcpdump.pid"
   wait_log tcpdump 'listening on'
   capture=yes
@@ -188,15 +228,18 @@ if [[ -n "$capture" ]]; then
   kill -INT "$pid"
   timeout 5 tail --pid="$pid" -f /dev/null || true
   rm -f "$STATE/tcpdump.pid"
-  packets=$(tcpdump -r "$STATE/wire.pcap" 2>/dev/null | wc -l)
-  on_app_port=$(tcpdump -r "$STATE/wire.pcap" "tcp port $APP_PORT" 2>/dev/null | wc -l)
-  say "On the wire between the pods: $packets packets, all on port 4143, the tunnel (on port $APP_PORT: $on_app_port)"
+  # Counted from whole reads (no early-exiting reader in a pipe, whose SIGPIPE under
+  # pipefail could be taken for an answer).
+  packets=$("$TCPDUMP" -r "$STATE/wire.pcap" 2>/dev/null | wc -l) || fail "reading the capture"
+  on_app_port=$("$TCPDUMP" -r "$STATE/wire.pcap" "tcp port $APP_PORT" 2>/dev/null | wc -l) || fail "reading the capture"
+  on_tunnel=$("$TCPDUMP" -r "$STATE/wire.pcap" "tcp port 4143" 2>/dev/null | wc -l) || fail "reading the capture"
+  plaintext=$("$TCPDUMP" -r "$STATE/wire.pcap" -A 2>/dev/null | grep -c -F -- "$marker" || true)
   [[ "$packets" -gt 0 ]] || fail "the capture saw no packets"
-  [[ "$on_app_port" -eq 0 ]] || fail "packets to port $APP_PORT crossed the wire outside the tunnel"
-  if tcpdump -r "$STATE/wire.pcap" -A 2>/dev/null | grep -q "$marker"; then
-    fail "the request's text ($marker) is readable on the wire"
-  fi
-  echo "the request's text ($marker) appears in none of them: it crossed as TLS 1.3"
+  [[ "$on_app_port" -eq 0 ]] || fail "$on_app_port packets to port $APP_PORT crossed the wire outside the tunnel"
+  [[ "$on_tunnel" -eq "$packets" ]] || fail "$((packets - on_tunnel)) of $packets packets were not on the tunnel port 4143"
+  say "On the wire between the pods: $packets packets, all on port 4143, the tunnel (on port $APP_PORT: $on_app_port)"
+  [[ "$plaintext" -eq 0 ]] || fail "the request's text ($marker) is readable on the wire ($plaintext lines)"
+  echo "the request's text ($marker) appears in none of them: it crossed encrypted"
 fi
 
 say "What the sidecars saw (their /metrics, from inside each pod)"
@@ -218,7 +261,8 @@ meshpipe explain --manifests "$STATE/server.yaml" --namespace demo --pod server 
   --destinations "$STATE/destinations" --client "$CLIENT_ID" --client-ip "$CLIENT_IP" \
   || fail "meshpipe explain"
 
-if [[ "$KEEP" == --keep ]]; then
+if [[ "$MODE" == --keep ]]; then
+  trap - EXIT
   say "The pods keep running. Try:"
   cat <<EOF
   sudo ip netns exec $CLIENT_NS setpriv --reuid $APP_UID --regid $APP_UID --clear-groups curl -s http://$SERVER_IP:$APP_PORT/

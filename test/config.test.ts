@@ -142,6 +142,9 @@ test('bad modes, directions, options and addresses in --forward', () => {
     ['127.0.0.1:0=127.0.0.1:80,mode=http3', ['mode "http3": expected one of detect']],
     ['127.0.0.1:0=127.0.0.1:80,mode=opaq', ['mode "opaq" (did you mean opaque?): expected one of detect']],
     ['127.0.0.1:0=127.0.0.1:80,mode=grcp', ['mode "grcp" (did you mean grpc?)']],
+    // What a port carries under HTTPS is TLS: not a typo of http1.
+    ['127.0.0.1:0=127.0.0.1:443,mode=https', ['mode "https" (did you mean tls?)']],
+    ['127.0.0.1:0=127.0.0.1:443,mode=SSL', ['mode "SSL" (did you mean tls?)']],
     ['127.0.0.1:0=127.0.0.1:80,direction=sideways', ['direction "sideways"', 'inbound or outbound']],
     ['127.0.0.1:0=127.0.0.1:80,speed=fast', ['unknown option "speed"']],
     ['127.0.0.1:0=127.0.0.1:80,mode=opaque,mode=tls', ['given twice']],

@@ -113,6 +113,10 @@ describe('explain', () => {
     const text = await runCli(['explain', '--manifests', EXAMPLE, '--namespace', 'shop', '--pod', 'nope']);
     assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, /Problems \(valid entries still apply\):\n {2}--pod nope in namespace shop: no workload/);
+    // A name from the downward API's POD_NAME is named as that, not as a flag that was not given.
+    const fromEnv = await runCli(['explain', '--manifests', EXAMPLE, '--port', '3306'], { env: { POD_NAME: 'nope', POD_NAMESPACE: 'shop' } });
+    assert.equal(fromEnv.code, 0, fromEnv.stderr);
+    assert.match(fromEnv.stdout, /\n {2}POD_NAME nope in namespace shop: no workload in --manifests is this pod/);
     // The pod of the Deployment (its name begins with "web-"): no problem.
     const good = await runCli(['explain', '--manifests', EXAMPLE, '--namespace', 'shop', '--pod', 'web-7d9f', '--port', '3306', '--json', '--strict']);
     assert.equal(good.code, 0, good.stderr);
@@ -128,10 +132,11 @@ describe('run', () => {
     chmodSync(data, 0o644);
     const forward = ['--forward', '127.0.0.1:0=127.0.0.1:1', '--log-format', 'json'];
     const cases: [string, number, RegExp][] = [
-      ['meshpipe-no-such-command-xyz', 127, /^meshpipe run: error: cannot run meshpipe-no-such-command-xyz: command not found \(not in any folder of PATH\); the proxy was not started$/],
-      [join(dir, 'missing'), 127, /: command not found \(no such file\); the proxy was not started$/],
-      [data, 126, /: permission denied \(not an executable file\); the proxy was not started$/],
-      [dir, 126, /: permission denied \(not an executable file\); the proxy was not started$/],
+      ['meshpipe-no-such-command-xyz', 127, /^meshpipe run: error: cannot run meshpipe-no-such-command-xyz: command not found \(not in any folder of PATH\); the proxy was not started \(ERR_COMMAND_NOT_FOUND\)$/],
+      [join(dir, 'missing'), 127, /: command not found \(no such file\); the proxy was not started \(ERR_COMMAND_NOT_FOUND\)$/],
+      ['', 127, /^meshpipe run: error: cannot run "": the command name is empty: expected meshpipe run \[options\] -- COMMAND \[ARGS\.\.\.\]; the proxy was not started \(ERR_COMMAND_NOT_FOUND\)$/],
+      [data, 126, /: permission denied \(not an executable file\); the proxy was not started \(ERR_COMMAND_NOT_EXECUTABLE\)$/],
+      [dir, 126, /: permission denied \(not an executable file\); the proxy was not started \(ERR_COMMAND_NOT_EXECUTABLE\)$/],
     ];
     for (const [command, code, pattern] of cases) {
       const r = await runCli(['run', ...forward, '--', command]);
@@ -238,7 +243,9 @@ describe('proxy', () => {
     assert.ok(warning, `the warning:\n${proc.stderr}`);
     assert.equal(warning.level, 'warn');
     assert.deepEqual(warning['podIps'], ['203.0.113.7']);
-    assert.match(String(warning['hint']), new RegExp(`^every connection to 127\\.0\\.0\\.1:${ports[0]} is refused and counted .*--inbound-ips`));
+    // Without an identity there is no tunnel: a connection dialled to the listener was not
+    // redirected, and is refused for having no original destination. The hint names that counter.
+    assert.match(String(warning['hint']), new RegExp(`^every connection to 127\\.0\\.0\\.1:${ports[0]} is refused and counted \\(inbound_tcp_accept_errors_total\\{error="no_original_dst"\\}\\).*--inbound-ips`));
     // As the warning says: a connection gets nothing through and is closed (the reset may
     // come before the client saw its connect complete).
     const socket = net.createConnection({ host: '127.0.0.1', port: ports[0]! });
@@ -249,9 +256,14 @@ describe('proxy', () => {
     // Not events.once: it rejects on the 'error' (ECONNRESET) that comes first.
     await withTimeout(new Promise((resolve) => socket.once('close', resolve)), 5_000, 'the refused connection to close');
     assert.equal(received, 0, 'nothing came back');
-    // Every address (the default's form): no warning.
-    const wildcard = await startProxy(['--inbound', '0.0.0.0:0', ...args], { t });
-    assert.equal(wildcard.proc.logs.filter((l) => l.level === 'warn').length, 0, wildcard.proc.stderr);
+    // Counted as the hint said (the rate-limited log of that counter).
+    const counted = await proc.waitForLog((l) => l.msg === 'connections without an original destination were refused', 'the no_original_dst warning', 10_000);
+    assert.equal(counted['count'], 1);
+    // Every address (the default's form), in IPv6's long form too: no warning.
+    for (const every of ['0.0.0.0:0', '[::0]:0']) {
+      const wildcard = await startProxy(['--inbound', every, ...args], { t });
+      assert.equal(wildcard.proc.logs.filter((l) => l.level === 'warn').length, 0, `${every}: ${wildcard.proc.stderr}`);
+    }
   });
 
   test('an inbound connection refused because its destination is no pod IP is logged with the pod IPs, not only counted', async (t) => {
@@ -263,6 +275,9 @@ describe('proxy', () => {
     assert.equal((await runCli(['identity', 'init', '--out', ca])).code, 0);
     assert.equal((await runCli(['identity', 'issue', '--name', 'web.shop.serviceaccount.identity.linkerd.cluster.local', '--ca-dir', ca, '--out', web])).code, 0);
     const { proc, ports } = await startProxy(['--inbound', '127.0.0.1:0', '--outbound', 'off', '--admin', 'off', '--ipv6', 'false', '--inbound-ips', '203.0.113.7', '--identity-dir', web], { t });
+    // With the identity, the start-up warning names the counter the tunnel's refusal goes to.
+    const warning = proc.logs.find((l) => l.msg === 'the inbound listener is bound to an address that is not one of the pod IPs');
+    assert.match(String(warning?.['hint']), /is refused and counted \(inbound_tcp_accept_errors_total\{error="not_pod_ip"\}\)/, proc.stderr);
     const socket = net.createConnection({ host: '127.0.0.1', port: ports[0]! });
     socket.on('error', () => undefined);
     await withTimeout(new Promise((resolve) => socket.once('close', resolve)), 5_000, 'the refused connection to close');

@@ -533,6 +533,9 @@ describe('the proxy\'s identity', () => {
       [['--identity-duration', '10m'], /--identity-duration "10m" is invalid: "10m" is shorter than 1h/],
       // The value is named once: not '"x" is invalid: invalid duration "x"'.
       [['--identity-duration', 'invalid'], /--identity-duration "invalid" is invalid: expected a number with a unit \(ms, s, m, h, d\)/],
+      // A quote inside the value does not cut the message short.
+      [['--identity-duration', '1"h'], /--identity-duration "1"h" is invalid: expected a number with a unit \(ms, s, m, h, d\)/],
+      [['--identity-duration', '36'], /--identity-duration "36" is invalid: a number without a unit: write the unit: 36s/],
       [['--identity-renew-before', '24h'], /--identity-renew-before "24h" is invalid: "24h" is not shorter than the certificate's lifetime 24h/],
       [['--identity-issuer-kind', 'issuer'], /--identity-issuer-kind "issuer" is invalid: expected a Kind/],
     ] as const) {

@@ -28,6 +28,10 @@ export const ERROR_CODES = {
   /** An error nobody caught (see ts/cli/guard.ts): the proxy drained and exited. */
   ERR_INTERNAL: 1,
   ERR_IDENTITY: 2,
+  /** `meshpipe run`'s command is nowhere (the shell's 127). */
+  ERR_COMMAND_NOT_FOUND: 127,
+  /** `meshpipe run`'s command is there but cannot be executed (the shell's 126). */
+  ERR_COMMAND_NOT_EXECUTABLE: 126,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -415,6 +415,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   values.manifests ??= base.manifests.length > 0 ? [...base.manifests] : undefined;
   values.annotations ??= base.annotations;
+  // Where the pod's name came from, for a message about it: the flag, the config file or the env.
+  const podFrom = values.pod !== undefined ? '--pod' : base.pod !== undefined ? 'the config file\'s pod' : 'POD_NAME';
   values.namespace ??= base.namespace ?? (process.env['POD_NAMESPACE'] || undefined);
   values.pod ??= base.pod ?? (process.env['POD_NAME'] || undefined);
   // A zone index (fe80::1%eth0) is no destination the engine can match: refused like a bad address.
@@ -477,7 +479,7 @@ export async function main(argv: string[]): Promise<number> {
   // Always compiled: with no inputs it is what a proxy without policy sources does (the flags-only policy).
   const result = compilePolicy(inputs);
   const problems = [...fileProblems, ...result.problems];
-  const unmatched = unmatchedPod(inputs.identity, manifests);
+  const unmatched = unmatchedPod(inputs.identity, manifests, podFrom);
   if (unmatched !== undefined) problems.push(unmatched);
 
   if (ports.length > 0) {
@@ -522,14 +524,14 @@ export async function main(argv: string[]): Promise<number> {
  * that is not in the files: a typo (`--namespace shopp`) must say so, not answer quietly.
  * Without manifests (only --annotations) there is nothing to match against.
  */
-function unmatchedPod(identity: WorkloadIdentity, manifests: ManifestSet): PolicyProblem | undefined {
+function unmatchedPod(identity: WorkloadIdentity, manifests: ManifestSet, podFrom: string): PolicyProblem | undefined {
   if (identity.pod === undefined || manifests.workloads.length === 0) return undefined;
   if (findWorkload(identity, manifests.workloads) !== undefined) return undefined;
   const namespace = identity.namespace ?? 'default';
   const known = manifests.workloads.slice(0, 5).map((w) => describeRef(w)).join(', ');
   const more = manifests.workloads.length > 5 ? ` and ${manifests.workloads.length - 5} more` : '';
   return generalProblem(
-    `--pod ${identity.pod} in namespace ${namespace}: no workload in --manifests is this pod (expected a Pod named ${identity.pod}, `
+    `${podFrom} ${identity.pod} in namespace ${namespace}: no workload in --manifests is this pod (expected a Pod named ${identity.pod}, `
     + `or a Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob in ${namespace} whose name followed by "-" begins it), `
     + `so "this pod" has no container ports and none of a workload's annotations; the manifests have ${known}${more}`,
     identity.pod,

@@ -33,7 +33,7 @@
 import { constants as osConstants } from 'node:os';
 import { formatOptionsHelp, parseProxyArgv, PROXY_OPTIONS, wantsHelp, type OptionSpec } from './args.js';
 import { DurationError, parseDuration } from '../config/index.js';
-import { MeshpipeError } from '../errors.js';
+import { ERROR_CODES, MeshpipeError } from '../errors.js';
 import { checkPolicyPathsExist, forcedExitCode, handleSignals, LIFECYCLE_MESSAGES, Sidecar, STOP_SIGNALS, uncaughtErrors } from '../sidecar/index.js';
 import { AppProcess, findCommand } from './app-process.js';
 import type { Logger } from '../observe/index.js';
@@ -107,13 +107,17 @@ export async function main(argv: string[]): Promise<number> {
     throw new MeshpipeError('ERR_INVALID_CONFIG', 'no listeners configured: expected at least one --forward BIND=TARGET (or "forward" in the config file, or MESHPIPE_FORWARD)', { key: 'forward' });
   }
   // A command that cannot run is reported before the proxy starts: nothing listens, one line.
-  const missing = findCommand(command, process.env['PATH']);
+  // An empty name is no command (a path search would find the folders themselves).
+  const missing = command === '' ? 'ENOENT' : findCommand(command, process.env['PATH']);
   if (missing !== undefined) {
-    const why = missing === 'ENOENT'
-      ? `command not found${command.includes('/') ? ' (no such file)' : ' (not in any folder of PATH)'}`
-      : 'permission denied (not an executable file)';
-    process.stderr.write(`meshpipe run: error: cannot run ${command}: ${why}; the proxy was not started\n`);
-    return missing === 'ENOENT' ? 127 : 126;
+    const why = command === ''
+      ? 'the command name is empty: expected meshpipe run [options] -- COMMAND [ARGS...]'
+      : missing === 'ENOENT'
+        ? `command not found${command.includes('/') ? ' (no such file)' : ' (not in any folder of PATH)'}`
+        : 'permission denied (not an executable file)';
+    const code = missing === 'ENOENT' ? 'ERR_COMMAND_NOT_FOUND' : 'ERR_COMMAND_NOT_EXECUTABLE';
+    process.stderr.write(`meshpipe run: error: cannot run ${command === '' ? '""' : command}: ${why}; the proxy was not started (${code})\n`);
+    return ERROR_CODES[code];
   }
   await checkPolicyPathsExist(config);
   const logger = startLogger(config);

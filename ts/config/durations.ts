@@ -17,13 +17,18 @@ export const DURATION_UNITS = 'ms, s, m, h, d';
 /** The largest duration accepted: 365 days (Linkerd's "disable the timeout" value). */
 export const MAX_DURATION_MS = 365 * 86_400_000;
 
-/** Why a duration was refused; `hint` says how to write it instead. */
+/**
+ * Why a duration was refused. The message names the value (`invalid duration "x": reason`);
+ * `reason` is the part after it ('' when the value alone says it), for callers that name the
+ * value themselves; `hint` says how to write it instead.
+ */
 export class DurationError extends Error {
   constructor(
-    message: string,
+    readonly value: string,
+    readonly reason: string,
     readonly hint: string,
   ) {
-    super(message);
+    super(`invalid duration "${value}"${reason === '' ? '' : `: ${reason}`}`);
   }
 }
 
@@ -49,14 +54,14 @@ export function parseDuration(input: string | number): number {
     COMPONENT.lastIndex = at;
     const m = COMPONENT.exec(text);
     if (m === null) {
-      throw new DurationError(`invalid duration "${input}"`, rewriteHint(text) ?? `expected a number with a unit (${DURATION_UNITS}), e.g. 100ms, 10s, 5m or 1m30s`);
+      throw new DurationError(input, '', rewriteHint(text) ?? `expected a number with a unit (${DURATION_UNITS}), e.g. 100ms, 10s, 5m or 1m30s`);
     }
     total += Number(m[1]) * UNITS[m[2]!]!;
     at = COMPONENT.lastIndex;
   }
-  if (text === '') throw new DurationError('invalid duration "": empty', `expected a number with a unit (${DURATION_UNITS}), e.g. 10s`);
+  if (text === '') throw new DurationError('', 'empty', `expected a number with a unit (${DURATION_UNITS}), e.g. 10s`);
   const ms = Math.round(total);
-  if (ms > MAX_DURATION_MS) throw new DurationError(`invalid duration "${input}"`, 'expected at most 365d');
+  if (ms > MAX_DURATION_MS) throw new DurationError(input, '', 'expected at most 365d');
   return ms;
 }
 
@@ -83,7 +88,8 @@ function rewriteHint(text: string): string | undefined {
 
 function bareNumber(text: string): DurationError {
   return new DurationError(
-    `invalid duration "${text}": a number without a unit`,
+    text,
+    'a number without a unit',
     `write the unit: ${text}s (seconds) or ${text}ms (milliseconds); units ${DURATION_UNITS}, combinable as in 1m30s`,
   );
 }

@@ -143,7 +143,10 @@ export function parsePortMode(text: string): PortMode {
     // One edit per three letters, as for flags: `opaq` and `htp1` get one, `raw` none; an HTTP
     // version we do not have (`http3`) is not a typo of one we do.
     const asked = text.trim().toLowerCase();
-    const near = /^http\/?\d/.test(asked) ? undefined : closest(asked, Object.keys(MODE_ALIASES), Math.max(1, Math.ceil(asked.length / 3)));
+    // `https`, `ssl`: what the port carries is TLS, whatever is inside it; not a typo of http1.
+    const near = /^(https|ssl|tls\S+)$/.test(asked)
+      ? 'tls'
+      : /^http\/?\d/.test(asked) ? undefined : closest(asked, Object.keys(MODE_ALIASES), Math.max(1, Math.ceil(asked.length / 3)));
     const hint = near !== undefined ? ` (did you mean ${near}?)` : '';
     throw new Error(`mode "${text}"${hint}: expected one of detect (or unknown), opaque, http1 (HTTP/1), http2 (HTTP/2), grpc (gRPC), tls (TLS)`);
   }

@@ -129,8 +129,7 @@ function duration(text: string): number {
     return parseDuration(text);
   } catch (err) {
     if (err instanceof DurationError) {
-      const what = err.message.replace(/^invalid duration "[^"]*"(?:: )?/, '');
-      throw new Error(what === '' ? err.hint : `${what}: ${err.hint}`, { cause: err });
+      throw new Error(err.reason === '' ? err.hint : `${err.reason}: ${err.hint}`, { cause: err });
     }
     throw err;
   }

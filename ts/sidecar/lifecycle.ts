@@ -419,13 +419,17 @@ export class Sidecar {
     // it: mesh peers dial the tunnel at a pod IP, and iptables redirects to the interface's own
     // address. Said at start, where the one counter would otherwise be all there is to see.
     const bind = this.config.inbound;
-    if (bind !== null && bind.host !== '0.0.0.0' && bind.host !== '::' && !isOneOf(bind.host, guard.podIps)) {
+    if (bind !== null && !isOneOf(bind.host, ['0.0.0.0', '::']) && !isOneOf(bind.host, guard.podIps)) {
       // The bound address: port 0 in the config becomes the port the kernel chose.
       const at = bound.find((l) => l.name === 'inbound')?.bind ?? bind.addr;
       const port = at.slice(at.lastIndexOf(':') + 1);
+      // What the refusal is counted as: with an identity, a connection dialled to the inbound
+      // port itself is the tunnel and fails the pod-IP check; without one it was not
+      // redirected, so it has no original destination to go to.
+      const counted = this.#mesh.identityState() !== undefined ? 'not_pod_ip' : 'no_original_dst';
       this.logger.warn({
         inbound: at, podIps: guard.podIps, podIpsFrom: this.#podIps.source,
-        hint: `every connection to ${at} is refused and counted (inbound_tcp_accept_errors_total{error="not_pod_ip"}): mesh peers dial the tunnel at a pod IP, and redirected connections arrive at the interface's own address; listen on every address (0.0.0.0:${port}, as the default 0.0.0.0:4143 does) or on a pod IP, or name the pod IPs with --inbound-ips (loopback is never one)`,
+        hint: `every connection to ${at} is refused and counted (inbound_tcp_accept_errors_total{error="${counted}"}): mesh peers dial the tunnel at a pod IP, and redirected connections arrive at the interface's own address; listen on every address (0.0.0.0:${port}, as the default 0.0.0.0:4143 does) or on a pod IP, or name the pod IPs with --inbound-ips (loopback is never one)`,
       }, LIFECYCLE_MESSAGES.inboundNotPodIp);
     }
     if (this.config.inboundHost === null) {
