@@ -118,6 +118,29 @@ pub fn at_urgent_mark(fd: BorrowedFd<'_>) -> bool {
     rc == 0 && at != 0
 }
 
+/// How many bytes a TCP socket's receive queue holds (`FIONREAD`, alias
+/// `SIOCINQ`, tcp(7)): read without copying any of them.
+pub fn queued_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD as _, &mut n) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.max(0) as usize)
+    }
+}
+
+/// Whether the peer has shut down its side of a TCP connection (a FIN
+/// received: `POLLRDHUP`, a zero-timeout `poll`), even with bytes still
+/// queued before it.
+pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Reads the TCP urgent byte (`MSG_OOB`), if it has arrived and not been read.
 pub fn recv_urgent(fd: BorrowedFd<'_>) -> Option<u8> {
     let mut b = [0u8; 1];
@@ -487,6 +510,26 @@ mod tests {
         assert_eq!(n, 5);
         assert_eq!(buf, b">hello");
         assert!(!at_urgent_mark(s.as_fd()));
+    }
+
+    #[test]
+    fn queued_bytes_and_peer_closed_read_the_queue_without_taking_from_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(queued_bytes(s.as_fd()).unwrap(), 0);
+        assert!(!peer_closed(s.as_fd()));
+        c.write_all(b"twelve bytes").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        // Loopback delivers both before the calls return; poll until seen.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(queued_bytes(s.as_fd()).unwrap() == 12 && peer_closed(s.as_fd())) {
+            assert!(std::time::Instant::now() < deadline, "the bytes and the FIN never showed");
+            std::thread::yield_now();
+        }
+        let mut buf = [0u8; 32];
+        assert_eq!(recv(s.as_fd(), &mut buf, 0).unwrap(), 12, "nothing was taken from the queue");
+        assert_eq!(queued_bytes(s.as_fd()).unwrap(), 0);
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! - A TLS handshake to the tunnel is detection by another name (an
 //!   unauthenticated client, a bounded buffer, a timer): stalled ones hold
 //!   inbound detection slots, so one host holds at most its share of them,
-//!   as it does on a plaintext port; a meshed client of that host, whose
-//!   ClientHello arrives whole, still gets through.
+//!   as it does on a plaintext port; a meshed client of that host still
+//!   gets through, whether its ClientHello arrives whole or split over a
+//!   late segment (past the share it waits, without TLS state, for the
+//!   rest), and the stalled ones are closed at the detect timeout.
 //!
 //! Skipped (with a message) when the host has no non-loopback address.
 
@@ -23,8 +25,11 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::within;
@@ -52,7 +57,7 @@ struct Tunnel {
     engine: Engine,
     /// The tunnel: the transparent inbound listener, dialled directly.
     addr: SocketAddr,
-    client: TlsState,
+    client: std::sync::Arc<TlsState>,
     server_id: Identity,
 }
 
@@ -75,7 +80,7 @@ async fn tunnel(ip: IpAddr, extra: serde_json::Value) -> Tunnel {
     let ca = ca();
     let (server_id, client_id) = (linkerd("web", "shop"), linkerd("api", "shop"));
     engine.set_identity(&material(&ca, &server_id)).unwrap();
-    let client = TlsState::new(&material(&ca, &client_id), 1).unwrap();
+    let client = std::sync::Arc::new(TlsState::new(&material(&ca, &client_id), 1).unwrap());
     Tunnel { engine, addr, client, server_id }
 }
 
@@ -168,7 +173,10 @@ async fn stalled_tunnel_handshakes_from_one_host_hold_at_most_its_share_of_detec
         ip,
         serde_json::json!({
             "inbound": { "podIps": [ip.to_string()], "proxyPorts": [] },
-            "limits": { "detectingConnections": slots }
+            "limits": { "detectingConnections": slots },
+            // Long enough for the meshed clients below, short enough to
+            // see the stalled handshakes time out.
+            "detect": { "inboundTimeoutMs": 3_000 }
         }),
     )
     .await;
@@ -193,21 +201,93 @@ async fn stalled_tunnel_handshakes_from_one_host_hold_at_most_its_share_of_detec
     let mut echoed = [0u8; 4];
     within(T, s.read_exact(&mut echoed)).await.unwrap();
     assert_eq!(&echoed, b"ping");
-    // Past the share, a stalled handshake is not kept waiting for the
-    // detect timeout (10 s): it is refused at once.
-    // Every connection is watched for the same 2 s (well within the timeout).
-    let reads = held.into_iter().map(|mut s| {
-        tokio::spawn(async move {
-            let mut b = [0u8; 1];
-            tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await.map(|r| r.map_err(|e| e.kind()))
-        })
+    // A meshed client of the same host whose ClientHello arrives in two
+    // pieces, the second only once the proxy found no slot for it: it
+    // waits (without TLS state) for the rest, and gets through.
+    let refused_before = share_refused(&t.engine.snapshot());
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let tcp = Gated { tcp: TcpStream::connect(t.addr).await.unwrap(), first: 40, sent: 0, gate: Some(gate) };
+    let (client, server_id) = (t.client.clone(), t.server_id.clone());
+    let split = tokio::spawn(async move {
+        let (mut s, _) = tls::connect(&client, tcp, &server_id, ClientAlpn::Tunnel, T).await.unwrap();
+        s.write_all(&TransportHeader::opaque(NonZeroU16::new(app.port()).unwrap()).encode()).await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        s.flush().await.unwrap();
+        let mut echoed = [0u8; 4];
+        s.read_exact(&mut echoed).await.unwrap();
+        echoed
     });
-    let mut closed = 0;
-    for read in reads.collect::<Vec<_>>() {
-        if let Ok(r) = read.await.unwrap() {
-            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
-            closed += 1;
-        }
+    t.until("the proxy found no slot for the split ClientHello", |s| share_refused(s) > refused_before).await;
+    open.send(()).unwrap();
+    assert_eq!(&within(T, split).await.unwrap(), b"pong");
+    // Without a slot, a first record whose header is no TLS handshake
+    // record of a valid length (2^14 at most, RFC 8446 §5.1) is refused at
+    // once, not waited for.
+    let mut bad = TcpStream::connect(t.addr).await.unwrap();
+    bad.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0x01]).await.unwrap();
+    let mut b = [0u8; 1];
+    let r = within(T, bad.read(&mut b)).await.map_err(|e| e.kind());
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    t.until("the oversized first record was counted as not TLS", |s| handshake_errors(s, "not_tls") == 1).await;
+    // Past the share, a stalled handshake holds no TLS state and no slot:
+    // it is closed at the detect timeout, counted as a handshake timeout,
+    // as are those that hold a slot.
+    for mut s in held {
+        let mut b = [0u8; 1];
+        let r = within(T, s.read(&mut b)).await.map_err(|e| e.kind());
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     }
-    assert_eq!(closed, 2 * share, "the stalled handshakes past the host's share are closed at once");
+    let snap = t.until("every stalled handshake was counted as a timeout", |s| handshake_timeouts(s) == 3 * share).await;
+    assert_eq!(used(&snap), 0, "no slot is left held");
+}
+
+fn share_refused(s: &Snapshot) -> u64 {
+    s.limits.detecting_share.as_ref().map_or(0, |d| d.refused)
+}
+
+fn handshake_errors(s: &Snapshot, reason: &str) -> u64 {
+    s.mesh.handshake_errors.iter().filter(|e| e.direction == Direction::Inbound && e.reason == reason).map(|e| e.count).sum()
+}
+
+fn handshake_timeouts(s: &Snapshot) -> u64 {
+    handshake_errors(s, "timeout")
+}
+
+/// A client socket that writes its first `first` bytes, then nothing more
+/// until `gate` opens: a ClientHello split over two TCP segments, the
+/// second late.
+struct Gated {
+    tcp: TcpStream,
+    first: usize,
+    sent: usize,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Gated {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(gate) = &mut this.gate {
+            if this.sent < this.first {
+                let n = (this.first - this.sent).min(buf.len());
+                let n = std::task::ready!(Pin::new(&mut this.tcp).poll_write(cx, &buf[..n]))?;
+                this.sent += n;
+                return Poll::Ready(Ok(n));
+            }
+            let _ = std::task::ready!(Pin::new(gate).poll(cx));
+            this.gate = None;
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }

@@ -26,12 +26,13 @@
 //!   unauthenticated client, a buffer (rustls holds up to a whole 16 KiB
 //!   record) and a timer. So it holds an inbound detection slot, and one of
 //!   its host's share (`limits.rs`), as a plaintext connection in detection
-//!   does. Without one, no TLS state is made for a client whose first TLS
-//!   record is not whole once its first bytes arrived (a peek, nothing
-//!   buffered): real clients write their ClientHello at once, and it goes
-//!   on, as SNI termination does for a ClientHello detection read at once;
-//!   any other is refused (counted as a refused detection slot). A flood of
-//!   stalled handshakes from one host holds at most its share.
+//!   does. Without one, no TLS state is made and nothing is buffered until
+//!   the client's first TLS record is whole in the socket's receive queue
+//!   (its length is read, not its bytes), within the detect timeout: a
+//!   ClientHello split over late segments still goes on, and a stalled
+//!   handshake past the slots costs only its socket until the timeout
+//!   (refused then, counted as a handshake timeout). A flood of stalled
+//!   handshakes from one host holds at most its share of TLS state.
 //! - **SNI termination** ([`terminate`]): a connection redirected from an
 //!   app port whose ClientHello names this proxy's identity is mesh TLS to
 //!   this proxy: the handshake is completed over the bytes detection read
@@ -174,11 +175,31 @@ pub(crate) async fn tunnel(
             )
         }
     }
-    if slot.is_none() && !first_record_whole(&client) {
-        // Counted by the limits (a full direction or the host's share).
-        debug!("tunnel: no inbound detection slot, and the first TLS record is not whole: refused");
-        socket::set_reset_on_close(&client);
-        return None;
+    if slot.is_none() {
+        // No slot (a full direction, or the host's share): the handshake
+        // waits without TLS state until its first record is whole.
+        match first_record_whole(&client, deadline).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse_handshake(
+                    ctx,
+                    &client,
+                    HandshakeError::new(HandshakeFailure::Timeout, format!("no whole ClientHello within {timeout:?} (no detection slot)")),
+                )
+            }
+            Err(FirstRecord::Closed) => {
+                debug!("tunnel: the client closed before its ClientHello was whole");
+                return None;
+            }
+            Err(FirstRecord::Malformed) => {
+                return refuse_handshake(
+                    ctx,
+                    &client,
+                    HandshakeError::new(HandshakeFailure::NotTls, "the tunnel needs mesh TLS; the first record is no TLS handshake record"),
+                )
+            }
+            Err(FirstRecord::Io(e)) => return refuse_handshake(ctx, &client, HandshakeError::new(HandshakeFailure::Io, e.to_string())),
+        }
     }
     let started = Instant::now();
     let (mut stream, accepted) = match tls::accept(state, client, AlpnRule::Tunnel, deadline - tokio::time::Instant::now()).await {
@@ -244,15 +265,68 @@ pub(crate) async fn tunnel(
 /// ClientHello is plaintext) with its 5-byte header.
 const MAX_FIRST_RECORD: usize = 5 + (1 << 14);
 
-/// Whether the socket already holds the client's whole first TLS record,
-/// without waiting for more (one non-blocking peek; the buffer is freed
-/// before this returns). A ClientHello that spans two TCP segments of
-/// which one is late is refused here: only without a detection slot.
-fn first_record_whole(client: &TcpStream) -> bool {
-    let mut buf = vec![0u8; MAX_FIRST_RECORD];
+/// Why a tunnel client without a detection slot is not handed to rustls.
+#[derive(Debug)]
+enum FirstRecord {
+    /// The client shut down (or reset) before its first record was whole.
+    Closed,
+    /// The first record is not a TLS handshake record of a valid length.
+    Malformed,
+    Io(io::Error),
+}
+
+/// Waits, until `deadline` at most, for the client's whole first TLS record
+/// to be in the socket's receive queue. Without a detection slot no TLS
+/// state is made before that, and nothing is buffered in the proxy: each
+/// wake-up reads the queue's length (`FIONREAD`), never its bytes, except
+/// the 5-byte record header once. A ClientHello split over late segments
+/// (a long one, or a lossy path) thus goes on when its last segment
+/// arrives, while a stalled one costs only its socket until the deadline.
+/// `Ok(false)`: the deadline passed.
+async fn first_record_whole(client: &TcpStream, deadline: tokio::time::Instant) -> Result<bool, FirstRecord> {
     let fd = std::os::fd::AsFd::as_fd(client);
-    let Ok(n) = crate::sys::recv(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) else { return false };
-    n >= 5 && buf[0] == HANDSHAKE_RECORD && n >= 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
+    let mut need: Option<usize> = None;
+    let mut closed = false;
+    let mut check = || -> io::Result<()> {
+        let queued = crate::sys::queued_bytes(fd)?;
+        if need.is_none() && queued >= 5 {
+            let mut head = [0u8; 5];
+            if crate::sys::recv(fd, &mut head, libc::MSG_PEEK | libc::MSG_DONTWAIT)? == 5 {
+                let len = 5 + usize::from(u16::from_be_bytes([head[3], head[4]]));
+                if head[0] != HANDSHAKE_RECORD || len > MAX_FIRST_RECORD {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "not a TLS handshake record"));
+                }
+                need = Some(len);
+            }
+        }
+        if need.is_some_and(|n| queued >= n) {
+            return Ok(());
+        }
+        if crate::sys::peer_closed(fd) {
+            closed = true;
+            return Ok(());
+        }
+        // Cleared readiness: the next wake-up is the next segment (or FIN).
+        Err(io::ErrorKind::WouldBlock.into())
+    };
+    // Most clients' first record is whole already: no wait, no timer.
+    let now = match check() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        other => Some(other),
+    };
+    let r = match now {
+        Some(r) => r,
+        None => match tokio::time::timeout_at(deadline, client.async_io(tokio::io::Interest::READABLE, check)).await {
+            Ok(r) => r,
+            Err(_) => return Ok(false),
+        },
+    };
+    match r {
+        Ok(()) if closed => Err(FirstRecord::Closed),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(FirstRecord::Malformed),
+        Err(e) => Err(FirstRecord::Io(e)),
+    }
 }
 
 /// SNI termination of a connection redirected to `target` whose ClientHello
