@@ -154,18 +154,105 @@ async fn echo_on(ip: IpAddr) -> SocketAddr {
 }
 
 /// Opens a connection to the tunnel that sends the first 8 KiB of a 16 KiB
-/// TLS handshake record, then stalls.
+/// TLS handshake record holding one ClientHello, then stalls.
 async fn stalled_handshake(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+    // Record header (16384 bytes), then a ClientHello's header (16380 bytes).
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc];
     record.extend(std::iter::repeat_n(0x01u8, 8 * 1024));
     // One refused at once may be reset before all of it is written.
     let _ = s.write_all(&record).await;
     s
 }
 
+/// Three times a host's share of stalled handshakes, from this host: its
+/// share holds detection slots, the rest wait without one.
+async fn hold_stalled(t: &Tunnel, share: u64) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..3 * share {
+        held.push(stalled_handshake(t.addr).await);
+    }
+    t.until("every stalled connection is accepted", |s| accepted(s) == 3 * share).await;
+    // The handshakes in progress are detection: they hold slots, at most the host's share.
+    let snap = t.until("the stalled handshakes hold their host's share of detection slots", |s| used(s) == share).await;
+    assert_eq!(used(&snap), share, "{:?}", snap.limits);
+    held
+}
+
+fn used(s: &Snapshot) -> u64 {
+    s.limits.detecting.iter().find(|d| d.direction == Direction::Inbound).map_or(0, |d| d.used)
+}
+
+/// Sends `payload` through a tunnel connection made with `tcp` and returns what came back.
+async fn echo_through<IO>(t: &Tunnel, tcp: IO, app: SocketAddr, payload: &'static [u8]) -> Vec<u8>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut s, _) = tls::connect(&t.client, tcp, &t.server_id, ClientAlpn::Tunnel, T).await.unwrap();
+    s.write_all(&TransportHeader::opaque(NonZeroU16::new(app.port()).unwrap()).encode()).await.unwrap();
+    s.write_all(payload).await.unwrap();
+    s.flush().await.unwrap();
+    let mut echoed = vec![0u8; payload.len()];
+    s.read_exact(&mut echoed).await.unwrap();
+    echoed
+}
+
 #[tokio::test]
-async fn stalled_tunnel_handshakes_from_one_host_hold_at_most_its_share_of_detection_slots() {
+async fn past_its_share_a_hosts_meshed_clients_still_get_through_and_bad_first_records_are_refused_at_once() {
+    let ip = pod_ip();
+    let slots = 64;
+    let share = PerSource::share_of(slots) as u64;
+    // The detect timeout outlasts the test: the slots stay held throughout.
+    let t = tunnel(
+        ip,
+        serde_json::json!({
+            "inbound": { "podIps": [ip.to_string()], "proxyPorts": [] },
+            "limits": { "detectingConnections": slots },
+            "detect": { "inboundTimeoutMs": 60_000 }
+        }),
+    )
+    .await;
+    let _held = hold_stalled(&t, share).await;
+    let app = echo_on(ip).await;
+    // A meshed client of the same host gets through: its ClientHello is
+    // whole as soon as it arrives.
+    let tcp = TcpStream::connect(t.addr).await.unwrap();
+    assert_eq!(within(T, echo_through(&t, tcp, app, b"ping")).await, b"ping");
+    // So does one whose ClientHello arrives in two pieces, the second only
+    // once the proxy found no slot for it: it waits (without TLS state)
+    // for the rest.
+    let refused_before = share_refused(&t.engine.snapshot());
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let tcp = Gated { tcp: TcpStream::connect(t.addr).await.unwrap(), first: 40, sent: 0, gate: Some(gate) };
+    let split = async {
+        let echoed = echo_through(&t, tcp, app, b"pong").await;
+        assert_eq!(echoed, b"pong");
+    };
+    let sequence = async {
+        t.until("the proxy found no slot for the split ClientHello", |s| share_refused(s) > refused_before).await;
+        open.send(()).unwrap();
+    };
+    within(T, async { tokio::join!(split, sequence) }).await;
+    assert_eq!(used(&t.engine.snapshot()), share, "the split client needed no slot");
+    // Without a slot, a first record that is no whole ClientHello in one
+    // record of a valid length (2^14 at most, RFC 8446 §5.1) is refused at
+    // once, counted as rustls counts a malformed handshake: an oversized
+    // record, and a ClientHello fragmented over records (rustls would
+    // buffer up to 64 KiB of fragments).
+    let bad_records: [&[u8]; 2] =
+        [&[0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0x00, 0x10, 0x00], &[0x16, 0x03, 0x01, 0x00, 0x01, 0x01, 0x16, 0x03, 0x01]];
+    for (i, record) in bad_records.into_iter().enumerate() {
+        let mut bad = TcpStream::connect(t.addr).await.unwrap();
+        bad.write_all(record).await.unwrap();
+        let mut b = [0u8; 1];
+        let r = within(T, bad.read(&mut b)).await.map_err(|e| e.kind());
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        t.until("the bad first record was counted", |s| handshake_errors(s, "handshake") == i as u64 + 1).await;
+    }
+}
+
+#[tokio::test]
+async fn stalled_tunnel_handshakes_are_closed_and_counted_with_or_without_a_slot() {
     let ip = pod_ip();
     let slots = 64;
     let share = PerSource::share_of(slots) as u64;
@@ -174,70 +261,20 @@ async fn stalled_tunnel_handshakes_from_one_host_hold_at_most_its_share_of_detec
         serde_json::json!({
             "inbound": { "podIps": [ip.to_string()], "proxyPorts": [] },
             "limits": { "detectingConnections": slots },
-            // Long enough for the meshed clients below, short enough to
-            // see the stalled handshakes time out.
             "detect": { "inboundTimeoutMs": 3_000 }
         }),
     )
     .await;
-    // One host (this one) opens three times its share of stalled handshakes.
-    let mut held = Vec::new();
-    for _ in 0..3 * share {
-        held.push(stalled_handshake(t.addr).await);
-    }
-    t.until("every stalled connection is accepted", |s| accepted(s) == 3 * share).await;
-    // The handshakes in progress are detection: they hold slots, at most the host's share.
-    let used = |s: &Snapshot| s.limits.detecting.iter().find(|d| d.direction == Direction::Inbound).map_or(0, |d| d.used);
-    let snap = t.until("the stalled handshakes hold their host's share of detection slots", |s| used(s) == share).await;
-    assert_eq!(used(&snap), share, "{:?}", snap.limits);
-    // A meshed client of the same host still gets through: its ClientHello
-    // is whole as soon as it arrives.
-    let app = echo_on(ip).await;
-    let tcp = TcpStream::connect(t.addr).await.unwrap();
-    let (mut s, _) = within(T, tls::connect(&t.client, tcp, &t.server_id, ClientAlpn::Tunnel, T)).await.unwrap();
-    s.write_all(&TransportHeader::opaque(NonZeroU16::new(app.port()).unwrap()).encode()).await.unwrap();
-    s.write_all(b"ping").await.unwrap();
-    s.flush().await.unwrap();
-    let mut echoed = [0u8; 4];
-    within(T, s.read_exact(&mut echoed)).await.unwrap();
-    assert_eq!(&echoed, b"ping");
-    // A meshed client of the same host whose ClientHello arrives in two
-    // pieces, the second only once the proxy found no slot for it: it
-    // waits (without TLS state) for the rest, and gets through.
-    let refused_before = share_refused(&t.engine.snapshot());
-    let (open, gate) = tokio::sync::oneshot::channel();
-    let tcp = Gated { tcp: TcpStream::connect(t.addr).await.unwrap(), first: 40, sent: 0, gate: Some(gate) };
-    let (client, server_id) = (t.client.clone(), t.server_id.clone());
-    let split = tokio::spawn(async move {
-        let (mut s, _) = tls::connect(&client, tcp, &server_id, ClientAlpn::Tunnel, T).await.unwrap();
-        s.write_all(&TransportHeader::opaque(NonZeroU16::new(app.port()).unwrap()).encode()).await.unwrap();
-        s.write_all(b"pong").await.unwrap();
-        s.flush().await.unwrap();
-        let mut echoed = [0u8; 4];
-        s.read_exact(&mut echoed).await.unwrap();
-        echoed
-    });
-    t.until("the proxy found no slot for the split ClientHello", |s| share_refused(s) > refused_before).await;
-    open.send(()).unwrap();
-    assert_eq!(&within(T, split).await.unwrap(), b"pong");
-    // Without a slot, a first record whose header is no TLS handshake
-    // record of a valid length (2^14 at most, RFC 8446 §5.1) is refused at
-    // once, not waited for.
-    let mut bad = TcpStream::connect(t.addr).await.unwrap();
-    bad.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0x01]).await.unwrap();
-    let mut b = [0u8; 1];
-    let r = within(T, bad.read(&mut b)).await.map_err(|e| e.kind());
-    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
-    t.until("the oversized first record was counted as not TLS", |s| handshake_errors(s, "not_tls") == 1).await;
-    // Past the share, a stalled handshake holds no TLS state and no slot:
-    // it is closed at the detect timeout, counted as a handshake timeout,
-    // as are those that hold a slot.
+    let held = hold_stalled(&t, share).await;
+    // Those without a slot hold no TLS state and are closed after the
+    // short no-slot wait; those with one at the detect timeout. Each is
+    // counted as a handshake timeout.
     for mut s in held {
         let mut b = [0u8; 1];
         let r = within(T, s.read(&mut b)).await.map_err(|e| e.kind());
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     }
-    let snap = t.until("every stalled handshake was counted as a timeout", |s| handshake_timeouts(s) == 3 * share).await;
+    let snap = t.until("every stalled handshake was counted as a timeout", |s| handshake_errors(s, "timeout") == 3 * share).await;
     assert_eq!(used(&snap), 0, "no slot is left held");
 }
 
@@ -247,10 +284,6 @@ fn share_refused(s: &Snapshot) -> u64 {
 
 fn handshake_errors(s: &Snapshot, reason: &str) -> u64 {
     s.mesh.handshake_errors.iter().filter(|e| e.direction == Direction::Inbound && e.reason == reason).map(|e| e.count).sum()
-}
-
-fn handshake_timeouts(s: &Snapshot) -> u64 {
-    handshake_errors(s, "timeout")
 }
 
 /// A client socket that writes its first `first` bytes, then nothing more

@@ -27,12 +27,13 @@
 //!   record) and a timer. So it holds an inbound detection slot, and one of
 //!   its host's share (`limits.rs`), as a plaintext connection in detection
 //!   does. Without one, no TLS state is made and nothing is buffered until
-//!   the client's first TLS record is whole in the socket's receive queue
-//!   (its length is read, not its bytes), within the detect timeout: a
-//!   ClientHello split over late segments still goes on, and a stalled
-//!   handshake past the slots costs only its socket until the timeout
-//!   (refused then, counted as a handshake timeout). A flood of stalled
-//!   handshakes from one host holds at most its share of TLS state.
+//!   the client's whole ClientHello, in its first TLS record, is in the
+//!   socket's receive queue (its length is read, not its bytes), within a
+//!   short wait (`NO_SLOT_WAIT`): a ClientHello split over late segments
+//!   still goes on, and one that stalls past the slots costs only its
+//!   socket until then (refused, counted as a handshake timeout). A client
+//!   that sent a whole ClientHello goes on to the handshake, slot or not,
+//!   as before (rustls's state until the detect timeout at most).
 //! - **SNI termination** ([`terminate`]): a connection redirected from an
 //!   app port whose ClientHello names this proxy's identity is mesh TLS to
 //!   this proxy: the handshake is completed over the bytes detection read
@@ -176,27 +177,28 @@ pub(crate) async fn tunnel(
         }
     }
     if slot.is_none() {
-        // No slot (a full direction, or the host's share): the handshake
-        // waits without TLS state until its first record is whole.
-        match first_record_whole(&client, deadline).await {
+        // No slot (a full direction, or the host's share): no TLS state
+        // until the whole ClientHello is in the socket, for a short while.
+        let wait = deadline.min(tokio::time::Instant::now() + NO_SLOT_WAIT);
+        match client_hello_whole(&client, wait).await {
             Ok(true) => {}
             Ok(false) => {
                 return refuse_handshake(
                     ctx,
                     &client,
-                    HandshakeError::new(HandshakeFailure::Timeout, format!("no whole ClientHello within {timeout:?} (no detection slot)")),
+                    HandshakeError::new(
+                        HandshakeFailure::Timeout,
+                        format!("no whole ClientHello within {:?} (no detection slot)", NO_SLOT_WAIT.min(timeout)),
+                    ),
                 )
             }
             Err(FirstRecord::Closed) => {
                 debug!("tunnel: the client closed before its ClientHello was whole");
                 return None;
             }
-            Err(FirstRecord::Malformed) => {
-                return refuse_handshake(
-                    ctx,
-                    &client,
-                    HandshakeError::new(HandshakeFailure::NotTls, "the tunnel needs mesh TLS; the first record is no TLS handshake record"),
-                )
+            Err(FirstRecord::Malformed(why)) => {
+                // As rustls counts a malformed handshake record with a slot.
+                return refuse_handshake(ctx, &client, HandshakeError::new(HandshakeFailure::Handshake, why));
             }
             Err(FirstRecord::Io(e)) => return refuse_handshake(ctx, &client, HandshakeError::new(HandshakeFailure::Io, e.to_string())),
         }
@@ -265,38 +267,66 @@ pub(crate) async fn tunnel(
 /// ClientHello is plaintext) with its 5-byte header.
 const MAX_FIRST_RECORD: usize = 5 + (1 << 14);
 
+/// How long a tunnel client without a detection slot may take to complete
+/// its ClientHello: long enough for a lost segment's retransmission (RFC
+/// 6298 §2.4 rounds the retransmission timeout up to 1 s), short enough
+/// that such waiters, which hold a connection but no slot, turn over
+/// quickly.
+const NO_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why a tunnel client without a detection slot is not handed to rustls.
 #[derive(Debug)]
 enum FirstRecord {
-    /// The client shut down (or reset) before its first record was whole.
+    /// The client shut down (or reset) before its ClientHello was whole.
     Closed,
-    /// The first record is not a TLS handshake record of a valid length.
-    Malformed,
+    /// The first record is no TLS handshake record of a valid length that
+    /// starts with a ClientHello it holds whole.
+    Malformed(&'static str),
     Io(io::Error),
 }
 
-/// Waits, until `deadline` at most, for the client's whole first TLS record
-/// to be in the socket's receive queue. Without a detection slot no TLS
-/// state is made before that, and nothing is buffered in the proxy: each
-/// wake-up reads the queue's length (`FIONREAD`), never its bytes, except
-/// the 5-byte record header once. A ClientHello split over late segments
-/// (a long one, or a lossy path) thus goes on when its last segment
-/// arrives, while a stalled one costs only its socket until the deadline.
+/// Waits, until `deadline` at most, for the client's whole ClientHello to
+/// be in the socket's receive queue, in its first TLS record. Without a
+/// detection slot no TLS state is made before that, and nothing is
+/// buffered in the proxy: each wake-up reads the queue's length
+/// (`FIONREAD`), never its bytes, except the record and handshake headers
+/// once. rustls would reassemble a ClientHello fragmented over many records
+/// (up to 64 KiB), so a client without a slot must send it in one record,
+/// as every TLS stack does for a ClientHello that fits one (RFC 8446 §5.1
+/// allows fragmenting, no client needs it below 16 KiB). A ClientHello
+/// split over late TCP segments thus goes on when its last segment arrives,
+/// while a stalled one costs only its socket until the deadline.
 /// `Ok(false)`: the deadline passed.
-async fn first_record_whole(client: &TcpStream, deadline: tokio::time::Instant) -> Result<bool, FirstRecord> {
+async fn client_hello_whole(client: &TcpStream, deadline: tokio::time::Instant) -> Result<bool, FirstRecord> {
+    /// The record header (5 bytes) and the handshake header (4, RFC 8446 §4).
+    const HEADERS: usize = 9;
+    const CLIENT_HELLO: u8 = 1;
     let fd = std::os::fd::AsFd::as_fd(client);
     let mut need: Option<usize> = None;
     let mut closed = false;
+    let mut malformed = None;
     let mut check = || -> io::Result<()> {
         let queued = crate::sys::queued_bytes(fd)?;
-        if need.is_none() && queued >= 5 {
-            let mut head = [0u8; 5];
-            if crate::sys::recv(fd, &mut head, libc::MSG_PEEK | libc::MSG_DONTWAIT)? == 5 {
-                let len = 5 + usize::from(u16::from_be_bytes([head[3], head[4]]));
-                if head[0] != HANDSHAKE_RECORD || len > MAX_FIRST_RECORD {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "not a TLS handshake record"));
+        if need.is_none() && queued >= HEADERS {
+            let mut head = [0u8; HEADERS];
+            if crate::sys::recv(fd, &mut head, libc::MSG_PEEK | libc::MSG_DONTWAIT)? == HEADERS {
+                let record = usize::from(u16::from_be_bytes([head[3], head[4]]));
+                let hello = 4 + (usize::from(head[6]) << 16 | usize::from(head[7]) << 8 | usize::from(head[8]));
+                malformed = if head[0] != HANDSHAKE_RECORD {
+                    Some("the first record is no TLS handshake record")
+                } else if 5 + record > MAX_FIRST_RECORD {
+                    Some("the first TLS record is longer than 2^14 bytes (RFC 8446 §5.1)")
+                } else if head[5] != CLIENT_HELLO {
+                    Some("the first handshake message is no ClientHello")
+                } else if hello > record {
+                    Some("the ClientHello does not fit its first record (no detection slot)")
+                } else {
+                    None
+                };
+                if malformed.is_some() {
+                    return Ok(());
                 }
-                need = Some(len);
+                need = Some(5 + record);
             }
         }
         if need.is_some_and(|n| queued >= n) {
@@ -309,7 +339,7 @@ async fn first_record_whole(client: &TcpStream, deadline: tokio::time::Instant) 
         // Cleared readiness: the next wake-up is the next segment (or FIN).
         Err(io::ErrorKind::WouldBlock.into())
     };
-    // Most clients' first record is whole already: no wait, no timer.
+    // Most clients' ClientHello is whole already: no wait, no timer.
     let now = match check() {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
         other => Some(other),
@@ -321,11 +351,11 @@ async fn first_record_whole(client: &TcpStream, deadline: tokio::time::Instant) 
             Err(_) => return Ok(false),
         },
     };
-    match r {
-        Ok(()) if closed => Err(FirstRecord::Closed),
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(FirstRecord::Malformed),
-        Err(e) => Err(FirstRecord::Io(e)),
+    match (r, malformed) {
+        (Ok(()), Some(why)) => Err(FirstRecord::Malformed(why)),
+        (Ok(()), None) if closed => Err(FirstRecord::Closed),
+        (Ok(()), None) => Ok(true),
+        (Err(e), _) => Err(FirstRecord::Io(e)),
     }
 }
 
