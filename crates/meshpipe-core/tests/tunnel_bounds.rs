@@ -234,6 +234,17 @@ async fn past_its_share_a_hosts_meshed_clients_still_get_through_and_bad_first_r
     };
     within(T, async { tokio::join!(split, sequence) }).await;
     assert_eq!(used(&t.engine.snapshot()), share, "the split client needed no slot");
+    // A slot-less client that sends its whole ClientHello and then stalls
+    // (its second flight never leaves) holds TLS state only briefly: it is
+    // closed and counted as a timeout long before the 60 s detect timeout,
+    // as are the stalled handshakes without a slot from the start.
+    let timeouts_before = handshake_errors(&t.engine.snapshot(), "timeout");
+    let tcp = FirstFlightOnly(TcpStream::connect(t.addr).await.unwrap(), false);
+    let (client, server_id) = (t.client.clone(), t.server_id.clone());
+    let stalled = tokio::spawn(async move { tls::connect(&client, tcp, &server_id, ClientAlpn::Tunnel, T).await.map(|_| ()) });
+    t.until("the slot-less handshakes were closed as timeouts", |s| handshake_errors(s, "timeout") == 2 * share + 1).await;
+    assert!(timeouts_before <= 2 * share);
+    stalled.abort();
     // Without a slot, a first record that is no whole ClientHello in one
     // record of a valid length (2^14 at most, RFC 8446 §5.1) is refused at
     // once, counted as rustls counts a malformed handshake: an oversized
@@ -284,6 +295,33 @@ fn share_refused(s: &Snapshot) -> u64 {
 
 fn handshake_errors(s: &Snapshot, reason: &str) -> u64 {
     s.mesh.handshake_errors.iter().filter(|e| e.direction == Direction::Inbound && e.reason == reason).map(|e| e.count).sum()
+}
+
+/// A client socket that sends its first write (the ClientHello) and then
+/// never another: its handshake stalls after the server's flight.
+struct FirstFlightOnly(TcpStream, bool);
+
+impl tokio::io::AsyncRead for FirstFlightOnly {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstFlightOnly {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.1 {
+            return Poll::Pending;
+        }
+        let n = std::task::ready!(Pin::new(&mut self.0).poll_write(cx, buf))?;
+        self.1 = true;
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// A client socket that writes its first `first` bytes, then nothing more

@@ -31,9 +31,9 @@
 //!   socket's receive queue (its length is read, not its bytes), within a
 //!   short wait (`NO_SLOT_WAIT`): a ClientHello split over late segments
 //!   still goes on, and one that stalls past the slots costs only its
-//!   socket until then (refused, counted as a handshake timeout). A client
-//!   that sent a whole ClientHello goes on to the handshake, slot or not,
-//!   as before (rustls's state until the detect timeout at most).
+//!   socket until then (refused, counted as a handshake timeout). The
+//!   same short wait bounds the rest of a slot-less client's handshake and
+//!   header, so TLS state made without a slot is held briefly.
 //! - **SNI termination** ([`terminate`]): a connection redirected from an
 //!   app port whose ClientHello names this proxy's identity is mesh TLS to
 //!   this proxy: the handshake is completed over the bytes detection read
@@ -147,10 +147,14 @@ pub(crate) async fn tunnel(
     state: &TlsState,
     info: &ConnInfo,
 ) -> Option<Established<TcpStream>> {
-    let timeout = ctx.detect.timeout_for(Direction::Inbound, orig.port(), None);
-    let deadline = tokio::time::Instant::now() + timeout;
     // Held until the header is read (dropped when this returns).
     let slot = ctx.limits.detect_slot(Direction::Inbound, peer.ip());
+    // Without a slot the whole exchange up to the header (the ClientHello,
+    // the handshake, the header in the client's last flight) must be quick:
+    // unbounded in number, such clients are bounded in time instead.
+    let timeout = ctx.detect.timeout_for(Direction::Inbound, orig.port(), None);
+    let timeout = if slot.is_none() { timeout.min(NO_SLOT_WAIT) } else { timeout };
+    let deadline = tokio::time::Instant::now() + timeout;
     // Plaintext (or anything but TLS) sent straight to the tunnel is
     // refused before any TLS state exists.
     let mut first = [0u8; 1];
@@ -179,17 +183,13 @@ pub(crate) async fn tunnel(
     if slot.is_none() {
         // No slot (a full direction, or the host's share): no TLS state
         // until the whole ClientHello is in the socket, for a short while.
-        let wait = deadline.min(tokio::time::Instant::now() + NO_SLOT_WAIT);
-        match client_hello_whole(&client, wait).await {
+        match client_hello_whole(&client, deadline).await {
             Ok(true) => {}
             Ok(false) => {
                 return refuse_handshake(
                     ctx,
                     &client,
-                    HandshakeError::new(
-                        HandshakeFailure::Timeout,
-                        format!("no whole ClientHello within {:?} (no detection slot)", NO_SLOT_WAIT.min(timeout)),
-                    ),
+                    HandshakeError::new(HandshakeFailure::Timeout, format!("no whole ClientHello within {timeout:?} (no detection slot)")),
                 )
             }
             Err(FirstRecord::Closed) => {
@@ -267,10 +267,11 @@ pub(crate) async fn tunnel(
 /// ClientHello is plaintext) with its 5-byte header.
 const MAX_FIRST_RECORD: usize = 5 + (1 << 14);
 
-/// How long a tunnel client without a detection slot may take to complete
-/// its ClientHello: long enough for a lost segment's retransmission (RFC
-/// 6298 §2.4 rounds the retransmission timeout up to 1 s), short enough
-/// that such waiters, which hold a connection but no slot, turn over
+/// How long a tunnel client without a detection slot may take from its
+/// first byte to its transport header (ClientHello, handshake, header):
+/// long enough for a lost segment's retransmission (RFC 6298 §2.4 rounds
+/// the retransmission timeout up to 1 s) and a round trip, short enough
+/// that such clients, which hold a connection but no slot, turn over
 /// quickly.
 const NO_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
