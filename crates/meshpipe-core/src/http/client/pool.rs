@@ -228,3 +228,16 @@ async fn sweep(engine: u64, idle_timeout: Duration, drain: crate::drain::Drain, 
     });
     crate::http::balance::retain(engine, &crate::http::endpoints::EndpointsTable::default());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_stops_a_second_before_the_upstream_closes_or_halfway_below_two_seconds() {
+        assert_eq!(reuse_window(Duration::from_secs(10)), Duration::from_secs(9));
+        assert_eq!(reuse_window(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(reuse_window(Duration::from_secs(1)), Duration::from_millis(500));
+        assert_eq!(reuse_window(Duration::ZERO), Duration::ZERO);
+    }
+}
