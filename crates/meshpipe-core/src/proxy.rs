@@ -25,6 +25,7 @@
 mod authorize;
 mod connect;
 mod dial;
+mod first_record;
 mod forward_tls;
 mod http;
 mod inbound_http;
@@ -266,7 +267,10 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
     let tls = match (l.direction, &dest, &mesh_tls) {
         (Direction::Inbound, _, Some(state)) if terminate => {
             span.record("tls", "terminated");
-            let remaining = timeout.saturating_sub(started.elapsed());
+            // Without a detection slot, the ClientHello's wait and the
+            // handshake share one short bound from accept, as in the tunnel.
+            let bound = if slot.is_none() { timeout.min(first_record::NO_SLOT_WAIT) } else { timeout };
+            let remaining = bound.saturating_sub(started.elapsed());
             let buffered = sniffed.buffered;
             // Boxed, like the tunnel above.
             return Box::pin(async move {

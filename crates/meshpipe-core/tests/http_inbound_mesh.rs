@@ -273,6 +273,60 @@ async fn detection_inside_mesh_tls_holds_an_inbound_detection_slot() {
 }
 
 #[tokio::test]
+async fn a_split_client_hello_is_still_terminated_when_every_detection_slot_is_taken() {
+    let (app, seen) = h1_backend("app").await;
+    // The detect timeout outlasts the test: the slot stays held throughout.
+    let limits = serde_json::json!({ "limits": { "detectingConnections": 1 }, "detect": { "inboundTimeoutMs": 60_000 } });
+    let m = mesh_with(app, limits).await;
+    let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
+    // A plain client, silent, holds the one detection slot.
+    let _silent = TcpStream::connect(m.addr).await.unwrap();
+    m.until(|s| inbound_slots(s).used == 1).await;
+    // A meshed client's ClientHello arrives in two pieces, the second only
+    // once the proxy found no slot for it: detection without a slot waits
+    // (holding no buffer) for the rest of the first record instead of
+    // forwarding the first piece to the app as bytes.
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let tcp = common::Gated::new(TcpStream::connect(m.addr).await.unwrap(), 40, gate);
+    let handshake = tls::connect(&m.client, tcp, &m.server_id, ClientAlpn::None, T);
+    let mut open = Some(open);
+    let sequence = async {
+        m.until(|s| inbound_slots(s).refused == 1).await;
+        open.take().unwrap().send(()).unwrap();
+    };
+    let (done, ()) = within(T, async { tokio::join!(handshake, sequence) }).await;
+    let (mut stream, _) = done.expect("the mesh TLS handshake completes");
+    stream.write_all(b"GET /split HTTP/1.1\r\nhost: web.test\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(T, stream.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app GET /split web.test"), "{answer}");
+    let snap = m.engine.snapshot();
+    assert_eq!((inbound_slots(&snap).used, inbound_slots(&snap).refused), (1, 1), "{:?}", inbound_slots(&snap));
+    let detected =
+        |c: &str| snap.detect.iter().filter(|d| d.direction == Direction::Inbound && d.result.as_str() == c).map(|d| d.count).sum::<u64>();
+    assert_eq!((detected("tls"), detected("over_limit")), (1, 0), "{:?}", snap.detect);
+    let client_id = m.client_id.as_str();
+    assert!(
+        snap.tcp.iter().any(|t| t.direction == Direction::Inbound && t.tls == TlsLabel::True && t.client_id.as_deref() == Some(client_id)),
+        "the split client's connection is mesh TLS from {client_id}: {:?}",
+        snap.tcp
+    );
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A slot-less client whose first record never completes is forwarded
+    // as bytes after the short wait, long before the 60 s detect timeout:
+    // what it sent reaches the app.
+    let mut stuck = TcpStream::connect(m.addr).await.unwrap();
+    stuck.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]).await.unwrap();
+    m.until(|s| {
+        s.detect.iter().filter(|d| d.direction == Direction::Inbound && d.result.as_str() == "over_limit").map(|d| d.count).sum::<u64>()
+            == 1
+    })
+    .await;
+    drop(stuck);
+}
+
+#[tokio::test]
 async fn a_meshed_client_is_still_terminated_when_every_detection_slot_is_taken() {
     let (app, seen) = h1_backend("app").await;
     let limits = serde_json::json!({ "limits": { "detectingConnections": 1, "inboundConnections": 2 } });

@@ -25,14 +25,13 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::within;
+use common::{within, Gated};
 use meshpipe_core::identity::Identity;
 use meshpipe_core::limits::PerSource;
 use meshpipe_core::mesh::TunnelError;
@@ -223,7 +222,7 @@ async fn past_its_share_a_hosts_meshed_clients_still_get_through_and_bad_first_r
     // for the rest.
     let refused_before = share_refused(&t.engine.snapshot());
     let (open, gate) = tokio::sync::oneshot::channel();
-    let tcp = Gated { tcp: TcpStream::connect(t.addr).await.unwrap(), first: 40, sent: 0, gate: Some(gate) };
+    let tcp = Gated::new(TcpStream::connect(t.addr).await.unwrap(), 40, gate);
     let split = async {
         let echoed = echo_through(&t, tcp, app, b"pong").await;
         assert_eq!(echoed, b"pong");
@@ -321,44 +320,5 @@ impl tokio::io::AsyncWrite for FirstFlightOnly {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// A client socket that writes its first `first` bytes, then nothing more
-/// until `gate` opens: a ClientHello split over two TCP segments, the
-/// second late.
-struct Gated {
-    tcp: TcpStream,
-    first: usize,
-    sent: usize,
-    gate: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-impl tokio::io::AsyncRead for Gated {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Gated {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        if let Some(gate) = &mut this.gate {
-            if this.sent < this.first {
-                let n = (this.first - this.sent).min(buf.len());
-                let n = std::task::ready!(Pin::new(&mut this.tcp).poll_write(cx, &buf[..n]))?;
-                this.sent += n;
-                return Poll::Ready(Ok(n));
-            }
-            let _ = std::task::ready!(Pin::new(gate).poll(cx));
-            this.gate = None;
-        }
-        Pin::new(&mut this.tcp).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }

@@ -57,6 +57,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server;
 use tracing::debug;
 
+use super::first_record::{client_hello_whole, FirstRecord, HANDSHAKE_RECORD, NO_SLOT_WAIT};
 use super::{authorize, Context};
 use crate::addr::TargetAddr;
 use crate::conn::{ConnInfo, ConnMesh};
@@ -120,10 +121,6 @@ impl Transport for server::TlsStream<Prefixed> {
     }
 }
 
-/// The TLS record type of a handshake (RFC 8446 §5.1): what every TLS
-/// connection starts with.
-const HANDSHAKE_RECORD: u8 = 0x16;
-
 /// A verified inbound mesh TLS connection, ready to serve or forward.
 pub(crate) struct Established<IO> {
     pub stream: server::TlsStream<IO>,
@@ -184,8 +181,8 @@ pub(crate) async fn tunnel(
         // No slot (a full direction, or the host's share): no TLS state
         // until the whole ClientHello is in the socket, for a short while.
         match client_hello_whole(&client, deadline).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Some(_)) => {}
+            Ok(None) => {
                 return refuse_handshake(
                     ctx,
                     &client,
@@ -261,103 +258,6 @@ pub(crate) async fn tunnel(
     }
     debug!(port, protocol = ?header.protocol, "tunnel: header read");
     Some(Established { stream, target, tls, protocol: header.protocol })
-}
-
-/// The largest TLS record (RFC 8446 §5.1: 2^14 bytes of plaintext; a
-/// ClientHello is plaintext) with its 5-byte header.
-const MAX_FIRST_RECORD: usize = 5 + (1 << 14);
-
-/// How long a tunnel client without a detection slot may take from its
-/// first byte to its transport header (ClientHello, handshake, header):
-/// long enough for a lost segment's retransmission (RFC 6298 §2.4 rounds
-/// the retransmission timeout up to 1 s) and a round trip, short enough
-/// that such clients, which hold a connection but no slot, turn over
-/// quickly.
-const NO_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Why a tunnel client without a detection slot is not handed to rustls.
-#[derive(Debug)]
-enum FirstRecord {
-    /// The client shut down (or reset) before its ClientHello was whole.
-    Closed,
-    /// The first record is no TLS handshake record of a valid length that
-    /// starts with a ClientHello it holds whole.
-    Malformed(&'static str),
-    Io(io::Error),
-}
-
-/// Waits, until `deadline` at most, for the client's whole ClientHello to
-/// be in the socket's receive queue, in its first TLS record. Without a
-/// detection slot no TLS state is made before that, and nothing is
-/// buffered in the proxy: each wake-up reads the queue's length
-/// (`FIONREAD`), never its bytes, except the record and handshake headers
-/// once. rustls would reassemble a ClientHello fragmented over many records
-/// (up to 64 KiB), so a client without a slot must send it in one record,
-/// as every TLS stack does for a ClientHello that fits one (RFC 8446 §5.1
-/// allows fragmenting, no client needs it below 16 KiB). A ClientHello
-/// split over late TCP segments thus goes on when its last segment arrives,
-/// while a stalled one costs only its socket until the deadline.
-/// `Ok(false)`: the deadline passed.
-async fn client_hello_whole(client: &TcpStream, deadline: tokio::time::Instant) -> Result<bool, FirstRecord> {
-    /// The record header (5 bytes) and the handshake header (4, RFC 8446 §4).
-    const HEADERS: usize = 9;
-    const CLIENT_HELLO: u8 = 1;
-    let fd = std::os::fd::AsFd::as_fd(client);
-    let mut need: Option<usize> = None;
-    let mut closed = false;
-    let mut malformed = None;
-    let mut check = || -> io::Result<()> {
-        let queued = crate::sys::queued_bytes(fd)?;
-        if need.is_none() && queued >= HEADERS {
-            let mut head = [0u8; HEADERS];
-            if crate::sys::recv(fd, &mut head, libc::MSG_PEEK | libc::MSG_DONTWAIT)? == HEADERS {
-                let record = usize::from(u16::from_be_bytes([head[3], head[4]]));
-                let hello = 4 + (usize::from(head[6]) << 16 | usize::from(head[7]) << 8 | usize::from(head[8]));
-                malformed = if head[0] != HANDSHAKE_RECORD {
-                    Some("the first record is no TLS handshake record")
-                } else if 5 + record > MAX_FIRST_RECORD {
-                    Some("the first TLS record is longer than 2^14 bytes (RFC 8446 §5.1)")
-                } else if head[5] != CLIENT_HELLO {
-                    Some("the first handshake message is no ClientHello")
-                } else if hello > record {
-                    Some("the ClientHello does not fit its first record (no detection slot)")
-                } else {
-                    None
-                };
-                if malformed.is_some() {
-                    return Ok(());
-                }
-                need = Some(5 + record);
-            }
-        }
-        if need.is_some_and(|n| queued >= n) {
-            return Ok(());
-        }
-        if crate::sys::peer_closed(fd) {
-            closed = true;
-            return Ok(());
-        }
-        // Cleared readiness: the next wake-up is the next segment (or FIN).
-        Err(io::ErrorKind::WouldBlock.into())
-    };
-    // Most clients' ClientHello is whole already: no wait, no timer.
-    let now = match check() {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        other => Some(other),
-    };
-    let r = match now {
-        Some(r) => r,
-        None => match tokio::time::timeout_at(deadline, client.async_io(tokio::io::Interest::READABLE, check)).await {
-            Ok(r) => r,
-            Err(_) => return Ok(false),
-        },
-    };
-    match (r, malformed) {
-        (Ok(()), Some(why)) => Err(FirstRecord::Malformed(why)),
-        (Ok(()), None) if closed => Err(FirstRecord::Closed),
-        (Ok(()), None) => Ok(true),
-        (Err(e), _) => Err(FirstRecord::Io(e)),
-    }
 }
 
 /// SNI termination of a connection redirected to `target` whose ClientHello

@@ -24,7 +24,10 @@
 //! new connection does not wait for bytes. What it has already sent is
 //! classified in one read (a request or ClientHello sent with the handshake
 //! is detected as usual), and anything undecided skips detection
-//! (`over_limit`). Every way out keeps every byte: the connection is
+//! (`over_limit`). The one exception is inbound with a mesh identity: a
+//! first byte of TLS waits briefly, holding no buffer, for the rest of its
+//! first record, so a meshed peer's ClientHello split over late segments is
+//! still terminated (`first_record.rs`). Every way out keeps every byte: the connection is
 //! forwarded as TCP, never dropped.
 //!
 //! Short stalled greetings: with the grace period on, a client that has sent
@@ -46,6 +49,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::addr::TargetAddr;
 use crate::detect::{Classifier, Detected, Verdict, DETECT_BUFFER_CAP};
 use crate::limits::DetectSlot;
+use crate::proxy::first_record::{client_hello_whole, starts_with_handshake, NO_SLOT_WAIT};
 use crate::proxy::Context;
 use crate::vocab::{DetectResult, Direction, PortMode};
 
@@ -128,7 +132,10 @@ pub async fn sniff<'a>(
     // connection never waits here: what it has already sent decides, or it
     // is forwarded at once.
     let Some(slot) = ctx.limits.detect_slot(direction, source) else {
-        return without_slot(client, mode);
+        // Inbound, a first byte of TLS may be a meshed peer's ClientHello to
+        // terminate: worth a short wait for the rest of its first record.
+        let hello_wait = (direction == Direction::Inbound && ctx.mesh.tls().is_some()).then(|| timeout.min(NO_SLOT_WAIT));
+        return without_slot(client, mode, hello_wait).await;
     };
     let mut classifier = Classifier::new(mode.expect());
     let start = Instant::now();
@@ -243,17 +250,31 @@ pub async fn sniff<'a>(
 }
 
 /// Detection for a connection that found every slot of its direction taken
-/// (a flood of slow clients holds them). It must not wait, so it holds
-/// nothing over time: one `recv` of what the client has already sent
-/// (bounded at `INSTANT_READ` bytes) is classified. A client that sent its
-/// request or ClientHello with the handshake (real clients do, and one that
-/// waited in the backlog certainly has) is detected as usual: its HTTP
-/// still gets the HTTP layer, and a meshed peer's TLS to an app port is
-/// still terminated. Anything else is `over_limit`: forwarded as TCP at
-/// once, the bytes read here first.
-fn without_slot<'a>(client: &TcpStream, mode: PortMode) -> Sniffed<'a> {
+/// (a flood of slow clients holds them). It holds nothing over time: one
+/// `recv` of what the client has already sent (bounded at `INSTANT_READ`
+/// bytes) is classified. A client that sent its request or ClientHello with
+/// the handshake (real clients do, and one that waited in the backlog
+/// certainly has) is detected as usual: its HTTP still gets the HTTP layer,
+/// and a meshed peer's TLS to an app port is still terminated. Anything
+/// else is `over_limit`: forwarded as TCP at once, the bytes read here
+/// first.
+///
+/// The one wait: with `hello_wait` (inbound, with a mesh identity), a
+/// client whose first byte is a TLS handshake record gets up to that long
+/// for the rest of its first record, holding no buffer meanwhile
+/// (`first_record.rs`), and the read then takes the whole record. A meshed
+/// peer's ClientHello split over late segments is still terminated; a
+/// first record that never completes or is malformed is read and forwarded
+/// as today, only later.
+async fn without_slot<'a>(client: &TcpStream, mode: PortMode, hello_wait: Option<Duration>) -> Sniffed<'a> {
     let mut out = Sniffed::new(DetectResult::OverLimit);
-    let mut buf: Vec<u8> = Vec::with_capacity(INSTANT_READ);
+    let mut capacity = INSTANT_READ;
+    if let Some(wait) = hello_wait.filter(|_| starts_with_handshake(client)) {
+        if let Ok(Some(record)) = client_hello_whole(client, tokio::time::Instant::now() + wait).await {
+            capacity = capacity.max(record);
+        }
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(capacity);
     let mut classifier = Classifier::new(mode.expect());
     let mut last_bytes = Instant::now();
     let read = recv_now(client, &mut buf);

@@ -4,7 +4,10 @@
 
 pub mod http;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use meshpipe_core::{Engine, EngineSpec};
@@ -183,4 +186,49 @@ pub fn client_hello(sni: &str) -> Vec<u8> {
     rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
     rec.extend_from_slice(&hs);
     rec
+}
+
+/// A client socket that writes its first `first` bytes, then nothing more
+/// until `gate` opens: a ClientHello split over two TCP segments, the
+/// second late.
+pub struct Gated {
+    tcp: TcpStream,
+    first: usize,
+    sent: usize,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Gated {
+    pub fn new(tcp: TcpStream, first: usize, gate: tokio::sync::oneshot::Receiver<()>) -> Gated {
+        Gated { tcp, first, sent: 0, gate: Some(gate) }
+    }
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Gated {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(gate) = &mut this.gate {
+            if this.sent < this.first {
+                let n = (this.first - this.sent).min(buf.len());
+                let n = std::task::ready!(Pin::new(&mut this.tcp).poll_write(cx, &buf[..n]))?;
+                this.sent += n;
+                return Poll::Ready(Ok(n));
+            }
+            let _ = std::task::ready!(Pin::new(gate).poll(cx));
+            this.gate = None;
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
