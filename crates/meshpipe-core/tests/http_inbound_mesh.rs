@@ -327,6 +327,48 @@ async fn a_split_client_hello_is_still_terminated_when_every_detection_slot_is_t
 }
 
 #[tokio::test]
+async fn without_a_slot_a_first_record_that_never_completes_still_reaches_the_app_whole() {
+    let echo = common::echo_server().await;
+    let limits = serde_json::json!({ "limits": { "detectingConnections": 1 }, "detect": { "inboundTimeoutMs": 60_000 } });
+    let m = mesh_with(echo, limits).await;
+    let _silent = TcpStream::connect(m.addr).await.unwrap();
+    m.until(|s| s.limits.detecting[Direction::Inbound.index()].used == 1).await;
+    // Handshake records announcing 12,288 bytes (more than a slot-less
+    // read takes: not waited for) and 3,000 bytes (waited for until the
+    // short wait ends), each followed by less than announced; the client
+    // then waits for its echo. Every byte must come back without the
+    // client sending more.
+    for (announced, sent) in [(0x3000usize, 8000usize), (3000, 2000)] {
+        let mut bytes = vec![
+            0x16,
+            0x03,
+            0x01,
+            (announced >> 8) as u8,
+            announced as u8,
+            0x01,
+            0x00,
+            ((announced - 4) >> 8) as u8,
+            (announced - 4) as u8,
+        ];
+        bytes.extend((0..sent - bytes.len()).map(|i| (i % 251) as u8));
+        let mut c = TcpStream::connect(m.addr).await.unwrap();
+        c.write_all(&bytes).await.unwrap();
+        let mut back = vec![0u8; sent];
+        within(T, c.read_exact(&mut back)).await.unwrap();
+        assert!(back == bytes, "announced {announced}, sent {sent}: the echo differs");
+    }
+    let over_limit = m
+        .engine
+        .snapshot()
+        .detect
+        .iter()
+        .filter(|d| d.direction == Direction::Inbound && d.result.as_str() == "over_limit")
+        .map(|d| d.count)
+        .sum::<u64>();
+    assert_eq!(over_limit, 2);
+}
+
+#[tokio::test]
 async fn a_meshed_client_is_still_terminated_when_every_detection_slot_is_taken() {
     let (app, seen) = h1_backend("app").await;
     let limits = serde_json::json!({ "limits": { "detectingConnections": 1, "inboundConnections": 2 } });

@@ -12,8 +12,10 @@
 //! waiting to be served. The tunnel on the inbound port waits this way
 //! before making TLS state (`inbound_mesh.rs`); detection without a slot
 //! waits this way before its one read, for a connection whose first byte
-//! is a TLS handshake record (`sniff.rs`), so an SNI-routed mesh TLS
-//! ClientHello is read whole and terminated.
+//! has arrived and is a TLS handshake record (`sniff.rs`), so an SNI-routed
+//! mesh TLS ClientHello is read whole and terminated; there the record may
+//! be no longer than that read, which must empty the queue whatever the
+//! wait's outcome.
 
 use std::io;
 
@@ -45,6 +47,10 @@ pub(super) const MAX_FIRST_RECORD: usize = 5 + (1 << 14);
 /// quickly.
 pub(super) const NO_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How many wake-ups (segments, roughly) a client's first record may take
+/// to arrive, as detection bounds its reads (`sniff.rs`).
+const MAX_WAKEUPS: usize = 256;
+
 /// Why a client without a detection slot is not handed to rustls.
 #[derive(Debug)]
 pub(super) enum FirstRecord {
@@ -67,9 +73,21 @@ pub(super) enum FirstRecord {
 /// allows fragmenting, no client needs it below 16 KiB). A ClientHello
 /// split over late TCP segments thus goes on when its last segment arrives,
 /// while a stalled one costs only its socket until the deadline.
+/// A first record longer than `max_record` bytes (with its header) is not
+/// waited for (`Malformed`): the tunnel allows what TLS allows
+/// ([`MAX_FIRST_RECORD`]); detection without a slot allows what its one
+/// read takes, so that after a wait that timed out that read still empties
+/// the queue (the wait cleared the socket's readiness, and bytes left
+/// behind would wait for the client's next segment). A client trickling
+/// its record over more than [`MAX_WAKEUPS`] segments is `Malformed` too.
 /// `Ok(Some(n))`: the first record, `n` bytes with its header, is whole in
-/// the queue; `Ok(None)`: the deadline passed.
-pub(super) async fn client_hello_whole(client: &TcpStream, deadline: tokio::time::Instant) -> Result<Option<usize>, FirstRecord> {
+/// the queue; `Ok(None)`: the deadline passed (fewer than `max_record` bytes
+/// are queued).
+pub(super) async fn client_hello_whole(
+    client: &TcpStream,
+    deadline: tokio::time::Instant,
+    max_record: usize,
+) -> Result<Option<usize>, FirstRecord> {
     /// The record header (5 bytes) and the handshake header (4, RFC 8446 §4).
     const HEADERS: usize = 9;
     const CLIENT_HELLO: u8 = 1;
@@ -77,7 +95,13 @@ pub(super) async fn client_hello_whole(client: &TcpStream, deadline: tokio::time
     let mut need: Option<usize> = None;
     let mut closed = false;
     let mut malformed = None;
+    let mut wakeups = 0usize;
     let mut check = || -> io::Result<()> {
+        wakeups += 1;
+        if wakeups > MAX_WAKEUPS {
+            malformed = Some("the first TLS record trickled in over too many segments");
+            return Ok(());
+        }
         let queued = crate::sys::queued_bytes(fd)?;
         if need.is_none() && queued >= HEADERS {
             let mut head = [0u8; HEADERS];
@@ -88,6 +112,8 @@ pub(super) async fn client_hello_whole(client: &TcpStream, deadline: tokio::time
                     Some("the first record is no TLS handshake record")
                 } else if 5 + record > MAX_FIRST_RECORD {
                     Some("the first TLS record is longer than 2^14 bytes (RFC 8446 §5.1)")
+                } else if 5 + record > max_record {
+                    Some("the first TLS record is longer than a connection without a detection slot may send at once")
                 } else if head[5] != CLIENT_HELLO {
                     Some("the first handshake message is no ClientHello")
                 } else if hello > record {
@@ -161,7 +187,7 @@ mod tests {
         let record = hello(600);
         c.write_all(&record[..100]).await.unwrap();
         let far = Instant::now() + Duration::from_secs(30);
-        let wait = client_hello_whole(&s, far);
+        let wait = client_hello_whole(&s, far, MAX_FIRST_RECORD);
         let late = async {
             // The waiter has seen the first part and is pending.
             tokio::task::yield_now().await;
@@ -178,10 +204,10 @@ mod tests {
         let (mut c, s) = pair().await;
         c.write_all(&hello(600)[..50]).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
-        assert!(matches!(client_hello_whole(&s, soon).await, Ok(None)));
+        assert!(matches!(client_hello_whole(&s, soon, MAX_FIRST_RECORD).await, Ok(None)));
         c.shutdown().await.unwrap();
         let far = Instant::now() + Duration::from_secs(30);
-        assert!(matches!(client_hello_whole(&s, far).await, Err(FirstRecord::Closed)));
+        assert!(matches!(client_hello_whole(&s, far, MAX_FIRST_RECORD).await, Err(FirstRecord::Closed)));
     }
 
     #[tokio::test]
@@ -194,8 +220,19 @@ mod tests {
             let (mut c, s) = pair().await;
             c.write_all(bad).await.unwrap();
             let far = Instant::now() + Duration::from_secs(30);
-            let r = tokio::time::timeout(Duration::from_secs(10), client_hello_whole(&s, far)).await.expect("decided without the deadline");
+            let r = tokio::time::timeout(Duration::from_secs(10), client_hello_whole(&s, far, MAX_FIRST_RECORD))
+                .await
+                .expect("decided without the deadline");
             assert!(matches!(r, Err(FirstRecord::Malformed(_))), "{bad:?}: {r:?}");
         }
+        // Within TLS's limit but over the caller's: not waited for.
+        let (mut c, s) = pair().await;
+        c.write_all(&hello(4096)[..9]).await.unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        let r = tokio::time::timeout(Duration::from_secs(10), client_hello_whole(&s, far, 4096)).await.expect("decided at once");
+        assert!(matches!(r, Err(FirstRecord::Malformed(_))), "{r:?}");
+        let (mut c, s) = pair().await;
+        c.write_all(&hello(4091)).await.unwrap();
+        assert_eq!(client_hello_whole(&s, far, 4096).await.unwrap(), Some(4096), "a record of exactly the limit is waited for");
     }
 }

@@ -57,7 +57,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server;
 use tracing::debug;
 
-use super::first_record::{client_hello_whole, FirstRecord, HANDSHAKE_RECORD, NO_SLOT_WAIT};
+use super::first_record::{client_hello_whole, FirstRecord, HANDSHAKE_RECORD, MAX_FIRST_RECORD, NO_SLOT_WAIT};
 use super::{authorize, Context};
 use crate::addr::TargetAddr;
 use crate::conn::{ConnInfo, ConnMesh};
@@ -180,7 +180,7 @@ pub(crate) async fn tunnel(
     if slot.is_none() {
         // No slot (a full direction, or the host's share): no TLS state
         // until the whole ClientHello is in the socket, for a short while.
-        match client_hello_whole(&client, deadline).await {
+        match client_hello_whole(&client, deadline, MAX_FIRST_RECORD).await {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return refuse_handshake(

@@ -25,9 +25,9 @@
 //! classified in one read (a request or ClientHello sent with the handshake
 //! is detected as usual), and anything undecided skips detection
 //! (`over_limit`). The one exception is inbound with a mesh identity: a
-//! first byte of TLS waits briefly, holding no buffer, for the rest of its
-//! first record, so a meshed peer's ClientHello split over late segments is
-//! still terminated (`first_record.rs`). Every way out keeps every byte: the connection is
+//! first byte of TLS, once it has arrived, waits briefly, holding no buffer,
+//! for the rest of its first record, so a meshed peer's ClientHello split
+//! over late segments is still terminated (`first_record.rs`). Every way out keeps every byte: the connection is
 //! forwarded as TCP, never dropped.
 //!
 //! Short stalled greetings: with the grace period on, a client that has sent
@@ -47,7 +47,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use crate::addr::TargetAddr;
-use crate::detect::{Classifier, Detected, Verdict, DETECT_BUFFER_CAP};
+use crate::detect::{Classifier, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
 use crate::limits::DetectSlot;
 use crate::proxy::first_record::{client_hello_whole, starts_with_handshake, NO_SLOT_WAIT};
 use crate::proxy::Context;
@@ -133,8 +133,10 @@ pub async fn sniff<'a>(
     // is forwarded at once.
     let Some(slot) = ctx.limits.detect_slot(direction, source) else {
         // Inbound, a first byte of TLS may be a meshed peer's ClientHello to
-        // terminate: worth a short wait for the rest of its first record.
-        let hello_wait = (direction == Direction::Inbound && ctx.mesh.tls().is_some()).then(|| timeout.min(NO_SLOT_WAIT));
+        // terminate (on a port whose classifier can say TLS): worth a short
+        // wait for the rest of its first record.
+        let tls_possible = matches!(mode.expect(), Expect::Any | Expect::Tls);
+        let hello_wait = (direction == Direction::Inbound && tls_possible && ctx.mesh.tls().is_some()).then(|| timeout.min(NO_SLOT_WAIT));
         return without_slot(client, mode, hello_wait).await;
     };
     let mut classifier = Classifier::new(mode.expect());
@@ -259,22 +261,26 @@ pub async fn sniff<'a>(
 /// else is `over_limit`: forwarded as TCP at once, the bytes read here
 /// first.
 ///
-/// The one wait: with `hello_wait` (inbound, with a mesh identity), a
-/// client whose first byte is a TLS handshake record gets up to that long
-/// for the rest of its first record, holding no buffer meanwhile
+/// The one wait: with `hello_wait` (inbound, with a mesh identity, on a
+/// port where TLS can be detected), a client whose first byte has arrived
+/// and is a TLS handshake record gets up to that long for the rest of its
+/// first record (up to `INSTANT_READ` bytes), holding no buffer meanwhile
 /// (`first_record.rs`), and the read then takes the whole record. A meshed
 /// peer's ClientHello split over late segments is still terminated; a
-/// first record that never completes or is malformed is read and forwarded
-/// as today, only later.
+/// first record that never completes is read and forwarded as bytes, only
+/// later. A client none of whose bytes has arrived when it is served is
+/// not waited for (a server-first client would be delayed): it is
+/// forwarded at once.
 async fn without_slot<'a>(client: &TcpStream, mode: PortMode, hello_wait: Option<Duration>) -> Sniffed<'a> {
     let mut out = Sniffed::new(DetectResult::OverLimit);
-    let mut capacity = INSTANT_READ;
     if let Some(wait) = hello_wait.filter(|_| starts_with_handshake(client)) {
-        if let Ok(Some(record)) = client_hello_whole(client, tokio::time::Instant::now() + wait).await {
-            capacity = capacity.max(record);
-        }
+        // Whatever the outcome, the read below takes the whole record, or
+        // everything queued when the wait timed out (a record longer than
+        // the read is not waited for): nothing is left behind the readiness
+        // the wait cleared.
+        let _ = client_hello_whole(client, Instant::now() + wait, INSTANT_READ).await;
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(capacity);
+    let mut buf: Vec<u8> = Vec::with_capacity(INSTANT_READ);
     let mut classifier = Classifier::new(mode.expect());
     let mut last_bytes = Instant::now();
     let read = recv_now(client, &mut buf);
