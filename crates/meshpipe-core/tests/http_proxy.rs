@@ -497,3 +497,98 @@ async fn an_inbound_request_cannot_claim_a_client_identity() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-l5d-client-id").is_none(), "the forged identity reached the app: {:?}", resp.headers());
 }
+
+/// Sends raw `request` bytes on a new connection to `proxy` and reads until
+/// the proxy closes (every request here asks for `connection: close`).
+async fn raw_exchange(proxy: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    within(T, s.read_to_end(&mut out)).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn an_upstreams_content_length_beside_a_transfer_encoding_is_not_passed_on() {
+    // RFC 9112 §6.3: the chunked coding frames this body (20 bytes); the
+    // stale Content-Length must not reach the client, which would cut the
+    // body at 3 bytes.
+    let (upstream, _) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n14\r\nAAAAAAAAAAAAAAAAAAAA\r\n0\r\n\r\n")
+            .await;
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(!got.to_ascii_lowercase().contains("content-length: 3"), "{got}");
+    assert!(got.contains(&"A".repeat(20)), "the whole body: {got}");
+}
+
+#[tokio::test]
+async fn an_upstream_transfer_coding_other_than_chunked_is_a_502() {
+    // The request accepted no transfer coding (RFC 9112 §6.1): gzip-coded
+    // bytes passed on as content would corrupt it silently.
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc").await;
+    let (engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    assert!(!got.contains("abc"), "{got}");
+    let snap = engine.snapshot();
+    assert!(
+        snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadGateway && e.count == 1),
+        "{:?}",
+        snap.http_errors
+    );
+}
+
+#[tokio::test]
+async fn an_http10_upgrade_request_is_proxied_as_a_plain_request() {
+    // RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is ignored, so the
+    // upstream gets neither Upgrade nor Connection: upgrade.
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"GET /ws HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200") && got.ends_with("ok"), "{got}");
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1);
+    let head = String::from_utf8_lossy(&heads[0]).to_ascii_lowercase();
+    assert!(head.starts_with("get /ws http/1.1\r\n") && !head.contains("upgrade"), "{head}");
+}
+
+#[tokio::test]
+async fn an_inbound_request_cannot_claim_a_client_identity_in_its_trailers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that keeps everything up to the end of a chunked body's
+    // trailer section, then answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the trailers: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.find("\r\n0\r\n").is_some_and(|at| text[at..].ends_with("\r\n\r\n")) {
+                break;
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.unwrap();
+        String::from_utf8_lossy(&seen).to_ascii_lowercase()
+    });
+    let cfg = serde_json::json!({ "listeners": [{ "name": "in", "bind": "127.0.0.1:0",
+        "target": { "kind": "fixed", "addr": backend.to_string() }, "direction": "inbound" }] });
+    let (_engine, proxy) = common::start(cfg).await;
+    let got = raw_exchange(
+        proxy,
+        b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: l5d-client-id, x-other\r\nConnection: close\r\n\r\n\
+          3\r\nabc\r\n0\r\nl5d-client-id: admin.prod.serviceaccount.identity.linkerd.cluster.local\r\nx-other: kept\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let seen = within(T, upstream).await.unwrap();
+    assert!(seen.contains("x-other: kept"), "the other trailer is carried: {seen}");
+    assert!(!seen.contains("admin.prod"), "the forged identity reached the app in a trailer: {seen}");
+}

@@ -104,33 +104,6 @@ async fn an_idle_tunnel_is_closed_by_the_idle_timeout() {
     until(&engine, "the tunnel's connection is gone", |e| e.connections(10).is_empty() && outbound_used(e).0 == 0).await;
 }
 
-/// An upstream that answers every request with `head` (raw bytes), then
-/// echoes whatever else arrives until EOF.
-async fn raw_upstream(head: &'static [u8]) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = vec![0u8; 16 * 1024];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(head).await;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Sends `request`, then `data`, half-closes, and reads everything back.
 async fn exchange(proxy: std::net::SocketAddr, request: &[u8], data: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
@@ -153,7 +126,7 @@ async fn exchange(proxy: std::net::SocketAddr, request: &[u8], data: &[u8]) -> S
 async fn a_connect_answered_200_with_a_content_length_is_still_a_tunnel() {
     // RFC 9110 §9.3.6: a 2xx to CONNECT has no content and a client ignores
     // its Content-Length; the bytes after the head are the tunnel's.
-    let upstream = raw_upstream(b"HTTP/1.1 200 Connection established\r\nContent-Length: 5\r\n\r\nhello").await;
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 200 Connection established\r\nContent-Length: 5\r\n\r\nhello").await;
     let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
     let got = exchange(proxy, b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n", b" tunnel bytes").await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
@@ -166,7 +139,7 @@ async fn a_connect_answered_200_with_a_content_length_is_still_a_tunnel() {
 async fn a_switch_the_client_did_not_ask_for_is_a_502() {
     // RFC 9110 §15.2.2: a server switches only to a protocol the request's
     // Upgrade named; a 101 to a plain request is the upstream's failure.
-    let upstream = raw_upstream(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nGARBAGE").await;
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nGARBAGE").await;
     let (engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
     let got = exchange(proxy, b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n", b"").await;
     assert!(got.starts_with("HTTP/1.1 502"), "{got:?}");

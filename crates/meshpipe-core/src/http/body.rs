@@ -11,6 +11,11 @@
 //! before its end (the client went away, the stream was reset) counts as a
 //! `client_cancel` failure, and an error from upstream mid-body as
 //! `response_body`.
+//!
+//! On the way in, an inbound request's body loses `l5d-client-id` from its
+//! trailers ([`ScrubTrailers`]): only the proxy may say who the client is,
+//! in the head, and frameworks that merge trailers into the headers would
+//! otherwise let a client say it in the trailers.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -182,5 +187,47 @@ mod tests {
         assert_eq!(grpc_status(&h), Some(14));
         h.insert("grpc-status", "banana".parse().unwrap());
         assert_eq!(grpc_status(&h), Some(2));
+    }
+}
+
+/// A request body whose trailers lose `l5d-client-id` when `scrub` (an
+/// inbound request: `headers::set_client_id` rules the head), so a client
+/// cannot supply the field after its body either (RFC 9110 §6.5.1 lets a
+/// recipient merge trailer fields into the header section).
+#[derive(Debug)]
+pub struct ScrubTrailers<B> {
+    inner: B,
+    scrub: bool,
+}
+
+impl<B> ScrubTrailers<B> {
+    pub fn new(inner: B, scrub: bool) -> ScrubTrailers<B> {
+        ScrubTrailers { inner, scrub }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for ScrubTrailers<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.scrub {
+            if let Poll::Ready(Some(Ok(frame))) = &mut r {
+                if let Some(trailers) = frame.trailers_mut() {
+                    crate::http::headers::set_client_id(trailers, None);
+                }
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

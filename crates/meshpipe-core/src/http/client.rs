@@ -171,7 +171,7 @@ impl Connector for TcpConnector {
 
 /// A request body as the upstream connections send it: the client's,
 /// marking its part of the exchange done when sent (`head_timer.rs`).
-pub type RequestBody = crate::http::head_timer::Tracked<Incoming>;
+pub type RequestBody = crate::http::head_timer::Tracked<crate::http::body::ScrubTrailers<Incoming>>;
 
 /// A request that could not be sent, or failed.
 pub enum SendError {

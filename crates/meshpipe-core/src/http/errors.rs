@@ -49,6 +49,8 @@ pub enum ProxyError {
     Loop(SocketAddr),
     #[error("upstream {0} switched protocols (101) though the request asked for no upgrade")]
     UnrequestedSwitch(SocketAddr),
+    #[error("upstream {0} answered with a transfer coding other than chunked, which the request did not accept (RFC 9112 §6.1)")]
+    UnsupportedCoding(SocketAddr),
     #[error("bad request: {0}")]
     BadHost(#[from] crate::http::headers::HostError),
     /// Reading the client's request body failed while it was sent upstream
@@ -74,9 +76,11 @@ impl ProxyError {
 
     pub fn reason(&self) -> HttpErrorReason {
         match self {
-            ProxyError::Connect { .. } | ProxyError::Mesh { .. } | ProxyError::Upstream { .. } | ProxyError::UnrequestedSwitch(_) => {
-                HttpErrorReason::BadGateway
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::Mesh { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UnrequestedSwitch(_)
+            | ProxyError::UnsupportedCoding(_) => HttpErrorReason::BadGateway,
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,

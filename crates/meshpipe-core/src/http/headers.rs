@@ -12,7 +12,7 @@
 //! proxy carries through. `Proxy-Authorization` is not hop-by-hop for a
 //! transparent proxy: a forward proxy behind meshpipe is its audience.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Request, Version};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -50,13 +50,26 @@ pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
     if req.method() == Method::CONNECT {
         return Tunnel::Connect;
     }
-    if req.version() <= Version::HTTP_11 && req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade") {
+    // RFC 9110 §7.8: a server MUST ignore an Upgrade received in an
+    // HTTP/1.0 request (the field is stripped as hop-by-hop).
+    if req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade") {
         let h2c_only = req.headers().get_all(UPGRADE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
         if !h2c_only {
             return Tunnel::Upgrade;
         }
     }
     Tunnel::None
+}
+
+/// Whether a message's transfer codings, if any, are exactly `chunked`
+/// (RFC 9112 §6.1; coding names are case-insensitive). No
+/// Transfer-Encoding field counts as chunked-only: nothing to decode.
+pub fn transfer_coding_is_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii);
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
 }
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
@@ -85,7 +98,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove(CONNECTION);
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
+    if headers.remove(TRANSFER_ENCODING).is_some() {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
+        // intermediary MUST remove the received Content-Length before
+        // forwarding; kept, it would frame the body it no longer describes.
+        headers.remove(CONTENT_LENGTH);
+    }
     headers.remove(&HTTP2_SETTINGS);
     let te_trailers = headers.get_all(TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers.remove(TE);
@@ -368,6 +386,49 @@ mod tests {
         assert_eq!(r.headers()["upgrade"], "websocket");
         assert_eq!(r.headers()["connection"], "upgrade");
         assert_eq!(r.headers()["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn an_http10_upgrade_is_ignored() {
+        let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        *r.version_mut() = Version::HTTP_10;
+        assert_eq!(tunnel_of(&r), Tunnel::None, "RFC 9110 §7.8");
+        strip_hop_by_hop(r.headers_mut(), false);
+        assert!(r.headers().is_empty());
+    }
+
+    #[test]
+    fn a_transfer_encoding_takes_the_content_length_with_it() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "3", "without a Transfer-Encoding it frames the body");
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_coding_the_proxy_decodes() {
+        let h = |values: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in values {
+                m.append("transfer-encoding", HeaderValue::from_str(v).unwrap());
+            }
+            transfer_coding_is_chunked(&m)
+        };
+        assert!(h(&[]));
+        assert!(h(&["chunked"]));
+        assert!(h(&[" Chunked "]));
+        assert!(!h(&["gzip"]));
+        assert!(!h(&["gzip, chunked"]));
+        assert!(!h(&["gzip", "chunked"]));
+        assert!(!h(&["chunked, chunked"]));
+        assert!(!h(&["identity"]));
+        assert!(!h(&[""]));
     }
 
     #[test]

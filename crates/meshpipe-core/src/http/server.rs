@@ -41,7 +41,7 @@ use tracing::debug;
 
 use crate::addr::TargetAddr;
 use crate::copy::stream::Transport;
-use crate::http::body::{Metered, ProxyBody};
+use crate::http::body::{Metered, ProxyBody, ScrubTrailers};
 use crate::http::client::{Endpoint, MeshRoute, RequestBody, SendError, SessionProtocol};
 use crate::http::errors::{self, Audience, ProxyError};
 use crate::http::head_timer::{HeadClock, Part, Tracked};
@@ -205,7 +205,8 @@ pub async fn serve<S: Transport + Send + 'static>(conn: Arc<Conn>, io: ClientIo<
         // done with.
         let (req_part, resp_part) = conn.head.as_ref().map_or_else(|| (Part::none(), Part::none()), |h| h.busy());
         async move {
-            let resp = handle(conn, req.map(|b| Tracked::new(b, req_part))).await?;
+            let scrub = conn.direction == Direction::Inbound;
+            let resp = handle(conn, req.map(|b| Tracked::new(ScrubTrailers::new(b, scrub), req_part))).await?;
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, resp_part)))
         }
     });
@@ -408,6 +409,14 @@ async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunne
                 // protocol; the upstream connection is dropped (its lease
                 // with it), never pooled.
                 return Err(ProxyError::UnrequestedSwitch(addr));
+            }
+            Ok((response, _)) if !headers::transfer_coding_is_chunked(response.headers()) => {
+                // A transfer coding other than chunked (RFC 9112 §6.1) was
+                // never asked for (the proxy sends `TE: trailers` at most),
+                // and hyper read the body to the connection's close without
+                // decoding it: passed on, the client would get coded bytes
+                // as the content. The upstream connection is dropped.
+                return Err(ProxyError::UnsupportedCoding(addr));
             }
             Ok((response, lease)) => {
                 if let Some(p) = pick {

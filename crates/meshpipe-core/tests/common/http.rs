@@ -248,3 +248,35 @@ pub async fn text(resp: Response<Incoming>) -> String {
 pub fn get(uri: &str) -> Request<BoxBody> {
     Request::get(uri).header("host", "web.test").body(full("")).unwrap()
 }
+
+/// An upstream that answers every request with `head` (raw bytes), then
+/// echoes whatever else arrives until EOF. Every request head it read is
+/// kept, in order, in the returned list.
+pub async fn raw_upstream(head: &'static [u8]) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                heads.lock().unwrap().push(seen);
+                let _ = s.write_all(head).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, kept)
+}
