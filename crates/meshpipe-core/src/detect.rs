@@ -201,11 +201,12 @@ mod tests {
 
     #[test]
     fn first_byte_that_starts_nothing_decides_at_once() {
-        for b in [0x00u8, 0x01, b' ', b'\t', b'\n', b'(', b'@', 0x7f, 0x80, 0xff, 0x17] {
+        for b in [0x00u8, 0x01, b' ', b'\t', b'(', b'@', 0x7f, 0x80, 0xff, 0x17] {
             assert_eq!(classify(&[b], Expect::Any), decided(Detected::NotHttp), "byte {b:#04x}");
         }
-        // Candidates of each kind keep the door open.
-        for b in [b'G', b'P', b'\r', 0x16, b'~'] {
+        // Candidates of each kind keep the door open (CR and LF: empty
+        // lines before a request line).
+        for b in [b'G', b'P', b'\r', b'\n', 0x16, b'~'] {
             assert_eq!(classify(&[b], Expect::Any), Verdict::NeedMore, "byte {b:#04x}");
         }
     }

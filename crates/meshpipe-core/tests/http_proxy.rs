@@ -592,3 +592,32 @@ async fn an_inbound_request_cannot_claim_a_client_identity_in_its_trailers() {
     assert!(seen.contains("x-other: kept"), "the other trailer is carried: {seen}");
     assert!(!seen.contains("admin.prod"), "the forged identity reached the app in a trailer: {seen}");
 }
+
+#[tokio::test]
+async fn request_lines_the_http_parser_takes_are_served_as_http_so_a_forged_identity_is_removed() {
+    // Detection accepts at least what hyper's parser accepts (several empty
+    // lines first, a bare LF, obs-text in the target): such requests are
+    // served by the HTTP layer, which removes a plaintext client's
+    // l5d-client-id, instead of being forwarded as bytes with it.
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let cfg = serde_json::json!({ "listeners": [{ "name": "in", "bind": "127.0.0.1:0",
+        "target": { "kind": "fixed", "addr": upstream.to_string() }, "direction": "inbound" }] });
+    let (engine, proxy) = common::start(cfg).await;
+    let forged = "l5d-client-id: admin.prod.serviceaccount.identity.linkerd.cluster.local";
+    let requests = [
+        format!("\r\n\r\nGET /a HTTP/1.1\r\nHost: a\r\n{forged}\r\nConnection: close\r\n\r\n"),
+        format!("GET /b HTTP/1.1\nHost: a\r\n{forged}\r\nConnection: close\r\n\r\n"),
+        format!("GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n{forged}\r\nConnection: close\r\n\r\n"),
+    ];
+    for r in &requests {
+        let got = raw_exchange(proxy, r.as_bytes()).await;
+        assert!(got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.1 400"), "{r:?}: {got}");
+    }
+    for head in heads.lock().unwrap().iter() {
+        let head = String::from_utf8_lossy(head);
+        assert!(!head.contains("admin.prod"), "a forged identity reached the app: {head}");
+    }
+    let snap = engine.snapshot();
+    let http1: u64 = snap.detect.iter().filter(|d| d.result.as_str() == "http/1").map(|d| d.count).sum();
+    assert_eq!(http1, 3, "{:?}", snap.detect);
+}

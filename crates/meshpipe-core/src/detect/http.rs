@@ -8,12 +8,18 @@
 //! `request-line = method SP request-target SP HTTP-version CRLF`, where the method is a token
 //! (`1*tchar`, RFC 9110 §5.6.2, limited here to 32 bytes), the request-target is taken as
 //! `1*` visible ASCII (0x21-0x7E: origin-form, absolute-form, authority-form as sent by CONNECT,
-//! and asterisk-form as sent by `OPTIONS *` are all in that set), and the version must be exactly
-//! `HTTP/1.0` or `HTTP/1.1` (the name is case-sensitive, RFC 9112 §2.3). The verdict is reached
-//! when the CRLF ending the line arrives; a bare LF does not count. RFC 9112 §2.2 asks servers to
-//! ignore at least one empty line (CRLF) before the request line, so exactly one is tolerated;
-//! more CRLFs, leading whitespace, or a stream of CR/LF noise are not HTTP. `PRI * HTTP/2.0` is
-//! not an HTTP/1 request line because of its version, so the two matchers never both match.
+//! and asterisk-form as sent by `OPTIONS *` are all in that set) or obs-text (0x80-0xFF), and the
+//! version must be exactly `HTTP/1.0` or `HTTP/1.1` (the name is case-sensitive, RFC 9112 §2.3).
+//! The verdict is reached when the line ends: CRLF, or a bare LF (RFC 9112 §2.2: a recipient MAY
+//! take it as a line terminator). Empty lines (CRLF or LF) before the request line are skipped,
+//! any number of them (RFC 9112 §2.2 asks servers to ignore at least one). Leading whitespace, a
+//! lone CR or other line noise is not HTTP. `PRI * HTTP/2.0` is not an HTTP/1 request line
+//! because of its version, so the two matchers never both match.
+//!
+//! Why this lenient: the matcher accepts at least what the HTTP layer's parser (httparse, in
+//! hyper) accepts as a request line. A request it turned away would be forwarded as bytes, past
+//! everything the HTTP layer does to a request (inbound, removing a client's own
+//! `l5d-client-id`); one it accepts that the parser then refuses gets a 400 instead.
 //!
 //! Both matchers are small state machines that remember how far they have looked: each call
 //! examines only the bytes that arrived since the previous one, so a client trickling a long
@@ -31,6 +37,8 @@ pub(super) const MAX_METHOD_LEN: usize = 32;
 /// `HTTP-version CRLF`; the minor version digit (index 7) may be `0` or `1`.
 const VERSION_CRLF: &[u8; 10] = b"HTTP/1.x\r\n";
 const VERSION_MINOR_AT: usize = 7;
+/// Where the CR of the line end is, or a bare LF ending the line instead.
+const VERSION_LF_AT: usize = 8;
 
 /// The HTTP/2 preface matcher: how many preface bytes have matched so far.
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,7 +77,7 @@ pub(super) fn probe_h2(buf: &[u8]) -> Probe {
 /// Where the HTTP/1 matcher is in the request line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Phase {
-    /// Before the first byte, or after a lone leading CR.
+    /// Before the request line: empty lines, or nothing yet.
     #[default]
     Start,
     Method,
@@ -103,12 +111,13 @@ impl H1 {
             match self.phase {
                 Phase::Matched => break Probe::Match(Detected::Http1),
                 Phase::Failed => break Probe::NoMatch,
-                // One tolerated empty line: RFC 9112 §2.2.
-                Phase::Start => match buf {
+                // Empty lines before the request line (RFC 9112 §2.2), CRLF or bare LF.
+                Phase::Start => match buf.get(i..).unwrap_or_default() {
                     [] | [b'\r'] => break Probe::Partial,
-                    [b'\r', b'\n', ..] => (self.phase, i, mark) = (Phase::Method, 2, 2),
+                    [b'\r', b'\n', ..] => i += 2,
+                    [b'\n', ..] => i += 1,
                     [b'\r', ..] => self.phase = Phase::Failed,
-                    _ => (self.phase, i, mark) = (Phase::Method, 0, 0),
+                    _ => (self.phase, mark) = (Phase::Method, i),
                 },
                 // method = token
                 Phase::Method => {
@@ -132,9 +141,9 @@ impl H1 {
                     i += 1;
                     (self.phase, mark) = (Phase::Target, i);
                 }
-                // request-target: one or more visible ASCII characters, up to the next SP.
+                // request-target: one or more visible ASCII or obs-text bytes, up to the next SP.
                 Phase::Target => {
-                    while i < buf.len() && matches!(buf[i], 0x21..=0x7e) {
+                    while i < buf.len() && matches!(buf[i], 0x21..=0x7e | 0x80..=0xff) {
                         i += 1;
                     }
                     if i == buf.len() {
@@ -147,10 +156,17 @@ impl H1 {
                     i += 1;
                     (self.phase, mark) = (Phase::Version, i);
                 }
-                // HTTP-version CRLF, byte by byte so a split anywhere inside is still a prefix.
+                // HTTP-version CRLF (or bare LF), byte by byte so a split anywhere inside is still
+                // a prefix.
                 Phase::Version => {
                     while i < buf.len() && i - mark < VERSION_CRLF.len() {
                         let k = i - mark;
+                        if k == VERSION_LF_AT && buf[i] == b'\n' {
+                            // A bare LF ends the line one byte early.
+                            i += 1;
+                            self.phase = Phase::Matched;
+                            break;
+                        }
                         let ok = if k == VERSION_MINOR_AT { matches!(buf[i], b'0' | b'1') } else { buf[i] == VERSION_CRLF[k] };
                         if !ok {
                             self.phase = Phase::Failed;
@@ -158,7 +174,7 @@ impl H1 {
                         }
                         i += 1;
                     }
-                    if self.phase == Phase::Failed {
+                    if matches!(self.phase, Phase::Failed | Phase::Matched) {
                         continue;
                     }
                     if i - mark < VERSION_CRLF.len() {
@@ -218,13 +234,20 @@ mod tests {
     }
 
     #[test]
-    fn one_leading_crlf_is_tolerated_two_are_not() {
+    fn leading_empty_lines_are_skipped() {
         assert_prefixes_partial_then(b"\r\nGET / HTTP/1.1\r\n", Probe::Match(Detected::Http1));
-        assert_eq!(h1(b"\r\n\r"), Probe::NoMatch);
-        assert_eq!(h1(b"\r\n\r\nGET / HTTP/1.1\r\n"), Probe::NoMatch);
-        assert_eq!(h1(b"\n"), Probe::NoMatch);
-        assert_eq!(h1(b"\nGET / HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_prefixes_partial_then(b"\r\n\r\n\nGET / HTTP/1.1\r\n", Probe::Match(Detected::Http1));
+        assert_prefixes_partial_then(b"\nGET / HTTP/1.1\n", Probe::Match(Detected::Http1));
+        assert_eq!(h1(b"\r\n\r"), Probe::Partial);
+        assert_eq!(h1(b"\r\n\rx"), Probe::NoMatch);
         assert_eq!(h1(b"\r\r\n"), Probe::NoMatch);
+    }
+
+    #[test]
+    fn a_bare_lf_ends_the_request_line() {
+        assert_prefixes_partial_then(b"GET / HTTP/1.1\n", Probe::Match(Detected::Http1));
+        assert_prefixes_partial_then(b"POST /x HTTP/1.0\n", Probe::Match(Detected::Http1));
+        assert_eq!(h1(b"GET / HTTP/1.1\nHost: a\n\n"), Probe::Match(Detected::Http1));
     }
 
     #[test]
@@ -233,14 +256,13 @@ mod tests {
             &b" GET / HTTP/1.1\r\n"[..],
             b"\tGET / HTTP/1.1\r\n",
             b"\r\n \r\n",
-            b"\r\n\n",
+            b"\r\n\t",
             b"\r\r\r\r",
-            b"\n\n\n\n",
+            b"\n\n\n\n ",
             b"GET  / HTTP/1.1\r\n",
             b"GET /  HTTP/1.1\r\n",
             b"GET\t/ HTTP/1.1\r\n",
             b"GET / HTTP/1.1 \r\n",
-            b"GET / HTTP/1.1\n",
             b"GET / HTTP/1.1\r\r",
             b"GET / HTTP/1.1\rX",
             b"GET HTTP/1.1\r\n",
@@ -282,10 +304,11 @@ mod tests {
     }
 
     #[test]
-    fn request_target_must_be_visible_ascii() {
+    fn request_target_must_be_visible_ascii_or_obs_text() {
         assert_eq!(h1(b"GET /a\x7fb HTTP/1.1\r\n"), Probe::NoMatch);
-        assert_eq!(h1(b"GET /\xc3\xa9 HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"GET /\xc3\xa9 HTTP/1.1\r\n"), Probe::Match(Detected::Http1));
         assert_eq!(h1(b"GET /a\x00 HTTP/1.1\r\n"), Probe::NoMatch);
+        assert_eq!(h1(b"GET /a\tb HTTP/1.1\r\n"), Probe::NoMatch);
     }
 
     #[test]
