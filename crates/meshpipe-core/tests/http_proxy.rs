@@ -621,3 +621,19 @@ async fn request_lines_the_http_parser_takes_are_served_as_http_so_a_forged_iden
     let http1: u64 = snap.detect.iter().filter(|d| d.result.as_str() == "http/1").map(|d| d.count).sum();
     assert_eq!(http1, 3, "{:?}", snap.detect);
 }
+
+#[tokio::test]
+async fn a_transfer_coding_on_a_response_without_content_is_not_an_error() {
+    // RFC 9112 §6.1: the answer to HEAD, or a 304, may name the coding a GET
+    // would get; it has no content to decode.
+    for (method, head) in [
+        ("HEAD", &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"[..]),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"),
+    ] {
+        let (upstream, _) = raw_upstream(head).await;
+        let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+        let got = raw_exchange(proxy, format!("{method} / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let want = if method == "HEAD" { "HTTP/1.1 200" } else { "HTTP/1.1 304" };
+        assert!(got.starts_with(want), "{method}: {got}");
+    }
+}

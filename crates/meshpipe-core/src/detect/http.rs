@@ -16,10 +16,14 @@
 //! lone CR or other line noise is not HTTP. `PRI * HTTP/2.0` is not an HTTP/1 request line
 //! because of its version, so the two matchers never both match.
 //!
-//! Why this lenient: the matcher accepts at least what the HTTP layer's parser (httparse, in
-//! hyper) accepts as a request line. A request it turned away would be forwarded as bytes, past
+//! Why this lenient: a request line the matcher turns away is forwarded as bytes, past
 //! everything the HTTP layer does to a request (inbound, removing a client's own
-//! `l5d-client-id`); one it accepts that the parser then refuses gets a 400 instead.
+//! `l5d-client-id`), while one it accepts that the HTTP layer's parser (httparse, in hyper) then
+//! refuses gets a 400. So it accepts what httparse accepts as a request line, with two
+//! exceptions kept so other protocols are not taken for HTTP: a method longer than
+//! `MAX_METHOD_LEN`, and a line (empty lines before it included) not ended within the detection
+//! buffer. A plaintext client can always reach the application as bytes (docs/http.md says
+//! when `l5d-client-id` can be trusted).
 //!
 //! Both matchers are small state machines that remember how far they have looked: each call
 //! examines only the bytes that arrived since the previous one, so a client trickling a long

@@ -72,6 +72,12 @@ pub fn transfer_coding_is_chunked(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether a response has no content whatever its header fields say
+/// (RFC 9112 §6.3 rule 1): the answer to HEAD, a 1xx, 204 or 304.
+pub fn bodiless_response(head_request: bool, status: http::StatusCode) -> bool {
+    head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304)
+}
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
 /// `Upgrade` field survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -409,6 +415,17 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("3"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h["content-length"], "3", "without a Transfer-Encoding it frames the body");
+    }
+
+    #[test]
+    fn responses_without_content() {
+        use http::StatusCode;
+        assert!(bodiless_response(true, StatusCode::OK));
+        assert!(bodiless_response(false, StatusCode::NOT_MODIFIED));
+        assert!(bodiless_response(false, StatusCode::NO_CONTENT));
+        assert!(bodiless_response(false, StatusCode::CONTINUE));
+        assert!(!bodiless_response(false, StatusCode::OK));
+        assert!(!bodiless_response(false, StatusCode::NOT_FOUND));
     }
 
     #[test]

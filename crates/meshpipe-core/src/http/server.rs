@@ -378,6 +378,7 @@ async fn forward(conn: &Conn, req: Request<RequestBody>, tunnel: Tunnel) -> Resu
 
 async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunnel) -> Result<Forwarded, ProxyError> {
     let ctx = &conn.ctx;
+    let head = req.method() == http::Method::HEAD;
     let entry = ctx.http.endpoints.load().get(conn.target.0).cloned();
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last: Option<ProxyError> = None;
@@ -410,12 +411,16 @@ async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunne
                 // with it), never pooled.
                 return Err(ProxyError::UnrequestedSwitch(addr));
             }
-            Ok((response, _)) if !headers::transfer_coding_is_chunked(response.headers()) => {
+            Ok((response, _))
+                if !headers::transfer_coding_is_chunked(response.headers()) && !headers::bodiless_response(head, response.status()) =>
+            {
                 // A transfer coding other than chunked (RFC 9112 §6.1) was
                 // never asked for (the proxy sends `TE: trailers` at most),
                 // and hyper read the body to the connection's close without
                 // decoding it: passed on, the client would get coded bytes
-                // as the content. The upstream connection is dropped.
+                // as the content. The upstream connection is dropped. (A
+                // response without content, to HEAD or a 1xx/204/304, may
+                // name the coding a GET would get: RFC 9112 §6.1.)
                 return Err(ProxyError::UnsupportedCoding(addr));
             }
             Ok((response, lease)) => {
