@@ -1,8 +1,9 @@
-//! Fuzzes the HTTP layer's header rules (`meshpipe_core::http::headers`) on
-//! arbitrary header fields: the `Keep-Alive: timeout=N` hint an upstream
-//! sends, the hop-by-hop stripping every request and response goes through
-//! (RFC 9110 §7.6.1), the `Host` fix-up of an HTTP/1 request (RFC 9112 §3.2)
-//! and the `authority` label.
+//! Fuzzes the HTTP layer's header rules (`meshpipe_core::http::headers`) and
+//! framing rules (`meshpipe_core::http::framing`) on arbitrary header
+//! fields: the `Keep-Alive: timeout=N` hint an upstream sends, the
+//! hop-by-hop stripping every request and response goes through (RFC 9110
+//! §7.6.1), the `Host` fix-up of an HTTP/1 request (RFC 9112 §3.2), the
+//! `authority` label, and the one `Content-Length` a message goes on with.
 //!
 //! The input is `name: value` lines; the first byte picks whether the
 //! message is an upgrade being carried through, and the request's version.
@@ -12,10 +13,14 @@
 //!   `trailers`, `Connection: upgrade` and `Upgrade` only for an upgrade),
 //!   no field the `Connection` header named survives, every other field
 //!   keeps its values in order, and stripping again changes nothing;
-//! - an HTTP/1.1 request leaves `fix_host` with exactly one `Host` or is
-//!   refused, and an authority label is short and made of host characters.
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+//! - an HTTP/1.1 request leaves `fix_host` with exactly one `Host` (never
+//!   with userinfo) or is refused, and an authority label is short and made
+//!   of host characters;
+//! - `Content-Length` is left as it came, or becomes one field whose value
+//!   every element it came with had, and doing it again changes nothing.
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{Request, Version};
+use meshpipe_core::http::framing::{single_content_length, transfer_coding_is_chunked};
 use meshpipe_core::http::headers::{authority_raw, fix_host, keep_alive_timeout, strip_hop_by_hop};
 
 /// Hop-by-hop by definition (RFC 9110 §7.6.1, plus HTTP2-Settings, RFC 7540 §3.2.1).
@@ -90,6 +95,24 @@ pub fn check(data: &[u8]) {
     strip_hop_by_hop(&mut again, upgrade);
     assert_eq!(again, stripped, "stripping twice differs from once");
 
+    let mut once = original.clone();
+    single_content_length(&mut once);
+    let before: Vec<_> = original.get_all(CONTENT_LENGTH).iter().collect();
+    let after: Vec<_> = once.get_all(CONTENT_LENGTH).iter().collect();
+    if before != after {
+        assert_eq!(after.len(), 1, "Content-Length became {after:?}");
+        let value = after[0].as_bytes();
+        assert!(!value.is_empty() && value.iter().all(u8::is_ascii_digit), "Content-Length {value:?}");
+        let elements = before.iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii);
+        for e in elements {
+            assert_eq!(e, value, "Content-Length {before:?} became {value:?}");
+        }
+    }
+    let mut twice = once.clone();
+    single_content_length(&mut twice);
+    assert_eq!(twice, once, "single_content_length twice differs from once");
+    let _ = transfer_coding_is_chunked(&original);
+
     // An HTTP/1 request with these fields: one Host after fix_host, or refused.
     let version = if selector & 2 == 2 { Version::HTTP_10 } else { Version::HTTP_11 };
     let mut req = Request::builder().uri("/").version(version).body(()).expect("a request");
@@ -98,6 +121,7 @@ pub fn check(data: &[u8]) {
     if fix_host(&mut req, target).is_ok() {
         let hosts = req.headers().get_all(HOST).iter().count();
         assert!(hosts == 1 || (hosts == 0 && version == Version::HTTP_10), "{hosts} Host fields after fix_host");
+        assert!(req.headers().get_all(HOST).iter().all(|h| !h.as_bytes().contains(&b'@')), "userinfo in Host after fix_host");
     }
     if let Some(authority) = authority_raw(&req) {
         assert!(!authority.is_empty() && authority.len() <= 260, "authority of {} bytes", authority.len());

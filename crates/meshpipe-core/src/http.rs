@@ -33,6 +33,7 @@ pub mod body;
 pub mod client;
 pub mod endpoints;
 pub mod errors;
+pub mod framing;
 pub mod head_timer;
 pub mod headers;
 pub mod io;

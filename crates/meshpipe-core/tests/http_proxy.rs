@@ -498,17 +498,6 @@ async fn an_inbound_request_cannot_claim_a_client_identity() {
     assert!(resp.headers().get("x-l5d-client-id").is_none(), "the forged identity reached the app: {:?}", resp.headers());
 }
 
-/// Sends raw `request` bytes on a new connection to `proxy` and reads until
-/// the proxy closes (every request here asks for `connection: close`).
-async fn raw_exchange(proxy: std::net::SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    within(T, s.read_to_end(&mut out)).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn an_upstreams_content_length_beside_a_transfer_encoding_is_not_passed_on() {
     // RFC 9112 §6.3: the chunked coding frames this body (20 bytes); the

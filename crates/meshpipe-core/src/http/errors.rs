@@ -9,6 +9,8 @@
 //! | no response headers within the port's response timeout | 504 | DEADLINE_EXCEEDED (4) |
 //! | the request would reach the proxy itself | 508 | ABORTED (10) |
 //! | an HTTP/1 request with several `Host` fields, or none in HTTP/1.1 | 400 | INTERNAL (13) |
+//! | userinfo (`user@`) in the target's authority or `Host` | 400 | INTERNAL (13) |
+//! | an HTTP/1 CONNECT with a Content-Length or Transfer-Encoding (closes) | 400 | INTERNAL (13) |
 //! | the client's request body was malformed (or cut short) on the way | 400 | INTERNAL (13) / CANCELLED (1) |
 //!
 //! A gRPC request (`content-type: application/grpc...`) gets HTTP 200 with
@@ -53,6 +55,8 @@ pub enum ProxyError {
     UnsupportedCoding(SocketAddr),
     #[error("bad request: {0}")]
     BadHost(#[from] crate::http::headers::HostError),
+    #[error("bad request: a CONNECT request has no content (RFC 9110 §9.3.6), but this one has a Content-Length or Transfer-Encoding; expected neither (or Content-Length: 0)")]
+    ConnectContent,
     /// Reading the client's request body failed while it was sent upstream
     /// (a malformed chunked body, RFC 9112 §7.1, or the client went away):
     /// the client's error, not the upstream's.
@@ -84,7 +88,7 @@ impl ProxyError {
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,
-            ProxyError::BadHost(_) => HttpErrorReason::BadRequest,
+            ProxyError::BadHost(_) | ProxyError::ConnectContent => HttpErrorReason::BadRequest,
             ProxyError::ClientBody { source, .. } => {
                 // hyper's body decoder says InvalidInput/InvalidData for a
                 // malformed body, UnexpectedEof (or another I/O error) when
@@ -125,7 +129,9 @@ impl ProxyError {
 
     /// Whether the client connection must not be reused after this error.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Loop(_))
+        // After a CONNECT with content, the client and the proxy may
+        // disagree on where the next request starts.
+        matches!(self, ProxyError::Loop(_) | ProxyError::ConnectContent)
     }
 }
 

@@ -61,23 +61,6 @@ pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
     Tunnel::None
 }
 
-/// Whether a message's transfer codings, if any, are exactly `chunked`
-/// (RFC 9112 §6.1; coding names are case-insensitive). No
-/// Transfer-Encoding field counts as chunked-only: nothing to decode.
-pub fn transfer_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii);
-    match codings.next() {
-        None => true,
-        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
-    }
-}
-
-/// Whether a response has no content whatever its header fields say
-/// (RFC 9112 §6.3 rule 1): the answer to HEAD, a 1xx, 204 or 304.
-pub fn bodiless_response(head_request: bool, status: http::StatusCode) -> bool {
-    head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304)
-}
-
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
 /// `Upgrade` field survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -147,6 +130,24 @@ pub enum HostError {
     Missing,
     #[error("the HTTP/2 request's Host header field ({host}) names another authority than its :authority ({authority}): RFC 9113 §8.3.1")]
     Conflict { authority: String, host: String },
+    #[error("the request's authority ({0}) carries userinfo (`user@`), which RFC 9110 §4.2.4 forbids in an http or https target; expected host[:port]")]
+    UserInfo(String),
+}
+
+/// Refuses userinfo in the request's target authority (absolute-form,
+/// CONNECT's authority-form, HTTP/2 `:authority`) or `Host`. RFC 9110
+/// §4.2.4 forbids it in http(s) URIs and asks a recipient to treat it as an
+/// error; RFC 9113 §8.3.1 forbids it in `:authority`; `Host` has no room
+/// for it at all (RFC 9110 §7.2). Passed on, `user@host` is read as a
+/// different host by different parsers, and carries credentials to every
+/// log on the way.
+fn check_userinfo<B>(req: &Request<B>) -> Result<(), HostError> {
+    let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let hosts = req.headers().get_all(HOST).iter().map(HeaderValue::as_bytes);
+    match target.into_iter().chain(hosts).find(|v| v.contains(&b'@')) {
+        Some(v) => Err(HostError::UserInfo(String::from_utf8_lossy(v).into_owned())),
+        None => Ok(()),
+    }
 }
 
 /// Makes an HTTP/1 request's `Host` what the upstream must see, so the
@@ -161,6 +162,7 @@ pub fn fix_host<B>(req: &mut Request<B>, target: std::net::SocketAddr) -> Result
     if n > 1 {
         return Err(HostError::Several(n));
     }
+    check_userinfo(req)?;
     if let Some(authority) = req.uri().authority() {
         if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
             req.headers_mut().insert(HOST, v);
@@ -185,6 +187,7 @@ pub fn fix_host<B>(req: &mut Request<B>, target: std::net::SocketAddr) -> Result
 /// host. Compared case-insensitively; a request without `:authority` keeps
 /// its one `Host`.
 pub fn check_h2_host<B>(req: &Request<B>) -> Result<(), HostError> {
+    check_userinfo(req)?;
     let mut hosts = req.headers().get_all(HOST).iter();
     let (Some(host), more) = (hosts.next(), hosts.count()) else { return Ok(()) };
     if more > 0 {
@@ -336,6 +339,28 @@ mod tests {
         assert!(matches!(h2("/x", &["a.test", "b.test"]), Err(HostError::Several(2))));
     }
 
+    #[test]
+    fn userinfo_in_the_authority_or_host_is_refused() {
+        let build = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri).version(version);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        let target = "127.0.0.1:80".parse().unwrap();
+        let h1 = |uri: &str, hosts: &[&str]| fix_host(&mut build(Version::HTTP_11, uri, hosts), target);
+        let h2 = |uri: &str, hosts: &[&str]| check_h2_host(&build(Version::HTTP_2, uri, hosts));
+        assert!(matches!(h1("http://user:pw@api.test/x", &["api.test"]), Err(HostError::UserInfo(a)) if a == "user:pw@api.test"));
+        assert!(matches!(h1("/x", &["admin@api.test"]), Err(HostError::UserInfo(_))));
+        assert!(matches!(h2("http://user@api.test/x", &[]), Err(HostError::UserInfo(_))));
+        assert!(matches!(h2("/x", &["user@api.test"]), Err(HostError::UserInfo(_))));
+        assert!(h1("http://api.test/x?to=a@b", &["api.test"]).is_ok(), "an @ in the query is not userinfo");
+        assert!(h2("http://api.test/a@b", &[]).is_ok());
+        let e = h2("http://u@api.test/x", &[]).unwrap_err().to_string();
+        assert!(e.contains("u@api.test") && e.contains("RFC 9110 §4.2.4") && e.contains("host[:port]"), "{e}");
+    }
+
     fn req(lines: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().uri("/");
         for (k, v) in lines {
@@ -415,37 +440,6 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("3"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h["content-length"], "3", "without a Transfer-Encoding it frames the body");
-    }
-
-    #[test]
-    fn responses_without_content() {
-        use http::StatusCode;
-        assert!(bodiless_response(true, StatusCode::OK));
-        assert!(bodiless_response(false, StatusCode::NOT_MODIFIED));
-        assert!(bodiless_response(false, StatusCode::NO_CONTENT));
-        assert!(bodiless_response(false, StatusCode::CONTINUE));
-        assert!(!bodiless_response(false, StatusCode::OK));
-        assert!(!bodiless_response(false, StatusCode::NOT_FOUND));
-    }
-
-    #[test]
-    fn only_chunked_alone_is_a_coding_the_proxy_decodes() {
-        let h = |values: &[&str]| {
-            let mut m = HeaderMap::new();
-            for v in values {
-                m.append("transfer-encoding", HeaderValue::from_str(v).unwrap());
-            }
-            transfer_coding_is_chunked(&m)
-        };
-        assert!(h(&[]));
-        assert!(h(&["chunked"]));
-        assert!(h(&[" Chunked "]));
-        assert!(!h(&["gzip"]));
-        assert!(!h(&["gzip, chunked"]));
-        assert!(!h(&["gzip", "chunked"]));
-        assert!(!h(&["chunked, chunked"]));
-        assert!(!h(&["identity"]));
-        assert!(!h(&[""]));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::http::errors::{self, Audience, ProxyError};
 use crate::http::head_timer::{HeadClock, Part, Tracked};
 use crate::http::headers::{self, Tunnel};
 use crate::http::io::ClientIo;
-use crate::http::{balance, upgrade, HttpConfig, HttpErrorReason};
+use crate::http::{balance, framing, upgrade, HttpConfig, HttpErrorReason};
 use crate::metrics::{HttpKey, HttpSeries, ResponseKey};
 use crate::proxy::Context;
 use crate::vocab::{Direction, TlsStatus};
@@ -281,8 +281,17 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
     series.requests.fetch_add(1, Relaxed);
     let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
     let tunnel = headers::tunnel_of(&req);
+    if framing::connect_with_content(&req) {
+        // hyper takes every CONNECT for an upgrade and hands the connection
+        // over as soon as both directions are done, without flushing an
+        // answer queued while the request body was still being read: the
+        // claimed content is read (and discarded) first, within bounds.
+        skip_content(req.into_body()).await;
+        return Ok(refuse(&conn, &series, started, audience, ProxyError::ConnectContent));
+    }
     let client_upgrade = (tunnel != Tunnel::None).then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), tunnel == Tunnel::Upgrade);
+    framing::single_content_length(req.headers_mut());
     if conn.direction == Direction::Inbound {
         let peer = match &conn.tls {
             TlsStatus::Mesh { peer } => Some(&**peer),
@@ -310,6 +319,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
             let agreed = upgrade::agreed(tunnel, status);
             let peer_close = headers::take_peer_close(resp.headers_mut());
             headers::strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS && agreed);
+            framing::single_content_length(resp.headers_mut());
             if agreed {
                 // A 101, or a 2xx to CONNECT, has no content (RFC 9110
                 // §8.6, §9.3.6: the client ignores such a Content-Length);
@@ -339,20 +349,45 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
             let body = Metered::new(body, series, started, status.as_u16(), &parts.headers, lease);
             Ok(Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))))
         }
-        Err(e) => {
-            debug!(error = %e, "request failed");
-            let reason = e.reason();
-            conn.ctx.metrics.http_error(conn.direction, reason);
-            let resp = errors::response(&e, audience);
-            if e.closes_connection() && conn.protocol == SessionProtocol::Http2 {
-                conn.close.cancel();
-            }
-            series.latency.observe(started.elapsed());
-            let grpc_status = audience.grpc.then(|| e.grpc_status());
-            series.response(ResponseKey { status: resp.status().as_u16(), grpc_status, error: Some(reason) });
-            Ok(resp)
-        }
+        Err(e) => Ok(refuse(&conn, &series, started, audience, e)),
     }
+}
+
+/// Reads and discards a refused request's content: at most
+/// [`SKIP_CONTENT_MAX`] bytes within [`SKIP_CONTENT_TIME`]. Past either,
+/// the answer is sent anyway (and may be lost with the connection).
+async fn skip_content(body: RequestBody) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(SKIP_CONTENT_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, bytes::Bytes::len);
+            if seen > SKIP_CONTENT_MAX {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+const SKIP_CONTENT_MAX: usize = 64 * 1024;
+const SKIP_CONTENT_TIME: Duration = Duration::from_secs(1);
+
+/// The proxy's own answer to a request it could not get a response for:
+/// counted by reason, and closing the connection where the error says so.
+fn refuse(conn: &Conn, series: &HttpSeries, started: Instant, audience: Audience, e: ProxyError) -> Response<ProxyBody> {
+    debug!(error = %e, "request failed");
+    let reason = e.reason();
+    conn.ctx.metrics.http_error(conn.direction, reason);
+    let resp = errors::response(&e, audience);
+    if e.closes_connection() && conn.protocol == SessionProtocol::Http2 {
+        conn.close.cancel();
+    }
+    series.latency.observe(started.elapsed());
+    let grpc_status = audience.grpc.then(|| e.grpc_status());
+    series.response(ResponseKey { status: resp.status().as_u16(), grpc_status, error: Some(reason) });
+    resp
 }
 
 /// An upstream's response, the pooled connection it came on, and whether
@@ -412,7 +447,7 @@ async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunne
                 return Err(ProxyError::UnrequestedSwitch(addr));
             }
             Ok((response, _))
-                if !headers::transfer_coding_is_chunked(response.headers()) && !headers::bodiless_response(head, response.status()) =>
+                if !framing::transfer_coding_is_chunked(response.headers()) && !framing::bodiless_response(head, response.status()) =>
             {
                 // A transfer coding other than chunked (RFC 9112 §6.1) was
                 // never asked for (the proxy sends `TE: trailers` at most),

@@ -280,3 +280,13 @@ pub async fn raw_upstream(head: &'static [u8]) -> (SocketAddr, Arc<std::sync::Mu
     });
     (addr, kept)
 }
+
+/// Sends raw `request` bytes on a new connection to `proxy` and reads until
+/// the proxy closes (within 20 s).
+pub async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    super::within(std::time::Duration::from_secs(20), s.read_to_end(&mut out)).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}

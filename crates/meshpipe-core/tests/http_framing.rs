@@ -1,0 +1,113 @@
+//! Framing and target rules of the HTTP layer, end to end through a real
+//! engine: every message goes on with one framing any parser reads the
+//! same way (a repeated Content-Length becomes one value, a
+//! Transfer-Encoding list with empty elements is still chunked), a CONNECT
+//! that claims content is refused, and userinfo never reaches an upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::within;
+use http::Request;
+use meshpipe_core::http::HttpErrorReason;
+
+const T: Duration = Duration::from_secs(20);
+
+fn bad_requests(engine: &meshpipe_core::Engine) -> u64 {
+    engine.snapshot().http_errors.iter().filter(|e| e.error == HttpErrorReason::BadRequest).map(|e| e.count).sum()
+}
+
+#[tokio::test]
+async fn a_transfer_encoding_list_with_empty_elements_is_still_chunked() {
+    // RFC 9110 §5.6.1: a recipient accepts and ignores empty list elements.
+    let (upstream, _) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("hello"), "{got}");
+}
+
+#[tokio::test]
+async fn a_repeated_content_length_goes_on_as_one_value() {
+    // RFC 9110 §8.6: `2, 2` frames 2 bytes; the next parser gets `2`.
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok").await;
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got =
+        raw_exchange(proxy, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").await;
+    let lower = got.to_ascii_lowercase();
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got}");
+    assert_eq!(lower.matches("content-length").count(), 1, "{got}");
+    assert!(lower.contains("content-length: 2\r\n"), "{got}");
+    let heads = heads.lock().unwrap();
+    let head = String::from_utf8_lossy(&heads[0]).to_ascii_lowercase();
+    assert_eq!(head.matches("content-length").count(), 1, "{head}");
+    assert!(head.contains("content-length: 3\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn userinfo_in_an_http1_target_or_host_is_a_400_and_never_sent_upstream() {
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let (engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    for request in [
+        &b"GET http://user:secret@api.test/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost: user@api.test\r\nConnection: close\r\n\r\n",
+        b"CONNECT user@db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\nConnection: close\r\n\r\n",
+    ] {
+        let got = raw_exchange(proxy, request).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{}: {got}", String::from_utf8_lossy(request));
+        assert!(got.contains("userinfo"), "the answer says what is wrong: {got}");
+    }
+    assert!(heads.lock().unwrap().is_empty(), "nothing reached the upstream");
+    assert_eq!(bad_requests(&engine), 3);
+    // An @ elsewhere in the target is no userinfo.
+    let got = raw_exchange(proxy, b"GET /x?mail=a@b HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
+
+#[tokio::test]
+async fn userinfo_in_an_http2_authority_is_a_400() {
+    // RFC 9113 §8.3.1: `:authority` must not include userinfo.
+    let (backend, seen) = h2_backend("h2").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    let req = Request::get("http://user:secret@api.test/x").body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(text(resp).await.contains("userinfo"));
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "never reached the backend");
+    let ok = Request::get("http://api.test/x").body(full("")).unwrap();
+    assert_eq!(within(T, c.send_request(ok)).await.unwrap().status(), 200, "the connection goes on");
+    assert_eq!(bad_requests(&engine), 1);
+}
+
+#[tokio::test]
+async fn a_connect_that_claims_content_is_a_400_that_closes_the_connection() {
+    // RFC 9110 §9.3.6: CONNECT has no content. With a body-framing field the
+    // bytes after the head could be a body or the tunnel's; refused, and
+    // the connection closed so nothing after the head is read as a request.
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 Connection Established\r\n\r\n").await;
+    let (engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    for request in [
+        &b"CONNECT db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\nContent-Length: 46\r\n\r\nGET /admin HTTP/1.1\r\nHost: db.test:5432\r\n\r\n"[..],
+        b"CONNECT db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: db.test:5432\r\n\r\n",
+    ] {
+        let got = raw_exchange(proxy, request).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+        assert!(got.to_ascii_lowercase().contains("connection: close"), "{got}");
+        assert_eq!(got.matches("HTTP/1.1").count(), 1, "one answer, nothing after it: {got}");
+    }
+    assert!(heads.lock().unwrap().is_empty(), "nothing reached the upstream");
+    assert_eq!(bad_requests(&engine), 2);
+    // Content-Length: 0 frames nothing: the tunnel opens and carries bytes.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"CONNECT db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\nContent-Length: 0\r\n\r\nping").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    within(T, s.read_to_end(&mut out)).await.unwrap();
+    let got = String::from_utf8_lossy(&out);
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("\r\n\r\nping"), "{got}");
+}
