@@ -1,7 +1,8 @@
 //! Framing and target rules of the HTTP layer, end to end through a real
 //! engine: every message goes on with one framing any parser reads the
-//! same way (a repeated Content-Length becomes one value, a
-//! Transfer-Encoding list with empty elements is still chunked), a CONNECT
+//! same way (a repeated Content-Length becomes one decimal value, a
+//! Transfer-Encoding list with empty elements is still chunked where the
+//! proxy's client decodes it as chunked, and a 502 where it would not), a CONNECT
 //! that claims content is refused, and userinfo never reaches an upstream.
 
 mod common;
@@ -31,6 +32,49 @@ async fn a_transfer_encoding_list_with_empty_elements_is_still_chunked() {
 }
 
 #[tokio::test]
+async fn a_chunked_coding_the_client_would_not_decode_is_a_502() {
+    // `chunked,` ends in an empty element: hyper's client takes that as the
+    // final coding, so it would not decode the chunks and the client would
+    // get the chunk framing as content. Refused instead.
+    for te in ["chunked,", "chunked ,"] {
+        let head = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        let (upstream, _) = raw_upstream(Box::leak(head.into_bytes().into_boxed_slice())).await;
+        let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+        let got = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 502"), "{te}: {got}");
+        assert!(!got.contains("5\r\nhello"), "{te}: no chunk framing as content: {got}");
+    }
+}
+
+#[tokio::test]
+async fn a_content_length_list_goes_on_as_one_number() {
+    // hyper compares the values as numbers: `5, 05` frames 5 bytes, and the
+    // client gets `5`, not the list.
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 05\r\nConnection: close\r\n\r\nhello").await;
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let lower = got.to_ascii_lowercase();
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("hello"), "{got}");
+    assert_eq!(lower.matches("content-length").count(), 1, "{got}");
+    assert!(lower.contains("content-length: 5\r\n"), "{got}");
+}
+
+#[tokio::test]
+async fn an_http2_request_with_two_equal_content_lengths_goes_on_with_one() {
+    // h2 accepts two numerically equal content-length fields (RFC 9110
+    // §8.6); the upstream gets one decimal value.
+    let (backend, _) = h2_backend("h2").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    let mut req = Request::post("http://api.test/len").body(full("abc")).unwrap();
+    req.headers_mut().append("content-length", http::HeaderValue::from_static("3"));
+    req.headers_mut().append("content-length", http::HeaderValue::from_static("03"));
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("x-content-length").and_then(|v| v.to_str().ok()), Some("3"), "{:?}", resp.headers());
+}
+
+#[tokio::test]
 async fn a_repeated_content_length_goes_on_as_one_value() {
     // RFC 9110 §8.6: `2, 2` frames 2 bytes; the next parser gets `2`.
     let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok").await;
@@ -45,6 +89,17 @@ async fn a_repeated_content_length_goes_on_as_one_value() {
     let head = String::from_utf8_lossy(&heads[0]).to_ascii_lowercase();
     assert_eq!(head.matches("content-length").count(), 1, "{head}");
     assert!(head.contains("content-length: 3\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn a_content_length_list_in_an_http1_request_is_a_400() {
+    // hyper's parser refuses a list in one request line (RFC 9110 §8.6 lets
+    // a recipient reject it): a 400, and nothing reaches the upstream.
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\nConnection: close\r\n\r\nabc").await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(heads.lock().unwrap().is_empty(), "nothing reached the upstream");
 }
 
 #[tokio::test]

@@ -19,17 +19,28 @@ fn list_elements<'a>(headers: &'a HeaderMap, name: &http::header::HeaderName) ->
 }
 
 /// Whether a message's transfer codings, if any, are exactly `chunked`
-/// (RFC 9112 §6.1; coding names are case-insensitive). No
-/// Transfer-Encoding field counts as chunked-only: nothing to decode.
+/// (RFC 9112 §6.1; coding names are case-insensitive), as the proxy's own
+/// HTTP/1 client decodes it. No Transfer-Encoding field counts as
+/// chunked-only: nothing to decode.
+///
+/// Empty list elements are ignored (RFC 9110 §5.6.1: `, chunked` is
+/// `chunked`), but only where hyper's client ignores them too: it takes
+/// the last element of the last field line as the final coding, so for
+/// `chunked,` (or a last line that is empty) it does not decode chunks and
+/// reads the body to the connection's close. Passing such a body on would
+/// hand the client the chunk framing as content, so both readings must
+/// agree before a coding counts as chunked.
 pub fn transfer_coding_is_chunked(headers: &HeaderMap) -> bool {
-    if !headers.contains_key(TRANSFER_ENCODING) {
+    let Some(last_line) = headers.get_all(TRANSFER_ENCODING).iter().next_back() else {
         return true;
-    }
+    };
+    let decoded_as_chunked =
+        last_line.as_bytes().rsplit(|b| *b == b',').next().is_some_and(|e| e.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     let mut codings = list_elements(headers, &TRANSFER_ENCODING);
     match codings.next() {
         // Only empty elements: no coding named, which is no valid field.
         None => false,
-        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+        Some(first) => decoded_as_chunked && first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
     }
 }
 
@@ -39,30 +50,46 @@ pub fn bodiless_response(head_request: bool, status: StatusCode) -> bool {
     head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304)
 }
 
-/// Makes a `Content-Length` sent as a list of one repeated value (`2, 2`,
-/// or two `Content-Length: 2` lines) a single value. hyper accepts such a
-/// message (RFC 9110 §8.6 allows a recipient to) and frames it by that
-/// value; passed on as it came, the next parser may refuse it or read it
-/// another way, and the same section asks an intermediary to send the
-/// single value instead. Values that are not one repeated number are left
-/// alone: hyper refuses those where they frame a body, and where they do
-/// not (a response to HEAD) they frame nothing.
+/// Sends a `Content-Length` on as one decimal number without leading
+/// zeros. hyper (and h2) accept a list of one repeated value (`2, 2`, two
+/// `Content-Length: 2` lines, even `5, 05`: the values are compared as
+/// numbers) and frame the message by it, as RFC 9110 §8.6 allows a
+/// recipient to; passed on as it came, the next parser may refuse it or
+/// read it another way, and the same section asks an intermediary to send
+/// the single value instead. A single value with leading zeros (`010`) is
+/// valid (`1*DIGIT`) but rewritten too, so no parser that reads a leading
+/// zero as octal sees another length. Values that are not one repeated
+/// number are left alone: hyper refuses those where they frame a body, and
+/// where they do not (a response to HEAD) they frame nothing.
 pub fn single_content_length(headers: &mut HeaderMap) {
     let mut lines = headers.get_all(CONTENT_LENGTH).iter();
     match (lines.next(), lines.next()) {
         (None, _) => return,
-        (Some(one), None) if !one.as_bytes().contains(&b',') => return,
+        (Some(one), None) => {
+            let v = one.as_bytes();
+            let leading_zero = v.len() > 1 && v[0] == b'0';
+            if !v.contains(&b',') && !leading_zero {
+                return;
+            }
+        }
         _ => {}
     }
-    let mut values = headers.get_all(CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii);
-    let Some(first) = values.next() else { return };
-    let digits = !first.is_empty() && first.len() <= 19 && first.iter().all(u8::is_ascii_digit);
-    if !digits || values.any(|v| v != first) {
+    let mut values =
+        headers.get_all(CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(|v| decimal(v.trim_ascii()));
+    let Some(Some(first)) = values.next() else { return };
+    if values.any(|v| v != Some(first)) {
         return;
     }
-    if let Ok(v) = HeaderValue::from_bytes(first) {
-        headers.insert(CONTENT_LENGTH, v);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(first));
+}
+
+/// `1*DIGIT` as a number (RFC 9110 §8.6), as hyper reads it: no sign, no
+/// space, no overflow.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
     }
+    v.iter().try_fold(0u64, |n, b| if b.is_ascii_digit() { n.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None })
 }
 
 /// Whether `req` is an HTTP/1 CONNECT that frames content (a
@@ -98,8 +125,12 @@ mod tests {
         assert!(h(&["chunked"]));
         assert!(h(&[" Chunked "]));
         assert!(h(&[", chunked"]), "empty list elements are ignored (RFC 9110 §5.6.1)");
-        assert!(h(&["chunked ,"]));
         assert!(h(&["", "chunked"]));
+        // hyper's client takes the last element of the last line as the
+        // final coding: an empty one there means it would not decode chunks.
+        assert!(!h(&["chunked ,"]));
+        assert!(!h(&["chunked,"]));
+        assert!(!h(&["chunked", ""]));
         assert!(!h(&["gzip"]));
         assert!(!h(&["gzip, chunked"]));
         assert!(!h(&["gzip", "chunked"]));
@@ -130,6 +161,13 @@ mod tests {
         assert_eq!(once(&["2", "2"]), ["2"]);
         assert_eq!(once(&["2,2", " 2 "]), ["2"]);
         assert_eq!(once(&["17"]), ["17"]);
+        assert_eq!(once(&["0"]), ["0"]);
+        // Compared as numbers, as hyper and h2 do; sent without leading zeros.
+        assert_eq!(once(&["5, 05"]), ["5"]);
+        assert_eq!(once(&["10", "010"]), ["10"]);
+        assert_eq!(once(&["010"]), ["10"]);
+        assert_eq!(once(&["00"]), ["0"]);
+        assert_eq!(once(&["00000000000000000002, 2"]), ["2"]);
         assert!(once(&[]).is_empty());
         // Not one repeated number: left as it came.
         assert_eq!(once(&["2, 3"]), ["2, 3"]);
@@ -137,6 +175,8 @@ mod tests {
         assert_eq!(once(&["2, "]), ["2, "]);
         assert_eq!(once(&["x, x"]), ["x, x"]);
         assert_eq!(once(&["-1, -1"]), ["-1, -1"]);
+        assert_eq!(once(&["+5, 5"]), ["+5, 5"]);
+        assert_eq!(once(&["18446744073709551616, 18446744073709551616"]), ["18446744073709551616, 18446744073709551616"]);
     }
 
     #[test]

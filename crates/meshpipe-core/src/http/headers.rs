@@ -130,6 +130,8 @@ pub enum HostError {
     Missing,
     #[error("the HTTP/2 request's Host header field ({host}) names another authority than its :authority ({authority}): RFC 9113 §8.3.1")]
     Conflict { authority: String, host: String },
+    /// Holds the authority with its userinfo replaced by `<userinfo>`: the
+    /// credentials never reach a log, a 400 body or `l5d-proxy-error`.
     #[error("the request's authority ({0}) carries userinfo (`user@`), which RFC 9110 §4.2.4 forbids in an http or https target; expected host[:port]")]
     UserInfo(String),
 }
@@ -145,9 +147,17 @@ fn check_userinfo<B>(req: &Request<B>) -> Result<(), HostError> {
     let target = req.uri().authority().map(|a| a.as_str().as_bytes());
     let hosts = req.headers().get_all(HOST).iter().map(HeaderValue::as_bytes);
     match target.into_iter().chain(hosts).find(|v| v.contains(&b'@')) {
-        Some(v) => Err(HostError::UserInfo(String::from_utf8_lossy(v).into_owned())),
+        Some(v) => Err(HostError::UserInfo(redact_userinfo(v))),
         None => Ok(()),
     }
+}
+
+/// `user:secret@api.test` as `<userinfo>@api.test`: what follows the last
+/// `@` (the host, for every parser that accepts the form) is kept so the
+/// error still says which authority was refused.
+fn redact_userinfo(v: &[u8]) -> String {
+    let at = v.iter().rposition(|b| *b == b'@').map_or(0, |i| i + 1);
+    format!("<userinfo>@{}", String::from_utf8_lossy(&v[at..]))
 }
 
 /// Makes an HTTP/1 request's `Host` what the upstream must see, so the
@@ -351,14 +361,17 @@ mod tests {
         let target = "127.0.0.1:80".parse().unwrap();
         let h1 = |uri: &str, hosts: &[&str]| fix_host(&mut build(Version::HTTP_11, uri, hosts), target);
         let h2 = |uri: &str, hosts: &[&str]| check_h2_host(&build(Version::HTTP_2, uri, hosts));
-        assert!(matches!(h1("http://user:pw@api.test/x", &["api.test"]), Err(HostError::UserInfo(a)) if a == "user:pw@api.test"));
+        assert!(matches!(h1("http://user:pw@api.test/x", &["api.test"]), Err(HostError::UserInfo(a)) if a == "<userinfo>@api.test"));
         assert!(matches!(h1("/x", &["admin@api.test"]), Err(HostError::UserInfo(_))));
         assert!(matches!(h2("http://user@api.test/x", &[]), Err(HostError::UserInfo(_))));
         assert!(matches!(h2("/x", &["user@api.test"]), Err(HostError::UserInfo(_))));
         assert!(h1("http://api.test/x?to=a@b", &["api.test"]).is_ok(), "an @ in the query is not userinfo");
         assert!(h2("http://api.test/a@b", &[]).is_ok());
-        let e = h2("http://u@api.test/x", &[]).unwrap_err().to_string();
-        assert!(e.contains("u@api.test") && e.contains("RFC 9110 §4.2.4") && e.contains("host[:port]"), "{e}");
+        let e = h2("http://u:secret@api.test/x", &[]).unwrap_err().to_string();
+        assert!(e.contains("<userinfo>@api.test") && e.contains("RFC 9110 §4.2.4") && e.contains("host[:port]"), "{e}");
+        assert!(!e.contains("secret"), "the credentials are not repeated: {e}");
+        let e = h1("/x", &["a:b@c:d@api.test"]).unwrap_err().to_string();
+        assert!(e.contains("(<userinfo>@api.test)") && !e.contains("b@c"), "{e}");
     }
 
     fn req(lines: &[(&str, &str)]) -> Request<()> {

@@ -102,8 +102,9 @@ pub struct Seen {
 /// - `Upgrade: websocket` / `CONNECT`: 101 / 200, then echo on the tunnel,
 ///   prefixed with `name` and the authority or path the request named;
 /// - anything else: `name method uri host` as text, with the request's
-///   `x-echo` header echoed back, and `x-keep-alive: N` answered with
-///   `Keep-Alive: timeout=N`.
+///   `x-echo` header echoed back, `x-keep-alive: N` answered with
+///   `Keep-Alive: timeout=N`, and its Content-Length lines in
+///   `x-content-length` (`|`-joined).
 async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     seen.requests.fetch_add(1, Relaxed);
     let path = req.uri().path().to_string();
@@ -185,6 +186,11 @@ async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
         r.headers_mut().insert("x-l5d-client-id", v.clone());
     }
     r.headers_mut().insert("x-version", format!("{:?}", req.version()).parse().unwrap());
+    // The Content-Length field lines the backend got, `|`-joined.
+    let lengths: Vec<&str> = req.headers().get_all("content-length").iter().map(|v| v.to_str().unwrap_or("?")).collect();
+    if !lengths.is_empty() {
+        r.headers_mut().insert("x-content-length", lengths.join("|").parse().unwrap());
+    }
     Ok(r)
 }
 
