@@ -97,6 +97,10 @@ pub struct ConnInfo {
     idle_sweeps: AtomicU32,
     /// Set by the sweep when it closed the connection for being idle.
     idle_closed: AtomicBool,
+    /// Woken when the sweep closes the connection, for a task that is not
+    /// reading the published socket (an HTTP tunnel whose client already
+    /// sent its FIN waits on the upstream only).
+    idle_notify: tokio::sync::Notify,
 }
 
 impl ConnInfo {
@@ -109,6 +113,21 @@ impl ConnInfo {
     /// Whether the idle sweep closed this connection.
     pub fn idle_closed(&self) -> bool {
         self.idle_closed.load(Relaxed)
+    }
+
+    /// Resolves once the idle sweep has closed this connection.
+    pub async fn idle_closed_wait(&self) {
+        loop {
+            let notified = self.idle_notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the check and
+            // the wait is not missed.
+            notified.as_mut().enable();
+            if self.idle_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Publishes the connection's sockets to the idle sweep until the
@@ -258,6 +277,7 @@ impl ConnRegistry {
             idle_seen: AtomicU64::new(0),
             idle_sweeps: AtomicU32::new(0),
             idle_closed: AtomicBool::new(false),
+            idle_notify: tokio::sync::Notify::new(),
         });
         let shard = HOME_SHARD.with(|s| *s);
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner()).insert(id, info.clone());
@@ -298,6 +318,7 @@ impl ConnRegistry {
                         // the connection withdraws them under it before closing.
                         crate::sys::shutdown_both(fd);
                     }
+                    c.idle_notify.notify_waiters();
                     closed += 1;
                 }
             }

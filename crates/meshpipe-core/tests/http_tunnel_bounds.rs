@@ -123,6 +123,39 @@ async fn exchange(proxy: std::net::SocketAddr, request: &[u8], data: &[u8]) -> S
 }
 
 #[tokio::test]
+async fn a_connect_answered_200_with_a_transfer_encoding_is_still_a_tunnel() {
+    // RFC 9112 §6.3 rule 2: a client ignores the Transfer-Encoding of a 2xx
+    // to CONNECT too; no coding is decoded, so none is refused.
+    for te in ["identity", "chunked,", "gzip"] {
+        let head = format!("HTTP/1.1 200 Connection established\r\nTransfer-Encoding: {te}\r\n\r\nhello");
+        let (upstream, _) = raw_upstream(Box::leak(head.into_bytes().into_boxed_slice())).await;
+        let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+        let got = exchange(proxy, b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n", b" tunnel bytes").await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{te}: {got:?}");
+        let (head, tunnel) = got.split_once("\r\n\r\n").unwrap();
+        assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{te}: {head:?}");
+        assert_eq!(tunnel, "hello tunnel bytes", "{te}: nothing lost either way");
+    }
+}
+
+#[tokio::test]
+async fn a_success_that_opens_no_tunnel_is_a_502() {
+    // hyper's client takes a 204 to CONNECT for no tunnel; the client would
+    // take any 2xx for one (RFC 9110 §9.3.6). Refused, and counted.
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 204 No Content\r\n\r\nGARBAGE").await;
+    let (engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let got = exchange(proxy, b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n", b"tunnel bytes").await;
+    assert!(got.starts_with("HTTP/1.1 502"), "{got:?}");
+    assert!(got.contains("204") && !got.contains("GARBAGE"), "{got:?}");
+    let snap = engine.snapshot();
+    assert!(
+        snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadGateway && e.count == 1),
+        "{:?}",
+        snap.http_errors
+    );
+}
+
+#[tokio::test]
 async fn a_connect_answered_200_with_a_content_length_is_still_a_tunnel() {
     // RFC 9110 §9.3.6: a 2xx to CONNECT has no content and a client ignores
     // its Content-Length; the bytes after the head are the tunnel's.
@@ -189,4 +222,53 @@ async fn an_idle_tunnel_ends_even_when_the_upstream_ignores_the_fin() {
     let n = tokio::time::timeout(timeout * 3, tunnel.read(&mut buf)).await.expect("the idle tunnel was never closed").unwrap();
     assert_eq!(n, 0);
     until(&engine, "the tunnel's connection ends and its slot is free", |e| e.connections(10).is_empty() && outbound_used(e).0 == 0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_closed_tunnel_ends_at_the_idle_timeout_when_the_upstream_never_closes() {
+    // The client sends its FIN (the other direction may go on, RFC 9110
+    // §9.3.6), the upstream never answers it nor closes: nothing reads the
+    // client any more, yet the idle close must still end the tunnel and
+    // give its slot back.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n").await;
+            let _ = held_tx.send(s);
+        }
+    });
+    let timeout = Duration::from_secs(100);
+    let (engine, proxy) = common::forward(
+        upstream,
+        None,
+        serde_json::json!({ "idleTimeoutMs": timeout.as_millis() as u64, "limits": { "outboundConnections": 1 } }),
+    )
+    .await;
+    let mut c = h1_client(proxy).await;
+    let req = Request::get("/chat")
+        .header("host", "ws.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(full(""))
+        .unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut tunnel = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    let mut held = held_rx.recv().await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    // The FIN reached the upstream: the half-close was carried over.
+    let mut buf = [0u8; 16];
+    assert_eq!(within(T, held.read(&mut buf)).await.unwrap(), 0);
+    // The sweep's shutdown reaches the client as the end of the stream.
+    let n = tokio::time::timeout(timeout * 3, tunnel.read(&mut buf)).await.expect("the idle tunnel was never closed").unwrap();
+    assert_eq!(n, 0);
+    until(&engine, "the half-closed tunnel's connection ends and its slot is free", |e| {
+        e.connections(10).is_empty() && outbound_used(e).0 == 0
+    })
+    .await;
+    assert!(engine.snapshot().tcp.iter().any(|s| s.idle_timeouts >= 1), "counted as an idle timeout");
 }

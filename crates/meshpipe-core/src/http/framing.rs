@@ -45,9 +45,11 @@ pub fn transfer_coding_is_chunked(headers: &HeaderMap) -> bool {
 }
 
 /// Whether a response has no content whatever its header fields say
-/// (RFC 9112 §6.3 rule 1): the answer to HEAD, a 1xx, 204 or 304.
-pub fn bodiless_response(head_request: bool, status: StatusCode) -> bool {
-    head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304)
+/// (RFC 9112 §6.3 rules 1 and 2): the answer to HEAD, a 1xx, 204 or 304,
+/// and a 2xx to CONNECT (its bytes after the head are the tunnel's; the
+/// client ignores its Content-Length and Transfer-Encoding).
+pub fn bodiless_response(head_request: bool, connect_request: bool, status: StatusCode) -> bool {
+    head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304) || (connect_request && status.is_success())
 }
 
 /// Sends a `Content-Length` on as one decimal number without leading
@@ -142,12 +144,14 @@ mod tests {
 
     #[test]
     fn responses_without_content() {
-        assert!(bodiless_response(true, StatusCode::OK));
-        assert!(bodiless_response(false, StatusCode::NOT_MODIFIED));
-        assert!(bodiless_response(false, StatusCode::NO_CONTENT));
-        assert!(bodiless_response(false, StatusCode::CONTINUE));
-        assert!(!bodiless_response(false, StatusCode::OK));
-        assert!(!bodiless_response(false, StatusCode::NOT_FOUND));
+        assert!(bodiless_response(true, false, StatusCode::OK));
+        assert!(bodiless_response(false, false, StatusCode::NOT_MODIFIED));
+        assert!(bodiless_response(false, false, StatusCode::NO_CONTENT));
+        assert!(bodiless_response(false, false, StatusCode::CONTINUE));
+        assert!(!bodiless_response(false, false, StatusCode::OK));
+        assert!(!bodiless_response(false, false, StatusCode::NOT_FOUND));
+        assert!(bodiless_response(false, true, StatusCode::OK), "a 2xx to CONNECT starts the tunnel");
+        assert!(!bodiless_response(false, true, StatusCode::PROXY_AUTHENTICATION_REQUIRED));
     }
 
     #[test]

@@ -447,7 +447,17 @@ async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunne
                 return Err(ProxyError::UnrequestedSwitch(addr));
             }
             Ok((response, _))
-                if !framing::transfer_coding_is_chunked(response.headers()) && !framing::bodiless_response(head, response.status()) =>
+                if upgrade::agreed(tunnel, response.status()) && response.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() =>
+            {
+                // A 2xx hyper's client does not take as the start of a
+                // tunnel (a 204 to an HTTP/1 CONNECT, anything but 200 in
+                // HTTP/2): passed on, the client would take it for one
+                // (RFC 9110 §9.3.6) while no upstream tunnel exists.
+                return Err(ProxyError::UnusableTunnel(addr, response.status().as_u16()));
+            }
+            Ok((response, _))
+                if !framing::transfer_coding_is_chunked(response.headers())
+                    && !framing::bodiless_response(head, tunnel == Tunnel::Connect, response.status()) =>
             {
                 // A transfer coding other than chunked (RFC 9112 §6.1) was
                 // never asked for (the proxy sends `TE: trailers` at most),

@@ -19,10 +19,11 @@
 //! descriptors, stays in the live registry and under the idle timeout (the
 //! client socket stays published to the sweep) for as long as the tunnel
 //! lives; otherwise every accepted connection could become a tunnel that no
-//! limit, view or timeout sees. The idle sweep shuts the client socket down;
-//! the client's end of stream is then an error that ends the tunnel both
-//! ways, as a forwarded TCP connection ends, even if the upstream never
-//! closes after the FIN it got.
+//! limit, view or timeout sees. The idle sweep shuts the client socket down
+//! and wakes the tunnel, which then ends both ways (its sockets closed), as
+//! a forwarded TCP connection ends: also a tunnel whose client already sent
+//! its FIN (RFC 9110 §9.3.6 lets the other direction go on) and whose
+//! upstream never closes, which reads nothing from the client any more.
 
 use std::io;
 use std::pin::Pin;
@@ -53,11 +54,13 @@ pub fn agreed(tunnel: super::headers::Tunnel, status: http::StatusCode) -> bool 
 pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, drain: &Drain, tunnels: &TaskTracker, info: Arc<ConnInfo>) {
     let cut = drain.cut.clone();
     drain.tasks.spawn(tunnels.track_future(async move {
+        let idle = info.clone();
         tokio::select! {
             r = run(client, upstream, info) => match r {
                 Ok((up, down)) => debug!(client_to_server = up, server_to_client = down, "tunnel closed"),
                 Err(e) => debug!(error = %e, "tunnel ended with an error"),
             },
+            _ = idle.idle_closed_wait() => debug!("tunnel closed by the idle timeout"),
             _ = cut.cancelled() => debug!("tunnel cut at the drain deadline"),
         }
     }));
