@@ -253,6 +253,12 @@ impl AuthzTable {
         }
     }
 
+    /// Whether a client with this identity (or none) and address would be
+    /// allowed on `port`: the decision without its labels.
+    pub fn allows(&self, port: u16, client: Option<&Identity>, client_ip: IpAddr) -> bool {
+        self.find(port, client, client_ip).1.is_some()
+    }
+
     /// Whether the tunnel may reach `port`: the workload exposes it (when
     /// its ports are known).
     pub fn exposes(&self, port: u16) -> bool {

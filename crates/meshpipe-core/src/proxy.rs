@@ -223,7 +223,13 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
 
     // 2. Policy: the port's mode and, outbound, the meshed peer behind the
     // address (one probe of the table); the listener's explicit mode wins.
-    let (policy, dest) = ctx.policy.load().route(l.direction, target);
+    let table = ctx.policy.load();
+    let (policy, dest) = table.route(l.direction, target);
+    // The server-first race dials the target before authorization has
+    // decided: inbound, only for a client the port lets in without an
+    // identity (one that needs mesh TLS is decided once it has shown it).
+    let plaintext_allowed = l.direction == Direction::Outbound || table.authz().allows(target.port(), None, peer.ip());
+    drop(table);
     let (mode, detect_timeout) = match l.mode {
         Some(mode) => (mode, None),
         None => (policy.mode, policy.detect_timeout),
@@ -239,7 +245,12 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
 
     // 3. Detect. The server-first race dials in plaintext: never to a
     // destination that gets mesh TLS.
-    let mut sniffed = sniff::sniff(ctx, &client, peer.ip(), l.direction, target, mode, timeout, !originate).await;
+    let race = match (originate, plaintext_allowed) {
+        (true, _) => sniff::Race::Learn,
+        (false, true) => sniff::Race::Dial,
+        (false, false) => sniff::Race::Off,
+    };
+    let mut sniffed = sniff::sniff(ctx, &client, peer.ip(), l.direction, target, mode, timeout, race).await;
     // Detection is over: its slot goes back once the TLS decision below is
     // made, except through an inbound mesh TLS handshake and the detection
     // after it, which keep it (an unauthenticated client stalling there

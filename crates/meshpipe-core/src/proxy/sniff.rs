@@ -14,7 +14,10 @@
 //! once (its bytes are left in the socket for splice to carry) and the target
 //! is remembered so the next connection skips detection entirely. If the
 //! client speaks first after all, detection goes on over the already-open
-//! upstream connection.
+//! upstream connection. Inbound, the race only dials for a client the
+//! port's authorization admits without an identity ([`Race`]): the
+//! authorization stage comes after detection, and an application must
+//! never see a connection from a client it refuses.
 //!
 //! Budget: detection of one connection is bounded in time (the detect
 //! timeout, counted from accept, so a slowloris client cannot stretch it), in
@@ -104,12 +107,29 @@ impl Sniffed<'_> {
     }
 }
 
-/// Runs detection for one connection according to its port mode. Without
-/// `race` (a meshed destination: its upstream is mesh TLS, which the race
-/// must not dial in plaintext), a client still silent after the grace
-/// period ends detection as `server_first` without dialling, and the target
-/// is learned as server-first (a slow client can make a target skip
-/// detection until the entry expires: its bytes are still carried as TCP).
+/// What a client still silent after the grace period leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Race {
+    /// The upstream is dialled and both sides race (a plaintext
+    /// destination the client is allowed to reach).
+    Dial,
+    /// A meshed destination: its upstream is mesh TLS, which the race must
+    /// not dial in plaintext. Detection ends as `server_first` without
+    /// dialling, and the target is learned as server-first (a slow client
+    /// can make a target skip detection until the entry expires: its bytes
+    /// are still carried as TCP).
+    Learn,
+    /// Inbound, where the port's authorization refuses a client without an
+    /// identity: nothing is dialled for it (a denied connection is reset
+    /// before anything is dialled, and the app never sees it) and nothing
+    /// is learned (it must not decide how other clients are detected). The
+    /// client may still send a ClientHello to be terminated, until the
+    /// detect timeout.
+    Off,
+}
+
+/// Runs detection for one connection according to its port mode; `race`
+/// says what a client still silent after the grace period leads to.
 #[allow(clippy::too_many_arguments)]
 pub async fn sniff<'a>(
     ctx: &'a Context,
@@ -119,7 +139,7 @@ pub async fn sniff<'a>(
     target: TargetAddr,
     mode: PortMode,
     timeout: Duration,
-    race: bool,
+    race: Race,
 ) -> Sniffed<'a> {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
@@ -161,7 +181,7 @@ pub async fn sniff<'a>(
         return out;
     }
     loop {
-        let race_now = grace_at.is_some() && matches!(out.upstream, Upstream::None) && buf.is_empty();
+        let race_now = race != Race::Off && grace_at.is_some() && matches!(out.upstream, Upstream::None) && buf.is_empty();
         let short_stall = match grace {
             Some(g) if !buf.is_empty() && buf.len() < SHORT_GREETING => Some(last_bytes + g),
             _ => None,
@@ -213,7 +233,7 @@ pub async fn sniff<'a>(
                 break;
             }
             _ = sleep_until(grace_at.unwrap_or(deadline)), if race_now => {
-                if !race {
+                if race == Race::Learn {
                     // A meshed destination: its upstream is opened through
                     // the tunnel once detection ends. A client silent this
                     // long waits for the server: learned like a race the
