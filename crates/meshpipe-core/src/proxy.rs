@@ -250,7 +250,8 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
         (false, true) => sniff::Race::Dial,
         (false, false) => sniff::Race::Off,
     };
-    let mut sniffed = sniff::sniff(ctx, &client, peer.ip(), l.direction, target, mode, timeout, race).await;
+    let mesh_name = mesh_tls.as_deref().filter(|_| l.direction == Direction::Inbound).map(|state| state.server_name());
+    let mut sniffed = sniff::sniff(ctx, &client, peer.ip(), l.direction, target, mode, timeout, race, mesh_name).await;
     // Detection is over: its slot goes back once the TLS decision below is
     // made, except through an inbound mesh TLS handshake and the detection
     // after it, which keep it (an unauthenticated client stalling there

@@ -417,3 +417,63 @@ async fn a_meshed_client_is_still_terminated_when_every_detection_slot_is_taken(
     assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
     drop(silent);
 }
+
+/// A mesh whose inbound listener declares the app's protocol (a Server's
+/// `proxyProtocol: HTTP/1`, `HTTP/2` or `gRPC`).
+async fn declared(app: SocketAddr, mode: &str) -> Mesh {
+    mesh_with(
+        app,
+        serde_json::json!({ "listeners": [{
+            "name": "inbound",
+            "bind": "127.0.0.1:0",
+            "target": { "kind": "fixed", "addr": app.to_string() },
+            "mode": mode,
+            "direction": "inbound"
+        }] }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn mesh_tls_is_terminated_on_a_port_declared_http1_too() {
+    // Linkerd detects TLS first on every inbound port but an opaque one: a
+    // meshed peer's HTTP/1 reaches a port declared HTTP/1 inside mesh TLS.
+    let (app, _) = h1_backend("app").await;
+    let m = declared(app, "http1").await;
+    let mut c = m.h1().await;
+    let req = Request::get("/meshed").header("host", "web.test").header("l5d-client-id", "admin.forged").body(full("")).unwrap();
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.headers()["x-l5d-client-id"], m.client_id.as_str(), "the app sees the proven client identity");
+    assert_eq!(text(resp).await, "app GET /meshed web.test");
+    // Plaintext HTTP/1 on the same port is still served as HTTP/1...
+    let mut plain = h1_client(m.addr).await;
+    let resp = within(T, plain.send_request(get("/plain"))).await.unwrap();
+    assert_eq!(text(resp).await, "app GET /plain web.test");
+    // ...and the HTTP/2 preface on a port declared HTTP/1 is still not HTTP
+    // to it: forwarded as bytes (the HTTP/1 app answers what it can).
+    let snap =
+        m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && h.tls == TlsLabel::True && responses(h, 200) == 1)).await;
+    let meshed = snap.http.iter().find(|h| h.direction == Direction::Inbound && h.tls == TlsLabel::True).unwrap();
+    assert_eq!(meshed.client_id.as_deref(), Some(m.client_id.as_str()));
+    let mut raw = TcpStream::connect(m.addr).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    raw.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(T, raw.read_to_end(&mut back)).await.unwrap();
+    let snap = m.engine.snapshot();
+    let not_http: u64 = snap.detect.iter().filter(|d| d.result.as_str() == "not_http").map(|d| d.count).sum();
+    assert_eq!(not_http, 1, "{:?}", snap.detect);
+}
+
+#[tokio::test]
+async fn mesh_tls_is_terminated_on_a_port_declared_http2_too() {
+    let (app, _) = h2_backend("app2").await;
+    let m = declared(app, "grpc").await;
+    let (mut c, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(m.tls().await)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = within(T, c.send_request(Request::get("http://web.test/h2").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(resp.headers()["x-version"], "HTTP/2.0");
+    assert_eq!(resp.headers()["x-l5d-client-id"], m.client_id.as_str());
+    let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 1)).await;
+    assert_eq!(inbound(&snap, "web.test").tls, TlsLabel::True);
+}

@@ -130,6 +130,12 @@ pub enum Race {
 
 /// Runs detection for one connection according to its port mode; `race`
 /// says what a client still silent after the grace period leads to.
+/// `mesh_name` is this proxy's mesh identity, inbound with one installed: a
+/// meshed peer's ClientHello naming it is told apart on every port whose
+/// bytes are inspected, as Linkerd detects TLS first on every inbound port
+/// but an opaque one (whose meshed clients use the tunnel): on a port
+/// declared HTTP, and on a learned server-first target whose client has
+/// already sent a TLS record.
 #[allow(clippy::too_many_arguments)]
 pub async fn sniff<'a>(
     ctx: &'a Context,
@@ -140,13 +146,52 @@ pub async fn sniff<'a>(
     mode: PortMode,
     timeout: Duration,
     race: Race,
+    mesh_name: Option<&str>,
 ) -> Sniffed<'a> {
     if mode == PortMode::Opaque {
         return Sniffed::new(DetectResult::OpaquePort);
     }
-    if mode == PortMode::Detect && ctx.server_first.is_server_first(target) {
+    if mode == PortMode::Detect && ctx.server_first.is_server_first(target) && !(mesh_name.is_some() && starts_with_handshake(client)) {
         return Sniffed::new(DetectResult::ServerFirst);
     }
+    let declared_http = matches!(mode, PortMode::Http1 | PortMode::Http2 | PortMode::Grpc);
+    if mesh_name.is_some() && declared_http {
+        let mut out = detect(ctx, client, source, direction, target, mode, Expect::Any, timeout, race).await;
+        narrow_to_declared(&mut out, mode, mesh_name);
+        return out;
+    }
+    detect(ctx, client, source, direction, target, mode, mode.expect(), timeout, race).await
+}
+
+/// On a port declared HTTP, detection also looked for TLS (`sniff`): any
+/// outcome but this proxy's mesh TLS and the declared protocol is
+/// `not_http`, as the declared port's own classifier would have said.
+fn narrow_to_declared(out: &mut Sniffed<'_>, mode: PortMode, mesh_name: Option<&str>) {
+    let keep = match out.result {
+        DetectResult::Tls => out.sni.as_deref().is_some_and(|sni| Some(sni) == mesh_name),
+        DetectResult::Http1 => mode == PortMode::Http1,
+        DetectResult::Http2 => mode != PortMode::Http1,
+        _ => true,
+    };
+    if !keep {
+        out.result = DetectResult::NotHttp;
+        out.sni = None;
+    }
+}
+
+/// Detection proper, with the classifier expecting `expect`.
+#[allow(clippy::too_many_arguments)]
+async fn detect<'a>(
+    ctx: &'a Context,
+    client: &TcpStream,
+    source: std::net::IpAddr,
+    direction: Direction,
+    target: TargetAddr,
+    mode: PortMode,
+    expect: Expect,
+    timeout: Duration,
+    race: Race,
+) -> Sniffed<'a> {
     // Held until detection ends (returned in `Sniffed::slot`). Without one
     // (too many connections of this direction are detecting), the
     // connection never waits here: what it has already sent decides, or it
@@ -155,11 +200,11 @@ pub async fn sniff<'a>(
         // Inbound, a first byte of TLS may be a meshed peer's ClientHello to
         // terminate (on a port whose classifier can say TLS): worth a short
         // wait for the rest of its first record.
-        let tls_possible = matches!(mode.expect(), Expect::Any | Expect::Tls);
+        let tls_possible = matches!(expect, Expect::Any | Expect::Tls);
         let hello_wait = (direction == Direction::Inbound && tls_possible && ctx.mesh.tls().is_some()).then(|| timeout.min(NO_SLOT_WAIT));
-        return without_slot(client, mode, hello_wait).await;
+        return without_slot(client, expect, hello_wait).await;
     };
-    let mut classifier = Classifier::new(mode.expect());
+    let mut classifier = Classifier::new(expect);
     let start = Instant::now();
     let deadline = start + timeout;
     // Only undeclared ports race: a declared HTTP/TLS port is client-first.
@@ -291,7 +336,7 @@ pub async fn sniff<'a>(
 /// later. A client none of whose bytes has arrived when it is served is
 /// not waited for (a server-first client would be delayed): it is
 /// forwarded at once.
-async fn without_slot<'a>(client: &TcpStream, mode: PortMode, hello_wait: Option<Duration>) -> Sniffed<'a> {
+async fn without_slot<'a>(client: &TcpStream, expect: Expect, hello_wait: Option<Duration>) -> Sniffed<'a> {
     let mut out = Sniffed::new(DetectResult::OverLimit);
     if let Some(wait) = hello_wait.filter(|_| starts_with_handshake(client)) {
         // Whatever the outcome, the read below takes the whole record, or
@@ -301,7 +346,7 @@ async fn without_slot<'a>(client: &TcpStream, mode: PortMode, hello_wait: Option
         let _ = client_hello_whole(client, Instant::now() + wait, INSTANT_READ).await;
     }
     let mut buf: Vec<u8> = Vec::with_capacity(INSTANT_READ);
-    let mut classifier = Classifier::new(mode.expect());
+    let mut classifier = Classifier::new(expect);
     let mut last_bytes = Instant::now();
     let read = recv_now(client, &mut buf);
     if !absorb(read, &buf, &mut out, &mut last_bytes, &mut classifier) {
