@@ -147,11 +147,23 @@ pub struct Audience {
     pub meshed: bool,
     /// The client speaks HTTP/1 (`connection: close` means something).
     pub http1: bool,
+    /// An inbound client mesh TLS did not identify (anyone who can reach
+    /// the pod): the proxy's own failures are answered without their
+    /// detail (addresses, errno, timeouts of the workload), as Linkerd gives
+    /// the detail to meshed peers only. The client's own errors (a 400)
+    /// keep theirs.
+    pub remote: bool,
 }
 
 /// The response for `err` (a short text body, or a trailers-only gRPC response).
 pub fn response(err: &ProxyError, to: Audience) -> Response<ProxyBody> {
-    let message = err.to_string();
+    let client_error = err.status().is_client_error();
+    let message = if to.remote && !client_error {
+        let status = err.status();
+        format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("proxy error"))
+    } else {
+        err.to_string()
+    };
     let mut resp = if to.grpc {
         let mut r = Response::new(ProxyBody::Empty);
         let h = r.headers_mut();
@@ -225,21 +237,43 @@ mod tests {
 
     #[test]
     fn proxy_error_header_only_toward_meshed_peers() {
-        let plain = response(&refused(), Audience { grpc: false, meshed: false, http1: true });
+        let plain = response(&refused(), Audience { grpc: false, meshed: false, http1: true, remote: false });
         assert_eq!(plain.status(), 502);
         assert!(plain.headers().get("l5d-proxy-error").is_none());
-        let meshed = response(&refused(), Audience { grpc: false, meshed: true, http1: true });
+        let meshed = response(&refused(), Audience { grpc: false, meshed: true, http1: true, remote: false });
         assert!(meshed.headers()["l5d-proxy-error"].to_str().unwrap().contains("127.0.0.1:1"));
         assert!(meshed.headers().get("l5d-proxy-connection").is_none(), "a 502 keeps the connection");
-        let looped = response(&ProxyError::Loop("127.0.0.1:4140".parse().unwrap()), Audience { grpc: false, meshed: true, http1: true });
+        let looped = response(
+            &ProxyError::Loop("127.0.0.1:4140".parse().unwrap()),
+            Audience { grpc: false, meshed: true, http1: true, remote: false },
+        );
         assert_eq!(looped.status(), 508);
         assert_eq!(looped.headers()["l5d-proxy-connection"], "close");
         assert_eq!(looped.headers()["connection"], "close");
     }
 
     #[test]
+    fn an_unidentified_inbound_client_gets_no_detail() {
+        let remote = Audience { grpc: false, meshed: false, http1: true, remote: true };
+        let r = response(&refused(), remote);
+        assert_eq!(r.status(), 502);
+        match r.body() {
+            ProxyBody::Full(Some(b)) => assert_eq!(&b[..], b"502 Bad Gateway\n"),
+            _ => panic!("a text body"),
+        }
+        let g = response(&refused(), Audience { grpc: true, ..remote });
+        assert_eq!(g.headers()["grpc-message"], "502 Bad Gateway");
+        // The client's own mistake is still explained.
+        let bad = response(&ProxyError::ConnectContent, remote);
+        match bad.body() {
+            ProxyBody::Full(Some(b)) => assert!(String::from_utf8_lossy(b).contains("RFC 9110 §9.3.6")),
+            _ => panic!("a text body"),
+        }
+    }
+
+    #[test]
     fn grpc_errors_are_trailers_only() {
-        let r = response(&refused(), Audience { grpc: true, meshed: false, http1: false });
+        let r = response(&refused(), Audience { grpc: true, meshed: false, http1: false, remote: false });
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()["content-type"], "application/grpc");

@@ -279,7 +279,12 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
     let started = Instant::now();
     let series = conn.series(headers::authority_raw(&req));
     series.requests.fetch_add(1, Relaxed);
-    let audience = Audience { grpc: headers::is_grpc(req.headers()), meshed: conn.meshed, http1: conn.protocol == SessionProtocol::Http1 };
+    let audience = Audience {
+        grpc: headers::is_grpc(req.headers()),
+        meshed: conn.meshed,
+        http1: conn.protocol == SessionProtocol::Http1,
+        remote: conn.direction == Direction::Inbound && !conn.meshed,
+    };
     let tunnel = headers::tunnel_of(&req);
     if framing::connect_with_content(&req) {
         // hyper takes every CONNECT for an upgrade and hands the connection
