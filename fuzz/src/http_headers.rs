@@ -105,7 +105,8 @@ pub fn check(data: &[u8]) {
         assert!(!value.is_empty() && value.iter().all(u8::is_ascii_digit), "Content-Length {value:?}");
         assert!(value == b"0" || value[0] != b'0', "Content-Length {value:?} keeps a leading zero");
         // Every element was that number (compared as numbers, as hyper does).
-        let number = |e: &[u8]| std::str::from_utf8(e).ok().filter(|t| t.bytes().all(|b| b.is_ascii_digit())).and_then(|t| t.parse::<u64>().ok());
+        let number =
+            |e: &[u8]| std::str::from_utf8(e).ok().filter(|t| t.bytes().all(|b| b.is_ascii_digit())).and_then(|t| t.parse::<u64>().ok());
         let elements = before.iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii);
         for e in elements {
             assert_eq!(number(e), number(value), "Content-Length {before:?} became {value:?}");
@@ -122,7 +123,8 @@ pub fn check(data: &[u8]) {
         if let Some(last) = lines.last() {
             let text = String::from_utf8_lossy(last.as_bytes()).to_string();
             assert!(text.rsplit(',').next().is_some_and(|e| e.trim().eq_ignore_ascii_case("chunked")), "TE {lines:?} counted as chunked");
-            let named = lines.iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii).filter(|e| !e.is_empty()).count();
+            let named =
+                lines.iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii).filter(|e| !e.is_empty()).count();
             assert_eq!(named, 1, "TE {lines:?} counted as chunked");
         }
     }
