@@ -43,6 +43,12 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The protocols an `Upgrade` field lists (RFC 9110 §7.8), trimmed, across
+/// its lines; empty list elements skipped.
+fn upgrade_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(UPGRADE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
 /// What kind of exchange `req` starts. An HTTP/1 `Upgrade: h2c` is not one
 /// (RFC 9113 §3.1 removed it; Linkerd strips it): the request is proxied as
 /// a plain request with the upgrade headers removed.
@@ -52,11 +58,12 @@ pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
     }
     // RFC 9110 §7.8: a server MUST ignore an Upgrade received in an
     // HTTP/1.0 request (the field is stripped as hop-by-hop).
-    if req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade") {
-        let h2c_only = req.headers().get_all(UPGRADE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
-        if !h2c_only {
-            return Tunnel::Upgrade;
-        }
+    // Only `h2c` offered (RFC 9113 §3.1 removed it) is a plain request.
+    if req.version() == Version::HTTP_11
+        && connection_has(req.headers(), "upgrade")
+        && upgrade_tokens(req.headers()).any(|t| !t.eq_ignore_ascii_case(b"h2c"))
+    {
+        return Tunnel::Upgrade;
     }
     Tunnel::None
 }
@@ -101,6 +108,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        // `h2c` is no upgrade a proxy carries (RFC 9113 §3.1): offered
+        // beside another protocol, only the others go on.
+        if upgrade_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"h2c")) {
+            let others: Vec<&[u8]> = upgrade_tokens(headers).filter(|t| !t.eq_ignore_ascii_case(b"h2c")).collect();
+            match HeaderValue::from_bytes(&others.join(&b", "[..])) {
+                Ok(v) if !others.is_empty() => {
+                    headers.insert(UPGRADE, v);
+                }
+                _ => {
+                    headers.remove(UPGRADE);
+                }
+            }
+        }
     } else {
         headers.remove(UPGRADE);
     }
@@ -453,6 +473,19 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("3"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h["content-length"], "3", "without a Transfer-Encoding it frames the body");
+    }
+
+    #[test]
+    fn h2c_is_dropped_from_an_upgrade_offering_others_too() {
+        let r = req(&[("connection", "Upgrade"), ("upgrade", "h2c, websocket")]);
+        assert_eq!(tunnel_of(&r), Tunnel::Upgrade);
+        let mut h = r.headers().clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get_all(UPGRADE).iter().collect::<Vec<_>>(), ["websocket"]);
+        // Only h2c, however it is written: a plain request.
+        for only in [" h2c ", "H2C, h2c", "h2c,"] {
+            assert_eq!(tunnel_of(&req(&[("connection", "Upgrade"), ("upgrade", only)])), Tunnel::None, "{only:?}");
+        }
     }
 
     #[test]
