@@ -303,7 +303,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
         }
         (Direction::Inbound, _, _) => {
             let tls = TlsStatus::detected(Direction::Inbound, sniffed.sni.as_ref());
-            if !authorize::inbound(ctx, target.port(), None, peer.ip(), &tls) {
+            if !authorize::inbound(ctx, ctx.policy.load().authz(), target.port(), None, peer.ip(), &tls) {
                 socket::set_reset_on_close(&client);
                 return;
             }

@@ -185,6 +185,27 @@ async fn a_switch_the_client_did_not_ask_for_is_a_502() {
     );
 }
 
+#[tokio::test]
+async fn a_switch_to_a_protocol_the_client_did_not_offer_is_a_502() {
+    // RFC 9110 §7.8: a 101 names the protocol it switches to, one the
+    // request offered. The client offered a WebSocket; a server that
+    // switches to something else (or names nothing) must not get a tunnel.
+    for answer in ["Upgrade: h2c\r\n", "Upgrade: websocket, x-other\r\n", ""] {
+        let reply = format!("HTTP/1.1 101 Switching Protocols\r\n{answer}Connection: upgrade\r\n\r\nGARBAGE");
+        let (upstream, _) = raw_upstream(Box::leak(reply.into_bytes().into_boxed_slice())).await;
+        let (engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+        let got = exchange(proxy, b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"").await;
+        assert!(got.starts_with("HTTP/1.1 502"), "{answer:?}: {got:?}");
+        assert!(!got.contains("GARBAGE"), "{answer:?}: {got:?}");
+        let snap = engine.snapshot();
+        assert!(
+            snap.http_errors.iter().any(|e| e.error == meshpipe_core::http::HttpErrorReason::BadGateway && e.count == 1),
+            "{answer:?}: {:?}",
+            snap.http_errors
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_tunnel_ends_even_when_the_upstream_ignores_the_fin() {
     // The upstream agrees, then neither reads, writes nor closes: the idle

@@ -51,6 +51,8 @@ pub enum ProxyError {
     Loop(SocketAddr),
     #[error("upstream {0} switched protocols (101) though the request asked for no upgrade")]
     UnrequestedSwitch(SocketAddr),
+    #[error("upstream {addr} switched protocols (101) to `{upgrade}`, which the request's Upgrade did not offer; expected one of the offered protocols (RFC 9110 §7.8)")]
+    UnofferedSwitch { addr: SocketAddr, upgrade: String },
     #[error("upstream {0} answered the tunnel request with {1}, a success that opens no tunnel here; expected 101 to an upgrade, 200 to a CONNECT")]
     UnusableTunnel(SocketAddr, u16),
     #[error("upstream {0} answered with a transfer coding other than chunked, which the request did not accept (RFC 9112 §6.1)")]
@@ -86,6 +88,7 @@ impl ProxyError {
             | ProxyError::Mesh { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnrequestedSwitch(_)
+            | ProxyError::UnofferedSwitch { .. }
             | ProxyError::UnusableTunnel(..)
             | ProxyError::UnsupportedCoding(_) => HttpErrorReason::BadGateway,
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,

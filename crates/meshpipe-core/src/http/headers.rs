@@ -68,6 +68,40 @@ pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
     Tunnel::None
 }
 
+/// The protocols an upgrade request offers, as sent upstream (`h2c`
+/// already removed by [`strip_hop_by_hop`]).
+pub fn offered_upgrades(headers: &HeaderMap) -> Vec<Box<[u8]>> {
+    upgrade_tokens(headers).map(Box::from).collect()
+}
+
+/// Whether a 101's `Upgrade` switches only to protocols the request
+/// offered (RFC 9110 §7.8: the server MUST send `Upgrade` with a 101 and
+/// MUST NOT switch to a protocol the client did not indicate). Names are
+/// compared case-insensitively, as the RFC recommends; a version on one
+/// side only matches the same name (the client offered the protocol at any
+/// version, or the server did not say which), two versions must be equal.
+pub fn switch_was_offered(offered: &[Box<[u8]>], response: &HeaderMap) -> bool {
+    let mut any = false;
+    for got in upgrade_tokens(response) {
+        any = true;
+        if !offered.iter().any(|o| same_protocol(o, got)) {
+            return false;
+        }
+    }
+    any
+}
+
+fn same_protocol(a: &[u8], b: &[u8]) -> bool {
+    let split = |t: &[u8]| -> (Vec<u8>, Option<Vec<u8>>) {
+        match t.iter().position(|c| *c == b'/') {
+            Some(i) => (t[..i].to_ascii_lowercase(), Some(t[i + 1..].to_ascii_lowercase())),
+            None => (t.to_ascii_lowercase(), None),
+        }
+    };
+    let ((an, av), (bn, bv)) = (split(a), split(b));
+    an == bn && (av.is_none() || bv.is_none() || av == bv)
+}
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
 /// `Upgrade` field survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -486,6 +520,29 @@ mod tests {
         for only in [" h2c ", "H2C, h2c", "h2c,"] {
             assert_eq!(tunnel_of(&req(&[("connection", "Upgrade"), ("upgrade", only)])), Tunnel::None, "{only:?}");
         }
+    }
+
+    #[test]
+    fn a_switch_must_name_an_offered_protocol() {
+        let offered = offered_upgrades(&req(&[("upgrade", "websocket, IRC/6.9")]).headers().clone());
+        let resp = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(UPGRADE, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        assert!(switch_was_offered(&offered, &resp(Some("websocket"))));
+        assert!(switch_was_offered(&offered, &resp(Some("WebSocket"))), "case-insensitive (RFC 9110 §7.8)");
+        assert!(switch_was_offered(&offered, &resp(Some("websocket/13"))), "the client offered any version");
+        assert!(switch_was_offered(&offered, &resp(Some("irc"))), "the server named no version");
+        assert!(switch_was_offered(&offered, &resp(Some("irc/6.9, websocket"))), "layered: every protocol was offered");
+        assert!(!switch_was_offered(&offered, &resp(Some("irc/7"))), "another version than offered");
+        assert!(!switch_was_offered(&offered, &resp(Some("h2c"))));
+        assert!(!switch_was_offered(&offered, &resp(Some("websocket, h2c"))), "one protocol not offered");
+        assert!(!switch_was_offered(&offered, &resp(None)), "a 101 must say what it switches to");
+        assert!(!switch_was_offered(&offered, &resp(Some(" , "))), "an empty list names nothing");
+        assert!(!switch_was_offered(&offered, &resp(Some("websocketx"))));
     }
 
     #[test]

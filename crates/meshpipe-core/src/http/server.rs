@@ -420,6 +420,7 @@ async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunne
     let ctx = &conn.ctx;
     let head = req.method() == http::Method::HEAD;
     let entry = ctx.http.endpoints.load().get(conn.target.0).cloned();
+    let offered = if tunnel == Tunnel::Upgrade { headers::offered_upgrades(req.headers()) } else { Vec::new() };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last: Option<ProxyError> = None;
     loop {
@@ -450,6 +451,21 @@ async fn forward_inner(conn: &Conn, mut req: Request<RequestBody>, tunnel: Tunne
                 // protocol; the upstream connection is dropped (its lease
                 // with it), never pooled.
                 return Err(ProxyError::UnrequestedSwitch(addr));
+            }
+            Ok((response, _))
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS && !headers::switch_was_offered(&offered, response.headers()) =>
+            {
+                // RFC 9110 §7.8: the same, for a 101 to another protocol
+                // than the client offered (or that names none): the client
+                // would speak one protocol to a server that speaks another.
+                let upgrade = response
+                    .headers()
+                    .get_all(http::header::UPGRADE)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ProxyError::UnofferedSwitch { addr, upgrade: upgrade.chars().take(64).collect() });
             }
             Ok((response, _))
                 if upgrade::agreed(tunnel, response.status()) && response.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() =>

@@ -8,18 +8,25 @@
 //! policy. Every decision is counted with Linkerd's labels
 //! (`inbound_tcp_authz_allow_total` / `_deny_total`); a denied connection
 //! is reset before anything is dialled.
+//!
+//! The caller passes the table it loaded: a stage that makes more than one
+//! policy check for a connection (the tunnel asks whether the port is
+//! exposed, then authorizes) must judge it by one generation of the policy,
+//! not by two when a swap falls between the checks.
 
 use std::net::IpAddr;
 
 use tracing::debug;
 
 use super::Context;
+use crate::authz::AuthzTable;
 use crate::identity::Identity;
 use crate::vocab::TlsStatus;
 
-/// Decides and counts one inbound connection; true when it may go on.
-pub(crate) fn inbound(ctx: &Context, port: u16, client: Option<&Identity>, client_ip: IpAddr, tls: &TlsStatus) -> bool {
-    let decision = ctx.policy.load().authz().decide(port, client, client_ip);
+/// Decides and counts one inbound connection by `authz`; true when it may
+/// go on.
+pub(crate) fn inbound(ctx: &Context, authz: &AuthzTable, port: u16, client: Option<&Identity>, client_ip: IpAddr, tls: &TlsStatus) -> bool {
+    let decision = authz.decide(port, client, client_ip);
     let client_id = match tls {
         TlsStatus::Mesh { peer } => Some(peer),
         _ => None,

@@ -233,12 +233,14 @@ pub(crate) async fn tunnel(
         refuse(&stream, TunnelError::ProxyPort, &e);
         return None;
     }
-    if !ctx.policy.load().authz().exposes(port) {
+    // One generation of the policy decides both checks.
+    let policy = ctx.policy.load();
+    if !policy.authz().exposes(port) {
         refuse(&stream, TunnelError::NotExposed, &format_args!("port {port} is not one of the workload's ports"));
         return None;
     }
     let tls = TlsStatus::Mesh { peer: Arc::from(accepted.client.as_str()) };
-    if !authorize::inbound(ctx, port, Some(&accepted.client), peer.ip(), &tls) {
+    if !authorize::inbound(ctx, policy.authz(), port, Some(&accepted.client), peer.ip(), &tls) {
         socket::set_reset_on_close(stream.get_ref().0);
         return None;
     }
@@ -287,7 +289,7 @@ pub(crate) async fn terminate(
     record(info, state, &accepted, false);
     tracing::Span::current().record("client_id", accepted.client.as_str());
     let tls = TlsStatus::Mesh { peer: Arc::from(accepted.client.as_str()) };
-    if !authorize::inbound(ctx, target.port(), Some(&accepted.client), peer.ip(), &tls) {
+    if !authorize::inbound(ctx, ctx.policy.load().authz(), target.port(), Some(&accepted.client), peer.ip(), &tls) {
         socket::set_reset_on_close(stream.tcp());
         return None;
     }
