@@ -290,7 +290,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
                     return;
                 };
                 // Detection again, on the decrypted bytes, with the port's timeout.
-                let (protocol, inner) = match inbound_http::detect(ctx, &mut est.stream, mode, timeout, slot).await {
+                let (protocol, inner) = match inbound_http::detect(ctx, &mut est.stream, target, mode, timeout, slot).await {
                     Ok(d) => d,
                     Err(e) => {
                         debug!(error = %e, "mesh TLS client failed during detection");

@@ -477,3 +477,96 @@ async fn mesh_tls_is_terminated_on_a_port_declared_http2_too() {
     let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 1)).await;
     assert_eq!(inbound(&snap, "web.test").tls, TlsLabel::True);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshed_client_hello_to_a_learned_server_first_target_is_still_terminated() {
+    // A target learned as server-first skips detection (the client waits
+    // for the server's banner), but a meshed peer's ClientHello that has
+    // already arrived names this proxy: it is mesh TLS to terminate, not
+    // bytes for the app. Whether the ClientHello is in the socket when the
+    // connection is served depends on scheduling (it is sent right after
+    // the connect, so it usually is): some attempts may still go to the app
+    // as bytes, and the test needs some terminated. Without the check, none
+    // ever is.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 db ready\r\n").await;
+                let mut buf = [0u8; 256];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    // A detect timeout longer than the test's bound: a connection that
+    // waited it out would fail the test.
+    let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 100 } })).await;
+    // A silent plaintext client teaches the proxy that the app speaks first.
+    let mut plain = TcpStream::connect(m.addr).await.unwrap();
+    let mut banner = [0u8; 14];
+    within(T, plain.read_exact(&mut banner)).await.unwrap();
+    assert_eq!(&banner, b"220 db ready\r\n");
+    m.until(|s| s.server_first.targets.len() == 1).await;
+    let count = |s: &Snapshot, result: &str| -> u64 { s.detect.iter().filter(|d| d.result.as_str() == result).map(|d| d.count).sum() };
+    let before = count(&m.engine.snapshot(), "server_first");
+
+    let (mut terminated, mut attempts) = (0, 0);
+    while terminated < 3 && attempts < 200 {
+        attempts += 1;
+        let tcp = TcpStream::connect(m.addr).await.unwrap();
+        // The ClientHello goes out at once: a learned target's connection
+        // that already holds it is terminated; one served before it arrived
+        // is forwarded to the app, whose banner fails the handshake.
+        let Ok((mut stream, _)) = tls::connect(&m.client, tcp, &m.server_id, ClientAlpn::None, T).await else { continue };
+        // Learned: no detection inside either, so no wait for the client.
+        let mut banner = [0u8; 14];
+        within(T, stream.read_exact(&mut banner)).await.unwrap();
+        assert_eq!(&banner, b"220 db ready\r\n", "the app's banner inside mesh TLS");
+        terminated += 1;
+    }
+    assert!(terminated > 0, "no meshed ClientHello to the learned server-first target was terminated");
+    let snap = m.engine.snapshot();
+    assert_eq!(count(&snap, "tls"), terminated, "{:?}", snap.detect);
+    assert_eq!(
+        count(&snap, "server_first") - before + terminated,
+        attempts,
+        "every attempt was either TLS or skipped as server-first: {:?}",
+        snap.detect
+    );
+}
+
+#[tokio::test]
+async fn a_meshed_client_waiting_for_a_server_first_app_is_not_stalled() {
+    // Linkerd's inbound waits out the detect timeout (10 s) on mesh TLS to a
+    // server-first app on a port not marked opaque. Here a verified client
+    // silent past the grace period after its handshake is forwarded then.
+    // Its silence alone does not make the target server-first for every
+    // other client.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"* OK imap ready\r\n").await;
+                let mut buf = [0u8; 256];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 100 } })).await;
+    let mut s = m.tls().await;
+    let mut banner = [0u8; 17];
+    within(T, s.read_exact(&mut banner)).await.unwrap();
+    assert_eq!(&banner, b"* OK imap ready\r\n");
+    // Every byte after it still goes through, both ways.
+    s.write_all(b"a1 NOOP\r\n").await.unwrap();
+    let mut echo = [0u8; 9];
+    within(T, s.read_exact(&mut echo)).await.unwrap();
+    assert_eq!(&echo, b"a1 NOOP\r\n");
+    let snap = m.engine.snapshot();
+    assert!(snap.server_first.targets.is_empty(), "learned from a client's silence: {:?}", snap.server_first.targets);
+    assert!(snap.http.iter().all(|h| h.direction != Direction::Inbound), "not served as HTTP: {:?}", snap.http);
+}

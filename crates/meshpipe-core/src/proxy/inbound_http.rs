@@ -14,9 +14,16 @@
 //!   port's mode says what it may conclude (`http1`, `http2`/`grpc`: only
 //!   that; `detect`: either; `tls`: nothing, the bytes are the app's own
 //!   TLS and are forwarded). Whatever detection read is replayed first
-//!   (nothing lost); a client that says nothing within the timeout (a
-//!   server-first protocol on a port not marked opaque, as in Linkerd) is
-//!   forwarded as bytes once it expires. The inbound detection slot the
+//!   (nothing lost). A server-first protocol on a port not marked opaque
+//!   does not stall here, where Linkerd waits out the detect timeout: on a
+//!   `detect` port a target already learned as server-first
+//!   (`server_first.rs`) is forwarded at once, and a client that says
+//!   nothing within the server-first grace period after its handshake is
+//!   waiting for the server: it is forwarded as bytes then. Its silence
+//!   alone teaches the cache nothing: the cache is shared by every client
+//!   of the target, and only the server speaking first (the plaintext
+//!   race) is evidence enough to stop detecting for all of them. The
+//!   inbound detection slot the
 //!   ClientHello peek took (`proxy/sniff.rs`) is held through the handshake
 //!   and this detection, so a client stalling at either counts against the
 //!   bound.
@@ -92,18 +99,26 @@ pub(super) async fn serve<S: Transport + Send + 'static>(
     http::serve(ctx, c, stream, buffered, protocol).await;
 }
 
-/// Detects HTTP on the decrypted side of SNI-terminated mesh TLS, under
-/// the port's `mode` and within `timeout`. Returns the session protocol
-/// (`None`: forward as bytes) and the bytes read.
+/// Detects HTTP on the decrypted side of SNI-terminated mesh TLS to
+/// `target`, under the port's `mode` and within `timeout`. Returns the
+/// session protocol (`None`: forward as bytes) and the bytes read.
 pub(super) async fn detect<S: AsyncRead + Unpin>(
     ctx: &Context,
     stream: &mut S,
+    target: TargetAddr,
     mode: PortMode,
     timeout: Duration,
     slot: Option<DetectSlot<'_>>,
 ) -> io::Result<(Option<SessionProtocol>, Vec<u8>)> {
     // The app's own TLS inside mesh TLS, or no HTTP layer: nothing to learn.
     if mode == PortMode::Tls || !ctx.http.config.enabled {
+        return Ok((None, Vec::new()));
+    }
+    // Only an undeclared port may be server-first (a declared HTTP port is
+    // client-first): a learned target's client is waiting for the server.
+    let grace = if mode == PortMode::Detect { ctx.detect.server_first_grace } else { None };
+    if grace.is_some() && ctx.server_first.is_server_first(target) {
+        debug!("learned server-first target: forwarded as bytes without detection");
         return Ok((None, Vec::new()));
     }
     // The detection slot the ClientHello peek took, held through the
@@ -115,7 +130,13 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
         debug!("no inbound detection slot: forwarded as bytes");
         return Ok((None, Vec::new()));
     };
-    let (detected, buffered) = classify(stream, mode, timeout).await?;
+    let (detected, buffered) = match classify(stream, mode, timeout, grace).await? {
+        Classified::Silent => {
+            debug!("silent past the server-first grace period: forwarded as bytes");
+            return Ok((None, Vec::new()));
+        }
+        Classified::Read(d, buffered) => (d, buffered),
+    };
     let protocol = match detected {
         Some(Detected::Http1) => Some(SessionProtocol::Http1),
         Some(Detected::Http2) => Some(SessionProtocol::Http2),
@@ -125,11 +146,28 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
     Ok((protocol, buffered))
 }
 
+/// What the decrypted stream's first bytes said.
+#[derive(Debug, PartialEq)]
+enum Classified {
+    /// The classifier's verdict (`None`: the stream ended or `timeout`
+    /// passed undecided) and every byte read.
+    Read(Option<Detected>, Vec<u8>),
+    /// Not a byte within the grace period.
+    Silent,
+}
+
 /// Reads until the classifier decides, the stream ends or `timeout`
-/// passes (then `None`), never more than the detect buffer cap plus one
-/// read.
-async fn classify<S: AsyncRead + Unpin>(stream: &mut S, mode: PortMode, timeout: Duration) -> io::Result<(Option<Detected>, Vec<u8>)> {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// passes, never more than the detect buffer cap plus one read; with a
+/// `grace`, gives up at once when nothing came within it.
+async fn classify<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mode: PortMode,
+    timeout: Duration,
+    grace: Option<Duration>,
+) -> io::Result<Classified> {
+    let now = tokio::time::Instant::now();
+    let deadline = now + timeout;
+    let grace_at = grace.map(|g| (now + g).min(deadline));
     let mut classifier = Classifier::new(mode.expect());
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -137,12 +175,17 @@ async fn classify<S: AsyncRead + Unpin>(stream: &mut S, mode: PortMode, timeout:
         // plus one chunk (the classifier always decides at the cap).
         buf.reserve(READ_CHUNK);
         let mut limited = (&mut *stream).take(READ_CHUNK as u64);
-        let read = tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await;
+        let until = match grace_at {
+            Some(at) if buf.is_empty() => at,
+            _ => deadline,
+        };
+        let read = tokio::time::timeout_at(until, limited.read_buf(&mut buf)).await;
         match read {
-            Err(_) | Ok(Ok(0)) => return Ok((None, buf)),
+            Err(_) if buf.is_empty() && grace_at.is_some() => return Ok(Classified::Silent),
+            Err(_) | Ok(Ok(0)) => return Ok(Classified::Read(None, buf)),
             Ok(Ok(_)) => {
                 if let Verdict::Decided(d) = classifier.update(&buf) {
-                    return Ok((Some(d), buf));
+                    return Ok(Classified::Read(Some(d), buf));
                 }
             }
             Ok(Err(e)) => return Err(e),
@@ -161,13 +204,37 @@ mod tests {
         for c in chunks {
             a.write_all(c).await.unwrap();
         }
-        if close {
+        let r = if close {
             drop(a);
-            return classify(&mut b, mode, Duration::from_secs(5)).await.unwrap();
+            classify(&mut b, mode, Duration::from_secs(5), None).await.unwrap()
+        } else {
+            let r = classify(&mut b, mode, Duration::from_millis(50), None).await.unwrap();
+            drop(a);
+            r
+        };
+        match r {
+            Classified::Read(d, buf) => (d, buf),
+            Classified::Silent => panic!("no grace was given"),
         }
-        let r = classify(&mut b, mode, Duration::from_millis(50)).await.unwrap();
-        drop(a);
-        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_past_the_grace_is_told_apart_from_a_slow_request() {
+        let grace = Some(Duration::from_millis(100));
+        let (_a, mut b) = tokio::io::duplex(1024);
+        let r = classify(&mut b, PortMode::Detect, Duration::from_secs(10), grace).await.unwrap();
+        assert_eq!(r, Classified::Silent, "nothing within the grace period");
+        // A first byte within the grace: the rest may take the whole timeout.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            a.write_all(b"GET / HT").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            a.write_all(b"TP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let r = classify(&mut b, PortMode::Detect, Duration::from_secs(10), grace).await.unwrap();
+        assert_eq!(r, Classified::Read(Some(Detected::Http1), b"GET / HTTP/1.1\r\n".to_vec()));
     }
 
     #[tokio::test]
