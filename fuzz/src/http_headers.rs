@@ -17,11 +17,13 @@
 //!   with userinfo) or is refused, and an authority label is short and made
 //!   of host characters;
 //! - `Content-Length` is left as it came, or becomes one field whose value
-//!   every element it came with had, and doing it again changes nothing.
+//!   every element it came with had, and doing it again changes nothing;
+//! - an upgrade goes upstream offering no `h2c`, a 101 naming any one
+//!   protocol it offered is accepted, and with nothing offered no 101 is.
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{Request, Version};
 use meshpipe_core::http::framing::{single_content_length, transfer_coding_is_chunked};
-use meshpipe_core::http::headers::{authority_raw, fix_host, keep_alive_timeout, strip_hop_by_hop};
+use meshpipe_core::http::headers::{authority_raw, fix_host, keep_alive_timeout, offered_upgrades, strip_hop_by_hop, switch_was_offered};
 
 /// Hop-by-hop by definition (RFC 9110 §7.6.1, plus HTTP2-Settings, RFC 7540 §3.2.1).
 const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "transfer-encoding", "http2-settings"];
@@ -94,6 +96,16 @@ pub fn check(data: &[u8]) {
     let mut again = stripped.clone();
     strip_hop_by_hop(&mut again, upgrade);
     assert_eq!(again, stripped, "stripping twice differs from once");
+
+    // RFC 9110 §7.8: the 101 may switch to what the request offered, only.
+    let offered = offered_upgrades(&stripped);
+    assert!(offered.iter().all(|t| !t.eq_ignore_ascii_case(b"h2c")), "h2c offered upstream: {offered:?}");
+    for t in &offered {
+        let mut switched = HeaderMap::new();
+        switched.insert(UPGRADE, HeaderValue::from_bytes(t).expect("a token of a valid field"));
+        assert!(switch_was_offered(&offered, &switched), "a 101 to the offered {t:?} refused");
+    }
+    assert!(!switch_was_offered(&[], &original), "a 101 accepted with nothing offered");
 
     let mut once = original.clone();
     single_content_length(&mut once);
