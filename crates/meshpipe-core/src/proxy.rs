@@ -36,7 +36,11 @@ mod sniff;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the system's, unless a test pauses it): the detect
+// bounds measured from accept follow the same clock as their timers.
+use tokio::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -204,7 +208,7 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
                 // The header's session protocol decides: HTTP is served per
                 // request, opaque is forwarded as bytes.
                 let protocol = inbound_http::from_header(est.protocol);
-                inbound_http::serve(ctx, info, &mut open, est.target, est.tls, est.stream, protocol, Vec::new()).await
+                inbound_http::serve(ctx, info, &mut open, est.target, est.tls, est.stream, protocol, Vec::new(), None).await
             })
             .await;
         }
@@ -289,15 +293,20 @@ async fn pipeline(ctx: &Arc<Context>, l: &ListenerCtx, client: TcpStream, peer: 
                 let Some(mut est) = inbound_mesh::terminate(ctx, client, buffered, peer, target, state, info, remaining).await else {
                     return;
                 };
-                // Detection again, on the decrypted bytes, with the port's timeout.
-                let (protocol, inner) = match inbound_http::detect(ctx, &mut est.stream, target, mode, timeout, slot).await {
+                // Detection again, on the decrypted bytes, within what is
+                // left of the port's timeout since accept: the detection
+                // slot is held at most one detect timeout in all (the
+                // ClientHello, the handshake and this), as a plaintext
+                // client's is.
+                let left = timeout.saturating_sub(started.elapsed());
+                let d = match inbound_http::detect(ctx, &mut est.stream, target, mode, left, slot).await {
                     Ok(d) => d,
                     Err(e) => {
                         debug!(error = %e, "mesh TLS client failed during detection");
                         return;
                     }
                 };
-                inbound_http::serve(ctx, info, &mut open, target, est.tls, est.stream, protocol, inner).await
+                inbound_http::serve(ctx, info, &mut open, target, est.tls, est.stream, d.protocol, d.buffered, d.upstream).await
             })
             .await;
         }

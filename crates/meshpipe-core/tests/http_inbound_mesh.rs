@@ -230,7 +230,9 @@ async fn a_client_that_is_not_http_is_still_forwarded_as_bytes() {
 #[tokio::test]
 async fn detection_inside_mesh_tls_holds_an_inbound_detection_slot() {
     let (app, seen) = h1_backend("app").await;
-    let m = mesh_with(app, serde_json::json!({ "limits": { "detectingConnections": 1 } })).await;
+    // No server-first grace: a silent client keeps detecting (and its slot)
+    // until the detect timeout, as on a port declared HTTP.
+    let m = mesh_with(app, serde_json::json!({ "limits": { "detectingConnections": 1 }, "detect": { "serverFirstGraceMs": 0 } })).await;
     let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
     // A client that stops half-way through the handshake (a ClientHello for
     // this proxy's identity, then nothing) holds the slot the peek took.
@@ -371,7 +373,9 @@ async fn without_a_slot_a_first_record_that_never_completes_still_reaches_the_ap
 #[tokio::test]
 async fn a_meshed_client_is_still_terminated_when_every_detection_slot_is_taken() {
     let (app, seen) = h1_backend("app").await;
-    let limits = serde_json::json!({ "limits": { "detectingConnections": 1, "inboundConnections": 2 } });
+    // No server-first grace: the silent meshed client below keeps its slot.
+    let limits =
+        serde_json::json!({ "limits": { "detectingConnections": 1, "inboundConnections": 2 }, "detect": { "serverFirstGraceMs": 0 } });
     let m = mesh_with(app, limits).await;
     let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
     // A meshed client silent after its handshake holds the one detection
@@ -537,12 +541,12 @@ async fn a_meshed_client_hello_to_a_learned_server_first_target_is_still_termina
 }
 
 #[tokio::test]
-async fn a_meshed_client_waiting_for_a_server_first_app_is_not_stalled() {
+async fn a_meshed_client_waiting_for_a_server_first_app_is_not_stalled_and_teaches_the_proxy() {
     // Linkerd's inbound waits out the detect timeout (10 s) on mesh TLS to a
     // server-first app on a port not marked opaque. Here a verified client
-    // silent past the grace period after its handshake is forwarded then.
-    // Its silence alone does not make the target server-first for every
-    // other client.
+    // silent past the grace period after its handshake makes the proxy dial
+    // the app; the app speaks first, so its banner goes through at once and
+    // the target is learned.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -567,6 +571,133 @@ async fn a_meshed_client_waiting_for_a_server_first_app_is_not_stalled() {
     within(T, s.read_exact(&mut echo)).await.unwrap();
     assert_eq!(&echo, b"a1 NOOP\r\n");
     let snap = m.engine.snapshot();
-    assert!(snap.server_first.targets.is_empty(), "learned from a client's silence: {:?}", snap.server_first.targets);
+    assert_eq!(snap.server_first.targets.len(), 1, "learned: {:?}", snap.server_first.targets);
+    assert_eq!(snap.server_first.targets[0].addr, app.to_string());
     assert!(snap.http.iter().all(|h| h.direction != Direction::Inbound), "not served as HTTP: {:?}", snap.http);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_detection_slot_is_held_one_detect_timeout_in_all_from_accept() {
+    // The ClientHello, the handshake and the detection of the decrypted
+    // bytes share the port's detect timeout from accept: a client that
+    // sends its ClientHello late and then nothing cannot hold its slot for
+    // twice the timeout.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let _ = accepted_tx.send(tokio::time::Instant::now());
+        let _keep = s;
+        std::future::pending::<()>().await;
+    });
+    let timeout = Duration::from_secs(2);
+    let m = mesh_with(
+        app,
+        serde_json::json!({ "limits": { "detectingConnections": 1 }, "detect": { "inboundTimeoutMs": 2_000, "serverFirstGraceMs": 0 } }),
+    )
+    .await;
+    let inbound_slots = |s: &Snapshot| s.limits.detecting[Direction::Inbound.index()].clone();
+    let t0 = tokio::time::Instant::now();
+    let tcp = TcpStream::connect(m.addr).await.unwrap();
+    m.until(|s| inbound_slots(s).used == 1).await;
+    // Three quarters of the timeout pass before the ClientHello.
+    tokio::time::sleep(timeout * 3 / 4).await;
+    let (_stream, _) = within(T, tls::connect(&m.client, tcp, &m.server_id, ClientAlpn::None, T)).await.unwrap();
+    // Then nothing: forwarded as bytes when the timeout from accept ends.
+    let forwarded = within(T, accepted).await.unwrap() - t0;
+    assert!(forwarded >= timeout, "forwarded after {forwarded:?}, before the detect timeout");
+    assert!(forwarded < timeout * 5 / 4, "forwarded after {forwarded:?}: the slot was held past one detect timeout from accept");
+    let snap = m.until(|s| inbound_slots(s).used == 0).await;
+    assert_eq!(inbound_slots(&snap).refused, 0);
+}
+
+#[tokio::test]
+async fn an_http2_server_preface_to_a_silent_client_teaches_nothing() {
+    // An HTTP/2 server (gRPC) sends its SETTINGS before it reads anything
+    // (RFC 9113 §3.4), so the server-first race sees it answer a silent
+    // client first. Learned, that would stop detection for every client of
+    // the target, meshed ones included: no HTTP metrics, and a forged
+    // l5d-client-id reaching the app as sent.
+    let (app, _) = h2_backend("grpc").await;
+    let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 100 } })).await;
+    let mut silent = TcpStream::connect(m.addr).await.unwrap();
+    // The silent client gets the server's SETTINGS once the race dials.
+    let mut frame = [0u8; 9];
+    within(T, silent.read_exact(&mut frame)).await.unwrap();
+    assert_eq!(frame[3], 0x4, "a SETTINGS frame: {frame:?}");
+    let snap = m.engine.snapshot();
+    assert!(snap.server_first.targets.is_empty(), "learned from an HTTP/2 preface: {:?}", snap.server_first.targets);
+    // A meshed HTTP/2 client is still served as HTTP/2, its identity proven.
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(m.tls().await)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://web.test/r").header("l5d-client-id", "admin.forged").body(full("")).unwrap();
+    let resp = within(T, tx.send_request(req)).await.unwrap();
+    assert_eq!(resp.headers()["x-l5d-client-id"], m.client_id.as_str());
+}
+
+#[tokio::test]
+async fn a_meshed_http_client_slower_than_the_grace_is_still_served_as_http() {
+    // The grace only starts the race: an app that does not speak first
+    // leaves the decision to the client's bytes, however late within the
+    // detect timeout, so its request still gets the proven identity (not
+    // the one it claims) and nothing is learned.
+    let (app, seen) = h1_backend("app").await;
+    let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 50 } })).await;
+    let mut s = m.tls().await;
+    // Waits until the proxy has dialled the app for the race (the backend
+    // counts connections), i.e. well past the grace.
+    within(T, async {
+        while seen.connections.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    s.write_all(b"GET /late HTTP/1.1\r\nhost: web.test\r\nl5d-client-id: admin.forged\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(T, s.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("x-l5d-client-id: {}", m.client_id.as_str())), "{answer}");
+    let snap = m.until(|s| s.http.iter().any(|h| h.direction == Direction::Inbound && responses(h, 200) == 1)).await;
+    assert!(snap.server_first.targets.is_empty(), "{:?}", snap.server_first.targets);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_learned_target_skips_the_wait_inside_mesh_tls_too() {
+    // A grace longer than the test's bound: a terminated connection to the
+    // learned target gets the banner in time only if detection on its
+    // decrypted bytes is skipped, not raced again.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 db ready\r\n").await;
+                let mut buf = [0u8; 256];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let grace = T * 3 / 2;
+    let cfg =
+        serde_json::json!({ "detect": { "inboundTimeoutMs": 10 * T.as_millis() as u64, "serverFirstGraceMs": grace.as_millis() as u64 } });
+    let m = mesh_with(app, cfg).await;
+    let mut plain = TcpStream::connect(m.addr).await.unwrap();
+    let mut banner = [0u8; 14];
+    within(grace * 2, plain.read_exact(&mut banner)).await.unwrap();
+    m.until(|s| s.server_first.targets.len() == 1).await;
+    let mut terminated = 0;
+    for _ in 0..50 {
+        let tcp = TcpStream::connect(m.addr).await.unwrap();
+        let Ok((mut stream, _)) = tls::connect(&m.client, tcp, &m.server_id, ClientAlpn::None, T).await else { continue };
+        let mut banner = [0u8; 14];
+        within(T, stream.read_exact(&mut banner)).await.unwrap();
+        assert_eq!(&banner, b"220 db ready\r\n");
+        terminated += 1;
+        if terminated == 3 {
+            break;
+        }
+    }
+    assert!(terminated > 0, "no ClientHello to the learned target was terminated");
 }

@@ -68,10 +68,17 @@ pub fn tunnel_of<B>(req: &Request<B>) -> Tunnel {
     Tunnel::None
 }
 
+/// At most this many protocols of a request's `Upgrade` are kept to check
+/// the 101 against, and a 101 naming more is refused: real offers name one
+/// or two (WebSocket), and the check stays a few comparisons whatever the
+/// size of the fields.
+pub const MAX_UPGRADE_PROTOCOLS: usize = 16;
+
 /// The protocols an upgrade request offers, as sent upstream (`h2c`
-/// already removed by [`strip_hop_by_hop`]).
+/// already removed by [`strip_hop_by_hop`]), the first
+/// [`MAX_UPGRADE_PROTOCOLS`] of them.
 pub fn offered_upgrades(headers: &HeaderMap) -> Vec<Box<[u8]>> {
-    upgrade_tokens(headers).map(Box::from).collect()
+    upgrade_tokens(headers).take(MAX_UPGRADE_PROTOCOLS).map(Box::from).collect()
 }
 
 /// Whether a 101's `Upgrade` switches only to protocols the request
@@ -80,26 +87,36 @@ pub fn offered_upgrades(headers: &HeaderMap) -> Vec<Box<[u8]>> {
 /// compared case-insensitively, as the RFC recommends; a version on one
 /// side only matches the same name (the client offered the protocol at any
 /// version, or the server did not say which), two versions must be equal.
+/// Layers are listed in ascending order, so after an offered protocol the
+/// list may go on with `HTTP/1.1`, the protocol that stays on top of it
+/// (RFC 2817 §3.3: `Upgrade: TLS/1.0, HTTP/1.1`).
 pub fn switch_was_offered(offered: &[Box<[u8]>], response: &HeaderMap) -> bool {
-    let mut any = false;
+    let mut named = 0;
     for got in upgrade_tokens(response) {
-        any = true;
-        if !offered.iter().any(|o| same_protocol(o, got)) {
+        named += 1;
+        let layered = named > 1 && got.eq_ignore_ascii_case(b"HTTP/1.1");
+        if named > MAX_UPGRADE_PROTOCOLS || !(layered || offered.iter().any(|o| same_protocol(o, got))) {
             return false;
         }
     }
-    any
+    named > 0
+}
+
+/// A protocol token's name and version (`name/version`, RFC 9110 §7.8).
+fn name_version(t: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match t.iter().position(|c| *c == b'/') {
+        Some(i) => (&t[..i], Some(&t[i + 1..])),
+        None => (t, None),
+    }
 }
 
 fn same_protocol(a: &[u8], b: &[u8]) -> bool {
-    let split = |t: &[u8]| -> (Vec<u8>, Option<Vec<u8>>) {
-        match t.iter().position(|c| *c == b'/') {
-            Some(i) => (t[..i].to_ascii_lowercase(), Some(t[i + 1..].to_ascii_lowercase())),
-            None => (t.to_ascii_lowercase(), None),
+    let ((an, av), (bn, bv)) = (name_version(a), name_version(b));
+    an.eq_ignore_ascii_case(bn)
+        && match (av, bv) {
+            (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+            _ => true,
         }
-    };
-    let ((an, av), (bn, bv)) = (split(a), split(b));
-    an == bn && (av.is_none() || bv.is_none() || av == bv)
 }
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1). With `upgrade`, the
@@ -543,6 +560,23 @@ mod tests {
         assert!(!switch_was_offered(&offered, &resp(None)), "a 101 must say what it switches to");
         assert!(!switch_was_offered(&offered, &resp(Some(" , "))), "an empty list names nothing");
         assert!(!switch_was_offered(&offered, &resp(Some("websocketx"))));
+        // RFC 2817 §3.3: the layer on top (the current protocol) may follow.
+        let tls = offered_upgrades(&req(&[("upgrade", "TLS/1.0")]).headers().clone());
+        assert!(switch_was_offered(&tls, &resp(Some("TLS/1.0, HTTP/1.1"))));
+        assert!(!switch_was_offered(&tls, &resp(Some("HTTP/1.1"))), "only above an offered protocol");
+        assert!(!switch_was_offered(&tls, &resp(Some("HTTP/1.1, TLS/1.0"))));
+    }
+
+    #[test]
+    fn the_switch_check_is_bounded_whatever_the_fields_hold() {
+        let offers: Vec<String> = (0..10_000).map(|i| format!("{i:x}")).collect();
+        let offered = offered_upgrades(&req(&[("upgrade", &offers.join(","))]).headers().clone());
+        assert_eq!(offered.len(), MAX_UPGRADE_PROTOCOLS, "only the first offers are kept");
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_str(&vec!["0"; 10_000].join(",")).unwrap());
+        assert!(!switch_was_offered(&offered, &h), "a 101 naming more protocols than are kept is refused");
+        h.insert(UPGRADE, HeaderValue::from_str(&vec!["0"; MAX_UPGRADE_PROTOCOLS].join(",")).unwrap());
+        assert!(switch_was_offered(&offered, &h));
     }
 
     #[test]

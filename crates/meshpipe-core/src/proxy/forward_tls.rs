@@ -21,8 +21,10 @@ use crate::socket;
 use crate::vocab::{Direction, TlsStatus};
 
 /// Inbound mesh TLS (the tunnel or SNI termination), verified and
-/// authorized: dial the app at `target` in plaintext and forward through
-/// the TLS-generic copy.
+/// authorized: dial the app at `target` in plaintext (unless detection's
+/// server-first race already did: `upstream`) and forward through the
+/// TLS-generic copy.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward_tls<S: Transport>(
     ctx: &Context,
     info: &crate::conn::ConnInfo,
@@ -31,6 +33,7 @@ pub(super) async fn forward_tls<S: Transport>(
     tls: TlsStatus,
     client: &mut S,
     buffered: Vec<u8>,
+    upstream: Option<TcpStream>,
 ) {
     if let TlsStatus::Mesh { peer } = &tls {
         tracing::Span::current().record("client_id", &**peer);
@@ -40,7 +43,11 @@ pub(super) async fn forward_tls<S: Transport>(
     open.series = Some(series.clone());
     let mut src = SideGuard { series: series.clone(), peer: Peer::Src, errno: 0 };
     info.set_state(ConnState::Connecting);
-    let mut server = match connect(target.0, ctx.connect_timeout).await {
+    let dialled = match upstream {
+        Some(s) => Ok(s),
+        None => connect(target.0, ctx.connect_timeout).await,
+    };
+    let mut server = match dialled {
         Ok(s) => s,
         Err(e) => {
             debug!(error = %e, "connect failed");

@@ -17,16 +17,16 @@
 //!   (nothing lost). A server-first protocol on a port not marked opaque
 //!   does not stall here, where Linkerd waits out the detect timeout: on a
 //!   `detect` port a target already learned as server-first
-//!   (`server_first.rs`) is forwarded at once, and a client that says
-//!   nothing within the server-first grace period after its handshake is
-//!   waiting for the server: it is forwarded as bytes then. Its silence
-//!   alone teaches the cache nothing: the cache is shared by every client
-//!   of the target, and only the server speaking first (the plaintext
-//!   race) is evidence enough to stop detecting for all of them. The
-//!   inbound detection slot the
+//!   (`server_first.rs`) is forwarded at once, and for a client that says
+//!   nothing within the server-first grace period after its handshake the
+//!   app is dialled and raced, as on plaintext (`sniff.rs`): an app that
+//!   speaks first is forwarded to at once, on that connection, and
+//!   learned; otherwise the client's bytes still decide, however late
+//!   within the timeout (an HTTP/2 server's SETTINGS, sent before it reads
+//!   anything, is not speaking first). The inbound detection slot the
 //!   ClientHello peek took (`proxy/sniff.rs`) is held through the handshake
-//!   and this detection, so a client stalling at either counts against the
-//!   bound.
+//!   and this detection, at most one detect timeout from accept in all, so
+//!   a client stalling at either counts against the bound.
 //!
 //! Authorization happened before (`proxy/inbound_mesh.rs`). The requests'
 //! upstream connections to the app are the HTTP client's pooled plaintext
@@ -39,6 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::http::{self, HttpConn};
@@ -79,9 +81,10 @@ pub(super) async fn serve<S: Transport + Send + 'static>(
     mut stream: S,
     protocol: Option<SessionProtocol>,
     buffered: Vec<u8>,
+    upstream: Option<TcpStream>,
 ) {
     let Some(protocol) = protocol.filter(|_| ctx.http.config.enabled) else {
-        return forward_tls(ctx, info, open, target, tls, &mut stream, buffered).await;
+        return forward_tls(ctx, info, open, target, tls, &mut stream, buffered, upstream).await;
     };
     if let TlsStatus::Mesh { peer } = &tls {
         tracing::Span::current().record("client_id", &**peer);
@@ -99,9 +102,24 @@ pub(super) async fn serve<S: Transport + Send + 'static>(
     http::serve(ctx, c, stream, buffered, protocol).await;
 }
 
+/// What detection on the decrypted stream found: the session protocol
+/// (`None`: forward as bytes), every byte it read (replayed first), and the
+/// app connection the server-first race opened, if it did (forwarded to
+/// when the stream is forwarded as bytes, closed when it is HTTP).
+pub(super) struct Detection {
+    pub protocol: Option<SessionProtocol>,
+    pub buffered: Vec<u8>,
+    pub upstream: Option<TcpStream>,
+}
+
+impl Detection {
+    fn bytes() -> Detection {
+        Detection { protocol: None, buffered: Vec::new(), upstream: None }
+    }
+}
+
 /// Detects HTTP on the decrypted side of SNI-terminated mesh TLS to
-/// `target`, under the port's `mode` and within `timeout`. Returns the
-/// session protocol (`None`: forward as bytes) and the bytes read.
+/// `target`, under the port's `mode` and within `timeout`.
 pub(super) async fn detect<S: AsyncRead + Unpin>(
     ctx: &Context,
     stream: &mut S,
@@ -109,17 +127,17 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
     mode: PortMode,
     timeout: Duration,
     slot: Option<DetectSlot<'_>>,
-) -> io::Result<(Option<SessionProtocol>, Vec<u8>)> {
+) -> io::Result<Detection> {
     // The app's own TLS inside mesh TLS, or no HTTP layer: nothing to learn.
     if mode == PortMode::Tls || !ctx.http.config.enabled {
-        return Ok((None, Vec::new()));
+        return Ok(Detection::bytes());
     }
     // Only an undeclared port may be server-first (a declared HTTP port is
     // client-first): a learned target's client is waiting for the server.
     let grace = if mode == PortMode::Detect { ctx.detect.server_first_grace } else { None };
     if grace.is_some() && ctx.server_first.is_server_first(target) {
         debug!("learned server-first target: forwarded as bytes without detection");
-        return Ok((None, Vec::new()));
+        return Ok(Detection::bytes());
     }
     // The detection slot the ClientHello peek took, held through the
     // handshake and until this detection ends (detecting connections hold
@@ -128,48 +146,122 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
     // stream is forwarded as bytes at once.
     let Some(_slot) = slot else {
         debug!("no inbound detection slot: forwarded as bytes");
-        return Ok((None, Vec::new()));
+        return Ok(Detection::bytes());
     };
-    let (detected, buffered) = match classify(stream, mode, timeout, grace).await? {
-        Classified::Silent => {
-            debug!("silent past the server-first grace period: forwarded as bytes");
-            return Ok((None, Vec::new()));
-        }
-        Classified::Read(d, buffered) => (d, buffered),
+    let now = Instant::now();
+    let deadline = now + timeout;
+    let grace_at = grace.map(|g| (now + g).min(deadline));
+    let mut reading = Reading::new(mode);
+    let (detected, upstream) = match classify(stream, &mut reading, deadline, grace_at).await? {
+        Classified::Decided(d) => (d, None),
+        Classified::Silent => race(ctx, stream, &mut reading, target, deadline).await?,
     };
     let protocol = match detected {
         Some(Detected::Http1) => Some(SessionProtocol::Http1),
         Some(Detected::Http2) => Some(SessionProtocol::Http2),
         _ => None,
     };
-    debug!(protocol = ?protocol, bytes = buffered.len(), "detected inside mesh TLS");
-    Ok((protocol, buffered))
+    debug!(protocol = ?protocol, bytes = reading.buf.len(), raced = upstream.is_some(), "detected inside mesh TLS");
+    // HTTP goes through the HTTP layer's own connections: a connection the
+    // race opened is closed.
+    let upstream = if protocol.is_some() { None } else { upstream };
+    Ok(Detection { protocol, buffered: reading.buf, upstream })
+}
+
+/// The server-first race inside mesh TLS, as on plaintext (`sniff.rs`): a
+/// client silent past the grace period may be waiting for a server that
+/// speaks first, so the app is dialled, and whichever speaks first
+/// decides. The client's bytes go on through detection (so a slow client
+/// is still served as HTTP); the app's first bytes mean the stream is
+/// forwarded as bytes at once, to this connection, and the target is
+/// learned, unless they are an HTTP/2 server's SETTINGS, which it sends
+/// before reading anything (then the client's bytes still decide).
+async fn race<S: AsyncRead + Unpin>(
+    ctx: &Context,
+    stream: &mut S,
+    reading: &mut Reading,
+    target: TargetAddr,
+    deadline: Instant,
+) -> io::Result<(Option<Detected>, Option<TcpStream>)> {
+    debug!("silent past the server-first grace period: dialling the app");
+    let upstream = match tokio::time::timeout_at(deadline, crate::proxy::connect(target.0, ctx.connect_timeout)).await {
+        Ok(Ok(s)) => s,
+        // The dial failed (forwarding dials again and reports it) or took
+        // the whole detect timeout: the client's bytes alone decide.
+        Ok(Err(_)) | Err(_) => return Ok((classify(stream, reading, deadline, None).await?.verdict(), None)),
+    };
+    enum First {
+        Client(io::Result<Classified>),
+        Server(usize),
+    }
+    let mut probe = [0u8; super::sniff::H2_FRAME_HEADER];
+    let first = tokio::select! {
+        biased;
+        c = classify(stream, reading, deadline, None) => First::Client(c),
+        p = upstream.peek(&mut probe) => First::Server(p.unwrap_or(0)),
+    };
+    match first {
+        First::Client(c) => Ok((c?.verdict(), Some(upstream))),
+        // Closed (or failed) without a byte: nothing to learn, the close is
+        // relayed.
+        First::Server(0) => Ok((None, Some(upstream))),
+        First::Server(n) if super::sniff::is_h2_settings(&probe[..n]) => {
+            debug!("the app's first bytes are HTTP/2 SETTINGS: the client's bytes decide");
+            Ok((classify(stream, reading, deadline, None).await?.verdict(), Some(upstream)))
+        }
+        First::Server(_) => {
+            debug!("the app spoke first: forwarded as bytes");
+            if ctx.server_first.learn(target) {
+                ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
+            }
+            Ok((None, Some(upstream)))
+        }
+    }
+}
+
+/// A detection in progress: the classifier and every byte read so far.
+/// Kept outside the reads, so a read abandoned for the race loses nothing.
+struct Reading {
+    classifier: Classifier,
+    buf: Vec<u8>,
+}
+
+impl Reading {
+    fn new(mode: PortMode) -> Reading {
+        Reading { classifier: Classifier::new(mode.expect()), buf: Vec::new() }
+    }
 }
 
 /// What the decrypted stream's first bytes said.
 #[derive(Debug, PartialEq)]
 enum Classified {
-    /// The classifier's verdict (`None`: the stream ended or `timeout`
-    /// passed undecided) and every byte read.
-    Read(Option<Detected>, Vec<u8>),
-    /// Not a byte within the grace period.
+    /// The classifier's verdict (`None`: the stream ended or the deadline
+    /// passed undecided).
+    Decided(Option<Detected>),
+    /// Not a byte by the grace period.
     Silent,
 }
 
-/// Reads until the classifier decides, the stream ends or `timeout`
-/// passes, never more than the detect buffer cap plus one read; with a
-/// `grace`, gives up at once when nothing came within it.
+impl Classified {
+    fn verdict(self) -> Option<Detected> {
+        match self {
+            Classified::Decided(d) => d,
+            Classified::Silent => None,
+        }
+    }
+}
+
+/// Reads into `reading` until the classifier decides, the stream ends or
+/// `deadline` passes, never more than the detect buffer cap plus one read;
+/// with a `grace_at`, gives up then if nothing has come. Cancel-safe: every
+/// byte read is in `reading.buf`.
 async fn classify<S: AsyncRead + Unpin>(
     stream: &mut S,
-    mode: PortMode,
-    timeout: Duration,
-    grace: Option<Duration>,
+    reading: &mut Reading,
+    deadline: Instant,
+    grace_at: Option<Instant>,
 ) -> io::Result<Classified> {
-    let now = tokio::time::Instant::now();
-    let deadline = now + timeout;
-    let grace_at = grace.map(|g| (now + g).min(deadline));
-    let mut classifier = Classifier::new(mode.expect());
-    let mut buf: Vec<u8> = Vec::new();
+    let buf = &mut reading.buf;
     loop {
         // Each read is at most one chunk: the buffer ends below the cap
         // plus one chunk (the classifier always decides at the cap).
@@ -179,13 +271,13 @@ async fn classify<S: AsyncRead + Unpin>(
             Some(at) if buf.is_empty() => at,
             _ => deadline,
         };
-        let read = tokio::time::timeout_at(until, limited.read_buf(&mut buf)).await;
+        let read = tokio::time::timeout_at(until, limited.read_buf(buf)).await;
         match read {
             Err(_) if buf.is_empty() && grace_at.is_some() => return Ok(Classified::Silent),
-            Err(_) | Ok(Ok(0)) => return Ok(Classified::Read(None, buf)),
+            Err(_) | Ok(Ok(0)) => return Ok(Classified::Decided(None)),
             Ok(Ok(_)) => {
-                if let Verdict::Decided(d) = classifier.update(&buf) {
-                    return Ok(Classified::Read(Some(d), buf));
+                if let Verdict::Decided(d) = reading.classifier.update(buf) {
+                    return Ok(Classified::Decided(Some(d)));
                 }
             }
             Ok(Err(e)) => return Err(e),
@@ -204,25 +296,28 @@ mod tests {
         for c in chunks {
             a.write_all(c).await.unwrap();
         }
+        let mut reading = Reading::new(mode);
         let r = if close {
             drop(a);
-            classify(&mut b, mode, Duration::from_secs(5), None).await.unwrap()
+            classify(&mut b, &mut reading, Instant::now() + Duration::from_secs(5), None).await.unwrap()
         } else {
-            let r = classify(&mut b, mode, Duration::from_millis(50), None).await.unwrap();
+            let r = classify(&mut b, &mut reading, Instant::now() + Duration::from_millis(50), None).await.unwrap();
             drop(a);
             r
         };
         match r {
-            Classified::Read(d, buf) => (d, buf),
+            Classified::Decided(d) => (d, reading.buf),
             Classified::Silent => panic!("no grace was given"),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn silence_past_the_grace_is_told_apart_from_a_slow_request() {
-        let grace = Some(Duration::from_millis(100));
+        let grace = |now: Instant| Some(now + Duration::from_millis(100));
         let (_a, mut b) = tokio::io::duplex(1024);
-        let r = classify(&mut b, PortMode::Detect, Duration::from_secs(10), grace).await.unwrap();
+        let now = Instant::now();
+        let mut reading = Reading::new(PortMode::Detect);
+        let r = classify(&mut b, &mut reading, now + Duration::from_secs(10), grace(now)).await.unwrap();
         assert_eq!(r, Classified::Silent, "nothing within the grace period");
         // A first byte within the grace: the rest may take the whole timeout.
         let (mut a, mut b) = tokio::io::duplex(1024);
@@ -233,8 +328,11 @@ mod tests {
             a.write_all(b"TP/1.1\r\n").await.unwrap();
             tokio::time::sleep(Duration::from_secs(60)).await;
         });
-        let r = classify(&mut b, PortMode::Detect, Duration::from_secs(10), grace).await.unwrap();
-        assert_eq!(r, Classified::Read(Some(Detected::Http1), b"GET / HTTP/1.1\r\n".to_vec()));
+        let now = Instant::now();
+        let mut reading = Reading::new(PortMode::Detect);
+        let r = classify(&mut b, &mut reading, now + Duration::from_secs(10), grace(now)).await.unwrap();
+        assert_eq!(r, Classified::Decided(Some(Detected::Http1)));
+        assert_eq!(reading.buf, b"GET / HTTP/1.1\r\n");
     }
 
     #[tokio::test]
