@@ -31,6 +31,7 @@ mod http;
 mod inbound_http;
 pub mod inbound_mesh;
 pub mod outbound_mesh;
+mod server_spoke;
 mod sniff;
 
 use std::net::SocketAddr;

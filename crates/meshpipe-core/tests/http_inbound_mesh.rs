@@ -701,3 +701,86 @@ async fn a_learned_target_skips_the_wait_inside_mesh_tls_too() {
     }
     assert!(terminated > 0, "no ClientHello to the learned target was terminated");
 }
+
+/// An HTTP/1 app with a short header timeout: a connection without a byte
+/// for 200 ms gets `on_idle` (a 408, or nothing) and is closed, and `idle`
+/// hears of it; a request is answered 200 with the `l5d-client-id` it
+/// carried in `x-seen-id`.
+async fn impatient_h1_app(on_idle: &'static [u8]) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let (idle_tx, idle) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let idle_tx = idle_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                        Ok(Ok(n @ 1..)) => head.extend_from_slice(&buf[..n]),
+                        Err(_) if head.is_empty() => {
+                            let _ = s.write_all(on_idle).await;
+                            drop(s);
+                            let _ = idle_tx.send(());
+                            return;
+                        }
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let id = text.lines().find_map(|l| l.strip_prefix("l5d-client-id: ")).unwrap_or("-").trim().to_string();
+                let answer = format!("HTTP/1.1 200 OK\r\nx-seen-id: {id}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (app, idle)
+}
+
+/// Sends a request claiming another identity on `s` and returns the answer.
+async fn forged_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) -> String {
+    s.write_all(b"GET /late HTTP/1.1\r\nhost: web.test\r\nl5d-client-id: admin.forged\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(T, s.read_to_end(&mut answer)).await.unwrap();
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_http_apps_408_to_a_silent_client_teaches_nothing() {
+    // An HTTP app times an idle connection out with a 408 (RFC 9110
+    // §15.5.9): it answered, but it is not a server-first protocol, and
+    // learned it would stop detection for every client of the target.
+    let (app, mut idle) = impatient_h1_app(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").await;
+    let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 50 } })).await;
+    // Plaintext: the silent client gets the 408 the race's connection got.
+    let mut plain = TcpStream::connect(m.addr).await.unwrap();
+    let mut status = [0u8; 12];
+    within(T, plain.read_exact(&mut status)).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 408");
+    within(T, idle.recv()).await.unwrap();
+    // Mesh TLS: the race's connection gets the 408 and is closed; the
+    // client's late request still decides, and is served as HTTP.
+    let mut s = m.tls().await;
+    within(T, idle.recv()).await.unwrap();
+    let answer = forged_request(&mut s).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("x-seen-id: {}", m.client_id.as_str())), "the proven identity, not the claimed one: {answer}");
+    let snap = m.engine.snapshot();
+    assert!(snap.server_first.targets.is_empty(), "learned from a 408: {:?}", snap.server_first.targets);
+}
+
+#[tokio::test]
+async fn an_app_closing_the_raced_connection_leaves_the_decision_to_the_client() {
+    // The app closes the connection the race opened (idle too long for it)
+    // before the slow meshed client writes: the client's request still
+    // decides, on a new connection.
+    let (app, mut idle) = impatient_h1_app(b"").await;
+    let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 50 } })).await;
+    let mut s = m.tls().await;
+    within(T, idle.recv()).await.unwrap();
+    let answer = forged_request(&mut s).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("x-seen-id: {}", m.client_id.as_str())), "{answer}");
+    assert!(m.engine.snapshot().server_first.targets.is_empty());
+}

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::http::{self, HttpConn};
+use super::server_spoke::{server_spoke, Spoke};
 use super::{forward_tls, Context, OpenGuard, SideGuard};
 use crate::addr::TargetAddr;
 use crate::conn::ConnInfo;
@@ -172,10 +173,11 @@ pub(super) async fn detect<S: AsyncRead + Unpin>(
 /// client silent past the grace period may be waiting for a server that
 /// speaks first, so the app is dialled, and whichever speaks first
 /// decides. The client's bytes go on through detection (so a slow client
-/// is still served as HTTP); the app's first bytes mean the stream is
-/// forwarded as bytes at once, to this connection, and the target is
-/// learned, unless they are an HTTP/2 server's SETTINGS, which it sends
-/// before reading anything (then the client's bytes still decide).
+/// is still served as HTTP); an app that speaks first (`server_spoke.rs`:
+/// not an HTTP/2 preface nor an HTTP/1 response) gets the stream at once,
+/// on this connection, and the target is learned. An app that closes, or
+/// answers as a client-first server does, leaves the decision to the
+/// client's bytes.
 async fn race<S: AsyncRead + Unpin>(
     ctx: &Context,
     stream: &mut S,
@@ -183,6 +185,11 @@ async fn race<S: AsyncRead + Unpin>(
     target: TargetAddr,
     deadline: Instant,
 ) -> io::Result<(Option<Detected>, Option<TcpStream>)> {
+    if Instant::now() >= deadline {
+        // No time left to race in (the handshake took the detect timeout):
+        // forwarded as bytes, dialled once by the forwarding.
+        return Ok((None, None));
+    }
     debug!("silent past the server-first grace period: dialling the app");
     let upstream = match tokio::time::timeout_at(deadline, crate::proxy::connect(target.0, ctx.connect_timeout)).await {
         Ok(Ok(s)) => s,
@@ -192,29 +199,30 @@ async fn race<S: AsyncRead + Unpin>(
     };
     enum First {
         Client(io::Result<Classified>),
-        Server(usize),
+        Server(Spoke),
     }
-    let mut probe = [0u8; super::sniff::H2_FRAME_HEADER];
     let first = tokio::select! {
         biased;
         c = classify(stream, reading, deadline, None) => First::Client(c),
-        p = upstream.peek(&mut probe) => First::Server(p.unwrap_or(0)),
+        r = upstream.readable() => First::Server(if r.is_ok() { server_spoke(&upstream, deadline).await } else { Spoke::Closed }),
     };
     match first {
         First::Client(c) => Ok((c?.verdict(), Some(upstream))),
-        // Closed (or failed) without a byte: nothing to learn, the close is
-        // relayed.
-        First::Server(0) => Ok((None, Some(upstream))),
-        First::Server(n) if super::sniff::is_h2_settings(&probe[..n]) => {
-            debug!("the app's first bytes are HTTP/2 SETTINGS: the client's bytes decide");
-            Ok((classify(stream, reading, deadline, None).await?.verdict(), Some(upstream)))
-        }
-        First::Server(_) => {
+        First::Server(Spoke::First) if reading.buf.is_empty() => {
             debug!("the app spoke first: forwarded as bytes");
             if ctx.server_first.learn(target) {
                 ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
             }
             Ok((None, Some(upstream)))
+        }
+        // The app closed, failed, or answered as a client-first server does
+        // (an HTTP/2 preface, an HTTP/1 408: `server_spoke.rs`): its
+        // connection is closed and the client's bytes decide (forwarding
+        // dials again if they are not HTTP, and counts a failure).
+        First::Server(spoke) => {
+            debug!(?spoke, "the app did not speak first: the client's bytes decide");
+            drop(upstream);
+            Ok((classify(stream, reading, deadline, None).await?.verdict(), None))
         }
     }
 }

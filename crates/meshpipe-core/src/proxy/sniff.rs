@@ -53,6 +53,7 @@ use crate::addr::TargetAddr;
 use crate::detect::{Classifier, Detected, Expect, Verdict, DETECT_BUFFER_CAP};
 use crate::limits::DetectSlot;
 use crate::proxy::first_record::{client_hello_whole, starts_with_handshake, NO_SLOT_WAIT};
+use crate::proxy::server_spoke::{server_spoke, Spoke};
 use crate::proxy::Context;
 use crate::vocab::{DetectResult, Direction, PortMode};
 
@@ -258,33 +259,30 @@ async fn detect<'a>(
             r = server_readable(&out.upstream), if matches!(out.upstream, Upstream::Open(_)) => {
                 // The server spoke (or closed) before the client finished.
                 let _ = r;
-                let mut probe = [0u8; H2_FRAME_HEADER];
                 let spoke = match &out.upstream {
-                    Upstream::Open(s) => match s.peek(&mut probe).await {
-                        Ok(n) if n > 0 => Some(&probe[..n]),
-                        _ => None,
-                    },
-                    _ => None,
+                    Upstream::Open(s) => server_spoke(s, deadline).await,
+                    _ => Spoke::Closed,
                 };
-                if spoke.is_none() {
+                match spoke {
                     // Closed or reset without a byte: not a server-first
                     // protocol, nothing to learn; the close is relayed.
-                    out.result = DetectResult::NotHttp;
-                } else if buf.is_empty() {
-                    out.result = DetectResult::ServerFirst;
-                    if spoke.is_some_and(is_h2_settings) {
-                        // An HTTP/2 server sends its SETTINGS before it
-                        // reads the client's preface (RFC 9113 §3.4): it
-                        // speaks first to a silent client, but its other
-                        // clients speak HTTP/2 first and must still be
-                        // detected. This connection goes on as bytes;
-                        // nothing is learned.
-                        tracing::debug!("the server's first bytes are HTTP/2 SETTINGS: not learned as server-first");
-                    } else if ctx.server_first.learn(target) {
-                        ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
+                    Spoke::Closed => out.result = DetectResult::NotHttp,
+                    _ if !buf.is_empty() => out.result = DetectResult::NotHttp,
+                    Spoke::NotFirst => {
+                        // An HTTP/2 preface or an HTTP/1 response to a
+                        // silent client (`server_spoke.rs`): this
+                        // connection goes on as bytes, but the target's
+                        // other clients speak first and must still be
+                        // detected, so nothing is learned.
+                        out.result = DetectResult::ServerFirst;
+                        tracing::debug!("the server answered a silent client as a client-first server does: not learned");
                     }
-                } else {
-                    out.result = DetectResult::NotHttp;
+                    Spoke::First => {
+                        out.result = DetectResult::ServerFirst;
+                        if ctx.server_first.learn(target) {
+                            ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
+                        }
+                    }
                 }
                 break;
             }
@@ -421,36 +419,5 @@ async fn server_readable(s: &Upstream) -> io::Result<()> {
     match s {
         Upstream::Open(s) => s.readable().await,
         _ => std::future::pending().await,
-    }
-}
-
-/// An HTTP/2 frame header: 24-bit length, type, flags, stream (RFC 9113 §4.1).
-pub(super) const H2_FRAME_HEADER: usize = 9;
-
-/// Whether `first` (the server's first bytes, as far as they arrived) is
-/// the start of an HTTP/2 SETTINGS frame, the server preface (RFC 9113
-/// §3.4): type 0x4 on stream 0, flags none or ACK, a length that is a
-/// whole number of 6-byte settings (§6.5).
-pub(super) fn is_h2_settings(first: &[u8]) -> bool {
-    let Some(h) = first.get(..H2_FRAME_HEADER) else { return false };
-    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-    h[3] == 0x4 && h[4] & !0x1 == 0 && h[5..9] == [0, 0, 0, 0] && len.is_multiple_of(6)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_h2_settings;
-
-    #[test]
-    fn an_http2_server_preface_is_told_from_a_banner() {
-        // SETTINGS with two settings (12 bytes), as h2 and grpc-go send it.
-        assert!(is_h2_settings(&[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3]));
-        assert!(is_h2_settings(&[0, 0, 0, 4, 1, 0, 0, 0, 0]), "an empty SETTINGS ACK");
-        assert!(!is_h2_settings(&[0, 0, 12, 4, 0, 0, 0, 0]), "fewer than a frame header");
-        assert!(!is_h2_settings(&[0, 0, 7, 4, 0, 0, 0, 0, 0]), "not whole settings");
-        assert!(!is_h2_settings(&[0, 0, 6, 4, 0, 0, 0, 0, 1]), "not stream 0");
-        assert!(!is_h2_settings(&[0, 0, 6, 1, 4, 0, 0, 0, 0]), "HEADERS");
-        assert!(!is_h2_settings(b"220 smtp ready\r\n"));
-        assert!(!is_h2_settings(b"\x4a\x00\x00\x00\x0a8.0.36\x00"), "a MySQL greeting");
     }
 }
