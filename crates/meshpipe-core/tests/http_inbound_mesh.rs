@@ -618,14 +618,25 @@ async fn an_http2_server_preface_to_a_silent_client_teaches_nothing() {
     // (RFC 9113 §3.4), so the server-first race sees it answer a silent
     // client first. Learned, that would stop detection for every client of
     // the target, meshed ones included: no HTTP metrics, and a forged
-    // l5d-client-id reaching the app as sent.
-    let (app, _) = h2_backend("grpc").await;
+    // l5d-client-id reaching the app as sent. Passed on as bytes, it would
+    // let this one client do the same by waiting for the grace period.
+    let (app, seen) = h2_backend("grpc").await;
     let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 100 } })).await;
-    let mut silent = TcpStream::connect(m.addr).await.unwrap();
-    // The silent client gets the server's SETTINGS once the race dials.
-    let mut frame = [0u8; 9];
-    within(T, silent.read_exact(&mut frame)).await.unwrap();
-    assert_eq!(frame[3], 0x4, "a SETTINGS frame: {frame:?}");
+    let silent = TcpStream::connect(m.addr).await.unwrap();
+    // The race dials the app, which sends its SETTINGS at once.
+    within(T, async {
+        while seen.connections.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The client then speaks HTTP/2: detected, its claimed identity removed.
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(silent)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://web.test/r").header("l5d-client-id", "admin.forged").body(full("")).unwrap();
+    let resp = within(T, tx.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-l5d-client-id").is_none(), "a plaintext client's claimed identity reached the app: {:?}", resp.headers());
     let snap = m.engine.snapshot();
     assert!(snap.server_first.targets.is_empty(), "learned from an HTTP/2 preface: {:?}", snap.server_first.targets);
     // A meshed HTTP/2 client is still served as HTTP/2, its identity proven.
@@ -753,12 +764,14 @@ async fn an_http_apps_408_to_a_silent_client_teaches_nothing() {
     // learned it would stop detection for every client of the target.
     let (app, mut idle) = impatient_h1_app(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").await;
     let m = mesh_with(app, serde_json::json!({ "detect": { "inboundTimeoutMs": 60_000, "serverFirstGraceMs": 50 } })).await;
-    // Plaintext: the silent client gets the 408 the race's connection got.
+    // Plaintext: the race's connection gets the 408 and is closed; the
+    // client's late request still decides: HTTP, its claimed identity
+    // removed.
     let mut plain = TcpStream::connect(m.addr).await.unwrap();
-    let mut status = [0u8; 12];
-    within(T, plain.read_exact(&mut status)).await.unwrap();
-    assert_eq!(&status, b"HTTP/1.1 408");
     within(T, idle.recv()).await.unwrap();
+    let answer = forged_request(&mut plain).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-seen-id: -"), "a plaintext client's claimed identity reached the app: {answer}");
     // Mesh TLS: the race's connection gets the 408 and is closed; the
     // client's late request still decides, and is served as HTTP.
     let mut s = m.tls().await;

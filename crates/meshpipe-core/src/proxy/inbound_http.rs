@@ -208,9 +208,10 @@ async fn race<S: AsyncRead + Unpin>(
     };
     match first {
         First::Client(c) => Ok((c?.verdict(), Some(upstream))),
-        First::Server(Spoke::First) if reading.buf.is_empty() => {
+        First::Server(Spoke::First) => {
             debug!("the app spoke first: forwarded as bytes");
-            if ctx.server_first.learn(target) {
+            // Learned only from a client that had sent nothing at all.
+            if reading.buf.is_empty() && ctx.server_first.learn(target) {
                 ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
             }
             Ok((None, Some(upstream)))

@@ -29,7 +29,7 @@ const SPLIT_WAIT: Duration = Duration::from_millis(50);
 /// What the server did first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Spoke {
-    /// It closed (or failed) without a byte.
+    /// It closed (or failed) without a byte, or sent none by the deadline.
     Closed,
     /// It sent bytes a client-first server sends (an HTTP/2 preface, an
     /// HTTP/1 response): not evidence; the client's bytes still decide.
@@ -46,8 +46,10 @@ pub(super) async fn server_spoke(upstream: &TcpStream, deadline: Instant) -> Spo
     let wait_until = (Instant::now() + SPLIT_WAIT).min(deadline);
     let mut probe = [0u8; H2_FRAME_HEADER];
     loop {
-        let n = match upstream.peek(&mut probe).await {
-            Ok(n) if n > 0 => n,
+        // Bounded too: readiness without a byte to peek must not hold the
+        // connection past its detect deadline.
+        let n = match tokio::time::timeout_at(deadline, upstream.peek(&mut probe)).await {
+            Ok(Ok(n)) if n > 0 => n,
             _ => return Spoke::Closed,
         };
         match evidence(&probe[..n]) {

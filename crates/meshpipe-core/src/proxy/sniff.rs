@@ -216,6 +216,9 @@ async fn detect<'a>(
     out.slot = Some(slot);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut last_bytes = start;
+    // The race runs once: an app that did not speak first (it closed, or
+    // answered as a client-first server) leaves the rest to the client.
+    let mut raced = false;
     // Most clients have sent their first bytes by the time their connection
     // is served, but tokio has not seen the new socket readable yet. One
     // direct read usually decides at once: no timer is armed and no event
@@ -227,7 +230,7 @@ async fn detect<'a>(
         return out;
     }
     loop {
-        let race_now = race != Race::Off && grace_at.is_some() && matches!(out.upstream, Upstream::None) && buf.is_empty();
+        let race_now = race != Race::Off && !raced && grace_at.is_some() && matches!(out.upstream, Upstream::None) && buf.is_empty();
         let short_stall = match grace {
             Some(g) if !buf.is_empty() && buf.len() < SHORT_GREETING => Some(last_bytes + g),
             _ => None,
@@ -264,24 +267,31 @@ async fn detect<'a>(
                     _ => Spoke::Closed,
                 };
                 match spoke {
-                    // Closed or reset without a byte: not a server-first
-                    // protocol, nothing to learn; the close is relayed.
-                    Spoke::Closed => out.result = DetectResult::NotHttp,
-                    _ if !buf.is_empty() => out.result = DetectResult::NotHttp,
-                    Spoke::NotFirst => {
-                        // An HTTP/2 preface or an HTTP/1 response to a
-                        // silent client (`server_spoke.rs`): this
-                        // connection goes on as bytes, but the target's
-                        // other clients speak first and must still be
-                        // detected, so nothing is learned.
-                        out.result = DetectResult::ServerFirst;
-                        tracing::debug!("the server answered a silent client as a client-first server does: not learned");
-                    }
-                    Spoke::First => {
+                    Spoke::First if buf.is_empty() => {
                         out.result = DetectResult::ServerFirst;
                         if ctx.server_first.learn(target) {
                             ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
                         }
+                    }
+                    // The client's bytes had begun: this connection goes
+                    // on as bytes, nothing is learned.
+                    Spoke::First => out.result = DetectResult::NotHttp,
+                    // Closed or reset without a byte: not a server-first
+                    // protocol, nothing to learn; the close is relayed.
+                    Spoke::Closed => out.result = DetectResult::NotHttp,
+                    Spoke::NotFirst => {
+                        // An answer a client-first server gives a silent
+                        // client (an HTTP/2 preface, an HTTP/1 408:
+                        // `server_spoke.rs`). Not server-first: the race's
+                        // connection is closed and the client's bytes
+                        // decide, within the detect timeout. (Passed on as
+                        // bytes, a client that waited would get past HTTP
+                        // detection, and so past the `l5d-client-id`
+                        // rewrite, by waiting for the grace period.)
+                        tracing::debug!(?spoke, "the server did not speak first: the client's bytes decide");
+                        out.upstream = Upstream::None;
+                        raced = true;
+                        continue;
                     }
                 }
                 break;
