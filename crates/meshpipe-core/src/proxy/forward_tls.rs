@@ -4,13 +4,24 @@
 //! the proxy originates mesh TLS. Both count the connection's TCP series like
 //! the plain path in `proxy.rs` and forward through the TLS-generic copy
 //! (`copy/stream.rs`) instead of splice, which cannot see into a TLS session.
+//!
+//! An outbound client that said nothing for the server-first grace period
+//! goes through the tunnel as bytes (`sniff.rs`, `Race::Learn`: the race
+//! cannot dial a meshed destination in plaintext). Its target is learned as
+//! server-first here, on the server's evidence: its first bytes, decrypted,
+//! come before any from the client, by the detect deadline, and are not what
+//! a client-first server says to a silent client (`server_spoke.rs`). They
+//! are passed on to the client first, so nothing is lost.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
+use super::server_spoke::{server_spoke_read, Spoke};
 use super::{connect, connect_mesh, finish, outbound_mesh, Context, OpenGuard, SideGuard, Sniffed};
 use crate::addr::TargetAddr;
 use crate::conn::ConnState;
@@ -61,7 +72,7 @@ pub(super) async fn forward_tls<S: Transport>(
     series.opened(Peer::Dst);
     debug!("connected");
     let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
-    let forwarded = forward_streams(ctx, info, &series, client, &mut server, buffered).await;
+    let forwarded = forward_streams(ctx, info, &series, client, &mut server, buffered, Vec::new()).await;
     finish(ctx, info, &series, forwarded, &mut src, &mut dst);
 }
 
@@ -105,11 +116,65 @@ pub(super) async fn originate_mesh(
     series.opened(Peer::Dst);
     debug!("connected (mesh TLS)");
     let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
-    let forwarded = forward_streams(ctx, info, &series, &mut client, &mut server, sniffed.buffered).await;
+    let from_server = match sniffed.learn_by {
+        Some(by) => match who_speaks_first(ctx, &client, &mut server, target, by).await {
+            Ok(first) => first,
+            Err(e) => {
+                // As the copy ends on a failed side: both sockets reset.
+                socket::set_reset_on_close(&client);
+                socket::set_reset_on_close(server.tcp());
+                finish(ctx, info, &series, Err(copy::CopyError::Server(e)), &mut src, &mut dst);
+                return;
+            }
+        },
+        None => Vec::new(),
+    };
+    let forwarded = forward_streams(ctx, info, &series, &mut client, &mut server, sniffed.buffered, from_server).await;
     finish(ctx, info, &series, forwarded, &mut src, &mut dst);
 }
 
-/// Writes what detection read, then forwards both ways until both end.
+/// For a client silent past the grace period: waits, until `by`, for the
+/// first bytes from either side. The server's first (a banner) are the
+/// evidence that learns `target` as server-first, unless they are a
+/// client-first server's answer to silence; they are returned, to be passed
+/// on before anything else. The client's first, its close, or nothing by
+/// `by` learn nothing; the client's bytes stay in its socket for the copy.
+async fn who_speaks_first(
+    ctx: &Context,
+    client: &TcpStream,
+    server: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    target: TargetAddr,
+    by: Instant,
+) -> std::io::Result<Vec<u8>> {
+    // One TLS record's plaintext at most: what a banner takes.
+    let mut first = Vec::with_capacity(FIRST_READ);
+    tokio::select! {
+        biased;
+        // Readiness only: the client's bytes are the copy's to read.
+        _ = client.readable() => return Ok(first),
+        // Cancel-safe: bytes decrypted but not yet taken stay in the session.
+        r = server.read_buf(&mut first) => {
+            if r? == 0 {
+                // The server ended its side without a byte: nothing to learn.
+                return Ok(first);
+            }
+        }
+        _ = sleep_until(by) => return Ok(first),
+    }
+    let spoke = server_spoke_read(server, &mut first, by).await?;
+    debug!(?spoke, bytes = first.len(), "the server spoke through the tunnel before the client");
+    if spoke == Spoke::First && ctx.server_first.learn(target) {
+        ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
+    }
+    Ok(first)
+}
+
+/// The first read from the server while watching who speaks first.
+const FIRST_READ: usize = 4096;
+
+/// Writes what detection read to the server and what the server sent first
+/// (`who_speaks_first`) to the client, then forwards both ways until both
+/// end.
 async fn forward_streams<A: Transport, B: Transport>(
     ctx: &Context,
     info: &crate::conn::ConnInfo,
@@ -117,6 +182,7 @@ async fn forward_streams<A: Transport, B: Transport>(
     client: &mut A,
     server: &mut B,
     buffered: Vec<u8>,
+    from_server: Vec<u8>,
 ) -> Result<copy::Moved, copy::CopyError> {
     use tokio::io::AsyncWriteExt;
     let _sweepable = ctx.idle_timeout.map(|_| info.forwarding(client.tcp(), server.tcp()));
@@ -133,5 +199,13 @@ async fn forward_streams<A: Transport, B: Transport>(
         up.add(buffered.len());
     }
     drop(buffered);
+    if !from_server.is_empty() {
+        if let Err(e) = client.write_all(&from_server).await {
+            socket::set_reset_on_close(server.tcp());
+            return Err(copy::CopyError::Client(e));
+        }
+        down.add(from_server.len());
+    }
+    drop(from_server);
     copy::stream::forward(client, server, up, down, ctx.copy.config.buffer_size.max(copy::stream::RECORDS_READ)).await
 }

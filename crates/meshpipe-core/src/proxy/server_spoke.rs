@@ -1,6 +1,7 @@
 //! What a server's first bytes to a silent client say: the evidence the
 //! server-first race (`sniff.rs` on plaintext, `inbound_http.rs` inside mesh
-//! TLS) learns a target from.
+//! TLS) and outbound mesh origination (`forward_tls.rs`, the server's bytes
+//! through the tunnel) learn a target from.
 //!
 //! Learning is shared by every client of the target: once learned, none of
 //! them is detected for the cache's lifetime (no HTTP metrics, no routing,
@@ -15,8 +16,10 @@
 //! The first bytes may arrive split: while what has come could still be
 //! the start of either, the check waits a little for the rest.
 
+use std::io;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -58,6 +61,27 @@ pub(super) async fn server_spoke(upstream: &TcpStream, deadline: Instant) -> Spo
             // between looks, bounded, and only for a prefix of a preface.
             None if Instant::now() < wait_until => tokio::time::sleep(Duration::from_millis(1)).await,
             None => return Spoke::First,
+        }
+    }
+}
+
+/// The same verdict for a stream whose bytes can only be taken, not
+/// peeked (the server's side of a mesh TLS tunnel): `first` holds what the
+/// server sent first (at least a byte); while that could still be the start
+/// of a preface, more is read into it, for at most [`SPLIT_WAIT`] and never
+/// past `deadline`. Every byte read stays in `first`, to be passed on.
+pub(super) async fn server_spoke_read<S: AsyncRead + Unpin>(server: &mut S, first: &mut Vec<u8>, deadline: Instant) -> io::Result<Spoke> {
+    let wait_until = (Instant::now() + SPLIT_WAIT).min(deadline);
+    loop {
+        if let Some(spoke) = evidence(&first[..first.len().min(H2_FRAME_HEADER)]) {
+            return Ok(spoke);
+        }
+        match tokio::time::timeout_at(wait_until, server.read_buf(first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // A prefix of a preface, then the end of the stream or no more
+            // by the wait: what the peek-based check says past its wait.
+            Ok(Ok(_)) | Err(_) => return Ok(Spoke::First),
+            Ok(Err(e)) => return Err(e),
         }
     }
 }
@@ -128,6 +152,37 @@ mod tests {
         assert_eq!(evidence(&[0, 0, 6, 4, 0, 0, 0, 0, 1]), Some(Spoke::First), "not stream 0");
         assert_eq!(evidence(&[0, 0, 6, 1, 4, 0, 0, 0, 0]), Some(Spoke::First), "HEADERS");
         assert_eq!(evidence(b"HELO"), Some(Spoke::First));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_preface_is_read_whole_from_a_stream() {
+        use tokio::io::AsyncWriteExt;
+        let (mut server, mut proxy) = tokio::io::duplex(64);
+        server.write_all(&[0, 0, 6]).await.unwrap();
+        let mut first = Vec::with_capacity(64);
+        proxy.read_buf(&mut first).await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            server.write_all(&[4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]).await.unwrap();
+            server
+        });
+        let spoke = server_spoke_read(&mut proxy, &mut first, Instant::now() + Duration::from_secs(30)).await.unwrap();
+        assert_eq!(spoke, Spoke::NotFirst, "a SETTINGS frame split after three bytes");
+        assert_eq!(first, [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100], "every byte read is kept, in order");
+        drop(writer.await.unwrap());
+
+        // A banner decides at once, and a prefix the server never finishes
+        // is server-first once the wait is over.
+        let (mut server, mut proxy) = tokio::io::duplex(64);
+        let mut first = b"220 ready\r\n".to_vec();
+        assert_eq!(server_spoke_read(&mut proxy, &mut first, Instant::now()).await.unwrap(), Spoke::First);
+        server.write_all(b"H").await.unwrap();
+        let mut first = Vec::with_capacity(64);
+        proxy.read_buf(&mut first).await.unwrap();
+        let start = Instant::now();
+        assert_eq!(server_spoke_read(&mut proxy, &mut first, start + Duration::from_secs(30)).await.unwrap(), Spoke::First);
+        assert!(start.elapsed() >= SPLIT_WAIT, "the rest was waited for");
+        assert_eq!(first, b"H");
     }
 
     #[tokio::test]

@@ -17,7 +17,10 @@
 //! upstream connection. Inbound, the race only dials for a client the
 //! port's authorization admits without an identity ([`Race`]): the
 //! authorization stage comes after detection, and an application must
-//! never see a connection from a client it refuses.
+//! never see a connection from a client it refuses. Outbound to a meshed
+//! destination nothing is dialled in plaintext: the silent client goes
+//! through the tunnel as bytes, and the server's first bytes there decide
+//! whether the target is learned (`forward_tls.rs`).
 //!
 //! Budget: detection of one connection is bounded in time (the detect
 //! timeout, counted from accept, so a slowloris client cannot stretch it), in
@@ -100,11 +103,17 @@ pub struct Sniffed<'a> {
     /// through an inbound mesh TLS handshake and the detection on the
     /// decrypted bytes after it (`proxy/inbound_http.rs`).
     pub slot: Option<DetectSlot<'a>>,
+    /// A meshed destination's race ([`Race::Learn`]) that ended with the
+    /// client silent: the target is learned only if, through the tunnel,
+    /// the server's first bytes come before the client's and by this
+    /// instant (the detect deadline), and show a server-first protocol
+    /// (`forward_tls.rs`).
+    pub learn_by: Option<Instant>,
 }
 
 impl Sniffed<'_> {
     fn new(result: DetectResult) -> Self {
-        Sniffed { result, buffered: Vec::new(), upstream: Upstream::None, sni: None, client_eof: false, slot: None }
+        Sniffed { result, buffered: Vec::new(), upstream: Upstream::None, sni: None, client_eof: false, slot: None, learn_by: None }
     }
 }
 
@@ -116,9 +125,11 @@ pub enum Race {
     Dial,
     /// A meshed destination: its upstream is mesh TLS, which the race must
     /// not dial in plaintext. Detection ends as `server_first` without
-    /// dialling, and the target is learned as server-first (a slow client
-    /// can make a target skip detection until the entry expires: its bytes
-    /// are still carried as TCP).
+    /// dialling: the connection goes through the tunnel as bytes, and the
+    /// target is learned only on the server's evidence there
+    /// ([`Sniffed::learn_by`]), never on the client's silence alone (a
+    /// pooled HTTP client that connects ahead of its first request must not
+    /// turn detection off for every client of the target).
     Learn,
     /// Inbound, where the port's authorization refuses a client without an
     /// identity: nothing is dialled for it (a denied connection is reset
@@ -299,13 +310,12 @@ async fn detect<'a>(
             _ = sleep_until(grace_at.unwrap_or(deadline)), if race_now => {
                 if race == Race::Learn {
                     // A meshed destination: its upstream is opened through
-                    // the tunnel once detection ends. A client silent this
-                    // long waits for the server: learned like a race the
-                    // server won, so later connections skip the wait.
+                    // the tunnel once detection ends, and this connection is
+                    // carried as bytes. Whether the target is learned is for
+                    // the server to show through the tunnel: who speaks
+                    // first there, by the detect deadline.
                     out.result = DetectResult::ServerFirst;
-                    if ctx.server_first.learn(target) {
-                        ctx.events.push(crate::EngineEvent::ServerFirstLearned { target: target.to_string() });
-                    }
+                    out.learn_by = Some(deadline);
                     break;
                 }
                 // The same dial as after detection: the connect timeout (not
