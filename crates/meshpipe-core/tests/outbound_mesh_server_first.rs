@@ -110,8 +110,10 @@ impl Pair {
 }
 
 /// An outbound engine with a workload identity, one listener per app port
-/// of the meshed pod 127.0.0.1, whose tunnel is the stand-in peer.
-async fn pair() -> Pair {
+/// of the meshed pod 127.0.0.1, whose tunnel is the stand-in peer, and the
+/// detect timeout `detect_ms`. (Most tests take a timeout longer than their
+/// own bound `T`: a connection that waited it out would fail them.)
+async fn pair(detect_ms: u64) -> Pair {
     let ca = ca();
     let (api, web) = (linkerd("api", "shop"), linkerd("web", "shop"));
     let (tx, opened) = mpsc::unbounded_channel();
@@ -128,7 +130,7 @@ async fn pair() -> Pair {
         .collect();
     let (engine, _) = common::start(serde_json::json!({
         "listeners": listeners,
-        "detect": { "outboundTimeoutMs": 10_000, "inboundTimeoutMs": 10_000, "serverFirstGraceMs": 100 }
+        "detect": { "outboundTimeoutMs": detect_ms, "inboundTimeoutMs": detect_ms, "serverFirstGraceMs": 100 }
     }))
     .await;
     let bound = engine.bound();
@@ -164,7 +166,7 @@ async fn echo_sha(mut c: TcpStream, data: &[u8]) -> [u8; 32] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_banner_through_the_tunnel_is_learned_and_skips_the_wait_next_time() {
-    let mut p = pair().await;
+    let mut p = pair(60_000).await;
     let mut c = p.silent(BANNER).await;
     assert_eq!(read_n(&mut c, GREETING.len()).await, GREETING, "the server's first bytes, passed on first");
     let target = format!("127.0.0.1:{BANNER}");
@@ -181,9 +183,10 @@ async fn a_banner_through_the_tunnel_is_learned_and_skips_the_wait_next_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_speaks_after_the_grace_period_teaches_nothing() {
-    let mut p = pair().await;
+    let mut p = pair(60_000).await;
     // A client that connects ahead of its request (a pool): silent until
-    // its tunnel is open, then it speaks first.
+    // its tunnel is open, then it speaks first. Its bytes go on at once (the
+    // echo comes back long before the detect timeout).
     let c = p.silent(ECHO).await;
     let data = common::random(300 * 1024, 2);
     assert_eq!(echo_sha(c, &data).await, common::sha(&data));
@@ -198,7 +201,7 @@ async fn a_client_that_speaks_after_the_grace_period_teaches_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_preface_or_a_close_through_the_tunnel_teaches_nothing() {
-    let mut p = pair().await;
+    let mut p = pair(60_000).await;
     // An HTTP/2 server sends its SETTINGS before reading anything (RFC 9113
     // §3.4): not a server-first protocol. The bytes still reach the client.
     let mut c = p.silent(H2).await;
@@ -213,4 +216,22 @@ async fn an_http2_preface_or_a_close_through_the_tunnel_teaches_nothing() {
     within(T, c.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty(), "{rest:?}");
     assert!(p.learned().is_empty(), "{:?}", p.learned());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_silent_until_the_detect_deadline_teach_nothing() {
+    let mut p = pair(300).await;
+    let c = p.silent(ECHO).await;
+    // The wait for who speaks first ends at the detect deadline: the
+    // connection is then forwarded, with nothing learned.
+    within(T, async {
+        while !p.engine.connections(16).iter().any(|s| s.state == meshpipe_core::ConnState::Forwarding) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(p.learned().is_empty(), "{:?}", p.learned());
+    let data = common::random(100 * 1024, 4);
+    assert_eq!(echo_sha(c, &data).await, common::sha(&data));
+    assert!(p.learned().is_empty());
 }

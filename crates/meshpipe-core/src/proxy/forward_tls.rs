@@ -117,7 +117,7 @@ pub(super) async fn originate_mesh(
     debug!("connected (mesh TLS)");
     let mut dst = SideGuard { series: series.clone(), peer: Peer::Dst, errno: 0 };
     let from_server = match sniffed.learn_by {
-        Some(by) => match who_speaks_first(ctx, &client, &mut server, target, by).await {
+        Some(by) => match who_speaks_first(ctx, info, &client, &mut server, target, by).await {
             Ok(first) => first,
             Err(e) => {
                 // As the copy ends on a failed side: both sockets reset.
@@ -141,13 +141,22 @@ pub(super) async fn originate_mesh(
 /// `by` learn nothing; the client's bytes stay in its socket for the copy.
 async fn who_speaks_first(
     ctx: &Context,
+    info: &crate::conn::ConnInfo,
     client: &TcpStream,
     server: &mut tokio_rustls::client::TlsStream<TcpStream>,
     target: TargetAddr,
     by: Instant,
 ) -> std::io::Result<Vec<u8>> {
-    // One TLS record's plaintext at most: what a banner takes.
-    let mut first = Vec::with_capacity(FIRST_READ);
+    if Instant::now() >= by {
+        // The dial and the handshake used up the detect timeout: no time
+        // left to tell a banner from a split preface.
+        return Ok(Vec::new());
+    }
+    // Detection again, in effect, until one side speaks (or the deadline):
+    // the connection holds no buffer meanwhile; the first read allocates
+    // a small one, and the copy carries the rest.
+    info.set_state(ConnState::Detecting);
+    let mut first = Vec::new();
     tokio::select! {
         biased;
         // Readiness only: the client's bytes are the copy's to read.
@@ -168,9 +177,6 @@ async fn who_speaks_first(
     }
     Ok(first)
 }
-
-/// The first read from the server while watching who speaks first.
-const FIRST_READ: usize = 4096;
 
 /// Writes what detection read to the server and what the server sent first
 /// (`who_speaks_first`) to the client, then forwards both ways until both
