@@ -5,7 +5,8 @@
 #      --all-targets -- -D warnings`; the latency generator's own tests; the
 #      fuzz crate's clippy and its smoke test (every fuzz target's checks on
 #      a fixed corpus of seeds, mutations and seeded random bytes, stable
-#      Rust, release: fuzz/tests/smoke.rs),
+#      Rust, release: fuzz/tests/smoke.rs), then 30 s of coverage-guided
+#      libFuzzer per target from those seeds (fuzz/guided.sh),
 #   1. the Rust engine's tests (`cargo test --workspace`, debug profile: it
 #      compiles much faster than the thin-LTO release profile; the release
 #      addon used by the Node tests is built by `npm install` /
@@ -54,6 +55,9 @@ step "fuzz/: clippy and the smoke test (the fuzz targets' checks on a fixed corp
 # building them again for the dev profile.
 cargo clippy -q --release --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 cargo test -q --release --manifest-path fuzz/Cargo.toml
+
+step "fuzz/: coverage-guided, 30 s per target (libFuzzer, fuzz/guided.sh)"
+bash fuzz/guided.sh 30
 
 step "cargo test --workspace"
 cargo test --workspace

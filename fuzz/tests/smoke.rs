@@ -118,3 +118,66 @@ fn seeds_reach_the_parsers() {
         target.parse::<TargetAddr>().unwrap_or_else(|e| panic!("{target:?}: {e}"));
     }
 }
+
+/// Every target's seeds and dictionary, written for libFuzzer: `DIR/NAME/`
+/// holds the seeds (one file each) and `DIR/NAME.dict` the dictionary, in
+/// libFuzzer's format. `guided.sh` runs this with `MESHPIPE_FUZZ_SEEDS` set
+/// to its corpus directory, so coverage-guided runs start from the same
+/// inputs as this smoke test; unset, a temporary directory is written,
+/// read back and removed.
+#[test]
+fn seeds_export_for_libfuzzer() {
+    let (dir, keep) = match std::env::var_os("MESHPIPE_FUZZ_SEEDS") {
+        Some(d) => (std::path::PathBuf::from(d), true),
+        None => (std::env::temp_dir().join(format!("meshpipe-fuzz-seeds-{}", std::process::id())), false),
+    };
+    let targets: [Export; 5] = [
+        ("classify", seeds::with_selectors(&seeds::classify(), 4), seeds::CLASSIFY_DICT),
+        ("transport_header", seeds::transport_header(), seeds::TRANSPORT_HEADER_DICT),
+        ("http_headers", seeds::with_selectors(&seeds::http_headers(), 4), seeds::HTTP_HEADERS_DICT),
+        ("identity", seeds::identity(), seeds::IDENTITY_DICT),
+        ("addr", seeds::addr(), seeds::ADDR_DICT),
+    ];
+    for (name, seeds, dict) in targets {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (i, seed) in seeds.iter().enumerate() {
+            std::fs::write(d.join(format!("seed-{i:04}")), seed).unwrap();
+        }
+        std::fs::write(dir.join(format!("{name}.dict")), dict_text(dict)).unwrap();
+        for (i, seed) in seeds.iter().enumerate() {
+            assert_eq!(&std::fs::read(d.join(format!("seed-{i:04}"))).unwrap(), seed, "{name} seed {i}");
+        }
+        let lines = std::fs::read_to_string(dir.join(format!("{name}.dict"))).unwrap();
+        assert_eq!(lines.lines().count(), dict.len(), "{name}: one dictionary entry per line");
+    }
+    if !keep {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A target's name, seeds and dictionary.
+type Export = (&'static str, Vec<Vec<u8>>, &'static [&'static [u8]]);
+
+/// A libFuzzer dictionary: one quoted entry per line, bytes outside
+/// printable ASCII (and `"` and `\`) as `\xNN`.
+fn dict_text(dict: &[&[u8]]) -> String {
+    let mut out = String::new();
+    for entry in dict {
+        out.push('"');
+        for &b in *entry {
+            if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+        out.push_str("\"\n");
+    }
+    out
+}
+
+#[test]
+fn dictionaries_are_escaped_for_libfuzzer() {
+    assert_eq!(dict_text(&[b"GET ", b"\r\n", b"a\"b\\"]), "\"GET \"\n\"\\x0D\\x0A\"\n\"a\\x22b\\x5C\"\n");
+}
