@@ -22,8 +22,8 @@ import { chmodSync, chownSync, mkdtempSync, readFileSync, readdirSync, renameSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createPodPair, netnsSupport, requireNetns, run, startResponder, type Pod, type PodPair, type PodProcess } from './netns.js';
-import { SIDECAR_UID, startSidecar, type Sidecar } from './netns-sidecar.js';
+import { createPodPair, netnsSupport, requireNetns, run, startResponder, tcpRequest, type Pod, type PodPair, type PodProcess } from './netns.js';
+import { SIDECAR_UID, detectResults, startSidecar, type Sidecar } from './netns-sidecar.js';
 import { waitFor } from './helpers.js';
 import type { ConnectionInfo, EngineSnapshot } from '../ts/engine/native.js';
 
@@ -53,6 +53,16 @@ const srv = http.createServer((req, res) => {
   req.on('end', () => res.end(req.url === '/sha' ? h.digest('hex') + ' ' + n + '\\n' : 'hello ' + req.headers['x-marker'] + ' ' + n + '\\n')); });
 srv.on('upgrade', (req, sock, head) => { sock.on('error', () => {}); sock.write('HTTP/1.1 101 Switching Protocols\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\\r\\n'); if (head.length) sock.write(head); sock.pipe(sock); });
 srv.listen({ host: '0.0.0.0', port: Number(process.argv[1]) }, () => console.log('LISTENING'));`;
+/**
+ * An HTTP/1.1 client that connects, stays silent for MS milliseconds (a
+ * pool connecting ahead of its first request), then sends one request with
+ * `x-marker: slow` and prints the whole response once the server closes.
+ */
+const SLOW_HTTP = `const net = require('node:net');
+const [host, port, ms] = process.argv.slice(1);
+const s = net.connect({ host, port: Number(port) }, () => setTimeout(() => s.write('GET / HTTP/1.1\\r\\nHost: x\\r\\nx-marker: slow\\r\\nConnection: close\\r\\n\\r\\n'), Number(ms)));
+let out = ''; s.setEncoding('utf8'); s.on('data', (d) => (out += d)); s.on('end', () => process.stdout.write(out));
+s.on('error', (e) => { console.log('ERROR ' + e.code); process.exit(1); });`;
 /**
  * Upgrades an HTTP/1.1 connection (`Upgrade: echo`), then sends SIZE random
  * bytes, half-closes and reads the echo; prints "SENT <sha> GOT <sha> <bytes>",
@@ -462,6 +472,37 @@ spec:
     assert.deepEqual(inb.map((c) => [c.tls, c.tunnel, c.peerId]), [['true', true, CLIENT_ID]], JSON.stringify(inb));
     held.child.stdin?.end('go\n');
     await held.waitFor(/SENT (\w+) GOT \1 2048/);
+  });
+
+  test('server speaks first through the mesh: a greeting through the tunnel is answered within the grace period and learned; a slow HTTP client teaches nothing', async (t) => {
+    if (!(await requireNetns(t))) return;
+    // 8081's app writes a line to every connection and closes: the client
+    // says nothing, so after the grace period its connection goes through the
+    // tunnel as bytes, and the greeting that comes back first is the evidence.
+    for (let i = 0; i < 2; i++) {
+      const line = await tcpRequest(pair.client, ip, 8081, APP);
+      assert.match(line, new RegExp(`^responder local=${ip.replaceAll('.', '\\.')}:8081 `), line);
+    }
+    const c = await clientSidecar.snapshot();
+    assert.equal(detectResults(c, 'outbound', 8081)['server_first'], 2, JSON.stringify(c.detect));
+    const learned = c.serverFirst.targets.find((x) => x.addr === `${ip}:8081`);
+    assert.ok(learned, `learned from the greeting through the tunnel: ${JSON.stringify(c.serverFirst)}`);
+    assert.equal(learned.hits, 1, 'the second connection was a cache hit: no wait');
+    const tunnelled = c.tcp.filter((s) => s.direction === 'outbound' && s.targetPort === 8081);
+    assert.deepEqual(tunnelled.map((s) => [s.tls, s.serverId]), [['true', SERVER_ID]], JSON.stringify(tunnelled));
+
+    // A keep-alive client that connects ahead of its request (a pool) and
+    // speaks only after the grace period: its request still works (as bytes
+    // through the tunnel), and the HTTP app is not learned as server-first,
+    // so the next client is detected as HTTP again.
+    const r = await pair.client.exec(process.execPath, ['-e', SLOW_HTTP, ip, '8082', '400'], { ...APP, timeoutMs: 20_000 });
+    assert.match(r.stdout, /^HTTP\/1\.1 200 [\s\S]*hello slow 0\n$/, r.stdout + r.stderr);
+    const http1Before = detectResults(await clientSidecar.snapshot(), 'outbound', 8082)['http/1'] ?? 0;
+    const curl = await pair.client.exec('curl', ['-sS', '--http1.1', '-H', 'x-marker: fast', `http://${ip}:8082/`], { ...APP, timeoutMs: 20_000 });
+    assert.equal(curl.stdout, 'hello fast 0\n', curl.stderr);
+    const after = await clientSidecar.snapshot();
+    assert.equal(after.serverFirst.targets.find((x) => x.addr === `${ip}:8082`), undefined, JSON.stringify(after.serverFirst));
+    assert.equal(detectResults(after, 'outbound', 8082)['http/1'], http1Before + 1, JSON.stringify(after.detect));
   });
 
   test('the tunnel refuses, by reason: plaintext, no client certificate, an untrusted CA, an expired client certificate, a wrong ALPN', async (t) => {
