@@ -14,6 +14,9 @@
  * AuthorizationPolicy that denies the client. Rotation: the certificate
  * files are replaced under the running pair; new connections show the new
  * serials in /connections, and a transfer in flight finishes intact.
+ * Server speaks first through the mesh: a greeting that comes back through
+ * the tunnel before the silent client speaks is learned; a slow HTTP client
+ * is not.
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
