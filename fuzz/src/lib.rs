@@ -4,11 +4,12 @@
 //!
 //! The checks live in this library rather than in the `fuzz_targets/`
 //! binaries so they run in two places: libFuzzer drives them through the
-//! binaries (`cargo +nightly fuzz run NAME`, coverage-guided, needs nightly
-//! and cargo-fuzz), and the stable smoke test (`tests/smoke.rs`) feeds them
-//! a fixed corpus of hand-made seeds, mutations of them and seeded random
-//! bytes on every CI run, so a regression against an invariant fails CI even
-//! though nobody fuzzed.
+//! binaries, coverage-guided (`guided.sh` on stable Rust, 30 s per target
+//! in CI; `cargo +nightly fuzz run NAME` with AddressSanitizer for long
+//! runs), and the stable smoke test (`tests/smoke.rs`) feeds them a fixed
+//! corpus of hand-made seeds, mutations of them and seeded random bytes on
+//! every CI run, so a regression against an invariant fails CI whatever the
+//! fuzzer's luck.
 
 pub mod addr;
 pub mod classify;

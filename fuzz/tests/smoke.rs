@@ -122,9 +122,9 @@ fn seeds_reach_the_parsers() {
 /// Every target's seeds and dictionary, written for libFuzzer: `DIR/NAME/`
 /// holds the seeds (one file each) and `DIR/NAME.dict` the dictionary, in
 /// libFuzzer's format. `guided.sh` runs this with `MESHPIPE_FUZZ_SEEDS` set
-/// to its corpus directory, so coverage-guided runs start from the same
-/// inputs as this smoke test; unset, a temporary directory is written,
-/// read back and removed.
+/// to a temporary directory it hands libFuzzer as a seed corpus, so
+/// coverage-guided runs start from the same inputs as this smoke test;
+/// unset, a directory of its own is written, read back and removed.
 #[test]
 fn seeds_export_for_libfuzzer() {
     let (dir, keep) = match std::env::var_os("MESHPIPE_FUZZ_SEEDS") {

@@ -1,6 +1,6 @@
 //! Property-based tests of the HTTP layer's header rules
 //! (`meshpipe_core::http::headers`), the properties the `http_headers` fuzz
-//! target checks, run in CI on stable Rust (the fuzz target needs nightly).
+//! target checks, run in CI on stable Rust beside the fuzz target (fuzz/guided.sh).
 //!
 //! Messages are drawn as lists of fields whose names come mostly from the
 //! hop-by-hop set (RFC 9110 §7.6.1) and a few end-to-end ones, with

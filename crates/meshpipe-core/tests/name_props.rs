@@ -1,6 +1,6 @@
 //! Property-based tests of the name and address parsers (`identity`, `addr`),
 //! the properties the `identity` and `addr` fuzz targets check, run in CI on
-//! stable Rust (the fuzz targets need nightly).
+//! stable Rust beside the fuzz targets (fuzz/guided.sh).
 //!
 //! - An identity that parses, parses again to itself and matches its own SAN.
 //! - An identity that passes `check_dialable` has a TLS server name rustls

@@ -10,8 +10,9 @@
 //! inputs and a failure reproduces; `MESHPIPE_FUZZ_SMOKE_SEED` picks another
 //! stream and `MESHPIPE_FUZZ_SMOKE_SCALE` multiplies the number of mutated
 //! and random inputs, for a longer local run. This is no replacement for
-//! coverage-guided fuzzing (`cargo +nightly fuzz run NAME`); it keeps the
-//! invariants checked on every commit.
+//! coverage-guided fuzzing (`guided.sh`, which starts from these seeds, or
+//! `cargo +nightly fuzz run NAME`); it keeps the invariants checked on every
+//! commit.
 
 pub mod seeds;
 
