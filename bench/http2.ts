@@ -15,6 +15,13 @@
  * with `grpc-status: 0` in trailers (crates/meshpipe-core/examples/h2_peer.rs,
  * built with cargo, so the origin is never the bottleneck): direct and
  * through meshpipe `mode=grpc`, `-c 4 -m 25` (100 calls in flight).
+ *
+ * Per-request cost, HTTP/1.1 against HTTP/2 (the evidence for not carrying
+ * HTTP/1 over HTTP/2 between two proxies, docs/http.md): 16 requests in
+ * flight through meshpipe, as HTTP/1.1 on 16 connections (`h2load --h1 -c 16
+ * -m 1`, `mode=http1` to nginx's HTTP/1.1 listener), as HTTP/2 on one
+ * connection with 16 streams (`-c 1 -m 16`), and as HTTP/2 on 16 connections
+ * of one stream each; the proxy's CPU per request is the number compared.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
@@ -23,11 +30,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { SMALL_FILE, writeSite } from './http-peers.js';
 import { meshpipeCommand, REPO_ROOT, startMeshpipe, type MeshpipeForward } from './meshpipe.js';
 import { ensurePeers, type Peer } from './peers.js';
-import { cpuSeconds, ensureInstalled, freePort, runAsync, spawnTracked, stopTracked, waitListening, which } from './processes.js';
+import { cpuSeconds, ensureInstalled, freePorts, runAsync, spawnTracked, stopTracked, waitListening, which } from './processes.js';
 import { load1, type BenchContext, type BenchSection, type Row, type Section, type Subject } from './report.js';
 
 const SECONDS = 6;
 const ROUNDS = 3;
+/** The per-request cost comparison's metric and its two main rows. */
+const COST = 'req/s, 16 in flight';
+const COST_H1 = 'meshpipe http/1.1, 16 connections';
+const COST_H2_STREAMS = 'meshpipe http/2, 16 streams on 1 connection';
 const H2_PEER = join(REPO_ROOT, 'target', 'release', 'examples', 'h2_peer');
 
 export interface H2loadResult {
@@ -115,7 +126,7 @@ async function run(ctx: BenchContext): Promise<Section> {
   const mk = (metric: string, name: string, subject: Subject, url: string, args: readonly string[], proxy: Peer | null): Path =>
     ({ metric, name, subject, url, args, proxy, runs: [] });
   try {
-    const [h1, h2, nginxProxy, grpcPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const [h1, h2, nginxProxy, grpcPort, mpH2, mpGrpc, mpH1] = (await freePorts(7)) as [number, number, number, number, number, number, number];
     const nginx = await startNginxH2(ctx.dir, h1, h2, nginxProxy);
     peers.push(nginx);
     const origin = await startH2Peer(ctx.dir, grpcPort);
@@ -125,14 +136,18 @@ async function run(ctx: BenchContext): Promise<Section> {
     paths.push(mk('grpc unary/s', 'grpc direct', 'direct', url(grpcPort, '/meshpipe.bench.Echo/Say'), grpcArgs, null));
     if (ctx.meshpipe.available) {
       const forwards: MeshpipeForward[] = [
-        { port: await freePort(), target: `127.0.0.1:${h2}`, mode: 'http2' },
-        { port: await freePort(), target: `127.0.0.1:${grpcPort}`, mode: 'grpc' },
+        { port: mpH2, target: `127.0.0.1:${h2}`, mode: 'http2' },
+        { port: mpGrpc, target: `127.0.0.1:${grpcPort}`, mode: 'grpc' },
+        { port: mpH1, target: `127.0.0.1:${h1}`, mode: 'http1' },
       ];
       const mp = await startMeshpipe(forwards, ctx.dir);
       peers.push(mp);
       notes.push(`meshpipe: ${meshpipeCommand(forwards)}`);
       paths.push(mk('http/2 req/s', 'meshpipe (http2)', 'meshpipe', url(forwards[0]!.port, `/${SMALL_FILE}`), h2Args, mp));
       paths.push(mk('grpc unary/s', 'grpc meshpipe (grpc)', 'meshpipe', url(forwards[1]!.port, '/meshpipe.bench.Echo/Say'), grpcArgs, mp));
+      paths.push(mk(COST, COST_H1, 'meshpipe', url(forwards[2]!.port, `/${SMALL_FILE}`), ['--h1', '-c', '16', '-m', '1'], mp));
+      paths.push(mk(COST, COST_H2_STREAMS, 'meshpipe', url(forwards[0]!.port, `/${SMALL_FILE}`), ['-c', '1', '-m', '16'], mp));
+      paths.push(mk(COST, 'meshpipe http/2, 16 connections of 1 stream', 'meshpipe', url(forwards[0]!.port, `/${SMALL_FILE}`), ['-c', '16', '-m', '1'], mp));
     } else {
       notes.push(`meshpipe rows omitted: ${ctx.meshpipe.reason}`);
     }
@@ -172,11 +187,16 @@ async function run(ctx: BenchContext): Promise<Section> {
   if (nginx && mp) {
     rows.push({ metric: 'http/2 meshpipe over nginx', subject: 'meshpipe', name: 'http/2: meshpipe req/s / nginx req/s', value: mp.value / nginx.value, unit: 'x', runs: [] });
   }
+  const h1Cost = rows.find((r) => r.name === COST_H1)?.extra?.proxyCpuUsPerReq;
+  const h2Cost = rows.find((r) => r.name === COST_H2_STREAMS)?.extra?.proxyCpuUsPerReq;
+  if (typeof h1Cost === 'number' && typeof h2Cost === 'number') {
+    rows.push({ metric: 'http/2 over http/1.1 cost', subject: 'meshpipe', name: 'proxy CPU per request: http/2 (16 streams) / http/1.1 (16 connections)', value: h2Cost / h1Cost, unit: 'x', runs: [] });
+  }
   notes.push('nginx cannot proxy to an HTTP/2 upstream (proxy_pass speaks HTTP/1.x): its row is h2c in front and an HTTP/1.1 keepalive pool behind, which is how nginx is deployed for this');
   return {
     name: 'http2',
     title: 'http2',
-    method: `h2load -c 1 -m 100 -D ${SECONDS} GET /${SMALL_FILE} (nginx 1.22, h2c), and gRPC unary (h2load -c 4 -m 25 POST of a gRPC frame to examples/h2_peer); median of ${ROUNDS} interleaved rounds after a 2,000-request warm-up`,
+    method: `h2load -c 1 -m 100 -D ${SECONDS} GET /${SMALL_FILE} (nginx 1.22, h2c), gRPC unary (h2load -c 4 -m 25 POST of a gRPC frame to examples/h2_peer), and meshpipe's CPU per request with 16 in flight as HTTP/1.1 (h2load --h1 -c 16 -m 1) and HTTP/2 (-c 1 -m 16, -c 16 -m 1); median of ${ROUNDS} interleaved rounds after a 2,000-request warm-up`,
     rows,
     notes,
     errors,

@@ -110,6 +110,35 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * `count` distinct unused TCP ports on 127.0.0.1: all are held bound until
+ * the last is picked (ports picked one at a time with `freePort` may repeat,
+ * since the kernel can hand a just-released port out again).
+ */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers: ReturnType<typeof createServer>[] = [];
+  try {
+    const ports: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const server = createServer();
+      servers.push(server);
+      ports.push(
+        await new Promise<number>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => {
+            const address = server.address();
+            if (typeof address === 'object' && address !== null) resolve(address.port);
+            else reject(new Error('could not pick a free port'));
+          });
+        }),
+      );
+    }
+    return ports;
+  } finally {
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => (s.listening ? s.close(() => resolve()) : resolve()))));
+  }
+}
+
 /** True when some socket on this host is in LISTEN state on `port`. */
 export function isListening(port: number): boolean {
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
