@@ -4,11 +4,12 @@
  * rotation writes a new folder and swaps `..data` atomically. A good
  * rotation is picked up (new serial, counted); a bad one (garbage, a key
  * from another certificate) keeps the last good identity and is counted and
- * shown until fixed; the 80%-of-lifetime warning fires once per
- * certificate. Events are awaited, never slept on.
+ * shown until fixed; a FIFO swapped in for a file is refused without
+ * blocking; the 80%-of-lifetime warning fires once per certificate. Events are awaited, never slept on.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,20 +47,33 @@ function mount(t: { after(fn: () => void): void }): Mount {
   return m;
 }
 
+type Issued = { crt: string; key: string; ca: string; serial: string };
+
+/** A fresh CA and a function issuing WEB's certificates from it (a day each). */
+function issuer(): { ca: ReturnType<typeof identityInit>; issue: () => Issued } {
+  const ca = identityInit({ trustDomain: 'cluster.local', anchorTtlMs: 365 * DAY, issuerTtlMs: 30 * DAY });
+  const issue = (): Issued => {
+    const w = identityIssue({ issuerCertPem: ca.issuer.certPem, issuerKeyPem: ca.issuer.keyPem, issuerFile: 'issuer.crt', name: WEB, ttlMs: DAY });
+    return { crt: w.certPem, key: w.keyPem, ca: ca.anchor.certPem, serial: w.serial };
+  };
+  return { ca, issue };
+}
+
+/** The kubelet's top-level symlinks through `..data`. */
+function linkFiles(dir: string): void {
+  for (const f of ['tls.crt', 'tls.key', 'ca.crt']) symlinkSync(join('..data', f), join(dir, f));
+}
+
 function files(dir: string): { cert: string; key: string; anchors: string } {
   return { cert: join(dir, 'tls.crt'), key: join(dir, 'tls.key'), anchors: join(dir, 'ca.crt') };
 }
 
 test('a rotation is picked up; a bad one keeps the last good identity until fixed', async (t) => {
-  const ca = identityInit({ trustDomain: 'cluster.local', anchorTtlMs: 365 * DAY, issuerTtlMs: 30 * DAY });
-  const issue = (): { crt: string; key: string; ca: string; serial: string } => {
-    const w = identityIssue({ issuerCertPem: ca.issuer.certPem, issuerKeyPem: ca.issuer.keyPem, issuerFile: 'issuer.crt', name: WEB, ttlMs: DAY });
-    return { crt: w.certPem, key: w.keyPem, ca: ca.anchor.certPem, serial: w.serial };
-  };
+  const { ca, issue } = issuer();
   const m = mount(t);
   const first = issue();
   m.rotate(first);
-  for (const f of ['tls.crt', 'tls.key', 'ca.crt']) symlinkSync(join('..data', f), join(m.dir, f));
+  linkFiles(m.dir);
 
   const reloader = new IdentityReloader({ files: files(m.dir), pollIntervalMs: 50, debounceMs: 20 });
   t.after(() => reloader.close());
@@ -158,5 +172,47 @@ test('start fails with ERR_IDENTITY when there is nothing good to keep', async (
   writeFileSync(join(m.dir, 'tls.crt'), Buffer.alloc(2 * 1024 * 1024, 0x41));
   writeFileSync(join(m.dir, 'tls.key'), 'x');
   writeFileSync(join(m.dir, 'ca.crt'), 'x');
-  await assert.rejects(loadIdentity(files(m.dir), undefined), /tls\.crt: 2097152 bytes is too large for the certificate chain/);
+  await assert.rejects(loadIdentity(files(m.dir), undefined), /tls\.crt: expected the certificate chain \(PEM\) in a regular file, too large \(2097152 bytes, more than the 1048576 allowed\)/);
+});
+
+test('a FIFO swapped in for tls.crt is refused without blocking; later rotations and close() still work', async (t) => {
+  const { issue } = issuer();
+  const m = mount(t);
+  const first = issue();
+  m.rotate(first);
+  linkFiles(m.dir);
+  const reloader = new IdentityReloader({ files: files(m.dir), pollIntervalMs: 50, debounceMs: 20 });
+  let closed = false;
+  t.after(() => (closed ? undefined : reloader.close()));
+  assert.equal((await reloader.start()).serial, first.serial);
+
+  // A rotation whose tls.crt is a FIFO nobody writes to: opening it for
+  // reading would block a pool thread until a writer came, and the reload,
+  // every later one and close() with it.
+  const failed = once(reloader, 'reloadFailed') as Promise<[MeshpipeError]>;
+  const fifoDir = join(m.dir, '..fifo');
+  mkdirSync(fifoDir);
+  execFileSync('mkfifo', [join(fifoDir, 'tls.crt')]);
+  writeFileSync(join(fifoDir, 'tls.key'), first.key, { mode: 0o600 });
+  writeFileSync(join(fifoDir, 'ca.crt'), first.ca);
+  symlinkSync('..fifo', join(m.dir, '..data_tmp'));
+  renameSync(join(m.dir, '..data_tmp'), join(m.dir, '..data'));
+  const [err] = await withTimeout(failed, 10_000, 'the refused FIFO');
+  assert.equal(err.code, 'ERR_IDENTITY');
+  assert.match(err.message, /tls\.crt: expected the certificate chain \(PEM\) in a regular file, found a FIFO \(named pipe\)/);
+  assert.equal(reloader.state().serial, first.serial, 'the last good identity is kept');
+  assert.equal(reloader.state().failures, 1);
+  assert.match(reloader.state().lastError?.message ?? '', /FIFO/);
+
+  // The next good rotation is still applied.
+  const second = issue();
+  const reloaded = once(reloader, 'reloaded') as Promise<[IdentityState]>;
+  m.rotate(second);
+  const [s2] = await withTimeout(reloaded, 10_000, 'the rotation after the FIFO');
+  assert.equal(s2.serial, second.serial);
+  assert.equal(reloader.state().lastError, null);
+
+  // And shutdown does not wait on anything left behind.
+  await withTimeout(reloader.close(), 5_000, 'close() after a refused FIFO');
+  closed = true;
 });

@@ -4,7 +4,9 @@
  * config.ts is the model (defaults < config file < `MESHPIPE_*` env < flags,
  * one frozen `ProxyConfig`); schemas.ts, forward.ts, sidecar.ts and identity.ts
  * define its fields; durations.ts and port-list.ts are the value parsers the config
- * shares with the policy layer and `meshpipe init`.
+ * shares with the policy layer and `meshpipe init`; watched-file.ts reads the
+ * files a running proxy reads again (identity, policy files, the token) as
+ * regular files only, bounded.
  *
  * Other folders import from here. The files of this folder import each other
  * directly, and schemas.ts and sidecar.ts take the CIDR parser from
@@ -38,6 +40,7 @@ export { parseBindAddr } from './forward.js';
 export { LOG_FORMATS, LOG_LEVELS, type LogFormat } from './config.js';
 export { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy, type IdentityConfig, type IdentityFiles } from './identity.js';
 export { DurationError, DURATION_UNITS, parseDuration, formatDuration } from './durations.js';
+export { isPipe, readPipeOnce, readWatchedFile, readWatchedText, WatchedFileError, type WatchedFileErrorCode } from './watched-file.js';
 export {
   parsePortList,
   parsePortListStrict,

@@ -8,11 +8,11 @@
  * a `MeshpipeError` `ERR_IDENTITY` (exit 2 at start) naming the file and the
  * reason.
  */
-import { open, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { MeshpipeError } from '../errors.js';
 import { identityCheck, type IdentityInfo, type LoadSpec } from '../engine/index.js';
-import type { IdentityFiles } from '../config/index.js';
+import { readWatchedFile, WatchedFileError, type IdentityFiles } from '../config/index.js';
 
 /** No certificate, key or bundle of anchors is anywhere near this big. */
 export const MAX_PEM_BYTES = 1024 * 1024;
@@ -49,26 +49,22 @@ async function missingFileHint(file: string): Promise<string> {
   return '';
 }
 
-/** Reads one file, bounded; errors name the file and what it should hold. */
+/**
+ * Reads one file, bounded, as a regular file (a FIFO swapped in would
+ * otherwise hold the reload, and shutdown, until some writer opens it:
+ * ts/config/watched-file.ts); errors name the file and what it should hold.
+ */
 async function readPem(file: string, what: string): Promise<Buffer> {
-  let handle;
   try {
-    handle = await open(file, 'r');
+    return await readWatchedFile(file, MAX_PEM_BYTES);
   } catch (err) {
+    if (err instanceof WatchedFileError) {
+      const why = err.code === 'ERR_NOT_REGULAR_FILE' ? `found ${err.found ?? 'not a regular file'}` : `too large (${err.message})`;
+      throw new MeshpipeError('ERR_IDENTITY', `${file}: expected ${what} in a regular file, ${why}`, { cause: err });
+    }
     const code = (err as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? `no such file${await missingFileHint(file)}` : code === 'EACCES' ? 'permission denied' : (err as Error).message;
     throw new MeshpipeError('ERR_IDENTITY', `${file}: cannot read ${what}: ${why}`, { cause: err });
-  }
-  try {
-    const info = await handle.stat();
-    if (info.isDirectory()) throw new MeshpipeError('ERR_IDENTITY', `${file}: expected ${what}, found a folder`);
-    if (info.size > MAX_PEM_BYTES) throw new MeshpipeError('ERR_IDENTITY', `${file}: ${info.size} bytes is too large for ${what} (at most ${MAX_PEM_BYTES})`);
-    const buf = Buffer.alloc(MAX_PEM_BYTES + 1);
-    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
-    if (bytesRead > MAX_PEM_BYTES) throw new MeshpipeError('ERR_IDENTITY', `${file}: too large for ${what} (at most ${MAX_PEM_BYTES} bytes)`);
-    return buf.subarray(0, bytesRead);
-  } finally {
-    await handle.close();
   }
 }
 

@@ -40,10 +40,9 @@
 
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { parseDownwardApi } from './downward-api.js';
-import { listManifestFiles, loadManifestFile, type ManifestFile } from './k8s/manifests.js';
+import { listManifestFiles, loadManifestFile, MAX_MANIFEST_BYTES, type ManifestFile } from './k8s/manifests.js';
 import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
 import { PolicyCompiler, type CompilerChange } from './compiler.js';
 import { EndpointsCompiler } from './endpoints.js';
@@ -54,7 +53,15 @@ import { parseDestinationsFile } from './mesh-destinations.js';
 import { parseEndpointsFile } from './endpoints-file.js';
 import { fileSignature } from './file-signature.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
-import type { PortRange } from '../config/index.js';
+import { isPipe, readPipeOnce, readWatchedText, type PortRange } from '../config/index.js';
+
+/**
+ * Bounds of the files this source re-reads (regular files only:
+ * ts/config/watched-file.ts). Kubernetes caps a pod's annotations at 256 KiB
+ * in all; a destinations or endpoints file gets a manifest file's bound.
+ */
+const MAX_ANNOTATIONS_BYTES = 1024 * 1024;
+const MAX_POLICY_FILE_BYTES = MAX_MANIFEST_BYTES;
 
 export interface PolicySourceOptions {
   /** Downward-API annotations file (`--annotations`). */
@@ -158,6 +165,12 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private annotations: Map<string, string> | undefined;
   private annotationProblems: PolicyProblem[] = [];
   private destinationsRead = false;
+  /**
+   * Files given as pipes (`--annotations <(gen)`): read once, at start, and
+   * then left alone (a drained pipe has nothing more to give, and a pipe
+   * swapped in later for a regular file is refused instead).
+   */
+  private readonly pipesRead = new Set<string>();
   private readonly files = new Map<string, { signature: string; good: boolean }>();
   private kube: KubeWatch | undefined;
   private kubeProblems: PolicyProblem[] = [];
@@ -479,7 +492,9 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     if (!file) return;
     let text: string;
     try {
-      text = await readFile(file, 'utf8');
+      const once = await this.readOnceIfPipe(file, MAX_ANNOTATIONS_BYTES, this.annotations !== undefined);
+      if (once === null) return;
+      text = once ?? (await readWatchedText(file, MAX_ANNOTATIONS_BYTES));
     } catch (err) {
       const keep = this.annotations ? '; keeping the last good annotations' : '';
       this.annotationProblems = [generalProblem(`annotations file ${file}: cannot read: ${(err as Error).message}${keep}`, file)];
@@ -502,13 +517,28 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.compiler.setSelfAnnotations(Object.fromEntries(values), file);
   }
 
+  /**
+   * A file given as a pipe: its text on the first read, null once it was
+   * read (nothing to do), undefined for anything else (read it as a
+   * watched file). `read` says whether this source was read before: a pipe
+   * that appears only later is not a pipe given at start, and is refused.
+   */
+  private async readOnceIfPipe(file: string, maxBytes: number, read: boolean): Promise<string | null | undefined> {
+    if (this.pipesRead.has(file)) return null;
+    if (read || !(await isPipe(file))) return undefined;
+    this.pipesRead.add(file);
+    return readPipeOnce(file, maxBytes);
+  }
+
   /** `--destinations FILE`: an unreadable file keeps its last good entries. */
   private async readDestinations(): Promise<void> {
     const file = this.opts.destinationsFile;
     if (!file) return;
     let text: string;
     try {
-      text = await readFile(file, 'utf8');
+      const once = await this.readOnceIfPipe(file, MAX_POLICY_FILE_BYTES, this.destinationsRead);
+      if (once === null) return;
+      text = once ?? (await readWatchedText(file, MAX_POLICY_FILE_BYTES));
     } catch (err) {
       const keep = this.destinationsRead ? '; keeping the last good entries' : '';
       this.compiler.setOriginProblems(DESTINATIONS, [generalProblem(`destinations file ${file}: cannot read: ${(err as Error).message}${keep}`, file)]);
@@ -536,7 +566,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     this.endpointsFileSeen = signature;
     let text: string;
     try {
-      text = await readFile(file, 'utf8');
+      text = await readWatchedText(file, MAX_POLICY_FILE_BYTES);
     } catch (err) {
       this.compiler.setOriginProblems(ENDPOINTS_FILE, [generalProblem(`endpoints file ${file}: cannot read: ${(err as Error).message}; keeping the last good entries`, file)]);
       return;

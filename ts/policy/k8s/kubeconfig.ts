@@ -14,7 +14,7 @@
  */
 
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readWatchedText } from '../../config/watched-file.js';
 import type https from 'node:https';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
@@ -46,12 +46,19 @@ function named(list: unknown, name: string | undefined, field: string): Raw {
   return rec(found?.[field]);
 }
 
-/** A token read from a file, cached briefly. */
+/** A projected token is a JWT of a few KiB. */
+const MAX_TOKEN_BYTES = 1024 * 1024;
+
+/**
+ * A token read from a file, cached briefly. The kubelet rotates it in place,
+ * so it is read again for the life of the proxy: as a regular file only
+ * (a FIFO would hold the read until a writer came: ts/config/watched-file.ts).
+ */
 function tokenFile(path: string): () => Promise<string> {
   let cached: { token: string; at: number } | undefined;
   return async () => {
     if (cached && Date.now() - cached.at < TOKEN_TTL_MS) return cached.token;
-    const token = (await readFile(path, 'utf8')).trim();
+    const token = (await readWatchedText(path, MAX_TOKEN_BYTES)).trim();
     cached = { token, at: Date.now() };
     return token;
   };

@@ -23,7 +23,7 @@
  * is expanded. A file larger than MAX_MANIFEST_BYTES is refused unread.
  */
 
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isAlias, isMap, isPair, isScalar, isSeq, parseAllDocuments, type Document } from 'yaml';
 import {
@@ -38,6 +38,7 @@ import {
   type WorkloadObject,
 } from './objects.js';
 import { objectProblem, type PolicyProblem } from '../problems.js';
+import { readWatchedText } from '../../config/watched-file.js';
 
 /** Every object the policy layer reads, grouped by kind. */
 export interface ManifestSet {
@@ -214,7 +215,8 @@ export async function loadManifestFile(file: string): Promise<ManifestFile> {
       return { file, objects: [], ignored: 0, parsed: false,
         problems: [fileProblem(file, undefined, `${(info.size / 1048576).toFixed(1)} MiB is more than the ${MAX_MANIFEST_BYTES / 1048576} MiB a manifest file may have; not read`)] };
     }
-    text = await readFile(file, 'utf8');
+    // A regular file only: a FIFO would hold the reload until a writer came (ts/config/watched-file.ts).
+    text = await readWatchedText(file, MAX_MANIFEST_BYTES);
   } catch (err) {
     return { file, objects: [], ignored: 0, parsed: false, problems: [fileProblem(file, undefined, `cannot read: ${(err as Error).message}`)] };
   }

@@ -1,0 +1,111 @@
+/**
+ * readWatchedFile (ts/config/watched-file.ts): the files a running proxy
+ * reads again are read as regular files only, bounded. A FIFO, a device or
+ * a folder is refused at once with what it is (a FIFO must not block the
+ * read until a writer comes), a symlink to a regular file is followed (as
+ * Kubernetes mounts Secrets), and a file over the bound is refused, also
+ * when it grows past it while being read. The policy source, which re-reads
+ * its files, reports a FIFO as a problem instead of hanging. A pipe given at
+ * start (`--destinations <(generate)`) is read once, to its writer's close,
+ * bounded.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isPipe, readPipeOnce, readWatchedFile, readWatchedText, WatchedFileError } from '../ts/config/index.js';
+import { loadManifestFile } from '../ts/policy/k8s/manifests.js';
+import { withTimeout } from './helpers.js';
+
+function scratch(t: { after(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'meshpipe-watched-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function refused(code: string, found?: RegExp): (err: unknown) => boolean {
+  return (err: unknown) => {
+    assert.ok(err instanceof WatchedFileError, `a WatchedFileError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    if (found) assert.match(err.message, found);
+    return true;
+  };
+}
+
+test('a regular file and a symlink to one are read whole', async (t) => {
+  const dir = scratch(t);
+  const body = Buffer.from('apiVersion: v1\nkind: ConfigMap\n'.repeat(2000));
+  mkdirSync(join(dir, '..2026_01'));
+  writeFileSync(join(dir, '..2026_01', 'f.yaml'), body);
+  symlinkSync('..2026_01', join(dir, '..data'));
+  symlinkSync(join('..data', 'f.yaml'), join(dir, 'f.yaml'));
+  assert.deepEqual(await readWatchedFile(join(dir, '..2026_01', 'f.yaml'), body.length), body, 'exactly at the bound');
+  assert.equal(await readWatchedText(join(dir, 'f.yaml'), 1 << 20), body.toString('utf8'));
+  writeFileSync(join(dir, 'empty'), '');
+  assert.equal((await readWatchedFile(join(dir, 'empty'), 10)).length, 0);
+});
+
+test('a FIFO is refused at once, without waiting for a writer', async (t) => {
+  const dir = scratch(t);
+  const fifo = join(dir, 'tls.crt');
+  execFileSync('mkfifo', [fifo]);
+  await withTimeout(assert.rejects(readWatchedFile(fifo, 1024), refused('ERR_NOT_REGULAR_FILE', /^a FIFO \(named pipe\), not a regular file$/)), 5_000, 'the FIFO refusal');
+  // Through a symlink too (the kubelet's layout).
+  symlinkSync(fifo, join(dir, 'link'));
+  await withTimeout(assert.rejects(readWatchedFile(join(dir, 'link'), 1024), refused('ERR_NOT_REGULAR_FILE', /FIFO/)), 5_000, 'the FIFO refusal via a symlink');
+});
+
+test('a device or a folder is refused with what it is; a missing file keeps the system error', async (t) => {
+  const dir = scratch(t);
+  await assert.rejects(readWatchedFile('/dev/zero', 1024), refused('ERR_NOT_REGULAR_FILE', /^a character device, not a regular file$/));
+  await assert.rejects(readWatchedFile(dir, 1024), refused('ERR_NOT_REGULAR_FILE', /^a folder, not a regular file$/));
+  await assert.rejects(readWatchedFile(join(dir, 'nope'), 1024), (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT');
+});
+
+test('a file over the bound is refused', async (t) => {
+  const dir = scratch(t);
+  writeFileSync(join(dir, 'big'), Buffer.alloc(4097, 0x61));
+  await assert.rejects(readWatchedFile(join(dir, 'big'), 4096), refused('ERR_FILE_TOO_LARGE', /^4097 bytes, more than the 4096 allowed$/));
+});
+
+test('/proc files (size 0, content on read) are read to the end and bounded', async () => {
+  // stat() says 0 bytes, so the bound is enforced on what is read, as for a file growing while read.
+  const text = await readWatchedText('/proc/self/status', 1 << 20);
+  assert.match(text, /^Name:/);
+  assert.match(text, /VmRSS:/);
+  await assert.rejects(readWatchedFile('/proc/self/status', 16), refused('ERR_FILE_TOO_LARGE', /more than the 16 bytes allowed/));
+});
+
+test('a FIFO among the manifest files is a problem, not a hang', async (t) => {
+  const dir = scratch(t);
+  const fifo = join(dir, 'servers.yaml');
+  execFileSync('mkfifo', [fifo]);
+  const loaded = await withTimeout(loadManifestFile(fifo), 5_000, 'the manifest FIFO');
+  assert.equal(loaded.parsed, false);
+  assert.equal(loaded.objects.length, 0);
+  assert.match(loaded.problems[0]?.message ?? '', /servers\.yaml: cannot read: a FIFO \(named pipe\), not a regular file/);
+});
+
+test('a pipe given at start is read once to its end, bounded', async (t) => {
+  const dir = scratch(t);
+  const fifo = join(dir, 'destinations');
+  execFileSync('mkfifo', [fifo]);
+  assert.equal(await isPipe(fifo), true);
+  assert.equal(await isPipe(join(dir, 'nope')), false);
+  writeFileSync(join(dir, 'plain'), 'x');
+  assert.equal(await isPipe(join(dir, 'plain')), false);
+  // A writer in another process, as `<(generate)` is: 200 KiB in several writes.
+  const line = '10.0.0.1 web.ns.serviceaccount.identity.linkerd.cluster.local\n';
+  const count = Math.ceil((200 * 1024) / line.length);
+  const writer = spawn(process.execPath, ['-e', `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'w'); for (let i = 0; i < ${count}; i++) fs.writeSync(fd, ${JSON.stringify(line)}); fs.closeSync(fd);`, fifo]);
+  const text = await withTimeout(readPipeOnce(fifo, 1 << 20), 10_000, 'the pipe read');
+  assert.equal(text, line.repeat(count));
+  await once(writer, 'exit');
+  // Over the bound: refused, and the writer is not left blocked forever (the read end closes).
+  const big = spawn(process.execPath, ['-e', `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'w'); try { for (let i = 0; i < ${count}; i++) fs.writeSync(fd, ${JSON.stringify(line)}); } catch {}`, fifo]);
+  await withTimeout(assert.rejects(readPipeOnce(fifo, 64 * 1024), refused('ERR_FILE_TOO_LARGE', /more than the 65536 bytes allowed/)), 10_000, 'the oversized pipe');
+  await withTimeout(once(big, 'exit'), 10_000, 'the writer of the oversized pipe to end');
+});
