@@ -19,7 +19,10 @@
 //! post-quantum key shares produce.
 //!
 //! A port's declared mode ([`Expect`]) narrows what may be concluded but is validated, not
-//! trusted: on an `HTTP/2` port, bytes that are not the preface are `NotHttp`.
+//! trusted: on an `HTTP/2` port, bytes that are not the preface are `NotHttp`. One exception
+//! to the cap: on a port declared HTTP/1, a request line that is still well-formed when the cap
+//! is reached is `Http1`, so the HTTP layer serves it within its own, larger head limit (a
+//! long query string is a request, and one over the limit gets its `431`).
 //!
 //! Layout: `detect/http.rs` matches the HTTP/2 preface and the HTTP/1 request line,
 //! `detect/tls.rs` walks and reassembles TLS handshake records, and `detect/client_hello.rs`
@@ -103,11 +106,28 @@ pub struct Classifier {
     tls: tls::Tls,
     /// The length of the prefix seen by the previous call.
     seen: u32,
+    /// A request line still well-formed at the cap is HTTP/1: the port is declared HTTP/1.
+    declared_http1: bool,
 }
 
 impl Classifier {
     pub fn new(expect: Expect) -> Classifier {
-        Classifier { expect, h2: Default::default(), h1: Default::default(), tls: Default::default(), seen: 0 }
+        Classifier {
+            expect,
+            h2: Default::default(),
+            h1: Default::default(),
+            tls: Default::default(),
+            seen: 0,
+            declared_http1: expect == Expect::Http1,
+        }
+    }
+
+    /// Marks the port as declared HTTP/1 when the classifier looks for more than HTTP/1
+    /// (a declared port that may also receive this proxy's mesh TLS): a request line still
+    /// well-formed at the cap is then `Http1`, as with [`Expect::Http1`].
+    pub fn declared_http1(mut self, declared: bool) -> Classifier {
+        self.declared_http1 = declared;
+        self
     }
 
     /// Classifies the bytes a client sent so far. `buf` must start with the bytes of the
@@ -117,7 +137,7 @@ impl Classifier {
     /// more. Bytes past the cap are ignored. Once decided, the caller should stop calling.
     pub fn update(&mut self, buf: &[u8]) -> Verdict {
         if buf.len() < self.seen as usize {
-            *self = Classifier::new(self.expect);
+            *self = Classifier::new(self.expect).declared_http1(self.declared_http1);
         }
         if buf.is_empty() {
             return Verdict::NeedMore;
@@ -125,6 +145,7 @@ impl Classifier {
         let capped = &buf[..buf.len().min(DETECT_BUFFER_CAP)];
         self.seen = capped.len() as u32;
         let mut partial = false;
+        let mut h1_partial = false;
         let order: &[Matcher] = match self.expect {
             Expect::Any => &[Matcher::H2, Matcher::H1, Matcher::Tls],
             Expect::Http1 => &[Matcher::H1],
@@ -140,12 +161,17 @@ impl Classifier {
             match probe {
                 // Matchers are mutually exclusive on any one prefix, so the first match is the match.
                 Probe::Match(detected) => return Verdict::Decided(detected),
-                Probe::Partial => partial = true,
+                Probe::Partial => {
+                    partial = true;
+                    h1_partial |= matches!(matcher, Matcher::H1);
+                }
                 Probe::NoMatch => {}
             }
         }
         if partial && buf.len() < DETECT_BUFFER_CAP {
             Verdict::NeedMore
+        } else if h1_partial && self.declared_http1 {
+            Verdict::Decided(Detected::Http1)
         } else {
             Verdict::Decided(Detected::NotHttp)
         }
@@ -241,10 +267,22 @@ mod tests {
         assert_eq!(classify(&line, Expect::Any), Verdict::NeedMore);
         line.push(b'a');
         assert_eq!(classify(&line, Expect::Any), decided(Detected::NotHttp));
-        // A request line that would complete just past the cap is still opaque.
+        // A request line that would complete just past the cap is still opaque on a detect port;
+        // on a port declared HTTP/1 it is HTTP/1, so the HTTP layer serves it within its own
+        // head limit (or answers 431).
         line.extend_from_slice(b" HTTP/1.1\r\n");
         assert_eq!(classify(&line, Expect::Any), decided(Detected::NotHttp));
-        assert_eq!(classify(&line, Expect::Http1), decided(Detected::NotHttp));
+        assert_eq!(classify(&line, Expect::Http1), decided(Detected::Http1));
+        assert_eq!(Classifier::new(Expect::Any).declared_http1(true).update(&line), decided(Detected::Http1));
+        assert_eq!(classify(&line, Expect::Http2), decided(Detected::NotHttp));
+        // Only a request line still well-formed at the cap: a bad byte before it is not HTTP.
+        let mut bad = b"GET /".to_vec();
+        bad.resize(DETECT_BUFFER_CAP - 1, b'a');
+        bad[100] = b'\x01';
+        bad.push(b'a');
+        assert_eq!(classify(&bad, Expect::Http1), decided(Detected::NotHttp));
+        // Below the cap the declared port still waits for the line's end.
+        assert_eq!(classify(&line[..DETECT_BUFFER_CAP - 1], Expect::Http1), Verdict::NeedMore);
     }
 
     #[test]

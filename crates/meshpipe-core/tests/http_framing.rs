@@ -3,7 +3,9 @@
 //! same way (a repeated Content-Length becomes one decimal value, a
 //! Transfer-Encoding list with empty elements is still chunked where the
 //! proxy's client decodes it as chunked, and a 502 where it would not), a CONNECT
-//! that claims content is refused, and userinfo never reaches an upstream.
+//! that claims content is refused, userinfo never reaches an upstream, an
+//! HTTP/2 field value with surrounding whitespace is malformed both ways, and
+//! an HTTP/1.0 upstream is answered in the proxy's own version.
 
 mod common;
 
@@ -165,4 +167,136 @@ async fn a_connect_that_claims_content_is_a_400_that_closes_the_connection() {
     within(T, s.read_to_end(&mut out)).await.unwrap();
     let got = String::from_utf8_lossy(&out);
     assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("\r\n\r\nping"), "{got}");
+}
+
+#[tokio::test]
+async fn an_http1_0_upstream_is_answered_as_http1_1_and_the_client_connection_stays_open() {
+    // RFC 9110 §6.2: the proxy answers in its own version. An HTTP/1.0
+    // response whose body ends with the connection (no Content-Length, as
+    // `python3 -m http.server` sends) goes to an HTTP/1.1 client chunked, so
+    // the client's keep-alive connection outlives the upstream's.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let mut client = h1_client(proxy).await;
+    for round in 0..2 {
+        let resp = within(T, client.send_request(get("/"))).await.unwrap_or_else(|e| panic!("request {round} on one connection: {e}"));
+        assert_eq!(resp.version(), http::Version::HTTP_11, "request {round}");
+        assert_eq!(resp.headers().get("transfer-encoding").map(|v| v.as_bytes()), Some(&b"chunked"[..]), "request {round}");
+        assert_eq!(text(resp).await, "hello from 1.0", "request {round}");
+        within(T, client.ready()).await.unwrap_or_else(|e| panic!("the client's connection is still open after request {round}: {e}"));
+    }
+    // An HTTP/1.0 client still gets an HTTP/1.0 answer, read until the close.
+    let got = raw_exchange(proxy, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    assert!(got.ends_with("hello from 1.0"), "{got}");
+}
+
+#[tokio::test]
+async fn an_http2_field_value_with_surrounding_whitespace_is_a_400_never_forwarded() {
+    // RFC 9113 §8.2.1: such a message is malformed; §8.1.1: an
+    // intermediary must not forward it.
+    let (backend, seen) = h2_backend("h2").await;
+    let (engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    for value in [" lead", "trail ", "\tleadtab", "trailtab\t"] {
+        let req = Request::get("http://api.test/x").header("x-a", http::HeaderValue::from_str(value).unwrap()).body(full("")).unwrap();
+        let resp = within(T, c.send_request(req)).await.unwrap();
+        assert_eq!(resp.status(), 400, "{value:?}");
+        assert!(text(resp).await.contains("`x-a`"), "the answer names the field ({value:?})");
+    }
+    assert_eq!(seen.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "never reached the backend");
+    // Whitespace inside a value is fine.
+    let ok = Request::get("http://api.test/x").header("x-a", "a b\tc").body(full("")).unwrap();
+    assert_eq!(within(T, c.send_request(ok)).await.unwrap().status(), 200, "the connection goes on");
+    assert_eq!(bad_requests(&engine), 4);
+}
+
+#[tokio::test]
+async fn an_http2_response_field_with_surrounding_whitespace_is_a_502() {
+    use hyper::service::service_fn;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let padded = req.uri().path() == "/padded";
+                    let value = if padded { "trail " } else { "clean" };
+                    Ok::<_, std::convert::Infallible>(http::Response::builder().header("x-b", value).body(full("body")).unwrap())
+                });
+                let io = hyper_util::rt::TokioIo::new(s);
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(io, svc).await;
+            });
+        }
+    });
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    let resp = within(T, c.send_request(Request::get("http://api.test/padded").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.headers().get("x-b").is_none(), "the malformed response is not forwarded");
+    let resp = within(T, c.send_request(Request::get("http://api.test/clean").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("x-b").unwrap(), "clean");
+}
+
+#[tokio::test]
+async fn an_upstream_response_head_over_the_limit_is_a_502() {
+    // `--http-max-header-bytes` (64 KiB by default) bounds response heads as
+    // it bounds request heads.
+    for (size, status) in [(60 * 1024, "200"), (70 * 1024, "502")] {
+        let head = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok", "b".repeat(size));
+        let (upstream, _) = raw_upstream(Box::leak(head.into_bytes().into_boxed_slice())).await;
+        let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+        let got = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "a {size}-byte field: {}", &got[..got.len().min(200)]);
+    }
+}
+
+#[tokio::test]
+async fn a_long_request_line_on_a_declared_http1_port_is_served_as_http() {
+    // Past detection's 16 KiB buffer the request line is still HTTP on a
+    // port declared HTTP/1: served within the HTTP layer's 64 KiB head limit,
+    // a 431 beyond it; never forwarded as bytes (inbound, that would also
+    // hand a client's own `l5d-client-id` to the application).
+    let (upstream, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let (engine, proxy) = common::start(serde_json::json!({ "listeners": [{
+        "name": "test", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": upstream.to_string() },
+        "mode": "http1", "direction": "inbound"
+    }]}))
+    .await;
+    let request = |len: usize| {
+        format!("GET /{} HTTP/1.1\r\nHost: a\r\nL5D-Client-Id: forged\r\nConnection: close\r\n\r\n", "q".repeat(len)).into_bytes()
+    };
+    let got = raw_exchange(proxy, &request(20 * 1024)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{}", &got[..got.len().min(200)]);
+    let seen = heads.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let head = String::from_utf8_lossy(&seen[0]).to_ascii_lowercase();
+    assert!(head.starts_with(&format!("get /{} http/1.1\r\n", "q".repeat(20 * 1024))), "the target arrives whole");
+    assert!(!head.contains("forged"), "the client's own l5d-client-id is removed: {}", &head[head.len() - 200..]);
+    let got = raw_exchange(proxy, &request(70 * 1024)).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{}", &got[..got.len().min(200)]);
+    assert_eq!(heads.lock().unwrap().len(), 1, "the oversized request never reached the upstream");
+    let not_http: u64 = engine.snapshot().detect.iter().filter(|d| d.result.as_str() == "not_http").map(|d| d.count).sum();
+    assert_eq!(not_http, 0, "neither was taken for another protocol");
 }

@@ -205,7 +205,12 @@ impl Client {
         endpoints: Arc<super::endpoints::Endpoints>,
     ) -> Client {
         let mut h1 = http1::Builder::new();
-        h1.max_buf_size(config.max_response_header_bytes.max(8192)).max_headers(1000);
+        // Response heads up to `max_response_header_bytes` (a larger one is
+        // a 502), as the server bounds request heads; up to 1,000 fields
+        // (a response may carry many `Set-Cookie`s; hyper's default is 100).
+        h1.max_header_size(config.max_response_header_bytes)
+            .max_buf_size((config.max_response_header_bytes + 16 * 1024).max(8192))
+            .max_headers(1000);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         // Fixed receive windows (no BDP pings per DATA frame): 256 KiB per
         // stream and 1 MiB per connection bound what one upstream connection

@@ -312,7 +312,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
         *req.version_mut() = Version::HTTP_11;
         host
     } else {
-        headers::check_h2_host(&req)
+        headers::check_h2_host(&req).and_then(|()| headers::check_h2_values(req.headers()))
     };
     let forwarded = match host {
         Ok(()) => forward(&conn, req, tunnel).await,
@@ -320,6 +320,21 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
     };
     match forwarded {
         Ok(Forwarded { response: mut resp, lease, via_mesh }) => {
+            if conn.protocol == SessionProtocol::Http2 {
+                if let Err(e) = headers::check_h2_values(resp.headers()) {
+                    // A malformed response is not forwarded either (RFC
+                    // 9113 §8.1.1): the client gets a 502 instead.
+                    return Ok(refuse(&conn, &series, started, audience, ProxyError::MalformedResponse(conn.target.0, e)));
+                }
+            }
+            if conn.protocol == SessionProtocol::Http1 {
+                // The proxy answers in its own version (RFC 9110 §6.2),
+                // whatever the upstream's; hyper answers an HTTP/1.0
+                // client in kind. Passed on, an HTTP/1.0 upstream's version
+                // would make hyper send a body of unknown length
+                // close-delimited and end the client's keep-alive connection.
+                *resp.version_mut() = Version::HTTP_11;
+            }
             let status = resp.status();
             let agreed = upgrade::agreed(tunnel, status);
             let peer_close = headers::take_peer_close(resp.headers_mut());

@@ -216,7 +216,9 @@ async fn detect<'a>(
         let hello_wait = (direction == Direction::Inbound && tls_possible && ctx.mesh.tls().is_some()).then(|| timeout.min(NO_SLOT_WAIT));
         return without_slot(client, expect, hello_wait).await;
     };
-    let mut classifier = Classifier::new(expect);
+    // A declared HTTP/1 port that also looks for mesh TLS classifies with
+    // `Expect::Any`: it still takes a long request line for HTTP/1.
+    let mut classifier = Classifier::new(expect).declared_http1(mode == PortMode::Http1);
     let start = Instant::now();
     let deadline = start + timeout;
     // Only undeclared ports race: a declared HTTP/TLS port is client-first.
