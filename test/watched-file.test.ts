@@ -13,12 +13,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isPipe, readPipeOnce, readWatchedFile, readWatchedText, WatchedFileError } from '../ts/config/index.js';
 import { loadManifestFile } from '../ts/policy/k8s/manifests.js';
-import { withTimeout } from './helpers.js';
+import { runCli, withTimeout } from './helpers.js';
 
 function scratch(t: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-watched-'));
@@ -101,11 +102,48 @@ test('a pipe given at start is read once to its end, bounded', async (t) => {
   const line = '10.0.0.1 web.ns.serviceaccount.identity.linkerd.cluster.local\n';
   const count = Math.ceil((200 * 1024) / line.length);
   const writer = spawn(process.execPath, ['-e', `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'w'); for (let i = 0; i < ${count}; i++) fs.writeSync(fd, ${JSON.stringify(line)}); fs.closeSync(fd);`, fifo]);
+  const written = once(writer, 'exit');
   const text = await withTimeout(readPipeOnce(fifo, 1 << 20), 10_000, 'the pipe read');
   assert.equal(text, line.repeat(count));
-  await once(writer, 'exit');
+  await withTimeout(written, 10_000, 'the writer to end');
   // Over the bound: refused, and the writer is not left blocked forever (the read end closes).
   const big = spawn(process.execPath, ['-e', `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'w'); try { for (let i = 0; i < ${count}; i++) fs.writeSync(fd, ${JSON.stringify(line)}); } catch {}`, fifo]);
+  const bigDone = once(big, 'exit');
   await withTimeout(assert.rejects(readPipeOnce(fifo, 64 * 1024), refused('ERR_FILE_TOO_LARGE', /more than the 65536 bytes allowed/)), 10_000, 'the oversized pipe');
-  await withTimeout(once(big, 'exit'), 10_000, 'the writer of the oversized pipe to end');
+  await withTimeout(bigDone, 10_000, 'the writer of the oversized pipe to end');
+});
+
+test('meshpipe explain reads --manifests given as a pipe, as it reads the folder', async (t) => {
+  const dir = scratch(t);
+  const example = fileURLToPath(new URL('../../examples/k8s/', import.meta.url));
+  const text = readdirSync(example).filter((f) => /\.ya?ml$/.test(f)).sort().map((f) => readFileSync(join(example, f), 'utf8')).join('\n---\n');
+  const fifo = join(dir, 'manifests.yaml');
+  execFileSync('mkfifo', [fifo]);
+  const writer = spawn(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], process.argv[2])', fifo, text]);
+  const written = once(writer, 'exit');
+  const args = ['--namespace', 'shop', '--pod', 'web-7d9f', '--port', '3306', '--json', '--strict'];
+  const piped = await runCli(['explain', '--manifests', fifo, ...args]);
+  await withTimeout(written, 10_000, 'the writer to end');
+  assert.equal(piped.code, 0, piped.stderr);
+  const folder = await runCli(['explain', '--manifests', example, ...args]);
+  assert.equal(folder.code, 0, folder.stderr);
+  type Answer = { problems: string[]; ports: Array<{ verdicts: Array<{ target: string; mode: string }> }> };
+  const viaPipe = JSON.parse(piped.stdout) as Answer;
+  const viaFolder = JSON.parse(folder.stdout) as Answer;
+  assert.deepEqual(viaPipe.problems, []);
+  assert.ok(viaPipe.ports[0]!.verdicts.some((v) => v.target.includes('Deployment shop/web')), 'the piped manifests were read');
+  assert.deepEqual(viaPipe.ports, viaFolder.ports, 'the same answer as from the folder');
+});
+
+test('meshpipe proxy reads a policy pipe once at start, bounded: too much is a configuration error naming the flag', async (t) => {
+  const dir = scratch(t);
+  const fifo = join(dir, 'destinations');
+  execFileSync('mkfifo', [fifo]);
+  // 33 MiB of one endless line, more than the 32 MiB a policy file may have.
+  const writer = spawn(process.execPath, ['-e', `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'w'); const b = Buffer.alloc(1 << 20, 0x61); try { for (let i = 0; i < 33; i++) fs.writeSync(fd, b); } catch {}`, fifo]);
+  const written = once(writer, 'exit');
+  const r = await runCli(['proxy', '--admin', 'off', '--forward', '127.0.0.1:0=127.0.0.1:9,mode=opaque', '--destinations', fifo], { timeoutMs: 30_000 });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--destinations \S+destinations: cannot read the pipe: more than the 33554432 bytes allowed \(ERR_INVALID_CONFIG\)/);
+  await withTimeout(written, 10_000, 'the writer to end (not left blocked on a reader that stopped)');
 });

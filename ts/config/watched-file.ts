@@ -20,10 +20,13 @@
  * of `meshpipe inject`) are not read here: there a FIFO is a deliberate
  * choice (`<(kubectl get ...)`) and waiting for its writer is expected. The
  * same goes for a policy file given as a pipe at start (`--destinations
- * <(generate)`): `readPipeOnce` reads it then, bounded, and it is not read
- * again.
+ * <(generate)`): the main thread reads it once then (`readPipeOnceSync`,
+ * bounded), and the policy worker gets its text and never opens the path
+ * (a restarted worker would find the pipe drained; a FIFO swapped in later
+ * for a regular file must be refused, not waited on). `O_NONBLOCK` does not
+ * help against a stalled network mount, which blocks any reader.
  */
-import { constants, createReadStream, type Stats } from 'node:fs';
+import { closeSync, constants, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 
 /** Why a watched file was not read (besides the system's own errors, e.g. `ENOENT`). */
@@ -100,26 +103,59 @@ export async function isPipe(path: string): Promise<boolean> {
   }
 }
 
+/** `isPipe`, synchronously (the sidecar's start, before the policy worker runs). */
+export function isPipeSync(path: string): boolean {
+  try {
+    return statSync(path).isFIFO();
+  } catch {
+    return false;
+  }
+}
+
+/** `/dev/fd/N` or `/proc/self/fd/N`: a descriptor this process holds, as `<(generate)` passes. */
+const OWN_FD = /^\/(?:dev|proc\/self)\/fd\/(\d+)$/;
+
 /**
  * Reads a pipe given at start to its end (its writer's close), at most
- * `maxBytes`, as UTF-8 text. This waits for the writer, as any reader of a
- * pipe does: only for a pipe the user passed, never for a file swapped in
- * later (those go through `readWatchedFile`).
+ * `maxBytes`, as UTF-8 text, blocking the calling thread meanwhile: it is
+ * for the start of a process (the main thread, before anything listens) or
+ * a one-shot command, never for a path read again later. A pipe passed as
+ * `/dev/fd/N` is this process's own descriptor N: it is closed afterwards
+ * too, so a writer that had more to say than the bound gets EPIPE instead
+ * of waiting forever for a reader that is still open but never reads.
+ * @throws the system's error from `open`, or ERR_FILE_TOO_LARGE
  */
-export async function readPipeOnce(path: string, maxBytes: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  const stream = createReadStream(path, { highWaterMark: 64 * 1024 });
+export function readPipeOnceSync(path: string, maxBytes: number): string {
+  const fd = openSync(path, 'r');
   try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      total += chunk.length;
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const chunk = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) break;
+      total += n;
       if (total > maxBytes) throw new WatchedFileError('ERR_FILE_TOO_LARGE', `more than the ${maxBytes} bytes allowed`);
-      chunks.push(chunk);
+      chunks.push(Buffer.from(chunk.subarray(0, n)));
     }
+    return Buffer.concat(chunks).toString('utf8');
   } finally {
-    stream.destroy();
+    closeSync(fd);
+    const own = OWN_FD.exec(path);
+    if (own && Number(own[1]) > 2) {
+      try {
+        closeSync(Number(own[1]));
+      } catch {
+        /* already closed */
+      }
+    }
   }
-  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** `readPipeOnceSync` for a one-shot command: the same read, as a promise. */
+export async function readPipeOnce(path: string, maxBytes: number): Promise<string> {
+  await Promise.resolve();
+  return readPipeOnceSync(path, maxBytes);
 }
 
 /** `readWatchedFile` as UTF-8 text. */

@@ -40,7 +40,9 @@
  */
 import { statSync } from 'node:fs';
 import type { ProxyConfig } from '../config/index.js';
-import { hasPolicySources } from '../config/index.js';
+import { hasPolicySources, isPipeSync, readPipeOnceSync } from '../config/index.js';
+import { MeshpipeError } from '../errors.js';
+import { MAX_MANIFEST_BYTES } from './k8s/manifests.js';
 import type { Logger } from '../observe/index.js';
 import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
 import { configInputs, flagsPolicy, meshSettings } from './flags.js';
@@ -179,7 +181,7 @@ class WorkerPolicy implements SidecarPolicy {
   /** The sources' own problems (the Kubernetes API failing), as last reported. */
   #sourceProblems: readonly string[] = [];
 
-  constructor(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput) {
+  constructor(config: ProxyConfig, logger: Logger, endpoints: EndpointsInput, pipeTexts: Readonly<Record<string, string>>) {
     this.#config = config;
     this.#logger = logger;
     this.initial = flagsPolicy(config).table;
@@ -199,6 +201,7 @@ class WorkerPolicy implements SidecarPolicy {
       pod: inputs.identity.pod,
       mesh: meshSettings(config),
       destinationsFile: config.destinations,
+      pipeTexts,
       // Watched only when it is a regular file: a pipe (`--endpoints <(...)`)
       // can be read once, at start.
       endpointsFile: endpoints?.watch === true ? config.endpoints : undefined,
@@ -336,6 +339,32 @@ function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
 }
 
+/**
+ * Reads the policy paths given as pipes (`--destinations <(generate)`,
+ * `--annotations`, `--manifests`) once, here on the main thread at start,
+ * bounded: the policy worker gets their text and never opens them (it reads
+ * its files again, and a pipe has nothing more to give; a restarted worker
+ * would find it drained).
+ * @throws MeshpipeError ERR_INVALID_CONFIG naming the flag and the path
+ */
+function readStartPipes(config: ProxyConfig): Record<string, string> {
+  const texts: Record<string, string> = {};
+  const paths: Array<[string, string, string | undefined]> = [
+    ['annotations', '--annotations', config.annotations],
+    ['destinations', '--destinations', config.destinations],
+    ...config.manifests.map((m): [string, string, string] => ['manifests', '--manifests', m]),
+  ];
+  for (const [key, flag, path] of paths) {
+    if (path === undefined || texts[path] !== undefined || !isPipeSync(path)) continue;
+    try {
+      texts[path] = readPipeOnceSync(path, MAX_MANIFEST_BYTES);
+    } catch (err) {
+      throw new MeshpipeError('ERR_INVALID_CONFIG', `${flag} ${path}: cannot read the pipe: ${(err as Error).message}`, { key, cause: err });
+    }
+  }
+  return texts;
+}
+
 /** The sidecar's policy: flags only, or the configured sources in a worker. */
 export function createSidecarPolicy(config: ProxyConfig, logger: Logger): SidecarPolicy {
   // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
@@ -346,6 +375,6 @@ export function createSidecarPolicy(config: ProxyConfig, logger: Logger): Sideca
   const endpoints: EndpointsInput = config.http ? { fromFile, signature, watch } : undefined;
   // The endpoints file needs the worker too: it watches the file.
   return hasPolicySources(config) || config.destinations !== undefined || (endpoints !== undefined && config.endpoints !== undefined)
-    ? new WorkerPolicy(config, logger, endpoints)
+    ? new WorkerPolicy(config, logger, endpoints, readStartPipes(config))
     : flagsOnly(config, logger);
 }

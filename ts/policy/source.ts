@@ -42,7 +42,7 @@ import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { parseDownwardApi } from './downward-api.js';
-import { listManifestFiles, loadManifestFile, MAX_MANIFEST_BYTES, type ManifestFile } from './k8s/manifests.js';
+import { listManifestFiles, loadManifestFile, MAX_MANIFEST_BYTES, parseManifestText, type ManifestFile } from './k8s/manifests.js';
 import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
 import { PolicyCompiler, type CompilerChange } from './compiler.js';
 import { EndpointsCompiler } from './endpoints.js';
@@ -53,7 +53,7 @@ import { parseDestinationsFile } from './mesh-destinations.js';
 import { parseEndpointsFile } from './endpoints-file.js';
 import { fileSignature } from './file-signature.js';
 import { generalProblem, lineProblem, type PolicyProblem } from './problems.js';
-import { isPipe, readPipeOnce, readWatchedText, type PortRange } from '../config/index.js';
+import { readWatchedText, type PortRange } from '../config/index.js';
 
 /**
  * Bounds of the files this source re-reads (regular files only:
@@ -101,6 +101,13 @@ export interface PolicySourceOptions {
   readonly mesh?: MeshSettings | undefined;
   /** `--destinations FILE`: static meshed destinations. */
   readonly destinationsFile?: string | undefined;
+  /**
+   * The text of the annotations, destinations or manifest paths that were
+   * pipes at start (`<(generate)`), read once by the sidecar's main thread
+   * (`readStartPipes`): used instead of opening those paths, which are not
+   * watched.
+   */
+  readonly pipeTexts?: Readonly<Record<string, string>> | undefined;
   /**
    * `--endpoints FILE`, watched: a change replaces the static entries
    * (`endpoints.fromFile` holds the last good ones, read at start or by an
@@ -165,12 +172,6 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   private annotations: Map<string, string> | undefined;
   private annotationProblems: PolicyProblem[] = [];
   private destinationsRead = false;
-  /**
-   * Files given as pipes (`--annotations <(gen)`): read once, at start, and
-   * then left alone (a drained pipe has nothing more to give, and a pipe
-   * swapped in later for a regular file is refused instead).
-   */
-  private readonly pipesRead = new Set<string>();
   private readonly files = new Map<string, { signature: string; good: boolean }>();
   private kube: KubeWatch | undefined;
   private kubeProblems: PolicyProblem[] = [];
@@ -426,15 +427,16 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   }
 
   private installWatchers(): void {
+    // Paths given as pipes at start are not watched: their text is fixed.
     const file = this.opts.annotationsFile;
-    if (file) {
+    if (file && this.given(file) === undefined) {
       // The kubelet replaces the file through a `..data` symlink swap: watch the directory, not the file.
       const name = basename(file);
       this.watch(dirname(file), (changed) => changed === null || changed === name || changed.startsWith('..'));
     }
-    for (const p of this.opts.manifests ?? []) this.watch(p, () => true);
+    for (const p of this.opts.manifests ?? []) if (this.given(p) === undefined) this.watch(p, () => true);
     for (const f of [this.opts.destinationsFile, this.endpointsFile()]) {
-      if (!f) continue;
+      if (!f || this.given(f) !== undefined) continue;
       const name = basename(f);
       this.watch(dirname(f), (changed) => changed === null || changed === name || changed.startsWith('..'));
     }
@@ -492,9 +494,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     if (!file) return;
     let text: string;
     try {
-      const once = await this.readOnceIfPipe(file, MAX_ANNOTATIONS_BYTES, this.annotations !== undefined);
-      if (once === null) return;
-      text = once ?? (await readWatchedText(file, MAX_ANNOTATIONS_BYTES));
+      text = this.given(file) ?? (await readWatchedText(file, MAX_ANNOTATIONS_BYTES));
     } catch (err) {
       const keep = this.annotations ? '; keeping the last good annotations' : '';
       this.annotationProblems = [generalProblem(`annotations file ${file}: cannot read: ${(err as Error).message}${keep}`, file)];
@@ -518,16 +518,15 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
   }
 
   /**
-   * A file given as a pipe: its text on the first read, null once it was
-   * read (nothing to do), undefined for anything else (read it as a
-   * watched file). `read` says whether this source was read before: a pipe
-   * that appears only later is not a pipe given at start, and is refused.
+   * The text of a path given as a pipe at start (`--destinations
+   * <(generate)`), which the sidecar read once before this source ran
+   * (`PolicySourceOptions.pipeTexts`); undefined for a path to read as a
+   * watched file. The path itself is never opened here: a restarted worker
+   * would find the pipe drained, and a FIFO that appears later in place of a
+   * file is refused by `readWatchedText` instead of waited on.
    */
-  private async readOnceIfPipe(file: string, maxBytes: number, read: boolean): Promise<string | null | undefined> {
-    if (this.pipesRead.has(file)) return null;
-    if (read || !(await isPipe(file))) return undefined;
-    this.pipesRead.add(file);
-    return readPipeOnce(file, maxBytes);
+  private given(path: string): string | undefined {
+    return this.opts.pipeTexts?.[path];
   }
 
   /** `--destinations FILE`: an unreadable file keeps its last good entries. */
@@ -536,9 +535,7 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     if (!file) return;
     let text: string;
     try {
-      const once = await this.readOnceIfPipe(file, MAX_POLICY_FILE_BYTES, this.destinationsRead);
-      if (once === null) return;
-      text = once ?? (await readWatchedText(file, MAX_POLICY_FILE_BYTES));
+      text = this.given(file) ?? (await readWatchedText(file, MAX_POLICY_FILE_BYTES));
     } catch (err) {
       const keep = this.destinationsRead ? '; keeping the last good entries' : '';
       this.compiler.setOriginProblems(DESTINATIONS, [generalProblem(`destinations file ${file}: cannot read: ${(err as Error).message}${keep}`, file)]);
@@ -590,6 +587,13 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
     const present = new Set<string>();
     const parsed: { file: string; signature: string; result: ManifestFile }[] = [];
     for (const path of paths) {
+      const piped = this.given(path);
+      if (piped !== undefined) {
+        // Parsed again only if it never was: the text does not change.
+        present.add(path);
+        if (!this.files.has(path)) parsed.push({ file: path, signature: 'pipe', result: parseManifestText(path, piped) });
+        continue;
+      }
       let list: string[];
       try {
         list = await listManifestFiles(path);

@@ -20,8 +20,8 @@
 //!
 //! A port's declared mode ([`Expect`]) narrows what may be concluded but is validated, not
 //! trusted: on an `HTTP/2` port, bytes that are not the preface are `NotHttp`. One exception
-//! to the cap: on a port declared HTTP/1, a request line that is still well-formed when the cap
-//! is reached is `Http1`, so the HTTP layer serves it within its own, larger head limit (a
+//! to the cap: on a port declared HTTP/1, a request line (after any empty lines) that is still
+//! well-formed when the cap is reached is `Http1`, so the HTTP layer serves it within its own, larger head limit (a
 //! long query string is a request, and one over the limit gets its `431`).
 //!
 //! Layout: `detect/http.rs` matches the HTTP/2 preface and the HTTP/1 request line,
@@ -108,6 +108,8 @@ pub struct Classifier {
     seen: u32,
     /// A request line still well-formed at the cap is HTTP/1: the port is declared HTTP/1.
     declared_http1: bool,
+    /// The last update left the HTTP/1 matcher undecided (a request line so far).
+    h1_pending: bool,
 }
 
 impl Classifier {
@@ -119,7 +121,16 @@ impl Classifier {
             tls: Default::default(),
             seen: 0,
             declared_http1: expect == Expect::Http1,
+            h1_pending: false,
         }
+    }
+
+    /// On a port declared HTTP/1, whether the bytes so far are the start of a well-formed
+    /// request line: when detection must end undecided (too many reads, the detect timeout),
+    /// the connection is then still HTTP/1, for the HTTP layer and its head timeout to serve,
+    /// rather than bytes that would bypass it.
+    pub fn declared_request_pending(&self) -> bool {
+        self.declared_http1 && self.h1_pending
     }
 
     /// Marks the port as declared HTTP/1 when the classifier looks for more than HTTP/1
@@ -160,7 +171,10 @@ impl Classifier {
             };
             match probe {
                 // Matchers are mutually exclusive on any one prefix, so the first match is the match.
-                Probe::Match(detected) => return Verdict::Decided(detected),
+                Probe::Match(detected) => {
+                    self.h1_pending = false;
+                    return Verdict::Decided(detected);
+                }
                 Probe::Partial => {
                     partial = true;
                     h1_partial |= matches!(matcher, Matcher::H1);
@@ -168,7 +182,9 @@ impl Classifier {
                 Probe::NoMatch => {}
             }
         }
-        if partial && buf.len() < DETECT_BUFFER_CAP {
+        let undecided = partial && buf.len() < DETECT_BUFFER_CAP;
+        self.h1_pending = h1_partial && undecided;
+        if undecided {
             Verdict::NeedMore
         } else if h1_partial && self.declared_http1 {
             Verdict::Decided(Detected::Http1)
@@ -281,8 +297,20 @@ mod tests {
         bad[100] = b'\x01';
         bad.push(b'a');
         assert_eq!(classify(&bad, Expect::Http1), decided(Detected::NotHttp));
-        // Below the cap the declared port still waits for the line's end.
+        // Below the cap the declared port still waits for the line's end; a request line so
+        // far is pending (HTTP/1 if detection must end now), anything else is not.
         assert_eq!(classify(&line[..DETECT_BUFFER_CAP - 1], Expect::Http1), Verdict::NeedMore);
+        let mut c = Classifier::new(Expect::Http1);
+        assert_eq!(c.update(b"GET /x"), Verdict::NeedMore);
+        assert!(c.declared_request_pending());
+        assert_eq!(c.update(b"GET /x HTTP/1.1\r\n"), decided(Detected::Http1));
+        assert!(!c.declared_request_pending(), "decided: nothing pending");
+        let mut c = Classifier::new(Expect::Any);
+        assert_eq!(c.update(b"GET /x"), Verdict::NeedMore);
+        assert!(!c.declared_request_pending(), "a detect port has nothing declared");
+        let mut c = Classifier::new(Expect::Any).declared_http1(true);
+        assert_eq!(c.update(&[0x16, 0x03, 0x01]), Verdict::NeedMore);
+        assert!(!c.declared_request_pending(), "a ClientHello so far is not a request line");
     }
 
     #[test]

@@ -38,7 +38,7 @@ import {
   type WorkloadObject,
 } from './objects.js';
 import { objectProblem, type PolicyProblem } from '../problems.js';
-import { readWatchedText } from '../../config/watched-file.js';
+import { isPipe, readPipeOnce, readWatchedText } from '../../config/watched-file.js';
 
 /** Every object the policy layer reads, grouped by kind. */
 export interface ManifestSet {
@@ -270,6 +270,15 @@ export async function loadManifestFiles(paths: readonly string[]): Promise<{ fil
   const files: ManifestFile[] = [];
   const problems: PolicyProblem[] = [];
   for (const path of paths) {
+    if (await isPipe(path)) {
+      // A one-shot command's `--manifests <(helm template ...)`: read once, to its end.
+      try {
+        files.push(parseManifestText(path, await readPipeOnce(path, MAX_MANIFEST_BYTES)));
+      } catch (err) {
+        problems.push(fileProblem(path, undefined, `cannot read manifests: ${(err as Error).message}`));
+      }
+      continue;
+    }
     let list: string[];
     try {
       list = await listManifestFiles(path);
@@ -282,7 +291,7 @@ export async function loadManifestFiles(paths: readonly string[]): Promise<{ fil
   return { files, problems };
 }
 
-/** Loads paths into one set (the CLI's one-shot use). */
+/** Loads paths into one set (the CLI's one-shot use; a path may be a pipe). */
 export async function loadManifests(paths: readonly string[]): Promise<ManifestSet> {
   const { files, problems } = await loadManifestFiles(paths);
   return mergeManifests(files, problems);

@@ -124,9 +124,10 @@ impl Body for Metered {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 this.first_frame();
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_mut() {
+                    crate::http::headers::trim_field_values(trailers);
                     if let Some(g) = grpc_status(trailers) {
                         this.grpc_status = Some(g);
                     }
@@ -193,7 +194,8 @@ mod tests {
 /// A request body whose trailers lose `l5d-client-id` when `scrub` (an
 /// inbound request: `headers::set_client_id` rules the head), so a client
 /// cannot supply the field after its body either (RFC 9110 §6.5.1 lets a
-/// recipient merge trailer fields into the header section).
+/// recipient merge trailer fields into the header section). Trailer values
+/// are trimmed as the head's are (`headers::trim_field_values`).
 #[derive(Debug)]
 pub struct ScrubTrailers<B> {
     inner: B,
@@ -213,9 +215,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ScrubTrailers<B> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         let mut r = Pin::new(&mut this.inner).poll_frame(cx);
-        if this.scrub {
-            if let Poll::Ready(Some(Ok(frame))) = &mut r {
-                if let Some(trailers) = frame.trailers_mut() {
+        if let Poll::Ready(Some(Ok(frame))) = &mut r {
+            if let Some(trailers) = frame.trailers_mut() {
+                crate::http::headers::trim_field_values(trailers);
+                if this.scrub {
                     crate::http::headers::set_client_id(trailers, None);
                 }
             }

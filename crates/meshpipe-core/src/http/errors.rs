@@ -59,8 +59,6 @@ pub enum ProxyError {
     UnsupportedCoding(SocketAddr),
     #[error("bad request: {0}")]
     BadHost(#[from] crate::http::headers::HostError),
-    #[error("upstream {0} sent a malformed response: {1}")]
-    MalformedResponse(SocketAddr, crate::http::headers::HostError),
     #[error("bad request: a CONNECT request has no content (RFC 9110 §9.3.6), but this one has a Content-Length or Transfer-Encoding; expected neither (or Content-Length: 0)")]
     ConnectContent,
     /// Reading the client's request body failed while it was sent upstream
@@ -92,8 +90,7 @@ impl ProxyError {
             | ProxyError::UnrequestedSwitch(_)
             | ProxyError::UnofferedSwitch { .. }
             | ProxyError::UnusableTunnel(..)
-            | ProxyError::UnsupportedCoding(_)
-            | ProxyError::MalformedResponse(..) => HttpErrorReason::BadGateway,
+            | ProxyError::UnsupportedCoding(_) => HttpErrorReason::BadGateway,
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,
             ProxyError::Loop(_) => HttpErrorReason::Loop,

@@ -205,21 +205,29 @@ pub enum HostError {
     /// credentials never reach a log, a 400 body or `l5d-proxy-error`.
     #[error("the request's authority ({0}) carries userinfo (`user@`), which RFC 9110 §4.2.4 forbids in an http or https target; expected host[:port]")]
     UserInfo(String),
-    #[error("the HTTP/2 field `{0}` has a value with leading or trailing whitespace, which makes the message malformed (RFC 9113 §8.2.1); expected the value without it")]
-    FieldWhitespace(String),
 }
 
-/// Refuses an HTTP/2 message with a field value that starts or ends with
-/// a space or tab. RFC 9113 §8.2.1 makes such a message malformed, and
-/// §8.1.1 forbids an intermediary to forward it: HTTP/1 parsers strip that
-/// whitespace (RFC 9110 §5.5) and others may not, so two hops would read
-/// two different values. (h2 itself already refuses NUL, CR and LF in a
-/// value, and uppercase or connection-specific field names.)
-pub fn check_h2_values(headers: &HeaderMap) -> Result<(), HostError> {
+/// Removes the spaces and tabs around HTTP/2 field values (headers or
+/// trailers, both ways). RFC 9110 §5.5 excludes them from a field value,
+/// and HTTP/1 parsers strip them, but HTTP/2 carries them (RFC 9113 §8.2.1
+/// calls such a message malformed): passed on as received, two hops
+/// could read two different values. Trimmed rather than refused, because
+/// real peers send them (grpc-go does not encode the spaces of a
+/// `grpc-message`; a pasted token keeps its trailing space): each value
+/// goes on as every HTTP/1 hop would read it. Allocates only for a padded
+/// value. (h2 itself refuses NUL, CR and LF in values, and uppercase or
+/// connection-specific field names.)
+pub fn trim_field_values(headers: &mut HeaderMap) {
     let padded = |v: &[u8]| matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'));
-    match headers.iter().find(|(_, v)| padded(v.as_bytes())) {
-        Some((name, _)) => Err(HostError::FieldWhitespace(name.as_str().to_string())),
-        None => Ok(()),
+    for value in headers.values_mut() {
+        if padded(value.as_bytes()) {
+            let trimmed = value.as_bytes().trim_ascii();
+            // A slice of a valid value, without its ends' whitespace, is a valid value.
+            if let Ok(mut v) = HeaderValue::from_bytes(trimmed) {
+                v.set_sensitive(value.is_sensitive());
+                *value = v;
+            }
+        }
     }
 }
 

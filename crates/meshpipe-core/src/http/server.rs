@@ -304,6 +304,7 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
         };
         headers::set_client_id(req.headers_mut(), peer);
     }
+    let client_version = req.version();
     let host = if conn.protocol == SessionProtocol::Http1 {
         let host = headers::fix_host(&mut req, conn.target.0);
         // The proxy speaks HTTP/1.1 upstream whatever the client's minor
@@ -312,7 +313,8 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
         *req.version_mut() = Version::HTTP_11;
         host
     } else {
-        headers::check_h2_host(&req).and_then(|()| headers::check_h2_values(req.headers()))
+        headers::trim_field_values(req.headers_mut());
+        headers::check_h2_host(&req)
     };
     let forwarded = match host {
         Ok(()) => forward(&conn, req, tunnel).await,
@@ -321,18 +323,16 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
     match forwarded {
         Ok(Forwarded { response: mut resp, lease, via_mesh }) => {
             if conn.protocol == SessionProtocol::Http2 {
-                if let Err(e) = headers::check_h2_values(resp.headers()) {
-                    // A malformed response is not forwarded either (RFC
-                    // 9113 §8.1.1): the client gets a 502 instead.
-                    return Ok(refuse(&conn, &series, started, audience, ProxyError::MalformedResponse(conn.target.0, e)));
-                }
+                headers::trim_field_values(resp.headers_mut());
             }
-            if conn.protocol == SessionProtocol::Http1 {
+            if client_version == Version::HTTP_11 {
                 // The proxy answers in its own version (RFC 9110 §6.2),
-                // whatever the upstream's; hyper answers an HTTP/1.0
-                // client in kind. Passed on, an HTTP/1.0 upstream's version
-                // would make hyper send a body of unknown length
-                // close-delimited and end the client's keep-alive connection.
+                // whatever the upstream's. Passed on, an HTTP/1.0
+                // upstream's version would make hyper send a body of
+                // unknown length close-delimited and end the client's
+                // keep-alive connection. (An HTTP/1.0 client gets the
+                // upstream's response as it came: hyper answers it in
+                // kind and keeps its keep-alive rules right.)
                 *resp.version_mut() = Version::HTTP_11;
             }
             let status = resp.status();

@@ -267,8 +267,9 @@ async fn detect<'a>(
                 reads += usize::from(got);
                 if reads >= MAX_DETECT_READS {
                     // Still undecided after this many pieces: a trickle. Every
-                    // byte is forwarded.
-                    out.result = DetectResult::NotHttp;
+                    // byte is forwarded (on a port declared HTTP/1, a request
+                    // line so far is served as HTTP: its head timeout rules).
+                    out.result = if classifier.declared_request_pending() { DetectResult::Http1 } else { DetectResult::NotHttp };
                     break;
                 }
             }
@@ -338,7 +339,7 @@ async fn detect<'a>(
                 break;
             }
             _ = sleep_until(deadline) => {
-                out.result = DetectResult::ReadTimeout;
+                out.result = if classifier.declared_request_pending() { DetectResult::Http1 } else { DetectResult::ReadTimeout };
                 break;
             }
         }
