@@ -14,6 +14,12 @@
  */
 
 /** One problem in the file, with a 1-based line number. */
+/**
+ * The most an annotations file may hold: Kubernetes caps a pod's annotations
+ * at 256 KiB in all, so a larger file is not the kubelet's.
+ */
+export const MAX_ANNOTATIONS_BYTES = 1024 * 1024;
+
 export interface DownwardApiError {
   readonly line: number;
   /** The key, when the line got far enough to name one (lets callers keep its last good value). */

@@ -43,6 +43,7 @@ import type { ProxyConfig } from '../config/index.js';
 import { hasPolicySources, isPipeSync, readPipeOnceSync } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 import { MAX_MANIFEST_BYTES } from './k8s/manifests.js';
+import { MAX_ANNOTATIONS_BYTES } from './downward-api.js';
 import type { Logger } from '../observe/index.js';
 import type { EngineSnapshot, ServiceEndpointsSpec } from '../engine/index.js';
 import { configInputs, flagsPolicy, meshSettings } from './flags.js';
@@ -348,16 +349,16 @@ function round(ms: number): number {
  * @throws MeshpipeError ERR_INVALID_CONFIG naming the flag and the path
  */
 function readStartPipes(config: ProxyConfig): Record<string, string> {
-  const texts: Record<string, string> = {};
-  const paths: Array<[string, string, string | undefined]> = [
-    ['annotations', '--annotations', config.annotations],
-    ['destinations', '--destinations', config.destinations],
-    ...config.manifests.map((m): [string, string, string] => ['manifests', '--manifests', m]),
+  const texts: Record<string, string> = Object.create(null) as Record<string, string>;
+  const paths: Array<[string, string, string | undefined, number]> = [
+    ['annotations', '--annotations', config.annotations, MAX_ANNOTATIONS_BYTES],
+    ['destinations', '--destinations', config.destinations, MAX_MANIFEST_BYTES],
+    ...config.manifests.map((m): [string, string, string, number] => ['manifests', '--manifests', m, MAX_MANIFEST_BYTES]),
   ];
-  for (const [key, flag, path] of paths) {
-    if (path === undefined || texts[path] !== undefined || !isPipeSync(path)) continue;
+  for (const [key, flag, path, max] of paths) {
+    if (path === undefined || Object.hasOwn(texts, path) || !isPipeSync(path)) continue;
     try {
-      texts[path] = readPipeOnceSync(path, MAX_MANIFEST_BYTES);
+      texts[path] = readPipeOnceSync(path, max);
     } catch (err) {
       throw new MeshpipeError('ERR_INVALID_CONFIG', `${flag} ${path}: cannot read the pipe: ${(err as Error).message}`, { key, cause: err });
     }

@@ -41,7 +41,7 @@
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
-import { parseDownwardApi } from './downward-api.js';
+import { MAX_ANNOTATIONS_BYTES, parseDownwardApi } from './downward-api.js';
 import { listManifestFiles, loadManifestFile, MAX_MANIFEST_BYTES, parseManifestText, type ManifestFile } from './k8s/manifests.js';
 import type { KubeWatch, KubeWatchOptions } from './k8s/watch.js';
 import { PolicyCompiler, type CompilerChange } from './compiler.js';
@@ -57,10 +57,9 @@ import { readWatchedText, type PortRange } from '../config/index.js';
 
 /**
  * Bounds of the files this source re-reads (regular files only:
- * ts/config/watched-file.ts). Kubernetes caps a pod's annotations at 256 KiB
- * in all; a destinations or endpoints file gets a manifest file's bound.
+ * ts/config/watched-file.ts): the annotations file's is downward-api.ts's; a
+ * destinations or endpoints file gets a manifest file's.
  */
-const MAX_ANNOTATIONS_BYTES = 1024 * 1024;
 const MAX_POLICY_FILE_BYTES = MAX_MANIFEST_BYTES;
 
 export interface PolicySourceOptions {
@@ -475,11 +474,14 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
 
   private async computeSignature(): Promise<string> {
     const parts: string[] = [];
-    if (this.opts.annotationsFile) parts.push(`${this.opts.annotationsFile}:${await PolicySource.fileSignature(this.opts.annotationsFile)}`);
-    if (this.opts.destinationsFile) parts.push(`${this.opts.destinationsFile}:${await PolicySource.fileSignature(this.opts.destinationsFile)}`);
+    // Paths given as pipes are left out: their text is fixed, and the
+    // descriptor `/dev/fd/N` named is closed and may be reused by anything.
+    const watched = (p: string | undefined): p is string => p !== undefined && p !== '' && this.given(p) === undefined;
+    if (watched(this.opts.annotationsFile)) parts.push(`${this.opts.annotationsFile}:${await PolicySource.fileSignature(this.opts.annotationsFile)}`);
+    if (watched(this.opts.destinationsFile)) parts.push(`${this.opts.destinationsFile}:${await PolicySource.fileSignature(this.opts.destinationsFile)}`);
     const endpointsFile = this.endpointsFile();
     if (endpointsFile) parts.push(`${endpointsFile}:${await PolicySource.fileSignature(endpointsFile)}`);
-    for (const p of this.opts.manifests ?? []) {
+    for (const p of (this.opts.manifests ?? []).filter(watched)) {
       try {
         for (const f of await listManifestFiles(p)) parts.push(`${f}:${await PolicySource.fileSignature(f)}`);
       } catch {
@@ -526,7 +528,8 @@ export class PolicySource extends EventEmitter<PolicySourceEvents> {
    * file is refused by `readWatchedText` instead of waited on.
    */
   private given(path: string): string | undefined {
-    return this.opts.pipeTexts?.[path];
+    const texts = this.opts.pipeTexts;
+    return texts !== undefined && Object.hasOwn(texts, path) ? texts[path] : undefined;
   }
 
   /** `--destinations FILE`: an unreadable file keeps its last good entries. */

@@ -347,3 +347,36 @@ async fn a_request_line_stalled_past_the_detect_timeout_on_a_declared_http1_port
     assert!(head.starts_with("get /stalled http/1.1\r\n"), "{head}");
     assert!(!head.contains("forged"), "the client's own l5d-client-id is removed: {head}");
 }
+
+#[tokio::test]
+async fn an_http1_0_keep_alive_client_is_never_promised_keep_alive_on_a_body_that_ends_with_the_connection() {
+    // A chunked HTTP/1.1 upstream: an HTTP/1.0 client cannot read chunks, so
+    // hyper sends the body close-delimited, and must not say `keep-alive`.
+    let (chunked, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    let (_engine, proxy) = common::forward(chunked, None, serde_json::json!({})).await;
+    let got = raw_exchange(proxy, b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\nhello"), "the body, unchunked, ends with the connection: {got}");
+    assert!(!got.to_ascii_lowercase().contains("keep-alive"), "{got}");
+    // With a length, the HTTP/1.0 client keeps its connection (two requests on one).
+    let (sized, _) = h1_backend("sized").await;
+    let (_engine2, proxy2) = common::forward(sized, None, serde_json::json!({})).await;
+    let mut s = tokio::net::TcpStream::connect(proxy2).await.unwrap();
+    for round in 0..2 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /size/5 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let complete = |got: &[u8]| got.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|at| got.len() >= at + 4 + 5);
+        while !complete(&got) {
+            let n = within(T, s.read(&mut buf)).await.unwrap();
+            assert!(n > 0, "round {round}: the connection closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(
+            text.starts_with("http/1.0 200") && text.contains("connection: keep-alive") && text.contains("content-length: 5"),
+            "round {round}: {text}"
+        );
+    }
+}

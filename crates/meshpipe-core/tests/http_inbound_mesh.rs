@@ -797,3 +797,39 @@ async fn an_app_closing_the_raced_connection_leaves_the_decision_to_the_client()
     assert!(answer.contains(&format!("x-seen-id: {}", m.client_id.as_str())), "{answer}");
     assert!(m.engine.snapshot().server_first.targets.is_empty());
 }
+
+#[tokio::test]
+async fn a_meshed_request_line_stalled_past_the_detect_timeout_on_a_declared_http1_port_is_still_served_as_http() {
+    // Inside mesh TLS too: a request line still pending at the deadline is
+    // HTTP/1 on a declared port, so the app sees the proven identity, never
+    // one the client wrote (as bytes, the request would skip the rewrite).
+    let (app, _) = h1_backend("app").await;
+    let m = mesh_with(
+        app,
+        serde_json::json!({
+            "listeners": [{
+                "name": "inbound", "bind": "127.0.0.1:0", "target": { "kind": "fixed", "addr": app.to_string() },
+                "mode": "http1", "direction": "inbound"
+            }],
+            "detect": { "outboundTimeoutMs": 400, "inboundTimeoutMs": 400, "serverFirstGraceMs": 100 }
+        }),
+    )
+    .await;
+    let mut s = m.tls().await;
+    s.write_all(b"GET /stalled").await.unwrap();
+    s.flush().await.unwrap();
+    // Detection inside mesh TLS has ended once the connection leaves `detecting`.
+    within(T, async {
+        while m.engine.connections(16).iter().all(|c| c.state == meshpipe_core::ConnState::Detecting) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    s.write_all(b" HTTP/1.1\r\nhost: web.test\r\nl5d-client-id: admin.forged\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(T, s.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("x-l5d-client-id: {}", m.client_id.as_str().to_ascii_lowercase())), "the proven identity: {answer}");
+    assert!(!answer.contains("admin.forged"), "{answer}");
+}

@@ -277,6 +277,11 @@ fn sent_goaway(e: &hyper::Error) -> bool {
 
 async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if conn.protocol == SessionProtocol::Http2 {
+        // First, so every use of the head (gRPC or not, the authority)
+        // reads the values every hop agrees on.
+        headers::trim_field_values(req.headers_mut());
+    }
     let series = conn.series(headers::authority_raw(&req));
     series.requests.fetch_add(1, Relaxed);
     let audience = Audience {
@@ -313,7 +318,6 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
         *req.version_mut() = Version::HTTP_11;
         host
     } else {
-        headers::trim_field_values(req.headers_mut());
         headers::check_h2_host(&req)
     };
     let forwarded = match host {
@@ -325,15 +329,19 @@ async fn handle(conn: Arc<Conn>, mut req: Request<RequestBody>) -> Result<Respon
             if conn.protocol == SessionProtocol::Http2 {
                 headers::trim_field_values(resp.headers_mut());
             }
-            if client_version == Version::HTTP_11 {
+            if conn.protocol == SessionProtocol::Http1 {
                 // The proxy answers in its own version (RFC 9110 §6.2),
-                // whatever the upstream's. Passed on, an HTTP/1.0
+                // whatever the upstream's: passed on, an HTTP/1.0
                 // upstream's version would make hyper send a body of
-                // unknown length close-delimited and end the client's
-                // keep-alive connection. (An HTTP/1.0 client gets the
-                // upstream's response as it came: hyper answers it in
-                // kind and keeps its keep-alive rules right.)
-                *resp.version_mut() = Version::HTTP_11;
+                // unknown length close-delimited and end an HTTP/1.1
+                // client's keep-alive connection. An HTTP/1.0 client,
+                // which hyper answers in kind, can keep its connection
+                // only for a body of known length: for any other, the
+                // version hyper decides keep-alive by says HTTP/1.0, so
+                // it does not promise `keep-alive` on a body that ends
+                // with the connection.
+                let known_length = http_body::Body::size_hint(resp.body()).exact().is_some();
+                *resp.version_mut() = if client_version == Version::HTTP_10 && !known_length { Version::HTTP_10 } else { Version::HTTP_11 };
             }
             let status = resp.status();
             let agreed = upgrade::agreed(tunnel, status);

@@ -283,6 +283,12 @@ async fn classify<S: AsyncRead + Unpin>(
         let read = tokio::time::timeout_at(until, limited.read_buf(buf)).await;
         match read {
             Err(_) if buf.is_empty() && grace_at.is_some() => return Ok(Classified::Silent),
+            // The deadline on a declared HTTP/1 port with a request line
+            // so far: still HTTP/1, served (and its head timed) by the
+            // HTTP layer, not bytes past the `l5d-client-id` rewrite.
+            Err(_) if reading.classifier.declared_request_pending() => {
+                return Ok(Classified::Decided(Some(crate::detect::Detected::Http1)))
+            }
             Err(_) | Ok(Ok(0)) => return Ok(Classified::Decided(None)),
             Ok(Ok(_)) => {
                 if let Verdict::Decided(d) = reading.classifier.update(buf) {
