@@ -17,9 +17,9 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync,
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isPipe, readPipeOnce, readWatchedFile, readWatchedText, WatchedFileError } from '../ts/config/index.js';
+import { isOwnDescriptor, isPipe, readPipeOnce, readWatchedFile, readWatchedText, readWatchedTextSync, WatchedFileError } from '../ts/config/index.js';
 import { loadManifestFile } from '../ts/policy/k8s/manifests.js';
-import { runCli, withTimeout } from './helpers.js';
+import { CliProcess, runCli, withTimeout } from './helpers.js';
 
 function scratch(t: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'meshpipe-watched-'));
@@ -146,4 +146,55 @@ test('meshpipe proxy reads a policy pipe once at start, bounded: too much is a c
   assert.equal(r.code, 2, r.stderr);
   assert.match(r.stderr, /--destinations \S+destinations: cannot read the pipe: more than the 33554432 bytes allowed \(ERR_INVALID_CONFIG\)/);
   await withTimeout(written, 10_000, 'the writer to end (not left blocked on a reader that stopped)');
+});
+
+test('the synchronous read (for the start) refuses and bounds as the watched read does', (t) => {
+  const dir = scratch(t);
+  writeFileSync(join(dir, 'endpoints'), '10.96.0.1:80 10.42.0.1:8080\n');
+  assert.equal(readWatchedTextSync(join(dir, 'endpoints'), 1024), '10.96.0.1:80 10.42.0.1:8080\n');
+  const fifo = join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  // At once: O_NONBLOCK, so the open does not wait for a writer that never comes.
+  assert.throws(() => readWatchedTextSync(fifo, 1024), refused('ERR_NOT_REGULAR_FILE', /^a FIFO \(named pipe\), not a regular file$/));
+  assert.throws(() => readWatchedTextSync(dir, 1024), refused('ERR_NOT_REGULAR_FILE', /^a folder, not a regular file$/));
+  assert.throws(() => readWatchedTextSync('/dev/zero', 1024), refused('ERR_NOT_REGULAR_FILE', /^a character device/));
+  writeFileSync(join(dir, 'big'), Buffer.alloc(4097, 0x61));
+  assert.throws(() => readWatchedTextSync(join(dir, 'big'), 4096), refused('ERR_FILE_TOO_LARGE', /^4097 bytes, more than the 4096 allowed$/));
+  assert.throws(() => readWatchedTextSync('/proc/self/status', 16), refused('ERR_FILE_TOO_LARGE', /more than the 16 bytes allowed/));
+  assert.equal(isOwnDescriptor('/dev/fd/63'), true);
+  assert.equal(isOwnDescriptor('/proc/self/fd/12'), true);
+  assert.equal(isOwnDescriptor(fifo), false);
+});
+
+test('meshpipe proxy refuses an --endpoints path that is no regular file or pipe, or too large, naming it', async (t) => {
+  const dir = scratch(t);
+  const base = ['proxy', '--admin', 'off', '--forward', '127.0.0.1:0=127.0.0.1:9'];
+  const folder = await runCli([...base, '--endpoints', dir], { timeoutMs: 30_000 });
+  assert.equal(folder.code, 2, folder.stderr);
+  assert.match(folder.stderr, /--endpoints \S+: cannot read: a folder, not a regular file/);
+  const device = await runCli([...base, '--endpoints', '/dev/zero'], { timeoutMs: 30_000 });
+  assert.equal(device.code, 2, device.stderr);
+  assert.match(device.stderr, /--endpoints \/dev\/zero: cannot read: a character device, not a regular file/);
+  // 33 MiB of comment lines: more than the 32 MiB a policy file may have.
+  writeFileSync(join(dir, 'big'), Buffer.alloc(33 * 1024 * 1024, 0x23));
+  const big = await runCli([...base, '--endpoints', join(dir, 'big')], { timeoutMs: 30_000 });
+  assert.equal(big.code, 2, big.stderr);
+  assert.match(big.stderr, /--endpoints \S+big: cannot read: 34603008 bytes, more than the 33554432 allowed/);
+});
+
+test('a start waiting for a named pipe says so, and goes on once it was written', async (t) => {
+  const dir = scratch(t);
+  const fifo = join(dir, 'destinations');
+  execFileSync('mkfifo', [fifo]);
+  const proc = new CliProcess(['proxy', '--admin', 'off', '--forward', '127.0.0.1:0=127.0.0.1:9,mode=opaque', '--destinations', fifo]);
+  t.after(() => proc.kill());
+  const waiting = await proc.waitForLog((l) => /waiting for a process to open the named pipe/.test(l.msg), 'the waiting notice', 20_000);
+  assert.equal(waiting.level, 'warn');
+  assert.equal(waiting['flag'], '--destinations');
+  assert.equal(waiting['path'], fifo);
+  assert.ok(!proc.logs.some((l) => l.msg === 'proxy ready'), 'not ready before the pipe was read');
+  const writer = spawn(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], "10.0.0.1 web.ns.serviceaccount.identity.linkerd.cluster.local\\n")', fifo]);
+  const written = once(writer, 'exit');
+  await proc.waitForLog((l) => l.msg === 'proxy ready', '"proxy ready"', 20_000);
+  await withTimeout(written, 10_000, 'the writer to end');
 });

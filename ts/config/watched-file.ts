@@ -26,7 +26,7 @@
  * for a regular file must be refused, not waited on). `O_NONBLOCK` does not
  * help against a stalled network mount, which blocks any reader.
  */
-import { closeSync, constants, openSync, readSync, statSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 
 /** Why a watched file was not read (besides the system's own errors, e.g. `ENOENT`). */
@@ -94,6 +94,37 @@ export async function readWatchedFile(path: string, maxBytes: number): Promise<B
   }
 }
 
+/**
+ * `readWatchedFile`, synchronously, as UTF-8 text: for the main thread at
+ * start (`--endpoints FILE` is read and checked before anything listens),
+ * with the same refusals and bound.
+ * @throws the system's error from `open`, or a `WatchedFileError`
+ */
+export function readWatchedTextSync(path: string, maxBytes: number): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const info = fstatSync(fd);
+    if (!info.isFile()) {
+      const found = kindOf(info);
+      throw new WatchedFileError('ERR_NOT_REGULAR_FILE', `${found}, not a regular file`, found);
+    }
+    if (info.size > maxBytes) throw new WatchedFileError('ERR_FILE_TOO_LARGE', `${info.size} bytes, more than the ${maxBytes} allowed`);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const chunk = Buffer.alloc(Math.min(Math.max(info.size + 1, FIRST_READ), maxBytes + 1));
+    for (;;) {
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) break;
+      total += n;
+      if (total > maxBytes) throw new WatchedFileError('ERR_FILE_TOO_LARGE', `more than the ${maxBytes} bytes allowed`);
+      chunks.push(Buffer.from(chunk.subarray(0, n)));
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** True when `path` (followed) is a FIFO: a pipe given at start, e.g. `<(generate)`. */
 export async function isPipe(path: string): Promise<boolean> {
   try {
@@ -114,6 +145,16 @@ export function isPipeSync(path: string): boolean {
 
 /** `/dev/fd/N` or `/proc/self/fd/N`: a descriptor this process holds, as `<(generate)` passes. */
 const OWN_FD = /^\/(?:dev|proc\/self)\/fd\/(\d+)$/;
+
+/**
+ * Whether `path` names a descriptor this process was started with
+ * (`/dev/fd/N`, as `<(generate)` passes): its writer exists already. Any
+ * other pipe is a named FIFO, whose `open` waits until some process opens
+ * it for writing.
+ */
+export function isOwnDescriptor(path: string): boolean {
+  return OWN_FD.test(path);
+}
 
 /**
  * Reads a pipe given at start to its end (its writer's close), at most

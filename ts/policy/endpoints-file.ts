@@ -14,10 +14,14 @@
  * e.g. `10.96.0.20:80 10.42.0.7:8080 10.42.1.9:8080`; IPv6 in brackets.
  * A Service with no endpoint answers 503.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ServiceEndpointsSpec } from '../engine/index.js';
+import { isPipeSync, readPipeOnceSync, readWatchedTextSync } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
+import { MAX_MANIFEST_BYTES } from './k8s/manifests.js';
+
+/** The largest endpoints file read (the policy files' bound). */
+const MAX_ENDPOINTS_FILE_BYTES = MAX_MANIFEST_BYTES;
 
 /** A line of an endpoints file that could not be used. */
 export interface EndpointsProblem {
@@ -64,11 +68,15 @@ export function parseEndpointsFile(text: string, file: string): { services: Serv
   return { services, problems };
 }
 
-/** Reads `--endpoints FILE`. @throws MeshpipeError ERR_INVALID_CONFIG naming the file (and each bad line) */
+/**
+ * Reads `--endpoints FILE`: a regular file, or a pipe given at start
+ * (`<(generate)`, read to its end once), at most 32 MiB either way.
+ * @throws MeshpipeError ERR_INVALID_CONFIG naming the file (and each bad line)
+ */
 export function readEndpointsFile(file: string): ServiceEndpointsSpec[] {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = isPipeSync(file) ? readPipeOnceSync(file, MAX_ENDPOINTS_FILE_BYTES) : readWatchedTextSync(file, MAX_ENDPOINTS_FILE_BYTES);
   } catch (err) {
     throw new MeshpipeError('ERR_INVALID_CONFIG', `--endpoints ${file}: cannot read: ${(err as Error).message}`, { key: 'endpoints', cause: err });
   }

@@ -40,7 +40,7 @@
  */
 import { statSync } from 'node:fs';
 import type { ProxyConfig } from '../config/index.js';
-import { hasPolicySources, isPipeSync, readPipeOnceSync } from '../config/index.js';
+import { hasPolicySources, isOwnDescriptor, isPipeSync, readPipeOnceSync } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
 import { MAX_MANIFEST_BYTES } from './k8s/manifests.js';
 import { MAX_ANNOTATIONS_BYTES } from './downward-api.js';
@@ -100,6 +100,7 @@ export const POLICY_MESSAGES = {
   sourceFailing: 'policy source failing; the last known objects stay in force',
   sourceRecovered: 'policy sources answer again',
   endpointsFileApplied: 'endpoints file changed: its entries apply',
+  waitingForWriter: 'waiting for a process to open the named pipe for writing; the proxy starts once it has written and closed it',
 } as const;
 
 /**
@@ -348,7 +349,7 @@ function round(ms: number): number {
  * would find it drained).
  * @throws MeshpipeError ERR_INVALID_CONFIG naming the flag and the path
  */
-function readStartPipes(config: ProxyConfig): Record<string, string> {
+function readStartPipes(config: ProxyConfig, logger: Logger): Record<string, string> {
   const texts: Record<string, string> = Object.create(null) as Record<string, string>;
   const paths: Array<[string, string, string | undefined, number]> = [
     ['annotations', '--annotations', config.annotations, MAX_ANNOTATIONS_BYTES],
@@ -357,6 +358,7 @@ function readStartPipes(config: ProxyConfig): Record<string, string> {
   ];
   for (const [key, flag, path, max] of paths) {
     if (path === undefined || Object.hasOwn(texts, path) || !isPipeSync(path)) continue;
+    noteNamedPipe(logger, flag, path);
     try {
       texts[path] = readPipeOnceSync(path, max);
     } catch (err) {
@@ -366,16 +368,26 @@ function readStartPipes(config: ProxyConfig): Record<string, string> {
   return texts;
 }
 
+/**
+ * Says so when the start is about to wait for a named FIFO's writer (`open`
+ * blocks until one comes), so a start that seems stuck names what it waits
+ * for. A `<(generate)` descriptor's writer exists already.
+ */
+function noteNamedPipe(logger: Logger, flag: string, path: string): void {
+  if (!isOwnDescriptor(path)) logger.warn({ flag, path }, POLICY_MESSAGES.waitingForWriter);
+}
+
 /** The sidecar's policy: flags only, or the configured sources in a worker. */
 export function createSidecarPolicy(config: ProxyConfig, logger: Logger): SidecarPolicy {
   // Read (and checked) even with the HTTP layer off: a bad file is a configuration error either way.
   const file = config.endpoints;
   const signature = file === undefined ? undefined : fileSignatureSync(file);
+  if (file !== undefined && isPipeSync(file)) noteNamedPipe(logger, '--endpoints', file);
   const fromFile = file === undefined ? [] : readEndpointsFile(file);
   const watch = file !== undefined && isRegularFile(file);
   const endpoints: EndpointsInput = config.http ? { fromFile, signature, watch } : undefined;
   // The endpoints file needs the worker too: it watches the file.
   return hasPolicySources(config) || config.destinations !== undefined || (endpoints !== undefined && config.endpoints !== undefined)
-    ? new WorkerPolicy(config, logger, endpoints, readStartPipes(config))
+    ? new WorkerPolicy(config, logger, endpoints, readStartPipes(config, logger))
     : flagsOnly(config, logger);
 }
