@@ -24,7 +24,7 @@ if [[ ! "$seconds" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: bash fuzz/guided.sh [SECONDS]   (a whole number of seconds per target, at least 1; got '$seconds')" >&2
   exit 2
 fi
-targets=(classify transport_header http_headers identity addr)
+targets=(classify transport_header http_headers identity addr h2_settings)
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 # Its own target directory (other flags than the smoke test's build), for
 # the instrumented build only: the seed export below reuses fuzz/target.

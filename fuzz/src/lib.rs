@@ -13,6 +13,7 @@
 
 pub mod addr;
 pub mod classify;
+pub mod h2_settings;
 pub mod http_headers;
 pub mod identity;
 pub mod transport_header;

@@ -19,6 +19,7 @@ use std::time::Instant;
 use corpus::{seeds, Plan};
 use meshpipe_core::addr::{Cidr, TargetAddr};
 use meshpipe_core::detect::{classify, Detected, Expect, TlsInfo, Verdict, DETECT_BUFFER_CAP};
+use meshpipe_core::http::client::peer_settings::{FirstFrame, Preface};
 use meshpipe_core::identity::cert::CertFacts;
 use meshpipe_core::identity::Identity;
 use meshpipe_core::transport_header::{decode, PREFACE};
@@ -62,6 +63,18 @@ fn addr_check() {
     let plan =
         Plan { dict: seeds::ADDR_DICT, alphabet: b"0123456789abcdefABCDEF.:/[]%x", mutations: 1_500_000, random: 500_000, random_len: 48 };
     run("addr", &seeds::addr(), plan, meshpipe_fuzz::addr::check);
+}
+
+#[test]
+fn h2_settings_check() {
+    let plan = Plan {
+        dict: seeds::H2_SETTINGS_DICT,
+        alphabet: b"\x00\x01\x04\x06\x08\x0c",
+        mutations: 1_000_000,
+        random: 300_000,
+        random_len: 64,
+    };
+    run("h2_settings", &seeds::h2_settings(), plan, meshpipe_fuzz::h2_settings::check);
 }
 
 #[test]
@@ -117,6 +130,12 @@ fn seeds_reach_the_parsers() {
         assert!(seeds::addr().iter().any(|s| s == target.as_bytes()), "{target} is no seed");
         target.parse::<TargetAddr>().unwrap_or_else(|e| panic!("{target:?}: {e}"));
     }
+
+    // The first byte of an h2_settings seed is the check's piece size.
+    let verdicts: Vec<Option<Preface>> = seeds::h2_settings().iter().map(|s| FirstFrame::default().feed(&s[1..])).collect();
+    use Preface::*;
+    let want = [ExtendedConnect, Plain, Plain, Plain, Invalid, Invalid, Invalid, Invalid, ExtendedConnect, Invalid];
+    assert_eq!(verdicts, want.map(Some).to_vec(), "h2_settings seeds");
 }
 
 /// Every target's seeds and dictionary, written for libFuzzer: `DIR/NAME/`
@@ -131,12 +150,13 @@ fn seeds_export_for_libfuzzer() {
         Some(d) => (std::path::PathBuf::from(d), true),
         None => (std::env::temp_dir().join(format!("meshpipe-fuzz-seeds-{}", std::process::id())), false),
     };
-    let targets: [Export; 5] = [
+    let targets: [Export; 6] = [
         ("classify", seeds::with_selectors(&seeds::classify(), 4), seeds::CLASSIFY_DICT),
         ("transport_header", seeds::transport_header(), seeds::TRANSPORT_HEADER_DICT),
         ("http_headers", seeds::with_selectors(&seeds::http_headers(), 4), seeds::HTTP_HEADERS_DICT),
         ("identity", seeds::identity(), seeds::IDENTITY_DICT),
         ("addr", seeds::addr(), seeds::ADDR_DICT),
+        ("h2_settings", seeds::h2_settings(), seeds::H2_SETTINGS_DICT),
     ];
     for (name, seeds, dict) in targets {
         let d = dir.join(name);

@@ -6,6 +6,9 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::http::*;
@@ -13,6 +16,7 @@ use common::within;
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -142,4 +146,93 @@ async fn http2_extended_connect_tunnels_websockets_over_h2() {
     assert_eq!(resp.status(), 200);
     let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
     echo_through(&mut io, "h2ws http://h2ws.test/chat\n", &common::random(200_000, 3)).await;
+}
+
+/// A relay for one connection to `backend` that holds the backend's bytes
+/// back for `hold` (a server slow to send its preface) and sets the flag
+/// when the proxy sent a HEADERS frame before them.
+async fn slow_preface_relay(backend: SocketAddr, hold: Duration) -> (SocketAddr, Arc<AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let early = Arc::new(AtomicBool::new(false));
+    let flag = early.clone();
+    tokio::spawn(async move {
+        let (proxy, _) = l.accept().await.unwrap();
+        let server = TcpStream::connect(backend).await.unwrap();
+        let (mut from_proxy, mut to_proxy) = proxy.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let released = Arc::new(AtomicBool::new(false));
+        let r = released.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            r.store(true, Ordering::SeqCst);
+            let _ = tokio::io::copy(&mut from_server, &mut to_proxy).await;
+        });
+        // The client preface (RFC 9113 §3.4), then frames: 9-byte headers.
+        let mut preface = [0u8; 24];
+        if from_proxy.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        to_server.write_all(&preface).await.unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            if from_proxy.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            if head[3] == 0x1 && !released.load(Ordering::SeqCst) {
+                flag.store(true, Ordering::SeqCst);
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if from_proxy.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if to_server.write_all(&head).await.is_err() || to_server.write_all(&payload).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, early)
+}
+
+#[tokio::test]
+async fn extended_connect_waits_for_the_upstreams_settings() {
+    // RFC 8441 §3: `:protocol` goes upstream only after the upstream's
+    // SETTINGS enabled it, also when the upstream is slow to send them and
+    // the extended CONNECT is the first request of a fresh connection.
+    let (backend, seen) = h2_backend("h2ws").await;
+    let (relay, early) = slow_preface_relay(backend, Duration::from_millis(300)).await;
+    let (_engine, proxy) = common::forward(relay, None, serde_json::json!({})).await;
+    // The first request of the client's connection, sent before the
+    // proxy's SETTINGS are in (the proxy enables extended CONNECT from its
+    // first frame and takes it), so the proxy's upstream connection is new.
+    let mut c = h2_client(proxy).await;
+    let mut req = Request::connect("http://h2ws.test/chat").header("sec-websocket-version", "13").body(full("")).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!early.load(Ordering::SeqCst), "the request went upstream before the upstream's SETTINGS");
+    let mut io = TokioIo::new(within(T, hyper::upgrade::on(resp)).await.unwrap());
+    echo_through(&mut io, "h2ws http://h2ws.test/chat\n", &common::random(100_000, 5)).await;
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn extended_connect_to_an_upstream_that_did_not_enable_it_is_a_502_never_sent() {
+    let (backend, seen) = h2_backend_without_extended_connect("plain-h2").await;
+    let (_engine, proxy) = common::forward(backend, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    let mut req = Request::connect("http://plain-h2.test/chat").header("sec-websocket-version", "13").body(full("")).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    // The proxy's own answer, not the upstream's reset of a stream it refused.
+    let why = text(resp).await;
+    assert!(why.contains("does not accept extended CONNECT") && why.contains("SETTINGS_ENABLE_CONNECT_PROTOCOL"), "{why}");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 0, "the upstream never got a :protocol it did not allow");
+    // The connection (the proxy's and the upstream's) serves other requests on.
+    let r = within(T, c.send_request(Request::get("http://plain-h2.test/after").body(full("")).unwrap())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(text(r).await, "plain-h2 GET http://plain-h2.test/after ");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
 }

@@ -270,3 +270,33 @@ pub fn addr() -> Vec<Vec<u8>> {
 }
 
 pub const ADDR_DICT: &[&[u8]] = &[b"::", b"::ffff:", b"/", b"/128", b"/32", b"/0", b":65535", b":0", b"[", b"]", b"%", b"255.", b"."];
+
+/// h2_settings: an HTTP/2 server's first frame (after the piece-size byte
+/// the check reads first): SETTINGS with and without
+/// ENABLE_CONNECT_PROTOCOL, repeated, out of range, and frames that are no
+/// server preface.
+pub fn h2_settings() -> Vec<Vec<u8>> {
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![3u8, (len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let setting = |id: u16, value: u32| [id.to_be_bytes().as_slice(), &value.to_be_bytes()].concat();
+    vec![
+        frame(4, 0, 0, &[setting(3, 100), setting(8, 1)].concat()),
+        frame(4, 0, 0, &[setting(8, 1), setting(8, 0)].concat()),
+        frame(4, 0, 0, &[setting(1, 4096), setting(4, 65535), setting(5, 16384), setting(6, 16384)].concat()),
+        frame(4, 0, 0, &[]),
+        frame(4, 0, 0, &setting(8, 2)),
+        frame(4, 1, 0, &[]),
+        frame(4, 0, 1, &setting(8, 1)),
+        frame(0, 0, 1, b"hello"),
+        [frame(4, 0, 0, &setting(8, 1)), frame(4, 1, 0, &[])[1..].to_vec()].concat(),
+        b"\x01HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+    ]
+}
+
+pub const H2_SETTINGS_DICT: &[&[u8]] =
+    &[b"\x04\x00\x00\x00\x00\x00", b"\x00\x08\x00\x00\x00\x01", b"\x00\x08\x00\x00\x00\x00", b"\x00\x00\x06", b"\x00\x00\x0c"];

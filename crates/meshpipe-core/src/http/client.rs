@@ -71,6 +71,7 @@ use crate::tls::TlsState;
 use crate::transport_header::TransportHeader;
 use crate::vocab::{Direction, TlsStatus};
 
+pub mod peer_settings;
 mod pool;
 pub use pool::Lease;
 use pool::{H2Key, H1, H2};
@@ -270,7 +271,8 @@ impl Client {
     }
 
     async fn dial_h2(&self, ctx: &Context, ep: &Endpoint) -> Result<H2, ProxyError> {
-        let io = TokioIo::new(self.dial(ctx, ep).await?);
+        let settings = Arc::new(peer_settings::PeerSettings::default());
+        let io = TokioIo::new(peer_settings::SettingsWatch::new(self.dial(ctx, ep).await?, settings.clone()));
         let (tx, conn) = self.h2.handshake(io).await.map_err(|source| ProxyError::Upstream { addr: ep.addr, source })?;
         let addr = ep.addr;
         tokio::spawn(async move {
@@ -278,7 +280,7 @@ impl Client {
                 debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        Ok(tx)
+        Ok(H2 { tx, settings })
     }
 
     /// Sends `req` to `ep` over a pooled (HTTP/1) or shared (HTTP/2) connection.
@@ -349,7 +351,12 @@ impl Client {
                     return Err(SendError::NotSent(Box::new(req), e));
                 }
             };
-            let mut tx = tx;
+            // RFC 8441 §3: `:protocol` only once the upstream's SETTINGS
+            // enabled extended CONNECT (`peer_settings.rs`).
+            if req.extensions().get::<hyper::ext::Protocol>().is_some() && !tx.settings.extended_connect().await {
+                return Err(SendError::Failed(ProxyError::NoExtendedConnect(ep.addr)));
+            }
+            let mut tx = tx.tx;
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {

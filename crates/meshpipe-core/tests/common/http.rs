@@ -196,15 +196,21 @@ async fn handle(name: &'static str, seen: Arc<Seen>, mut req: Request<Incoming>)
 
 /// An HTTP/1 backend on 127.0.0.1:0.
 pub async fn h1_backend(name: &'static str) -> (SocketAddr, Arc<Seen>) {
-    backend(name, false).await
+    backend(name, false, false).await
 }
 
 /// An HTTP/2 (prior knowledge) backend on 127.0.0.1:0, extended CONNECT enabled.
 pub async fn h2_backend(name: &'static str) -> (SocketAddr, Arc<Seen>) {
-    backend(name, true).await
+    backend(name, true, true).await
 }
 
-async fn backend(name: &'static str, h2: bool) -> (SocketAddr, Arc<Seen>) {
+/// An HTTP/2 (prior knowledge) backend on 127.0.0.1:0 that does not enable
+/// extended CONNECT (RFC 8441), as most HTTP/2 servers.
+pub async fn h2_backend_without_extended_connect(name: &'static str) -> (SocketAddr, Arc<Seen>) {
+    backend(name, true, false).await
+}
+
+async fn backend(name: &'static str, h2: bool, extended_connect: bool) -> (SocketAddr, Arc<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -218,10 +224,11 @@ async fn backend(name: &'static str, h2: bool) -> (SocketAddr, Arc<Seen>) {
                 let svc = hyper::service::service_fn(move |req| handle(name, s.clone(), req));
                 let io = TokioIo::new(sock);
                 if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .enable_connect_protocol()
-                        .serve_connection(io, svc)
-                        .await;
+                    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    if extended_connect {
+                        b.enable_connect_protocol();
+                    }
+                    let _ = b.serve_connection(io, svc).await;
                 } else {
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
                 }

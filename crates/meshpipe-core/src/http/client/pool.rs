@@ -34,7 +34,19 @@ pub(super) struct H2Key {
     pub client: u64,
     pub addr: SocketAddr,
 }
-pub(super) type H2 = http2::SendRequest<RequestBody>;
+/// A shared HTTP/2 connection: its request handle and what its server's
+/// preface said (`peer_settings.rs`).
+#[derive(Clone)]
+pub(super) struct H2 {
+    pub tx: http2::SendRequest<RequestBody>,
+    pub settings: Arc<super::peer_settings::PeerSettings>,
+}
+
+impl H2 {
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
 
 struct IdleH1 {
     tx: H1,
