@@ -49,6 +49,17 @@ pub use client::{Connector, Endpoint, SessionProtocol, TcpConnector, UpstreamIo}
 pub use errors::ProxyError;
 pub use server::HttpState;
 
+/// Concurrent streams an HTTP/2 client may open on one connection to the
+/// proxy (SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2: "no smaller
+/// than 100" is recommended; h2load and gRPC clients use up to that).
+pub const H2_MAX_STREAMS: u32 = 100;
+
+/// Bytes of one HTTP/2 stream's data queued for its peer beyond what the
+/// socket took: a peer that grants a huge window and then stops reading
+/// makes the proxy hold at most this per stream. Four frames of the
+/// default size keep one stream's bulk transfer at full speed.
+pub const H2_SEND_BUFFER: usize = 64 * 1024;
+
 /// HTTP settings, validated (see `config::HttpSpec`).
 #[derive(Clone, Debug)]
 pub struct HttpConfig {

@@ -236,3 +236,54 @@ async fn extended_connect_to_an_upstream_that_did_not_enable_it_is_a_502_never_s
     assert_eq!(text(r).await, "plain-h2 GET http://plain-h2.test/after ");
     assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream that reads what the proxy sends and answers every
+/// connection with `first` (raw bytes), then closes it (`close`) or keeps
+/// reading.
+async fn raw_h2_upstream(first: Vec<u8>, close: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let first = first.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if s.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let _ = s.write_all(&first).await;
+                if close {
+                    return;
+                }
+                let mut sink = vec![0u8; 4096];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+async fn extended_connect_through(upstream: SocketAddr) -> (StatusCode, String) {
+    let (_engine, proxy) = common::forward(upstream, None, serde_json::json!({})).await;
+    let mut c = h2_client(proxy).await;
+    let mut req = Request::connect("http://odd.test/chat").header("sec-websocket-version", "13").body(full("")).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = within(T, c.send_request(req)).await.unwrap();
+    (resp.status(), text(resp).await)
+}
+
+#[tokio::test]
+async fn an_upstream_that_ends_or_breaks_its_preface_is_named_as_such() {
+    // Half a SETTINGS frame header, then the close: the upstream never
+    // said, and the answer does not claim it refused.
+    let (status, why) = extended_connect_through(raw_h2_upstream(vec![0, 0, 6, 4], true).await).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(why.contains("HTTP/2 connection closed") && !why.contains("does not accept"), "{why}");
+    // A PING before any SETTINGS (RFC 9113 §3.4 makes SETTINGS the first frame).
+    let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let settings_on = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 1];
+    let (status, why) = extended_connect_through(raw_h2_upstream([&ping[..], &settings_on].concat(), false).await).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(why.contains("something else than a valid SETTINGS frame"), "{why}");
+}

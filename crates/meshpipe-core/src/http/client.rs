@@ -73,6 +73,7 @@ use crate::vocab::{Direction, TlsStatus};
 
 pub mod peer_settings;
 mod pool;
+use peer_settings::Preface;
 pub use pool::Lease;
 use pool::{H2Key, H1, H2};
 
@@ -216,9 +217,12 @@ impl Client {
         // Fixed receive windows (no BDP pings per DATA frame): 256 KiB per
         // stream and 1 MiB per connection bound what one upstream connection
         // can make the proxy hold for clients that read slowly.
+        // Request bodies queued for an upstream that reads slowly are
+        // bounded per stream the same way (hyper's default is 1 MB).
         h2.max_header_list_size(config.max_response_header_bytes as u32)
             .initial_stream_window_size(256 * 1024)
-            .initial_connection_window_size(1024 * 1024);
+            .initial_connection_window_size(1024 * 1024)
+            .max_send_buf_size(super::H2_SEND_BUFFER);
         Client { engine, connector, h1, h2, max_idle: config.pool_max_idle, idle_timeout: config.pool_idle_timeout, drain, endpoints }
     }
 
@@ -353,8 +357,17 @@ impl Client {
             };
             // RFC 8441 §3: `:protocol` only once the upstream's SETTINGS
             // enabled extended CONNECT (`peer_settings.rs`).
-            if req.extensions().get::<hyper::ext::Protocol>().is_some() && !tx.settings.extended_connect().await {
-                return Err(SendError::Failed(ProxyError::NoExtendedConnect(ep.addr)));
+            if req.extensions().get::<hyper::ext::Protocol>().is_some() {
+                match tx.settings.preface().await {
+                    Preface::ExtendedConnect => {}
+                    Preface::Plain => return Err(SendError::Failed(ProxyError::NoExtendedConnect(ep.addr))),
+                    Preface::Invalid => return Err(SendError::Failed(ProxyError::BadPreface(ep.addr))),
+                    Preface::Ended => {
+                        // Not sent: a fresh connection (or another endpoint) may do.
+                        pool::forget_h2(key, &cell);
+                        continue;
+                    }
+                }
             }
             let mut tx = tx.tx;
             match tx.try_send_request(req).await {

@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | upstream refused, unreachable, or failed before answering | 502 | UNAVAILABLE (14) |
 //! | upstream answered 101 to a request that asked for no upgrade | 502 | UNAVAILABLE (14) |
-//! | extended CONNECT (RFC 8441) to an HTTP/2 upstream that did not enable it | 502 | UNAVAILABLE (14) |
+//! | extended CONNECT (RFC 8441) to an HTTP/2 upstream that did not enable it, or whose preface was no SETTINGS frame | 502 | UNAVAILABLE (14) |
 //! | no endpoint can take the request | 503 | UNAVAILABLE (14) |
 //! | no response headers within the port's response timeout | 504 | DEADLINE_EXCEEDED (4) |
 //! | the request would reach the proxy itself | 508 | ABORTED (10) |
@@ -58,6 +58,8 @@ pub enum ProxyError {
     UnusableTunnel(SocketAddr, u16),
     #[error("upstream {0} does not accept extended CONNECT: its HTTP/2 preface did not set SETTINGS_ENABLE_CONNECT_PROTOCOL to 1 (RFC 8441 §3), so the request with :protocol was not sent")]
     NoExtendedConnect(SocketAddr),
+    #[error("upstream {0} began its HTTP/2 connection with something else than a valid SETTINGS frame (RFC 9113 §3.4), so whether it accepts extended CONNECT (RFC 8441) is unknown; the request with :protocol was not sent")]
+    BadPreface(SocketAddr),
     #[error("upstream {0} answered with a transfer coding other than chunked, which the request did not accept (RFC 9112 §6.1)")]
     UnsupportedCoding(SocketAddr),
     #[error("bad request: {0}")]
@@ -94,6 +96,7 @@ impl ProxyError {
             | ProxyError::UnofferedSwitch { .. }
             | ProxyError::UnusableTunnel(..)
             | ProxyError::NoExtendedConnect(_)
+            | ProxyError::BadPreface(_)
             | ProxyError::UnsupportedCoding(_) => HttpErrorReason::BadGateway,
             ProxyError::NoEndpoints(_) => HttpErrorReason::Unavailable,
             ProxyError::Timeout { .. } => HttpErrorReason::GatewayTimeout,

@@ -80,7 +80,16 @@ impl HttpState {
             .half_close(true)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new()).max_header_list_size(config.max_header_bytes as u32).enable_connect_protocol();
+        // What a client that stops reading its socket (a huge window, then
+        // silence) can make the proxy hold is at most
+        // `H2_MAX_STREAMS` x `H2_SEND_BUFFER` queued for it, plus the
+        // upstream connection's 1 MiB window (`client.rs`); hyper's
+        // defaults (200 x 400 KiB) let one connection hold 80 MB.
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_bytes as u32)
+            .enable_connect_protocol()
+            .max_concurrent_streams(super::H2_MAX_STREAMS)
+            .max_send_buf_size(super::H2_SEND_BUFFER);
         // Keys this engine's per-worker pools and balancer state.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let engine = NEXT.fetch_add(1, Relaxed);

@@ -10,9 +10,10 @@
 //! frame that RFC 9113 §3.4 requires to be the server's first frame, is
 //! read here as it is read from the socket ([`SettingsWatch`], an I/O
 //! wrapper under h2 that copies nothing), and an extended CONNECT waits for
-//! it ([`PeerSettings::extended_connect`]): sent when the upstream enabled
-//! it, answered by the proxy otherwise, and never before the upstream
-//! spoke.
+//! it ([`PeerSettings::preface`]): sent when the upstream enabled it,
+//! answered by the proxy otherwise, and never before the upstream spoke.
+//! A connection that ended before its preface is one the request was
+//! never sent on, and is retried like any other.
 //!
 //! Only that first frame is read. A server announces what it supports in
 //! its preface; one that turns extended CONNECT on only in a later SETTINGS
@@ -43,10 +44,15 @@ pub enum Preface {
     ExtendedConnect,
     /// A SETTINGS frame without it (or with 0).
     Plain,
-    /// Not a valid server preface (another frame type, an ACK, a stream
-    /// id, a length no multiple of 6, a setting value h2 refuses): h2 ends
-    /// the connection; nothing may be sent that depends on it.
+    /// Not a valid server preface (another frame type first, an ACK, a
+    /// stream id, a length no multiple of 6, a setting value RFC 8441
+    /// forbids). The upstream broke RFC 9113 §3.4; h2 may carry on with it,
+    /// but nothing that depends on its settings is sent.
     Invalid,
+    /// The connection ended (or failed) before its first frame was read
+    /// whole: the upstream never said. Only [`SettingsWatch`] reports it,
+    /// never [`FirstFrame`].
+    Ended,
 }
 
 /// Reads the first HTTP/2 frame from bytes fed in any pieces, holding no
@@ -131,8 +137,7 @@ impl FirstFrame {
 /// sets it) and the requests that wait for it.
 #[derive(Debug, Default)]
 pub struct PeerSettings {
-    /// 0: not read yet; 1, 2, 3: [`Preface`] (3 also when the connection
-    /// ended first).
+    /// 0: not read yet; 1 to 4: the [`Preface`].
     state: AtomicU8,
     notify: Notify,
 }
@@ -143,6 +148,7 @@ impl PeerSettings {
             Preface::ExtendedConnect => 1,
             Preface::Plain => 2,
             Preface::Invalid => 3,
+            Preface::Ended => 4,
         };
         // The first verdict stays: a later one (the connection's end) changes nothing.
         let _ = self.state.compare_exchange(0, v, Ordering::Release, Ordering::Relaxed);
@@ -154,20 +160,21 @@ impl PeerSettings {
             0 => None,
             1 => Some(Preface::ExtendedConnect),
             2 => Some(Preface::Plain),
-            _ => Some(Preface::Invalid),
+            3 => Some(Preface::Invalid),
+            _ => Some(Preface::Ended),
         }
     }
 
-    /// Whether the upstream enabled extended CONNECT in its preface, once
-    /// it was read (or `false` once the connection ended without one). The
-    /// caller bounds the wait (the response timeout covers it).
-    pub async fn extended_connect(&self) -> bool {
+    /// The upstream's preface, once it was read whole or the connection
+    /// ended without one. The caller bounds the wait (the response timeout
+    /// covers it).
+    pub async fn preface(&self) -> Preface {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(p) = self.get() {
-                return p == Preface::ExtendedConnect;
+                return p;
             }
             notified.await;
         }
@@ -190,10 +197,9 @@ impl<T> SettingsWatch<T> {
 
 impl<T> Drop for SettingsWatch<T> {
     fn drop(&mut self) {
-        // The connection ended before its preface was read whole: whoever
-        // waits gets no for an answer.
+        // The connection ended before its preface was read whole.
         if self.frame.is_some() {
-            self.settings.set(Preface::Invalid);
+            self.settings.set(Preface::Ended);
         }
     }
 }
@@ -207,10 +213,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for SettingsWatch<T> {
             let read = &buf.filled()[before..];
             let verdict = match res {
                 // End of stream or an error before the frame ended.
-                Ok(()) if read.is_empty() && room => Some(Preface::Invalid),
+                Ok(()) if read.is_empty() && room => Some(Preface::Ended),
                 Ok(()) if read.is_empty() => None,
                 Ok(()) => frame.feed(read),
-                Err(_) => Some(Preface::Invalid),
+                Err(_) => Some(Preface::Ended),
             };
             if let Some(v) = verdict {
                 self.frame = None;
@@ -307,13 +313,13 @@ mod tests {
         let s = Arc::new(PeerSettings::default());
         let waiter = tokio::spawn({
             let s = s.clone();
-            async move { s.extended_connect().await }
+            async move { s.preface().await }
         });
         tokio::task::yield_now().await;
         s.set(Preface::ExtendedConnect);
-        assert!(waiter.await.unwrap());
-        s.set(Preface::Invalid);
-        assert!(s.extended_connect().await, "the first verdict stays");
+        assert_eq!(waiter.await.unwrap(), Preface::ExtendedConnect);
+        s.set(Preface::Ended);
+        assert_eq!(s.preface().await, Preface::ExtendedConnect, "the first verdict stays");
 
         let (a, mut b) = tokio::io::duplex(64);
         let ended = Arc::new(PeerSettings::default());
@@ -324,6 +330,6 @@ mod tests {
         let mut sink = Vec::new();
         watched.read_to_end(&mut sink).await.unwrap();
         assert_eq!(sink.len(), 5, "the bytes pass unchanged");
-        assert!(!ended.extended_connect().await, "the connection ended before its preface did");
+        assert_eq!(ended.preface().await, Preface::Ended, "the connection ended before its preface did");
     }
 }
