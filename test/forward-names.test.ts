@@ -123,6 +123,18 @@ async function roundTrip(port: number): Promise<string> {
   }), 5_000, 'a round trip through the proxy');
 }
 
+/** Sends `request` through the proxy and resolves with whatever came back before the close (or the error code). */
+async function roundTripRaw(port: number, request: string): Promise<string> {
+  return withTimeout(new Promise<string>((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let got = '';
+    s.on('data', (d) => (got += d.toString()));
+    s.on('error', (e: NodeJS.ErrnoException) => resolve(got || (e.code ?? 'error')));
+    s.on('close', () => resolve(got || 'closed'));
+    s.write(request);
+  }), 5_000, 'a request through the proxy');
+}
+
 async function snapshot(admin: string): Promise<EngineSnapshot> {
   return JSON.parse((await adminRequest(admin, '/snapshot')).body) as EngineSnapshot;
 }
@@ -187,6 +199,28 @@ describe('--forward to a host name', () => {
     await dns.setHosts(`127.0.0.4 db.meshpipe.test\n`);
     await proc.waitForLog((l) => l.msg === 'forward target addresses changed' && JSON.stringify(l['addresses']) === '["127.0.0.4"]' && JSON.stringify(l['previous']) === '[]', 'the name to be back', 20_000);
     assert.equal(await roundTrip(ports[0]!), 'ok');
+  });
+
+  test('a name that comes to point at the admin server: its loopback addresses are left out at every resolution, not only at start', async (t) => {
+    const probe = net.createServer().listen(0, '127.0.0.1');
+    await once(probe, 'listening');
+    const adminPort = (probe.address() as net.AddressInfo).port;
+    probe.close();
+    // At start the name points elsewhere (TEST-NET-1, nothing connects there in this test).
+    const dns = await startDns(t, '192.0.2.1 admin.meshpipe.test\n');
+    const { proc, ports } = await startProxy([
+      '--forward', `127.0.0.1:0=admin.meshpipe.test:${adminPort},mode=opaque`, '--dns-servers', `127.0.0.1:${dns.port}`, '--admin', `127.0.0.1:${adminPort}`,
+    ], { t });
+    // The record moves to loopback (and the unspecified address, which Linux connects to the local host).
+    await dns.setHosts('127.0.0.1 admin.meshpipe.test\n0.0.0.0 admin.meshpipe.test\n');
+    const warned = await proc.waitForLog((l) => l.msg === 'forward target resolves to the admin server: those addresses are left out', 'the refusal', 10_000);
+    assert.deepEqual([...(warned['refused'] as string[])].sort(), ['0.0.0.0', '127.0.0.1']);
+    await proc.waitForLog((l) => l.msg === 'forward target addresses changed' && JSON.stringify(l['addresses']) === '[]', 'the addresses to be dropped', 10_000);
+    // A shutdown sent through the forward never reaches the admin server.
+    const reply = await roundTripRaw(ports[0]!, `POST /shutdown HTTP/1.1\r\nHost: 127.0.0.1:${adminPort}\r\nmeshpipe-admin: 1\r\nContent-Length: 0\r\n\r\n`);
+    assert.doesNotMatch(reply, /^HTTP\/1\.1 202/);
+    assert.ok(proc.running, 'the proxy is still running');
+    assert.equal((await adminRequest(`127.0.0.1:${adminPort}`, '/live')).status, 200);
   });
 
   test('a name that comes to point at the proxy itself: each connection refused as a loop, one warning with a hint', async (t) => {

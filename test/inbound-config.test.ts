@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { loadConfig } from '../ts/config/config.js';
 import { flagLayer, parseOptions, PROXY_OPTIONS } from '../ts/cli/args.js';
 import { buildEngineConfig } from '../ts/engine/build-config.js';
-import { proxyPorts, resolvePodIps } from '../ts/engine/inbound.js';
+import { proxyPorts, reachesLoopback, resolvePodIps } from '../ts/engine/inbound.js';
 import { NativeProxy } from '../ts/engine/native.js';
 import { isLoopbackHostHeader } from '../ts/observe/admin-server.js';
 import { initStateMismatches, initStateOf, readInitState, writeInitState } from '../ts/init/state.js';
@@ -74,6 +74,12 @@ describe('inbound defaults and pod IPs', () => {
       assert.throws(() => buildEngineConfig(config(['--forward', `0.0.0.0:8000=${target}`])), /targets the admin server \(127\.0\.0\.1:4191\)/);
     }
     assert.throws(() => buildEngineConfig(config(['--admin', '0.0.0.0:4191', '--forward', '0.0.0.0:8000=0.0.0.0:4191'])), /targets the admin server/);
+    // The unspecified addresses connect to the local host; loopback in any IPv6 spelling.
+    for (const target of ['0.0.0.0:4191', '[::]:4191', '[::1]:4191', '[0:0:0:0:0:0:0:1]:4191', '[::ffff:127.0.0.1]:4191', '[::ffff:7f00:2]:4191', '[::ffff:0.0.0.0]:4191']) {
+      assert.throws(() => buildEngineConfig(config(['--forward', `0.0.0.0:8000=${target}`])), /targets the admin server \(127\.0\.0\.1:4191\)/, target);
+    }
+    for (const host of ['localhost', '127.255.0.1', '0.0.0.0', '::', '::1', '0::0:1', '::ffff:127.1.2.3', '::ffff:0:0']) assert.ok(reachesLoopback(host), host);
+    for (const host of ['10.0.0.1', '128.0.0.1', '::2', '::ffff:10.0.0.1', '::ffff:8000:1', 'fe80::1', 'example.com', '']) assert.ok(!reachesLoopback(host), host);
     // Another port, or the admin server turned off: fine.
     assert.ok(buildEngineConfig(config(['--forward', '0.0.0.0:8000=127.0.0.1:4192'])));
     assert.ok(buildEngineConfig(config(['--admin', 'off', '--forward', '0.0.0.0:8000=127.0.0.1:4191'])));

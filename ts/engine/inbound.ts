@@ -15,6 +15,7 @@
  * - A `--forward` whose target is the admin server is refused for the same
  *   reason: everything it forwards would reach the admin server from 127.0.0.1.
  */
+import { isIP } from 'node:net';
 import type { ProxyConfig } from '../config/index.js';
 import { parsePodIp } from '../config/sidecar.js';
 import { MeshpipeError } from '../errors.js';
@@ -60,6 +61,27 @@ function isLoopbackHost(host: string): boolean {
   return v4.startsWith('127.') || host === '::1' || host.toLowerCase() === 'localhost';
 }
 
+/**
+ * Whether a connection to `host` lands on this host's loopback interface, as
+ * a loopback peer: 127.0.0.0/8, ::1, `localhost`, and the unspecified
+ * addresses (Linux connects 0.0.0.0 and :: to the local host), in any
+ * spelling (`0:0:0:0:0:0:0:1`, IPv4-mapped `::ffff:127.0.0.1` or
+ * `::ffff:7f00:1`).
+ */
+export function reachesLoopback(host: string): boolean {
+  if (host.toLowerCase() === 'localhost') return true;
+  const family = isIP(host);
+  if (family === 4) return host.startsWith('127.') || host === '0.0.0.0';
+  if (family !== 6) return false;
+  // The URL parser writes an IPv6 address in its one canonical form.
+  const canonical = new URL(`http://[${host}]/`).hostname.slice(1, -1).toLowerCase();
+  if (canonical === '::' || canonical === '::1') return true;
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
+  if (mapped === null) return canonical === '::ffff:0:0';
+  const high = parseInt(mapped[1]!, 16);
+  return high >> 8 === 127 || (high === 0 && parseInt(mapped[2]!, 16) === 0);
+}
+
 function isWildcardHost(host: string): boolean {
   return host === '0.0.0.0' || host === '::';
 }
@@ -91,7 +113,7 @@ export function checkForwardsAvoidAdmin(config: Pick<ProxyConfig, 'admin' | 'for
       );
     }
     if (f.target.port !== admin.port) continue;
-    if (isLoopbackHost(f.target.host) || f.target.host === admin.host) {
+    if (reachesLoopback(f.target.host) || f.target.host === admin.host) {
       throw new MeshpipeError(
         'ERR_INVALID_CONFIG',
         `--forward ${f.bind.addr}=${f.target.addr} targets the admin server (${admin.addr}): every connection it forwards would reach the admin server as a loopback peer, which may shut the proxy down; to serve the admin endpoints elsewhere use --admin ADDR`,

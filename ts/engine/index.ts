@@ -16,7 +16,7 @@
 export { Proxy, MeshpipeProxy, type ProxyState, type ProxyOptions } from './proxy.js';
 export { buildEngineConfig } from './build-config.js';
 export { setEngineLog, spawnApp, reapChildren, PolicyLookup, type EngineLogStream } from './native.js';
-export { resolvePodIps, proxyPorts, type PodIps } from './inbound.js';
+export { reachesLoopback, resolvePodIps, proxyPorts, type PodIps } from './inbound.js';
 export { identityInit, identityIssue, identityCheck, authzDecide } from './mesh.js';
 export type {
   AuthzSpec,

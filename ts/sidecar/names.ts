@@ -27,7 +27,7 @@
 import { promises as dns } from 'node:dns';
 import { hasIpv6Loopback, NO_TTL_INTERVAL_MS, type ProxyConfig } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
-import type { Proxy } from '../engine/index.js';
+import { reachesLoopback, type Proxy } from '../engine/index.js';
 import type { Logger } from '../observe/index.js';
 import { RateLimited } from '../observe/rate-limited.js';
 
@@ -113,6 +113,8 @@ interface NameState {
   timer: NodeJS.Timeout | undefined;
   notFoundInARow: number;
   backoffMs: number;
+  /** Resolved addresses left out because they reach the admin server (warned once per change). */
+  refused: readonly string[];
 }
 
 export const NAMES_MESSAGES = {
@@ -120,6 +122,7 @@ export const NAMES_MESSAGES = {
   changed: 'forward target addresses changed',
   failed: 'forward target could not be resolved again; keeping its last addresses',
   gone: 'forward target no longer resolves: new connections are refused until it does',
+  adminRefused: 'forward target resolves to the admin server: those addresses are left out',
 } as const;
 
 export class ForwardNames {
@@ -138,7 +141,7 @@ export class ForwardNames {
     for (const f of config.forward) {
       if (f.target.kind !== 'name') continue;
       const key = `${f.target.host}:${f.target.port}`;
-      const state = this.#names.get(key) ?? { host: f.target.host, port: f.target.port, listeners: [], addrs: [], timer: undefined, notFoundInARow: 0, backoffMs: MIN_INTERVAL_MS };
+      const state = this.#names.get(key) ?? { host: f.target.host, port: f.target.port, listeners: [], addrs: [], timer: undefined, notFoundInARow: 0, backoffMs: MIN_INTERVAL_MS, refused: [] };
       state.listeners.push(f.name);
       this.#names.set(key, state);
       this.failures.set(f.name, 0);
@@ -185,12 +188,21 @@ export class ForwardNames {
     for (const s of this.#names.values()) clearTimeout(s.timer);
   }
 
+  /**
+   * The addresses of `addrs` through which a forward to `s` would reach the
+   * admin server as a loopback peer (which POST /shutdown trusts).
+   */
+  #adminAddrs(s: NameState, addrs: readonly string[]): string[] {
+    const admin = this.#config.admin;
+    if (admin === null || s.port !== admin.port) return [];
+    return addrs.filter((a) => a === admin.host || reachesLoopback(a));
+  }
+
   /** A forward whose name resolves to the admin server is refused like an address would be (ts/engine/inbound.ts). */
   #checkAdmin(s: NameState, addrs: readonly string[]): void {
     const admin = this.#config.admin;
-    if (admin === null || s.port !== admin.port) return;
-    const hit = addrs.find((a) => a === admin.host || a.startsWith('127.') || a === '::1');
-    if (hit !== undefined) {
+    const hit = this.#adminAddrs(s, addrs)[0];
+    if (admin !== null && hit !== undefined) {
       throw new MeshpipeError('ERR_INVALID_CONFIG', `--forward to ${s.host}:${s.port} reaches the admin server (${admin.addr}) through ${hit}: every connection it forwards would reach the admin server as a loopback peer; to serve the admin endpoints elsewhere use --admin ADDR`, { key: 'forward' });
     }
   }
@@ -225,9 +237,20 @@ export class ForwardNames {
     s.notFoundInARow = 0;
     s.backoffMs = MIN_INTERVAL_MS;
     this.#limit.reset(s.host);
-    if (!sameSet(s.addrs, result.addrs)) {
+    // Checked at every resolution, not only at start: a record that comes
+    // to point at the admin server must not open it to the forward's clients.
+    const refused = this.#adminAddrs(s, result.addrs);
+    const addrs = result.addrs.filter((a) => !refused.includes(a));
+    if (refused.length > 0 && !sameSet(s.refused, refused)) {
+      this.#logger.warn(
+        { target: `${s.host}:${s.port}`, refused, addresses: addrs, listeners: s.listeners, hint: `connections to ${s.listeners.join(', ')} never go to ${refused.join(', ')}: through them they would reach the admin server (${this.#config.admin?.addr ?? ''}) as a loopback peer; check the DNS record` },
+        NAMES_MESSAGES.adminRefused,
+      );
+    }
+    s.refused = refused;
+    if (!sameSet(s.addrs, addrs)) {
       const previous = s.addrs;
-      this.#apply(s, result.addrs);
+      this.#apply(s, addrs);
       this.#logger.info({ target: `${s.host}:${s.port}`, addresses: s.addrs, previous, ttlMs: result.ttlMs, listeners: s.listeners }, NAMES_MESSAGES.changed);
     }
     this.#schedule(s, this.#nextDelay(result.ttlMs));
