@@ -214,6 +214,64 @@ describe('inject', () => {
   });
 });
 
+describe('inputs read once, bounded and checked', () => {
+  /** Runs `meshpipe ARGS` with `input` on stdin. */
+  async function withStdin(args: string[], input: Buffer): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(input);
+    const [code] = (await withTimeout(once(child, 'close'), 30_000, `meshpipe ${args.join(' ')}`)) as [number | null];
+    return { code, stdout, stderr };
+  }
+
+  test('--config that is a device or a folder is refused naming what it is, never read without end', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshpipe-input-'));
+    for (const [path, what] of [['/dev/zero', 'a character device'], [dir, 'a folder']] as const) {
+      const r = await runCli(['proxy', '--forward', '127.0.0.1:0=127.0.0.1:9', '--admin', 'off', '--config', path], { timeoutMs: 20_000 });
+      assertOneLineError(r, new RegExp(`^meshpipe proxy: error: cannot read config file ${path}: it is ${what}; expected a YAML or JSON file \\(ERR_INVALID_CONFIG\\)$`), path);
+    }
+    writeFileSync(join(dir, 'big.yaml'), `# ${'x'.repeat(1024 * 1024)}\n`);
+    const big = await runCli(['proxy', '--forward', '127.0.0.1:0=127.0.0.1:9', '--admin', 'off', '--config', join(dir, 'big.yaml')], { timeoutMs: 20_000 });
+    assertOneLineError(big, /cannot read config file \S+big\.yaml: \d+ bytes, more than the 1048576 allowed/, 'an oversized config');
+  });
+
+  test('explain --annotations from a device is refused, not read until the heap runs out', async () => {
+    const r = await runCli(['explain', '--port', '80', '--annotations', '/dev/zero'], { timeoutMs: 20_000 });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--annotations \/dev\/zero: a character device, not a regular file/);
+  });
+
+  test('inject: aliases within the budget are expanded; an alias bomb, deep nesting and non-UTF-8 bytes are errors naming where', async () => {
+    const deploy = (extra: string) => `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: web:1\n${extra}`;
+    // One anchor used 120 times (more than the yaml library's default of 100).
+    const aliases = `${deploy('        env:\n')}${Array.from({ length: 120 }, (_, i) => `        - {name: V${i}, value: *v}\n`).join('')}`.replace('image: web:1', 'image: &v web:1');
+    const ok = await withStdin(['inject', '-'], Buffer.from(aliases));
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /linkerd\.io\/inject|meshpipe/);
+    // A billion laughs.
+    const levels = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]'];
+    for (let i = 1; i < 9; i++) levels.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(10).fill(`*${String.fromCharCode(96 + i)}`).join(',')}]`);
+    const bomb = await withStdin(['inject', '-'], Buffer.from(`${levels.join('\n')}\n`));
+    assertOneLineError(bomb, /^meshpipe inject: error: stdin:1: document 1: YAML aliases would expand its \d+ nodes by more than 1000000 \(an alias bomb\?\); expected manifests without such aliases \(ERR_INVALID_ARGUMENT\)$/, 'an alias bomb');
+    const deep = await withStdin(['inject', '-'], Buffer.from(`${'['.repeat(200_000)}${']'.repeat(200_000)}\n`));
+    assert.equal(deep.code, 2, deep.stderr);
+    assert.doesNotMatch(deep.stderr, /internal error| {4}at /, 'no stack trace');
+    const latin1 = Buffer.concat([Buffer.from(deploy('')), Buffer.from('---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {k: "caf'), Buffer.from([0xe9]), Buffer.from('"}\n')]);
+    const bad = await withStdin(['inject', '-'], latin1);
+    assertOneLineError(bad, /^meshpipe inject: error: stdin:19: not UTF-8; meshpipe inject reads manifests as UTF-8 text/, 'non-UTF-8');
+    assert.equal(bad.stdout, '', 'nothing written back altered');
+  });
+
+  test('inject reads at most 32 MiB of manifests from stdin', async () => {
+    const r = await withStdin(['inject', '-'], Buffer.alloc(33 * 1024 * 1024, 0x23));
+    assertOneLineError(r, /^meshpipe inject: error: stdin: more than the 33554432 bytes of manifests meshpipe inject reads/, 'oversized stdin');
+  });
+});
+
 describe('shutdown', () => {
   test('a second signal says how many open connections the forced exit cuts', async (t) => {
     const echo = await startEchoServer(t);

@@ -28,7 +28,7 @@
  */
 
 import { isIP } from 'node:net';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import {
   compileAllWorkloads,
   compilePolicy,
@@ -52,7 +52,9 @@ import {
 } from '../policy/index.js';
 import { MeshpipeError } from '../errors.js';
 import { describeRef, EMPTY_MANIFESTS, loadManifests, type ManifestSet } from '../policy/k8s/index.js';
-import { closest, DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, type PortRange } from '../config/index.js';
+import { closest, DEFAULT_OPAQUE_PORTS, formatPortList, loadConfig, parsePortListStrict, portInRanges, readOnceText, type PortRange } from '../config/index.js';
+import { MAX_ANNOTATIONS_BYTES } from '../policy/downward-api.js';
+import { MAX_MANIFEST_BYTES } from '../policy/k8s/manifests.js';
 import { opaquePortsOrigin } from '../policy/flags.js';
 import { authzLines, meshLine, renderEffective, renderEffectiveJson } from './explain-render.js';
 import { verdicts, type ProtocolFacts, type Verdict } from './explain-verdict.js';
@@ -447,7 +449,7 @@ export async function main(argv: string[]): Promise<number> {
   if (values.annotations !== undefined) {
     let text: string;
     try {
-      text = await readFile(values.annotations, 'utf8');
+      text = await readOnceText(values.annotations, MAX_ANNOTATIONS_BYTES);
     } catch (err) {
       fail(`--annotations ${values.annotations}: ${(err as Error).message}`);
     }
@@ -459,7 +461,7 @@ export async function main(argv: string[]): Promise<number> {
   if (values.destinations !== undefined) {
     let text: string;
     try {
-      text = await readFile(values.destinations, 'utf8');
+      text = await readOnceText(values.destinations, MAX_MANIFEST_BYTES);
     } catch (err) {
       fail(`--destinations ${values.destinations}: ${(err as Error).message}`);
     }

@@ -17,9 +17,10 @@
  *
  * The input/output helpers here are shared with `meshpipe uninject`.
  */
-import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
+import { isPipe, readPipeOnceBytesSync, readWatchedFile, WatchedFileError } from '../config/index.js';
 import { MeshpipeError } from '../errors.js';
+import { MAX_MANIFEST_BYTES } from '../policy/k8s/manifests.js';
 import {
   DEFAULT_IDENTITY,
   KUBE_WATCH_KEY,
@@ -186,15 +187,54 @@ export async function readInput(file: string | undefined, command = 'meshpipe in
   }
   if (file === undefined || file === '-') {
     const chunks: Buffer[] = [];
-    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-    return { text: Buffer.concat(chunks).toString('utf8'), name: 'stdin' };
+    let total = 0;
+    for await (const chunk of process.stdin) {
+      total += (chunk as Buffer).length;
+      if (total > MAX_INPUT_BYTES) {
+        process.stdin.destroy();
+        throw bad(`stdin: more than the ${MAX_INPUT_BYTES} bytes of manifests ${command} reads; expected Kubernetes manifests (YAML or JSON)`, 'FILE');
+      }
+      chunks.push(chunk as Buffer);
+    }
+    return { text: utf8(Buffer.concat(chunks), 'stdin', command), name: 'stdin' };
   }
+  let bytes: Buffer;
   try {
-    return { text: await readFile(file, 'utf8'), name: file };
+    bytes = (await isPipe(file)) ? readPipeOnceBytesSync(file, MAX_INPUT_BYTES) : await readWatchedFile(file, MAX_INPUT_BYTES);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a folder' : (err as Error).message;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a folder' : err instanceof WatchedFileError && err.found !== undefined ? `it is ${err.found}` : (err as Error).message;
     throw bad(`cannot read ${file}: ${why}; expected a file of Kubernetes manifests (YAML or JSON), or - for stdin`, 'FILE');
+  }
+  return { text: utf8(bytes, file, command), name: file };
+}
+
+/** The most manifests `inject` reads (as much as a policy manifest file may be). */
+const MAX_INPUT_BYTES = MAX_MANIFEST_BYTES;
+
+/**
+ * `bytes` as UTF-8 text (YAML's and JSON's encoding): bytes that are not
+ * UTF-8 are refused, naming where, rather than written back altered.
+ */
+function utf8(bytes: Buffer, name: string, command: string): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    // The first line that does not decode (a newline byte is never part of
+    // a multi-byte sequence, so lines decode on their own).
+    const strict = new TextDecoder('utf-8', { fatal: true });
+    let line = 1;
+    for (let start = 0; start <= bytes.length; line++) {
+      const nl = bytes.indexOf(0x0a, start);
+      const end = nl === -1 ? bytes.length : nl;
+      try {
+        strict.decode(bytes.subarray(start, end));
+      } catch {
+        break;
+      }
+      start = end + 1;
+    }
+    throw bad(`${name}:${line}: not UTF-8; ${command} reads manifests as UTF-8 text (YAML and JSON are) and writes them back unchanged, so it refuses rather than replace it`, 'FILE');
   }
 }
 

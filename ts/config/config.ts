@@ -18,7 +18,7 @@
  * and, for a flag, an entry in ts/cli/args.ts. The env var name is derived
  * (`drainTimeout` -> `MESHPIPE_DRAIN_TIMEOUT`).
  */
-import { readFileSync } from 'node:fs';
+import { isPipeSync, readPipeOnceSync, readWatchedTextSync, WatchedFileError } from './watched-file.js';
 import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import { MeshpipeError } from '../errors.js';
@@ -188,14 +188,21 @@ export function envVarName(key: ConfigKey): string {
 // ---------------------------------------------------------------------------
 // Sources.
 
-/** Reads a YAML or JSON config file (JSON is YAML) into a layer; unknown keys are errors. */
+/** The largest config file read (a config is a few hundred bytes). */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
+/**
+ * Reads a YAML or JSON config file (JSON is YAML) into a layer; unknown keys
+ * are errors. A regular file or a pipe given at start (`--config
+ * <(generate)`), at most 1 MiB: a device or a folder is refused, naming it.
+ */
 export function readConfigFile(path: string): RawLayer {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = isPipeSync(path) ? readPipeOnceSync(path, MAX_CONFIG_BYTES) : readWatchedTextSync(path, MAX_CONFIG_BYTES);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a folder' : (err as Error).message;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a folder' : err instanceof WatchedFileError && err.found !== undefined ? `it is ${err.found}` : (err as Error).message;
     throw new MeshpipeError('ERR_INVALID_CONFIG', `cannot read config file ${path}: ${why}; expected a YAML or JSON file`, { key: 'config', cause: err });
   }
   let data: unknown;

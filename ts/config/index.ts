@@ -40,7 +40,7 @@ export { parseBindAddr } from './forward.js';
 export { LOG_FORMATS, LOG_LEVELS, type LogFormat } from './config.js';
 export { DEFAULT_INBOUND_POLICIES, type DefaultInboundPolicy, type IdentityConfig, type IdentityFiles } from './identity.js';
 export { DurationError, DURATION_UNITS, parseDuration, formatDuration } from './durations.js';
-export { isOwnDescriptor, isPipe, isPipeSync, readPipeOnce, readPipeOnceSync, readWatchedFile, readWatchedText, readWatchedTextSync, WatchedFileError, type WatchedFileErrorCode } from './watched-file.js';
+export { isOwnDescriptor, isPipe, isPipeSync, readOnceText, readPipeOnce, readPipeOnceBytesSync, readPipeOnceSync, readWatchedFile, readWatchedText, readWatchedTextSync, WatchedFileError, type WatchedFileErrorCode } from './watched-file.js';
 export {
   parsePortList,
   parsePortListStrict,

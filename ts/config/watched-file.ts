@@ -167,6 +167,11 @@ export function isOwnDescriptor(path: string): boolean {
  * @throws the system's error from `open`, or ERR_FILE_TOO_LARGE
  */
 export function readPipeOnceSync(path: string, maxBytes: number): string {
+  return readPipeOnceBytesSync(path, maxBytes).toString('utf8');
+}
+
+/** `readPipeOnceSync`, the bytes as read (for a caller that checks their encoding). */
+export function readPipeOnceBytesSync(path: string, maxBytes: number): Buffer {
   const fd = openSync(path, 'r');
   try {
     const chunks: Buffer[] = [];
@@ -179,7 +184,7 @@ export function readPipeOnceSync(path: string, maxBytes: number): string {
       if (total > maxBytes) throw new WatchedFileError('ERR_FILE_TOO_LARGE', `more than the ${maxBytes} bytes allowed`);
       chunks.push(Buffer.from(chunk.subarray(0, n)));
     }
-    return Buffer.concat(chunks).toString('utf8');
+    return Buffer.concat(chunks);
   } finally {
     closeSync(fd);
     const own = OWN_FD.exec(path);
@@ -191,6 +196,15 @@ export function readPipeOnceSync(path: string, maxBytes: number): string {
       }
     }
   }
+}
+
+/**
+ * A file a one-shot command reads once (`explain --annotations FILE`): a
+ * pipe given at start read to its end, or a regular file; at most
+ * `maxBytes` either way, a device or a folder refused with what it is.
+ */
+export async function readOnceText(path: string, maxBytes: number): Promise<string> {
+  return (await isPipe(path)) ? readPipeOnce(path, maxBytes) : readWatchedText(path, maxBytes);
 }
 
 /** `readPipeOnceSync` for a one-shot command: the same read, as a promise. */

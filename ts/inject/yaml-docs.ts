@@ -14,6 +14,7 @@
  */
 import { Composer, CST, isMap, isSeq, Parser, type Document, type Node } from 'yaml';
 import { MeshpipeError } from '../errors.js';
+import { aliasBomb, MAX_ALIAS_EXPANSION } from '../policy/k8s/manifests.js';
 import type { JsonValue } from './kinds.js';
 import { applyPatch, parsePointer, type PatchOp } from './patch.js';
 
@@ -59,6 +60,16 @@ function lineOf(source: string, offset: number): number {
  * @throws MeshpipeError ERR_INVALID_ARGUMENT naming the document and line of a syntax error
  */
 export function parseStream(source: string, name: string): ParsedStream {
+  try {
+    return parseDocuments(source, name);
+  } catch (err) {
+    if (err instanceof MeshpipeError) throw err;
+    // Nesting deeper than the YAML library's recursion (a RangeError).
+    throw new MeshpipeError('ERR_INVALID_ARGUMENT', `${name}: cannot be read: ${(err as Error).message} (nested too deeply?); expected Kubernetes manifests`);
+  }
+}
+
+function parseDocuments(source: string, name: string): ParsedStream {
   const items: StreamItem[] = [];
   const documents: StreamDocument[] = [];
   let offset = 0;
@@ -73,16 +84,31 @@ export function parseStream(source: string, name: string): ParsedStream {
       items.push({ kind: 'text', text });
       continue;
     }
-    const [doc] = [...new Composer({ uniqueKeys: true }).compose([token], true)];
-    if (doc === undefined) {
-      items.push({ kind: 'text', text });
-      continue;
+    const where = `${name}:${lineOf(source, start)}: document ${documents.length + 1}`;
+    let doc: Document | undefined;
+    let json: JsonValue;
+    try {
+      [doc] = [...new Composer({ uniqueKeys: true }).compose([token], true)];
+      if (doc === undefined) {
+        items.push({ kind: 'text', text });
+        continue;
+      }
+      const error = doc.errors[0];
+      if (error !== undefined) {
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `${name}:${lineOf(source, error.pos[0])}: document ${documents.length + 1} is not valid YAML: ${error.message.split('\n')[0]}`);
+      }
+      // Aliases are fine within the budget the policy reader allows too
+      // (manifests.ts); past it the document is an alias bomb.
+      const written = aliasBomb(doc);
+      if (written !== undefined) {
+        throw new MeshpipeError('ERR_INVALID_ARGUMENT', `${where}: YAML aliases would expand its ${written} nodes by more than ${MAX_ALIAS_EXPANSION} (an alias bomb?); expected manifests without such aliases`);
+      }
+      json = (doc.toJS({ maxAliasCount: -1 }) ?? null) as JsonValue;
+    } catch (err) {
+      if (err instanceof MeshpipeError) throw err;
+      // A document nested deeper than the YAML library's recursion (a RangeError).
+      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `${where}: cannot be read: ${(err as Error).message} (nested too deeply?); expected Kubernetes manifests`);
     }
-    const error = doc.errors[0];
-    if (error !== undefined) {
-      throw new MeshpipeError('ERR_INVALID_ARGUMENT', `${name}:${lineOf(source, error.pos[0])}: document ${documents.length + 1} is not valid YAML: ${error.message.split('\n')[0]}`);
-    }
-    const json = (doc.toJS({ maxAliasCount: 100 }) ?? null) as JsonValue;
     const d: StreamDocument = { kind: 'doc', index: documents.length, text, doc, json, format: isJson(text) ? 'json' : 'yaml' };
     items.push(d);
     documents.push(d);

@@ -108,6 +108,16 @@ function expandedNodes(doc: Document, limit: number): number {
   return size(doc.contents);
 }
 
+/**
+ * Whether `doc`'s aliases, expanded, would add more than
+ * `MAX_ALIAS_EXPANSION` nodes to the ones written: the written count when
+ * they would (an alias bomb), else undefined.
+ */
+export function aliasBomb(doc: Document): number | undefined {
+  const written = writtenNodes(doc);
+  return expandedNodes(doc, written + MAX_ALIAS_EXPANSION) > written + MAX_ALIAS_EXPANSION ? written : undefined;
+}
+
 /** The nodes written in a document (aliases count as one). */
 function writtenNodes(doc: Document): number {
   let n = 0;
@@ -172,9 +182,8 @@ export function parseManifestText(file: string, text: string): ManifestFile {
       return;
     }
     try {
-      const written = writtenNodes(doc);
-      const expanded = expandedNodes(doc, written + MAX_ALIAS_EXPANSION);
-      if (expanded > written + MAX_ALIAS_EXPANSION) {
+      const written = aliasBomb(doc);
+      if (written !== undefined) {
         parsed = false;
         problems.push(fileProblem(file, index,
           `YAML aliases would expand this document's ${written} nodes by more than ${MAX_ALIAS_EXPANSION} (an alias bomb?); the document is ignored`));
