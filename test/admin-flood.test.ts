@@ -155,3 +155,44 @@ test('connections whose answers are never read cannot lock the probes out: an an
   assert.ok(tracked.size <= 4, `${tracked.size} connections open`);
   assert.ok(tracked.evicted >= 1, 'a stalled connection made room');
 });
+
+test('requests whose bodies never finish arriving cannot lock the probes out', async (t) => {
+  const admin = new AdminServer({
+    host: '127.0.0.1',
+    port: 0,
+    metrics: new Metrics({ snapshot: () => { throw new Error('no scrape in this test'); } }),
+    notReady: () => null,
+    connections: () => [],
+    policy: () => ({}),
+    shutdown: null,
+    logFilter: () => undefined,
+  });
+  await admin.start();
+  t.after(() => admin.close());
+  // 100 loopback peers each announce a 100-byte PUT /log-filter body and send 2 bytes of it.
+  const stalled: net.Socket[] = [];
+  t.after(() => { for (const s of stalled) s.destroy(); });
+  for (let i = 0; i < 100; i++) {
+    const s = net.connect(admin.port, '127.0.0.1');
+    s.on('error', () => {});
+    await once(s, 'connect');
+    s.write(`PUT /log-filter HTTP/1.1\r\nHost: 127.0.0.1\r\nmeshpipe-admin: 1\r\nContent-Length: 100\r\n\r\nin`);
+    stalled.push(s);
+  }
+  // Every one of them reached the handler (the limit is about open connections, so wait until it holds).
+  await waitFor(() => admin.openConnections.open <= 64, 'the admin server to hold at most 64 connections');
+  // Probes are still answered, again and again.
+  for (let i = 0; i < 5; i++) {
+    // A raw probe on a connection of its own, as the kubelet's (no client retry hides a refusal).
+    const probe = net.connect(admin.port, '127.0.0.1');
+    const answer = new Promise<string>((resolve) => {
+      let got = '';
+      probe.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      probe.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      probe.on('close', () => resolve(got));
+    });
+    probe.end('GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    assert.match(await withTimeout(answer, 5_000, `probe ${i}`), /^HTTP\/1\.1 200 [^]*\r\n\r\nlive\n$/, `probe ${i}`);
+  }
+  assert.ok(admin.openConnections.evicted >= 36, JSON.stringify(admin.openConnections));
+});

@@ -15,8 +15,9 @@
  * oldest sockets, and a probe that sends its request at once is served.
  * Only when every connection is busy with a request is the newest refused.
  *
- * A request is in flight while its handler works on it, until it has
- * ended its response, not until the peer has read it: a peer that
+ * A request is in flight while its handler works on it, from when its
+ * body has all arrived until it has ended its response, not until the peer
+ * has read it: a peer that
  * pipelines requests and never reads the answers leaves them unflushed
  * in Node for as long as it likes (no timeout covers writing a response),
  * and 64 such connections counted as busy would refuse every probe.
@@ -87,9 +88,15 @@ export class AdminConnections {
     socket.once('close', () => this.#open.delete(socket));
   }
 
-  /** No handler is working on a request of the connection (answers it has not read yet do not count). */
+  /**
+   * No handler is working on a whole request of the connection: answers
+   * the peer has not read yet do not count, nor a request whose body has
+   * not all arrived (a peer that sends `Content-Length: 100` and two bytes
+   * would otherwise hold its slot as busy for the 30 s request timeout, and
+   * 64 of them would refuse every probe).
+   */
   static #idle(responses: ReadonlySet<http.ServerResponse>): boolean {
-    for (const res of responses) if (!res.writableEnded) return false;
+    for (const res of responses) if (!res.writableEnded && res.req.complete) return false;
     return true;
   }
 }
